@@ -1,0 +1,1 @@
+//! sie-arch (to be written).

@@ -1,0 +1,1 @@
+//! sie-config (to be written).

@@ -1,0 +1,145 @@
+//! The hypervisor seam.
+//!
+//! The rest of sie talks to the hypervisor only through the [`Hypervisor`],
+//! [`Vm`] and [`Vcpu`] traits and the neutral types in [`x86`]; [`Vcpu::run`]
+//! returns a neutral [`VmExit`]. The [`kvm`] module holds the only KVM code
+//! and nearly all of sie's `unsafe`. A second backend later is a new module
+//! here, not a rewrite of the VMM.
+//!
+//! ```no_run
+//! use sie_hv::{Hypervisor, kvm::Kvm};
+//!
+//! let kvm = Kvm::open().expect("/dev/kvm");
+//! let vm = kvm.create_vm().expect("VM");
+//! println!("max vCPUs: {}", kvm.max_vcpus());
+//! # let _ = vm;
+//! ```
+
+pub mod exit;
+pub mod kvm;
+pub mod probe;
+pub mod x86;
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use exit::{SystemEventKind, VmExit};
+use x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
+
+/// Errors from the hypervisor backend. Each names the operation that failed;
+/// the OS error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    /// The device node could not be opened.
+    #[error("cannot open {path}")]
+    Open {
+        /// Path of the device node.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend's API version is not the one sie speaks.
+    #[error("unsupported KVM API version {0} (sie needs 12)")]
+    ApiVersion(i32),
+    /// A capability sie needs is missing.
+    #[error("the hypervisor lacks a capability sie needs: {0}")]
+    MissingCapability(&'static str),
+    /// An ioctl or other call failed.
+    #[error("{op} failed")]
+    Call {
+        /// The operation, e.g. "KVM_CREATE_VM".
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request the backend cannot express (too many entries, bad size...).
+    #[error("invalid request to the hypervisor: {0}")]
+    Invalid(String),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, HvError>;
+
+/// An I/O event address for [`Vm::register_ioevent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEventAddress {
+    /// An I/O port.
+    Pio(u64),
+    /// A guest-physical MMIO address.
+    Mmio(u64),
+}
+
+/// A hypervisor: opens VMs and describes the host's abilities.
+pub trait Hypervisor: Send + Sync {
+    /// Creates an empty VM.
+    fn create_vm(&self) -> Result<Arc<dyn Vm>>;
+    /// The maximum number of vCPUs per VM.
+    fn max_vcpus(&self) -> u32;
+    /// The CPUID entries the hypervisor can give a guest, unnormalized.
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+    /// The MSR indices the hypervisor lets the VMM save and restore.
+    fn supported_msrs(&self) -> Result<Vec<u32>>;
+}
+
+/// One virtual machine.
+pub trait Vm: Send + Sync {
+    /// Maps all of `memory` into the guest, one memory slot per region.
+    /// The VM keeps a clone of `memory` so the mappings live as long as it.
+    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()>;
+    /// Creates the in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and
+    /// the PIT, and sets the x86 TSS and identity-map addresses.
+    fn create_platform(&self, tss_addr: u64, identity_map_addr: u64) -> Result<()>;
+    /// Creates vCPU `id` (its APIC id).
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
+    /// Injects an interrupt on `gsi` whenever `fd` is written.
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Signals `fd` (without an exit to the VMM) when the guest writes `addr`,
+    /// optionally only when the written value equals `datamatch`.
+    fn register_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()>;
+    /// Sets the level of an interrupt line.
+    fn set_irq_line(&self, gsi: u32, active: bool) -> Result<()>;
+}
+
+/// One virtual CPU. Owned by its thread; `run` is called in a loop.
+pub trait Vcpu: Send {
+    /// The vCPU's id (its APIC id).
+    fn id(&self) -> u32;
+    /// General-purpose registers.
+    fn regs(&self) -> Result<Regs>;
+    /// Sets general-purpose registers.
+    fn set_regs(&self, regs: &Regs) -> Result<()>;
+    /// Segment, control and descriptor-table registers.
+    fn sregs(&self) -> Result<SpecialRegs>;
+    /// Sets segment, control and descriptor-table registers.
+    fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()>;
+    /// Sets the FPU/SSE control state.
+    fn set_fpu(&self, fpu: &FpuState) -> Result<()>;
+    /// Writes MSRs; returns how many were written (the backend stops at the first it rejects).
+    fn set_msrs(&self, msrs: &[MsrEntry]) -> Result<usize>;
+    /// Sets the CPUID table the guest sees.
+    fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
+    /// Reads the local APIC's register page.
+    fn lapic(&self) -> Result<LapicState>;
+    /// Writes the local APIC's register page.
+    fn set_lapic(&self, lapic: &LapicState) -> Result<()>;
+    /// Enters the guest until the next exit the VMM must see.
+    fn run(&mut self) -> Result<VmExit<'_>>;
+    /// A handle that can make this vCPU's `run` return soon from another thread.
+    fn kicker(&self) -> Arc<dyn VcpuKicker>;
+}
+
+/// Makes a vCPU leave `run` from another thread (used for pause and shutdown).
+pub trait VcpuKicker: Send + Sync {
+    /// Requests that the vCPU return from `run` with [`VmExit::Interrupted`]
+    /// as soon as possible; harmless if it is not running.
+    fn kick(&self);
+}

@@ -1,0 +1,1 @@
+//! Host capability probe (to be written).

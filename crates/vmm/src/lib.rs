@@ -1,0 +1,1 @@
+//! sie-vmm (to be written).

@@ -1,0 +1,1 @@
+//! Test guests (to be written).
