@@ -1,1 +1,33 @@
-//! sie-config (to be written).
+//! The one configuration model of sie.
+//!
+//! One serde struct per resource, in Firecracker's JSON shapes, each with
+//! its own `validate()` and error enum; [`VmConfig`] holds them all. The CLI
+//! flags, `--config-file` and (later) the REST API all fill these structs,
+//! so a value means the same thing wherever it came from.
+//!
+//! ```
+//! use sie_config::{VmConfig, parse_mem_size_mib};
+//!
+//! let config = VmConfig::from_json(r#"{
+//!     "boot-source": {"kernel_image_path": "vmlinux"},
+//!     "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
+//! }"#).unwrap();
+//! config.validate().unwrap();
+//! assert_eq!(parse_mem_size_mib("2G"), Ok(2048));
+//! ```
+
+mod boot_source;
+mod devices;
+mod logging;
+mod machine_config;
+mod resource_id;
+mod size;
+mod vm_config;
+
+pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
+pub use devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, is_mac};
+pub use logging::{Logger, LoggerError, Metrics};
+pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
+pub use resource_id::{IdError, MAX_ID_LEN, validate_id};
+pub use size::{SizeError, parse_mem_size_mib};
+pub use vm_config::{ConfigError, VmConfig};

@@ -87,7 +87,10 @@ impl Bus {
             .checked_sub(1)
             .and_then(|p| self.entries.get(p))
             .is_some_and(|prev| prev.base + prev.len > base);
-        let overlaps_next = self.entries.get(position).is_some_and(|next| next.base < end);
+        let overlaps_next = self
+            .entries
+            .get(position)
+            .is_some_and(|next| next.base < end);
         if overlaps_prev || overlaps_next {
             return Err(BusError::Overlap { base, len });
         }

@@ -17,18 +17,24 @@ pub enum SystemEventKind {
 /// run area: the VMM fills `data` of a read before the next `run`.
 #[derive(Debug)]
 pub enum VmExit<'a> {
-    /// `in` from `port`; fill `data` (1, 2 or 4 bytes).
+    /// `in` from `port`; fill `data`: `size` bytes (1, 2 or 4) per access,
+    /// several accesses back to back for string I/O (`rep insb`).
     IoIn {
         /// Port number.
         port: u16,
-        /// Where the value read goes.
+        /// Bytes per access.
+        size: u8,
+        /// Where the values read go.
         data: &'a mut [u8],
     },
-    /// `out` to `port` of `data`.
+    /// `out` to `port` of `data`: `size` bytes per access, several accesses
+    /// back to back for string I/O (`rep outsb`).
     IoOut {
         /// Port number.
         port: u16,
-        /// The value written.
+        /// Bytes per access.
+        size: u8,
+        /// The values written.
         data: &'a [u8],
     },
     /// Read of guest-physical `addr` outside RAM; fill `data`.

@@ -98,7 +98,9 @@ pub trait Vm: Send + Sync {
     /// Injects an interrupt on `gsi` whenever `fd` is written.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
     /// Signals `fd` (without an exit to the VMM) when the guest writes `addr`,
-    /// optionally only when the written value equals `datamatch`.
+    /// optionally only when the written value equals `datamatch`. With a
+    /// datamatch only writes of 4 bytes match (8 when the value exceeds
+    /// `u32::MAX`): the width of virtio-mmio's QueueNotify register.
     fn register_ioevent(
         &self,
         fd: &EventFd,
@@ -121,10 +123,17 @@ pub trait Vcpu: Send {
     fn sregs(&self) -> Result<SpecialRegs>;
     /// Sets segment, control and descriptor-table registers.
     fn set_sregs(&self, sregs: &SpecialRegs) -> Result<()>;
-    /// Sets the FPU/SSE control state.
+    /// Reads the FPU/SSE control state.
+    fn fpu(&self) -> Result<FpuState>;
+    /// Sets the FPU/SSE control state (the rest of the FPU state is zeroed).
     fn set_fpu(&self, fpu: &FpuState) -> Result<()>;
+    /// Reads the MSRs at `indices`; stops at the first the backend rejects,
+    /// so the result may be shorter.
+    fn msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>>;
     /// Writes MSRs; returns how many were written (the backend stops at the first it rejects).
     fn set_msrs(&self, msrs: &[MsrEntry]) -> Result<usize>;
+    /// The CPUID table the guest sees.
+    fn cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// Sets the CPUID table the guest sees.
     fn set_cpuid(&self, entries: &[CpuidEntry]) -> Result<()>;
     /// Reads the local APIC's register page.
@@ -132,6 +141,12 @@ pub trait Vcpu: Send {
     /// Writes the local APIC's register page.
     fn set_lapic(&self, lapic: &LapicState) -> Result<()>;
     /// Enters the guest until the next exit the VMM must see.
+    ///
+    /// The first call on a thread prepares that thread for kicks (the KVM
+    /// backend blocks its kick signal there, see [`kvm::kick`]); later calls
+    /// on the same thread add no system call besides entering the guest.
+    /// [`VmExit::Interrupted`] may also come without a kick (another signal,
+    /// an AP waiting for its SIPI): check the VMM's state and call again.
     fn run(&mut self) -> Result<VmExit<'_>>;
     /// A handle that can make this vCPU's `run` return soon from another thread.
     fn kicker(&self) -> Arc<dyn VcpuKicker>;

@@ -1,6 +1,8 @@
 //! Neutral x86_64 register and table types, so that `arch` computes guest
 //! state without knowing the backend.
 
+use std::fmt;
+
 /// General-purpose registers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -146,9 +148,113 @@ impl LapicState {
     }
 }
 
+/// A compact register dump for error messages (e.g. after a triple fault):
+/// `rip`, `rsp`, `rflags`, then all general-purpose registers four a line.
+impl fmt::Display for Regs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "rip={:#018x} rsp={:#018x} rflags={:#010x}",
+            self.rip, self.rsp, self.rflags
+        )?;
+        let gprs = [
+            ("rax", self.rax),
+            ("rbx", self.rbx),
+            ("rcx", self.rcx),
+            ("rdx", self.rdx),
+            ("rsi", self.rsi),
+            ("rdi", self.rdi),
+            ("rbp", self.rbp),
+            ("r8", self.r8),
+            ("r9", self.r9),
+            ("r10", self.r10),
+            ("r11", self.r11),
+            ("r12", self.r12),
+            ("r13", self.r13),
+            ("r14", self.r14),
+            ("r15", self.r15),
+        ];
+        for line in gprs.chunks(4) {
+            let mut first = true;
+            for (name, value) in line {
+                if !first {
+                    f.write_str(" ")?;
+                }
+                first = false;
+                write!(f, "{name:>3}={value:#018x}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// A compact dump of the state that says which mode the CPU was in:
+/// control registers, EFER, the code and stack segments and the tables.
+impl fmt::Display for SpecialRegs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "cr0={:#010x} cr2={:#018x} cr3={:#018x} cr4={:#010x} efer={:#x}",
+            self.cr0, self.cr2, self.cr3, self.cr4, self.efer
+        )?;
+        writeln!(
+            f,
+            "cs={:#06x} (base={:#x} l={} db={}) ss={:#06x} (base={:#x})",
+            self.cs.selector,
+            self.cs.base,
+            u8::from(self.cs.l),
+            u8::from(self.cs.db),
+            self.ss.selector,
+            self.ss.base
+        )?;
+        writeln!(
+            f,
+            "gdt={:#x}/{:#x} idt={:#x}/{:#x}",
+            self.gdt.base, self.gdt.limit, self.idt.base, self.idt.limit
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regs_dump_names_every_register() {
+        let regs = Regs {
+            rip: 0x1000,
+            r15: 0xdead,
+            ..Default::default()
+        };
+        let dump = regs.to_string();
+        assert!(dump.contains("rip=0x0000000000001000"));
+        assert!(dump.contains("r15=0x000000000000dead"));
+        for name in [
+            "rsp", "rflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8=",
+        ] {
+            assert!(dump.contains(name), "{name} missing in {dump}");
+        }
+        assert_eq!(dump.lines().count(), 5);
+    }
+
+    #[test]
+    fn sregs_dump_shows_control_registers_and_selectors() {
+        let mut sregs = SpecialRegs {
+            cr0: 0x11,
+            cr2: 0xbad,
+            efer: 0x500,
+            ..Default::default()
+        };
+        sregs.cs.selector = 0x10;
+        sregs.ss.selector = 0x18;
+        let dump = sregs.to_string();
+        assert!(dump.contains("cr0=0x00000011"));
+        assert!(dump.contains("cr2=0x0000000000000bad"));
+        assert!(dump.contains("efer=0x500"));
+        assert!(dump.contains("cs=0x0010"));
+        assert!(dump.contains("ss=0x0018"));
+    }
 
     #[test]
     fn lapic_registers_round_trip_and_ignore_bad_offsets() {

@@ -1,1 +1,66 @@
-fn main() {}
+//! The `sie` binary: parses the command line, runs the subcommand, and turns
+//! every error into one line on stderr and a non-zero exit status.
+
+mod bench;
+mod cli;
+mod doctor;
+mod embedded_guest;
+mod run;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+/// Exit status when sie could not start or run the VM (bad input, host problem).
+const EXIT_FAILURE: u8 = 1;
+
+/// Prints an error and its sources on one line: `sie: error: a: b: c`.
+fn report_error(error: &dyn std::error::Error) {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    eprintln!("sie: error: {line}");
+}
+
+/// Makes sure descriptors 0, 1 and 2 are open, so that a file sie opens
+/// later (such as /dev/kvm) can never land on them when sie is started with
+/// a closed stdin or stdout.
+fn guard_standard_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: the path is a valid NUL-terminated string.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    guard_standard_fds();
+    std::panic::set_hook(Box::new(|info| {
+        sie_vmm::restore_terminal();
+        eprintln!("sie: internal error (a bug in sie): {info}");
+    }));
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::run(args, start),
+        cli::Command::Doctor => doctor::doctor(),
+        cli::Command::Bench(cli::BenchCommand::Exits(args)) => bench::exits::run(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            report_error(error.as_ref());
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,1 +1,97 @@
-//! sie-vmm (to be written).
+//! Builds and runs a VM.
+//!
+//! `build` turns one validated [`sie_config::VmConfig`] into a [`BuiltVm`];
+//! [`BuiltVm::run`] starts a thread per vCPU, serves the console and signals
+//! on the calling thread, and returns how the VM ended together with its
+//! exit statistics. Every VM exit passes through one dispatch function
+//! ([`dispatch::ExitContext::dispatch`]), where it is routed and counted.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use sie_hv::kvm::Kvm;
+//! use sie_vmm::{BuildOptions, ConsoleOutput, RunOptions, build};
+//!
+//! let config = sie_config::VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#)?;
+//! let kvm = Kvm::open()?;
+//! let vm = build(&config, &kvm, BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout() })?;
+//! let finished = vm.run(RunOptions { console_input: true })?;
+//! std::process::exit(finished.outcome.exit_code());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod bare;
+mod builder;
+pub mod console;
+mod control;
+pub mod dispatch;
+mod error;
+mod event_loop;
+mod outcome;
+pub mod platform;
+mod vcpu;
+
+use std::sync::Arc;
+
+pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build};
+pub use platform::{ExtraDevice, PlatformDevices};
+pub use console::{ConsoleOutput, TerminalGuard, terminal::restore_terminal};
+pub use error::{Result, VmmError};
+pub use outcome::{CrashReport, EXIT_GUEST_PANIC, EXIT_VCPU_CRASH, VmOutcome};
+use sie_obs::Observatory;
+
+/// Choices for running a built VM.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// Forward stdin to the guest's COM1 (and put a terminal in raw mode).
+    pub console_input: bool,
+}
+
+/// A VM that has ended.
+pub struct FinishedVm {
+    /// How it ended.
+    pub outcome: VmOutcome,
+    /// Its exit statistics.
+    pub observatory: Arc<Observatory>,
+}
+
+impl BuiltVm {
+    /// Runs the VM until the guest resets, crashes or panics, or sie gets a
+    /// stop signal.
+    pub fn run(self, options: RunOptions) -> Result<FinishedVm> {
+        let signals = event_loop::block_stop_signals().map_err(|source| VmmError::Host {
+            what: "blocking stop signals",
+            source,
+        })?;
+        let input = options
+            .console_input
+            .then(|| self.devices.console_input())
+            .flatten();
+        let _terminal = input.as_ref().and_then(|_| TerminalGuard::raw_stdin());
+        let handles = vcpu::spawn_vcpus(self.vcpus, self.exits.clone(), self.control.clone())
+            .map_err(|source| VmmError::Host {
+                what: "starting vCPU threads",
+                source,
+            })?;
+        let served = event_loop::run_until_stopped(
+            &self.control,
+            Some(signals),
+            input,
+            &self.devices.console,
+        );
+        for handle in handles {
+            // A vCPU thread that panicked has nothing to return; the VM is
+            // over either way.
+            let _ = handle.join();
+        }
+        self.devices.console.flush_pending();
+        served.map_err(|source| VmmError::Host {
+            what: "serving VM events",
+            source,
+        })?;
+        let outcome = self.control.outcome().unwrap_or(VmOutcome::Shutdown);
+        Ok(FinishedVm {
+            outcome,
+            observatory: self.exits.obs.clone(),
+        })
+    }
+}

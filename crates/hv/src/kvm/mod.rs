@@ -1,1 +1,180 @@
-//! KVM backend (to be written).
+//! The KVM backend: [`Kvm`] (the `/dev/kvm` system handle), [`KvmVm`] and
+//! [`KvmVcpu`]. This is the only place sie speaks KVM.
+//!
+//! ```no_run
+//! use sie_hv::{Hypervisor, kvm::Kvm};
+//!
+//! let kvm = Kvm::open()?;
+//! let vm = kvm.create_vm()?;
+//! let vcpu = vm.create_vcpu(0)?;
+//! # let _ = vcpu;
+//! # Ok::<(), sie_hv::HvError>(())
+//! ```
+
+mod convert;
+pub mod kick;
+mod run_area;
+mod vcpu;
+mod vm;
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::Cap;
+
+pub use kick::kick_signal;
+pub use vcpu::KvmVcpu;
+pub use vm::KvmVm;
+
+use crate::x86::CpuidEntry;
+use crate::{HvError, Hypervisor, Result, Vm};
+
+/// The default KVM device node.
+pub const KVM_PATH: &str = "/dev/kvm";
+
+/// Capabilities sie cannot work without, with the names reports use.
+/// SET_IDENTITY_MAP_ADDR is here because `create_platform` always sets it.
+pub const REQUIRED_CAPS: [(Cap, &str); 8] = [
+    (Cap::Irqchip, "IRQCHIP"),
+    (Cap::Ioeventfd, "IOEVENTFD"),
+    (Cap::Irqfd, "IRQFD"),
+    (Cap::UserMemory, "USER_MEMORY"),
+    (Cap::SetTssAddr, "SET_TSS_ADDR"),
+    (Cap::SetIdentityMapAddr, "SET_IDENTITY_MAP_ADDR"),
+    (Cap::Pit2, "PIT2"),
+    (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+];
+
+/// Maps a kvm-ioctls error to [`HvError::Call`] naming the operation.
+pub(crate) fn call(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> HvError {
+    move |error| HvError::Call {
+        op,
+        source: error.into(),
+    }
+}
+
+/// Maps an I/O error to [`HvError::Call`] naming the operation.
+pub(crate) fn io_call(op: &'static str) -> impl FnOnce(io::Error) -> HvError {
+    move |source| HvError::Call { op, source }
+}
+
+/// An open KVM system device.
+#[derive(Debug)]
+pub struct Kvm {
+    kvm: kvm_ioctls::Kvm,
+    /// Bytes to map of each vCPU file (`KVM_GET_VCPU_MMAP_SIZE`).
+    run_size: usize,
+}
+
+impl Kvm {
+    /// Opens `/dev/kvm` and checks it is a KVM sie can use.
+    pub fn open() -> Result<Kvm> {
+        Kvm::open_path(KVM_PATH)
+    }
+
+    /// Opens the KVM device at `path`, checks the API version is 12 and
+    /// every capability in [`REQUIRED_CAPS`] is present.
+    pub fn open_path(path: impl AsRef<Path>) -> Result<Kvm> {
+        let path = path.as_ref();
+        let open_error = |source| HvError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| open_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let kvm = kvm_ioctls::Kvm::new_with_path(&c_path).map_err(|e| open_error(e.into()))?;
+        let version = kvm.get_api_version();
+        if u32::try_from(version) != Ok(KVM_API_VERSION) {
+            return Err(HvError::ApiVersion(version));
+        }
+        if let Some((_, name)) = REQUIRED_CAPS
+            .iter()
+            .find(|(cap, _)| !kvm.check_extension(*cap))
+        {
+            return Err(HvError::MissingCapability(name));
+        }
+        let run_size = kvm
+            .get_vcpu_mmap_size()
+            .map_err(call("KVM_GET_VCPU_MMAP_SIZE"))?;
+        Ok(Kvm { kvm, run_size })
+    }
+
+    /// The KVM API version (12 for every KVM sie accepts).
+    pub fn api_version(&self) -> i32 {
+        self.kvm.get_api_version()
+    }
+
+    /// Creates a VM and returns the concrete type (for KVM-only extras).
+    pub fn create_kvm_vm(&self) -> Result<KvmVm> {
+        let fd = self.kvm.create_vm().map_err(call("KVM_CREATE_VM"))?;
+        Ok(KvmVm::new(fd, self.run_size))
+    }
+}
+
+impl Hypervisor for Kvm {
+    fn create_vm(&self) -> Result<Arc<dyn Vm>> {
+        Ok(Arc::new(self.create_kvm_vm()?))
+    }
+
+    /// `KVM_CAP_MAX_VCPUS`, or `KVM_CAP_NR_VCPUS` where that is absent.
+    fn max_vcpus(&self) -> u32 {
+        u32::try_from(self.kvm.get_max_vcpus()).unwrap_or(u32::MAX)
+    }
+
+    fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(call("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .map(convert::cpuid_entry_from_kvm)
+            .collect())
+    }
+
+    fn supported_msrs(&self) -> Result<Vec<u32>> {
+        let list = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(call("KVM_GET_MSR_INDEX_LIST"))?;
+        Ok(list.as_slice().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_device_is_an_open_error_naming_the_path() {
+        match Kvm::open_path("/nonexistent/kvm") {
+            Err(HvError::Open { path, source }) => {
+                assert_eq!(path, "/nonexistent/kvm");
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn path_with_nul_is_an_open_error() {
+        assert!(matches!(
+            Kvm::open_path("/dev/k\0vm"),
+            Err(HvError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn a_non_kvm_device_is_refused() {
+        // /dev/null opens but answers no KVM ioctl.
+        assert!(matches!(
+            Kvm::open_path("/dev/null"),
+            Err(HvError::ApiVersion(_))
+        ));
+    }
+}

@@ -1,0 +1,201 @@
+//! The DSDT: AML device objects for what Linux cannot discover: virtio-mmio
+//! slots, the pvpanic port and COM1.
+//!
+//! virtio-mmio interrupts are described **edge-triggered, active-high**:
+//! sie signals them through KVM irqfds without a resample fd, which pulse
+//! the I/O APIC pin; a level-triggered pin would need the resample path to
+//! lower it. Linux's virtio-mmio driver works with either (it reads and
+//! acknowledges the interrupt status register), and Firecracker describes
+//! its devices the same way.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope,
+};
+use acpi_tables::sdt::Sdt;
+
+use super::{AcpiConfig, AcpiError, OEM_ID, Result};
+
+/// Revision 2: 64-bit AML integers.
+const REVISION: u8 = 2;
+const HEADER_LEN: u32 = 36;
+/// AML names are four characters: "V" and three hex digits.
+const MAX_VIRTIO_DEVICES: usize = 0x1000;
+const COM1_PORT: u16 = 0x3f8;
+const COM1_IRQ: u32 = 4;
+
+/// `Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive)`.
+fn edge_high(irq: u32) -> Interrupt {
+    Interrupt::new(true, true, false, false, irq)
+}
+
+/// Builds the DSDT for `config`.
+pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
+    if config.virtio_mmio.len() > MAX_VIRTIO_DEVICES {
+        return Err(AcpiError::TooManyVirtioDevices(config.virtio_mmio.len()));
+    }
+    // Devices are encoded one by one into `body`, so each one's resources
+    // can be dropped before the next is built.
+    let mut body = Vec::new();
+
+    if config.legacy_serial {
+        let io = IO::new(COM1_PORT, COM1_PORT, 1, 8);
+        let irq = edge_high(COM1_IRQ);
+        let crs = ResourceTemplate::new(vec![&io, &irq]);
+        Device::new(
+            Path::new("COM1"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+                &Name::new(Path::new("_UID"), &1u8),
+                &Name::new(Path::new("_CRS"), &crs),
+            ],
+        )
+        .to_aml_bytes(&mut body);
+    }
+
+    if let Some(port) = config.pvpanic_port {
+        let io = IO::new(port, port, 1, 1);
+        let crs = ResourceTemplate::new(vec![&io]);
+        Device::new(
+            Path::new("PVPN"),
+            vec![
+                &Name::new(Path::new("_HID"), &"QEMU0001"),
+                &Name::new(Path::new("_CRS"), &crs),
+            ],
+        )
+        .to_aml_bytes(&mut body);
+    }
+
+    for (index, dev) in config.virtio_mmio.iter().enumerate() {
+        let fits = dev.len > 0
+            && dev
+                .addr
+                .checked_add(dev.len)
+                .is_some_and(|end| end <= 1 << 32);
+        if !fits {
+            return Err(AcpiError::VirtioMmioRange {
+                addr: dev.addr,
+                len: dev.len,
+            });
+        }
+        // Both fit in 32 bits: the window ends at or below 4 GiB.
+        let memory = Memory32Fixed::new(true, dev.addr as u32, dev.len as u32);
+        let irq = edge_high(dev.irq);
+        let crs = ResourceTemplate::new(vec![&memory, &irq]);
+        let uid = index as u32;
+        Device::new(
+            Path::new(&format!("V{index:03X}")),
+            vec![
+                &Name::new(Path::new("_HID"), &"LNRO0005"),
+                &Name::new(Path::new("_UID"), &uid),
+                &Name::new(Path::new("_CRS"), &crs),
+            ],
+        )
+        .to_aml_bytes(&mut body);
+    }
+
+    let mut aml = Vec::with_capacity(body.len() + 16);
+    Scope::new(Path::new("\\_SB_"), vec![&RawAml(body)]).to_aml_bytes(&mut aml);
+
+    let mut sdt = Sdt::new(*b"DSDT", HEADER_LEN, REVISION, OEM_ID, *b"SIEDSDT ", 1);
+    sdt.append_slice(&aml);
+    Ok(sdt.as_slice().to_vec())
+}
+
+/// Already-encoded AML, placed inside a scope.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::VirtioMmioAcpi;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn config() -> AcpiConfig {
+        AcpiConfig {
+            vcpus: 1,
+            virtio_mmio: vec![
+                VirtioMmioAcpi {
+                    addr: 0xc000_1000,
+                    len: 0x1000,
+                    irq: 5,
+                },
+                VirtioMmioAcpi {
+                    addr: 0xc000_2000,
+                    len: 0x1000,
+                    irq: 6,
+                },
+            ],
+            pvpanic_port: Some(0x505),
+            legacy_serial: true,
+        }
+    }
+
+    #[test]
+    fn devices_carry_their_ids_and_resources() {
+        let dsdt = build(&config()).unwrap();
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(dsdt[8], REVISION);
+        assert_eq!(
+            u32::from_le_bytes(dsdt[4..8].try_into().unwrap()) as usize,
+            dsdt.len()
+        );
+        assert_eq!(dsdt.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        // _HID strings, NUL-terminated as AML String objects.
+        assert!(contains(&dsdt, b"\x0dLNRO0005\0"));
+        assert!(contains(&dsdt, b"\x0dQEMU0001\0"));
+        // EISAID("PNP0501") as a DWord constant.
+        assert!(contains(&dsdt, &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(contains(&dsdt, b"V000") && contains(&dsdt, b"V001"));
+        assert!(contains(&dsdt, b"COM1") && contains(&dsdt, b"PVPN"));
+        // Memory32Fixed(ReadWrite, 0xc0002000, 0x1000).
+        assert!(contains(
+            &dsdt,
+            &[0x86, 9, 0, 1, 0x00, 0x20, 0x00, 0xc0, 0, 0x10, 0, 0]
+        ));
+        // Extended IRQ: consumer, edge, active high, exclusive; one IRQ, 6.
+        assert!(contains(&dsdt, &[0x89, 6, 0, 0x03, 1, 6, 0, 0, 0]));
+        // IO(Decode16, 0x505, 0x505, 1, 1).
+        assert!(contains(&dsdt, &[0x47, 1, 0x05, 0x05, 0x05, 0x05, 1, 1]));
+    }
+
+    #[test]
+    fn absent_devices_are_not_described() {
+        let dsdt = build(&AcpiConfig {
+            vcpus: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!contains(&dsdt, b"LNRO0005"));
+        assert!(!contains(&dsdt, b"QEMU0001"));
+        assert!(!contains(&dsdt, b"COM1"));
+    }
+
+    #[test]
+    fn virtio_mmio_above_4gib_is_rejected() {
+        let mut c = config();
+        c.virtio_mmio[1].addr = 0xffff_f800;
+        assert!(matches!(
+            build(&c),
+            Err(AcpiError::VirtioMmioRange {
+                addr: 0xffff_f800,
+                ..
+            })
+        ));
+        c.virtio_mmio[1].addr = 1 << 32;
+        assert!(build(&c).is_err());
+        c.virtio_mmio[1].addr = 0xffff_f000; // ends exactly at 4 GiB
+        assert!(build(&c).is_ok());
+        c.virtio_mmio[1].len = 0;
+        assert!(build(&c).is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! ACPI tables: RSDP → XSDT → FADT (→ DSDT) and MADT, written in one go
+//! into the reserved BIOS area at [`ACPI_START`], with the RSDP first so
+//! Linux also finds it by scanning 0xE0000..0xFFFFF.
+//!
+//! The FADT declares a hardware-reduced ACPI platform: no PM timer, SCI,
+//! GPE or sleep registers are needed. Its IAPC_BOOT_ARCH says legacy
+//! devices and an i8042 are present (without the 8042 bit Linux skips
+//! probing the keyboard controller, which sie uses for reset), no VGA, and
+//! a CMOS RTC present. No FACS: hardware-reduced platforms may omit it.
+//!
+//! ```
+//! # use sie_arch::acpi::{create_acpi_tables, AcpiConfig};
+//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+//! let config = AcpiConfig { vcpus: 2, legacy_serial: true, ..Default::default() };
+//! let rsdp = create_acpi_tables(&mem, &config).unwrap();
+//! assert_eq!(rsdp, GuestAddress(sie_arch::layout::ACPI_START));
+//! ```
+
+mod dsdt;
+mod madt;
+
+use acpi_tables::Aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::xsdt::XSDT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{ACPI_END, ACPI_START};
+
+pub use madt::MAX_VCPUS;
+
+/// OEM id in every table header.
+const OEM_ID: [u8; 6] = *b"SIEVMM";
+/// Tables start on 16-byte boundaries (the RSDP scan's step).
+const ALIGN: usize = 16;
+
+/// IAPC_BOOT_ARCH: LPC/ISA devices present.
+const BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
+/// IAPC_BOOT_ARCH: an 8042 keyboard controller is present.
+const BOOT_ARCH_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH: do not probe for VGA.
+const BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+
+/// One virtio-mmio device to describe in the DSDT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioAcpi {
+    /// MMIO base address (below 4 GiB).
+    pub addr: u64,
+    /// MMIO window length in bytes.
+    pub len: u64,
+    /// GSI (I/O APIC pin), described edge-triggered, active-high.
+    pub irq: u32,
+}
+
+/// What the ACPI tables describe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcpiConfig {
+    /// Number of vCPUs (1..=254); APIC ids are 0..vcpus.
+    pub vcpus: u32,
+    /// virtio-mmio devices, in `_UID` order.
+    pub virtio_mmio: Vec<VirtioMmioAcpi>,
+    /// I/O port of a pvpanic device, if any.
+    pub pvpanic_port: Option<u16>,
+    /// Describe COM1 (0x3f8, IRQ 4).
+    pub legacy_serial: bool,
+}
+
+/// Errors building the ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The vCPU count cannot be described with xAPIC MADT entries.
+    #[error("{0} vCPUs cannot be described in the MADT: 1 to 254 are supported")]
+    VcpuCount(u32),
+    /// Too many virtio-mmio devices for the DSDT's naming scheme.
+    #[error("{0} virtio-mmio devices exceed the DSDT's limit of 4096")]
+    TooManyVirtioDevices(usize),
+    /// A virtio-mmio window is empty or not below 4 GiB.
+    #[error("virtio-mmio window {addr:#x} (+{len:#x}) is empty or not below 4 GiB")]
+    VirtioMmioRange {
+        /// Window base.
+        addr: u64,
+        /// Window length.
+        len: u64,
+    },
+    /// The tables outgrow the BIOS area.
+    #[error("ACPI tables ({0} bytes) do not fit in the BIOS area")]
+    TooLarge(usize),
+    /// The guest memory write failed (guest RAM smaller than 1 MiB).
+    #[error("cannot write the ACPI tables to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, AcpiError>;
+
+/// Builds the tables for `config`, writes them at [`ACPI_START`] and returns
+/// the RSDP address (for `boot_params.acpi_rsdp_addr` / PVH `rsdp_paddr`).
+pub fn create_acpi_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<GuestAddress> {
+    let madt = madt::build(config.vcpus)?;
+    let dsdt = dsdt::build(config)?;
+
+    // Layout: RSDP, DSDT, FADT, MADT, XSDT; each address is known before
+    // the table that points at it is built.
+    let mut image = vec![0u8; Rsdp::len()];
+    let dsdt_addr = append(&mut image, &dsdt);
+
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"SIEFACP ", 1)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        // No power or sleep button; in the fixed-feature model a zero would
+        // claim one.
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch =
+        (BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042 | BOOT_ARCH_VGA_NOT_PRESENT).into();
+    let fadt_addr = append(&mut image, &to_bytes(&fadt.finalize()));
+    let madt_addr = append(&mut image, &madt);
+
+    let mut xsdt = XSDT::new(OEM_ID, *b"SIEXSDT ", 1);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt_addr = append(&mut image, &to_bytes(&xsdt));
+
+    let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    image[..rsdp.len()].copy_from_slice(&rsdp);
+
+    if image.len() as u64 > ACPI_END - ACPI_START {
+        return Err(AcpiError::TooLarge(image.len()));
+    }
+    mem.write_slice(&image, GuestAddress(ACPI_START))
+        .map_err(AcpiError::Write)?;
+    Ok(GuestAddress(ACPI_START))
+}
+
+/// Appends `table` at the next aligned offset; returns its guest address.
+fn append(image: &mut Vec<u8>, table: &[u8]) -> u64 {
+    let at = image.len().next_multiple_of(ALIGN);
+    image.resize(at, 0);
+    image.extend_from_slice(table);
+    ACPI_START + at as u64
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+#[cfg(test)]
+mod tests;

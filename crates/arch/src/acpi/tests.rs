@@ -1,0 +1,170 @@
+//! Parses the written tables back out of guest memory, the way a guest's
+//! ACPI code would.
+
+use super::*;
+
+fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+}
+
+fn config() -> AcpiConfig {
+    AcpiConfig {
+        vcpus: 4,
+        virtio_mmio: vec![VirtioMmioAcpi {
+            addr: 0xc000_1000,
+            len: 0x1000,
+            irq: 5,
+        }],
+        pvpanic_port: Some(0x505),
+        legacy_serial: true,
+    }
+}
+
+fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+    buf
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+fn sums_to_zero(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+}
+
+/// Reads the table at `addr`, checking signature, length and checksum.
+fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
+    let header = read(mem, addr, 36);
+    assert_eq!(&header[..4], signature);
+    let bytes = read(mem, addr, u32_at(&header, 4) as usize);
+    assert!(
+        sums_to_zero(&bytes),
+        "{} checksum",
+        String::from_utf8_lossy(signature)
+    );
+    assert_eq!(&bytes[10..16], b"SIEVMM");
+    bytes
+}
+
+struct Parsed {
+    fadt: Vec<u8>,
+    madt: Vec<u8>,
+    dsdt: Vec<u8>,
+}
+
+fn parse(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> Parsed {
+    let rsdp = read(mem, rsdp_addr.0, 36);
+    assert_eq!(&rsdp[..8], b"RSD PTR ");
+    assert!(sums_to_zero(&rsdp[..20]), "RSDP v1 checksum");
+    assert!(sums_to_zero(&rsdp), "RSDP extended checksum");
+    assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP");
+    assert_eq!(u32_at(&rsdp, 20), 36);
+    let xsdt = table(mem, u64_at(&rsdp, 24), b"XSDT");
+    let entries: Vec<u64> = xsdt[36..].chunks_exact(8).map(|c| u64_at(c, 0)).collect();
+    assert_eq!(entries.len(), 2);
+    let fadt = table(mem, entries[0], b"FACP");
+    let madt = table(mem, entries[1], b"APIC");
+    assert_eq!(u32_at(&fadt, 40), 0, "32-bit DSDT pointer unused");
+    let dsdt = table(mem, u64_at(&fadt, 140), b"DSDT");
+    Parsed { fadt, madt, dsdt }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn rsdp_is_in_the_bios_scan_area_on_a_16_byte_boundary() {
+    let rsdp = create_acpi_tables(&mem(), &config()).unwrap();
+    assert!((0xe0000..0x100000).contains(&rsdp.0));
+    assert_eq!(rsdp.0 % 16, 0);
+}
+
+#[test]
+fn tables_chain_with_valid_checksums() {
+    let mem = mem();
+    let rsdp = create_acpi_tables(&mem, &config()).unwrap();
+    let p = parse(&mem, rsdp);
+    assert!(contains(&p.dsdt, b"LNRO0005"));
+    assert!(contains(&p.dsdt, b"QEMU0001"));
+}
+
+#[test]
+fn fadt_is_hardware_reduced_with_8042_and_no_vga() {
+    let mem = mem();
+    let p = parse(&mem, create_acpi_tables(&mem, &config()).unwrap());
+    let flags = u32_at(&p.fadt, 112);
+    assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+    let boot_arch = u16::from_le_bytes([p.fadt[109], p.fadt[110]]);
+    assert_ne!(boot_arch & BOOT_ARCH_8042, 0);
+    assert_ne!(boot_arch & BOOT_ARCH_VGA_NOT_PRESENT, 0);
+    assert_eq!(boot_arch & (1 << 5), 0, "CMOS RTC present");
+    assert_eq!(p.fadt.len(), 276, "ACPI 6 FADT");
+}
+
+#[test]
+fn madt_has_one_local_apic_per_vcpu() {
+    let mem = mem();
+    let p = parse(&mem, create_acpi_tables(&mem, &config()).unwrap());
+    let mut at = 44;
+    let mut lapics = Vec::new();
+    let mut ioapics = 0;
+    while at < p.madt.len() {
+        match p.madt[at] {
+            0 => lapics.push(p.madt[at + 3]),
+            1 => {
+                ioapics += 1;
+                assert_eq!(u32_at(&p.madt, at + 4), 0xfec0_0000);
+                assert!(!lapics.contains(&p.madt[at + 2]), "I/O APIC id collides");
+            }
+            _ => {}
+        }
+        at += usize::from(p.madt[at + 1]);
+    }
+    assert_eq!(lapics, vec![0, 1, 2, 3]);
+    assert_eq!(ioapics, 1);
+}
+
+#[test]
+fn memory_without_the_bios_area_is_an_error() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
+    assert!(matches!(
+        create_acpi_tables(&mem, &config()),
+        Err(AcpiError::Write(_))
+    ));
+}
+
+#[test]
+fn tables_too_large_for_the_bios_area_are_an_error() {
+    let mut c = config();
+    c.virtio_mmio = vec![
+        VirtioMmioAcpi {
+            addr: 0xc000_1000,
+            len: 0x1000,
+            irq: 5
+        };
+        4000
+    ];
+    assert!(matches!(
+        create_acpi_tables(&mem(), &c),
+        Err(AcpiError::TooLarge(_))
+    ));
+}
+
+#[test]
+fn bad_vcpu_count_is_an_error() {
+    let c = AcpiConfig {
+        vcpus: 0,
+        ..config()
+    };
+    assert!(matches!(
+        create_acpi_tables(&mem(), &c),
+        Err(AcpiError::VcpuCount(0))
+    ));
+}

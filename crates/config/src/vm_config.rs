@@ -1,0 +1,287 @@
+//! The whole VM configuration: Firecracker's config-file shape.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot_source::{BootSource, BootSourceError};
+use crate::devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, Vsock};
+use crate::logging::{Logger, LoggerError, Metrics};
+use crate::machine_config::{MachineConfig, MachineConfigError};
+
+/// Every resource of one VM. The CLI, the config file and (later) the API
+/// all fill this one struct.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel, command line, initrd.
+    #[serde(rename = "boot-source")]
+    pub boot_source: BootSource,
+    /// vCPUs and memory; defaults when absent.
+    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    pub machine_config: Option<MachineConfig>,
+    /// Block devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<Drive>,
+    /// Network devices.
+    #[serde(rename = "network-interfaces", default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// The vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    /// The entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
+    /// Logging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    /// Metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Firecracker's balloon; parsed so it can be refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<serde_json::Value>,
+    /// Firecracker's MMDS; parsed so it can be refused by name.
+    #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
+    pub mmds_config: Option<serde_json::Value>,
+    /// Firecracker's CPU templates; parsed so they can be refused by name.
+    #[serde(rename = "cpu-config", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_config: Option<serde_json::Value>,
+}
+
+/// Why a configuration could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or has the wrong shape.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// "config file PATH" or "config".
+        origin: String,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// `boot-source` is invalid.
+    #[error(transparent)]
+    BootSource(#[from] BootSourceError),
+    /// `machine-config` is invalid.
+    #[error(transparent)]
+    MachineConfig(#[from] MachineConfigError),
+    /// A device resource is invalid.
+    #[error(transparent)]
+    Device(#[from] DeviceConfigError),
+    /// `logger` is invalid.
+    #[error(transparent)]
+    Logger(#[from] LoggerError),
+    /// Two resources share an id.
+    #[error("{resource}: id {id:?} is used twice")]
+    DuplicateId {
+        /// "drives" or "network-interfaces".
+        resource: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// More than one root drive.
+    #[error("drives: more than one drive has is_root_device set")]
+    SeveralRoots,
+}
+
+impl VmConfig {
+    /// A configuration booting `boot_source` with default everything else.
+    pub fn new(boot_source: BootSource) -> Self {
+        Self {
+            boot_source,
+            machine_config: None,
+            drives: Vec::new(),
+            network_interfaces: Vec::new(),
+            vsock: None,
+            entropy: None,
+            logger: None,
+            metrics: None,
+            balloon: None,
+            mmds_config: None,
+            cpu_config: None,
+        }
+    }
+
+    /// Parses a config file's text; `origin` names it in errors.
+    pub fn from_json_named(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            message,
+        };
+        if text.trim().is_empty() {
+            return Err(parse_error("the file is empty".to_string()));
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let config: VmConfig = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                let message = if path.is_empty() || path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                };
+                parse_error(message)
+            })?;
+        deserializer
+            .end()
+            .map_err(|e| parse_error(format!("trailing characters after the JSON: {e}")))?;
+        Ok(config)
+    }
+
+    /// Parses JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::from_json_named(text, "config")
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json_named(&text, &format!("config file {}", path.display()))
+    }
+
+    /// Checks every resource and the rules between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.boot_source.validate()?;
+        if let Some(machine) = &self.machine_config {
+            machine.validate()?;
+        }
+        let mut drive_ids = std::collections::BTreeSet::new();
+        for drive in &self.drives {
+            drive.validate()?;
+            if !drive_ids.insert(drive.drive_id.as_str()) {
+                return Err(ConfigError::DuplicateId {
+                    resource: "drives",
+                    id: drive.drive_id.clone(),
+                });
+            }
+        }
+        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+            return Err(ConfigError::SeveralRoots);
+        }
+        let mut iface_ids = std::collections::BTreeSet::new();
+        for nic in &self.network_interfaces {
+            nic.validate()?;
+            if !iface_ids.insert(nic.iface_id.as_str()) {
+                return Err(ConfigError::DuplicateId {
+                    resource: "network-interfaces",
+                    id: nic.iface_id.clone(),
+                });
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
+        if let Some(logger) = &self.logger {
+            logger.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{
+      "boot-source": {
+        "kernel_image_path": "vmlinux.bin",
+        "boot_args": "console=ttyS0 reboot=k panic=1 pci=off",
+        "initrd_path": null
+      },
+      "drives": [
+        {"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
+         "is_read_only": false, "partuuid": null, "cache_type": "Unsafe",
+         "io_engine": "Sync", "rate_limiter": null}
+      ],
+      "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
+                         "track_dirty_pages": false},
+      "network-interfaces": [
+        {"iface_id": "eth0", "guest_mac": "AA:FC:00:00:00:01", "host_dev_name": "tap0"}
+      ],
+      "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock", "vsock_id": "vsock0"},
+      "logger": {"log_path": "/tmp/log", "level": "Info"}
+    }"#;
+
+    #[test]
+    fn a_firecracker_config_file_round_trips() {
+        let config = VmConfig::from_json(FULL).unwrap();
+        config.validate().unwrap();
+        let machine = config.machine_config.as_ref().unwrap();
+        assert_eq!((machine.vcpu_count, machine.mem_size_mib), (2, 1024));
+        assert_eq!(config.drives[0].drive_id, "rootfs");
+        assert!(config.drives[0].is_root_device);
+        assert_eq!(config.network_interfaces[0].host_dev_name, "tap0");
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(VmConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let error = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpus": 2}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("machine-config"), "{error}");
+        assert!(error.contains("unknown field `vcpus`"), "{error}");
+        let error = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "cpus": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `cpus`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_missing_fields_and_bad_json_are_named() {
+        let error = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "machine-config": {"vcpu_count": "two", "mem_size_mib": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("machine-config.vcpu_count"), "{error}");
+        let error = VmConfig::from_json(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("boot-source"), "{error}");
+        let error = VmConfig::from_json("{ not json").unwrap_err().to_string();
+        assert!(error.starts_with("config: "), "{error}");
+        let error = VmConfig::from_json("  ").unwrap_err().to_string();
+        assert!(error.contains("empty"), "{error}");
+        assert!(VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}} x"#).is_err());
+    }
+
+    #[test]
+    fn files_are_named_in_errors() {
+        let error = VmConfig::from_file(Path::new("/nonexistent/sie.json")).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("/nonexistent/sie.json"), "{text}");
+    }
+
+    #[test]
+    fn cross_resource_rules() {
+        let mut config = VmConfig::from_json(FULL).unwrap();
+        let mut second = config.drives[0].clone();
+        config.drives.push(second.clone());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::DuplicateId { resource: "drives", .. })
+        ));
+        second.drive_id = "data".into();
+        config.drives[1] = second;
+        assert!(matches!(config.validate(), Err(ConfigError::SeveralRoots)));
+    }
+}

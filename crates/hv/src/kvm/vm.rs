@@ -1,0 +1,171 @@
+//! [`KvmVm`]: one KVM virtual machine: memory slots, the in-kernel
+//! platform devices, interrupt plumbing and vCPU creation.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::call;
+use super::vcpu::KvmVcpu;
+use crate::{HvError, IoEventAddress, Result, Vcpu, Vm};
+
+/// Guest memory the kernel has been told about, kept mapped for as long as
+/// the VM or any of its vCPUs lives.
+#[derive(Debug, Default)]
+pub(crate) struct KeptMemory {
+    inner: Mutex<MemorySlots>,
+}
+
+#[derive(Debug, Default)]
+struct MemorySlots {
+    /// The next free KVM memory slot number.
+    next_slot: u32,
+    /// Clones of every mapped `GuestMemoryMmap`; a clone shares the
+    /// underlying host mappings, so they stay valid while it lives.
+    kept: Vec<GuestMemoryMmap>,
+}
+
+/// One KVM virtual machine. Created by [`super::Kvm`].
+#[derive(Debug)]
+pub struct KvmVm {
+    fd: VmFd,
+    /// `KVM_GET_VCPU_MMAP_SIZE`: bytes to map of each vCPU file.
+    run_size: usize,
+    memory: Arc<KeptMemory>,
+}
+
+impl KvmVm {
+    pub(crate) fn new(fd: VmFd, run_size: usize) -> KvmVm {
+        KvmVm {
+            fd,
+            run_size,
+            memory: Arc::new(KeptMemory::default()),
+        }
+    }
+
+    /// The number of KVM memory slots in use.
+    pub fn memory_slots(&self) -> u32 {
+        self.memory
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_slot
+    }
+}
+
+/// The width KVM compares a datamatch against: 4 bytes (the register width
+/// of virtio-mmio and most PIO devices), or 8 when the value needs it.
+fn datamatch_width(value: u64) -> usize {
+    if u32::try_from(value).is_ok() { 4 } else { 8 }
+}
+
+impl Vm for KvmVm {
+    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+        let mut slots = self
+            .memory
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Keep the clone before telling the kernel, so there is no moment
+        // when a slot points at memory nothing in sie keeps alive.
+        slots.kept.push(memory.clone());
+        for region in memory.iter() {
+            let slot = slots.next_slot;
+            let host = region.as_ptr() as u64;
+            let entry = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host,
+            };
+            // SAFETY: `host..host+len` is a live mapping owned by `region`;
+            // a clone of the collection holding it is kept in `self.memory`,
+            // which the VM and every vCPU (the only things that can make the
+            // kernel touch the slot) hold an Arc to, so the mapping outlives
+            // every use the kernel can make of it.
+            unsafe { self.fd.set_user_memory_region(entry) }
+                .map_err(call("KVM_SET_USER_MEMORY_REGION"))?;
+            slots.next_slot += 1;
+        }
+        Ok(())
+    }
+
+    fn create_platform(&self, tss_addr: u64, identity_map_addr: u64) -> Result<()> {
+        let tss = usize::try_from(tss_addr)
+            .map_err(|_| HvError::Invalid(format!("TSS address {tss_addr:#x} too large")))?;
+        self.fd
+            .set_identity_map_address(identity_map_addr)
+            .map_err(call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        self.fd
+            .set_tss_address(tss)
+            .map_err(call("KVM_SET_TSS_ADDR"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(call("KVM_CREATE_IRQCHIP"))?;
+        // The dummy speaker port (0x61) keeps guests' PIT calibration happy
+        // without an emulated PC speaker.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(call("KVM_CREATE_PIT2"))
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(call("KVM_CREATE_VCPU"))?;
+        let vcpu = KvmVcpu::new(id, fd, self.run_size, Arc::clone(&self.memory))?;
+        Ok(Box::new(vcpu))
+    }
+
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        self.fd.register_irqfd(fd, gsi).map_err(call("KVM_IRQFD"))
+    }
+
+    fn register_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        let addr = match addr {
+            IoEventAddress::Pio(port) => KvmIoEventAddress::Pio(port),
+            IoEventAddress::Mmio(gpa) => KvmIoEventAddress::Mmio(gpa),
+        };
+        // kvm-ioctls takes the access width from the datamatch type's size.
+        let result = match datamatch {
+            None => self.fd.register_ioevent(fd, &addr, NoDatamatch),
+            Some(value) => match u32::try_from(value) {
+                Ok(narrow) if datamatch_width(value) == 4 => {
+                    self.fd.register_ioevent(fd, &addr, narrow)
+                }
+                _ => self.fd.register_ioevent(fd, &addr, value),
+            },
+        };
+        result.map_err(call("KVM_IOEVENTFD"))
+    }
+
+    fn set_irq_line(&self, gsi: u32, active: bool) -> Result<()> {
+        self.fd
+            .set_irq_line(gsi, active)
+            .map_err(call("KVM_IRQ_LINE"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datamatch_is_four_bytes_unless_the_value_needs_eight() {
+        assert_eq!(datamatch_width(0), 4);
+        assert_eq!(datamatch_width(u64::from(u32::MAX)), 4);
+        assert_eq!(datamatch_width(u64::from(u32::MAX) + 1), 8);
+    }
+}

@@ -1,1 +1,0 @@
-//! Host capability probe (to be written).

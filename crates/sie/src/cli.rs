@@ -1,0 +1,77 @@
+//! The command line: `sie run`, `sie doctor`, `sie bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// sie: a small, fast, observable microVM monitor on KVM.
+#[derive(Debug, Parser)]
+#[command(name = "sie", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// sie's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest kernel with its first serial port on this terminal.
+    ///
+    /// sie exits 0 when the guest resets (i8042 reset or `reboot`), 3 when a
+    /// vCPU crashes (triple fault, emulation failure), 4 when the guest kernel
+    /// panics, 128+N on signal N, and 1 with a one-line reason on bad input.
+    Run(RunArgs),
+    /// Report what this host offers for running VMs, with two measurements.
+    Doctor,
+    /// Micro-benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Flags of `sie run`. Flags override values from `--config-file`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk loaded for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"].
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u64>,
+    /// Print exit statistics and boot markers on stderr when the VM ends.
+    #[arg(long)]
+    pub stats: bool,
+    /// A Firecracker-style JSON config file (boot-source, machine-config).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    pub log_level: String,
+}
+
+/// `sie bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Cost of one VM exit through sie's dispatch vs a bare KVM_RUN loop.
+    Exits(BenchExitsArgs),
+}
+
+/// Flags of `sie bench exits`.
+#[derive(Debug, Args)]
+pub struct BenchExitsArgs {
+    /// Exits per kind per run.
+    #[arg(long, default_value_t = 2000)]
+    pub count: u32,
+    /// Runs of each loop; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+}

@@ -1,0 +1,117 @@
+//! `sie run`: fill the configuration from the config file and the flags,
+//! build the VM, run it, report how it ended.
+
+use std::time::Instant;
+
+use sie_config::{BootSource, VmConfig};
+use sie_hv::kvm::Kvm;
+use sie_vmm::{BuildOptions, ConsoleOutput, RunOptions, VmOutcome};
+
+use crate::cli::RunArgs;
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Errors of the command line itself (not of the VM).
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("no kernel given: pass --kernel PATH or a --config-file with boot-source")]
+    NoKernel,
+    #[error("invalid --memory {value:?}")]
+    Memory {
+        value: String,
+        #[source]
+        source: sie_config::SizeError,
+    },
+    #[error("invalid --log-level {0:?}: expected error, warn, info, debug or trace")]
+    LogLevel(String),
+    #[error("--vcpus {0} is out of range: at least 1, at most {max}", max = sie_vmm::MAX_VCPUS)]
+    Vcpus(u64),
+}
+
+/// Merges the config file (if any) and the flags into one configuration.
+pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
+    let mut config = match &args.config_file {
+        Some(path) => VmConfig::from_file(path)?,
+        None => {
+            let kernel = args.kernel.clone().ok_or(RunError::NoKernel)?;
+            VmConfig::new(BootSource::new(kernel))
+        }
+    };
+    if let Some(kernel) = &args.kernel {
+        config.boot_source.kernel_image_path = kernel.clone();
+    }
+    if let Some(initrd) = &args.initrd {
+        config.boot_source.initrd_path = Some(initrd.clone());
+    }
+    if let Some(cmdline) = &args.cmdline {
+        config.boot_source.boot_args = Some(cmdline.clone());
+    }
+    let mut machine = config.machine_config.clone().unwrap_or_default();
+    if let Some(memory) = &args.memory {
+        machine.mem_size_mib =
+            sie_config::parse_mem_size_mib(memory).map_err(|source| RunError::Memory {
+                value: memory.clone(),
+                source,
+            })?;
+    }
+    if let Some(vcpus) = args.vcpus {
+        machine.vcpu_count = vcpu_count(vcpus)?;
+    }
+    config.machine_config = Some(machine);
+    config.validate()?;
+    Ok(config)
+}
+
+fn vcpu_count(requested: u64) -> Result<u8, RunError> {
+    u8::try_from(requested)
+        .ok()
+        .filter(|&n| n >= 1 && u32::from(n) <= sie_vmm::MAX_VCPUS)
+        .ok_or(RunError::Vcpus(requested))
+}
+
+fn init_logging(level: &str) -> Result<(), RunError> {
+    let level: tracing::Level = level
+        .parse()
+        .map_err(|_| RunError::LogLevel(level.to_string()))?;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    Ok(())
+}
+
+/// Runs `sie run`; returns the process exit status.
+pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
+    init_logging(&args.log_level)?;
+    let config = config_from_args(&args)?;
+    let kvm = Kvm::open()?;
+    let vm = sie_vmm::build(
+        &config,
+        &kvm,
+        BuildOptions {
+            start,
+            console: ConsoleOutput::stdout(),
+            extra_pio: Vec::new(),
+        },
+    )?;
+    let finished = vm.run(RunOptions {
+        console_input: true,
+    })?;
+    if args.stats {
+        eprint!("{}", finished.observatory.report());
+    }
+    match &finished.outcome {
+        VmOutcome::Reset | VmOutcome::Shutdown => {}
+        VmOutcome::Crash(report) => {
+            eprintln!(
+                "sie: guest crashed vCPU {}: {}\n{}",
+                report.vcpu, report.reason, report.registers
+            );
+        }
+        VmOutcome::GuestPanic => eprintln!("sie: the guest kernel panicked (reported through pvpanic)"),
+        VmOutcome::Signal(signal) => eprintln!("sie: stopped by signal {signal}"),
+    }
+    Ok(u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX))
+}

@@ -1,0 +1,241 @@
+//! Builds a VM from one validated configuration, in one linear function:
+//! memory, VM and platform, kernel and initrd, devices, firmware tables,
+//! boot parameters, vCPUs. Nothing here runs the guest.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sie_config::VmConfig;
+use sie_hv::{Hypervisor, Vcpu, Vm};
+use sie_obs::Observatory;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::console::ConsoleOutput;
+use crate::control::VmControl;
+use crate::dispatch::ExitContext;
+use crate::error::{Result, VmmError};
+use crate::platform::{self, ExtraDevice, Platform, PlatformDevices};
+
+/// sie's own vCPU limit: xAPIC ids and the MADT entries sie writes stop at 254.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Host-side choices that are not part of the VM's configuration.
+pub struct BuildOptions {
+    /// When sie started; boot markers are timed from here.
+    pub start: Instant,
+    /// Where COM1's output goes.
+    pub console: ConsoleOutput,
+    /// Devices to add on the port bus besides the standard ones.
+    pub extra_pio: Vec<ExtraDevice>,
+}
+
+/// A VM ready to run.
+pub struct BuiltVm {
+    /// The hypervisor's VM; kept alive while vCPUs run.
+    pub vm: Arc<dyn Vm>,
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+    /// The vCPUs, configured for boot.
+    pub vcpus: Vec<Box<dyn Vcpu>>,
+    /// Buses and statistics used by the exit dispatch.
+    pub exits: Arc<ExitContext>,
+    /// The VM's stop/outcome control.
+    pub control: Arc<VmControl>,
+    /// Devices the event loop needs (console input).
+    pub devices: PlatformDevices,
+}
+
+fn open_regular(what: &'static str, path: &Path) -> Result<File> {
+    let file = File::open(path).map_err(|source| VmmError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !is_file {
+        return Err(VmmError::NotAFile {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(file)
+}
+
+/// Refuses configuration sections this version cannot honour, so that a
+/// config file asking for them fails loudly instead of booting without them.
+fn refuse_unsupported(config: &VmConfig) -> Result<()> {
+    if !config.drives.is_empty() {
+        return Err(VmmError::Unsupported("drives"));
+    }
+    if !config.network_interfaces.is_empty() {
+        return Err(VmmError::Unsupported("network-interfaces"));
+    }
+    if config.vsock.is_some() {
+        return Err(VmmError::Unsupported("vsock"));
+    }
+    if config.entropy.is_some() {
+        return Err(VmmError::Unsupported("entropy"));
+    }
+    Ok(())
+}
+
+/// Builds the VM described by `config` (already validated) on `hv`.
+pub fn build(config: &VmConfig, hv: &dyn Hypervisor, options: BuildOptions) -> Result<BuiltVm> {
+    refuse_unsupported(config)?;
+    let machine = config.machine_config.clone().unwrap_or_default();
+    let vcpu_count = u32::from(machine.vcpu_count);
+    let max_vcpus = hv.max_vcpus().min(MAX_VCPUS);
+    if vcpu_count == 0 || vcpu_count > max_vcpus {
+        return Err(VmmError::VcpuCount {
+            requested: u64::from(vcpu_count),
+            max: u64::from(max_vcpus),
+        });
+    }
+
+    // Open user files first: a typo in a path should not cost a VM.
+    let boot = &config.boot_source;
+    let mut kernel_file = open_regular("kernel", &boot.kernel_image_path)?;
+    let initrd = match &boot.initrd_path {
+        Some(path) => Some((path, open_regular("initrd", path)?)),
+        None => None,
+    };
+
+    let mib = machine.mem_size_mib;
+    let memory_error = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory {
+        mib,
+        source,
+    };
+    let mem_bytes = mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| memory_error("size overflows".into()))?;
+    let regions = sie_arch::layout::ram_regions(mem_bytes).map_err(|e| memory_error(e.into()))?;
+    let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|e| memory_error(e.into()))?;
+
+    let vm = hv.create_vm()?;
+    vm.map_memory(&memory)?;
+    vm.create_platform(
+        sie_arch::layout::KVM_TSS_ADDR,
+        sie_arch::layout::KVM_IDENTITY_MAP_ADDR,
+    )?;
+
+    let kernel = sie_arch::loader::load_kernel(&memory, &mut kernel_file).map_err(|source| {
+        VmmError::Kernel {
+            path: boot.kernel_image_path.clone(),
+            source,
+        }
+    })?;
+    let initrd = match initrd {
+        Some((path, mut file)) => {
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let loaded = sie_arch::loader::load_initrd(&memory, &mut file, size, &kernel)
+                .map_err(|source| VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(loaded)
+        }
+        None => None,
+    };
+
+    let control = Arc::new(VmControl::new().map_err(|source| VmmError::Host {
+        what: "creating the VM's control eventfd",
+        source,
+    })?);
+    let Platform {
+        pio,
+        mmio,
+        registry,
+        devices,
+    } = platform::create(
+        vm.as_ref(),
+        control.clone(),
+        options.console,
+        options.extra_pio,
+    )?;
+    let obs = Arc::new(Observatory::new(
+        options.start,
+        vcpu_count as usize,
+        registry.names(),
+    ));
+    devices.set_observatory(&obs);
+
+    let rsdp = sie_arch::acpi::create_acpi_tables(
+        &memory,
+        &sie_arch::acpi::AcpiConfig {
+            vcpus: vcpu_count,
+            virtio_mmio: Vec::new(),
+            pvpanic_port: Some(sie_devices::legacy::PVPANIC_PORT),
+            legacy_serial: true,
+        },
+    )
+    .map_err(|e| VmmError::Platform(e.into()))?;
+    let cmdline = boot
+        .boot_args
+        .as_deref()
+        .unwrap_or(sie_config::DEFAULT_BOOT_ARGS);
+    let boot_info = sie_arch::boot_info::write_boot_info(
+        &memory,
+        &kernel,
+        cmdline,
+        initrd,
+        Some(rsdp),
+        mem_bytes,
+    )
+    .map_err(|e| VmmError::Platform(e.into()))?;
+
+    let vcpus = create_vcpus(hv, vm.as_ref(), &memory, &kernel, boot_info, vcpu_count)?;
+    control.set_kickers(vcpus.iter().map(|vcpu| vcpu.kicker()).collect());
+
+    let exits = Arc::new(ExitContext { pio, mmio, obs });
+    Ok(BuiltVm {
+        vm,
+        memory,
+        vcpus,
+        exits,
+        control,
+        devices,
+    })
+}
+
+fn create_vcpus(
+    hv: &dyn Hypervisor,
+    vm: &dyn Vm,
+    memory: &GuestMemoryMmap,
+    kernel: &sie_arch::loader::LoadedKernel,
+    boot_info: GuestAddress,
+    count: u32,
+) -> Result<Vec<Box<dyn Vcpu>>> {
+    let supported = hv.supported_cpuid()?;
+    let sregs =
+        sie_arch::regs::boot_sregs(memory, kernel).map_err(|e| VmmError::Platform(e.into()))?;
+    let regs = sie_arch::regs::boot_regs(kernel, boot_info);
+    let fpu = sie_arch::regs::boot_fpu();
+    let msrs = sie_arch::regs::boot_msrs();
+    let mut vcpus = Vec::with_capacity(count as usize);
+    for id in 0..count {
+        let vcpu = vm.create_vcpu(id)?;
+        vcpu.set_cpuid(&sie_arch::cpuid::normalize(&supported, id, count))?;
+        let written = vcpu.set_msrs(&msrs)?;
+        if written < msrs.len() {
+            tracing::warn!(
+                "KVM accepted {written} of {} boot MSRs; the first refused is {:#x}",
+                msrs.len(),
+                msrs[written].index
+            );
+        }
+        vcpu.set_fpu(&fpu)?;
+        // Only the boot CPU gets the entry state: APs wait for INIT/SIPI
+        // like real hardware, and the boot sregs' APIC base marks the BSP.
+        if id == 0 {
+            vcpu.set_sregs(&sregs)?;
+            vcpu.set_regs(&regs)?;
+        }
+        let mut lapic = vcpu.lapic()?;
+        sie_arch::regs::configure_lapic(&mut lapic);
+        vcpu.set_lapic(&lapic)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}

@@ -1,0 +1,99 @@
+//! Errors building or running a VM. Each message is one line naming the
+//! problem; the source (if any) says why.
+
+use std::path::PathBuf;
+
+/// Why sie could not build or run the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The hypervisor could not be opened or used.
+    #[error("hypervisor")]
+    Hypervisor(#[source] sie_hv::HvError),
+    /// A file given by the user could not be opened.
+    #[error("cannot open {what} {path}")]
+    OpenFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file given by the user is not a regular file.
+    #[error("{what} {path} is not a regular file")]
+    NotAFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// The vCPU count is out of range.
+    #[error("--vcpus {requested} is out of range: this host allows 1 to {max}")]
+    VcpuCount {
+        /// What was asked.
+        requested: u64,
+        /// The limit here.
+        max: u64,
+    },
+    /// Guest memory could not be laid out or mapped.
+    #[error("cannot map {mib} MiB of guest memory")]
+    GuestMemory {
+        /// Requested size.
+        mib: u64,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A feature in the configuration that this version of sie lacks.
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+    /// The kernel could not be loaded.
+    #[error("kernel {path}")]
+    Kernel {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: sie_arch::loader::LoaderError,
+    },
+    /// The initrd could not be loaded.
+    #[error("initrd {path}")]
+    Initrd {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: sie_arch::loader::LoaderError,
+    },
+    /// Boot-time platform set-up (ACPI, boot parameters, registers) failed.
+    #[error("setting up the guest platform")]
+    Platform(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A device could not be created or placed.
+    #[error("creating device {name}")]
+    Device {
+        /// Device name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A host resource (thread, eventfd, epoll) could not be had.
+    #[error("{what}")]
+    Host {
+        /// What sie was doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<sie_hv::HvError> for VmmError {
+    fn from(error: sie_hv::HvError) -> Self {
+        VmmError::Hypervisor(error)
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, VmmError>;

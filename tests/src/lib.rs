@@ -1,0 +1,1 @@
+//! End-to-end rig (to be written).
