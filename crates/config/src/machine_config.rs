@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 /// also checks KVM's limit on the host.
 pub const MAX_VCPUS_SIE: u8 = 254;
 
-/// Largest guest memory sie accepts in a configuration, in MiB (1 TiB).
-/// Whether the host can map it is checked when the VM is built.
-pub const MAX_MEM_SIZE_MIB: u64 = 1 << 20;
+/// Largest guest memory sie accepts in a configuration, in MiB: 4 PiB, the
+/// x86-64 physical address space (52 bits). Whether the host can map it is
+/// checked when the VM is built.
+pub const MAX_MEM_SIZE_MIB: u64 = 1 << 32;
 
 /// Firecracker's `machine-config` resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,7 +42,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
     /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]

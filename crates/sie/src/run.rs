@@ -82,11 +82,20 @@ fn init_logging(level: &str) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Opens /dev/kvm, or the device named by `SIE_KVM_DEVICE` (for tests and
+/// hosts that put it elsewhere).
+pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
+    match std::env::var_os("SIE_KVM_DEVICE") {
+        Some(path) => Kvm::open_path(path),
+        None => Kvm::open(),
+    }
+}
+
 /// Runs `sie run`; returns the process exit status.
 pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     init_logging(&args.log_level)?;
     let config = config_from_args(&args)?;
-    let kvm = Kvm::open()?;
+    let kvm = open_hypervisor()?;
     let vm = sie_vmm::build(
         &config,
         &kvm,
