@@ -29,7 +29,13 @@ fn run(command: &mut Command) {
 fn assemble(src: &Path, asm: &Path, out: &Path, name: &str) -> PathBuf {
     let object = out.join(format!("{name}.o"));
     run(Command::new("cc")
-        .args(["-c", "-m64", "-nostdlib", "-ffreestanding", "-Wa,--noexecstack"])
+        .args([
+            "-c",
+            "-m64",
+            "-nostdlib",
+            "-ffreestanding",
+            "-Wa,--noexecstack",
+        ])
         .arg("-I")
         .arg(asm)
         .arg(src)
@@ -49,7 +55,14 @@ fn main() {
     for name in ELF_GUESTS {
         let object = assemble(&asm.join(format!("{name}.S")), &asm, &out, name);
         run(Command::new("ld")
-            .args(["-nostdlib", "-static", "-z", "max-page-size=4096", "-z", "noexecstack"])
+            .args([
+                "-nostdlib",
+                "-static",
+                "-z",
+                "max-page-size=4096",
+                "-z",
+                "noexecstack",
+            ])
             .arg("-T")
             .arg(link.join("elf64.ld"))
             .arg(&object)

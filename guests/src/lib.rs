@@ -27,16 +27,66 @@ macro_rules! guest {
     };
 }
 
-guest!(HELLO, "hello", "hello.elf", "Prints a line, writes port-0x80 markers 1..=N (`markers=N`, default 3) and the boot timer, resets.");
-guest!(BOOTINFO, "bootinfo", "bootinfo.elf", "Reports cmdline, initrd and e820 from boot_params.");
-guest!(PVH, "pvh", "pvh.elf", "PVH entry: reports start_info (magic, cmdline, modules, memmap).");
-guest!(BZIMAGE, "bzimage", "bzimage.bin", "A bzImage-format guest entered at its 64-bit entry.");
-guest!(SMP, "smp", "smp.elf", "Starts `cpus=N` vCPUs through INIT/SIPI; each reports its APIC id.");
-guest!(UNKNOWN_IO, "unknown_io", "unknown_io.elf", "Reads an unclaimed port and MMIO address and prints the values.");
-guest!(TRIPLE_FAULT, "triple_fault", "triple_fault.elf", "Triple-faults on purpose.");
-guest!(SPIN, "spin", "spin.elf", "Prints `spinning` and loops forever.");
-guest!(LOOP, "loop", "loop.elf", "Counts down `iterations=N` with a two-instruction loop, then resets.");
-guest!(EXITS, "exits", "exits.elf", "The exit benchmark: `count=N` port writes, port reads and MMIO writes.");
+guest!(
+    HELLO,
+    "hello",
+    "hello.elf",
+    "Prints a line, writes port-0x80 markers 1..=N (`markers=N`, default 3) and the boot timer, resets."
+);
+guest!(
+    BOOTINFO,
+    "bootinfo",
+    "bootinfo.elf",
+    "Reports cmdline, initrd and e820 from boot_params."
+);
+guest!(
+    PVH,
+    "pvh",
+    "pvh.elf",
+    "PVH entry: reports start_info (magic, cmdline, modules, memmap)."
+);
+guest!(
+    BZIMAGE,
+    "bzimage",
+    "bzimage.bin",
+    "A bzImage-format guest entered at its 64-bit entry."
+);
+guest!(
+    SMP,
+    "smp",
+    "smp.elf",
+    "Starts `cpus=N` vCPUs through INIT/SIPI; each reports its APIC id."
+);
+guest!(
+    UNKNOWN_IO,
+    "unknown_io",
+    "unknown_io.elf",
+    "Reads an unclaimed port and MMIO address and prints the values."
+);
+guest!(
+    TRIPLE_FAULT,
+    "triple_fault",
+    "triple_fault.elf",
+    "Triple-faults on purpose."
+);
+guest!(
+    SPIN,
+    "spin",
+    "spin.elf",
+    "Prints `spinning` and loops forever."
+);
+guest!(
+    LOOP,
+    "loop",
+    "loop.elf",
+    "Counts down `iterations=N` with a two-instruction loop, then resets."
+);
+guest!(
+    EXITS,
+    "exits",
+    "exits.elf",
+    "The exit benchmark: `count=N` port writes, port reads and MMIO writes."
+);
 
 /// Every guest.
 pub const ALL: &[Guest] = &[

@@ -163,7 +163,12 @@ mod tests {
             rx_rate_limiter: None,
             tx_rate_limiter: None,
         };
-        assert!(nic.validate().unwrap_err().to_string().contains("guest_mac"));
+        assert!(
+            nic.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("guest_mac")
+        );
     }
 
     #[test]

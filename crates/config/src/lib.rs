@@ -25,7 +25,9 @@ mod size;
 mod vm_config;
 
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
-pub use devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, is_mac};
+pub use devices::{
+    DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, is_mac,
+};
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id};

@@ -45,7 +45,7 @@ pub fn parse_mem_size_mib(text: &str) -> Result<u64, SizeError> {
     let mib = match unit {
         "" | "m" => Some(value),
         "k" => {
-            if value % 1024 != 0 {
+            if !value.is_multiple_of(1024) {
                 return Err(SizeError::NotWholeMib);
             }
             Some(value / 1024)
@@ -88,11 +88,17 @@ mod tests {
         assert_eq!(parse_mem_size_mib(""), Err(SizeError::Empty));
         assert_eq!(parse_mem_size_mib("abc"), Err(SizeError::Malformed));
         assert_eq!(parse_mem_size_mib("-5"), Err(SizeError::Malformed));
-        assert_eq!(parse_mem_size_mib("1.5G"), Err(SizeError::UnknownUnit(".5g".into())));
+        assert_eq!(
+            parse_mem_size_mib("1.5G"),
+            Err(SizeError::UnknownUnit(".5g".into()))
+        );
         assert_eq!(parse_mem_size_mib("0"), Err(SizeError::Zero));
         assert_eq!(parse_mem_size_mib("0G"), Err(SizeError::Zero));
         assert_eq!(parse_mem_size_mib("1000K"), Err(SizeError::NotWholeMib));
-        assert_eq!(parse_mem_size_mib("5X"), Err(SizeError::UnknownUnit("x".into())));
+        assert_eq!(
+            parse_mem_size_mib("5X"),
+            Err(SizeError::UnknownUnit("x".into()))
+        );
         assert_eq!(
             parse_mem_size_mib("99999999999999999999"),
             Err(SizeError::Overflow)

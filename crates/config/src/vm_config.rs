@@ -18,13 +18,21 @@ pub struct VmConfig {
     #[serde(rename = "boot-source")]
     pub boot_source: BootSource,
     /// vCPUs and memory; defaults when absent.
-    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub machine_config: Option<MachineConfig>,
     /// Block devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drives: Vec<Drive>,
     /// Network devices.
-    #[serde(rename = "network-interfaces", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub network_interfaces: Vec<NetworkInterface>,
     /// The vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,10 +50,18 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
     /// Firecracker's MMDS; parsed so it can be refused by name.
-    #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mmds_config: Option<serde_json::Value>,
     /// Firecracker's CPU templates; parsed so they can be refused by name.
-    #[serde(rename = "cpu-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu_config: Option<serde_json::Value>,
 }
 
@@ -122,8 +138,8 @@ impl VmConfig {
             return Err(parse_error("the file is empty".to_string()));
         }
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let config: VmConfig = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|error| {
+        let config: VmConfig =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
                 let path = error.path().to_string();
                 let inner = error.into_inner();
                 let message = if path.is_empty() || path == "." {
@@ -238,9 +254,10 @@ mod tests {
         .to_string();
         assert!(error.contains("machine-config"), "{error}");
         assert!(error.contains("unknown field `vcpus`"), "{error}");
-        let error = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "cpus": 1}"#)
-            .unwrap_err()
-            .to_string();
+        let error =
+            VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "cpus": 1}"#)
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("unknown field `cpus`"), "{error}");
     }
 
@@ -253,9 +270,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("machine-config.vcpu_count"), "{error}");
-        let error = VmConfig::from_json(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
-            .unwrap_err()
-            .to_string();
+        let error =
+            VmConfig::from_json(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1}}"#)
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("boot-source"), "{error}");
         let error = VmConfig::from_json("{ not json").unwrap_err().to_string();
         assert!(error.starts_with("config: "), "{error}");
@@ -278,7 +296,10 @@ mod tests {
         config.drives.push(second.clone());
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::DuplicateId { resource: "drives", .. })
+            Err(ConfigError::DuplicateId {
+                resource: "drives",
+                ..
+            })
         ));
         second.drive_id = "data".into();
         config.drives[1] = second;

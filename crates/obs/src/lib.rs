@@ -51,7 +51,10 @@ impl Observatory {
     /// device's [`DeviceId`] is its index in `device_names`). `start` is when
     /// the sie process started; boot markers are stamped relative to it.
     pub fn new(start: Instant, vcpus: usize, device_names: Vec<String>) -> Self {
-        let devices = device_names.iter().map(|_| DeviceStats::default()).collect();
+        let devices = device_names
+            .iter()
+            .map(|_| DeviceStats::default())
+            .collect();
         Self {
             start,
             vcpus: (0..vcpus).map(|_| VcpuStats::default()).collect(),

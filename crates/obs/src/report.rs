@@ -164,7 +164,10 @@ impl fmt::Display for Report {
             )?;
         }
         if !self.unknown.is_empty() || self.unknown_overflow > 0 {
-            writeln!(f, "unclaimed addresses (reads return all ones, writes dropped)")?;
+            writeln!(
+                f,
+                "unclaimed addresses (reads return all ones, writes dropped)"
+            )?;
             for (space, addr, counts) in &self.unknown {
                 let space = match space {
                     AddressSpace::Pio => "port",

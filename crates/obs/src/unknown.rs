@@ -84,7 +84,14 @@ mod tests {
         assert_eq!(overflow, 0);
         assert_eq!(
             rows[0],
-            (AddressSpace::Pio, 0x99, UnknownCounts { reads: 1, writes: 1 })
+            (
+                AddressSpace::Pio,
+                0x99,
+                UnknownCounts {
+                    reads: 1,
+                    writes: 1
+                }
+            )
         );
         assert_eq!(rows.len(), 2);
     }

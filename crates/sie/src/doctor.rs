@@ -36,20 +36,35 @@ fn print_report(report: &HostReport) {
     println!("host");
     match &report.device_access {
         Probed::Known(()) => println!("  {:<28} accessible", report.kvm_device.display()),
-        Probed::Unknown(why) => println!("  {:<28} NOT accessible: {why}", report.kvm_device.display()),
+        Probed::Unknown(why) => println!(
+            "  {:<28} NOT accessible: {why}",
+            report.kvm_device.display()
+        ),
     }
     match &report.api_version {
         Probed::Known(version) => println!("  {:<28} {version}", "KVM API version"),
         Probed::Unknown(why) => println!("  {:<28} unknown ({why})", "KVM API version"),
     }
-    println!("  {:<28} {}", "backend module", backend_name(&report.backend));
+    println!(
+        "  {:<28} {}",
+        "backend module",
+        backend_name(&report.backend)
+    );
     println!("  {:<28} {}", "CPU VT-x (vmx)", yes_no(&report.cpu_vmx));
     println!("  {:<28} {}", "CPU AMD-V (svm)", yes_no(&report.cpu_svm));
     println!("  {:<28} {}", "EPT (Intel)", yes_no(&report.ept));
     println!("  {:<28} {}", "NPT (AMD)", yes_no(&report.npt));
     println!("  {:<28} {}", "VPID", yes_no(&report.vpid));
-    println!("  {:<28} {}", "unrestricted guest", yes_no(&report.unrestricted_guest));
-    println!("  {:<28} {}", "nested virtualization", yes_no(&report.nested));
+    println!(
+        "  {:<28} {}",
+        "unrestricted guest",
+        yes_no(&report.unrestricted_guest)
+    );
+    println!(
+        "  {:<28} {}",
+        "nested virtualization",
+        yes_no(&report.nested)
+    );
     println!("KVM capabilities (* = required by sie)");
     for cap in &report.capabilities {
         let state = match (cap.present, cap.value) {
@@ -133,12 +148,20 @@ pub fn doctor() -> Result<u8, BoxError> {
     } else {
         let kvm = Kvm::open()?;
         match instruction_rate(&kvm) {
-            Ok(rate) => println!("  {:<28} {:.1} million/s", "guest instruction rate", rate / 1e6),
+            Ok(rate) => println!(
+                "  {:<28} {:.1} million/s",
+                "guest instruction rate",
+                rate / 1e6
+            ),
             Err(error) => println!("  {:<28} failed: {error}", "guest instruction rate"),
         }
         let guest = EmbeddedGuest::new("sie-doctor-exits", sie_guests::EXITS.bytes)?;
         match measure_full(&kvm, &guest, 1000) {
-            Ok(costs) => println!("  {:<28} {:.2} µs", "port-I/O exit round trip", costs[0] / 1000.0),
+            Ok(costs) => println!(
+                "  {:<28} {:.2} µs",
+                "port-I/O exit round trip",
+                costs[0] / 1000.0
+            ),
             Err(error) => println!("  {:<28} failed: {error}", "port-I/O exit round trip"),
         }
     }

@@ -119,8 +119,12 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
                 report.vcpu, report.reason, report.registers
             );
         }
-        VmOutcome::GuestPanic => eprintln!("sie: the guest kernel panicked (reported through pvpanic)"),
+        VmOutcome::GuestPanic => {
+            eprintln!("sie: the guest kernel panicked (reported through pvpanic)")
+        }
         VmOutcome::Signal(signal) => eprintln!("sie: stopped by signal {signal}"),
     }
-    Ok(u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX))
+    let code = u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX);
+    finished.exit_fast();
+    Ok(code)
 }

@@ -27,7 +27,9 @@ fn empty_and_garbage_kernels_are_refused() {
     let scratch = Scratch::new("garbage");
     let empty = scratch.file("empty", b"");
     sie(&["run", "--kernel", &empty]).expect_one_line_error("kernel");
-    let bytes: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let garbage = scratch.file("garbage", &bytes);
     sie(&["run", "--kernel", &garbage]).expect_one_line_error("neither an ELF");
 }
@@ -36,8 +38,10 @@ fn empty_and_garbage_kernels_are_refused() {
 fn an_initrd_larger_than_memory_is_refused() {
     let scratch = Scratch::new("initrd");
     let initrd = scratch.sparse("big.img", 200 << 20);
-    sie(&["run", "--kernel", HELLO.path, "--initrd", &initrd, "--memory", "128"])
-        .expect_one_line_error("initrd");
+    sie(&[
+        "run", "--kernel", HELLO.path, "--initrd", &initrd, "--memory", "128",
+    ])
+    .expect_one_line_error("initrd");
 }
 
 #[test]
@@ -88,7 +92,8 @@ fn config_file_errors_name_the_field_or_the_problem() {
     sie(&["run", "--config-file", &unknown]).expect_one_line_error("vcpus");
     let broken = scratch.file("broken.json", b"{ this is not json");
     sie(&["run", "--config-file", &broken]).expect_one_line_error("broken.json");
-    sie(&["run", "--config-file", "/nonexistent/vm.json"]).expect_one_line_error("/nonexistent/vm.json");
+    sie(&["run", "--config-file", "/nonexistent/vm.json"])
+        .expect_one_line_error("/nonexistent/vm.json");
     let drives = scratch.file(
         "drives.json",
         format!(
@@ -103,7 +108,11 @@ fn config_file_errors_name_the_field_or_the_problem() {
 
 #[test]
 fn a_missing_kvm_device_is_named() {
-    let run = sie_with_env(&["run", "--kernel", HELLO.path], "SIE_KVM_DEVICE", "/nonexistent/kvm");
+    let run = sie_with_env(
+        &["run", "--kernel", HELLO.path],
+        "SIE_KVM_DEVICE",
+        "/nonexistent/kvm",
+    );
     run.expect_one_line_error("/nonexistent/kvm");
 }
 

@@ -27,7 +27,11 @@ fn sie(args: &[&str]) -> Output {
 fn doctor_reports_the_host_measures_and_gives_a_verdict() {
     let out = sie(&["doctor"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "doctor failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "doctor failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for needle in [
         "KVM API version",
         "backend module",
@@ -38,7 +42,10 @@ fn doctor_reports_the_host_measures_and_gives_a_verdict() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    assert!(!stdout.contains("failed:"), "a measurement failed:\n{stdout}");
+    assert!(
+        !stdout.contains("failed:"),
+        "a measurement failed:\n{stdout}"
+    );
     let rate_line = stdout
         .lines()
         .find(|l| l.contains("guest instruction rate"))
@@ -50,7 +57,11 @@ fn doctor_reports_the_host_measures_and_gives_a_verdict() {
 fn bench_exits_prints_both_loops_and_their_ratio() {
     let out = sie(&["bench", "exits", "--count", "200", "--runs", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for phase in ["port write", "port read", "MMIO write"] {
         let line = stdout
             .lines()

@@ -30,17 +30,42 @@ fn serial_output_reaches_stdout_and_a_reset_exits_0() {
 
 #[test]
 fn stats_count_every_exit_exactly_and_show_the_markers() {
-    let run = sie(&["run", "--kernel", HELLO.path, "--cmdline", "markers=5", "--stats"]);
+    let run = sie(&[
+        "run",
+        "--kernel",
+        HELLO.path,
+        "--cmdline",
+        "markers=5",
+        "--stats",
+    ]);
     run.expect_code(0);
     let stderr = &run.stderr;
-    assert_eq!(count_of(stderr, "pio_out"), sie_guests::hello_pio_writes(5), "{stderr}");
+    assert_eq!(
+        count_of(stderr, "pio_out"),
+        sie_guests::hello_pio_writes(5),
+        "{stderr}"
+    );
     assert_eq!(count_of(stderr, "pio_in"), 0, "{stderr}");
     assert_eq!(count_of(stderr, "mmio_write"), 1, "{stderr}");
-    assert_eq!(count_of(stderr, "total"), sie_guests::hello_pio_writes(5) + 1, "{stderr}");
+    assert_eq!(
+        count_of(stderr, "total"),
+        sie_guests::hello_pio_writes(5) + 1,
+        "{stderr}"
+    );
     let markers: Vec<&str> = stderr.lines().filter(|l| l.contains("port 0x80")).collect();
-    let values: Vec<&str> = markers.iter().filter_map(|l| l.split_whitespace().last()).collect();
+    let values: Vec<&str> = markers
+        .iter()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
     assert_eq!(values, ["0x01", "0x02", "0x03", "0x04", "0x05"], "{stderr}");
-    assert_eq!(stderr.lines().filter(|l| l.contains("boot timer 0x7b")).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("boot timer 0x7b"))
+            .count(),
+        1,
+        "{stderr}"
+    );
     let com1 = stat_row(stderr, "com1").expect("com1 row");
     assert_eq!(com1.split_whitespace().nth(2), Some("25"), "{com1}");
 }
@@ -50,19 +75,37 @@ fn boot_params_carry_cmdline_initrd_and_e820() {
     let scratch = Scratch::new("bootinfo");
     let initrd = scratch.file("initrd.img", &[0x5a; 12345]);
     let run = sie(&[
-        "run", "--kernel", BOOTINFO.path, "--initrd", &initrd, "--cmdline", "foo=bar", "--memory", "64",
+        "run",
+        "--kernel",
+        BOOTINFO.path,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        "foo=bar",
+        "--memory",
+        "64",
     ]);
     run.expect_code(0);
     let out = &run.stdout;
     assert!(out.contains("cmdline=foo=bar\n"), "{out}");
-    let initrd_line = out.lines().find(|l| l.starts_with("initrd=")).expect("initrd line");
+    let initrd_line = out
+        .lines()
+        .find(|l| l.starts_with("initrd="))
+        .expect("initrd line");
     let fields: Vec<u64> = initrd_line["initrd=".len()..]
         .split(' ')
         .map(|h| u64::from_str_radix(h, 16).unwrap())
         .collect();
     assert_eq!(fields[1], 12345, "{initrd_line}");
-    assert_eq!(fields[0] % 4096, 0, "initrd not page-aligned: {initrd_line}");
-    assert!(fields[0] >= 0x100000 && fields[0] + 12345 <= 64 << 20, "{initrd_line}");
+    assert_eq!(
+        fields[0] % 4096,
+        0,
+        "initrd not page-aligned: {initrd_line}"
+    );
+    assert!(
+        fields[0] >= 0x100000 && fields[0] + 12345 <= 64 << 20,
+        "{initrd_line}"
+    );
     let e820: Vec<(u64, u64, u32)> = out
         .lines()
         .filter_map(|l| l.strip_prefix("e820 "))
@@ -76,44 +119,87 @@ fn boot_params_carry_cmdline_initrd_and_e820() {
         })
         .collect();
     let ram: u64 = e820.iter().filter(|e| e.2 == 1).map(|e| e.1).sum();
-    assert!(e820.iter().any(|e| e.0 == 0 && e.2 == 1 && e.1 <= 0xa0000), "{out}");
+    assert!(
+        e820.iter().any(|e| e.0 == 0 && e.2 == 1 && e.1 <= 0xa0000),
+        "{out}"
+    );
     assert!(e820.iter().any(|e| e.0 == 0x100000 && e.2 == 1), "{out}");
-    assert!(ram <= 64 << 20 && ram > (64 << 20) - (1 << 20), "usable RAM {ram:#x}: {out}");
-    assert!(out.contains(&format!("e820_entries={}\n", e820.len())), "{out}");
+    assert!(
+        ram <= 64 << 20 && ram > (64 << 20) - (1 << 20),
+        "usable RAM {ram:#x}: {out}"
+    );
+    assert!(
+        out.contains(&format!("e820_entries={}\n", e820.len())),
+        "{out}"
+    );
 }
 
 #[test]
 fn pvh_entry_gets_start_info_with_cmdline_and_module() {
     let scratch = Scratch::new("pvh");
     let initrd = scratch.file("initrd.img", &[1; 4096]);
-    let run = sie(&["run", "--kernel", PVH.path, "--initrd", &initrd, "--cmdline", "pvh=yes"]);
+    let run = sie(&[
+        "run",
+        "--kernel",
+        PVH.path,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        "pvh=yes",
+    ]);
     run.expect_code(0);
     let out = &run.stdout;
     assert!(out.contains("pvh magic=336ec578\n"), "{out}");
     assert!(out.contains("cmdline=pvh=yes\n"), "{out}");
     assert!(out.contains("modules=1\n"), "{out}");
-    let module = out.lines().find(|l| l.starts_with("module ")).expect("module line");
+    let module = out
+        .lines()
+        .find(|l| l.starts_with("module "))
+        .expect("module line");
     assert!(module.ends_with(" 1000"), "{module}");
-    assert!(out.lines().any(|l| l.starts_with("memmap 100000 ")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("memmap 100000 ")),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_bzimage_guest_boots_through_its_64_bit_entry() {
     let run = sie(&["run", "--kernel", BZIMAGE.path, "--cmdline", "bz=1"]);
     run.expect_code(0);
-    assert!(run.stdout.contains("bzimage ok version=20f\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("bzimage ok version=20f\n"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("cmdline=bz=1\n"), "{}", run.stdout);
 }
 
 fn smp(vcpus: u32) {
     let count = vcpus.to_string();
     let cmdline = format!("cpus={vcpus}");
-    let run = sie(&["run", "--kernel", SMP.path, "--vcpus", &count, "--cmdline", &cmdline]);
+    let run = sie(&[
+        "run",
+        "--kernel",
+        SMP.path,
+        "--vcpus",
+        &count,
+        "--cmdline",
+        &cmdline,
+    ]);
     run.expect_code(0);
     for id in 0..vcpus {
-        assert!(run.stdout.contains(&format!("cpu {id} up\n")), "{}", run.stdout);
+        assert!(
+            run.stdout.contains(&format!("cpu {id} up\n")),
+            "{}",
+            run.stdout
+        );
     }
-    assert!(run.stdout.contains(&format!("all {vcpus} cpus up\n")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("all {vcpus} cpus up\n")),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -131,15 +217,27 @@ fn unclaimed_port_and_mmio_reads_return_all_ones_and_are_counted() {
     let run = sie(&["run", "--kernel", UNKNOWN_IO.path, "--stats"]);
     run.expect_code(0);
     assert_eq!(run.stdout, "port=ff\nmmio=ffffffff\n");
-    assert!(run.stderr.contains("port 0x1234: 1 reads, 0 writes"), "{}", run.stderr);
-    assert!(run.stderr.contains("mmio 0xd0000000: 1 reads, 0 writes"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("port 0x1234: 1 reads, 0 writes"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("mmio 0xd0000000: 1 reads, 0 writes"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn a_triple_fault_exits_3_with_a_message_and_registers() {
     let run = sie(&["run", "--kernel", TRIPLE_FAULT.path]);
     run.expect_code(3);
-    assert!(run.stdout.contains("about to triple fault"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("about to triple fault"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stderr.contains("triple fault"), "{}", run.stderr);
     assert!(run.stderr.contains("rip="), "{}", run.stderr);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
@@ -159,8 +257,21 @@ fn a_config_file_boots_and_flags_override_it() {
     );
     let run = sie(&["run", "--config-file", &config, "--stats"]);
     run.expect_code(0);
-    assert_eq!(count_of(&run.stderr, "pio_out"), sie_guests::hello_pio_writes(2));
-    let run = sie(&["run", "--config-file", &config, "--cmdline", "markers=7", "--stats"]);
+    assert_eq!(
+        count_of(&run.stderr, "pio_out"),
+        sie_guests::hello_pio_writes(2)
+    );
+    let run = sie(&[
+        "run",
+        "--config-file",
+        &config,
+        "--cmdline",
+        "markers=7",
+        "--stats",
+    ]);
     run.expect_code(0);
-    assert_eq!(count_of(&run.stderr, "pio_out"), sie_guests::hello_pio_writes(7));
+    assert_eq!(
+        count_of(&run.stderr, "pio_out"),
+        sie_guests::hello_pio_writes(7)
+    );
 }

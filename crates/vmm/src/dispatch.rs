@@ -102,23 +102,43 @@ impl ExitContext {
                 let mut step = Step::of(ExitKind::PioIn, Flow::Continue);
                 // String I/O (`rep insb`) is several accesses of `size` bytes.
                 for chunk in data.chunks_mut(usize::from(size.max(1))) {
-                    step = self.read(&self.pio, AddressSpace::Pio, u64::from(port), chunk, ExitKind::PioIn);
+                    step = self.read(
+                        &self.pio,
+                        AddressSpace::Pio,
+                        u64::from(port),
+                        chunk,
+                        ExitKind::PioIn,
+                    );
                 }
                 step
             }
             VmExit::IoOut { port, size, data } => {
                 let mut step = Step::of(ExitKind::PioOut, Flow::Continue);
                 for chunk in data.chunks(usize::from(size.max(1))) {
-                    step = self.write(&self.pio, AddressSpace::Pio, u64::from(port), chunk, ExitKind::PioOut);
+                    step = self.write(
+                        &self.pio,
+                        AddressSpace::Pio,
+                        u64::from(port),
+                        chunk,
+                        ExitKind::PioOut,
+                    );
                 }
                 step
             }
-            VmExit::MmioRead { addr, data } => {
-                self.read(&self.mmio, AddressSpace::Mmio, addr, data, ExitKind::MmioRead)
-            }
-            VmExit::MmioWrite { addr, data } => {
-                self.write(&self.mmio, AddressSpace::Mmio, addr, data, ExitKind::MmioWrite)
-            }
+            VmExit::MmioRead { addr, data } => self.read(
+                &self.mmio,
+                AddressSpace::Mmio,
+                addr,
+                data,
+                ExitKind::MmioRead,
+            ),
+            VmExit::MmioWrite { addr, data } => self.write(
+                &self.mmio,
+                AddressSpace::Mmio,
+                addr,
+                data,
+                ExitKind::MmioWrite,
+            ),
             VmExit::Interrupted => Step::of(ExitKind::Interrupted, Flow::Continue),
             VmExit::Hlt => Step::of(ExitKind::Hlt, Flow::Continue),
             VmExit::IrqWindowOpen => Step::of(ExitKind::IrqWindowOpen, Flow::Continue),
@@ -143,12 +163,14 @@ impl ExitContext {
                 };
                 Step::of(ExitKind::InternalError, Flow::Crash(crash))
             }
-            VmExit::FailEntry { reason } => {
-                Step::of(ExitKind::FailEntry, Flow::Crash(CrashKind::FailEntry(reason)))
-            }
-            VmExit::Unsupported(code) => {
-                Step::of(ExitKind::Other, Flow::Crash(CrashKind::UnsupportedExit(code)))
-            }
+            VmExit::FailEntry { reason } => Step::of(
+                ExitKind::FailEntry,
+                Flow::Crash(CrashKind::FailEntry(reason)),
+            ),
+            VmExit::Unsupported(code) => Step::of(
+                ExitKind::Other,
+                Flow::Crash(CrashKind::UnsupportedExit(code)),
+            ),
         }
     }
 
@@ -241,7 +263,8 @@ mod tests {
         let mut pio = Bus::default();
         pio.insert(0x3f8, 8, latch.clone(), DeviceId(0)).unwrap();
         let mut mmio = Bus::default();
-        mmio.insert(0xc000_0000, 0x1000, latch.clone(), DeviceId(1)).unwrap();
+        mmio.insert(0xc000_0000, 0x1000, latch.clone(), DeviceId(1))
+            .unwrap();
         let obs = Arc::new(Observatory::new(
             Instant::now(),
             1,
@@ -256,7 +279,7 @@ mod tests {
         let step = ctx.dispatch(VmExit::IoOut {
             port: 0x3f8,
             size: 1,
-            data: &[b'A'],
+            data: b"A",
         });
         assert_eq!(step.kind, ExitKind::PioOut);
         assert_eq!(step.device, Some((DeviceId(0), true)));
@@ -317,7 +340,8 @@ mod tests {
             Flow::Crash(CrashKind::TripleFault)
         );
         assert_eq!(
-            ctx.dispatch(VmExit::SystemEvent(SystemEventKind::Reset)).flow,
+            ctx.dispatch(VmExit::SystemEvent(SystemEventKind::Reset))
+                .flow,
             Flow::Finish(VmOutcome::Reset)
         );
         assert_eq!(
@@ -329,9 +353,6 @@ mod tests {
             Flow::Crash(CrashKind::EmulationFailure(1))
         );
         assert_eq!(ctx.dispatch(VmExit::Interrupted).flow, Flow::Continue);
-        assert_eq!(
-            ctx.dispatch(VmExit::Unsupported(99)).kind,
-            ExitKind::Other
-        );
+        assert_eq!(ctx.dispatch(VmExit::Unsupported(99)).kind, ExitKind::Other);
     }
 }

@@ -75,7 +75,8 @@ impl MutEventSubscriber for SignalSubscriber {
             )
         };
         if n == size as isize {
-            self.control.finish(VmOutcome::Signal(info.ssi_signo as i32));
+            self.control
+                .finish(VmOutcome::Signal(info.ssi_signo as i32));
         }
     }
 }

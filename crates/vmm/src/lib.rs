@@ -13,7 +13,8 @@
 //!
 //! let config = sie_config::VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#)?;
 //! let kvm = Kvm::open()?;
-//! let vm = build(&config, &kvm, BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout() })?;
+//! let options = BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout(), extra_pio: Vec::new() };
+//! let vm = build(&config, &kvm, options)?;
 //! let finished = vm.run(RunOptions { console_input: true })?;
 //! std::process::exit(finished.outcome.exit_code());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -28,15 +29,16 @@ mod error;
 mod event_loop;
 mod outcome;
 pub mod platform;
+pub mod teardown;
 mod vcpu;
 
 use std::sync::Arc;
 
 pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build};
-pub use platform::{ExtraDevice, PlatformDevices};
 pub use console::{ConsoleOutput, TerminalGuard, terminal::restore_terminal};
 pub use error::{Result, VmmError};
 pub use outcome::{CrashReport, EXIT_GUEST_PANIC, EXIT_VCPU_CRASH, VmOutcome};
+pub use platform::{ExtraDevice, PlatformDevices};
 use sie_obs::Observatory;
 
 /// Choices for running a built VM.
@@ -46,12 +48,26 @@ pub struct RunOptions {
     pub console_input: bool,
 }
 
-/// A VM that has ended.
+/// A VM that has ended. Dropping it destroys the VM in the kernel; see
+/// [`FinishedVm::exit_fast`] to have that done off the exit path.
 pub struct FinishedVm {
     /// How it ended.
     pub outcome: VmOutcome,
     /// Its exit statistics.
     pub observatory: Arc<Observatory>,
+    vm: Arc<dyn sie_hv::Vm>,
+    memory: vm_memory::GuestMemoryMmap,
+}
+
+impl FinishedVm {
+    /// Hands the kernel-side teardown of the VM to a reaper process (see
+    /// [`teardown`]) so that this process can exit at once. Only for a
+    /// process that is about to exit and runs no other threads.
+    pub fn exit_fast(self) {
+        teardown::hand_teardown_to_reaper();
+        drop(self.vm);
+        drop(self.memory);
+    }
 }
 
 impl BuiltVm {
@@ -92,6 +108,8 @@ impl BuiltVm {
         Ok(FinishedVm {
             outcome,
             observatory: self.exits.obs.clone(),
+            vm: self.vm,
+            memory: self.memory,
         })
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use sie_devices::legacy::{
     BOOT_TIMER_ADDR, BOOT_TIMER_LEN, BootTimer, COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, COM3_IRQ,
     COM3_PORT, COM4_IRQ, COM4_PORT, DEBUG_PORT, DEBUG_PORT_LEN, DebugPort, I8042_IRQ, I8042_PORT,
-    I8042_PORT_LEN, I8042Device, LateMarkerSink, MarkerSink, PVPANIC_PORT, PVPANIC_PORT_LEN, PvPanic,
-    RTC_PORT, RTC_PORT_LEN, Rtc, SERIAL_PORT_LEN, SerialDevice,
+    I8042_PORT_LEN, I8042Device, LateMarkerSink, MarkerSink, PVPANIC_PORT, PVPANIC_PORT_LEN,
+    PvPanic, RTC_PORT, RTC_PORT_LEN, Rtc, SERIAL_PORT_LEN, SerialDevice,
 };
 use sie_devices::{Bus, BusDevice, DeviceRegistry, Interrupt};
 use sie_hv::Vm;
@@ -113,7 +113,9 @@ pub fn create(
         lines
             .get(&gsi)
             .map(|fd| fd.clone() as Arc<dyn Interrupt>)
-            .ok_or(VmmError::Unsupported("an interrupt line sie did not create"))
+            .ok_or(VmmError::Unsupported(
+                "an interrupt line sie did not create",
+            ))
     };
 
     let input_room = EventFd::new(EFD_NONBLOCK).map_err(host_error("creating an eventfd"))?;
@@ -139,13 +141,38 @@ pub fn create(
             .map_err(device_error(name))
     };
     put_pio("com1", COM1_PORT, SERIAL_PORT_LEN, com1.clone())?;
-    put_pio("com2", COM2_PORT, SERIAL_PORT_LEN, Arc::new(SerialDevice::silent(line(COM2_IRQ)?)))?;
-    put_pio("com3", COM3_PORT, SERIAL_PORT_LEN, Arc::new(SerialDevice::silent(line(COM3_IRQ)?)))?;
-    put_pio("com4", COM4_PORT, SERIAL_PORT_LEN, Arc::new(SerialDevice::silent(line(COM4_IRQ)?)))?;
+    put_pio(
+        "com2",
+        COM2_PORT,
+        SERIAL_PORT_LEN,
+        Arc::new(SerialDevice::silent(line(COM2_IRQ)?)),
+    )?;
+    put_pio(
+        "com3",
+        COM3_PORT,
+        SERIAL_PORT_LEN,
+        Arc::new(SerialDevice::silent(line(COM3_IRQ)?)),
+    )?;
+    put_pio(
+        "com4",
+        COM4_PORT,
+        SERIAL_PORT_LEN,
+        Arc::new(SerialDevice::silent(line(COM4_IRQ)?)),
+    )?;
     put_pio("i8042", I8042_PORT, I8042_PORT_LEN, i8042.clone())?;
     put_pio("rtc", RTC_PORT, RTC_PORT_LEN, Arc::new(Rtc::new()))?;
-    put_pio("debug-port", DEBUG_PORT, DEBUG_PORT_LEN, Arc::new(DebugPort::new(markers.clone())))?;
-    put_pio("pvpanic", PVPANIC_PORT, PVPANIC_PORT_LEN, Arc::new(PvPanic::new(control)))?;
+    put_pio(
+        "debug-port",
+        DEBUG_PORT,
+        DEBUG_PORT_LEN,
+        Arc::new(DebugPort::new(markers.clone())),
+    )?;
+    put_pio(
+        "pvpanic",
+        PVPANIC_PORT,
+        PVPANIC_PORT_LEN,
+        Arc::new(PvPanic::new(control)),
+    )?;
     for extra in extra_pio {
         let id = registry.register(extra.name);
         pio.insert(extra.base, extra.len, extra.device, id)

@@ -23,7 +23,11 @@ fn nanos(from: Instant, to: Instant) -> u64 {
 /// Runs one vCPU until the VM stops; the vCPU is dropped at the end.
 pub fn run_vcpu(mut vcpu: Box<dyn Vcpu>, index: usize, exits: &ExitContext, control: &VmControl) {
     let Some(stats) = exits.obs.vcpu(index) else {
-        control.finish(crash_of(vcpu.as_ref(), CrashKind::RunFailed, "no statistics slot"));
+        control.finish(crash_of(
+            vcpu.as_ref(),
+            CrashKind::RunFailed,
+            "no statistics slot",
+        ));
         return;
     };
     let mut entered = Instant::now();
@@ -36,16 +40,20 @@ pub fn run_vcpu(mut vcpu: Box<dyn Vcpu>, index: usize, exits: &ExitContext, cont
             Ok(exit) => exits.dispatch(exit),
             Err(error) => {
                 stats.record(sie_obs::ExitKind::Other, nanos(entered, left), 0);
-                control.finish(crash_of(vcpu.as_ref(), CrashKind::RunFailed, &error.to_string()));
+                control.finish(crash_of(
+                    vcpu.as_ref(),
+                    CrashKind::RunFailed,
+                    &error.to_string(),
+                ));
                 return;
             }
         };
         let handled = Instant::now();
         stats.record(step.kind, nanos(entered, left), nanos(left, handled));
-        if let Some((device, is_write)) = step.device {
-            if let Some(device) = exits.obs.device(device) {
-                device.record(is_write, nanos(left, handled));
-            }
+        if let Some((device, is_write)) = step.device
+            && let Some(device) = exits.obs.device(device)
+        {
+            device.record(is_write, nanos(left, handled));
         }
         match step.flow {
             Flow::Continue => {

@@ -169,7 +169,10 @@ pub fn run(args: &BenchExitsArgs) -> Result<u8, BoxError> {
             ratio
         );
     }
-    println!("  {:<12} {:>14}", "hlt", "not measured: absorbed by the in-kernel irqchip");
+    println!(
+        "  {:<12} {:>14}",
+        "hlt", "not measured: absorbed by the in-kernel irqchip"
+    );
     println!(
         "  observatory record cost: {:.1} ns per exit",
         record_cost_ns()
@@ -185,7 +188,12 @@ mod tests {
     #[test]
     fn phase_costs_divide_marker_gaps_by_the_count() {
         let ms = Duration::from_millis;
-        let times = [(0xE1, ms(10)), (0xE2, ms(30)), (0xE3, ms(40)), (0xE4, ms(70))];
+        let times = [
+            (0xE1, ms(10)),
+            (0xE2, ms(30)),
+            (0xE3, ms(40)),
+            (0xE4, ms(70)),
+        ];
         let costs = phase_costs(&times, 1000).unwrap();
         assert_eq!(costs, [20_000.0, 10_000.0, 30_000.0]);
         assert!(phase_costs(&times[..3], 1000).is_err());
