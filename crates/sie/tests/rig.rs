@@ -1,0 +1,209 @@
+//! End-to-end cases: a stock Debian kernel booted by sie, in the nested rig
+//! (or directly on a host with VT-x/AMD-V). L1 boots once for all cases;
+//! each case is reported as its own test, with its console on failure.
+//! Run one case: `cargo test -p sie --test rig -- boot_vmlinux`.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use sie_e2e::{Case, CaseRun, RigRun, run_cases};
+
+fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
+    run.expect_status(0)?;
+    match run.result(key) {
+        Some(value) if value == want => Ok(()),
+        other => Err(format!("{key}: got {other:?}, want {want:?}")),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case::sie_run(
+            "boot_vmlinux",
+            "vmlinux",
+            "",
+            Some("echo \"@@L2 RESULT init=ok\""),
+            |run| status_0_and(run, "init", "ok"),
+        ),
+        Case::sie_run(
+            "boot_bzimage",
+            "bzImage",
+            "",
+            Some("echo \"@@L2 RESULT init=ok\""),
+            |run| status_0_and(run, "init", "ok"),
+        ),
+        Case::sie_run(
+            "smp_2",
+            "vmlinux",
+            "--vcpus 2",
+            Some("echo \"@@L2 RESULT cpus=$(grep -c ^processor /proc/cpuinfo)\""),
+            |run| status_0_and(run, "cpus", "2"),
+        ),
+        Case::sie_run(
+            "memory_256",
+            "vmlinux",
+            "--memory 256",
+            Some("echo \"@@L2 RESULT memtotal_kib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)\""),
+            |run| {
+                run.expect_status(0)?;
+                let kib: u64 = run
+                    .result("memtotal_kib")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("no MemTotal reported")?;
+                if (200 * 1024..=256 * 1024).contains(&kib) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "MemTotal {kib} KiB is not within the kernel's reservations of 256 MiB"
+                    ))
+                }
+            },
+        ),
+        Case::sie_run_with_args(
+            "cmdline_token",
+            "vmlinux",
+            "",
+            &format!(
+                "{} sie_token=abc123",
+                sie_e2e::l2_boot_args("cmdline_token")
+            ),
+            Some("grep -q sie_token=abc123 /proc/cmdline && echo \"@@L2 RESULT token=found\""),
+            |run| status_0_and(run, "token", "found"),
+        ),
+        Case::sie_run(
+            "initrd_files",
+            "vmlinux",
+            "",
+            Some("echo \"@@L2 RESULT marker=$(cat /etc/sie-rig-marker)\""),
+            |run| status_0_and(run, "marker", "sie rig initrd file"),
+        ),
+        Case::sie_run(
+            "rtc_clock",
+            "vmlinux",
+            "",
+            Some("echo \"@@L2 RESULT epoch=$(date +%s)\""),
+            |run| {
+                run.expect_status(0)?;
+                let guest: u64 = run
+                    .result("epoch")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("no guest time")?;
+                let host = run.started_at.ok_or("no L1 time")?;
+                if guest.abs_diff(host) <= 60 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "guest clock {guest} vs host {host}: more than a minute apart"
+                    ))
+                }
+            },
+        ),
+        Case::sie_run(
+            "reboot_exit0",
+            "vmlinux",
+            "",
+            Some("echo \"@@L2 RESULT rebooting=yes\"; reboot -f"),
+            |run| status_0_and(run, "rebooting", "yes"),
+        ),
+        Case::sie_run(
+            "panic_exit",
+            "vmlinux",
+            "",
+            Some(
+                "insmod /modules/pvpanic.ko; insmod /modules/pvpanic-mmio.ko; \
+                 echo 1 > /proc/sys/kernel/sysrq; echo \"@@L2 RESULT panicking=yes\"; \
+                 echo c > /proc/sysrq-trigger",
+            ),
+            |run| {
+                run.expect_status(4)?;
+                if run.output.contains("panicked") {
+                    Ok(())
+                } else {
+                    Err("sie did not say the guest panicked".to_string())
+                }
+            },
+        ),
+        Case::sie_run(
+            "boot_markers",
+            "vmlinux",
+            "--stats",
+            Some(
+                "printf '\\101' | dd of=/dev/port bs=1 seek=128 count=1 2>/dev/null; \
+                 devmem 0xc0000000 8 123; echo \"@@L2 RESULT markers=written\"",
+            ),
+            |run| {
+                status_0_and(run, "markers", "written")?;
+                if !run
+                    .output
+                    .lines()
+                    .any(|l| l.contains("port 0x80") && l.trim_end().ends_with("0x41"))
+                {
+                    return Err("no port 0x80 marker 0x41 in --stats".to_string());
+                }
+                if !run.output.contains("boot timer 0x7b") {
+                    return Err("no boot-timer marker in --stats".to_string());
+                }
+                Ok(())
+            },
+        ),
+    ]
+}
+
+fn rig_run(selected: &[&Case]) -> &'static RigRun {
+    static RUN: OnceLock<RigRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let sie = PathBuf::from(env!("CARGO_BIN_EXE_sie"));
+        run_cases(&repo, &sie, selected, Duration::from_secs(25 * 60))
+    })
+}
+
+fn failure(run: &RigRun, detail: String, console: &str) -> Failed {
+    let mut message = detail;
+    if let Some(error) = &run.error {
+        message.push_str(&format!("\nrig: {error}"));
+    }
+    message.push_str("\n--- console ---\n");
+    message.push_str(console);
+    Failed::from(message)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let wanted = |name: &str| match &args.filter {
+        Some(filter) if args.exact => name == filter,
+        Some(filter) => name.contains(filter.as_str()),
+        None => true,
+    };
+    // Only the selected cases run in L1, so one case can be iterated on alone.
+    // The cases live for the whole test run: the trials borrow them.
+    let selected: &'static [Case] =
+        Vec::leak(cases().into_iter().filter(|c| wanted(c.name)).collect());
+    let selected_refs: &'static [&'static Case] = Vec::leak(selected.iter().collect());
+    let mut trials = vec![Trial::test("l1_kvm_ready", move || {
+        let run = rig_run(selected_refs);
+        if run.ready && (run.npt == "Y" || run.npt == "host") {
+            Ok(())
+        } else {
+            Err(failure(
+                run,
+                format!("L1 not ready (npt={:?})", run.npt),
+                &run.log,
+            ))
+        }
+    })];
+    for case in selected {
+        trials.push(Trial::test(case.name, move || {
+            let run = rig_run(selected_refs);
+            match run.cases.get(case.name) {
+                Some(result) => {
+                    (case.check)(result).map_err(|detail| failure(run, detail, &result.output))
+                }
+                None => Err(failure(run, "the case did not run".to_string(), &run.log)),
+            }
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
