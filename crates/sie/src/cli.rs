@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// A Firecracker-style JSON config file (boot-source, machine-config).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// Boot a bzImage the classic way (the guest decompresses its kernel)
+    /// instead of decompressing it once on the host and caching the vmlinux
+    /// under $XDG_CACHE_HOME/sie/vmlinux (or ~/.cache/sie/vmlinux).
+    #[arg(long)]
+    pub no_host_decompress: bool,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
@@ -63,6 +68,37 @@ pub struct RunArgs {
 pub enum BenchCommand {
     /// Cost of one VM exit through sie's dispatch vs a bare KVM_RUN loop.
     Exits(BenchExitsArgs),
+    /// Time to each boot marker and to exit, per way of booting a kernel.
+    Boot(BenchBootArgs),
+}
+
+/// Flags of `sie bench boot`.
+#[derive(Debug, Args)]
+pub struct BenchBootArgs {
+    /// Kernel to boot; a bzImage is timed with host decompression and the classic way.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// The same kernel as a vmlinux, timed as the baseline.
+    #[arg(long, value_name = "PATH")]
+    pub vmlinux: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Guest memory.
+    #[arg(long, default_value = "256")]
+    pub memory: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Boots per variant.
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Another command to time to its exit in the same run (e.g. another VMM).
+    #[arg(long, value_name = "SHELL COMMAND")]
+    pub compare: Option<String>,
 }
 
 /// Flags of `sie bench exits`.

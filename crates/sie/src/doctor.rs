@@ -120,6 +120,7 @@ fn instruction_rate(kvm: &Kvm) -> Result<f64, BoxError> {
                 start: Instant::now(),
                 console: ConsoleOutput::new(Box::new(std::io::sink())),
                 extra_pio: Vec::new(),
+                host_decompress: None,
             },
         )?;
         let finished = vm.run(RunOptions {

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(args, start),
         cli::Command::Doctor => doctor::doctor(),
         cli::Command::Bench(cli::BenchCommand::Exits(args)) => bench::exits::run(&args),
+        cli::Command::Bench(cli::BenchCommand::Boot(args)) => bench::boot::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -103,6 +103,12 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
             start,
             console: ConsoleOutput::stdout(),
             extra_pio: Vec::new(),
+            host_decompress: (!args.no_host_decompress).then(|| {
+                sie_vmlinux::KernelCache::new(
+                    sie_vmlinux::KernelCache::default_dir()
+                        .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
+                )
+            }),
         },
     )?;
     let finished = vm.run(RunOptions {

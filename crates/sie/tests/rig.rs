@@ -30,10 +30,47 @@ fn cases() -> Vec<Case> {
         Case::sie_run(
             "boot_bzimage",
             "bzImage",
-            "",
+            "--log-level info",
+            Some("echo \"@@L2 RESULT init=ok\""),
+            |run| {
+                status_0_and(run, "init", "ok")?;
+                if run.output.contains("xz payload decompressed on the host") {
+                    Ok(())
+                } else {
+                    Err("sie did not boot the bzImage through host-side decompression".to_string())
+                }
+            },
+        ),
+        Case::sie_run(
+            "boot_bzimage_classic",
+            "bzImage",
+            "--no-host-decompress",
             Some("echo \"@@L2 RESULT init=ok\""),
             |run| status_0_and(run, "init", "ok"),
         ),
+        Case {
+            name: "bench_boot",
+            l1_command: format!(
+                "sie bench boot --kernel \"$GUEST/bzImage\" --vmlinux \"$GUEST/vmlinux\" \
+                 --initrd \"$GUEST/l2.cpio\" --runs 3 --cmdline \"{}\"",
+                sie_e2e::l2_boot_args("bench_boot")
+            ),
+            l2_script: Some("printf '\\101' | dd of=/dev/port bs=1 seek=128 count=1 2>/dev/null"),
+            check: |run| {
+                run.expect_status(0)?;
+                for row in [
+                    "vmlinux",
+                    "bzImage, host decompression",
+                    "bzImage, classic",
+                    "port 0x80 0x41",
+                ] {
+                    if !run.output.contains(row) {
+                        return Err(format!("no {row:?} row in the benchmark's output"));
+                    }
+                }
+                Ok(())
+            },
+        },
         Case::sie_run(
             "smp_2",
             "vmlinux",

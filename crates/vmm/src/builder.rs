@@ -29,6 +29,9 @@ pub struct BuildOptions {
     pub console: ConsoleOutput,
     /// Devices to add on the port bus besides the standard ones.
     pub extra_pio: Vec<ExtraDevice>,
+    /// Decompress bzImages on the host through this cache (`None`: the
+    /// guest decompresses its kernel itself, the classic way).
+    pub host_decompress: Option<sie_vmlinux::KernelCache>,
 }
 
 /// A VM ready to run.
@@ -61,6 +64,53 @@ fn open_regular(what: &'static str, path: &Path) -> Result<File> {
         });
     }
     Ok(file)
+}
+
+/// Swaps a bzImage for its host-decompressed vmlinux (see `sie_vmlinux`);
+/// any other kernel is returned as it is.
+fn host_decompressed(
+    cache: &sie_vmlinux::KernelCache,
+    mut file: File,
+    path: &Path,
+) -> Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_error = |source| VmmError::OpenFile {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut header = [0u8; 0x210];
+    let is_bzimage = file.read_exact(&mut header).is_ok() && sie_vmlinux::is_bzimage(&header);
+    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    if !is_bzimage {
+        return Ok(file);
+    }
+    let mut image = Vec::new();
+    file.read_to_end(&mut image).map_err(read_error)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+    match cache.vmlinux_for(&image) {
+        Ok(mut kernel) => {
+            tracing::info!(
+                "booting the bzImage's {} payload decompressed on the host ({})",
+                kernel.compression,
+                if kernel.hit {
+                    "cached"
+                } else {
+                    "decompressed now"
+                }
+            );
+            kernel.file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+            Ok(kernel.file)
+        }
+        Err(error) if error.classic_boot_is_safe() => {
+            tracing::warn!("booting the bzImage the classic way: {error}");
+            Ok(file)
+        }
+        Err(source) => Err(VmmError::HostDecompress {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Refuses configuration sections this version cannot honour, so that a
@@ -97,6 +147,9 @@ pub fn build(config: &VmConfig, hv: &dyn Hypervisor, options: BuildOptions) -> R
     // Open user files first: a typo in a path should not cost a VM.
     let boot = &config.boot_source;
     let mut kernel_file = open_regular("kernel", &boot.kernel_image_path)?;
+    if let Some(cache) = &options.host_decompress {
+        kernel_file = host_decompressed(cache, kernel_file, &boot.kernel_image_path)?;
+    }
     let initrd = match &boot.initrd_path {
         Some(path) => Some((path, open_regular("initrd", path)?)),
         None => None,

@@ -57,6 +57,17 @@ pub enum VmmError {
         #[source]
         source: sie_arch::loader::LoaderError,
     },
+    /// A bzImage's payload could not be decompressed on the host.
+    #[error(
+        "kernel {path}: host-side decompression failed (use --no-host-decompress to let the guest try)"
+    )]
+    HostDecompress {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: sie_vmlinux::Error,
+    },
     /// The initrd could not be loaded.
     #[error("initrd {path}")]
     Initrd {

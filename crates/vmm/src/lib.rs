@@ -13,7 +13,7 @@
 //!
 //! let config = sie_config::VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#)?;
 //! let kvm = Kvm::open()?;
-//! let options = BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout(), extra_pio: Vec::new() };
+//! let options = BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout(), extra_pio: Vec::new(), host_decompress: None };
 //! let vm = build(&config, &kvm, options)?;
 //! let finished = vm.run(RunOptions { console_input: true })?;
 //! std::process::exit(finished.outcome.exit_code());

@@ -82,6 +82,7 @@ pub fn measure_full(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64
                 len: 1,
                 device: Arc::new(NullDevice),
             }],
+            host_decompress: None,
         },
     )?;
     let finished = vm.run(RunOptions {
@@ -107,6 +108,7 @@ fn run_bare(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64; 3], Bo
             start,
             console: ConsoleOutput::new(Box::new(std::io::sink())),
             extra_pio: Vec::new(),
+            host_decompress: None,
         },
     )?;
     let vcpu = vm.vcpus.first_mut().ok_or("the bench VM has no vCPU")?;

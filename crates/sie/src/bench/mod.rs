@@ -1,6 +1,7 @@
 //! `sie bench`: micro-benchmarks that print figures (median of several runs,
 //! and a ratio against a baseline measured in the same invocation).
 
+pub mod boot;
 pub mod exits;
 
 /// The median of `values` (which it sorts); `None` when empty.

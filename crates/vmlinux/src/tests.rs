@@ -1,0 +1,140 @@
+//! Whole-image tests: synthetic bzImages around a tiny ELF, and the
+//! machine's own Debian kernel when one is installed.
+
+use std::io::Write;
+
+use super::*;
+
+/// A minimal ELF64 x86_64 header padded to 4 KiB.
+fn tiny_elf() -> Vec<u8> {
+    let mut elf = vec![0u8; 4096];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+    elf
+}
+
+/// A bzImage (protocol 2.15, one setup sector) carrying `payload`.
+fn bzimage(payload: &[u8]) -> Vec<u8> {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1;
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x248..0x24c].copy_from_slice(&0x40u32.to_le_bytes());
+    image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    image.extend_from_slice(&[0u8; 0x40]);
+    image.extend_from_slice(payload);
+    image
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sie-vmlinux-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_payload_is_found_through_the_header() {
+    let image = bzimage(&gzip(&tiny_elf()));
+    let payload = find_payload(&image).unwrap();
+    assert_eq!(payload.compression, Compression::Gzip);
+    assert_eq!(payload.offset, 1024 + 0x40);
+}
+
+#[test]
+fn header_problems_are_named() {
+    let good = bzimage(&gzip(&tiny_elf()));
+    assert!(matches!(find_payload(&good[..1100]), Err(Error::Truncated)));
+    let mut old = good.clone();
+    old[0x206..0x208].copy_from_slice(&0x0206u16.to_le_bytes());
+    let error = find_payload(&old).unwrap_err();
+    assert!(matches!(error, Error::OldProtocol(0x0206)));
+    assert!(error.classic_boot_is_safe());
+    let mut beyond = good.clone();
+    beyond[0x248..0x24c].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(find_payload(&beyond), Err(Error::Truncated)));
+    assert!(matches!(find_payload(b"\x7fELF"), Err(Error::NotBzImage)));
+    let mut unknown = bzimage(b"not compressed at all");
+    unknown[0x24c] = 21;
+    assert!(matches!(
+        find_payload(&unknown),
+        Err(Error::UnknownCompression)
+    ));
+}
+
+#[test]
+fn a_miss_decompresses_and_stores_then_a_hit_reads_the_cache() {
+    let dir = scratch("hit");
+    let cache = KernelCache::new(&dir);
+    let image = bzimage(&gzip(&tiny_elf()));
+    let first = cache.vmlinux_for(&image).unwrap();
+    assert!(!first.hit);
+    let path = first.path.clone().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), tiny_elf());
+    let second = cache.vmlinux_for(&image).unwrap();
+    assert!(second.hit);
+    assert_eq!(second.path, Some(path.clone()));
+    // A damaged entry is rebuilt.
+    std::fs::write(&path, b"junk").unwrap();
+    let third = cache.vmlinux_for(&image).unwrap();
+    assert!(!third.hit);
+    assert_eq!(std::fs::read(&path).unwrap(), tiny_elf());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_cache_still_gives_a_kernel() {
+    let cache = KernelCache::new("/proc/sie-cannot-write-here");
+    let kernel = cache.vmlinux_for(&bzimage(&gzip(&tiny_elf()))).unwrap();
+    assert!(kernel.path.is_none());
+    let mut bytes = Vec::new();
+    let mut file = kernel.file;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).unwrap();
+    std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+    assert_eq!(bytes, tiny_elf());
+}
+
+#[test]
+fn corrupt_and_non_elf_payloads_are_errors() {
+    let cache = KernelCache::new(scratch("corrupt"));
+    let mut payload = gzip(&tiny_elf());
+    let len = payload.len();
+    payload[len / 2] ^= 0xff;
+    payload[len / 2 + 1] ^= 0xff;
+    let error = cache.vmlinux_for(&bzimage(&payload)).unwrap_err();
+    assert!(!error.classic_boot_is_safe(), "{error}");
+    let error = cache
+        .vmlinux_for(&bzimage(&gzip(b"not an elf")))
+        .unwrap_err();
+    assert!(matches!(error, Error::NotElf));
+}
+
+#[test]
+fn the_installed_debian_kernel_decompresses_when_there_is_one() {
+    let Some(path) = std::fs::read_dir("/boot").ok().and_then(|entries| {
+        entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+    }) else {
+        eprintln!("no /boot/vmlinuz-* on this machine; the rig's cases boot one");
+        return;
+    };
+    let image = std::fs::read(&path).unwrap();
+    let dir = scratch("debian");
+    let kernel = KernelCache::new(&dir).vmlinux_for(&image).unwrap();
+    let mut head = [0u8; 64];
+    let mut file = kernel.file;
+    std::io::Read::read_exact(&mut file, &mut head).unwrap();
+    assert!(is_elf64_x86(&head), "{}", path.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
