@@ -42,6 +42,21 @@ impl fmt::Display for Compression {
 }
 
 impl Compression {
+    /// The compression named as [`fmt::Display`] prints it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Compression::Gzip,
+            Compression::Bzip2,
+            Compression::Lzma,
+            Compression::Xz,
+            Compression::Lzo,
+            Compression::Lz4,
+            Compression::Zstd,
+        ]
+        .into_iter()
+        .find(|c| c.to_string() == name)
+    }
+
     /// Recognises a payload by its first bytes.
     pub fn sniff(bytes: &[u8]) -> Option<Self> {
         let starts = |magic: &[u8]| bytes.starts_with(magic);

@@ -5,8 +5,9 @@
 //! more than the host needs to do the same, and it is paid at every boot.
 //! sie instead reads the bzImage's setup header, decompresses the payload on
 //! the host once (gzip, bzip2, lzma, xz, lzo, lz4 or zstd), caches the
-//! resulting vmlinux keyed by the bzImage's SHA-256 under the user's cache
-//! directory, and boots the ELF directly.
+//! resulting vmlinux under the user's cache directory (keyed by the bzImage
+//! file's identity and version, see [`KernelCache`]), and boots the ELF
+//! directly.
 //!
 //! When it falls back to the classic path (the guest decompresses): only
 //! for images whose header predates boot protocol 2.08 (no payload fields),
@@ -15,10 +16,10 @@
 //! halted, which is worse than a clear message.
 //!
 //! ```no_run
-//! let image = std::fs::read("/boot/vmlinuz")?;
+//! let mut image = std::fs::File::open("/boot/vmlinuz")?;
 //! let cache = sie_vmlinux::KernelCache::new("/tmp/sie-cache");
-//! let kernel = cache.vmlinux_for(&image)?;
-//! println!("{} kernel, cache hit: {}", kernel.compression, kernel.hit);
+//! let kernel = cache.vmlinux_for(&mut image)?;
+//! println!("{:?} kernel, cache hit: {}", kernel.compression, kernel.hit);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

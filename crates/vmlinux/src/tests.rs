@@ -35,6 +35,14 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// Writes `image` to a file in `dir` and opens it.
+fn image_file(dir: &std::path::Path, image: &[u8]) -> std::fs::File {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("bzImage");
+    std::fs::write(&path, image).unwrap();
+    std::fs::File::open(path).unwrap()
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sie-vmlinux-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -73,27 +81,38 @@ fn header_problems_are_named() {
 #[test]
 fn a_miss_decompresses_and_stores_then_a_hit_reads_the_cache() {
     let dir = scratch("hit");
-    let cache = KernelCache::new(&dir);
-    let image = bzimage(&gzip(&tiny_elf()));
-    let first = cache.vmlinux_for(&image).unwrap();
+    let cache = KernelCache::new(dir.join("cache"));
+    let mut image = image_file(&dir, &bzimage(&gzip(&tiny_elf())));
+    let first = cache.vmlinux_for(&mut image).unwrap();
     assert!(!first.hit);
+    assert_eq!(first.compression, Some(Compression::Gzip));
     let path = first.path.clone().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), tiny_elf());
-    let second = cache.vmlinux_for(&image).unwrap();
+    let second = cache.vmlinux_for(&mut image).unwrap();
     assert!(second.hit);
+    assert_eq!(second.compression, Some(Compression::Gzip));
     assert_eq!(second.path, Some(path.clone()));
     // A damaged entry is rebuilt.
     std::fs::write(&path, b"junk").unwrap();
-    let third = cache.vmlinux_for(&image).unwrap();
+    let third = cache.vmlinux_for(&mut image).unwrap();
     assert!(!third.hit);
     assert_eq!(std::fs::read(&path).unwrap(), tiny_elf());
+    // A rewritten bzImage is a new version: it misses.
+    drop(image);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut image = image_file(&dir, &bzimage(&gzip(&tiny_elf())));
+    assert!(!cache.vmlinux_for(&mut image).unwrap().hit);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn an_unusable_cache_still_gives_a_kernel() {
     let cache = KernelCache::new("/proc/sie-cannot-write-here");
-    let kernel = cache.vmlinux_for(&bzimage(&gzip(&tiny_elf()))).unwrap();
+    let dir = scratch("unusable");
+    let kernel = cache
+        .vmlinux_for(&mut image_file(&dir, &bzimage(&gzip(&tiny_elf()))))
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(kernel.path.is_none());
     let mut bytes = Vec::new();
     let mut file = kernel.file;
@@ -104,17 +123,28 @@ fn an_unusable_cache_still_gives_a_kernel() {
 
 #[test]
 fn corrupt_and_non_elf_payloads_are_errors() {
-    let cache = KernelCache::new(scratch("corrupt"));
+    let dir = scratch("corrupt");
+    let cache = KernelCache::new(dir.join("cache"));
     let mut payload = gzip(&tiny_elf());
     let len = payload.len();
     payload[len / 2] ^= 0xff;
     payload[len / 2 + 1] ^= 0xff;
-    let error = cache.vmlinux_for(&bzimage(&payload)).unwrap_err();
+    let error = cache
+        .vmlinux_for(&mut image_file(&dir.join("a"), &bzimage(&payload)))
+        .unwrap_err();
     assert!(!error.classic_boot_is_safe(), "{error}");
     let error = cache
-        .vmlinux_for(&bzimage(&gzip(b"not an elf")))
+        .vmlinux_for(&mut image_file(
+            &dir.join("b"),
+            &bzimage(&gzip(b"not an elf")),
+        ))
         .unwrap_err();
     assert!(matches!(error, Error::NotElf));
+    let error = cache
+        .vmlinux_for(&mut image_file(&dir.join("c"), b"\x7fELF short"))
+        .unwrap_err();
+    assert!(matches!(error, Error::Truncated | Error::NotBzImage));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -129,9 +159,10 @@ fn the_installed_debian_kernel_decompresses_when_there_is_one() {
         eprintln!("no /boot/vmlinuz-* on this machine; the rig's cases boot one");
         return;
     };
-    let image = std::fs::read(&path).unwrap();
+    let mut image = std::fs::File::open(&path).unwrap();
     let dir = scratch("debian");
-    let kernel = KernelCache::new(&dir).vmlinux_for(&image).unwrap();
+    let kernel = KernelCache::new(&dir).vmlinux_for(&mut image).unwrap();
+    assert_eq!(kernel.compression, Some(Compression::Xz));
     let mut head = [0u8; 64];
     let mut file = kernel.file;
     std::io::Read::read_exact(&mut file, &mut head).unwrap();

@@ -73,35 +73,31 @@ fn host_decompressed(
     mut file: File,
     path: &Path,
 ) -> Result<File> {
-    use std::io::{Read, Seek, SeekFrom};
-    let read_error = |source| VmmError::OpenFile {
+    use std::io::{Seek, SeekFrom};
+    let seek_error = |source| VmmError::OpenFile {
         what: "kernel",
         path: path.to_path_buf(),
         source,
     };
-    let mut header = [0u8; 0x210];
-    let is_bzimage = file.read_exact(&mut header).is_ok() && sie_vmlinux::is_bzimage(&header);
-    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
-    if !is_bzimage {
-        return Ok(file);
-    }
-    let mut image = Vec::new();
-    file.read_to_end(&mut image).map_err(read_error)?;
-    file.seek(SeekFrom::Start(0)).map_err(read_error)?;
-    match cache.vmlinux_for(&image) {
+    let outcome = cache.vmlinux_for(&mut file);
+    file.seek(SeekFrom::Start(0)).map_err(seek_error)?;
+    match outcome {
         Ok(mut kernel) => {
+            let compression = kernel
+                .compression
+                .map_or_else(|| "compressed".to_string(), |c| c.to_string());
             tracing::info!(
-                "booting the bzImage's {} payload decompressed on the host ({})",
-                kernel.compression,
+                "booting the bzImage's {compression} payload decompressed on the host ({})",
                 if kernel.hit {
                     "cached"
                 } else {
                     "decompressed now"
                 }
             );
-            kernel.file.seek(SeekFrom::Start(0)).map_err(read_error)?;
+            kernel.file.seek(SeekFrom::Start(0)).map_err(seek_error)?;
             Ok(kernel.file)
         }
+        Err(sie_vmlinux::Error::NotBzImage | sie_vmlinux::Error::Truncated) => Ok(file),
         Err(error) if error.classic_boot_is_safe() => {
             tracing::warn!("booting the bzImage the classic way: {error}");
             Ok(file)

@@ -12,6 +12,8 @@ use super::median;
 use crate::cli::BenchBootArgs;
 
 type BoxError = Box<dyn std::error::Error>;
+/// Boots one variant once.
+type RunOnce = dyn Fn() -> Result<Sample, BoxError>;
 
 /// One timed run: milliseconds to each marker (by name) and to the exit.
 struct Sample {
@@ -32,11 +34,11 @@ fn parse_markers(stats: &str) -> BTreeMap<String, f64> {
             continue;
         }
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() >= 4 && words[1] == "ms" {
-            if let Ok(ms) = words[0].parse::<f64>() {
-                let name = words[2..].join(" ");
-                markers.entry(name).or_insert(ms);
-            }
+        if words.len() >= 4
+            && words[1] == "ms"
+            && let Ok(ms) = words[0].parse::<f64>()
+        {
+            markers.entry(words[2..].join(" ")).or_insert(ms);
         }
     }
     markers
@@ -115,7 +117,7 @@ pub fn run(args: &BenchBootArgs) -> Result<u8, BoxError> {
         .unwrap_or(false);
 
     // (label, how to run once)
-    let mut variants: Vec<(String, Box<dyn Fn() -> Result<Sample, BoxError>>)> = Vec::new();
+    let mut variants: Vec<(String, Box<RunOnce>)> = Vec::new();
     let with = |kernel: String, extra: &[&str]| {
         let mut argv = vec!["--kernel".to_string(), kernel];
         argv.extend(common.iter().cloned());
