@@ -13,6 +13,7 @@
 
 mod convert;
 pub mod kick;
+mod memory;
 mod run_area;
 mod vcpu;
 mod vm;

@@ -10,8 +10,8 @@ use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
 use super::convert;
 use super::kick::{self, KickState};
+use super::memory::KeptMemory;
 use super::run_area::RunArea;
-use super::vm::KeptMemory;
 use super::{call, io_call};
 use crate::x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
 use crate::{HvError, Result, Vcpu, VcpuKicker, VmExit};

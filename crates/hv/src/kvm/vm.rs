@@ -9,24 +9,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
+use super::memory::KeptMemory;
 use super::vcpu::KvmVcpu;
 use crate::{HvError, IoEventAddress, Result, Vcpu, Vm};
-
-/// Guest memory the kernel has been told about, kept mapped for as long as
-/// the VM or any of its vCPUs lives.
-#[derive(Debug, Default)]
-pub(crate) struct KeptMemory {
-    inner: Mutex<MemorySlots>,
-}
-
-#[derive(Debug, Default)]
-struct MemorySlots {
-    /// The next free KVM memory slot number.
-    next_slot: u32,
-    /// Clones of every mapped `GuestMemoryMmap`; a clone shares the
-    /// underlying host mappings, so they stay valid while it lives.
-    kept: Vec<GuestMemoryMmap>,
-}
 
 /// One KVM virtual machine. Created by [`super::Kvm`].
 #[derive(Debug)]
