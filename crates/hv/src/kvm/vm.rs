@@ -1,7 +1,7 @@
 //! [`KvmVm`]: one KVM virtual machine: memory slots, the in-kernel
 //! platform devices, interrupt plumbing and vCPU creation.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
