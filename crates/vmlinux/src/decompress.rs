@@ -256,6 +256,45 @@ mod tests {
     }
 
     #[test]
+    fn zstd_frames_decode_with_the_size_appended() {
+        let data = sample();
+        let mut frame = Vec::new();
+        ruzstd::encoding::compress(
+            &data[..],
+            &mut frame,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let frame = appended(frame, data.len());
+        assert_eq!(decompress_payload(Compression::Zstd, &frame, 1 << 20).unwrap(), data);
+    }
+
+    #[test]
+    fn lzop_with_compressed_blocks_decodes() {
+        let data = sample();
+        let mut lzo = vec![0x89, b'L', b'Z', b'O', 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
+        lzo.extend_from_slice(&0x1030u16.to_be_bytes());
+        lzo.extend_from_slice(&0x2080u16.to_be_bytes());
+        lzo.extend_from_slice(&0x0940u16.to_be_bytes());
+        lzo.push(1);
+        lzo.push(5);
+        lzo.extend_from_slice(&0x3u32.to_be_bytes()); // adler32 of data and of compressed
+        lzo.extend_from_slice(&[0; 12]); // mode, mtime low, mtime high
+        lzo.push(0);
+        lzo.extend_from_slice(&0u32.to_be_bytes());
+        for chunk in data.chunks(65536) {
+            let packed = lzokay_native::compress(chunk).unwrap();
+            assert!(packed.len() < chunk.len());
+            lzo.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            lzo.extend_from_slice(&(packed.len() as u32).to_be_bytes());
+            lzo.extend_from_slice(&[0; 8]); // the two checksums, not checked
+            lzo.extend_from_slice(&packed);
+        }
+        lzo.extend_from_slice(&0u32.to_be_bytes());
+        let lzo = appended(lzo, data.len());
+        assert_eq!(decompress_payload(Compression::Lzo, &lzo, 1 << 20).unwrap(), data);
+    }
+
+    #[test]
     fn output_beyond_the_limit_is_refused() {
         let data = vec![0u8; 100_000];
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
