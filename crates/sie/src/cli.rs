@@ -1,16 +1,84 @@
-//! The command line: `sie run`, `sie doctor`, `sie bench`.
+//! The command line: `sie run`, `sie doctor`, `sie bench`, and, with no
+//! subcommand, Firecracker's own flags (see `firecracker.rs`).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 /// sie: a small, fast, observable microVM monitor on KVM.
+///
+/// With a subcommand, sie's own interface. Without one, sie accepts
+/// Firecracker's flags, so tools that start `firecracker` can start sie.
 #[derive(Debug, Parser)]
-#[command(name = "sie", version, about, long_about = None)]
+#[command(
+    name = "sie",
+    about,
+    long_about = None,
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Firecracker-compatible flags, used when no subcommand is given.
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
+}
+
+/// Firecracker's command-line flags. Flags that only turn something off or
+/// pass timing data are accepted; flags asking for a feature sie does not
+/// have yet fail with a one-line error that says so.
+#[derive(Debug, Args)]
+pub struct FirecrackerArgs {
+    /// Print the version (as `Firecracker vX.Y.Z` when started as `firecracker`).
+    #[arg(long, short = 'V')]
+    pub version: bool,
+    /// Path of the API socket (the API is not served yet: use --no-api).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// A Firecracker config file to boot from.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Do not serve the API; boot from --config-file.
+    #[arg(long)]
+    pub no_api: bool,
+    /// The microVM's id.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Metrics file (not supported yet).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// Record the guest's boot-timer write (sie always does).
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Largest API request body, bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub http_api_max_payload_size: Option<u64>,
+    /// Accepted: sie installs no seccomp filter yet.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// A seccomp filter file (not supported yet).
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<PathBuf>,
+    /// MMDS metadata file (not supported yet).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+    /// Timing data from the jailer; accepted.
+    #[arg(long, value_name = "US")]
+    pub start_time_us: Option<u64>,
+    /// Timing data from the jailer; accepted.
+    #[arg(long, value_name = "US")]
+    pub start_time_cpu_us: Option<u64>,
+    /// Timing data from the jailer; accepted.
+    #[arg(long, value_name = "US")]
+    pub parent_cpu_time_us: Option<u64>,
 }
 
 /// sie's subcommands.

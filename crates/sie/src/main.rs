@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod doctor;
 mod embedded_guest;
+mod firecracker;
 mod run;
 
 use std::process::ExitCode;
@@ -50,12 +51,19 @@ fn main() -> ExitCode {
         sie_vmm::restore_terminal();
         eprintln!("sie: internal error (a bug in sie): {info}");
     }));
+    if std::env::args_os().len() == 1 && !firecracker::started_as_firecracker() {
+        // A bare `sie` is someone asking what sie does, not a Firecracker
+        // client (those always pass flags).
+        let _ = <cli::Cli as clap::CommandFactory>::command().print_help();
+        return ExitCode::from(2);
+    }
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args, start),
-        cli::Command::Doctor => doctor::doctor(),
-        cli::Command::Bench(cli::BenchCommand::Exits(args)) => bench::exits::run(&args),
-        cli::Command::Bench(cli::BenchCommand::Boot(args)) => bench::boot::run(&args),
+        Some(cli::Command::Run(args)) => run::run(args, start),
+        Some(cli::Command::Doctor) => doctor::doctor(),
+        Some(cli::Command::Bench(cli::BenchCommand::Exits(args))) => bench::exits::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
+        None => firecracker::run(cli.firecracker, start),
     };
     match result {
         Ok(code) => ExitCode::from(code),
