@@ -265,7 +265,10 @@ mod tests {
             ruzstd::encoding::CompressionLevel::Fastest,
         );
         let frame = appended(frame, data.len());
-        assert_eq!(decompress_payload(Compression::Zstd, &frame, 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress_payload(Compression::Zstd, &frame, 1 << 20).unwrap(),
+            data
+        );
     }
 
     #[test]
@@ -291,7 +294,10 @@ mod tests {
         }
         lzo.extend_from_slice(&0u32.to_be_bytes());
         let lzo = appended(lzo, data.len());
-        assert_eq!(decompress_payload(Compression::Lzo, &lzo, 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress_payload(Compression::Lzo, &lzo, 1 << 20).unwrap(),
+            data
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub fn find_payload(image: &[u8]) -> Result<Payload, Error> {
     let protected_mode = (setup_sects + 1) * 512;
     let offset = protected_mode + u32_at(image, 0x248) as usize;
     let length = u32_at(image, 0x24c) as usize;
+    if length == 0 {
+        return Err(Error::NoPayload);
+    }
     let end = offset.checked_add(length).ok_or(Error::Truncated)?;
     let bytes = image.get(offset..end).ok_or(Error::Truncated)?;
     let compression = Compression::sniff(bytes).ok_or(Error::UnknownCompression)?;

@@ -43,6 +43,9 @@ pub enum Error {
     /// Boot protocol older than 2.08: no payload fields to go by.
     #[error("boot protocol {0:#06x} is older than 2.08 and does not say where its payload is")]
     OldProtocol(u16),
+    /// The header says the bzImage carries no payload (length 0).
+    #[error("the bzImage has no payload")]
+    NoPayload,
     /// The payload lies beyond the end of the file.
     #[error("the bzImage is truncated: its payload runs past the end of the file")]
     Truncated,
@@ -67,7 +70,10 @@ impl Error {
     /// True when booting the bzImage the classic way (the guest decompresses
     /// itself) is safe: nothing is known to be wrong with the image.
     pub fn classic_boot_is_safe(&self) -> bool {
-        matches!(self, Error::OldProtocol(_) | Error::UnknownCompression)
+        matches!(
+            self,
+            Error::OldProtocol(_) | Error::UnknownCompression | Error::NoPayload
+        )
     }
 }
 

@@ -70,6 +70,11 @@ fn header_problems_are_named() {
     beyond[0x248..0x24c].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(find_payload(&beyond), Err(Error::Truncated)));
     assert!(matches!(find_payload(b"\x7fELF"), Err(Error::NotBzImage)));
+    let mut empty = good.clone();
+    empty[0x24c..0x250].copy_from_slice(&0u32.to_le_bytes());
+    let error = find_payload(&empty).unwrap_err();
+    assert!(matches!(error, Error::NoPayload));
+    assert!(error.classic_boot_is_safe());
     let mut unknown = bzimage(b"not compressed at all");
     unknown[0x24c] = 21;
     assert!(matches!(

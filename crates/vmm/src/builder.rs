@@ -97,7 +97,13 @@ fn host_decompressed(
             kernel.file.seek(SeekFrom::Start(0)).map_err(seek_error)?;
             Ok(kernel.file)
         }
-        Err(sie_vmlinux::Error::NotBzImage | sie_vmlinux::Error::Truncated) => Ok(file),
+        // Not a bzImage, too short to be one (the loader says what is wrong),
+        // or one that carries no payload (tiny test kernels): nothing to do.
+        Err(
+            sie_vmlinux::Error::NotBzImage
+            | sie_vmlinux::Error::Truncated
+            | sie_vmlinux::Error::NoPayload,
+        ) => Ok(file),
         Err(error) if error.classic_boot_is_safe() => {
             tracing::warn!("booting the bzImage the classic way: {error}");
             Ok(file)
