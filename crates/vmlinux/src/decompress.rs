@@ -144,8 +144,8 @@ fn lzop(payload: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
         if in_len == out_len {
             out.extend_from_slice(data);
         } else {
-            let block = lzokay_native::decompress_all(data, Some(out_len))
-                .map_err(|e| bad(&format!("{e:?}")))?;
+            let mut block = Vec::with_capacity(out_len);
+            crate::lzo1x::decode(data, &mut block, out_len).map_err(|e| bad(&format!("{e:?}")))?;
             if block.len() != out_len {
                 return Err(bad("block length differs from its header"));
             }

@@ -26,6 +26,7 @@
 mod cache;
 mod decompress;
 mod header;
+mod lzo1x;
 
 pub use cache::{CachedKernel, KernelCache};
 pub use decompress::decompress_payload;
