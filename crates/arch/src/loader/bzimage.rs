@@ -115,17 +115,9 @@ fn runtime_start(head: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::loader::load_kernel;
-    use crate::loader::test_images::{BzSpec, bzimage};
+    use crate::loader::test_images::{BzSpec, bzimage, load, mem};
     use std::io::Cursor;
     use vm_memory::Bytes;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
-    }
-
-    fn load(image: &[u8]) -> Result<LoadedKernel> {
-        load_kernel(&mem(), &mut Cursor::new(image))
-    }
 
     #[test]
     fn bzimage_loads_at_1mib_with_64_bit_entry_and_keeps_its_header() {

@@ -163,17 +163,9 @@ fn check_segments(mem: &GuestMemoryMmap, segments: &[Segment], len: u64) -> Resu
 mod tests {
     use super::*;
     use crate::loader::load_kernel;
-    use crate::loader::test_images::{ElfSpec, elf_image};
+    use crate::loader::test_images::{ElfSpec, elf_image, load, mem};
     use std::io::Cursor;
     use vm_memory::Bytes;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
-    }
-
-    fn load(image: &[u8]) -> Result<LoadedKernel> {
-        load_kernel(&mem(), &mut Cursor::new(image))
-    }
 
     #[test]
     fn plain_elf_loads_at_its_physical_address_with_64_bit_entry() {

@@ -1,5 +1,22 @@
 //! Synthetic kernel images for tests: a minimal ELF64 (one PT_LOAD, an
-//! optional PVH note) and a minimal bzImage (setup header plus payload).
+//! optional PVH note) and a minimal bzImage (setup header plus payload), and
+//! the guest memory the loader tests load them into.
+
+use std::io::Cursor;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::{LoadedKernel, Result, load_kernel};
+
+/// 32 MiB of guest RAM at address 0.
+pub(crate) fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
+}
+
+/// Loads `image` into fresh guest memory.
+pub(crate) fn load(image: &[u8]) -> Result<LoadedKernel> {
+    load_kernel(&mem(), &mut Cursor::new(image))
+}
 
 /// What the synthetic ELF looks like.
 pub(crate) struct ElfSpec {
