@@ -147,7 +147,7 @@ pub fn doctor() -> Result<u8, BoxError> {
             println!("  missing required capability: {missing}");
         }
     } else {
-        let kvm = Kvm::open()?;
+        let kvm = crate::run::open_hypervisor()?;
         match instruction_rate(&kvm) {
             Ok(rate) => println!(
                 "  {:<28} {:.1} million/s",

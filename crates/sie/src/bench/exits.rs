@@ -138,7 +138,7 @@ pub fn run(args: &BenchExitsArgs) -> Result<u8, BoxError> {
     if args.count == 0 || args.runs == 0 {
         return Err("--count and --runs must be at least 1".into());
     }
-    let kvm = Kvm::open()?;
+    let kvm = crate::run::open_hypervisor()?;
     let guest = EmbeddedGuest::new("sie-bench-exits", sie_guests::EXITS.bytes)?;
     let mut full: [Vec<f64>; 3] = Default::default();
     let mut bare: [Vec<f64>; 3] = Default::default();
