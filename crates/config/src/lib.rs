@@ -20,6 +20,7 @@ mod boot_source;
 mod devices;
 mod logging;
 mod machine_config;
+mod request;
 mod resource_id;
 mod size;
 mod vm_config;
@@ -30,6 +31,9 @@ pub use devices::{
 };
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
+pub use request::{
+    ActionType, DrivePatch, MachineConfigPatch, NetworkInterfacePatch, Request, Response, VmState,
+};
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id};
 pub use size::{SizeError, parse_mem_size_mib};
 pub use vm_config::{ConfigError, VmConfig};

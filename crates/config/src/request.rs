@@ -1,0 +1,217 @@
+//! What a client can ask of the VMM, whichever front end it came through.
+//!
+//! The API server turns HTTP requests into a [`Request`]; the VMM answers
+//! each with a [`Response`], which the server turns back into HTTP. The VMM
+//! never sees HTTP and the server never sees the VM, so each side is tested
+//! on its own.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot_source::BootSource;
+use crate::devices::{Drive, Entropy, NetworkInterface, RateLimiter, Vsock};
+use crate::logging::{Logger, Metrics};
+use crate::machine_config::MachineConfig;
+
+/// One request to the VMM.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// `GET /`: instance information.
+    GetInstanceInfo,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `GET /vm/config`: the whole configuration.
+    GetVmConfig,
+    /// `PUT /boot-source` (before boot only).
+    PutBootSource(BootSource),
+    /// `PUT /machine-config` (before boot only).
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config` (before boot only).
+    PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /drives/{id}` (before boot only).
+    PutDrive(Drive),
+    /// `PATCH /drives/{id}` (after boot: swap the backing file).
+    PatchDrive(DrivePatch),
+    /// `PUT /network-interfaces/{id}` (before boot only).
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(NetworkInterfacePatch),
+    /// `PUT /vsock` (before boot only).
+    PutVsock(Vsock),
+    /// `PUT /entropy` (before boot only).
+    PutEntropy(Entropy),
+    /// `PUT /logger` (before boot only).
+    PutLogger(Logger),
+    /// `PUT /metrics` (before boot only).
+    PutMetrics(Metrics),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    SetVmState(VmState),
+    /// Extension: `GET /metrics` in Prometheus text format.
+    GetPrometheusMetrics,
+    /// Extension: `GET /stats`, the exit observatory as JSON.
+    GetStats,
+}
+
+impl Request {
+    /// A short stable name for metrics: the method and route, without ids.
+    pub fn route(&self) -> &'static str {
+        match self {
+            Request::GetInstanceInfo => "get_instance_info",
+            Request::GetMachineConfig => "get_machine_config",
+            Request::GetVmConfig => "get_vm_config",
+            Request::PutBootSource(_) => "put_boot_source",
+            Request::PutMachineConfig(_) => "put_machine_config",
+            Request::PatchMachineConfig(_) => "patch_machine_config",
+            Request::PutDrive(_) => "put_drive",
+            Request::PatchDrive(_) => "patch_drive",
+            Request::PutNetworkInterface(_) => "put_network_interface",
+            Request::PatchNetworkInterface(_) => "patch_network_interface",
+            Request::PutVsock(_) => "put_vsock",
+            Request::PutEntropy(_) => "put_entropy",
+            Request::PutLogger(_) => "put_logger",
+            Request::PutMetrics(_) => "put_metrics",
+            Request::Action(_) => "put_actions",
+            Request::SetVmState(_) => "patch_vm",
+            Request::GetPrometheusMetrics => "get_metrics",
+            Request::GetStats => "get_stats",
+        }
+    }
+}
+
+/// `PUT /actions` body: `{"action_type": "..."}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Build and start the VM.
+    InstanceStart,
+    /// Press Ctrl-Alt-Del on the guest's keyboard.
+    SendCtrlAltDel,
+    /// Write the metrics now.
+    FlushMetrics,
+}
+
+/// `PATCH /vm` body: `{"state": "Paused" | "Resumed"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Stop every vCPU.
+    Paused,
+    /// Run them again.
+    Resumed,
+}
+
+/// `PATCH /machine-config` body: every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigPatch {
+    /// New vCPU count.
+    #[serde(default)]
+    pub vcpu_count: Option<u8>,
+    /// New memory size.
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    /// SMT.
+    #[serde(default)]
+    pub smt: Option<bool>,
+    /// Dirty page tracking.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Huge pages.
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+    /// CPU template.
+    #[serde(default)]
+    pub cpu_template: Option<String>,
+}
+
+impl MachineConfigPatch {
+    /// `base` with this patch's fields laid over it.
+    pub fn apply(&self, base: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(base.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
+            smt: self.smt.or(base.smt),
+            track_dirty_pages: self.track_dirty_pages.or(base.track_dirty_pages),
+            huge_pages: self.huge_pages.clone().or_else(|| base.huge_pages.clone()),
+            cpu_template: self
+                .cpu_template
+                .clone()
+                .or_else(|| base.cpu_template.clone()),
+        }
+    }
+}
+
+/// `PATCH /drives/{id}` body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// Which drive.
+    pub drive_id: String,
+    /// A new backing file.
+    #[serde(default)]
+    pub path_on_host: Option<PathBuf>,
+    /// A new rate limiter (accepted, not enforced yet).
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{id}` body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfacePatch {
+    /// Which interface.
+    pub iface_id: String,
+    /// Receive rate limiter (accepted, not enforced yet).
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Transmit rate limiter (accepted, not enforced yet).
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// The VMM's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// Done; nothing to say (HTTP 204).
+    NoContent,
+    /// Done; here is the result (HTTP 200, `application/json`).
+    Json(serde_json::Value),
+    /// Done; here is the result as text (HTTP 200, Prometheus text format).
+    Text(String),
+    /// Refused (HTTP 400 with `{"fault_message": ...}`).
+    Fault(String),
+}
+
+impl Response {
+    /// A fault from anything displayable.
+    pub fn fault(message: impl std::fmt::Display) -> Self {
+        Response::Fault(message.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_and_state_bodies_use_firecracker_names() {
+        let action: ActionType = serde_json::from_str("\"SendCtrlAltDel\"").unwrap();
+        assert_eq!(action, ActionType::SendCtrlAltDel);
+        let state: VmState = serde_json::from_str("\"Paused\"").unwrap();
+        assert_eq!(state, VmState::Paused);
+        assert!(serde_json::from_str::<VmState>("\"Stopped\"").is_err());
+    }
+
+    #[test]
+    fn machine_config_patch_keeps_unset_fields() {
+        let base = MachineConfig {
+            vcpu_count: 2,
+            mem_size_mib: 256,
+            ..MachineConfig::default()
+        };
+        let patch: MachineConfigPatch = serde_json::from_str(r#"{"mem_size_mib": 512}"#).unwrap();
+        let patched = patch.apply(&base);
+        assert_eq!((patched.vcpu_count, patched.mem_size_mib), (2, 512));
+    }
+}
