@@ -1,1 +1,45 @@
 //! Firecracker-compatible HTTP/1.1 API on a Unix socket.
+//!
+//! [`ApiServer::bind`] takes the socket path, [`ApiServer::spawn`] serves
+//! it on a thread named `fc_api`, and the VMM answers each
+//! [`sie_config::Request`] that arrives on the [`ApiHandle`] with a
+//! [`sie_config::Response`]. The VMM never sees HTTP; the server never sees
+//! the VM. The routes, status codes and fault wording follow Firecracker's,
+//! so its clients (firecracker-go-sdk, Kata, flintlock) work unchanged.
+//!
+//! ```no_run
+//! use sie_api::{ApiServer, ServerOptions};
+//! use sie_config::{Request, Response};
+//!
+//! let server = ApiServer::bind("/tmp/sie.sock".as_ref(), ServerOptions::default())?;
+//! let (api, thread) = server.spawn()?;
+//! // In the VMM's loop: api.wake_fd() is in its epoll set; when it fires:
+//! while let Some(call) = api.try_recv() {
+//!     let response = match call.request {
+//!         Request::GetInstanceInfo => Response::Json(serde_json::json!({"state": "Not started"})),
+//!         _ => Response::fault("not yet"),
+//!     };
+//!     let _ = call.reply.send(response);
+//! }
+//! api.stop_server();
+//! thread.join().ok();
+//! # Ok::<(), sie_api::ApiError>(())
+//! ```
+
+mod connection;
+mod dispatch;
+mod handle;
+mod http;
+mod response;
+mod route;
+mod server;
+mod stats;
+
+pub use handle::{ApiCall, ApiHandle, ServerStopper};
+pub use http::{MAX_HEAD_BYTES, MAX_HEADERS};
+pub use route::{Fault, Routed, route};
+pub use server::{
+    ApiError, ApiServer, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD, DEFAULT_VERSION,
+    ServerOptions,
+};
+pub use stats::ApiStats;

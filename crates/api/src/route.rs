@@ -1,0 +1,243 @@
+//! Routing: an HTTP method, target and body to a [`Request`], or a fault.
+//!
+//! A pure function so every endpoint and every way to get one wrong is
+//! tested without a socket. The rules follow Firecracker's, because its
+//! clients (firecracker-go-sdk, Kata, flintlock) are what talk to sie:
+//! unknown paths are 400 (never 404), ids in the path must match the body,
+//! and JSON errors carry serde's message, which names the field.
+
+use serde::de::DeserializeOwned;
+use sie_config::{
+    ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
+    Metrics, NetworkInterface, NetworkInterfacePatch, Request, VmState, Vsock,
+};
+
+/// Stats name of `GET /version`, which the server answers itself.
+pub const ROUTE_VERSION: &str = "get_version";
+/// Stats name of Firecracker endpoints sie does not offer yet.
+pub const ROUTE_UNSUPPORTED: &str = "unsupported";
+/// Stats name of anything that is not an endpoint, or not valid HTTP.
+pub const ROUTE_INVALID: &str = "invalid";
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Routed {
+    /// To the VMM.
+    Vmm(Request),
+    /// `GET /version`: the server answers with its configured version.
+    Version,
+}
+
+/// A request the router refuses: HTTP 400 with `message` as the fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The stats name the refusal is counted under.
+    pub route: &'static str,
+    /// What was wrong, for `fault_message`.
+    pub message: String,
+}
+
+impl Fault {
+    fn new(route: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            route,
+            message: message.into(),
+        }
+    }
+}
+
+/// `PUT /actions` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: ActionType,
+}
+
+/// `PATCH /vm` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmState,
+}
+
+/// Firecracker path families sie does not implement yet, with the feature
+/// name used in the fault. Any method on them gets "not available in sie
+/// yet" rather than "invalid path", so a client learns what is missing.
+const UNSUPPORTED: [(&str, &str); 6] = [
+    ("snapshot", "snapshots"),
+    ("balloon", "the balloon device"),
+    ("mmds", "MMDS (the microVM metadata service)"),
+    ("cpu-config", "custom CPU templates"),
+    ("hotplug", "hotplug"),
+    ("serial", "serial output configuration"),
+];
+
+/// The path of a request target: the query dropped, and one trailing `/`
+/// (other than the root's) stripped.
+pub fn normalize_path(target: &str) -> &str {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    match path.strip_suffix('/') {
+        Some(stripped) if !stripped.is_empty() => stripped,
+        _ => path,
+    }
+}
+
+/// Routes one request. `target` is the request target as sent (a query
+/// string is ignored); `body` is the raw body, empty when there is none.
+pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
+    let path = normalize_path(target);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let vmm = |request: Request| Ok(Routed::Vmm(request));
+    match (method, segments.as_slice()) {
+        ("GET", [""]) => vmm(Request::GetInstanceInfo),
+        ("GET", ["version"]) => Ok(Routed::Version),
+        ("PUT", ["actions"]) => {
+            let body: ActionBody = parse("put_actions", method, path, body)?;
+            vmm(Request::Action(body.action_type))
+        }
+        ("PUT", ["boot-source"]) => vmm(Request::PutBootSource(parse::<BootSource>(
+            "put_boot_source",
+            method,
+            path,
+            body,
+        )?)),
+        ("GET", ["machine-config"]) => vmm(Request::GetMachineConfig),
+        ("PUT", ["machine-config"]) => vmm(Request::PutMachineConfig(parse::<MachineConfig>(
+            "put_machine_config",
+            method,
+            path,
+            body,
+        )?)),
+        ("PATCH", ["machine-config"]) => {
+            vmm(Request::PatchMachineConfig(parse::<MachineConfigPatch>(
+                "patch_machine_config",
+                method,
+                path,
+                body,
+            )?))
+        }
+        ("PUT", ["drives", id]) => {
+            let drive: Drive = parse("put_drive", method, path, body)?;
+            same_id("put_drive", "drive_id", id, &drive.drive_id)?;
+            vmm(Request::PutDrive(drive))
+        }
+        ("PATCH", ["drives", id]) => {
+            let patch: DrivePatch = parse("patch_drive", method, path, body)?;
+            same_id("patch_drive", "drive_id", id, &patch.drive_id)?;
+            vmm(Request::PatchDrive(patch))
+        }
+        ("PUT", ["network-interfaces", id]) => {
+            let nic: NetworkInterface = parse("put_network_interface", method, path, body)?;
+            same_id("put_network_interface", "iface_id", id, &nic.iface_id)?;
+            vmm(Request::PutNetworkInterface(nic))
+        }
+        ("PATCH", ["network-interfaces", id]) => {
+            let patch: NetworkInterfacePatch =
+                parse("patch_network_interface", method, path, body)?;
+            same_id("patch_network_interface", "iface_id", id, &patch.iface_id)?;
+            vmm(Request::PatchNetworkInterface(patch))
+        }
+        ("PUT" | "PATCH", ["drives" | "network-interfaces"]) => Err(Fault::new(
+            ROUTE_INVALID,
+            format!("Missing id: {method} {path} needs an id, as in {path}/<id>."),
+        )),
+        ("PUT", ["vsock"]) => vmm(Request::PutVsock(parse::<Vsock>(
+            "put_vsock",
+            method,
+            path,
+            body,
+        )?)),
+        ("PUT", ["entropy"]) => vmm(Request::PutEntropy(parse::<Entropy>(
+            "put_entropy",
+            method,
+            path,
+            body,
+        )?)),
+        ("PUT", ["logger"]) => vmm(Request::PutLogger(parse::<Logger>(
+            "put_logger",
+            method,
+            path,
+            body,
+        )?)),
+        ("PUT", ["metrics"]) => vmm(Request::PutMetrics(parse::<Metrics>(
+            "put_metrics",
+            method,
+            path,
+            body,
+        )?)),
+        ("GET", ["metrics"]) => vmm(Request::GetPrometheusMetrics),
+        ("GET", ["stats"]) => vmm(Request::GetStats),
+        ("PATCH", ["vm"]) => {
+            let body: VmStateBody = parse("patch_vm", method, path, body)?;
+            vmm(Request::SetVmState(body.state))
+        }
+        ("GET", ["vm", "config"]) => vmm(Request::GetVmConfig),
+        ("GET", ["entropy"]) => Err(unsupported(method, path, "reading the entropy device")),
+        (_, [first, ..]) => match UNSUPPORTED.iter().find(|(family, _)| family == first) {
+            Some((_, feature)) => Err(unsupported(method, path, feature)),
+            None => Err(invalid(method, path)),
+        },
+        _ => Err(invalid(method, path)),
+    }
+}
+
+fn unsupported(method: &str, path: &str, feature: &str) -> Fault {
+    Fault::new(
+        ROUTE_UNSUPPORTED,
+        format!("{method} {path}: {feature} is not available in sie yet."),
+    )
+}
+
+/// Firecracker's wording, so scripts that match on it keep working.
+pub fn invalid(method: &str, path: &str) -> Fault {
+    Fault::new(
+        ROUTE_INVALID,
+        format!("Invalid request method and/or path: {method} {path}."),
+    )
+}
+
+/// Parses a JSON object body. serde's own message is kept: it names the
+/// unknown, missing or mistyped field and where it is.
+fn parse<T: DeserializeOwned>(
+    route: &'static str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<T, Fault> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Fault::new(
+            route,
+            format!("Missing body: {method} {path} needs a JSON object body."),
+        ));
+    }
+    // serde would also take a struct as an array of its fields; Firecracker
+    // bodies are objects, and a client sending anything else has a bug.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Fault::new(
+            route,
+            format!("Invalid body: {method} {path} needs a JSON object body."),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|error| {
+        Fault::new(
+            route,
+            format!("An error occurred when deserializing the json body of a request: {error}."),
+        )
+    })
+}
+
+fn same_id(route: &'static str, field: &str, in_path: &str, in_body: &str) -> Result<(), Fault> {
+    if in_path == in_body {
+        return Ok(());
+    }
+    Err(Fault::new(
+        route,
+        format!(
+            "The id from the path ({in_path:?}) does not match the {field} from the body ({in_body:?})."
+        ),
+    ))
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+mod tests;

@@ -1,0 +1,315 @@
+use super::*;
+
+fn ok(method: &str, target: &str, body: &str) -> Request {
+    match route(method, target, body.as_bytes()) {
+        Ok(Routed::Vmm(request)) => request,
+        other => panic!("{method} {target} {body}: {other:?}"),
+    }
+}
+
+fn fault(method: &str, target: &str, body: &str) -> Fault {
+    match route(method, target, body.as_bytes()) {
+        Err(fault) => fault,
+        other => panic!("{method} {target} {body}: expected a fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn gets_without_bodies() {
+    assert_eq!(ok("GET", "/", ""), Request::GetInstanceInfo);
+    assert_eq!(ok("GET", "/machine-config", ""), Request::GetMachineConfig);
+    assert_eq!(ok("GET", "/vm/config", ""), Request::GetVmConfig);
+    assert_eq!(ok("GET", "/metrics", ""), Request::GetPrometheusMetrics);
+    assert_eq!(ok("GET", "/stats", ""), Request::GetStats);
+    assert_eq!(route("GET", "/version", b""), Ok(Routed::Version));
+}
+
+#[test]
+fn trailing_slash_and_query_are_ignored() {
+    assert_eq!(ok("GET", "/machine-config/", ""), Request::GetMachineConfig);
+    assert_eq!(
+        ok("GET", "/machine-config?x=1", ""),
+        Request::GetMachineConfig
+    );
+    assert_eq!(ok("GET", "/?pretty", ""), Request::GetInstanceInfo);
+    assert_eq!(normalize_path("/"), "/");
+    assert_eq!(normalize_path("/vm/config/?a=b"), "/vm/config");
+    // Only one slash is stripped.
+    assert_eq!(fault("GET", "/machine-config//", "").route, ROUTE_INVALID);
+}
+
+#[test]
+fn actions() {
+    for (name, action) in [
+        ("InstanceStart", ActionType::InstanceStart),
+        ("SendCtrlAltDel", ActionType::SendCtrlAltDel),
+        ("FlushMetrics", ActionType::FlushMetrics),
+    ] {
+        let body = format!(r#"{{"action_type": "{name}"}}"#);
+        assert_eq!(ok("PUT", "/actions", &body), Request::Action(action));
+    }
+    let bad = fault("PUT", "/actions", r#"{"action_type": "Reboot"}"#);
+    assert_eq!(bad.route, "put_actions");
+    assert!(bad.message.contains("Reboot"), "{}", bad.message);
+    let extra = fault(
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart", "x": 1}"#,
+    );
+    assert!(
+        extra.message.contains("unknown field `x`"),
+        "{}",
+        extra.message
+    );
+}
+
+#[test]
+fn boot_source_with_nulls() {
+    let request = ok(
+        "PUT",
+        "/boot-source",
+        r#"{"kernel_image_path": "vmlinux", "boot_args": null, "initrd_path": null}"#,
+    );
+    assert_eq!(request, Request::PutBootSource(BootSource::new("vmlinux")));
+    let missing = fault("PUT", "/boot-source", r#"{"boot_args": "x"}"#);
+    assert_eq!(missing.route, "put_boot_source");
+    assert!(
+        missing
+            .message
+            .contains("missing field `kernel_image_path`"),
+        "{}",
+        missing.message
+    );
+}
+
+#[test]
+fn machine_config_put_and_patch() {
+    let Request::PutMachineConfig(config) = ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "cpu_template": null,
+            "track_dirty_pages": null, "huge_pages": "None"}"#,
+    ) else {
+        panic!("not a PutMachineConfig");
+    };
+    assert_eq!((config.vcpu_count, config.mem_size_mib), (2, 256));
+    let Request::PatchMachineConfig(patch) = ok(
+        "PATCH",
+        "/machine-config",
+        r#"{"mem_size_mib": 512, "smt": null}"#,
+    ) else {
+        panic!("not a PatchMachineConfig");
+    };
+    assert_eq!(patch.mem_size_mib, Some(512));
+    let wrong_type = fault(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": "two", "mem_size_mib": 1}"#,
+    );
+    assert!(
+        wrong_type.message.contains("invalid type"),
+        "{}",
+        wrong_type.message
+    );
+    // A required field sent as null is refused, as Firecracker does.
+    let null = fault(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": null, "mem_size_mib": 1}"#,
+    );
+    assert!(null.message.contains("null"), "{}", null.message);
+}
+
+#[test]
+fn drives_match_the_path_id() {
+    let body = r#"{"drive_id": "rootfs", "path_on_host": "/img", "is_root_device": true,
+        "is_read_only": null, "partuuid": null, "cache_type": "Unsafe", "io_engine": null,
+        "rate_limiter": {}}"#;
+    let Request::PutDrive(drive) = ok("PUT", "/drives/rootfs", body) else {
+        panic!("not a PutDrive");
+    };
+    assert_eq!(drive.drive_id, "rootfs");
+    assert_eq!(drive.rate_limiter, Some(serde_json::Map::new()));
+    let mismatch = fault("PUT", "/drives/other", body);
+    assert_eq!(mismatch.route, "put_drive");
+    assert!(mismatch.message.contains("does not match the drive_id"));
+    assert!(mismatch.message.contains("\"other\"") && mismatch.message.contains("\"rootfs\""));
+
+    let patch = r#"{"drive_id": "rootfs", "path_on_host": "/new", "rate_limiter": null}"#;
+    let Request::PatchDrive(patch) = ok("PATCH", "/drives/rootfs", patch) else {
+        panic!("not a PatchDrive");
+    };
+    assert_eq!(
+        patch.path_on_host.as_deref(),
+        Some(std::path::Path::new("/new"))
+    );
+    assert_eq!(
+        fault("PATCH", "/drives/x", r#"{"drive_id": "y"}"#).route,
+        "patch_drive"
+    );
+    assert!(fault("PUT", "/drives", body).message.contains("Missing id"));
+}
+
+#[test]
+fn network_interfaces_match_the_path_id() {
+    let body = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": null,
+        "rx_rate_limiter": {}, "tx_rate_limiter": null}"#;
+    assert!(matches!(
+        ok("PUT", "/network-interfaces/eth0", body),
+        Request::PutNetworkInterface(_)
+    ));
+    let mismatch = fault("PUT", "/network-interfaces/eth1", body);
+    assert_eq!(mismatch.route, "put_network_interface");
+    assert!(mismatch.message.contains("iface_id"));
+    let patch = r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": null}}"#;
+    assert!(matches!(
+        ok("PATCH", "/network-interfaces/eth0", patch),
+        Request::PatchNetworkInterface(_)
+    ));
+    assert_eq!(
+        fault("PATCH", "/network-interfaces/eth1", patch).route,
+        "patch_network_interface"
+    );
+    assert!(
+        fault("PATCH", "/network-interfaces/", patch)
+            .message
+            .contains("Missing id")
+    );
+}
+
+#[test]
+fn vsock_entropy_logger_metrics() {
+    let Request::PutVsock(vsock) = ok(
+        "PUT",
+        "/vsock",
+        r#"{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/v.sock"}"#,
+    ) else {
+        panic!("not a PutVsock");
+    };
+    assert_eq!(vsock.vsock_id.as_deref(), Some("vsock0"));
+    assert_eq!(
+        ok("PUT", "/entropy", r#"{"rate_limiter": null}"#),
+        Request::PutEntropy(Entropy::default())
+    );
+    assert_eq!(
+        ok("PUT", "/entropy", "{}"),
+        Request::PutEntropy(Entropy::default())
+    );
+    assert!(matches!(
+        ok(
+            "PUT",
+            "/logger",
+            r#"{"log_path": "/l", "level": "Info", "show_level": null}"#
+        ),
+        Request::PutLogger(_)
+    ));
+    // Same path, two methods, two requests.
+    assert!(matches!(
+        ok("PUT", "/metrics", r#"{"metrics_path": "/m"}"#),
+        Request::PutMetrics(_)
+    ));
+    assert_eq!(ok("GET", "/metrics", ""), Request::GetPrometheusMetrics);
+    assert_eq!(fault("PUT", "/metrics", "").route, "put_metrics");
+}
+
+#[test]
+fn vm_state() {
+    assert_eq!(
+        ok("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        Request::SetVmState(VmState::Paused)
+    );
+    assert_eq!(
+        ok("PATCH", "/vm", r#"{"state": "Resumed"}"#),
+        Request::SetVmState(VmState::Resumed)
+    );
+    assert_eq!(
+        fault("PATCH", "/vm", r#"{"state": "Stopped"}"#).route,
+        "patch_vm"
+    );
+    assert_eq!(
+        fault("PUT", "/vm", r#"{"state": "Paused"}"#).route,
+        ROUTE_INVALID
+    );
+}
+
+#[test]
+fn body_faults() {
+    let empty = fault("PUT", "/boot-source", "");
+    assert!(empty.message.contains("Missing body"), "{}", empty.message);
+    assert!(
+        fault("PUT", "/boot-source", " \r\n")
+            .message
+            .contains("Missing body")
+    );
+    let not_json = fault("PUT", "/boot-source", r#"{"kernel_image_path": }"#);
+    assert!(
+        not_json.message.contains("deserializing"),
+        "{}",
+        not_json.message
+    );
+    assert!(
+        fault("PUT", "/boot-source", "kernel=x")
+            .message
+            .contains("JSON object")
+    );
+    for not_object in ["[]", "[\"/m\"]", "null", "\"x\"", "1"] {
+        let refused = fault("PUT", "/metrics", not_object);
+        assert!(
+            refused.message.contains("JSON object"),
+            "{}",
+            refused.message
+        );
+    }
+    let trailing = fault("PUT", "/metrics", r#"{"metrics_path": "/m"} x"#);
+    assert!(
+        trailing.message.contains("trailing"),
+        "{}",
+        trailing.message
+    );
+}
+
+#[test]
+fn unsupported_endpoints_are_400_not_404() {
+    for (method, path) in [
+        ("PUT", "/snapshot/create"),
+        ("PUT", "/snapshot/load"),
+        ("PUT", "/balloon"),
+        ("GET", "/balloon/statistics"),
+        ("PATCH", "/balloon/statistics"),
+        ("PUT", "/mmds"),
+        ("GET", "/mmds"),
+        ("PUT", "/mmds/config"),
+        ("PUT", "/cpu-config"),
+        ("PUT", "/hotplug/memory"),
+        ("GET", "/entropy"),
+    ] {
+        let refused = fault(method, path, "{}");
+        assert_eq!(refused.route, ROUTE_UNSUPPORTED, "{method} {path}");
+        assert!(
+            refused.message.contains("not available in sie yet"),
+            "{}",
+            refused.message
+        );
+    }
+}
+
+#[test]
+fn unknown_paths_and_methods_use_firecracker_wording() {
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("DELETE", "/drives/x"),
+        ("POST", "/actions"),
+        ("GET", "/actions"),
+        ("GET", "/drives/rootfs"),
+        ("PUT", "/"),
+        ("GET", "/vm"),
+        ("GET", "/vm/config/extra"),
+    ] {
+        let refused = fault(method, path, "");
+        assert_eq!(refused.route, ROUTE_INVALID);
+        assert_eq!(
+            refused.message,
+            format!("Invalid request method and/or path: {method} {path}.")
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! The API server: a Unix socket, and a thread running an epoll loop over
+//! it and every client connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::connection::Connection;
+use crate::dispatch::Dispatcher;
+use crate::handle::{ApiHandle, ServerStopper};
+use crate::stats::ApiStats;
+
+/// Firecracker's default `--http-api-max-payload-size`.
+pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+/// The Firecracker version `GET /version` reports: the API sie follows.
+pub const DEFAULT_VERSION: &str = "1.10.1";
+/// Clients served at once; more are accepted and closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// epoll tokens; connections count up from `FIRST_CONNECTION`.
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+const FIRST_CONNECTION: u64 = 2;
+const EVENTS_PER_WAIT: usize = 32;
+
+/// How the server behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Largest request body, in bytes.
+    pub max_payload: usize,
+    /// What `GET /version` answers as `firecracker_version`.
+    pub version: String,
+    /// Most clients connected at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            version: DEFAULT_VERSION.to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A live server answers on the path.
+    #[error("API socket {0}: another process is already listening there")]
+    InUse(PathBuf),
+    /// The path is taken by something other than a socket.
+    #[error("API socket {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// A system call failed.
+    #[error("API socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// A bound API socket, not yet serving. Dropping it removes the socket file.
+#[derive(Debug)]
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file, so `Drop` removes only ours.
+    identity: (u64, u64),
+    options: ServerOptions,
+    stats: Arc<ApiStats>,
+    wake: EventFd,
+    stop: Arc<EventFd>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ApiServer {
+    /// Binds `path`. A stale socket (a file nobody answers on) is replaced;
+    /// a live one or a non-socket file is an error.
+    pub fn bind(path: &Path, options: ServerOptions) -> Result<ApiServer, ApiError> {
+        let io_error = |source| ApiError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+                Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!("api: removing stale socket {}", path.display());
+                    std::fs::remove_file(path).map_err(io_error)?;
+                }
+                Err(error) => return Err(io_error(error)),
+            },
+            Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(error)),
+        }
+        let listener = UnixListener::bind(path).map_err(io_error)?;
+        let meta = std::fs::symlink_metadata(path).map_err(io_error)?;
+        let server = ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            options,
+            stats: Arc::default(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(io_error)?,
+            stop: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_error)?),
+            stopping: Arc::default(),
+        };
+        server.listener.set_nonblocking(true).map_err(io_error)?;
+        Ok(server)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The per-route counters this server records into.
+    pub fn stats(&self) -> Arc<ApiStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Starts serving on a thread named `fc_api`. The VMM answers through
+    /// the returned [`ApiHandle`]; after [`ApiHandle::stop_server`] the
+    /// thread ends and the socket file is gone.
+    pub fn spawn(self) -> Result<(ApiHandle, JoinHandle<()>), ApiError> {
+        let io_error = |source| ApiError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let (calls, receiver) = mpsc::channel();
+        let handle = ApiHandle {
+            receiver,
+            wake: self.wake.try_clone().map_err(io_error)?,
+            stopper: ServerStopper {
+                stop: Arc::clone(&self.stop),
+                stopping: Arc::clone(&self.stopping),
+            },
+            stats: Arc::clone(&self.stats),
+        };
+        let dispatcher = Dispatcher {
+            calls,
+            wake: self.wake.try_clone().map_err(io_error)?,
+            stats: Arc::clone(&self.stats),
+            version: self.options.version.clone(),
+            stopping: Arc::clone(&self.stopping),
+        };
+        let thread = std::thread::Builder::new()
+            .name("fc_api".into())
+            .spawn(move || {
+                if let Err(error) = self.run(&dispatcher) {
+                    tracing::error!("api: server stopped: {error}");
+                }
+            })
+            .map_err(|source| ApiError::Io {
+                path: PathBuf::new(),
+                source,
+            })?;
+        Ok((handle, thread))
+    }
+
+    /// The epoll loop; returns when stopped. Dropping `self` afterwards
+    /// closes every connection and removes the socket file.
+    fn run(&self, dispatcher: &Dispatcher) -> io::Result<()> {
+        let epoll = Epoll::new()?;
+        let listen_events = EpollEvent::new(EventSet::IN, LISTENER);
+        epoll.ctl(
+            ControlOperation::Add,
+            self.listener.as_raw_fd(),
+            listen_events,
+        )?;
+        let stop_events = EpollEvent::new(EventSet::IN, STOP);
+        epoll.ctl(ControlOperation::Add, self.stop.as_raw_fd(), stop_events)?;
+        let mut connections: HashMap<u64, Connection> = HashMap::new();
+        let mut next_token = FIRST_CONNECTION;
+        let mut events = vec![EpollEvent::default(); EVENTS_PER_WAIT];
+        loop {
+            let ready = match epoll.wait(-1, &mut events) {
+                Ok(ready) => ready,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            for event in &events[..ready] {
+                match event.data() {
+                    STOP => return Ok(()),
+                    LISTENER => {
+                        self.accept_all(&epoll, &mut connections, &mut next_token);
+                    }
+                    token => {
+                        let Some(connection) = connections.get_mut(&token) else {
+                            continue;
+                        };
+                        let keep = connection
+                            .on_ready(event.event_set(), dispatcher)
+                            .unwrap_or(false);
+                        if !keep || update_interest(&epoll, token, connection).is_err() {
+                            // Dropping the stream closes it and takes it out
+                            // of the epoll set.
+                            connections.remove(&token);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_all(
+        &self,
+        epoll: &Epoll,
+        connections: &mut HashMap<u64, Connection>,
+        next_token: &mut u64,
+    ) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    tracing::warn!("api: accept failed: {error}");
+                    return;
+                }
+            };
+            if connections.len() >= self.options.max_connections {
+                tracing::warn!(
+                    "api: {} clients connected already; closing a new one",
+                    connections.len()
+                );
+                continue;
+            }
+            if let Err(error) = stream.set_nonblocking(true) {
+                tracing::warn!("api: cannot make a client nonblocking: {error}");
+                continue;
+            }
+            let connection = Connection::new(stream, self.options.max_payload);
+            let token = *next_token;
+            *next_token += 1;
+            let registration = EpollEvent::new(connection.interest, token);
+            match epoll.ctl(
+                ControlOperation::Add,
+                connection.stream().as_raw_fd(),
+                registration,
+            ) {
+                Ok(()) => {
+                    connections.insert(token, connection);
+                }
+                Err(error) => tracing::warn!("api: cannot watch a client: {error}"),
+            }
+        }
+    }
+}
+
+/// Re-registers `connection` if what it waits for changed.
+fn update_interest(epoll: &Epoll, token: u64, connection: &mut Connection) -> io::Result<()> {
+    let wanted = connection.wanted();
+    if wanted != connection.interest {
+        let fd = connection.stream().as_raw_fd();
+        epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(wanted, token))?;
+        connection.interest = wanted;
+    }
+    Ok(())
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
+        if ours && let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!("api: cannot remove {}: {error}", self.path.display());
+        }
+    }
+}

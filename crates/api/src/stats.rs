@@ -1,0 +1,141 @@
+//! API metrics: requests, faults and latency per route.
+//!
+//! Lock-free atomics in a fixed table, so the server thread records without
+//! ever waiting on whoever reads a snapshot (the VMM answering `GET /stats`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
+
+/// Counted under when a name is not in [`ROUTES`] (a route added to
+/// `sie_config::Request` before this table learnt it).
+const ROUTE_OTHER: &str = "other";
+
+/// Every route name counted: `Request::route()` names and the server's own.
+pub const ROUTES: [&str; 22] = [
+    "get_instance_info",
+    "get_machine_config",
+    "get_vm_config",
+    "put_boot_source",
+    "put_machine_config",
+    "patch_machine_config",
+    "put_drive",
+    "patch_drive",
+    "put_network_interface",
+    "patch_network_interface",
+    "put_vsock",
+    "put_entropy",
+    "put_logger",
+    "put_metrics",
+    "put_actions",
+    "patch_vm",
+    "get_metrics",
+    "get_stats",
+    ROUTE_VERSION,
+    ROUTE_UNSUPPORTED,
+    ROUTE_INVALID,
+    ROUTE_OTHER,
+];
+
+#[derive(Default)]
+struct RouteStats {
+    count: AtomicU64,
+    faults: AtomicU64,
+    latency_us_sum: AtomicU64,
+    latency_us_max: AtomicU64,
+}
+
+/// Per-route counters, shared as `Arc<ApiStats>`.
+#[derive(Default)]
+pub struct ApiStats {
+    routes: [RouteStats; ROUTES.len()],
+}
+
+impl std::fmt::Debug for ApiStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiStats({})", self.snapshot())
+    }
+}
+
+impl ApiStats {
+    /// Counts one answered request; `fault` when the answer was a 400.
+    pub fn record(&self, route: &str, fault: bool, latency: Duration) {
+        let index = ROUTES
+            .iter()
+            .position(|name| *name == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let slot = &self.routes[index];
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        slot.count.fetch_add(1, Ordering::Relaxed);
+        if fault {
+            slot.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency_us_sum.fetch_add(micros, Ordering::Relaxed);
+        slot.latency_us_max.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// Requests counted under `route` so far (0 for an unknown name).
+    pub fn count(&self, route: &str) -> u64 {
+        ROUTES
+            .iter()
+            .position(|name| *name == route)
+            .map_or(0, |i| self.routes[i].count.load(Ordering::Relaxed))
+    }
+
+    /// Faults counted under `route` so far (0 for an unknown name).
+    pub fn faults(&self, route: &str) -> u64 {
+        ROUTES
+            .iter()
+            .position(|name| *name == route)
+            .map_or(0, |i| self.routes[i].faults.load(Ordering::Relaxed))
+    }
+
+    /// Every route seen at least once:
+    /// `{route: {count, faults, latency_us_sum, latency_us_max}}`.
+    pub fn snapshot(&self) -> Value {
+        let mut out = Map::new();
+        for (name, slot) in ROUTES.iter().zip(&self.routes) {
+            let count = slot.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            out.insert(
+                (*name).to_string(),
+                json!({
+                    "count": count,
+                    "faults": slot.faults.load(Ordering::Relaxed),
+                    "latency_us_sum": slot.latency_us_sum.load(Ordering::Relaxed),
+                    "latency_us_max": slot.latency_us_max.load(Ordering::Relaxed),
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_count_faults_and_latency() {
+        let stats = ApiStats::default();
+        stats.record("put_drive", false, Duration::from_micros(10));
+        stats.record("put_drive", true, Duration::from_micros(30));
+        stats.record("no_such_route", false, Duration::ZERO);
+        let snapshot = stats.snapshot();
+        assert_eq!(
+            snapshot["put_drive"],
+            json!({"count": 2, "faults": 1, "latency_us_sum": 40, "latency_us_max": 30})
+        );
+        assert_eq!(snapshot["other"]["count"], 1);
+        assert!(snapshot.get("get_stats").is_none());
+        assert_eq!(
+            (stats.count("put_drive"), stats.faults("put_drive")),
+            (2, 1)
+        );
+    }
+}

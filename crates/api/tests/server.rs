@@ -1,0 +1,469 @@
+//! The server on a real Unix socket, with a fake VMM answering on the
+//! handle and plain `UnixStream` clients.
+
+// The helpers below are test code too; clippy's test exemption covers only
+// `#[test]` functions in an integration test file.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sie_api::{ApiError, ApiServer, ApiStats, ServerOptions, ServerStopper};
+use sie_config::{Request, Response};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A socket path unique to this process and test.
+fn socket_path() -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    std::env::temp_dir().join(format!("sie-api-test-{}-{n}.sock", std::process::id()))
+}
+
+/// A running server and the fake VMM answering it.
+struct Harness {
+    path: PathBuf,
+    stats: Arc<ApiStats>,
+    stopper: ServerStopper,
+    done: Arc<AtomicBool>,
+    server: Option<JoinHandle<()>>,
+    vmm: Option<JoinHandle<()>>,
+}
+
+/// The fake VMM: GETs answer JSON, PUT/PATCH answer 204, except a drive
+/// named "bad" which it refuses.
+fn answer(request: Request) -> Response {
+    match request {
+        Request::GetInstanceInfo => {
+            Response::Json(serde_json::json!({"id": "sie", "state": "Not started"}))
+        }
+        Request::GetPrometheusMetrics => Response::Text("sie_up 1\n".into()),
+        Request::PutDrive(drive) if drive.drive_id == "bad" => Response::fault("no such file"),
+        _ => Response::NoContent,
+    }
+}
+
+impl Harness {
+    fn start(options: ServerOptions) -> Harness {
+        let path = socket_path();
+        let server = ApiServer::bind(&path, options).unwrap();
+        let stats = server.stats();
+        let (api, thread) = server.spawn().unwrap();
+        let stopper = api.stopper();
+        let done = Arc::new(AtomicBool::new(false));
+        let vmm_done = Arc::clone(&done);
+        let vmm = std::thread::spawn(move || {
+            while !vmm_done.load(Ordering::SeqCst) {
+                if let Some(call) = api.recv_timeout(Duration::from_millis(20)) {
+                    let _ = call.reply.send(answer(call.request));
+                }
+            }
+        });
+        Harness {
+            path,
+            stats,
+            stopper,
+            done,
+            server: Some(thread),
+            vmm: Some(vmm),
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let stream = UnixStream::connect(&self.path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    }
+
+    /// Stops the server and checks the socket file is gone.
+    fn stop(mut self) {
+        self.stopper.stop();
+        self.server.take().unwrap().join().unwrap();
+        assert!(!self.path.exists(), "socket file left behind");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+        if let Some(vmm) = self.vmm.take() {
+            let _ = vmm.join();
+        }
+    }
+}
+
+/// One parsed response: status, headers (lowercase names), body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn fault(&self) -> String {
+        let value: serde_json::Value = serde_json::from_str(&self.body).unwrap();
+        value["fault_message"].as_str().unwrap().to_string()
+    }
+}
+
+/// Reads one response off `stream`, byte by byte so nothing of the next
+/// one is consumed.
+fn read_reply(stream: &mut UnixStream) -> Reply {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+fn send(stream: &mut UnixStream, method: &str, path: &str, body: &str) -> Reply {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    read_reply(stream)
+}
+
+/// True once the server has closed `stream`.
+fn closed(stream: &mut UnixStream) -> bool {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => rest.is_empty(),
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+const DRIVE: &str = r#"{"drive_id": "rootfs", "path_on_host": "/img", "is_root_device": true}"#;
+
+#[test]
+fn put_get_fault_and_keep_alive_on_one_connection() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut client = harness.connect();
+
+    let put = send(&mut client, "PUT", "/drives/rootfs", DRIVE);
+    assert_eq!(put.status, 204);
+    assert_eq!(put.body, "");
+    assert_eq!(put.header("server"), Some("Firecracker API"));
+    assert_eq!(put.header("connection"), Some("keep-alive"));
+
+    let get = send(&mut client, "GET", "/", "");
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("content-type"), Some("application/json"));
+    let info: serde_json::Value = serde_json::from_str(&get.body).unwrap();
+    assert_eq!(info["state"], "Not started");
+
+    let bad = DRIVE.replace("rootfs", "bad");
+    let refused = send(&mut client, "PUT", "/drives/bad", &bad);
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.fault(), "no such file");
+
+    let version = send(&mut client, "GET", "/version", "");
+    assert_eq!(version.body, r#"{"firecracker_version":"1.10.1"}"#);
+    let metrics = send(&mut client, "GET", "/metrics", "");
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    assert_eq!(metrics.body, "sie_up 1\n");
+
+    let unknown = send(&mut client, "GET", "/nope", "");
+    assert_eq!(unknown.status, 400);
+    assert_eq!(
+        unknown.fault(),
+        "Invalid request method and/or path: GET /nope."
+    );
+    let mismatch = send(&mut client, "PUT", "/drives/other", DRIVE);
+    assert!(mismatch.fault().contains("does not match"));
+
+    let stats = &harness.stats;
+    assert_eq!(stats.count("put_drive"), 3);
+    assert_eq!(stats.faults("put_drive"), 2);
+    assert_eq!(stats.count("get_version"), 1);
+    assert_eq!(stats.count("invalid"), 1);
+    assert_eq!(harness.stats.snapshot()["get_instance_info"]["count"], 1);
+    harness.stop();
+}
+
+#[test]
+fn pipelined_requests_and_connection_close() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut client = harness.connect();
+    let mut burst = String::new();
+    for _ in 0..3 {
+        burst.push_str("GET / HTTP/1.1\r\n\r\n");
+    }
+    burst.push_str("GET /version HTTP/1.1\r\nConnection: close\r\n\r\n");
+    client.write_all(burst.as_bytes()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(read_reply(&mut client).status, 200);
+    }
+    let last = read_reply(&mut client);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(closed(&mut client));
+    harness.stop();
+}
+
+#[test]
+fn a_client_gone_mid_body_does_not_stop_others() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut quitter = harness.connect();
+    quitter
+        .write_all(b"PUT /drives/rootfs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"drive_id\"")
+        .unwrap();
+    let mut other = harness.connect();
+    drop(quitter);
+    assert_eq!(send(&mut other, "GET", "/", "").status, 200);
+    // And one that leaves before reading its answer.
+    let mut impatient = harness.connect();
+    impatient.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    drop(impatient);
+    assert_eq!(send(&mut other, "GET", "/", "").status, 200);
+    harness.stop();
+}
+
+#[test]
+fn split_writes_are_reassembled() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut client = harness.connect();
+    let request = format!(
+        "PUT /drives/rootfs HTTP/1.1\r\nContent-Length: {}\r\n\r\n{DRIVE}",
+        DRIVE.len()
+    );
+    for chunk in request.as_bytes().chunks(7) {
+        client.write_all(chunk).unwrap();
+        client.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(read_reply(&mut client).status, 204);
+    harness.stop();
+}
+
+#[test]
+fn a_hundred_concurrent_connections() {
+    let harness = Harness::start(ServerOptions {
+        max_connections: 128,
+        ..ServerOptions::default()
+    });
+    let mut clients: Vec<UnixStream> = (0..100).map(|_| harness.connect()).collect();
+    for client in &mut clients {
+        client.write_all(b"GET /version HTTP/1.1\r\n\r\n").unwrap();
+    }
+    for client in &mut clients {
+        assert_eq!(read_reply(client).status, 200);
+    }
+    assert_eq!(harness.stats.count("get_version"), 100);
+    harness.stop();
+}
+
+#[test]
+fn connections_over_the_limit_are_closed() {
+    let harness = Harness::start(ServerOptions {
+        max_connections: 2,
+        ..ServerOptions::default()
+    });
+    let mut first = harness.connect();
+    let mut second = harness.connect();
+    assert_eq!(send(&mut first, "GET", "/", "").status, 200);
+    assert_eq!(send(&mut second, "GET", "/", "").status, 200);
+    let mut third = harness.connect();
+    assert!(closed(&mut third));
+    drop(first);
+    // The slot is free again once the server has seen the close.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fourth = harness.connect();
+    assert_eq!(send(&mut fourth, "GET", "/", "").status, 200);
+    harness.stop();
+}
+
+#[test]
+fn oversize_body_is_refused_and_the_connection_closed() {
+    let harness = Harness::start(ServerOptions {
+        max_payload: 100,
+        ..ServerOptions::default()
+    });
+    let mut client = harness.connect();
+    client
+        .write_all(b"PUT /logger HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")
+        .unwrap();
+    let reply = read_reply(&mut client);
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.fault().contains("limit of 100 bytes"),
+        "{}",
+        reply.fault()
+    );
+    assert!(closed(&mut client));
+    harness.stop();
+}
+
+#[test]
+fn expect_continue_then_body() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut client = harness.connect();
+    let head = format!(
+        "PUT /drives/rootfs HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        DRIVE.len()
+    );
+    client.write_all(head.as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut client).status, 100);
+    client.write_all(DRIVE.as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut client).status, 204);
+    harness.stop();
+}
+
+#[test]
+fn malformed_http_is_400_and_closed() {
+    let harness = Harness::start(ServerOptions::default());
+    let mut client = harness.connect();
+    client.write_all(b"HELLO\r\n\r\n").unwrap();
+    let reply = read_reply(&mut client);
+    assert_eq!(reply.status, 400);
+    assert!(reply.fault().contains("Malformed"));
+    assert!(closed(&mut client));
+    harness.stop();
+}
+
+#[test]
+fn a_gone_vmm_gets_a_fault() {
+    let path = socket_path();
+    let (api, thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let stopper = api.stopper();
+    drop(api);
+    let mut client = UnixStream::connect(&path).unwrap();
+    let reply = send(
+        &mut client,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "InstanceStart"}"#,
+    );
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.fault(), "the VMM is shutting down");
+    stopper.stop();
+    thread.join().unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn stopping_answers_a_request_the_vmm_sits_on() {
+    let path = socket_path();
+    let (api, thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let call = api.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(call.request, Request::GetInstanceInfo);
+    api.stop_server();
+    let reply = read_reply(&mut client);
+    assert_eq!(reply.fault(), "the API server is shutting down");
+    thread.join().unwrap();
+    assert!(!path.exists());
+    drop(call);
+}
+
+#[test]
+fn vmm_that_drops_the_reply_gets_a_fault() {
+    let path = socket_path();
+    let (api, thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let vmm = std::thread::spawn(move || {
+        let call = api.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(call);
+        api
+    });
+    let mut client = UnixStream::connect(&path).unwrap();
+    let reply = send(&mut client, "GET", "/", "");
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.fault(), "the VMM is shutting down");
+    let api = vmm.join().unwrap();
+    api.stop_server();
+    thread.join().unwrap();
+}
+
+#[test]
+fn stale_socket_is_replaced_and_live_or_foreign_files_refused() {
+    let path = socket_path();
+    // A stale socket: bound, then its listener closed without unlinking.
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let harness_server = ApiServer::bind(&path, ServerOptions::default()).unwrap();
+
+    // A live server at the path.
+    match ApiServer::bind(&path, ServerOptions::default()) {
+        Err(ApiError::InUse(p)) => assert_eq!(p, path),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    drop(harness_server);
+    assert!(!path.exists(), "Drop removes the socket file");
+
+    std::fs::write(&path, b"not a socket").unwrap();
+    let error = ApiServer::bind(&path, ServerOptions::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("exists and is not a socket"),
+        "{error}"
+    );
+    assert!(path.exists(), "a foreign file is left alone");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn server_thread_is_named_fc_api() {
+    let path = socket_path();
+    let (api, thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    assert_eq!(thread.thread().name(), Some("fc_api"));
+    api.stop_server();
+    thread.join().unwrap();
+    assert!(!path.exists());
+}
