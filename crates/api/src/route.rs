@@ -87,6 +87,15 @@ pub fn normalize_path(target: &str) -> &str {
 pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
     let path = normalize_path(target);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if method == "GET" && !body.is_empty() {
+        // Firecracker refuses these too; a body on a GET is a client bug.
+        let route = match route(method, target, b"") {
+            Ok(Routed::Vmm(request)) => request.route(),
+            Ok(Routed::Version) => ROUTE_VERSION,
+            Err(fault) => fault.route,
+        };
+        return Err(Fault::new(route, "GET request cannot have a body."));
+    }
     let vmm = |request: Request| Ok(Routed::Vmm(request));
     match (method, segments.as_slice()) {
         ("GET", [""]) => vmm(Request::GetInstanceInfo),
@@ -109,38 +118,41 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             body,
         )?)),
         ("PATCH", ["machine-config"]) => {
-            vmm(Request::PatchMachineConfig(parse::<MachineConfigPatch>(
-                "patch_machine_config",
-                method,
-                path,
-                body,
-            )?))
+            let patch: MachineConfigPatch = parse("patch_machine_config", method, path, body)?;
+            if patch == MachineConfigPatch::default() {
+                return Err(Fault::new("patch_machine_config", "Empty PATCH request."));
+            }
+            vmm(Request::PatchMachineConfig(patch))
         }
         ("PUT", ["drives", id]) => {
+            checked_id("put_drive", id)?;
             let drive: Drive = parse("put_drive", method, path, body)?;
             same_id("put_drive", "drive_id", id, &drive.drive_id)?;
             vmm(Request::PutDrive(drive))
         }
         ("PATCH", ["drives", id]) => {
+            checked_id("patch_drive", id)?;
             let patch: DrivePatch = parse("patch_drive", method, path, body)?;
             same_id("patch_drive", "drive_id", id, &patch.drive_id)?;
             vmm(Request::PatchDrive(patch))
         }
         ("PUT", ["network-interfaces", id]) => {
+            checked_id("put_network_interface", id)?;
             let nic: NetworkInterface = parse("put_network_interface", method, path, body)?;
             same_id("put_network_interface", "iface_id", id, &nic.iface_id)?;
             vmm(Request::PutNetworkInterface(nic))
         }
         ("PATCH", ["network-interfaces", id]) => {
+            checked_id("patch_network_interface", id)?;
             let patch: NetworkInterfacePatch =
                 parse("patch_network_interface", method, path, body)?;
             same_id("patch_network_interface", "iface_id", id, &patch.iface_id)?;
             vmm(Request::PatchNetworkInterface(patch))
         }
-        ("PUT" | "PATCH", ["drives" | "network-interfaces"]) => Err(Fault::new(
-            ROUTE_INVALID,
-            format!("Missing id: {method} {path} needs an id, as in {path}/<id>."),
-        )),
+        ("PUT", ["drives"]) => Err(Fault::new("put_drive", EMPTY_ID)),
+        ("PATCH", ["drives"]) => Err(Fault::new("patch_drive", EMPTY_ID)),
+        ("PUT", ["network-interfaces"]) => Err(Fault::new("put_network_interface", EMPTY_ID)),
+        ("PATCH", ["network-interfaces"]) => Err(Fault::new("patch_network_interface", EMPTY_ID)),
         ("PUT", ["vsock"]) => vmm(Request::PutVsock(parse::<Vsock>(
             "put_vsock",
             method,
@@ -188,12 +200,31 @@ fn unsupported(method: &str, path: &str, feature: &str) -> Fault {
     )
 }
 
-/// Firecracker's wording, so scripts that match on it keep working.
-pub fn invalid(method: &str, path: &str) -> Fault {
+/// Firecracker's wording, which names only the first path segment (`PUT
+/// vm.` for `PUT /vm`), so scripts that match on it keep working.
+fn invalid(method: &str, path: &str) -> Fault {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     Fault::new(
         ROUTE_INVALID,
-        format!("Invalid request method and/or path: {method} {path}."),
+        format!("Invalid request method and/or path: {method} {first}."),
     )
+}
+
+/// Firecracker's fault for `PUT /drives` and the like, with no id.
+const EMPTY_ID: &str = "The ID cannot be empty.";
+
+/// A path id as Firecracker checks it, with its wording.
+fn checked_id(route: &'static str, id: &str) -> Result<(), Fault> {
+    if id.is_empty() {
+        return Err(Fault::new(route, EMPTY_ID));
+    }
+    if !id.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+        return Err(Fault::new(
+            route,
+            "API Resource IDs can only contain alphanumeric characters and underscores.",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a JSON object body. serde's own message is kept: it names the
@@ -205,9 +236,10 @@ fn parse<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, Fault> {
     if body.iter().all(u8::is_ascii_whitespace) {
+        // Firecracker's wording ("Empty PUT request."), and what was needed.
         return Err(Fault::new(
             route,
-            format!("Missing body: {method} {path} needs a JSON object body."),
+            format!("Empty {method} request: {path} needs a JSON object body."),
         ));
     }
     // serde would also take a struct as an array of its fields; Firecracker
@@ -230,10 +262,12 @@ fn same_id(route: &'static str, field: &str, in_path: &str, in_body: &str) -> Re
     if in_path == in_body {
         return Ok(());
     }
+    // Firecracker's sentence first, for clients that match on it.
     Err(Fault::new(
         route,
         format!(
-            "The id from the path ({in_path:?}) does not match the {field} from the body ({in_body:?})."
+            "The id from the path does not match the id from the body! \
+             (path: {in_path:?}, {field}: {in_body:?})"
         ),
     ))
 }

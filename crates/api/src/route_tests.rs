@@ -120,6 +120,10 @@ fn machine_config_put_and_patch() {
     assert!(null.message.contains("null"), "{}", null.message);
 }
 
+fn patch_json() -> &'static str {
+    r#"{"drive_id": "rootfs", "path_on_host": "/new", "rate_limiter": null}"#
+}
+
 #[test]
 fn drives_match_the_path_id() {
     let body = r#"{"drive_id": "rootfs", "path_on_host": "/img", "is_root_device": true,
@@ -132,11 +136,15 @@ fn drives_match_the_path_id() {
     assert_eq!(drive.rate_limiter, Some(serde_json::Map::new()));
     let mismatch = fault("PUT", "/drives/other", body);
     assert_eq!(mismatch.route, "put_drive");
-    assert!(mismatch.message.contains("does not match the drive_id"));
+    assert!(
+        mismatch
+            .message
+            .starts_with("The id from the path does not match the id from the body!")
+    );
+    assert!(mismatch.message.contains("drive_id"));
     assert!(mismatch.message.contains("\"other\"") && mismatch.message.contains("\"rootfs\""));
 
-    let patch = r#"{"drive_id": "rootfs", "path_on_host": "/new", "rate_limiter": null}"#;
-    let Request::PatchDrive(patch) = ok("PATCH", "/drives/rootfs", patch) else {
+    let Request::PatchDrive(patch) = ok("PATCH", "/drives/rootfs", patch_json()) else {
         panic!("not a PatchDrive");
     };
     assert_eq!(
@@ -147,7 +155,18 @@ fn drives_match_the_path_id() {
         fault("PATCH", "/drives/x", r#"{"drive_id": "y"}"#).route,
         "patch_drive"
     );
-    assert!(fault("PUT", "/drives", body).message.contains("Missing id"));
+    for target in ["/drives", "/drives/"] {
+        let missing = fault("PUT", target, body);
+        assert_eq!(missing.route, "put_drive");
+        assert_eq!(missing.message, "The ID cannot be empty.");
+    }
+    let bad_id = fault("PUT", "/drives/a-b", body);
+    assert!(
+        bad_id
+            .message
+            .contains("alphanumeric characters and underscores")
+    );
+    assert_eq!(fault("PATCH", "/drives", patch_json()).route, "patch_drive");
 }
 
 #[test]
@@ -170,10 +189,13 @@ fn network_interfaces_match_the_path_id() {
         fault("PATCH", "/network-interfaces/eth1", patch).route,
         "patch_network_interface"
     );
-    assert!(
-        fault("PATCH", "/network-interfaces/", patch)
-            .message
-            .contains("Missing id")
+    assert_eq!(
+        fault("PATCH", "/network-interfaces/", patch).message,
+        "The ID cannot be empty."
+    );
+    assert_eq!(
+        fault("PUT", "/network-interfaces", body).route,
+        "put_network_interface"
     );
 }
 
@@ -235,11 +257,25 @@ fn vm_state() {
 #[test]
 fn body_faults() {
     let empty = fault("PUT", "/boot-source", "");
-    assert!(empty.message.contains("Missing body"), "{}", empty.message);
     assert!(
-        fault("PUT", "/boot-source", " \r\n")
+        empty.message.starts_with("Empty PUT request"),
+        "{}",
+        empty.message
+    );
+    assert!(
+        fault("PATCH", "/vm", " \r\n")
             .message
-            .contains("Missing body")
+            .starts_with("Empty PATCH request")
+    );
+    let empty_patch = fault("PATCH", "/machine-config", "{}");
+    assert_eq!(
+        (empty_patch.route, empty_patch.message.as_str()),
+        ("patch_machine_config", "Empty PATCH request.")
+    );
+    let get_body = fault("GET", "/machine-config", "{}");
+    assert_eq!(
+        (get_body.route, get_body.message.as_str()),
+        ("get_machine_config", "GET request cannot have a body.")
     );
     let not_json = fault("PUT", "/boot-source", r#"{"kernel_image_path": }"#);
     assert!(
@@ -283,7 +319,8 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
     ] {
-        let refused = fault(method, path, "{}");
+        let body = if method == "GET" { "" } else { "{}" };
+        let refused = fault(method, path, body);
         assert_eq!(refused.route, ROUTE_UNSUPPORTED, "{method} {path}");
         assert!(
             refused.message.contains("not available in sie yet"),
@@ -295,21 +332,69 @@ fn unsupported_endpoints_are_400_not_404() {
 
 #[test]
 fn unknown_paths_and_methods_use_firecracker_wording() {
-    for (method, path) in [
-        ("GET", "/nope"),
-        ("DELETE", "/drives/x"),
-        ("POST", "/actions"),
-        ("GET", "/actions"),
-        ("GET", "/drives/rootfs"),
-        ("PUT", "/"),
-        ("GET", "/vm"),
-        ("GET", "/vm/config/extra"),
+    // Firecracker names only the first segment: "PUT vm." for PUT /vm.
+    for (method, path, named) in [
+        ("GET", "/nope", "nope"),
+        ("DELETE", "/drives/x", "drives"),
+        ("POST", "/actions", "actions"),
+        ("GET", "/actions", "actions"),
+        ("GET", "/drives/rootfs", "drives"),
+        ("PUT", "/", ""),
+        ("GET", "/vm", "vm"),
+        ("GET", "/vm/config/extra", "vm"),
     ] {
         let refused = fault(method, path, "");
         assert_eq!(refused.route, ROUTE_INVALID);
         assert_eq!(
             refused.message,
-            format!("Invalid request method and/or path: {method} {path}.")
+            format!("Invalid request method and/or path: {method} {named}.")
+        );
+    }
+    assert_eq!(
+        fault("PUT", "/vm", r#"{"state": "Paused"}"#).message,
+        "Invalid request method and/or path: PUT vm."
+    );
+}
+
+#[test]
+fn every_route_name_has_a_stats_slot() {
+    let requests = [
+        ok("GET", "/", ""),
+        ok("GET", "/machine-config", ""),
+        ok("GET", "/vm/config", ""),
+        ok("PUT", "/boot-source", r#"{"kernel_image_path": "k"}"#),
+        ok(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 1}"#,
+        ),
+        ok("PATCH", "/machine-config", r#"{"vcpu_count": 1}"#),
+        ok(
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "a", "path_on_host": "p", "is_root_device": false}"#,
+        ),
+        ok("PATCH", "/drives/a", r#"{"drive_id": "a"}"#),
+        ok(
+            "PUT",
+            "/network-interfaces/a",
+            r#"{"iface_id": "a", "host_dev_name": "t"}"#,
+        ),
+        ok("PATCH", "/network-interfaces/a", r#"{"iface_id": "a"}"#),
+        ok("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "u"}"#),
+        ok("PUT", "/entropy", "{}"),
+        ok("PUT", "/logger", "{}"),
+        ok("PUT", "/metrics", r#"{"metrics_path": "m"}"#),
+        ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#),
+        ok("PATCH", "/vm", r#"{"state": "Paused"}"#),
+        ok("GET", "/metrics", ""),
+        ok("GET", "/stats", ""),
+    ];
+    for request in &requests {
+        assert!(
+            crate::stats::ROUTES.contains(&request.route()),
+            "{}",
+            request.route()
         );
     }
 }

@@ -212,7 +212,7 @@ fn put_get_fault_and_keep_alive_on_one_connection() {
     assert_eq!(unknown.status, 400);
     assert_eq!(
         unknown.fault(),
-        "Invalid request method and/or path: GET /nope."
+        "Invalid request method and/or path: GET nope."
     );
     let mismatch = send(&mut client, "PUT", "/drives/other", DRIVE);
     assert!(mismatch.fault().contains("does not match"));
