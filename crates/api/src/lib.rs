@@ -7,6 +7,14 @@
 //! the VM. The routes, status codes and fault wording follow Firecracker's,
 //! so its clients (firecracker-go-sdk, Kata, flintlock) work unchanged.
 //!
+//! The VMM side: put [`ApiHandle::wake_fd`] in the VMM's epoll set; when it
+//! is readable, take calls with [`ApiHandle::try_recv`] until `None` and
+//! send one [`sie_config::Response`] on each call's `reply`. The server
+//! handles one request at a time and waits for that reply, as Firecracker's
+//! does, so a slow answer delays other clients but never reorders them.
+//! [`ApiHandle::stop_server`] (or a [`ServerStopper`] kept elsewhere) ends
+//! the thread, which removes the socket file.
+//!
 //! ```no_run
 //! use sie_api::{ApiServer, ServerOptions};
 //! use sie_config::{Request, Response};

@@ -96,29 +96,24 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         };
         return Err(Fault::new(route, "GET request cannot have a body."));
     }
+    let input = Input { method, path, body };
     let vmm = |request: Request| Ok(Routed::Vmm(request));
     match (method, segments.as_slice()) {
         ("GET", [""]) => vmm(Request::GetInstanceInfo),
         ("GET", ["version"]) => Ok(Routed::Version),
         ("PUT", ["actions"]) => {
-            let body: ActionBody = parse("put_actions", method, path, body)?;
+            let body: ActionBody = input.parse("put_actions")?;
             vmm(Request::Action(body.action_type))
         }
-        ("PUT", ["boot-source"]) => vmm(Request::PutBootSource(parse::<BootSource>(
-            "put_boot_source",
-            method,
-            path,
-            body,
-        )?)),
+        ("PUT", ["boot-source"]) => vmm(Request::PutBootSource(
+            input.parse::<BootSource>("put_boot_source")?,
+        )),
         ("GET", ["machine-config"]) => vmm(Request::GetMachineConfig),
-        ("PUT", ["machine-config"]) => vmm(Request::PutMachineConfig(parse::<MachineConfig>(
-            "put_machine_config",
-            method,
-            path,
-            body,
-        )?)),
+        ("PUT", ["machine-config"]) => vmm(Request::PutMachineConfig(
+            input.parse::<MachineConfig>("put_machine_config")?,
+        )),
         ("PATCH", ["machine-config"]) => {
-            let patch: MachineConfigPatch = parse("patch_machine_config", method, path, body)?;
+            let patch: MachineConfigPatch = input.parse("patch_machine_config")?;
             if patch == MachineConfigPatch::default() {
                 return Err(Fault::new("patch_machine_config", "Empty PATCH request."));
             }
@@ -126,26 +121,25 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         }
         ("PUT", ["drives", id]) => {
             checked_id("put_drive", id)?;
-            let drive: Drive = parse("put_drive", method, path, body)?;
+            let drive: Drive = input.parse("put_drive")?;
             same_id("put_drive", "drive_id", id, &drive.drive_id)?;
             vmm(Request::PutDrive(drive))
         }
         ("PATCH", ["drives", id]) => {
             checked_id("patch_drive", id)?;
-            let patch: DrivePatch = parse("patch_drive", method, path, body)?;
+            let patch: DrivePatch = input.parse("patch_drive")?;
             same_id("patch_drive", "drive_id", id, &patch.drive_id)?;
             vmm(Request::PatchDrive(patch))
         }
         ("PUT", ["network-interfaces", id]) => {
             checked_id("put_network_interface", id)?;
-            let nic: NetworkInterface = parse("put_network_interface", method, path, body)?;
+            let nic: NetworkInterface = input.parse("put_network_interface")?;
             same_id("put_network_interface", "iface_id", id, &nic.iface_id)?;
             vmm(Request::PutNetworkInterface(nic))
         }
         ("PATCH", ["network-interfaces", id]) => {
             checked_id("patch_network_interface", id)?;
-            let patch: NetworkInterfacePatch =
-                parse("patch_network_interface", method, path, body)?;
+            let patch: NetworkInterfacePatch = input.parse("patch_network_interface")?;
             same_id("patch_network_interface", "iface_id", id, &patch.iface_id)?;
             vmm(Request::PatchNetworkInterface(patch))
         }
@@ -153,34 +147,14 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         ("PATCH", ["drives"]) => Err(Fault::new("patch_drive", EMPTY_ID)),
         ("PUT", ["network-interfaces"]) => Err(Fault::new("put_network_interface", EMPTY_ID)),
         ("PATCH", ["network-interfaces"]) => Err(Fault::new("patch_network_interface", EMPTY_ID)),
-        ("PUT", ["vsock"]) => vmm(Request::PutVsock(parse::<Vsock>(
-            "put_vsock",
-            method,
-            path,
-            body,
-        )?)),
-        ("PUT", ["entropy"]) => vmm(Request::PutEntropy(parse::<Entropy>(
-            "put_entropy",
-            method,
-            path,
-            body,
-        )?)),
-        ("PUT", ["logger"]) => vmm(Request::PutLogger(parse::<Logger>(
-            "put_logger",
-            method,
-            path,
-            body,
-        )?)),
-        ("PUT", ["metrics"]) => vmm(Request::PutMetrics(parse::<Metrics>(
-            "put_metrics",
-            method,
-            path,
-            body,
-        )?)),
+        ("PUT", ["vsock"]) => vmm(Request::PutVsock(input.parse::<Vsock>("put_vsock")?)),
+        ("PUT", ["entropy"]) => vmm(Request::PutEntropy(input.parse::<Entropy>("put_entropy")?)),
+        ("PUT", ["logger"]) => vmm(Request::PutLogger(input.parse::<Logger>("put_logger")?)),
+        ("PUT", ["metrics"]) => vmm(Request::PutMetrics(input.parse::<Metrics>("put_metrics")?)),
         ("GET", ["metrics"]) => vmm(Request::GetPrometheusMetrics),
         ("GET", ["stats"]) => vmm(Request::GetStats),
         ("PATCH", ["vm"]) => {
-            let body: VmStateBody = parse("patch_vm", method, path, body)?;
+            let body: VmStateBody = input.parse("patch_vm")?;
             vmm(Request::SetVmState(body.state))
         }
         ("GET", ["vm", "config"]) => vmm(Request::GetVmConfig),
@@ -227,35 +201,43 @@ fn checked_id(route: &'static str, id: &str) -> Result<(), Fault> {
     Ok(())
 }
 
-/// Parses a JSON object body. serde's own message is kept: it names the
-/// unknown, missing or mistyped field and where it is.
-fn parse<T: DeserializeOwned>(
-    route: &'static str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<T, Fault> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        // Firecracker's wording ("Empty PUT request."), and what was needed.
-        return Err(Fault::new(
-            route,
-            format!("Empty {method} request: {path} needs a JSON object body."),
-        ));
+/// What a body is parsed from, kept together so each route names only
+/// its stats name and type.
+struct Input<'a> {
+    method: &'a str,
+    path: &'a str,
+    body: &'a [u8],
+}
+
+impl Input<'_> {
+    /// Parses a JSON object body. serde's own message is kept: it names
+    /// the unknown, missing or mistyped field and where it is.
+    fn parse<T: DeserializeOwned>(&self, route: &'static str) -> Result<T, Fault> {
+        let (method, path) = (self.method, self.path);
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            // Firecracker's wording ("Empty PUT request."), and what was needed.
+            return Err(Fault::new(
+                route,
+                format!("Empty {method} request: {path} needs a JSON object body."),
+            ));
+        }
+        // serde would also take a struct as an array of its fields; Firecracker
+        // bodies are objects, and a client sending anything else has a bug.
+        if self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Fault::new(
+                route,
+                format!("Invalid body: {method} {path} needs a JSON object body."),
+            ));
+        }
+        serde_json::from_slice(self.body).map_err(|error| {
+            Fault::new(
+                route,
+                format!(
+                    "An error occurred when deserializing the json body of a request: {error}."
+                ),
+            )
+        })
     }
-    // serde would also take a struct as an array of its fields; Firecracker
-    // bodies are objects, and a client sending anything else has a bug.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Fault::new(
-            route,
-            format!("Invalid body: {method} {path} needs a JSON object body."),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|error| {
-        Fault::new(
-            route,
-            format!("An error occurred when deserializing the json body of a request: {error}."),
-        )
-    })
 }
 
 fn same_id(route: &'static str, field: &str, in_path: &str, in_body: &str) -> Result<(), Fault> {

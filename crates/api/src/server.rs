@@ -159,6 +159,7 @@ impl ApiServer {
             version: self.options.version.clone(),
             stopping: Arc::clone(&self.stopping),
         };
+        let path = self.path.clone();
         let thread = std::thread::Builder::new()
             .name("fc_api".into())
             .spawn(move || {
@@ -166,10 +167,7 @@ impl ApiServer {
                     tracing::error!("api: server stopped: {error}");
                 }
             })
-            .map_err(|source| ApiError::Io {
-                path: PathBuf::new(),
-                source,
-            })?;
+            .map_err(|source| ApiError::Io { path, source })?;
         Ok((handle, thread))
     }
 
