@@ -14,6 +14,7 @@ const ELF_GUESTS: &[&str] = &[
     "unknown_io",
     "triple_fault",
     "spin",
+    "ticker",
     "loop",
     "exits",
 ];

@@ -76,6 +76,12 @@ guest!(
     "Prints `spinning` and loops forever."
 );
 guest!(
+    TICKER,
+    "ticker",
+    "ticker.elf",
+    "Prints `ticking`, then writes unclaimed port 0x511 about every 4000 instructions, forever."
+);
+guest!(
     LOOP,
     "loop",
     "loop.elf",
@@ -98,6 +104,7 @@ pub const ALL: &[Guest] = &[
     UNKNOWN_IO,
     TRIPLE_FAULT,
     SPIN,
+    TICKER,
     LOOP,
     EXITS,
 ];

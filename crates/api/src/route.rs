@@ -229,14 +229,27 @@ impl Input<'_> {
                 format!("Invalid body: {method} {path} needs a JSON object body."),
             ));
         }
-        serde_json::from_slice(self.body).map_err(|error| {
+        // The path to the failing field prefixes serde's message, because
+        // some of serde's messages (a number where an enum belongs) do not
+        // name it.
+        let fault = |what: String| {
             Fault::new(
                 route,
-                format!(
-                    "An error occurred when deserializing the json body of a request: {error}."
-                ),
+                format!("An error occurred when deserializing the json body of a request: {what}."),
             )
-        })
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(self.body);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            fault(if path.is_empty() || path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            })
+        })?;
+        deserializer.end().map_err(|e| fault(e.to_string()))?;
+        Ok(value)
     }
 }
 

@@ -34,6 +34,6 @@ pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, Machine
 pub use request::{
     ActionType, DrivePatch, MachineConfigPatch, NetworkInterfacePatch, Request, Response, VmState,
 };
-pub use resource_id::{IdError, MAX_ID_LEN, validate_id};
+pub use resource_id::{IdError, MAX_ID_LEN, validate_id, validate_instance_id};
 pub use size::{SizeError, parse_mem_size_mib};
 pub use vm_config::{ConfigError, VmConfig};

@@ -14,8 +14,8 @@ pub enum IdError {
         /// The id.
         id: String,
     },
-    /// A character outside `[A-Za-z0-9_]`.
-    #[error("{field} {id:?} may contain only letters, digits and '_'")]
+    /// A character outside `[A-Za-z0-9_]` (`[A-Za-z0-9_-]` for instance ids).
+    #[error("{field} {id:?} may contain only letters, digits, '_' and (instance ids only) '-'")]
     Character {
         /// Which field.
         field: &'static str,
@@ -41,8 +41,34 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Checks an instance id (`--id`): 1..=64 characters of `[A-Za-z0-9_-]`.
+/// Firecracker allows hyphens here (orchestrators pass UUIDs), unlike in
+/// resource ids.
+pub fn validate_instance_id(id: &str) -> Result<(), IdError> {
+    let field = "--id";
+    validate_id(field, &id.replace('-', "_")).map_err(|_| {
+        match id.is_empty() || id.chars().count() > MAX_ID_LEN {
+            true => IdError::Length {
+                field,
+                id: id.to_string(),
+            },
+            false => IdError::Character {
+                field,
+                id: id.to_string(),
+            },
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_ids_may_be_uuids() {
+        assert!(super::validate_instance_id("4f3c9a7e-1b2d-4c5e-8f90-a1b2c3d4e5f6").is_ok());
+        assert!(super::validate_instance_id("bad id").is_err());
+        assert!(super::validate_instance_id("").is_err());
+    }
+
     use super::*;
 
     #[test]

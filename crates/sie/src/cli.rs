@@ -95,6 +95,59 @@ pub enum Command {
     /// Micro-benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Talk to a running sie (or Firecracker) through its API socket.
+    Ctl(CtlArgs),
+}
+
+/// `sie ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket (`--api-sock` of the running sie).
+    #[arg(long, value_name = "PATH")]
+    pub sock: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `sie ctl` commands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Instance id, state (Not started, Running, Paused) and version.
+    Info,
+    /// Boot the configured VM (InstanceStart).
+    Start,
+    /// Pause every vCPU.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Press Ctrl-Alt-Del on the guest's keyboard (an orderly shutdown).
+    CtrlAltDel,
+    /// Write the metrics to their sink now.
+    FlushMetrics,
+    /// The whole VM configuration as JSON.
+    Config,
+    /// vCPUs and memory.
+    MachineConfig,
+    /// The Firecracker API version served.
+    Version,
+    /// Metrics in Prometheus text format.
+    Metrics,
+    /// VM-exit statistics: counts and handling latency per exit kind and device.
+    Stats {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Any API request, e.g. `request PUT /machine-config '{"vcpu_count":2,"mem_size_mib":256}'`.
+    Request {
+        /// GET, PUT or PATCH.
+        method: String,
+        /// The path, e.g. /machine-config.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
+    },
 }
 
 /// Flags of `sie run`. Flags override values from `--config-file`.

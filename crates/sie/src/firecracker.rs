@@ -1,29 +1,47 @@
 //! sie started with Firecracker's flags (no subcommand), so tools written
 //! for Firecracker can start sie in its place, including through a link
-//! named `firecracker`.
-//!
-//! This first slice boots from `--no-api --config-file`; serving the REST
-//! API on `--api-sock` comes with the control-plane work.
+//! named `firecracker`: the REST API on `--api-sock` (Firecracker's default
+//! path when no flag says otherwise), or `--no-api --config-file`.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use crate::cli::{FirecrackerArgs, RunArgs};
+use sie_config::{Request, VmConfig};
+use sie_vmm::controller::{self, Reply, RequestSource, ServeOptions, Served};
+use sie_vmm::{BuildOptions, ConsoleOutput, VmOutcome};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::cli::FirecrackerArgs;
+use crate::logging::Logging;
 
 type BoxError = Box<dyn std::error::Error>;
 
 /// The Firecracker release whose API and flags sie follows.
 pub const FIRECRACKER_COMPAT_VERSION: &str = "1.10.1";
 
+/// Where Firecracker puts its API socket when `--api-sock` is not given.
+const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+
+/// Firecracker's default instance id.
+const DEFAULT_ID: &str = "anonymous-instance";
+
+/// Metrics are written this often without being asked (Firecracker's period).
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 enum FirecrackerModeError {
-    #[error("the Firecracker API is not served yet: start with --no-api --config-file FILE")]
-    ApiNotServed,
     #[error("--no-api needs --config-file FILE")]
     NoConfig,
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
-    #[error("invalid --level {0:?}: expected Error, Warning, Info, Debug, Trace or Off")]
-    Level(String),
+    #[error("--http-api-max-payload-size {0} is out of range")]
+    PayloadSize(u64),
+    #[error("{0}")]
+    Id(#[from] sie_config::IdError),
+    #[error("--level")]
+    Level(#[source] crate::logging::LogError),
+    #[error("--log-path")]
+    LogPath(#[source] crate::logging::LogError),
 }
 
 /// True when this process was started through a name (or link) `firecracker`.
@@ -49,18 +67,69 @@ pub fn version_text(as_firecracker: bool) -> String {
     }
 }
 
-/// sie's log level name for Firecracker's.
-fn log_level(level: &str) -> Result<String, FirecrackerModeError> {
-    let name = match level.to_ascii_lowercase().as_str() {
-        "error" => "error",
-        "warning" | "warn" => "warn",
-        "info" => "info",
-        "debug" => "debug",
-        "trace" => "trace",
-        "off" => "error",
-        _ => return Err(FirecrackerModeError::Level(level.to_string())),
-    };
-    Ok(name.to_string())
+/// Requests from the API server's thread.
+struct ApiSource(sie_api::ApiHandle);
+
+impl RequestSource for ApiSource {
+    fn wake_fd(&self) -> &EventFd {
+        self.0.wake_fd()
+    }
+
+    fn next_request(&mut self) -> Option<(Request, Reply)> {
+        let call = self.0.try_recv()?;
+        let reply = call.reply;
+        Some((
+            call.request,
+            Box::new(move |response| {
+                // The client may have gone; the VMM does not care.
+                let _ = reply.send(response);
+            }),
+        ))
+    }
+}
+
+impl Drop for ApiSource {
+    fn drop(&mut self) {
+        // Closes every connection and removes the socket file.
+        self.0.stop_server();
+    }
+}
+
+/// `--no-api`: nobody will ever ask anything.
+struct NoRequests(EventFd);
+
+impl RequestSource for NoRequests {
+    fn wake_fd(&self) -> &EventFd {
+        &self.0
+    }
+
+    fn next_request(&mut self) -> Option<(Request, Reply)> {
+        None
+    }
+}
+
+fn build_options(start: Instant) -> BuildOptions {
+    BuildOptions {
+        start,
+        console: ConsoleOutput::stdout(),
+        extra_pio: Vec::new(),
+        host_decompress: Some(sie_vmlinux::KernelCache::new(
+            sie_vmlinux::KernelCache::default_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
+        )),
+    }
+}
+
+fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
+    if args.seccomp_filter.is_some() {
+        return Err(FirecrackerModeError::Unsupported(
+            "--seccomp-filter (custom seccomp filters)",
+        ));
+    }
+    if args.metadata.is_some() {
+        return Err(FirecrackerModeError::Unsupported("--metadata (MMDS)"));
+    }
+    Ok(())
 }
 
 /// Runs sie as Firecracker would run with these flags.
@@ -69,42 +138,104 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         print!("{}", version_text(started_as_firecracker()));
         return Ok(0);
     }
-    if args.seccomp_filter.is_some() {
-        return Err(
-            FirecrackerModeError::Unsupported("--seccomp-filter (custom seccomp filters)").into(),
-        );
+    refuse_unsupported(&args)?;
+    let logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
+        .map_err(FirecrackerModeError::Level)?;
+    if let Some(path) = &args.log_path {
+        logging
+            .set_path(path)
+            .map_err(FirecrackerModeError::LogPath)?;
     }
-    if args.metadata.is_some() {
-        return Err(FirecrackerModeError::Unsupported("--metadata (MMDS)").into());
-    }
-    if args.metrics_path.is_some() {
-        return Err(FirecrackerModeError::Unsupported("--metrics-path (metrics)").into());
-    }
-    if args.log_path.is_some() {
-        return Err(FirecrackerModeError::Unsupported("--log-path (logging to a file)").into());
-    }
-    if !args.no_api {
-        return Err(FirecrackerModeError::ApiNotServed.into());
-    }
-    let config_file = args.config_file.ok_or(FirecrackerModeError::NoConfig)?;
-    let log_level = match &args.level {
-        Some(level) => log_level(level)?,
-        None => "warn".to_string(),
+    let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
+    sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
+    let initial_config = match &args.config_file {
+        Some(path) => {
+            let config = VmConfig::from_file(path)?;
+            config.validate()?;
+            Some(config)
+        }
+        None if args.no_api => return Err(FirecrackerModeError::NoConfig.into()),
+        None => None,
     };
-    crate::run::run(
-        RunArgs {
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            memory: None,
-            vcpus: None,
-            stats: false,
-            config_file: Some(config_file),
-            no_host_decompress: false,
-            log_level,
+    let max_payload = match args.http_api_max_payload_size {
+        Some(size) => usize::try_from(size)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(FirecrackerModeError::PayloadSize(size))?,
+        None => sie_api::DEFAULT_MAX_PAYLOAD,
+    };
+    let kvm = crate::run::open_hypervisor()?;
+
+    // Threads inherit the signal mask: block the stop signals before the
+    // API thread starts, so they reach the VMM thread's signalfd and stop
+    // sie cleanly instead of killing it from whichever thread they hit.
+    drop(sie_vmm::block_stop_signals()?);
+    let mut server = None;
+    let mut source: Box<dyn RequestSource> = if args.no_api {
+        Box::new(NoRequests(EventFd::new(EFD_NONBLOCK)?))
+    } else {
+        let path = args
+            .api_sock
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCK));
+        let bound = sie_api::ApiServer::bind(
+            &path,
+            sie_api::ServerOptions {
+                max_payload,
+                version: FIRECRACKER_COMPAT_VERSION.to_string(),
+                ..sie_api::ServerOptions::default()
+            },
+        )?;
+        let (handle, thread) = bound.spawn()?;
+        let stats = handle.stats();
+        server = Some((thread, stats));
+        Box::new(ApiSource(handle))
+    };
+    let api_stats = server.as_ref().map(|(_, stats)| stats.clone());
+    let logging_metrics = logging.clone();
+    let served = controller::serve(
+        &kvm,
+        source.as_mut(),
+        ServeOptions {
+            id,
+            vmm_version: FIRECRACKER_COMPAT_VERSION.to_string(),
+            start,
+            initial_config,
+            build_options: Box::new(move || build_options(start)),
+            logger: Box::new(logging),
+            metrics_path: args.metrics_path.clone(),
+            external_metrics: Box::new(move || {
+                let mut sections = serde_json::Map::new();
+                if let Some(stats) = &api_stats {
+                    sections.insert("api".into(), stats.snapshot());
+                }
+                sections.insert("logger".into(), logging_metrics.metrics());
+                sections
+            }),
+            metrics_period: METRICS_PERIOD,
+            console_input: true,
         },
-        start,
-    )
+    );
+    // Stop serving before anything else: the socket file goes away and no
+    // client waits on a VMM that is leaving.
+    drop(source);
+    if let Some((thread, _)) = server {
+        let _ = thread.join();
+    }
+    let code = match served? {
+        Served::Finished(finished) => {
+            crate::run::report_outcome(&finished.outcome);
+            let code = u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX);
+            finished.exit_fast();
+            code
+        }
+        Served::NeverStarted(outcome) => {
+            let outcome = outcome.unwrap_or(VmOutcome::Shutdown);
+            crate::run::report_outcome(&outcome);
+            u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX)
+        }
+    };
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -118,12 +249,5 @@ mod tests {
         assert!(first.starts_with("Firecracker v1."), "{first}");
         assert!(text.lines().nth(1).unwrap().starts_with("sie "));
         assert!(version_text(false).starts_with("sie "));
-    }
-
-    #[test]
-    fn firecracker_levels_map_to_sie_levels() {
-        assert_eq!(log_level("Warning").unwrap(), "warn");
-        assert_eq!(log_level("TRACE").unwrap(), "trace");
-        assert!(log_level("loud").is_err());
     }
 }

@@ -3,9 +3,11 @@
 
 mod bench;
 mod cli;
+mod ctl;
 mod doctor;
 mod embedded_guest;
 mod firecracker;
+mod logging;
 mod run;
 
 use std::process::ExitCode;
@@ -63,6 +65,13 @@ fn main() -> ExitCode {
         Some(cli::Command::Doctor) => doctor::doctor(),
         Some(cli::Command::Bench(cli::BenchCommand::Exits(args))) => bench::exits::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
+        Some(cli::Command::Ctl(args)) => {
+            // A client's output may go to `head`: die quietly on a closed
+            // pipe like any command-line tool.
+            // SAFETY: restoring the default disposition of SIGPIPE.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            ctl::run(args)
+        }
         None => firecracker::run(cli.firecracker, start),
     };
     match result {

@@ -22,8 +22,8 @@ enum RunError {
         #[source]
         source: sie_config::SizeError,
     },
-    #[error("invalid --log-level {0:?}: expected error, warn, info, debug or trace")]
-    LogLevel(String),
+    #[error("--log-level")]
+    LogLevel(#[source] crate::logging::LogError),
     #[error("--vcpus {0} is out of range: at least 1, at most {max}", max = sie_vmm::MAX_VCPUS)]
     Vcpus(u64),
 }
@@ -69,19 +69,6 @@ fn vcpu_count(requested: u64) -> Result<u8, RunError> {
         .ok_or(RunError::Vcpus(requested))
 }
 
-fn init_logging(level: &str) -> Result<(), RunError> {
-    let level: tracing::Level = level
-        .parse()
-        .map_err(|_| RunError::LogLevel(level.to_string()))?;
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
-    Ok(())
-}
-
 /// Opens /dev/kvm, or the device named by `SIE_KVM_DEVICE` (for tests and
 /// hosts that put it elsewhere).
 pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
@@ -93,7 +80,7 @@ pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
 
 /// Runs `sie run`; returns the process exit status.
 pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
-    init_logging(&args.log_level)?;
+    crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
     let config = config_from_args(&args)?;
     let kvm = open_hypervisor()?;
     let vm = sie_vmm::build(
@@ -117,7 +104,15 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     if args.stats {
         eprint!("{}", finished.observatory.report());
     }
-    match &finished.outcome {
+    report_outcome(&finished.outcome);
+    let code = u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX);
+    finished.exit_fast();
+    Ok(code)
+}
+
+/// Says on stderr how the VM ended, unless it ended the ordinary way.
+pub fn report_outcome(outcome: &VmOutcome) {
+    match outcome {
         VmOutcome::Reset | VmOutcome::Shutdown => {}
         VmOutcome::Crash(report) => {
             eprintln!(
@@ -130,7 +125,4 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         }
         VmOutcome::Signal(signal) => eprintln!("sie: stopped by signal {signal}"),
     }
-    let code = u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX);
-    finished.exit_fast();
-    Ok(code)
 }

@@ -82,12 +82,15 @@ fn version_reads_as_firecracker_under_that_name() {
 fn missing_features_are_refused_in_one_line() {
     let scratch = Scratch::new("fc-refuse");
     let config = config(&scratch);
-    sie(&["--api-sock", "/tmp/sie-test.sock"]).expect_one_line_error("API is not served yet");
     sie(&["--no-api"]).expect_one_line_error("--config-file");
+    sie(&["--api-sock", "/nonexistent/dir/api.sock"]).expect_one_line_error("API socket");
     for (flag, value, needle) in [
         ("--seccomp-filter", "/tmp/filter.bpf", "--seccomp-filter"),
         ("--metadata", "/tmp/metadata.json", "MMDS"),
-        ("--metrics-path", "/tmp/metrics", "metrics"),
+        ("--metrics-path", "/nonexistent/dir/metrics", "metrics"),
+        ("--log-path", "/nonexistent/dir/log", "/nonexistent/dir/log"),
+        ("--id", "bad id!", "--id"),
+        ("--http-api-max-payload-size", "0", "payload"),
     ] {
         sie(&["--no-api", "--config-file", &config, flag, value]).expect_one_line_error(needle);
     }

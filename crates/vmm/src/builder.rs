@@ -135,6 +135,22 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
 
 /// Builds the VM described by `config` (already validated) on `hv`.
 pub fn build(config: &VmConfig, hv: &dyn Hypervisor, options: BuildOptions) -> Result<BuiltVm> {
+    let control = Arc::new(VmControl::new().map_err(|source| VmmError::Host {
+        what: "creating the VM's control eventfd",
+        source,
+    })?);
+    build_with_control(config, hv, options, control)
+}
+
+/// [`build`] for a VM whose stop/pause control already exists: the API
+/// server's process creates it before boot, so that a stop signal that
+/// arrives while it waits for `InstanceStart` goes through the same path.
+pub fn build_with_control(
+    config: &VmConfig,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+) -> Result<BuiltVm> {
     refuse_unsupported(config)?;
     let machine = config.machine_config.clone().unwrap_or_default();
     let vcpu_count = u32::from(machine.vcpu_count);
@@ -194,10 +210,6 @@ pub fn build(config: &VmConfig, hv: &dyn Hypervisor, options: BuildOptions) -> R
         None => None,
     };
 
-    let control = Arc::new(VmControl::new().map_err(|source| VmmError::Host {
-        what: "creating the VM's control eventfd",
-        source,
-    })?);
     let Platform {
         pio,
         mmio,

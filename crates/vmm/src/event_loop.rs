@@ -95,14 +95,13 @@ impl MutEventSubscriber for WakeSubscriber {
     }
 }
 
-/// Serves events until the VM stops.
-pub fn run_until_stopped(
-    control: &Arc<VmControl>,
-    signals: Option<OwnedFd>,
-    input: Option<ConsoleInput>,
-    output: &ConsoleOutput,
-) -> std::io::Result<()> {
-    let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
+/// The VMM thread's event manager.
+pub type Manager = EventManager<Box<dyn MutEventSubscriber + Send>>;
+
+/// A manager that already watches the VM's stop wake-up and, if given, the
+/// stop signals.
+pub fn new_manager(control: &Arc<VmControl>, signals: Option<OwnedFd>) -> std::io::Result<Manager> {
+    let mut manager: Manager =
         EventManager::new().map_err(|e| std::io::Error::other(e.to_string()))?;
     manager.add_subscriber(Box::new(WakeSubscriber {
         control: control.clone(),
@@ -113,13 +112,30 @@ pub fn run_until_stopped(
             control: control.clone(),
         }));
     }
+    Ok(manager)
+}
+
+/// One round of events: waits at most one console flush tick.
+pub fn run_once(manager: &mut Manager) -> std::io::Result<()> {
+    manager
+        .run_with_timeout(FLUSH_TICK_MS)
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Serves events until the VM stops.
+pub fn run_until_stopped(
+    control: &Arc<VmControl>,
+    signals: Option<OwnedFd>,
+    input: Option<ConsoleInput>,
+    output: &ConsoleOutput,
+) -> std::io::Result<()> {
+    let mut manager = new_manager(control, signals)?;
     if let Some(input) = input {
         manager.add_subscriber(Box::new(input));
     }
     while !control.is_stopping() {
-        manager
-            .run_with_timeout(FLUSH_TICK_MS)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        run_once(&mut manager)?;
         output.flush_pending();
     }
     output.flush_pending();

@@ -24,6 +24,7 @@ pub mod bare;
 mod builder;
 pub mod console;
 mod control;
+pub mod controller;
 pub mod dispatch;
 mod error;
 mod event_loop;
@@ -34,9 +35,11 @@ mod vcpu;
 
 use std::sync::Arc;
 
-pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build};
+pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build, build_with_control};
 pub use console::{ConsoleOutput, TerminalGuard, terminal::restore_terminal};
+pub use control::{PauseError, VmControl};
 pub use error::{Result, VmmError};
+pub use event_loop::block_stop_signals;
 pub use outcome::{CrashReport, EXIT_GUEST_PANIC, EXIT_VCPU_CRASH, VmOutcome};
 pub use platform::{ExtraDevice, PlatformDevices};
 use sie_obs::Observatory;
@@ -83,33 +86,70 @@ impl BuiltVm {
             .then(|| self.devices.console_input())
             .flatten();
         let _terminal = input.as_ref().and_then(|_| TerminalGuard::raw_stdin());
+        let started = self.start()?;
+        let served = event_loop::run_until_stopped(
+            &started.control,
+            Some(signals),
+            input,
+            &started.devices.console,
+        );
+        let finished = started.join();
+        served.map_err(|source| VmmError::Host {
+            what: "serving VM events",
+            source,
+        })?;
+        Ok(finished)
+    }
+
+    /// Starts a thread per vCPU. The caller serves the VM's events until
+    /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
+    /// signals must already be blocked (the vCPU threads inherit the mask).
+    pub fn start(self) -> Result<StartedVm> {
         let handles = vcpu::spawn_vcpus(self.vcpus, self.exits.clone(), self.control.clone())
             .map_err(|source| VmmError::Host {
                 what: "starting vCPU threads",
                 source,
             })?;
-        let served = event_loop::run_until_stopped(
-            &self.control,
-            Some(signals),
-            input,
-            &self.devices.console,
-        );
-        for handle in handles {
+        Ok(StartedVm {
+            handles,
+            control: self.control,
+            observatory: self.exits.obs.clone(),
+            devices: self.devices,
+            vm: self.vm,
+            memory: self.memory,
+        })
+    }
+}
+
+/// A VM whose vCPU threads run.
+pub struct StartedVm {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    /// Stop, pause and outcome.
+    pub control: Arc<VmControl>,
+    /// Exit statistics, live.
+    pub observatory: Arc<Observatory>,
+    /// Devices the event loop and the API reach.
+    pub devices: PlatformDevices,
+    vm: Arc<dyn sie_hv::Vm>,
+    memory: vm_memory::GuestMemoryMmap,
+}
+
+impl StartedVm {
+    /// Waits for the vCPU threads (stop the VM through its control first)
+    /// and returns how it ended.
+    pub fn join(self) -> FinishedVm {
+        for handle in self.handles {
             // A vCPU thread that panicked has nothing to return; the VM is
             // over either way.
             let _ = handle.join();
         }
         self.devices.console.flush_pending();
-        served.map_err(|source| VmmError::Host {
-            what: "serving VM events",
-            source,
-        })?;
         let outcome = self.control.outcome().unwrap_or(VmOutcome::Shutdown);
-        Ok(FinishedVm {
+        FinishedVm {
             outcome,
-            observatory: self.exits.obs.clone(),
+            observatory: self.observatory,
             vm: self.vm,
             memory: self.memory,
-        })
+        }
     }
 }

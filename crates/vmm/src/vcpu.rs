@@ -1,8 +1,8 @@
 //! The vCPU thread: enter the guest, dispatch the exit, record it, repeat.
 //!
 //! The loop is a small state machine: `Running` until the dispatch or the
-//! VM's control says otherwise, then `Exited`. (Pause, a later issue, adds
-//! a third state.) Threads are named `fc_vcpu N` because orchestrators built
+//! VM's control says otherwise, then `Exited`; between exits a vCPU may be
+//! `Paused`, asleep in [`VmControl::park_while_paused`] until resumed. Threads are named `fc_vcpu N` because orchestrators built
 //! for Firecracker find vCPU threads by that name.
 
 use std::panic::AssertUnwindSafe;
@@ -59,6 +59,15 @@ pub fn run_vcpu(mut vcpu: Box<dyn Vcpu>, index: usize, exits: &ExitContext, cont
             Flow::Continue => {
                 if control.is_stopping() {
                     return;
+                }
+                if control.is_paused() {
+                    control.park_while_paused();
+                    if control.is_stopping() {
+                        return;
+                    }
+                    // Time asleep is neither guest nor handling time.
+                    entered = Instant::now();
+                    continue;
                 }
             }
             Flow::Finish(outcome) => {

@@ -1,0 +1,241 @@
+//! `sie ctl`: a small client for people, talking to a running sie (or
+//! Firecracker) over its API socket.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cli::{CtlArgs, CtlCommand};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// How long to wait for an answer; pausing waits up to 2 s inside sie.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read (a Prometheus page is a few KiB).
+const MAX_BODY: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{method} {uri}: {source}")]
+    Io {
+        method: String,
+        uri: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{method} {uri}: malformed answer: {what}")]
+    Malformed {
+        method: String,
+        uri: String,
+        what: String,
+    },
+    #[error("{method} {uri}: {status}: {message}")]
+    Refused {
+        method: String,
+        uri: String,
+        status: u16,
+        message: String,
+    },
+    #[error("invalid JSON body: {0}")]
+    Body(serde_json::Error),
+}
+
+/// An answer from the server.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+fn request(sock: &Path, method: &str, uri: &str, body: Option<&Value>) -> Result<Answer, CtlError> {
+    let io = |source| CtlError::Io {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        source,
+    };
+    let malformed = |what: &str| CtlError::Malformed {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        what: what.to_string(),
+    };
+    let mut stream = UnixStream::connect(sock).map_err(|source| CtlError::Connect {
+        path: sock.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!(
+        "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body.as_bytes()).map_err(io)?;
+
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(io)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("no status line"))?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            return Err(malformed("headers end early"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = Vec::new();
+    match length {
+        Some(n) if n > MAX_BODY => return Err(malformed("body too large")),
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).map_err(io)?;
+        }
+        None => {
+            reader
+                .take(MAX_BODY as u64)
+                .read_to_end(&mut body)
+                .map_err(io)?;
+        }
+    }
+    if status >= 300 {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["fault_message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        return Err(CtlError::Refused {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            status,
+            message,
+        });
+    }
+    Ok(Answer { status, body })
+}
+
+fn print_json(answer: &Answer) {
+    match serde_json::from_slice::<Value>(&answer.body) {
+        Ok(value) => println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        ),
+        Err(_) => print!("{}", String::from_utf8_lossy(&answer.body)),
+    }
+}
+
+fn print_info(answer: &Answer) {
+    let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    for key in ["id", "state", "vmm_version", "app_name"] {
+        if let Some(text) = value[key].as_str() {
+            println!("{key:12} {text}");
+        }
+    }
+}
+
+fn micros(value: &Value) -> String {
+    value.as_u64().map_or_else(
+        || "-".to_string(),
+        |ns| format!("{:.1}", ns as f64 / 1000.0),
+    )
+}
+
+fn print_stats(answer: &Answer) {
+    let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    println!(
+        "{:<18} {:>12} {:>12} {:>12}",
+        "exit kind", "count", "p50 µs", "p99 µs"
+    );
+    if let Some(exits) = value["exits"].as_object() {
+        for (kind, row) in exits {
+            println!(
+                "{kind:<18} {:>12} {:>12} {:>12}",
+                row["count"],
+                micros(&row["handling_ns"]["p50"]),
+                micros(&row["handling_ns"]["p99"])
+            );
+        }
+    }
+    println!("{:<18} {:>12}", "total", value["total_exits"]);
+    if let Some(devices) = value["devices"].as_object() {
+        println!("\n{:<18} {:>12} {:>12}", "device", "reads", "writes");
+        for (name, row) in devices {
+            println!("{name:<18} {:>12} {:>12}", row["reads"], row["writes"]);
+        }
+    }
+}
+
+/// Runs `sie ctl`.
+pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
+    let sock = args.sock.as_path();
+    let action = |action_type: &str| json!({ "action_type": action_type });
+    match args.command {
+        CtlCommand::Info => print_info(&request(sock, "GET", "/", None)?),
+        CtlCommand::Start => {
+            request(sock, "PUT", "/actions", Some(&action("InstanceStart")))?;
+            println!("started");
+        }
+        CtlCommand::Pause => {
+            request(sock, "PATCH", "/vm", Some(&json!({"state": "Paused"})))?;
+            println!("paused");
+        }
+        CtlCommand::Resume => {
+            request(sock, "PATCH", "/vm", Some(&json!({"state": "Resumed"})))?;
+            println!("resumed");
+        }
+        CtlCommand::CtrlAltDel => {
+            request(sock, "PUT", "/actions", Some(&action("SendCtrlAltDel")))?;
+            println!("Ctrl-Alt-Del sent");
+        }
+        CtlCommand::FlushMetrics => {
+            request(sock, "PUT", "/actions", Some(&action("FlushMetrics")))?;
+            println!("metrics flushed");
+        }
+        CtlCommand::Config => print_json(&request(sock, "GET", "/vm/config", None)?),
+        CtlCommand::MachineConfig => print_json(&request(sock, "GET", "/machine-config", None)?),
+        CtlCommand::Version => print_json(&request(sock, "GET", "/version", None)?),
+        CtlCommand::Metrics => print_json(&request(sock, "GET", "/metrics", None)?),
+        CtlCommand::Stats { json } => {
+            let answer = request(sock, "GET", "/stats", None)?;
+            if json {
+                print_json(&answer);
+            } else {
+                print_stats(&answer);
+            }
+        }
+        CtlCommand::Request { method, path, body } => {
+            let body = body
+                .map(|text| serde_json::from_str::<Value>(&text).map_err(CtlError::Body))
+                .transpose()?;
+            let method = method.to_ascii_uppercase();
+            let answer = request(sock, &method, &path, body.as_ref())?;
+            if answer.status == 204 {
+                println!("done (204)");
+            } else {
+                print_json(&answer);
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,368 @@
+//! The configuration being assembled before `InstanceStart`: each pre-boot
+//! request replaces or adds one resource, checked on its own, and the whole
+//! is checked once more when the VM is built.
+
+use std::path::Path;
+
+use serde_json::Value;
+use sie_config::{
+    BootSource, Drive, Entropy, MachineConfig, MachineConfigPatch, NetworkInterface, Request,
+    Response, VmConfig, Vsock,
+};
+
+/// The configuration so far.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    config: VmConfig,
+    has_boot_source: bool,
+}
+
+/// A kernel path nothing can open: stands in until `PUT /boot-source`.
+const NO_KERNEL: &str = "";
+
+impl Default for Draft {
+    fn default() -> Self {
+        Self {
+            config: VmConfig::new(BootSource::new(NO_KERNEL)),
+            has_boot_source: false,
+        }
+    }
+}
+
+impl Draft {
+    /// A draft holding a whole configuration (from `--config-file`).
+    pub fn from_config(config: VmConfig) -> Self {
+        Self {
+            config,
+            has_boot_source: true,
+        }
+    }
+
+    /// The machine configuration, defaults filled in.
+    pub fn machine(&self) -> MachineConfig {
+        self.config.machine_config.clone().unwrap_or_default()
+    }
+
+    /// The configuration to build, checked as a whole.
+    pub fn to_config(&self) -> Result<VmConfig, String> {
+        if !self.has_boot_source {
+            return Err("no boot source: PUT /boot-source before InstanceStart".to_string());
+        }
+        let mut config = self.config.clone();
+        config.machine_config = Some(self.machine());
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// `GET /vm/config`: Firecracker's full shape, absent resources as null.
+    pub fn to_json(&self) -> Value {
+        let mut value = serde_json::to_value(&self.config).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            if !self.has_boot_source {
+                map.insert("boot-source".into(), Value::Null);
+            }
+            map.insert("machine-config".into(), machine_json(&self.machine()));
+            for key in ["drives", "network-interfaces"] {
+                map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+            }
+            for key in [
+                "vsock",
+                "entropy",
+                "logger",
+                "metrics",
+                "balloon",
+                "mmds-config",
+            ] {
+                map.entry(key).or_insert(Value::Null);
+            }
+        }
+        value
+    }
+
+    /// Applies one pre-boot configuration request. Requests that are not
+    /// about the configuration are not handled here (`None`).
+    pub fn apply(&mut self, request: &Request) -> Option<Response> {
+        let result = match request {
+            Request::PutBootSource(boot) => self.put_boot_source(boot),
+            Request::PutMachineConfig(machine) => self.put_machine(machine.clone()),
+            Request::PatchMachineConfig(patch) => self.patch_machine(patch),
+            Request::PutDrive(drive) => self.put_drive(drive),
+            Request::PutNetworkInterface(nic) => self.put_nic(nic),
+            Request::PutVsock(vsock) => self.put_vsock(vsock),
+            Request::PutEntropy(entropy) => self.put_entropy(entropy),
+            _ => return None,
+        };
+        Some(match result {
+            Ok(()) => Response::NoContent,
+            Err(message) => Response::Fault(message),
+        })
+    }
+
+    fn put_boot_source(&mut self, boot: &BootSource) -> Result<(), String> {
+        boot.validate().map_err(|e| e.to_string())?;
+        check_readable("boot-source: kernel_image_path", &boot.kernel_image_path)?;
+        if let Some(initrd) = &boot.initrd_path {
+            check_readable("boot-source: initrd_path", initrd)?;
+        }
+        self.config.boot_source = boot.clone();
+        self.has_boot_source = true;
+        Ok(())
+    }
+
+    fn put_machine(&mut self, machine: MachineConfig) -> Result<(), String> {
+        machine.validate().map_err(|e| e.to_string())?;
+        self.config.machine_config = Some(machine);
+        Ok(())
+    }
+
+    fn patch_machine(&mut self, patch: &MachineConfigPatch) -> Result<(), String> {
+        self.put_machine(patch.apply(&self.machine()))
+    }
+
+    fn put_drive(&mut self, drive: &Drive) -> Result<(), String> {
+        drive.validate().map_err(|e| e.to_string())?;
+        check_readable("drives: path_on_host", &drive.path_on_host)?;
+        let others = self
+            .config
+            .drives
+            .iter()
+            .filter(|d| d.drive_id != drive.drive_id);
+        if drive.is_root_device && others.clone().any(|d| d.is_root_device) {
+            return Err(format!(
+                "drives: {:?} cannot be the root device: another drive already is",
+                drive.drive_id
+            ));
+        }
+        let mut drives: Vec<Drive> = others.cloned().collect();
+        // The root drive goes first, so the guest sees it as /dev/vda.
+        let at = if drive.is_root_device {
+            0
+        } else {
+            self.config
+                .drives
+                .iter()
+                .position(|d| d.drive_id == drive.drive_id)
+                .unwrap_or(drives.len())
+                .min(drives.len())
+        };
+        drives.insert(at, drive.clone());
+        self.config.drives = drives;
+        Ok(())
+    }
+
+    fn put_nic(&mut self, nic: &NetworkInterface) -> Result<(), String> {
+        nic.validate().map_err(|e| e.to_string())?;
+        for other in self
+            .config
+            .network_interfaces
+            .iter()
+            .filter(|n| n.iface_id != nic.iface_id)
+        {
+            if other.host_dev_name == nic.host_dev_name {
+                return Err(format!(
+                    "network-interfaces: host_dev_name {:?} is already used by {:?}",
+                    nic.host_dev_name, other.iface_id
+                ));
+            }
+            if let (Some(a), Some(b)) = (&other.guest_mac, &nic.guest_mac)
+                && a.eq_ignore_ascii_case(b)
+            {
+                return Err(format!(
+                    "network-interfaces: guest_mac {b} is already used by {:?}",
+                    other.iface_id
+                ));
+            }
+        }
+        let slot = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == nic.iface_id);
+        match slot {
+            Some(slot) => *slot = nic.clone(),
+            None => self.config.network_interfaces.push(nic.clone()),
+        }
+        Ok(())
+    }
+
+    fn put_vsock(&mut self, vsock: &Vsock) -> Result<(), String> {
+        vsock.validate().map_err(|e| e.to_string())?;
+        self.config.vsock = Some(vsock.clone());
+        Ok(())
+    }
+
+    fn put_entropy(&mut self, entropy: &Entropy) -> Result<(), String> {
+        self.config.entropy = Some(entropy.clone());
+        Ok(())
+    }
+
+    /// Records the logger and metrics settings so `GET /vm/config` shows them.
+    pub fn note_logging(
+        &mut self,
+        logger: Option<sie_config::Logger>,
+        metrics: Option<sie_config::Metrics>,
+    ) {
+        if logger.is_some() {
+            self.config.logger = logger;
+        }
+        if metrics.is_some() {
+            self.config.metrics = metrics;
+        }
+    }
+}
+
+/// `GET /machine-config`: Firecracker fills in its defaults.
+pub fn machine_json(machine: &MachineConfig) -> Value {
+    serde_json::json!({
+        "vcpu_count": machine.vcpu_count,
+        "mem_size_mib": machine.mem_size_mib,
+        "smt": machine.smt.unwrap_or(false),
+        "track_dirty_pages": machine.track_dirty_pages.unwrap_or(false),
+        "huge_pages": machine.huge_pages.clone().unwrap_or_else(|| "None".to_string()),
+    })
+}
+
+/// Fails early, naming the field, when a file cannot be opened: the client
+/// learns of a typo from the request that made it, not from InstanceStart.
+fn check_readable(field: &str, path: &Path) -> Result<(), String> {
+    match std::fs::File::open(path) {
+        Ok(file) if file.metadata().map(|m| m.is_dir()).unwrap_or(false) => {
+            Err(format!("{field}: {} is a directory", path.display()))
+        }
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("{field}: cannot open {}: {error}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, path: &Path, root: bool) -> Drive {
+        serde_json::from_value(serde_json::json!({
+            "drive_id": id, "path_on_host": path, "is_root_device": root,
+        }))
+        .unwrap()
+    }
+
+    fn fault(response: Option<Response>) -> String {
+        match response {
+            Some(Response::Fault(message)) => message,
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+
+    fn scratch_file(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("sie-draft-{}-{name}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        path
+    }
+
+    #[test]
+    fn start_needs_a_boot_source() {
+        let mut draft = Draft::default();
+        assert!(draft.to_config().unwrap_err().contains("PUT /boot-source"));
+        assert_eq!(draft.to_json()["boot-source"], Value::Null);
+        let kernel = scratch_file("kernel");
+        let put = Request::PutBootSource(BootSource::new(&kernel));
+        assert_eq!(draft.apply(&put), Some(Response::NoContent));
+        assert_eq!(
+            draft.to_config().unwrap().boot_source.kernel_image_path,
+            kernel
+        );
+    }
+
+    #[test]
+    fn missing_files_are_refused_with_the_field_named() {
+        let mut draft = Draft::default();
+        let message = fault(draft.apply(&Request::PutBootSource(BootSource::new("/no/such"))));
+        assert!(message.contains("kernel_image_path"), "{message}");
+        let message = fault(draft.apply(&Request::PutDrive(drive(
+            "root",
+            Path::new("/no/such"),
+            true,
+        ))));
+        assert!(message.contains("path_on_host"), "{message}");
+    }
+
+    #[test]
+    fn machine_config_put_patch_and_limits() {
+        let mut draft = Draft::default();
+        let patch = MachineConfigPatch {
+            vcpu_count: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            draft.apply(&Request::PatchMachineConfig(patch)),
+            Some(Response::NoContent)
+        );
+        assert_eq!(draft.machine().vcpu_count, 2);
+        assert_eq!(draft.machine().mem_size_mib, 128);
+        let bad = MachineConfig {
+            vcpu_count: 0,
+            ..Default::default()
+        };
+        assert!(fault(draft.apply(&Request::PutMachineConfig(bad))).contains("vcpu_count"));
+        assert_eq!(
+            draft.machine().vcpu_count,
+            2,
+            "a refused request changes nothing"
+        );
+        assert_eq!(machine_json(&draft.machine())["huge_pages"], "None");
+    }
+
+    #[test]
+    fn drives_are_replaced_by_id_and_the_root_goes_first() {
+        let file = scratch_file("disk");
+        let mut draft = Draft::default();
+        draft.apply(&Request::PutDrive(drive("data", &file, false)));
+        draft.apply(&Request::PutDrive(drive("root", &file, true)));
+        draft.apply(&Request::PutDrive(drive("data", &file, false)));
+        let ids: Vec<_> = draft
+            .config
+            .drives
+            .iter()
+            .map(|d| d.drive_id.as_str())
+            .collect();
+        assert_eq!(ids, ["root", "data"]);
+        let message = fault(draft.apply(&Request::PutDrive(drive("other", &file, true))));
+        assert!(message.contains("root device"), "{message}");
+        // Replacing the root drive with itself is fine.
+        assert_eq!(
+            draft.apply(&Request::PutDrive(drive("root", &file, true))),
+            Some(Response::NoContent)
+        );
+    }
+
+    #[test]
+    fn network_interfaces_must_not_share_a_tap_or_mac() {
+        let nic = |id: &str, tap: &str, mac: &str| NetworkInterface {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: Some(mac.into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        let mut draft = Draft::default();
+        let first = nic("eth0", "tap0", "06:00:00:00:00:01");
+        assert_eq!(
+            draft.apply(&Request::PutNetworkInterface(first)),
+            Some(Response::NoContent)
+        );
+        let same_tap = nic("eth1", "tap0", "06:00:00:00:00:02");
+        assert!(fault(draft.apply(&Request::PutNetworkInterface(same_tap))).contains("tap0"));
+        let same_mac = nic("eth1", "tap1", "06:00:00:00:00:01");
+        assert!(fault(draft.apply(&Request::PutNetworkInterface(same_mac))).contains("guest_mac"));
+        let replaced = nic("eth0", "tap9", "06:00:00:00:00:01");
+        assert_eq!(
+            draft.apply(&Request::PutNetworkInterface(replaced)),
+            Some(Response::NoContent)
+        );
+        assert_eq!(draft.config.network_interfaces.len(), 1);
+    }
+
+    #[test]
+    fn non_config_requests_are_left_alone() {
+        assert_eq!(Draft::default().apply(&Request::GetInstanceInfo), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! One request, one answer: the phase rules and what each request does.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sie_config::{ActionType, Request, Response, VmState};
+use sie_hv::Hypervisor;
+
+use super::{Controller, Phase, draft, sink};
+use crate::event_loop::Manager;
+
+/// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
+const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+
+/// The error and its causes on one line: "a: b: c".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl Controller {
+    fn state_name(&self) -> &'static str {
+        match &self.phase {
+            Phase::NotStarted => "Not started",
+            Phase::Running(_) if self.control.is_paused() => "Paused",
+            Phase::Running(_) => "Running",
+        }
+    }
+
+    fn is_started(&self) -> bool {
+        matches!(self.phase, Phase::Running(_))
+    }
+
+    /// Answers one request.
+    pub(super) fn handle(
+        &mut self,
+        request: Request,
+        hv: &dyn Hypervisor,
+        manager: &mut Manager,
+    ) -> Response {
+        // The API server logs refusals, with the method and path.
+        self.answer(request, hv, manager)
+    }
+
+    fn answer(&mut self, request: Request, hv: &dyn Hypervisor, manager: &mut Manager) -> Response {
+        match request {
+            Request::GetInstanceInfo => Response::Json(json!({
+                "id": self.options.id,
+                "state": self.state_name(),
+                "vmm_version": self.options.vmm_version,
+                "app_name": "Firecracker",
+            })),
+            Request::GetMachineConfig => Response::Json(draft::machine_json(&self.draft.machine())),
+            Request::GetVmConfig => Response::Json(self.draft.to_json()),
+            Request::GetStats => match self.observatory() {
+                Some(obs) => Response::Json(super::report_json(&obs.report())),
+                None => Response::fault("there are no VM statistics before InstanceStart"),
+            },
+            Request::GetPrometheusMetrics => {
+                Response::Text(self.metrics.prometheus(self.observatory()))
+            }
+            Request::PutLogger(logger) => self.put_logger(logger),
+            Request::PutMetrics(metrics) => self.put_metrics(metrics),
+            Request::Action(action) => self.action(action, hv, manager),
+            Request::SetVmState(state) => self.set_vm_state(state),
+            Request::PatchDrive(patch) => self.patch_drive(&patch),
+            Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
+            config_request => {
+                if self.is_started() {
+                    return Response::fault(AFTER_START);
+                }
+                self.draft
+                    .apply(&config_request)
+                    .unwrap_or_else(|| Response::fault("this request is not handled by the VMM"))
+            }
+        }
+    }
+
+    fn put_logger(&mut self, logger: sie_config::Logger) -> Response {
+        if self.is_started() {
+            return Response::fault(AFTER_START);
+        }
+        if self.logger_configured {
+            return Response::fault("logger: already configured; it can be set only once");
+        }
+        if let Err(error) = logger.validate() {
+            return Response::fault(error);
+        }
+        match self.options.logger.configure(&logger) {
+            Ok(()) => {
+                self.logger_configured = true;
+                self.draft.note_logging(Some(logger), None);
+                Response::NoContent
+            }
+            Err(message) => Response::Fault(format!("logger: {message}")),
+        }
+    }
+
+    fn put_metrics(&mut self, metrics: sie_config::Metrics) -> Response {
+        if self.is_started() {
+            return Response::fault(AFTER_START);
+        }
+        if self.metrics.has_sink() {
+            return Response::fault("metrics: already configured; they can be set only once");
+        }
+        match sink::LineSink::open(&metrics.metrics_path) {
+            Ok(sink) => {
+                self.metrics.set_sink(sink);
+                self.draft.note_logging(None, Some(metrics));
+                Response::NoContent
+            }
+            Err(error) => Response::Fault(format!("metrics: {error}")),
+        }
+    }
+
+    fn action(
+        &mut self,
+        action: ActionType,
+        hv: &dyn Hypervisor,
+        manager: &mut Manager,
+    ) -> Response {
+        match (action, &self.phase) {
+            (ActionType::InstanceStart, Phase::NotStarted) => match self.start(hv, manager) {
+                Ok(()) => {
+                    tracing::info!("InstanceStart: the VM is running");
+                    Response::NoContent
+                }
+                Err(error) => {
+                    Response::Fault(format!("cannot start the microVM: {}", chain(&error)))
+                }
+            },
+            (ActionType::InstanceStart, Phase::Running(_)) => Response::fault(AFTER_START),
+            (ActionType::SendCtrlAltDel, Phase::Running(vm)) => {
+                match vm.devices.i8042.send_ctrl_alt_del() {
+                    Ok(()) => Response::NoContent,
+                    Err(error) => Response::Fault(format!("SendCtrlAltDel: {error}")),
+                }
+            }
+            (ActionType::SendCtrlAltDel, Phase::NotStarted) => Response::fault(BEFORE_START),
+            (ActionType::FlushMetrics, _) => {
+                if self.flush_metrics() {
+                    Response::NoContent
+                } else {
+                    Response::fault(
+                        "FlushMetrics: metrics are not configured (PUT /metrics or --metrics-path first)",
+                    )
+                }
+            }
+        }
+    }
+
+    fn set_vm_state(&mut self, state: VmState) -> Response {
+        if !self.is_started() {
+            return Response::fault(BEFORE_START);
+        }
+        match state {
+            VmState::Paused => match self.control.pause(PAUSE_TIMEOUT) {
+                Ok(()) => Response::NoContent,
+                Err(error) => {
+                    // Leave no vCPU half-paused.
+                    self.control.resume();
+                    Response::Fault(format!("cannot pause the microVM: {error}"))
+                }
+            },
+            VmState::Resumed => {
+                self.control.resume();
+                Response::NoContent
+            }
+        }
+    }
+
+    fn patch_drive(&mut self, patch: &sie_config::DrivePatch) -> Response {
+        if !self.is_started() {
+            return Response::fault(BEFORE_START);
+        }
+        if !self.draft.to_json()["drives"]
+            .as_array()
+            .is_some_and(|drives| {
+                drives
+                    .iter()
+                    .any(|d| d["drive_id"] == patch.drive_id.as_str())
+            })
+        {
+            return Response::Fault(format!("drives: no drive with id {:?}", patch.drive_id));
+        }
+        if patch.path_on_host.is_some() {
+            return Response::fault(
+                "drives: swapping the backing file after boot needs the virtio-blk device, which this sie does not have yet",
+            );
+        }
+        tracing::warn!("drives: rate limiters are accepted but not enforced");
+        Response::NoContent
+    }
+
+    fn patch_network_interface(&mut self, patch: &sie_config::NetworkInterfacePatch) -> Response {
+        if !self.is_started() {
+            return Response::fault(BEFORE_START);
+        }
+        let known = self.draft.to_json()["network-interfaces"]
+            .as_array()
+            .is_some_and(|nics| {
+                nics.iter()
+                    .any(|n| n["iface_id"] == patch.iface_id.as_str())
+            });
+        if !known {
+            return Response::Fault(format!(
+                "network-interfaces: no interface with id {:?}",
+                patch.iface_id
+            ));
+        }
+        tracing::warn!("network-interfaces: rate limiters are accepted but not enforced");
+        Response::NoContent
+    }
+}

@@ -1,0 +1,208 @@
+//! Metrics: one JSON object per flush, written as a line to the metrics
+//! sink (Firecracker's habit), and the same figures in Prometheus text for
+//! `GET /metrics`.
+
+use std::fmt::Write;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sie_obs::Observatory;
+
+use super::sink::LineSink;
+use super::stats_json::{escape_label, report_json, report_prometheus};
+
+/// Figures that come from outside the VMM crate (the API server's request
+/// counters, the logger's drop counter), as JSON objects keyed by section.
+pub type ExternalMetrics = Box<dyn Fn() -> serde_json::Map<String, Value> + Send>;
+
+/// The VMM process's resident set size in bytes, from /proc/self/statm.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Where metrics come from and go.
+pub struct Metrics {
+    start: Instant,
+    sink: Option<LineSink>,
+    external: ExternalMetrics,
+    flushes: u64,
+}
+
+impl Metrics {
+    /// Metrics with no sink yet.
+    pub fn new(start: Instant, external: ExternalMetrics) -> Self {
+        Self {
+            start,
+            sink: None,
+            external,
+            flushes: 0,
+        }
+    }
+
+    /// True once a sink is set.
+    pub fn has_sink(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Sets the sink (once).
+    pub fn set_sink(&mut self, sink: LineSink) {
+        self.sink = Some(sink);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.sink.as_ref().map_or(0, LineSink::dropped)
+    }
+
+    /// Everything, as one JSON object.
+    pub fn snapshot(&self, obs: Option<&Observatory>) -> Value {
+        let utc_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut object = (self.external)();
+        object.insert("utc_timestamp_ms".into(), json!(utc_ms));
+        object.insert(
+            "vmm".into(),
+            json!({
+                "uptime_ms": u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "rss_bytes": rss_bytes(),
+                "metrics_flushes": self.flushes,
+                "metrics_lines_dropped": self.dropped(),
+            }),
+        );
+        if let Some(obs) = obs {
+            object.insert("vm".into(), report_json(&obs.report()));
+        }
+        Value::Object(object)
+    }
+
+    /// Writes one line to the sink. Returns false when there is no sink;
+    /// a full sink drops the line and counts it, never blocks.
+    pub fn flush(&mut self, obs: Option<&Observatory>) -> bool {
+        if self.sink.is_none() {
+            return false;
+        }
+        self.flushes += 1;
+        let line = self.snapshot(obs).to_string();
+        if let Some(sink) = &self.sink {
+            sink.write_line(&line);
+        }
+        true
+    }
+
+    /// Everything in Prometheus text format.
+    pub fn prometheus(&self, obs: Option<&Observatory>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP sie_uptime_seconds Time since sie started.\n# TYPE sie_uptime_seconds gauge\nsie_uptime_seconds {}",
+            self.start.elapsed().as_secs_f64()
+        );
+        if let Some(rss) = rss_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP sie_rss_bytes Resident memory of the sie process.\n# TYPE sie_rss_bytes gauge\nsie_rss_bytes {rss}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sie_metrics_lines_dropped_total Metrics lines dropped because the sink was full.\n# TYPE sie_metrics_lines_dropped_total counter\nsie_metrics_lines_dropped_total {}",
+            self.dropped()
+        );
+        external_prometheus(&(self.external)(), &mut out);
+        if let Some(obs) = obs {
+            report_prometheus(&obs.report(), &mut out);
+        }
+        out
+    }
+}
+
+/// External sections follow one shape: `{section: {name: {field: number}}}`
+/// (the API's per-route counters) or `{section: {field: number}}`. Each
+/// number becomes `sie_<section>_<field>{name="..."}`.
+fn external_prometheus(sections: &serde_json::Map<String, Value>, out: &mut String) {
+    for (section, value) in sections {
+        let Some(entries) = value.as_object() else {
+            continue;
+        };
+        for (key, entry) in entries {
+            match entry {
+                Value::Number(number) => {
+                    let _ = writeln!(out, "sie_{section}_{key} {number}");
+                }
+                Value::Object(fields) => {
+                    let name = escape_label(key);
+                    for (field, number) in fields.iter().filter(|(_, v)| v.is_number()) {
+                        let _ = writeln!(out, "sie_{section}_{field}{{name=\"{name}\"}} {number}");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn external() -> ExternalMetrics {
+        Box::new(|| {
+            let mut map = serde_json::Map::new();
+            map.insert(
+                "api".into(),
+                json!({"put_actions": {"count": 2, "faults": 1}}),
+            );
+            map.insert("logger".into(), json!({"lines_dropped": 3}));
+            map
+        })
+    }
+
+    #[test]
+    fn snapshot_has_every_section() {
+        let obs = Observatory::new(Instant::now(), 1, vec![]);
+        let metrics = Metrics::new(Instant::now(), external());
+        let value = metrics.snapshot(Some(&obs));
+        assert_eq!(value["api"]["put_actions"]["count"], 2);
+        assert!(value["vmm"]["rss_bytes"].as_u64().unwrap() > 0);
+        assert!(value["utc_timestamp_ms"].as_u64().unwrap() > 0);
+        assert_eq!(value["vm"]["total_exits"], 0);
+    }
+
+    #[test]
+    fn flush_without_sink_reports_it() {
+        let mut metrics = Metrics::new(Instant::now(), external());
+        assert!(!metrics.flush(None));
+    }
+
+    #[test]
+    fn flush_writes_one_json_line() {
+        let dir = std::env::temp_dir().join(format!("sie-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.json");
+        let _ = std::fs::remove_file(&path);
+        let mut metrics = Metrics::new(Instant::now(), external());
+        metrics.set_sink(LineSink::open(&path).unwrap());
+        assert!(metrics.flush(None));
+        assert!(metrics.flush(None));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["vmm"]["metrics_flushes"], 2);
+    }
+
+    #[test]
+    fn prometheus_includes_external_sections() {
+        let metrics = Metrics::new(Instant::now(), external());
+        let text = metrics.prometheus(None);
+        assert!(text.contains("sie_api_count{name=\"put_actions\"} 2"));
+        assert!(text.contains("sie_logger_lines_dropped 3"));
+        assert!(text.contains("sie_rss_bytes "));
+    }
+}

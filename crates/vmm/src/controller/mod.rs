@@ -1,0 +1,241 @@
+//! The control plane inside the VMM process: requests from the API (or any
+//! other front end) change the configuration before boot, start the VM, and
+//! pause, resume, inspect or stop it afterwards.
+//!
+//! Everything runs on the VMM thread, the same thread that serves the VM's
+//! events: a request is taken from the [`RequestSource`] after each round of
+//! events, handled, and answered before the next one, as Firecracker does.
+//! The front end never sees the VM and this module never sees HTTP.
+
+mod draft;
+mod handle;
+pub mod metrics;
+pub mod sink;
+mod stats_json;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use sie_config::{Logger, Request, Response, VmConfig};
+use sie_hv::Hypervisor;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::BuildOptions;
+use crate::console::TerminalGuard;
+use crate::control::VmControl;
+use crate::error::{Result, VmmError};
+use crate::event_loop::{self, Manager};
+use crate::outcome::VmOutcome;
+use crate::{FinishedVm, StartedVm};
+
+pub use draft::machine_json;
+pub use metrics::ExternalMetrics;
+pub use stats_json::report_json;
+
+/// Sends the answer to one request back to whoever asked.
+pub type Reply = Box<dyn FnOnce(Response) + Send>;
+
+/// Where requests come from (the API server, in sie).
+pub trait RequestSource {
+    /// Readable when requests may be waiting.
+    fn wake_fd(&self) -> &EventFd;
+    /// The next waiting request, if any. Returning `None` must leave the
+    /// wake fd unreadable until a new request arrives.
+    fn next_request(&mut self) -> Option<(Request, Reply)>;
+}
+
+/// Applies `PUT /logger` (logging is set up by the binary, not the VMM).
+pub trait LoggerControl {
+    /// Points the logs at `logger`'s path and level. Errors are shown to
+    /// the client as they are.
+    fn configure(&mut self, logger: &Logger) -> std::result::Result<(), String>;
+}
+
+/// How to serve.
+pub struct ServeOptions {
+    /// The instance id (`--id`), shown by `GET /`.
+    pub id: String,
+    /// The version `GET /` reports.
+    pub vmm_version: String,
+    /// When sie started.
+    pub start: Instant,
+    /// Boot this at once (`--config-file` together with `--api-sock`).
+    pub initial_config: Option<VmConfig>,
+    /// Host-side build options, made when the VM is built.
+    pub build_options: Box<dyn FnMut() -> BuildOptions>,
+    /// `PUT /logger`.
+    pub logger: Box<dyn LoggerControl>,
+    /// Metrics sink given on the command line (`--metrics-path`).
+    pub metrics_path: Option<PathBuf>,
+    /// Figures from the front end (API request counters, logger drops).
+    pub external_metrics: ExternalMetrics,
+    /// How often metrics are written without being asked.
+    pub metrics_period: Duration,
+    /// Forward stdin to the guest's serial console.
+    pub console_input: bool,
+}
+
+/// How serving ended.
+pub enum Served {
+    /// The VM ran and ended.
+    Finished(FinishedVm),
+    /// sie was stopped (a signal) before the VM was started.
+    NeverStarted(Option<VmOutcome>),
+}
+
+/// What the VMM is doing.
+enum Phase {
+    NotStarted,
+    Running(StartedVm),
+}
+
+/// Watches the request source's wake fd; requests are taken after each
+/// round of events, so there is nothing to do here.
+struct RequestWake(EventFd);
+
+impl MutEventSubscriber for RequestWake {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.0, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
+}
+
+/// The controller's state.
+struct Controller {
+    options: ServeOptions,
+    draft: draft::Draft,
+    phase: Phase,
+    control: Arc<VmControl>,
+    metrics: metrics::Metrics,
+    logger_configured: bool,
+    terminal: Option<TerminalGuard>,
+}
+
+fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
+    move |source| VmmError::Host { what, source }
+}
+
+/// Serves requests from `source` until the VM ends or sie is stopped.
+pub fn serve(
+    hv: &dyn Hypervisor,
+    source: &mut dyn RequestSource,
+    mut options: ServeOptions,
+) -> Result<Served> {
+    let signals = event_loop::block_stop_signals().map_err(host_error("blocking stop signals"))?;
+    let control = Arc::new(VmControl::new().map_err(host_error("creating the VM's control"))?);
+    let mut manager =
+        event_loop::new_manager(&control, Some(signals)).map_err(host_error("creating epoll"))?;
+    let wake = source
+        .wake_fd()
+        .try_clone()
+        .map_err(host_error("watching the API"))?;
+    debug_assert!(wake.as_raw_fd() >= 0);
+    manager.add_subscriber(Box::new(RequestWake(wake)));
+
+    let mut metrics = metrics::Metrics::new(
+        options.start,
+        std::mem::replace(&mut options.external_metrics, Box::new(Default::default)),
+    );
+    let mut draft = draft::Draft::default();
+    if let Some(path) = &options.metrics_path {
+        let sink = sink::LineSink::open(path).map_err(|e| VmmError::Host {
+            what: "opening the metrics file",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        metrics.set_sink(sink);
+        draft.note_logging(
+            None,
+            Some(sie_config::Metrics {
+                metrics_path: path.clone(),
+            }),
+        );
+    }
+    let initial = options.initial_config.take();
+    let mut controller = Controller {
+        options,
+        draft,
+        phase: Phase::NotStarted,
+        control: control.clone(),
+        metrics,
+        logger_configured: false,
+        terminal: None,
+    };
+    if let Some(config) = initial {
+        controller.draft = draft::Draft::from_config(config);
+        controller.start(hv, &mut manager)?;
+    }
+
+    let period = controller.options.metrics_period;
+    let mut next_metrics = Instant::now() + period;
+    loop {
+        event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        while let Some((request, reply)) = source.next_request() {
+            let response = controller.handle(request, hv, &mut manager);
+            reply(response);
+            if control.is_stopping() {
+                break;
+            }
+        }
+        if let Phase::Running(vm) = &controller.phase {
+            vm.devices.console.flush_pending();
+        }
+        if Instant::now() >= next_metrics {
+            controller.flush_metrics();
+            next_metrics = Instant::now() + period;
+        }
+        if control.is_stopping() {
+            break;
+        }
+    }
+    controller.flush_metrics();
+    drop(controller.terminal.take());
+    Ok(match controller.phase {
+        Phase::Running(vm) => Served::Finished(vm.join()),
+        Phase::NotStarted => Served::NeverStarted(control.outcome()),
+    })
+}
+
+impl Controller {
+    fn observatory(&self) -> Option<&sie_obs::Observatory> {
+        match &self.phase {
+            Phase::Running(vm) => Some(&vm.observatory),
+            Phase::NotStarted => None,
+        }
+    }
+
+    fn flush_metrics(&mut self) -> bool {
+        let obs = match &self.phase {
+            Phase::Running(vm) => Some(vm.observatory.clone()),
+            Phase::NotStarted => None,
+        };
+        self.metrics.flush(obs.as_deref())
+    }
+
+    /// Builds and starts the VM from the draft.
+    fn start(&mut self, hv: &dyn Hypervisor, manager: &mut Manager) -> Result<()> {
+        let config = self
+            .draft
+            .to_config()
+            .map_err(|message| VmmError::Platform(message.into()))?;
+        let built = crate::build_with_control(
+            &config,
+            hv,
+            (self.options.build_options)(),
+            self.control.clone(),
+        )?;
+        if self.options.console_input
+            && let Some(input) = built.devices.console_input()
+        {
+            self.terminal = TerminalGuard::raw_stdin();
+            manager.add_subscriber(Box::new(input));
+        }
+        let started = built.start()?;
+        self.draft = draft::Draft::from_config(config);
+        self.phase = Phase::Running(started);
+        Ok(())
+    }
+}
