@@ -21,6 +21,10 @@ pub mod rng;
 mod worker;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod mmio_tests;
+#[cfg(test)]
 pub(crate) mod test_ring;
 
 pub use chain::{ChainError, Segment};
