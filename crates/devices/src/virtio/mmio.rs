@@ -210,13 +210,22 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
     }
 
     fn read_register(&self, offset: u32) -> Option<u32> {
+        // Lock-free first: the guest's interrupt handler reads
+        // InterruptStatus while the event thread may hold the lock through
+        // a long disk request.
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => return Some(MMIO_MAGIC),
+            VIRTIO_MMIO_VERSION => return Some(MMIO_VERSION),
+            VIRTIO_MMIO_VENDOR_ID => return Some(MMIO_VENDOR_ID),
+            VIRTIO_MMIO_INTERRUPT_STATUS => {
+                return Some(self.interrupt_status.load(Ordering::SeqCst));
+            }
+            _ => {}
+        }
         let state = self.lock();
         let queue = state.queues.get(state.queue_sel as usize);
         Some(match offset {
-            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
-            VIRTIO_MMIO_VERSION => MMIO_VERSION,
             VIRTIO_MMIO_DEVICE_ID => state.device.device_type(),
-            VIRTIO_MMIO_VENDOR_ID => MMIO_VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match state.device_features_sel {
                 0 => state.device.features() as u32,
                 1 => (state.device.features() >> 32) as u32,
@@ -224,7 +233,6 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
             VIRTIO_MMIO_STATUS => state.status,
             VIRTIO_MMIO_CONFIG_GENERATION => state.config_generation,
             _ => return None,
@@ -393,11 +401,12 @@ fn write_driver_features<D>(state: &mut State<D>, value: u32) -> bool {
     true
 }
 
-/// Queue configuration: only between FEATURES_OK and DRIVER_OK, and only
-/// values virtio-queue accepts (power-of-two sizes, aligned rings).
+/// Queue configuration: only before DRIVER_OK (the device then owns the
+/// rings), and only values virtio-queue accepts (power-of-two sizes,
+/// aligned rings). Before FEATURES_OK is allowed: Linux clears QueueReady
+/// after a reset when it tears a device down.
 fn write_queue<D>(state: &mut State<D>, offset: u32, value: u32) -> bool {
-    let configurable = state.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
-        == VIRTIO_CONFIG_S_FEATURES_OK;
+    let configurable = state.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
     let selected = state.queue_sel as usize;
     let Some(queue) = state.queues.get_mut(selected).filter(|_| configurable) else {
         return false;
