@@ -6,7 +6,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::Bytes;
 
 use super::chain::{Segment, drain_queue};
 use super::counters::VirtioCounters;
@@ -69,36 +69,34 @@ fn host_random(buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// Serves one chain: every buffer must be device-writable. Returns the
-/// number of bytes written.
+/// number of bytes written (at most [`RNG_MAX_REQUEST`]).
 fn fill(mem: &GuestMemory, buffers: &[Segment], counters: &VirtioCounters) -> u32 {
     if buffers.iter().any(|s| !s.writable) {
         counters.error();
         return 0;
     }
-    let mut scratch = vec![0u8; RNG_MAX_REQUEST];
-    let mut written = 0usize;
+    let wanted: u64 = buffers.iter().map(|s| u64::from(s.len)).sum();
+    let mut entropy = vec![0u8; wanted.min(RNG_MAX_REQUEST as u64) as usize];
+    if let Err(error) = host_random(&mut entropy) {
+        tracing::warn!(%error, "getrandom failed");
+        counters.error();
+        return 0;
+    }
+    let mut rest = entropy.as_slice();
     for segment in buffers {
-        let room = RNG_MAX_REQUEST - written;
-        let take = (segment.len as usize).min(room);
-        let Some(bytes) = scratch.get_mut(..take) else {
-            break;
-        };
-        if take == 0 {
+        let (chunk, tail) = rest.split_at(rest.len().min(segment.len as usize));
+        if chunk.is_empty() {
             break;
         }
-        if host_random(bytes).is_err() || write_guest(mem, segment.addr, bytes).is_err() {
+        if mem.write_slice(chunk, segment.addr).is_err() {
             counters.error();
             break;
         }
-        written += take;
+        rest = tail;
     }
+    let written = entropy.len() - rest.len();
     counters.read_bytes(written as u64);
-    // At most RNG_MAX_REQUEST, so it fits.
     u32::try_from(written).unwrap_or(0)
-}
-
-fn write_guest(mem: &GuestMemory, addr: GuestAddress, bytes: &[u8]) -> Result<(), ()> {
-    mem.write_slice(bytes, addr).map_err(|_| ())
 }
 
 impl VirtioDevice for Rng {
@@ -160,6 +158,7 @@ impl VirtioDevice for Rng {
 mod tests {
     use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
     use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+    use vm_memory::GuestAddress;
 
     use super::*;
     use crate::virtio::test_ring::{DATA, Driver, Ring, transport};
