@@ -82,47 +82,73 @@ pub fn segments(
 
 /// Takes every available chain off `queue`, hands its buffers (or why they
 /// are unusable, already counted as an error) to `serve`, and returns each
-/// to the used ring with the length `serve` reports. Returns whether any
-/// chain was used, i.e. whether the driver needs an interrupt.
+/// to the used ring with the length `serve` reports.
+///
+/// Driver notifications are suppressed while the ring is being drained and
+/// re-enabled (with a re-check for chains that raced in) at the end; with
+/// VIRTIO_RING_F_EVENT_IDX this also publishes `avail_event`. Returns
+/// whether the driver wants an interrupt (`used_event`, or simply "some
+/// chain was used" without EVENT_IDX).
 pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMemory,
     counters: &VirtioCounters,
     mut serve: impl FnMut(Result<Vec<Segment>, ChainError>) -> u32,
 ) -> Result<bool, DeviceFault> {
+    let ring_fault = |_| {
+        counters.error();
+        DeviceFault::RingAccess
+    };
     let mut used_any = false;
     loop {
-        let chain = match queue.iter(mem) {
-            Ok(mut available) => available.next(),
-            Err(QueueError::QueueNotReady) => None,
-            Err(QueueError::InvalidAvailRingIndex) => {
+        queue.disable_notification(mem).map_err(ring_fault)?;
+        while let Some(chain) = next_chain(queue, mem, counters)? {
+            let head = chain.head_index();
+            let buffers = segments(chain, mem);
+            if let Err(error) = &buffers {
                 counters.error();
-                return Err(DeviceFault::AvailIndex);
+                tracing::debug!(%error, head, "virtio chain dropped");
             }
-            Err(_) => {
-                counters.error();
-                return Err(DeviceFault::RingAccess);
-            }
-        };
-        let Some(chain) = chain else {
-            return Ok(used_any);
-        };
-        counters.request();
-        let head = chain.head_index();
-        if head >= queue.size() {
-            counters.error();
-            return Err(DeviceFault::HeadOutOfRange(head));
+            let len = serve(buffers);
+            queue.add_used(mem, head, len).map_err(ring_fault)?;
+            used_any = true;
         }
-        let buffers = segments(chain, mem);
-        if let Err(error) = &buffers {
-            counters.error();
-            tracing::debug!(%error, head, "virtio chain dropped");
+        if !queue.enable_notification(mem).map_err(ring_fault)? {
+            break;
         }
-        let len = serve(buffers);
-        queue.add_used(mem, head, len).map_err(|_| {
-            counters.error();
-            DeviceFault::RingAccess
-        })?;
-        used_any = true;
     }
+    if !used_any {
+        return Ok(false);
+    }
+    queue.needs_notification(mem).map_err(ring_fault)
+}
+
+/// The next available chain, if any, with a head inside the table.
+fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+    counters: &VirtioCounters,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceFault> {
+    let chain = match queue.iter(mem) {
+        Ok(mut available) => available.next(),
+        Err(QueueError::QueueNotReady) => None,
+        Err(QueueError::InvalidAvailRingIndex) => {
+            counters.error();
+            return Err(DeviceFault::AvailIndex);
+        }
+        Err(_) => {
+            counters.error();
+            return Err(DeviceFault::RingAccess);
+        }
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    counters.request();
+    let head = chain.head_index();
+    if head >= queue.size() {
+        counters.error();
+        return Err(DeviceFault::HeadOutOfRange(head));
+    }
+    Ok(Some(chain))
 }

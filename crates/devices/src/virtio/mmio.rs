@@ -16,6 +16,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -331,7 +332,10 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
                 return self.needs_reset(state);
             }
             match Queue::try_from(queue.state()) {
-                Ok(copy) => queues.push(copy),
+                Ok(mut copy) => {
+                    copy.set_event_idx(state.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+                    queues.push(copy);
+                }
                 Err(_) => return self.needs_reset(state),
             }
         }

@@ -9,7 +9,9 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_mmio::*;
 
 use super::rng::{RNG_QUEUE_SIZE, Rng};
-use super::test_ring::{DATA, Driver, MEM_SIZE, Ring, transport};
+use super::test_ring::{
+    DATA, Driver, MEM_SIZE, Ring, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_WRITE, transport,
+};
 use super::{MMIO_MAGIC, VirtioWorker};
 use crate::BusDevice;
 
@@ -18,6 +20,7 @@ const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
 const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 #[test]
 fn identifies_itself() {
@@ -26,7 +29,7 @@ fn identifies_itself() {
     assert_eq!(d.read(VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC);
     assert_eq!(d.read(VIRTIO_MMIO_VERSION), 2);
     assert_eq!(d.read(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_RNG);
-    assert_eq!(d.device_features(), VERSION_1);
+    assert_eq!(d.device_features(), VERSION_1 | EVENT_IDX);
     d.write(VIRTIO_MMIO_QUEUE_SEL, 0);
     assert_eq!(d.read(VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(RNG_QUEUE_SIZE));
     d.write(VIRTIO_MMIO_QUEUE_SEL, 1);
@@ -183,4 +186,38 @@ fn worker_serves_ioeventfd_notifications_on_the_event_loop() {
     assert_eq!(manager.run_with_timeout(1000).expect("run"), 1);
     assert_eq!(ring.used(&mem, 1), (1, 8));
     assert_eq!(t.counters().notifications, 2);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_used_event() {
+    let (t, mem, irq) = transport(Rng::new());
+    let d = Driver::new(&t);
+    let ring = Ring::new(0x1000, 16);
+    d.start_with(VERSION_1 | EVENT_IDX, &[ring]);
+    // The driver wants an interrupt only once the used index passes 2.
+    ring.set_used_event(&mem, 2);
+    for i in 0..4u16 {
+        ring.set_desc(&mem, i, DATA, 8, VRING_DESC_F_WRITE, 0);
+        ring.publish(&mem, &[i]);
+        d.notify(0);
+        // The device asks to be kicked for the next chain.
+        assert_eq!(ring.avail_event(&mem), i + 1);
+    }
+    assert_eq!(ring.used_idx(&mem), 4);
+    assert_eq!(irq.count(), 1, "only the chain that moved used past 2");
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts_and_kicks_are_reenabled() {
+    let (t, mem, irq) = transport(Rng::new());
+    let d = Driver::new(&t);
+    let ring = Ring::new(0x1000, 16);
+    d.start(&[ring]);
+    for i in 0..3u16 {
+        ring.set_desc(&mem, i, DATA, 8, VRING_DESC_F_WRITE, 0);
+        ring.publish(&mem, &[i]);
+        d.notify(0);
+        assert_eq!(ring.used_flags(&mem), 0, "NO_NOTIFY cleared after draining");
+    }
+    assert_eq!(irq.count(), 3);
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
@@ -109,7 +110,7 @@ impl VirtioDevice for Rng {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
+        1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX
     }
 
     fn config_len(&self) -> usize {
@@ -136,10 +137,10 @@ impl VirtioDevice for Rng {
         };
         let counters = &self.counters;
         let mem = &active.mem;
-        let used = drain_queue(&mut active.queue, mem, counters, |buffers| {
+        let notify = drain_queue(&mut active.queue, mem, counters, |buffers| {
             buffers.map_or(0, |b: Vec<Segment>| fill(mem, &b, counters))
         })?;
-        if used {
+        if notify {
             active.interrupt.signal_used();
         }
         Ok(())

@@ -10,7 +10,9 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_mmio::*;
-pub use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+pub use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{GuestMemory, VirtioDevice, VirtioMmioTransport};
@@ -123,6 +125,23 @@ impl Ring {
         self.set_avail_idx(mem, idx);
     }
 
+    /// `used_event` (EVENT_IDX): interrupt once the used index passes it.
+    pub fn set_used_event(&self, mem: &GuestMemory, idx: u16) {
+        let at = self.avail + 4 + 2 * u64::from(self.size);
+        mem.write_obj(idx, GuestAddress(at)).expect("used_event");
+    }
+
+    /// `avail_event` (EVENT_IDX) as published by the device.
+    pub fn avail_event(&self, mem: &GuestMemory) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        mem.read_obj(GuestAddress(at)).expect("avail_event")
+    }
+
+    /// The used ring's flags (VRING_USED_F_NO_NOTIFY).
+    pub fn used_flags(&self, mem: &GuestMemory) -> u16 {
+        mem.read_obj(GuestAddress(self.used)).expect("used flags")
+    }
+
     pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).expect("used idx")
     }
@@ -218,10 +237,18 @@ impl<'a, D: VirtioDevice> Driver<'a, D> {
         self.write(VIRTIO_MMIO_QUEUE_READY, 1);
     }
 
-    /// The whole bring-up: every offered feature, `rings` as queues 0..,
-    /// DRIVER_OK.
+    /// The whole bring-up: every offered feature but EVENT_IDX (so every
+    /// used buffer interrupts), `rings` as queues 0.., DRIVER_OK.
     pub fn start(&self, rings: &[Ring]) {
-        assert!(self.negotiate(self.device_features()));
+        self.start_with(
+            self.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX),
+            rings,
+        );
+    }
+
+    /// Bring-up accepting exactly `features`.
+    pub fn start_with(&self, features: u64, rings: &[Ring]) {
+        assert!(self.negotiate(features));
         for (index, ring) in rings.iter().enumerate() {
             self.setup_queue(index as u32, ring);
         }

@@ -18,6 +18,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 
 use request::Disk;
@@ -140,6 +141,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut features = 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE;
@@ -177,10 +179,10 @@ impl VirtioDevice for Block {
             return Ok(());
         };
         let (disk, counters, mem) = (&self.disk, &self.counters, &active.mem);
-        let used = drain_queue(&mut active.queue, mem, counters, |buffers| {
+        let notify = drain_queue(&mut active.queue, mem, counters, |buffers| {
             buffers.map_or(0, |b| request::serve(disk, mem, &b, counters))
         })?;
-        if used {
+        if notify {
             active.interrupt.signal_used();
         }
         Ok(())
