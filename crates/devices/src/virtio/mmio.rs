@@ -182,7 +182,8 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             return;
         }
         if let Err(fault) = state.device.process_queue(index) {
-            tracing::warn!(%fault, index, "virtio device needs reset");
+            // Guest-triggered and counted: debug, so a guest cannot flood the log.
+            tracing::debug!(%fault, index, "virtio device needs reset");
             self.needs_reset(&mut state);
         }
     }
@@ -327,7 +328,7 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
         let mut queues = Vec::with_capacity(state.queues.len());
         for queue in &state.queues {
             if queue.ready() && !queue.is_valid(&self.mem) {
-                tracing::warn!("virtio queue rings outside guest memory");
+                tracing::debug!("virtio queue rings outside guest memory");
                 self.counters.error();
                 return self.needs_reset(state);
             }
@@ -346,7 +347,7 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             acked_features: state.driver_features,
         };
         if let Err(error) = state.device.activate(activation) {
-            tracing::warn!(%error, "virtio device activation failed");
+            tracing::debug!(%error, "virtio device activation failed");
             self.counters.error();
             self.needs_reset(state);
         }
