@@ -2,7 +2,7 @@
 //!
 //! Requests run synchronously on the event thread (one queue, pread/pwrite
 //! on the image); enough for a boot disk, and the request code is kept apart
-//! in [`request`] so an asynchronous engine can replace the loop later.
+//! in `request.rs` so an asynchronous engine can replace the loop later.
 
 mod request;
 #[cfg(test)]
