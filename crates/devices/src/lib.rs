@@ -10,6 +10,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, BusHit, DeviceRegistry};
 

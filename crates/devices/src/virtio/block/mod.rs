@@ -1,0 +1,198 @@
+//! virtio-blk (device type 2) over a raw image file.
+//!
+//! Requests run synchronously on the event thread (one queue, pread/pwrite
+//! on the image); enough for a boot disk, and the request code is kept apart
+//! in `request.rs` so an asynchronous engine can replace the loop later.
+
+mod request;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_ID_BYTES,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+
+use request::Disk;
+pub use request::SECTOR_SIZE;
+
+use super::chain::drain_queue;
+use super::{
+    ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
+    VirtioInterrupt, VirtioMmioTransport,
+};
+
+/// Queue size offered to the driver.
+pub const BLOCK_QUEUE_SIZE: u16 = 256;
+/// Data buffers per request we advertise (the header and status take two
+/// descriptors of the queue).
+pub const BLOCK_SEG_MAX: u32 = BLOCK_QUEUE_SIZE as u32 - 2;
+/// Length of the configuration space we expose: capacity, size_max,
+/// seg_max, geometry, blk_size (struct virtio_blk_config up to blk_size).
+const CONFIG_LEN: usize = 24;
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: VirtioInterrupt,
+}
+
+/// The block device.
+pub struct Block {
+    disk: Disk,
+    counters: Arc<VirtioCounters>,
+    active: Option<Active>,
+}
+
+/// The first 20 bytes of `id`, zero padded: what GET_ID returns (and what
+/// shows up as /sys/block/vdX/serial).
+fn serial(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
+    let mut out = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+    for (slot, byte) in out.iter_mut().zip(id.bytes()) {
+        *slot = byte;
+    }
+    out
+}
+
+/// Usable size of `file`: whole sectors only.
+fn disk_size(file: &File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    Ok(len - len % SECTOR_SIZE)
+}
+
+impl Block {
+    /// A disk backed by `file` (opened read-write unless `read_only`),
+    /// identified to the guest as `id`.
+    pub fn new(file: File, read_only: bool, id: &str) -> io::Result<Self> {
+        let size = disk_size(&file)?;
+        Ok(Self {
+            disk: Disk {
+                file,
+                size,
+                read_only,
+                serial: serial(id),
+            },
+            counters: Arc::default(),
+            active: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size / SECTOR_SIZE
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only
+    }
+
+    /// Replaces the image; use [`VirtioMmioTransport::swap_backing_file`]
+    /// on a running device so the driver hears about the new capacity.
+    pub fn set_backing_file(&mut self, file: File) -> io::Result<()> {
+        self.disk.size = disk_size(&file)?;
+        self.disk.file = file;
+        Ok(())
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut config = [0u8; CONFIG_LEN];
+        let fields: [(usize, &[u8]); 3] = [
+            (0, &self.capacity().to_le_bytes()),
+            (12, &BLOCK_SEG_MAX.to_le_bytes()),
+            (20, &(SECTOR_SIZE as u32).to_le_bytes()),
+        ];
+        for (at, bytes) in fields {
+            if let Some(slot) = config.get_mut(at..at + bytes.len()) {
+                slot.copy_from_slice(bytes);
+            }
+        }
+        config
+    }
+}
+
+impl VirtioMmioTransport<Block> {
+    /// Swaps the disk image under a running guest (Firecracker's
+    /// `PATCH /drives`): new capacity, ConfigGeneration bumped, and a
+    /// configuration interrupt so the driver re-reads it.
+    pub fn swap_backing_file(&self, file: File) -> io::Result<()> {
+        self.with_device(|block| block.set_backing_file(file))?;
+        self.config_changed();
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[BLOCK_QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut features = 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE;
+        if self.disk.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        features
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: usize, data: &mut [u8]) {
+        let config = self.config();
+        if let Some(bytes) = config.get(offset..offset + data.len()) {
+            data.copy_from_slice(bytes);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Some(queue) = activation.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::QueueNotReady(0));
+        };
+        self.active = Some(Active {
+            mem: activation.mem,
+            queue,
+            interrupt: activation.interrupt,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault> {
+        let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
+            return Ok(());
+        };
+        let (disk, counters, mem) = (&self.disk, &self.counters, &active.mem);
+        let notify = drain_queue(&mut active.queue, mem, counters, |buffers| {
+            buffers.map_or(0, |b| request::serve(disk, mem, &b, counters))
+        })?;
+        if notify {
+            active.interrupt.signal_used();
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn counters(&self) -> &Arc<VirtioCounters> {
+        &self.counters
+    }
+}

@@ -1,0 +1,133 @@
+//! The contract between the virtio-MMIO transport and a device model.
+//!
+//! The transport owns everything the specification puts in the transport
+//! (registers, status, feature negotiation, queue configuration); a device
+//! only describes itself and, once activated, owns its queues so it can also
+//! serve work that does not start with a notification (e.g. a tap becoming
+//! readable for a future net device).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::counters::VirtioCounters;
+use crate::Interrupt;
+
+/// Guest memory as every virtio device sees it.
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// A virtio device model behind [`super::VirtioMmioTransport`].
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`virtio_bindings::virtio_ids`).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue (powers of two); its length is the
+    /// number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits offered; must include `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// Length in bytes of the device-specific configuration space.
+    fn config_len(&self) -> usize;
+    /// Fills `data` from configuration space at `offset`; the transport has
+    /// already checked that the access lies inside [`Self::config_len`].
+    fn read_config(&self, offset: usize, data: &mut [u8]);
+    /// A driver write to configuration space (bounds already checked);
+    /// returns `false` to refuse it (the default: no device here has a
+    /// writable field), which the transport counts.
+    fn write_config(&mut self, _offset: usize, _data: &[u8]) -> bool {
+        false
+    }
+    /// The driver set DRIVER_OK: the device takes its queues. An error marks
+    /// the device NEEDS_RESET.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Serves queue `index` after a notification. An error means the rings
+    /// can no longer be trusted; the transport marks the device NEEDS_RESET.
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault>;
+    /// The driver reset the device: drop the queues and any in-flight state.
+    fn reset(&mut self);
+    /// The device's counters, shared with the transport.
+    fn counters(&self) -> &Arc<VirtioCounters>;
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory holding the rings and buffers.
+    pub mem: GuestMemory,
+    /// The queues as the driver configured them, each checked valid if ready.
+    pub queues: Vec<Queue>,
+    /// Raises used-buffer and configuration interrupts.
+    pub interrupt: VirtioInterrupt,
+    /// The feature bits the driver accepted.
+    pub acked_features: u64,
+}
+
+/// Why a device refused activation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    /// A queue the device needs was not made ready by the driver.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// A ready queue's rings lie outside guest memory.
+    #[error("queue {0} rings are not in guest memory")]
+    QueueInvalid(usize),
+}
+
+/// A queue state the device cannot recover from without a reset.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceFault {
+    /// The driver published more chains than the queue holds.
+    #[error("available index runs more than a queue ahead")]
+    AvailIndex,
+    /// A chain head outside the descriptor table: it cannot be returned.
+    #[error("descriptor head {0} out of range")]
+    HeadOutOfRange(u16),
+    /// A ring could not be read or written.
+    #[error("ring access failed")]
+    RingAccess,
+}
+
+/// The device's half of the MMIO interrupt: sets an InterruptStatus bit,
+/// then raises the (edge) line. The status is shared with the transport,
+/// which reads and acknowledges it from the vCPU threads.
+#[derive(Clone)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    line: Arc<dyn Interrupt>,
+    counters: Arc<VirtioCounters>,
+}
+
+impl VirtioInterrupt {
+    pub(crate) fn new(
+        status: Arc<AtomicU32>,
+        line: Arc<dyn Interrupt>,
+        counters: Arc<VirtioCounters>,
+    ) -> Self {
+        Self {
+            status,
+            line,
+            counters,
+        }
+    }
+
+    /// Buffers were put in a used ring.
+    pub fn signal_used(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The configuration space (or NEEDS_RESET) changed.
+    pub fn signal_config(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        // The bit must be visible before the guest's handler reads it.
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.counters.interrupt();
+        if let Err(error) = self.line.trigger() {
+            self.counters.error();
+            tracing::warn!(%error, "virtio interrupt lost");
+        }
+    }
+}
