@@ -49,6 +49,20 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The device's counters, shared with the transport.
     fn counters(&self) -> &Arc<VirtioCounters>;
+    /// One descriptor the event thread watches for the device's host side
+    /// (a tap, sockets). A device with several host descriptors, or ones
+    /// that come and go (vsock connections), keeps its own epoll set and
+    /// returns that set's descriptor, so the worker never changes. Asked
+    /// once, when the worker is registered.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The backend descriptor is readable: serve the host side (also
+    /// called while the driver is not live, so the device can drain or
+    /// refuse host input). An error marks the device NEEDS_RESET.
+    fn process_backend(&mut self) -> Result<(), DeviceFault> {
+        Ok(())
+    }
 }
 
 /// What a device receives when the driver sets DRIVER_OK.

@@ -173,6 +173,23 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
         self.process_queue(index);
     }
 
+    /// The device's host side is ready (see [`VirtioDevice::backend_fd`]).
+    pub fn backend_event(&self) {
+        let mut state = self.lock();
+        if state.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            return;
+        }
+        if let Err(fault) = state.device.process_backend() {
+            tracing::debug!(%fault, "virtio device backend needs reset");
+            self.needs_reset(&mut state);
+        }
+    }
+
+    /// The device's host-side descriptor, if it has one.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.lock().device.backend_fd()
+    }
+
     /// Serves queue `index` if the device is live. A fault marks the device
     /// NEEDS_RESET and raises a configuration interrupt.
     pub fn process_queue(&self, index: usize) {

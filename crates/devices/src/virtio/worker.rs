@@ -8,8 +8,13 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use super::device::VirtioDevice;
 use super::mmio::VirtioMmioTransport;
 
-/// Subscribes a transport's queue eventfds to an `event_manager`
-/// event loop and serves each queue when its eventfd fires.
+/// Event data of the backend descriptor (queue indexes are small).
+const BACKEND: u32 = u32::MAX;
+
+/// Subscribes a transport's queue eventfds (and its device's backend
+/// descriptor, if any) to an `event_manager` event loop and serves each
+/// when it fires.
+
 pub struct VirtioWorker<D> {
     transport: Arc<VirtioMmioTransport<D>>,
 }
@@ -23,7 +28,12 @@ impl<D: VirtioDevice> VirtioWorker<D> {
 
 impl<D: VirtioDevice> MutEventSubscriber for VirtioWorker<D> {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.event_set().contains(EventSet::IN) {
+        if !events.event_set().contains(EventSet::IN) {
+            return;
+        }
+        if events.data() == BACKEND {
+            self.transport.backend_event();
+        } else {
             self.transport.queue_event(events.data() as usize);
         }
     }
@@ -36,6 +46,11 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioWorker<D> {
             if let Err(error) = ops.add(Events::with_data(event, data, EventSet::IN)) {
                 tracing::error!(?error, index, "cannot watch virtio queue");
             }
+        }
+        if let Some(fd) = self.transport.backend_fd()
+            && let Err(error) = ops.add(Events::with_data_raw(fd, BACKEND, EventSet::IN))
+        {
+            tracing::error!(?error, "cannot watch the virtio device's backend");
         }
     }
 }
