@@ -14,7 +14,6 @@ const BACKEND: u32 = u32::MAX;
 /// Subscribes a transport's queue eventfds (and its device's backend
 /// descriptor, if any) to an `event_manager` event loop and serves each
 /// when it fires.
-
 pub struct VirtioWorker<D> {
     transport: Arc<VirtioMmioTransport<D>>,
 }
