@@ -17,6 +17,7 @@
 //! ```
 
 mod boot_source;
+mod cli_spec;
 mod devices;
 mod logging;
 mod machine_config;
@@ -26,6 +27,7 @@ mod size;
 mod vm_config;
 
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
+pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
 pub use devices::{
     DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, is_mac,
 };

@@ -182,6 +182,21 @@ pub struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
+    /// A virtio-blk disk: `PATH[,ro][,id=NAME][,root][,partuuid=UUID]`
+    /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+    /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME]`
+    /// (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+    /// A virtio-vsock device: `CID,UDS_PATH` (Firecracker's hybrid Unix
+    /// socket model).
+    #[arg(long, value_name = "CID,UDS_PATH")]
+    pub vsock: Option<String>,
+    /// A virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
 }
 
 /// `sie bench` subcommands.

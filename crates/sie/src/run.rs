@@ -58,6 +58,26 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
         machine.vcpu_count = vcpu_count(vcpus)?;
     }
     config.machine_config = Some(machine);
+    let first_disk = config.drives.len();
+    for (index, spec) in args.disk.iter().enumerate() {
+        config
+            .drives
+            .push(sie_config::parse_disk(spec, first_disk + index)?);
+    }
+    // The root drive goes first, so the guest sees it as /dev/vda.
+    config.drives.sort_by_key(|drive| !drive.is_root_device);
+    let first_nic = config.network_interfaces.len();
+    for (index, spec) in args.net.iter().enumerate() {
+        config
+            .network_interfaces
+            .push(sie_config::parse_net(spec, first_nic + index)?);
+    }
+    if let Some(spec) = &args.vsock {
+        config.vsock = Some(sie_config::parse_vsock(spec)?);
+    }
+    if args.rng {
+        config.entropy = Some(sie_config::Entropy::default());
+    }
     config.validate()?;
     Ok(config)
 }

@@ -185,7 +185,116 @@ fn cases() -> Vec<Case> {
                 Ok(())
             },
         ),
+        virtio_blk(),
+        Case::sie_run(
+            "virtio_rng",
+            "vmlinux",
+            "--rng",
+            Some(
+                "for m in virtio_ring virtio virtio_mmio virtio-rng; do insmod /modules/$m.ko; done
+echo \"@@L2 RESULT rng_current=$(cat /sys/class/misc/hw_random/rng_current)\"
+echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)\"",
+            ),
+            |run| {
+                status_0_and(run, "hwrng_bytes", "64")?;
+                match run.result("rng_current") {
+                    Some(current) if current.starts_with("virtio_rng") => Ok(()),
+                    other => Err(format!("rng_current is {other:?}, not virtio_rng")),
+                }
+            },
+        ),
+        api_ctrl_alt_del(),
     ]
+}
+
+/// An ext4 disk read, written and checked on both sides; a read-only disk
+/// the guest cannot write.
+fn virtio_blk() -> Case {
+    Case {
+        name: "virtio_blk",
+        l1_command: format!(
+            r#"cp "$GUEST/disk.ext4" /tmp/rw.ext4; cp "$GUEST/disk.ext4" /tmp/ro.ext4
+before=$(sha256sum /tmp/ro.ext4 | cut -c1-64)
+echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{}" \
+  --disk /tmp/rw.ext4,id=data --disk /tmp/ro.ext4,ro,id=readonly
+status=$?
+e2fsck -fn /tmp/rw.ext4 >/dev/null 2>&1; echo "@@L2 RESULT fsck=$?"
+echo "@@L2 RESULT new_file=$(debugfs -R 'cat /new.txt' /tmp/rw.ext4 2>/dev/null)"
+[ "$(sha256sum /tmp/ro.ext4 | cut -c1-64)" = "$before" ] && echo "@@L2 RESULT ro_image=unchanged"
+exit $status"#,
+            sie_e2e::l2_boot_args("virtio_blk")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio virtio_blk crc16 mbcache jbd2 crc32c_generic ext4; do insmod /modules/$m.ko; done
+mkdir -p /mnt /ro
+mount -t ext4 /dev/vda /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
+echo written-by-l2 > /mnt/new.txt && sync && umount /mnt && echo "@@L2 RESULT wrote=yes"
+if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo "@@L2 RESULT ro_write=accepted"; else echo "@@L2 RESULT ro_write=refused"; fi
+mount -t ext4 -o ro /dev/vdb /ro && echo "@@L2 RESULT ro_mount=ok""#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            let host = run.result("host_sha").ok_or("no host checksum")?;
+            for (key, want) in [
+                ("guest_sha", host.as_str()),
+                ("wrote", "yes"),
+                ("fsck", "0"),
+                ("new_file", "written-by-l2"),
+                ("ro_write", "refused"),
+                ("ro_mount", "ok"),
+                ("ro_image", "unchanged"),
+            ] {
+                if run.result(key).as_deref() != Some(want) {
+                    return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
+                }
+            }
+            Ok(())
+        },
+    }
+}
+
+/// Firecracker-style: started with `--api-sock --config-file`, stopped with
+/// `SendCtrlAltDel` once the guest is up; the guest's keyboard driver gets
+/// the keys, the kernel restarts and sie exits 0.
+fn api_ctrl_alt_del() -> Case {
+    Case {
+        name: "api_ctrl_alt_del",
+        l1_command: format!(
+            r#"cat > /tmp/vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/api.sock --config-file /tmp/vm.json > /tmp/console 2>&1 &
+pid=$!
+i=0
+until grep -q "waiting=yes" /tmp/console; do
+  i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1
+done
+echo "@@L2 RESULT state=$(sie ctl --sock /tmp/api.sock info | sed -n 's/^state *//p')"
+sie ctl --sock /tmp/api.sock ctrl-alt-del
+wait $pid
+status=$?
+cat /tmp/console
+exit $status"#,
+            sie_e2e::l2_boot_args("api_ctrl_alt_del")
+        ),
+        l2_script: Some(
+            r#"echo "@@L2 RESULT waiting=yes"; sleep 60; echo "@@L2 RESULT cad=missed""#,
+        ),
+        check: |run| {
+            status_0_and(run, "state", "Running")?;
+            if !run.output.contains("Ctrl-Alt-Del sent") {
+                return Err("sie ctl did not send Ctrl-Alt-Del".to_string());
+            }
+            // The guest must restart because of the keys, not because its
+            // script ran out and /init rebooted.
+            if run.result("cad").is_some() {
+                return Err("the guest ignored Ctrl-Alt-Del".to_string());
+            }
+            Ok(())
+        },
+    }
 }
 
 fn rig_run(selected: &[&Case]) -> &'static RigRun {

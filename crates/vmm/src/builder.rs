@@ -17,6 +17,7 @@ use crate::control::VmControl;
 use crate::dispatch::ExitContext;
 use crate::error::{Result, VmmError};
 use crate::platform::{self, ExtraDevice, Platform, PlatformDevices};
+use crate::virtio::{VirtioDevices, Wiring};
 
 /// sie's own vCPU limit: xAPIC ids and the MADT entries sie writes stop at 254.
 pub const MAX_VCPUS: u32 = 254;
@@ -48,6 +49,8 @@ pub struct BuiltVm {
     pub control: Arc<VmControl>,
     /// Devices the event loop needs (console input).
     pub devices: PlatformDevices,
+    /// Paravirtual devices: their event-thread workers and counters.
+    pub virtio: VirtioDevices,
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<File> {
@@ -118,17 +121,11 @@ fn host_decompressed(
 /// Refuses configuration sections this version cannot honour, so that a
 /// config file asking for them fails loudly instead of booting without them.
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
-    if !config.drives.is_empty() {
-        return Err(VmmError::Unsupported("drives"));
-    }
     if !config.network_interfaces.is_empty() {
         return Err(VmmError::Unsupported("network-interfaces"));
     }
     if config.vsock.is_some() {
         return Err(VmmError::Unsupported("vsock"));
-    }
-    if config.entropy.is_some() {
-        return Err(VmmError::Unsupported("entropy"));
     }
     Ok(())
 }
@@ -212,14 +209,23 @@ pub fn build_with_control(
 
     let Platform {
         pio,
-        mmio,
-        registry,
+        mut mmio,
+        mut registry,
         devices,
     } = platform::create(
         vm.as_ref(),
         control.clone(),
         options.console,
         options.extra_pio,
+    )?;
+    let virtio = VirtioDevices::attach(
+        config,
+        &mut Wiring {
+            vm: vm.as_ref(),
+            memory: &memory,
+            mmio: &mut mmio,
+            registry: &mut registry,
+        },
     )?;
     let obs = Arc::new(Observatory::new(
         options.start,
@@ -232,20 +238,23 @@ pub fn build_with_control(
         &memory,
         &sie_arch::acpi::AcpiConfig {
             vcpus: vcpu_count,
-            virtio_mmio: Vec::new(),
+            virtio_mmio: virtio.acpi.clone(),
             pvpanic_port: Some(sie_devices::legacy::PVPANIC_PORT),
             legacy_serial: true,
         },
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
-    let cmdline = boot
-        .boot_args
-        .as_deref()
-        .unwrap_or(sie_config::DEFAULT_BOOT_ARGS);
+    let cmdline = crate::virtio::boot_cmdline(
+        boot.boot_args
+            .as_deref()
+            .unwrap_or(sie_config::DEFAULT_BOOT_ARGS),
+        config,
+        &virtio,
+    );
     let boot_info = sie_arch::boot_info::write_boot_info(
         &memory,
         &kernel,
-        cmdline,
+        &cmdline,
         initrd,
         Some(rsdp),
         mem_bytes,
@@ -263,6 +272,7 @@ pub fn build_with_control(
         exits,
         control,
         devices,
+        virtio,
     })
 }
 

@@ -89,6 +89,15 @@ pub enum VmmError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A paravirtual device could not be created (names the drive or interface).
+    #[error("{name}")]
+    Virtio {
+        /// e.g. `drive rootfs (/path/disk.ext4)`.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A host resource (thread, eventfd, epoll) could not be had.
     #[error("{what}")]
     Host {

@@ -128,9 +128,13 @@ pub fn run_until_stopped(
     control: &Arc<VmControl>,
     signals: Option<OwnedFd>,
     input: Option<ConsoleInput>,
+    workers: Vec<Box<dyn MutEventSubscriber + Send>>,
     output: &ConsoleOutput,
 ) -> std::io::Result<()> {
     let mut manager = new_manager(control, signals)?;
+    for worker in workers {
+        manager.add_subscriber(worker);
+    }
     if let Some(input) = input {
         manager.add_subscriber(Box::new(input));
     }

@@ -32,6 +32,7 @@ mod outcome;
 pub mod platform;
 pub mod teardown;
 mod vcpu;
+pub mod virtio;
 
 use std::sync::Arc;
 
@@ -86,11 +87,13 @@ impl BuiltVm {
             .then(|| self.devices.console_input())
             .flatten();
         let _terminal = input.as_ref().and_then(|_| TerminalGuard::raw_stdin());
-        let started = self.start()?;
+        let mut started = self.start()?;
+        let workers = std::mem::take(&mut started.virtio.workers);
         let served = event_loop::run_until_stopped(
             &started.control,
             Some(signals),
             input,
+            workers,
             &started.devices.console,
         );
         let finished = started.join();
@@ -115,6 +118,7 @@ impl BuiltVm {
             control: self.control,
             observatory: self.exits.obs.clone(),
             devices: self.devices,
+            virtio: self.virtio,
             vm: self.vm,
             memory: self.memory,
         })
@@ -130,6 +134,8 @@ pub struct StartedVm {
     pub observatory: Arc<Observatory>,
     /// Devices the event loop and the API reach.
     pub devices: PlatformDevices,
+    /// Paravirtual devices (their workers are taken by the event loop).
+    pub virtio: virtio::VirtioDevices,
     vm: Arc<dyn sie_hv::Vm>,
     memory: vm_memory::GuestMemoryMmap,
 }

@@ -23,6 +23,9 @@ const HEADER_LEN: u32 = 36;
 const MAX_VIRTIO_DEVICES: usize = 0x1000;
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_KBD_IRQ: u32 = 1;
 
 /// `Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive)`.
 fn edge_high(irq: u32) -> Interrupt {
@@ -47,6 +50,26 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
             vec![
                 &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
                 &Name::new(Path::new("_UID"), &1u8),
+                &Name::new(Path::new("_CRS"), &crs),
+            ],
+        )
+        .to_aml_bytes(&mut body);
+    }
+
+    if config.legacy_serial {
+        // The i8042's keyboard port. Linux's i8042 driver finds it through
+        // PNP0303 and takes its interrupt from here; probing the ports
+        // blindly instead, it could not request IRQ 1 in a guest with an
+        // I/O APIC and failed with EINVAL, so the guest never saw keys
+        // (Ctrl-Alt-Del).
+        let data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+        let command = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+        let irq = edge_high(I8042_KBD_IRQ);
+        let crs = ResourceTemplate::new(vec![&data, &command, &irq]);
+        Device::new(
+            Path::new("PS2K"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0303")),
                 &Name::new(Path::new("_CRS"), &crs),
             ],
         )

@@ -196,6 +196,18 @@ impl Draft {
         Ok(())
     }
 
+    /// The drive with this id.
+    pub fn drive(&self, id: &str) -> Option<&Drive> {
+        self.config.drives.iter().find(|d| d.drive_id == id)
+    }
+
+    /// A drive's backing file changed after boot (`PATCH /drives`).
+    pub fn set_drive_path(&mut self, id: &str, path: &Path) {
+        if let Some(drive) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            drive.path_on_host = path.to_path_buf();
+        }
+    }
+
     /// Records the logger and metrics settings so `GET /vm/config` shows them.
     pub fn note_logging(
         &mut self,

@@ -64,13 +64,15 @@ impl Controller {
             })),
             Request::GetMachineConfig => Response::Json(draft::machine_json(&self.draft.machine())),
             Request::GetVmConfig => Response::Json(self.draft.to_json()),
-            Request::GetStats => match self.observatory() {
-                Some(obs) => Response::Json(super::report_json(&obs.report())),
+            Request::GetStats => match self.vm() {
+                Some(vm) => {
+                    let mut stats = super::report_json(&vm.observatory.report());
+                    stats["virtio"] = super::stats_json::virtio_json(&vm.virtio.stats);
+                    Response::Json(stats)
+                }
                 None => Response::fault("there are no VM statistics before InstanceStart"),
             },
-            Request::GetPrometheusMetrics => {
-                Response::Text(self.metrics.prometheus(self.observatory()))
-            }
+            Request::GetPrometheusMetrics => Response::Text(self.metrics.prometheus(self.vm())),
             Request::PutLogger(logger) => self.put_logger(logger),
             Request::PutMetrics(metrics) => self.put_metrics(metrics),
             Request::Action(action) => self.action(action, hv, manager),
@@ -195,10 +197,39 @@ impl Controller {
         {
             return Response::Fault(format!("drives: no drive with id {:?}", patch.drive_id));
         }
-        if patch.path_on_host.is_some() {
-            return Response::fault(
-                "drives: swapping the backing file after boot needs the virtio-blk device, which this sie does not have yet",
-            );
+        if let Some(path) = &patch.path_on_host {
+            let Some(Phase::Running(vm)) = Some(&self.phase) else {
+                return Response::fault(BEFORE_START);
+            };
+            let Some((_, block)) = vm
+                .virtio
+                .blocks
+                .iter()
+                .find(|(id, _)| *id == patch.drive_id)
+            else {
+                return Response::Fault(format!("drives: no drive with id {:?}", patch.drive_id));
+            };
+            let read_only = self
+                .draft
+                .drive(&patch.drive_id)
+                .and_then(|d| d.is_read_only)
+                == Some(true);
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!read_only)
+                .open(path);
+            let swapped = opened.and_then(|file| block.swap_backing_file(file));
+            if let Err(error) = swapped {
+                return Response::Fault(format!(
+                    "drives: cannot use {} for {:?}: {error}",
+                    path.display(),
+                    patch.drive_id
+                ));
+            }
+            self.draft.set_drive_path(&patch.drive_id, path);
+        }
+        if patch.rate_limiter.is_none() {
+            return Response::NoContent;
         }
         tracing::warn!("drives: rate limiters are accepted but not enforced");
         Response::NoContent

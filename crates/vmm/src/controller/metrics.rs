@@ -6,10 +6,12 @@ use std::fmt::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sie_obs::Observatory;
 
 use super::sink::LineSink;
-use super::stats_json::{escape_label, report_json, report_prometheus};
+use super::stats_json::{
+    escape_label, report_json, report_prometheus, virtio_json, virtio_prometheus,
+};
+use crate::StartedVm;
 
 /// Figures that come from outside the VMM crate (the API server's request
 /// counters, the logger's drop counter), as JSON objects keyed by section.
@@ -58,7 +60,7 @@ impl Metrics {
     }
 
     /// Everything, as one JSON object.
-    pub fn snapshot(&self, obs: Option<&Observatory>) -> Value {
+    pub fn snapshot(&self, vm: Option<&StartedVm>) -> Value {
         let utc_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -73,20 +75,21 @@ impl Metrics {
                 "metrics_lines_dropped": self.dropped(),
             }),
         );
-        if let Some(obs) = obs {
-            object.insert("vm".into(), report_json(&obs.report()));
+        if let Some(vm) = vm {
+            object.insert("vm".into(), report_json(&vm.observatory.report()));
+            object.insert("virtio".into(), virtio_json(&vm.virtio.stats));
         }
         Value::Object(object)
     }
 
     /// Writes one line to the sink. Returns false when there is no sink;
     /// a full sink drops the line and counts it, never blocks.
-    pub fn flush(&mut self, obs: Option<&Observatory>) -> bool {
+    pub fn flush(&mut self, vm: Option<&StartedVm>) -> bool {
         if self.sink.is_none() {
             return false;
         }
         self.flushes += 1;
-        let line = self.snapshot(obs).to_string();
+        let line = self.snapshot(vm).to_string();
         if let Some(sink) = &self.sink {
             sink.write_line(&line);
         }
@@ -94,7 +97,7 @@ impl Metrics {
     }
 
     /// Everything in Prometheus text format.
-    pub fn prometheus(&self, obs: Option<&Observatory>) -> String {
+    pub fn prometheus(&self, vm: Option<&StartedVm>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -113,8 +116,9 @@ impl Metrics {
             self.dropped()
         );
         external_prometheus(&(self.external)(), &mut out);
-        if let Some(obs) = obs {
-            report_prometheus(&obs.report(), &mut out);
+        if let Some(vm) = vm {
+            report_prometheus(&vm.observatory.report(), &mut out);
+            virtio_prometheus(&vm.virtio.stats, &mut out);
         }
         out
     }
@@ -163,13 +167,12 @@ mod tests {
 
     #[test]
     fn snapshot_has_every_section() {
-        let obs = Observatory::new(Instant::now(), 1, vec![]);
         let metrics = Metrics::new(Instant::now(), external());
-        let value = metrics.snapshot(Some(&obs));
+        let value = metrics.snapshot(None);
         assert_eq!(value["api"]["put_actions"]["count"], 2);
         assert!(value["vmm"]["rss_bytes"].as_u64().unwrap() > 0);
         assert!(value["utc_timestamp_ms"].as_u64().unwrap() > 0);
-        assert_eq!(value["vm"]["total_exits"], 0);
+        assert!(value.get("vm").is_none(), "no VM section before boot");
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub enum Served {
 /// What the VMM is doing.
 enum Phase {
     NotStarted,
-    Running(StartedVm),
+    Running(Box<StartedVm>),
 }
 
 /// Watches the request source's wake fd; requests are taken after each
@@ -194,25 +194,25 @@ pub fn serve(
     controller.flush_metrics();
     drop(controller.terminal.take());
     Ok(match controller.phase {
-        Phase::Running(vm) => Served::Finished(vm.join()),
+        Phase::Running(vm) => Served::Finished((*vm).join()),
         Phase::NotStarted => Served::NeverStarted(control.outcome()),
     })
 }
 
 impl Controller {
-    fn observatory(&self) -> Option<&sie_obs::Observatory> {
+    fn vm(&self) -> Option<&StartedVm> {
         match &self.phase {
-            Phase::Running(vm) => Some(&vm.observatory),
+            Phase::Running(vm) => Some(vm),
             Phase::NotStarted => None,
         }
     }
 
     fn flush_metrics(&mut self) -> bool {
-        let obs = match &self.phase {
-            Phase::Running(vm) => Some(vm.observatory.clone()),
+        let vm = match &self.phase {
+            Phase::Running(vm) => Some(vm.as_ref()),
             Phase::NotStarted => None,
         };
-        self.metrics.flush(obs.as_deref())
+        self.metrics.flush(vm)
     }
 
     /// Builds and starts the VM from the draft.
@@ -233,9 +233,12 @@ impl Controller {
             self.terminal = TerminalGuard::raw_stdin();
             manager.add_subscriber(Box::new(input));
         }
-        let started = built.start()?;
+        let mut started = built.start()?;
+        for worker in std::mem::take(&mut started.virtio.workers) {
+            manager.add_subscriber(worker);
+        }
         self.draft = draft::Draft::from_config(config);
-        self.phase = Phase::Running(started);
+        self.phase = Phase::Running(Box::new(started));
         Ok(())
     }
 }

@@ -85,6 +85,39 @@ pub fn report_json(report: &Report) -> Value {
     })
 }
 
+/// Each virtio device's counters: `{name: {requests, bytes_read, ...}}`.
+pub fn virtio_json(devices: &[crate::virtio::VirtioStats]) -> Value {
+    let mut map = Map::new();
+    for device in devices {
+        let counters = (device.read)();
+        let fields: Map<String, Value> = counters
+            .fields()
+            .iter()
+            .map(|(name, value)| (name.to_string(), json!(value)))
+            .collect();
+        map.insert(device.name.clone(), Value::Object(fields));
+    }
+    Value::Object(map)
+}
+
+/// Appends the virtio counters in Prometheus text format.
+pub fn virtio_prometheus(devices: &[crate::virtio::VirtioStats], out: &mut String) {
+    use std::fmt::Write;
+    if devices.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sie_virtio Paravirtual device counters (requests, bytes, errors, notifications, interrupts).\n# TYPE sie_virtio counter"
+    );
+    for device in devices {
+        let name = escape_label(&device.name);
+        for (field, value) in (device.read)().fields() {
+            let _ = writeln!(out, "sie_virtio_{field}_total{{device=\"{name}\"}} {value}");
+        }
+    }
+}
+
 fn address_space(space: AddressSpace) -> &'static str {
     match space {
         AddressSpace::Pio => "pio",
