@@ -21,6 +21,8 @@ mod tx;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod tap_tests;
+#[cfg(test)]
 mod test_backend;
 #[cfg(test)]
 mod test_rig;
