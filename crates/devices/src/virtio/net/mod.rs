@@ -7,12 +7,19 @@
 //! offloads are passed through in the `virtio_net_hdr_v1` the tap speaks
 //! natively, so frames cross the device without being parsed.
 //!
-//! Wiring: [`Tap::open`], then [`Net::new`], then the usual transport and
-//! [`crate::virtio::VirtioWorker`]; the worker watches
-//! [`VirtioDevice::backend_fd`] (the device's private epoll set around the
-//! tap, see [`backend::RxGate`]).
+//! Wiring (done by the VMM), on top of the steps every virtio device takes
+//! (see [`crate::virtio`]):
+//! 1. [`Tap::open`] with the host interface name; show a [`TapError`] to
+//!    the user as is (it names the tap and the usual fix).
+//! 2. [`Net::new`] with the tap and the configured MAC (`None`: random).
+//! 3. Before wrapping it in the transport, keep [`Net::stats`] (an `Arc`)
+//!    for metrics, next to the transport's generic counters.
+//! 4. [`crate::virtio::VirtioWorker`] watches the device's backend
+//!    descriptor by itself: a private epoll set around the tap that is
+//!    only readable while the device can take frames, so a guest without
+//!    receive buffers never makes the event loop spin.
 
-pub mod backend;
+mod backend;
 mod counters;
 mod rx;
 mod tap;

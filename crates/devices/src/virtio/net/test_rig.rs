@@ -15,7 +15,7 @@ use crate::virtio::{CountersSnapshot, GuestMemory, VirtioMmioTransport};
 pub const MAC: [u8; 6] = [0x06, 0x11, 0x22, 0x33, 0x44, 0x55];
 
 pub struct Rig {
-    pub t: VirtioMmioTransport<Net<PairBackend>>,
+    pub t: Arc<VirtioMmioTransport<Net<PairBackend>>>,
     pub mem: GuestMemory,
     pub irq: Arc<CountingIrq>,
     pub rx: Ring,
@@ -30,7 +30,7 @@ impl Rig {
         let net = Net::new(backend, Some(MAC)).expect("net device");
         let (t, mem, irq) = transport(net);
         Self {
-            t,
+            t: Arc::new(t),
             mem,
             irq,
             rx: Ring::new(0x1000, 16),
