@@ -21,6 +21,7 @@
 
 mod backend;
 mod counters;
+mod mac;
 mod rx;
 mod tap;
 mod tx;
@@ -36,8 +37,7 @@ mod test_rig;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -54,6 +54,7 @@ use virtio_queue::{Queue, QueueT};
 pub use backend::NetBackend;
 use backend::RxGate;
 pub use counters::{NetCounters, NetCountersSnapshot};
+pub use mac::{MacAddr, MacError, format_mac, parse_mac, random_mac};
 use rx::{Receiver, RxBuffer};
 pub use tap::{Tap, TapError, offload_flags};
 use tx::Transmitter;
@@ -104,7 +105,7 @@ struct Active {
 pub struct Net<B: NetBackend = Tap> {
     backend: B,
     gate: RxGate,
-    mac: [u8; 6],
+    mac: MacAddr,
     counters: Arc<VirtioCounters>,
     stats: Arc<NetCounters>,
     rx: RxBuffer,
@@ -112,19 +113,10 @@ pub struct Net<B: NetBackend = Tap> {
     active: Option<Active>,
 }
 
-/// A random locally administered unicast MAC address, for a device whose
-/// configuration names none.
-pub fn random_mac() -> io::Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    File::open("/dev/urandom")?.read_exact(&mut mac)?;
-    mac[0] = (mac[0] & !0x01) | 0x02;
-    Ok(mac)
-}
-
 impl<B: NetBackend> Net<B> {
     /// A device over `backend` with address `mac` (a random local one if
     /// `None`). Fails only if the host is out of descriptors or entropy.
-    pub fn new(backend: B, mac: Option<[u8; 6]>) -> io::Result<Self> {
+    pub fn new(backend: B, mac: Option<MacAddr>) -> io::Result<Self> {
         let mac = match mac {
             Some(mac) => mac,
             None => random_mac()?,
@@ -142,7 +134,7 @@ impl<B: NetBackend> Net<B> {
     }
 
     /// The guest's MAC address.
-    pub fn mac(&self) -> [u8; 6] {
+    pub fn mac(&self) -> MacAddr {
         self.mac
     }
 
@@ -280,7 +272,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         self.active = None;
-        self.rx.clear();
+        if self.rx.clear() {
+            self.stats.rx_drop();
+        }
         self.gate.close();
         if let Err(error) = self.backend.set_offloads(0) {
             tracing::debug!(%error, "virtio-net: cannot clear the tap offloads");

@@ -40,9 +40,9 @@ impl RxBuffer {
         }
     }
 
-    /// Forgets a held frame (device reset).
-    pub fn clear(&mut self) {
-        self.pending = None;
+    /// Forgets a held frame (device reset); returns whether there was one.
+    pub fn clear(&mut self) -> bool {
+        self.pending.take().is_some()
     }
 }
 

@@ -53,6 +53,9 @@ pub struct TapError {
 /// A user-facing explanation of `error` during `step`.
 fn describe(step: &str, error: &io::Error) -> String {
     let hint = match (step, error.raw_os_error()) {
+        ("open /dev/net/tun", Some(libc::EPERM | libc::EACCES)) => {
+            "/dev/net/tun: permission denied (check the device node's permissions)"
+        }
         (_, Some(libc::EPERM | libc::EACCES)) => {
             "permission denied (needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
         }
@@ -286,7 +289,13 @@ mod tests {
         let error = tap.read_frame(&mut buf).expect_err("empty tap");
         assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
         drop(tap);
-        // Not persistent: the interface goes with the descriptor.
-        assert!(!Path::new("/sys/class/net").join(&name).exists());
+        // Not persistent: the interface goes with the descriptor (the
+        // kernel may finish unregistering it a little later).
+        let sysfs = Path::new("/sys/class/net").join(&name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sysfs.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!sysfs.exists());
     }
 }
