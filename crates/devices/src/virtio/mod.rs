@@ -17,6 +17,7 @@ mod chain;
 mod counters;
 mod device;
 mod mmio;
+pub mod net;
 pub mod rng;
 mod worker;
 
