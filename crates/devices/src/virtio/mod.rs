@@ -18,6 +18,7 @@ mod counters;
 mod device;
 mod mmio;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 #[cfg(test)]
