@@ -50,6 +50,8 @@ pub struct Rig {
     rings: [Ring; 3],
     rx_posted: u16,
     rx_seen: u16,
+    /// Rx buffers the device returned empty.
+    pub rx_empty: u32,
     tx_next: u16,
     _dir: TempDir,
 }
@@ -87,6 +89,7 @@ impl Rig {
             rings,
             rx_posted: 0,
             rx_seen: 0,
+            rx_empty: 0,
             tx_next: 0,
             _dir: dir,
         };
@@ -122,6 +125,10 @@ impl Rig {
         while self.rx_seen != ring.used_idx(&self.mem) {
             let (head, len) = ring.used(&self.mem, self.rx_seen);
             self.rx_seen = self.rx_seen.wrapping_add(1);
+            if len == 0 {
+                self.rx_empty += 1;
+                continue;
+            }
             let addr = RX_BASE + u64::from(head) * u64::from(RX_BUF);
             let mut raw = [0u8; HEADER_LEN];
             self.mem
@@ -142,27 +149,32 @@ impl Rig {
     /// descriptors, the second `chain_payload` bytes long (none if 0),
     /// whatever `header.len` claims.
     pub fn send_raw(&mut self, header: &Header, payload: &[u8], chain_payload: u32) {
+        let mut bytes = header.to_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        let mut chain = vec![(HEADER_LEN as u32, false)];
+        if chain_payload != 0 {
+            chain.push((chain_payload, false));
+        }
+        self.send_bytes(&bytes, &chain);
+    }
+
+    /// Puts `bytes` in a tx buffer and offers it as a chain of descriptors
+    /// of the given (length, device-writable) in order.
+    pub fn send_bytes(&mut self, bytes: &[u8], chain: &[(u32, bool)]) {
         let ring = self.rings[1];
         let slot = self.tx_next % (SIZE / 2);
         self.tx_next = self.tx_next.wrapping_add(1);
-        let addr = TX_BASE + u64::from(slot) * TX_BUF;
+        let mut addr = TX_BASE + u64::from(slot) * TX_BUF;
         self.mem
-            .write_slice(&header.to_bytes(), GuestAddress(addr))
-            .expect("tx header");
-        let data = addr + HEADER_LEN as u64;
-        self.mem
-            .write_slice(payload, GuestAddress(data))
-            .expect("tx data");
-        let head = slot * 2;
-        if chain_payload == 0 {
-            ring.set_chain(&self.mem, head, &[(addr, HEADER_LEN as u32, false)]);
-        } else {
-            let chain = [
-                (addr, HEADER_LEN as u32, false),
-                (data, chain_payload, false),
-            ];
-            ring.set_chain(&self.mem, head, &chain);
+            .write_slice(bytes, GuestAddress(addr))
+            .expect("tx bytes");
+        let mut buffers = Vec::new();
+        for &(len, writable) in chain {
+            buffers.push((addr, len, writable));
+            addr += u64::from(len);
         }
+        let head = slot * 2;
+        ring.set_chain(&self.mem, head, &buffers);
         ring.publish(&self.mem, &[head]);
         self.driver().notify(1);
     }
