@@ -12,6 +12,7 @@
 //! the epoll set), this file (the virtio device and its queues).
 
 mod conn;
+mod connect;
 mod handshake;
 #[cfg(test)]
 mod hostile_tests;

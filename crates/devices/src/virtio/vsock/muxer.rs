@@ -263,7 +263,7 @@ impl Muxer {
         }
         let mut path = OsString::from(self.uds_path.as_os_str());
         path.push(format!("_{}", header.dst_port));
-        let stream = match UnixStream::connect(&path) {
+        let stream = match super::connect::connect(&path) {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(%error, port = header.dst_port, "vsock guest connect refused");
