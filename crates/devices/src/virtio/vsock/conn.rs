@@ -39,6 +39,9 @@ pub enum State {
     /// The host socket reached EOF: SHUTDOWN and RST are queued; the
     /// connection goes once they are delivered.
     Closing,
+    /// The guest closed both directions with data still on its way to the
+    /// host socket: flush it, then RST.
+    Draining,
 }
 
 /// A packet waiting for an rx buffer; the header is completed at delivery
@@ -267,6 +270,11 @@ impl Conn {
             self.push_credit_update();
         }
         Ok(())
+    }
+
+    /// Whether every byte from the guest reached the socket.
+    pub fn flushed(&self) -> bool {
+        self.to_host.is_empty()
     }
 
     /// The epoll interest this connection needs now.

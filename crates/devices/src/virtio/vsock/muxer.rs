@@ -213,7 +213,7 @@ impl Muxer {
         };
         conn.peer_credit(header.buf_alloc, header.fwd_cnt);
         match (conn.state, op) {
-            (State::Closing, _) => return,
+            (State::Closing | State::Draining, _) => return,
             (State::Connecting, Op::Response) => {
                 if conn.greet().is_err() {
                     return self.abort(token);
@@ -233,9 +233,10 @@ impl Muxer {
                 self.counters.wrote_bytes(payload.len() as u64);
             }
             (State::Established, Op::Shutdown) if header.flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH => {
-                // The guest closed its socket; it waits for our RST.
-                let _ = conn.flush();
-                return self.abort(token);
+                // The guest closed its socket and waits for our RST, which
+                // goes once its last bytes reached the host.
+                conn.shut_write();
+                conn.state = State::Draining;
             }
             (State::Established, Op::Shutdown) => {
                 if header.flags & SHUTDOWN_SEND != 0 {
@@ -422,6 +423,9 @@ impl Muxer {
         }
         if let Err(error) = result {
             tracing::debug!(%error, "vsock host socket failed");
+            return self.abort(token);
+        }
+        if conn.state == State::Draining && conn.flushed() {
             return self.abort(token);
         }
         if conn.state == State::Closing && !conn.has_pending() {

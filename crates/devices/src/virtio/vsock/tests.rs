@@ -179,3 +179,107 @@ fn socket_file_lifecycle() {
         Err(VsockError::InvalidCid(2))
     ));
 }
+
+/// A megabyte through a host-initiated connection and back: rx buffers
+/// recycled, payloads split to fit them, credit returned only through
+/// the `fwd_cnt` of the guest's own packets.
+#[test]
+fn bulk_echo_keeps_every_byte_in_order() {
+    const TOTAL: usize = 1 << 20;
+    let mut rig = Rig::new(16);
+    let mut client = rig.client(b"CONNECT 77\n");
+    rig.backend();
+    let host_port = rig.recv()[0].0.src_port;
+    rig.send(guest_header(Op::Response, 77, host_port), &[]);
+    let ok = format!("OK {host_port}\n");
+    assert_eq!(read_n(&mut client, ok.len()), ok.as_bytes());
+
+    let blob: Vec<u8> = (0..TOTAL).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let expected = blob.clone();
+    let mut writer = client.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || writer.write_all(&blob));
+    // Hands the client back so its close cannot race the loop below.
+    let receiver = std::thread::spawn(move || (read_n(&mut client, TOTAL), client));
+
+    let mut consumed = 0u32;
+    // The guest side honours sie's credit too: echoes wait in `backlog`.
+    let mut backlog = std::collections::VecDeque::<u8>::new();
+    let (mut echoed, mut host_free) = (0u32, 0u32);
+    let mut rounds = 0;
+    // Until the client has its echo back (sie may still be flushing it).
+    while !receiver.is_finished() {
+        rounds += 1;
+        assert!(rounds < 200_000, "stalled after {consumed} bytes");
+        rig.backend();
+        let got = rig.recv();
+        let returned = got.len() as u32 + std::mem::take(&mut rig.rx_empty);
+        if got.is_empty() {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        for (header, data) in got {
+            let op = Op::from_raw(header.op);
+            assert!(matches!(op, Some(Op::Rw | Op::CreditUpdate)), "{op:?}");
+            host_free = header.buf_alloc - (echoed - header.fwd_cnt);
+            consumed += data.len() as u32;
+            backlog.extend(data);
+        }
+        while !backlog.is_empty() && host_free > 0 {
+            let n = backlog.len().min(4000).min(host_free as usize);
+            let data: Vec<u8> = backlog.drain(..n).collect();
+            let mut echo = guest_header(Op::Rw, 77, host_port);
+            echo.fwd_cnt = consumed;
+            rig.send(echo, &data);
+            echoed += n as u32;
+            host_free -= n as u32;
+        }
+        rig.post_rx(returned as u16);
+    }
+    assert_eq!(consumed as usize, TOTAL);
+    sender.join().expect("sender").expect("write");
+    assert_eq!(receiver.join().expect("receiver").0, expected);
+    assert_eq!(rig.errors(), 0);
+}
+
+/// The guest closes right after sending more than the host socket holds:
+/// every byte still reaches the host, then the guest gets its RST.
+#[test]
+fn guest_close_flushes_before_reset() {
+    let mut rig = Rig::new(8);
+    let mut path = rig.uds.clone().into_os_string();
+    path.push("_90");
+    let listener = UnixListener::bind(&path).expect("listen");
+    rig.send(guest_header(Op::Request, 3, 90), &[]);
+    assert_eq!(ops(&rig.recv()), [Op::Response]);
+    let (mut host, _) = listener.accept().expect("accept");
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let chunk: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+    // All the credit sie gave: more than the socket buffer takes at once.
+    let count = BUF_ALLOC as usize / chunk.len();
+    for _ in 0..count {
+        rig.send(guest_header(Op::Rw, 3, 90), &chunk);
+    }
+    assert_eq!(rig.errors(), 0);
+    let mut close = guest_header(Op::Shutdown, 3, 90);
+    close.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    rig.send(close, &[]);
+    // Still draining (with default socket buffers, always): no RST yet.
+    let draining = rig.t.with_device(|v| v.connection_count()) == 1;
+    assert_eq!(ops(&rig.recv()).contains(&Op::Rst), !draining);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut host, &mut all).expect("read");
+        all
+    });
+    let mut rounds = 0;
+    while rig.t.with_device(|v| v.connection_count()) != 0 {
+        rounds += 1;
+        assert!(rounds < 10_000, "never drained");
+        rig.backend();
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let all = reader.join().expect("reader");
+    assert_eq!(all.len(), count * chunk.len());
+    assert!(all.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+    assert_eq!(ops(&rig.recv()).last(), Some(&Op::Rst));
+}
