@@ -8,7 +8,8 @@
 //!   the Unix socket `<uds_path>_P`; nobody listening there means RST.
 //!
 //! Layout: `packet` (wire format and chains), `handshake` (the CONNECT
-//! line), `conn` (one stream's credit and buffers), `muxer` (routing and
+//! line), `conn` (one stream's credit and buffers), `connect` (connect(2)
+//! that never blocks), `muxer` (routing and
 //! the epoll set), this file (the virtio device and its queues).
 
 mod conn;
