@@ -9,8 +9,8 @@
 //!
 //! Layout: `packet` (wire format and chains), `handshake` (the CONNECT
 //! line), `conn` (one stream's credit and buffers), `connect` (connect(2)
-//! that never blocks), `muxer` (routing and
-//! the epoll set), this file (the virtio device and its queues).
+//! that never blocks), `muxer` (routing and the epoll set), this file (the
+//! virtio device and its queues).
 
 mod conn;
 mod connect;
