@@ -19,6 +19,7 @@ mod device;
 mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 #[cfg(test)]
