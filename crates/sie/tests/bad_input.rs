@@ -105,10 +105,15 @@ fn config_file_errors_name_the_field_or_the_problem() {
     );
     // A disk that cannot be opened is named by drive id and path.
     sie(&["run", "--config-file", &drives]).expect_one_line_error("drive root (/x)");
-    sie(&["run", "--kernel", HELLO.path, "--disk", "/nonexistent/disk.img,ro"])
-        .expect_one_line_error("/nonexistent/disk.img");
-    sie(&["run", "--kernel", HELLO.path, "--disk", "x.img,fast"])
-        .expect_one_line_error("--disk");
+    sie(&[
+        "run",
+        "--kernel",
+        HELLO.path,
+        "--disk",
+        "/nonexistent/disk.img,ro",
+    ])
+    .expect_one_line_error("/nonexistent/disk.img");
+    sie(&["run", "--kernel", HELLO.path, "--disk", "x.img,fast"]).expect_one_line_error("--disk");
     sie(&["run", "--kernel", HELLO.path, "--vsock", "2,/tmp/v.sock"])
         .expect_one_line_error("--vsock");
 }

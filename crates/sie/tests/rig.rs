@@ -204,7 +204,92 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
             },
         ),
         api_ctrl_alt_del(),
+        virtio_net(),
+        virtio_vsock(),
     ]
+}
+
+/// A tap in L1, an address on each side: ping, then 10 MiB each way over
+/// TCP with matching checksums.
+fn virtio_net() -> Case {
+    Case {
+        name: "virtio_net",
+        l1_command: format!(
+            r#"dd if=/dev/urandom of=/tmp/to_guest.bin bs=1M count=10 2>/dev/null
+echo "@@L2 RESULT host_sent_sha=$(sha256sum /tmp/to_guest.bin | cut -c1-64)"
+sietool tcp-recv 5001 /tmp/from_guest.bin & recv=$!
+sietool tcp-serve 5002 /tmp/to_guest.bin & serve=$!
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --memory 256 --cmdline "{}" \
+  --net tap0,mac=06:00:ac:10:00:02 > /tmp/console 2>&1 & pid=$!
+i=0
+until [ -e /sys/class/net/tap0 ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+ip addr add 172.16.0.1/24 dev tap0; ip link set tap0 up
+wait $pid; status=$?
+cat /tmp/console
+wait $recv
+echo "@@L2 RESULT host_received_sha=$(sha256sum /tmp/from_guest.bin | cut -c1-64)"
+kill $serve 2>/dev/null
+exit $status"#,
+            sie_e2e::l2_boot_args("virtio_net")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do insmod /modules/$m.ko; done
+ip link set lo up
+echo "@@L2 RESULT mac=$(cat /sys/class/net/eth0/address)"
+ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+ping -c 3 -w 20 172.16.0.1 >/dev/null && echo "@@L2 RESULT ping=ok"
+dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=10 2>/dev/null
+echo "@@L2 RESULT guest_sent_sha=$(sha256sum /tmp/tx.bin | cut -c1-64)"
+sietool tcp-send 172.16.0.1 5001 /tmp/tx.bin
+sietool tcp-get 172.16.0.1 5002 /tmp/rx.bin
+echo "@@L2 RESULT guest_received_sha=$(sha256sum /tmp/rx.bin | cut -c1-64)""#,
+        ),
+        check: |run| {
+            status_0_and(run, "ping", "ok")?;
+            status_0_and(run, "mac", "06:00:ac:10:00:02")?;
+            for (sent, received) in [
+                ("guest_sent_sha", "host_received_sha"),
+                ("host_sent_sha", "guest_received_sha"),
+            ] {
+                let want = run.result(sent).ok_or(format!("no {sent}"))?;
+                status_0_and(run, received, &want)?;
+            }
+            Ok(())
+        },
+    }
+}
+
+/// Firecracker's hybrid vsock: host→guest through `CONNECT <port>` on the
+/// Unix socket, guest→host to `<uds_path>_<port>`; an echo each way.
+fn virtio_vsock() -> Case {
+    Case {
+        name: "virtio_vsock",
+        l1_command: format!(
+            r#"sietool uds-echo /tmp/v.sock_5000 & echo_pid=$!
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{}" \
+  --vsock 3,/tmp/v.sock > /tmp/console 2>&1 & pid=$!
+i=0
+until grep -q "listening" /tmp/console; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "@@L2 RESULT host_asked=$(sietool uds-ask /tmp/v.sock 1024 from-host | tr '\n' ' ')"
+wait $pid; status=$?
+cat /tmp/console
+kill $echo_pid 2>/dev/null
+exit $status"#,
+            sie_e2e::l2_boot_args("virtio_vsock")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do insmod /modules/$m.ko; done
+echo "@@L2 RESULT guest_asked=$(sietool vsock-ask 2 5000 from-guest)"
+sietool vsock-echo 1024"#,
+        ),
+        check: |run| {
+            status_0_and(run, "guest_asked", "from-guest")?;
+            match run.result("host_asked") {
+                Some(reply) if reply.starts_with("OK ") && reply.ends_with("from-host") => Ok(()),
+                other => Err(format!("host→guest echo: got {other:?}")),
+            }
+        },
+    }
 }
 
 /// An ext4 disk read, written and checked on both sides; a read-only disk

@@ -121,11 +121,18 @@ fn host_decompressed(
 /// Refuses configuration sections this version cannot honour, so that a
 /// config file asking for them fails loudly instead of booting without them.
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
-    if !config.network_interfaces.is_empty() {
-        return Err(VmmError::Unsupported("network-interfaces"));
+    if config.balloon.is_some() {
+        return Err(VmmError::Unsupported("balloon"));
     }
-    if config.vsock.is_some() {
-        return Err(VmmError::Unsupported("vsock"));
+    if config.mmds_config.is_some() {
+        return Err(VmmError::Unsupported("mmds-config (MMDS)"));
+    }
+    if config
+        .cpu_config
+        .as_ref()
+        .is_some_and(|value| !value.is_null())
+    {
+        return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
     Ok(())
 }

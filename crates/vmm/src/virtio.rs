@@ -1,6 +1,6 @@
-//! The paravirtual devices of one VM: each configured drive, the entropy
-//! device (and, as they land, network and vsock) behind its own virtio-MMIO
-//! window, with an interrupt line and one ioeventfd per queue.
+//! The paravirtual devices of one VM: each configured drive and network
+//! interface, the vsock and the entropy device, each behind its own
+//! virtio-MMIO window, with an interrupt line and one ioeventfd per queue.
 //!
 //! A queue notification is an ioeventfd: the guest's write to QueueNotify
 //! wakes the VMM event thread without a trip through the vCPU's exit
@@ -18,7 +18,9 @@ use event_manager::MutEventSubscriber;
 use sie_arch::acpi::VirtioMmioAcpi;
 use sie_config::VmConfig;
 use sie_devices::virtio::block::Block;
+use sie_devices::virtio::net::{Net, Tap, parse_mac};
 use sie_devices::virtio::rng::Rng;
+use sie_devices::virtio::vsock::Vsock;
 use sie_devices::virtio::{
     CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, VirtioDevice, VirtioMmioTransport,
     VirtioWorker,
@@ -118,6 +120,35 @@ impl VirtioDevices {
                 &name,
             )?;
             devices.blocks.push((drive.drive_id.clone(), transport));
+        }
+        for nic in &config.network_interfaces {
+            let name = format!(
+                "network interface {} (tap {})",
+                nic.iface_id, nic.host_dev_name
+            );
+            let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+                name: name.clone(),
+                source,
+            };
+            let mac = nic
+                .guest_mac
+                .as_deref()
+                .map(parse_mac)
+                .transpose()
+                .map_err(|e| fail(e.into()))?;
+            let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
+            let net = Net::new(tap, mac).map_err(|e| fail(e.into()))?;
+            devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            let name = format!("vsock ({})", vsock.uds_path.display());
+            let device = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path).map_err(|e| {
+                VmmError::Virtio {
+                    name: name.clone(),
+                    source: e.into(),
+                }
+            })?;
+            devices.add(wiring, "virtio-vsock".to_string(), device, &name)?;
         }
         if config.entropy.is_some() {
             devices.add(

@@ -174,11 +174,11 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
     }
 
     /// The device's host side is ready (see [`VirtioDevice::backend_fd`]).
+    /// Called whatever the device's state: the backend descriptor is
+    /// level-triggered, so a device that needs a reset must still drain or
+    /// stop watching its host side, or the event thread would spin.
     pub fn backend_event(&self) {
         let mut state = self.lock();
-        if state.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
-            return;
-        }
         if let Err(fault) = state.device.process_backend() {
             tracing::debug!(%fault, "virtio device backend needs reset");
             self.needs_reset(&mut state);

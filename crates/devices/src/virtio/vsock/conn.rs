@@ -89,6 +89,9 @@ pub struct Conn {
     /// The socket hung up and was taken out of the epoll set: it is read
     /// on demand from then on.
     pub hung_up: bool,
+    /// The host socket reached EOF (SHUTDOWN with SEND was queued for the
+    /// guest); the guest may still send, so the connection stays up.
+    pub host_eof: bool,
     /// The epoll interest currently registered.
     pub interest: EventSet,
     /// In the muxer's delivery queue.
@@ -130,6 +133,7 @@ impl Conn {
             pending_bytes: 0,
             early: Vec::new(),
             hung_up: false,
+            host_eof: false,
             interest: EventSet::empty(),
             scheduled: false,
         }
@@ -247,6 +251,11 @@ impl Conn {
         self.shut_write = true;
     }
 
+    /// True once the guest said it will send no more.
+    pub fn guest_done_sending(&self) -> bool {
+        self.shut_write
+    }
+
     /// Writes `to_host` to the socket as far as it takes it, then queues a
     /// CREDIT_UPDATE if the guest has not heard of enough consumed bytes.
     pub fn flush(&mut self) -> io::Result<()> {
@@ -280,7 +289,8 @@ impl Conn {
     /// The epoll interest this connection needs now.
     pub fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.read_room() > 0 {
+        // After EOF the socket stays readable: watching it would spin.
+        if self.read_room() > 0 && !self.host_eof {
             set |= EventSet::IN;
         }
         if !self.to_host.is_empty() {

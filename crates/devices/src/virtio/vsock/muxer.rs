@@ -241,6 +241,10 @@ impl Muxer {
             (State::Established, Op::Shutdown) => {
                 if header.flags & SHUTDOWN_SEND != 0 {
                     conn.shut_write();
+                    if conn.host_eof {
+                        // Both sides are done sending: flush, then RST.
+                        conn.state = State::Draining;
+                    }
                 }
             }
             (State::Established, Op::CreditUpdate) => {}
@@ -410,13 +414,20 @@ impl Muxer {
             return;
         };
         let mut result = conn.flush();
-        if result.is_ok() && conn.state == State::Established {
+        if result.is_ok() && conn.state == State::Established && !conn.host_eof {
             match conn.pump() {
                 Ok(Pumped::Open) => {}
-                Ok(Pumped::Eof) => {
+                Ok(Pumped::Eof) if conn.hung_up || conn.guest_done_sending() => {
                     conn.push(Op::Shutdown, SHUTDOWN_BOTH, Vec::new());
                     conn.push(Op::Rst, 0, Vec::new());
                     conn.state = State::Closing;
+                }
+                Ok(Pumped::Eof) => {
+                    // A half-close (the socket did not hang up): the host
+                    // sends no more but may still read the guest's answer
+                    // (a request/response client that shut its write side).
+                    conn.push(Op::Shutdown, SHUTDOWN_SEND, Vec::new());
+                    conn.host_eof = true;
                 }
                 Err(error) => result = Err(error),
             }

@@ -66,6 +66,39 @@ fn host_initiated_connection_echoes() {
     assert_eq!(rig.errors(), 0);
 }
 
+/// A client that shuts only its write side still gets the guest's answer:
+/// SHUTDOWN(SEND) to the guest, its bytes back, then RST when it is done.
+#[test]
+fn a_host_half_close_still_delivers_the_guest_answer() {
+    let mut rig = Rig::new(8);
+    let mut client = rig.client(b"CONNECT 1024\n");
+    rig.backend();
+    let host_port = rig.recv()[0].0.src_port;
+    rig.send(guest_header(Op::Response, 1024, host_port), &[]);
+    let ok = format!("OK {host_port}\n");
+    assert_eq!(read_n(&mut client, ok.len()), ok.as_bytes());
+
+    client.write_all(b"ask").expect("write");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    rig.backend();
+    let got = rig.recv();
+    assert_eq!(ops(&got), [Op::Rw, Op::Shutdown]);
+    assert_eq!(got[1].0.flags, SHUTDOWN_SEND);
+    assert_eq!(rig.t.with_device(|v| v.connection_count()), 1);
+
+    rig.send(guest_header(Op::Rw, 1024, host_port), b"answer");
+    assert_eq!(read_n(&mut client, 6), b"answer");
+    let mut shut = guest_header(Op::Shutdown, 1024, host_port);
+    shut.flags = SHUTDOWN_SEND;
+    rig.send(shut, &[]);
+    rig.backend();
+    assert_eq!(ops(&rig.recv()), [Op::Rst]);
+    assert_eq!(rig.t.with_device(|v| v.connection_count()), 0);
+    assert_eq!(rig.errors(), 0);
+}
+
 /// Guest → host port 5000 reaches `<uds>_5000`; bytes flow both ways, and
 /// the guest's close gets its RST.
 #[test]
