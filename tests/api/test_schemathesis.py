@@ -22,6 +22,10 @@ from conftest import REPO, SIE_BIN, Vmm
 EXAMPLES = int(os.environ.get("SIE_API_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
+# No .hypothesis directory in the work tree.
+settings.register_profile("sie-api", database=None)
+settings.load_profile("sie-api")
+
 # PUT /logger and PUT /metrics create files at the paths they are given; random
 # absolute paths must not land on the host. test_endpoints.py covers them.
 schema = (
@@ -59,7 +63,7 @@ def unix_session(shared_vmm):
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_api(case, shared_vmm, unix_session):
     case.call_and_validate(base_url="http://localhost", session=unix_session, checks=CHECKS, timeout=5)
 
