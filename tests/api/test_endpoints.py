@@ -519,28 +519,40 @@ def test_actions_after_boot(booted):
     booted.assert_alive()
 
 
-PRE_BOOT_ONLY = [
-    ("PUT", "/boot-source", {"kernel_image_path": "vmlinux"}),
-    ("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
-    ("PATCH", "/machine-config", {"vcpu_count": 1}),
-    ("PUT", "/drives/late", {"drive_id": "late", "path_on_host": "disk", "is_root_device": False}),
-    ("PUT", "/network-interfaces/late", {"iface_id": "late", "host_dev_name": "tap9"}),
-    ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "v.sock"}),
-    ("PUT", "/entropy", {}),
-    ("PUT", "/logger", {"level": "Info"}),
-    ("PUT", "/metrics", {"metrics_path": "m.json"}),
-]
+def pre_boot_only(kernel, disk):
+    """Requests that would succeed before boot (the files exist) and must fail after."""
+    return [
+        ("PUT", "/boot-source", {"kernel_image_path": kernel}),
+        ("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
+        ("PATCH", "/machine-config", {"vcpu_count": 1}),
+        ("PUT", "/drives/late", {"drive_id": "late", "path_on_host": disk, "is_root_device": False}),
+        ("PUT", "/network-interfaces/late", {"iface_id": "late", "host_dev_name": "tap9"}),
+        ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "v.sock"}),
+        ("PUT", "/entropy", {}),
+        ("PUT", "/logger", {"level": "Info"}),
+        ("PUT", "/metrics", {"metrics_path": "m.json"}),
+    ]
 
 
-def test_pre_boot_only_after_start(booted):
+def test_pre_boot_only_after_start(booted, kernel):
     api = booted.api
-    for method, path, body in PRE_BOOT_ONLY:
+    disk = booted.dir / "late.img"
+    disk.write_bytes(b"")
+    for method, path, body in pre_boot_only(kernel, str(disk)):
         r = api.request(method, path, body)
         assert r.status == 400, f"{method} {path} after boot: {r}"
         assert r.fault
     for path in ["/", "/version", "/machine-config", "/vm/config", "/metrics", "/stats"]:
         assert api.get(path).status == 200, path
     assert api.state() == "Running"
+
+
+def test_pre_boot_requests_succeed_before_start(vmm, kernel):
+    """The control for test_pre_boot_only_after_start: the same requests work before boot."""
+    disk = vmm.dir / "late.img"
+    disk.write_bytes(b"")
+    for method, path, body in pre_boot_only(kernel, str(disk)):
+        vmm.api.ok(method, path, body)
 
 
 @pytest.mark.skipif(VIRTIO, reason="virtio devices exist now")

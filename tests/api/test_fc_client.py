@@ -53,7 +53,7 @@ def test_client_configures(fc, vmm):
 
 def test_client_sees_faults(fc):
     api_error = client_module("exceptions").APIError
-    # "API fault: ..." means a 400 with a JSON fault_message (a 404 would not parse).
+    # "API fault: ..." means the client found a fault_message in the JSON body.
     with pytest.raises(api_error, match="API fault"):
         fc.machine_config.put(vcpu_count=0, mem_size_mib=128)
     with pytest.raises(api_error, match="API fault"):
