@@ -1,0 +1,600 @@
+"""Every endpoint of the sie API: success, failure, and the before/after-boot rules.
+
+Fault messages are checked loosely: status 400, a fault_message, and a key word
+(usually the name of the field that was wrong).
+"""
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import VIRTIO, boot
+
+MACHINE = {"vcpu_count": 2, "mem_size_mib": 256}
+DEFAULT_PAYLOAD_LIMIT = 51200
+
+
+@pytest.fixture
+def files(vmm):
+    """A few host files in the VMM's directory: a kernel stand-in and an empty disk."""
+    kernel = vmm.dir / "vmlinux"
+    kernel.write_bytes(b"\x7fELF" + b"\0" * 60)
+    disk = vmm.dir / "empty.ext4"
+    disk.write_bytes(b"")
+    return {"kernel": str(kernel), "disk": str(disk), "dir": vmm.dir}
+
+
+def fault_names(reply, *words):
+    msg = reply.fault
+    assert any(w in msg for w in words), f"fault_message {msg!r} names none of {words}"
+
+
+# -- instance --------------------------------------------------------------
+
+def test_instance_info(api):
+    r = api.get("/")
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    info = r.json()
+    assert info["id"] == "test"
+    assert info["state"] == "Not started"
+    assert info["app_name"] == "Firecracker"
+    assert isinstance(info["vmm_version"], str) and info["vmm_version"]
+
+
+def test_version(api):
+    r = api.get("/version")
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.json() == {"firecracker_version": "1.10.1"}
+
+
+def test_no_host_header_needed(vmm):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(3)
+        s.connect(str(vmm.sock))
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+# -- machine-config --------------------------------------------------------
+
+def test_machine_config_defaults(api):
+    cfg = api.get("/machine-config").json()
+    assert isinstance(cfg["vcpu_count"], int) and cfg["vcpu_count"] >= 1
+    assert isinstance(cfg["mem_size_mib"], int) and cfg["mem_size_mib"] >= 1
+
+
+def test_machine_config_put_then_patch(api):
+    api.ok("PUT", "/machine-config", MACHINE)
+    assert api.get("/machine-config").json()["vcpu_count"] == 2
+    api.ok("PATCH", "/machine-config", {"mem_size_mib": 512})
+    cfg = api.get("/machine-config").json()
+    assert (cfg["vcpu_count"], cfg["mem_size_mib"]) == (2, 512)
+    api.ok("PATCH", "/machine-config", {})
+
+
+def test_machine_config_optional_fields(api):
+    api.ok("PUT", "/machine-config", {**MACHINE, "smt": False, "track_dirty_pages": False, "huge_pages": "None"})
+    api.ok("PUT", "/machine-config", {**MACHINE, "smt": None, "track_dirty_pages": None, "huge_pages": None})
+
+
+@pytest.mark.parametrize("vcpus", [0, 255, 256, -1])
+def test_machine_config_vcpu_range(api, vcpus):
+    fault_names(api.put("/machine-config", {"vcpu_count": vcpus, "mem_size_mib": 128}), "vcpu_count")
+
+
+def test_machine_config_vcpu_limits_accepted(api):
+    api.ok("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128})
+    api.ok("PUT", "/machine-config", {"vcpu_count": 254, "mem_size_mib": 128})
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"vcpu_count": 1}, "mem_size_mib"),
+        ({"mem_size_mib": 128}, "vcpu_count"),
+        ({**MACHINE, "bogus_field": 1}, "bogus_field"),
+        ({"vcpu_count": "two", "mem_size_mib": 128}, "vcpu_count"),
+        ({"vcpu_count": 1, "mem_size_mib": 128.5}, "mem_size_mib"),
+        ({**MACHINE, "smt": "yes"}, "smt"),
+        ({**MACHINE, "huge_pages": "1G"}, "huge_pages"),
+    ],
+)
+def test_machine_config_put_bad(api, body, field):
+    fault_names(api.put("/machine-config", body), field)
+    assert api.get("/machine-config").json()["vcpu_count"] != 2  # nothing applied
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({"bogus_field": 1}, "bogus_field"), ({"vcpu_count": 0}, "vcpu_count"), ({"mem_size_mib": "lots"}, "mem_size_mib")],
+)
+def test_machine_config_patch_bad(api, body, field):
+    fault_names(api.patch("/machine-config", body), field)
+
+
+# -- boot-source -----------------------------------------------------------
+
+def test_boot_source(api, files):
+    api.ok("PUT", "/boot-source", {"kernel_image_path": files["kernel"]})
+    api.ok("PUT", "/boot-source", {"kernel_image_path": files["kernel"], "boot_args": "console=ttyS0", "initrd_path": None})
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "kernel_image_path"),
+        ({"kernel_image_path": 7}, "kernel_image_path"),
+        ({"kernel_image_path": "vmlinux", "boot_args": ["a"]}, "boot_args"),
+        ({"kernel_image_path": "vmlinux", "kernel_args": "x"}, "kernel_args"),
+    ],
+)
+def test_boot_source_bad(api, body, field):
+    fault_names(api.put("/boot-source", body), field)
+
+
+def test_missing_kernel_is_refused(api):
+    """A kernel that does not exist is refused at PUT or at InstanceStart."""
+    r = api.put("/boot-source", {"kernel_image_path": "/nonexistent/vmlinux"})
+    if r.status == 204:
+        r = api.put("/actions", {"action_type": "InstanceStart"})
+    assert r.fault
+    assert api.state() == "Not started"
+
+
+# -- actions ---------------------------------------------------------------
+
+def test_start_without_boot_source(api):
+    assert api.put("/actions", {"action_type": "InstanceStart"}).fault
+    assert api.state() == "Not started"
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"action_type": "Reboot"}, ("Reboot", "action_type")),
+        ({}, ("action_type",)),
+        ({"action_type": "FlushMetrics", "extra": 1}, ("extra",)),
+    ],
+)
+def test_action_bad(api, body, words):
+    fault_names(api.put("/actions", body), *words)
+
+
+def test_ctrl_alt_del_before_boot(api):
+    assert api.put("/actions", {"action_type": "SendCtrlAltDel"}).fault
+    assert api.state() == "Not started"
+
+
+def test_metrics_and_flush(api, files):
+    path = files["dir"] / "metrics.json"
+    api.ok("PUT", "/metrics", {"metrics_path": str(path)})
+    api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    assert path.exists()
+
+
+def test_metrics_bad(api):
+    fault_names(api.put("/metrics", {}), "metrics_path")
+    fault_names(api.put("/metrics", {"metrics_path": "m", "format": "json"}), "format")
+
+
+# -- devices ---------------------------------------------------------------
+
+def test_drive(api, files):
+    api.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": files["disk"], "is_root_device": True})
+    api.ok(
+        "PUT",
+        "/drives/data_1",
+        {
+            "drive_id": "data_1",
+            "path_on_host": files["disk"],
+            "is_root_device": False,
+            "is_read_only": True,
+            "partuuid": None,
+            "cache_type": "Unsafe",
+            "io_engine": "Sync",
+            "rate_limiter": {},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "path, body, words",
+    [
+        ("/drives/d", {"drive_id": "d", "path_on_host": "x"}, ("is_root_device",)),
+        ("/drives/d", {"drive_id": "d", "is_root_device": False}, ("path_on_host",)),
+        ("/drives/d", {"drive_id": "d", "path_on_host": "x", "is_root_device": "no"}, ("is_root_device",)),
+        ("/drives/d", {"drive_id": "d", "path_on_host": "x", "is_root_device": False, "size": 1}, ("size",)),
+        ("/drives/d", {"drive_id": "other", "path_on_host": "x", "is_root_device": False}, ("drive_id", "other")),
+        ("/drives/bad-id", {"drive_id": "bad-id", "path_on_host": "x", "is_root_device": False}, ("bad-id", "drive_id")),
+        ("/drives/d", {"drive_id": "d", "path_on_host": "x", "is_root_device": False, "cache_type": "Fast"}, ("cache_type", "Fast")),
+    ],
+)
+def test_drive_bad(api, path, body, words):
+    fault_names(api.put(path, body), *words)
+
+
+def test_network_interface(api):
+    # Assumes the TAP device is opened at InstanceStart, not at PUT.
+    api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"})
+    api.ok(
+        "PUT",
+        "/network-interfaces/eth1",
+        {"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "06:00:ac:10:00:02", "rx_rate_limiter": {}, "tx_rate_limiter": None},
+    )
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"iface_id": "eth0"}, "host_dev_name"),
+        ({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "not-a-mac"}, "guest_mac"),
+        ({"iface_id": "eth0", "host_dev_name": "t" * 16}, "host_dev_name"),
+        ({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}, "mtu"),
+    ],
+)
+def test_network_interface_bad(api, body, field):
+    fault_names(api.put("/network-interfaces/eth0", body), field)
+
+
+def test_vsock(api, files):
+    api.ok("PUT", "/vsock", {"guest_cid": 3, "uds_path": str(files["dir"] / "v.sock")})
+    api.ok("PUT", "/vsock", {"guest_cid": 4, "uds_path": str(files["dir"] / "v.sock"), "vsock_id": "vsock0"})
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({"guest_cid": 2, "uds_path": "v.sock"}, "guest_cid"), ({"guest_cid": 3}, "uds_path"), ({"guest_cid": "3", "uds_path": "v.sock"}, "guest_cid")],
+)
+def test_vsock_bad(api, body, field):
+    fault_names(api.put("/vsock", body), field)
+
+
+def test_entropy(api):
+    api.ok("PUT", "/entropy", {})
+    api.ok("PUT", "/entropy", {"rate_limiter": {}})
+    api.ok("PUT", "/entropy", {"rate_limiter": None})
+    fault_names(api.put("/entropy", {"rate": 1}), "rate")
+
+
+# -- logger ----------------------------------------------------------------
+
+def test_logger(api, files):
+    log = files["dir"] / "sie.log"
+    api.ok("PUT", "/logger", {"log_path": str(log), "level": "Info", "show_level": True, "show_log_origin": False})
+    api.ok("PUT", "/logger", {"level": "Debug", "module": None})
+
+
+@pytest.mark.parametrize("body, field", [({"level": "Loud"}, "level"), ({"show_level": "yes"}, "show_level"), ({"colour": True}, "colour")])
+def test_logger_bad(api, body, field):
+    fault_names(api.put("/logger", body), field)
+
+
+def test_logger_fifo_nobody_reads(vmm):
+    """Log and metrics FIFOs that are never read must not block the API."""
+    log, metrics = vmm.dir / "log.fifo", vmm.dir / "metrics.fifo"
+    os.mkfifo(log)
+    os.mkfifo(metrics)
+    start = time.monotonic()
+    vmm.api.ok("PUT", "/logger", {"log_path": str(log), "level": "Trace"})
+    vmm.api.ok("PUT", "/metrics", {"metrics_path": str(metrics)})
+    for _ in range(200):  # far more than a 64 KiB pipe holds
+        vmm.api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+        assert vmm.api.get("/machine-config").status == 200
+    assert time.monotonic() - start < 20
+    vmm.assert_alive()
+
+
+# -- whole config and extensions -------------------------------------------
+
+def test_vm_config(api, files):
+    api.ok("PUT", "/machine-config", MACHINE)
+    api.ok("PUT", "/boot-source", {"kernel_image_path": files["kernel"], "boot_args": "console=ttyS0"})
+    api.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": files["disk"], "is_root_device": True})
+    r = api.get("/vm/config")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+    cfg = r.json()
+    assert cfg["boot-source"]["kernel_image_path"] == files["kernel"]
+    assert cfg["boot-source"]["boot_args"] == "console=ttyS0"
+    assert (cfg["machine-config"]["vcpu_count"], cfg["machine-config"]["mem_size_mib"]) == (2, 256)
+    assert [d["drive_id"] for d in cfg["drives"]] == ["rootfs"]
+
+
+def test_ext_prometheus_metrics(api):
+    r = api.get("/metrics")
+    assert r.status == 200
+    ctype = r.headers["Content-Type"]
+    assert ctype.startswith("text/plain") and "version=0.0.4" in ctype
+    samples = [l for l in r.body.decode().splitlines() if l and not l.startswith("#")]
+    assert samples, "no samples"
+    for line in samples:
+        assert re.match(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+( \d+)?$", line), line
+
+
+def test_ext_stats(api):
+    r = api.get("/stats")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+    assert isinstance(r.json(), dict)
+
+
+# -- errors: unsupported features, unknown paths, bad bodies ---------------
+
+UNSUPPORTED = [
+    ("PUT", "/snapshot/create", {"snapshot_path": "s", "mem_file_path": "m"}),
+    ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
+    ("GET", "/balloon", None),
+    ("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False}),
+    ("PATCH", "/balloon", {"amount_mib": 0}),
+    ("GET", "/balloon/statistics", None),
+    ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
+    ("GET", "/mmds", None),
+    ("PUT", "/mmds", {"latest": {}}),
+    ("PATCH", "/mmds", {"latest": {}}),
+    ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
+    ("PUT", "/cpu-config", {}),
+    ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
+]
+
+
+@pytest.mark.parametrize("method, path, body", UNSUPPORTED)
+def test_unsupported_feature_is_400(api, method, path, body):
+    r = api.request(method, path, body)
+    assert r.status == 400, f"{method} {path}: {r} (must be 400, never 404)"
+    assert r.fault
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("GET", "/nope"), ("PUT", "/nope"), ("GET", "/drives"), ("PUT", "/drives"), ("PUT", "/drives/"), ("DELETE", "/"),
+     ("POST", "/actions"), ("GET", "/actions"), ("GET", "/boot-source/extra"), ("PUT", "/machine-config/x")],
+)
+def test_unknown_path_or_method_is_400(api, method, path):
+    assert api.request(method, path, {} if method in ("PUT", "POST") else None).fault
+
+
+@pytest.mark.parametrize("raw", ["{not json", "", "[]", "null", '{"vcpu_count": 1, "mem_size_mib": 128', "\xff"])
+def test_body_not_a_json_object(api, raw):
+    assert api.put("/machine-config", raw=raw.encode("latin-1")).fault
+
+
+def padded(size):
+    """A valid machine-config body padded with JSON whitespace to exactly size bytes."""
+    body = b'{"vcpu_count": 1, "mem_size_mib": 128}'
+    return body + b" " * (size - len(body))
+
+
+def exchange(vmm, data):
+    """Sends raw bytes on a new connection and returns all the server answered.
+
+    The server may answer and close before it has read everything (an
+    oversize body), so a broken pipe while sending is not an error.
+    """
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(vmm.sock))
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
+
+
+def oversize_fault(vmm, path, body):
+    head = f"PUT {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    reply = exchange(vmm, head.encode() + body)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    msg = json.loads(reply.split(b"\r\n\r\n", 1)[1])["fault_message"].lower()
+    assert "payload" in msg or "limit" in msg or "size" in msg, msg
+
+
+def test_payload_limit_default(vmm):
+    assert vmm.api.put("/machine-config", raw=padded(DEFAULT_PAYLOAD_LIMIT)).status == 204
+    oversize_fault(vmm, "/machine-config", padded(DEFAULT_PAYLOAD_LIMIT + 1))
+    oversize_fault(vmm, "/boot-source", json.dumps({"kernel_image_path": "x" * 100_000}).encode())
+    vmm.assert_alive()
+    assert vmm.api.get("/").status == 200
+
+
+def test_payload_limit_flag(start_vmm):
+    vmm = start_vmm("--http-api-max-payload-size", "1000")
+    assert vmm.api.put("/machine-config", raw=padded(1000)).status == 204
+    oversize_fault(vmm, "/machine-config", padded(1001))
+
+
+MALFORMED = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/9.9\r\n\r\n",
+    b"GET /\r\n\r\n",
+    b"PUT /machine-config HTTP/1.1\r\nContent-Length: abc\r\n\r\n{}",
+    b"PUT /machine-config HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    b"PUT /machine-config HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    b"PUT /machine-config HTTP/1.1\r\nContent-Length: 40\r\n\r\n{",
+    b"PUT /machine-config HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET / HTTP/1.1\r\nNoColonHeader\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"\x00\xff\xfe" * 300,
+    b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_http(vmm, raw):
+    """Answered with 400 or the connection closed; never a crash or a hang."""
+    reply = exchange(vmm, raw)
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    vmm.assert_alive()
+    assert vmm.api.get("/").status == 200
+
+
+# -- connections -----------------------------------------------------------
+
+def test_keep_alive(api):
+    conn = api.connection()
+    try:
+        first = api.get("/", conn=conn)
+        sock = conn.sock
+        assert first.status == 200
+        steps = [
+            ("PUT", "/machine-config", MACHINE, 204),
+            ("GET", "/machine-config", None, 200),
+            ("PUT", "/machine-config", {**MACHINE, "bogus_field": 1}, 400),
+            ("PUT", "/logger", {"level": "Info"}, 204),
+            ("GET", "/version", None, 200),
+            ("PATCH", "/machine-config", {"vcpu_count": 1}, 204),
+            ("GET", "/", None, 200),
+        ]
+        for method, path, body, status in steps:
+            r = api.request(method, path, body, conn=conn)
+            assert r.status == status, (method, path, r)
+            assert conn.sock is sock, f"the server closed the connection after {method} {path}"
+    finally:
+        conn.close()
+
+
+def test_fifty_concurrent_connections(vmm):
+    count = 50
+    barrier = threading.Barrier(count)
+
+    def one(i):
+        conn = vmm.api.connection(timeout=10)
+        try:
+            conn.connect()
+            barrier.wait(timeout=10)
+            return vmm.api.get("/machine-config" if i % 2 else "/", conn=conn).status
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        statuses = list(pool.map(one, range(count)))
+    assert statuses == [200] * count
+    vmm.assert_alive()
+
+
+# -- phases ----------------------------------------------------------------
+
+def test_patch_vm_before_start(api):
+    assert api.patch("/vm", {"state": "Paused"}).fault
+    assert api.patch("/vm", {"state": "Resumed"}).fault
+    assert api.state() == "Not started"
+
+
+@pytest.mark.parametrize("body, words", [({"state": "Frozen"}, ("Frozen", "state")), ({}, ("state",))])
+def test_patch_vm_bad(api, body, words):
+    fault_names(api.patch("/vm", body), *words)
+
+
+def test_pause_resume(booted):
+    api = booted.api
+    api.ok("PATCH", "/vm", {"state": "Paused"})
+    assert api.state() == "Paused"
+    api.ok("PATCH", "/vm", {"state": "Resumed"})
+    assert api.state() == "Running"
+    booted.assert_alive()
+
+
+def test_start_twice(booted):
+    assert booted.api.put("/actions", {"action_type": "InstanceStart"}).fault
+    assert booted.api.state() == "Running"
+
+
+def test_actions_after_boot(booted):
+    booted.api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    booted.api.ok("PATCH", "/vm", {"state": "Paused"})
+    booted.api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    booted.api.ok("PATCH", "/vm", {"state": "Resumed"})
+    booted.assert_alive()
+
+
+def pre_boot_only(kernel, disk):
+    """Requests that would succeed before boot (the files exist) and must fail after."""
+    return [
+        ("PUT", "/boot-source", {"kernel_image_path": kernel}),
+        ("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
+        ("PATCH", "/machine-config", {"vcpu_count": 1}),
+        ("PUT", "/drives/late", {"drive_id": "late", "path_on_host": disk, "is_root_device": False}),
+        ("PUT", "/network-interfaces/late", {"iface_id": "late", "host_dev_name": "tap9"}),
+        ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "v.sock"}),
+        ("PUT", "/entropy", {}),
+        ("PUT", "/logger", {"level": "Info"}),
+        ("PUT", "/metrics", {"metrics_path": "m.json"}),
+    ]
+
+
+def test_pre_boot_only_after_start(booted, kernel):
+    api = booted.api
+    disk = booted.dir / "late.img"
+    disk.write_bytes(b"")
+    for method, path, body in pre_boot_only(kernel, str(disk)):
+        r = api.request(method, path, body)
+        assert r.status == 400, f"{method} {path} after boot: {r}"
+        assert r.fault
+    for path in ["/", "/version", "/machine-config", "/vm/config", "/metrics", "/stats"]:
+        assert api.get(path).status == 200, path
+    assert api.state() == "Running"
+
+
+def test_pre_boot_requests_succeed_before_start(vmm, kernel):
+    """The control for test_pre_boot_only_after_start: the same requests work before boot."""
+    disk = vmm.dir / "late.img"
+    disk.write_bytes(b"")
+    for method, path, body in pre_boot_only(kernel, str(disk)):
+        vmm.api.ok(method, path, body)
+
+
+@pytest.mark.skipif(VIRTIO, reason="virtio devices exist now")
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "empty.ext4", "is_root_device": True}),
+        ("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
+        ("/vsock", {"guest_cid": 3, "uds_path": "v.sock"}),
+    ],
+)
+def test_start_with_devices_not_supported_yet(vmm, kernel, path, body):
+    (vmm.dir / "empty.ext4").write_bytes(b"")
+    vmm.api.ok("PUT", path, body)
+    vmm.api.ok("PUT", "/boot-source", {"kernel_image_path": kernel})
+    msg = vmm.api.put("/actions", {"action_type": "InstanceStart"}).fault
+    assert "not supported" in msg, msg
+    assert vmm.api.state() == "Not started"
+
+
+@pytest.mark.needs_virtio
+def test_devices_boot_and_patch(vmm, kernel):
+    api = vmm.api
+    disk = vmm.dir / "disk.img"
+    disk.write_bytes(b"\0" * 1024 * 1024)
+    swapped = vmm.dir / "swapped.img"
+    swapped.write_bytes(b"")
+    api.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk), "is_root_device": True})
+    api.ok("PUT", "/vsock", {"guest_cid": 3, "uds_path": str(vmm.dir / "v.sock")})
+    api.ok("PUT", "/entropy", {})
+    boot(api, kernel)
+    assert api.state() == "Running"
+    api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(swapped)})
+    api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {}})
+    fault_names(api.patch("/drives/nope", {"drive_id": "nope", "path_on_host": str(swapped)}), "nope")
+
+
+@pytest.mark.needs_virtio
+def test_network_boot_and_patch(vmm, kernel):
+    # Needs a TAP device named tap0 that the test user may open.
+    api = vmm.api
+    api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"})
+    boot(api, kernel)
+    api.ok("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": {}, "tx_rate_limiter": None})
+    fault_names(api.patch("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap1"}), "host_dev_name")
