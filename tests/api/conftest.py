@@ -4,7 +4,6 @@ Environment (scripts/api-tests sets it):
   SIE_BIN           the sie binary (default target/debug/sie)
   SIE_GUEST_KERNEL  a tiny guest kernel that InstanceStart boots; the guest
                     must keep running until the VMM is killed
-  SIE_API_VIRTIO=1  run the tests marked needs_virtio
   CI                when set, a missing SIE_GUEST_KERNEL fails instead of skips
 """
 
@@ -22,30 +21,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SIE_BIN = Path(os.environ.get("SIE_BIN") or REPO / "target/debug/sie")
 KERNEL = os.environ.get("SIE_GUEST_KERNEL", "")
-VIRTIO = os.environ.get("SIE_API_VIRTIO") == "1"
 
 # Like firecracker-go-sdk: GET /machine-config every 10 ms, for up to 3 s.
 START_POLL_S, START_TIMEOUT_S = 0.01, 3.0
 # Exit statuses that mean the VMM crashed: a fatal signal, or a Rust panic.
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
 RUST_PANIC_EXIT = 101
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "needs_virtio: boots a guest with drives, network or vsock; runs only with SIE_API_VIRTIO=1",
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    if VIRTIO:
-        return
-    # TODO: drop this skip (and the flag) once virtio-blk/net/vsock land, so CI runs them.
-    skip = pytest.mark.skip(reason="needs virtio devices: set SIE_API_VIRTIO=1 once they land")
-    for item in items:
-        if "needs_virtio" in item.keywords:
-            item.add_marker(skip)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

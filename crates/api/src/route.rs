@@ -195,7 +195,9 @@ fn checked_id(route: &'static str, id: &str) -> Result<(), Fault> {
     if !id.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
         return Err(Fault::new(
             route,
-            "API Resource IDs can only contain alphanumeric characters and underscores.",
+            format!(
+                "API Resource IDs can only contain alphanumeric characters and underscores: {id:?}."
+            ),
         ));
     }
     Ok(())

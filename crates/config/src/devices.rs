@@ -95,6 +95,16 @@ pub enum DeviceConfigError {
     #[error("network-interfaces: host_dev_name {0:?} must be 1 to 15 characters")]
     TapName(String),
     /// CIDs 0–2 are reserved.
+    /// A field that takes one of a few names (`cache_type`, `io_engine`).
+    #[error("drives: {field} {value:?} is not {allowed}")]
+    Choice {
+        /// The field.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
     #[error("vsock: guest_cid {0} is reserved; use 3 or more")]
     Cid(u32),
 }
@@ -115,6 +125,18 @@ impl Drive {
         validate_id("drive_id", &self.drive_id)?;
         if self.path_on_host.as_os_str().is_empty() {
             return Err(DeviceConfigError::EmptyPath("drives.path_on_host"));
+        }
+        for (field, value, allowed) in [
+            ("cache_type", &self.cache_type, &["Unsafe", "Writeback"][..]),
+            ("io_engine", &self.io_engine, &["Sync", "Async"][..]),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !allowed.contains(v)) {
+                return Err(DeviceConfigError::Choice {
+                    field,
+                    value: value.to_string(),
+                    allowed: allowed.join(" or "),
+                });
+            }
         }
         Ok(())
     }

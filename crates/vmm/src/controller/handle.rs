@@ -70,7 +70,12 @@ impl Controller {
                     stats["virtio"] = super::stats_json::virtio_json(&vm.virtio.stats);
                     Response::Json(stats)
                 }
-                None => Response::fault("there are no VM statistics before InstanceStart"),
+                // Nothing has run yet: the same shape, all empty.
+                None => Response::Json(serde_json::json!({
+                    "total_exits": 0, "exits": {}, "vcpus": [], "devices": {}, "virtio": {},
+                    "boot_markers": [], "boot_markers_dropped": 0,
+                    "unclaimed_accesses": [], "unclaimed_overflow": 0,
+                })),
             },
             Request::GetPrometheusMetrics => Response::Text(self.metrics.prometheus(self.vm())),
             Request::PutLogger(logger) => self.put_logger(logger),
@@ -94,15 +99,11 @@ impl Controller {
         if self.is_started() {
             return Response::fault(AFTER_START);
         }
-        if self.logger_configured {
-            return Response::fault("logger: already configured; it can be set only once");
-        }
         if let Err(error) = logger.validate() {
             return Response::fault(error);
         }
         match self.options.logger.configure(&logger) {
             Ok(()) => {
-                self.logger_configured = true;
                 self.draft.note_logging(Some(logger), None);
                 Response::NoContent
             }
@@ -152,13 +153,10 @@ impl Controller {
             }
             (ActionType::SendCtrlAltDel, Phase::NotStarted) => Response::fault(BEFORE_START),
             (ActionType::FlushMetrics, _) => {
-                if self.flush_metrics() {
-                    Response::NoContent
-                } else {
-                    Response::fault(
-                        "FlushMetrics: metrics are not configured (PUT /metrics or --metrics-path first)",
-                    )
-                }
+                // Without a sink there is nothing to write; clients flush
+                // unconditionally, so that is not an error.
+                self.flush_metrics();
+                Response::NoContent
             }
         }
     }

@@ -111,7 +111,6 @@ struct Controller {
     phase: Phase,
     control: Arc<VmControl>,
     metrics: metrics::Metrics,
-    logger_configured: bool,
     terminal: Option<TerminalGuard>,
 }
 
@@ -161,7 +160,6 @@ pub fn serve(
         phase: Phase::NotStarted,
         control: control.clone(),
         metrics,
-        logger_configured: false,
         terminal: None,
     };
     if let Some(config) = initial {
