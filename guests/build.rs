@@ -12,6 +12,7 @@ const ELF_GUESTS: &[&str] = &[
     "pvh",
     "smp",
     "unknown_io",
+    "virtio_probe",
     "triple_fault",
     "spin",
     "ticker",

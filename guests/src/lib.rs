@@ -64,6 +64,12 @@ guest!(
     "Reads an unclaimed port and MMIO address and prints the values."
 );
 guest!(
+    VIRTIO_PROBE,
+    "virtio_probe",
+    "virtio_probe.elf",
+    "Prints MagicValue, Version and DeviceID of the first two virtio-MMIO slots."
+);
+guest!(
     TRIPLE_FAULT,
     "triple_fault",
     "triple_fault.elf",
@@ -102,6 +108,7 @@ pub const ALL: &[Guest] = &[
     BZIMAGE,
     SMP,
     UNKNOWN_IO,
+    VIRTIO_PROBE,
     TRIPLE_FAULT,
     SPIN,
     TICKER,

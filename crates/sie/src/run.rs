@@ -122,7 +122,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         console_input: true,
     })?;
     if args.stats {
-        eprint!("{}", finished.observatory.report());
+        eprint!("{}", finished.stats_text());
     }
     report_outcome(&finished.outcome);
     let code = u8::try_from(finished.outcome.exit_code()).unwrap_or(u8::MAX);

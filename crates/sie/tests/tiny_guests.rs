@@ -275,3 +275,45 @@ fn a_config_file_boots_and_flags_override_it() {
         sie_guests::hello_pio_writes(7)
     );
 }
+
+#[test]
+fn virtio_devices_answer_in_their_mmio_slots_and_show_in_stats() {
+    let scratch = Scratch::new("virtio-probe");
+    let disk = scratch.sparse("disk.img", 1 << 20);
+    let run = sie(&[
+        "run",
+        "--kernel",
+        sie_guests::VIRTIO_PROBE.path,
+        "--disk",
+        &disk,
+        "--rng",
+        "--stats",
+    ]);
+    run.expect_code(0);
+    // Drives come first (virtio-blk is device 2), then the entropy device (4).
+    assert!(
+        run.stdout
+            .contains("slot0 magic=74726976 version=2 device=2"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("slot1 magic=74726976 version=2 device=4"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("virtio-blk:disk0"), "{}", run.stderr);
+    assert!(run.stderr.contains("virtio-rng"), "{}", run.stderr);
+}
+
+#[test]
+fn without_devices_the_virtio_slots_read_all_ones() {
+    let run = sie(&["run", "--kernel", sie_guests::VIRTIO_PROBE.path]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("slot0 magic=ffffffff"),
+        "{}",
+        run.stdout
+    );
+}

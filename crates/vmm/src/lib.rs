@@ -59,8 +59,29 @@ pub struct FinishedVm {
     pub outcome: VmOutcome,
     /// Its exit statistics.
     pub observatory: Arc<Observatory>,
+    /// Its paravirtual devices' counters.
+    pub virtio: Vec<virtio::VirtioStats>,
     vm: Arc<dyn sie_hv::Vm>,
     memory: vm_memory::GuestMemoryMmap,
+}
+
+impl FinishedVm {
+    /// The `--stats` text: the observatory's report, then each virtio
+    /// device's counters.
+    pub fn stats_text(&self) -> String {
+        let mut text = self.observatory.report().to_string();
+        if !self.virtio.is_empty() {
+            text.push_str("\nvirtio devices\n");
+            for device in &self.virtio {
+                text.push_str(&format!("  {}\n   ", device.name));
+                for (name, value) in (device.read)().fields() {
+                    text.push_str(&format!(" {name}={value}"));
+                }
+                text.push('\n');
+            }
+        }
+        text
+    }
 }
 
 impl FinishedVm {
@@ -154,6 +175,7 @@ impl StartedVm {
         FinishedVm {
             outcome,
             observatory: self.observatory,
+            virtio: self.virtio.stats,
             vm: self.vm,
             memory: self.memory,
         }
