@@ -123,8 +123,10 @@ pub fn drain_queue(
     queue.needs_notification(mem).map_err(ring_fault)
 }
 
-/// The next available chain, if any, with a head inside the table.
-fn next_chain<'m>(
+/// The next available chain, if any, with a head inside the table; shared
+/// by every device that takes chains one at a time (net's receive side,
+/// vsock's queues).
+pub(crate) fn next_chain<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemory,
     counters: &VirtioCounters,

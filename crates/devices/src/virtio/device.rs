@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::counters::VirtioCounters;
@@ -75,6 +75,30 @@ pub struct Activation {
     pub interrupt: VirtioInterrupt,
     /// The feature bits the driver accepted.
     pub acked_features: u64,
+}
+
+/// What a one-queue device (blk, rng) keeps while the driver is live.
+pub struct SingleQueue {
+    /// Guest memory holding the ring and buffers.
+    pub mem: GuestMemory,
+    /// The queue.
+    pub queue: Queue,
+    /// Raises used-buffer and configuration interrupts.
+    pub interrupt: VirtioInterrupt,
+}
+
+impl Activation {
+    /// For a one-queue device: its queue, which must be ready.
+    pub fn single_queue(self) -> Result<SingleQueue, ActivateError> {
+        let Some(queue) = self.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::QueueNotReady(0));
+        };
+        Ok(SingleQueue {
+            mem: self.mem,
+            queue,
+            interrupt: self.interrupt,
+        })
+    }
 }
 
 /// Why a device refused activation.

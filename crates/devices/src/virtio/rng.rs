@@ -6,13 +6,12 @@ use std::sync::Arc;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::chain::{Segment, drain_queue};
 use super::counters::VirtioCounters;
 use super::device::{
-    ActivateError, Activation, DeviceFault, GuestMemory, VirtioDevice, VirtioInterrupt,
+    ActivateError, Activation, DeviceFault, GuestMemory, SingleQueue, VirtioDevice,
 };
 
 /// Queue size offered to the driver.
@@ -21,11 +20,7 @@ pub const RNG_QUEUE_SIZE: u16 = 256;
 /// (and legal) answer instead of tying up the event thread.
 pub const RNG_MAX_REQUEST: usize = 64 * 1024;
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: VirtioInterrupt,
-}
+type Active = SingleQueue;
 
 /// The entropy device.
 pub struct Rng {
@@ -120,14 +115,7 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: usize, _data: &mut [u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Some(queue) = activation.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::QueueNotReady(0));
-        };
-        self.active = Some(Active {
-            mem: activation.mem,
-            queue,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.single_queue()?);
         Ok(())
     }
 

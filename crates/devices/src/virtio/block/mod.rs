@@ -19,15 +19,14 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 
 use request::Disk;
 pub use request::SECTOR_SIZE;
 
 use super::chain::drain_queue;
 use super::{
-    ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
-    VirtioInterrupt, VirtioMmioTransport,
+    ActivateError, Activation, DeviceFault, SingleQueue, VirtioCounters, VirtioDevice,
+    VirtioMmioTransport,
 };
 
 /// Queue size offered to the driver.
@@ -39,11 +38,7 @@ pub const BLOCK_SEG_MAX: u32 = BLOCK_QUEUE_SIZE as u32 - 2;
 /// seg_max, geometry, blk_size (struct virtio_blk_config up to blk_size).
 const CONFIG_LEN: usize = 24;
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: VirtioInterrupt,
-}
+type Active = SingleQueue;
 
 /// The block device.
 pub struct Block {
@@ -163,14 +158,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Some(queue) = activation.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::QueueNotReady(0));
-        };
-        self.active = Some(Active {
-            mem: activation.mem,
-            queue,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.single_queue()?);
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 
 use std::io;
 
-use virtio_queue::{DescriptorChain, Error as QueueError, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
 
 use super::backend::{NetBackend, RxGate};
@@ -103,7 +103,7 @@ impl<B: NetBackend> Receiver<'_, B> {
                 Err(error) => return Ok(self.read_failed(&error)),
             },
         };
-        let Some(chain) = pop_chain(queue, mem, self.counters)? else {
+        let Some(chain) = super::super::chain::next_chain(queue, mem, self.counters)? else {
             self.rx.pending = Some(len);
             // Ask for a notification when buffers come, re-checking for
             // ones that raced in; meanwhile stop listening to the backend.
@@ -211,36 +211,4 @@ fn drop_frame(counters: &VirtioCounters, stats: &NetCounters, why: std::fmt::Arg
     stats.rx_drop();
     // Guest- or peer-triggered: debug, so nobody can flood the log.
     tracing::debug!(%why, "virtio-net frame dropped");
-}
-
-/// The next available receive chain with a head inside the table (the
-/// same checks the transmit side gets from `drain_queue`, which cannot be
-/// used here: a chain is only taken once a frame is in hand).
-fn pop_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemory,
-    counters: &VirtioCounters,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceFault> {
-    let chain = match queue.iter(mem) {
-        Ok(mut available) => available.next(),
-        Err(QueueError::QueueNotReady) => None,
-        Err(QueueError::InvalidAvailRingIndex) => {
-            counters.error();
-            return Err(DeviceFault::AvailIndex);
-        }
-        Err(_) => {
-            counters.error();
-            return Err(DeviceFault::RingAccess);
-        }
-    };
-    let Some(chain) = chain else {
-        return Ok(None);
-    };
-    counters.request();
-    let head = chain.head_index();
-    if head >= queue.size() {
-        counters.error();
-        return Err(DeviceFault::HeadOutOfRange(head));
-    }
-    Ok(Some(chain))
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Error as QueueError, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
 pub use conn::{BUF_ALLOC, HOST_BUF_CAP};
 pub use muxer::{EPHEMERAL_BASE, MAX_CONNECTIONS};
@@ -183,7 +183,7 @@ impl Vsock {
         let (mem, counters) = (&active.mem, &self.counters);
         let mut used = false;
         while self.muxer.has_pending() {
-            let Some(chain) = next_chain(queue, mem, counters)? else {
+            let Some(chain) = super::chain::next_chain(queue, mem, counters)? else {
                 break;
             };
             let head = chain.head_index();
@@ -218,35 +218,6 @@ impl Vsock {
         }
         Ok(())
     }
-}
-
-/// The next available chain, if any, with a head inside the table.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemory,
-    counters: &VirtioCounters,
-) -> Result<Option<virtio_queue::DescriptorChain<&'m GuestMemory>>, DeviceFault> {
-    let chain = match queue.iter(mem) {
-        Ok(mut available) => available.next(),
-        Err(QueueError::QueueNotReady) => None,
-        Err(QueueError::InvalidAvailRingIndex) => {
-            counters.error();
-            return Err(DeviceFault::AvailIndex);
-        }
-        Err(_) => {
-            counters.error();
-            return Err(DeviceFault::RingAccess);
-        }
-    };
-    let Some(chain) = chain else {
-        return Ok(None);
-    };
-    counters.request();
-    if chain.head_index() >= queue.size() {
-        counters.error();
-        return Err(DeviceFault::HeadOutOfRange(chain.head_index()));
-    }
-    Ok(Some(chain))
 }
 
 /// Writes the next packet into one rx chain; `None` if there was none.
