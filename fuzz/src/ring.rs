@@ -85,7 +85,15 @@ impl Ring {
     }
 
     /// Writes descriptor `index`.
-    pub fn set_desc(&self, mem: &GuestMemory, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    pub fn set_desc(
+        &self,
+        mem: &GuestMemory,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let at = self.desc + 16 * u64::from(index);
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&addr.to_le_bytes());
@@ -102,7 +110,11 @@ impl Ring {
         for (i, &(addr, len, writable)) in buffers.iter().enumerate() {
             let index = ((u32::from(first) + i as u32) % u32::from(size)) as u16;
             let next = ((u32::from(index) + 1) % u32::from(size)) as u16;
-            let mut flags = if writable { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
             if i + 1 < buffers.len() {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
@@ -191,9 +203,21 @@ impl<'a> Driver<'a> {
         self.write(VIRTIO_MMIO_QUEUE_SEL, index);
         self.write(VIRTIO_MMIO_QUEUE_NUM, u32::from(ring.size));
         for (lo, hi, addr) in [
-            (VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH, ring.desc),
-            (VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, ring.avail),
-            (VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_QUEUE_USED_HIGH, ring.used),
+            (
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+                ring.desc,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+                ring.avail,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
+                ring.used,
+            ),
         ] {
             let (l, h) = split(addr);
             self.write(lo, l);

@@ -29,9 +29,29 @@ const MAX_LEN: usize = 64 * 1024;
 /// Tokens spliced into inputs: enough JSON and HTTP to get past the first
 /// byte of a parser without coverage feedback.
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b"\"", b":", b",", b"null", b"true", b"false", b"0", b"-1",
-    b"1e999", b"18446744073709551616", b"4294967296", b"\\u0000", b"\\ud800", b"/", b"?", b"\n",
-    b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x00\x01\x00\x00",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"null",
+    b"true",
+    b"false",
+    b"0",
+    b"-1",
+    b"1e999",
+    b"18446744073709551616",
+    b"4294967296",
+    b"\\u0000",
+    b"\\ud800",
+    b"/",
+    b"?",
+    b"\n",
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00\x00",
+    b"\x00\x01\x00\x00",
 ];
 
 /// xorshift64*: small, fast, seedable.
@@ -46,7 +66,11 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
@@ -66,7 +90,9 @@ struct Options {
 
 fn usage(message: &str) -> ExitCode {
     eprintln!("fuzz-stable: {message}");
-    eprintln!("usage: fuzz-stable [--seconds N | --runs N] [--seed N] [--timeout N] [--corpus DIR] [--artifacts DIR] [TARGET...]");
+    eprintln!(
+        "usage: fuzz-stable [--seconds N | --runs N] [--seed N] [--timeout N] [--corpus DIR] [--artifacts DIR] [TARGET...]"
+    );
     eprintln!("       fuzz-stable --replay TARGET FILE...");
     eprintln!("       fuzz-stable --list");
     ExitCode::from(2)
@@ -130,7 +156,11 @@ fn main() -> ExitCode {
         options.seconds = Some(60);
     }
     let failed = fuzz_all(&options);
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Runs each input of `files` through the target with the default panic
@@ -173,7 +203,10 @@ fn fuzz_all(options: &Options) -> bool {
                 .cloned()
                 .unwrap_or_else(|| "(non-string panic)".to_string()),
         };
-        let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::capture();
         let mut text = format!("{message}{at}");
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
@@ -188,14 +221,23 @@ fn fuzz_all(options: &Options) -> bool {
     let watchdog = Watchdog::start(options.timeout, options.artifacts.clone());
     let mut failed = false;
     for (index, &(name, target)) in options.targets.iter().enumerate() {
-        let seed = options.seed.wrapping_add((index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        let seed = options
+            .seed
+            .wrapping_add((index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            | 1;
         failed |= !fuzz_one(options, name, target, seed, &watchdog);
     }
     failed
 }
 
 /// Fuzzes one target; false if it crashed.
-fn fuzz_one(options: &Options, name: &'static str, target: Target, seed: u64, watchdog: &Watchdog) -> bool {
+fn fuzz_one(
+    options: &Options,
+    name: &'static str,
+    target: Target,
+    seed: u64,
+    watchdog: &Watchdog,
+) -> bool {
     let corpus = load_corpus(&options.corpus.join(name));
     let mut rng = Rng(seed);
     let start = Instant::now();
@@ -225,8 +267,11 @@ fn fuzz_one(options: &Options, name: &'static str, target: Target, seed: u64, wa
                 .unwrap_or_default();
             let path = save(&options.artifacts, name, "crash", &input);
             println!(
-                "{name}: CRASH after {runs} runs (seed {seed}): {message}\n{name}: input saved to {}\n{name}: reproduce with: fuzz-stable --replay {name} {}",
+                "{name}: CRASH after {runs} runs (seed {seed}): {message}\n{name}: input saved to {}\n{name}: reproduce with: {} --replay {name} {}",
                 path.display(),
+                std::env::current_exe()
+                    .unwrap_or_else(|_| "fuzz-stable".into())
+                    .display(),
                 path.display()
             );
             return false;
@@ -256,7 +301,11 @@ fn load_corpus(dir: &Path) -> Vec<Vec<u8>> {
 /// A new input: mostly a mutated corpus entry, sometimes random bytes.
 fn generate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
     if corpus.is_empty() || rng.below(8) == 0 {
-        let len = if rng.below(4) == 0 { rng.below(4096) } else { rng.below(256) };
+        let len = if rng.below(4) == 0 {
+            rng.below(4096)
+        } else {
+            rng.below(256)
+        };
         return rng.bytes(len);
     }
     let mut data = corpus[rng.below(corpus.len())].clone();
@@ -304,7 +353,17 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>]) {
             data.splice(at..at, token.iter().copied());
         }
         8 if len >= 4 => {
-            let v: u32 = [0, 1, 0xff, 0x100, 0xffff, 0x1_0000, 0x7fff_ffff, 0x8000_0000, u32::MAX][rng.below(9)];
+            let v: u32 = [
+                0,
+                1,
+                0xff,
+                0x100,
+                0xffff,
+                0x1_0000,
+                0x7fff_ffff,
+                0x8000_0000,
+                u32::MAX,
+            ][rng.below(9)];
             let at = at.min(len - 4);
             data[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
@@ -360,7 +419,10 @@ impl Watchdog {
                 if at != 0 && now.saturating_sub(at) > timeout * 1000 {
                     let (name, input) = c.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let path = save(&artifacts, name, "timeout", &input);
-                    println!("{name}: TIMEOUT (one input ran over {timeout}s); input saved to {}", path.display());
+                    println!(
+                        "{name}: TIMEOUT (one input ran over {timeout}s); input saved to {}",
+                        path.display()
+                    );
                     std::process::exit(1);
                 }
             }

@@ -16,5 +16,8 @@ pub fn run(data: &[u8]) {
     config.cpu_config = None;
     let json = serde_json::to_string(&config).expect("a parsed config serializes");
     let again = VmConfig::from_json(&json).expect("a serialized config parses");
-    assert_eq!(config, again, "config changed in a round trip through {json}");
+    assert_eq!(
+        config, again,
+        "config changed in a round trip through {json}"
+    );
 }

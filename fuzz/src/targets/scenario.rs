@@ -93,7 +93,8 @@ pub fn run<D: VirtioDevice>(
             1 => {
                 // Reset and start over on clean rings.
                 driver.write(VIRTIO_MMIO_STATUS, 0);
-                let zero = vec![0u8; (ring.used + 4 + 8 * u64::from(size) + 8 - ring.desc) as usize];
+                let zero =
+                    vec![0u8; (ring.used + 4 + 8 * u64::from(size) + 8 - ring.desc) as usize];
                 let _ = mem.write_slice(&zero, GuestAddress(ring.desc));
                 driver.start(features, &[ring]);
                 (next_desc, last_used, disturbed) = (0, 0, false);
@@ -113,7 +114,8 @@ pub fn run<D: VirtioDevice>(
                     ring.set_chain(mem, next_desc, &chain);
                     offered.push((next_desc, chain.clone()));
                     descs += chain.len().max(1);
-                    next_desc = ((usize::from(next_desc) + chain.len().max(1)) % usize::from(size)) as u16;
+                    next_desc =
+                        ((usize::from(next_desc) + chain.len().max(1)) % usize::from(size)) as u16;
                 }
                 let heads: Vec<u16> = offered.iter().map(|(h, _)| *h).collect();
                 ring.publish(mem, &heads);
@@ -138,7 +140,10 @@ pub fn run<D: VirtioDevice>(
                 let mut expected = offered.iter();
                 while slot != used {
                     let (id, len) = ring.used(mem, slot);
-                    assert!(id < u32::from(size), "used id {id} outside a queue of {size}");
+                    assert!(
+                        id < u32::from(size),
+                        "used id {id} outside a queue of {size}"
+                    );
                     if let (true, Some((head, chain))) = (clean, expected.next()) {
                         assert_eq!(id, u32::from(*head), "chains used out of order");
                         check(mem, chain, len);

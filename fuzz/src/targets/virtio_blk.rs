@@ -58,7 +58,11 @@ pub fn run(data: &[u8]) {
                 1 => capacity.saturating_sub(u64::from(input.below(4))),
                 _ => u64::from(input.below(capacity as u32 + 1)),
             };
-            let header_len = if input.u8() == 0xff { input.below(32) } else { 16 };
+            let header_len = if input.u8() == 0xff {
+                input.below(32)
+            } else {
+                16
+            };
             let mut header = [0u8; 16];
             header[..4].copy_from_slice(&kind.to_le_bytes());
             header[8..].copy_from_slice(&sector.to_le_bytes());
@@ -77,7 +81,11 @@ pub fn run(data: &[u8]) {
                 chain.push((at, len, writable));
             }
             if input.u8() != 0xff {
-                let len = if input.u8() == 0xff { input.below(8) } else { 1 };
+                let len = if input.u8() == 0xff {
+                    input.below(8)
+                } else {
+                    1
+                };
                 chain.push((alloc.take(len), len, input.u8() != 0xff));
             }
             chain
@@ -89,7 +97,10 @@ pub fn run(data: &[u8]) {
                 .filter(|b| b.2)
                 .map(|&(_, len, _)| u64::from(len))
                 .sum();
-            assert!(u64::from(used) <= writable, "blk used {used} of {writable} writable bytes");
+            assert!(
+                u64::from(used) <= writable,
+                "blk used {used} of {writable} writable bytes"
+            );
             if used == 0 {
                 return;
             }
@@ -99,7 +110,8 @@ pub fn run(data: &[u8]) {
                 .read_obj(GuestAddress(addr + u64::from(len) - 1))
                 .expect("status byte in memory");
             assert!(
-                [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP].contains(&u32::from(status)),
+                [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP]
+                    .contains(&u32::from(status)),
                 "blk status {status}"
             );
         },

@@ -114,7 +114,11 @@ fn step<D: VirtioDevice>(t: &VirtioMmioTransport<D>, mem: &GuestMemory, op: u8, 
             // A well-behaved bring-up on input-sized rings, so the rest of
             // the sequence often starts from a live device.
             let size = 1u16 << input.below(10);
-            let base = if input.bool() { RING_BASE } else { u64::from(input.u32()) & !0xf };
+            let base = if input.bool() {
+                RING_BASE
+            } else {
+                u64::from(input.u32()) & !0xf
+            };
             Driver::new(t).start(input.u64(), &[Ring::new(base, size)]);
         }
         _ => match input.u8() % 3 {

@@ -21,7 +21,11 @@ pub fn run(data: &[u8]) {
         return;
     };
     let raw = input.u16();
-    let size = if raw & 0x8000 != 0 { raw & 0x1ff } else { 1 << (raw % 9) };
+    let size = if raw & 0x8000 != 0 {
+        raw & 0x1ff
+    } else {
+        1 << (raw % 9)
+    };
     let _ = queue.try_set_size(size);
     let size = queue.size();
     let layout = input.u8();
@@ -56,7 +60,11 @@ pub fn run(data: &[u8]) {
             1 => u64::from(input.below(MEM_SIZE as u32)),
             _ => DATA + 16 * u64::from(input.u16()),
         };
-        let len = if input.bool() { u32::from(input.u16()) } else { input.u32() };
+        let len = if input.bool() {
+            u32::from(input.u16())
+        } else {
+            input.u32()
+        };
         let flags = match input.u8() {
             0xff => input.u16(),
             f => u16::from(f) & 0x7,
@@ -98,11 +106,7 @@ pub fn run(data: &[u8]) {
 
 /// One drain as `sie_devices`' `drain_queue` does it: notifications off,
 /// pop every chain, walk and serve it, return it, notifications back on.
-fn drain(
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    input: &mut Input,
-) -> Result<(), ()> {
+fn drain(queue: &mut Queue, mem: &GuestMemory, input: &mut Input) -> Result<(), ()> {
     let size = queue.size();
     let mut rounds = 0;
     loop {
@@ -145,10 +149,7 @@ fn drain(
 
 /// Walks a chain as `sie_devices`' `segments` does: every buffer non-empty,
 /// not wrapping, inside memory in the direction used; then touches it.
-fn walk(
-    chain: virtio_queue::DescriptorChain<&GuestMemory>,
-    mem: &GuestMemory,
-) -> Option<u32> {
+fn walk(chain: virtio_queue::DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Option<u32> {
     let mut written = 0u32;
     let mut ended = false;
     for desc in chain {
