@@ -59,7 +59,12 @@ pub fn run(data: &[u8]) {
             break;
         }
         let op = input.u8();
-        if op & 1 == 0 {
+        if op == 0xff {
+            // The API swaps the disk (PATCH /drives): any size, even a
+            // partial sector or nothing, under a driver in any state.
+            let len = u64::from(input.below(16)) * 512 + u64::from(input.pick(&[0u8, 1, 100]));
+            let _ = blk.swap_backing_file(memfd(len));
+        } else if op & 1 == 0 {
             step(&rng, &rng_mem, op >> 1, &mut input);
         } else {
             step(&blk, &blk_mem, op >> 1, &mut input);
