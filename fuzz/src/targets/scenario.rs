@@ -126,7 +126,13 @@ pub fn run<D: VirtioDevice>(
                 // A scribbled descriptor may point the device's writes at the
                 // used ring itself (legal, if unwise): then memory shows
                 // nothing reliable and only the absence of a panic counts.
-                if !live || disturbed || t.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+                let faulted = t.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0;
+                // A driver that keeps its rings consistent never sees a fault.
+                assert!(
+                    !(live && !disturbed && offered.len() <= usize::from(size) && faulted),
+                    "NEEDS_RESET on well-formed rings"
+                );
+                if !live || disturbed || faulted {
                     continue;
                 }
                 let used = ring.used_idx(mem);
