@@ -34,31 +34,31 @@ pub struct FirecrackerArgs {
     /// Print the version (as `Firecracker vX.Y.Z` when started as `firecracker`).
     #[arg(long, short = 'V')]
     pub version: bool,
-    /// Path of the API socket (the API is not served yet: use --no-api).
+    /// Serve Firecracker's REST API on this Unix socket [default: /run/firecracker.socket].
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
-    /// A Firecracker config file to boot from.
+    /// A Firecracker config file: boot it at once (the API, if served, then serves that VM).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// Do not serve the API; boot from --config-file.
     #[arg(long)]
     pub no_api: bool,
-    /// The microVM's id.
+    /// The microVM's id, shown by `GET /` [default: anonymous-instance].
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, value_name = "LEVEL")]
     pub level: Option<String>,
-    /// Write logs to this file instead of stderr.
+    /// Write logs to this file or FIFO instead of stderr (never blocks; full sinks drop lines).
     #[arg(long, value_name = "PATH")]
     pub log_path: Option<PathBuf>,
-    /// Metrics file (not supported yet).
+    /// Write metrics as JSON lines to this file or FIFO (every 60 s, on FlushMetrics, at exit).
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
     /// Record the guest's boot-timer write (sie always does).
     #[arg(long)]
     pub boot_timer: bool,
-    /// Largest API request body, bytes.
+    /// Largest API request body, bytes [default: 51200].
     #[arg(long, value_name = "BYTES")]
     pub http_api_max_payload_size: Option<u64>,
     /// Accepted: sie installs no seccomp filter yet.
