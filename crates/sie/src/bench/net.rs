@@ -236,7 +236,7 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
         args.mib, args.tap, args.runs
     );
     println!(
-        "  packets/s: frames through the tap in the data's direction, per second, at the host"
+        "  packets/s: frames the tap counted in the data's direction per second (a GSO frame counts once)"
     );
     println!(
         "  {:<16}{:>20}{:>20}{:>22}",
