@@ -11,7 +11,17 @@
  *   sietool uds-echo PATH               host: accept one Unix stream, echo
  *   sietool uds-ask PATH PORT MESSAGE   host: Firecracker-style CONNECT, send,
  *                                       print the reply
+ *   sietool blk-bench DEV MIB OPS       O_DIRECT on DEV: sequential read and
+ *                                       write of MIB MiB in 1 MiB blocks, OPS
+ *                                       random 4 KiB reads, then writes; prints
+ *                                       `@@BENCH key=value` lines (the pattern
+ *                                       `sie bench blk` runs on the host file)
+ *   sietool net-bench HOST SINK SOURCE MIB
+ *                                       send MIB MiB to HOST:SINK, wait for the
+ *                                       close, then read HOST:SOURCE to its end;
+ *                                       prints `@@BENCH` lines
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -19,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -71,6 +83,80 @@ static void ask(int s, const char *message) {
     if (write(s, message, strlen(message)) != (ssize_t)strlen(message)) die("send");
     shutdown(s, SHUT_WR);
     copy(s, 1);
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* The random offsets `sie bench blk` uses too: a 64-bit LCG, its high bits
+ * picking a 4 KiB block. */
+static uint64_t next_block(uint64_t *state, uint64_t blocks) {
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (*state >> 33) % blocks;
+}
+
+static void blk_bench(const char *dev, long mib, long ops) {
+    int fd = open(dev, O_RDWR | O_DIRECT);
+    if (fd < 0) die("open O_DIRECT");
+    const size_t block = 1 << 20, small = 4096;
+    char *buf;
+    if (posix_memalign((void **)&buf, 4096, block)) die("posix_memalign");
+    memset(buf, 0x5a, block);
+    double t = now();
+    for (long i = 0; i < mib; i++)
+        if (pread(fd, buf, block, (off_t)i * block) != (ssize_t)block) die("seq read");
+    printf("@@BENCH seq_read_mib_s=%.1f\n", mib / (now() - t));
+    t = now();
+    for (long i = 0; i < mib; i++)
+        if (pwrite(fd, buf, block, (off_t)i * block) != (ssize_t)block) die("seq write");
+    if (fsync(fd)) die("fsync");
+    printf("@@BENCH seq_write_mib_s=%.1f\n", mib / (now() - t));
+    uint64_t blocks = (uint64_t)mib * block / small, state = 1;
+    t = now();
+    for (long i = 0; i < ops; i++)
+        if (pread(fd, buf, small, (off_t)(next_block(&state, blocks) * small)) != (ssize_t)small)
+            die("rand read");
+    printf("@@BENCH rand_read_iops=%.0f\n", ops / (now() - t));
+    state = 2;
+    t = now();
+    for (long i = 0; i < ops; i++)
+        if (pwrite(fd, buf, small, (off_t)(next_block(&state, blocks) * small)) != (ssize_t)small)
+            die("rand write");
+    if (fsync(fd)) die("fsync");
+    printf("@@BENCH rand_write_iops=%.0f\n", ops / (now() - t));
+    fflush(stdout);
+    close(fd);
+}
+
+static void net_bench(const char *host, int sink, int source, long mib) {
+    static char buf[65536];
+    memset(buf, 0x5a, sizeof buf);
+    long long total = (long long)mib << 20, got = 0;
+    double t = now();
+    int s = tcp_connect(host, sink);
+    for (long long sent = 0; sent < total;) {
+        ssize_t w = write(s, buf, sizeof buf);
+        if (w <= 0) die("send");
+        sent += w;
+    }
+    shutdown(s, SHUT_WR);
+    while (read(s, buf, sizeof buf) > 0) {}
+    close(s);
+    printf("@@BENCH tx_mib_s=%.1f\n", mib / (now() - t));
+    fflush(stdout);
+    t = now();
+    s = tcp_connect(host, source);
+    for (ssize_t n; (n = read(s, buf, sizeof buf)) > 0;) got += n;
+    close(s);
+    if (got != total) {
+        fprintf(stderr, "net-bench: received %lld of %lld bytes\n", got, total);
+        exit(1);
+    }
+    printf("@@BENCH rx_mib_s=%.1f\n", mib / (now() - t));
+    fflush(stdout);
 }
 
 int main(int argc, char **argv) {
@@ -132,6 +218,10 @@ int main(int argc, char **argv) {
         fflush(stdout);
         if (strncmp(line, "OK ", 3)) return 1;
         ask(s, argv[4]);
+    } else if (!strcmp(mode, "blk-bench") && argc == 5) {
+        blk_bench(argv[2], atol(argv[3]), atol(argv[4]));
+    } else if (!strcmp(mode, "net-bench") && argc == 6) {
+        net_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atol(argv[5]));
     } else {
         fprintf(stderr, "usage: see the comment at the top of sietool.c\n");
         return 2;

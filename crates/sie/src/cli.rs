@@ -206,6 +206,65 @@ pub enum BenchCommand {
     Exits(BenchExitsArgs),
     /// Time to each boot marker and to exit, per way of booting a kernel.
     Boot(BenchBootArgs),
+    /// virtio-blk throughput and IOPS in a guest vs the same I/O on the host file.
+    Blk(BenchBlkArgs),
+    /// virtio-net TCP throughput and packets/s each way between a guest and the host.
+    Net(BenchNetArgs),
+}
+
+/// Flags of `sie bench blk`. The initrd's /init must run the pattern for
+/// `case=bench_blk` (the rig's L2 initramfs does, with `sietool blk-bench`).
+#[derive(Debug, Args)]
+pub struct BenchBlkArgs {
+    /// Guest kernel.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk whose /init runs the guest side.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: PathBuf,
+    /// Kernel command line (`case=bench_blk` and the sizes are appended).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Size of the scratch disk, MiB (read and written sequentially).
+    #[arg(long, default_value_t = 64)]
+    pub size_mib: u64,
+    /// Random 4 KiB reads, and writes, per run.
+    #[arg(long, default_value_t = 2000)]
+    pub ops: u64,
+    /// Runs (guest boots, and host passes).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Guest memory.
+    #[arg(long, default_value = "256")]
+    pub memory: String,
+}
+
+/// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init
+/// must run the guest side for `case=bench_net` (the rig's L2 initramfs does,
+/// with `sietool net-bench`).
+#[derive(Debug, Args)]
+pub struct BenchNetArgs {
+    /// Guest kernel.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk whose /init runs the guest side.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: PathBuf,
+    /// The tap device sie creates (or opens) for the guest.
+    #[arg(long, value_name = "NAME")]
+    pub tap: String,
+    /// Kernel command line (`case=bench_net` and the size are appended).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// MiB sent each way per run.
+    #[arg(long, default_value_t = 32)]
+    pub mib: u64,
+    /// Runs (guest boots).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Guest memory.
+    #[arg(long, default_value = "256")]
+    pub memory: String,
 }
 
 /// Flags of `sie bench boot`.

@@ -65,6 +65,8 @@ fn main() -> ExitCode {
         Some(cli::Command::Doctor) => doctor::doctor(),
         Some(cli::Command::Bench(cli::BenchCommand::Exits(args))) => bench::exits::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Blk(args))) => bench::blk::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Net(args))) => bench::net::run(&args),
         Some(cli::Command::Ctl(args)) => {
             // A client's output may go to `head`: die quietly on a closed
             // pipe like any command-line tool.

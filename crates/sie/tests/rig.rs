@@ -206,7 +206,62 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         api_ctrl_alt_del(),
         virtio_net(),
         virtio_vsock(),
+        bench_blk(),
+        bench_net(),
     ]
+}
+
+/// The output holds every one of `rows`.
+fn has_rows(run: &CaseRun, rows: &[&str]) -> Result<(), String> {
+    run.expect_status(0)?;
+    match rows.iter().find(|row| !run.output.contains(**row)) {
+        Some(row) => Err(format!("no {row:?} row in the benchmark's output")),
+        None => Ok(()),
+    }
+}
+
+/// `sie bench blk`: the guest runs `sietool blk-bench` on /dev/vda.
+fn bench_blk() -> Case {
+    Case {
+        name: "bench_blk",
+        l1_command: format!(
+            "sie bench blk --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
+             --size-mib 32 --ops 500 --runs 2 --cmdline \"{}\"",
+            sie_e2e::l2_boot_args("bench_blk")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done
+arg() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" /proc/cmdline; }
+sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
+        ),
+        check: |run| {
+            let rows = [
+                "seq read MiB/s",
+                "seq write MiB/s",
+                "rand read IOPS",
+                "rand write IOPS",
+            ];
+            has_rows(run, &rows)
+        },
+    }
+}
+
+/// `sie bench net`: the guest runs `sietool net-bench` against the host.
+fn bench_net() -> Case {
+    Case {
+        name: "bench_net",
+        l1_command: format!(
+            "sie bench net --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" --tap tap0 \
+             --mib 32 --runs 2 --cmdline \"{}\"",
+            sie_e2e::l2_boot_args("bench_net")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do insmod /modules/$m.ko; done
+ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+sietool net-bench 172.16.0.1 5001 5002 "$(sed -n 's/.*bench_mib=\([0-9]*\).*/\1/p' /proc/cmdline)""#,
+        ),
+        check: |run| has_rows(run, &["guest->host", "host->guest"]),
+    }
 }
 
 /// A tap in L1, an address on each side: ping, then 10 MiB each way over

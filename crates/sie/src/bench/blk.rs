@@ -1,0 +1,265 @@
+//! `sie bench blk`: sequential throughput (1 MiB blocks) and random 4 KiB
+//! IOPS, read and write, in a guest on a virtio-blk disk, against the same
+//! pattern run by sie on the host file backing that disk. The guest side is
+//! the initrd's job for `case=bench_blk` (the rig's runs `sietool
+//! blk-bench /dev/vda MIB OPS`); it prints `@@BENCH key=value` lines.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{BoxError, finish_sie_run, guest_cmdline, guest_figures, median, spawn_sie_run};
+use crate::cli::BenchBlkArgs;
+
+const BLOCK: usize = 1 << 20;
+const SMALL: usize = 4096;
+const ALIGN: usize = 4096;
+
+/// The figures, as `@@BENCH` keys, with their table labels.
+const ROWS: [(&str, &str); 4] = [
+    ("seq_read_mib_s", "seq read MiB/s"),
+    ("seq_write_mib_s", "seq write MiB/s"),
+    ("rand_read_iops", "rand read IOPS"),
+    ("rand_write_iops", "rand write IOPS"),
+];
+
+/// The random 4 KiB blocks `sietool blk-bench` uses: a 64-bit LCG whose
+/// high bits pick a block; seed 1 for reads, 2 for writes.
+struct Offsets {
+    state: u64,
+    blocks: u64,
+}
+
+impl Iterator for Offsets {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        Some(((self.state >> 33) % self.blocks) * SMALL as u64)
+    }
+}
+
+/// A 4096-aligned window of a `Vec` (O_DIRECT needs aligned buffers).
+struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Result<Self, BoxError> {
+        let bytes = vec![0x5a; len + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        if start >= ALIGN {
+            return Err("cannot align an I/O buffer".into());
+        }
+        Ok(Self { bytes, start })
+    }
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + len]
+    }
+}
+
+/// A temporary directory removed on drop.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path)
+}
+
+/// Whether the file system takes O_DIRECT I/O on `path` (tmpfs before
+/// Linux 6.6 refuses it with EINVAL).
+fn direct_works(path: &Path) -> Result<bool, BoxError> {
+    let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let file = match open(path, true) {
+        Ok(file) => file,
+        Err(e) if refused(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = AlignedBuf::new(SMALL)?;
+    match file.read_exact_at(buf.get(SMALL), 0) {
+        Ok(()) => Ok(true),
+        Err(e) if refused(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `mib` MiB of non-zero bytes (no holes) and syncs.
+fn fill(path: &Path, mib: u64) -> Result<(), BoxError> {
+    let mut file = File::create(path)?;
+    let block = vec![0xa5u8; BLOCK];
+    for _ in 0..mib {
+        file.write_all(&block)?;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The guest's pattern on the host file; figures keyed like `@@BENCH`.
+fn host_pass(
+    path: &Path,
+    mib: u64,
+    ops: u64,
+    direct: bool,
+) -> Result<BTreeMap<String, f64>, BoxError> {
+    let file = open(path, direct)?;
+    let mut buf = AlignedBuf::new(BLOCK)?;
+    let mut figures = BTreeMap::new();
+    let rate = |count: u64, start: Instant| count as f64 / start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    for i in 0..mib {
+        file.read_exact_at(buf.get(BLOCK), i * BLOCK as u64)?;
+    }
+    figures.insert(ROWS[0].0.to_string(), rate(mib, start));
+    let start = Instant::now();
+    for i in 0..mib {
+        file.write_all_at(buf.get(BLOCK), i * BLOCK as u64)?;
+    }
+    file.sync_all()?;
+    figures.insert(ROWS[1].0.to_string(), rate(mib, start));
+
+    let blocks = mib * (BLOCK / SMALL) as u64;
+    let start = Instant::now();
+    for offset in (Offsets { state: 1, blocks }).take(ops as usize) {
+        file.read_exact_at(buf.get(SMALL), offset)?;
+    }
+    figures.insert(ROWS[2].0.to_string(), rate(ops, start));
+    let start = Instant::now();
+    for offset in (Offsets { state: 2, blocks }).take(ops as usize) {
+        file.write_all_at(buf.get(SMALL), offset)?;
+    }
+    file.sync_all()?;
+    figures.insert(ROWS[3].0.to_string(), rate(ops, start));
+    Ok(figures)
+}
+
+/// One guest boot running the pattern once.
+fn guest_pass(args: &BenchBlkArgs, disk: &Path) -> Result<BTreeMap<String, f64>, BoxError> {
+    let cmdline = guest_cmdline(
+        args.cmdline.as_deref(),
+        "bench_blk",
+        &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
+    );
+    let argv: Vec<String> = vec![
+        "--kernel".into(),
+        args.kernel.display().to_string(),
+        "--initrd".into(),
+        args.initrd.display().to_string(),
+        "--disk".into(),
+        disk.display().to_string(),
+        "--memory".into(),
+        args.memory.clone(),
+        "--cmdline".into(),
+        cmdline,
+    ];
+    let output = finish_sie_run(spawn_sie_run(&argv)?)?;
+    let keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
+    guest_figures(&output, &keys)
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
+    if args.runs == 0 || args.size_mib == 0 || args.ops == 0 {
+        return Err("--runs, --size-mib and --ops must be at least 1".into());
+    }
+    let dir =
+        ScratchDir(std::env::temp_dir().join(format!("sie-bench-blk-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let disk = dir.0.join("disk.img");
+    if disk.display().to_string().contains(',') {
+        return Err(format!("{}: a --disk path cannot hold a comma", disk.display()).into());
+    }
+    fill(&disk, args.size_mib)?;
+    let direct = direct_works(&disk)?;
+
+    let mut host = Vec::new();
+    let mut guest = Vec::new();
+    for _ in 0..args.runs {
+        host.push(host_pass(&disk, args.size_mib, args.ops, direct)?);
+        guest.push(guest_pass(args, &disk)?);
+    }
+
+    println!(
+        "sie bench blk: {} MiB file, 1 MiB sequential blocks, {} random 4 KiB ops each way, {} runs; median (spread)",
+        args.size_mib, args.ops, args.runs
+    );
+    if direct {
+        println!("  host: O_DIRECT on {}", disk.display());
+    } else {
+        println!(
+            "  host: buffered + fsync on {} (O_DIRECT refused by its file system; reads may come from the page cache)",
+            disk.display()
+        );
+    }
+    println!("  guest: O_DIRECT on /dev/vda, sie's virtio-blk on that file");
+    println!(
+        "  {:<18}{:>22}{:>22}{:>12}",
+        "operation", "host", "guest", "guest/host"
+    );
+    for (key, label) in ROWS {
+        let pick = |passes: &[BTreeMap<String, f64>]| -> Vec<f64> {
+            passes.iter().filter_map(|p| p.get(key).copied()).collect()
+        };
+        let (host_values, guest_values) = (pick(&host), pick(&guest));
+        let host_median = median(&mut host_values.clone()).unwrap_or(0.0);
+        let guest_median = median(&mut guest_values.clone()).unwrap_or(0.0);
+        let ratio = if host_median > 0.0 {
+            guest_median / host_median
+        } else {
+            0.0
+        };
+        println!(
+            "  {label:<18}{}{}{:>12}",
+            super::median_spread(&host_values, 22),
+            super::median_spread(&guest_values, 22),
+            format!("x{ratio:.3}")
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_match_sietool_and_stay_in_the_file() {
+        // sietool's LCG from state 1: 1 * a + c.
+        let first = 6364136223846793005u64.wrapping_add(1442695040888963407);
+        let mut offsets = Offsets {
+            state: 1,
+            blocks: 16384,
+        };
+        assert_eq!(offsets.next(), Some(((first >> 33) % 16384) * 4096));
+        assert!(offsets.take(1000).all(|o| o % 4096 == 0 && o < 64 << 20));
+    }
+
+    #[test]
+    fn host_pass_on_a_small_file() {
+        let dir =
+            ScratchDir(std::env::temp_dir().join(format!("sie-blk-test-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let disk = dir.0.join("d.img");
+        fill(&disk, 2).unwrap();
+        let direct = direct_works(&disk).unwrap();
+        let figures = host_pass(&disk, 2, 10, direct).unwrap();
+        assert!(ROWS.iter().all(|(key, _)| figures[*key] > 0.0));
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 2 << 20);
+    }
+}
