@@ -76,3 +76,44 @@ def test_client_boots_pauses_resumes(fc, vmm, kernel):
     assert fc.describe.get().json()["state"] == "Running"
     fc.actions.put(action_type="FlushMetrics")
     vmm.assert_alive()
+
+
+def test_client_starts_sie_as_firecracker(tmp_path, kernel):
+    """firecracker-python's ProcessManager starts the binary it believes is
+    Firecracker (a link named `firecracker` to sie) with its own flags, and
+    its Api boots a guest; a SIGTERM then stops sie cleanly."""
+    import os
+    import signal
+    import time
+
+    from conftest import SIE_BIN
+
+    binary = tmp_path / "firecracker"
+    binary.symlink_to(SIE_BIN)
+    manager = client_module("process").ProcessManager()
+    manager._config.binary_path = str(binary)
+    manager._config.data_path = str(tmp_path)
+    vm_id = "fcpy1"
+    (tmp_path / vm_id).mkdir()
+    sock = tmp_path / vm_id / "firecracker.socket"
+    pid = manager.start(vm_id, ["--api-sock", str(sock), "--id", vm_id,
+                                "--log-path", str(tmp_path / vm_id / "sie.log")])
+    try:
+        assert manager.is_running(vm_id)
+        fc = client_module("api").Api(str(sock))
+        assert fc.describe.get().json()["id"] == vm_id
+        fc.machine_config.put(vcpu_count=1, mem_size_mib=64)
+        fc.boot.put(kernel_image_path=kernel, boot_args="console=ttyS0")
+        fc.actions.put(action_type="InstanceStart")
+        assert fc.describe.get().json()["state"] == "Running"
+        console = tmp_path / vm_id / "firecracker.log"
+        deadline = time.time() + 10
+        while b"spinning" not in console.read_bytes():
+            assert time.time() < deadline, "the guest's console never reached the client's log"
+            time.sleep(0.05)
+        fc.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+    assert not sock.exists(), "sie removes its API socket when it stops"
