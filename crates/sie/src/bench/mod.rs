@@ -100,7 +100,7 @@ pub fn finish_sie_run(mut child: Child) -> Result<String, BoxError> {
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&stderr);
     if !output.status.success() {
-        return Err(format!("sie run failed ({}):\n{}", output.status, tail(&text, 15)).into());
+        return Err(format!("sie run failed ({}):\n{}", output.status, tail(&text, 40)).into());
     }
     Ok(text)
 }
