@@ -12,14 +12,15 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by the name used for its corpus, artifacts and binary.
 ///
-/// net and vsock: add `virtio_net` / `virtio_vsock` here (and a
-/// `fuzz_targets/<name>.rs` plus a `[[bin]]` in Cargo.toml) once those
-/// devices land; `targets::virtio_rng` is the model to copy.
+/// A new target also needs a `fuzz_targets/<name>.rs` and a `[[bin]]` in
+/// Cargo.toml; `targets::virtio_rng` is the model to copy.
 pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_queue", targets::virtio_queue::run),
     ("virtio_mmio", targets::virtio_mmio::run),
     ("virtio_blk", targets::virtio_blk::run),
     ("virtio_rng", targets::virtio_rng::run),
+    ("virtio_net", targets::virtio_net::run),
+    ("virtio_vsock", targets::virtio_vsock::run),
     ("api_route", targets::api_route::run),
     ("config_json", targets::config_json::run),
 ];

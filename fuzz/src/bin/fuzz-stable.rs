@@ -52,6 +52,7 @@ const TOKENS: &[&[u8]] = &[
     b"\xff\xff\xff\xff",
     b"\x00\x00\x00\x00",
     b"\x00\x01\x00\x00",
+    b"CONNECT 1024\n",
 ];
 
 /// xorshift64*: small, fast, seedable.

@@ -1,17 +1,19 @@
 //! One module per target; each exposes `pub fn run(data: &[u8])`.
 //!
-//! net and vsock (in progress elsewhere): add `virtio_net.rs` and
-//! `virtio_vsock.rs` here on the model of `virtio_rng.rs` (a `scenario`
-//! over the device's queues: RX chains of writable buffers, TX chains with
-//! a header read from the input), then list them in `crate::TARGETS`, add
-//! `fuzz_targets/<name>.rs` and a `[[bin]]`, and seed `corpus/<name>/`.
-//! Their host side (tap, sockets) wants a fake backend (a socketpair) so a
-//! run never touches the host network.
+//! Single-queue devices (blk, rng) run the [`scenario`]; devices with
+//! receive and transmit queues (net, vsock) drive [`queues`] themselves,
+//! with their host side faked in-process (a socket pair for the tap, Unix
+//! sockets in a private temporary directory for vsock): a run never
+//! touches the host network. A new target goes in `crate::TARGETS`, gets a
+//! `fuzz_targets/<name>.rs`, a `[[bin]]` and seeds in `corpus/<name>/`.
 
 pub mod api_route;
 pub mod config_json;
+pub mod queues;
 pub mod scenario;
 pub mod virtio_blk;
 pub mod virtio_mmio;
+pub mod virtio_net;
 pub mod virtio_queue;
 pub mod virtio_rng;
+pub mod virtio_vsock;

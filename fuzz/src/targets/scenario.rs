@@ -22,8 +22,15 @@ pub struct Alloc {
     pub wrapped: bool,
 }
 
+impl Default for Alloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Alloc {
-    fn new() -> Self {
+    /// An allocator starting at `DATA`.
+    pub fn new() -> Self {
         Self {
             next: DATA,
             wrapped: false,
