@@ -13,6 +13,7 @@ use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::chain::{ChainError, Segment, drain_queue};
 use super::counters::VirtioCounters;
 use crate::Interrupt;
 
@@ -98,6 +99,35 @@ impl Activation {
             queue,
             interrupt: self.interrupt,
         })
+    }
+}
+
+impl SingleQueue {
+    /// Serves every available chain with `serve` (given the chain's buffers
+    /// and returning the used length) and raises the used-buffer interrupt
+    /// if the driver wants one.
+    pub fn drain(
+        &mut self,
+        counters: &VirtioCounters,
+        mut serve: impl FnMut(&GuestMemory, Result<Vec<Segment>, ChainError>) -> u32,
+    ) -> Result<(), DeviceFault> {
+        let mem = &self.mem;
+        if drain_queue(&mut self.queue, mem, counters, |buffers| {
+            serve(mem, buffers)
+        })? {
+            self.interrupt.signal_used();
+        }
+        Ok(())
+    }
+}
+
+/// Copies `data.len()` bytes of a device's configuration space `config`
+/// from `offset` (the transport has checked the bounds; an access that
+/// does not fit leaves `data` as it is).
+pub fn read_config_bytes(config: &[u8], offset: usize, data: &mut [u8]) {
+    let end = offset.saturating_add(data.len());
+    if let Some(bytes) = config.get(offset..end) {
+        data.copy_from_slice(bytes);
     }
 }
 

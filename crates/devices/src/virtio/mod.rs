@@ -32,7 +32,8 @@ pub(crate) mod test_ring;
 pub use chain::{ChainError, Segment};
 pub use counters::{CountersSnapshot, VirtioCounters};
 pub use device::{
-    ActivateError, Activation, DeviceFault, GuestMemory, SingleQueue, VirtioDevice, VirtioInterrupt,
+    ActivateError, Activation, DeviceFault, GuestMemory, SingleQueue, VirtioDevice,
+    VirtioInterrupt, read_config_bytes,
 };
 pub use mmio::{
     MMIO_MAGIC, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportError,

@@ -8,7 +8,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::Bytes;
 
-use super::chain::{Segment, drain_queue};
+use super::chain::Segment;
 use super::counters::VirtioCounters;
 use super::device::{
     ActivateError, Activation, DeviceFault, GuestMemory, SingleQueue, VirtioDevice,
@@ -124,14 +124,9 @@ impl VirtioDevice for Rng {
             return Ok(());
         };
         let counters = &self.counters;
-        let mem = &active.mem;
-        let notify = drain_queue(&mut active.queue, mem, counters, |buffers| {
+        active.drain(counters, |mem, buffers| {
             buffers.map_or(0, |b: Vec<Segment>| fill(mem, &b, counters))
-        })?;
-        if notify {
-            active.interrupt.signal_used();
-        }
-        Ok(())
+        })
     }
 
     fn reset(&mut self) {

@@ -23,7 +23,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use request::Disk;
 pub use request::SECTOR_SIZE;
 
-use super::chain::drain_queue;
+use super::read_config_bytes;
 use super::{
     ActivateError, Activation, DeviceFault, SingleQueue, VirtioCounters, VirtioDevice,
     VirtioMmioTransport,
@@ -151,10 +151,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
-        let config = self.config();
-        if let Some(bytes) = config.get(offset..offset + data.len()) {
-            data.copy_from_slice(bytes);
-        }
+        read_config_bytes(&self.config(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -166,14 +163,10 @@ impl VirtioDevice for Block {
         let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
             return Ok(());
         };
-        let (disk, counters, mem) = (&self.disk, &self.counters, &active.mem);
-        let notify = drain_queue(&mut active.queue, mem, counters, |buffers| {
+        let (disk, counters) = (&self.disk, &self.counters);
+        active.drain(counters, |mem, buffers| {
             buffers.map_or(0, |b| request::serve(disk, mem, &b, counters))
-        })?;
-        if notify {
-            active.interrupt.signal_used();
-        }
-        Ok(())
+        })
     }
 
     fn reset(&mut self) {

@@ -61,7 +61,7 @@ use tx::Transmitter;
 
 use super::{
     ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
-    VirtioInterrupt,
+    VirtioInterrupt, read_config_bytes,
 };
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): the header
@@ -229,10 +229,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
-        let config = self.config();
-        if let Some(bytes) = config.get(offset..offset + data.len()) {
-            data.copy_from_slice(bytes);
-        }
+        read_config_bytes(&self.config(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -42,7 +42,7 @@ pub use packet::{HOST_CID, MAX_PAYLOAD};
 use super::chain::{drain_queue, segments};
 use super::{
     ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
-    VirtioInterrupt,
+    VirtioInterrupt, read_config_bytes,
 };
 use muxer::Muxer;
 use packet::HEADER_LEN;
@@ -268,10 +268,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        if let Some(bytes) = config.get(offset..offset + data.len()) {
-            data.copy_from_slice(bytes);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
