@@ -13,7 +13,8 @@
 //! 0x0009_FC00  EBDA .. 1 MiB: reserved; ACPI tables at 0xE_0000
 //! 0x0010_0000  kernel (bzImage load address; ELF at its own addresses)
 //!   ...        RAM up to min(mem size, MMIO_HOLE_START)
-//! 0xC000_0000  MMIO hole: boot timer, virtio-mmio slots, IOAPIC, LAPIC
+//! 0xC000_0000  MMIO hole: the platform device window (boot timer, virtio-mmio
+//!              slots: placed by the VMM's device manager), IOAPIC, LAPIC
 //! 0x1_0000_0000 the rest of RAM, if any
 //! ```
 //!
@@ -37,10 +38,11 @@ pub const HIGH_RAM_START: u64 = MMIO_HOLE_END;
 pub const BOOT_TIMER_ADDR: u64 = MMIO_HOLE_START;
 /// Size of the boot-timer region in bytes.
 pub const BOOT_TIMER_SIZE: u64 = 0x1000;
-/// First virtio-mmio device slot.
-pub const VIRTIO_MMIO_START: u64 = 0xC000_1000;
-/// Size of one virtio-mmio slot in bytes.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// Start of the window the VMM's device manager places MMIO devices in
+/// (the boot timer at its fixed address, then virtio-mmio slots).
+pub const PLATFORM_MMIO_START: u64 = MMIO_HOLE_START;
+/// Size of that window in bytes (256 MiB, well below the I/O APIC).
+pub const PLATFORM_MMIO_SIZE: u64 = 0x1000_0000;
 /// I/O APIC register window.
 pub const IOAPIC_ADDR: u64 = 0xFEC0_0000;
 /// Local APIC register window.

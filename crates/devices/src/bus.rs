@@ -1,11 +1,13 @@
 //! An address bus: non-overlapping ranges, each owned by one device.
 //!
 //! Built before the vCPUs start and never changed afterwards, so lookups take
-//! no lock: a binary search over a sorted vector.
+//! no lock: a binary search over a sorted vector. Each range carries the
+//! device's statistics from the observatory, so the exit dispatch records an
+//! access without looking anything up.
 
 use std::sync::Arc;
 
-use sie_obs::DeviceId;
+use sie_obs::DeviceStats;
 
 /// A device reachable through guest port or MMIO accesses. `offset` is
 /// relative to the start of the range the device was inserted at; `data` is
@@ -42,7 +44,7 @@ struct Entry {
     base: u64,
     len: u64,
     device: Arc<dyn BusDevice>,
-    id: DeviceId,
+    stats: Arc<DeviceStats>,
 }
 
 /// The device found at an address.
@@ -51,8 +53,8 @@ pub struct BusHit<'a> {
     pub device: &'a dyn BusDevice,
     /// Offset of the address within the device's range.
     pub offset: u64,
-    /// The device's id in the observatory.
-    pub id: DeviceId,
+    /// Where the device's accesses are counted.
+    pub stats: &'a DeviceStats,
 }
 
 /// One address space (ports or MMIO).
@@ -64,19 +66,19 @@ pub struct Bus {
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|e| (e.base, e.len, e.id)))
+            .entries(self.entries.iter().map(|e| (e.base, e.len)))
             .finish()
     }
 }
 
 impl Bus {
-    /// Puts `device` at `base..base+len`.
+    /// Puts `device` at `base..base+len`; its accesses are counted in `stats`.
     pub fn insert(
         &mut self,
         base: u64,
         len: u64,
         device: Arc<dyn BusDevice>,
-        id: DeviceId,
+        stats: Arc<DeviceStats>,
     ) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
@@ -100,7 +102,7 @@ impl Bus {
                 base,
                 len,
                 device,
-                id,
+                stats,
             },
         );
         Ok(())
@@ -115,28 +117,8 @@ impl Bus {
         (offset < entry.len).then_some(BusHit {
             device: entry.device.as_ref(),
             offset,
-            id: entry.id,
+            stats: &entry.stats,
         })
-    }
-}
-
-/// Hands out [`DeviceId`]s and remembers each device's name for reports.
-#[derive(Debug, Default)]
-pub struct DeviceRegistry {
-    names: Vec<String>,
-}
-
-impl DeviceRegistry {
-    /// Registers a device name and returns its id.
-    pub fn register(&mut self, name: impl Into<String>) -> DeviceId {
-        self.names.push(name.into());
-        // More than 65535 devices would be a builder bug, not guest input.
-        DeviceId(u16::try_from(self.names.len() - 1).unwrap_or(u16::MAX))
-    }
-
-    /// Names in id order, for [`sie_obs::Observatory::new`].
-    pub fn names(&self) -> Vec<String> {
-        self.names.clone()
     }
 }
 
@@ -144,6 +126,10 @@ impl DeviceRegistry {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    fn stats() -> Arc<DeviceStats> {
+        Arc::new(DeviceStats::default())
+    }
 
     #[derive(Default)]
     struct Recorder {
@@ -164,13 +150,18 @@ mod tests {
         let mut bus = Bus::default();
         let a = Arc::new(Recorder::default());
         let b = Arc::new(Recorder::default());
-        bus.insert(0x3f8, 8, a.clone(), DeviceId(0)).unwrap();
-        bus.insert(0x60, 1, b.clone(), DeviceId(1)).unwrap();
+        let (a_stats, b_stats) = (stats(), stats());
+        bus.insert(0x3f8, 8, a.clone(), a_stats.clone()).unwrap();
+        bus.insert(0x60, 1, b.clone(), b_stats.clone()).unwrap();
         let hit = bus.find(0x3fd).unwrap();
-        assert_eq!((hit.offset, hit.id), (5, DeviceId(0)));
+        assert_eq!(hit.offset, 5);
+        assert!(std::ptr::eq(hit.stats, a_stats.as_ref()));
         hit.device.write(hit.offset, &[7]);
         assert_eq!(a.writes.lock().unwrap()[0], (5, vec![7]));
-        assert_eq!(bus.find(0x60).unwrap().id, DeviceId(1));
+        assert!(std::ptr::eq(
+            bus.find(0x60).unwrap().stats,
+            b_stats.as_ref()
+        ));
         assert!(bus.find(0x61).is_none());
         assert!(bus.find(0x3f7).is_none());
         assert!(bus.find(0x400).is_none());
@@ -182,29 +173,21 @@ mod tests {
     fn overlapping_and_invalid_ranges_are_refused() {
         let mut bus = Bus::default();
         let dev = Arc::new(Recorder::default());
-        bus.insert(0x100, 0x10, dev.clone(), DeviceId(0)).unwrap();
+        bus.insert(0x100, 0x10, dev.clone(), stats()).unwrap();
         for (base, len) in [(0x108, 0x10), (0xf8, 0x10), (0x100, 1), (0xf0, 0x100)] {
             assert_eq!(
-                bus.insert(base, len, dev.clone(), DeviceId(1)),
+                bus.insert(base, len, dev.clone(), stats()),
                 Err(BusError::Overlap { base, len })
             );
         }
-        assert!(bus.insert(0x110, 1, dev.clone(), DeviceId(1)).is_ok());
+        assert!(bus.insert(0x110, 1, dev.clone(), stats()).is_ok());
         assert!(matches!(
-            bus.insert(u64::MAX, 2, dev.clone(), DeviceId(2)),
+            bus.insert(u64::MAX, 2, dev.clone(), stats()),
             Err(BusError::InvalidRange { .. })
         ));
         assert!(matches!(
-            bus.insert(0x200, 0, dev, DeviceId(2)),
+            bus.insert(0x200, 0, dev, stats()),
             Err(BusError::InvalidRange { .. })
         ));
-    }
-
-    #[test]
-    fn registry_hands_out_ids_in_order() {
-        let mut registry = DeviceRegistry::default();
-        assert_eq!(registry.register("com1"), DeviceId(0));
-        assert_eq!(registry.register("i8042"), DeviceId(1));
-        assert_eq!(registry.names(), vec!["com1", "i8042"]);
     }
 }

@@ -12,7 +12,7 @@ pub mod bus;
 pub mod legacy;
 pub mod virtio;
 
-pub use bus::{Bus, BusDevice, BusError, BusHit, DeviceRegistry};
+pub use bus::{Bus, BusDevice, BusError, BusHit};
 
 use std::io;
 

@@ -4,10 +4,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{Histogram, HistogramSnapshot};
 
-/// Index of a device in the observatory, assigned when the device is put on a bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(pub u16);
-
 /// Reads, writes and handling time of one device.
 #[derive(Debug, Default)]
 pub struct DeviceStats {

@@ -11,10 +11,13 @@
 //! use std::time::Instant;
 //! use sie_obs::{ExitKind, Observatory};
 //!
-//! let obs = Observatory::new(Instant::now(), 1, vec!["com1".to_string()]);
+//! let obs = Observatory::new(Instant::now(), 1);
+//! let com1 = obs.register_device("com1");
 //! obs.vcpu(0).unwrap().record(ExitKind::PioOut, 2_000, 150);
+//! com1.record(true, 150);
 //! let report = obs.report();
 //! assert_eq!(report.exit(ExitKind::PioOut).count, 1);
+//! assert_eq!(report.devices[0].stats.writes, 1);
 //! ```
 
 mod device_stats;
@@ -25,9 +28,10 @@ mod report;
 mod unknown;
 mod vcpu_stats;
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use device_stats::{DeviceId, DeviceSnapshot, DeviceStats};
+pub use device_stats::{DeviceSnapshot, DeviceStats};
 pub use exit_kind::ExitKind;
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use markers::{BootMarker, BootTimeline, MAX_STORED_MARKERS, MarkerSource};
@@ -40,26 +44,24 @@ pub use vcpu_stats::{KindSnapshot, VcpuStats};
 pub struct Observatory {
     start: Instant,
     vcpus: Box<[VcpuStats]>,
-    device_names: Box<[String]>,
-    devices: Box<[DeviceStats]>,
+    /// Registered devices in registration order; the lock is taken only to
+    /// register (while the VM is built) and to report, never per exit:
+    /// the bus holds each device's `Arc<DeviceStats>` itself.
+    devices: Mutex<Vec<(String, Arc<DeviceStats>)>>,
     markers: BootTimeline,
     unknown: UnknownAccesses,
 }
 
 impl Observatory {
-    /// Creates the observatory for `vcpus` vCPUs and the named devices (a
-    /// device's [`DeviceId`] is its index in `device_names`). `start` is when
-    /// the sie process started; boot markers are stamped relative to it.
-    pub fn new(start: Instant, vcpus: usize, device_names: Vec<String>) -> Self {
-        let devices = device_names
-            .iter()
-            .map(|_| DeviceStats::default())
-            .collect();
+    /// Creates the observatory for `vcpus` vCPUs, before any device exists:
+    /// devices register as they are created ([`Observatory::register_device`]).
+    /// `start` is when the sie process started; boot markers are stamped
+    /// relative to it.
+    pub fn new(start: Instant, vcpus: usize) -> Self {
         Self {
             start,
             vcpus: (0..vcpus).map(|_| VcpuStats::default()).collect(),
-            device_names: device_names.into_boxed_slice(),
-            devices,
+            devices: Mutex::new(Vec::new()),
             markers: BootTimeline::default(),
             unknown: UnknownAccesses::default(),
         }
@@ -75,9 +77,22 @@ impl Observatory {
         self.vcpus.get(index)
     }
 
-    /// The statistics of a device.
-    pub fn device(&self, id: DeviceId) -> Option<&DeviceStats> {
-        self.devices.get(usize::from(id.0))
+    /// Registers a device under `name` (as reports show it) and returns the
+    /// statistics its accesses are recorded in.
+    pub fn register_device(&self, name: impl Into<String>) -> Arc<DeviceStats> {
+        let stats = Arc::new(DeviceStats::default());
+        self.devices_lock().push((name.into(), stats.clone()));
+        stats
+    }
+
+    /// The registered devices and their statistics, in registration order.
+    pub(crate) fn registered_devices(&self) -> Vec<(String, Arc<DeviceStats>)> {
+        self.devices_lock().clone()
+    }
+
+    fn devices_lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<DeviceStats>)>> {
+        // A panic while registering leaves a valid vector behind.
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a boot marker now.
@@ -107,10 +122,12 @@ mod tests {
 
     #[test]
     fn report_merges_vcpus_and_devices() {
-        let obs = Observatory::new(Instant::now(), 2, vec!["a".into(), "b".into()]);
+        let obs = Observatory::new(Instant::now(), 2);
+        obs.register_device("a");
+        let b = obs.register_device("b");
         obs.vcpu(0).unwrap().record(ExitKind::PioOut, 10, 1);
         obs.vcpu(1).unwrap().record(ExitKind::PioOut, 10, 1);
-        obs.device(DeviceId(1)).unwrap().record(true, 5);
+        b.record(true, 5);
         obs.mark(MarkerSource::DebugPort, 0x40);
         obs.record_unknown(AddressSpace::Pio, 0x99, false);
         let report = obs.report();

@@ -33,7 +33,7 @@ pub struct Report {
     pub exits: Vec<ExitRow>,
     /// Per exit kind and vCPU: `per_vcpu[v][k]` is vCPU `v`'s count of kind `k`.
     pub per_vcpu: Vec<Vec<u64>>,
-    /// Per device, in id order.
+    /// Per device, in registration order.
     pub devices: Vec<DeviceRow>,
     /// Boot markers in arrival order.
     pub markers: Vec<BootMarker>,
@@ -65,9 +65,8 @@ impl Report {
             per_vcpu.push(counts);
         }
         let devices = obs
-            .device_names
+            .registered_devices()
             .iter()
-            .zip(obs.devices.iter())
             .map(|(name, stats)| DeviceRow {
                 name: name.clone(),
                 stats: stats.snapshot(),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use sie_config::{Request, VmConfig};
 use sie_vmm::controller::{self, Reply, RequestSource, ServeOptions, Served};
-use sie_vmm::{BuildOptions, ConsoleOutput, VmOutcome};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use sie_vmm::{BuildOptions, VmOutcome};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::cli::FirecrackerArgs;
 use crate::logging::Logging;
@@ -95,31 +95,6 @@ impl Drop for ApiSource {
     }
 }
 
-/// `--no-api`: nobody will ever ask anything.
-struct NoRequests(EventFd);
-
-impl RequestSource for NoRequests {
-    fn wake_fd(&self) -> &EventFd {
-        &self.0
-    }
-
-    fn next_request(&mut self) -> Option<(Request, Reply)> {
-        None
-    }
-}
-
-fn build_options(start: Instant) -> BuildOptions {
-    BuildOptions {
-        start,
-        console: ConsoleOutput::stdout(),
-        extra_pio: Vec::new(),
-        host_decompress: Some(sie_vmlinux::KernelCache::new(
-            sie_vmlinux::KernelCache::default_dir()
-                .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
-        )),
-    }
-}
-
 fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
     if args.seccomp_filter.is_some() {
         return Err(FirecrackerModeError::Unsupported(
@@ -172,7 +147,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
     drop(sie_vmm::block_stop_signals()?);
     let mut server = None;
     let mut source: Box<dyn RequestSource> = if args.no_api {
-        Box::new(NoRequests(EventFd::new(EFD_NONBLOCK)?))
+        Box::new(controller::NoRequests::new()?)
     } else {
         let path = args
             .api_sock
@@ -201,8 +176,8 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             vmm_version: FIRECRACKER_COMPAT_VERSION.to_string(),
             start,
             initial_config,
-            build_options: Box::new(move || build_options(start)),
-            logger: Box::new(logging),
+            build_options: Box::new(move || BuildOptions::new(start)),
+            logger: Some(Box::new(logging)),
             metrics_path: args.metrics_path.clone(),
             external_metrics: Box::new(move || {
                 let mut sections = serde_json::Map::new();

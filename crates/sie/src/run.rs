@@ -1,11 +1,13 @@
 //! `sie run`: fill the configuration from the config file and the flags,
-//! build the VM, run it, report how it ended.
+//! serve the VM through the same controller as the API (with no socket),
+//! report how it ended.
 
 use std::time::Instant;
 
 use sie_config::{BootSource, VmConfig};
 use sie_hv::kvm::Kvm;
-use sie_vmm::{BuildOptions, ConsoleOutput, RunOptions, VmOutcome};
+use sie_vmm::controller::{self, NoRequests, ServeOptions, Served};
+use sie_vmm::{BuildOptions, VmOutcome};
 
 use crate::cli::RunArgs;
 
@@ -100,27 +102,24 @@ pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
 
 /// Runs `sie run`; returns the process exit status.
 pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
-    crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
+    let logging = crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
     let config = config_from_args(&args)?;
     let kvm = open_hypervisor()?;
-    let vm = sie_vmm::build(
-        &config,
-        &kvm,
-        BuildOptions {
-            start,
-            console: ConsoleOutput::stdout(),
-            extra_pio: Vec::new(),
-            host_decompress: (!args.no_host_decompress).then(|| {
-                sie_vmlinux::KernelCache::new(
-                    sie_vmlinux::KernelCache::default_dir()
-                        .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
-                )
-            }),
-        },
-    )?;
-    let finished = vm.run(RunOptions {
-        console_input: true,
-    })?;
+    let mut build = BuildOptions::new(start);
+    if args.no_host_decompress {
+        build.host_decompress = None;
+    }
+    let mut options = ServeOptions::without_api(config, build, true);
+    // The config file's logger section goes where `PUT /logger` would.
+    options.logger = Some(Box::new(logging));
+    let finished = match controller::serve(&kvm, &mut NoRequests::new()?, options)? {
+        Served::Finished(finished) => finished,
+        Served::NeverStarted(outcome) => {
+            let outcome = outcome.unwrap_or(VmOutcome::Shutdown);
+            report_outcome(&outcome);
+            return Ok(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX));
+        }
+    };
     if args.stats {
         eprint!("{}", finished.stats_text());
     }

@@ -1,6 +1,7 @@
 //! Builds a VM from one validated configuration, in one linear function:
-//! memory, VM and platform, kernel and initrd, devices, firmware tables,
-//! boot parameters, vCPUs. Nothing here runs the guest.
+//! observatory, memory, VM and platform, kernel and initrd, devices (placed
+//! by the device manager), firmware tables and command line (derived from
+//! what it placed), boot parameters, vCPUs. Nothing here runs the guest.
 
 use std::fs::File;
 use std::path::Path;
@@ -14,9 +15,10 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use crate::console::ConsoleOutput;
 use crate::control::VmControl;
+use crate::device_manager::DeviceManager;
 use crate::dispatch::ExitContext;
 use crate::error::{Result, VmmError};
-use crate::platform::{self, ExtraDevice, Platform, PlatformDevices};
+use crate::platform::{self, ExtraDevice, PlatformDevices};
 use crate::virtio::{VirtioDevices, Wiring};
 
 /// sie's own vCPU limit: xAPIC ids and the MADT entries sie writes stop at 254.
@@ -35,6 +37,22 @@ pub struct BuildOptions {
     pub host_decompress: Option<sie_vmlinux::KernelCache>,
 }
 
+impl BuildOptions {
+    /// Console on stdout, no extra devices, host-side decompression through
+    /// the user's cache directory.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            console: ConsoleOutput::stdout(),
+            extra_pio: Vec::new(),
+            host_decompress: Some(sie_vmlinux::KernelCache::new(
+                sie_vmlinux::KernelCache::default_dir()
+                    .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
+            )),
+        }
+    }
+}
+
 /// A VM ready to run.
 pub struct BuiltVm {
     /// The hypervisor's VM; kept alive while vCPUs run.
@@ -47,6 +65,8 @@ pub struct BuiltVm {
     pub exits: Arc<ExitContext>,
     /// The VM's stop/outcome control.
     pub control: Arc<VmControl>,
+    /// Exit and device statistics, which every device registered in.
+    pub observatory: Arc<Observatory>,
     /// Devices the event loop needs (console input).
     pub devices: PlatformDevices,
     /// Paravirtual devices: their event-thread workers and counters.
@@ -137,19 +157,10 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Builds the VM described by `config` (already validated) on `hv`.
-pub fn build(config: &VmConfig, hv: &dyn Hypervisor, options: BuildOptions) -> Result<BuiltVm> {
-    let control = Arc::new(VmControl::new().map_err(|source| VmmError::Host {
-        what: "creating the VM's control eventfd",
-        source,
-    })?);
-    build_with_control(config, hv, options, control)
-}
-
-/// [`build`] for a VM whose stop/pause control already exists: the API
-/// server's process creates it before boot, so that a stop signal that
-/// arrives while it waits for `InstanceStart` goes through the same path.
-pub fn build_with_control(
+/// Builds the VM described by `config` (already validated) on `hv`. Its
+/// stop control exists before it (the controller creates it at start-up,
+/// so a stop signal that arrives before `InstanceStart` takes the same path).
+pub fn build(
     config: &VmConfig,
     hv: &dyn Hypervisor,
     options: BuildOptions,
@@ -187,6 +198,9 @@ pub fn build_with_control(
     let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|e| memory_error(e.into()))?;
     exclude_from_fork(&memory);
 
+    // The observatory comes first: every device registers in it as it is
+    // placed, and the boot-marker devices write to it directly.
+    let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
     let vm = hv.create_vm()?;
     vm.map_memory(&memory)?;
     vm.create_platform(
@@ -214,13 +228,10 @@ pub fn build_with_control(
         None => None,
     };
 
-    let Platform {
-        pio,
-        mut mmio,
-        mut registry,
-        devices,
-    } = platform::create(
-        vm.as_ref(),
+    let mut manager = DeviceManager::new(vm.as_ref(), obs.clone())?;
+    let devices = platform::create(
+        &mut manager,
+        &obs,
         control.clone(),
         options.console,
         options.extra_pio,
@@ -230,24 +241,16 @@ pub fn build_with_control(
         &mut Wiring {
             vm: vm.as_ref(),
             memory: &memory,
-            mmio: &mut mmio,
-            registry: &mut registry,
+            manager: &mut manager,
         },
     )?;
-    let obs = Arc::new(Observatory::new(
-        options.start,
-        vcpu_count as usize,
-        registry.names(),
-    ));
-    devices.set_observatory(&obs);
+    let layout = manager.finish();
 
     let rsdp = sie_arch::acpi::create_acpi_tables(
         &memory,
         &sie_arch::acpi::AcpiConfig {
             vcpus: vcpu_count,
-            virtio_mmio: virtio.acpi.clone(),
-            pvpanic_port: Some(sie_devices::legacy::PVPANIC_PORT),
-            legacy_serial: true,
+            devices: layout.acpi.clone(),
         },
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
@@ -256,8 +259,9 @@ pub fn build_with_control(
             .as_deref()
             .unwrap_or(sie_config::DEFAULT_BOOT_ARGS),
         config,
-        &virtio,
-    );
+        &layout,
+    )
+    .map_err(|e| VmmError::Platform(e.into()))?;
     let boot_info = sie_arch::boot_info::write_boot_info(
         &memory,
         &kernel,
@@ -269,15 +273,19 @@ pub fn build_with_control(
     .map_err(|e| VmmError::Platform(e.into()))?;
 
     let vcpus = create_vcpus(hv, vm.as_ref(), &memory, &kernel, boot_info, vcpu_count)?;
-    control.set_kickers(vcpus.iter().map(|vcpu| vcpu.kicker()).collect());
 
-    let exits = Arc::new(ExitContext { pio, mmio, obs });
+    let exits = Arc::new(ExitContext {
+        pio: layout.pio,
+        mmio: layout.mmio,
+        obs: obs.clone(),
+    });
     Ok(BuiltVm {
         vm,
         memory,
         vcpus,
         exits,
         control,
+        observatory: obs,
         devices,
         virtio,
     })

@@ -1,15 +1,18 @@
-//! The exit dispatch: the one function where every VM exit is decoded,
-//! routed to a device and classified for the observatory.
+//! The exit dispatch: the one place where every VM exit is decoded, routed
+//! to a device, counted and timed ([`ExitContext::run_once`]).
 //!
 //! It runs on the vCPU thread between two `KVM_RUN`s, so it allocates
 //! nothing and takes no lock except inside the device it routes to (and the
-//! observatory's slow path for addresses no device claims).
+//! observatory's slow path for addresses no device claims). Two clock reads
+//! per exit: when the guest left, and when the exit was handled; the second
+//! doubles as the next entry time.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sie_devices::Bus;
-use sie_hv::{SystemEventKind, VmExit};
-use sie_obs::{AddressSpace, DeviceId, ExitKind, Observatory};
+use sie_hv::{SystemEventKind, Vcpu, VmExit};
+use sie_obs::{AddressSpace, DeviceStats, ExitKind, Observatory, VcpuStats};
 
 use crate::outcome::VmOutcome;
 
@@ -73,17 +76,21 @@ pub enum Flow {
 }
 
 /// The result of dispatching one exit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
+#[derive(Clone, Debug)]
+pub struct Step<'a> {
     /// Its kind, for the observatory.
     pub kind: ExitKind,
-    /// The device that handled it, and whether it was a write.
-    pub device: Option<(DeviceId, bool)>,
+    /// The statistics of the device that handled it, and whether it was a write.
+    pub device: Option<(&'a DeviceStats, bool)>,
     /// What happens next.
     pub flow: Flow,
 }
 
-impl Step {
+fn nanos(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Step<'_> {
     fn of(kind: ExitKind, flow: Flow) -> Self {
         Self {
             kind,
@@ -94,9 +101,38 @@ impl Step {
 }
 
 impl ExitContext {
-    /// Decodes and handles one exit.
+    /// Enters the guest once and handles the exit it comes back with:
+    /// decoded, routed, counted and timed here and nowhere else. `entered`
+    /// is when the vCPU entered the guest; it is moved to the end of the
+    /// handling, which is when the vCPU enters again. A `KVM_RUN` that fails
+    /// counts as an exit of kind `Other` and crashes the vCPU.
     #[inline]
-    pub fn dispatch(&self, exit: VmExit<'_>) -> Step {
+    pub fn run_once(&self, vcpu: &mut dyn Vcpu, stats: &VcpuStats, entered: &mut Instant) -> Flow {
+        let result = vcpu.run();
+        let left = Instant::now();
+        let (kind, device, flow) = match result {
+            Ok(exit) => {
+                let step = self.dispatch(exit);
+                (step.kind, step.device, step.flow)
+            }
+            Err(error) => {
+                tracing::error!("KVM_RUN failed: {error}");
+                (ExitKind::Other, None, Flow::Crash(CrashKind::RunFailed))
+            }
+        };
+        let handled = Instant::now();
+        let handling_ns = nanos(left, handled);
+        stats.record(kind, nanos(*entered, left), handling_ns);
+        if let Some((device, is_write)) = device {
+            device.record(is_write, handling_ns);
+        }
+        *entered = handled;
+        flow
+    }
+
+    /// Decodes and routes one exit (without timing it: see `run_once`).
+    #[inline]
+    pub fn dispatch<'a>(&'a self, exit: VmExit<'_>) -> Step<'a> {
         match exit {
             VmExit::IoIn { port, size, data } => {
                 let mut step = Step::of(ExitKind::PioIn, Flow::Continue);
@@ -175,20 +211,20 @@ impl ExitContext {
     }
 
     #[inline]
-    fn read(
-        &self,
-        bus: &Bus,
+    fn read<'a>(
+        &'a self,
+        bus: &'a Bus,
         space: AddressSpace,
         addr: u64,
         data: &mut [u8],
         kind: ExitKind,
-    ) -> Step {
+    ) -> Step<'a> {
         match bus.find(addr) {
             Some(hit) => {
                 hit.device.read(hit.offset, data);
                 Step {
                     kind,
-                    device: Some((hit.id, false)),
+                    device: Some((hit.stats, false)),
                     flow: Flow::Continue,
                 }
             }
@@ -201,20 +237,20 @@ impl ExitContext {
     }
 
     #[inline]
-    fn write(
-        &self,
-        bus: &Bus,
+    fn write<'a>(
+        &'a self,
+        bus: &'a Bus,
         space: AddressSpace,
         addr: u64,
         data: &[u8],
         kind: ExitKind,
-    ) -> Step {
+    ) -> Step<'a> {
         match bus.find(addr) {
             Some(hit) => {
                 hit.device.write(hit.offset, data);
                 Step {
                     kind,
-                    device: Some((hit.id, true)),
+                    device: Some((hit.stats, true)),
                     flow: Flow::Continue,
                 }
             }
@@ -260,16 +296,18 @@ mod tests {
 
     fn context() -> (ExitContext, Arc<Latch>) {
         let latch = Arc::new(Latch::default());
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
         let mut pio = Bus::default();
-        pio.insert(0x3f8, 8, latch.clone(), DeviceId(0)).unwrap();
-        let mut mmio = Bus::default();
-        mmio.insert(0xc000_0000, 0x1000, latch.clone(), DeviceId(1))
+        pio.insert(0x3f8, 8, latch.clone(), obs.register_device("com1"))
             .unwrap();
-        let obs = Arc::new(Observatory::new(
-            Instant::now(),
-            1,
-            vec!["com1".into(), "timer".into()],
-        ));
+        let mut mmio = Bus::default();
+        mmio.insert(
+            0xc000_0000,
+            0x1000,
+            latch.clone(),
+            obs.register_device("timer"),
+        )
+        .unwrap();
         (ExitContext { pio, mmio, obs }, latch)
     }
 
@@ -282,7 +320,7 @@ mod tests {
             data: b"A",
         });
         assert_eq!(step.kind, ExitKind::PioOut);
-        assert_eq!(step.device, Some((DeviceId(0), true)));
+        assert!(matches!(step.device, Some((_, true))));
         assert_eq!(step.flow, Flow::Continue);
         assert_eq!(*latch.0.lock().unwrap(), b"A");
         let mut data = [0u8; 1];
@@ -321,7 +359,7 @@ mod tests {
             data: &mut data,
         });
         assert_eq!(data, [0xff; 4]);
-        assert_eq!(step.device, None);
+        assert!(step.device.is_none());
         let step = ctx.dispatch(VmExit::IoOut {
             port: 0x99,
             size: 1,

@@ -84,7 +84,7 @@ pub enum VmmError {
     #[error("creating device {name}")]
     Device {
         /// Device name.
-        name: &'static str,
+        name: String,
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

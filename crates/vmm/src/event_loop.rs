@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
-use crate::console::{ConsoleInput, ConsoleOutput};
 use crate::control::VmControl;
 use crate::outcome::VmOutcome;
 
@@ -121,27 +120,4 @@ pub fn run_once(manager: &mut Manager) -> std::io::Result<()> {
         .run_with_timeout(FLUSH_TICK_MS)
         .map(|_| ())
         .map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// Serves events until the VM stops.
-pub fn run_until_stopped(
-    control: &Arc<VmControl>,
-    signals: Option<OwnedFd>,
-    input: Option<ConsoleInput>,
-    workers: Vec<Box<dyn MutEventSubscriber + Send>>,
-    output: &ConsoleOutput,
-) -> std::io::Result<()> {
-    let mut manager = new_manager(control, signals)?;
-    for worker in workers {
-        manager.add_subscriber(worker);
-    }
-    if let Some(input) = input {
-        manager.add_subscriber(Box::new(input));
-    }
-    while !control.is_stopping() {
-        run_once(&mut manager)?;
-        output.flush_pending();
-    }
-    output.flush_pending();
-    Ok(())
 }

@@ -1,21 +1,22 @@
 //! Builds and runs a VM.
 //!
-//! `build` turns one validated [`sie_config::VmConfig`] into a [`BuiltVm`];
-//! [`BuiltVm::run`] starts a thread per vCPU, serves the console and signals
-//! on the calling thread, and returns how the VM ended together with its
-//! exit statistics. Every VM exit passes through one dispatch function
-//! ([`dispatch::ExitContext::dispatch`]), where it is routed and counted.
+//! [`build`] turns one validated [`sie_config::VmConfig`] into a [`BuiltVm`];
+//! [`controller::serve`] is the one way a VM is served: it starts a thread
+//! per vCPU ([`vcpu::VcpuSet`], each a small state machine), serves the
+//! console, signals, metrics and requests (from the API, or none for
+//! `sie run`) on the calling thread, and returns how the VM ended together
+//! with its exit statistics. Every VM exit passes through one dispatch
+//! function ([`dispatch::ExitContext::run_once`]), where it is routed,
+//! counted and timed.
 //!
 //! ```no_run
 //! use std::time::Instant;
 //! use sie_hv::kvm::Kvm;
-//! use sie_vmm::{BuildOptions, ConsoleOutput, RunOptions, build};
+//! use sie_vmm::BuildOptions;
 //!
 //! let config = sie_config::VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#)?;
 //! let kvm = Kvm::open()?;
-//! let options = BuildOptions { start: Instant::now(), console: ConsoleOutput::stdout(), extra_pio: Vec::new(), host_decompress: None };
-//! let vm = build(&config, &kvm, options)?;
-//! let finished = vm.run(RunOptions { console_input: true })?;
+//! let finished = sie_vmm::run(&kvm, config, BuildOptions::new(Instant::now()), true)?;
 //! std::process::exit(finished.outcome.exit_code());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -25,31 +26,50 @@ mod builder;
 pub mod console;
 mod control;
 pub mod controller;
+pub mod device_manager;
 pub mod dispatch;
 mod error;
 mod event_loop;
 mod outcome;
 pub mod platform;
 pub mod teardown;
-mod vcpu;
+#[cfg(test)]
+mod test_doubles;
+pub mod vcpu;
 pub mod virtio;
 
 use std::sync::Arc;
 
-pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build, build_with_control};
+pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build};
 pub use console::{ConsoleOutput, TerminalGuard, terminal::restore_terminal};
-pub use control::{PauseError, VmControl};
+pub use control::VmControl;
 pub use error::{Result, VmmError};
 pub use event_loop::block_stop_signals;
 pub use outcome::{CrashReport, EXIT_GUEST_PANIC, EXIT_VCPU_CRASH, VmOutcome};
 pub use platform::{ExtraDevice, PlatformDevices};
 use sie_obs::Observatory;
+pub use vcpu::{PauseError, VcpuSet};
 
-/// Choices for running a built VM.
-#[derive(Clone, Copy, Debug)]
-pub struct RunOptions {
-    /// Forward stdin to the guest's COM1 (and put a terminal in raw mode).
-    pub console_input: bool,
+/// Runs the VM `config` describes from boot to its end, with no API: what
+/// `sie run`, `sie doctor` and the benchmarks do. The same controller as
+/// the API serves it ([`controller::serve`] with no requests), so the
+/// config file's `logger` section needs a [`controller::LoggerControl`]:
+/// use `serve` directly for that.
+pub fn run(
+    hv: &dyn sie_hv::Hypervisor,
+    config: sie_config::VmConfig,
+    build: BuildOptions,
+    console_input: bool,
+) -> Result<FinishedVm> {
+    let options = controller::ServeOptions::without_api(config, build, console_input);
+    match controller::serve(hv, &mut controller::NoRequests::new()?, options)? {
+        controller::Served::Finished(finished) => Ok(finished),
+        // The VM is started before the first event is served; only a
+        // failed build (an error above) leaves it unstarted.
+        controller::Served::NeverStarted(_) => Err(VmmError::Platform(
+            "the VM was stopped before it started".into(),
+        )),
+    }
 }
 
 /// A VM that has ended. Dropping it destroys the VM in the kernel; see
@@ -65,7 +85,24 @@ pub struct FinishedVm {
     memory: vm_memory::GuestMemoryMmap,
 }
 
+/// What metrics and `/stats` read of a VM, running or ended.
+#[derive(Clone, Copy)]
+pub struct VmFigures<'a> {
+    /// Exit and device statistics.
+    pub observatory: &'a Observatory,
+    /// Paravirtual devices' counters.
+    pub virtio: &'a [virtio::VirtioStats],
+}
+
 impl FinishedVm {
+    /// Its figures, for a last metrics line.
+    pub fn figures(&self) -> VmFigures<'_> {
+        VmFigures {
+            observatory: &self.observatory,
+            virtio: &self.virtio,
+        }
+    }
+
     /// The `--stats` text: the observatory's report, then each virtio
     /// device's counters.
     pub fn stats_text(&self) -> String {
@@ -96,48 +133,21 @@ impl FinishedVm {
 }
 
 impl BuiltVm {
-    /// Runs the VM until the guest resets, crashes or panics, or sie gets a
-    /// stop signal.
-    pub fn run(self, options: RunOptions) -> Result<FinishedVm> {
-        let signals = event_loop::block_stop_signals().map_err(|source| VmmError::Host {
-            what: "blocking stop signals",
-            source,
-        })?;
-        let input = options
-            .console_input
-            .then(|| self.devices.console_input())
-            .flatten();
-        let _terminal = input.as_ref().and_then(|_| TerminalGuard::raw_stdin());
-        let mut started = self.start()?;
-        let workers = std::mem::take(&mut started.virtio.workers);
-        let served = event_loop::run_until_stopped(
-            &started.control,
-            Some(signals),
-            input,
-            workers,
-            &started.devices.console,
-        );
-        let finished = started.join();
-        served.map_err(|source| VmmError::Host {
-            what: "serving VM events",
-            source,
-        })?;
-        Ok(finished)
-    }
-
     /// Starts a thread per vCPU. The caller serves the VM's events until
     /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
     /// signals must already be blocked (the vCPU threads inherit the mask).
     pub fn start(self) -> Result<StartedVm> {
-        let handles = vcpu::spawn_vcpus(self.vcpus, self.exits.clone(), self.control.clone())
-            .map_err(|source| VmmError::Host {
-                what: "starting vCPU threads",
-                source,
+        let vcpus =
+            VcpuSet::spawn(self.vcpus, self.exits, self.control.clone()).map_err(|source| {
+                VmmError::Host {
+                    what: "starting vCPU threads",
+                    source,
+                }
             })?;
         Ok(StartedVm {
-            handles,
+            vcpus,
             control: self.control,
-            observatory: self.exits.obs.clone(),
+            observatory: self.observatory,
             devices: self.devices,
             virtio: self.virtio,
             vm: self.vm,
@@ -148,8 +158,9 @@ impl BuiltVm {
 
 /// A VM whose vCPU threads run.
 pub struct StartedVm {
-    handles: Vec<std::thread::JoinHandle<()>>,
-    /// Stop, pause and outcome.
+    /// The vCPUs: pause, resume, register access.
+    pub vcpus: VcpuSet,
+    /// Stop and outcome.
     pub control: Arc<VmControl>,
     /// Exit statistics, live.
     pub observatory: Arc<Observatory>,
@@ -162,14 +173,19 @@ pub struct StartedVm {
 }
 
 impl StartedVm {
-    /// Waits for the vCPU threads (stop the VM through its control first)
-    /// and returns how it ended.
-    pub fn join(self) -> FinishedVm {
-        for handle in self.handles {
-            // A vCPU thread that panicked has nothing to return; the VM is
-            // over either way.
-            let _ = handle.join();
+    /// Its live figures.
+    pub fn figures(&self) -> VmFigures<'_> {
+        VmFigures {
+            observatory: &self.observatory,
+            virtio: &self.virtio.stats,
         }
+    }
+
+    /// Stops every vCPU (the VM's control should say why first) and returns
+    /// how the VM ended.
+    pub fn join(mut self) -> FinishedVm {
+        self.vcpus.exit_all();
+        self.vcpus.join();
         self.devices.console.flush_pending();
         let outcome = self.control.outcome().unwrap_or(VmOutcome::Shutdown);
         FinishedVm {

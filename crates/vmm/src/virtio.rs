@@ -1,21 +1,24 @@
 //! The paravirtual devices of one VM: each configured drive and network
 //! interface, the vsock and the entropy device, each behind its own
-//! virtio-MMIO window, with an interrupt line and one ioeventfd per queue.
+//! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
+//! windows and lines come from the device manager.
 //!
 //! A queue notification is an ioeventfd: the guest's write to QueueNotify
 //! wakes the VMM event thread without a trip through the vCPU's exit
 //! dispatch; the device answers through an irqfd. So the vCPU thread only
 //! sees the device's rare register accesses during driver setup.
 //!
-//! Every device is described twice: in the ACPI DSDT (`LNRO0005`, which
-//! stock distro kernels bind to) and as `virtio_mmio.device=` on the
-//! command line (for minimal kernels built without ACPI).
+//! Every device is described once, to the device manager, which derives
+//! both descriptions the guest gets: the ACPI DSDT (`LNRO0005`, which stock
+//! distro kernels bind to) and `virtio_mmio.device=` on the command line
+//! (for minimal kernels built without ACPI).
 
 use std::fs::{File, OpenOptions};
 use std::sync::Arc;
 
 use event_manager::MutEventSubscriber;
-use sie_arch::acpi::VirtioMmioAcpi;
+use linux_loader::cmdline::Cmdline;
+use sie_arch::acpi::AcpiDevice;
 use sie_config::VmConfig;
 use sie_devices::virtio::block::Block;
 use sie_devices::virtio::net::{Net, Tap, parse_mac};
@@ -25,27 +28,11 @@ use sie_devices::virtio::{
     CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, VirtioDevice, VirtioMmioTransport,
     VirtioWorker,
 };
-use sie_devices::{Bus, DeviceRegistry, Interrupt};
 use sie_hv::{IoEventAddress, Vm};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::device_manager::{DeviceLayout, DeviceManager};
 use crate::error::{Result, VmmError};
-
-/// Interrupt lines for virtio devices: the ISA lines no legacy device
-/// uses, then the I/O APIC's PCI-range pins.
-const IRQS: [u32; 17] = [
-    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-];
-
-/// One device's place.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
-    /// MMIO base.
-    pub base: u64,
-    /// Interrupt line (GSI).
-    pub irq: u32,
-}
 
 /// Counters of one virtio device, read when statistics are asked for.
 pub struct VirtioStats {
@@ -64,28 +51,16 @@ pub struct VirtioDevices {
     pub blocks: Vec<(String, Arc<VirtioMmioTransport<Block>>)>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
-    /// Their ACPI descriptions.
-    pub acpi: Vec<VirtioMmioAcpi>,
-    /// `virtio_mmio.device=` arguments for kernels without ACPI.
-    pub cmdline: Vec<String>,
 }
 
 /// What `attach` needs from the VM being built.
-pub struct Wiring<'a> {
-    /// The hypervisor's VM (irqfds, ioeventfds).
+pub struct Wiring<'a, 'm> {
+    /// The hypervisor's VM (ioeventfds).
     pub vm: &'a dyn Vm,
     /// Guest RAM.
     pub memory: &'a GuestMemoryMmap,
-    /// The MMIO bus being built.
-    pub mmio: &'a mut Bus,
-    /// Names for the observatory.
-    pub registry: &'a mut DeviceRegistry,
-}
-
-fn slot(index: usize) -> Option<Slot> {
-    let irq = *IRQS.get(index)?;
-    let base = sie_arch::layout::VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW_LEN;
-    Some(Slot { base, irq })
+    /// Places each device and gives it an interrupt line.
+    pub manager: &'a mut DeviceManager<'m>,
 }
 
 fn open_drive(path: &std::path::Path, read_only: bool) -> std::io::Result<File> {
@@ -98,7 +73,7 @@ fn open_drive(path: &std::path::Path, read_only: bool) -> std::io::Result<File> 
 
 impl VirtioDevices {
     /// Creates every paravirtual device `config` asks for and wires it.
-    pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_>) -> Result<Self> {
+    pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_, '_>) -> Result<Self> {
         let mut devices = Self::default();
         for drive in &config.drives {
             let name = format!(
@@ -161,10 +136,11 @@ impl VirtioDevices {
         Ok(devices)
     }
 
-    /// Places one device in the next slot.
+    /// Places one device: an MMIO window and an interrupt line from the
+    /// device manager, an ioeventfd per queue, a worker for the event thread.
     fn add<D: VirtioDevice + 'static>(
         &mut self,
-        wiring: &mut Wiring<'_>,
+        wiring: &mut Wiring<'_, '_>,
         bus_name: String,
         device: D,
         name: &str,
@@ -173,33 +149,29 @@ impl VirtioDevices {
             name: name.to_string(),
             source,
         };
-        let slot = slot(self.acpi.len())
-            .ok_or_else(|| fail("too many virtio devices (at most 17)".into()))?;
-        let line = EventFd::new(EFD_NONBLOCK).map_err(|e| fail(e.into()))?;
-        wiring
-            .vm
-            .register_irqfd(&line, slot.irq)
-            .map_err(|e| fail(e.into()))?;
-        let line: Arc<dyn Interrupt> = Arc::new(line);
+        let (irq, line) = wiring.manager.allocate_line(name)?;
         let transport = Arc::new(
             VirtioMmioTransport::new(device, wiring.memory.clone(), line)
                 .map_err(|e| fail(e.into()))?,
         );
+        let base = wiring
+            .manager
+            .add_mmio(&bus_name, None, MMIO_WINDOW_LEN, transport.clone())?;
         for (index, event) in transport.queue_events().iter().enumerate() {
             wiring
                 .vm
                 .register_ioevent(
                     event,
-                    IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY_OFFSET),
+                    IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
                     Some(index as u64),
                 )
                 .map_err(|e| fail(e.into()))?;
         }
-        let id = wiring.registry.register(bus_name.clone());
-        wiring
-            .mmio
-            .insert(slot.base, MMIO_WINDOW_LEN, transport.clone(), id)
-            .map_err(|e| fail(e.into()))?;
+        wiring.manager.describe(AcpiDevice::VirtioMmio {
+            addr: base,
+            len: MMIO_WINDOW_LEN,
+            irq,
+        });
         self.workers
             .push(Box::new(VirtioWorker::new(transport.clone())));
         let counters = transport.clone();
@@ -207,62 +179,65 @@ impl VirtioDevices {
             name: bus_name,
             read: Box::new(move || counters.counters()),
         });
-        self.acpi.push(VirtioMmioAcpi {
-            addr: slot.base,
-            len: MMIO_WINDOW_LEN,
-            irq: slot.irq,
-        });
-        self.cmdline.push(format!(
-            "virtio_mmio.device=4K@{:#x}:{}",
-            slot.base, slot.irq
-        ));
         Ok(transport)
     }
 }
 
-/// The kernel command line with the root device and the virtio-mmio
-/// devices added. A `root=` the user wrote wins.
-pub fn boot_cmdline(base: &str, config: &VmConfig, devices: &VirtioDevices) -> String {
-    let mut cmdline = base.to_string();
-    let has_root = base.split_whitespace().any(|arg| arg.starts_with("root="));
-    if !has_root && let Some(index) = config.drives.iter().position(|d| d.is_root_device) {
-        let drive = &config.drives[index];
-        let root = match &drive.partuuid {
-            Some(uuid) => format!("root=PARTUUID={uuid}"),
-            None => format!("root=/dev/vd{}", (b'a' + index as u8) as char),
-        };
-        cmdline.push(' ');
-        cmdline.push_str(&root);
-        cmdline.push_str(if drive.is_read_only == Some(true) {
-            " ro"
-        } else {
-            " rw"
-        });
+/// Why the kernel command line could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("kernel command line: {0}")]
+pub struct CmdlineError(linux_loader::cmdline::Error);
+
+/// The root device arguments for the first drive marked `is_root_device`
+/// (`root=/dev/vdX` in drive order, or `root=PARTUUID=`), unless `base`
+/// already names a root.
+fn root_args(base: &str, config: &VmConfig) -> Option<String> {
+    if base.split_whitespace().any(|arg| arg.starts_with("root=")) {
+        return None;
     }
-    for device in &devices.cmdline {
-        cmdline.push(' ');
-        cmdline.push_str(device);
+    let index = config.drives.iter().position(|d| d.is_root_device)?;
+    let drive = &config.drives[index];
+    let root = match &drive.partuuid {
+        Some(uuid) => format!("root=PARTUUID={uuid}"),
+        // Drives are /dev/vda, vdb, ... in attach order; past vdz Linux
+        // goes on with vdaa, which sie does not spell out.
+        None => format!("root=/dev/vd{}", char::from(b'a' + (index % 26) as u8)),
+    };
+    let mode = if drive.is_read_only == Some(true) {
+        "ro"
+    } else {
+        "rw"
+    };
+    Some(format!("{root} {mode}"))
+}
+
+/// The kernel command line: `base`, the root device, then what the device
+/// manager derives for the placed devices (`virtio_mmio.device=`).
+pub fn boot_cmdline(
+    base: &str,
+    config: &VmConfig,
+    layout: &DeviceLayout,
+) -> std::result::Result<String, CmdlineError> {
+    let mut cmdline = Cmdline::new(sie_arch::layout::CMDLINE_MAX_SIZE).map_err(CmdlineError)?;
+    if !base.trim().is_empty() {
+        cmdline.insert_str(base.trim()).map_err(CmdlineError)?;
     }
-    cmdline
+    if let Some(root) = root_args(base, config) {
+        cmdline.insert_str(root).map_err(CmdlineError)?;
+    }
+    layout
+        .add_virtio_mmio_args(&mut cmdline)
+        .map_err(CmdlineError)?;
+    let text = cmdline.as_cstring().map_err(CmdlineError)?;
+    Ok(text.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_follow_the_layout_and_skip_used_lines() {
-        assert_eq!(
-            slot(0),
-            Some(Slot {
-                base: 0xC000_1000,
-                irq: 5
-            })
-        );
-        assert_eq!(slot(3).map(|s| s.irq), Some(9), "IRQ 8 is the RTC's");
-        assert_eq!(slot(16).map(|s| s.base), Some(0xC001_1000));
-        assert_eq!(slot(17), None);
-    }
+    use crate::test_doubles::FakeVm;
+    use sie_obs::Observatory;
+    use std::time::Instant;
 
     fn config(drives: serde_json::Value) -> VmConfig {
         VmConfig::from_json(
@@ -275,27 +250,99 @@ mod tests {
         .unwrap()
     }
 
+    fn layout_with_one_virtio_device() -> DeviceLayout {
+        let vm = FakeVm::default();
+        let mut manager =
+            DeviceManager::new(&vm, Arc::new(Observatory::new(Instant::now(), 1))).unwrap();
+        manager.describe(AcpiDevice::VirtioMmio {
+            addr: 0xc000_1000,
+            len: 0x1000,
+            irq: 5,
+        });
+        manager.finish()
+    }
+
     #[test]
     fn the_root_drive_becomes_root_on_the_command_line() {
-        let devices = VirtioDevices {
-            cmdline: vec!["virtio_mmio.device=4K@0xc0001000:5".into()],
-            ..Default::default()
-        };
+        let layout = layout_with_one_virtio_device();
         let config_a = config(serde_json::json!([
             {"drive_id": "data", "path_on_host": "d", "is_root_device": false},
             {"drive_id": "root", "path_on_host": "r", "is_root_device": true, "is_read_only": true}
         ]));
         assert_eq!(
-            boot_cmdline("console=ttyS0", &config_a, &devices),
+            boot_cmdline("console=ttyS0", &config_a, &layout).unwrap(),
             "console=ttyS0 root=/dev/vdb ro virtio_mmio.device=4K@0xc0001000:5"
         );
         let config_b = config(serde_json::json!([
             {"drive_id": "root", "path_on_host": "r", "is_root_device": true, "partuuid": "abcd-01"}
         ]));
-        assert!(boot_cmdline("x", &config_b, &devices).starts_with("x root=PARTUUID=abcd-01 rw"));
+        assert!(
+            boot_cmdline("x", &config_b, &layout)
+                .unwrap()
+                .starts_with("x root=PARTUUID=abcd-01 rw")
+        );
+        let empty = DeviceManager::new(
+            &FakeVm::default(),
+            Arc::new(Observatory::new(Instant::now(), 1)),
+        )
+        .unwrap()
+        .finish();
         assert_eq!(
-            boot_cmdline("root=/dev/sda", &config_b, &VirtioDevices::default()),
+            boot_cmdline("root=/dev/sda", &config_b, &empty).unwrap(),
             "root=/dev/sda"
         );
+    }
+
+    #[test]
+    fn a_command_line_too_long_for_the_kernel_is_an_error() {
+        let layout = layout_with_one_virtio_device();
+        let long = "x".repeat(sie_arch::layout::CMDLINE_MAX_SIZE);
+        let error = boot_cmdline(&long, &config(serde_json::json!([])), &layout).unwrap_err();
+        assert!(
+            error.to_string().starts_with("kernel command line"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn devices_take_windows_and_lines_from_the_manager() {
+        let vm = FakeVm::default();
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
+        let mut manager = DeviceManager::new(&vm, obs.clone()).unwrap();
+        // The legacy platform's lines, as platform.rs claims them.
+        for gsi in [1, 3, 4] {
+            manager.fixed_line(gsi).unwrap();
+        }
+        let memory =
+            GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let config =
+            VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "entropy": {}}"#)
+                .unwrap();
+        let devices = VirtioDevices::attach(
+            &config,
+            &mut Wiring {
+                vm: &vm,
+                memory: &memory,
+                manager: &mut manager,
+            },
+        )
+        .unwrap();
+        assert_eq!(devices.workers.len(), 1);
+        let layout = manager.finish();
+        let base = sie_arch::layout::PLATFORM_MMIO_START;
+        assert_eq!(
+            layout.acpi,
+            [AcpiDevice::VirtioMmio {
+                addr: base,
+                len: MMIO_WINDOW_LEN,
+                irq: 5
+            }]
+        );
+        assert!(layout.mmio.find(base).is_some());
+        assert_eq!(
+            *vm.ioevents.lock().unwrap(),
+            [(IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), Some(0))]
+        );
+        assert_eq!(obs.report().devices[0].name, "virtio-rng");
     }
 }

@@ -1,5 +1,7 @@
-//! The DSDT: AML device objects for what Linux cannot discover: virtio-mmio
-//! slots, the pvpanic port and COM1.
+//! The DSDT: AML device objects for what Linux cannot discover (virtio-mmio
+//! slots, the pvpanic port, the UARTs, the keyboard controller), each with
+//! the resources the VMM's device manager gave it: nothing here knows an
+//! address or an interrupt line of its own.
 //!
 //! virtio-mmio interrupts are described **edge-triggered, active-high**:
 //! sie signals them through KVM irqfds without a resample fd, which pulse
@@ -14,18 +16,13 @@ use acpi_tables::aml::{
 };
 use acpi_tables::sdt::Sdt;
 
-use super::{AcpiConfig, AcpiError, OEM_ID, Result};
+use super::{AcpiConfig, AcpiDevice, AcpiError, OEM_ID, Result};
 
 /// Revision 2: 64-bit AML integers.
 const REVISION: u8 = 2;
 const HEADER_LEN: u32 = 36;
 /// AML names are four characters: "V" and three hex digits.
 const MAX_VIRTIO_DEVICES: usize = 0x1000;
-const COM1_PORT: u16 = 0x3f8;
-const COM1_IRQ: u32 = 4;
-const I8042_DATA_PORT: u16 = 0x60;
-const I8042_COMMAND_PORT: u16 = 0x64;
-const I8042_KBD_IRQ: u32 = 1;
 
 /// `Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive)`.
 fn edge_high(irq: u32) -> Interrupt {
@@ -34,87 +31,36 @@ fn edge_high(irq: u32) -> Interrupt {
 
 /// Builds the DSDT for `config`.
 pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
-    if config.virtio_mmio.len() > MAX_VIRTIO_DEVICES {
-        return Err(AcpiError::TooManyVirtioDevices(config.virtio_mmio.len()));
+    let virtio_count = config
+        .devices
+        .iter()
+        .filter(|d| matches!(d, AcpiDevice::VirtioMmio { .. }))
+        .count();
+    if virtio_count > MAX_VIRTIO_DEVICES {
+        return Err(AcpiError::TooManyVirtioDevices(virtio_count));
     }
     // Devices are encoded one by one into `body`, so each one's resources
     // can be dropped before the next is built.
     let mut body = Vec::new();
-
-    if config.legacy_serial {
-        let io = IO::new(COM1_PORT, COM1_PORT, 1, 8);
-        let irq = edge_high(COM1_IRQ);
-        let crs = ResourceTemplate::new(vec![&io, &irq]);
-        Device::new(
-            Path::new("COM1"),
-            vec![
-                &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
-                &Name::new(Path::new("_UID"), &1u8),
-                &Name::new(Path::new("_CRS"), &crs),
-            ],
-        )
-        .to_aml_bytes(&mut body);
-    }
-
-    if config.legacy_serial {
-        // The i8042's keyboard port. Linux's i8042 driver finds it through
-        // PNP0303 and takes its interrupt from here; probing the ports
-        // blindly instead, it could not request IRQ 1 in a guest with an
-        // I/O APIC and failed with EINVAL, so the guest never saw keys
-        // (Ctrl-Alt-Del).
-        let data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
-        let command = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
-        let irq = edge_high(I8042_KBD_IRQ);
-        let crs = ResourceTemplate::new(vec![&data, &command, &irq]);
-        Device::new(
-            Path::new("PS2K"),
-            vec![
-                &Name::new(Path::new("_HID"), &EISAName::new("PNP0303")),
-                &Name::new(Path::new("_CRS"), &crs),
-            ],
-        )
-        .to_aml_bytes(&mut body);
-    }
-
-    if let Some(port) = config.pvpanic_port {
-        let io = IO::new(port, port, 1, 1);
-        let crs = ResourceTemplate::new(vec![&io]);
-        Device::new(
-            Path::new("PVPN"),
-            vec![
-                &Name::new(Path::new("_HID"), &"QEMU0001"),
-                &Name::new(Path::new("_CRS"), &crs),
-            ],
-        )
-        .to_aml_bytes(&mut body);
-    }
-
-    for (index, dev) in config.virtio_mmio.iter().enumerate() {
-        let fits = dev.len > 0
-            && dev
-                .addr
-                .checked_add(dev.len)
-                .is_some_and(|end| end <= 1 << 32);
-        if !fits {
-            return Err(AcpiError::VirtioMmioRange {
-                addr: dev.addr,
-                len: dev.len,
-            });
+    let mut serial_uid = 0u8;
+    let mut virtio_index = 0usize;
+    for device in &config.devices {
+        match *device {
+            AcpiDevice::Serial { port, irq } => {
+                serial_uid = serial_uid.saturating_add(1);
+                serial(&mut body, serial_uid, port, irq);
+            }
+            AcpiDevice::Keyboard {
+                data_port,
+                command_port,
+                irq,
+            } => keyboard(&mut body, data_port, command_port, irq),
+            AcpiDevice::PvPanic { port } => pvpanic(&mut body, port),
+            AcpiDevice::VirtioMmio { addr, len, irq } => {
+                virtio_mmio(&mut body, virtio_index, addr, len, irq)?;
+                virtio_index += 1;
+            }
         }
-        // Both fit in 32 bits: the window ends at or below 4 GiB.
-        let memory = Memory32Fixed::new(true, dev.addr as u32, dev.len as u32);
-        let irq = edge_high(dev.irq);
-        let crs = ResourceTemplate::new(vec![&memory, &irq]);
-        let uid = index as u32;
-        Device::new(
-            Path::new(&format!("V{index:03X}")),
-            vec![
-                &Name::new(Path::new("_HID"), &"LNRO0005"),
-                &Name::new(Path::new("_UID"), &uid),
-                &Name::new(Path::new("_CRS"), &crs),
-            ],
-        )
-        .to_aml_bytes(&mut body);
     }
 
     let mut aml = Vec::with_capacity(body.len() + 16);
@@ -123,6 +69,75 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
     let mut sdt = Sdt::new(*b"DSDT", HEADER_LEN, REVISION, OEM_ID, *b"SIEDSDT ", 1);
     sdt.append_slice(&aml);
     Ok(sdt.as_slice().to_vec())
+}
+
+fn serial(body: &mut Vec<u8>, uid: u8, port: u16, irq: u32) {
+    let io = IO::new(port, port, 1, 8);
+    let irq = edge_high(irq);
+    let crs = ResourceTemplate::new(vec![&io, &irq]);
+    Device::new(
+        Path::new(&format!("COM{}", uid.min(9))),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+            &Name::new(Path::new("_UID"), &uid),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+/// The i8042's keyboard port. Linux's i8042 driver finds it through PNP0303
+/// and takes its interrupt from here; probing the ports blindly instead, it
+/// could not request IRQ 1 in a guest with an I/O APIC and failed with
+/// EINVAL, so the guest never saw keys (Ctrl-Alt-Del).
+fn keyboard(body: &mut Vec<u8>, data_port: u16, command_port: u16, irq: u32) {
+    let data = IO::new(data_port, data_port, 1, 1);
+    let command = IO::new(command_port, command_port, 1, 1);
+    let irq = edge_high(irq);
+    let crs = ResourceTemplate::new(vec![&data, &command, &irq]);
+    Device::new(
+        Path::new("PS2K"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0303")),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+fn pvpanic(body: &mut Vec<u8>, port: u16) {
+    let io = IO::new(port, port, 1, 1);
+    let crs = ResourceTemplate::new(vec![&io]);
+    Device::new(
+        Path::new("PVPN"),
+        vec![
+            &Name::new(Path::new("_HID"), &"QEMU0001"),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+fn virtio_mmio(body: &mut Vec<u8>, index: usize, addr: u64, len: u64, irq: u32) -> Result<()> {
+    let fits = len > 0 && addr.checked_add(len).is_some_and(|end| end <= 1 << 32);
+    if !fits {
+        return Err(AcpiError::VirtioMmioRange { addr, len });
+    }
+    // Both fit in 32 bits: the window ends at or below 4 GiB.
+    let memory = Memory32Fixed::new(true, addr as u32, len as u32);
+    let irq = edge_high(irq);
+    let crs = ResourceTemplate::new(vec![&memory, &irq]);
+    let uid = index as u32;
+    Device::new(
+        Path::new(&format!("V{index:03X}")),
+        vec![
+            &Name::new(Path::new("_HID"), &"LNRO0005"),
+            &Name::new(Path::new("_UID"), &uid),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+    Ok(())
 }
 
 /// Already-encoded AML, placed inside a scope.
@@ -137,7 +152,6 @@ impl Aml for RawAml {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acpi::VirtioMmioAcpi;
 
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         hay.windows(needle.len()).any(|w| w == needle)
@@ -146,20 +160,28 @@ mod tests {
     fn config() -> AcpiConfig {
         AcpiConfig {
             vcpus: 1,
-            virtio_mmio: vec![
-                VirtioMmioAcpi {
+            devices: vec![
+                AcpiDevice::Serial {
+                    port: 0x3f8,
+                    irq: 4,
+                },
+                AcpiDevice::Keyboard {
+                    data_port: 0x60,
+                    command_port: 0x64,
+                    irq: 1,
+                },
+                AcpiDevice::PvPanic { port: 0x505 },
+                AcpiDevice::VirtioMmio {
                     addr: 0xc000_1000,
                     len: 0x1000,
                     irq: 5,
                 },
-                VirtioMmioAcpi {
+                AcpiDevice::VirtioMmio {
                     addr: 0xc000_2000,
                     len: 0x1000,
                     irq: 6,
                 },
             ],
-            pvpanic_port: Some(0x505),
-            legacy_serial: true,
         }
     }
 
@@ -203,22 +225,39 @@ mod tests {
         assert!(!contains(&dsdt, b"COM1"));
     }
 
+    fn with_second_virtio(addr: u64, len: u64) -> AcpiConfig {
+        let mut c = config();
+        c.devices[4] = AcpiDevice::VirtioMmio { addr, len, irq: 6 };
+        c
+    }
+
     #[test]
     fn virtio_mmio_above_4gib_is_rejected() {
-        let mut c = config();
-        c.virtio_mmio[1].addr = 0xffff_f800;
         assert!(matches!(
-            build(&c),
+            build(&with_second_virtio(0xffff_f800, 0x1000)),
             Err(AcpiError::VirtioMmioRange {
                 addr: 0xffff_f800,
                 ..
             })
         ));
-        c.virtio_mmio[1].addr = 1 << 32;
-        assert!(build(&c).is_err());
-        c.virtio_mmio[1].addr = 0xffff_f000; // ends exactly at 4 GiB
-        assert!(build(&c).is_ok());
-        c.virtio_mmio[1].len = 0;
-        assert!(build(&c).is_err());
+        assert!(build(&with_second_virtio(1 << 32, 0x1000)).is_err());
+        // Ends exactly at 4 GiB.
+        assert!(build(&with_second_virtio(0xffff_f000, 0x1000)).is_ok());
+        assert!(build(&with_second_virtio(0xffff_f000, 0)).is_err());
+    }
+
+    #[test]
+    fn resources_come_from_the_config_not_from_constants() {
+        let dsdt = build(&AcpiConfig {
+            vcpus: 1,
+            devices: vec![AcpiDevice::Serial {
+                port: 0x2f8,
+                irq: 3,
+            }],
+        })
+        .unwrap();
+        // IO(Decode16, 0x2f8, 0x2f8, 1, 8) and IRQ 3.
+        assert!(contains(&dsdt, &[0x47, 1, 0xf8, 0x02, 0xf8, 0x02, 1, 8]));
+        assert!(contains(&dsdt, &[0x89, 6, 0, 0x03, 1, 3, 0, 0, 0]));
     }
 }

@@ -9,10 +9,10 @@
 //! a CMOS RTC present. No FACS: hardware-reduced platforms may omit it.
 //!
 //! ```
-//! # use sie_arch::acpi::{create_acpi_tables, AcpiConfig};
+//! # use sie_arch::acpi::{create_acpi_tables, AcpiConfig, AcpiDevice};
 //! # use vm_memory::{GuestAddress, GuestMemoryMmap};
 //! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-//! let config = AcpiConfig { vcpus: 2, legacy_serial: true, ..Default::default() };
+//! let config = AcpiConfig { vcpus: 2, devices: vec![AcpiDevice::Serial { port: 0x3f8, irq: 4 }] };
 //! let rsdp = create_acpi_tables(&mem, &config).unwrap();
 //! assert_eq!(rsdp, GuestAddress(sie_arch::layout::ACPI_START));
 //! ```
@@ -42,15 +42,40 @@ const BOOT_ARCH_8042: u16 = 1 << 1;
 /// IAPC_BOOT_ARCH: do not probe for VGA.
 const BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 
-/// One virtio-mmio device to describe in the DSDT.
+/// One device the DSDT describes, with the resources the VMM gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioMmioAcpi {
-    /// MMIO base address (below 4 GiB).
-    pub addr: u64,
-    /// MMIO window length in bytes.
-    pub len: u64,
-    /// GSI (I/O APIC pin), described edge-triggered, active-high.
-    pub irq: u32,
+pub enum AcpiDevice {
+    /// A 16550 UART (`PNP0501`) with 8 ports from `port`.
+    Serial {
+        /// First I/O port.
+        port: u16,
+        /// ISA interrupt line.
+        irq: u32,
+    },
+    /// The i8042's keyboard port (`PNP0303`): Linux's i8042 driver takes its
+    /// interrupt from here.
+    Keyboard {
+        /// Data port (0x60 on a PC).
+        data_port: u16,
+        /// Command/status port (0x64 on a PC).
+        command_port: u16,
+        /// Keyboard interrupt line.
+        irq: u32,
+    },
+    /// A pvpanic device (`QEMU0001`) on one I/O port.
+    PvPanic {
+        /// Its I/O port.
+        port: u16,
+    },
+    /// A virtio-mmio device (`LNRO0005`).
+    VirtioMmio {
+        /// MMIO base address (below 4 GiB).
+        addr: u64,
+        /// MMIO window length in bytes.
+        len: u64,
+        /// GSI (I/O APIC pin), described edge-triggered, active-high.
+        irq: u32,
+    },
 }
 
 /// What the ACPI tables describe.
@@ -58,12 +83,8 @@ pub struct VirtioMmioAcpi {
 pub struct AcpiConfig {
     /// Number of vCPUs (1..=254); APIC ids are 0..vcpus.
     pub vcpus: u32,
-    /// virtio-mmio devices, in `_UID` order.
-    pub virtio_mmio: Vec<VirtioMmioAcpi>,
-    /// I/O port of a pvpanic device, if any.
-    pub pvpanic_port: Option<u16>,
-    /// Describe COM1 (0x3f8, IRQ 4).
-    pub legacy_serial: bool,
+    /// Devices for the DSDT, in order (virtio-mmio `_UID`s follow it).
+    pub devices: Vec<AcpiDevice>,
 }
 
 /// Errors building the ACPI tables.

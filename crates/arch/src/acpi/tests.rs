@@ -10,13 +10,18 @@ fn mem() -> GuestMemoryMmap {
 fn config() -> AcpiConfig {
     AcpiConfig {
         vcpus: 4,
-        virtio_mmio: vec![VirtioMmioAcpi {
-            addr: 0xc000_1000,
-            len: 0x1000,
-            irq: 5,
-        }],
-        pvpanic_port: Some(0x505),
-        legacy_serial: true,
+        devices: vec![
+            AcpiDevice::Serial {
+                port: 0x3f8,
+                irq: 4,
+            },
+            AcpiDevice::PvPanic { port: 0x505 },
+            AcpiDevice::VirtioMmio {
+                addr: 0xc000_1000,
+                len: 0x1000,
+                irq: 5,
+            },
+        ],
     }
 }
 
@@ -143,8 +148,8 @@ fn memory_without_the_bios_area_is_an_error() {
 #[test]
 fn tables_too_large_for_the_bios_area_are_an_error() {
     let mut c = config();
-    c.virtio_mmio = vec![
-        VirtioMmioAcpi {
+    c.devices = vec![
+        AcpiDevice::VirtioMmio {
             addr: 0xc000_1000,
             len: 0x1000,
             irq: 5

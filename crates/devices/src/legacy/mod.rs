@@ -35,7 +35,7 @@ pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer};
 pub use debug_port::DebugPort;
 pub use i8042::{I8042Device, I8042Stats};
 pub use line_output::LineBufferedOutput;
-pub use marker_sink::{LateMarkerSink, MarkerSink, MarkerSinkError};
+pub use marker_sink::MarkerSink;
 pub use ps2_keyboard::{KEYBOARD_QUEUE_BYTES, KeyboardError};
 pub use pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PvPanic};
 pub use rtc::{Rtc, RtcClock};
@@ -65,6 +65,8 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 pub const I8042_PORT: u16 = 0x60;
 /// Span covering both i8042 ports (0x60..=0x64), for one bus entry.
 pub const I8042_PORT_LEN: u64 = 5;
+/// The i8042's command/status port (the data port is [`I8042_PORT`]).
+pub const I8042_COMMAND_PORT: u16 = I8042_PORT + 4;
 /// The keyboard's ISA interrupt.
 pub const I8042_IRQ: u32 = 1;
 
@@ -85,8 +87,6 @@ pub const PVPANIC_PORT: u16 = 0x505;
 /// pvpanic is one byte wide.
 pub const PVPANIC_PORT_LEN: u64 = 1;
 
-/// Guest-physical address of the boot-timer register page.
-pub const BOOT_TIMER_ADDR: u64 = 0xc000_0000;
 /// Size of the boot-timer MMIO range.
 pub const BOOT_TIMER_LEN: u64 = 0x1000;
 
@@ -104,7 +104,7 @@ mod tests {
     fn hostile_accesses_never_panic() {
         let irq = Arc::new(CountingInterrupt::default());
         let vm = Arc::new(RecordingVm::default());
-        let sink = Arc::new(LateMarkerSink::new());
+        let sink = Arc::new(marker_sink::tests::RecordingSink::default());
         let devices: Vec<(Box<dyn BusDevice>, u64)> = vec![
             (
                 Box::new(SerialDevice::new(

@@ -13,7 +13,7 @@ use sie_config::{BootSource, MachineConfig, VmConfig};
 use sie_devices::BusDevice;
 use sie_hv::kvm::Kvm;
 use sie_obs::{ExitKind, MarkerSource, VcpuStats};
-use sie_vmm::{BuildOptions, ConsoleOutput, ExtraDevice, RunOptions};
+use sie_vmm::{BuildOptions, ConsoleOutput, ExtraDevice};
 
 use super::median;
 use crate::cli::BenchExitsArgs;
@@ -70,24 +70,22 @@ fn phase_costs(times: &[(u64, Duration)], count: u32) -> Result<[f64; 3], BoxErr
 
 pub fn measure_full(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64; 3], BoxError> {
     let start = Instant::now();
-    let vm = sie_vmm::build(
-        &config(guest, count),
+    let finished = sie_vmm::run(
         kvm,
+        config(guest, count),
         BuildOptions {
             start,
             console: ConsoleOutput::new(Box::new(std::io::sink())),
             extra_pio: vec![ExtraDevice {
                 name: "bench-null",
-                base: u64::from(sie_guests::EXITS_BENCH_PORT),
+                base: sie_guests::EXITS_BENCH_PORT,
                 len: 1,
                 device: Arc::new(NullDevice),
             }],
             host_decompress: None,
         },
+        false,
     )?;
-    let finished = vm.run(RunOptions {
-        console_input: false,
-    })?;
     let times: Vec<(u64, Duration)> = finished
         .observatory
         .report()
@@ -110,6 +108,7 @@ fn run_bare(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64; 3], Bo
             extra_pio: Vec::new(),
             host_decompress: None,
         },
+        Arc::new(sie_vmm::VmControl::new()?),
     )?;
     let vcpu = vm.vcpus.first_mut().ok_or("the bench VM has no vCPU")?;
     let mut markers = Vec::with_capacity(8);

@@ -7,6 +7,7 @@ use sie_config::{ActionType, Request, Response, VmState};
 use sie_hv::Hypervisor;
 
 use super::{Controller, Phase, draft, sink};
+use crate::StartedVm;
 use crate::event_loop::Manager;
 
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
@@ -34,7 +35,7 @@ impl Controller {
     fn state_name(&self) -> &'static str {
         match &self.phase {
             Phase::NotStarted => "Not started",
-            Phase::Running(_) if self.control.is_paused() => "Paused",
+            Phase::Running(vm) if vm.vcpus.is_paused() => "Paused",
             Phase::Running(_) => "Running",
         }
     }
@@ -77,7 +78,9 @@ impl Controller {
                     "unclaimed_accesses": [], "unclaimed_overflow": 0,
                 })),
             },
-            Request::GetPrometheusMetrics => Response::Text(self.metrics.prometheus(self.vm())),
+            Request::GetPrometheusMetrics => {
+                Response::Text(self.metrics.prometheus(self.vm().map(StartedVm::figures)))
+            }
             Request::PutLogger(logger) => self.put_logger(logger),
             Request::PutMetrics(metrics) => self.put_metrics(metrics),
             Request::Action(action) => self.action(action, hv, manager),
@@ -102,7 +105,10 @@ impl Controller {
         if let Err(error) = logger.validate() {
             return Response::fault(error);
         }
-        match self.options.logger.configure(&logger) {
+        let Some(control) = self.options.logger.as_mut() else {
+            return Response::fault("logger: not available in this mode");
+        };
+        match control.configure(&logger) {
             Ok(()) => {
                 self.draft.note_logging(Some(logger), None);
                 Response::NoContent
@@ -165,19 +171,22 @@ impl Controller {
         if !self.is_started() {
             return Response::fault(BEFORE_START);
         }
+        let Phase::Running(vm) = &mut self.phase else {
+            return Response::fault(BEFORE_START);
+        };
         match state {
-            VmState::Paused => match self.control.pause(PAUSE_TIMEOUT) {
+            VmState::Paused => match vm.vcpus.pause(PAUSE_TIMEOUT) {
                 Ok(()) => Response::NoContent,
                 Err(error) => {
                     // Leave no vCPU half-paused.
-                    self.control.resume();
+                    let _ = vm.vcpus.resume(PAUSE_TIMEOUT);
                     Response::Fault(format!("cannot pause the microVM: {error}"))
                 }
             },
-            VmState::Resumed => {
-                self.control.resume();
-                Response::NoContent
-            }
+            VmState::Resumed => match vm.vcpus.resume(PAUSE_TIMEOUT) {
+                Ok(()) => Response::NoContent,
+                Err(error) => Response::Fault(format!("cannot resume the microVM: {error}")),
+            },
         }
     }
 

@@ -11,7 +11,7 @@ use super::sink::LineSink;
 use super::stats_json::{
     escape_label, report_json, report_prometheus, virtio_json, virtio_prometheus,
 };
-use crate::StartedVm;
+use crate::VmFigures;
 
 /// Figures that come from outside the VMM crate (the API server's request
 /// counters, the logger's drop counter), as JSON objects keyed by section.
@@ -60,7 +60,7 @@ impl Metrics {
     }
 
     /// Everything, as one JSON object.
-    pub fn snapshot(&self, vm: Option<&StartedVm>) -> Value {
+    pub fn snapshot(&self, vm: Option<VmFigures<'_>>) -> Value {
         let utc_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -77,14 +77,14 @@ impl Metrics {
         );
         if let Some(vm) = vm {
             object.insert("vm".into(), report_json(&vm.observatory.report()));
-            object.insert("virtio".into(), virtio_json(&vm.virtio.stats));
+            object.insert("virtio".into(), virtio_json(vm.virtio));
         }
         Value::Object(object)
     }
 
     /// Writes one line to the sink. Returns false when there is no sink;
     /// a full sink drops the line and counts it, never blocks.
-    pub fn flush(&mut self, vm: Option<&StartedVm>) -> bool {
+    pub fn flush(&mut self, vm: Option<VmFigures<'_>>) -> bool {
         if self.sink.is_none() {
             return false;
         }
@@ -97,7 +97,7 @@ impl Metrics {
     }
 
     /// Everything in Prometheus text format.
-    pub fn prometheus(&self, vm: Option<&StartedVm>) -> String {
+    pub fn prometheus(&self, vm: Option<VmFigures<'_>>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -118,7 +118,7 @@ impl Metrics {
         external_prometheus(&(self.external)(), &mut out);
         if let Some(vm) = vm {
             report_prometheus(&vm.observatory.report(), &mut out);
-            virtio_prometheus(&vm.virtio.stats, &mut out);
+            virtio_prometheus(vm.virtio, &mut out);
         }
         out
     }

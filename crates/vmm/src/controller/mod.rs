@@ -1,6 +1,9 @@
-//! The control plane inside the VMM process: requests from the API (or any
-//! other front end) change the configuration before boot, start the VM, and
-//! pause, resume, inspect or stop it afterwards.
+//! The control plane inside the VMM process, and the one way a VM is
+//! served: `sie run` (a configuration and [`NoRequests`]) and the API (a
+//! source of requests that change the configuration before boot, start the
+//! VM, and pause, resume, inspect or stop it afterwards) both go through
+//! [`serve`]: one event loop, one shutdown path, one place that turns the
+//! VM's end into an outcome.
 //!
 //! Everything runs on the VMM thread, the same thread that serves the VM's
 //! events: a request is taken from the [`RequestSource`] after each round of
@@ -47,7 +50,31 @@ pub trait RequestSource {
     fn next_request(&mut self) -> Option<(Request, Reply)>;
 }
 
-/// Applies `PUT /logger` (logging is set up by the binary, not the VMM).
+/// `--no-api` and `sie run`: nobody will ever ask anything.
+pub struct NoRequests(EventFd);
+
+impl NoRequests {
+    /// A source that never has a request.
+    pub fn new() -> Result<Self> {
+        Ok(Self(
+            EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+                .map_err(host_error("creating an eventfd"))?,
+        ))
+    }
+}
+
+impl RequestSource for NoRequests {
+    fn wake_fd(&self) -> &EventFd {
+        &self.0
+    }
+
+    fn next_request(&mut self) -> Option<(Request, Reply)> {
+        None
+    }
+}
+
+/// Applies `PUT /logger` and the config file's `logger` section (logging is
+/// set up by the binary, not the VMM).
 pub trait LoggerControl {
     /// Points the logs at `logger`'s path and level. Errors are shown to
     /// the client as they are.
@@ -66,8 +93,8 @@ pub struct ServeOptions {
     pub initial_config: Option<VmConfig>,
     /// Host-side build options, made when the VM is built.
     pub build_options: Box<dyn FnMut() -> BuildOptions>,
-    /// `PUT /logger`.
-    pub logger: Box<dyn LoggerControl>,
+    /// `PUT /logger` and the config file's `logger` (`None`: refused).
+    pub logger: Option<Box<dyn LoggerControl>>,
     /// Metrics sink given on the command line (`--metrics-path`).
     pub metrics_path: Option<PathBuf>,
     /// Figures from the front end (API request counters, logger drops).
@@ -76,6 +103,31 @@ pub struct ServeOptions {
     pub metrics_period: Duration,
     /// Forward stdin to the guest's serial console.
     pub console_input: bool,
+}
+
+impl ServeOptions {
+    /// Boots `config` at once and serves it with nothing else: no logger
+    /// control, no metrics sink, no periodic metrics.
+    pub fn without_api(config: VmConfig, build: BuildOptions, console_input: bool) -> Self {
+        let mut build = Some(build);
+        let start = build.as_ref().map_or_else(Instant::now, |b| b.start);
+        Self {
+            id: "anonymous-instance".to_string(),
+            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            start,
+            initial_config: Some(config),
+            build_options: Box::new(move || {
+                build
+                    .take()
+                    .unwrap_or_else(|| BuildOptions::new(Instant::now()))
+            }),
+            logger: None,
+            metrics_path: None,
+            external_metrics: Box::new(serde_json::Map::new),
+            metrics_period: Duration::from_secs(60),
+            console_input,
+        }
+    }
 }
 
 /// How serving ended.
@@ -163,6 +215,7 @@ pub fn serve(
         terminal: None,
     };
     if let Some(config) = initial {
+        controller.apply_logging(&config)?;
         controller.draft = draft::Draft::from_config(config);
         controller.start(hv, &mut manager)?;
     }
@@ -189,12 +242,23 @@ pub fn serve(
             break;
         }
     }
-    controller.flush_metrics();
-    drop(controller.terminal.take());
-    Ok(match controller.phase {
+    // The one shutdown path: every vCPU is stopped and joined, the last
+    // metrics written, the terminal restored.
+    let served = match controller.phase {
         Phase::Running(vm) => Served::Finished((*vm).join()),
         Phase::NotStarted => Served::NeverStarted(control.outcome()),
-    })
+    };
+    controller.phase = Phase::NotStarted;
+    match &served {
+        Served::Finished(finished) => {
+            controller.metrics.flush(Some(finished.figures()));
+        }
+        Served::NeverStarted(_) => {
+            controller.metrics.flush(None);
+        }
+    }
+    drop(controller.terminal.take());
+    Ok(served)
 }
 
 impl Controller {
@@ -207,10 +271,40 @@ impl Controller {
 
     fn flush_metrics(&mut self) -> bool {
         let vm = match &self.phase {
-            Phase::Running(vm) => Some(vm.as_ref()),
+            Phase::Running(vm) => Some(vm.figures()),
             Phase::NotStarted => None,
         };
         self.metrics.flush(vm)
+    }
+
+    /// The config file's `logger` and `metrics` sections, applied as
+    /// `PUT /logger` and `PUT /metrics` would be.
+    fn apply_logging(&mut self, config: &VmConfig) -> Result<()> {
+        if let Some(logger) = &config.logger {
+            logger
+                .validate()
+                .map_err(|message| VmmError::Platform(format!("logger: {message}").into()))?;
+            let Some(control) = self.options.logger.as_mut() else {
+                return Err(VmmError::Unsupported(
+                    "a logger section here (pass --log-level instead)",
+                ));
+            };
+            control
+                .configure(logger)
+                .map_err(|message| VmmError::Platform(format!("logger: {message}").into()))?;
+        }
+        if let Some(metrics) = &config.metrics {
+            if self.metrics.has_sink() {
+                return Err(VmmError::Platform(
+                    "metrics: already configured (--metrics-path); they can be set only once"
+                        .into(),
+                ));
+            }
+            let sink = sink::LineSink::open(&metrics.metrics_path)
+                .map_err(|e| VmmError::Platform(format!("metrics: {e}").into()))?;
+            self.metrics.set_sink(sink);
+        }
+        Ok(())
     }
 
     /// Builds and starts the VM from the draft.
@@ -219,7 +313,7 @@ impl Controller {
             .draft
             .to_config()
             .map_err(|message| VmmError::Platform(message.into()))?;
-        let built = crate::build_with_control(
+        let built = crate::build(
             &config,
             hv,
             (self.options.build_options)(),

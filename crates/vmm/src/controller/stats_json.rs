@@ -209,10 +209,11 @@ mod tests {
     use super::*;
 
     fn sample_report() -> Report {
-        let obs = Observatory::new(Instant::now(), 2, vec!["com1".to_string()]);
+        let obs = Observatory::new(Instant::now(), 2);
+        let com1 = obs.register_device("com1");
         obs.vcpu(0).unwrap().record(ExitKind::PioOut, 2_000, 150);
         obs.vcpu(1).unwrap().record(ExitKind::PioOut, 2_000, 250);
-        obs.device(sie_obs::DeviceId(0)).unwrap().record(true, 100);
+        com1.record(true, 100);
         obs.report()
     }
 

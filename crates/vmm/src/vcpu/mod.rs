@@ -1,0 +1,236 @@
+//! The vCPU thread: a state machine over [`VcpuState`].
+//!
+//! ```text
+//!            Pause                    Exit, or the dispatch ends the VM
+//!  Running ────────▶ Paused ─────────────────────────────▶ Exiting ──▶ (thread ends)
+//!     ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
+//!     │    Resume      └─┘                                    │
+//!     └──────────────────── Exit, Flow::Finish/Crash ─────────┘
+//! ```
+//!
+//! Transitions are requested through one channel per vCPU ([`VcpuRequest`],
+//! sent with a kick so a running vCPU leaves the guest at once) and each one
+//! is acknowledged on the VMM's ack channel ([`VcpuAck`]). While `Running`
+//! the thread enters the guest through [`ExitContext::run_once`] (where each
+//! exit is decoded, counted and timed) and looks at its channel, and at
+//! whether the VM is ending, after every exit; while `Paused` it is out of `KVM_RUN` and asleep on the channel, so
+//! the VMM can read and write its registers through `Access`. `Exiting` is
+//! the one place a vCPU ends: it hands its outcome (if it ended the VM) to
+//! [`VmControl::finish`] and acknowledges.
+//!
+//! Threads are named `fc_vcpu N` because orchestrators built for Firecracker
+//! find vCPU threads by that name.
+
+mod set;
+#[cfg(test)]
+mod tests;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::Instant;
+
+use sie_hv::Vcpu;
+
+use crate::control::VmControl;
+use crate::dispatch::{CrashKind, ExitContext, Flow};
+use crate::outcome::{CrashReport, VmOutcome};
+
+pub use set::{PauseError, VcpuAccessError, VcpuSet};
+
+/// Work done on a paused vCPU's own thread.
+pub type VcpuAccess = Box<dyn FnOnce(&mut dyn Vcpu) + Send>;
+
+/// Where a vCPU is.
+#[derive(Debug)]
+pub enum VcpuState {
+    /// Entering the guest and handling its exits.
+    Running,
+    /// Out of `KVM_RUN`, asleep until the next request.
+    Paused,
+    /// Leaving; `Some` when this vCPU decided how the VM ends.
+    Exiting(Option<VmOutcome>),
+}
+
+/// A transition (or work) the VMM asks of a vCPU. Every request carries a
+/// sequence number that its acknowledgement repeats, so a late answer to an
+/// earlier request is never taken for the answer to a new one.
+pub enum VcpuRequest {
+    /// Leave the guest and wait.
+    Pause(u64),
+    /// Enter the guest again.
+    Resume(u64),
+    /// Run this on the vCPU while it is paused (refused while running).
+    Access(u64, VcpuAccess),
+    /// End the thread.
+    Exit,
+}
+
+/// The state a vCPU reached after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckState {
+    /// It runs the guest.
+    Running,
+    /// It is paused.
+    Paused,
+    /// It did the `Access` work (it stays paused).
+    Accessed,
+    /// `Access` was refused: it was not paused.
+    NotPaused,
+    /// Its thread is ending.
+    Exited,
+}
+
+/// One acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuAck {
+    /// Which vCPU.
+    pub index: usize,
+    /// The request it answers (0 for an exit nobody asked for).
+    pub seq: u64,
+    /// Where the vCPU is now.
+    pub state: AckState,
+}
+
+/// The thread side of one vCPU.
+struct VcpuThread {
+    vcpu: Box<dyn Vcpu>,
+    index: usize,
+    exits: Arc<ExitContext>,
+    control: Arc<VmControl>,
+    requests: Receiver<VcpuRequest>,
+    acks: Sender<VcpuAck>,
+}
+
+impl VcpuThread {
+    fn ack(&self, seq: u64, state: AckState) {
+        // The VMM may have stopped listening (it is ending); nothing to do.
+        let _ = self.acks.send(VcpuAck {
+            index: self.index,
+            seq,
+            state,
+        });
+    }
+
+    /// The transition table: what `request` does to a vCPU in `state`.
+    fn on_request(&mut self, state: VcpuState, request: VcpuRequest) -> VcpuState {
+        match (state, request) {
+            (VcpuState::Exiting(outcome), _) => VcpuState::Exiting(outcome),
+            (_, VcpuRequest::Exit) => VcpuState::Exiting(None),
+            (_, VcpuRequest::Pause(seq)) => {
+                self.ack(seq, AckState::Paused);
+                VcpuState::Paused
+            }
+            (_, VcpuRequest::Resume(seq)) => {
+                self.ack(seq, AckState::Running);
+                VcpuState::Running
+            }
+            (VcpuState::Paused, VcpuRequest::Access(seq, work)) => {
+                work(self.vcpu.as_mut());
+                self.ack(seq, AckState::Accessed);
+                VcpuState::Paused
+            }
+            (VcpuState::Running, VcpuRequest::Access(seq, _)) => {
+                self.ack(seq, AckState::NotPaused);
+                VcpuState::Running
+            }
+        }
+    }
+
+    /// Runs until the state machine reaches `Exiting`; returns the outcome
+    /// this vCPU decided, if any.
+    fn run(&mut self) -> Option<VmOutcome> {
+        let exits = self.exits.clone();
+        let Some(stats) = exits.obs.vcpu(self.index) else {
+            return Some(self.crash(CrashKind::RunFailed, "no statistics slot"));
+        };
+        let mut state = VcpuState::Running;
+        let mut entered = Instant::now();
+        loop {
+            state = match state {
+                VcpuState::Running => match exits.run_once(self.vcpu.as_mut(), stats, &mut entered)
+                {
+                    Flow::Continue => self.drain_requests(),
+                    Flow::Finish(outcome) => VcpuState::Exiting(Some(outcome)),
+                    Flow::Crash(kind) => VcpuState::Exiting(Some(self.crash(kind, ""))),
+                },
+                VcpuState::Paused => {
+                    let next = match self.requests.recv() {
+                        Ok(request) => self.on_request(VcpuState::Paused, request),
+                        // The VMM is gone: nobody will resume this vCPU.
+                        Err(_) => VcpuState::Exiting(None),
+                    };
+                    // Time asleep is neither guest nor handling time.
+                    entered = Instant::now();
+                    next
+                }
+                VcpuState::Exiting(outcome) => return outcome,
+            };
+        }
+    }
+
+    /// After an exit: takes every waiting request, in order. A VM that is
+    /// ending (a device asked for a reset during this exit, another vCPU
+    /// crashed, a signal came) needs no request: the vCPU leaves at once
+    /// rather than entering the guest again until its `Exit` arrives.
+    #[inline]
+    fn drain_requests(&mut self) -> VcpuState {
+        if self.control.is_stopping() {
+            return VcpuState::Exiting(None);
+        }
+        let mut state = VcpuState::Running;
+        loop {
+            match self.requests.try_recv() {
+                Ok(request) => state = self.on_request(state, request),
+                Err(TryRecvError::Empty) => return state,
+                Err(TryRecvError::Disconnected) => return VcpuState::Exiting(None),
+            }
+            if !matches!(state, VcpuState::Running) {
+                return state;
+            }
+        }
+    }
+
+    fn crash(&self, kind: CrashKind, detail: &str) -> VmOutcome {
+        crash_of(self.vcpu.as_ref(), kind, detail)
+    }
+}
+
+fn crash_of(vcpu: &dyn Vcpu, kind: CrashKind, detail: &str) -> VmOutcome {
+    let mut registers = String::new();
+    if let Ok(regs) = vcpu.regs() {
+        registers.push_str(&regs.to_string());
+    }
+    if let Ok(sregs) = vcpu.sregs() {
+        registers.push_str(&sregs.to_string());
+    }
+    let mut reason = kind.describe();
+    if !detail.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(detail);
+    }
+    VmOutcome::Crash(CrashReport {
+        vcpu: vcpu.id(),
+        reason,
+        registers,
+    })
+}
+
+/// The thread body: the state machine, then the one place a vCPU ends.
+fn vcpu_main(mut thread: VcpuThread) {
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| thread.run()));
+    let outcome = match ran {
+        Ok(outcome) => outcome,
+        // A bug in sie, not the guest's doing; still end the VM cleanly so
+        // the terminal is restored and the cause shown.
+        Err(_) => Some(VmOutcome::Crash(CrashReport {
+            vcpu: thread.index as u32,
+            reason: "the vCPU thread panicked (a bug in sie)".to_string(),
+            registers: String::new(),
+        })),
+    };
+    if let Some(outcome) = outcome {
+        thread.control.finish(outcome);
+    }
+    thread.ack(0, AckState::Exited);
+}

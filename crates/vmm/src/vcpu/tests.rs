@@ -1,0 +1,170 @@
+//! The vCPU state machine driven with scripted vCPUs (no KVM): pause is a
+//! fact (no progress, registers readable and writable), resume continues
+//! exactly, and every way a VM ends reaches every vCPU.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sie_devices::{Bus, BusDevice, VmRequests};
+use sie_obs::Observatory;
+
+use super::*;
+use crate::test_doubles::ScriptedVcpu;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Port 0x99: counts writes and asks for a reset at the `reset_at`-th.
+struct ResetAfter {
+    control: Arc<VmControl>,
+    writes: AtomicU64,
+    reset_at: u64,
+}
+
+impl BusDevice for ResetAfter {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.reset_at {
+            self.control.request_reset();
+        }
+    }
+}
+
+struct Vm {
+    set: VcpuSet,
+    control: Arc<VmControl>,
+    exits: Vec<Arc<AtomicU64>>,
+    obs: Arc<Observatory>,
+}
+
+fn start(count: usize, reset_at: u64) -> Vm {
+    let control = Arc::new(VmControl::new().unwrap());
+    let obs = Arc::new(Observatory::new(Instant::now(), count));
+    let mut pio = Bus::default();
+    let device = Arc::new(ResetAfter {
+        control: control.clone(),
+        writes: AtomicU64::new(0),
+        reset_at,
+    });
+    pio.insert(0x99, 1, device, obs.register_device("port99"))
+        .unwrap();
+    let exits = Arc::new(ExitContext {
+        pio,
+        mmio: Bus::default(),
+        obs: obs.clone(),
+    });
+    let vcpus: Vec<ScriptedVcpu> = (0..count as u32).map(ScriptedVcpu::new).collect();
+    let counters = vcpus.iter().map(|v| v.exits.clone()).collect();
+    let boxed: Vec<Box<dyn Vcpu>> = vcpus
+        .into_iter()
+        .map(|v| Box::new(v) as Box<dyn Vcpu>)
+        .collect();
+    let set = VcpuSet::spawn(boxed, exits, control.clone()).unwrap();
+    Vm {
+        set,
+        control,
+        exits: counters,
+        obs,
+    }
+}
+
+fn total(vm: &Vm) -> u64 {
+    vm.exits.iter().map(|e| e.load(Ordering::SeqCst)).sum()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn paused_vcpus_make_no_progress_and_resume_where_they_stopped() {
+    let mut vm = start(2, u64::MAX);
+    wait_for("both vCPUs to run", || {
+        vm.exits.iter().all(|e| e.load(Ordering::SeqCst) > 2)
+    });
+    vm.set.pause(TIMEOUT).unwrap();
+    assert!(vm.set.is_paused());
+    let at_pause = total(&vm);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(total(&vm), at_pause, "no exits while paused");
+    // Pausing again is harmless and answered at once.
+    vm.set.pause(TIMEOUT).unwrap();
+
+    // Registers are readable and writable while paused, on the vCPU's thread.
+    let rip = vm
+        .set
+        .with_vcpu(0, |vcpu| vcpu.regs().unwrap().rip)
+        .unwrap();
+    assert_eq!(rip, vm.exits[0].load(Ordering::SeqCst));
+    vm.set
+        .with_vcpu(1, |vcpu| {
+            let mut regs = vcpu.regs().unwrap();
+            regs.rbx = 0x5e5e;
+            vcpu.set_regs(&regs).unwrap();
+        })
+        .unwrap();
+    let rbx = vm
+        .set
+        .with_vcpu(1, |vcpu| vcpu.regs().unwrap().rbx)
+        .unwrap();
+    assert_eq!(rbx, 0x5e5e);
+    assert_eq!(
+        vm.set.with_vcpu(7, |_| ()).unwrap_err(),
+        VcpuAccessError::NoSuchVcpu(7)
+    );
+
+    vm.set.resume(TIMEOUT).unwrap();
+    assert!(!vm.set.is_paused());
+    wait_for("progress after resume", || total(&vm) > at_pause + 4);
+    assert_eq!(
+        vm.set.with_vcpu(0, |_| ()).unwrap_err(),
+        VcpuAccessError::NotPaused(0)
+    );
+    vm.control.finish(VmOutcome::Shutdown);
+    vm.set.join();
+}
+
+#[test]
+fn a_device_that_ends_the_vm_stops_every_vcpu_with_its_outcome() {
+    let mut vm = start(3, 20);
+    wait_for("the reset", || vm.control.is_stopping());
+    // Nobody asked the vCPUs to exit: they see the VM ending after their
+    // next exit and leave on their own.
+    vm.set.join();
+    assert_eq!(vm.control.outcome(), Some(VmOutcome::Reset));
+    let after = total(&vm);
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(total(&vm), after, "no vCPU runs after the end");
+    assert!(vm.obs.report().devices[0].stats.writes >= 20);
+}
+
+#[test]
+fn paused_vcpus_leave_when_the_vm_ends() {
+    let mut vm = start(2, u64::MAX);
+    vm.set.pause(TIMEOUT).unwrap();
+    vm.control.finish(VmOutcome::Signal(15));
+    assert_eq!(vm.set.pause(TIMEOUT), Err(PauseError::Stopping));
+    vm.set.exit_all();
+    vm.set.join();
+    assert_eq!(vm.control.outcome(), Some(VmOutcome::Signal(15)));
+}
+
+#[test]
+fn every_exit_is_counted_with_its_device() {
+    let mut vm = start(1, u64::MAX);
+    wait_for("a few exits", || total(&vm) >= 5);
+    vm.set.pause(TIMEOUT).unwrap();
+    let report = vm.obs.report();
+    let exits = total(&vm);
+    assert_eq!(report.exit(sie_obs::ExitKind::PioOut).count, exits);
+    assert_eq!(report.devices[0].stats.writes, exits);
+    vm.control.finish(VmOutcome::Shutdown);
+    vm.set.exit_all();
+    vm.set.join();
+}
