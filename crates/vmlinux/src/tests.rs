@@ -1,4 +1,5 @@
-//! Whole-image tests: synthetic bzImages around a tiny ELF, and the
+//! Whole-image tests: synthetic bzImages around a tiny ELF (headers cut or
+//! hostile, cache hits, misses, damaged entries and eviction), and the
 //! machine's own Debian kernel when one is installed.
 
 use std::io::Write;
@@ -81,6 +82,57 @@ fn header_problems_are_named() {
         find_payload(&unknown),
         Err(Error::UnknownCompression)
     ));
+}
+
+#[test]
+fn every_cut_of_a_bzimage_is_an_error_not_a_panic() {
+    let image = bzimage(&gzip(&tiny_elf()));
+    for cut in 0..image.len() {
+        let error = find_payload(&image[..cut]).unwrap_err();
+        // Cut inside the setup header, it is no bzImage; after, its
+        // payload runs past the end.
+        if cut < 0x26c {
+            assert!(matches!(error, Error::NotBzImage), "cut at {cut}: {error}");
+            assert!(!is_bzimage(&image[..cut]));
+        } else {
+            assert!(matches!(error, Error::Truncated), "cut at {cut}: {error}");
+        }
+    }
+    assert!(find_payload(&image).is_ok());
+}
+
+#[test]
+fn hostile_header_values_do_not_panic() {
+    let base = bzimage(&gzip(&tiny_elf()));
+    for i in 0x1f1..0x26c {
+        for v in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+            let mut image = base.clone();
+            image[i] = v;
+            let _ = find_payload(&image);
+        }
+    }
+    // The payload fields at their largest.
+    for (at, value) in [
+        (0x248, u32::MAX),
+        (0x24c, u32::MAX),
+        (0x248, u32::MAX - 0x100),
+    ] {
+        let mut image = base.clone();
+        image[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        assert!(matches!(find_payload(&image), Err(Error::Truncated)));
+    }
+}
+
+#[test]
+fn a_file_cut_inside_its_setup_header_is_truncated_for_the_cache() {
+    let dir = scratch("cut");
+    let cache = KernelCache::new(dir.join("cache"));
+    let image = bzimage(&gzip(&tiny_elf()));
+    let error = cache
+        .vmlinux_for(&mut image_file(&dir, &image[..0x260]))
+        .unwrap_err();
+    assert!(matches!(error, Error::Truncated), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
