@@ -1,12 +1,30 @@
 //! Where a bzImage keeps its compressed kernel, and how it is compressed.
 //!
-//! Boot protocol 2.08 added `payload_offset` (u32 at 0x248, relative to the
-//! protected-mode code, which starts at `(setup_sects + 1) * 512`) and
-//! `payload_length` (u32 at 0x24c) to the setup header.
+//! The setup header is read as linux-loader's `setup_header`, from where
+//! the zero page (`boot_params`) keeps it: file offset 0x1f1. Boot protocol
+//! 2.08 added `payload_offset` (relative to the protected-mode code, which
+//! starts at `(setup_sects + 1) * 512`) and `payload_length` to it.
 
 use std::fmt;
+use std::mem::{offset_of, size_of};
+
+use linux_loader::bootparam::{boot_params, setup_header};
+use vm_memory::ByteValued;
 
 use crate::Error;
+
+/// Where the setup header starts in the file.
+const HEADER_START: usize = offset_of!(boot_params, hdr);
+/// Where the setup header ends in the file: a bzImage is at least this long.
+pub(crate) const HEADER_END: usize = HEADER_START + size_of::<setup_header>();
+// The boot protocol document puts the header at 0x1f1..0x26c.
+const _: () = assert!(HEADER_START == 0x1f1 && HEADER_END == 0x26c);
+/// `boot_flag`'s value in every bootable image.
+const BOOT_FLAG: u16 = 0xaa55;
+/// `header`'s value: "HdrS", little-endian.
+const HDRS: u32 = u32::from_le_bytes(*b"HdrS");
+/// Protocol 2.08 added the payload fields.
+const PAYLOAD_PROTOCOL: u16 = 0x0208;
 
 /// A compression the kernel's build can use for its payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,42 +109,43 @@ pub struct Payload {
     pub length: usize,
 }
 
-fn u16_at(image: &[u8], at: usize) -> u16 {
-    image
-        .get(at..at + 2)
-        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+/// The setup header of the bzImage that `image` starts with; `None` when
+/// `image` is not one (no magic, or cut off inside its header).
+pub(crate) fn bzimage_header(image: &[u8]) -> Option<setup_header> {
+    let hdr = setup_header::read_exact_from(image.get(HEADER_START..)?).ok()?;
+    ({ hdr.header } == HDRS && { hdr.boot_flag } == BOOT_FLAG).then_some(hdr)
 }
 
-fn u32_at(image: &[u8], at: usize) -> u32 {
-    image
-        .get(at..at + 4)
-        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-/// True when `image` starts with a bzImage setup header.
+/// True when `image` starts with a whole bzImage setup header.
 pub fn is_bzimage(image: &[u8]) -> bool {
-    image.get(0x202..0x206) == Some(b"HdrS") && u16_at(image, 0x1fe) == 0xaa55
+    bzimage_header(image).is_some()
 }
 
-/// Finds the payload of a bzImage.
-pub fn find_payload(image: &[u8]) -> Result<Payload, Error> {
-    if !is_bzimage(image) {
-        return Err(Error::NotBzImage);
-    }
-    let version = u16_at(image, 0x206);
-    if version < 0x0208 {
+/// Where the header says the payload is, as (file offset, length in bytes);
+/// not yet checked against the file.
+pub(crate) fn payload_span(hdr: &setup_header) -> Result<(usize, usize), Error> {
+    let version = hdr.version;
+    if version < PAYLOAD_PROTOCOL {
         return Err(Error::OldProtocol(version));
     }
-    let setup_sects = match image.get(0x1f1).copied().unwrap_or(0) {
+    let setup_sects = match hdr.setup_sects {
         0 => 4,
         n => usize::from(n),
     };
     let protected_mode = (setup_sects + 1) * 512;
-    let offset = protected_mode + u32_at(image, 0x248) as usize;
-    let length = u32_at(image, 0x24c) as usize;
+    // At most 128 KiB + 4 GiB: no overflow on a 64-bit host.
+    let offset = protected_mode + hdr.payload_offset as usize;
+    let length = hdr.payload_length as usize;
     if length == 0 {
         return Err(Error::NoPayload);
     }
+    Ok((offset, length))
+}
+
+/// Finds the payload of a bzImage.
+pub fn find_payload(image: &[u8]) -> Result<Payload, Error> {
+    let hdr = bzimage_header(image).ok_or(Error::NotBzImage)?;
+    let (offset, length) = payload_span(&hdr)?;
     let end = offset.checked_add(length).ok_or(Error::Truncated)?;
     let bytes = image.get(offset..end).ok_or(Error::Truncated)?;
     let compression = Compression::sniff(bytes).ok_or(Error::UnknownCompression)?;

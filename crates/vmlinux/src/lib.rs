@@ -3,11 +3,14 @@
 //! A distro kernel ships as a bzImage whose payload the kernel decompresses
 //! itself at boot, inside the guest: for Debian's XZ kernel that costs far
 //! more than the host needs to do the same, and it is paid at every boot.
-//! sie instead reads the bzImage's setup header, decompresses the payload on
-//! the host once (gzip, bzip2, lzma, xz, lzo, lz4 or zstd), caches the
-//! resulting vmlinux under the user's cache directory (keyed by the bzImage
-//! file's identity and version, see [`KernelCache`]), and boots the ELF
-//! directly.
+//! sie instead reads the bzImage's setup header (as linux-loader's
+//! `setup_header`), decompresses the payload on the host once (gzip, bzip2,
+//! lzma, xz, lzo, lz4 or zstd), caches the resulting vmlinux under the
+//! user's cache directory, and boots the ELF directly. The cache is keyed by
+//! the bzImage file's identity and version (device, inode, size, times) plus
+//! its setup header and payload end, not by a hash of its content, so a hit
+//! costs no read of the whole file; it checks each entry before trusting it
+//! and keeps the [`MAX_ENTRIES`] most recently used (see [`KernelCache`]).
 //!
 //! When it falls back to the classic path (the guest decompresses): only
 //! for images whose header predates boot protocol 2.08 (no payload fields),
@@ -25,11 +28,13 @@
 
 mod cache;
 mod decompress;
+mod elf;
 mod header;
 mod lzo1x;
 
-pub use cache::{CachedKernel, KernelCache};
+pub use cache::{CachedKernel, KernelCache, MAX_ENTRIES, MAX_IDLE};
 pub use decompress::decompress_payload;
+pub use elf::is_elf64_x86;
 pub use header::{Compression, Payload, find_payload, is_bzimage};
 
 /// Largest vmlinux sie will produce: a guard against decompression bombs.
@@ -76,14 +81,6 @@ impl Error {
             Error::OldProtocol(_) | Error::UnknownCompression | Error::NoPayload
         )
     }
-}
-
-/// True for the start of an ELF64 x86_64 file.
-pub fn is_elf64_x86(bytes: &[u8]) -> bool {
-    bytes.len() >= 20
-        && bytes.starts_with(b"\x7fELF")
-        && bytes[4] == 2
-        && u16::from_le_bytes([bytes[18], bytes[19]]) == 62
 }
 
 #[cfg(test)]

@@ -1,83 +1,54 @@
 //! ELF vmlinux: header checks sie needs beyond linux-loader's (class,
-//! machine, every segment inside the file and inside RAM above 1 MiB), then
-//! the copy itself through linux-loader, which also finds the PVH note.
+//! machine, every segment inside the file and inside RAM above 1 MiB), made
+//! on linux-loader's `Elf64_Ehdr` and `Elf64_Phdr`, then the copy itself
+//! through linux-loader, which also finds the PVH note.
 
 use std::io::{Read, Seek};
+use std::mem::size_of;
 
+use linux_loader::elf::{
+    EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, Elf64_Ehdr, Elf64_Phdr, PT_LOAD, PT_NOTE,
+};
 use linux_loader::loader::KernelLoader;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
-use super::{EntryMode, KernelFormat, LoadedKernel, LoaderError, Result, check_fits, read_at};
+use super::{
+    EntryMode, KernelFormat, LoadedKernel, LoaderError, Result, check_fits, read_at, read_struct_at,
+};
 use crate::layout::HIMEM_START;
 
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    let mut v = [0u8; 2];
-    v.copy_from_slice(&b[off..off + 2]);
-    u16::from_le_bytes(v)
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(v)
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(v)
-}
-
-/// The program header fields sie checks.
-struct Segment {
-    kind: u32,
-    offset: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
+const EHDR_SIZE: usize = size_of::<Elf64_Ehdr>();
+const PHDR_SIZE: usize = size_of::<Elf64_Phdr>();
+// The ELF64 specification's sizes: the types must match the file format.
+const _: () = assert!(EHDR_SIZE == 64 && PHDR_SIZE == 56);
 
 /// Checks the ELF image (`len` bytes) and loads it into `mem`.
 pub(super) fn load<F>(mem: &GuestMemoryMmap, image: &mut F, len: u64) -> Result<LoadedKernel>
 where
     F: Read + ReadVolatile + Seek,
 {
-    let mut ehdr = [0u8; EHDR_SIZE];
-    if read_at(image, 0, &mut ehdr)? < EHDR_SIZE {
-        return Err(LoaderError::Truncated {
-            what: "ELF header",
-            needed: EHDR_SIZE as u64,
-            len,
-        });
+    let ehdr: Elf64_Ehdr = read_struct_at(image, 0)?.ok_or(LoaderError::Truncated {
+        what: "ELF header",
+        needed: EHDR_SIZE as u64,
+        len,
+    })?;
+    let class = ehdr.e_ident[EI_CLASS];
+    if class != ELFCLASS64 {
+        return Err(LoaderError::ElfNot64Bit(class));
     }
-    if ehdr[4] != ELFCLASS64 {
-        return Err(LoaderError::ElfNot64Bit(ehdr[4]));
-    }
-    if ehdr[5] != ELFDATA2LSB {
+    if ehdr.e_ident[EI_DATA] != ELFDATA2LSB {
         return Err(LoaderError::ElfBigEndian);
     }
-    let machine = u16_at(&ehdr, 18);
-    if machine != EM_X86_64 {
-        return Err(LoaderError::ElfNotX86_64(machine));
+    if ehdr.e_machine != EM_X86_64 {
+        return Err(LoaderError::ElfNotX86_64(ehdr.e_machine));
     }
-    let entry = u64_at(&ehdr, 24);
-    let phoff = u64_at(&ehdr, 32);
-    let phentsize = u16_at(&ehdr, 54);
-    let phnum = u16_at(&ehdr, 56);
-    if usize::from(phentsize) != PHDR_SIZE {
-        return Err(LoaderError::ElfBadPhdrSize(phentsize));
+    if usize::from(ehdr.e_phentsize) != PHDR_SIZE {
+        return Err(LoaderError::ElfBadPhdrSize(ehdr.e_phentsize));
     }
 
-    let table_len = usize::from(phnum) * PHDR_SIZE;
+    let phoff = ehdr.e_phoff;
+    let table_len = usize::from(ehdr.e_phnum) * PHDR_SIZE;
     let table_end = phoff.checked_add(table_len as u64);
     if phoff < EHDR_SIZE as u64 || table_end.is_none_or(|end| end > len) {
         return Err(LoaderError::Truncated {
@@ -88,23 +59,18 @@ where
     }
     let mut table = vec![0u8; table_len];
     read_at(image, phoff, &mut table)?;
-    let segments: Vec<Segment> = table
+    let segments = table
         .chunks_exact(PHDR_SIZE)
-        .map(|p| Segment {
-            kind: u32_at(p, 0),
-            offset: u64_at(p, 8),
-            paddr: u64_at(p, 24),
-            filesz: u64_at(p, 32),
-            memsz: u64_at(p, 40),
-        })
-        .collect();
+        .map(Elf64_Phdr::read_exact_from)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(LoaderError::Read)?;
 
     let end = check_segments(mem, &segments, len)?;
 
     let result = Elf::load(mem, None, image, None).map_err(LoaderError::Load)?;
     let (entry, mode) = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(pvh) => (pvh, EntryMode::Pvh),
-        _ => (GuestAddress(entry), EntryMode::Linux64),
+        _ => (GuestAddress(ehdr.e_entry), EntryMode::Linux64),
     };
     Ok(LoadedKernel {
         entry,
@@ -117,18 +83,18 @@ where
 
 /// Checks every segment lies inside the file and every loadable one inside
 /// RAM above 1 MiB; returns the end of the highest loadable segment.
-fn check_segments(mem: &GuestMemoryMmap, segments: &[Segment], len: u64) -> Result<u64> {
+fn check_segments(mem: &GuestMemoryMmap, segments: &[Elf64_Phdr], len: u64) -> Result<u64> {
     let mut end = None;
     for seg in segments {
-        if seg.kind != PT_LOAD && seg.kind != PT_NOTE {
+        if seg.p_type != PT_LOAD && seg.p_type != PT_NOTE {
             continue;
         }
         // linux-loader seeks and reads these bytes; a cut-off file must be
         // reported here, by name.
-        let file_end = seg.offset.checked_add(seg.filesz);
+        let file_end = seg.p_offset.checked_add(seg.p_filesz);
         if file_end.is_none_or(|e| e > len) {
             return Err(LoaderError::Truncated {
-                what: if seg.kind == PT_LOAD {
+                what: if seg.p_type == PT_LOAD {
                     "ELF segment"
                 } else {
                     "ELF note"
@@ -137,23 +103,23 @@ fn check_segments(mem: &GuestMemoryMmap, segments: &[Segment], len: u64) -> Resu
                 len,
             });
         }
-        if seg.kind != PT_LOAD || seg.memsz == 0 {
+        if seg.p_type != PT_LOAD || seg.p_memsz == 0 {
             continue;
         }
-        if seg.filesz > seg.memsz {
-            return Err(LoaderError::ElfSegmentFileSize { addr: seg.paddr });
+        if seg.p_filesz > seg.p_memsz {
+            return Err(LoaderError::ElfSegmentFileSize { addr: seg.p_paddr });
         }
-        if seg.paddr < HIMEM_START {
-            return Err(LoaderError::ElfSegmentTooLow(seg.paddr));
+        if seg.p_paddr < HIMEM_START {
+            return Err(LoaderError::ElfSegmentTooLow(seg.p_paddr));
         }
         let seg_end = seg
-            .paddr
-            .checked_add(seg.memsz)
+            .p_paddr
+            .checked_add(seg.p_memsz)
             .ok_or(LoaderError::DoesNotFit {
-                start: seg.paddr,
+                start: seg.p_paddr,
                 end: u64::MAX,
             })?;
-        check_fits(mem, seg.paddr, seg_end)?;
+        check_fits(mem, seg.p_paddr, seg_end)?;
         end = end.max(Some(seg_end));
     }
     end.ok_or(LoaderError::ElfNoLoadSegment)
@@ -287,5 +253,60 @@ mod tests {
         // Turn the PT_LOAD into PT_NULL.
         image[EHDR_SIZE] = 0;
         assert!(matches!(load(&image), Err(LoaderError::ElfNoLoadSegment)));
+    }
+
+    #[test]
+    fn image_cut_inside_its_elf_header_names_the_header() {
+        let image = elf_image(&ElfSpec::default());
+        for cut in [4, 20, EHDR_SIZE - 1] {
+            let err = load(&image[..cut]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    LoaderError::Truncated {
+                        what: "ELF header",
+                        needed: 64,
+                        ..
+                    }
+                ),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn extreme_header_fields_are_errors_not_overflows() {
+        let base = elf_image(&ElfSpec::default());
+        let ehdr = |edit: fn(&mut Elf64_Ehdr)| {
+            let mut image = base.clone();
+            let mut h = Elf64_Ehdr::read_exact_from(&image[..]).unwrap();
+            edit(&mut h);
+            image[..EHDR_SIZE].copy_from_slice(h.as_slice());
+            image
+        };
+        let phdr = |edit: fn(&mut Elf64_Phdr)| {
+            let mut image = base.clone();
+            let at = EHDR_SIZE..EHDR_SIZE + PHDR_SIZE;
+            let mut p = Elf64_Phdr::read_exact_from(&image[at.clone()]).unwrap();
+            edit(&mut p);
+            image[at].copy_from_slice(p.as_slice());
+            image
+        };
+        let images = [
+            ehdr(|h| h.e_phoff = u64::MAX),
+            ehdr(|h| h.e_phoff = u64::MAX - 10),
+            ehdr(|h| h.e_phnum = u16::MAX),
+            phdr(|p| p.p_offset = u64::MAX),
+            phdr(|p| p.p_filesz = u64::MAX),
+            phdr(|p| p.p_paddr = u64::MAX),
+            phdr(|p| p.p_memsz = u64::MAX),
+            phdr(|p| {
+                p.p_paddr = u64::MAX - 0x1000;
+                p.p_memsz = 0x2000;
+            }),
+        ];
+        for image in images {
+            assert!(load(&image).is_err());
+        }
     }
 }

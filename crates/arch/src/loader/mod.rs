@@ -1,5 +1,7 @@
 //! Kernel and initrd loading: detects the image format, checks it against
-//! guest memory, and copies it in with linux-loader.
+//! guest memory, and copies it in with linux-loader. Headers are read as
+//! linux-loader's boot-protocol and ELF types (`setup_header`,
+//! `Elf64_Ehdr`, `Elf64_Phdr`), never by hand-counted offsets.
 //!
 //! Formats, told apart by magic:
 //! - **ELF vmlinux** (`\x7fELF`): 64-bit x86_64 only, each `PT_LOAD` segment
@@ -33,8 +35,9 @@ mod initrd;
 
 use std::io::{Read, Seek, SeekFrom};
 
+use linux_loader::elf::ELFMAG;
 use linux_loader::loader::bootparam::setup_header;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 pub use initrd::load_initrd;
 
@@ -163,10 +166,10 @@ where
     let mut head = [0u8; bzimage::HEADER_END];
     let got = read_at(image, 0, &mut head)?;
     let head = &head[..got];
-    if head.starts_with(b"\x7fELF") {
+    if head.starts_with(ELFMAG) {
         elf::load(mem, image, len)
-    } else if head.get(0x202..0x206) == Some(b"HdrS") {
-        bzimage::load(mem, image, head, len)
+    } else if bzimage::has_magic(head) {
+        bzimage::load(mem, image, len)
     } else {
         Err(LoaderError::UnknownFormat)
     }
@@ -187,6 +190,18 @@ fn read_at<F: Read + Seek>(image: &mut F, offset: u64, buf: &mut [u8]) -> Result
         }
     }
     Ok(done)
+}
+
+/// Reads a `T` (one of linux-loader's header types, for which any bytes are
+/// a valid value) at `offset`; `None` when the file ends first.
+fn read_struct_at<T, F>(image: &mut F, offset: u64) -> Result<Option<T>>
+where
+    T: ByteValued,
+    F: Read + Seek,
+{
+    let mut value = T::zeroed();
+    let got = read_at(image, offset, value.as_mut_slice())?;
+    Ok((got == size_of::<T>()).then_some(value))
 }
 
 /// Checks that `[start, end)` is entirely guest RAM.
