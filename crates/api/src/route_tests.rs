@@ -133,7 +133,7 @@ fn drives_match_the_path_id() {
         panic!("not a PutDrive");
     };
     assert_eq!(drive.drive_id, "rootfs");
-    assert_eq!(drive.rate_limiter, Some(serde_json::Map::new()));
+    assert_eq!(drive.rate_limiter, Some(Box::default()));
     let mismatch = fault("PUT", "/drives/other", body);
     assert_eq!(mismatch.route, "put_drive");
     assert!(
@@ -235,6 +235,60 @@ fn vsock_entropy_logger_metrics() {
 }
 
 #[test]
+fn limiting_rate_limiters_are_refused_as_not_supported_yet() {
+    let limiting = r#"{"bandwidth": {"size": 1000, "refill_time": 100}}"#;
+    for (method, target, route, body) in [
+        (
+            "PATCH",
+            "/drives/rootfs",
+            "patch_drive",
+            format!(r#"{{"drive_id": "rootfs", "rate_limiter": {limiting}}}"#),
+        ),
+        (
+            "PATCH",
+            "/network-interfaces/eth0",
+            "patch_network_interface",
+            format!(r#"{{"iface_id": "eth0", "tx_rate_limiter": {limiting}}}"#),
+        ),
+        (
+            "PUT",
+            "/entropy",
+            "put_entropy",
+            format!(r#"{{"rate_limiter": {limiting}}}"#),
+        ),
+    ] {
+        let refused = fault(method, target, &body);
+        assert_eq!(refused.route, route);
+        assert!(
+            refused
+                .message
+                .contains("rate limiting is not supported yet"),
+            "{}",
+            refused.message
+        );
+        // The same request with an empty limiter is served.
+        let empty = body.replace(limiting, r#"{"bandwidth": null, "ops": null}"#);
+        ok(method, target, &empty);
+    }
+}
+
+#[test]
+fn metrics_take_firecracker_emit_id_and_properties() {
+    let Request::PutMetrics(metrics) = ok(
+        "PUT",
+        "/metrics",
+        r#"{"metrics_path": "/m", "emit_id": true, "properties": {"customer_id": "1234"}}"#,
+    ) else {
+        panic!("not a PutMetrics");
+    };
+    assert_eq!(metrics.emit_id, Some(true));
+    assert_eq!(
+        metrics.line_fields("vm")["properties"]["customer_id"],
+        "1234"
+    );
+}
+
+#[test]
 fn vm_state() {
     assert_eq!(
         ok("PATCH", "/vm", r#"{"state": "Paused"}"#),
@@ -318,6 +372,18 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PUT", "/cpu-config"),
         ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
+        // The rest of Firecracker 1.17's endpoints sie does not serve yet.
+        ("GET", "/balloon"),
+        ("PATCH", "/balloon"),
+        ("PATCH", "/balloon/hinting/start"),
+        ("GET", "/balloon/hinting/status"),
+        ("PATCH", "/balloon/hinting/stop"),
+        ("PUT", "/pmem/pm0"),
+        ("PATCH", "/pmem/pm0"),
+        ("PATCH", "/mmds"),
+        ("PUT", "/serial"),
+        ("PATCH", "/hotplug/memory"),
+        ("GET", "/hotplug/memory"),
     ] {
         let body = if method == "GET" { "" } else { "{}" };
         let refused = fault(method, path, body);

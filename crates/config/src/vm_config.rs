@@ -201,6 +201,9 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
+        if let Some(entropy) = &self.entropy {
+            entropy.validate()?;
+        }
         if let Some(logger) = &self.logger {
             logger.validate()?;
         }
@@ -220,7 +223,7 @@ mod tests {
       },
       "drives": [
         {"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
-         "is_read_only": false, "partuuid": null, "cache_type": "Unsafe",
+         "is_read_only": false, "partuuid": null, "cache_type": "Writeback",
          "io_engine": "Sync", "rate_limiter": null}
       ],
       "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
@@ -229,7 +232,9 @@ mod tests {
         {"iface_id": "eth0", "guest_mac": "AA:FC:00:00:00:01", "host_dev_name": "tap0"}
       ],
       "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock", "vsock_id": "vsock0"},
-      "logger": {"log_path": "/tmp/log", "level": "Info"}
+      "logger": {"log_path": "/tmp/log", "level": "Info"},
+      "metrics": {"metrics_path": "/tmp/metrics", "emit_id": true, "properties": {"k": "v"}},
+      "entropy": {"rate_limiter": {"bandwidth": null, "ops": null}}
     }"#;
 
     #[test]
@@ -287,6 +292,43 @@ mod tests {
         let error = VmConfig::from_file(Path::new("/nonexistent/sie.json")).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("/nonexistent/sie.json"), "{text}");
+    }
+
+    #[test]
+    fn settings_sie_cannot_honour_are_refused_from_a_config_file() {
+        for (from, to, field) in [
+            (
+                r#""track_dirty_pages": false"#,
+                r#""track_dirty_pages": true"#,
+                "track_dirty_pages",
+            ),
+            (
+                r#""cache_type": "Writeback""#,
+                r#""cache_type": "Unsafe""#,
+                "cache_type",
+            ),
+            (
+                r#""io_engine": "Sync""#,
+                r#""io_engine": "Async""#,
+                "io_engine",
+            ),
+            (
+                r#""rate_limiter": null"#,
+                r#""rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#,
+                "drives: rate_limiter",
+            ),
+            (
+                r#""bandwidth": null, "ops": null"#,
+                r#""ops": {"size": 10, "refill_time": 100}"#,
+                "entropy: rate_limiter",
+            ),
+        ] {
+            assert!(FULL.contains(from), "{from}");
+            let config = VmConfig::from_json(&FULL.replace(from, to)).unwrap();
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(field), "{message}");
+            assert!(message.contains("not supported yet"), "{message}");
+        }
     }
 
     #[test]

@@ -16,8 +16,7 @@ use crate::logging::Logging;
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// The Firecracker release whose API and flags sie follows.
-pub const FIRECRACKER_COMPAT_VERSION: &str = "1.10.1";
+use sie_config::FIRECRACKER_API_VERSION;
 
 /// Where Firecracker puts its API socket when `--api-sock` is not given.
 const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
@@ -61,7 +60,7 @@ pub fn started_as_firecracker() -> bool {
 pub fn version_text(as_firecracker: bool) -> String {
     let sie = format!("sie {}", env!("CARGO_PKG_VERSION"));
     if as_firecracker {
-        format!("Firecracker v{FIRECRACKER_COMPAT_VERSION}\n{sie} (Firecracker-compatible)\n")
+        format!("Firecracker v{FIRECRACKER_API_VERSION}\n{sie} (Firecracker-compatible)\n")
     } else {
         format!("{sie}\n")
     }
@@ -182,7 +181,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             &path,
             sie_api::ServerOptions {
                 max_payload,
-                version: FIRECRACKER_COMPAT_VERSION.to_string(),
+                version: FIRECRACKER_API_VERSION.to_string(),
                 ..sie_api::ServerOptions::default()
             },
         )?;
@@ -198,7 +197,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         source.as_mut(),
         ServeOptions {
             id,
-            vmm_version: FIRECRACKER_COMPAT_VERSION.to_string(),
+            vmm_version: FIRECRACKER_API_VERSION.to_string(),
             start,
             initial_config,
             build_options: Box::new(move || build_options(start)),

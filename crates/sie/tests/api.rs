@@ -29,7 +29,9 @@ fn a_guest_booted_through_the_api_runs_to_its_end_and_sie_exits_0() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "api-life");
     assert_eq!(info["app_name"], "Firecracker");
-    assert_eq!(vm.get("/version").json()["firecracker_version"], "1.10.1");
+    let version = sie_config::FIRECRACKER_API_VERSION;
+    assert_eq!(vm.get("/version").json()["firecracker_version"], version);
+    assert_eq!(info["vmm_version"], version);
     vm.boot(HELLO, "console=ttyS0 markers=2");
     let (code, stderr) = vm.wait();
     assert_eq!(code, Some(0), "{stderr}");

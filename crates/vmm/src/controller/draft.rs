@@ -352,6 +352,7 @@ mod tests {
             iface_id: id.into(),
             host_dev_name: tap.into(),
             guest_mac: Some(mac.into()),
+            mtu: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
         };

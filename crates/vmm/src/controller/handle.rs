@@ -121,6 +121,8 @@ impl Controller {
         match sink::LineSink::open(&metrics.metrics_path) {
             Ok(sink) => {
                 self.metrics.set_sink(sink);
+                self.metrics
+                    .set_line_fields(metrics.line_fields(&self.options.id));
                 self.draft.note_logging(None, Some(metrics));
                 Response::NoContent
             }

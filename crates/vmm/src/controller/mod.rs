@@ -146,12 +146,7 @@ pub fn serve(
             source: std::io::Error::other(e.to_string()),
         })?;
         metrics.set_sink(sink);
-        draft.note_logging(
-            None,
-            Some(sie_config::Metrics {
-                metrics_path: path.clone(),
-            }),
-        );
+        draft.note_logging(None, Some(sie_config::Metrics::new(path.clone())));
     }
     let initial = options.initial_config.take();
     let mut controller = Controller {
