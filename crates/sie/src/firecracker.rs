@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sie_config::{Request, VmConfig};
-use sie_vmm::controller::{self, Reply, RequestSource, ServeOptions, Served};
+use sie_vmm::controller::{self, LoggerControl, Reply, RequestSource, ServeOptions, Served};
 use sie_vmm::{BuildOptions, ConsoleOutput, VmOutcome};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -41,6 +41,8 @@ enum FirecrackerModeError {
     Level(#[source] crate::logging::LogError),
     #[error("--log-path")]
     LogPath(#[source] crate::logging::LogError),
+    #[error("logger: {0}")]
+    Logger(String),
 }
 
 /// True when this process was started through a name (or link) `firecracker`.
@@ -119,6 +121,18 @@ fn build_options(start: Instant) -> BuildOptions {
     }
 }
 
+/// The logger fields given as flags (`--show-level`, `--show-log-origin`,
+/// `--module`); a flag that is absent leaves its field as it is.
+fn logger_flags(args: &FirecrackerArgs) -> sie_config::Logger {
+    sie_config::Logger {
+        log_path: None,
+        level: None,
+        show_level: args.show_level.then_some(true),
+        show_log_origin: args.show_log_origin.then_some(true),
+        module: args.module.clone(),
+    }
+}
+
 fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
     if args.seccomp_filter.is_some() {
         return Err(FirecrackerModeError::Unsupported(
@@ -138,19 +152,29 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         return Ok(0);
     }
     refuse_unsupported(&args)?;
-    let logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
+    let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
+    sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
+    let mut logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
         .map_err(FirecrackerModeError::Level)?;
+    logging.serve_as_firecracker(&id);
     if let Some(path) = &args.log_path {
         logging
             .set_path(path)
             .map_err(FirecrackerModeError::LogPath)?;
     }
-    let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
-    sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
+    logging
+        .configure(&logger_flags(&args))
+        .map_err(FirecrackerModeError::Logger)?;
     let initial_config = match &args.config_file {
         Some(path) => {
             let config = VmConfig::from_file(path)?;
             config.validate()?;
+            // The file's logger takes effect now, as Firecracker's does.
+            if let Some(logger) = &config.logger {
+                logging
+                    .configure(logger)
+                    .map_err(FirecrackerModeError::Logger)?;
+            }
             Some(config)
         }
         None if args.no_api => return Err(FirecrackerModeError::NoConfig.into()),
@@ -242,10 +266,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn logger_flags_set_only_what_is_given() {
+        use clap::Parser;
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["firecracker"];
+            argv.extend_from_slice(flags);
+            logger_flags(&crate::cli::Cli::parse_from(argv).firecracker)
+        };
+        let none = parse(&["--api-sock", "/tmp/x.sock"]);
+        assert_eq!((none.show_level, none.show_log_origin), (None, None));
+        assert_eq!(none.module, None);
+        let all = parse(&["--show-level", "--show-log-origin", "--module", "sie_api"]);
+        assert_eq!(all.show_level, Some(true));
+        assert_eq!(all.show_log_origin, Some(true));
+        assert_eq!(all.module.as_deref(), Some("sie_api"));
+    }
+
+    #[test]
     fn version_text_leads_with_firecracker_only_under_that_name() {
         let text = version_text(true);
         let first = text.lines().next().unwrap();
-        assert!(first.starts_with("Firecracker v1."), "{first}");
+        assert_eq!(first, format!("Firecracker v{FIRECRACKER_API_VERSION}"));
         assert!(text.lines().nth(1).unwrap().starts_with("sie "));
         assert!(version_text(false).starts_with("sie "));
     }
