@@ -218,6 +218,87 @@ fn metrics_and_logs_go_to_files_set_through_the_api() {
     assert!(log_text.contains("PUT /machine-config"), "{log_text}");
 }
 
+/// Boots the ticker with these flags, refuses one request (the API server
+/// logs it), and returns the log file's lines.
+fn log_lines_with(name: &str, flags: &[&str]) -> Vec<String> {
+    let outputs = common::Scratch::new(&format!("{name}-out"));
+    let log = format!("{}/sie.log", outputs.path());
+    let mut args = vec!["--log-path", log.as_str(), "--level", "Info"];
+    args.extend_from_slice(flags);
+    let vm = ApiVm::start(name, &args);
+    vm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1}"#))
+        .expect_fault("mem_size_mib");
+    vm.boot(TICKER, "console=ttyS0");
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    let text = std::fs::read_to_string(&log).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn logger_flags_change_the_lines_firecracker_style() {
+    let started = |lines: &[String]| {
+        lines
+            .iter()
+            .find(|l| l.contains("InstanceStart: the VM is running"))
+            .unwrap_or_else(|| panic!("no InstanceStart line in {lines:#?}"))
+            .clone()
+    };
+    // Firecracker's defaults: the instance and thread, no level, no origin.
+    let plain = log_lines_with("log-plain", &[]);
+    let line = started(&plain);
+    assert!(line.contains(" [log-plain:"), "{line}");
+    assert!(!line.contains("INFO"), "{line}");
+    assert!(!line.contains(".rs:"), "{line}");
+    assert!(plain.iter().any(|l| l.contains("PUT /machine-config")));
+
+    let flagged = log_lines_with(
+        "log-flags",
+        &[
+            "--show-level",
+            "--show-log-origin",
+            "--module",
+            "sie_vmm::controller",
+        ],
+    );
+    let line = started(&flagged);
+    assert!(
+        line.contains(":INFO:crates/vmm/src/controller/"),
+        "level and origin: {line}"
+    );
+    // --module: the API server's line about the refused request is gone.
+    assert!(
+        !flagged.iter().any(|l| l.contains("PUT /machine-config")),
+        "{flagged:#?}"
+    );
+}
+
+#[test]
+fn metrics_lines_carry_the_id_and_properties_asked_for() {
+    let vm = ApiVm::start("api-metrics-id", &[]);
+    let outputs = common::Scratch::new("api-metrics-id-out");
+    let metrics = format!("{}/metrics.json", outputs.path());
+    vm.ok(
+        "PUT",
+        "/metrics",
+        &serde_json::json!({
+            "metrics_path": metrics, "emit_id": true, "properties": {"customer_id": "1234"}
+        })
+        .to_string(),
+    );
+    vm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    for line in std::fs::read_to_string(&metrics).unwrap().lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["id"], "api-metrics-id");
+        assert_eq!(
+            line["properties"],
+            serde_json::json!({"customer_id": "1234"})
+        );
+    }
+}
+
 #[test]
 fn hostile_clients_leave_the_vm_running_and_its_state_unchanged() {
     let vm = ApiVm::start("api-hostile", &[]);
