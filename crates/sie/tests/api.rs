@@ -231,7 +231,7 @@ fn log_lines_with(name: &str, flags: &[&str]) -> Vec<String> {
     vm.boot(TICKER, "console=ttyS0");
     let (code, _) = vm.terminate();
     assert_eq!(code, Some(143));
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(&log).expect("the log file");
     text.lines().map(str::to_string).collect()
 }
 
