@@ -195,7 +195,7 @@ pub struct RunArgs {
     /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME]`
+    /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`
     /// (repeatable).
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
