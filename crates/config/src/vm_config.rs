@@ -63,6 +63,16 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_config: Option<serde_json::Value>,
+    /// Firecracker's hotpluggable memory; parsed so it can be refused by name.
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
+    /// Firecracker's virtio-pmem devices; parsed so they can be refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<serde_json::Value>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -105,6 +115,9 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// A Firecracker section sie does not offer yet.
+    #[error("{0} is not supported yet")]
+    NotSupported(&'static str),
     /// More than one root drive.
     #[error("drives: more than one drive has is_root_device set")]
     SeveralRoots,
@@ -125,6 +138,8 @@ impl VmConfig {
             balloon: None,
             mmds_config: None,
             cpu_config: None,
+            memory_hotplug: None,
+            pmem: None,
         }
     }
 
@@ -171,6 +186,16 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // balloon, mmds-config and cpu-config are refused when the VM is
+        // built; these two are newer and refused here.
+        if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ConfigError::NotSupported(
+                "memory-hotplug (hotpluggable memory)",
+            ));
+        }
+        if self.pmem.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ConfigError::NotSupported("pmem (virtio-pmem devices)"));
+        }
         self.boot_source.validate()?;
         if let Some(machine) = &self.machine_config {
             machine.validate()?;
@@ -329,6 +354,25 @@ mod tests {
             assert!(message.contains(field), "{message}");
             assert!(message.contains("not supported yet"), "{message}");
         }
+    }
+
+    #[test]
+    fn newer_firecracker_sections_are_refused_by_name() {
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{section},"), 1);
+            VmConfig::from_json(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let message = with(r#""pmem": [{"id": "pm0", "path_on_host": "p"}]"#);
+        assert_eq!(message, "pmem (virtio-pmem devices) is not supported yet");
+        let message = with(r#""memory-hotplug": {"total_size_mib": 1024}"#);
+        assert!(message.contains("memory-hotplug"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
+        let nulls = FULL.replacen('{', r#"{"pmem": null, "memory-hotplug": null,"#, 1);
+        VmConfig::from_json(&nulls).unwrap().validate().unwrap();
     }
 
     #[test]
