@@ -58,11 +58,15 @@ pub fn started_as_firecracker() -> bool {
 }
 
 /// What `--version` prints: Firecracker's line first when started as
-/// `firecracker` (Kata parses it), then sie's own.
+/// `firecracker` (Kata parses it as `Firecracker vX.Y.Z`), then sie's own,
+/// naming the Firecracker API it serves.
 pub fn version_text(as_firecracker: bool) -> String {
-    let sie = format!("sie {}", env!("CARGO_PKG_VERSION"));
+    let sie = format!(
+        "sie {} (Firecracker API {FIRECRACKER_API_VERSION})",
+        env!("CARGO_PKG_VERSION")
+    );
     if as_firecracker {
-        format!("Firecracker v{FIRECRACKER_API_VERSION}\n{sie} (Firecracker-compatible)\n")
+        format!("Firecracker v{FIRECRACKER_API_VERSION}\n{sie}\n")
     } else {
         format!("{sie}\n")
     }
@@ -287,7 +291,10 @@ mod tests {
         let text = version_text(true);
         let first = text.lines().next().unwrap();
         assert_eq!(first, format!("Firecracker v{FIRECRACKER_API_VERSION}"));
-        assert!(text.lines().nth(1).unwrap().starts_with("sie "));
-        assert!(version_text(false).starts_with("sie "));
+        let second = text.lines().nth(1).unwrap();
+        assert!(second.starts_with("sie "), "{second}");
+        assert!(second.ends_with(&format!("(Firecracker API {FIRECRACKER_API_VERSION})")));
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(version_text(false), format!("{second}\n"));
     }
 }

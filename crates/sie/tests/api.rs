@@ -136,6 +136,38 @@ fn a_config_file_with_an_api_socket_boots_at_once() {
     assert_eq!(code, Some(143));
 }
 
+#[test]
+fn a_config_files_logger_and_metrics_take_effect() {
+    let scratch = common::Scratch::new("api-config-sinks-out");
+    let log = format!("{}/sie.log", scratch.path());
+    let metrics = format!("{}/metrics.json", scratch.path());
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": TICKER, "boot_args": "console=ttyS0"},
+        "logger": {"log_path": log, "level": "Info", "show_level": true},
+        "metrics": {"metrics_path": metrics, "emit_id": true, "properties": {"pool": "a"}},
+    });
+    let path = scratch.file("vm.json", config.to_string().as_bytes());
+    let vm = ApiVm::start("api-config-sinks", &["--config-file", &path]);
+    assert_eq!(vm.state(), "Running");
+    vm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    // Refused after boot; the API server logs it at Info.
+    vm.call(
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 3, "uds_path": "v"}"#),
+    )
+    .expect_fault("after starting");
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains(":INFO] api: PUT /vsock: "), "{log_text}");
+    let metrics_text = std::fs::read_to_string(&metrics).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(metrics_text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], "api-config-sinks");
+    assert_eq!(first["properties"]["pool"], "a");
+}
+
 fn mkfifo(path: &str) {
     let c_path = std::ffi::CString::new(path).expect("a path without NUL");
     // SAFETY: a valid NUL-terminated path.

@@ -140,13 +140,25 @@ pub fn serve(
         std::mem::replace(&mut options.external_metrics, Box::new(Default::default)),
     );
     let mut draft = draft::Draft::default();
-    if let Some(path) = &options.metrics_path {
-        let sink = sink::LineSink::open(path).map_err(|e| VmmError::Host {
+    // `--metrics-path`, else the config file's `metrics` section.
+    let startup_metrics = options
+        .metrics_path
+        .clone()
+        .map(sie_config::Metrics::new)
+        .or_else(|| {
+            options
+                .initial_config
+                .as_ref()
+                .and_then(|c| c.metrics.clone())
+        });
+    if let Some(config) = startup_metrics {
+        let sink = sink::LineSink::open(&config.metrics_path).map_err(|e| VmmError::Host {
             what: "opening the metrics file",
             source: std::io::Error::other(e.to_string()),
         })?;
         metrics.set_sink(sink);
-        draft.note_logging(None, Some(sie_config::Metrics::new(path.clone())));
+        metrics.set_line_fields(config.line_fields(&options.id));
+        draft.note_logging(None, Some(config));
     }
     let initial = options.initial_config.take();
     let mut controller = Controller {
