@@ -10,6 +10,7 @@ Environment (scripts/api-tests sets it):
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SIE_BIN = Path(os.environ.get("SIE_BIN") or REPO / "target/debug/sie")
+
+
+def _firecracker_api_version():
+    """The one constant sie reports as Firecracker's version (crates/config)."""
+    source = (REPO / "crates/config/src/request.rs").read_text()
+    return re.search(r'FIRECRACKER_API_VERSION: &str = "([0-9.]+)"', source).group(1)
+
+
+FIRECRACKER_API_VERSION = _firecracker_api_version()
 KERNEL = os.environ.get("SIE_GUEST_KERNEL", "")
 
 # Like firecracker-go-sdk: GET /machine-config every 10 ms, for up to 3 s.

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import boot
+from conftest import FIRECRACKER_API_VERSION, boot
 
 MACHINE = {"vcpu_count": 2, "mem_size_mib": 256}
 DEFAULT_PAYLOAD_LIMIT = 51200
@@ -45,14 +45,15 @@ def test_instance_info(api):
     assert info["id"] == "test"
     assert info["state"] == "Not started"
     assert info["app_name"] == "Firecracker"
-    assert isinstance(info["vmm_version"], str) and info["vmm_version"]
+    # Clients read it as Firecracker's version, as they do /version.
+    assert info["vmm_version"] == FIRECRACKER_API_VERSION
 
 
 def test_version(api):
     r = api.get("/version")
     assert r.status == 200
     assert r.headers["Content-Type"].startswith("application/json")
-    assert r.json() == {"firecracker_version": "1.10.1"}
+    assert r.json() == {"firecracker_version": FIRECRACKER_API_VERSION}
 
 
 def test_no_host_header_needed(vmm):
@@ -106,6 +107,7 @@ def test_machine_config_vcpu_limits_accepted(api):
         ({"vcpu_count": 1, "mem_size_mib": 128.5}, "mem_size_mib"),
         ({**MACHINE, "smt": "yes"}, "smt"),
         ({**MACHINE, "huge_pages": "1G"}, "huge_pages"),
+        ({**MACHINE, "track_dirty_pages": True}, "track_dirty_pages"),
     ],
 )
 def test_machine_config_put_bad(api, body, field):
@@ -181,9 +183,28 @@ def test_metrics_and_flush(api, files):
     assert path.exists()
 
 
+def test_metrics_id_and_properties(api, files):
+    """Firecracker's emit_id and properties appear on every metrics line."""
+    path = files["dir"] / "metrics.json"
+    api.ok("PUT", "/metrics", {"metrics_path": str(path), "emit_id": True, "properties": {"customer_id": "1234"}})
+    api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    line = json.loads(path.read_text().splitlines()[-1])
+    assert line["id"] == "test"
+    assert line["properties"] == {"customer_id": "1234"}
+
+
+def test_metrics_without_id_or_properties(api, files):
+    path = files["dir"] / "metrics.json"
+    api.ok("PUT", "/metrics", {"metrics_path": str(path), "emit_id": False})
+    api.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    line = json.loads(path.read_text().splitlines()[-1])
+    assert "id" not in line and "properties" not in line
+
+
 def test_metrics_bad(api):
     fault_names(api.put("/metrics", {}), "metrics_path")
     fault_names(api.put("/metrics", {"metrics_path": "m", "format": "json"}), "format")
+    fault_names(api.put("/metrics", {"metrics_path": "m", "properties": {"n": 1}}), "properties")
 
 
 # -- devices ---------------------------------------------------------------
@@ -199,11 +220,33 @@ def test_drive(api, files):
             "is_root_device": False,
             "is_read_only": True,
             "partuuid": None,
-            "cache_type": "Unsafe",
+            "cache_type": "Writeback",
             "io_engine": "Sync",
             "rate_limiter": {},
         },
     )
+    # Empty limiters, as clients send them when they want no limit.
+    for limiter in [None, {"bandwidth": None, "ops": None}, {"ops": {"size": 0, "refill_time": 0}}]:
+        api.ok("PUT", "/drives/data_2", {"drive_id": "data_2", "path_on_host": files["disk"], "is_root_device": False, "rate_limiter": limiter})
+
+
+LIMITER = {"bandwidth": {"size": 1048576, "refill_time": 1000}, "ops": None}
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("cache_type", "Unsafe", ("cache_type", "Unsafe")),
+        ("io_engine", "Async", ("io_engine", "Async")),
+        ("rate_limiter", LIMITER, ("rate_limiter",)),
+    ],
+)
+def test_drive_not_supported_yet(api, files, field, value, words):
+    """Settings sie would not honour are refused, never accepted and ignored."""
+    r = api.put("/drives/d", {"drive_id": "d", "path_on_host": files["disk"], "is_root_device": False, field: value})
+    fault_names(r, *words)
+    assert "not supported yet" in r.fault
+    assert api.get("/vm/config").json()["drives"] == []
 
 
 @pytest.mark.parametrize(
@@ -230,6 +273,15 @@ def test_network_interface(api):
         "/network-interfaces/eth1",
         {"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "06:00:ac:10:00:02", "rx_rate_limiter": {}, "tx_rate_limiter": None},
     )
+    api.ok("PUT", "/network-interfaces/eth2", {"iface_id": "eth2", "host_dev_name": "tap2", "mtu": 9000})
+    assert api.get("/vm/config").json()["network-interfaces"][2]["mtu"] == 9000
+
+
+@pytest.mark.parametrize("field", ["rx_rate_limiter", "tx_rate_limiter"])
+def test_network_interface_rate_limit_not_supported_yet(api, field):
+    r = api.put("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0", field: LIMITER})
+    fault_names(r, field)
+    assert "not supported yet" in r.fault
 
 
 @pytest.mark.parametrize(
@@ -238,7 +290,9 @@ def test_network_interface(api):
         ({"iface_id": "eth0"}, "host_dev_name"),
         ({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "not-a-mac"}, "guest_mac"),
         ({"iface_id": "eth0", "host_dev_name": "t" * 16}, "host_dev_name"),
-        ({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}, "mtu"),
+        ({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 67}, "mtu"),
+        ({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 65536}, "mtu"),
+        ({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": "big"}, "mtu"),
     ],
 )
 def test_network_interface_bad(api, body, field):
@@ -262,7 +316,11 @@ def test_entropy(api):
     api.ok("PUT", "/entropy", {})
     api.ok("PUT", "/entropy", {"rate_limiter": {}})
     api.ok("PUT", "/entropy", {"rate_limiter": None})
+    api.ok("PUT", "/entropy", {"rate_limiter": {"bandwidth": None, "ops": None}})
     fault_names(api.put("/entropy", {"rate": 1}), "rate")
+    r = api.put("/entropy", {"rate_limiter": LIMITER})
+    fault_names(r, "rate_limiter")
+    assert "not supported yet" in r.fault
 
 
 # -- logger ----------------------------------------------------------------
@@ -341,6 +399,14 @@ UNSUPPORTED = [
     ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
     ("PUT", "/cpu-config", {}),
     ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
+    ("PATCH", "/hotplug/memory", {"requested_size_mib": 0}),
+    ("GET", "/hotplug/memory", None),
+    ("PATCH", "/balloon/hinting/start", {}),
+    ("GET", "/balloon/hinting/status", None),
+    ("PATCH", "/balloon/hinting/stop", {}),
+    ("PUT", "/pmem/pm0", {"id": "pm0", "path_on_host": "p"}),
+    ("PATCH", "/pmem/pm0", {"id": "pm0"}),
+    ("PUT", "/serial", {"serial_out_path": "s"}),
 ]
 
 
@@ -569,6 +635,10 @@ def test_devices_boot_and_patch(vmm, kernel):
     assert api.state() == "Running"
     api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(swapped)})
     api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {}})
+    api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"bandwidth": None, "ops": None}})
+    r = api.patch("/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": LIMITER})
+    fault_names(r, "rate_limiter")
+    assert "not supported yet" in r.fault
     fault_names(api.patch("/drives/nope", {"drive_id": "nope", "path_on_host": str(swapped)}), "nope")
 
 
@@ -580,4 +650,7 @@ def test_network_boot_and_patch(vmm, kernel):
     api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap})
     boot(api, kernel)
     api.ok("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": {}, "tx_rate_limiter": None})
+    r = api.patch("/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": LIMITER})
+    fault_names(r, "rx_rate_limiter")
+    assert "not supported yet" in r.fault
     fault_names(api.patch("/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap1"}), "host_dev_name")

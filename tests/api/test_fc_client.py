@@ -37,7 +37,9 @@ def fc(vmm):
 def test_client_configures(fc, vmm):
     info = fc.describe.get().json()
     assert (info["id"], info["state"]) == ("test", "Not started")
-    assert fc.version.get().json()["firecracker_version"] == "1.10.1"
+    from conftest import FIRECRACKER_API_VERSION
+
+    assert fc.version.get().json()["firecracker_version"] == FIRECRACKER_API_VERSION
     kernel, disk = vmm.dir / "vmlinux", vmm.dir / "rootfs.ext4"
     kernel.write_bytes(b"\x7fELF" + b"\0" * 60)
     disk.write_bytes(b"")

@@ -63,13 +63,14 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 6] = [
+const UNSUPPORTED: [(&str, &str); 7] = [
     ("snapshot", "snapshots"),
     ("balloon", "the balloon device"),
     ("mmds", "MMDS (the microVM metadata service)"),
     ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
     ("serial", "serial output configuration"),
+    ("pmem", "virtio-pmem devices"),
 ];
 
 /// The path of a request target: the query dropped, and one trailing `/`
@@ -129,6 +130,7 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked_id("patch_drive", id)?;
             let patch: DrivePatch = input.parse("patch_drive")?;
             same_id("patch_drive", "drive_id", id, &patch.drive_id)?;
+            checked("patch_drive", patch.validate())?;
             vmm(Request::PatchDrive(patch))
         }
         ("PUT", ["network-interfaces", id]) => {
@@ -141,6 +143,7 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked_id("patch_network_interface", id)?;
             let patch: NetworkInterfacePatch = input.parse("patch_network_interface")?;
             same_id("patch_network_interface", "iface_id", id, &patch.iface_id)?;
+            checked("patch_network_interface", patch.validate())?;
             vmm(Request::PatchNetworkInterface(patch))
         }
         ("PUT", ["drives"]) => Err(Fault::new("put_drive", EMPTY_ID)),
@@ -148,7 +151,11 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         ("PUT", ["network-interfaces"]) => Err(Fault::new("put_network_interface", EMPTY_ID)),
         ("PATCH", ["network-interfaces"]) => Err(Fault::new("patch_network_interface", EMPTY_ID)),
         ("PUT", ["vsock"]) => vmm(Request::PutVsock(input.parse::<Vsock>("put_vsock")?)),
-        ("PUT", ["entropy"]) => vmm(Request::PutEntropy(input.parse::<Entropy>("put_entropy")?)),
+        ("PUT", ["entropy"]) => {
+            let entropy: Entropy = input.parse("put_entropy")?;
+            checked("put_entropy", entropy.validate())?;
+            vmm(Request::PutEntropy(entropy))
+        }
         ("PUT", ["logger"]) => vmm(Request::PutLogger(input.parse::<Logger>("put_logger")?)),
         ("PUT", ["metrics"]) => vmm(Request::PutMetrics(input.parse::<Metrics>("put_metrics")?)),
         ("GET", ["metrics"]) => vmm(Request::GetPrometheusMetrics),
@@ -253,6 +260,15 @@ impl Input<'_> {
         deserializer.end().map_err(|e| fault(e.to_string()))?;
         Ok(value)
     }
+}
+
+/// A body's own validation, for the requests whose checks need nothing
+/// from the VMM (patches, entropy): refused here, before they queue for it.
+fn checked(
+    route: &'static str,
+    result: Result<(), sie_config::DeviceConfigError>,
+) -> Result<(), Fault> {
+    result.map_err(|error| Fault::new(route, error.to_string()))
 }
 
 fn same_id(route: &'static str, field: &str, in_path: &str, in_body: &str) -> Result<(), Fault> {

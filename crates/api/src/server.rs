@@ -23,7 +23,7 @@ use crate::stats::ApiStats;
 /// Firecracker's default `--http-api-max-payload-size`.
 pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
 /// The Firecracker version `GET /version` reports: the API sie follows.
-pub const DEFAULT_VERSION: &str = "1.10.1";
+pub const DEFAULT_VERSION: &str = sie_config::FIRECRACKER_API_VERSION;
 /// Clients served at once; more are accepted and closed at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 

@@ -213,7 +213,13 @@ fn put_get_fault_and_keep_alive_on_one_connection() {
     assert_eq!(refused.fault(), "no such file");
 
     let version = send(&mut client, "GET", "/version", "");
-    assert_eq!(version.body, r#"{"firecracker_version":"1.10.1"}"#);
+    assert_eq!(
+        version.body,
+        format!(
+            r#"{{"firecracker_version":"{}"}}"#,
+            sie_config::FIRECRACKER_API_VERSION
+        )
+    );
     let metrics = send(&mut client, "GET", "/metrics", "");
     assert_eq!(
         metrics.header("content-type"),

@@ -1,5 +1,5 @@
 //! The short device specs of `sie run`: `--disk PATH[,ro][,id=NAME][,root]`,
-//! `--net TAP[,mac=MAC][,id=NAME]`, `--vsock CID,UDS_PATH`. Each becomes the
+//! `--net TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`, `--vsock CID,UDS_PATH`. Each becomes the
 //! same resource a config file or the API would give.
 
 use std::path::PathBuf;
@@ -67,7 +67,7 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, SpecError> {
     Ok(drive)
 }
 
-/// `--net TAP[,mac=MAC][,id=NAME]`; `index` names interfaces without an id.
+/// `--net TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`; `index` names interfaces without an id.
 pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
     let mut parts = spec.split(',');
     let tap = parts.next().unwrap_or_default();
@@ -75,6 +75,7 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, SpecError
         iface_id: format!("eth{index}"),
         host_dev_name: tap.to_string(),
         guest_mac: None,
+        mtu: None,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
     };
@@ -82,11 +83,21 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, SpecError
         match option.split_once('=') {
             Some(("mac", mac)) => nic.guest_mac = Some(mac.to_string()),
             Some(("id", id)) => nic.iface_id = id.to_string(),
+            Some(("mtu", mtu)) => {
+                let mtu = mtu.parse().map_err(|_| {
+                    error(
+                        "--net",
+                        spec,
+                        format!("mtu {mtu:?} is not a number up to 65535"),
+                    )
+                })?;
+                nic.mtu = Some(mtu);
+            }
             _ => {
                 return Err(error(
                     "--net",
                     spec,
-                    format!("unknown option {option:?} (expected mac=MAC or id=NAME)"),
+                    format!("unknown option {option:?} (expected mac=MAC, id=NAME or mtu=BYTES)"),
                 ));
             }
         }
@@ -153,6 +164,11 @@ mod tests {
             ("eth0", "tap0")
         );
         assert!(parse_net("tap0,mac=zz", 0).is_err());
+        assert_eq!(parse_net("tap0,mtu=9000", 0).unwrap().mtu, Some(9000));
+        for bad in ["tap0,mtu=67", "tap0,mtu=65536", "tap0,mtu=big"] {
+            let message = parse_net(bad, 0).unwrap_err().to_string();
+            assert!(message.contains("mtu"), "{message}");
+        }
         assert!(parse_net("", 0).is_err());
         let vsock = parse_vsock("3,/tmp/v.sock").unwrap();
         assert_eq!(vsock.guest_cid, 3);

@@ -1,5 +1,9 @@
 //! Device resources: `drives`, `network-interfaces`, `vsock`, `entropy`.
-//! Parsed and validated now; the VMM refuses them until it has the devices.
+//!
+//! A setting sie would accept but not honour is refused here, with a fault
+//! saying it is "not supported yet", so the API, the config file and the
+//! CLI all refuse it alike: `io_engine` other than "Sync", `cache_type`
+//! other than "Writeback", and any rate limiter that limits something.
 
 use std::path::PathBuf;
 
@@ -7,9 +11,62 @@ use serde::{Deserialize, Serialize};
 
 use crate::resource_id::{IdError, validate_id};
 
-/// A rate limiter as clients send it (`{}` or null included); sie keeps it
-/// as given until it implements rate limiting.
-pub type RateLimiter = serde_json::Map<String, serde_json::Value>;
+/// Firecracker's `RateLimiter`: a bytes bucket and an operations bucket.
+/// Clients send `{}` or null buckets when they want no limit, and sie,
+/// which does not limit yet, accepts only those (see [`RateLimiter::limits`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    /// Bucket whose tokens are bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    /// Bucket whose tokens are operations (requests or frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// Firecracker's `TokenBucket`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Tokens the bucket holds when full.
+    pub size: u64,
+    /// Extra tokens for an initial burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Time to refill an empty bucket, in milliseconds.
+    pub refill_time: u64,
+}
+
+impl TokenBucket {
+    /// True when the bucket limits anything. Firecracker disables a bucket
+    /// whose `size` or `refill_time` is 0, so such a bucket limits nothing.
+    pub fn limits(&self) -> bool {
+        self.size != 0 && self.refill_time != 0
+    }
+}
+
+impl RateLimiter {
+    /// True when either bucket limits anything.
+    pub fn limits(&self) -> bool {
+        [&self.bandwidth, &self.ops]
+            .into_iter()
+            .flatten()
+            .any(TokenBucket::limits)
+    }
+}
+
+/// Refuses a rate limiter that would limit: sie does not enforce them yet,
+/// and a limit that is accepted but not applied would mislead the client.
+pub fn check_rate_limiter(
+    field: &'static str,
+    limiter: Option<&RateLimiter>,
+) -> Result<(), DeviceConfigError> {
+    match limiter {
+        Some(limiter) if limiter.limits() => Err(DeviceConfigError::RateLimiter(field)),
+        _ => Ok(()),
+    }
+}
 
 /// Firecracker's `drives` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,16 +84,20 @@ pub struct Drive {
     /// Root partition UUID (used on the command line instead of /dev/vda).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
-    /// "Unsafe" or "Writeback".
+    /// "Unsafe" or "Writeback"; sie only offers "Writeback" (flushes
+    /// reach the disk), which is also what it does when this is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<String>,
-    /// "Sync" or "Async".
+    /// "Sync" or "Async"; sie only offers "Sync".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
-    /// Accepted and ignored for now.
+    /// Only an empty one (no limit) for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<Box<RateLimiter>>,
 }
+
+/// Smallest MTU a network interface accepts (IPv4's minimum), bytes.
+pub const MIN_MTU: u16 = 68;
 
 /// Firecracker's `network-interfaces` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,12 +110,16 @@ pub struct NetworkInterface {
     /// Guest MAC address `xx:xx:xx:xx:xx:xx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Accepted and ignored for now.
+    /// MTU offered to the guest (VIRTIO_NET_F_MTU), bytes, [`MIN_MTU`] to
+    /// 65535; absent: not offered, the guest picks its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<RateLimiter>,
-    /// Accepted and ignored for now.
+    pub mtu: Option<u16>,
+    /// Only an empty one (no limit) for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<RateLimiter>,
+    pub rx_rate_limiter: Option<Box<RateLimiter>>,
+    /// Only an empty one (no limit) for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<Box<RateLimiter>>,
 }
 
 /// Firecracker's `vsock` resource.
@@ -74,9 +139,9 @@ pub struct Vsock {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entropy {
-    /// Accepted and ignored for now.
+    /// Only an empty one (no limit) for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<Box<RateLimiter>>,
 }
 
 /// Why a device resource is invalid.
@@ -94,7 +159,9 @@ pub enum DeviceConfigError {
     /// An empty tap name or one longer than the kernel allows.
     #[error("network-interfaces: host_dev_name {0:?} must be 1 to 15 characters")]
     TapName(String),
-    /// CIDs 0–2 are reserved.
+    /// An MTU below the minimum.
+    #[error("network-interfaces: mtu {0} is out of range {MIN_MTU}..=65535")]
+    Mtu(u16),
     /// A field that takes one of a few names (`cache_type`, `io_engine`).
     #[error("drives: {field} {value:?} is not {allowed}")]
     Choice {
@@ -105,6 +172,22 @@ pub enum DeviceConfigError {
         /// What is allowed.
         allowed: String,
     },
+    /// A Firecracker choice sie does not offer yet.
+    #[error("drives: {field} {value:?} is not supported yet (use {offered:?})")]
+    ChoiceNotSupported {
+        /// The field.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// The one value sie offers.
+        offered: &'static str,
+    },
+    /// A rate limiter that limits something (the field is named).
+    #[error(
+        "{0}: rate limiting is not supported yet (only an empty limiter: {{}} or null buckets)"
+    )]
+    RateLimiter(&'static str),
+    /// CIDs 0–2 are reserved.
     #[error("vsock: guest_cid {0} is reserved; use 3 or more")]
     Cid(u32),
 }
@@ -126,19 +209,35 @@ impl Drive {
         if self.path_on_host.as_os_str().is_empty() {
             return Err(DeviceConfigError::EmptyPath("drives.path_on_host"));
         }
-        for (field, value, allowed) in [
-            ("cache_type", &self.cache_type, &["Unsafe", "Writeback"][..]),
-            ("io_engine", &self.io_engine, &["Sync", "Async"][..]),
+        // (field, value, Firecracker's choices, the one sie offers)
+        for (field, value, allowed, offered) in [
+            (
+                "cache_type",
+                &self.cache_type,
+                &["Unsafe", "Writeback"][..],
+                "Writeback",
+            ),
+            ("io_engine", &self.io_engine, &["Sync", "Async"][..], "Sync"),
         ] {
-            if let Some(value) = value.as_deref().filter(|v| !allowed.contains(v)) {
+            let Some(value) = value.as_deref() else {
+                continue;
+            };
+            if !allowed.contains(&value) {
                 return Err(DeviceConfigError::Choice {
                     field,
                     value: value.to_string(),
                     allowed: allowed.join(" or "),
                 });
             }
+            if value != offered {
+                return Err(DeviceConfigError::ChoiceNotSupported {
+                    field,
+                    value: value.to_string(),
+                    offered,
+                });
+            }
         }
-        Ok(())
+        check_rate_limiter("drives: rate_limiter", self.rate_limiter.as_deref())
     }
 }
 
@@ -152,7 +251,24 @@ impl NetworkInterface {
         if let Some(mac) = self.guest_mac.as_ref().filter(|m| !is_mac(m)) {
             return Err(DeviceConfigError::Mac(mac.clone()));
         }
-        Ok(())
+        if let Some(mtu) = self.mtu.filter(|&mtu| mtu < MIN_MTU) {
+            return Err(DeviceConfigError::Mtu(mtu));
+        }
+        check_rate_limiter(
+            "network-interfaces: rx_rate_limiter",
+            self.rx_rate_limiter.as_deref(),
+        )?;
+        check_rate_limiter(
+            "network-interfaces: tx_rate_limiter",
+            self.tx_rate_limiter.as_deref(),
+        )
+    }
+}
+
+impl Entropy {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), DeviceConfigError> {
+        check_rate_limiter("entropy: rate_limiter", self.rate_limiter.as_deref())
     }
 }
 
@@ -182,6 +298,7 @@ mod tests {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("nope".into()),
+            mtu: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
         };
@@ -209,5 +326,127 @@ mod tests {
             vsock_id: None,
         };
         assert_eq!(vsock.validate(), Err(DeviceConfigError::Cid(2)));
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use super::*;
+
+    fn drive(extra: &str) -> Result<(), DeviceConfigError> {
+        let text = format!(
+            r#"{{"drive_id":"root","path_on_host":"root.img","is_root_device":true{extra}}}"#
+        );
+        serde_json::from_str::<Drive>(&text).unwrap().validate()
+    }
+
+    fn limiter(text: &str) -> RateLimiter {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn drive_choices_sie_does_not_offer_are_refused_as_not_supported_yet() {
+        assert_eq!(drive(""), Ok(()));
+        assert_eq!(
+            drive(r#","cache_type":"Writeback","io_engine":"Sync""#),
+            Ok(())
+        );
+        let unsafe_cache = drive(r#","cache_type":"Unsafe""#).unwrap_err().to_string();
+        assert!(
+            unsafe_cache.contains("cache_type \"Unsafe\" is not supported yet"),
+            "{unsafe_cache}"
+        );
+        let async_io = drive(r#","io_engine":"Async""#).unwrap_err().to_string();
+        assert!(
+            async_io.contains("io_engine \"Async\" is not supported yet"),
+            "{async_io}"
+        );
+        // A name Firecracker does not know either is not "not supported yet".
+        let unknown = drive(r#","io_engine":"Fast""#).unwrap_err().to_string();
+        assert!(unknown.contains("is not Sync or Async"), "{unknown}");
+    }
+
+    #[test]
+    fn empty_rate_limiters_are_accepted_and_limiting_ones_refused() {
+        for empty in [
+            "{}",
+            r#"{"bandwidth": null, "ops": null}"#,
+            r#"{"bandwidth": {"size": 0, "refill_time": 100}}"#,
+            r#"{"ops": {"size": 1000, "refill_time": 0, "one_time_burst": null}}"#,
+        ] {
+            assert!(!limiter(empty).limits(), "{empty}");
+            assert_eq!(
+                drive(&format!(r#","rate_limiter":{empty}"#)),
+                Ok(()),
+                "{empty}"
+            );
+        }
+        let limiting = r#"{"ops": {"size": 1000, "refill_time": 1000}}"#;
+        assert!(limiter(limiting).limits());
+        let message = drive(&format!(r#","rate_limiter":{limiting}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("drives: rate_limiter"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
+
+        let mut nic = NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: None,
+            mtu: None,
+            rx_rate_limiter: Some(Box::default()),
+            tx_rate_limiter: Some(Box::new(limiter(limiting))),
+        };
+        let message = nic.validate().unwrap_err().to_string();
+        assert!(message.contains("tx_rate_limiter"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
+        nic.tx_rate_limiter = None;
+        assert_eq!(nic.validate(), Ok(()));
+        nic.rx_rate_limiter = Some(Box::new(limiter(limiting)));
+        assert!(
+            nic.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("rx_rate_limiter")
+        );
+
+        let entropy = Entropy {
+            rate_limiter: Some(Box::new(limiter(limiting))),
+        };
+        let message = entropy.validate().unwrap_err().to_string();
+        assert!(message.contains("entropy: rate_limiter"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
+        assert_eq!(Entropy::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn malformed_rate_limiters_do_not_parse() {
+        assert!(serde_json::from_str::<RateLimiter>(r#"{"bytes": null}"#).is_err());
+        assert!(serde_json::from_str::<RateLimiter>(r#"{"ops": {"size": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn mtu_range_is_checked() {
+        let nic = |mtu| NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: None,
+            mtu: Some(mtu),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        assert_eq!(nic(MIN_MTU).validate(), Ok(()));
+        assert_eq!(nic(u16::MAX).validate(), Ok(()));
+        let message = nic(67).validate().unwrap_err().to_string();
+        assert!(
+            message.contains("mtu 67 is out of range 68..=65535"),
+            "{message}"
+        );
+        let parsed: NetworkInterface =
+            serde_json::from_str(r#"{"iface_id":"eth0","host_dev_name":"tap0","mtu":9000}"#)
+                .unwrap();
+        assert_eq!(parsed.mtu, Some(9000));
+        let too_big = r#"{"iface_id":"eth0","host_dev_name":"tap0","mtu":65536}"#;
+        assert!(serde_json::from_str::<NetworkInterface>(too_big).is_err());
     }
 }

@@ -29,12 +29,14 @@ mod vm_config;
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
 pub use devices::{
-    DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, is_mac,
+    DeviceConfigError, Drive, Entropy, MIN_MTU, NetworkInterface, RateLimiter, TokenBucket, Vsock,
+    check_rate_limiter, is_mac,
 };
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
 pub use request::{
-    ActionType, DrivePatch, MachineConfigPatch, NetworkInterfacePatch, Request, Response, VmState,
+    ActionType, DrivePatch, FIRECRACKER_API_VERSION, MachineConfigPatch, NetworkInterfacePatch,
+    Request, Response, VmState,
 };
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id, validate_instance_id};
 pub use size::{SizeError, parse_mem_size_mib};

@@ -22,7 +22,8 @@ pub struct MachineConfig {
     /// Simultaneous multithreading; sie only offers `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
-    /// Track dirty pages (for snapshots, later).
+    /// Track dirty pages (for diff snapshots); sie only offers `false`
+    /// until it has snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
     /// Huge pages backing guest memory: "None" or "2M".
@@ -58,6 +59,9 @@ pub enum MachineConfigError {
     /// SMT requested.
     #[error("machine-config: smt is not supported")]
     Smt,
+    /// Dirty page tracking requested.
+    #[error("machine-config: track_dirty_pages true is not supported yet (use false)")]
+    TrackDirtyPages,
     /// Unknown huge page size.
     #[error("machine-config: huge_pages {0:?} is not supported (use \"None\")")]
     HugePages(String),
@@ -77,6 +81,9 @@ impl MachineConfig {
         }
         if self.smt == Some(true) {
             return Err(MachineConfigError::Smt);
+        }
+        if self.track_dirty_pages == Some(true) {
+            return Err(MachineConfigError::TrackDirtyPages);
         }
         if let Some(pages) = self.huge_pages.as_ref().filter(|p| *p != "None") {
             return Err(MachineConfigError::HugePages(pages.clone()));
@@ -100,6 +107,17 @@ mod tests {
     }
 
     #[test]
+    fn track_dirty_pages_false_or_absent_is_accepted() {
+        for track in [None, Some(false)] {
+            let config = MachineConfig {
+                track_dirty_pages: track,
+                ..MachineConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()));
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_named() {
         let bad = |f: fn(&mut MachineConfig)| {
             let mut config = MachineConfig::default();
@@ -111,6 +129,10 @@ mod tests {
         assert!(bad(|c| c.mem_size_mib = 0).contains("mem_size_mib 0"));
         assert!(bad(|c| c.mem_size_mib = MAX_MEM_SIZE_MIB + 1).contains("mem_size_mib"));
         assert!(bad(|c| c.smt = Some(true)).contains("smt"));
+        assert_eq!(
+            bad(|c| c.track_dirty_pages = Some(true)),
+            "machine-config: track_dirty_pages true is not supported yet (use false)"
+        );
         assert!(bad(|c| c.huge_pages = Some("1G".into())).contains("huge_pages"));
         assert!(bad(|c| c.cpu_template = Some("T2".into())).contains("cpu_template"));
     }

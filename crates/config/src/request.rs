@@ -10,9 +10,18 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::boot_source::BootSource;
-use crate::devices::{Drive, Entropy, NetworkInterface, RateLimiter, Vsock};
+use crate::devices::{
+    DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, check_rate_limiter,
+};
 use crate::logging::{Logger, Metrics};
 use crate::machine_config::MachineConfig;
+
+/// The Firecracker release whose API sie serves: its request and response
+/// shapes are the ones sie parses and answers (docs/api/firecracker-surface.md
+/// lists which of its endpoints sie serves in full, in part, or refuses).
+/// `GET /version`, `vmm_version` in `GET /`, and `--version` under the
+/// name `firecracker` report it, because clients parse it as Firecracker's.
+pub const FIRECRACKER_API_VERSION: &str = "1.17.0";
 
 /// One request to the VMM.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,9 +160,16 @@ pub struct DrivePatch {
     /// A new backing file.
     #[serde(default)]
     pub path_on_host: Option<PathBuf>,
-    /// A new rate limiter (accepted, not enforced yet).
+    /// A new rate limiter; only an empty one (no limit) for now.
     #[serde(default)]
-    pub rate_limiter: Option<RateLimiter>,
+    pub rate_limiter: Option<Box<RateLimiter>>,
+}
+
+impl DrivePatch {
+    /// Checks every field, as [`Drive::validate`] checks the same ones.
+    pub fn validate(&self) -> Result<(), DeviceConfigError> {
+        check_rate_limiter("drives: rate_limiter", self.rate_limiter.as_deref())
+    }
 }
 
 /// `PATCH /network-interfaces/{id}` body.
@@ -162,12 +178,26 @@ pub struct DrivePatch {
 pub struct NetworkInterfacePatch {
     /// Which interface.
     pub iface_id: String,
-    /// Receive rate limiter (accepted, not enforced yet).
+    /// Receive rate limiter; only an empty one (no limit) for now.
     #[serde(default)]
-    pub rx_rate_limiter: Option<RateLimiter>,
-    /// Transmit rate limiter (accepted, not enforced yet).
+    pub rx_rate_limiter: Option<Box<RateLimiter>>,
+    /// Transmit rate limiter; only an empty one (no limit) for now.
     #[serde(default)]
-    pub tx_rate_limiter: Option<RateLimiter>,
+    pub tx_rate_limiter: Option<Box<RateLimiter>>,
+}
+
+impl NetworkInterfacePatch {
+    /// Checks every field, as [`NetworkInterface::validate`] checks them.
+    pub fn validate(&self) -> Result<(), DeviceConfigError> {
+        check_rate_limiter(
+            "network-interfaces: rx_rate_limiter",
+            self.rx_rate_limiter.as_deref(),
+        )?;
+        check_rate_limiter(
+            "network-interfaces: tx_rate_limiter",
+            self.tx_rate_limiter.as_deref(),
+        )
+    }
 }
 
 /// The VMM's answer to one [`Request`].
@@ -201,6 +231,33 @@ mod tests {
         let state: VmState = serde_json::from_str("\"Paused\"").unwrap();
         assert_eq!(state, VmState::Paused);
         assert!(serde_json::from_str::<VmState>("\"Stopped\"").is_err());
+    }
+
+    #[test]
+    fn patches_refuse_limiting_rate_limiters() {
+        let drive: DrivePatch = serde_json::from_str(
+            r#"{"drive_id": "root", "rate_limiter": {"bandwidth": null, "ops": null}}"#,
+        )
+        .unwrap();
+        assert_eq!(drive.validate(), Ok(()));
+        let drive: DrivePatch = serde_json::from_str(
+            r#"{"drive_id": "root", "rate_limiter": {"ops": {"size": 5, "refill_time": 5}}}"#,
+        )
+        .unwrap();
+        let message = drive.validate().unwrap_err().to_string();
+        assert!(message.contains("not supported yet"), "{message}");
+        let nic: NetworkInterfacePatch = serde_json::from_str(
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {}, "tx_rate_limiter": null}"#,
+        )
+        .unwrap();
+        assert_eq!(nic.validate(), Ok(()));
+        let nic: NetworkInterfacePatch = serde_json::from_str(
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 9, "refill_time": 9}}}"#,
+        )
+        .unwrap();
+        let message = nic.validate().unwrap_err().to_string();
+        assert!(message.contains("rx_rate_limiter"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_config: Option<serde_json::Value>,
+    /// Firecracker's hotpluggable memory; parsed so it can be refused by name.
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
+    /// Firecracker's virtio-pmem devices; parsed so they can be refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<serde_json::Value>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -105,6 +115,9 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// A Firecracker section sie does not offer yet.
+    #[error("{0} is not supported yet")]
+    NotSupported(&'static str),
     /// More than one root drive.
     #[error("drives: more than one drive has is_root_device set")]
     SeveralRoots,
@@ -125,6 +138,8 @@ impl VmConfig {
             balloon: None,
             mmds_config: None,
             cpu_config: None,
+            memory_hotplug: None,
+            pmem: None,
         }
     }
 
@@ -171,6 +186,16 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // balloon, mmds-config and cpu-config are refused when the VM is
+        // built; these two are newer and refused here.
+        if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ConfigError::NotSupported(
+                "memory-hotplug (hotpluggable memory)",
+            ));
+        }
+        if self.pmem.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ConfigError::NotSupported("pmem (virtio-pmem devices)"));
+        }
         self.boot_source.validate()?;
         if let Some(machine) = &self.machine_config {
             machine.validate()?;
@@ -201,6 +226,9 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
+        if let Some(entropy) = &self.entropy {
+            entropy.validate()?;
+        }
         if let Some(logger) = &self.logger {
             logger.validate()?;
         }
@@ -220,7 +248,7 @@ mod tests {
       },
       "drives": [
         {"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
-         "is_read_only": false, "partuuid": null, "cache_type": "Unsafe",
+         "is_read_only": false, "partuuid": null, "cache_type": "Writeback",
          "io_engine": "Sync", "rate_limiter": null}
       ],
       "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
@@ -229,7 +257,9 @@ mod tests {
         {"iface_id": "eth0", "guest_mac": "AA:FC:00:00:00:01", "host_dev_name": "tap0"}
       ],
       "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock", "vsock_id": "vsock0"},
-      "logger": {"log_path": "/tmp/log", "level": "Info"}
+      "logger": {"log_path": "/tmp/log", "level": "Info"},
+      "metrics": {"metrics_path": "/tmp/metrics", "emit_id": true, "properties": {"k": "v"}},
+      "entropy": {"rate_limiter": {"bandwidth": null, "ops": null}}
     }"#;
 
     #[test]
@@ -287,6 +317,62 @@ mod tests {
         let error = VmConfig::from_file(Path::new("/nonexistent/sie.json")).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("/nonexistent/sie.json"), "{text}");
+    }
+
+    #[test]
+    fn settings_sie_cannot_honour_are_refused_from_a_config_file() {
+        for (from, to, field) in [
+            (
+                r#""track_dirty_pages": false"#,
+                r#""track_dirty_pages": true"#,
+                "track_dirty_pages",
+            ),
+            (
+                r#""cache_type": "Writeback""#,
+                r#""cache_type": "Unsafe""#,
+                "cache_type",
+            ),
+            (
+                r#""io_engine": "Sync""#,
+                r#""io_engine": "Async""#,
+                "io_engine",
+            ),
+            (
+                r#""rate_limiter": null"#,
+                r#""rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#,
+                "drives: rate_limiter",
+            ),
+            (
+                r#""bandwidth": null, "ops": null"#,
+                r#""ops": {"size": 10, "refill_time": 100}"#,
+                "entropy: rate_limiter",
+            ),
+        ] {
+            assert!(FULL.contains(from), "{from}");
+            let config = VmConfig::from_json(&FULL.replace(from, to)).unwrap();
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(field), "{message}");
+            assert!(message.contains("not supported yet"), "{message}");
+        }
+    }
+
+    #[test]
+    fn newer_firecracker_sections_are_refused_by_name() {
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{section},"), 1);
+            VmConfig::from_json(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let message = with(r#""pmem": [{"id": "pm0", "path_on_host": "p"}]"#);
+        assert_eq!(message, "pmem (virtio-pmem devices) is not supported yet");
+        let message = with(r#""memory-hotplug": {"total_size_mib": 1024}"#);
+        assert!(message.contains("memory-hotplug"), "{message}");
+        assert!(message.contains("not supported yet"), "{message}");
+        let nulls = FULL.replacen('{', r#"{"pmem": null, "memory-hotplug": null,"#, 1);
+        VmConfig::from_json(&nulls).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -52,6 +52,15 @@ pub struct FirecrackerArgs {
     /// Write logs to this file or FIFO instead of stderr (never blocks; full sinks drop lines).
     #[arg(long, value_name = "PATH")]
     pub log_path: Option<PathBuf>,
+    /// Only log events whose module path starts with this (e.g. `sie_vmm::controller`).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// Show each log line's level.
+    #[arg(long)]
+    pub show_level: bool,
+    /// Show each log line's source file and line.
+    #[arg(long)]
+    pub show_log_origin: bool,
     /// Write metrics as JSON lines to this file or FIFO (every 60 s, on FlushMetrics, at exit).
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
@@ -186,7 +195,7 @@ pub struct RunArgs {
     /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME]`
+    /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`
     /// (repeatable).
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sie_config::{Request, VmConfig};
-use sie_vmm::controller::{self, Reply, RequestSource, ServeOptions, Served};
+use sie_vmm::controller::{self, LoggerControl, Reply, RequestSource, ServeOptions, Served};
 use sie_vmm::{BuildOptions, VmOutcome};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -16,8 +16,7 @@ use crate::logging::Logging;
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// The Firecracker release whose API and flags sie follows.
-pub const FIRECRACKER_COMPAT_VERSION: &str = "1.10.1";
+use sie_config::FIRECRACKER_API_VERSION;
 
 /// Where Firecracker puts its API socket when `--api-sock` is not given.
 const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
@@ -42,6 +41,8 @@ enum FirecrackerModeError {
     Level(#[source] crate::logging::LogError),
     #[error("--log-path")]
     LogPath(#[source] crate::logging::LogError),
+    #[error("logger: {0}")]
+    Logger(String),
 }
 
 /// True when this process was started through a name (or link) `firecracker`.
@@ -57,11 +58,15 @@ pub fn started_as_firecracker() -> bool {
 }
 
 /// What `--version` prints: Firecracker's line first when started as
-/// `firecracker` (Kata parses it), then sie's own.
+/// `firecracker` (Kata parses it as `Firecracker vX.Y.Z`), then sie's own,
+/// naming the Firecracker API it serves.
 pub fn version_text(as_firecracker: bool) -> String {
-    let sie = format!("sie {}", env!("CARGO_PKG_VERSION"));
+    let sie = format!(
+        "sie {} (Firecracker API {FIRECRACKER_API_VERSION})",
+        env!("CARGO_PKG_VERSION")
+    );
     if as_firecracker {
-        format!("Firecracker v{FIRECRACKER_COMPAT_VERSION}\n{sie} (Firecracker-compatible)\n")
+        format!("Firecracker v{FIRECRACKER_API_VERSION}\n{sie}\n")
     } else {
         format!("{sie}\n")
     }
@@ -95,6 +100,18 @@ impl Drop for ApiSource {
     }
 }
 
+/// The logger fields given as flags (`--show-level`, `--show-log-origin`,
+/// `--module`); a flag that is absent leaves its field as it is.
+fn logger_flags(args: &FirecrackerArgs) -> sie_config::Logger {
+    sie_config::Logger {
+        log_path: None,
+        level: None,
+        show_level: args.show_level.then_some(true),
+        show_log_origin: args.show_log_origin.then_some(true),
+        module: args.module.clone(),
+    }
+}
+
 fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
     if args.seccomp_filter.is_some() {
         return Err(FirecrackerModeError::Unsupported(
@@ -114,19 +131,25 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         return Ok(0);
     }
     refuse_unsupported(&args)?;
-    let logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
+    let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
+    sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
+    let mut logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
         .map_err(FirecrackerModeError::Level)?;
+    logging.serve_as_firecracker(&id);
     if let Some(path) = &args.log_path {
         logging
             .set_path(path)
             .map_err(FirecrackerModeError::LogPath)?;
     }
-    let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
-    sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
+    logging
+        .configure(&logger_flags(&args))
+        .map_err(FirecrackerModeError::Logger)?;
     let initial_config = match &args.config_file {
         Some(path) => {
             let config = VmConfig::from_file(path)?;
             config.validate()?;
+            // Its logger and metrics sections are applied by the controller
+            // before the VM is built, as PUT /logger and PUT /metrics are.
             Some(config)
         }
         None if args.no_api => return Err(FirecrackerModeError::NoConfig.into()),
@@ -157,7 +180,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             &path,
             sie_api::ServerOptions {
                 max_payload,
-                version: FIRECRACKER_COMPAT_VERSION.to_string(),
+                version: FIRECRACKER_API_VERSION.to_string(),
                 ..sie_api::ServerOptions::default()
             },
         )?;
@@ -173,7 +196,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         source.as_mut(),
         ServeOptions {
             id,
-            vmm_version: FIRECRACKER_COMPAT_VERSION.to_string(),
+            vmm_version: FIRECRACKER_API_VERSION.to_string(),
             start,
             initial_config,
             build_options: Box::new(move || BuildOptions::new(start)),
@@ -218,11 +241,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn logger_flags_set_only_what_is_given() {
+        use clap::Parser;
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["firecracker"];
+            argv.extend_from_slice(flags);
+            logger_flags(&crate::cli::Cli::parse_from(argv).firecracker)
+        };
+        let none = parse(&["--api-sock", "/tmp/x.sock"]);
+        assert_eq!((none.show_level, none.show_log_origin), (None, None));
+        assert_eq!(none.module, None);
+        let all = parse(&["--show-level", "--show-log-origin", "--module", "sie_api"]);
+        assert_eq!(all.show_level, Some(true));
+        assert_eq!(all.show_log_origin, Some(true));
+        assert_eq!(all.module.as_deref(), Some("sie_api"));
+    }
+
+    #[test]
     fn version_text_leads_with_firecracker_only_under_that_name() {
         let text = version_text(true);
         let first = text.lines().next().unwrap();
-        assert!(first.starts_with("Firecracker v1."), "{first}");
-        assert!(text.lines().nth(1).unwrap().starts_with("sie "));
-        assert!(version_text(false).starts_with("sie "));
+        assert_eq!(first, format!("Firecracker v{FIRECRACKER_API_VERSION}"));
+        let second = text.lines().nth(1).unwrap();
+        assert!(second.starts_with("sie "), "{second}");
+        assert!(second.ends_with(&format!("(Firecracker API {FIRECRACKER_API_VERSION})")));
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(version_text(false), format!("{second}\n"));
     }
 }

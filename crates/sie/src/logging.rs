@@ -1,6 +1,14 @@
 //! sie's logs: `tracing` events, one line each, to stderr until a log path
 //! is given (`--log-path` or `PUT /logger`), then to that file or FIFO.
 //!
+//! Lines follow Firecracker's layout: a timestamp when they go to a file,
+//! then `[ID:THREAD:LEVEL:FILE:LINE]` and the message. The id and thread
+//! appear when sie serves as Firecracker (an instance id is set); the level
+//! and origin when asked (`show_level`, `show_log_origin`, off by default
+//! as in Firecracker; `sie run` shows the level). `module` keeps only the
+//! events whose target (the Rust module path, e.g. `sie_vmm::controller`)
+//! starts with it.
+//!
 //! Two things keep logging from hurting the VM: the sink never blocks (a
 //! full FIFO drops lines and counts them, see `sie_vmm::controller::sink`),
 //! and a token bucket caps the rate, so a guest that makes sie log in a loop
@@ -10,15 +18,18 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use sie_vmm::controller::sink::LineSink;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -146,32 +157,112 @@ impl<'a> MakeWriter<'a> for MakeLineWriter {
     }
 }
 
-/// Wall-clock timestamps in log files; none on a terminal, where they
-/// would only be noise.
-struct FileTime(Arc<Target>);
+/// What a line shows and which events are kept; changed by `PUT /logger`.
+#[derive(Clone, Debug, Default)]
+struct LineOptions {
+    /// Set when serving as Firecracker: lines then name the instance and thread.
+    instance_id: Option<String>,
+    show_level: bool,
+    show_log_origin: bool,
+    /// Keep only events whose target starts with this.
+    module: Option<String>,
+}
 
-impl FormatTime for FileTime {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        if self.0.has_sink() {
-            tracing_subscriber::fmt::time::SystemTime.format_time(w)?;
-            w.write_char(' ')?;
-        }
-        Ok(())
+impl LineOptions {
+    fn keeps(&self, target: &str) -> bool {
+        self.module
+            .as_deref()
+            .is_none_or(|module| target.starts_with(module))
     }
+}
+
+/// Formats one event as a line in Firecracker's layout.
+struct LineFormat {
+    target: Arc<Target>,
+    options: Arc<RwLock<LineOptions>>,
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        // Wall-clock time in files; none on a terminal, where it is noise.
+        if self.target.has_sink() {
+            tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+            writer.write_char(' ')?;
+        }
+        let options = self.options.read().unwrap_or_else(|e| e.into_inner());
+        let metadata = event.metadata();
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(id) = &options.instance_id {
+            parts.push(id.clone());
+            parts.push(std::thread::current().name().unwrap_or("-").to_string());
+        }
+        if options.show_level {
+            parts.push(metadata.level().to_string());
+        }
+        if options.show_log_origin {
+            let line = metadata.line().map_or("?".to_string(), |l| l.to_string());
+            parts.push(format!("{}:{line}", metadata.file().unwrap_or("?")));
+        }
+        drop(options);
+        if !parts.is_empty() {
+            write!(writer, "[{}] ", parts.join(":"))?;
+        }
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The subscriber: the level filter, then the module filter and the line
+/// format, all changeable at run time through the handles kept in [`Logging`].
+fn subscriber(
+    target: Arc<Target>,
+    options: Arc<RwLock<LineOptions>>,
+    level: LevelFilter,
+) -> (
+    impl Subscriber + Send + Sync + 'static,
+    reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+) {
+    let (level, handle) = reload::Layer::new(level);
+    let module_options = options.clone();
+    // A filter_fn is asked on every event (never cached per callsite), so
+    // a module set later takes effect at once.
+    let module = filter_fn(move |metadata| {
+        module_options
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keeps(metadata.target())
+    });
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(MakeLineWriter(target.clone()))
+        .event_format(LineFormat { target, options })
+        .with_ansi(false)
+        .with_filter(module);
+    (
+        tracing_subscriber::registry().with(level).with(format),
+        handle,
+    )
 }
 
 /// The installed logger, for changing its path and level later.
 #[derive(Clone)]
 pub struct Logging {
     target: Arc<Target>,
+    options: Arc<RwLock<LineOptions>>,
     level: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
 }
 
-impl Logging {
-    /// Installs the global logger at `level`, writing to stderr.
-    pub fn init(level: &str) -> Result<Self, LogError> {
-        let filter = parse_level(level)?;
-        let target = Arc::new(Target {
+impl Target {
+    fn new() -> Self {
+        Self {
             sink: Mutex::new(None),
             bucket: Mutex::new(Bucket {
                 tokens: BURST_LINES,
@@ -179,19 +270,50 @@ impl Logging {
                 dropped_since_report: 0,
             }),
             rate_dropped: AtomicU64::new(0),
-        });
-        let (filter, level) = reload::Layer::new(filter);
-        let format = tracing_subscriber::fmt::layer()
-            .with_writer(MakeLineWriter(target.clone()))
-            .with_timer(FileTime(target.clone()))
-            .with_target(false)
-            .with_ansi(false);
+        }
+    }
+}
+
+impl Logging {
+    /// Installs the global logger at `level`, writing to stderr, lines
+    /// showing their level (sie's own default; Firecracker mode turns it
+    /// off with [`Logging::serve_as_firecracker`]).
+    pub fn init(level: &str) -> Result<Self, LogError> {
+        let target = Arc::new(Target::new());
+        let options = Arc::new(RwLock::new(LineOptions {
+            show_level: true,
+            ..LineOptions::default()
+        }));
+        let (subscriber, level) = subscriber(target.clone(), options.clone(), parse_level(level)?);
         // A second init (tests) keeps the first logger; that is harmless.
-        let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(format)
-            .try_init();
-        Ok(Self { target, level })
+        let _ = subscriber.try_init();
+        Ok(Self {
+            target,
+            options,
+            level,
+        })
+    }
+
+    /// Firecracker's line layout from now on: lines name `instance_id` and
+    /// their thread, and show the level only when asked.
+    pub fn serve_as_firecracker(&self, instance_id: &str) {
+        let mut options = self.options.write().unwrap_or_else(|e| e.into_inner());
+        options.instance_id = Some(instance_id.to_string());
+        options.show_level = false;
+    }
+
+    /// Applies the layout and filter fields of `logger` that are set.
+    fn set_format(&self, logger: &sie_config::Logger) {
+        let mut options = self.options.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(show) = logger.show_level {
+            options.show_level = show;
+        }
+        if let Some(show) = logger.show_log_origin {
+            options.show_log_origin = show;
+        }
+        if let Some(module) = &logger.module {
+            options.module = Some(module.clone());
+        }
     }
 
     /// Sends the logs to `path` from now on.
@@ -228,6 +350,7 @@ impl sie_vmm::controller::LoggerControl for Logging {
         if let Some(path) = &logger.log_path {
             self.set_path(path).map_err(|e| e.to_string())?;
         }
+        self.set_format(logger);
         Ok(())
     }
 }
@@ -237,15 +360,7 @@ mod tests {
     use super::*;
 
     fn target() -> Arc<Target> {
-        Arc::new(Target {
-            sink: Mutex::new(None),
-            bucket: Mutex::new(Bucket {
-                tokens: BURST_LINES,
-                refilled: Instant::now(),
-                dropped_since_report: 0,
-            }),
-            rate_dropped: AtomicU64::new(0),
-        })
+        Arc::new(Target::new())
     }
 
     #[test]
@@ -295,3 +410,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "logging_tests.rs"]
+mod format_tests;

@@ -29,7 +29,9 @@ fn a_guest_booted_through_the_api_runs_to_its_end_and_sie_exits_0() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "api-life");
     assert_eq!(info["app_name"], "Firecracker");
-    assert_eq!(vm.get("/version").json()["firecracker_version"], "1.10.1");
+    let version = sie_config::FIRECRACKER_API_VERSION;
+    assert_eq!(vm.get("/version").json()["firecracker_version"], version);
+    assert_eq!(info["vmm_version"], version);
     vm.boot(HELLO, "console=ttyS0 markers=2");
     let (code, stderr) = vm.wait();
     assert_eq!(code, Some(0), "{stderr}");
@@ -134,6 +136,38 @@ fn a_config_file_with_an_api_socket_boots_at_once() {
     assert_eq!(code, Some(143));
 }
 
+#[test]
+fn a_config_files_logger_and_metrics_take_effect() {
+    let scratch = common::Scratch::new("api-config-sinks-out");
+    let log = format!("{}/sie.log", scratch.path());
+    let metrics = format!("{}/metrics.json", scratch.path());
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": TICKER, "boot_args": "console=ttyS0"},
+        "logger": {"log_path": log, "level": "Info", "show_level": true},
+        "metrics": {"metrics_path": metrics, "emit_id": true, "properties": {"pool": "a"}},
+    });
+    let path = scratch.file("vm.json", config.to_string().as_bytes());
+    let vm = ApiVm::start("api-config-sinks", &["--config-file", &path]);
+    assert_eq!(vm.state(), "Running");
+    vm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    // Refused after boot; the API server logs it at Info.
+    vm.call(
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 3, "uds_path": "v"}"#),
+    )
+    .expect_fault("after starting");
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains(":INFO] api: PUT /vsock: "), "{log_text}");
+    let metrics_text = std::fs::read_to_string(&metrics).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(metrics_text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], "api-config-sinks");
+    assert_eq!(first["properties"]["pool"], "a");
+}
+
 fn mkfifo(path: &str) {
     let c_path = std::ffi::CString::new(path).expect("a path without NUL");
     // SAFETY: a valid NUL-terminated path.
@@ -214,6 +248,87 @@ fn metrics_and_logs_go_to_files_set_through_the_api() {
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("InstanceStart"), "{log_text}");
     assert!(log_text.contains("PUT /machine-config"), "{log_text}");
+}
+
+/// Boots the ticker with these flags, refuses one request (the API server
+/// logs it), and returns the log file's lines.
+fn log_lines_with(name: &str, flags: &[&str]) -> Vec<String> {
+    let outputs = common::Scratch::new(&format!("{name}-out"));
+    let log = format!("{}/sie.log", outputs.path());
+    let mut args = vec!["--log-path", log.as_str(), "--level", "Info"];
+    args.extend_from_slice(flags);
+    let vm = ApiVm::start(name, &args);
+    vm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1}"#))
+        .expect_fault("mem_size_mib");
+    vm.boot(TICKER, "console=ttyS0");
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn logger_flags_change_the_lines_firecracker_style() {
+    let started = |lines: &[String]| {
+        lines
+            .iter()
+            .find(|l| l.contains("InstanceStart: the VM is running"))
+            .unwrap_or_else(|| panic!("no InstanceStart line in {lines:#?}"))
+            .clone()
+    };
+    // Firecracker's defaults: the instance and thread, no level, no origin.
+    let plain = log_lines_with("log-plain", &[]);
+    let line = started(&plain);
+    assert!(line.contains(" [log-plain:"), "{line}");
+    assert!(!line.contains("INFO"), "{line}");
+    assert!(!line.contains(".rs:"), "{line}");
+    assert!(plain.iter().any(|l| l.contains("PUT /machine-config")));
+
+    let flagged = log_lines_with(
+        "log-flags",
+        &[
+            "--show-level",
+            "--show-log-origin",
+            "--module",
+            "sie_vmm::controller",
+        ],
+    );
+    let line = started(&flagged);
+    assert!(
+        line.contains(":INFO:crates/vmm/src/controller/"),
+        "level and origin: {line}"
+    );
+    // --module: the API server's line about the refused request is gone.
+    assert!(
+        !flagged.iter().any(|l| l.contains("PUT /machine-config")),
+        "{flagged:#?}"
+    );
+}
+
+#[test]
+fn metrics_lines_carry_the_id_and_properties_asked_for() {
+    let vm = ApiVm::start("api-metrics-id", &[]);
+    let outputs = common::Scratch::new("api-metrics-id-out");
+    let metrics = format!("{}/metrics.json", outputs.path());
+    vm.ok(
+        "PUT",
+        "/metrics",
+        &serde_json::json!({
+            "metrics_path": metrics, "emit_id": true, "properties": {"customer_id": "1234"}
+        })
+        .to_string(),
+    );
+    vm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+    for line in std::fs::read_to_string(&metrics).unwrap().lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["id"], "api-metrics-id");
+        assert_eq!(
+            line["properties"],
+            serde_json::json!({"customer_id": "1234"})
+        );
+    }
 }
 
 #[test]

@@ -43,6 +43,11 @@ impl Draft {
         self.config.machine_config.clone().unwrap_or_default()
     }
 
+    /// The configuration as it stands, unchecked.
+    pub fn to_config_unchecked(&self) -> VmConfig {
+        self.config.clone()
+    }
+
     /// The configuration to build, checked as a whole.
     pub fn to_config(&self) -> Result<VmConfig, String> {
         if !self.has_boot_source {
@@ -192,6 +197,7 @@ impl Draft {
     }
 
     fn put_entropy(&mut self, entropy: &Entropy) -> Result<(), String> {
+        entropy.validate().map_err(|e| e.to_string())?;
         self.config.entropy = Some(entropy.clone());
         Ok(())
     }
@@ -352,6 +358,7 @@ mod tests {
             iface_id: id.into(),
             host_dev_name: tap.into(),
             guest_mac: Some(mac.into()),
+            mtu: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
         };

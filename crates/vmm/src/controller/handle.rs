@@ -127,6 +127,8 @@ impl Controller {
         match sink::LineSink::open(&metrics.metrics_path) {
             Ok(sink) => {
                 self.metrics.set_sink(sink);
+                self.metrics
+                    .set_line_fields(metrics.line_fields(&self.options.id));
                 self.draft.note_logging(None, Some(metrics));
                 Response::NoContent
             }
@@ -235,10 +237,8 @@ impl Controller {
             }
             self.draft.set_drive_path(&patch.drive_id, path);
         }
-        if patch.rate_limiter.is_none() {
-            return Response::NoContent;
-        }
-        tracing::warn!("drives: rate limiters are accepted but not enforced");
+        // A rate limiter that limits was refused by the router ("not
+        // supported yet"); an empty one asks for what sie does.
         Response::NoContent
     }
 
@@ -258,7 +258,7 @@ impl Controller {
                 patch.iface_id
             ));
         }
-        tracing::warn!("network-interfaces: rate limiters are accepted but not enforced");
+        // Only empty rate limiters get here (the router refuses the rest).
         Response::NoContent
     }
 }

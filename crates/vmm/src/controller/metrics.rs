@@ -31,6 +31,8 @@ pub struct Metrics {
     start: Instant,
     sink: Option<LineSink>,
     external: ExternalMetrics,
+    /// Top-level fields asked for by `PUT /metrics` (`id`, `properties`).
+    line_fields: serde_json::Map<String, Value>,
     flushes: u64,
 }
 
@@ -41,6 +43,7 @@ impl Metrics {
             start,
             sink: None,
             external,
+            line_fields: serde_json::Map::new(),
             flushes: 0,
         }
     }
@@ -55,6 +58,12 @@ impl Metrics {
         self.sink = Some(sink);
     }
 
+    /// Fields every line carries from now on, from
+    /// [`sie_config::Metrics::line_fields`].
+    pub fn set_line_fields(&mut self, fields: serde_json::Map<String, Value>) {
+        self.line_fields = fields;
+    }
+
     fn dropped(&self) -> u64 {
         self.sink.as_ref().map_or(0, LineSink::dropped)
     }
@@ -65,6 +74,7 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut object = (self.external)();
+        object.extend(self.line_fields.clone());
         object.insert("utc_timestamp_ms".into(), json!(utc_ms));
         object.insert(
             "vmm".into(),
@@ -173,6 +183,20 @@ mod tests {
         assert!(value["vmm"]["rss_bytes"].as_u64().unwrap() > 0);
         assert!(value["utc_timestamp_ms"].as_u64().unwrap() > 0);
         assert!(value.get("vm").is_none(), "no VM section before boot");
+    }
+
+    #[test]
+    fn lines_carry_the_id_and_properties_asked_for() {
+        let mut metrics = Metrics::new(Instant::now(), external());
+        assert!(metrics.snapshot(None).get("id").is_none());
+        let config: sie_config::Metrics = serde_json::from_str(
+            r#"{"metrics_path": "m", "emit_id": true, "properties": {"team": "a"}}"#,
+        )
+        .unwrap();
+        metrics.set_line_fields(config.line_fields("vm7"));
+        let value = metrics.snapshot(None);
+        assert_eq!(value["id"], "vm7");
+        assert_eq!(value["properties"], json!({"team": "a"}));
     }
 
     #[test]

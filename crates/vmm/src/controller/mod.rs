@@ -192,18 +192,16 @@ pub fn serve(
         std::mem::replace(&mut options.external_metrics, Box::new(Default::default)),
     );
     let mut draft = draft::Draft::default();
-    if let Some(path) = &options.metrics_path {
-        let sink = sink::LineSink::open(path).map_err(|e| VmmError::Host {
+    // `--metrics-path`; the config file's `metrics` section is applied
+    // with its `logger` (`apply_logging`).
+    if let Some(config) = options.metrics_path.clone().map(sie_config::Metrics::new) {
+        let sink = sink::LineSink::open(&config.metrics_path).map_err(|e| VmmError::Host {
             what: "opening the metrics file",
             source: std::io::Error::other(e.to_string()),
         })?;
         metrics.set_sink(sink);
-        draft.note_logging(
-            None,
-            Some(sie_config::Metrics {
-                metrics_path: path.clone(),
-            }),
-        );
+        metrics.set_line_fields(config.line_fields(&options.id));
+        draft.note_logging(None, Some(config));
     }
     let initial = options.initial_config.take();
     let mut controller = Controller {
@@ -215,8 +213,10 @@ pub fn serve(
         terminal: None,
     };
     if let Some(config) = initial {
+        let flag_metrics = controller.draft.to_config_unchecked().metrics;
+        controller.draft = draft::Draft::from_config(config.clone());
+        controller.draft.note_logging(None, flag_metrics);
         controller.apply_logging(&config)?;
-        controller.draft = draft::Draft::from_config(config);
         controller.start(hv, &mut manager)?;
     }
 
@@ -292,6 +292,7 @@ impl Controller {
             control
                 .configure(logger)
                 .map_err(|message| VmmError::Platform(format!("logger: {message}").into()))?;
+            self.draft.note_logging(Some(logger.clone()), None);
         }
         if let Some(metrics) = &config.metrics {
             if self.metrics.has_sink() {
@@ -303,6 +304,9 @@ impl Controller {
             let sink = sink::LineSink::open(&metrics.metrics_path)
                 .map_err(|e| VmmError::Platform(format!("metrics: {e}").into()))?;
             self.metrics.set_sink(sink);
+            self.metrics
+                .set_line_fields(metrics.line_fields(&self.options.id));
+            self.draft.note_logging(None, Some(metrics.clone()));
         }
         Ok(())
     }
