@@ -17,16 +17,16 @@ use std::sync::Arc;
 use event_manager::MutEventSubscriber;
 use sie_arch::acpi::VirtioMmioAcpi;
 use sie_config::VmConfig;
-use sie_devices::virtio::block::Block;
-use sie_devices::virtio::net::{Net, Tap, parse_mac};
-use sie_devices::virtio::rng::Rng;
-use sie_devices::virtio::vsock::Vsock;
-use sie_devices::virtio::{
+use sie_devices::{Bus, DeviceRegistry, Interrupt};
+use sie_hv::{IoEventAddress, Vm};
+use sie_virtio::block::Block;
+use sie_virtio::net::{Net, Tap, parse_mac};
+use sie_virtio::rng::Rng;
+use sie_virtio::vsock::Vsock;
+use sie_virtio::{
     CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, VirtioDevice, VirtioMmioTransport,
     VirtioWorker,
 };
-use sie_devices::{Bus, DeviceRegistry, Interrupt};
-use sie_hv::{IoEventAddress, Vm};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
