@@ -137,7 +137,7 @@ impl VirtioDevices {
                 .transpose()
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
-            let net = Net::new(tap, mac).map_err(|e| fail(e.into()))?;
+            let net = Net::new(tap, mac, None).map_err(|e| fail(e.into()))?;
             devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
         }
         if let Some(vsock) = &config.vsock {

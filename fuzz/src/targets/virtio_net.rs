@@ -63,7 +63,8 @@ pub fn run(data: &[u8]) {
             ..
         },
     ) = pair();
-    let device = Net::new(backend, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])).expect("net device");
+    let device =
+        Net::new(backend, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]), None).expect("net device");
     let offered = device.features();
     let (t, mem, _irq) = transport(device);
     let mut q = Queues::start(&t, &mem, offered, 2, &mut input);

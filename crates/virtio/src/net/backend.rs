@@ -1,6 +1,7 @@
 //! The host side of a virtio-net device, and the switch that stops the
 //! event thread from spinning on it.
 
+use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -20,6 +21,12 @@ pub trait NetBackend: Send {
     /// The driver accepted `acked_features`: offer it only offloaded
     /// frames it can take. Backends without offloads ignore this.
     fn set_offloads(&mut self, _acked_features: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// The guest is offered an MTU of `mtu` bytes: make the host side
+    /// carry frames that large, and no larger. The error names the host
+    /// interface. Backends without an MTU accept any.
+    fn set_mtu(&mut self, _mtu: u16) -> Result<(), Box<dyn Error + Send + Sync>> {
         Ok(())
     }
 }

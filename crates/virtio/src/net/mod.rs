@@ -11,7 +11,10 @@
 //! (see [`crate`]):
 //! 1. [`Tap::open`] with the host interface name; show a [`TapError`] to
 //!    the user as is (it names the tap and the usual fix).
-//! 2. [`Net::new`] with the tap and the configured MAC (`None`: random).
+//! 2. [`Net::new`] with the tap, the configured MAC (`None`: random) and
+//!    MTU (`None`: the guest picks, 1500 for Linux). An MTU is offered to
+//!    the guest (VIRTIO_NET_F_MTU) and set on the tap, so the host stack
+//!    neither sends the guest larger frames nor drops its own.
 //! 3. Before wrapping it in the transport, keep [`Net::stats`] (an `Arc`)
 //!    for metrics, next to the transport's generic counters.
 //! 4. [`crate::VirtioWorker`] watches the device's backend
@@ -21,6 +24,7 @@
 
 mod backend;
 mod counters;
+mod error;
 mod mac;
 mod rx;
 mod tap;
@@ -29,13 +33,14 @@ mod tx;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod mtu_tests;
+#[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
 mod test_rig;
 #[cfg(test)]
 mod tests;
 
-use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -43,8 +48,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
@@ -52,6 +57,7 @@ use virtio_queue::{Queue, QueueT};
 pub use backend::NetBackend;
 use backend::RxGate;
 pub use counters::{NetCounters, NetCountersSnapshot};
+pub use error::NetError;
 pub use mac::{MacAddr, MacError, format_mac, parse_mac, random_mac};
 use rx::{Receiver, RxBuffer};
 pub use tap::{Tap, TapError, offload_flags};
@@ -76,8 +82,17 @@ pub const NET_QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
 /// Index of the transmit queue.
 pub const TX_QUEUE: usize = 1;
-/// Configuration space: mac[6], status u16, max_virtqueue_pairs u16.
-const CONFIG_LEN: usize = 10;
+/// Smallest MTU in bytes: the least the virtio spec lets a device offer
+/// (and Linux's ETH_MIN_MTU). The spec's largest, 65535, is `u16::MAX`;
+/// a frame that size with its Ethernet header still fits
+/// [`MAX_FRAME_LEN`].
+pub const MIN_MTU: u16 = 68;
+/// Configuration space (`struct virtio_net_config`, little endian): mac[6],
+/// status u16, max_virtqueue_pairs u16, then mtu u16 at this offset, which
+/// exists only when VIRTIO_NET_F_MTU is offered.
+const MTU_OFFSET: usize = 10;
+/// Configuration space length with the MTU field.
+const CONFIG_LEN: usize = MTU_OFFSET + 2;
 
 /// What the device offers. Checksum and TSO in both directions are free:
 /// the tap does the work from the header.
@@ -104,6 +119,7 @@ pub struct Net<B: NetBackend = Tap> {
     backend: B,
     gate: RxGate,
     mac: MacAddr,
+    mtu: Option<u16>,
     counters: Arc<VirtioCounters>,
     stats: Arc<NetCounters>,
     rx: RxBuffer,
@@ -113,16 +129,28 @@ pub struct Net<B: NetBackend = Tap> {
 
 impl<B: NetBackend> Net<B> {
     /// A device over `backend` with address `mac` (a random local one if
-    /// `None`). Fails only if the host is out of descriptors or entropy.
-    pub fn new(backend: B, mac: Option<MacAddr>) -> io::Result<Self> {
+    /// `None`) and, if given, an MTU in bytes ([`MIN_MTU`] at least):
+    /// offered to the guest and set on the backend (for a tap, the host
+    /// interface's MTU, which needs CAP_NET_ADMIN).
+    pub fn new(mut backend: B, mac: Option<MacAddr>, mtu: Option<u16>) -> Result<Self, NetError> {
+        if let Some(mtu) = mtu.filter(|&mtu| mtu < MIN_MTU) {
+            return Err(NetError::MtuTooSmall(mtu));
+        }
         let mac = match mac {
             Some(mac) => mac,
-            None => random_mac()?,
+            None => random_mac().map_err(NetError::Setup)?,
         };
+        let gate = RxGate::new(backend.raw_fd()).map_err(NetError::Setup)?;
+        if let Some(mtu) = mtu {
+            backend
+                .set_mtu(mtu)
+                .map_err(|source| NetError::HostMtu { mtu, source })?;
+        }
         Ok(Self {
-            gate: RxGate::new(backend.raw_fd())?,
+            gate,
             backend,
             mac,
+            mtu,
             counters: Arc::default(),
             stats: Arc::default(),
             rx: RxBuffer::new(),
@@ -136,6 +164,11 @@ impl<B: NetBackend> Net<B> {
         self.mac
     }
 
+    /// The MTU offered to the guest, in bytes, if any.
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu
+    }
+
     /// The host side.
     pub fn backend(&self) -> &B {
         &self.backend
@@ -146,13 +179,17 @@ impl<B: NetBackend> Net<B> {
         &self.stats
     }
 
+    /// Configuration space; its first [`VirtioDevice::config_len`] bytes
+    /// are the device's (the MTU field reads 0 when not offered).
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut config = [0u8; CONFIG_LEN];
         let status = VIRTIO_NET_S_LINK_UP as u16;
+        let mtu = self.mtu.unwrap_or(0);
         for (at, bytes) in [
             (0, &self.mac[..]),
             (6, &status.to_le_bytes()[..]),
             (8, &1u16.to_le_bytes()[..]),
+            (MTU_OFFSET, &mtu.to_le_bytes()[..]),
         ] {
             if let Some(slot) = config.get_mut(at..at + bytes.len()) {
                 slot.copy_from_slice(bytes);
@@ -219,11 +256,17 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        FEATURES
+        match self.mtu {
+            Some(_) => FEATURES | 1 << VIRTIO_NET_F_MTU,
+            None => FEATURES,
+        }
     }
 
     fn config_len(&self) -> usize {
-        CONFIG_LEN
+        match self.mtu {
+            Some(_) => CONFIG_LEN,
+            None => MTU_OFFSET,
+        }
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {

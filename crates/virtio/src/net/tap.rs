@@ -6,12 +6,15 @@
 //! packet-info prefix) and `IFF_VNET_HDR` with a 12-byte header, which is
 //! exactly `struct virtio_net_hdr_v1` (VERSION_1 is always negotiated). The
 //! descriptor is non-blocking: the event thread must never wait on the host
-//! network.
+//! network. Its MTU, when the guest is given one, is set like any
+//! interface's (SIOCSIFMTU on a socket).
 
+use std::error::Error;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -21,6 +24,8 @@ use virtio_bindings::virtio_net::{
 use super::NET_HDR_LEN;
 use super::backend::NetBackend;
 
+/// The step name of [`Tap::set_mtu`] in a [`TapError`].
+const SET_MTU: &str = "set the MTU";
 /// The tun/tap control device.
 const TUN_PATH: &str = "/dev/net/tun";
 /// Interface names are at most 15 bytes plus the terminating NUL.
@@ -36,8 +41,17 @@ struct IfReq {
     _union_rest: [u8; 22],
 }
 
-/// Why a tap could not be opened; the message names the tap and, for the
-/// usual mistakes, says what to do.
+/// `struct ifreq` as SIOCSIFMTU reads it: the name, then `ifr_mtu` as the
+/// first member of the same 24-byte union.
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; IFNAMSIZ],
+    mtu: libc::c_int,
+    _union_rest: [u8; 20],
+}
+
+/// Why a tap could not be opened or configured; the message names the tap
+/// and, for the usual mistakes, says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("tap {name}: {}", describe(self.step, &self.source))]
 pub struct TapError {
@@ -55,6 +69,9 @@ fn describe(step: &str, error: &io::Error) -> String {
     let hint = match (step, error.raw_os_error()) {
         ("open /dev/net/tun", Some(libc::EPERM | libc::EACCES)) => {
             "/dev/net/tun: permission denied (check the device node's permissions)"
+        }
+        (SET_MTU, Some(libc::EPERM | libc::EACCES)) => {
+            "setting the MTU: permission denied (needs CAP_NET_ADMIN)"
         }
         (_, Some(libc::EPERM | libc::EACCES)) => {
             "permission denied (needs CAP_NET_ADMIN, or a persistent tap owned by this user)"
@@ -132,6 +149,39 @@ impl Tap {
         &self.name
     }
 
+    /// Sets the interface's MTU to `mtu` bytes, as `ip link set mtu` would
+    /// (needs CAP_NET_ADMIN). The kernel takes 68 to 65535 for a tap.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), TapError> {
+        let fail = |source| TapError {
+            name: self.name.clone(),
+            step: SET_MTU,
+            source,
+        };
+        let mut req = IfReqMtu {
+            name: [0; IFNAMSIZ],
+            mtu: libc::c_int::from(mtu),
+            _union_rest: [0; 20],
+        };
+        // `name` came back from the kernel: under IFNAMSIZ bytes, no NUL.
+        for (slot, byte) in req.name.iter_mut().zip(self.name.bytes()) {
+            *slot = byte;
+        }
+        // Interface ioctls go through any socket (the tap descriptor does
+        // not take them); a Unix one needs no address or protocol family.
+        let socket = UnixDatagram::unbound().map_err(fail)?;
+        // SAFETY: `socket` is an open socket we own; SIOCSIFMTU reads one
+        // `struct ifreq`, which `req` is (repr(C), 40 bytes, exclusively
+        // borrowed for the call).
+        let rc = unsafe {
+            libc::ioctl(
+                socket.as_raw_fd(),
+                libc::SIOCSIFMTU,
+                &mut req as *mut IfReqMtu,
+            )
+        };
+        check(rc).map_err(fail)
+    }
+
     /// TUNSETOFFLOAD: which offloaded (partial checksum, GSO) frames the
     /// kernel may hand us.
     fn set_offload_flags(&mut self, flags: libc::c_uint) -> io::Result<()> {
@@ -202,6 +252,10 @@ impl NetBackend for Tap {
     fn set_offloads(&mut self, acked_features: u64) -> io::Result<()> {
         self.set_offload_flags(offload_flags(acked_features))
     }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), Box<dyn Error + Send + Sync>> {
+        Ok(Tap::set_mtu(self, mtu)?)
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +321,16 @@ mod tests {
         assert!(
             error.to_string().starts_with("tap tap0: attach: "),
             "{error}"
+        );
+        // Only CAP_NET_ADMIN sets an MTU, whoever owns the tap.
+        let error = TapError {
+            name: "tap0".into(),
+            step: SET_MTU,
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert_eq!(
+            error.to_string(),
+            "tap tap0: setting the MTU: permission denied (needs CAP_NET_ADMIN)"
         );
     }
 

@@ -49,7 +49,7 @@ impl TapRig {
     fn new() -> Self {
         let name = unique_name();
         let tap = Tap::open(&name).expect("create tap (needs CAP_NET_ADMIN)");
-        let (t, mem, _irq) = transport(Net::new(tap, None).expect("net"));
+        let (t, mem, _irq) = transport(Net::new(tap, None, None).expect("net"));
         let (rx, tx) = (Ring::new(0x1000, 16), Ring::new(0x2000, 16));
         let d = Driver::new(&t);
         // Every offload the device offers, as Linux would accept them.
@@ -126,4 +126,33 @@ fn transmits_and_receives_through_a_real_tap() {
     )
     .expect("read");
     assert_eq!(num_buffers, [1, 0]);
+}
+
+/// The interface's MTU as the kernel reports it.
+fn kernel_mtu(name: &str) -> String {
+    let path = format!("/sys/class/net/{name}/mtu");
+    std::fs::read_to_string(&path)
+        .expect("read the tap's MTU")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn an_mtu_is_set_on_the_real_tap_and_a_refusal_names_it() {
+    let name = unique_name();
+    let tap = Tap::open(&name).expect("create tap (needs CAP_NET_ADMIN)");
+    assert_eq!(kernel_mtu(&name), "1500");
+    let net = Net::new(tap, None, Some(9000)).expect("net with MTU 9000");
+    assert_eq!(kernel_mtu(&name), "9000");
+    // The kernel's own floor for a tap is 68 too: below it, its EINVAL
+    // comes back naming the tap and the step.
+    let error = net.backend().set_mtu(67).expect_err("MTU 67");
+    assert_eq!(error.source.raw_os_error(), Some(libc::EINVAL));
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("tap {name}: set the MTU: ")),
+        "{error}"
+    );
+    assert_eq!(kernel_mtu(&name), "9000");
 }

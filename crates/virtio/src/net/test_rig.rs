@@ -27,8 +27,13 @@ pub struct Rig {
 impl Rig {
     /// A device that is not started yet.
     pub fn idle() -> Self {
+        Self::idle_with_mtu(None)
+    }
+
+    /// A device offering `mtu`, not started yet.
+    pub fn idle_with_mtu(mtu: Option<u16>) -> Self {
         let (backend, peer) = pair();
-        let net = Net::new(backend, Some(MAC)).expect("net device");
+        let net = Net::new(backend, Some(MAC), mtu).expect("net device");
         let (t, mem, irq) = transport(net);
         Self {
             t: Arc::new(t),

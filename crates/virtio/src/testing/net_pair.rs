@@ -3,6 +3,7 @@
 //! (or fuzz target) plays the host network at the other end, never the
 //! real one.
 
+use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -18,6 +19,10 @@ pub struct PairBackend {
     pub offloads: Arc<Mutex<Option<u64>>>,
     /// Makes reads fail with EIO (a tap whose interface went away).
     pub fail_reads: Arc<AtomicBool>,
+    /// The last MTU passed to `set_mtu`.
+    pub mtu: Arc<Mutex<Option<u16>>>,
+    /// Makes `set_mtu` fail (a tap without CAP_NET_ADMIN).
+    pub refuse_mtu: Arc<AtomicBool>,
 }
 
 /// The test's end: plays the host network.
@@ -29,6 +34,10 @@ pub struct Peer {
     pub offloads: Arc<Mutex<Option<u64>>>,
     /// Set to make the device's reads fail with EIO.
     pub fail_reads: Arc<AtomicBool>,
+    /// What the device last passed to `set_mtu`.
+    pub mtu: Arc<Mutex<Option<u16>>>,
+    /// Set to make the device's `set_mtu` fail.
+    pub refuse_mtu: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -60,16 +69,22 @@ pub fn pair() -> (PairBackend, Peer) {
     b.set_nonblocking(true).expect("nonblocking");
     let offloads = Arc::new(Mutex::new(None));
     let fail_reads = Arc::new(AtomicBool::new(false));
+    let mtu = Arc::new(Mutex::new(None));
+    let refuse_mtu = Arc::new(AtomicBool::new(false));
     (
         PairBackend {
             socket: a,
             offloads: offloads.clone(),
             fail_reads: fail_reads.clone(),
+            mtu: mtu.clone(),
+            refuse_mtu: refuse_mtu.clone(),
         },
         Peer {
             socket: b,
             offloads,
             fail_reads,
+            mtu,
+            refuse_mtu,
         },
     )
 }
@@ -92,6 +107,14 @@ impl NetBackend for PairBackend {
 
     fn set_offloads(&mut self, acked_features: u64) -> io::Result<()> {
         *self.offloads.lock().expect("offloads") = Some(acked_features);
+        Ok(())
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), Box<dyn Error + Send + Sync>> {
+        if self.refuse_mtu.load(Ordering::SeqCst) {
+            return Err("socket pair: MTU refused".into());
+        }
+        *self.mtu.lock().expect("mtu") = Some(mtu);
         Ok(())
     }
 }
