@@ -1,6 +1,6 @@
 //! The ring states a device cannot recover from without a reset.
 //!
-//! Raised while taking chains off a queue ([`crate::chain`]) and returned
+//! Raised while taking chains off a queue (`chain`) and returned
 //! by every device's queue and backend work ([`crate::VirtioDevice`]); the
 //! transport answers each by marking the device NEEDS_RESET.
 

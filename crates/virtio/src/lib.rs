@@ -16,8 +16,9 @@
 //! Devices reach the rest of the VMM only through `sie-devices`' traits
 //! ([`sie_devices::BusDevice`] for the register window,
 //! [`sie_devices::Interrupt`] for the line) and never see KVM. The
-//! `test-util` feature exports [`testing`]: rings built by hand in guest
-//! memory and a driver that works the registers, for tests and fuzz/.
+//! `test-util` feature exports `sie_virtio::testing`: rings built by hand
+//! in guest memory, a driver that works the registers and a socket pair
+//! for net, for tests and fuzz/.
 
 pub mod block;
 mod chain;

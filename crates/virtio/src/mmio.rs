@@ -1,11 +1,15 @@
 //! The virtio-MMIO transport, version 2 (virtio 1.x §4.2.2).
 //!
 //! One 4 KiB-ish register window per device. The guest reaches it from any
-//! vCPU, the event thread reaches the device through [`process_queue`], so
-//! all mutable state sits behind one mutex; InterruptStatus is an atomic
-//! shared with [`VirtioInterrupt`] so raising an interrupt never needs it.
+//! vCPU, the event thread reaches the device through [`queue_event`] and
+//! [`backend_event`], so all mutable state sits behind one mutex;
+//! InterruptStatus is an atomic shared with [`VirtioInterrupt`] so raising
+//! an interrupt never needs it, and the registers a guest's interrupt
+//! handler and doorbell touch (InterruptStatus, InterruptAck, QueueNotify)
+//! never wait for the event thread.
 //!
-//! [`process_queue`]: VirtioMmioTransport::process_queue
+//! [`queue_event`]: VirtioMmioTransport::queue_event
+//! [`backend_event`]: VirtioMmioTransport::backend_event
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -13,8 +13,9 @@
 //!    the user as is (it names the tap and the usual fix).
 //! 2. [`Net::new`] with the tap, the configured MAC (`None`: random) and
 //!    MTU (`None`: the guest picks, 1500 for Linux). An MTU is offered to
-//!    the guest (VIRTIO_NET_F_MTU) and set on the tap, so the host stack
-//!    neither sends the guest larger frames nor drops its own.
+//!    the guest (VIRTIO_NET_F_MTU) and set on the tap, so the host sends
+//!    the guest no larger frames and a bridge the tap is on passes the
+//!    guest's (a bridge drops frames over a port's MTU).
 //! 3. Before wrapping it in the transport, keep [`Net::stats`] (an `Arc`)
 //!    for metrics, next to the transport's generic counters.
 //! 4. [`crate::VirtioWorker`] watches the device's backend
@@ -87,7 +88,7 @@ pub const TX_QUEUE: usize = 1;
 /// a frame that size with its Ethernet header still fits
 /// [`MAX_FRAME_LEN`].
 pub const MIN_MTU: u16 = 68;
-/// Configuration space (`struct virtio_net_config`, little endian): mac[6],
+/// Configuration space (`struct virtio_net_config`, little endian): `mac[6]`,
 /// status u16, max_virtqueue_pairs u16, then mtu u16 at this offset, which
 /// exists only when VIRTIO_NET_F_MTU is offered.
 const MTU_OFFSET: usize = 10;
