@@ -180,8 +180,9 @@ impl<B: NetBackend> Net<B> {
         &self.stats
     }
 
-    /// Configuration space; its first [`VirtioDevice::config_len`] bytes
-    /// are the device's (the MTU field reads 0 when not offered).
+    /// Configuration space; the transport lets the driver read its first
+    /// [`VirtioDevice::config_len`] bytes, so without an MTU the (zero) MTU
+    /// field lies beyond them.
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut config = [0u8; CONFIG_LEN];
         let status = VIRTIO_NET_S_LINK_UP as u16;
