@@ -4,7 +4,7 @@
 //! libFuzzer. See README.md.
 
 pub mod input;
-pub mod ring;
+pub mod layout;
 pub mod targets;
 
 /// A fuzz target: any bytes in, never a panic.

@@ -2,15 +2,27 @@
 //!
 //! Devices are state machines reached through [`BusDevice`]; they signal the
 //! world through small traits ([`Interrupt`], [`VmRequests`]) and never see
-//! KVM, so each is unit-tested with a buffer and a counter.
+//! KVM, so each is unit-tested with a buffer and a counter. This crate holds
+//! the bus, those traits and the legacy PC devices; the virtio devices live
+//! in `sie-virtio` on top of the same traits.
 //!
-//! Lock order: a bus is immutable once the vCPUs start (no lock); each device
-//! holds at most one internal mutex, taken only inside its own `read`/`write`,
-//! and never calls back into a bus while holding it.
+//! Locks: a bus is immutable once the vCPUs start and is read without a
+//! lock. A device keeps its mutable state behind one mutex of its own at
+//! most. vCPU threads take it inside `read`/`write`, and other threads take
+//! it too: the VMM event thread (console input into the serial port, all
+//! queue and backend work of a virtio transport) and the thread serving API
+//! actions (Ctrl+Alt+Del into the i8042). Whoever holds it touches only that
+//! device's state and its outlets (an eventfd to raise an interrupt, the
+//! serial output, a tap, disk file or socket): never another device's lock
+//! and never a bus, so no thread holds two device locks at once and they
+//! cannot deadlock. The cost is waiting: a vCPU touching a virtio register
+//! waits while the event thread serves that device's queue (a disk request,
+//! a burst of frames), which is why the registers an interrupt handler and
+//! a doorbell use (InterruptStatus, InterruptAck, QueueNotify) bypass the
+//! lock.
 
 pub mod bus;
 pub mod legacy;
-pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, BusHit};
 

@@ -20,15 +20,15 @@ use event_manager::MutEventSubscriber;
 use linux_loader::cmdline::Cmdline;
 use sie_arch::acpi::AcpiDevice;
 use sie_config::VmConfig;
-use sie_devices::virtio::block::Block;
-use sie_devices::virtio::net::{Net, Tap, parse_mac};
-use sie_devices::virtio::rng::Rng;
-use sie_devices::virtio::vsock::Vsock;
-use sie_devices::virtio::{
+use sie_hv::{IoEventAddress, Vm};
+use sie_virtio::block::Block;
+use sie_virtio::net::{Net, Tap, parse_mac};
+use sie_virtio::rng::Rng;
+use sie_virtio::vsock::Vsock;
+use sie_virtio::{
     CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, VirtioDevice, VirtioMmioTransport,
     VirtioWorker,
 };
-use sie_hv::{IoEventAddress, Vm};
 use vm_memory::GuestMemoryMmap;
 
 use crate::device_manager::{DeviceLayout, DeviceManager};
@@ -112,7 +112,7 @@ impl VirtioDevices {
                 .transpose()
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
-            let net = Net::new(tap, mac).map_err(|e| fail(e.into()))?;
+            let net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
             devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
         }
         if let Some(vsock) = &config.vsock {

@@ -11,14 +11,15 @@
 
 use std::collections::VecDeque;
 
-use sie_devices::virtio::{GuestMemory, VirtioDevice, VirtioMmioTransport};
+use sie_virtio::testing::{Driver, MEM_SIZE, Ring, VIRTIO_RING_F_EVENT_IDX};
+use sie_virtio::{GuestMemory, VirtioDevice, VirtioMmioTransport};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::scenario::{Alloc, Chain};
 use crate::input::Input;
-use crate::ring::{Driver, MEM_SIZE, RING_BASE, Ring, VIRTIO_RING_F_EVENT_IDX};
+use crate::layout::RING_BASE;
 
 /// Room for one ring of up to 256 entries (about 6.7 KiB).
 const RING_STRIDE: u64 = 0x2000;
@@ -44,7 +45,7 @@ pub struct QueueState {
 pub struct Queues<'a, D: VirtioDevice> {
     pub t: &'a VirtioMmioTransport<D>,
     pub mem: &'a GuestMemory,
-    pub driver: Driver<'a>,
+    pub driver: Driver<'a, D>,
     pub features: u64,
     pub queues: Vec<QueueState>,
     /// The guest wrote over ring memory (or overfilled a ring): nothing the
@@ -96,7 +97,7 @@ impl<'a, D: VirtioDevice> Queues<'a, D> {
     }
 
     fn bring_up(&self) {
-        self.driver.start(self.features, &self.rings());
+        self.driver.try_start(self.features, &self.rings());
     }
 
     /// DRIVER_OK and not NEEDS_RESET.

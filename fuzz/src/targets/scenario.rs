@@ -4,13 +4,14 @@
 //! kick the device must have used every chain it was offered, unless it
 //! declared NEEDS_RESET.
 
-use sie_devices::virtio::{GuestMemory, VirtioDevice, VirtioMmioTransport};
+use sie_virtio::testing::{Driver, MEM_SIZE, Ring, VIRTIO_RING_F_EVENT_IDX};
+use sie_virtio::{GuestMemory, VirtioDevice, VirtioMmioTransport};
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::input::Input;
-use crate::ring::{DATA, Driver, MEM_SIZE, RING_BASE, Ring, VIRTIO_RING_F_EVENT_IDX};
+use crate::layout::{DATA, RING_BASE};
 
 /// Hands out data buffers from `DATA` upwards, wrapping at the end of
 /// memory; lengths past the end of memory yield buffers the device must
@@ -74,7 +75,7 @@ pub fn run<D: VirtioDevice>(
     }
     let size = 1u16 << input.below(9);
     let ring = Ring::new(RING_BASE, size);
-    driver.start(features, &[ring]);
+    driver.try_start(features, &[ring]);
     let mut next_desc = 0u16;
     let mut disturbed = false;
     let mut last_used = 0u16;
@@ -103,7 +104,7 @@ pub fn run<D: VirtioDevice>(
                 let zero =
                     vec![0u8; (ring.used + 4 + 8 * u64::from(size) + 8 - ring.desc) as usize];
                 let _ = mem.write_slice(&zero, GuestAddress(ring.desc));
-                driver.start(features, &[ring]);
+                driver.try_start(features, &[ring]);
                 (next_desc, last_used, disturbed) = (0, 0, false);
             }
             2 => {

@@ -6,8 +6,9 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use sie_devices::virtio::VirtioDevice;
-use sie_devices::virtio::block::{Block, SECTOR_SIZE};
+use sie_virtio::VirtioDevice;
+use sie_virtio::block::{Block, SECTOR_SIZE};
+use sie_virtio::testing::transport;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -16,7 +17,6 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::scenario::{self, Chain, length};
 use crate::input::Input;
-use crate::ring::transport;
 
 /// Disk size: 64 sectors plus a partial one the device must not expose.
 const DISK_LEN: u64 = 64 * SECTOR_SIZE + 100;

@@ -4,15 +4,17 @@
 //! transport side by side.
 
 use sie_devices::BusDevice;
-use sie_devices::virtio::block::Block;
-use sie_devices::virtio::rng::Rng;
-use sie_devices::virtio::{GuestMemory, MMIO_WINDOW_LEN, VirtioDevice, VirtioMmioTransport};
+use sie_virtio::block::Block;
+use sie_virtio::rng::Rng;
+use sie_virtio::testing::{Driver, MEM_SIZE, Ring, transport};
+use sie_virtio::{GuestMemory, MMIO_WINDOW_LEN, VirtioDevice, VirtioMmioTransport};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio::*;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::virtio_blk::memfd;
 use crate::input::Input;
-use crate::ring::{Driver, MEM_SIZE, RING_BASE, Ring, transport};
+use crate::layout::RING_BASE;
 
 /// Every register of the window, and the start of configuration space.
 const REGISTERS: [u32; 28] = [
@@ -124,7 +126,8 @@ fn step<D: VirtioDevice>(t: &VirtioMmioTransport<D>, mem: &GuestMemory, op: u8, 
             } else {
                 u64::from(input.u32()) & !0xf
             };
-            Driver::new(t).start(input.u64(), &[Ring::new(base, size)]);
+            let features = input.u64() | 1 << VIRTIO_F_VERSION_1;
+            Driver::new(t).try_start(features, &[Ring::new(base, size)]);
         }
         _ => match input.u8() % 3 {
             0 => t.config_changed(),

@@ -12,49 +12,21 @@
 //! frame's bytes.
 
 use std::collections::VecDeque;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use sie_devices::virtio::VirtioDevice;
-use sie_devices::virtio::net::{ETH_HLEN, MAX_FRAME_LEN, NET_HDR_LEN, Net, NetBackend};
+use sie_virtio::VirtioDevice;
+use sie_virtio::net::{ETH_HLEN, MAX_FRAME_LEN, NET_HDR_LEN, Net};
+use sie_virtio::testing::{Peer, pair, transport};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::queues::{Queues, buffers, read_chain};
 use crate::input::Input;
-use crate::ring::transport;
 
 const RX: usize = 0;
 const TX: usize = 1;
 /// Datagrams injected per run at most: keeps every receive pass within the
 /// device's per-wakeup budget, so "as many as both last" holds exactly.
 const MAX_INJECTED: usize = 128;
-
-/// The device's end of the socket pair: one datagram per frame, header
-/// included, as a tap with IFF_VNET_HDR delivers them.
-struct PairBackend {
-    socket: UnixDatagram,
-    fail_reads: Arc<AtomicBool>,
-}
-
-impl NetBackend for PairBackend {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.fail_reads.load(Ordering::Relaxed) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.socket.recv(buf)
-    }
-
-    fn write_frame(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
-        self.socket.send(&parts.concat())
-    }
-
-    fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
-    }
-}
 
 /// What the host knows waits on the device's socket: frames of at least
 /// a header, as (length the device reads, marker byte), front first.
@@ -82,15 +54,17 @@ fn frame_len(input: &mut Input) -> usize {
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let (ours, peer) = UnixDatagram::pair().expect("socketpair");
-    ours.set_nonblocking(true).expect("nonblocking");
-    peer.set_nonblocking(true).expect("nonblocking");
-    let fail_reads = Arc::new(AtomicBool::new(false));
-    let backend = PairBackend {
-        socket: ours,
-        fail_reads: fail_reads.clone(),
-    };
-    let device = Net::new(backend, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])).expect("net device");
+    // The host network: one datagram per frame, header included.
+    let (
+        backend,
+        Peer {
+            socket: peer,
+            fail_reads,
+            ..
+        },
+    ) = pair();
+    let device =
+        Net::new(backend, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]), None).expect("net device");
     let offered = device.features();
     let (t, mem, _irq) = transport(device);
     let mut q = Queues::start(&t, &mem, offered, 2, &mut input);

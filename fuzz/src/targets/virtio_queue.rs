@@ -9,10 +9,11 @@ use std::io::{Read, Write};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 
-use sie_devices::virtio::GuestMemory;
+use sie_virtio::GuestMemory;
+use sie_virtio::testing::{MEM_SIZE, Ring, memory};
 
 use crate::input::Input;
-use crate::ring::{DATA, MEM_SIZE, RING_BASE, Ring, memory};
+use crate::layout::{DATA, RING_BASE};
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
@@ -73,7 +74,7 @@ pub fn run(data: &[u8]) {
             0xff => input.u16(),
             n => u16::from(n) % size.max(1),
         };
-        ring.set_desc(&mem, index, addr, len, flags, next);
+        ring.set_desc(&mem, index, addr, len, u32::from(flags), next);
     }
     ring.set_avail_flags(&mem, input.u16() & 1);
     let published = input.below(u32::from(size) + 2) as u16;
@@ -104,7 +105,7 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// One drain as `sie_devices`' `drain_queue` does it: notifications off,
+/// One drain as `sie_virtio`'s `drain_queue` does it: notifications off,
 /// pop every chain, walk and serve it, return it, notifications back on.
 fn drain(queue: &mut Queue, mem: &GuestMemory, input: &mut Input) -> Result<(), ()> {
     let size = queue.size();
@@ -147,7 +148,7 @@ fn drain(queue: &mut Queue, mem: &GuestMemory, input: &mut Input) -> Result<(), 
     Ok(())
 }
 
-/// Walks a chain as `sie_devices`' `segments` does: every buffer non-empty,
+/// Walks a chain as `sie_virtio`'s `segments` does: every buffer non-empty,
 /// not wrapping, inside memory in the direction used; then touches it.
 fn walk(chain: virtio_queue::DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> Option<u32> {
     let mut written = 0u32;

@@ -2,12 +2,12 @@
 //! buffers of any length. A used length never exceeds the chain's buffers
 //! or the per-request cap.
 
-use sie_devices::virtio::VirtioDevice;
-use sie_devices::virtio::rng::{RNG_MAX_REQUEST, Rng};
+use sie_virtio::VirtioDevice;
+use sie_virtio::rng::{RNG_MAX_REQUEST, Rng};
+use sie_virtio::testing::transport;
 
 use super::scenario::{self, Chain, length};
 use crate::input::Input;
-use crate::ring::transport;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);

@@ -18,13 +18,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use sie_devices::virtio::VirtioDevice;
-use sie_devices::virtio::vsock::{EPHEMERAL_BASE, HOST_CID, MAX_PAYLOAD, Vsock};
+use sie_virtio::VirtioDevice;
+use sie_virtio::testing::transport;
+use sie_virtio::vsock::{EPHEMERAL_BASE, HOST_CID, MAX_PAYLOAD, Vsock};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::queues::{Queues, buffers, read_chain};
 use crate::input::Input;
-use crate::ring::transport;
 
 const RX: usize = 0;
 const TX: usize = 1;

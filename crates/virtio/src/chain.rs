@@ -1,0 +1,157 @@
+//! Taking descriptor chains off a queue without trusting the guest.
+//!
+//! virtio-queue already stops walking a chain at a loop (a TTL of one queue
+//! length), at an out-of-range `next` index, at an unreadable descriptor and
+//! at 4 GiB of total length, and refuses an available index that runs more
+//! than a queue ahead. It stops *silently*, though, so [`segments`] notices a
+//! chain that ended on a descriptor still flagged NEXT and calls it broken,
+//! and it checks every buffer against guest memory up front so devices only
+//! ever see buffers they can access in full.
+
+use virtio_queue::{DescriptorChain, Error as QueueError, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, GuestAddress, Permissions};
+
+use crate::counters::VirtioCounters;
+use crate::fault::DeviceFault;
+use crate::memory::GuestMemory;
+
+/// One buffer of a validated chain: entirely inside guest memory, non-empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical start.
+    pub addr: GuestAddress,
+    /// Length in bytes (non-zero).
+    pub len: u32,
+    /// Device-writable (the guest reads it back) rather than device-readable.
+    pub writable: bool,
+}
+
+/// Why a chain was dropped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    /// A loop, a `next` out of range, more links than the queue holds, or
+    /// more than 4 GiB in total.
+    #[error("descriptor chain is broken")]
+    Broken,
+    /// A descriptor with length zero.
+    #[error("zero-length descriptor")]
+    ZeroLength,
+    /// `addr + len` wraps around the address space.
+    #[error("descriptor wraps the address space")]
+    Overflow,
+    /// A buffer not (entirely) backed by guest RAM.
+    #[error("descriptor outside guest memory")]
+    OutsideMemory,
+}
+
+/// The buffers of `chain`, or why it cannot be used.
+pub fn segments(
+    chain: DescriptorChain<&GuestMemory>,
+    mem: &GuestMemory,
+) -> Result<Vec<Segment>, ChainError> {
+    let mut out = Vec::new();
+    let mut ended = false;
+    for desc in chain {
+        let len = desc.len();
+        if len == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        desc.addr()
+            .checked_add(u64::from(len))
+            .ok_or(ChainError::Overflow)?;
+        let access = if desc.is_write_only() {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        if !vm_memory::GuestMemory::check_range(mem, desc.addr(), len as usize, access) {
+            return Err(ChainError::OutsideMemory);
+        }
+        out.push(Segment {
+            addr: desc.addr(),
+            len,
+            writable: desc.is_write_only(),
+        });
+        ended = !desc.has_next();
+    }
+    if ended {
+        Ok(out)
+    } else {
+        Err(ChainError::Broken)
+    }
+}
+
+/// Takes every available chain off `queue`, hands its buffers (or why they
+/// are unusable, already counted as an error) to `serve`, and returns each
+/// to the used ring with the length `serve` reports.
+///
+/// Driver notifications are suppressed while the ring is being drained and
+/// re-enabled (with a re-check for chains that raced in) at the end; with
+/// VIRTIO_RING_F_EVENT_IDX this also publishes `avail_event`. Returns
+/// whether the driver wants an interrupt (`used_event`, or simply "some
+/// chain was used" without EVENT_IDX).
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    counters: &VirtioCounters,
+    mut serve: impl FnMut(Result<Vec<Segment>, ChainError>) -> u32,
+) -> Result<bool, DeviceFault> {
+    let ring_fault = |_| {
+        counters.error();
+        DeviceFault::RingAccess
+    };
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(mem).map_err(ring_fault)?;
+        while let Some(chain) = next_chain(queue, mem, counters)? {
+            let head = chain.head_index();
+            let buffers = segments(chain, mem);
+            if let Err(error) = &buffers {
+                counters.error();
+                tracing::debug!(%error, head, "virtio chain dropped");
+            }
+            let len = serve(buffers);
+            queue.add_used(mem, head, len).map_err(ring_fault)?;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem).map_err(ring_fault)? {
+            break;
+        }
+    }
+    if !used_any {
+        return Ok(false);
+    }
+    queue.needs_notification(mem).map_err(ring_fault)
+}
+
+/// The next available chain, if any, with a head inside the table; shared
+/// by every device that takes chains one at a time (net's receive side,
+/// vsock's queues).
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+    counters: &VirtioCounters,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceFault> {
+    let chain = match queue.iter(mem) {
+        Ok(mut available) => available.next(),
+        Err(QueueError::QueueNotReady) => None,
+        Err(QueueError::InvalidAvailRingIndex) => {
+            counters.error();
+            return Err(DeviceFault::AvailIndex);
+        }
+        Err(_) => {
+            counters.error();
+            return Err(DeviceFault::RingAccess);
+        }
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    counters.request();
+    let head = chain.head_index();
+    if head >= queue.size() {
+        counters.error();
+        return Err(DeviceFault::HeadOutOfRange(head));
+    }
+    Ok(Some(chain))
+}

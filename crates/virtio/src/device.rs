@@ -1,0 +1,185 @@
+//! The contract between the virtio-MMIO transport and a device model.
+//!
+//! The transport owns everything the specification puts in the transport
+//! (registers, status, feature negotiation, queue configuration); a device
+//! only describes itself and, once activated, owns its queues so it can also
+//! serve work that does not start with a notification (a frame arriving on
+//! net's tap, a connection on vsock's sockets).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sie_devices::Interrupt;
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::{Queue, QueueT};
+
+use crate::chain::{ChainError, Segment, drain_queue};
+use crate::counters::VirtioCounters;
+use crate::fault::DeviceFault;
+use crate::memory::GuestMemory;
+
+/// A virtio device model behind [`crate::VirtioMmioTransport`].
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`virtio_bindings::virtio_ids`).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue (powers of two); its length is the
+    /// number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits offered; must include `VIRTIO_F_VERSION_1`.
+    fn features(&self) -> u64;
+    /// Length in bytes of the device-specific configuration space.
+    fn config_len(&self) -> usize;
+    /// Fills `data` from configuration space at `offset`; the transport has
+    /// already checked that the access lies inside [`Self::config_len`].
+    fn read_config(&self, offset: usize, data: &mut [u8]);
+    /// A driver write to configuration space (bounds already checked);
+    /// returns `false` to refuse it (the default: no device here has a
+    /// writable field), which the transport counts.
+    fn write_config(&mut self, _offset: usize, _data: &[u8]) -> bool {
+        false
+    }
+    /// The driver set DRIVER_OK: the device takes its queues. An error marks
+    /// the device NEEDS_RESET.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Serves queue `index` after a notification. An error means the rings
+    /// can no longer be trusted; the transport marks the device NEEDS_RESET.
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault>;
+    /// The driver reset the device: drop the queues and any in-flight state.
+    fn reset(&mut self);
+    /// The device's counters, shared with the transport.
+    fn counters(&self) -> &Arc<VirtioCounters>;
+    /// One descriptor the event thread watches for the device's host side
+    /// (a tap, sockets). A device with several host descriptors, or ones
+    /// that come and go (vsock connections), keeps its own epoll set and
+    /// returns that set's descriptor, so the worker never changes. Asked
+    /// once, when the worker is registered.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The backend descriptor is readable: serve the host side (also
+    /// called while the driver is not live, so the device can drain or
+    /// refuse host input). An error marks the device NEEDS_RESET.
+    fn process_backend(&mut self) -> Result<(), DeviceFault> {
+        Ok(())
+    }
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory holding the rings and buffers.
+    pub mem: GuestMemory,
+    /// The queues as the driver configured them, each checked valid if ready.
+    pub queues: Vec<Queue>,
+    /// Raises used-buffer and configuration interrupts.
+    pub interrupt: VirtioInterrupt,
+    /// The feature bits the driver accepted.
+    pub acked_features: u64,
+}
+
+/// What a one-queue device (blk, rng) keeps while the driver is live.
+pub struct SingleQueue {
+    /// Guest memory holding the ring and buffers.
+    pub mem: GuestMemory,
+    /// The queue.
+    pub queue: Queue,
+    /// Raises used-buffer and configuration interrupts.
+    pub interrupt: VirtioInterrupt,
+}
+
+impl Activation {
+    /// For a one-queue device: its queue, which must be ready.
+    pub fn single_queue(self) -> Result<SingleQueue, ActivateError> {
+        let Some(queue) = self.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::QueueNotReady(0));
+        };
+        Ok(SingleQueue {
+            mem: self.mem,
+            queue,
+            interrupt: self.interrupt,
+        })
+    }
+}
+
+impl SingleQueue {
+    /// Serves every available chain with `serve` (given the chain's buffers
+    /// and returning the used length) and raises the used-buffer interrupt
+    /// if the driver wants one.
+    pub fn drain(
+        &mut self,
+        counters: &VirtioCounters,
+        mut serve: impl FnMut(&GuestMemory, Result<Vec<Segment>, ChainError>) -> u32,
+    ) -> Result<(), DeviceFault> {
+        let mem = &self.mem;
+        if drain_queue(&mut self.queue, mem, counters, |buffers| {
+            serve(mem, buffers)
+        })? {
+            self.interrupt.signal_used();
+        }
+        Ok(())
+    }
+}
+
+/// Copies `data.len()` bytes of a device's configuration space `config`
+/// from `offset` (the transport has checked the bounds; an access that
+/// does not fit leaves `data` as it is).
+pub fn read_config_bytes(config: &[u8], offset: usize, data: &mut [u8]) {
+    let end = offset.saturating_add(data.len());
+    if let Some(bytes) = config.get(offset..end) {
+        data.copy_from_slice(bytes);
+    }
+}
+
+/// Why a device refused activation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    /// A queue the device needs was not made ready by the driver.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// A ready queue's rings lie outside guest memory.
+    #[error("queue {0} rings are not in guest memory")]
+    QueueInvalid(usize),
+}
+
+/// The device's half of the MMIO interrupt: sets an InterruptStatus bit,
+/// then raises the (edge) line. The status is shared with the transport,
+/// which reads and acknowledges it from the vCPU threads.
+#[derive(Clone)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    line: Arc<dyn Interrupt>,
+    counters: Arc<VirtioCounters>,
+}
+
+impl VirtioInterrupt {
+    pub(crate) fn new(
+        status: Arc<AtomicU32>,
+        line: Arc<dyn Interrupt>,
+        counters: Arc<VirtioCounters>,
+    ) -> Self {
+        Self {
+            status,
+            line,
+            counters,
+        }
+    }
+
+    /// Buffers were put in a used ring.
+    pub fn signal_used(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The configuration space (or NEEDS_RESET) changed.
+    pub fn signal_config(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        // The bit must be visible before the guest's handler reads it.
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.counters.interrupt();
+        if let Err(error) = self.line.trigger() {
+            self.counters.error();
+            tracing::warn!(%error, "virtio interrupt lost");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Paravirtual I/O: virtio 1.x devices behind the virtio-MMIO transport.
+//!
+//! Wiring (done by the VMM): wrap a device in a [`VirtioMmioTransport`] with
+//! guest memory and an irqfd, put it on the MMIO bus at `base` for
+//! [`MMIO_WINDOW_LEN`] bytes, register each of
+//! [`VirtioMmioTransport::queue_events`] as an ioeventfd at
+//! `base + QUEUE_NOTIFY_OFFSET` with datamatch = queue index, and add a
+//! [`VirtioWorker`] to the event manager. The guest learns of the device
+//! from the ACPI DSDT or the kernel command line
+//! (`virtio_mmio.device=4K@base:irq`).
+//!
+//! Everything the guest controls (registers, rings, buffers) is treated as
+//! hostile: bad accesses are ignored and counted, bad chains fail the
+//! request, and unrecoverable ring states mark the device NEEDS_RESET.
+//!
+//! Devices reach the rest of the VMM only through `sie-devices`' traits
+//! ([`sie_devices::BusDevice`] for the register window,
+//! [`sie_devices::Interrupt`] for the line) and never see KVM. The
+//! `test-util` feature exports `sie_virtio::testing`: rings built by hand
+//! in guest memory, a driver that works the registers and a socket pair
+//! for net, for tests and fuzz/.
+
+pub mod block;
+mod chain;
+mod counters;
+mod device;
+mod fault;
+mod memory;
+mod mmio;
+pub mod net;
+pub mod rng;
+pub mod vsock;
+mod worker;
+
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod mmio_tests;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use chain::{ChainError, Segment};
+pub use counters::{CountersSnapshot, VirtioCounters};
+pub use device::{
+    ActivateError, Activation, SingleQueue, VirtioDevice, VirtioInterrupt, read_config_bytes,
+};
+pub use fault::DeviceFault;
+pub use memory::GuestMemory;
+pub use mmio::{
+    MMIO_MAGIC, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportError,
+    VirtioMmioTransport,
+};
+pub use worker::VirtioWorker;
