@@ -2,7 +2,7 @@
 //!
 //! One serde struct per resource, in Firecracker's JSON shapes, each with
 //! its own `validate()` and error enum; [`VmConfig`] holds them all. The CLI
-//! flags, `--config-file` and (later) the REST API all fill these structs,
+//! flags, `--config-file` and the REST API all fill these structs,
 //! so a value means the same thing wherever it came from.
 //!
 //! ```

@@ -9,7 +9,7 @@ use crate::devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, Vsock}
 use crate::logging::{Logger, LoggerError, Metrics};
 use crate::machine_config::{MachineConfig, MachineConfigError};
 
-/// Every resource of one VM. The CLI, the config file and (later) the API
+/// Every resource of one VM. The CLI, the config file and the API
 /// all fill this one struct.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,17 +20,7 @@ const EXIT_FAILURE: u8 = 1;
 
 /// Prints an error and its sources on one line: `sie: error: a: b: c`.
 fn report_error(error: &dyn std::error::Error) {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    eprintln!("sie: error: {line}");
+    eprintln!("sie: error: {}", sie_vmm::error_chain(error));
 }
 
 /// Makes sure descriptors 0, 1 and 2 are open, so that a file sie opens

@@ -117,3 +117,43 @@ impl From<sie_hv::HvError> for VmmError {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, VmmError>;
+
+/// An error and its causes on one line, `a: b: c`, each cause once: a
+/// message that already ends with its cause's text is not repeated. The
+/// one formatter for every error sie shows (the command line's last line,
+/// the API's fault messages).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_is_one_line_without_repeats() {
+        let error = VmmError::Host {
+            what: "opening the metrics file",
+            source: std::io::Error::other("permission denied"),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "opening the metrics file: permission denied"
+        );
+        let transparent = VmmError::Platform("kernel command line: too long".into());
+        assert_eq!(
+            error_chain(&transparent),
+            "setting up the guest platform: kernel command line: too long"
+        );
+    }
+}

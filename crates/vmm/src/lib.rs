@@ -43,7 +43,7 @@ use std::sync::Arc;
 pub use builder::{BuildOptions, BuiltVm, MAX_VCPUS, build};
 pub use console::{ConsoleOutput, TerminalGuard, terminal::restore_terminal};
 pub use control::VmControl;
-pub use error::{Result, VmmError};
+pub use error::{Result, VmmError, error_chain};
 pub use event_loop::block_stop_signals;
 pub use outcome::{CrashReport, EXIT_GUEST_PANIC, EXIT_VCPU_CRASH, VmOutcome};
 pub use platform::{ExtraDevice, PlatformDevices};

@@ -16,21 +16,6 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
 
-/// The error and its causes on one line: "a: b: c".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 impl Controller {
     fn state_name(&self) -> &'static str {
         match &self.phase {
@@ -148,9 +133,10 @@ impl Controller {
                     tracing::info!("InstanceStart: the VM is running");
                     Response::NoContent
                 }
-                Err(error) => {
-                    Response::Fault(format!("cannot start the microVM: {}", chain(&error)))
-                }
+                Err(error) => Response::Fault(format!(
+                    "cannot start the microVM: {}",
+                    crate::error_chain(&error)
+                )),
             },
             (ActionType::InstanceStart, Phase::Running(_)) => Response::fault(AFTER_START),
             (ActionType::SendCtrlAltDel, Phase::Running(vm)) => {
