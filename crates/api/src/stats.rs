@@ -52,6 +52,10 @@ struct RouteStats {
 #[derive(Default)]
 pub struct ApiStats {
     routes: [RouteStats; ROUTES.len()],
+    /// Connections closed to make room for a new client.
+    evicted: AtomicU64,
+    /// Connections closed after sitting idle too long.
+    timed_out: AtomicU64,
 }
 
 impl std::fmt::Debug for ApiStats {
@@ -77,6 +81,24 @@ impl ApiStats {
         slot.latency_us_max.fetch_max(micros, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed to make room for a new client.
+    pub fn record_eviction(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for idling too long.
+    pub fn record_idle_timeout(&self) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed so far: (to make room, for idling).
+    pub fn closed_connections(&self) -> (u64, u64) {
+        (
+            self.evicted.load(Ordering::Relaxed),
+            self.timed_out.load(Ordering::Relaxed),
+        )
+    }
+
     /// Requests counted under `route` so far (0 for an unknown name).
     pub fn count(&self, route: &str) -> u64 {
         ROUTES
@@ -94,9 +116,17 @@ impl ApiStats {
     }
 
     /// Every route seen at least once:
-    /// `{route: {count, faults, latency_us_sum, latency_us_max}}`.
+    /// `{route: {count, faults, latency_us_sum, latency_us_max}}`, and
+    /// `connections: {evicted, idle_timeouts}` once any was closed.
     pub fn snapshot(&self) -> Value {
         let mut out = Map::new();
+        let (evicted, timed_out) = self.closed_connections();
+        if evicted + timed_out > 0 {
+            out.insert(
+                "connections".to_string(),
+                json!({"evicted": evicted, "idle_timeouts": timed_out}),
+            );
+        }
         for (name, slot) in ROUTES.iter().zip(&self.routes) {
             let count = slot.count.load(Ordering::Relaxed);
             if count == 0 {
