@@ -168,19 +168,6 @@ fn send(stream: &mut UnixStream, method: &str, path: &str, body: &str) -> Reply 
     read_reply(stream)
 }
 
-/// Reads what the server sends: true if it is a response, false if the
-/// connection was closed without one.
-fn closed_or_answered(stream: &mut UnixStream) -> bool {
-    let mut first = [0u8; 4];
-    match stream.read_exact(&mut first) {
-        Ok(()) => &first == b"HTTP",
-        Err(_) => {
-            std::thread::sleep(Duration::from_millis(20));
-            false
-        }
-    }
-}
-
 /// True once the server has closed `stream`.
 fn closed(stream: &mut UnixStream) -> bool {
     let mut rest = Vec::new();
