@@ -173,6 +173,16 @@ pub struct StartedVm {
 }
 
 impl StartedVm {
+    /// Guest RAM.
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The hypervisor's VM (its in-kernel devices' state).
+    pub fn hv_vm(&self) -> &dyn sie_hv::Vm {
+        self.vm.as_ref()
+    }
+
     /// Its live figures.
     pub fn figures(&self) -> VmFigures<'_> {
         VmFigures {
