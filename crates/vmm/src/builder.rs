@@ -71,6 +71,8 @@ pub struct BuiltVm {
     pub devices: PlatformDevices,
     /// Paravirtual devices: their event-thread workers and counters.
     pub virtio: VirtioDevices,
+    /// Guest RAM is a snapshot's memory file, mapped copy-on-write.
+    pub memory_from_file: bool,
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<File> {
@@ -263,6 +265,7 @@ impl Machine {
             observatory: self.obs,
             devices: self.devices,
             virtio: self.virtio,
+            memory_from_file: false,
         }
     }
 }
@@ -279,7 +282,11 @@ pub fn build(
 ) -> Result<BuiltVm> {
     refuse_unsupported(config)?;
     let vcpu_count = vcpu_count(config, hv)?;
-    let mib = config.machine_config.clone().unwrap_or_default().mem_size_mib;
+    let mib = config
+        .machine_config
+        .clone()
+        .unwrap_or_default()
+        .mem_size_mib;
 
     // Open user files first: a typo in a path should not cost a VM.
     let boot = &config.boot_source;

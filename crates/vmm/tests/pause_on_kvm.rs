@@ -157,3 +157,68 @@ fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
     first_control.finish(VmOutcome::Shutdown);
     first.join();
 }
+
+#[test]
+fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
+    use sie_hv::Hypervisor;
+
+    let dir = std::env::temp_dir().join(format!("sie-snap-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let kvm = Kvm::open().expect("/dev/kvm");
+    let control = Arc::new(VmControl::new().unwrap());
+    let mut first = quiet_build(&kvm, &control).start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(matches!(
+        sie_vmm::snapshot::create(&mut first, &loop_config(), vec![], &snap, &mem),
+        Err(sie_vmm::snapshot::SnapshotError::NotPaused)
+    ));
+    first.vcpus.pause(TIMEOUT).unwrap();
+    first
+        .vcpus
+        .with_vcpu(0, |vcpu| {
+            let mut regs = vcpu.regs().unwrap();
+            regs.rcx = 5_000;
+            vcpu.set_regs(&regs).unwrap();
+        })
+        .unwrap();
+    let created = sie_vmm::snapshot::create(
+        &mut first,
+        &loop_config(),
+        kvm.supported_msrs().unwrap(),
+        &snap,
+        &mem,
+    )
+    .unwrap();
+    assert!(created.memory_bytes > 0 && created.memory_bytes < 32 << 20);
+    control.finish(VmOutcome::Shutdown);
+    first.join();
+
+    let snapshot = sie_vmm::snapshot::read(&snap).unwrap();
+    let second_control = Arc::new(VmControl::new().unwrap());
+    let restored = sie_vmm::snapshot::restore(
+        &snapshot,
+        &mem,
+        &kvm,
+        BuildOptions {
+            start: Instant::now(),
+            console: ConsoleOutput::new(Box::new(std::io::sink())),
+            extra_pio: Vec::new(),
+            host_decompress: None,
+        },
+        second_control.clone(),
+    )
+    .unwrap();
+    assert_eq!(restored.vcpus[0].regs().unwrap().rcx, 5_000);
+    let second = restored.start().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !second_control.is_stopping() {
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(second.join().outcome, VmOutcome::Reset);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
