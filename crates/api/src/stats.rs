@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 22] = [
+pub const ROUTES: [&str; 24] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -34,6 +34,8 @@ pub const ROUTES: [&str; 22] = [
     "patch_vm",
     "get_metrics",
     "get_stats",
+    "put_snapshot_create",
+    "put_snapshot_load",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,

@@ -88,6 +88,12 @@ pub struct FirecrackerArgs {
     /// Timing data from the jailer; accepted.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
+    /// Print the snapshot format version this sie writes, and exit.
+    #[arg(long)]
+    pub snapshot_version: bool,
+    /// Print the format version of the snapshot FILE, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub describe_snapshot: Option<PathBuf>,
 }
 
 /// sie's subcommands.
@@ -206,6 +212,13 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
+    /// of booting: the VM goes on where it was paused. Needs --mem.
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
+    pub restore: Option<PathBuf>,
+    /// The snapshot's memory file (with --restore), mapped copy-on-write.
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub mem: Option<PathBuf>,
 }
 
 /// `sie bench` subcommands.

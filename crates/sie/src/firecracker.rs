@@ -130,6 +130,14 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         print!("{}", version_text(started_as_firecracker()));
         return Ok(0);
     }
+    if args.snapshot_version {
+        println!("v{}", sie_vmm::snapshot::format_version());
+        return Ok(0);
+    }
+    if let Some(path) = &args.describe_snapshot {
+        println!("v{}", sie_vmm::snapshot::describe(path)?);
+        return Ok(0);
+    }
     refuse_unsupported(&args)?;
     let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
     sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
@@ -199,6 +207,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             vmm_version: FIRECRACKER_API_VERSION.to_string(),
             start,
             initial_config,
+            initial_restore: None,
             build_options: Box::new(move || BuildOptions::new(start)),
             logger: Some(Box::new(logging)),
             metrics_path: args.metrics_path.clone(),
