@@ -517,9 +517,19 @@ fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
     let diff = br#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}"#;
     let fault = route("PUT", "/snapshot/create", diff).unwrap_err();
     assert_eq!(fault.route, "put_snapshot_create");
-    assert!(fault.message.contains("not supported yet"), "{}", fault.message);
-    let uffd = br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
-    assert!(route("PUT", "/snapshot/load", uffd).unwrap_err().message.contains("Uffd"));
+    assert!(
+        fault.message.contains("not supported yet"),
+        "{}",
+        fault.message
+    );
+    let uffd =
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
+    assert!(
+        route("PUT", "/snapshot/load", uffd)
+            .unwrap_err()
+            .message
+            .contains("Uffd")
+    );
     let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
     assert!(route("PUT", "/snapshot/load", unknown).is_err());
 }
