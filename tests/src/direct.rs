@@ -12,7 +12,7 @@ use crate::case::CaseRun;
 use crate::deadline::run_with_deadline;
 
 /// How long one case may run directly.
-pub const CASE_LIMIT: Duration = Duration::from_secs(150);
+pub const CASE_LIMIT: Duration = Duration::from_secs(300);
 
 /// True when `/dev/kvm` is backed by VT-x/AMD-V (kvm_intel or kvm_amd
 /// loaded and the CPU flag present), so Linux can run under sie directly.

@@ -56,6 +56,12 @@ fn three_lifecycles_of_each_kind_are_checked_and_timed() {
         assert_eq!(rates.len(), 3, "{label}: {rates:?}");
         assert!(rates.iter().all(|v| *v > 0.0), "{label}: {rates:?}");
     }
+    let teardown = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("bare VM teardown"))
+        .unwrap_or_else(|| panic!("no teardown row:\n{out}"));
+    let ms: f64 = teardown.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(ms > 0.0, "{teardown}");
     // Each variant is its own baseline.
     assert_eq!(row(out, "bare KVM loop")[2], 1.0);
     assert_eq!(row(out, "peer (sie)")[4], 1.0);

@@ -228,7 +228,35 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         bench_blk(),
         bench_net(),
         direct_runner(),
+        hang_reported(),
     ]
+}
+
+/// A guest that never ends: the deadline on each `sie` stops it, and the
+/// case fails as a hang quoting the guest's last words (this check inverts
+/// that: it passes when the failure is reported that way).
+fn hang_reported() -> Case {
+    Case {
+        name: "hang_reported",
+        l1_command: format!(
+            "SIE_RUN_TIMEOUT=30 sie run --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
+             --cmdline \"{}\"",
+            sie_e2e::l2_boot_args("hang_reported")
+        ),
+        l2_script: Some("echo \"@@L2 RESULT last_words=going to sleep\"; sleep 600"),
+        check: |run| {
+            let Err(error) = run.expect_status(0) else {
+                return Err("sie exited 0 for a guest that never ends".to_string());
+            };
+            if !error.starts_with("hang: @@HANG sie run still running after 30 s") {
+                return Err(format!("not reported as a hang: {error}"));
+            }
+            if !error.contains("last_words=going to sleep") {
+                return Err(format!("the guest's last words are not quoted: {error}"));
+            }
+            Ok(())
+        },
+    }
 }
 
 /// The case `direct_runner` runs through the direct runner.
