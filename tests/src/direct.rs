@@ -76,7 +76,9 @@ pub fn run_direct(layout: &Layout, name: &str, limit: Duration) -> CaseRun {
     search.push(":/usr/sbin:/sbin:");
     search.push(path);
     let mut command = Command::new("sh");
+    // stderr into stdout, as L1's /init runs a case: one console, in order.
     command
+        .args(["-c", "exec sh \"$0\" 2>&1"])
         .arg(layout.cases.join(name))
         .env("PATH", search)
         .env("GUEST", &layout.guest)
@@ -132,7 +134,7 @@ mod tests {
             .unwrap();
         std::fs::write(
             layout.cases.join("probe"),
-            "sie run --kernel \"$GUEST/vmlinux\"; echo \"cases=$SIE_RIG_CASES\"; exit 7\n",
+            "sie run --kernel \"$GUEST/vmlinux\"; echo first >&2; echo \"cases=$SIE_RIG_CASES\"; exit 7\n",
         )
         .unwrap();
         std::fs::write(layout.cases.join("slow"), "sleep 30\n").unwrap();
@@ -145,10 +147,9 @@ mod tests {
             "{}",
             run.output
         );
-        assert!(
-            run.output
-                .contains(&format!("cases={}", layout.cases.display()))
-        );
+        // One stream, in order, as in L1.
+        let want = format!("first\ncases={}", layout.cases.display());
+        assert!(run.output.contains(&want), "{}", run.output);
         let run = run_direct(&layout, "slow", Duration::from_millis(300));
         assert_eq!(run.status, Some(124));
         assert!(run.hang().is_some(), "{}", run.output);
