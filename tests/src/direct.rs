@@ -155,4 +155,43 @@ mod tests {
         assert!(run.hang().is_some(), "{}", run.output);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_sie_on_path_stops_a_hung_sie_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("sie-e2e-deadline-{}", std::process::id()));
+        let layout = Layout::images(&dir);
+        for sub in [&layout.bin, &layout.guest, &layout.cases] {
+            std::fs::create_dir_all(sub).unwrap();
+        }
+        let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig/sie-deadline");
+        std::fs::copy(&wrapper, layout.bin.join("sie")).unwrap();
+        // A sie that prints its guest's line, then hangs (or exits 5 at once
+        // when asked for `version`).
+        std::fs::write(
+            layout.bin.join("sie.real"),
+            "#!/bin/sh\n[ \"$1\" = version ] && exit 5\necho guest says hi; exec sleep 60\n",
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(layout.bin.join("sie.real"))
+            .status()
+            .unwrap();
+        std::fs::write(
+            layout.cases.join("hang"),
+            "SIE_RUN_TIMEOUT=1 sie run x; echo status=$?; sie version; echo status=$?\n",
+        )
+        .unwrap();
+        let run = run_direct(&layout, "hang", Duration::from_secs(30));
+        let out = &run.output;
+        assert!(out.contains("guest says hi"), "{out}");
+        assert!(
+            out.contains("@@HANG sie run still running after 1 s: stopped (status 124)"),
+            "{out}"
+        );
+        // A sie that ends by itself is passed through untouched.
+        assert!(out.contains("status=124\nstatus=5"), "{out}");
+        assert_eq!(out.matches("@@HANG").count(), 1, "{out}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
