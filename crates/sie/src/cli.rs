@@ -232,6 +232,26 @@ pub enum BenchCommand {
     Blk(BenchBlkArgs),
     /// virtio-net TCP throughput and packets/s each way between a guest and the host.
     Net(BenchNetArgs),
+    /// Whole VM lifecycles of a tiny guest: bare KVM loop, `sie run`, and a peer VMM.
+    Lifecycle(BenchLifecycleArgs),
+}
+
+/// Flags of `sie bench lifecycle`.
+#[derive(Debug, Args)]
+pub struct BenchLifecycleArgs {
+    /// Lifecycles per variant; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    pub runs: u32,
+    /// Also measure throughput with this many lifecycles in flight.
+    #[arg(long, value_name = "K")]
+    pub parallel: Option<u32>,
+    /// Another VMM to compare, started as `PATH --no-api --config-file FILE`
+    /// (Firecracker's way) on the same guest.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u32,
 }
 
 /// Flags of `sie bench blk`. The initrd's /init must run the pattern for

@@ -57,6 +57,9 @@ fn main() -> ExitCode {
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Blk(args))) => bench::blk::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Net(args))) => bench::net::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Lifecycle(args))) => {
+            bench::lifecycle::run(&args)
+        }
         Some(cli::Command::Ctl(args)) => {
             // A client's output may go to `head`: die quietly on a closed
             // pipe like any command-line tool.
