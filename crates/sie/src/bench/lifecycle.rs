@@ -120,6 +120,7 @@ fn bare_once(guest: &Path, memory_mib: u32, reapers: Option<&Reapers>) -> Result
             extra_pio: Vec::new(),
             host_decompress: None,
         },
+        std::sync::Arc::new(sie_vmm::VmControl::new()?),
     )?;
     let vcpu = vm.vcpus.first_mut().ok_or("the bench VM has no vCPU")?;
     let mut markers = Vec::with_capacity(8);
