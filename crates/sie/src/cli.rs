@@ -154,6 +154,9 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshots: `create` on a paused VM, `load` into a fresh sie.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Any API request, e.g. `request PUT /machine-config '{"vcpu_count":2,"mem_size_mib":256}'`.
     Request {
         /// GET, PUT or PATCH.
@@ -162,6 +165,29 @@ pub enum CtlCommand {
         path: String,
         /// A JSON body.
         body: Option<String>,
+    },
+}
+
+/// `sie ctl snapshot` commands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a Full snapshot of the paused VM (PUT /snapshot/create).
+    Create {
+        /// The snapshot file (VM and device state).
+        snapshot: PathBuf,
+        /// The memory file (guest RAM; sparse).
+        mem: PathBuf,
+    },
+    /// Restore a snapshot into this sie, which must not be configured yet
+    /// (PUT /snapshot/load); the VM stays paused unless --resume.
+    Load {
+        /// The snapshot file.
+        snapshot: PathBuf,
+        /// Its memory file.
+        mem: PathBuf,
+        /// Resume the VM once loaded.
+        #[arg(long)]
+        resume: bool,
     },
 }
 

@@ -49,7 +49,11 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// Boots the counter in a new sie, pauses it after a few counts,
 /// snapshots it into `keep`, and stops that sie. Returns (snapshot, memory
 /// file, what the first process printed).
-fn snapshot_of_a_counting_guest(name: &str, keep: &common::Scratch) -> (String, String, String) {
+fn snapshot_of_a_counting_guest(
+    name: &str,
+    keep: &common::Scratch,
+    via_ctl: bool,
+) -> (String, String, String) {
     let mut vm = ApiVm::start(name, &[]);
     let out = capture(&mut vm);
     vm.boot(
@@ -74,9 +78,13 @@ fn snapshot_of_a_counting_guest(name: &str, keep: &common::Scratch) -> (String, 
         Some(r#"{"snapshot_type": "Diff", "snapshot_path": "a", "mem_file_path": "b"}"#),
     )
     .expect_fault("Diff snapshots are not supported yet");
-    let body =
-        serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem});
-    vm.ok("PUT", "/snapshot/create", &body.to_string());
+    if via_ctl {
+        let sock = vm.sock.display().to_string();
+        sie(&["ctl", "--sock", &sock, "snapshot", "create", &snap, &mem]).expect_code(0);
+    } else {
+        let body = serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem});
+        vm.ok("PUT", "/snapshot/create", &body.to_string());
+    }
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
     // The console is flushed on exit; give the reader thread its last bytes.
@@ -90,7 +98,7 @@ fn snapshot_of_a_counting_guest(name: &str, keep: &common::Scratch) -> (String, 
 #[test]
 fn a_restored_guest_counts_on_exactly_where_it_stopped() {
     let keep = common::Scratch::new("snapshot-files");
-    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-source", &keep);
+    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-source", &keep, false);
 
     // In a new process, from the command line.
     let restored = sie(&["run", "--restore", &snap, "--mem", &mem]);
@@ -114,12 +122,14 @@ fn a_restored_guest_counts_on_exactly_where_it_stopped() {
         full_count()
     );
 
-    // Loaded without resume_vm, it waits paused until resumed.
+    // Loaded by `sie ctl` without --resume, it waits paused until resumed.
     let mut paused = ApiVm::start("snapshot-paused", &[]);
-    let load = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem});
-    paused.ok("PUT", "/snapshot/load", &load.to_string());
+    let sock = paused.sock.display().to_string();
+    let loaded = sie(&["ctl", "--sock", &sock, "snapshot", "load", &snap, &mem]);
+    loaded.expect_code(0);
+    assert!(loaded.stdout.contains("paused"), "{}", loaded.stdout);
     assert_eq!(paused.state(), "Paused");
-    paused.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    sie(&["ctl", "--sock", &sock, "resume"]).expect_code(0);
     let (code, _) = paused.wait();
     assert_eq!(code, Some(0));
 }
@@ -127,7 +137,7 @@ fn a_restored_guest_counts_on_exactly_where_it_stopped() {
 #[test]
 fn damaged_and_mismatched_snapshot_files_are_refused_in_one_line() {
     let keep = common::Scratch::new("snapshot-damage-files");
-    let (snap, mem, _) = snapshot_of_a_counting_guest("snapshot-damage", &keep);
+    let (snap, mem, _) = snapshot_of_a_counting_guest("snapshot-damage", &keep, true);
     let bytes = std::fs::read(&snap).unwrap();
     let scratch = common::Scratch::new("snapshot-damaged");
 
