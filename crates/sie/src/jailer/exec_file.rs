@@ -53,9 +53,10 @@ pub fn inspect(mut image: impl Read + Seek) -> std::io::Result<Result<(), ElfPro
     Ok(Ok(()))
 }
 
-/// Refuses an exec file that cannot run alone in the jail.
-pub fn check(path: &Path) -> StepResult<()> {
-    let step = || format!("--exec-file {}", path.display());
+/// Refuses an exec file that cannot run alone in the jail; `what` names it
+/// in the message (`--exec-file`, or the copy in the jail).
+pub fn check(what: &str, path: &Path) -> StepResult<()> {
+    let step = || format!("{what} {}", path.display());
     let file = File::open(path).step(step)?;
     let meta = file.metadata().step(step)?;
     if !meta.is_file() {

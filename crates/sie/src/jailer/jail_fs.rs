@@ -125,7 +125,10 @@ impl JailDir {
         let step = || format!("copying {} to {}", exec_file.display(), target.display());
         fs::copy(exec_file, &target).step(step)?;
         // Owned by root, not writable by the VMM; no set-id bits.
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).step(step)
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).step(step)?;
+        // Checked again as copied: the file may have changed since the
+        // first look, and this copy is what will run.
+        super::exec_file::check("the executable copied to", &target)
     }
 
     /// The jail is complete and the VMM runs in it: keep it.

@@ -48,6 +48,7 @@ use process::StartTimes;
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "jailer",
+    version,
     about = "Runs sie (as Firecracker's jailer runs Firecracker) in a chroot, namespaces and a cgroup, without privileges."
 )]
 pub struct JailerCli {
@@ -84,7 +85,7 @@ fn run(args: JailerArgs) -> StepResult<()> {
     let start_cpu_us = process::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
     process::close_inherited_fds()?;
     let config = args.validate().map_err(|e| StepError::new("", e.0))?;
-    exec_file::check(&config.exec_file)?;
+    exec_file::check("--exec-file", &config.exec_file)?;
     // Opened while the host's paths are still there.
     let netns = config
         .netns
