@@ -139,6 +139,30 @@ fn boot_in_jail(child: Child, base: Scratch, root: &Path) -> ApiVm {
     vm
 }
 
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn add(name: &str) -> Self {
+        let status = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("run ip netns add");
+        assert!(status.success(), "ip netns add {name}");
+        Self(name.to_string())
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// A cgroup v1 hierarchy with the pids controller, if the host mounts one.
 fn pids_hierarchy() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -161,6 +185,7 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
     let root = base_path.join("sie").join(&id).join("root");
     let parent_cgroup = format!("sie-jailer-test-{}", std::process::id());
     let pids = pids_hierarchy();
+    let netns = NetNs::add(&format!("sie-jailer-test-{}", std::process::id()));
     let mut flags: Vec<String> = [
         "--id",
         &id,
@@ -180,6 +205,7 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
             ["--cgroup", "pids.max=64", "--parent-cgroup", &parent_cgroup].map(String::from),
         );
     }
+    flags.extend(["--netns".to_string(), netns.path()]);
     flags.extend(["--", "--level", "Info"].map(String::from));
     let child = Command::new(jailer_link(&base_path))
         .args(&flags)
@@ -216,6 +242,22 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
         .collect();
     entries.sort();
     assert_eq!(entries, ["dev", "run", "sie", "sie.pid", "spin.elf"]);
+    // The host's tree is gone from its namespace: one mount, the jail.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    assert_eq!(mounts.lines().count(), 1, "{mounts}");
+    // The network namespace given, and the default open-file limit.
+    let its_net = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("net ns");
+    let wanted = std::fs::metadata(netns.path()).expect("netns handle");
+    assert_eq!(its_net.ino(), wanted.ino());
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("files");
+    assert_eq!(
+        files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["2048", "2048"]
+    );
     let pid_file = std::fs::read_to_string(root.join("sie.pid")).expect("pid file");
     assert_eq!(pid_file.trim(), pid.to_string());
     let kvm = std::fs::metadata(root.join("dev/kvm")).expect("dev/kvm");
@@ -226,6 +268,10 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
     );
     assert_eq!((kvm.uid(), kvm.gid()), (UID, GID));
     assert!(root.join("dev/net/tun").exists());
+    assert_eq!(
+        root.join("dev/userfaultfd").exists(),
+        Path::new("/dev/userfaultfd").exists()
+    );
     // Only stdin, stdout and stderr came through from the test.
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds");
     for fd in fds {
@@ -300,6 +346,8 @@ fn with_a_new_pid_namespace_the_vmm_is_its_init_and_the_pid_file_names_it() {
         .args([
             "--new-pid-ns",
             "--daemonize",
+            "--resource-limit",
+            "fsize=1048576",
             "--",
             "--api-sock",
             "/api.sock",
@@ -326,6 +374,16 @@ fn with_a_new_pid_namespace_the_vmm_is_its_init_and_the_pid_file_names_it() {
         .expect("NSpid");
     assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
     assert_eq!(status_field(pid as u32, "Uid"), "4242 4242 4242 4242");
+    assert_eq!(status_field(pid as u32, "CapEff"), "0000000000000000");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let fsize = limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .expect("fsize");
+    assert_eq!(
+        fsize.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1048576", "1048576"]
+    );
     // --daemonize: a session of its own, standard I/O on /dev/null.
     let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("fd 1");
     assert_eq!(stdout, PathBuf::from("/dev/null"));
