@@ -139,6 +139,24 @@ fn boot_in_jail(child: Child, base: Scratch, root: &Path) -> ApiVm {
     vm
 }
 
+/// Cgroup directories the jailer made for a VMM that has run, removed
+/// (innermost first) at the end of the test, even a failed one. The kernel
+/// may still count an exited VMM for a moment, so removal is retried.
+struct RemoveDirs {
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A named network namespace (`ip netns add`), deleted on drop.
 struct NetNs(String);
 
@@ -185,6 +203,12 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
     let root = base_path.join("sie").join(&id).join("root");
     let parent_cgroup = format!("sie-jailer-test-{}", std::process::id());
     let pids = pids_hierarchy();
+    let _cgroup_cleanup = pids.as_ref().map(|pids| RemoveDirs {
+        dirs: vec![
+            pids.join(&parent_cgroup).join(&id),
+            pids.join(&parent_cgroup),
+        ],
+    });
     let netns = NetNs::add(&format!("sie-jailer-test-{}", std::process::id()));
     let mut flags: Vec<String> = [
         "--id",
@@ -318,10 +342,6 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
         .read_to_string(&mut output)
         .expect("guest output");
     assert!(output.contains("spinning"), "{output:?}");
-    if let Some(pids) = &pids {
-        let _ = std::fs::remove_dir(pids.join(&parent_cgroup).join(&id));
-        let _ = std::fs::remove_dir(pids.join(&parent_cgroup));
-    }
 }
 
 #[test]
