@@ -80,14 +80,14 @@ pub struct FirecrackerArgs {
     /// MMDS metadata file (not supported yet).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
-    /// From the jailer: CLOCK_MONOTONIC when it started, µs. Accepted, not used yet.
+    /// From the jailer: CLOCK_MONOTONIC when it started, µs (sie logs its startup time from it at Info).
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,
-    /// From the jailer: its CPU time when it started, µs. Accepted, not used yet.
+    /// From the jailer: its CPU time when it started, µs.
     #[arg(long, value_name = "US")]
     pub start_time_cpu_us: Option<u64>,
     /// From the jailer with `--new-pid-ns`: the CPU time its parent side
-    /// used, µs. Accepted, not used yet.
+    /// used, µs.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
 }

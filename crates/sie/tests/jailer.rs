@@ -337,6 +337,7 @@ fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace()
 
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains(" µs after the jailer ("), "{stderr}");
     let mut output = String::new();
     guest_output
         .read_to_string(&mut output)
