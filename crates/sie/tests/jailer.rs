@@ -195,6 +195,16 @@ fn pids_hierarchy() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup2 mount, if the host has one.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount = left.split(' ').nth(4)?;
+        (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount))
+    })
+}
+
 #[test]
 fn jailed_sie_boots_a_guest_as_an_unprivileged_user_in_its_own_mount_namespace() {
     let id = format!("boot-{}", std::process::id());
@@ -353,7 +363,27 @@ fn with_a_new_pid_namespace_the_vmm_is_its_init_and_the_pid_file_names_it() {
         .join("sie")
         .join(&id)
         .join("root");
+    let v2 = cgroup2_mount();
+    let parent_cgroup = format!("sie-jailer-v2-{}", std::process::id());
+    let _cgroup_cleanup = v2.as_ref().map(|mount| RemoveDirs {
+        dirs: vec![
+            mount.join(&parent_cgroup).join(&id),
+            mount.join(&parent_cgroup),
+        ],
+    });
+    let mut cgroup_flags = Vec::new();
+    if v2.is_some() {
+        cgroup_flags = vec![
+            "--cgroup-version",
+            "2",
+            "--parent-cgroup",
+            &parent_cgroup,
+            "--cgroup",
+            "cgroup.max.descendants=5",
+        ];
+    }
     let jailer = Command::new(jailer_link(Path::new(&base.path())))
+        .args(&cgroup_flags)
         .args(["--id", &id, "--exec-file"])
         .arg(static_sie())
         .args([
@@ -405,6 +435,22 @@ fn with_a_new_pid_namespace_the_vmm_is_its_init_and_the_pid_file_names_it() {
         fsize.split_whitespace().collect::<Vec<_>>()[3..5],
         ["1048576", "1048576"]
     );
+    if let Some(mount) = &v2 {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let unified = cgroup
+            .lines()
+            .find(|l| l.starts_with("0::"))
+            .expect("0:: line");
+        assert!(
+            unified.ends_with(&format!("/{parent_cgroup}/{id}")),
+            "{unified}"
+        );
+        let set = mount
+            .join(&parent_cgroup)
+            .join(&id)
+            .join("cgroup.max.descendants");
+        assert_eq!(std::fs::read_to_string(set).expect("setting").trim(), "5");
+    }
     // --daemonize: a session of its own, standard I/O on /dev/null.
     let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("fd 1");
     assert_eq!(stdout, PathBuf::from("/dev/null"));

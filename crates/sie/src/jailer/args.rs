@@ -50,7 +50,8 @@ pub struct JailerArgs {
     /// Run the VMM as pid 1 of a new PID namespace.
     #[arg(long)]
     pub new_pid_ns: bool,
-    /// Cgroup hierarchy for `--cgroup`: 1 or 2 [default: 1, as Firecracker].
+    /// Cgroup hierarchy for `--cgroup`: 1 or 2 [default: 1 where the host
+    /// mounts any v1 hierarchy (as Firecracker), else 2].
     #[arg(long, value_name = "1|2")]
     pub cgroup_version: Option<String>,
     /// A cgroup file to write, `FILE=VALUE` (e.g. `cpu.max=50000`); repeatable.
@@ -103,7 +104,8 @@ pub struct JailConfig {
     pub netns: Option<PathBuf>,
     pub daemonize: bool,
     pub new_pid_ns: bool,
-    pub cgroup_version: CgroupVersion,
+    /// `None`: chosen from what the host mounts.
+    pub cgroup_version: Option<CgroupVersion>,
     pub cgroups: Vec<CgroupSetting>,
     /// Relative to the hierarchy's root.
     pub parent_cgroup: PathBuf,
@@ -265,8 +267,9 @@ impl JailerArgs {
             )));
         }
         let cgroup_version = match self.cgroup_version.as_deref() {
-            None | Some("1") => CgroupVersion::V1,
-            Some("2") => CgroupVersion::V2,
+            None => None,
+            Some("1") => Some(CgroupVersion::V1),
+            Some("2") => Some(CgroupVersion::V2),
             Some(other) => {
                 return Err(refuse(format!(
                     "--cgroup-version {other:?}: must be 1 or 2"
@@ -360,7 +363,7 @@ mod tests {
         );
         assert_eq!(config.no_file, 2048);
         assert_eq!(config.fsize, None);
-        assert_eq!(config.cgroup_version, CgroupVersion::V1);
+        assert_eq!(config.cgroup_version, None);
         assert_eq!(config.parent_cgroup, PathBuf::from("sie"));
         assert!(!config.parent_cgroup_given);
         assert!(config.vmm_args.is_empty());
@@ -433,7 +436,7 @@ mod tests {
                 .contains("1 or 2")
         );
         let v2 = with(&["--cgroup-version", "2", "--parent-cgroup", "vms/fast"]).unwrap();
-        assert_eq!(v2.cgroup_version, CgroupVersion::V2);
+        assert_eq!(v2.cgroup_version, Some(CgroupVersion::V2));
         assert_eq!(v2.parent_cgroup, PathBuf::from("vms/fast"));
         assert!(v2.parent_cgroup_given);
         assert!(with(&["--parent-cgroup", "../up"]).is_err());

@@ -211,21 +211,37 @@ fn relative_to_mount(cgroup: &str, hierarchy: &Hierarchy) -> PathBuf {
     PathBuf::from(inside.trim_start_matches('/'))
 }
 
+/// Without `--cgroup-version`: v1 (Firecracker's default) where the host
+/// mounts any v1 hierarchy, v2 on a host with the unified hierarchy only.
+pub fn default_version(all: &[Hierarchy]) -> CgroupVersion {
+    if all.iter().any(|h| h.version == CgroupVersion::V1) {
+        CgroupVersion::V1
+    } else {
+        CgroupVersion::V2
+    }
+}
+
 /// Creates the VM's cgroups, writes the settings and joins them. Nothing
 /// to do without `--cgroup` (and, for v2, without `--parent-cgroup`).
 pub fn place(config: &JailConfig) -> StepResult<Option<CgroupPlacement>> {
-    let wanted_v2 = config.cgroup_version == CgroupVersion::V2 && config.parent_cgroup_given;
-    if config.cgroups.is_empty() && !wanted_v2 {
+    if config.cgroups.is_empty() && !config.parent_cgroup_given {
         return Ok(None);
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .step(|| "reading /proc/self/mountinfo".to_string())?;
+    let all = hierarchies(&mountinfo);
+    let version = config
+        .cgroup_version
+        .unwrap_or_else(|| default_version(&all));
+    if config.cgroups.is_empty() && version == CgroupVersion::V1 {
+        // v1 cgroups are per controller: with no file named, none is needed.
+        return Ok(None);
+    }
     let proc_cgroup =
         fs::read_to_string("/proc/self/cgroup").step(|| "reading /proc/self/cgroup".to_string())?;
-    let all = hierarchies(&mountinfo);
     // Each hierarchy with the settings that go to it.
     let mut targets: Vec<(&Hierarchy, Vec<&CgroupSetting>)> = Vec::new();
-    match config.cgroup_version {
+    match version {
         CgroupVersion::V1 => {
             for setting in &config.cgroups {
                 let controller = setting.controller();
@@ -402,6 +418,13 @@ mod tests {
             current_cgroup(proc_cgroup, &found[3]).unwrap(),
             "/user.slice"
         );
+    }
+
+    #[test]
+    fn the_default_version_is_1_unless_only_v2_is_mounted() {
+        assert_eq!(default_version(&hierarchies(MOUNTINFO)), CgroupVersion::V1);
+        let unified = "34 30 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(default_version(&hierarchies(unified)), CgroupVersion::V2);
     }
 
     #[test]
