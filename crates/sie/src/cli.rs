@@ -1,4 +1,5 @@
-//! The command line: `sie run`, `sie doctor`, `sie bench`, and, with no
+//! The command line: `sie run`, `sie doctor`, `sie bench`, `sie ctl`,
+//! `sie jailer` (its flags live in `jailer/args.rs`), and, with no
 //! subcommand, Firecracker's own flags (see `firecracker.rs`).
 
 use std::path::PathBuf;
@@ -79,13 +80,14 @@ pub struct FirecrackerArgs {
     /// MMDS metadata file (not supported yet).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer: CLOCK_MONOTONIC when it started, µs (sie logs its startup time from it at Info).
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer: its CPU time when it started, µs.
     #[arg(long, value_name = "US")]
     pub start_time_cpu_us: Option<u64>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer with `--new-pid-ns`: the CPU time its parent side
+    /// used, µs.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
     /// Print the snapshot format version this sie writes, and exit.
@@ -112,6 +114,11 @@ pub enum Command {
     Bench(BenchCommand),
     /// Talk to a running sie (or Firecracker) through its API socket.
     Ctl(CtlArgs),
+    /// Run sie jailed, as Firecracker's jailer runs Firecracker: a chroot
+    /// under `--chroot-base-dir`, new mount (and PID) namespaces, a network
+    /// namespace, a cgroup, resource limits, and no root. Also what sie does
+    /// when started through a link named `jailer`.
+    Jailer(crate::jailer::JailerArgs),
 }
 
 /// `sie ctl`.

@@ -255,6 +255,7 @@ sie ctl --sock /tmp/snap.sock pause
 sie ctl --sock /tmp/snap.sock snapshot create /tmp/vm.snap /tmp/vm.mem
 kill $pid; wait $pid
 last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
+grep 'tick=' /tmp/snap-console
 echo "@@L2 RESULT source_last=$last"
 echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/vm.mem | cut -f1)"
 sie run --restore /tmp/vm.snap --mem /tmp/vm.mem > /tmp/snap-restored 2>&1
