@@ -78,6 +78,9 @@ pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// Largest command line sie writes, in bytes including the NUL. Linux's x86
 /// COMMAND_LINE_SIZE is 2048 by default; bzImages state theirs in the header.
 pub const CMDLINE_MAX_SIZE: usize = 4096;
+/// The VM Generation ID: 16 bytes the guest reads through the DSDT's
+/// `VGEN` device (`ADDR`), in the reserved area just below the ACPI tables.
+pub const VMGENID_ADDR: u64 = ACPI_START - 0x1000;
 /// Start of the extended BIOS data area; reserved from here to 1 MiB.
 pub const EBDA_START: u64 = 0x9_FC00;
 /// ACPI tables, in the BIOS area Linux scans for the RSDP.

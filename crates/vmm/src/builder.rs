@@ -195,6 +195,7 @@ pub(crate) struct Machine {
     pub(crate) layout: crate::device_manager::DeviceLayout,
     pub(crate) vcpus: Vec<Box<dyn Vcpu>>,
     pub(crate) control: Arc<VmControl>,
+    pub(crate) vmgenid: crate::vmgenid::VmGenId,
 }
 
 /// The part of a build a boot and a restore share: observatory, VM,
@@ -233,6 +234,8 @@ pub(crate) fn assemble(
             manager: &mut manager,
         },
     )?;
+    // After the virtio devices, so their interrupt lines stay where they were.
+    let vmgenid = crate::vmgenid::VmGenId::place(&mut manager)?;
     let layout = manager.finish();
     let vcpus = (0..vcpu_count)
         .map(|id| vm.create_vcpu(id))
@@ -246,6 +249,7 @@ pub(crate) fn assemble(
         layout,
         vcpus,
         control,
+        vmgenid,
     })
 }
 
@@ -302,6 +306,7 @@ pub fn build(
     let memory = anonymous_memory(mib)?;
     let machine = assemble(config, hv, options, control, memory, vcpu_count)?;
     let memory = &machine.memory;
+    machine.vmgenid.write_new_id(memory)?;
 
     let kernel = sie_arch::loader::load_kernel(memory, &mut kernel_file).map_err(|source| {
         VmmError::Kernel {

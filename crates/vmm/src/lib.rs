@@ -38,6 +38,7 @@ pub mod teardown;
 mod test_doubles;
 pub mod vcpu;
 pub mod virtio;
+pub mod vmgenid;
 
 use std::sync::Arc;
 

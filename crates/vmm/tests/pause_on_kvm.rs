@@ -11,6 +11,21 @@ use sie_vmm::{BuildOptions, ConsoleOutput, VmControl, VmOutcome};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pauses the loop guest once it is inside its loop (a busy host may take a
+/// while to give the vCPU thread its first slice) and returns its registers.
+fn pause_inside_the_loop(vm: &mut sie_vmm::StartedVm) -> sie_hv::x86::Regs {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        vm.vcpus.pause(TIMEOUT).unwrap();
+        let regs = vm.vcpus.with_vcpu(0, |vcpu| vcpu.regs().unwrap()).unwrap();
+        if regs.rcx > 1_000 || Instant::now() > deadline {
+            return regs;
+        }
+        vm.vcpus.resume(TIMEOUT).unwrap();
+    }
+}
+
 #[test]
 fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     // The loop guest counts rcx down to zero (two instructions an
@@ -39,10 +54,7 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     )
     .unwrap();
     let mut vm = built.start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-
-    vm.vcpus.pause(TIMEOUT).unwrap();
-    let first = vm.vcpus.with_vcpu(0, |vcpu| vcpu.regs().unwrap()).unwrap();
+    let first = pause_inside_the_loop(&mut vm);
     std::thread::sleep(Duration::from_millis(30));
     let second = vm.vcpus.with_vcpu(0, |vcpu| vcpu.regs().unwrap()).unwrap();
     assert_eq!(first, second, "a paused vCPU's registers do not change");
@@ -108,8 +120,7 @@ fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
     let msrs = kvm.supported_msrs().unwrap();
     let first_control = Arc::new(VmControl::new().unwrap());
     let mut first = quiet_build(&kvm, &first_control).start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    first.vcpus.pause(TIMEOUT).unwrap();
+    pause_inside_the_loop(&mut first);
     // A few thousand iterations left, so the continuation ends by itself.
     first
         .vcpus
@@ -168,12 +179,11 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let kvm = Kvm::open().expect("/dev/kvm");
     let control = Arc::new(VmControl::new().unwrap());
     let mut first = quiet_build(&kvm, &control).start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
     assert!(matches!(
         sie_vmm::snapshot::create(&mut first, &loop_config(), vec![], &snap, &mem),
         Err(sie_vmm::snapshot::SnapshotError::NotPaused)
     ));
-    first.vcpus.pause(TIMEOUT).unwrap();
+    pause_inside_the_loop(&mut first);
     first
         .vcpus
         .with_vcpu(0, |vcpu| {
@@ -191,6 +201,18 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     )
     .unwrap();
     assert!(created.memory_bytes > 0 && created.memory_bytes < 32 << 20);
+    let generation = |memory: &vm_memory::GuestMemoryMmap| {
+        let mut id = [0u8; 16];
+        vm_memory::Bytes::read_slice(
+            memory,
+            &mut id,
+            vm_memory::GuestAddress(sie_arch::layout::VMGENID_ADDR),
+        )
+        .unwrap();
+        id
+    };
+    let original_id = generation(first.memory());
+    assert_ne!(original_id, [0; 16], "a booted VM has a generation id");
     control.finish(VmOutcome::Shutdown);
     first.join();
 
@@ -210,6 +232,11 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     )
     .unwrap();
     assert_eq!(restored.vcpus[0].regs().unwrap().rcx, 5_000);
+    assert_ne!(
+        generation(&restored.memory),
+        original_id,
+        "a restored VM is a clone with a new generation id"
+    );
     let second = restored.start().unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while !second_control.is_stopping() {

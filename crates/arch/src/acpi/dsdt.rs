@@ -12,7 +12,8 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope,
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Method, Name, Notify, Package, Path,
+    ResourceTemplate, Scope,
 };
 use acpi_tables::sdt::Sdt;
 
@@ -56,6 +57,7 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
                 irq,
             } => keyboard(&mut body, data_port, command_port, irq),
             AcpiDevice::PvPanic { port } => pvpanic(&mut body, port),
+            AcpiDevice::VmGenId { addr, irq } => vmgenid(&mut body, addr, irq),
             AcpiDevice::VirtioMmio { addr, len, irq } => {
                 virtio_mmio(&mut body, virtio_index, addr, len, irq)?;
                 virtio_index += 1;
@@ -113,6 +115,40 @@ fn pvpanic(body: &mut Vec<u8>, port: u16) {
         vec![
             &Name::new(Path::new("_HID"), &"QEMU0001"),
             &Name::new(Path::new("_CRS"), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+/// `VGEN`, the generation id Linux's vmgenid driver reads at `ADDR` (a
+/// package of the address's low and high 32 bits), and `GED0`, a Generic
+/// Event Device whose interrupt runs `_EVT`, which notifies `VGEN`: the
+/// driver then reads the id again and reseeds the kernel's RNG.
+fn vmgenid(body: &mut Vec<u8>, addr: u64, irq: u32) {
+    let low = (addr & 0xffff_ffff) as u32;
+    let high = (addr >> 32) as u32;
+    let address = Package::new(vec![&low, &high]);
+    Device::new(
+        Path::new("VGEN"),
+        vec![
+            &Name::new(Path::new("_HID"), &"VMGENCTR"),
+            &Name::new(Path::new("_DDN"), &"VM_Gen_Counter"),
+            &Name::new(Path::new("ADDR"), &address),
+        ],
+    )
+    .to_aml_bytes(body);
+    let interrupt = edge_high(irq);
+    let crs = ResourceTemplate::new(vec![&interrupt]);
+    let notify_value = 0x80u8;
+    let target = Path::new("\\_SB_.VGEN");
+    let notify = Notify::new(&target, &notify_value);
+    Device::new(
+        Path::new("GED0"),
+        vec![
+            &Name::new(Path::new("_HID"), &"ACPI0013"),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_CRS"), &crs),
+            &Method::new(Path::new("_EVT"), 1, true, vec![&notify]),
         ],
     )
     .to_aml_bytes(body);
@@ -244,6 +280,32 @@ mod tests {
         // Ends exactly at 4 GiB.
         assert!(build(&with_second_virtio(0xffff_f000, 0x1000)).is_ok());
         assert!(build(&with_second_virtio(0xffff_f000, 0)).is_err());
+    }
+
+    #[test]
+    fn the_generation_id_and_its_event_device_are_described() {
+        let dsdt = build(&AcpiConfig {
+            vcpus: 1,
+            devices: vec![AcpiDevice::VmGenId {
+                addr: 0xdf000,
+                irq: 9,
+            }],
+        })
+        .unwrap();
+        assert!(contains(&dsdt, b"\x0dVMGENCTR\0"));
+        assert!(contains(&dsdt, b"\x0dACPI0013\0"));
+        assert!(contains(&dsdt, b"ADDR") && contains(&dsdt, b"_EVT"));
+        // ADDR: Package(2) { DWord 0xdf000, Zero or a small integer }.
+        assert!(contains(&dsdt, &[0x0c, 0x00, 0xf0, 0x0d, 0x00]));
+        // Notify (\_SB_.VGEN, 0x80).
+        assert!(contains(
+            &dsdt,
+            &[
+                0x86, b'\\', b'.', b'_', b'S', b'B', b'_', b'V', b'G', b'E', b'N'
+            ]
+        ));
+        // The GED's interrupt: line 9, edge, active high.
+        assert!(contains(&dsdt, &[0x89, 6, 0, 0x03, 1, 9, 0, 0, 0]));
     }
 
     #[test]

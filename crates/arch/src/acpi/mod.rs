@@ -67,6 +67,15 @@ pub enum AcpiDevice {
         /// Its I/O port.
         port: u16,
     },
+    /// A VM Generation ID (`VMGENCTR`, which Linux's vmgenid driver binds
+    /// to) whose 16 bytes are at `addr`, and the Generic Event Device
+    /// (`ACPI0013`) whose interrupt `irq` makes the guest read them again.
+    VmGenId {
+        /// Guest-physical address of the 16-byte id.
+        addr: u64,
+        /// The GED's interrupt line: raising it notifies the guest.
+        irq: u32,
+    },
     /// A virtio-mmio device (`LNRO0005`).
     VirtioMmio {
         /// MMIO base address (below 4 GiB).

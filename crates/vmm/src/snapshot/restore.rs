@@ -42,6 +42,14 @@ pub fn restore(
         .devices
         .restore(&snapshot.devices)
         .map_err(build_error)?;
+    // A restored VM is a clone: it gets a new generation id and hears about
+    // it before its vCPUs run, so it reseeds its RNG. (The memory file is
+    // mapped copy-on-write: the file keeps the old id.)
+    machine
+        .vmgenid
+        .write_new_id(&machine.memory)
+        .map_err(build_error)?;
+    machine.vmgenid.notify().map_err(build_error)?;
     let mut built = machine.into_built();
     built.memory_from_file = true;
     Ok(built)
