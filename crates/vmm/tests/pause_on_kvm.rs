@@ -17,12 +17,15 @@ fn pause_inside_the_loop(vm: &mut sie_vmm::StartedVm) -> sie_hv::x86::Regs {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        vm.vcpus.pause(TIMEOUT).unwrap();
-        let regs = vm.vcpus.with_vcpu(0, |vcpu| vcpu.regs().unwrap()).unwrap();
+        vm.vcpus.pause(TIMEOUT).expect("pause");
+        let regs = vm
+            .vcpus
+            .with_vcpu(0, |vcpu| vcpu.regs().expect("registers"))
+            .expect("register access");
         if regs.rcx > 1_000 || Instant::now() > deadline {
             return regs;
         }
-        vm.vcpus.resume(TIMEOUT).unwrap();
+        vm.vcpus.resume(TIMEOUT).expect("resume");
     }
 }
 
