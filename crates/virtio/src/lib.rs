@@ -28,6 +28,7 @@ mod fault;
 mod memory;
 mod mmio;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 pub mod vsock;
 mod worker;
