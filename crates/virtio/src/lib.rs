@@ -39,6 +39,8 @@ mod hostile_tests;
 mod mmio_tests;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+#[cfg(test)]
+mod throttle_tests;
 
 pub use chain::{ChainError, Segment};
 pub use counters::{CountersSnapshot, VirtioCounters};

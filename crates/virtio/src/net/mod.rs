@@ -43,7 +43,7 @@ mod mtu_tests;
 #[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
-mod test_rig;
+pub(crate) mod test_rig;
 #[cfg(test)]
 mod tests;
 
