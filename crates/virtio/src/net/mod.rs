@@ -403,11 +403,15 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn timer_fired(&mut self, index: usize) -> Option<usize> {
-        let (limiter, queue) = match index {
-            0 => (&mut self.rx_limiter, RX_QUEUE),
-            1 => (&mut self.tx_limiter, TX_QUEUE),
-            _ => return None,
-        };
+        // Indexes follow `timer_fds`, which skips a limiter without a timer.
+        let sides = [
+            (&mut self.rx_limiter, RX_QUEUE),
+            (&mut self.tx_limiter, TX_QUEUE),
+        ];
+        let (limiter, queue) = sides
+            .into_iter()
+            .filter(|(limiter, _)| limiter.timer_fd().is_some())
+            .nth(index)?;
         limiter.timer_fired();
         Some(queue)
     }

@@ -10,7 +10,10 @@
 //! covers them. A request larger than the bucket could ever hold would
 //! wait forever, so, as Firecracker does, it goes through at once (whatever
 //! the bucket holds), empties the bucket, and blocks the [`Buckets`] for as
-//! long as refilling the excess takes: the average rate still holds.
+//! long as refilling the excess takes. Unlike Firecracker, whose bucket
+//! also refills during that block (so each oversized request gets up to a
+//! bucket more than the rate allows), the refill starts when the block
+//! ends: the average rate holds whatever the request sizes.
 //!
 //! ```
 //! # use std::time::{Duration, Instant};
@@ -191,7 +194,15 @@ impl TokenBucket {
         let excess = rest - self.budget;
         self.budget = 0;
         let nanos = self.refill_nanos(excess);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        let block = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        // The block is the refill of the excess, so the bucket refills from
+        // its end: refilling during it too would let through `size` more
+        // per oversized request than the rate allows.
+        self.refilled_at = self
+            .refilled_at
+            .checked_add(block)
+            .unwrap_or(self.refilled_at);
+        block
     }
 }
 

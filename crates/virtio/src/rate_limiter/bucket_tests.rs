@@ -91,7 +91,9 @@ fn an_oversized_request_goes_through_and_blocks_for_its_excess() {
     assert_eq!(b.admit(1, 3000, t0), Admission::Now);
     assert_eq!(b.admit(1, 1, t0), Admission::After(ms(2500)));
     assert_eq!(b.admit(1, 1, t0 + ms(2000)), Admission::After(ms(500)));
-    // Blocked time refilled the bucket as usual afterwards.
+    // The block paid for the excess: the bucket is empty when it ends
+    // (3500 bytes in 2.5 s would exceed 1000 bytes/s) and refills after.
+    assert_eq!(b.admit(1, 1, t0 + ms(2500)), Admission::After(ms(1)));
     assert_eq!(b.admit(1, 1000, t0 + ms(3500)), Admission::Now);
 }
 
