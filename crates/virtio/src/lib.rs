@@ -9,6 +9,10 @@
 //! from the ACPI DSDT or the kernel command line
 //! (`virtio_mmio.device=4K@base:irq`).
 //!
+//! Drives, network interfaces and the entropy device take Firecracker's
+//! rate limiters ([`rate_limiter`]): a request they refuse stays on its
+//! ring while the device's worker waits on the limiter's timerfd.
+//!
 //! Everything the guest controls (registers, rings, buffers) is treated as
 //! hostile: bad accesses are ignored and counted, bad chains fail the
 //! request, and unrecoverable ring states mark the device NEEDS_RESET.
