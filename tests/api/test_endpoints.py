@@ -648,6 +648,9 @@ def test_devices_boot_and_patch(vmm, kernel):
     # A zero-size bucket removes that limit.
     api.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}})
     assert api.get("/vm/config").json()["drives"][0]["rate_limiter"] == {"ops": ops}
+    # Each device counts how often its limiter held a queue back.
+    assert api.get("/stats").json()["virtio"]["virtio-blk:rootfs"]["throttled"] == 0
+    assert 'sie_virtio_throttled_total{device="virtio-blk:rootfs"} 0' in api.get("/metrics").body.decode()
     fault_names(api.patch("/drives/nope", {"drive_id": "nope", "path_on_host": str(swapped)}), "nope")
 
 
