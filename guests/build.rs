@@ -18,6 +18,7 @@ const ELF_GUESTS: &[&str] = &[
     "ticker",
     "loop",
     "exits",
+    "counter",
 ];
 
 fn run(command: &mut Command) {

@@ -94,6 +94,12 @@ guest!(
     "Counts down `iterations=N` with a two-instruction loop, then resets."
 );
 guest!(
+    COUNTER,
+    "counter",
+    "counter.elf",
+    "Counts in guest RAM, printing `count N` every `delay=N` iterations, and resets after `limit=N` counts."
+);
+guest!(
     EXITS,
     "exits",
     "exits.elf",
@@ -114,6 +120,7 @@ pub const ALL: &[Guest] = &[
     TICKER,
     LOOP,
     EXITS,
+    COUNTER,
 ];
 
 /// Port writes `HELLO` makes with `markers=N`: its two lines, N markers and

@@ -389,8 +389,6 @@ def test_ext_stats(api):
 # -- errors: unsupported features, unknown paths, bad bodies ---------------
 
 UNSUPPORTED = [
-    ("PUT", "/snapshot/create", {"snapshot_path": "s", "mem_file_path": "m"}),
-    ("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
     ("GET", "/balloon", None),
     ("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False}),
     ("PATCH", "/balloon", {"amount_mib": 0}),

@@ -29,15 +29,35 @@ impl CaseRun {
         })
     }
 
-    /// Fails unless sie exited with `code`.
+    /// The `@@HANG` line a deadline left (sie's wrapper in L1 and the
+    /// direct runner's bin, or the direct runner itself), if any.
+    pub fn hang(&self) -> Option<&str> {
+        self.output
+            .lines()
+            .find_map(|line| line.find("@@HANG ").map(|at| line[at..].trim_end()))
+    }
+
+    /// The last `lines` lines of the output.
+    pub fn tail(&self, lines: usize) -> String {
+        let all: Vec<&str> = self.output.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Fails unless sie exited with `code`; a hang is called one, with the
+    /// console's last lines.
     pub fn expect_status(&self, code: i32) -> Result<(), String> {
         if self.status == Some(code) {
-            Ok(())
-        } else {
-            Err(format!(
+            return Ok(());
+        }
+        match self.hang() {
+            Some(hang) => Err(format!(
+                "hang: {hang}; the console ended with:\n{}",
+                self.tail(20)
+            )),
+            None => Err(format!(
                 "sie exited with {:?}, expected {code}",
                 self.status
-            ))
+            )),
         }
     }
 }
@@ -47,7 +67,8 @@ pub struct Case {
     /// Unique name; also the L2 guest's `case=` argument.
     pub name: &'static str,
     /// The shell command L1 runs; `$GUEST` is the directory holding
-    /// `vmlinux`, `bzImage` and `l2.cpio`.
+    /// `vmlinux`, `bzImage` and `l2.cpio`. It names its tools by name
+    /// (`sie`, `sietool`, `sie-rig`), found on PATH in L1 and directly.
     pub l1_command: String,
     /// The script the L2 guest runs, if any.
     pub l2_script: Option<&'static str>,
@@ -104,5 +125,15 @@ mod tests {
         assert_eq!(run.result("nope"), None);
         assert!(run.expect_status(0).is_ok());
         assert!(run.expect_status(4).is_err());
+        assert_eq!(run.hang(), None);
+        let hung = CaseRun {
+            status: Some(143),
+            output: "[ 1.0] guest line\r\n@@HANG sie run still running after 90 s: stopped\r\n"
+                .into(),
+            started_at: None,
+        };
+        let error = hung.expect_status(0).unwrap_err();
+        assert!(error.starts_with("hang: @@HANG sie run still running after 90 s"));
+        assert!(error.contains("guest line"), "{error}");
     }
 }

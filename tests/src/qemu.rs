@@ -1,14 +1,27 @@
 //! Running the cases: in L1 under QEMU (booted once), or directly on a host
-//! with hardware virtualization.
+//! with hardware virtualization (see `direct`).
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::case::{Case, CaseRun};
+use crate::deadline::run_with_deadline;
+use crate::direct::{CASE_LIMIT, Layout, hardware_virtualization, run_direct};
+
+/// What a rig run needs besides its cases.
+pub struct Rig<'a> {
+    /// The repository (scripts/rig, and .rig-cache for the images).
+    pub repo: &'a Path,
+    /// The sie binary under test.
+    pub sie: &'a Path,
+    /// The rig's own test binary, installed as `sie-rig` for cases that run
+    /// other cases through the direct runner.
+    pub runner: Option<&'a Path>,
+    /// How long L1 may run all the cases.
+    pub limit: Duration,
+}
 
 /// The outcome of one rig run.
 #[derive(Debug, Default)]
@@ -25,20 +38,6 @@ pub struct RigRun {
     pub error: Option<String>,
 }
 
-/// True when `/dev/kvm` is backed by VT-x/AMD-V (kvm_intel or kvm_amd
-/// loaded and the CPU flag present), so Linux can run under sie directly.
-pub fn hardware_virtualization() -> bool {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    let intel = flags.contains(&"vmx") && Path::new("/sys/module/kvm_intel").exists();
-    let amd = flags.contains(&"svm") && Path::new("/sys/module/kvm_amd").exists();
-    (intel || amd) && Path::new("/dev/kvm").exists()
-}
-
 fn run_script(repo: &Path, script: &str, args: &[&Path]) -> Result<(), String> {
     let path = repo.join("scripts/rig").join(script);
     let status = Command::new(&path)
@@ -52,15 +51,18 @@ fn run_script(repo: &Path, script: &str, args: &[&Path]) -> Result<(), String> {
     }
 }
 
-/// Writes the case scripts, installs packages and builds the images.
-fn prepare(repo: &Path, sie: &Path, cases: &[&Case]) -> Result<PathBuf, String> {
+/// Writes the scripts of every case in `all` (a case may run another) and
+/// the order of those `selected` to run, installs packages and builds the
+/// images.
+fn prepare(rig: &Rig, all: &[&Case], selected: &[&Case]) -> Result<PathBuf, String> {
+    let repo = rig.repo;
     run_script(repo, "install-deps", &[])?;
     let cache = repo.join(".rig-cache");
     let scripts = cache.join("cases");
     let images = cache.join("images");
     let _ = std::fs::remove_dir_all(&scripts);
     std::fs::create_dir_all(&scripts).map_err(|e| format!("{}: {e}", scripts.display()))?;
-    for case in cases {
+    for case in all {
         let write = |ext: &str, text: &str| {
             let path = scripts.join(format!("{}.{ext}", case.name));
             std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
@@ -70,57 +72,13 @@ fn prepare(repo: &Path, sie: &Path, cases: &[&Case]) -> Result<PathBuf, String> 
             write("l2", &format!("#!/bin/sh\n{script}\n"))?;
         }
     }
-    run_script(repo, "build-images", &[sie, &scripts, &images])?;
+    let order: String = selected.iter().map(|c| format!("{}\n", c.name)).collect();
+    let order_path = scripts.join("run-order");
+    std::fs::write(&order_path, order).map_err(|e| format!("{}: {e}", order_path.display()))?;
+    let mut args = vec![rig.sie, scripts.as_path(), images.as_path()];
+    args.extend(rig.runner);
+    run_script(repo, "build-images", &args)?;
     Ok(images)
-}
-
-/// Waits for `command` with a deadline; kills its whole process group when
-/// it overruns. Returns (output, exit status, timed out).
-fn run_with_deadline(
-    mut command: Command,
-    limit: Duration,
-) -> Result<(String, Option<i32>, bool), String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            timed_out = true;
-            let pgid = child.id() as i32;
-            // SAFETY: kill with a negative pid signals the process group we
-            // created for the child; it touches no memory.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    text.push_str(&String::from_utf8_lossy(
-        &err_reader.join().unwrap_or_default(),
-    ));
-    Ok((text, status, timed_out))
 }
 
 /// Splits L1's console into cases by their markers.
@@ -170,11 +128,11 @@ fn parse(log: &str, run: &mut RigRun) {
     }
 }
 
-/// Runs `cases` (in L1 under QEMU, or directly with hardware virtualization)
-/// with the sie binary at `sie`, from the repository at `repo`.
-pub fn run_cases(repo: &Path, sie: &Path, cases: &[&Case], limit: Duration) -> RigRun {
+/// Runs the `selected` cases (in L1 under QEMU, or directly with hardware
+/// virtualization); `all` are the cases whose scripts are installed.
+pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
     let mut run = RigRun::default();
-    let images = match prepare(repo, sie, cases) {
+    let images = match prepare(rig, all, selected) {
         Ok(images) => images,
         Err(error) => {
             run.error = Some(error);
@@ -184,30 +142,10 @@ pub fn run_cases(repo: &Path, sie: &Path, cases: &[&Case], limit: Duration) -> R
     if hardware_virtualization() {
         run.ready = true;
         run.npt = "host".to_string();
-        for case in cases {
-            let mut command = Command::new("sh");
-            command
-                .arg("-c")
-                .arg(
-                    case.l1_command
-                        .replace("sie run", &format!("{} run", sie.display())),
-                )
-                .env("GUEST", images.join("guest"));
-            let started_at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .ok();
-            let (output, status, timed_out) = run_with_deadline(command, Duration::from_secs(150))
-                .unwrap_or_else(|e| (e, None, false));
-            let status = if timed_out { Some(124) } else { status };
-            run.cases.insert(
-                case.name.to_string(),
-                CaseRun {
-                    status,
-                    output,
-                    started_at,
-                },
-            );
+        let layout = Layout::images(&images);
+        for case in selected {
+            let result = run_direct(&layout, case.name, CASE_LIMIT);
+            run.cases.insert(case.name.to_string(), result);
         }
         return run;
     }
@@ -229,18 +167,18 @@ pub fn run_cases(repo: &Path, sie: &Path, cases: &[&Case], limit: Duration) -> R
         .arg("-initrd")
         .arg(images.join("l1.cpio"))
         .args(["-append", "console=ttyS0 quiet panic=-1"]);
-    match run_with_deadline(command, limit) {
-        Ok((log, _status, timed_out)) => {
-            parse(&log, &mut run);
+    match run_with_deadline(command, rig.limit) {
+        Ok(done) => {
+            parse(&done.output, &mut run);
             // Kept for people: the whole L1 console of the last run.
-            let _ = std::fs::write(repo.join(".rig-cache/console.log"), &log);
-            if timed_out {
+            let _ = std::fs::write(rig.repo.join(".rig-cache/console.log"), &done.output);
+            if done.timed_out {
                 run.error = Some(format!(
                     "the rig did not finish within {} s",
-                    limit.as_secs()
+                    rig.limit.as_secs()
                 ));
             }
-            run.log = log;
+            run.log = done.output;
         }
         Err(error) => run.error = Some(error),
     }

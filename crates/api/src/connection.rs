@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use sie_config::Response;
 use vmm_sys_util::epoll::EventSet;
@@ -31,6 +32,8 @@ pub(crate) struct Connection {
     input_done: bool,
     /// What the connection is registered for in epoll.
     pub(crate) interest: EventSet,
+    /// When the client last made the server do anything.
+    pub(crate) last_active: Instant,
 }
 
 impl Connection {
@@ -43,6 +46,7 @@ impl Connection {
             closing: false,
             input_done: false,
             interest: EventSet::IN,
+            last_active: Instant::now(),
         }
     }
 
@@ -58,6 +62,7 @@ impl Connection {
         events: EventSet,
         dispatcher: &Dispatcher,
     ) -> io::Result<bool> {
+        self.last_active = Instant::now();
         if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
             self.read_available()?;
         }

@@ -47,7 +47,7 @@ pub use handle::{ApiCall, ApiHandle, ServerStopper};
 pub use http::{MAX_HEAD_BYTES, MAX_HEADERS};
 pub use route::{Fault, Routed, route};
 pub use server::{
-    ApiError, ApiServer, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD, DEFAULT_VERSION,
-    ServerOptions,
+    ApiError, ApiServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD,
+    DEFAULT_VERSION, ServerOptions,
 };
 pub use stats::ApiStats;

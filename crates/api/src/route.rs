@@ -9,7 +9,8 @@
 use serde::de::DeserializeOwned;
 use sie_config::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, NetworkInterface, NetworkInterfacePatch, Request, VmState, Vsock,
+    Metrics, NetworkInterface, NetworkInterfacePatch, Request, SnapshotCreate, SnapshotLoad,
+    VmState, Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -63,8 +64,7 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 7] = [
-    ("snapshot", "snapshots"),
+const UNSUPPORTED: [(&str, &str); 6] = [
     ("balloon", "the balloon device"),
     ("mmds", "MMDS (the microVM metadata service)"),
     ("cpu-config", "custom CPU templates"),
@@ -165,6 +165,16 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             vmm(Request::SetVmState(body.state))
         }
         ("GET", ["vm", "config"]) => vmm(Request::GetVmConfig),
+        ("PUT", ["snapshot", "create"]) => {
+            let create: SnapshotCreate = input.parse("put_snapshot_create")?;
+            checked_message("put_snapshot_create", create.check())?;
+            vmm(Request::CreateSnapshot(create))
+        }
+        ("PUT", ["snapshot", "load"]) => {
+            let load: SnapshotLoad = input.parse("put_snapshot_load")?;
+            checked_message("put_snapshot_load", load.plan().map(|_| ()))?;
+            vmm(Request::LoadSnapshot(load))
+        }
         ("GET", ["entropy"]) => Err(unsupported(method, path, "reading the entropy device")),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(family, _)| family == first) {
             Some((_, feature)) => Err(unsupported(method, path, feature)),
@@ -189,6 +199,12 @@ fn invalid(method: &str, path: &str) -> Fault {
         ROUTE_INVALID,
         format!("Invalid request method and/or path: {method} {first}."),
     )
+}
+
+/// A request the VMM would refuse anyway (a field sie cannot honour yet),
+/// refused here with its one-line reason.
+fn checked_message(route: &'static str, result: Result<(), String>) -> Result<(), Fault> {
+    result.map_err(|message| Fault::new(route, message))
 }
 
 /// Firecracker's fault for `PUT /drives` and the like, with no id.

@@ -348,8 +348,6 @@ fn body_faults() {
 #[test]
 fn unsupported_endpoints_are_400_not_404() {
     for (method, path) in [
-        ("PUT", "/snapshot/create"),
-        ("PUT", "/snapshot/load"),
         ("PUT", "/balloon"),
         ("GET", "/balloon/statistics"),
         ("PATCH", "/balloon/statistics"),
@@ -489,4 +487,36 @@ fn the_firecracker_surface_table_matches_the_router() {
             other => panic!("{method} {path}: unknown status {other:?}"),
         }
     }
+}
+
+#[test]
+fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
+    let create = br#"{"snapshot_type": "Full", "snapshot_path": "s", "mem_file_path": "m"}"#;
+    assert!(matches!(
+        route("PUT", "/snapshot/create", create),
+        Ok(Routed::Vmm(Request::CreateSnapshot(_)))
+    ));
+    let load = br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}, "resume_vm": true}"#;
+    assert!(matches!(
+        route("PUT", "/snapshot/load", load),
+        Ok(Routed::Vmm(Request::LoadSnapshot(_)))
+    ));
+    let diff = br#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}"#;
+    let fault = route("PUT", "/snapshot/create", diff).unwrap_err();
+    assert_eq!(fault.route, "put_snapshot_create");
+    assert!(
+        fault.message.contains("not supported yet"),
+        "{}",
+        fault.message
+    );
+    let uffd =
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
+    assert!(
+        route("PUT", "/snapshot/load", uffd)
+            .unwrap_err()
+            .message
+            .contains("Uffd")
+    );
+    let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
+    assert!(route("PUT", "/snapshot/load", unknown).is_err());
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -24,8 +25,13 @@ use crate::stats::ApiStats;
 pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
 /// The Firecracker version `GET /version` reports: the API sie follows.
 pub const DEFAULT_VERSION: &str = sie_config::FIRECRACKER_API_VERSION;
-/// Clients served at once; more are accepted and closed at once.
+/// Clients connected at once; a new client beyond this takes the place of
+/// the one idle longest, so an orchestrator always gets through.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// A connection that does nothing for this long is closed. Long, because
+/// HTTP clients keep connections alive between requests and retry only
+/// some requests on a connection the server closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// epoll tokens; connections count up from `FIRST_CONNECTION`.
 const LISTENER: u64 = 0;
@@ -42,6 +48,8 @@ pub struct ServerOptions {
     pub version: String,
     /// Most clients connected at once.
     pub max_connections: usize,
+    /// How long a connection may stay idle before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -50,6 +58,7 @@ impl Default for ServerOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             version: DEFAULT_VERSION.to_string(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -187,11 +196,13 @@ impl ApiServer {
         let mut next_token = FIRST_CONNECTION;
         let mut events = vec![EpollEvent::default(); EVENTS_PER_WAIT];
         loop {
-            let ready = match epoll.wait(-1, &mut events) {
+            let timeout = self.wait_timeout_ms(&connections);
+            let ready = match epoll.wait(timeout, &mut events) {
                 Ok(ready) => ready,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             };
+            self.close_idle(&mut connections);
             for event in &events[..ready] {
                 match event.data() {
                     STOP => return Ok(()),
@@ -216,6 +227,47 @@ impl ApiServer {
         }
     }
 
+    /// Milliseconds until the connection idle longest times out (-1: no
+    /// connection, wait for events only).
+    fn wait_timeout_ms(&self, connections: &HashMap<u64, Connection>) -> i32 {
+        let Some(oldest) = connections.values().map(|c| c.last_active).min() else {
+            return -1;
+        };
+        let left = (oldest + self.options.idle_timeout).saturating_duration_since(Instant::now());
+        // Round up so the wake-up finds the connection expired.
+        i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+    }
+
+    /// Closes every connection idle longer than the timeout.
+    fn close_idle(&self, connections: &mut HashMap<u64, Connection>) {
+        let now = Instant::now();
+        let timeout = self.options.idle_timeout;
+        connections.retain(|_, connection| {
+            let keep = now.saturating_duration_since(connection.last_active) < timeout;
+            if !keep {
+                self.stats.record_idle_timeout();
+            }
+            keep
+        });
+    }
+
+    /// Makes room for one more client by closing the one idle longest.
+    /// Requests are answered while they are read, so between events no
+    /// connection is in the middle of one: any may be closed. Returns false
+    /// only when there is nothing to close (a limit of zero).
+    fn evict_longest_idle(&self, connections: &mut HashMap<u64, Connection>) -> bool {
+        let Some(token) = connections
+            .iter()
+            .min_by_key(|(_, c)| c.last_active)
+            .map(|(token, _)| *token)
+        else {
+            return false;
+        };
+        connections.remove(&token);
+        self.stats.record_eviction();
+        true
+    }
+
     fn accept_all(
         &self,
         epoll: &Epoll,
@@ -232,11 +284,10 @@ impl ApiServer {
                     return;
                 }
             };
-            if connections.len() >= self.options.max_connections {
-                tracing::warn!(
-                    "api: {} clients connected already; closing a new one",
-                    connections.len()
-                );
+            if connections.len() >= self.options.max_connections
+                && !self.evict_longest_idle(connections)
+            {
+                tracing::warn!("api: no client may connect (limit 0); closing a new one");
                 continue;
             }
             if let Err(error) = stream.set_nonblocking(true) {

@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 22] = [
+pub const ROUTES: [&str; 24] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -34,6 +34,8 @@ pub const ROUTES: [&str; 22] = [
     "patch_vm",
     "get_metrics",
     "get_stats",
+    "put_snapshot_create",
+    "put_snapshot_load",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,
@@ -52,6 +54,10 @@ struct RouteStats {
 #[derive(Default)]
 pub struct ApiStats {
     routes: [RouteStats; ROUTES.len()],
+    /// Connections closed to make room for a new client.
+    evicted: AtomicU64,
+    /// Connections closed after sitting idle too long.
+    timed_out: AtomicU64,
 }
 
 impl std::fmt::Debug for ApiStats {
@@ -77,6 +83,24 @@ impl ApiStats {
         slot.latency_us_max.fetch_max(micros, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed to make room for a new client.
+    pub fn record_eviction(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for idling too long.
+    pub fn record_idle_timeout(&self) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed so far: (to make room, for idling).
+    pub fn closed_connections(&self) -> (u64, u64) {
+        (
+            self.evicted.load(Ordering::Relaxed),
+            self.timed_out.load(Ordering::Relaxed),
+        )
+    }
+
     /// Requests counted under `route` so far (0 for an unknown name).
     pub fn count(&self, route: &str) -> u64 {
         ROUTES
@@ -94,9 +118,17 @@ impl ApiStats {
     }
 
     /// Every route seen at least once:
-    /// `{route: {count, faults, latency_us_sum, latency_us_max}}`.
+    /// `{route: {count, faults, latency_us_sum, latency_us_max}}`, and
+    /// `connections: {evicted, idle_timeouts}` once any was closed.
     pub fn snapshot(&self) -> Value {
         let mut out = Map::new();
+        let (evicted, timed_out) = self.closed_connections();
+        if evicted + timed_out > 0 {
+            out.insert(
+                "connections".to_string(),
+                json!({"evicted": evicted, "idle_timeouts": timed_out}),
+            );
+        }
         for (name, slot) in ROUTES.iter().zip(&self.routes) {
             let count = slot.count.load(Ordering::Relaxed);
             if count == 0 {

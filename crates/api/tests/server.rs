@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use sie_api::{ApiError, ApiServer, ApiStats, ServerOptions, ServerStopper};
+use sie_api::{
+    ApiError, ApiServer, ApiStats, DEFAULT_MAX_CONNECTIONS, ServerOptions, ServerStopper,
+};
 use sie_config::{Request, Response};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -166,19 +168,6 @@ fn send(stream: &mut UnixStream, method: &str, path: &str, body: &str) -> Reply 
     read_reply(stream)
 }
 
-/// Reads what the server sends: true if it is a response, false if the
-/// connection was closed without one.
-fn closed_or_answered(stream: &mut UnixStream) -> bool {
-    let mut first = [0u8; 4];
-    match stream.read_exact(&mut first) {
-        Ok(()) => &first == b"HTTP",
-        Err(_) => {
-            std::thread::sleep(Duration::from_millis(20));
-            false
-        }
-    }
-}
-
 /// True once the server has closed `stream`.
 fn closed(stream: &mut UnixStream) -> bool {
     let mut rest = Vec::new();
@@ -317,24 +306,57 @@ fn a_hundred_concurrent_connections() {
 }
 
 #[test]
-fn connections_over_the_limit_are_closed() {
+fn a_client_over_the_limit_takes_the_place_of_the_one_idle_longest() {
     let harness = Harness::start(ServerOptions {
         max_connections: 2,
         ..ServerOptions::default()
     });
     let mut first = harness.connect();
-    let mut second = harness.connect();
     assert_eq!(send(&mut first, "GET", "/", "").status, 200);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut second = harness.connect();
     assert_eq!(send(&mut second, "GET", "/", "").status, 200);
     let mut third = harness.connect();
-    assert!(closed(&mut third));
-    drop(first);
-    // The slot is free again once the server has seen the close.
-    let answered = (0..100).any(|_| {
-        let mut fourth = harness.connect();
-        fourth.write_all(b"GET / HTTP/1.1\r\n\r\n").is_ok() && closed_or_answered(&mut fourth)
+    assert_eq!(send(&mut third, "GET", "/", "").status, 200);
+    assert!(closed(&mut first), "the client idle longest made room");
+    assert_eq!(send(&mut second, "GET", "/", "").status, 200);
+    assert_eq!(harness.stats.closed_connections().0, 1);
+    harness.stop();
+}
+
+#[test]
+fn the_api_answers_while_two_hundred_idle_connections_are_held() {
+    let harness = Harness::start(ServerOptions::default());
+    let idle: Vec<UnixStream> = (0..200).map(|_| harness.connect()).collect();
+    // Each of them was accepted (connect returns at once on a Unix socket
+    // with room in the backlog); let the server take them all in.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut orchestrator = harness.connect();
+    assert_eq!(send(&mut orchestrator, "GET", "/", "").status, 200);
+    let (evicted, _) = harness.stats.closed_connections();
+    assert!(
+        evicted >= 200 - DEFAULT_MAX_CONNECTIONS as u64,
+        "{evicted} idle connections made room"
+    );
+    drop(idle);
+    harness.stop();
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_timeout() {
+    let harness = Harness::start(ServerOptions {
+        idle_timeout: Duration::from_millis(100),
+        ..ServerOptions::default()
     });
-    assert!(answered, "a freed slot was never reused");
+    let mut quiet = harness.connect();
+    let mut busy = harness.connect();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(send(&mut busy, "GET", "/", "").status, 200);
+    }
+    assert!(closed(&mut quiet), "the quiet client was closed");
+    assert_eq!(send(&mut busy, "GET", "/", "").status, 200);
+    assert!(harness.stats.closed_connections().1 >= 1);
     harness.stop();
 }
 

@@ -24,6 +24,7 @@ mod machine_config;
 mod request;
 mod resource_id;
 mod size;
+mod snapshot;
 mod vm_config;
 
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
@@ -40,4 +41,8 @@ pub use request::{
 };
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id, validate_instance_id};
 pub use size::{SizeError, parse_mem_size_mib};
+pub use snapshot::{
+    LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
+    SnapshotType, VsockOverride,
+};
 pub use vm_config::{ConfigError, VmConfig};

@@ -60,6 +60,10 @@ pub enum Request {
     GetPrometheusMetrics,
     /// Extension: `GET /stats`, the exit observatory as JSON.
     GetStats,
+    /// `PUT /snapshot/create` (on a paused VM).
+    CreateSnapshot(crate::SnapshotCreate),
+    /// `PUT /snapshot/load` (before anything is started).
+    LoadSnapshot(crate::SnapshotLoad),
 }
 
 impl Request {
@@ -84,6 +88,8 @@ impl Request {
             Request::SetVmState(_) => "patch_vm",
             Request::GetPrometheusMetrics => "get_metrics",
             Request::GetStats => "get_stats",
+            Request::CreateSnapshot(_) => "put_snapshot_create",
+            Request::LoadSnapshot(_) => "put_snapshot_load",
         }
     }
 }

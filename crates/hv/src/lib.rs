@@ -18,6 +18,7 @@
 pub mod exit;
 pub mod kvm;
 pub mod probe;
+pub mod state;
 pub mod x86;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use exit::{SystemEventKind, VmExit};
+pub use state::{VcpuState, VmState};
 use x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
 
 /// Errors from the hypervisor backend. Each names the operation that failed;
@@ -109,6 +111,11 @@ pub trait Vm: Send + Sync {
     ) -> Result<()>;
     /// Sets the level of an interrupt line.
     fn set_irq_line(&self, gsi: u32, active: bool) -> Result<()>;
+    /// Saves the in-kernel devices (interrupt controllers, PIT, clock); the
+    /// vCPUs must be out of the guest.
+    fn save_state(&self) -> Result<VmState>;
+    /// Restores what `save_state` gave, on a VM with its platform created.
+    fn restore_state(&self, state: &VmState) -> Result<()>;
 }
 
 /// One virtual CPU. Owned by its thread; `run` is called in a loop.
@@ -150,6 +157,11 @@ pub trait Vcpu: Send {
     fn run(&mut self) -> Result<VmExit<'_>>;
     /// A handle that can make this vCPU's `run` return soon from another thread.
     fn kicker(&self) -> Arc<dyn VcpuKicker>;
+    /// Saves everything the vCPU needs to continue, with the MSRs in
+    /// `msr_indices` ([`Hypervisor::supported_msrs`]); call it between runs.
+    fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState>;
+    /// Restores what `save_state` gave, on a vCPU that has not run.
+    fn restore_state(&self, state: &VcpuState) -> Result<()>;
 }
 
 /// Makes a vCPU leave `run` from another thread (used for pause and shutdown).

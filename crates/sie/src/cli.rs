@@ -1,4 +1,5 @@
-//! The command line: `sie run`, `sie doctor`, `sie bench`, and, with no
+//! The command line: `sie run`, `sie doctor`, `sie bench`, `sie ctl`,
+//! `sie jailer` (its flags live in `jailer/args.rs`), and, with no
 //! subcommand, Firecracker's own flags (see `firecracker.rs`).
 
 use std::path::PathBuf;
@@ -79,15 +80,22 @@ pub struct FirecrackerArgs {
     /// MMDS metadata file (not supported yet).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer: CLOCK_MONOTONIC when it started, µs (sie logs its startup time from it at Info).
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer: its CPU time when it started, µs.
     #[arg(long, value_name = "US")]
     pub start_time_cpu_us: Option<u64>,
-    /// Timing data from the jailer; accepted.
+    /// From the jailer with `--new-pid-ns`: the CPU time its parent side
+    /// used, µs.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
+    /// Print the snapshot format version this sie writes, and exit.
+    #[arg(long)]
+    pub snapshot_version: bool,
+    /// Print the format version of the snapshot FILE, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub describe_snapshot: Option<PathBuf>,
 }
 
 /// sie's subcommands.
@@ -106,6 +114,11 @@ pub enum Command {
     Bench(BenchCommand),
     /// Talk to a running sie (or Firecracker) through its API socket.
     Ctl(CtlArgs),
+    /// Run sie jailed, as Firecracker's jailer runs Firecracker: a chroot
+    /// under `--chroot-base-dir`, new mount (and PID) namespaces, a network
+    /// namespace, a cgroup, resource limits, and no root. Also what sie does
+    /// when started through a link named `jailer`.
+    Jailer(crate::jailer::JailerArgs),
 }
 
 /// `sie ctl`.
@@ -148,6 +161,9 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshots: `create` on a paused VM, `load` into a fresh sie.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Any API request, e.g. `request PUT /machine-config '{"vcpu_count":2,"mem_size_mib":256}'`.
     Request {
         /// GET, PUT or PATCH.
@@ -156,6 +172,29 @@ pub enum CtlCommand {
         path: String,
         /// A JSON body.
         body: Option<String>,
+    },
+}
+
+/// `sie ctl snapshot` commands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a Full snapshot of the paused VM (PUT /snapshot/create).
+    Create {
+        /// The snapshot file (VM and device state).
+        snapshot: PathBuf,
+        /// The memory file (guest RAM; sparse).
+        mem: PathBuf,
+    },
+    /// Restore a snapshot into this sie, which must not be configured yet
+    /// (PUT /snapshot/load); the VM stays paused unless --resume.
+    Load {
+        /// The snapshot file.
+        snapshot: PathBuf,
+        /// Its memory file.
+        mem: PathBuf,
+        /// Resume the VM once loaded.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -206,6 +245,13 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
+    /// of booting: the VM goes on where it was paused. Needs --mem.
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
+    pub restore: Option<PathBuf>,
+    /// The snapshot's memory file (with --restore), mapped copy-on-write.
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub mem: Option<PathBuf>,
 }
 
 /// `sie bench` subcommands.
@@ -219,6 +265,26 @@ pub enum BenchCommand {
     Blk(BenchBlkArgs),
     /// virtio-net TCP throughput and packets/s each way between a guest and the host.
     Net(BenchNetArgs),
+    /// Whole VM lifecycles of a tiny guest: bare KVM loop, `sie run`, and a peer VMM.
+    Lifecycle(BenchLifecycleArgs),
+}
+
+/// Flags of `sie bench lifecycle`.
+#[derive(Debug, Args)]
+pub struct BenchLifecycleArgs {
+    /// Lifecycles per variant; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    pub runs: u32,
+    /// Also measure throughput with this many lifecycles in flight.
+    #[arg(long, value_name = "K")]
+    pub parallel: Option<u32>,
+    /// Another VMM to compare, started as `PATH --no-api --config-file FILE`
+    /// (Firecracker's way) on the same guest.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u32,
 }
 
 /// Flags of `sie bench blk`. The initrd's /init must run the pattern for

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cli::{CtlArgs, CtlCommand};
+use crate::cli::{CtlArgs, CtlCommand, SnapshotCommand};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -223,6 +223,32 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
             } else {
                 print_stats(&answer);
             }
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Create { snapshot, mem }) => {
+            let body =
+                json!({"snapshot_type": "Full", "snapshot_path": snapshot, "mem_file_path": mem});
+            request(sock, "PUT", "/snapshot/create", Some(&body))?;
+            println!(
+                "snapshot written to {} (memory: {})",
+                snapshot.display(),
+                mem.display()
+            );
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Load {
+            snapshot,
+            mem,
+            resume,
+        }) => {
+            let body = json!({
+                "snapshot_path": snapshot,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "resume_vm": resume,
+            });
+            request(sock, "PUT", "/snapshot/load", Some(&body))?;
+            println!(
+                "snapshot loaded ({})",
+                if resume { "running" } else { "paused" }
+            );
         }
         CtlCommand::Request { method, path, body } => {
             let body = body

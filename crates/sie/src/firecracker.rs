@@ -112,6 +112,30 @@ fn logger_flags(args: &FirecrackerArgs) -> sie_config::Logger {
     }
 }
 
+/// A clock's reading in microseconds.
+fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000
+}
+
+/// How long since the jailer started, wall and CPU, in µs, from the
+/// jailer's `--start-time-us`, `--start-time-cpu-us` and
+/// `--parent-cpu-time-us` (the process CPU clock survives the exec; with a
+/// new PID namespace the child's starts again, so the parent's is added).
+fn startup_since_jailer(args: &FirecrackerArgs) -> Option<(u64, u64)> {
+    let wall = clock_us(libc::CLOCK_MONOTONIC).saturating_sub(args.start_time_us?);
+    let cpu = clock_us(libc::CLOCK_PROCESS_CPUTIME_ID)
+        .saturating_sub(args.start_time_cpu_us.unwrap_or(0))
+        .saturating_add(args.parent_cpu_time_us.unwrap_or(0));
+    Some((wall, cpu))
+}
+
 fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
     if args.seccomp_filter.is_some() {
         return Err(FirecrackerModeError::Unsupported(
@@ -130,6 +154,14 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         print!("{}", version_text(started_as_firecracker()));
         return Ok(0);
     }
+    if args.snapshot_version {
+        println!("v{}", sie_vmm::snapshot::format_version());
+        return Ok(0);
+    }
+    if let Some(path) = &args.describe_snapshot {
+        println!("v{}", sie_vmm::snapshot::describe(path)?);
+        return Ok(0);
+    }
     refuse_unsupported(&args)?;
     let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
     sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
@@ -144,6 +176,9 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
     logging
         .configure(&logger_flags(&args))
         .map_err(FirecrackerModeError::Logger)?;
+    if let Some((wall_us, cpu_us)) = startup_since_jailer(&args) {
+        tracing::info!("started {wall_us} µs after the jailer ({cpu_us} µs of CPU)");
+    }
     let initial_config = match &args.config_file {
         Some(path) => {
             let config = VmConfig::from_file(path)?;
@@ -199,6 +234,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             vmm_version: FIRECRACKER_API_VERSION.to_string(),
             start,
             initial_config,
+            initial_restore: None,
             build_options: Box::new(move || BuildOptions::new(start)),
             logger: Some(Box::new(logging)),
             metrics_path: args.metrics_path.clone(),

@@ -7,6 +7,7 @@ mod ctl;
 mod doctor;
 mod embedded_guest;
 mod firecracker;
+mod jailer;
 mod logging;
 mod run;
 
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
         sie_vmm::restore_terminal();
         eprintln!("sie: internal error (a bug in sie): {info}");
     }));
+    if jailer::started_as_jailer() {
+        return jailer::main(<jailer::JailerCli as clap::Parser>::parse().args);
+    }
     if std::env::args_os().len() == 1 && !firecracker::started_as_firecracker() {
         // A bare `sie` is someone asking what sie does, not a Firecracker
         // client (those always pass flags).
@@ -57,6 +61,9 @@ fn main() -> ExitCode {
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Blk(args))) => bench::blk::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Net(args))) => bench::net::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Lifecycle(args))) => {
+            bench::lifecycle::run(&args)
+        }
         Some(cli::Command::Ctl(args)) => {
             // A client's output may go to `head`: die quietly on a closed
             // pipe like any command-line tool.
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
             ctl::run(args)
         }
+        Some(cli::Command::Jailer(args)) => return jailer::main(args),
         None => firecracker::run(cli.firecracker, start),
     };
     match result {

@@ -103,13 +103,29 @@ pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
 /// Runs `sie run`; returns the process exit status.
 pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     let logging = crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
-    let config = config_from_args(&args)?;
+    let restore = match (&args.restore, &args.mem) {
+        (Some(snapshot), Some(mem)) => Some(sie_config::SnapshotLoad::from_files(
+            snapshot.clone(),
+            mem.clone(),
+            true,
+        )),
+        _ => None,
+    };
+    let config = match restore {
+        // The snapshot brings its own configuration.
+        Some(_) => VmConfig::new(BootSource::new("")),
+        None => config_from_args(&args)?,
+    };
     let kvm = open_hypervisor()?;
     let mut build = BuildOptions::new(start);
     if args.no_host_decompress {
         build.host_decompress = None;
     }
     let mut options = ServeOptions::without_api(config, build, true);
+    if restore.is_some() {
+        options.initial_config = None;
+        options.initial_restore = restore;
+    }
     // The config file's logger section goes where `PUT /logger` would.
     options.logger = Some(Box::new(logging));
     let finished = match controller::serve(&kvm, &mut NoRequests::new()?, options)? {

@@ -2,13 +2,18 @@
 //! (or directly on a host with VT-x/AMD-V). L1 boots once for all cases;
 //! each case is reported as its own test, with its console on failure.
 //! Run one case: `cargo test -p sie --test rig -- boot_vmlinux`.
+//!
+//! This binary is also the direct runner inside L1 (`sie-rig` there): with
+//! `SIE_RIG_DIRECT=1` it runs the named cases' scripts through
+//! [`sie_e2e::run_direct`], as a host with VT-x/AMD-V does, and checks them.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use sie_e2e::{Case, CaseRun, RigRun, run_cases};
+use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
     run.expect_status(0)?;
@@ -58,15 +63,29 @@ fn cases() -> Vec<Case> {
             l2_script: Some("printf '\\101' | dd of=/dev/port bs=1 seek=128 count=1 2>/dev/null"),
             check: |run| {
                 run.expect_status(0)?;
-                for row in [
-                    "vmlinux",
-                    "bzImage, host decompression",
-                    "bzImage, classic",
-                    "port 0x80 0x41",
-                ] {
-                    if !run.output.contains(row) {
-                        return Err(format!("no {row:?} row in the benchmark's output"));
+                // Every boot of every variant exited 0 and reached the
+                // guest's marker: three rows of each, one per variant.
+                for variant in ["vmlinux", "bzImage, host decompression", "bzImage, classic"] {
+                    let row = run
+                        .output
+                        .lines()
+                        .find(|l| l.trim_start().starts_with(variant) && l.contains(" exit "))
+                        .ok_or(format!("no {variant:?} row in the benchmark's output"))?;
+                    if !row.trim_end().ends_with("3/3 exited 0") {
+                        return Err(format!("not every boot exited 0: {row:?}"));
                     }
+                }
+                let reached = run
+                    .output
+                    .lines()
+                    .filter(|l| {
+                        l.contains("port 0x80 0x41") && l.trim_end().ends_with("in 3/3 runs")
+                    })
+                    .count();
+                if reached != 3 {
+                    return Err(format!(
+                        "{reached} of 3 variants reached marker 0x41 in all 3 runs"
+                    ));
                 }
                 Ok(())
             },
@@ -208,9 +227,178 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_vsock(),
         bench_blk(),
         bench_net(),
+        direct_runner(),
+        hang_reported(),
+        snapshot_restore(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
     ]
+}
+
+/// A Debian guest that counts seconds and keeps a file in its RAM-backed
+/// root is paused, snapshotted through `sie ctl`, stopped, and restored by
+/// `sie run --restore` in a new process: it goes on counting from where it
+/// was, still has its file, and finishes its script (exit 0).
+fn snapshot_restore() -> Case {
+    Case {
+        name: "snapshot_restore",
+        l1_command: format!(
+            r#"cat > /tmp/snap-vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/snap.sock --config-file /tmp/snap-vm.json > /tmp/snap-console 2>&1 &
+pid=$!
+i=0
+until grep -q "tick=3 " /tmp/snap-console; do
+  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
+done
+sie ctl --sock /tmp/snap.sock pause
+sie ctl --sock /tmp/snap.sock snapshot create /tmp/vm.snap /tmp/vm.mem
+kill $pid; wait $pid
+last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
+grep 'tick=' /tmp/snap-console
+echo "@@L2 RESULT source_last=$last"
+echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/vm.mem | cut -f1)"
+sie run --restore /tmp/vm.snap --mem /tmp/vm.mem > /tmp/snap-restored 2>&1
+status=$?
+echo "@@L2 RESULT restored_first=$(grep -o 'tick=[0-9]*' /tmp/snap-restored | head -1)"
+cat /tmp/snap-restored
+rm -f /tmp/vm.snap /tmp/vm.mem
+exit $status"#,
+            sie_e2e::l2_boot_args("snapshot_restore")
+        ),
+        l2_script: Some(
+            r#"echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
+n=0
+while [ $n -lt 10 ]; do n=$((n+1)); echo "@@L2 RESULT tick=$n kept=$(cat /kept) "; sleep 1; done
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            let source = run.result("source_last").unwrap_or_default();
+            let first = run.result("restored_first").unwrap_or_default();
+            let number = |tick: &str| -> Option<u32> { tick.strip_prefix("tick=")?.parse().ok() };
+            match (number(&source), number(&first)) {
+                (Some(before), Some(after)) if after == before + 1 => {}
+                _ => {
+                    return Err(format!(
+                        "the restored guest did not go on counting: last before {source:?}, first after {first:?}"
+                    ));
+                }
+            }
+            // The file the guest wrote before the snapshot is still there.
+            let kept: Vec<&str> = run
+                .output
+                .lines()
+                .filter_map(|line| line.split("kept=").nth(1))
+                .map(str::trim)
+                .collect();
+            if kept.len() < 10
+                || kept.iter().any(|k| *k != kept[0])
+                || !kept[0].starts_with("kept-")
+            {
+                return Err(format!(
+                    "the guest's file changed across the restore: {kept:?}"
+                ));
+            }
+            // Only what the guest touched is written (128 MiB of RAM).
+            let kib: u64 = run
+                .result("mem_file_kib")
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(u64::MAX);
+            if kib >= 128 * 1024 {
+                return Err(format!("the memory file is not sparse: {kib} KiB on disk"));
+            }
+            Ok(())
+        },
+    }
+}
+
+/// A guest that never ends: the deadline on each `sie` stops it, and the
+/// case fails as a hang quoting the guest's last words (this check inverts
+/// that: it passes when the failure is reported that way).
+fn hang_reported() -> Case {
+    Case {
+        name: "hang_reported",
+        l1_command: format!(
+            "SIE_RUN_TIMEOUT=30 sie run --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
+             --cmdline \"{}\"",
+            sie_e2e::l2_boot_args("hang_reported")
+        ),
+        l2_script: Some("echo \"@@L2 RESULT last_words=going to sleep\"; sleep 600"),
+        check: |run| {
+            let Err(error) = run.expect_status(0) else {
+                return Err("sie exited 0 for a guest that never ends".to_string());
+            };
+            if !error.starts_with("hang: @@HANG sie run still running after 30 s") {
+                return Err(format!("not reported as a hang: {error}"));
+            }
+            if !error.contains("last_words=going to sleep") {
+                return Err(format!("the guest's last words are not quoted: {error}"));
+            }
+            Ok(())
+        },
+    }
+}
+
+/// The case `direct_runner` runs through the direct runner.
+const DIRECT_INNER: &str = "boot_vmlinux";
+
+/// The direct runner, tested inside L1 (emulated AMD-V): `sie-rig` (this
+/// binary) runs another case's script the way a VT-x/AMD-V host runs every
+/// case, without QEMU, and applies that case's own check.
+fn direct_runner() -> Case {
+    Case {
+        name: "direct_runner",
+        l1_command: format!("SIE_RIG_DIRECT=1 sie-rig {DIRECT_INNER}"),
+        l2_script: None,
+        check: |run| {
+            status_0_and(run, "hardware_virtualization", "yes")?;
+            status_0_and(run, &format!("direct_{DIRECT_INNER}"), "pass")
+        },
+    }
+}
+
+/// `SIE_RIG_DIRECT=1 sie-rig CASE...`: runs each case's script from the
+/// layout it was started in, checks it, and prints `@@L2 RESULT
+/// direct_CASE=pass` (or the failure) with the case's output quoted.
+fn direct_main() -> ExitCode {
+    let layout = Layout::from_env();
+    let hw = sie_e2e::hardware_virtualization();
+    println!(
+        "@@L2 RESULT hardware_virtualization={}",
+        if hw { "yes" } else { "no" }
+    );
+    let all = cases();
+    let mut failed = !hw;
+    for name in std::env::args().skip(1) {
+        let Some(case) = all.iter().find(|c| c.name == name) else {
+            println!("@@L2 RESULT direct_{name}=fail: no such case");
+            failed = true;
+            continue;
+        };
+        let result = sie_e2e::run_direct(&layout, case.name, sie_e2e::CASE_LIMIT);
+        for line in result.output.lines() {
+            // Quoted, so the inner case's result lines stay its own.
+            println!("  | {line}");
+        }
+        match (case.check)(&result) {
+            Ok(()) => println!("@@L2 RESULT direct_{name}=pass"),
+            Err(error) => {
+                println!(
+                    "@@L2 RESULT direct_{name}=fail: {}",
+                    error.lines().next().unwrap_or("")
+                );
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// The output holds every one of `rows`.
@@ -243,9 +431,34 @@ sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
                 "rand read IOPS",
                 "rand write IOPS",
             ];
-            has_rows(run, &rows)
+            has_rows(run, &rows)?;
+            // The guest read the whole 32 MiB disk, holding the bench's
+            // pattern, in each of the 2 runs.
+            let want = format!(
+                "guest seq read {} bytes, checksum {}: equal to the disk's",
+                32u64 << 20,
+                blk_pattern_sum(32)
+            );
+            for index in 1..=2 {
+                let line = format!("run {index}: {want}");
+                if !run.output.contains(&line) {
+                    return Err(format!("no {line:?} in the benchmark's output"));
+                }
+            }
+            Ok(())
         },
     }
+}
+
+/// The checksum `sie bench blk`'s disk pattern has, computed here on its
+/// own: word `o / 8` of the disk is `o * 0x9e3779b97f4a7c15`, summed by
+/// FNV-1a over 64-bit words, top 48 bits (`sietool blk-bench`'s read_sum).
+fn blk_pattern_sum(mib: u64) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for offset in (0..mib << 20).step_by(8) {
+        hash = (hash ^ offset.wrapping_mul(0x9e3779b97f4a7c15)).wrapping_mul(0x100000001b3);
+    }
+    hash >> 16
 }
 
 /// `sie bench net`: the guest runs `sietool net-bench` against the host.
@@ -262,7 +475,21 @@ fn bench_net() -> Case {
 ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
 sietool net-bench 172.16.0.1 5001 5002 "$(sed -n 's/.*bench_mib=\([0-9]*\).*/\1/p' /proc/cmdline)""#,
         ),
-        check: |run| has_rows(run, &["guest->host", "host->guest"]),
+        check: |run| {
+            has_rows(run, &["guest->host", "host->guest"])?;
+            // Every byte sent each way arrived, counted at both ends.
+            let bytes = 32u64 << 20;
+            for index in 1..=2 {
+                let line = format!(
+                    "run {index}: guest->host sent {bytes} received {bytes}; \
+                     host->guest sent {bytes} received {bytes} bytes"
+                );
+                if !run.output.contains(&line) {
+                    return Err(format!("no {line:?} in the benchmark's output"));
+                }
+            }
+            Ok(())
+        },
     }
 }
 
@@ -589,12 +816,19 @@ echo "@@L2 RESULT rx_bytes=$(wc -c < /tmp/rx2.bin)""#,
     }
 }
 
-fn rig_run(selected: &[&Case]) -> &'static RigRun {
+fn rig_run(all: &[&Case], selected: &[&Case]) -> &'static RigRun {
     static RUN: OnceLock<RigRun> = OnceLock::new();
     RUN.get_or_init(|| {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let sie = PathBuf::from(env!("CARGO_BIN_EXE_sie"));
-        run_cases(&repo, &sie, selected, Duration::from_secs(25 * 60))
+        let runner = std::env::current_exe().ok();
+        let rig = Rig {
+            repo: &repo,
+            sie: &sie,
+            runner: runner.as_deref(),
+            limit: Duration::from_secs(25 * 60),
+        };
+        run_cases(&rig, all, selected)
     })
 }
 
@@ -608,20 +842,30 @@ fn failure(run: &RigRun, detail: String, console: &str) -> Failed {
     Failed::from(message)
 }
 
-fn main() {
+fn main() -> ExitCode {
+    if std::env::var_os("SIE_RIG_DIRECT").is_some() {
+        return direct_main();
+    }
     let args = Arguments::from_args();
     let wanted = |name: &str| match &args.filter {
         Some(filter) if args.exact => name == filter,
         Some(filter) => name.contains(filter.as_str()),
         None => true,
     };
-    // Only the selected cases run in L1, so one case can be iterated on alone.
+    // Only the selected cases run in L1, so one case can be iterated on
+    // alone; every case's scripts are installed (a case may run another).
     // The cases live for the whole test run: the trials borrow them.
-    let selected: &'static [Case] =
-        Vec::leak(cases().into_iter().filter(|c| wanted(c.name)).collect());
-    let selected_refs: &'static [&'static Case] = Vec::leak(selected.iter().collect());
+    let all: &'static [Case] = Vec::leak(cases());
+    let all_refs: &'static [&'static Case] = Vec::leak(all.iter().collect());
+    let selected: &'static [&'static Case] = Vec::leak(
+        all_refs
+            .iter()
+            .copied()
+            .filter(|c| wanted(c.name))
+            .collect(),
+    );
     let mut trials = vec![Trial::test("l1_kvm_ready", move || {
-        let run = rig_run(selected_refs);
+        let run = rig_run(all_refs, selected);
         if run.ready && (run.npt == "Y" || run.npt == "host") {
             Ok(())
         } else {
@@ -634,7 +878,7 @@ fn main() {
     })];
     for case in selected {
         trials.push(Trial::test(case.name, move || {
-            let run = rig_run(selected_refs);
+            let run = rig_run(all_refs, selected);
             match run.cases.get(case.name) {
                 Some(result) => {
                     (case.check)(result).map_err(|detail| failure(run, detail, &result.output))
@@ -643,5 +887,9 @@ fn main() {
             }
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    if libtest_mimic::run(&args, trials).has_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -71,6 +71,8 @@ pub struct BuiltVm {
     pub devices: PlatformDevices,
     /// Paravirtual devices: their event-thread workers and counters.
     pub virtio: VirtioDevices,
+    /// Guest RAM is a snapshot's memory file, mapped copy-on-write.
+    pub memory_from_file: bool,
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<File> {
@@ -157,16 +159,8 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Builds the VM described by `config` (already validated) on `hv`. Its
-/// stop control exists before it (the controller creates it at start-up,
-/// so a stop signal that arrives before `InstanceStart` takes the same path).
-pub fn build(
-    config: &VmConfig,
-    hv: &dyn Hypervisor,
-    options: BuildOptions,
-    control: Arc<VmControl>,
-) -> Result<BuiltVm> {
-    refuse_unsupported(config)?;
+/// The vCPU count `config` asks for, checked against what `hv` allows.
+pub(crate) fn vcpu_count(config: &VmConfig, hv: &dyn Hypervisor) -> Result<u32> {
     let machine = config.machine_config.clone().unwrap_or_default();
     let vcpu_count = u32::from(machine.vcpu_count);
     let max_vcpus = hv.max_vcpus().min(MAX_VCPUS);
@@ -176,28 +170,44 @@ pub fn build(
             max: u64::from(max_vcpus),
         });
     }
+    Ok(vcpu_count)
+}
 
-    // Open user files first: a typo in a path should not cost a VM.
-    let boot = &config.boot_source;
-    let mut kernel_file = open_regular("kernel", &boot.kernel_image_path)?;
-    if let Some(cache) = &options.host_decompress {
-        kernel_file = host_decompressed(cache, kernel_file, &boot.kernel_image_path)?;
-    }
-    let initrd = match &boot.initrd_path {
-        Some(path) => Some((path, open_regular("initrd", path)?)),
-        None => None,
-    };
-
-    let mib = machine.mem_size_mib;
+/// Anonymous guest RAM of `mib` MiB, laid out around the MMIO hole.
+fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap> {
     let memory_error =
         |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory { mib, source };
     let mem_bytes = mib
         .checked_mul(1 << 20)
         .ok_or_else(|| memory_error("size overflows".into()))?;
     let regions = sie_arch::layout::ram_regions(mem_bytes).map_err(|e| memory_error(e.into()))?;
-    let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|e| memory_error(e.into()))?;
-    exclude_from_fork(&memory);
+    GuestMemoryMmap::from_ranges(&regions).map_err(|e| memory_error(e.into()))
+}
 
+/// A VM with its memory mapped, its in-kernel platform, every device placed
+/// and its vCPUs created, but nothing of a boot or a restore done yet.
+pub(crate) struct Machine {
+    pub(crate) vm: Arc<dyn Vm>,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) obs: Arc<Observatory>,
+    pub(crate) devices: PlatformDevices,
+    pub(crate) virtio: VirtioDevices,
+    pub(crate) layout: crate::device_manager::DeviceLayout,
+    pub(crate) vcpus: Vec<Box<dyn Vcpu>>,
+    pub(crate) control: Arc<VmControl>,
+}
+
+/// The part of a build a boot and a restore share: observatory, VM,
+/// memory slots, platform, devices (placed by the device manager), vCPUs.
+pub(crate) fn assemble(
+    config: &VmConfig,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+    memory: GuestMemoryMmap,
+    vcpu_count: u32,
+) -> Result<Machine> {
+    exclude_from_fork(&memory);
     // The observatory comes first: every device registers in it as it is
     // placed, and the boot-marker devices write to it directly.
     let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
@@ -207,27 +217,6 @@ pub fn build(
         sie_arch::layout::KVM_TSS_ADDR,
         sie_arch::layout::KVM_IDENTITY_MAP_ADDR,
     )?;
-
-    let kernel = sie_arch::loader::load_kernel(&memory, &mut kernel_file).map_err(|source| {
-        VmmError::Kernel {
-            path: boot.kernel_image_path.clone(),
-            source,
-        }
-    })?;
-    let initrd = match initrd {
-        Some((path, mut file)) => {
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let loaded = sie_arch::loader::load_initrd(&memory, &mut file, size, &kernel).map_err(
-                |source| VmmError::Initrd {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
-            Some(loaded)
-        }
-        None => None,
-    };
-
     let mut manager = DeviceManager::new(vm.as_ref(), obs.clone())?;
     let devices = platform::create(
         &mut manager,
@@ -245,12 +234,100 @@ pub fn build(
         },
     )?;
     let layout = manager.finish();
+    let vcpus = (0..vcpu_count)
+        .map(|id| vm.create_vcpu(id))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Machine {
+        vm,
+        memory,
+        obs,
+        devices,
+        virtio,
+        layout,
+        vcpus,
+        control,
+    })
+}
+
+impl Machine {
+    pub(crate) fn into_built(self) -> BuiltVm {
+        let exits = Arc::new(ExitContext {
+            pio: self.layout.pio,
+            mmio: self.layout.mmio,
+            obs: self.obs.clone(),
+        });
+        BuiltVm {
+            vm: self.vm,
+            memory: self.memory,
+            vcpus: self.vcpus,
+            exits,
+            control: self.control,
+            observatory: self.obs,
+            devices: self.devices,
+            virtio: self.virtio,
+            memory_from_file: false,
+        }
+    }
+}
+
+/// Builds the VM described by `config` (already validated) on `hv`, ready
+/// to boot. Its stop control exists before it (the controller creates it at
+/// start-up, so a stop signal that arrives before `InstanceStart` takes the
+/// same path).
+pub fn build(
+    config: &VmConfig,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+) -> Result<BuiltVm> {
+    refuse_unsupported(config)?;
+    let vcpu_count = vcpu_count(config, hv)?;
+    let mib = config
+        .machine_config
+        .clone()
+        .unwrap_or_default()
+        .mem_size_mib;
+
+    // Open user files first: a typo in a path should not cost a VM.
+    let boot = &config.boot_source;
+    let mut kernel_file = open_regular("kernel", &boot.kernel_image_path)?;
+    if let Some(cache) = &options.host_decompress {
+        kernel_file = host_decompressed(cache, kernel_file, &boot.kernel_image_path)?;
+    }
+    let initrd = match &boot.initrd_path {
+        Some(path) => Some((path, open_regular("initrd", path)?)),
+        None => None,
+    };
+
+    let memory = anonymous_memory(mib)?;
+    let machine = assemble(config, hv, options, control, memory, vcpu_count)?;
+    let memory = &machine.memory;
+
+    let kernel = sie_arch::loader::load_kernel(memory, &mut kernel_file).map_err(|source| {
+        VmmError::Kernel {
+            path: boot.kernel_image_path.clone(),
+            source,
+        }
+    })?;
+    let initrd = match initrd {
+        Some((path, mut file)) => {
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let loaded = sie_arch::loader::load_initrd(memory, &mut file, size, &kernel).map_err(
+                |source| VmmError::Initrd {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+            Some(loaded)
+        }
+        None => None,
+    };
 
     let rsdp = sie_arch::acpi::create_acpi_tables(
-        &memory,
+        memory,
         &sie_arch::acpi::AcpiConfig {
             vcpus: vcpu_count,
-            devices: layout.acpi.clone(),
+            devices: machine.layout.acpi.clone(),
         },
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
@@ -259,36 +336,21 @@ pub fn build(
             .as_deref()
             .unwrap_or(sie_config::DEFAULT_BOOT_ARGS),
         config,
-        &layout,
+        &machine.layout,
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
     let boot_info = sie_arch::boot_info::write_boot_info(
-        &memory,
+        memory,
         &kernel,
         &cmdline,
         initrd,
         Some(rsdp),
-        mem_bytes,
+        mib << 20,
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
 
-    let vcpus = create_vcpus(hv, vm.as_ref(), &memory, &kernel, boot_info, vcpu_count)?;
-
-    let exits = Arc::new(ExitContext {
-        pio: layout.pio,
-        mmio: layout.mmio,
-        obs: obs.clone(),
-    });
-    Ok(BuiltVm {
-        vm,
-        memory,
-        vcpus,
-        exits,
-        control,
-        observatory: obs,
-        devices,
-        virtio,
-    })
+    configure_vcpus_for_boot(hv, &machine.vcpus, memory, &kernel, boot_info)?;
+    Ok(machine.into_built())
 }
 
 /// Keeps guest RAM out of any child process: the teardown reaper (see
@@ -311,23 +373,21 @@ fn exclude_from_fork(memory: &GuestMemoryMmap) {
     }
 }
 
-fn create_vcpus(
+fn configure_vcpus_for_boot(
     hv: &dyn Hypervisor,
-    vm: &dyn Vm,
+    vcpus: &[Box<dyn Vcpu>],
     memory: &GuestMemoryMmap,
     kernel: &sie_arch::loader::LoadedKernel,
     boot_info: GuestAddress,
-    count: u32,
-) -> Result<Vec<Box<dyn Vcpu>>> {
+) -> Result<()> {
+    let count = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
     let supported = hv.supported_cpuid()?;
     let sregs =
         sie_arch::regs::boot_sregs(memory, kernel).map_err(|e| VmmError::Platform(e.into()))?;
     let regs = sie_arch::regs::boot_regs(kernel, boot_info);
     let fpu = sie_arch::regs::boot_fpu();
     let msrs = sie_arch::regs::boot_msrs();
-    let mut vcpus = Vec::with_capacity(count as usize);
-    for id in 0..count {
-        let vcpu = vm.create_vcpu(id)?;
+    for (id, vcpu) in (0u32..).zip(vcpus) {
         vcpu.set_cpuid(&sie_arch::cpuid::normalize(&supported, id, count))?;
         let written = vcpu.set_msrs(&msrs)?;
         if written < msrs.len() {
@@ -347,7 +407,6 @@ fn create_vcpus(
         let mut lapic = vcpu.lapic()?;
         sie_arch::regs::configure_lapic(&mut lapic);
         vcpu.set_lapic(&lapic)?;
-        vcpus.push(vcpu);
     }
-    Ok(vcpus)
+    Ok(())
 }

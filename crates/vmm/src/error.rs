@@ -77,6 +77,9 @@ pub enum VmmError {
         #[source]
         source: sie_arch::loader::LoaderError,
     },
+    /// A snapshot could not be restored (the message names the file and why).
+    #[error("{0}")]
+    Restore(String),
     /// Boot-time platform set-up (ACPI, boot parameters, registers) failed.
     #[error("setting up the guest platform")]
     Platform(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -32,6 +32,7 @@ mod error;
 mod event_loop;
 mod outcome;
 pub mod platform;
+pub mod snapshot;
 pub mod teardown;
 #[cfg(test)]
 mod test_doubles;
@@ -137,14 +138,20 @@ impl BuiltVm {
     /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
     /// signals must already be blocked (the vCPU threads inherit the mask).
     pub fn start(self) -> Result<StartedVm> {
-        let vcpus =
-            VcpuSet::spawn(self.vcpus, self.exits, self.control.clone()).map_err(|source| {
-                VmmError::Host {
-                    what: "starting vCPU threads",
-                    source,
-                }
-            })?;
+        self.start_as(false)
+    }
+
+    /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
+    /// `paused`.
+    pub fn start_as(self, paused: bool) -> Result<StartedVm> {
+        let vcpus = VcpuSet::spawn(self.vcpus, self.exits, self.control.clone(), paused).map_err(
+            |source| VmmError::Host {
+                what: "starting vCPU threads",
+                source,
+            },
+        )?;
         Ok(StartedVm {
+            memory_from_file: self.memory_from_file,
             vcpus,
             control: self.control,
             observatory: self.observatory,
@@ -170,9 +177,26 @@ pub struct StartedVm {
     pub virtio: virtio::VirtioDevices,
     vm: Arc<dyn sie_hv::Vm>,
     memory: vm_memory::GuestMemoryMmap,
+    memory_from_file: bool,
 }
 
 impl StartedVm {
+    /// True when guest RAM is a snapshot's memory file mapped copy-on-write
+    /// (its untouched pages hold data without being resident).
+    pub fn memory_from_file(&self) -> bool {
+        self.memory_from_file
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The hypervisor's VM (its in-kernel devices' state).
+    pub fn hv_vm(&self) -> &dyn sie_hv::Vm {
+        self.vm.as_ref()
+    }
+
     /// Its live figures.
     pub fn figures(&self) -> VmFigures<'_> {
         VmFigures {

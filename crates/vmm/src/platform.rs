@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use sie_arch::acpi::AcpiDevice;
 use sie_devices::legacy::{
     BOOT_TIMER_LEN, BootTimer, COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, COM3_IRQ, COM3_PORT,
     COM4_IRQ, COM4_PORT, DEBUG_PORT, DEBUG_PORT_LEN, DebugPort, I8042_COMMAND_PORT, I8042_IRQ,
-    I8042_PORT, I8042_PORT_LEN, I8042Device, MarkerSink, PVPANIC_PORT, PVPANIC_PORT_LEN, PvPanic,
-    RTC_IRQ, RTC_PORT, RTC_PORT_LEN, Rtc, SERIAL_PORT_LEN, SerialDevice,
+    I8042_PORT, I8042_PORT_LEN, I8042Device, I8042State, MarkerSink, PVPANIC_PORT,
+    PVPANIC_PORT_LEN, PvPanic, RTC_IRQ, RTC_PORT, RTC_PORT_LEN, Rtc, RtcState, SERIAL_PORT_LEN,
+    SerialDevice, SerialDeviceState,
 };
 use sie_devices::{BusDevice, Interrupt};
 use sie_obs::Observatory;
@@ -34,10 +36,26 @@ pub struct ExtraDevice {
     pub device: Arc<dyn BusDevice>,
 }
 
+/// The legacy devices' state as a snapshot keeps it (pvpanic, the debug
+/// port and the boot timer have none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformState {
+    /// COM1 to COM4.
+    pub uarts: Vec<SerialDeviceState>,
+    /// The keyboard controller.
+    pub i8042: I8042State,
+    /// The CMOS RTC.
+    pub rtc: RtcState,
+}
+
 /// Devices the event loop and the API reach directly.
 pub struct PlatformDevices {
     /// COM1, the console.
     pub com1: Arc<SerialDevice>,
+    /// COM2 to COM4 (kept for snapshots).
+    quiet_uarts: Vec<Arc<SerialDevice>>,
+    /// The CMOS RTC (kept for snapshots).
+    rtc: Arc<Rtc>,
     /// The keyboard controller (`SendCtrlAltDel`).
     pub i8042: Arc<I8042Device>,
     /// Where COM1's output goes.
@@ -53,6 +71,52 @@ impl SerialInput for SerialDevice {
 }
 
 impl PlatformDevices {
+    /// The devices' state, for a snapshot (vCPUs paused).
+    pub fn state(&self) -> PlatformState {
+        PlatformState {
+            uarts: std::iter::once(&self.com1)
+                .chain(&self.quiet_uarts)
+                .map(|uart| uart.state())
+                .collect(),
+            i8042: self.i8042.state(),
+            rtc: self.rtc.state(),
+        }
+    }
+
+    /// Puts saved state back (before the vCPUs run). Every device checks
+    /// its own; the first refusal is the error.
+    pub fn restore(&self, state: &PlatformState) -> Result<()> {
+        let refused = |what: &str, error: &dyn std::error::Error| VmmError::Device {
+            name: what.to_string(),
+            source: error.to_string().into(),
+        };
+        let uarts: Vec<&Arc<SerialDevice>> = std::iter::once(&self.com1)
+            .chain(&self.quiet_uarts)
+            .collect();
+        if state.uarts.len() != uarts.len() {
+            return Err(VmmError::Device {
+                name: "serial ports".to_string(),
+                source: format!(
+                    "the snapshot has {} UARTs, the VM {}",
+                    state.uarts.len(),
+                    uarts.len()
+                )
+                .into(),
+            });
+        }
+        for (uart, saved) in uarts.into_iter().zip(&state.uarts) {
+            uart.restore(saved)
+                .map_err(|e| refused("a serial port", &e))?;
+        }
+        self.i8042
+            .restore(&state.i8042)
+            .map_err(|e| refused("i8042", &e))?;
+        self.rtc
+            .restore(&state.rtc)
+            .map_err(|e| refused("rtc", &e))?;
+        Ok(())
+    }
+
     /// Console input from stdin to COM1, if an eventfd can be had.
     pub fn console_input(&self) -> Option<ConsoleInput> {
         let room = self.input_room.try_clone().ok()?;
@@ -91,13 +155,15 @@ pub fn create(
     });
     // COM2–COM4 exist so Linux's probe finds quiet UARTs instead of
     // unclaimed ports; they are not described (nothing is behind them).
+    let mut quiet_uarts = Vec::with_capacity(3);
     for (name, port, irq) in [
         ("com2", COM2_PORT, COM2_IRQ),
         ("com3", COM3_PORT, COM3_IRQ),
         ("com4", COM4_PORT, COM4_IRQ),
     ] {
         let uart = Arc::new(SerialDevice::silent(manager.fixed_line(irq)?));
-        manager.add_pio(name, port, SERIAL_PORT_LEN, uart)?;
+        manager.add_pio(name, port, SERIAL_PORT_LEN, uart.clone())?;
+        quiet_uarts.push(uart);
     }
 
     let i8042 = Arc::new(I8042Device::new(
@@ -114,7 +180,8 @@ pub fn create(
     // Linux's rtc_cmos driver owns line 8 even though sie's RTC never
     // raises it: keep it from every other device.
     manager.reserve_gsi(RTC_IRQ)?;
-    manager.add_pio("rtc", RTC_PORT, RTC_PORT_LEN, Arc::new(Rtc::new()))?;
+    let rtc = Arc::new(Rtc::new());
+    manager.add_pio("rtc", RTC_PORT, RTC_PORT_LEN, rtc.clone())?;
 
     let markers: Arc<dyn MarkerSink> = obs.clone();
     manager.add_pio(
@@ -142,6 +209,8 @@ pub fn create(
 
     Ok(PlatformDevices {
         com1,
+        quiet_uarts,
+        rtc,
         i8042,
         console,
         input_room,

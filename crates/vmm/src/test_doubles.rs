@@ -44,6 +44,12 @@ impl Vm for FakeVm {
     fn set_irq_line(&self, _gsi: u32, _active: bool) -> sie_hv::Result<()> {
         Ok(())
     }
+    fn save_state(&self) -> sie_hv::Result<sie_hv::VmState> {
+        Err(HvError::Invalid("the fake VM keeps no state".into()))
+    }
+    fn restore_state(&self, _state: &sie_hv::VmState) -> sie_hv::Result<()> {
+        Err(HvError::Invalid("the fake VM keeps no state".into()))
+    }
 }
 
 /// A kick makes the next `run` return `Interrupted`.
@@ -135,5 +141,11 @@ impl Vcpu for ScriptedVcpu {
     }
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
         self.kicked.clone()
+    }
+    fn save_state(&self, _msrs: &[u32]) -> sie_hv::Result<sie_hv::VcpuState> {
+        Err(HvError::Invalid("the scripted vCPU keeps no state".into()))
+    }
+    fn restore_state(&self, _state: &sie_hv::VcpuState) -> sie_hv::Result<()> {
+        Err(HvError::Invalid("the scripted vCPU keeps no state".into()))
     }
 }

@@ -70,3 +70,155 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     let finished = vm.join();
     assert_eq!(finished.outcome, VmOutcome::Reset);
 }
+
+fn loop_config() -> VmConfig {
+    let mut config = VmConfig::new(BootSource {
+        kernel_image_path: sie_guests::LOOP.path.into(),
+        boot_args: Some("iterations=1000000000000".to_string()),
+        initrd_path: None,
+    });
+    config.machine_config = Some(MachineConfig {
+        mem_size_mib: 32,
+        ..MachineConfig::default()
+    });
+    config
+}
+
+fn quiet_build(kvm: &Kvm, control: &Arc<VmControl>) -> sie_vmm::BuiltVm {
+    let built = sie_vmm::build(
+        &loop_config(),
+        kvm,
+        BuildOptions {
+            start: Instant::now(),
+            console: ConsoleOutput::new(Box::new(std::io::sink())),
+            extra_pio: Vec::new(),
+            host_decompress: None,
+        },
+        control.clone(),
+    );
+    built.expect("the loop guest builds")
+}
+
+#[test]
+fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
+    use sie_hv::Hypervisor;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+    let kvm = Kvm::open().expect("/dev/kvm");
+    let msrs = kvm.supported_msrs().unwrap();
+    let first_control = Arc::new(VmControl::new().unwrap());
+    let mut first = quiet_build(&kvm, &first_control).start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    first.vcpus.pause(TIMEOUT).unwrap();
+    // A few thousand iterations left, so the continuation ends by itself.
+    first
+        .vcpus
+        .with_vcpu(0, |vcpu| {
+            let mut regs = vcpu.regs().unwrap();
+            regs.rcx = 5_000;
+            vcpu.set_regs(&regs).unwrap();
+        })
+        .unwrap();
+    let saved = first
+        .vcpus
+        .with_vcpu(0, move |vcpu| vcpu.save_state(&msrs))
+        .unwrap()
+        .unwrap();
+    let vm_state = first.hv_vm().save_state().unwrap();
+    assert!(saved.rip() != 0);
+
+    let second_control = Arc::new(VmControl::new().unwrap());
+    let second = quiet_build(&kvm, &second_control);
+    // Guest RAM, byte for byte.
+    let size = first.memory().last_addr().0 + 1;
+    let mut ram = vec![0u8; usize::try_from(size).unwrap()];
+    first
+        .memory()
+        .read_slice(&mut ram, GuestAddress(0))
+        .unwrap();
+    second.memory.write_slice(&ram, GuestAddress(0)).unwrap();
+    second.vm.restore_state(&vm_state).unwrap();
+    second.vcpus[0].restore_state(&saved).unwrap();
+    let restored = second.vcpus[0].regs().unwrap();
+    assert_eq!((restored.rip, restored.rcx), (saved.rip(), 5_000));
+
+    let second = second.start().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !second_control.is_stopping() {
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not finish its loop"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(second.vcpus.len(), 1);
+    assert_eq!(second.join().outcome, VmOutcome::Reset);
+    assert!(!first_control.is_stopping(), "the original stays paused");
+    first_control.finish(VmOutcome::Shutdown);
+    first.join();
+}
+
+#[test]
+fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
+    use sie_hv::Hypervisor;
+
+    let dir = std::env::temp_dir().join(format!("sie-snap-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let kvm = Kvm::open().expect("/dev/kvm");
+    let control = Arc::new(VmControl::new().unwrap());
+    let mut first = quiet_build(&kvm, &control).start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(matches!(
+        sie_vmm::snapshot::create(&mut first, &loop_config(), vec![], &snap, &mem),
+        Err(sie_vmm::snapshot::SnapshotError::NotPaused)
+    ));
+    first.vcpus.pause(TIMEOUT).unwrap();
+    first
+        .vcpus
+        .with_vcpu(0, |vcpu| {
+            let mut regs = vcpu.regs().unwrap();
+            regs.rcx = 5_000;
+            vcpu.set_regs(&regs).unwrap();
+        })
+        .unwrap();
+    let created = sie_vmm::snapshot::create(
+        &mut first,
+        &loop_config(),
+        kvm.supported_msrs().unwrap(),
+        &snap,
+        &mem,
+    )
+    .unwrap();
+    assert!(created.memory_bytes > 0 && created.memory_bytes < 32 << 20);
+    control.finish(VmOutcome::Shutdown);
+    first.join();
+
+    let snapshot = sie_vmm::snapshot::read(&snap).unwrap();
+    let second_control = Arc::new(VmControl::new().unwrap());
+    let restored = sie_vmm::snapshot::restore(
+        &snapshot,
+        &mem,
+        &kvm,
+        BuildOptions {
+            start: Instant::now(),
+            console: ConsoleOutput::new(Box::new(std::io::sink())),
+            extra_pio: Vec::new(),
+            host_decompress: None,
+        },
+        second_control.clone(),
+    )
+    .unwrap();
+    assert_eq!(restored.vcpus[0].regs().unwrap().rcx, 5_000);
+    let second = restored.start().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !second_control.is_stopping() {
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(second.join().outcome, VmOutcome::Reset);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -20,7 +20,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::ps2_keyboard::{KeyboardError, Ps2Keyboard};
+use serde::{Deserialize, Serialize};
+
+use super::ps2_keyboard::{KeyboardError, KeyboardState, Ps2Keyboard};
 use super::scan_code::{CTRL_ALT_DEL_SET2, translate_to_set1};
 use crate::{BusDevice, Interrupt, VmRequests};
 
@@ -62,7 +64,7 @@ const AUX_TEST_NO_DEVICE: u8 = 0x02;
 const MAX_PENDING_REPLIES: usize = 4;
 
 /// A controller command waiting for its data-port argument.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum PendingCommand {
     WriteCommandByte,
     WriteOutputPort,
@@ -72,7 +74,7 @@ enum PendingCommand {
 }
 
 /// Who put the byte in the output buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Source {
     Controller,
     Keyboard,
@@ -242,6 +244,25 @@ pub struct I8042Stats {
     pub interrupt_errors: u64,
 }
 
+/// The controller and its keyboard as a snapshot keeps them (counters are
+/// not state: they start again from zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    command_byte: u8,
+    output_port: u8,
+    output: Option<(u8, Source)>,
+    replies: Vec<u8>,
+    pending: Option<PendingCommand>,
+    last_write_was_command: bool,
+    last_data: u8,
+    keyboard: KeyboardState,
+}
+
+/// Why a saved i8042 state was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("i8042 state is not one the controller can be in")]
+pub struct I8042StateError;
+
 /// The i8042 controller and its keyboard, inserted at 0x60 with length 5.
 pub struct I8042Device {
     state: Mutex<Controller>,
@@ -280,6 +301,40 @@ impl I8042Device {
             }
         };
         self.apply(effects);
+        Ok(())
+    }
+
+    /// The controller's and keyboard's state, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        let state = self.lock();
+        I8042State {
+            command_byte: state.command_byte,
+            output_port: state.output_port,
+            output: state.output,
+            replies: state.replies.iter().copied().collect(),
+            pending: state.pending,
+            last_write_was_command: state.last_write_was_command,
+            last_data: state.last_data,
+            keyboard: state.keyboard.state(),
+        }
+    }
+
+    /// Puts a saved state back. A state no controller can be in (more
+    /// queued bytes than either queue holds) is refused, the device unchanged.
+    pub fn restore(&self, saved: &I8042State) -> Result<(), I8042StateError> {
+        if saved.replies.len() > MAX_PENDING_REPLIES {
+            return Err(I8042StateError);
+        }
+        let keyboard = Ps2Keyboard::from_state(&saved.keyboard).ok_or(I8042StateError)?;
+        let mut state = self.lock();
+        state.command_byte = saved.command_byte;
+        state.output_port = saved.output_port;
+        state.output = saved.output;
+        state.replies = saved.replies.iter().copied().collect();
+        state.pending = saved.pending;
+        state.last_write_was_command = saved.last_write_was_command;
+        state.last_data = saved.last_data;
+        state.keyboard = keyboard;
         Ok(())
     }
 
@@ -344,6 +399,46 @@ mod tests {
 
     use super::*;
     use crate::legacy::test_fakes::{CountingInterrupt, RecordingVm};
+
+    #[test]
+    fn state_moves_the_command_byte_and_queued_keys_to_another_controller() {
+        let rig = Rig::new();
+        rig.dev.write(4, &[0x60]);
+        rig.dev.write(0, &[0x45]);
+        rig.dev.send_ctrl_alt_del().unwrap();
+        let state = rig.dev.state();
+        let json = serde_json::to_string(&state).unwrap();
+        let other = Rig::new();
+        other
+            .dev
+            .restore(&serde_json::from_str(&json).unwrap())
+            .unwrap();
+        assert_eq!(other.dev.state(), state);
+        // Both controllers now hand out the same bytes.
+        let drain = |rig: &Rig| {
+            (0..8)
+                .map(|_| {
+                    let mut b = [0];
+                    rig.dev.read(0, &mut b);
+                    b[0]
+                })
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(drain(&rig), drain(&other));
+    }
+
+    #[test]
+    fn an_impossible_state_is_refused() {
+        let rig = Rig::new();
+        let mut state: serde_json::Value = serde_json::to_value(rig.dev.state()).unwrap();
+        state["replies"] = serde_json::json!([1, 2, 3, 4, 5]);
+        let state: I8042State = serde_json::from_value(state).unwrap();
+        assert_eq!(rig.dev.restore(&state), Err(I8042StateError));
+        let mut state: serde_json::Value = serde_json::to_value(rig.dev.state()).unwrap();
+        state["keyboard"]["scan_code_set"] = serde_json::json!(9);
+        let state: I8042State = serde_json::from_value(state).unwrap();
+        assert_eq!(rig.dev.restore(&state), Err(I8042StateError));
+    }
 
     struct Rig {
         dev: I8042Device,

@@ -33,13 +33,15 @@ mod test_fakes;
 
 pub use boot_timer::{BOOT_TIMER_MAGIC, BootTimer};
 pub use debug_port::DebugPort;
-pub use i8042::{I8042Device, I8042Stats};
+pub use i8042::{I8042Device, I8042State, I8042StateError, I8042Stats};
 pub use line_output::LineBufferedOutput;
 pub use marker_sink::MarkerSink;
 pub use ps2_keyboard::{KEYBOARD_QUEUE_BYTES, KeyboardError};
 pub use pvpanic::{PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, PvPanic};
-pub use rtc::{Rtc, RtcClock};
-pub use serial::{SERIAL_FIFO_BYTES, SerialDevice, SerialStats};
+pub use rtc::{Rtc, RtcClock, RtcState, RtcStateError};
+pub use serial::{
+    SERIAL_FIFO_BYTES, SerialDevice, SerialDeviceState, SerialStateError, SerialStats,
+};
 pub use sie_obs::MarkerSource;
 
 /// First UART's I/O base.

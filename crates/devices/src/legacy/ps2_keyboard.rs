@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Bytes the keyboard queues for the controller; further bytes are dropped
 /// and counted, as a real keyboard's buffer overruns.
 pub const KEYBOARD_QUEUE_BYTES: usize = 16;
@@ -34,7 +36,7 @@ pub enum KeyboardError {
 }
 
 /// A command waiting for its argument byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum PendingArgument {
     Leds,
     ScanCodeSet,
@@ -69,7 +71,49 @@ impl Default for Ps2Keyboard {
     }
 }
 
+/// The keyboard's state as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyboardState {
+    queue: Vec<u8>,
+    pending: Option<PendingArgument>,
+    scanning: bool,
+    scan_code_set: u8,
+    leds: u8,
+    last_sent: u8,
+}
+
 impl Ps2Keyboard {
+    /// Its state, for a snapshot.
+    pub(crate) fn state(&self) -> KeyboardState {
+        KeyboardState {
+            queue: self.queue.iter().copied().collect(),
+            pending: self.pending,
+            scanning: self.scanning,
+            scan_code_set: self.scan_code_set,
+            leds: self.leds,
+            last_sent: self.last_sent,
+        }
+    }
+
+    /// A keyboard in `state`; `None` when the state cannot be real (a queue
+    /// longer than the keyboard's, a scan code set other than 1 to 3).
+    pub(crate) fn from_state(state: &KeyboardState) -> Option<Self> {
+        if state.queue.len() > KEYBOARD_QUEUE_BYTES || !(1..=3).contains(&state.scan_code_set) {
+            return None;
+        }
+        let mut queue = VecDeque::with_capacity(KEYBOARD_QUEUE_BYTES);
+        queue.extend(&state.queue);
+        Some(Self {
+            queue,
+            pending: state.pending,
+            scanning: state.scanning,
+            scan_code_set: state.scan_code_set,
+            leds: state.leds,
+            last_sent: state.last_sent,
+            dropped: 0,
+        })
+    }
+
     /// Next byte for the controller.
     pub(crate) fn pop(&mut self) -> Option<u8> {
         let byte = self.queue.pop_front()?;

@@ -25,6 +25,8 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use super::civil_time::CivilTime;
 use crate::BusDevice;
 
@@ -208,6 +210,23 @@ impl CmosState {
     }
 }
 
+/// The RTC as a snapshot keeps it: the index register, the CMOS RAM, and
+/// the guest's time as an offset from the host's (so the guest clock goes
+/// on from the host clock after a restore, as it would across a suspend).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcState {
+    index: u8,
+    ram: Vec<u8>,
+    offset_seconds: i64,
+    /// The guest's frozen time (status B's SET bit), as Unix seconds.
+    frozen_unix: Option<i64>,
+}
+
+/// Why a saved RTC state was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("RTC state holds {0} bytes of CMOS RAM, not {CMOS_BYTES}")]
+pub struct RtcStateError(pub usize);
+
 /// The CMOS RTC and its 128 bytes of RAM, inserted at port 0x70, length 2.
 pub struct Rtc {
     state: Mutex<CmosState>,
@@ -240,6 +259,33 @@ impl Rtc {
             }),
             clock,
         }
+    }
+
+    /// Its state, for a snapshot.
+    pub fn state(&self) -> RtcState {
+        let state = self.lock();
+        RtcState {
+            index: state.index,
+            ram: state.ram.to_vec(),
+            offset_seconds: state.offset_seconds,
+            frozen_unix: state.frozen.map(CivilTime::to_unix),
+        }
+    }
+
+    /// Puts a saved state back; a state whose RAM is not 128 bytes is
+    /// refused, the device unchanged.
+    pub fn restore(&self, saved: &RtcState) -> Result<(), RtcStateError> {
+        let ram: [u8; CMOS_BYTES] = saved
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| RtcStateError(saved.ram.len()))?;
+        let mut state = self.lock();
+        state.index = saved.index;
+        state.ram = ram;
+        state.offset_seconds = saved.offset_seconds;
+        state.frozen = saved.frozen_unix.map(CivilTime::from_unix);
+        Ok(())
     }
 
     fn host_seconds(&self) -> i64 {
@@ -309,6 +355,29 @@ mod tests {
 
     fn fixed(seconds: i64) -> Rtc {
         rtc_at(Arc::new(AtomicI64::new(seconds)))
+    }
+
+    #[test]
+    fn state_keeps_ram_and_the_guest_clock_offset() {
+        let rtc = fixed(LEAP_DAY_NOON);
+        rtc.write(INDEX_OFFSET, &[0x40]);
+        rtc.write(DATA_OFFSET, &[0x99]);
+        rtc.write(INDEX_OFFSET, &[0x09]);
+        rtc.write(DATA_OFFSET, &[0x30]); // the guest sets year 2030 (BCD)
+        let state = rtc.state();
+        let later = fixed(LEAP_DAY_NOON + 60);
+        later
+            .restore(&serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(get(&later, 0x40), 0x99);
+        assert_eq!(get(&later, 0x09), 0x30, "the guest's year is kept");
+        assert_eq!(later.state().offset_seconds, state.offset_seconds);
+        let short = RtcState {
+            ram: vec![0; 3],
+            ..state
+        };
+        assert_eq!(later.restore(&short), Err(RtcStateError(3)));
+        assert_eq!(get(&later, 0x40), 0x99, "left as it was");
     }
 
     fn get(rtc: &Rtc, index: u8) -> u8 {

@@ -16,7 +16,8 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use vm_superio::serial::{Error as UartError, SerialEvents};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{Error as UartError, SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
 use crate::{BusDevice, Interrupt};
@@ -94,6 +95,59 @@ pub struct SerialStats {
     pub notify_errors: u64,
 }
 
+/// A UART's registers and unread input, as a snapshot keeps them (the
+/// saved form, separate from vm-superio's live one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER, IIR, LCR, LSR, MCR, MSR and the scratch register, in that order.
+    pub registers: [u8; 7],
+    /// Received bytes the guest has not read yet.
+    pub input: Vec<u8>,
+}
+
+impl From<SerialState> for SerialDeviceState {
+    fn from(state: SerialState) -> Self {
+        Self {
+            baud_divisor: [state.baud_divisor_low, state.baud_divisor_high],
+            registers: [
+                state.interrupt_enable,
+                state.interrupt_identification,
+                state.line_control,
+                state.line_status,
+                state.modem_control,
+                state.modem_status,
+                state.scratch,
+            ],
+            input: state.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialDeviceState> for SerialState {
+    fn from(state: &SerialDeviceState) -> Self {
+        let [ier, iir, lcr, lsr, mcr, msr, scratch] = state.registers;
+        SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch,
+            in_buffer: state.input.clone(),
+        }
+    }
+}
+
+/// Why a saved UART state was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("serial state holds {0} unread bytes; the FIFO holds {SERIAL_FIFO_BYTES}")]
+pub struct SerialStateError(pub usize);
+
 /// A 16550A UART at an 8-port range (THR/RBR at offset 0 … SCR at 7).
 pub struct SerialDevice {
     uart: Mutex<Uart>,
@@ -158,6 +212,34 @@ impl SerialDevice {
     /// the VMM exits).
     pub fn flush_output(&self) -> io::Result<()> {
         self.lock().writer_mut().0.flush()
+    }
+
+    /// The registers and unread input, for a snapshot.
+    pub fn state(&self) -> SerialDeviceState {
+        self.lock().state().into()
+    }
+
+    /// Puts the registers and unread input back; the output, interrupt line
+    /// and counters stay. A state with more input than the FIFO holds (a
+    /// damaged snapshot) is refused and the device left as it was.
+    pub fn restore(&self, state: &SerialDeviceState) -> Result<(), SerialStateError> {
+        if state.input.len() > SERIAL_FIFO_BYTES {
+            return Err(SerialStateError(state.input.len()));
+        }
+        let mut uart = self.lock();
+        let interrupt = IrqTrigger(uart.interrupt_evt().0.clone());
+        let events = UartEvents {
+            input_room: uart.events().input_room.clone(),
+            output_errors: AtomicU64::new(uart.events().output_errors.load(Ordering::Relaxed)),
+            notify_errors: AtomicU64::new(uart.events().notify_errors.load(Ordering::Relaxed)),
+        };
+        let out = std::mem::replace(&mut uart.writer_mut().0, Box::new(io::sink()));
+        match Serial::from_state(&state.into(), interrupt, events, UartOutput(out)) {
+            Ok(restored) => *uart = restored,
+            // Checked above: the only refusal is an over-full FIFO.
+            Err(_) => return Err(SerialStateError(state.input.len())),
+        }
+        Ok(())
     }
 
     /// Error counts so far.
@@ -245,6 +327,47 @@ mod tests {
         let out = SharedBuffer::default();
         let dev = SerialDevice::new(irq.clone(), Box::new(out.clone()), Some(room.clone()));
         (dev, irq, room, out)
+    }
+
+    #[test]
+    fn state_moves_registers_and_unread_input_to_another_uart() {
+        let (dev, _, _, _) = uart();
+        dev.write(LCR, &[0x03]);
+        dev.write(7, &[0x5a]);
+        dev.enqueue_input(b"ab");
+        let state = dev.state();
+        assert_eq!(state.input, b"ab");
+
+        let (other, _, _, out) = uart();
+        other.restore(&state).unwrap();
+        assert_eq!(read_byte(&other, LCR), 0x03);
+        assert_eq!(read_byte(&other, 7), 0x5a);
+        assert_eq!(read_byte(&other, LSR) & LSR_DATA_READY, LSR_DATA_READY);
+        assert_eq!(
+            (read_byte(&other, RBR), read_byte(&other, RBR)),
+            (b'a', b'b')
+        );
+        // Output still reaches the restored device's own writer.
+        other.write(THR, b"z");
+        assert_eq!(out.contents(), b"z");
+        let round_trip: SerialDeviceState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(round_trip, state);
+    }
+
+    #[test]
+    fn a_state_with_more_input_than_the_fifo_is_refused() {
+        let (dev, _, _, _) = uart();
+        dev.write(7, &[0x11]);
+        let state = SerialDeviceState {
+            input: vec![0; SERIAL_FIFO_BYTES + 1],
+            ..SerialDeviceState::default()
+        };
+        assert_eq!(
+            dev.restore(&state),
+            Err(SerialStateError(SERIAL_FIFO_BYTES + 1))
+        );
+        assert_eq!(read_byte(&dev, 7), 0x11, "left as it was");
     }
 
     #[test]

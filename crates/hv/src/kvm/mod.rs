@@ -15,6 +15,7 @@ mod convert;
 pub mod kick;
 mod memory;
 mod run_area;
+pub(crate) mod state;
 mod vcpu;
 mod vm;
 

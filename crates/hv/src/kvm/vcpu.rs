@@ -233,6 +233,25 @@ impl Vcpu for KvmVcpu {
         }
     }
 
+    fn save_state(&self, msr_indices: &[u32]) -> Result<crate::VcpuState> {
+        let (kvm, skipped) = super::state::save_vcpu(&self.fd, msr_indices)?;
+        Ok(crate::VcpuState {
+            id: self.id,
+            kvm,
+            skipped,
+        })
+    }
+
+    fn restore_state(&self, state: &crate::VcpuState) -> Result<()> {
+        if state.id != self.id {
+            return Err(HvError::Invalid(format!(
+                "the state of vCPU {} given to vCPU {}",
+                state.id, self.id
+            )));
+        }
+        super::state::restore_vcpu(&self.fd, &state.kvm)
+    }
+
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
         self.kick.clone()
     }

@@ -48,6 +48,17 @@ fn datamatch_width(value: u64) -> usize {
 }
 
 impl Vm for KvmVm {
+    fn save_state(&self) -> Result<crate::VmState> {
+        Ok(crate::VmState {
+            kvm: super::state::save_vm(&self.fd)?,
+            skipped: Vec::new(),
+        })
+    }
+
+    fn restore_state(&self, state: &crate::VmState) -> Result<()> {
+        super::state::restore_vm(&self.fd, &state.kvm)
+    }
+
     fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
         let mut slots = self
             .memory

@@ -3,6 +3,11 @@
 //! pattern run by sie on the host file backing that disk. The guest side is
 //! the initrd's job for `case=bench_blk` (the rig's runs `sietool
 //! blk-bench /dev/vda MIB OPS`); it prints `@@BENCH key=value` lines.
+//!
+//! Each guest boot starts on a disk holding a known pattern; the guest's
+//! sequential read must return the disk's size in bytes and the pattern's
+//! checksum ([`word_sum`]), or the run fails: a figure always stands for
+//! data that really crossed the device.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -99,15 +104,44 @@ fn direct_works(path: &Path) -> Result<bool, BoxError> {
     }
 }
 
-/// Writes `mib` MiB of non-zero bytes (no holes) and syncs.
-fn fill(path: &Path, mib: u64) -> Result<(), BoxError> {
+/// FNV-1a over little-endian 64-bit words (`sietool`'s checksum of what
+/// its sequential read got); the caller keeps the top 48 bits.
+pub fn word_sum(mut hash: u64, bytes: &[u8]) -> u64 {
+    for word in bytes.chunks_exact(8) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(word);
+        hash = (hash ^ u64::from_le_bytes(le)).wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+/// The FNV-1a offset basis `word_sum` starts from.
+pub const WORD_SUM_START: u64 = 0xcbf29ce484222325;
+
+/// Block `index` of the disk pattern: each 8-byte word holds its own
+/// offset times an odd constant, so a block read from the wrong place, or
+/// not at all, changes the checksum.
+pub fn pattern_block(index: u64, block: &mut [u8]) {
+    let base = index * block.len() as u64;
+    for (i, word) in block.chunks_exact_mut(8).enumerate() {
+        let offset = base + 8 * i as u64;
+        word.copy_from_slice(&offset.wrapping_mul(0x9e3779b97f4a7c15).to_le_bytes());
+    }
+}
+
+/// Writes `mib` MiB of the pattern (no holes) and syncs; the checksum the
+/// guest must report for it.
+fn fill(path: &Path, mib: u64) -> Result<u64, BoxError> {
     let mut file = File::create(path)?;
-    let block = vec![0xa5u8; BLOCK];
-    for _ in 0..mib {
+    let mut block = vec![0u8; BLOCK];
+    let mut sum = WORD_SUM_START;
+    for index in 0..mib {
+        pattern_block(index, &mut block);
+        sum = word_sum(sum, &block);
         file.write_all(&block)?;
     }
     file.sync_all()?;
-    Ok(())
+    Ok(sum >> 16)
 }
 
 /// The guest's pattern on the host file; figures keyed like `@@BENCH`.
@@ -169,8 +203,22 @@ fn guest_pass(args: &BenchBlkArgs, disk: &Path) -> Result<BTreeMap<String, f64>,
         cmdline,
     ];
     let output = finish_sie_run(spawn_sie_run(&argv)?)?;
-    let keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
+    let mut keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
+    keys.extend(["read_bytes", "read_sum"]);
     guest_figures(&output, &keys)
+}
+
+/// Fails unless the guest's sequential read got `bytes` bytes with
+/// checksum `sum`.
+fn check_read(figures: &BTreeMap<String, f64>, bytes: u64, sum: u64) -> Result<(), BoxError> {
+    let (got_bytes, got_sum) = (figures["read_bytes"], figures["read_sum"]);
+    if got_bytes != bytes as f64 || got_sum != sum as f64 {
+        return Err(format!(
+            "the guest read {got_bytes} bytes with checksum {got_sum}; the disk holds {bytes} bytes with checksum {sum}"
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Runs the benchmark and prints its table.
@@ -187,12 +235,17 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
     }
     fill(&disk, args.size_mib)?;
     let direct = direct_works(&disk)?;
+    let bytes = args.size_mib << 20;
 
     let mut host = Vec::new();
     let mut guest = Vec::new();
     for _ in 0..args.runs {
         host.push(host_pass(&disk, args.size_mib, args.ops, direct)?);
-        guest.push(guest_pass(args, &disk)?);
+        // The host pass rewrote the disk: the pattern again for the guest.
+        let sum = fill(&disk, args.size_mib)?;
+        let figures = guest_pass(args, &disk)?;
+        check_read(&figures, bytes, sum)?;
+        guest.push(figures);
     }
 
     println!(
@@ -208,6 +261,14 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
         );
     }
     println!("  guest: O_DIRECT on /dev/vda, sie's virtio-blk on that file");
+    for (run, figures) in guest.iter().enumerate() {
+        println!(
+            "  run {}: guest seq read {} bytes, checksum {}: equal to the disk's",
+            run + 1,
+            figures["read_bytes"],
+            figures["read_sum"]
+        );
+    }
     println!(
         "  {:<18}{:>22}{:>22}{:>12}",
         "operation", "host", "guest", "guest/host"
@@ -251,12 +312,39 @@ mod tests {
     }
 
     #[test]
+    fn the_pattern_checksum_sees_a_misplaced_block_and_the_guest_read_is_checked() {
+        let mut a = vec![0u8; 4096];
+        let mut b = vec![0u8; 4096];
+        pattern_block(0, &mut a);
+        pattern_block(1, &mut b);
+        let ab = word_sum(word_sum(WORD_SUM_START, &a), &b);
+        let ba = word_sum(word_sum(WORD_SUM_START, &b), &a);
+        assert_ne!(ab, ba);
+        // sietool's checksum of 16 zero bytes, computed by hand: two rounds.
+        let round = |h: u64| h.wrapping_mul(0x100000001b3);
+        assert_eq!(
+            word_sum(WORD_SUM_START, &[0; 16]),
+            round(round(WORD_SUM_START))
+        );
+        let figures: BTreeMap<String, f64> = [
+            ("read_bytes".to_string(), 8.0),
+            ("read_sum".to_string(), 5.0),
+        ]
+        .into();
+        assert!(check_read(&figures, 8, 5).is_ok());
+        assert!(check_read(&figures, 16, 5).is_err());
+        assert!(check_read(&figures, 8, 6).is_err());
+    }
+
+    #[test]
     fn host_pass_on_a_small_file() {
         let dir =
             ScratchDir(std::env::temp_dir().join(format!("sie-blk-test-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
         let disk = dir.0.join("d.img");
-        fill(&disk, 2).unwrap();
+        let sum = fill(&disk, 2).unwrap();
+        let data = std::fs::read(&disk).unwrap();
+        assert_eq!(word_sum(WORD_SUM_START, &data) >> 16, sum);
         let direct = direct_works(&disk).unwrap();
         let figures = host_pass(&disk, 2, 10, direct).unwrap();
         assert!(ROWS.iter().all(|(key, _)| figures[*key] > 0.0));

@@ -172,10 +172,14 @@ pub fn run(args: &BenchBootArgs) -> Result<u8, BoxError> {
         let mut exits: Vec<f64> = runs.iter().map(|s| s.exit_ms).collect();
         let exit_spread = spread(&exits);
         let exit = median(&mut exits).unwrap_or(0.0);
+        // run_sie fails the bench on any other status, so every run counted
+        // here exited 0; the count says so in the table.
         println!(
-            "  {label:<30} exit {exit:>9.1} ({exit_spread:>6.1})  x{:.3} vs {}",
+            "  {label:<30} exit {exit:>9.1} ({exit_spread:>6.1})  x{:.3} vs {}  {}/{} exited 0",
             exit / baseline,
-            variants[0].0
+            variants[0].0,
+            runs.len(),
+            args.runs
         );
         let names: std::collections::BTreeSet<&String> =
             runs.iter().flat_map(|s| s.markers.keys()).collect();
@@ -186,7 +190,12 @@ pub fn run(args: &BenchBootArgs) -> Result<u8, BoxError> {
                 .collect();
             let marker_spread = spread(&times);
             let at = median(&mut times).unwrap_or(0.0);
-            println!("  {:<30}   {name:<16} {at:>9.1} ({marker_spread:>6.1})", "");
+            println!(
+                "  {:<30}   {name:<16} {at:>9.1} ({marker_spread:>6.1})  in {}/{} runs",
+                "",
+                times.len(),
+                runs.len()
+            );
         }
     }
     Ok(0)

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 pub mod blk;
 pub mod boot;
 pub mod exits;
+pub mod lifecycle;
 pub mod net;
 
 type BoxError = Box<dyn std::error::Error>;

@@ -4,7 +4,9 @@
 //! appears and serves a sink (port 5001, the guest sends) and a source
 //! (port 5002, the guest receives). The guest side is the initrd's job for
 //! `case=bench_net` (the rig's runs `sietool net-bench 172.16.0.1 5001 5002
-//! MIB` at 172.16.0.2) and prints `@@BENCH tx_mib_s=` / `rx_mib_s=`.
+//! MIB` at 172.16.0.2) and prints `@@BENCH tx_mib_s=` / `rx_mib_s=`, with
+//! `tx_bytes=` / `rx_bytes=`. A run fails unless each side received every
+//! byte the other sent.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -28,12 +30,16 @@ struct HostSample {
     mib_s: f64,
     /// Frames through the tap in the data's direction, per second.
     packets_s: f64,
+    /// Bytes this side received (sink) or sent (source).
+    bytes: u64,
 }
 
 /// One run: the guest's and the host's figures for each direction.
 struct Run {
     guest_tx: f64,
     guest_rx: f64,
+    guest_sent: u64,
+    guest_received: u64,
     sink: HostSample,
     source: HostSample,
 }
@@ -103,6 +109,7 @@ fn sink(
     Ok(HostSample {
         mib_s: mib as f64 / secs,
         packets_s: frames as f64 / secs,
+        bytes,
     })
 }
 
@@ -117,8 +124,10 @@ fn source(
     let mut stream = accept(listener, stop)?;
     let (frames, start) = (counter(tap, "tx_packets"), Instant::now());
     let block = vec![0x5au8; 1 << 16];
+    let mut bytes = 0u64;
     for _ in 0..mib * 16 {
         stream.write_all(&block).map_err(|e| format!("send: {e}"))?;
+        bytes += block.len() as u64;
     }
     stream
         .shutdown(Shutdown::Write)
@@ -129,6 +138,7 @@ fn source(
     Ok(HostSample {
         mib_s: mib as f64 / secs,
         packets_s: frames as f64 / secs,
+        bytes,
     })
 }
 
@@ -211,13 +221,31 @@ fn one_run(
     });
     let output = output?;
     tap?;
-    let figures = guest_figures(&output, &["tx_mib_s", "rx_mib_s"])?;
-    Ok(Run {
+    let figures = guest_figures(&output, &["tx_mib_s", "rx_mib_s", "tx_bytes", "rx_bytes"])?;
+    let run = Run {
         guest_tx: figures["tx_mib_s"],
         guest_rx: figures["rx_mib_s"],
+        guest_sent: figures["tx_bytes"] as u64,
+        guest_received: figures["rx_bytes"] as u64,
         sink: sink?,
         source: source?,
-    })
+    };
+    check_bytes(&run, args.mib << 20)?;
+    Ok(run)
+}
+
+/// Fails unless both directions carried `want` bytes, counted at both ends.
+fn check_bytes(run: &Run, want: u64) -> Result<(), BoxError> {
+    let counts = [
+        ("guest sent", run.guest_sent),
+        ("host received", run.sink.bytes),
+        ("host sent", run.source.bytes),
+        ("guest received", run.guest_received),
+    ];
+    match counts.iter().find(|(_, bytes)| *bytes != want) {
+        Some((who, bytes)) => Err(format!("{who} {bytes} bytes, not {want}").into()),
+        None => Ok(()),
+    }
 }
 
 /// Runs the benchmark and prints its table.
@@ -242,6 +270,16 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
         "  {:<16}{:>20}{:>20}{:>22}",
         "direction", "guest MiB/s", "host MiB/s", "packets/s"
     );
+    for (index, run) in runs.iter().enumerate() {
+        println!(
+            "  run {}: guest->host sent {} received {}; host->guest sent {} received {} bytes",
+            index + 1,
+            run.guest_sent,
+            run.sink.bytes,
+            run.source.bytes,
+            run.guest_received
+        );
+    }
     let col = super::median_spread;
     let rows: [(&str, Vec<f64>, Vec<HostSample>); 2] = [
         (
@@ -285,12 +323,33 @@ mod tests {
             c.write_all(&vec![1u8; 1 << 20]).unwrap();
             c.shutdown(Shutdown::Write).unwrap();
             drain(&mut c).unwrap();
-            assert!(s.join().unwrap().unwrap().mib_s > 0.0);
+            let received = s.join().unwrap().unwrap();
+            assert!(received.mib_s > 0.0);
+            assert_eq!(received.bytes, 1 << 20);
             let s = scope.spawn(|| source(&source_l, "none", 1, &stop));
             let mut c = TcpStream::connect(source_addr).unwrap();
             assert_eq!(drain(&mut c).unwrap(), 1 << 20);
             drop(c);
-            assert!(s.join().unwrap().unwrap().mib_s > 0.0);
+            let sent = s.join().unwrap().unwrap();
+            assert!(sent.mib_s > 0.0);
+            assert_eq!(sent.bytes, 1 << 20);
+            let sample = |bytes| HostSample {
+                mib_s: 1.0,
+                packets_s: 1.0,
+                bytes,
+            };
+            let mut run = Run {
+                guest_tx: 1.0,
+                guest_rx: 1.0,
+                guest_sent: 1 << 20,
+                guest_received: 1 << 20,
+                sink: received,
+                source: sent,
+            };
+            assert!(check_bytes(&run, 1 << 20).is_ok());
+            run.sink = sample(1000);
+            let error = check_bytes(&run, 1 << 20).unwrap_err().to_string();
+            assert_eq!(error, "host received 1000 bytes, not 1048576");
         });
         stop.store(true, Ordering::Relaxed);
         assert!(accept(&sink_l, &stop).is_err());

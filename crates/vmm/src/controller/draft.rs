@@ -38,6 +38,17 @@ impl Draft {
         }
     }
 
+    /// True once a boot source or any device was configured (a snapshot
+    /// may then no longer be loaded: it brings its own).
+    pub fn is_configured(&self) -> bool {
+        self.has_boot_source
+            || !self.config.drives.is_empty()
+            || !self.config.network_interfaces.is_empty()
+            || self.config.vsock.is_some()
+            || self.config.entropy.is_some()
+            || self.config.machine_config.is_some()
+    }
+
     /// The machine configuration, defaults filled in.
     pub fn machine(&self) -> MachineConfig {
         self.config.machine_config.clone().unwrap_or_default()

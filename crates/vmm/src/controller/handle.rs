@@ -72,6 +72,8 @@ impl Controller {
             Request::SetVmState(state) => self.set_vm_state(state),
             Request::PatchDrive(patch) => self.patch_drive(&patch),
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
+            Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
+            Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -175,6 +177,77 @@ impl Controller {
                 Ok(()) => Response::NoContent,
                 Err(error) => Response::Fault(format!("cannot resume the microVM: {error}")),
             },
+        }
+    }
+
+    fn create_snapshot(
+        &mut self,
+        create: &sie_config::SnapshotCreate,
+        hv: &dyn Hypervisor,
+    ) -> Response {
+        if let Err(message) = create.check() {
+            return Response::Fault(message);
+        }
+        let config = match self.draft.to_config() {
+            Ok(config) => config,
+            Err(message) => return Response::Fault(format!("snapshot/create: {message}")),
+        };
+        let Phase::Running(vm) = &mut self.phase else {
+            return Response::fault(BEFORE_START);
+        };
+        let msrs = match hv.supported_msrs() {
+            Ok(msrs) => msrs,
+            Err(error) => {
+                return Response::Fault(format!("snapshot/create: {}", crate::error_chain(&error)));
+            }
+        };
+        let started = std::time::Instant::now();
+        match crate::snapshot::create(
+            vm,
+            &config,
+            msrs,
+            &create.snapshot_path,
+            &create.mem_file_path,
+        ) {
+            Ok(created) => {
+                tracing::info!(
+                    "snapshot created in {} ms ({} bytes of memory written)",
+                    started.elapsed().as_millis(),
+                    created.memory_bytes
+                );
+                Response::NoContent
+            }
+            Err(error) => {
+                Response::Fault(format!("snapshot/create: {}", crate::error_chain(&error)))
+            }
+        }
+    }
+
+    fn load_snapshot_request(
+        &mut self,
+        load: &sie_config::SnapshotLoad,
+        hv: &dyn Hypervisor,
+        manager: &mut Manager,
+    ) -> Response {
+        if self.is_started() {
+            return Response::fault(AFTER_START);
+        }
+        if self.draft.is_configured() {
+            return Response::fault(
+                "snapshot/load: the microVM is already configured (boot source or devices); load a snapshot into a fresh sie",
+            );
+        }
+        let plan = match load.plan() {
+            Ok(plan) => plan,
+            Err(message) => return Response::Fault(message),
+        };
+        let started = std::time::Instant::now();
+        match self.load_snapshot(&plan, hv, manager) {
+            Ok(()) => {
+                tracing::info!("snapshot loaded in {} µs", started.elapsed().as_micros());
+                Response::NoContent
+            }
+            Err(message) => Response::Fault(format!("snapshot/load: {message}")),
         }
     }
 

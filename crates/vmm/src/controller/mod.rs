@@ -91,6 +91,8 @@ pub struct ServeOptions {
     pub start: Instant,
     /// Boot this at once (`--config-file` together with `--api-sock`).
     pub initial_config: Option<VmConfig>,
+    /// Restore this snapshot at once (`sie run --restore`).
+    pub initial_restore: Option<sie_config::SnapshotLoad>,
     /// Host-side build options, made when the VM is built.
     pub build_options: Box<dyn FnMut() -> BuildOptions>,
     /// `PUT /logger` and the config file's `logger` (`None`: refused).
@@ -116,6 +118,7 @@ impl ServeOptions {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             start,
             initial_config: Some(config),
+            initial_restore: None,
             build_options: Box::new(move || {
                 build
                     .take()
@@ -212,6 +215,12 @@ pub fn serve(
         metrics,
         terminal: None,
     };
+    if let Some(load) = controller.options.initial_restore.take() {
+        let plan = load.plan().map_err(VmmError::Restore)?;
+        controller
+            .load_snapshot(&plan, hv, &mut manager)
+            .map_err(VmmError::Restore)?;
+    }
     if let Some(config) = initial {
         let flag_metrics = controller.draft.to_config_unchecked().metrics;
         controller.draft = draft::Draft::from_config(config.clone());
@@ -323,18 +332,53 @@ impl Controller {
             (self.options.build_options)(),
             self.control.clone(),
         )?;
+        self.run_built(built, config, false, manager)
+    }
+
+    /// Starts a built (or restored) VM's vCPUs and serves its devices.
+    fn run_built(
+        &mut self,
+        built: crate::BuiltVm,
+        config: VmConfig,
+        paused: bool,
+        manager: &mut Manager,
+    ) -> Result<()> {
         if self.options.console_input
             && let Some(input) = built.devices.console_input()
         {
             self.terminal = TerminalGuard::raw_stdin();
             manager.add_subscriber(Box::new(input));
         }
-        let mut started = built.start()?;
+        let mut started = built.start_as(paused)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);
         }
+        let logging = self.draft.to_config_unchecked();
         self.draft = draft::Draft::from_config(config);
+        self.draft.note_logging(logging.logger, logging.metrics);
         self.phase = Phase::Running(Box::new(started));
         Ok(())
+    }
+
+    /// Restores a snapshot into this (so far empty) VMM and starts it,
+    /// paused unless the plan says resume.
+    fn load_snapshot(
+        &mut self,
+        plan: &sie_config::LoadPlan,
+        hv: &dyn Hypervisor,
+        manager: &mut Manager,
+    ) -> std::result::Result<(), String> {
+        let snapshot =
+            crate::snapshot::read(&plan.snapshot_path).map_err(|e| crate::error_chain(&e))?;
+        let built = crate::snapshot::restore(
+            &snapshot,
+            &plan.mem_file_path,
+            hv,
+            (self.options.build_options)(),
+            self.control.clone(),
+        )
+        .map_err(|e| crate::error_chain(&e))?;
+        self.run_built(built, snapshot.config, !plan.resume, manager)
+            .map_err(|e| crate::error_chain(&e))
     }
 }

@@ -100,6 +100,8 @@ struct VcpuThread {
     control: Arc<VmControl>,
     requests: Receiver<VcpuRequest>,
     acks: Sender<VcpuAck>,
+    /// Begin `Paused` (a restored VM loaded without `resume_vm`).
+    start_paused: bool,
 }
 
 impl VcpuThread {
@@ -144,7 +146,11 @@ impl VcpuThread {
         let Some(stats) = exits.obs.vcpu(self.index) else {
             return Some(self.crash(CrashKind::RunFailed, "no statistics slot"));
         };
-        let mut state = VcpuState::Running;
+        let mut state = if self.start_paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         let mut entered = Instant::now();
         loop {
             state = match state {

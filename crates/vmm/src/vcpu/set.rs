@@ -77,11 +77,13 @@ pub struct VcpuSet {
 }
 
 impl VcpuSet {
-    /// Starts a thread (`fc_vcpu N`) per vCPU, running.
+    /// Starts a thread (`fc_vcpu N`) per vCPU, running (or paused, as if
+    /// `pause` had been called, when `paused`).
     pub fn spawn(
         vcpus: Vec<Box<dyn Vcpu>>,
         exits: Arc<ExitContext>,
         control: Arc<VmControl>,
+        paused: bool,
     ) -> std::io::Result<Self> {
         let (ack_tx, acks) = mpsc::channel();
         let mut set = Self {
@@ -89,7 +91,7 @@ impl VcpuSet {
             acks,
             exited: vec![false; vcpus.len()],
             next_seq: 1,
-            paused: false,
+            paused,
             control: control.clone(),
         };
         for (index, vcpu) in vcpus.into_iter().enumerate() {
@@ -102,6 +104,7 @@ impl VcpuSet {
                 control: control.clone(),
                 requests: receiver,
                 acks: ack_tx.clone(),
+                start_paused: paused,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("fc_vcpu {index}"))

@@ -1,0 +1,274 @@
+//! Firecracker's snapshot requests: `PUT /snapshot/create` and
+//! `PUT /snapshot/load`, in its exact shapes (deprecated fields included,
+//! since older clients still send them).
+//!
+//! [`SnapshotLoad::plan`] turns a load request into what sie will do, or a
+//! one-line refusal for each field that asks for something sie cannot do
+//! yet: every accepted field takes effect.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `snapshot_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only what changed since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// Full (the default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: Option<SnapshotType>,
+    /// Where the VM's state goes.
+    pub snapshot_path: PathBuf,
+    /// Where guest memory goes.
+    pub mem_file_path: PathBuf,
+}
+
+/// `mem_backend.backend_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// Map the memory file.
+    File,
+    /// Hand page faults to a user process over a Unix socket.
+    Uffd,
+    /// sie extension: serve page faults from the file inside sie.
+    Lazy,
+}
+
+/// `mem_backend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// How guest memory is brought back.
+    pub backend_type: MemBackendType,
+    /// The memory file (File, Lazy) or the handler's socket (Uffd).
+    pub backend_path: PathBuf,
+}
+
+/// One `network_overrides` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The interface's id in the snapshot.
+    pub iface_id: String,
+    /// The tap to use instead.
+    pub host_dev_name: String,
+}
+
+/// `vsock_override`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The Unix socket to use instead.
+    pub uds_path: PathBuf,
+}
+
+/// `PUT /snapshot/load` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoad {
+    /// The snapshot file.
+    pub snapshot_path: PathBuf,
+    /// How memory comes back.
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Deprecated form of `mem_backend: {File, path}`.
+    #[serde(default)]
+    pub mem_file_path: Option<PathBuf>,
+    /// Deprecated form of `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Track dirty pages for later Diff snapshots.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Resume the VM once loaded (else it stays paused).
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    /// Taps to use instead of the snapshot's.
+    #[serde(default)]
+    pub network_overrides: Option<Vec<NetworkOverride>>,
+    /// Vsock socket to use instead of the snapshot's.
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+    /// Advance the guest clock by the time spent as files.
+    #[serde(default)]
+    pub clock_realtime: Option<bool>,
+    /// Huge pages for the restored memory.
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+}
+
+/// What a load request asks for, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadPlan {
+    /// The snapshot file.
+    pub snapshot_path: PathBuf,
+    /// The memory file, mapped copy-on-write.
+    pub mem_file_path: PathBuf,
+    /// Resume once loaded.
+    pub resume: bool,
+}
+
+impl SnapshotLoad {
+    /// A load of `snapshot_path` with its memory from `mem_file_path`.
+    pub fn from_files(snapshot_path: PathBuf, mem_file_path: PathBuf, resume: bool) -> Self {
+        Self {
+            snapshot_path,
+            mem_backend: Some(MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: mem_file_path,
+            }),
+            mem_file_path: None,
+            enable_diff_snapshots: None,
+            track_dirty_pages: None,
+            resume_vm: Some(resume),
+            network_overrides: None,
+            vsock_override: None,
+            clock_realtime: None,
+            huge_pages: None,
+        }
+    }
+
+    /// Checks the request and says what sie will do: one line naming the
+    /// first field sie cannot honour, or that contradicts another.
+    pub fn plan(&self) -> Result<LoadPlan, String> {
+        let mem_file_path = match (&self.mem_backend, &self.mem_file_path) {
+            (Some(_), Some(_)) => {
+                return Err("snapshot/load: give mem_backend or mem_file_path, not both".into());
+            }
+            (None, None) => {
+                return Err("snapshot/load: mem_backend (or mem_file_path) is required".into());
+            }
+            (None, Some(path)) => path.clone(),
+            (Some(backend), None) => match backend.backend_type {
+                MemBackendType::File => backend.backend_path.clone(),
+                MemBackendType::Uffd => {
+                    return Err("snapshot/load: mem_backend Uffd is not supported yet".into());
+                }
+                MemBackendType::Lazy => {
+                    return Err("snapshot/load: mem_backend Lazy is not supported yet".into());
+                }
+            },
+        };
+        if self.track_dirty_pages == Some(true) || self.enable_diff_snapshots == Some(true) {
+            return Err("snapshot/load: track_dirty_pages is not supported yet".into());
+        }
+        if self
+            .network_overrides
+            .as_ref()
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err("snapshot/load: network_overrides is not supported yet".into());
+        }
+        if self.vsock_override.is_some() {
+            return Err("snapshot/load: vsock_override is not supported yet".into());
+        }
+        if self.clock_realtime == Some(true) {
+            return Err("snapshot/load: clock_realtime is not supported yet".into());
+        }
+        match self.huge_pages.as_deref() {
+            None | Some("None") => {}
+            Some(other) => {
+                return Err(format!(
+                    "snapshot/load: huge_pages {other:?} is not supported yet"
+                ));
+            }
+        }
+        Ok(LoadPlan {
+            snapshot_path: self.snapshot_path.clone(),
+            mem_file_path,
+            resume: self.resume_vm.unwrap_or(false),
+        })
+    }
+}
+
+impl SnapshotCreate {
+    /// One line naming what sie cannot do yet, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.snapshot_type == Some(SnapshotType::Diff) {
+            return Err("snapshot/create: Diff snapshots are not supported yet".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Result<LoadPlan, String> {
+        serde_json::from_str::<SnapshotLoad>(json)
+            .map_err(|e| e.to_string())?
+            .plan()
+    }
+
+    #[test]
+    fn firecracker_shapes_parse_and_plan() {
+        let plan = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"},
+                "resume_vm": true, "track_dirty_pages": false, "network_overrides": []}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.mem_file_path, PathBuf::from("m"));
+        assert!(plan.resume);
+        let old =
+            load(r#"{"snapshot_path": "s", "mem_file_path": "m", "enable_diff_snapshots": false}"#)
+                .unwrap();
+        assert_eq!((old.mem_file_path, old.resume), (PathBuf::from("m"), false));
+    }
+
+    #[test]
+    fn what_sie_cannot_do_yet_is_refused_by_name() {
+        let cases = [
+            (
+                r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#,
+                "Uffd",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "track_dirty_pages": true}"#,
+                "track_dirty_pages",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#,
+                "network_overrides",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "clock_realtime": true}"#,
+                "clock_realtime",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "2M"}"#,
+                "huge_pages",
+            ),
+            (r#"{"snapshot_path": "s"}"#, "required"),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
+                "not both",
+            ),
+        ];
+        for (json, word) in cases {
+            let error = load(json).unwrap_err();
+            assert!(error.contains(word), "{json}: {error}");
+        }
+        let diff: SnapshotCreate = serde_json::from_str(
+            r#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}"#,
+        )
+        .unwrap();
+        assert!(diff.check().unwrap_err().contains("Diff"));
+        assert!(
+            serde_json::from_str::<SnapshotCreate>(
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "x": 1}"#
+            )
+            .is_err()
+        );
+    }
+}

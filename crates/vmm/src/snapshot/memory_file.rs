@@ -1,0 +1,231 @@
+//! Guest RAM as a file: each region at its guest-physical offset, so a
+//! restore maps the file straight into the new VM. Pages the guest never
+//! touched stay holes (a sparse file), so creating a snapshot writes only
+//! what exists, and restoring maps the file copy-on-write: nothing is read
+//! until the guest touches it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+
+use super::durable::write_durably;
+
+const PAGE: usize = 4096;
+
+/// One RAM region's place in the memory file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionEntry {
+    /// Guest-physical start (and file offset).
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The RAM layout of a VM, as the snapshot records it.
+pub fn layout_of(memory: &GuestMemoryMmap) -> Vec<RegionEntry> {
+    memory
+        .iter()
+        .map(|region| RegionEntry {
+            guest_addr: region.start_addr().0,
+            len: region.len(),
+        })
+        .collect()
+}
+
+/// Bytes the memory file must have for `layout`.
+pub fn file_len(layout: &[RegionEntry]) -> u64 {
+    layout
+        .iter()
+        .map(|r| r.guest_addr.saturating_add(r.len))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Which pages of `region` are in memory (`mincore`); pages never touched
+/// are not, and need not be written.
+fn resident_pages(region: &GuestRegionMmap) -> io::Result<Vec<bool>> {
+    let len = usize::try_from(region.len()).map_err(io::Error::other)?;
+    let mut residency = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: the range is exactly one mapping vm-memory created and keeps
+    // alive (page-aligned by mmap); `residency` has one byte per page.
+    let rc = unsafe { libc::mincore(region.as_ptr().cast(), len, residency.as_mut_ptr().cast()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(residency.iter().map(|page| page & 1 != 0).collect())
+}
+
+fn is_zero_page(memory: &GuestMemoryMmap, at: GuestAddress) -> io::Result<bool> {
+    let mut page = [0u8; PAGE];
+    memory
+        .read_slice(&mut page, at)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(page.iter().all(|&b| b == 0))
+}
+
+/// Writes guest RAM to `path` (crash-safely) and returns the bytes written.
+/// With `scan_contents` (memory that came from a file, whose untouched pages
+/// are not resident yet still hold data), every page is read and only
+/// all-zero pages are left as holes; otherwise pages that are not resident
+/// are skipped without being read.
+pub fn write(memory: &GuestMemoryMmap, path: &Path, scan_contents: bool) -> io::Result<u64> {
+    let mut written = 0u64;
+    write_durably(path, |file| {
+        file.set_len(file_len(&layout_of(memory)))?;
+        for region in memory.iter() {
+            let base = region.start_addr().0;
+            let pages = if scan_contents {
+                vec![
+                    true;
+                    usize::try_from(region.len())
+                        .map_err(io::Error::other)?
+                        .div_ceil(PAGE)
+                ]
+            } else {
+                resident_pages(region)?
+            };
+            let mut index = 0;
+            while index < pages.len() {
+                let at = GuestAddress(base + (index * PAGE) as u64);
+                if !pages[index] || is_zero_page(memory, at)? {
+                    index += 1;
+                    continue;
+                }
+                // A run of pages to write in one go.
+                let mut end = index + 1;
+                while end < pages.len()
+                    && pages[end]
+                    && !is_zero_page(memory, GuestAddress(base + (end * PAGE) as u64))?
+                {
+                    end += 1;
+                }
+                let count = (end - index) * PAGE;
+                file.seek(SeekFrom::Start(at.0))?;
+                memory
+                    .write_all_volatile_to(at, file, count)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                written += count as u64;
+                index = end;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(written)
+}
+
+/// Why a memory file cannot back a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    /// It could not be opened or mapped.
+    #[error("memory file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Its size does not match the snapshot.
+    #[error("memory file {path} has {found} bytes; the snapshot's memory needs {expected}")]
+    Size {
+        /// The file.
+        path: String,
+        /// Its size.
+        found: u64,
+        /// What the layout needs.
+        expected: u64,
+    },
+}
+
+/// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
+/// written, and nothing is read until the guest touches it.
+pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let io_error = |source| MemoryFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = OpenOptions::new().read(true).open(path).map_err(io_error)?;
+    let found = file.metadata().map_err(io_error)?.len();
+    let expected = file_len(layout);
+    if found != expected {
+        return Err(MemoryFileError::Size {
+            path: path.display().to_string(),
+            found,
+            expected,
+        });
+    }
+    let mut regions = Vec::with_capacity(layout.len());
+    for entry in layout {
+        let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
+        let clone: File = file.try_clone().map_err(io_error)?;
+        let mapping = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(clone, entry.guest_addr))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+            .build()
+            .map_err(|e| io_error(io::Error::other(e.to_string())))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(entry.guest_addr))
+            .ok_or_else(|| io_error(io::Error::other("region past the address space")))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_pages_are_written_and_the_rest_are_holes() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        memory.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
+        memory
+            .write_obj(0xbeef_u64, GuestAddress(0x8_0000))
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("sie-memfile-{}", std::process::id()));
+        let written = write(&memory, &path, false).unwrap();
+        assert_eq!(written, 2 * PAGE as u64, "only the two touched pages");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 1 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 < 64 * 1024, "a sparse file");
+
+        let restored = map(&path, &layout_of(&memory)).unwrap();
+        assert_eq!(
+            restored.read_obj::<u64>(GuestAddress(0x5000)).unwrap(),
+            0xfeed
+        );
+        assert_eq!(
+            restored.read_obj::<u64>(GuestAddress(0x8_0000)).unwrap(),
+            0xbeef
+        );
+        // Copy-on-write: the guest's writes never reach the file.
+        restored.write_obj(1u64, GuestAddress(0x5000)).unwrap();
+        let again = map(&path, &layout_of(&memory)).unwrap();
+        assert_eq!(again.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
+        // A restored VM's memory is scanned, not asked for residency.
+        let second = path.with_extension("2");
+        assert_eq!(write(&restored, &second, true).unwrap(), 2 * PAGE as u64);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&second).unwrap();
+    }
+
+    #[test]
+    fn a_memory_file_of_the_wrong_size_is_refused() {
+        let path = std::env::temp_dir().join(format!("sie-memfile-short-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 1 << 20,
+        }];
+        let error = map(&path, &layout).unwrap_err();
+        assert!(error.to_string().contains("has 4096 bytes"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
