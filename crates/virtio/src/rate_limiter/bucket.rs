@@ -134,9 +134,11 @@ impl TokenBucket {
         self.burst
     }
 
-    /// Nanoseconds to refill `tokens`, rounded up.
+    /// Nanoseconds to refill `tokens`, rounded up (saturating: the
+    /// settings come from the user and may be absurd).
     fn refill_nanos(&self, tokens: u64) -> u128 {
-        let total = u128::from(tokens) * u128::from(self.refill_time_ms) * NANOS_PER_MILLI;
+        let total =
+            (u128::from(tokens) * u128::from(self.refill_time_ms)).saturating_mul(NANOS_PER_MILLI);
         total.div_ceil(u128::from(self.size))
     }
 
@@ -148,8 +150,8 @@ impl TokenBucket {
             self.refilled_at = now;
             return;
         }
-        // elapsed < full, so the product stays far below u128::MAX.
-        let tokens = (elapsed * u128::from(self.size) / full) as u64;
+        // elapsed < full, so this is less than `size` and fits a u64.
+        let tokens = (elapsed.saturating_mul(u128::from(self.size)) / full) as u64;
         if tokens == 0 {
             return;
         }

@@ -170,3 +170,45 @@ fn an_update_lifts_a_block_left_by_an_oversized_request() {
     b.update(&bytes(0, 0, 0), t0);
     assert_eq!(b.admit(1, 1, t0), Admission::Now);
 }
+
+#[test]
+fn absurd_settings_neither_overflow_nor_panic() {
+    let t0 = Instant::now();
+    let huge = BucketConfig {
+        size: u64::MAX,
+        one_time_burst: u64::MAX,
+        refill_time_ms: u64::MAX,
+    };
+    let config = LimiterConfig {
+        bandwidth: Some(huge),
+        ops: Some(BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: u64::MAX,
+        }),
+    };
+    let mut b = Buckets::new(&config, t0);
+    assert_eq!(b.admit(1, u64::MAX, t0), Admission::Now);
+    // One operation per 584 million years: the next one waits as long as a
+    // Duration of u64::MAX nanoseconds (584 years) says.
+    let Admission::After(wait) = b.admit(1, 1, t0 + Duration::from_secs(3600)) else {
+        panic!("the second operation went through");
+    };
+    assert_eq!(wait, Duration::from_nanos(u64::MAX));
+    // An oversized request whose excess would take longer than u128
+    // nanoseconds can count to refill.
+    let tiny = BucketConfig {
+        size: 1,
+        one_time_burst: 0,
+        refill_time_ms: u64::MAX,
+    };
+    let mut b = Buckets::new(
+        &LimiterConfig {
+            bandwidth: Some(tiny),
+            ops: None,
+        },
+        t0,
+    );
+    assert_eq!(b.admit(1, u64::MAX, t0), Admission::Now);
+    assert!(matches!(b.admit(1, 1, t0), Admission::After(_)));
+}
