@@ -2,8 +2,9 @@
 //!
 //! A setting sie would accept but not honour is refused here, with a fault
 //! saying it is "not supported yet", so the API, the config file and the
-//! CLI all refuse it alike: `io_engine` other than "Sync", `cache_type`
-//! other than "Writeback", and any rate limiter that limits something.
+//! CLI all refuse it alike: `io_engine` other than "Sync" and `cache_type`
+//! other than "Writeback". Rate limiters are enforced (sie-virtio's
+//! `rate_limiter`), so every one Firecracker accepts is accepted.
 
 use std::path::PathBuf;
 
@@ -12,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::resource_id::{IdError, validate_id};
 
 /// Firecracker's `RateLimiter`: a bytes bucket and an operations bucket.
-/// Clients send `{}` or null buckets when they want no limit, and sie,
-/// which does not limit yet, accepts only those (see [`RateLimiter::limits`]).
+/// Clients send `{}` or null buckets when they want no limit. In a `PATCH`,
+/// an absent bucket is left as it is and a bucket of size 0 removes that
+/// limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimiter {
@@ -25,7 +27,9 @@ pub struct RateLimiter {
     pub ops: Option<TokenBucket>,
 }
 
-/// Firecracker's `TokenBucket`.
+/// Firecracker's `TokenBucket`: holds up to `size` tokens, starts full,
+/// refills `size` tokens every `refill_time` ms; `one_time_burst` extra
+/// tokens are spent first and never refill.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
@@ -47,24 +51,26 @@ impl TokenBucket {
 }
 
 impl RateLimiter {
+    /// `patch` applied to these settings, as `PATCH` does: the buckets it
+    /// names replace these (a bucket that limits nothing removes one),
+    /// the others stay. What `GET /vm/config` then shows.
+    pub fn merged(current: Option<&Self>, patch: &Self) -> Self {
+        let pick = |patched: &Option<TokenBucket>, kept: Option<&TokenBucket>| match patched {
+            Some(bucket) => Some(bucket.clone()).filter(TokenBucket::limits),
+            None => kept.cloned(),
+        };
+        Self {
+            bandwidth: pick(&patch.bandwidth, current.and_then(|c| c.bandwidth.as_ref())),
+            ops: pick(&patch.ops, current.and_then(|c| c.ops.as_ref())),
+        }
+    }
+
     /// True when either bucket limits anything.
     pub fn limits(&self) -> bool {
         [&self.bandwidth, &self.ops]
             .into_iter()
             .flatten()
             .any(TokenBucket::limits)
-    }
-}
-
-/// Refuses a rate limiter that would limit: sie does not enforce them yet,
-/// and a limit that is accepted but not applied would mislead the client.
-pub fn check_rate_limiter(
-    field: &'static str,
-    limiter: Option<&RateLimiter>,
-) -> Result<(), DeviceConfigError> {
-    match limiter {
-        Some(limiter) if limiter.limits() => Err(DeviceConfigError::RateLimiter(field)),
-        _ => Ok(()),
     }
 }
 
@@ -91,7 +97,7 @@ pub struct Drive {
     /// "Sync" or "Async"; sie only offers "Sync".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
-    /// Only an empty one (no limit) for now.
+    /// Limits the drive's requests (1 operation each) and bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<Box<RateLimiter>>,
 }
@@ -114,10 +120,10 @@ pub struct NetworkInterface {
     /// 65535; absent: not offered, the guest picks its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
-    /// Only an empty one (no limit) for now.
+    /// Limits the frames (1 operation each) and bytes delivered to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<Box<RateLimiter>>,
-    /// Only an empty one (no limit) for now.
+    /// Limits the frames (1 operation each) and bytes the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<Box<RateLimiter>>,
 }
@@ -139,7 +145,7 @@ pub struct Vsock {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entropy {
-    /// Only an empty one (no limit) for now.
+    /// Limits the entropy requests (1 operation each) and bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<Box<RateLimiter>>,
 }
@@ -182,11 +188,6 @@ pub enum DeviceConfigError {
         /// The one value sie offers.
         offered: &'static str,
     },
-    /// A rate limiter that limits something (the field is named).
-    #[error(
-        "{0}: rate limiting is not supported yet (only an empty limiter: {{}} or null buckets)"
-    )]
-    RateLimiter(&'static str),
     /// CIDs 0–2 are reserved.
     #[error("vsock: guest_cid {0} is reserved; use 3 or more")]
     Cid(u32),
@@ -237,7 +238,7 @@ impl Drive {
                 });
             }
         }
-        check_rate_limiter("drives: rate_limiter", self.rate_limiter.as_deref())
+        Ok(())
     }
 }
 
@@ -254,21 +255,14 @@ impl NetworkInterface {
         if let Some(mtu) = self.mtu.filter(|&mtu| mtu < MIN_MTU) {
             return Err(DeviceConfigError::Mtu(mtu));
         }
-        check_rate_limiter(
-            "network-interfaces: rx_rate_limiter",
-            self.rx_rate_limiter.as_deref(),
-        )?;
-        check_rate_limiter(
-            "network-interfaces: tx_rate_limiter",
-            self.tx_rate_limiter.as_deref(),
-        )
+        Ok(())
     }
 }
 
 impl Entropy {
-    /// Checks every field.
+    /// Checks every field: any rate limiter Firecracker parses is valid.
     pub fn validate(&self) -> Result<(), DeviceConfigError> {
-        check_rate_limiter("entropy: rate_limiter", self.rate_limiter.as_deref())
+        Ok(())
     }
 }
 
@@ -367,7 +361,7 @@ mod refusals {
     }
 
     #[test]
-    fn empty_rate_limiters_are_accepted_and_limiting_ones_refused() {
+    fn every_rate_limiter_is_accepted_and_only_nonzero_buckets_limit() {
         for empty in [
             "{}",
             r#"{"bandwidth": null, "ops": null}"#,
@@ -383,40 +377,36 @@ mod refusals {
         }
         let limiting = r#"{"ops": {"size": 1000, "refill_time": 1000}}"#;
         assert!(limiter(limiting).limits());
-        let message = drive(&format!(r#","rate_limiter":{limiting}"#))
-            .unwrap_err()
-            .to_string();
-        assert!(message.starts_with("drives: rate_limiter"), "{message}");
-        assert!(message.contains("not supported yet"), "{message}");
-
-        let mut nic = NetworkInterface {
+        assert_eq!(drive(&format!(r#","rate_limiter":{limiting}"#)), Ok(()));
+        let nic = NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: None,
             mtu: None,
-            rx_rate_limiter: Some(Box::default()),
+            rx_rate_limiter: Some(Box::new(limiter(limiting))),
             tx_rate_limiter: Some(Box::new(limiter(limiting))),
         };
-        let message = nic.validate().unwrap_err().to_string();
-        assert!(message.contains("tx_rate_limiter"), "{message}");
-        assert!(message.contains("not supported yet"), "{message}");
-        nic.tx_rate_limiter = None;
         assert_eq!(nic.validate(), Ok(()));
-        nic.rx_rate_limiter = Some(Box::new(limiter(limiting)));
-        assert!(
-            nic.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("rx_rate_limiter")
-        );
-
         let entropy = Entropy {
             rate_limiter: Some(Box::new(limiter(limiting))),
         };
-        let message = entropy.validate().unwrap_err().to_string();
-        assert!(message.contains("entropy: rate_limiter"), "{message}");
-        assert!(message.contains("not supported yet"), "{message}");
-        assert_eq!(Entropy::default().validate(), Ok(()));
+        assert_eq!(entropy.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_patch_replaces_named_buckets_and_keeps_the_rest() {
+        let current = limiter(
+            r#"{"bandwidth": {"size": 1000, "refill_time": 100}, "ops": {"size": 5, "refill_time": 10}}"#,
+        );
+        let merged = RateLimiter::merged(
+            Some(&current),
+            &limiter(r#"{"ops": {"size": 0, "refill_time": 0}}"#),
+        );
+        assert_eq!(merged.bandwidth, current.bandwidth);
+        assert_eq!(merged.ops, None);
+        let merged =
+            RateLimiter::merged(None, &limiter(r#"{"ops": {"size": 7, "refill_time": 1}}"#));
+        assert_eq!(merged.ops.map(|b| b.size), Some(7));
     }
 
     #[test]

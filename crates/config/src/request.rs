@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::boot_source::BootSource;
-use crate::devices::{
-    DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock, check_rate_limiter,
-};
+use crate::devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, RateLimiter, Vsock};
 use crate::logging::{Logger, Metrics};
 use crate::machine_config::MachineConfig;
 
@@ -166,15 +164,18 @@ pub struct DrivePatch {
     /// A new backing file.
     #[serde(default)]
     pub path_on_host: Option<PathBuf>,
-    /// A new rate limiter; only an empty one (no limit) for now.
+    /// New rate limits: named buckets replace the drive's (a size of 0
+    /// removes one, what is left of the budget carries over), absent
+    /// buckets stay.
     #[serde(default)]
     pub rate_limiter: Option<Box<RateLimiter>>,
 }
 
 impl DrivePatch {
-    /// Checks every field, as [`Drive::validate`] checks the same ones.
+    /// Checks every field, as [`Drive::validate`] checks the same ones:
+    /// any rate limiter Firecracker parses is valid.
     pub fn validate(&self) -> Result<(), DeviceConfigError> {
-        check_rate_limiter("drives: rate_limiter", self.rate_limiter.as_deref())
+        Ok(())
     }
 }
 
@@ -184,25 +185,19 @@ impl DrivePatch {
 pub struct NetworkInterfacePatch {
     /// Which interface.
     pub iface_id: String,
-    /// Receive rate limiter; only an empty one (no limit) for now.
+    /// New receive limits, merged as in [`DrivePatch::rate_limiter`].
     #[serde(default)]
     pub rx_rate_limiter: Option<Box<RateLimiter>>,
-    /// Transmit rate limiter; only an empty one (no limit) for now.
+    /// New transmit limits, merged as in [`DrivePatch::rate_limiter`].
     #[serde(default)]
     pub tx_rate_limiter: Option<Box<RateLimiter>>,
 }
 
 impl NetworkInterfacePatch {
-    /// Checks every field, as [`NetworkInterface::validate`] checks them.
+    /// Checks every field, as [`NetworkInterface::validate`] checks them:
+    /// any rate limiter Firecracker parses is valid.
     pub fn validate(&self) -> Result<(), DeviceConfigError> {
-        check_rate_limiter(
-            "network-interfaces: rx_rate_limiter",
-            self.rx_rate_limiter.as_deref(),
-        )?;
-        check_rate_limiter(
-            "network-interfaces: tx_rate_limiter",
-            self.tx_rate_limiter.as_deref(),
-        )
+        Ok(())
     }
 }
 
@@ -240,30 +235,23 @@ mod tests {
     }
 
     #[test]
-    fn patches_refuse_limiting_rate_limiters() {
-        let drive: DrivePatch = serde_json::from_str(
-            r#"{"drive_id": "root", "rate_limiter": {"bandwidth": null, "ops": null}}"#,
-        )
-        .unwrap();
-        assert_eq!(drive.validate(), Ok(()));
+    fn patches_take_rate_limiters_and_keep_absent_buckets_absent() {
         let drive: DrivePatch = serde_json::from_str(
             r#"{"drive_id": "root", "rate_limiter": {"ops": {"size": 5, "refill_time": 5}}}"#,
         )
         .unwrap();
-        let message = drive.validate().unwrap_err().to_string();
-        assert!(message.contains("not supported yet"), "{message}");
-        let nic: NetworkInterfacePatch = serde_json::from_str(
-            r#"{"iface_id": "eth0", "rx_rate_limiter": {}, "tx_rate_limiter": null}"#,
-        )
-        .unwrap();
-        assert_eq!(nic.validate(), Ok(()));
+        assert_eq!(drive.validate(), Ok(()));
+        let limiter = drive.rate_limiter.unwrap();
+        assert!(limiter.limits());
+        // Absent: that bucket is left as it is by the VMM.
+        assert_eq!(limiter.bandwidth, None);
         let nic: NetworkInterfacePatch = serde_json::from_str(
             r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 9, "refill_time": 9}}}"#,
         )
         .unwrap();
-        let message = nic.validate().unwrap_err().to_string();
-        assert!(message.contains("rx_rate_limiter"), "{message}");
-        assert!(message.contains("not supported yet"), "{message}");
+        assert_eq!(nic.validate(), Ok(()));
+        assert!(nic.rx_rate_limiter.unwrap().limits());
+        assert_eq!(nic.tx_rate_limiter, None);
     }
 
     #[test]

@@ -337,16 +337,6 @@ mod tests {
                 r#""io_engine": "Async""#,
                 "io_engine",
             ),
-            (
-                r#""rate_limiter": null"#,
-                r#""rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#,
-                "drives: rate_limiter",
-            ),
-            (
-                r#""bandwidth": null, "ops": null"#,
-                r#""ops": {"size": 10, "refill_time": 100}"#,
-                "entropy: rate_limiter",
-            ),
         ] {
             assert!(FULL.contains(from), "{from}");
             let config = VmConfig::from_json(&FULL.replace(from, to)).unwrap();
@@ -354,6 +344,23 @@ mod tests {
             assert!(message.contains(field), "{message}");
             assert!(message.contains("not supported yet"), "{message}");
         }
+    }
+
+    #[test]
+    fn rate_limiters_that_limit_are_accepted_from_a_config_file() {
+        let text = FULL
+            .replace(
+                r#""rate_limiter": null"#,
+                r#""rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}"#,
+            )
+            .replace(
+                r#""bandwidth": null, "ops": null"#,
+                r#""ops": {"size": 10, "refill_time": 100}"#,
+            );
+        let config = VmConfig::from_json(&text).unwrap();
+        assert_eq!(config.validate().map_err(|e| e.to_string()), Ok(()));
+        assert!(config.drives[0].rate_limiter.as_ref().unwrap().limits());
+        assert!(config.entropy.unwrap().rate_limiter.unwrap().limits());
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct Segment {
 }
 
 /// Why a chain was dropped.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     /// A loop, a `next` out of range, more links than the queue holds, or
     /// more than 4 GiB in total.
@@ -96,21 +96,39 @@ pub fn drain_queue(
     counters: &VirtioCounters,
     mut serve: impl FnMut(Result<Vec<Segment>, ChainError>) -> u32,
 ) -> Result<bool, DeviceFault> {
+    drain_queue_until(queue, mem, counters, |buffers| Some(serve(buffers)))
+}
+
+/// [`drain_queue`] where `serve` may answer `None`: that chain goes back on
+/// the ring (not counted as a request yet) and draining stops there, with
+/// notifications left suppressed, since the device itself comes back to
+/// the queue (a rate limiter's timer).
+pub fn drain_queue_until(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    counters: &VirtioCounters,
+    mut serve: impl FnMut(Result<Vec<Segment>, ChainError>) -> Option<u32>,
+) -> Result<bool, DeviceFault> {
     let ring_fault = |_| {
         counters.error();
         DeviceFault::RingAccess
     };
     let mut used_any = false;
-    loop {
+    'drain: loop {
         queue.disable_notification(mem).map_err(ring_fault)?;
-        while let Some(chain) = next_chain(queue, mem, counters)? {
+        while let Some(chain) = take_chain(queue, mem, counters)? {
             let head = chain.head_index();
             let buffers = segments(chain, mem);
-            if let Err(error) = &buffers {
+            let invalid = buffers.as_ref().err().cloned();
+            let Some(len) = serve(buffers) else {
+                queue.go_to_previous_position();
+                break 'drain;
+            };
+            counters.request();
+            if let Some(error) = invalid {
                 counters.error();
                 tracing::debug!(%error, head, "virtio chain dropped");
             }
-            let len = serve(buffers);
             queue.add_used(mem, head, len).map_err(ring_fault)?;
             used_any = true;
         }
@@ -132,6 +150,20 @@ pub(crate) fn next_chain<'m>(
     mem: &'m GuestMemory,
     counters: &VirtioCounters,
 ) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceFault> {
+    let chain = take_chain(queue, mem, counters)?;
+    if chain.is_some() {
+        counters.request();
+    }
+    Ok(chain)
+}
+
+/// [`next_chain`] without counting the request, for a device that may put
+/// the chain back (`Queue::go_to_previous_position`) and count it later.
+pub(crate) fn take_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+    counters: &VirtioCounters,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, DeviceFault> {
     let chain = match queue.iter(mem) {
         Ok(mut available) => available.next(),
         Err(QueueError::QueueNotReady) => None,
@@ -147,9 +179,10 @@ pub(crate) fn next_chain<'m>(
     let Some(chain) = chain else {
         return Ok(None);
     };
-    counters.request();
     let head = chain.head_index();
     if head >= queue.size() {
+        // Counted as a request, as before the device could put chains back.
+        counters.request();
         counters.error();
         return Err(DeviceFault::HeadOutOfRange(head));
     }

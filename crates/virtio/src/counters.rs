@@ -15,6 +15,7 @@ pub struct VirtioCounters {
     interrupts: AtomicU64,
     invalid_accesses: AtomicU64,
     invalid_status: AtomicU64,
+    throttled: AtomicU64,
 }
 
 /// A plain copy of [`VirtioCounters`] at one moment.
@@ -37,12 +38,14 @@ pub struct CountersSnapshot {
     pub invalid_accesses: u64,
     /// Status writes that broke the driver initialisation sequence.
     pub invalid_status: u64,
+    /// Times a rate limiter stopped a queue until its timer fired.
+    pub throttled: u64,
 }
 
 impl CountersSnapshot {
     /// Name/value pairs, for whichever metrics format the caller speaks
     /// (the devices crate stays free of serde).
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("requests", self.requests),
             ("bytes_read", self.bytes_read),
@@ -52,6 +55,7 @@ impl CountersSnapshot {
             ("interrupts", self.interrupts),
             ("invalid_accesses", self.invalid_accesses),
             ("invalid_status", self.invalid_status),
+            ("throttled", self.throttled),
         ]
     }
 }
@@ -94,6 +98,11 @@ impl VirtioCounters {
         bump(&self.invalid_status, 1);
     }
 
+    /// A rate limiter stopped a queue.
+    pub fn throttled(&self) {
+        bump(&self.throttled, 1);
+    }
+
     /// A copy of every counter.
     pub fn snapshot(&self) -> CountersSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -106,6 +115,7 @@ impl VirtioCounters {
             interrupts: get(&self.interrupts),
             invalid_accesses: get(&self.invalid_accesses),
             invalid_status: get(&self.invalid_status),
+            throttled: get(&self.throttled),
         }
     }
 }
@@ -125,6 +135,7 @@ mod tests {
         c.interrupt();
         c.invalid_access();
         c.invalid_status();
+        c.throttled();
         let fields = c.snapshot().fields();
         assert_eq!(fields[1], ("bytes_read", 10));
         assert_eq!(fields[2], ("bytes_written", 20));

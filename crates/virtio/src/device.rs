@@ -13,7 +13,7 @@ use sie_devices::Interrupt;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::{Queue, QueueT};
 
-use crate::chain::{ChainError, Segment, drain_queue};
+use crate::chain::{ChainError, Segment, drain_queue_until};
 use crate::counters::VirtioCounters;
 use crate::fault::DeviceFault;
 use crate::memory::GuestMemory;
@@ -62,6 +62,20 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self) -> Result<(), DeviceFault> {
         Ok(())
     }
+    /// The timers of the device's rate limiters (see
+    /// [`crate::rate_limiter`]), which the event thread watches. Asked
+    /// once, when the worker is registered, so they must exist from the
+    /// start even while nothing is limited.
+    fn timer_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+    /// Timer `index` of [`Self::timer_fds`] fired: consume the expiry (even
+    /// while the driver is not live, or the event loop would spin) and name
+    /// the queue it held back, which the transport serves if the device is
+    /// live.
+    fn timer_fired(&mut self, _index: usize) -> Option<usize> {
+        None
+    }
 }
 
 /// What a device receives when the driver sets DRIVER_OK.
@@ -109,8 +123,19 @@ impl SingleQueue {
         counters: &VirtioCounters,
         mut serve: impl FnMut(&GuestMemory, Result<Vec<Segment>, ChainError>) -> u32,
     ) -> Result<(), DeviceFault> {
+        self.drain_until(counters, |mem, buffers| Some(serve(mem, buffers)))
+    }
+
+    /// [`Self::drain`] for a device that may hold requests back (a rate
+    /// limiter): `serve` returns `None` to leave the chain on the ring and
+    /// stop until the device serves the queue again.
+    pub fn drain_until(
+        &mut self,
+        counters: &VirtioCounters,
+        mut serve: impl FnMut(&GuestMemory, Result<Vec<Segment>, ChainError>) -> Option<u32>,
+    ) -> Result<(), DeviceFault> {
         let mem = &self.mem;
-        if drain_queue(&mut self.queue, mem, counters, |buffers| {
+        if drain_queue_until(&mut self.queue, mem, counters, |buffers| {
             serve(mem, buffers)
         })? {
             self.interrupt.signal_used();

@@ -9,6 +9,10 @@
 //! from the ACPI DSDT or the kernel command line
 //! (`virtio_mmio.device=4K@base:irq`).
 //!
+//! Drives, network interfaces and the entropy device take Firecracker's
+//! rate limiters ([`rate_limiter`]): a request they refuse stays on its
+//! ring while the device's worker waits on the limiter's timerfd.
+//!
 //! Everything the guest controls (registers, rings, buffers) is treated as
 //! hostile: bad accesses are ignored and counted, bad chains fail the
 //! request, and unrecoverable ring states mark the device NEEDS_RESET.
@@ -28,6 +32,7 @@ mod fault;
 mod memory;
 mod mmio;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 pub mod vsock;
 mod worker;
@@ -38,6 +43,8 @@ mod hostile_tests;
 mod mmio_tests;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+#[cfg(test)]
+mod throttle_tests;
 
 pub use chain::{ChainError, Segment};
 pub use counters::{CountersSnapshot, VirtioCounters};

@@ -190,6 +190,22 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
         }
     }
 
+    /// Timer `index` of the device's [`VirtioDevice::timer_fds`] fired (a
+    /// rate limiter's wait is over): the device consumes it, and the queue
+    /// it held back is served if the device is live.
+    pub fn timer_event(&self, index: usize) {
+        let mut state = self.lock();
+        let Some(queue) = state.device.timer_fired(index) else {
+            return;
+        };
+        self.serve(&mut state, queue);
+    }
+
+    /// The device's rate-limiter timers.
+    pub fn timer_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.lock().device.timer_fds()
+    }
+
     /// The device's host-side descriptor, if it has one.
     pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         self.lock().device.backend_fd()
@@ -199,6 +215,10 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
     /// NEEDS_RESET and raises a configuration interrupt.
     pub fn process_queue(&self, index: usize) {
         let mut state = self.lock();
+        self.serve(&mut state, index);
+    }
+
+    fn serve(&self, state: &mut State<D>, index: usize) {
         let live = VIRTIO_CONFIG_S_DRIVER_OK;
         if state.status & (live | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) != live {
             return;
@@ -206,7 +226,7 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
         if let Err(fault) = state.device.process_queue(index) {
             // Guest-triggered and counted: debug, so a guest cannot flood the log.
             tracing::debug!(%fault, index, "virtio device needs reset");
-            self.needs_reset(&mut state);
+            self.needs_reset(state);
         }
     }
 

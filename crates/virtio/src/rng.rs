@@ -1,4 +1,8 @@
 //! virtio-rng (device type 4): entropy from the host's `getrandom(2)`.
+//!
+//! A [`RateLimiter`] (Firecracker's `entropy` `rate_limiter`) charges each
+//! request one operation and the bytes it will get; a request it refuses
+//! stays on the ring until the limiter's timer fires.
 
 use std::io;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use crate::counters::VirtioCounters;
 use crate::device::{ActivateError, Activation, SingleQueue, VirtioDevice};
 use crate::fault::DeviceFault;
 use crate::memory::GuestMemory;
+use crate::rate_limiter::RateLimiter;
 
 /// Queue size offered to the driver.
 pub const RNG_QUEUE_SIZE: u16 = 256;
@@ -25,6 +30,7 @@ type Active = SingleQueue;
 /// The entropy device.
 pub struct Rng {
     counters: Arc<VirtioCounters>,
+    limiter: RateLimiter,
     active: Option<Active>,
 }
 
@@ -35,13 +41,27 @@ impl Default for Rng {
 }
 
 impl Rng {
-    /// A new, inactive entropy device.
+    /// A new, inactive entropy device without a rate limit.
     pub fn new() -> Self {
+        Self::with_rate_limiter(RateLimiter::unlimited())
+    }
+
+    /// An entropy device whose requests pass through `limiter`.
+    pub fn with_rate_limiter(limiter: RateLimiter) -> Self {
         Self {
             counters: Arc::default(),
+            limiter,
             active: None,
         }
     }
+}
+
+/// Bytes a request will get: what its buffers hold, up to
+/// [`RNG_MAX_REQUEST`]; nothing for a chain that is unusable anyway.
+fn request_len(buffers: &Result<Vec<Segment>, crate::ChainError>) -> u64 {
+    let Ok(buffers) = buffers else { return 0 };
+    let wanted: u64 = buffers.iter().map(|s| u64::from(s.len)).sum();
+    wanted.min(RNG_MAX_REQUEST as u64)
 }
 
 /// Fills `buf` from the kernel's CSPRNG (retrying short reads and EINTR).
@@ -123,10 +143,21 @@ impl VirtioDevice for Rng {
         let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
             return Ok(());
         };
-        let counters = &self.counters;
-        active.drain(counters, |mem, buffers| {
-            buffers.map_or(0, |b: Vec<Segment>| fill(mem, &b, counters))
+        let (counters, limiter) = (&self.counters, &mut self.limiter);
+        active.drain_until(counters, |mem, buffers| {
+            if !limiter.admit(1, request_len(&buffers), counters) {
+                return None;
+            }
+            Some(buffers.map_or(0, |b: Vec<Segment>| fill(mem, &b, counters)))
         })
+    }
+
+    fn timer_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.limiter.timer_fd().into_iter().collect()
+    }
+
+    fn timer_fired(&mut self, index: usize) -> Option<usize> {
+        (index == 0).then(|| self.limiter.timer_fired()).map(|()| 0)
     }
 
     fn reset(&mut self) {

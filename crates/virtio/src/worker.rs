@@ -1,5 +1,6 @@
 //! Device work on the VMM's event thread: one subscriber per device,
-//! woken by the queue eventfds (ioeventfd or a trapped QueueNotify write).
+//! woken by the queue eventfds (ioeventfd or a trapped QueueNotify write),
+//! its backend descriptor and its rate limiters' timers.
 
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use crate::mmio::VirtioMmioTransport;
 
 /// Event data of the backend descriptor (queue indexes are small).
 const BACKEND: u32 = u32::MAX;
+/// Event data of rate-limiter timer `i`: this bit, plus `i`.
+const TIMER: u32 = 1 << 30;
 
 /// Subscribes a transport's queue eventfds (and its device's backend
 /// descriptor, if any) to an `event_manager` event loop and serves each
@@ -32,6 +35,9 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioWorker<D> {
         }
         if events.data() == BACKEND {
             self.transport.backend_event();
+        } else if events.data() & TIMER != 0 {
+            self.transport
+                .timer_event((events.data() & !TIMER) as usize);
         } else {
             self.transport.queue_event(events.data() as usize);
         }
@@ -44,6 +50,14 @@ impl<D: VirtioDevice> MutEventSubscriber for VirtioWorker<D> {
             };
             if let Err(error) = ops.add(Events::with_data(event, data, EventSet::IN)) {
                 tracing::error!(?error, index, "cannot watch virtio queue");
+            }
+        }
+        for (index, fd) in self.transport.timer_fds().into_iter().enumerate() {
+            let Some(data) = u32::try_from(index).ok().filter(|i| *i < TIMER) else {
+                return;
+            };
+            if let Err(error) = ops.add(Events::with_data_raw(fd, TIMER | data, EventSet::IN)) {
+                tracing::error!(?error, index, "cannot watch a rate limiter timer");
             }
         }
         if let Some(fd) = self.transport.backend_fd()

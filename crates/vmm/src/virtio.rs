@@ -8,6 +8,11 @@
 //! dispatch; the device answers through an irqfd. So the vCPU thread only
 //! sees the device's rare register accesses during driver setup.
 //!
+//! Rate limiters from the configuration are set on each device before its
+//! worker exists (the worker watches their timers from the start);
+//! `PATCH` changes them later through [`VirtioDevices::blocks`] and
+//! [`VirtioDevices::nets`].
+//!
 //! Every device is described once, to the device manager, which derives
 //! both descriptions the guest gets: the ACPI DSDT (`LNRO0005`, which stock
 //! distro kernels bind to) and `virtio_mmio.device=` on the command line
@@ -23,6 +28,7 @@ use sie_config::VmConfig;
 use sie_hv::{IoEventAddress, Vm};
 use sie_virtio::block::Block;
 use sie_virtio::net::{Net, Tap, parse_mac};
+use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
 use sie_virtio::rng::Rng;
 use sie_virtio::vsock::Vsock;
 use sie_virtio::{
@@ -49,6 +55,8 @@ pub struct VirtioDevices {
     pub workers: Vec<Box<dyn MutEventSubscriber + Send>>,
     /// Block devices by drive id (for `PATCH /drives`).
     pub blocks: Vec<(String, Arc<VirtioMmioTransport<Block>>)>,
+    /// Network devices by interface id (for `PATCH /network-interfaces`).
+    pub nets: Vec<(String, Arc<VirtioMmioTransport<Net>>)>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
 }
@@ -61,6 +69,20 @@ pub struct Wiring<'a, 'm> {
     pub memory: &'a GuestMemoryMmap,
     /// Places each device and gives it an interrupt line.
     pub manager: &'a mut DeviceManager<'m>,
+}
+
+/// sie-virtio's form of a configured (or patched) rate limiter: absent
+/// buckets are "no limit" when a device is built and "unchanged" in a patch.
+pub fn limiter_config(limiter: Option<&sie_config::RateLimiter>) -> LimiterConfig {
+    let bucket = |b: &sie_config::TokenBucket| BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time_ms: b.refill_time,
+    };
+    LimiterConfig {
+        bandwidth: limiter.and_then(|l| l.bandwidth.as_ref()).map(bucket),
+        ops: limiter.and_then(|l| l.ops.as_ref()).map(bucket),
+    }
 }
 
 fn open_drive(path: &std::path::Path, read_only: bool) -> std::io::Result<File> {
@@ -87,7 +109,11 @@ impl VirtioDevices {
                 source,
             };
             let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
-            let block = Block::new(file, read_only, &drive.drive_id).map_err(|e| fail(e.into()))?;
+            let mut block =
+                Block::new(file, read_only, &drive.drive_id).map_err(|e| fail(e.into()))?;
+            block
+                .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
+                .map_err(|e| fail(e.into()))?;
             let transport = devices.add(
                 wiring,
                 format!("virtio-blk:{}", drive.drive_id),
@@ -112,8 +138,15 @@ impl VirtioDevices {
                 .transpose()
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
-            let net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
-            devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
+            let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+            net.update_rate_limiters(
+                Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
+                Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let transport =
+                devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
+            devices.nets.push((nic.iface_id.clone(), transport));
         }
         if let Some(vsock) = &config.vsock {
             let name = format!("vsock ({})", vsock.uds_path.display());
@@ -125,11 +158,16 @@ impl VirtioDevices {
             })?;
             devices.add(wiring, "virtio-vsock".to_string(), device, &name)?;
         }
-        if config.entropy.is_some() {
+        if let Some(entropy) = &config.entropy {
+            let limiter = RateLimiter::new(&limiter_config(entropy.rate_limiter.as_deref()))
+                .map_err(|e| VmmError::Virtio {
+                    name: "entropy device".to_string(),
+                    source: e.into(),
+                })?;
             devices.add(
                 wiring,
                 "virtio-rng".to_string(),
-                Rng::new(),
+                Rng::with_rate_limiter(limiter),
                 "entropy device",
             )?;
         }

@@ -3,6 +3,11 @@
 //! Requests run synchronously on the event thread (one queue, pread/pwrite
 //! on the image); enough for a boot disk, and the request code is kept apart
 //! in `request.rs` so an asynchronous engine can replace the loop later.
+//!
+//! A [`RateLimiter`] charges each request one operation and its data
+//! length in bytes (what the data buffers hold, header and status byte
+//! apart) before it runs; a request it refuses stays on the ring until the
+//! limiter's timer fires.
 
 mod request;
 #[cfg(test)]
@@ -23,10 +28,11 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use request::Disk;
 pub use request::SECTOR_SIZE;
 
+use super::rate_limiter::{LimiterConfig, RateLimiter, RateLimiterError};
 use super::read_config_bytes;
 use super::{
-    ActivateError, Activation, DeviceFault, SingleQueue, VirtioCounters, VirtioDevice,
-    VirtioMmioTransport,
+    ActivateError, Activation, ChainError, DeviceFault, Segment, SingleQueue, VirtioCounters,
+    VirtioDevice, VirtioMmioTransport,
 };
 
 /// Queue size offered to the driver.
@@ -44,6 +50,7 @@ type Active = SingleQueue;
 pub struct Block {
     disk: Disk,
     counters: Arc<VirtioCounters>,
+    limiter: RateLimiter,
     active: Option<Active>,
 }
 
@@ -65,7 +72,8 @@ fn disk_size(file: &File) -> io::Result<u64> {
 
 impl Block {
     /// A disk backed by `file` (opened read-write unless `read_only`),
-    /// identified to the guest as `id`.
+    /// identified to the guest as `id`, with no rate limit (one can be set
+    /// later, see [`Self::update_rate_limiter`]).
     pub fn new(file: File, read_only: bool, id: &str) -> io::Result<Self> {
         let size = disk_size(&file)?;
         Ok(Self {
@@ -76,8 +84,26 @@ impl Block {
                 serial: serial(id),
             },
             counters: Arc::default(),
+            limiter: RateLimiter::new(&LimiterConfig::default())?,
             active: None,
         })
+    }
+
+    /// Replaces the rate limiter; only before the device's worker is
+    /// registered (it watches the limiter's timer).
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = limiter;
+    }
+
+    /// New limits (see [`crate::rate_limiter::Buckets::update`]); use
+    /// [`VirtioMmioTransport::update_rate_limiter`] on a running device.
+    pub fn update_rate_limiter(&mut self, update: &LimiterConfig) -> Result<(), RateLimiterError> {
+        self.limiter.update(update)
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// Capacity in 512-byte sectors.
@@ -123,6 +149,26 @@ impl VirtioMmioTransport<Block> {
         self.config_changed();
         Ok(())
     }
+
+    /// New rate limits under a running guest (Firecracker's `PATCH
+    /// /drives` `rate_limiter`); requests held back are served again,
+    /// under the new limits.
+    pub fn update_rate_limiter(&self, update: &LimiterConfig) -> Result<(), RateLimiterError> {
+        self.with_device(|block| block.update_rate_limiter(update))?;
+        self.process_queue(0);
+        Ok(())
+    }
+}
+
+/// Bytes a request moves: its data buffers (all but the header and the
+/// status); nothing for a chain that is unusable anyway.
+fn data_len(buffers: &Result<Vec<Segment>, ChainError>) -> u64 {
+    let Ok(buffers) = buffers else { return 0 };
+    let data = buffers.get(1..buffers.len().saturating_sub(1));
+    data.unwrap_or_default()
+        .iter()
+        .map(|s| u64::from(s.len))
+        .sum()
 }
 
 impl VirtioDevice for Block {
@@ -163,10 +209,21 @@ impl VirtioDevice for Block {
         let Some(active) = self.active.as_mut().filter(|_| index == 0) else {
             return Ok(());
         };
-        let (disk, counters) = (&self.disk, &self.counters);
-        active.drain(counters, |mem, buffers| {
-            buffers.map_or(0, |b| request::serve(disk, mem, &b, counters))
+        let (disk, counters, limiter) = (&self.disk, &self.counters, &mut self.limiter);
+        active.drain_until(counters, |mem, buffers| {
+            if !limiter.admit(1, data_len(&buffers), counters) {
+                return None;
+            }
+            Some(buffers.map_or(0, |b| request::serve(disk, mem, &b, counters)))
         })
+    }
+
+    fn timer_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.limiter.timer_fd().into_iter().collect()
+    }
+
+    fn timer_fired(&mut self, index: usize) -> Option<usize> {
+        (index == 0).then(|| self.limiter.timer_fired()).map(|()| 0)
     }
 
     fn reset(&mut self) {

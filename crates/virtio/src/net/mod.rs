@@ -22,6 +22,11 @@
 //!    descriptor by itself: a private epoll set around the tap that is
 //!    only readable while the device can take frames, so a guest without
 //!    receive buffers never makes the event loop spin.
+//! 5. Rate limits (Firecracker's `rx_rate_limiter` and `tx_rate_limiter`):
+//!    [`Net::update_rate_limiters`], or on a running device the
+//!    transport's method of the same name. Each frame costs one operation
+//!    and its length in bytes (virtio-net header included). A throttled
+//!    receive side also stops listening to the tap, so frames wait there.
 
 mod backend;
 mod counters;
@@ -38,7 +43,7 @@ mod mtu_tests;
 #[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
-mod test_rig;
+pub(crate) mod test_rig;
 #[cfg(test)]
 mod tests;
 
@@ -64,9 +69,10 @@ use rx::{Receiver, RxBuffer};
 pub use tap::{Tap, TapError, offload_flags};
 use tx::Transmitter;
 
+use super::rate_limiter::{LimiterConfig, RateLimiter, RateLimiterError};
 use super::{
     ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
-    VirtioInterrupt, read_config_bytes,
+    VirtioInterrupt, VirtioMmioTransport, read_config_bytes,
 };
 
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): the header
@@ -125,6 +131,8 @@ pub struct Net<B: NetBackend = Tap> {
     stats: Arc<NetCounters>,
     rx: RxBuffer,
     tx_scratch: Box<[u8]>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
     active: Option<Active>,
 }
 
@@ -156,8 +164,43 @@ impl<B: NetBackend> Net<B> {
             stats: Arc::default(),
             rx: RxBuffer::new(),
             tx_scratch: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
+            rx_limiter: RateLimiter::new(&LimiterConfig::default()).map_err(NetError::Setup)?,
+            tx_limiter: RateLimiter::new(&LimiterConfig::default()).map_err(NetError::Setup)?,
             active: None,
         })
+    }
+
+    /// Replaces both rate limiters; only before the device's worker is
+    /// registered (it watches their timers).
+    pub fn set_rate_limiters(&mut self, rx: RateLimiter, tx: RateLimiter) {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+    }
+
+    /// New limits for the receive and/or transmit side (see
+    /// [`crate::rate_limiter::Buckets::update`]).
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&LimiterConfig>,
+        tx: Option<&LimiterConfig>,
+    ) -> Result<(), RateLimiterError> {
+        if let Some(update) = rx {
+            self.rx_limiter.update(update)?;
+        }
+        if let Some(update) = tx {
+            self.tx_limiter.update(update)?;
+        }
+        Ok(())
+    }
+
+    /// The receive side's rate limiter.
+    pub fn rx_rate_limiter(&self) -> &RateLimiter {
+        &self.rx_limiter
+    }
+
+    /// The transmit side's rate limiter.
+    pub fn tx_rate_limiter(&self) -> &RateLimiter {
+        &self.tx_limiter
     }
 
     /// The guest's MAC address.
@@ -210,6 +253,7 @@ impl<B: NetBackend> Net<B> {
             backend: &mut self.backend,
             rx: &mut self.rx,
             gate: &mut self.gate,
+            limiter: &mut self.rx_limiter,
             counters: &self.counters,
             stats: &self.stats,
         }
@@ -237,6 +281,7 @@ impl<B: NetBackend> Net<B> {
         let notify = Transmitter {
             backend: &mut self.backend,
             scratch: &mut self.tx_scratch,
+            limiter: &mut self.tx_limiter,
             counters: &self.counters,
             stats: &self.stats,
         }
@@ -244,6 +289,22 @@ impl<B: NetBackend> Net<B> {
         if notify {
             active.interrupt.signal_used();
         }
+        Ok(())
+    }
+}
+
+impl<B: NetBackend> VirtioMmioTransport<Net<B>> {
+    /// New rate limits under a running guest (Firecracker's `PATCH
+    /// /network-interfaces`); frames held back are moved again, under
+    /// the new limits.
+    pub fn update_rate_limiters(
+        &self,
+        rx: Option<&LimiterConfig>,
+        tx: Option<&LimiterConfig>,
+    ) -> Result<(), RateLimiterError> {
+        self.with_device(|net| net.update_rate_limiters(rx, tx))?;
+        self.process_queue(RX_QUEUE);
+        self.process_queue(TX_QUEUE);
         Ok(())
     }
 }
@@ -332,5 +393,26 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn process_backend(&mut self) -> Result<(), DeviceFault> {
         let result = self.receive();
         self.close_on_fault(result)
+    }
+
+    fn timer_fds(&self) -> Vec<RawFd> {
+        [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .filter_map(RateLimiter::timer_fd)
+            .collect()
+    }
+
+    fn timer_fired(&mut self, index: usize) -> Option<usize> {
+        // Indexes follow `timer_fds`, which skips a limiter without a timer.
+        let sides = [
+            (&mut self.rx_limiter, RX_QUEUE),
+            (&mut self.tx_limiter, TX_QUEUE),
+        ];
+        let (limiter, queue) = sides
+            .into_iter()
+            .filter(|(limiter, _)| limiter.timer_fd().is_some())
+            .nth(index)?;
+        limiter.timer_fired();
+        Some(queue)
     }
 }

@@ -6,17 +6,19 @@
 //! chain is taken, a chain that is too small costs only that frame (counted
 //! as a drop, the chain returned empty), and guest memory is only written
 //! through vm-memory's checked accessors. A frame read while the guest has
-//! no buffer posted is held in the bounce buffer until one arrives.
+//! no buffer posted, or while the rate limiter holds the receive side
+//! back, is held in the bounce buffer until it can go.
 
 use std::io;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
 use super::backend::{NetBackend, RxGate};
 use super::counters::NetCounters;
 use super::{MAX_FRAME_LEN, NET_HDR_LEN};
-use crate::chain::segments;
+use crate::chain::{segments, take_chain};
+use crate::rate_limiter::RateLimiter;
 use crate::{ChainError, DeviceFault, GuestMemory, Segment, VirtioCounters};
 
 /// Most frames moved per wakeup, so a flooded tap cannot monopolise the
@@ -56,6 +58,7 @@ pub(super) struct Receiver<'a, B> {
     pub backend: &'a mut B,
     pub rx: &'a mut RxBuffer,
     pub gate: &'a mut RxGate,
+    pub limiter: &'a mut RateLimiter,
     pub counters: &'a VirtioCounters,
     pub stats: &'a NetCounters,
 }
@@ -103,7 +106,7 @@ impl<B: NetBackend> Receiver<'_, B> {
                 Err(error) => return Ok(self.read_failed(&error)),
             },
         };
-        let Some(chain) = super::super::chain::next_chain(queue, mem, self.counters)? else {
+        let Some(chain) = take_chain(queue, mem, self.counters)? else {
             self.rx.pending = Some(len);
             // Ask for a notification when buffers come, re-checking for
             // ones that raced in; meanwhile stop listening to the backend.
@@ -116,6 +119,15 @@ impl<B: NetBackend> Receiver<'_, B> {
             self.gate.close();
             return Ok(Step::Done);
         };
+        if !self.limiter.admit(1, len as u64, self.counters) {
+            // Throttled: the chain goes back, the frame waits, and the tap
+            // is not listened to until the limiter's timer fires.
+            queue.go_to_previous_position();
+            self.rx.pending = Some(len);
+            self.gate.close();
+            return Ok(Step::Done);
+        }
+        self.counters.request();
         let head = chain.head_index();
         let used = self.deliver(mem, len, segments(chain, mem));
         queue

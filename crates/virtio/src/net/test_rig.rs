@@ -8,6 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{Net, NetCountersSnapshot, RX_QUEUE, TX_QUEUE};
+use crate::rate_limiter::RateLimiter;
 use crate::testing::{
     CountingIrq, Driver, PairBackend, Peer, Ring, VIRTIO_RING_F_EVENT_IDX, pair, transport,
 };
@@ -43,6 +44,16 @@ impl Rig {
             tx: Ring::new(0x2000, 16),
             peer,
         }
+    }
+
+    /// Started with every feature but EVENT_IDX, frames passing through
+    /// `rx` and `tx`.
+    pub fn with_rate_limiters(rx: RateLimiter, tx: RateLimiter) -> Self {
+        let rig = Self::idle();
+        rig.t.with_device(|net| net.set_rate_limiters(rx, tx));
+        let features = rig.driver().device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
+        rig.start(features);
+        rig
     }
 
     /// Started with every feature but EVENT_IDX.

@@ -15,7 +15,8 @@ use vm_memory::Bytes;
 use super::backend::NetBackend;
 use super::counters::NetCounters;
 use super::{ETH_HLEN, MAX_FRAME_LEN, NET_HDR_LEN};
-use crate::chain::drain_queue;
+use crate::chain::drain_queue_until;
+use crate::rate_limiter::RateLimiter;
 use crate::{DeviceFault, GuestMemory, Segment, VirtioCounters};
 
 /// Why a guest frame was not sent.
@@ -38,22 +39,30 @@ pub(super) struct Transmitter<'a, B> {
     pub backend: &'a mut B,
     /// Bounce buffer of [`MAX_FRAME_LEN`] bytes.
     pub scratch: &'a mut [u8],
+    pub limiter: &'a mut RateLimiter,
     pub counters: &'a VirtioCounters,
     pub stats: &'a NetCounters,
 }
 
 impl<B: NetBackend> Transmitter<'_, B> {
-    /// Sends every frame the driver queued; returns whether the driver
-    /// wants an interrupt for the returned chains.
+    /// Sends every frame the driver queued, or as many as the rate limiter
+    /// lets through; returns whether the driver wants an interrupt for the
+    /// returned chains.
     pub fn run(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Result<bool, DeviceFault> {
         let counters = self.counters;
-        drain_queue(queue, mem, counters, |buffers| {
+        drain_queue_until(queue, mem, counters, |buffers| {
+            let len = buffers
+                .as_ref()
+                .map_or(0, |b| b.iter().map(|s| u64::from(s.len)).sum());
+            if !self.limiter.admit(1, len, counters) {
+                return None;
+            }
             match buffers {
                 Ok(buffers) => self.send(mem, &buffers),
-                // Already counted as an error by drain_queue.
+                // Counted as an error by drain_queue_until.
                 Err(_) => self.stats.tx_drop(),
             }
-            0
+            Some(0)
         })
     }
 

@@ -1,7 +1,8 @@
 //! Test helpers, for this crate's tests and for fuzz/ (cargo feature
 //! `test-util`): split virtqueues built by hand in real guest memory, a
 //! driver that brings a transport up through its registers, and a socket
-//! pair standing in for a net device's tap.
+//! pair standing in for a net device's tap, and a clock driven by hand
+//! for rate limiters.
 //!
 //! ```
 //! use sie_virtio::rng::Rng;
@@ -17,10 +18,12 @@
 //! assert_eq!(irq.count(), 1);
 //! ```
 
+mod clock;
 mod driver;
 mod net_pair;
 mod ring;
 
+pub use clock::ManualClock;
 pub use driver::{CountingIrq, Driver, transport};
 pub use net_pair::{PairBackend, Peer, pair};
 pub use ring::{

@@ -225,6 +225,41 @@ impl Draft {
         }
     }
 
+    /// A drive's rate limiter was patched after boot: merged as the
+    /// device merged it, so `GET /vm/config` shows what is in force.
+    pub fn patch_drive_rate_limiter(&mut self, id: &str, patch: &sie_config::RateLimiter) {
+        if let Some(drive) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            let merged = sie_config::RateLimiter::merged(drive.rate_limiter.as_deref(), patch);
+            drive.rate_limiter = Some(Box::new(merged));
+        }
+    }
+
+    /// [`Self::patch_drive_rate_limiter`] for a network interface.
+    pub fn patch_nic_rate_limiters(
+        &mut self,
+        id: &str,
+        rx: Option<&sie_config::RateLimiter>,
+        tx: Option<&sie_config::RateLimiter>,
+    ) {
+        let Some(nic) = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == id)
+        else {
+            return;
+        };
+        for (slot, patch) in [
+            (&mut nic.rx_rate_limiter, rx),
+            (&mut nic.tx_rate_limiter, tx),
+        ] {
+            if let Some(patch) = patch {
+                let merged = sie_config::RateLimiter::merged(slot.as_deref(), patch);
+                *slot = Some(Box::new(merged));
+            }
+        }
+    }
+
     /// Records the logger and metrics settings so `GET /vm/config` shows them.
     pub fn note_logging(
         &mut self,

@@ -296,8 +296,28 @@ impl Controller {
             }
             self.draft.set_drive_path(&patch.drive_id, path);
         }
-        // A rate limiter that limits was refused by the router ("not
-        // supported yet"); an empty one asks for what sie does.
+        if let Some(limiter) = &patch.rate_limiter {
+            let Phase::Running(vm) = &self.phase else {
+                return Response::fault(BEFORE_START);
+            };
+            let Some((_, block)) = vm
+                .virtio
+                .blocks
+                .iter()
+                .find(|(id, _)| *id == patch.drive_id)
+            else {
+                return Response::Fault(format!("drives: no drive with id {:?}", patch.drive_id));
+            };
+            let update = crate::virtio::limiter_config(Some(limiter));
+            if let Err(error) = block.update_rate_limiter(&update) {
+                return Response::Fault(format!(
+                    "drives: rate_limiter of {:?}: {error}",
+                    patch.drive_id
+                ));
+            }
+            self.draft
+                .patch_drive_rate_limiter(&patch.drive_id, limiter);
+        }
         Response::NoContent
     }
 
@@ -317,7 +337,32 @@ impl Controller {
                 patch.iface_id
             ));
         }
-        // Only empty rate limiters get here (the router refuses the rest).
+        let (rx, tx) = (
+            patch.rx_rate_limiter.as_deref(),
+            patch.tx_rate_limiter.as_deref(),
+        );
+        if rx.is_none() && tx.is_none() {
+            return Response::NoContent;
+        }
+        let Phase::Running(vm) = &self.phase else {
+            return Response::fault(BEFORE_START);
+        };
+        let Some((_, net)) = vm.virtio.nets.iter().find(|(id, _)| *id == patch.iface_id) else {
+            return Response::Fault(format!(
+                "network-interfaces: no interface with id {:?}",
+                patch.iface_id
+            ));
+        };
+        let config = |limiter| crate::virtio::limiter_config(Some(limiter));
+        if let Err(error) =
+            net.update_rate_limiters(rx.map(config).as_ref(), tx.map(config).as_ref())
+        {
+            return Response::Fault(format!(
+                "network-interfaces: rate limiters of {:?}: {error}",
+                patch.iface_id
+            ));
+        }
+        self.draft.patch_nic_rate_limiters(&patch.iface_id, rx, tx);
         Response::NoContent
     }
 }

@@ -108,7 +108,7 @@ pub fn virtio_prometheus(devices: &[crate::virtio::VirtioStats], out: &mut Strin
     }
     let _ = writeln!(
         out,
-        "# HELP sie_virtio Paravirtual device counters (requests, bytes, errors, notifications, interrupts).\n# TYPE sie_virtio counter"
+        "# HELP sie_virtio Paravirtual device counters (requests, bytes, errors, notifications, interrupts, rate-limiter throttling).\n# TYPE sie_virtio counter"
     );
     for device in devices {
         let name = escape_label(&device.name);
