@@ -1,0 +1,153 @@
+//! Snapshot cases: a Debian guest restored in a new process, and clones.
+
+use super::*;
+
+/// Two clones restored from one snapshot of a Debian guest: each gets a new
+/// VM generation id and the event device's interrupt, so Linux reseeds its
+/// RNG and the clones read different bytes from /dev/urandom.
+pub(crate) fn snapshot_clones() -> Case {
+    Case {
+        name: "snapshot_clones",
+        l1_command: format!(
+            r#"cat > /tmp/clone-vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/clone.sock --config-file /tmp/clone-vm.json > /tmp/clone-source 2>&1 &
+pid=$!
+i=0
+until grep -q "tick=2 " /tmp/clone-source; do
+  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
+done
+sie ctl --sock /tmp/clone.sock pause
+sie ctl --sock /tmp/clone.sock snapshot create /tmp/clone.snap /tmp/clone.mem
+kill $pid; wait $pid
+echo "@@L2 RESULT source=$(grep -o 'tick=2 .*' /tmp/clone-source | head -1)"
+status=0
+for clone in a b; do
+  sie run --restore /tmp/clone.snap --mem /tmp/clone.mem > /tmp/clone-$clone 2>&1 || status=$?
+  echo "@@L2 RESULT clone_$clone=$(grep -o 'tick=3 .*' /tmp/clone-$clone | head -1)"
+done
+tail -3 /tmp/clone-b
+rm -f /tmp/clone.snap /tmp/clone.mem
+exit $status"#,
+            sie_e2e::l2_boot_args("snapshot_clones")
+        ),
+        l2_script: Some(
+            r#"n=0
+while [ $n -lt 4 ]; do
+  n=$((n+1))
+  rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  ged=$(grep -i ged /proc/interrupts | tr -s ' ' | cut -d' ' -f3)
+  echo "@@L2 RESULT tick=$n rand=$rand ged=${ged:-none} "
+  sleep 1
+done
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            let field = |line: &str, key: &str| -> Option<String> {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let a = run.result("clone_a").unwrap_or_default();
+            let b = run.result("clone_b").unwrap_or_default();
+            let (Some(rand_a), Some(rand_b)) = (field(&a, "rand="), field(&b, "rand=")) else {
+                return Err(format!("a clone printed no random bytes: {a:?} / {b:?}"));
+            };
+            if rand_a.len() != 32 || rand_a == rand_b {
+                return Err(format!(
+                    "the clones read the same random bytes: {rand_a} / {rand_b}"
+                ));
+            }
+            // The event device's interrupt reached each clone (none before).
+            let source = run.result("source").unwrap_or_default();
+            let count = |line: &str| field(line, "ged=").and_then(|g| g.parse::<u64>().ok());
+            match (count(&source), count(&a), count(&b)) {
+                (Some(0), Some(x), Some(y)) if x >= 1 && y >= 1 => Ok(()),
+                other => Err(format!("GED interrupt counts (source, a, b): {other:?}")),
+            }
+        },
+    }
+}
+
+/// A Debian guest that counts seconds and keeps a file in its RAM-backed
+/// root is paused, snapshotted through `sie ctl`, stopped, and restored by
+/// `sie run --restore` in a new process: it goes on counting from where it
+/// was, still has its file, and finishes its script (exit 0).
+pub(crate) fn snapshot_restore() -> Case {
+    Case {
+        name: "snapshot_restore",
+        l1_command: format!(
+            r#"cat > /tmp/snap-vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/snap.sock --config-file /tmp/snap-vm.json > /tmp/snap-console 2>&1 &
+pid=$!
+i=0
+until grep -q "tick=3 " /tmp/snap-console; do
+  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
+done
+sie ctl --sock /tmp/snap.sock pause
+sie ctl --sock /tmp/snap.sock snapshot create /tmp/vm.snap /tmp/vm.mem
+kill $pid; wait $pid
+last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
+grep 'tick=' /tmp/snap-console
+echo "@@L2 RESULT source_last=$last"
+echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/vm.mem | cut -f1)"
+sie run --restore /tmp/vm.snap --mem /tmp/vm.mem > /tmp/snap-restored 2>&1
+status=$?
+echo "@@L2 RESULT restored_first=$(grep -o 'tick=[0-9]*' /tmp/snap-restored | head -1)"
+cat /tmp/snap-restored
+rm -f /tmp/vm.snap /tmp/vm.mem
+exit $status"#,
+            sie_e2e::l2_boot_args("snapshot_restore")
+        ),
+        l2_script: Some(
+            r#"echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
+n=0
+while [ $n -lt 10 ]; do n=$((n+1)); echo "@@L2 RESULT tick=$n kept=$(cat /kept) "; sleep 1; done
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            let source = run.result("source_last").unwrap_or_default();
+            let first = run.result("restored_first").unwrap_or_default();
+            let number = |tick: &str| -> Option<u32> { tick.strip_prefix("tick=")?.parse().ok() };
+            match (number(&source), number(&first)) {
+                (Some(before), Some(after)) if after == before + 1 => {}
+                _ => {
+                    return Err(format!(
+                        "the restored guest did not go on counting: last before {source:?}, first after {first:?}"
+                    ));
+                }
+            }
+            // The file the guest wrote before the snapshot is still there.
+            let kept: Vec<&str> = run
+                .output
+                .lines()
+                .filter_map(|line| line.split("kept=").nth(1))
+                .map(str::trim)
+                .collect();
+            if kept.len() < 10
+                || kept.iter().any(|k| *k != kept[0])
+                || !kept[0].starts_with("kept-")
+            {
+                return Err(format!(
+                    "the guest's file changed across the restore: {kept:?}"
+                ));
+            }
+            // Only what the guest touched is written (128 MiB of RAM).
+            let kib: u64 = run
+                .result("mem_file_kib")
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(u64::MAX);
+            if kib >= 128 * 1024 {
+                return Err(format!("the memory file is not sparse: {kib} KiB on disk"));
+            }
+            Ok(())
+        },
+    }
+}
