@@ -7,8 +7,8 @@ use sie_config::{ActionType, Request, Response, VmState};
 use sie_hv::Hypervisor;
 
 use super::{Controller, Phase, draft, sink};
-use crate::StartedVm;
 use crate::event_loop::Manager;
+use crate::vm::StartedVm;
 
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -137,7 +137,7 @@ impl Controller {
                 }
                 Err(error) => Response::Fault(format!(
                     "cannot start the microVM: {}",
-                    crate::error_chain(&error)
+                    crate::error::error_chain(&error)
                 )),
             },
             (ActionType::InstanceStart, Phase::Running(_)) => Response::fault(AFTER_START),
@@ -198,7 +198,10 @@ impl Controller {
         let msrs = match hv.supported_msrs() {
             Ok(msrs) => msrs,
             Err(error) => {
-                return Response::Fault(format!("snapshot/create: {}", crate::error_chain(&error)));
+                return Response::Fault(format!(
+                    "snapshot/create: {}",
+                    crate::error::error_chain(&error)
+                ));
             }
         };
         let started = std::time::Instant::now();
@@ -217,9 +220,10 @@ impl Controller {
                 );
                 Response::NoContent
             }
-            Err(error) => {
-                Response::Fault(format!("snapshot/create: {}", crate::error_chain(&error)))
-            }
+            Err(error) => Response::Fault(format!(
+                "snapshot/create: {}",
+                crate::error::error_chain(&error)
+            )),
         }
     }
 

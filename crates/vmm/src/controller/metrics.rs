@@ -11,7 +11,7 @@ use super::sink::LineSink;
 use super::stats_json::{
     escape_label, report_json, report_prometheus, virtio_json, virtio_prometheus,
 };
-use crate::VmFigures;
+use crate::vm::VmFigures;
 
 /// Figures that come from outside the VMM crate (the API server's request
 /// counters, the logger's drop counter), as JSON objects keyed by section.

@@ -32,7 +32,7 @@ use crate::control::VmControl;
 use crate::error::{Result, VmmError};
 use crate::event_loop::{self, Manager};
 use crate::outcome::VmOutcome;
-use crate::{FinishedVm, StartedVm};
+use crate::vm::{FinishedVm, StartedVm};
 
 pub use draft::machine_json;
 pub use metrics::ExternalMetrics;
@@ -326,7 +326,7 @@ impl Controller {
             .draft
             .to_config()
             .map_err(|message| VmmError::Platform(message.into()))?;
-        let built = crate::build(
+        let built = crate::builder::build(
             &config,
             hv,
             (self.options.build_options)(),
@@ -338,7 +338,7 @@ impl Controller {
     /// Starts a built (or restored) VM's vCPUs and serves its devices.
     fn run_built(
         &mut self,
-        built: crate::BuiltVm,
+        built: crate::builder::BuiltVm,
         config: VmConfig,
         paused: bool,
         manager: &mut Manager,
@@ -368,8 +368,8 @@ impl Controller {
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> std::result::Result<(), String> {
-        let snapshot =
-            crate::snapshot::read(&plan.snapshot_path).map_err(|e| crate::error_chain(&e))?;
+        let snapshot = crate::snapshot::read(&plan.snapshot_path)
+            .map_err(|e| crate::error::error_chain(&e))?;
         let built = crate::snapshot::restore(
             &snapshot,
             &plan.mem_file_path,
@@ -377,8 +377,30 @@ impl Controller {
             (self.options.build_options)(),
             self.control.clone(),
         )
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| crate::error::error_chain(&e))?;
         self.run_built(built, snapshot.config, !plan.resume, manager)
-            .map_err(|e| crate::error_chain(&e))
+            .map_err(|e| crate::error::error_chain(&e))
+    }
+}
+
+/// Runs the VM `config` describes from boot to its end, with no API: what
+/// `sie run`, `sie doctor` and the benchmarks do. The same controller as
+/// the API serves it ([`controller::serve`] with no requests), so the
+/// config file's `logger` section needs a [`controller::LoggerControl`]:
+/// use `serve` directly for that.
+pub fn run(
+    hv: &dyn Hypervisor,
+    config: VmConfig,
+    build: BuildOptions,
+    console_input: bool,
+) -> Result<FinishedVm> {
+    let options = ServeOptions::without_api(config, build, console_input);
+    match serve(hv, &mut NoRequests::new()?, options)? {
+        Served::Finished(finished) => Ok(finished),
+        // The VM is started before the first event is served; only a
+        // failed build (an error above) leaves it unstarted.
+        Served::NeverStarted(_) => Err(VmmError::Platform(
+            "the VM was stopped before it started".into(),
+        )),
     }
 }

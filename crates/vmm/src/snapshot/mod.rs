@@ -17,17 +17,17 @@
 pub mod durable;
 pub mod format;
 pub mod memory_file;
+mod model;
 mod restore;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sie_config::VmConfig;
-use sie_hv::{VcpuState, VmState};
 
-use crate::platform::PlatformState;
 use memory_file::RegionEntry;
 
+pub use model::{Snapshot, SnapshotError, check_snapshottable};
 pub use restore::restore;
 
 const SECTION_CONFIG: &str = "config";
@@ -39,79 +39,6 @@ const SECTION_MEMORY: &str = "memory";
 /// The snapshot format version sie writes, as `--snapshot-version` prints it.
 pub fn format_version() -> String {
     format!("{}.{}.0", format::FORMAT_MAJOR, format::FORMAT_MINOR)
-}
-
-/// Why a snapshot could not be made or used.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// What this version cannot snapshot or restore yet.
-    #[error("{0} not supported yet")]
-    Unsupported(&'static str),
-    /// The VM must be paused first.
-    #[error("the microVM must be paused before a snapshot is created")]
-    NotPaused,
-    /// A file could not be read or written.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The snapshot file is damaged or of another format.
-    #[error("snapshot {path}: {source}")]
-    Format {
-        /// Its path.
-        path: String,
-        /// What is wrong.
-        source: format::FormatError,
-    },
-    /// A section does not parse.
-    #[error("snapshot {path}: section {section}: {message}")]
-    Section {
-        /// Its path.
-        path: String,
-        /// Which section.
-        section: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// The snapshot was taken where this host cannot follow.
-    #[error("snapshot {path} was taken on a {found} CPU; this host's is {host}")]
-    CpuVendor {
-        /// Its path.
-        path: String,
-        /// Its CPU vendor.
-        found: String,
-        /// This host's.
-        host: String,
-    },
-    /// Reading state from a vCPU or the VM failed.
-    #[error("saving the VM's state: {0}")]
-    State(String),
-    /// The memory file cannot back the VM.
-    #[error(transparent)]
-    Memory(#[from] memory_file::MemoryFileError),
-    /// Building the restored VM failed.
-    #[error("restoring the VM: {0}")]
-    Build(String),
-}
-
-/// Everything a snapshot file holds, checked.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// The configuration the VM was built from.
-    pub config: VmConfig,
-    /// The in-kernel devices.
-    pub vm: VmState,
-    /// Every vCPU, in id order.
-    pub vcpus: Vec<VcpuState>,
-    /// The legacy devices.
-    pub devices: PlatformState,
-    /// Guest RAM's layout in the memory file.
-    pub memory: Vec<RegionEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -130,20 +57,6 @@ pub fn host_cpu_vendor() -> String {
     String::from_utf8_lossy(&vendor).into_owned()
 }
 
-/// Refuses configurations whose state sie cannot save yet.
-pub fn check_snapshottable(config: &VmConfig) -> Result<(), SnapshotError> {
-    let has_virtio = !config.drives.is_empty()
-        || !config.network_interfaces.is_empty()
-        || config.vsock.is_some()
-        || config.entropy.is_some();
-    if has_virtio {
-        return Err(SnapshotError::Unsupported(
-            "snapshots of VMs with virtio devices (drives, network interfaces, vsock, entropy) are",
-        ));
-    }
-    Ok(())
-}
-
 fn json_section<T: Serialize>(value: &T) -> Vec<u8> {
     // The state types are plain data: serializing them cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
@@ -159,7 +72,7 @@ pub struct Created {
 /// Writes a paused VM's snapshot to `snapshot_path` and its RAM to
 /// `mem_path`. `config` is what the VM was built from.
 pub fn create(
-    vm: &mut crate::StartedVm,
+    vm: &mut crate::vm::StartedVm,
     config: &VmConfig,
     msr_indices: Vec<u32>,
     snapshot_path: &Path,
@@ -176,7 +89,7 @@ pub fn create(
             .vcpus
             .with_vcpu(index, move |vcpu| vcpu.save_state(&indices))
             .map_err(|e| SnapshotError::State(e.to_string()))?
-            .map_err(|e| SnapshotError::State(crate::error_chain(&e)))?;
+            .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
         for reason in &state.skipped {
             tracing::info!("snapshot: vCPU {index}: skipped {reason}");
         }
@@ -185,7 +98,7 @@ pub fn create(
     let vm_state = vm
         .hv_vm()
         .save_state()
-        .map_err(|e| SnapshotError::State(crate::error_chain(&e)))?;
+        .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
     let devices = vm.devices.state();
     let memory_bytes =
         memory_file::write(vm.memory(), mem_path, vm.memory_from_file()).map_err(|source| {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use sie_hv::Hypervisor;
 
-use super::{Snapshot, SnapshotError, check_snapshottable, memory_file};
+use super::memory_file;
+use super::model::{Snapshot, SnapshotError, check_snapshottable};
 use crate::builder::{self, BuildOptions, BuiltVm};
 use crate::control::VmControl;
 
@@ -22,13 +23,14 @@ pub fn restore(
 ) -> Result<BuiltVm, SnapshotError> {
     let config = &snapshot.config;
     check_snapshottable(config)?;
-    let build_error = |e: crate::VmmError| SnapshotError::Build(crate::error_chain(&e));
+    let build_error =
+        |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
     let count = builder::vcpu_count(config, hv).map_err(build_error)?;
     let memory = memory_file::map(mem_path, &snapshot.memory)?;
     let machine =
         builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
     let state_error = |what: &str, e: sie_hv::HvError| {
-        SnapshotError::Build(format!("{what}: {}", crate::error_chain(&e)))
+        SnapshotError::Build(format!("{what}: {}", crate::error::error_chain(&e)))
     };
     machine
         .vm

@@ -1,0 +1,97 @@
+//! What a snapshot is made of, as the rest of the module reads and writes
+//! it: the checked contents of a snapshot file, what can go wrong, and which
+//! VMs can be snapshotted at all.
+
+use sie_config::VmConfig;
+use sie_hv::{VcpuState, VmState};
+
+use super::format;
+use super::memory_file::{self, RegionEntry};
+use crate::platform::PlatformState;
+
+/// Why a snapshot could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// What this version cannot snapshot or restore yet.
+    #[error("{0} not supported yet")]
+    Unsupported(&'static str),
+    /// The VM must be paused first.
+    #[error("the microVM must be paused before a snapshot is created")]
+    NotPaused,
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The snapshot file is damaged or of another format.
+    #[error("snapshot {path}: {source}")]
+    Format {
+        /// Its path.
+        path: String,
+        /// What is wrong.
+        source: format::FormatError,
+    },
+    /// A section does not parse.
+    #[error("snapshot {path}: section {section}: {message}")]
+    Section {
+        /// Its path.
+        path: String,
+        /// Which section.
+        section: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The snapshot was taken where this host cannot follow.
+    #[error("snapshot {path} was taken on a {found} CPU; this host's is {host}")]
+    CpuVendor {
+        /// Its path.
+        path: String,
+        /// Its CPU vendor.
+        found: String,
+        /// This host's.
+        host: String,
+    },
+    /// Reading state from a vCPU or the VM failed.
+    #[error("saving the VM's state: {0}")]
+    State(String),
+    /// The memory file cannot back the VM.
+    #[error(transparent)]
+    Memory(#[from] memory_file::MemoryFileError),
+    /// Building the restored VM failed.
+    #[error("restoring the VM: {0}")]
+    Build(String),
+}
+
+/// Everything a snapshot file holds, checked.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration the VM was built from.
+    pub config: VmConfig,
+    /// The in-kernel devices.
+    pub vm: VmState,
+    /// Every vCPU, in id order.
+    pub vcpus: Vec<VcpuState>,
+    /// The legacy devices.
+    pub devices: PlatformState,
+    /// Guest RAM's layout in the memory file.
+    pub memory: Vec<RegionEntry>,
+}
+
+/// Refuses configurations whose state sie cannot save yet.
+pub fn check_snapshottable(config: &VmConfig) -> Result<(), SnapshotError> {
+    let has_virtio = !config.drives.is_empty()
+        || !config.network_interfaces.is_empty()
+        || config.vsock.is_some()
+        || config.entropy.is_some();
+    if has_virtio {
+        return Err(SnapshotError::Unsupported(
+            "snapshots of VMs with virtio devices (drives, network interfaces, vsock, entropy) are",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! A VM's life after it is built: started (vCPU threads running, devices
+//! served), then finished (how it ended, with its statistics). The
+//! controller and snapshots work on these.
+
+use std::sync::Arc;
+
+use sie_obs::Observatory;
+
+use crate::builder::BuiltVm;
+use crate::control::VmControl;
+use crate::error::{Result, VmmError};
+use crate::outcome::VmOutcome;
+use crate::platform::PlatformDevices;
+use crate::teardown;
+use crate::vcpu::VcpuSet;
+use crate::virtio;
+
+/// A VM that has ended. Dropping it destroys the VM in the kernel; see
+/// [`FinishedVm::exit_fast`] to have that done off the exit path.
+pub struct FinishedVm {
+    /// How it ended.
+    pub outcome: VmOutcome,
+    /// Its exit statistics.
+    pub observatory: Arc<Observatory>,
+    /// Its paravirtual devices' counters.
+    pub virtio: Vec<virtio::VirtioStats>,
+    vm: Arc<dyn sie_hv::Vm>,
+    memory: vm_memory::GuestMemoryMmap,
+}
+
+/// What metrics and `/stats` read of a VM, running or ended.
+#[derive(Clone, Copy)]
+pub struct VmFigures<'a> {
+    /// Exit and device statistics.
+    pub observatory: &'a Observatory,
+    /// Paravirtual devices' counters.
+    pub virtio: &'a [virtio::VirtioStats],
+}
+
+impl FinishedVm {
+    /// Its figures, for a last metrics line.
+    pub fn figures(&self) -> VmFigures<'_> {
+        VmFigures {
+            observatory: &self.observatory,
+            virtio: &self.virtio,
+        }
+    }
+
+    /// The `--stats` text: the observatory's report, then each virtio
+    /// device's counters.
+    pub fn stats_text(&self) -> String {
+        let mut text = self.observatory.report().to_string();
+        if !self.virtio.is_empty() {
+            text.push_str("\nvirtio devices\n");
+            for device in &self.virtio {
+                text.push_str(&format!("  {}\n   ", device.name));
+                for (name, value) in (device.read)().fields() {
+                    text.push_str(&format!(" {name}={value}"));
+                }
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl FinishedVm {
+    /// Hands the kernel-side teardown of the VM to a reaper process (see
+    /// [`teardown`]) so that this process can exit at once. Only for a
+    /// process that is about to exit and runs no other threads.
+    pub fn exit_fast(self) {
+        teardown::hand_teardown_to_reaper();
+        drop(self.vm);
+        drop(self.memory);
+    }
+}
+
+impl BuiltVm {
+    /// Starts a thread per vCPU. The caller serves the VM's events until
+    /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
+    /// signals must already be blocked (the vCPU threads inherit the mask).
+    pub fn start(self) -> Result<StartedVm> {
+        self.start_as(false)
+    }
+
+    /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
+    /// `paused`.
+    pub fn start_as(self, paused: bool) -> Result<StartedVm> {
+        let vcpus = VcpuSet::spawn(self.vcpus, self.exits, self.control.clone(), paused).map_err(
+            |source| VmmError::Host {
+                what: "starting vCPU threads",
+                source,
+            },
+        )?;
+        Ok(StartedVm {
+            memory_from_file: self.memory_from_file,
+            vcpus,
+            control: self.control,
+            observatory: self.observatory,
+            devices: self.devices,
+            virtio: self.virtio,
+            vm: self.vm,
+            memory: self.memory,
+        })
+    }
+}
+
+/// A VM whose vCPU threads run.
+pub struct StartedVm {
+    /// The vCPUs: pause, resume, register access.
+    pub vcpus: VcpuSet,
+    /// Stop and outcome.
+    pub control: Arc<VmControl>,
+    /// Exit statistics, live.
+    pub observatory: Arc<Observatory>,
+    /// Devices the event loop and the API reach.
+    pub devices: PlatformDevices,
+    /// Paravirtual devices (their workers are taken by the event loop).
+    pub virtio: virtio::VirtioDevices,
+    vm: Arc<dyn sie_hv::Vm>,
+    memory: vm_memory::GuestMemoryMmap,
+    memory_from_file: bool,
+}
+
+impl StartedVm {
+    /// True when guest RAM is a snapshot's memory file mapped copy-on-write
+    /// (its untouched pages hold data without being resident).
+    pub fn memory_from_file(&self) -> bool {
+        self.memory_from_file
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The hypervisor's VM (its in-kernel devices' state).
+    pub fn hv_vm(&self) -> &dyn sie_hv::Vm {
+        self.vm.as_ref()
+    }
+
+    /// Its live figures.
+    pub fn figures(&self) -> VmFigures<'_> {
+        VmFigures {
+            observatory: &self.observatory,
+            virtio: &self.virtio.stats,
+        }
+    }
+
+    /// Stops every vCPU (the VM's control should say why first) and returns
+    /// how the VM ended.
+    pub fn join(mut self) -> FinishedVm {
+        self.vcpus.exit_all();
+        self.vcpus.join();
+        self.devices.console.flush_pending();
+        let outcome = self.control.outcome().unwrap_or(VmOutcome::Shutdown);
+        FinishedVm {
+            outcome,
+            observatory: self.observatory,
+            virtio: self.virtio.stats,
+            vm: self.vm,
+            memory: self.memory,
+        }
+    }
+}
