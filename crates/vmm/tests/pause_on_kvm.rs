@@ -11,6 +11,16 @@ use sie_vmm::{BuildOptions, ConsoleOutput, VmControl, VmOutcome};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Build options for a guest whose console nobody reads.
+fn quiet_options() -> BuildOptions {
+    BuildOptions {
+        start: Instant::now(),
+        console: ConsoleOutput::new(Box::new(std::io::sink())),
+        extra_pio: Vec::new(),
+        host_decompress: None,
+    }
+}
+
 /// Pauses the loop guest once it is inside its loop (a busy host may take a
 /// while to give the vCPU thread its first slice) and returns its registers.
 fn pause_inside_the_loop(vm: &mut sie_vmm::StartedVm) -> sie_hv::x86::Regs {
@@ -44,18 +54,7 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     });
     let kvm = Kvm::open().expect("/dev/kvm");
     let control = Arc::new(VmControl::new().unwrap());
-    let built = sie_vmm::build(
-        &config,
-        &kvm,
-        BuildOptions {
-            start: Instant::now(),
-            console: ConsoleOutput::new(Box::new(std::io::sink())),
-            extra_pio: Vec::new(),
-            host_decompress: None,
-        },
-        control.clone(),
-    )
-    .unwrap();
+    let built = sie_vmm::build(&config, &kvm, quiet_options(), control.clone()).unwrap();
     let mut vm = built.start().unwrap();
     let first = pause_inside_the_loop(&mut vm);
     std::thread::sleep(Duration::from_millis(30));
@@ -100,17 +99,7 @@ fn loop_config() -> VmConfig {
 }
 
 fn quiet_build(kvm: &Kvm, control: &Arc<VmControl>) -> sie_vmm::BuiltVm {
-    let built = sie_vmm::build(
-        &loop_config(),
-        kvm,
-        BuildOptions {
-            start: Instant::now(),
-            console: ConsoleOutput::new(Box::new(std::io::sink())),
-            extra_pio: Vec::new(),
-            host_decompress: None,
-        },
-        control.clone(),
-    );
+    let built = sie_vmm::build(&loop_config(), kvm, quiet_options(), control.clone());
     built.expect("the loop guest builds")
 }
 
@@ -225,12 +214,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
         &snapshot,
         &mem,
         &kvm,
-        BuildOptions {
-            start: Instant::now(),
-            console: ConsoleOutput::new(Box::new(std::io::sink())),
-            extra_pio: Vec::new(),
-            host_decompress: None,
-        },
+        quiet_options(),
         second_control.clone(),
     )
     .unwrap();

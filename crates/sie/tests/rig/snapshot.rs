@@ -2,27 +2,38 @@
 
 use super::*;
 
+/// The L1 script that boots the case's Debian guest under the API at
+/// `/tmp/NAME.sock` (console in `/tmp/NAME-console`), waits for the guest to
+/// print `tick=TICK `, pauses it, writes `/tmp/NAME.snap` and `/tmp/NAME.mem`
+/// with `sie ctl`, and stops that sie.
+fn boot_and_snapshot(case: &str, name: &str, tick: u32) -> String {
+    format!(
+        r#"cat > /tmp/{name}-vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{args}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/{name}.sock --config-file /tmp/{name}-vm.json > /tmp/{name}-console 2>&1 &
+pid=$!
+i=0
+until grep -q "tick={tick} " /tmp/{name}-console; do
+  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
+done
+sie ctl --sock /tmp/{name}.sock pause
+sie ctl --sock /tmp/{name}.sock snapshot create /tmp/{name}.snap /tmp/{name}.mem
+kill $pid; wait $pid
+"#,
+        args = sie_e2e::l2_boot_args(case)
+    )
+}
+
 /// Two clones restored from one snapshot of a Debian guest: each gets a new
 /// VM generation id and the event device's interrupt, so Linux reseeds its
 /// RNG and the clones read different bytes from /dev/urandom.
 pub(crate) fn snapshot_clones() -> Case {
     Case {
         name: "snapshot_clones",
-        l1_command: format!(
-            r#"cat > /tmp/clone-vm.json <<EOF
-{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
-  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
-EOF
-sie --api-sock /tmp/clone.sock --config-file /tmp/clone-vm.json > /tmp/clone-source 2>&1 &
-pid=$!
-i=0
-until grep -q "tick=2 " /tmp/clone-source; do
-  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
-done
-sie ctl --sock /tmp/clone.sock pause
-sie ctl --sock /tmp/clone.sock snapshot create /tmp/clone.snap /tmp/clone.mem
-kill $pid; wait $pid
-echo "@@L2 RESULT source=$(grep -o 'tick=2 .*' /tmp/clone-source | head -1)"
+        l1_command: boot_and_snapshot("snapshot_clones", "clone", 2)
+            + r#"echo "@@L2 RESULT source=$(grep -o 'tick=2 .*' /tmp/clone-console | head -1)"
 status=0
 for clone in a b; do
   sie run --restore /tmp/clone.snap --mem /tmp/clone.mem > /tmp/clone-$clone 2>&1 || status=$?
@@ -31,8 +42,6 @@ done
 tail -3 /tmp/clone-b
 rm -f /tmp/clone.snap /tmp/clone.mem
 exit $status"#,
-            sie_e2e::l2_boot_args("snapshot_clones")
-        ),
         l2_script: Some(
             r#"n=0
 while [ $n -lt 4 ]; do
@@ -79,32 +88,17 @@ echo "@@L2 RESULT finished=yes""#,
 pub(crate) fn snapshot_restore() -> Case {
     Case {
         name: "snapshot_restore",
-        l1_command: format!(
-            r#"cat > /tmp/snap-vm.json <<EOF
-{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
-  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
-EOF
-sie --api-sock /tmp/snap.sock --config-file /tmp/snap-vm.json > /tmp/snap-console 2>&1 &
-pid=$!
-i=0
-until grep -q "tick=3 " /tmp/snap-console; do
-  i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1
-done
-sie ctl --sock /tmp/snap.sock pause
-sie ctl --sock /tmp/snap.sock snapshot create /tmp/vm.snap /tmp/vm.mem
-kill $pid; wait $pid
-last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
+        l1_command: boot_and_snapshot("snapshot_restore", "snap", 3)
+            + r#"last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
 grep 'tick=' /tmp/snap-console
 echo "@@L2 RESULT source_last=$last"
-echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/vm.mem | cut -f1)"
-sie run --restore /tmp/vm.snap --mem /tmp/vm.mem > /tmp/snap-restored 2>&1
+echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/snap.mem | cut -f1)"
+sie run --restore /tmp/snap.snap --mem /tmp/snap.mem > /tmp/snap-restored 2>&1
 status=$?
 echo "@@L2 RESULT restored_first=$(grep -o 'tick=[0-9]*' /tmp/snap-restored | head -1)"
 cat /tmp/snap-restored
-rm -f /tmp/vm.snap /tmp/vm.mem
+rm -f /tmp/snap.snap /tmp/snap.mem
 exit $status"#,
-            sie_e2e::l2_boot_args("snapshot_restore")
-        ),
         l2_script: Some(
             r#"echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
 n=0
