@@ -31,6 +31,7 @@ mod device;
 mod fault;
 mod memory;
 mod mmio;
+mod mmio_state;
 pub mod net;
 pub mod rate_limiter;
 pub mod rng;
@@ -39,6 +40,8 @@ mod worker;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod mmio_state_tests;
 #[cfg(test)]
 mod mmio_tests;
 #[cfg(any(test, feature = "test-util"))]
@@ -57,4 +60,5 @@ pub use mmio::{
     MMIO_MAGIC, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportError,
     VirtioMmioTransport,
 };
+pub use mmio_state::{SavedQueue, TransportSnapshot, TransportState, TransportStateError};
 pub use worker::VirtioWorker;

@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::counters::{CountersSnapshot, VirtioCounters};
 use crate::device::{Activation, VirtioDevice, VirtioInterrupt};
 use crate::memory::GuestMemory;
+use crate::mmio_state::{SavedQueue, TransportSnapshot, TransportState, TransportStateError};
 use sie_devices::{BusDevice, Interrupt};
 
 /// "virt" in little endian.
@@ -139,6 +140,74 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
     /// The device's counters right now.
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()
+    }
+
+    /// The registers and queues, for a snapshot (the VM paused).
+    pub fn state(&self) -> TransportState {
+        let state = self.lock();
+        TransportState {
+            device_type: state.device.device_type(),
+            status: state.status,
+            device_features_sel: state.device_features_sel,
+            driver_features_sel: state.driver_features_sel,
+            driver_features: state.driver_features,
+            queue_sel: state.queue_sel,
+            queues: state.queues.iter().map(SavedQueue::of).collect(),
+            config_generation: state.config_generation,
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Puts saved registers and queues back (guest memory already restored,
+    /// the vCPUs not yet running) and, for a device the driver had started,
+    /// activates it as DRIVER_OK would. A state that does not fit this
+    /// device is refused and the transport left as it was; one whose queues
+    /// the device then refuses leaves it NEEDS_RESET, which the driver
+    /// handles.
+    pub fn restore(&self, saved: &TransportState) -> Result<(), TransportStateError> {
+        let mut state = self.lock();
+        let device = state.device.device_type();
+        if saved.device_type != device {
+            return Err(TransportStateError::DeviceType {
+                saved: saved.device_type,
+                device,
+            });
+        }
+        let offered = state.device.queue_max_sizes();
+        let shapes_match = saved.queues.len() == offered.len()
+            && saved
+                .queues
+                .iter()
+                .zip(offered)
+                .all(|(queue, &max)| queue.max_size == max);
+        if !shapes_match {
+            return Err(TransportStateError::Queues(format!(
+                "{} saved, {} offered",
+                saved.queues.len(),
+                offered.len()
+            )));
+        }
+        let event_idx = saved.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let queues = saved
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, queue)| queue.rebuild(index, &self.mem, event_idx))
+            .collect::<Result<Vec<_>, _>>()?;
+        state.queues = queues;
+        state.status = saved.status;
+        state.device_features_sel = saved.device_features_sel;
+        state.driver_features_sel = saved.driver_features_sel;
+        state.driver_features = saved.driver_features;
+        state.queue_sel = saved.queue_sel;
+        state.config_generation = saved.config_generation;
+        self.interrupt_status
+            .store(saved.interrupt_status, Ordering::SeqCst);
+        let live = VIRTIO_CONFIG_S_DRIVER_OK;
+        if saved.status & (live | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == live {
+            self.activate(&mut state);
+        }
+        Ok(())
     }
 
     /// The device status register (for tests and diagnostics).
@@ -412,6 +481,16 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             Some(start) => state.device.write_config(start, data),
             None => false,
         }
+    }
+}
+
+impl<D: VirtioDevice> TransportSnapshot for VirtioMmioTransport<D> {
+    fn save(&self) -> TransportState {
+        self.state()
+    }
+
+    fn load(&self, saved: &TransportState) -> Result<(), TransportStateError> {
+        self.restore(saved)
     }
 }
 

@@ -32,8 +32,8 @@ use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
 use sie_virtio::rng::Rng;
 use sie_virtio::vsock::Vsock;
 use sie_virtio::{
-    CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, VirtioDevice, VirtioMmioTransport,
-    VirtioWorker,
+    CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportSnapshot, VirtioDevice,
+    VirtioMmioTransport, VirtioWorker,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -59,6 +59,8 @@ pub struct VirtioDevices {
     pub nets: Vec<(String, Arc<VirtioMmioTransport<Net>>)>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
+    /// Every transport, in the order they were placed (for snapshots).
+    pub transports: Vec<Arc<dyn TransportSnapshot>>,
 }
 
 /// What `attach` needs from the VM being built.
@@ -212,6 +214,7 @@ impl VirtioDevices {
         });
         self.workers
             .push(Box::new(VirtioWorker::new(transport.clone())));
+        self.transports.push(transport.clone());
         let counters = transport.clone();
         self.stats.push(VirtioStats {
             name: bus_name,

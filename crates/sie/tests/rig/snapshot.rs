@@ -3,14 +3,15 @@
 use super::*;
 
 /// The L1 script that boots the case's Debian guest under the API at
-/// `/tmp/NAME.sock` (console in `/tmp/NAME-console`), waits for the guest to
+/// `/tmp/NAME.sock` with `DEVICES` (more config-file sections, each after a
+/// comma) (console in `/tmp/NAME-console`), waits for the guest to
 /// print `tick=TICK `, pauses it, writes `/tmp/NAME.snap` and `/tmp/NAME.mem`
 /// with `sie ctl`, and stops that sie.
-fn boot_and_snapshot(case: &str, name: &str, tick: u32) -> String {
+fn boot_and_snapshot(case: &str, name: &str, tick: u32, devices: &str) -> String {
     format!(
         r#"cat > /tmp/{name}-vm.json <<EOF
 {{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
-  "boot_args": "{args}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}
+  "boot_args": "{args}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}{devices}}}
 EOF
 sie --api-sock /tmp/{name}.sock --config-file /tmp/{name}-vm.json > /tmp/{name}-console 2>&1 &
 pid=$!
@@ -32,7 +33,7 @@ kill $pid; wait $pid
 pub(crate) fn snapshot_clones() -> Case {
     Case {
         name: "snapshot_clones",
-        l1_command: boot_and_snapshot("snapshot_clones", "clone", 2)
+        l1_command: boot_and_snapshot("snapshot_clones", "clone", 2, "")
             + r#"echo "@@L2 RESULT source=$(grep -o 'tick=2 .*' /tmp/clone-console | head -1)"
 status=0
 for clone in a b; do
@@ -88,7 +89,15 @@ echo "@@L2 RESULT finished=yes""#,
 pub(crate) fn snapshot_restore() -> Case {
     Case {
         name: "snapshot_restore",
-        l1_command: boot_and_snapshot("snapshot_restore", "snap", 3)
+        l1_command: r#"cp "$GUEST/disk.ext4" /tmp/snap-disk.ext4
+"#
+        .to_string()
+            + &boot_and_snapshot(
+                "snapshot_restore",
+                "snap",
+                3,
+                r#", "drives": [{"drive_id": "data", "path_on_host": "/tmp/snap-disk.ext4", "is_root_device": false, "is_read_only": true}], "entropy": {}"#,
+            )
             + r#"last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
 grep 'tick=' /tmp/snap-console
 echo "@@L2 RESULT source_last=$last"
@@ -97,12 +106,19 @@ sie run --restore /tmp/snap.snap --mem /tmp/snap.mem > /tmp/snap-restored 2>&1
 status=$?
 echo "@@L2 RESULT restored_first=$(grep -o 'tick=[0-9]*' /tmp/snap-restored | head -1)"
 cat /tmp/snap-restored
-rm -f /tmp/snap.snap /tmp/snap.mem
+rm -f /tmp/snap.snap /tmp/snap.mem /tmp/snap-disk.ext4
 exit $status"#,
         l2_script: Some(
-            r#"echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
+            r#"for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng; do insmod /modules/$m.ko; done
+echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
 n=0
-while [ $n -lt 10 ]; do n=$((n+1)); echo "@@L2 RESULT tick=$n kept=$(cat /kept) "; sleep 1; done
+while [ $n -lt 10 ]; do
+  n=$((n+1))
+  blk=$(dd if=/dev/vda bs=4096 count=1 skip=$n iflag=direct 2>/dev/null | wc -c)
+  rng=$(head -c 8 /dev/hwrng 2>/dev/null | wc -c)
+  echo "@@L2 RESULT tick=$n kept=$(cat /kept) blk=$blk rng=$rng "
+  sleep 1
+done
 echo "@@L2 RESULT finished=yes""#,
         ),
         check: |run| {
@@ -118,12 +134,27 @@ echo "@@L2 RESULT finished=yes""#,
                     ));
                 }
             }
-            // The file the guest wrote before the snapshot is still there.
-            let kept: Vec<&str> = run
+            // The file the guest wrote before the snapshot is still there,
+            // and its disk and entropy device answer on every tick, the
+            // ones after the restore included.
+            let ticks: Vec<&str> = run
                 .output
                 .lines()
+                .filter(|line| line.contains("@@L2 RESULT tick="))
+                .collect();
+            if ticks.len() < 10
+                || ticks
+                    .iter()
+                    .any(|t| !t.contains(" blk=4096 ") || !t.contains(" rng=8 "))
+            {
+                return Err(format!(
+                    "a tick without its disk or entropy read: {ticks:#?}"
+                ));
+            }
+            let kept: Vec<&str> = ticks
+                .iter()
                 .filter_map(|line| line.split("kept=").nth(1))
-                .map(str::trim)
+                .filter_map(|rest| rest.split_whitespace().next())
                 .collect();
             if kept.len() < 10
                 || kept.iter().any(|k| *k != kept[0])

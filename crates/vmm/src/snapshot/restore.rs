@@ -44,6 +44,19 @@ pub fn restore(
         .devices
         .restore(&snapshot.devices)
         .map_err(build_error)?;
+    let transports = &machine.virtio.transports;
+    if transports.len() != snapshot.virtio.len() {
+        return Err(SnapshotError::Build(format!(
+            "the snapshot has {} virtio devices, its configuration {}",
+            snapshot.virtio.len(),
+            transports.len()
+        )));
+    }
+    for (index, (transport, saved)) in transports.iter().zip(&snapshot.virtio).enumerate() {
+        transport
+            .load(saved)
+            .map_err(|e| SnapshotError::Build(format!("virtio device {index}: {e}")))?;
+    }
     // A restored VM is a clone: it gets a new generation id and hears about
     // it before its vCPUs run, so it reseeds its RNG. (The memory file is
     // mapped copy-on-write: the file keeps the old id.)
