@@ -62,6 +62,13 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self) -> Result<(), DeviceFault> {
         Ok(())
     }
+    /// Called once after a snapshot restore activated the device, before
+    /// the guest runs again: a device whose host side did not survive the
+    /// move (vsock's connections) tells the driver here. An error marks the
+    /// device NEEDS_RESET.
+    fn restored(&mut self) -> Result<(), DeviceFault> {
+        Ok(())
+    }
     /// The timers of the device's rate limiters (see
     /// [`crate::rate_limiter`]), which the event thread watches. Asked
     /// once, when the worker is registered, so they must exist from the

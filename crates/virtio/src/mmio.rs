@@ -206,6 +206,12 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
         let live = VIRTIO_CONFIG_S_DRIVER_OK;
         if saved.status & (live | VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == live {
             self.activate(&mut state);
+            if state.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
+                && let Err(fault) = state.device.restored()
+            {
+                tracing::debug!(%fault, "virtio device could not announce its restore");
+                self.needs_reset(&mut state);
+            }
         }
         Ok(())
     }

@@ -79,3 +79,46 @@ fn rings_outside_guest_memory_leave_the_device_needing_a_reset() {
     new.restore(&saved).unwrap();
     assert_ne!(new.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_restored_vsock_tells_the_driver_its_connections_are_gone() {
+    use crate::testing::Driver;
+    use crate::vsock::Vsock;
+    use vm_memory::{Bytes, GuestAddress};
+
+    let dir = std::env::temp_dir().join(format!("sie-vsock-restore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (old, mem, _) = crate::testing::transport(Vsock::new(3, &dir.join("a.sock")).unwrap());
+    let rings = [
+        Ring::new(0x1000, 16),
+        Ring::new(0x2000, 16),
+        Ring::new(0x3000, 16),
+    ];
+    Driver::new(&old).start(&rings);
+    // The driver keeps an event buffer posted, as Linux does.
+    let event_buffer = DATA + 0x8000;
+    mem.write_obj(0xffff_ffffu32, GuestAddress(event_buffer))
+        .unwrap();
+    rings[2].set_chain(&mem, 0, &[(event_buffer, 8, true)]);
+    rings[2].publish(&mem, &[0]);
+    let saved = old.state();
+
+    let irq = Arc::new(CountingIrq::default());
+    let new = VirtioMmioTransport::new(
+        Vsock::new(3, &dir.join("b.sock")).unwrap(),
+        mem.clone(),
+        irq.clone(),
+    )
+    .unwrap();
+    new.restore(&saved).unwrap();
+    assert_eq!(rings[2].used_idx(&mem), 1, "the event buffer came back");
+    assert_eq!(rings[2].used(&mem, 0), (0, 4));
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(event_buffer)).unwrap(),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    assert_eq!(irq.count(), 1);
+    assert_eq!(new.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -82,10 +82,12 @@ echo "@@L2 RESULT finished=yes""#,
     }
 }
 
-/// A Debian guest that counts seconds and keeps a file in its RAM-backed
-/// root is paused, snapshotted through `sie ctl`, stopped, and restored by
-/// `sie run --restore` in a new process: it goes on counting from where it
-/// was, still has its file, and finishes its script (exit 0).
+/// A Debian guest with a disk, an entropy device and a vsock listener,
+/// that counts seconds and keeps a file in its RAM-backed root, is paused,
+/// snapshotted through `sie ctl`, stopped, and restored by `sie run
+/// --restore` in a new process: it goes on counting from where it was,
+/// still has its file, reads its disk and entropy device on every tick,
+/// its listener answers a host client, and it finishes its script (exit 0).
 pub(crate) fn snapshot_restore() -> Case {
     Case {
         name: "snapshot_restore",
@@ -96,20 +98,26 @@ pub(crate) fn snapshot_restore() -> Case {
                 "snapshot_restore",
                 "snap",
                 3,
-                r#", "drives": [{"drive_id": "data", "path_on_host": "/tmp/snap-disk.ext4", "is_root_device": false, "is_read_only": true}], "entropy": {}"#,
+                r#", "drives": [{"drive_id": "data", "path_on_host": "/tmp/snap-disk.ext4", "is_root_device": false, "is_read_only": true}], "entropy": {}, "vsock": {"guest_cid": 3, "uds_path": "/tmp/snap-v.sock"}"#,
             )
             + r#"last=$(grep -o 'tick=[0-9]*' /tmp/snap-console | tail -1)
 grep 'tick=' /tmp/snap-console
 echo "@@L2 RESULT source_last=$last"
 echo "@@L2 RESULT mem_file_kib=$(du -k /tmp/snap.mem | cut -f1)"
-sie run --restore /tmp/snap.snap --mem /tmp/snap.mem > /tmp/snap-restored 2>&1
+sie run --restore /tmp/snap.snap --mem /tmp/snap.mem > /tmp/snap-restored 2>&1 &
+rpid=$!
+i=0
+until grep -q "tick=5 " /tmp/snap-restored; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "@@L2 RESULT vsock_after=$(sietool uds-ask /tmp/snap-v.sock 1024 after-restore | tr '\n' ' ')"
+wait $rpid
 status=$?
 echo "@@L2 RESULT restored_first=$(grep -o 'tick=[0-9]*' /tmp/snap-restored | head -1)"
 cat /tmp/snap-restored
 rm -f /tmp/snap.snap /tmp/snap.mem /tmp/snap-disk.ext4
 exit $status"#,
         l2_script: Some(
-            r#"for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng; do insmod /modules/$m.ko; done
+            r#"for m in virtio_ring virtio virtio_mmio virtio_blk virtio-rng vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do insmod /modules/$m.ko; done
+sietool vsock-echo 1024 > /dev/null &
 echo "kept-$(cat /proc/sys/kernel/random/uuid)" > /kept
 n=0
 while [ $n -lt 10 ]; do
@@ -163,6 +171,13 @@ echo "@@L2 RESULT finished=yes""#,
                 return Err(format!(
                     "the guest's file changed across the restore: {kept:?}"
                 ));
+            }
+            // The guest's vsock listener, opened before the snapshot, answers
+            // a host client after the restore (its connections were reset).
+            match run.result("vsock_after") {
+                Some(reply)
+                    if reply.starts_with("OK ") && reply.trim_end().ends_with("after-restore") => {}
+                other => return Err(format!("vsock echo after the restore: got {other:?}")),
             }
             // Only what the guest touched is written (128 MiB of RAM).
             let kib: u64 = run

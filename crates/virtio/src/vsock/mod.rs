@@ -52,6 +52,9 @@ pub const VSOCK_QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
 const EVENT: usize = 2;
+/// `virtio_vsock_event.id` of a transport reset: every connection is gone,
+/// listeners stay (virtio 1.2 §5.10.6.9).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Configuration space: `guest_cid` (le64).
 const CONFIG_LEN: usize = 8;
 
@@ -286,11 +289,48 @@ impl VirtioDevice for Vsock {
             .map_err(|_| ActivateError::QueueInvalid(RX))
     }
 
+    /// A restored VM's host-side connections did not survive the move:
+    /// tell the driver with a transport-reset event on the event queue, so
+    /// the guest closes its connections and keeps its listeners.
+    fn restored(&mut self) -> Result<(), DeviceFault> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let Some(queue) = active.queues.get_mut(EVENT) else {
+            return Ok(());
+        };
+        let (mem, counters) = (&active.mem, &self.counters);
+        let Some(chain) = super::chain::next_chain(queue, mem, counters)? else {
+            tracing::info!("vsock: no event buffer posted; the guest misses the transport reset");
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let written = match segments(chain, mem) {
+            Ok(buffers) => match buffers.iter().find(|s| s.writable && s.len >= 4) {
+                Some(segment) => {
+                    vm_memory::Bytes::write_obj(mem, EVENT_TRANSPORT_RESET.to_le(), segment.addr)
+                        .map_err(|_| DeviceFault::RingAccess)?;
+                    4
+                }
+                None => 0,
+            },
+            Err(_) => 0,
+        };
+        if written == 0 {
+            counters.error();
+        }
+        queue
+            .add_used(mem, head, written)
+            .map_err(|_| DeviceFault::RingAccess)?;
+        active.interrupt.signal_used();
+        Ok(())
+    }
+
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault> {
         match index {
             TX => self.process_tx()?,
-            // The event queue only matters for transport resets
-            // (migration), which sie does not do: its buffers stay posted.
+            // The event queue is used only for the transport reset after a
+            // restore (`restored`): its buffers stay posted otherwise.
             EVENT => return Ok(()),
             _ => {}
         }

@@ -13,8 +13,9 @@
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
-//! buckets. Not yet: VMs with a vsock device, diff snapshots, the Uffd and
-//! Lazy memory backends; each is refused by name.
+//! buckets, and vsock tells the guest its connections are gone. Not yet:
+//! diff snapshots, the Uffd and Lazy memory backends; each is refused by
+//! name.
 
 pub mod durable;
 pub mod format;
