@@ -267,6 +267,23 @@ pub enum BenchCommand {
     Net(BenchNetArgs),
     /// Whole VM lifecycles of a tiny guest: bare KVM loop, `sie run`, and a peer VMM.
     Lifecycle(BenchLifecycleArgs),
+    /// Snapshot create and restore times per guest size, sie and a peer VMM.
+    Snapshot(BenchSnapshotArgs),
+}
+
+/// Flags of `sie bench snapshot`.
+#[derive(Debug, Args)]
+pub struct BenchSnapshotArgs {
+    /// Snapshots per size and VMM; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Guest memory sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
+    pub sizes_mib: Vec<u32>,
+    /// Another VMM to compare that serves Firecracker's API (`PATH
+    /// --api-sock SOCK [--config-file FILE]`), e.g. a `firecracker` binary.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
 }
 
 /// Flags of `sie bench lifecycle`.

@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
-enum CtlError {
+pub(crate) enum CtlError {
     #[error("cannot connect to {path}: {source}")]
     Connect {
         path: String,
@@ -50,12 +50,17 @@ enum CtlError {
 }
 
 /// An answer from the server.
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     body: Vec<u8>,
 }
 
-fn request(sock: &Path, method: &str, uri: &str, body: Option<&Value>) -> Result<Answer, CtlError> {
+pub(crate) fn request(
+    sock: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> Result<Answer, CtlError> {
     let io = |source| CtlError::Io {
         method: method.to_string(),
         uri: uri.to_string(),

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Blk(args))) => bench::blk::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Net(args))) => bench::net::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Snapshot(args))) => bench::snapshot::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Lifecycle(args))) => {
             bench::lifecycle::run(&args)
         }

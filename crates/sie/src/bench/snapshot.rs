@@ -1,0 +1,239 @@
+//! `sie bench snapshot`: how long a Full snapshot of a running guest takes
+//! to write, and how long a new process takes from its start to a running
+//! restored guest, per guest size; for sie and, with `--peer`, another VMM
+//! that speaks Firecracker's API. Every restore is checked: the guest (the
+//! `counter` guest, which counts in its RAM) must print the next count.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli::BenchSnapshotArgs;
+use crate::ctl::request;
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// How long a guest, a socket or a count may take to appear.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One snapshot and restore.
+struct Sample {
+    create_ms: f64,
+    load_ms: f64,
+    start_to_running_ms: f64,
+    memory_file_mib: f64,
+}
+
+/// A VMM process serving its API, killed when dropped.
+struct Vmm {
+    child: Child,
+    sock: PathBuf,
+    console: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, BoxError> {
+    let sock = dir.join(format!("{name}.sock"));
+    let console = dir.join(format!("{name}.console"));
+    let child = Command::new(program)
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(File::create(&console)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut vmm = Vmm {
+        child,
+        sock,
+        console,
+    };
+    let deadline = Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
+        if let Some(status) = vmm.child.try_wait()? {
+            return Err(format!(
+                "{} exited ({status}) before serving its API",
+                program.display()
+            )
+            .into());
+        }
+        if Instant::now() > deadline {
+            return Err("timed out waiting for the API socket".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(vmm)
+}
+
+/// The counts the guest printed so far.
+fn counts(console: &Path) -> Vec<u64> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("count ")?.trim().parse().ok())
+        .collect()
+}
+
+fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, BoxError> {
+    let config = dir.join("vm.json");
+    std::fs::write(
+        &config,
+        json!({
+            "boot-source": {"kernel_image_path": guest, "boot_args": "limit=100000000 delay=20000"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
+        })
+        .to_string(),
+    )?;
+    let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let source = spawn(
+        program,
+        dir,
+        "source",
+        &["--config-file", &config.to_string_lossy()],
+    )?;
+    wait_until("the guest's second count", || {
+        counts(&source.console).len() >= 2
+    })?;
+    request(
+        &source.sock,
+        "PATCH",
+        "/vm",
+        Some(&json!({"state": "Paused"})),
+    )?;
+    let last = counts(&source.console).last().copied().unwrap_or(0);
+    let started = Instant::now();
+    request(
+        &source.sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})),
+    )?;
+    let create_ms = started.elapsed().as_secs_f64() * 1e3;
+    drop(source);
+    let memory_file_mib = std::fs::metadata(&mem)?.blocks() as f64 * 512.0 / f64::from(1 << 20);
+
+    let process_start = Instant::now();
+    let restored = spawn(program, dir, "restored", &[])?;
+    let load_start = Instant::now();
+    request(
+        &restored.sock,
+        "PUT",
+        "/snapshot/load",
+        Some(&json!({
+            "snapshot_path": snap,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+        })),
+    )?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let start_to_running_ms = process_start.elapsed().as_secs_f64() * 1e3;
+    // The check: the restored guest goes on from its last count.
+    let next = last + 1;
+    wait_until(&format!("the restored guest to print count {next}"), || {
+        counts(&restored.console).first() == Some(&next)
+    })?;
+    Ok(Sample {
+        create_ms,
+        load_ms,
+        start_to_running_ms,
+        memory_file_mib,
+    })
+}
+
+fn median(values: Vec<f64>) -> f64 {
+    let mut values = values;
+    super::median(&mut values).unwrap_or(f64::NAN)
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: &BenchSnapshotArgs) -> Result<u8, BoxError> {
+    if args.runs == 0 || args.sizes_mib.iter().any(|&s| s == 0) {
+        return Err("--runs and every --sizes-mib must be at least 1".into());
+    }
+    let dir = std::env::temp_dir().join(format!("sie-bench-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
+    let guest = dir.join("counter.elf");
+    std::fs::write(&guest, sie_guests::COUNTER.bytes)?;
+    let mut vmms = vec![("sie".to_string(), std::env::current_exe()?)];
+    if let Some(peer) = &args.peer {
+        let name = peer
+            .file_name()
+            .map_or_else(|| "peer".to_string(), |n| n.to_string_lossy().into_owned());
+        vmms.push((format!("peer ({name})"), peer.clone()));
+    }
+    println!(
+        "sie bench snapshot: counter guest, 1 vCPU; Full snapshot of a running guest, restored in a new process; median of {} runs",
+        args.runs
+    );
+    println!(
+        "  {:<22} {:>8} {:>11} {:>9} {:>17} {:>14}",
+        "vmm", "MiB", "create ms", "load ms", "start→running ms", "mem file MiB"
+    );
+    let mut rows: Vec<(String, u32, [f64; 4])> = Vec::new();
+    for &mib in &args.sizes_mib {
+        for (name, program) in &vmms {
+            let mut samples = Vec::with_capacity(args.runs as usize);
+            for _ in 0..args.runs {
+                let sample = once(program, dir, &guest, mib)
+                    .map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
+                samples.push(sample);
+            }
+            let figures = [
+                median(samples.iter().map(|s| s.create_ms).collect()),
+                median(samples.iter().map(|s| s.load_ms).collect()),
+                median(samples.iter().map(|s| s.start_to_running_ms).collect()),
+                median(samples.iter().map(|s| s.memory_file_mib).collect()),
+            ];
+            println!(
+                "  {name:<22} {mib:>8} {:>11.2} {:>9.2} {:>17.2} {:>14.2}",
+                figures[0], figures[1], figures[2], figures[3]
+            );
+            rows.push((name.clone(), mib, figures));
+        }
+    }
+    if vmms.len() == 2 {
+        for &mib in &args.sizes_mib {
+            let of = |who: &str| {
+                rows.iter()
+                    .find(|(n, m, _)| n.starts_with(who) && *m == mib)
+            };
+            if let (Some((_, _, sie)), Some((_, _, peer))) = (of("sie"), of("peer")) {
+                println!(
+                    "  sie/peer at {mib} MiB: create x{:.2}, load x{:.2}, start→running x{:.2}",
+                    sie[0] / peer[0],
+                    sie[1] / peer[1],
+                    sie[2] / peer[2]
+                );
+            }
+        }
+    }
+    println!("  checked: every restore went on counting from the count its snapshot was taken at");
+    Ok(0)
+}

@@ -1,0 +1,63 @@
+//! `sie bench snapshot` on the real /dev/kvm: it snapshots and restores the
+//! counter guest, checks each restore went on counting, and prints numbers.
+
+mod common;
+
+use common::sie;
+
+#[test]
+fn the_snapshot_bench_checks_each_restore_and_prints_figures() {
+    let exe = env!("CARGO_BIN_EXE_sie");
+    let run = sie(&[
+        "bench",
+        "snapshot",
+        "--runs",
+        "1",
+        "--sizes-mib",
+        "64",
+        "--peer",
+        exe,
+    ]);
+    run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("checked: every restore went on counting"),
+        "{}",
+        run.stdout
+    );
+    for vmm in ["sie 64 ", "peer (sie) 64 "] {
+        let row = run
+            .stdout
+            .lines()
+            .find(|line| {
+                line.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .starts_with(vmm)
+            })
+            .unwrap_or_else(|| panic!("no {vmm} row in {}", run.stdout));
+        let numbers: Vec<f64> = row
+            .split_whitespace()
+            .filter_map(|cell| cell.parse().ok())
+            .collect();
+        // MiB, create, load, start→running, memory file.
+        assert_eq!(numbers.len(), 5, "{row}");
+        assert!(numbers[1..4].iter().all(|&n| n > 0.0), "{row}");
+    }
+    assert!(run.stdout.contains("sie/peer at 64 MiB"), "{}", run.stdout);
+}
+
+#[test]
+fn a_peer_that_cannot_restore_fails_the_bench() {
+    let run = sie(&[
+        "bench",
+        "snapshot",
+        "--runs",
+        "1",
+        "--sizes-mib",
+        "64",
+        "--peer",
+        "/bin/true",
+    ]);
+    run.expect_one_line_error("peer (true)");
+}
