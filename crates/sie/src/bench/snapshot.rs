@@ -168,7 +168,7 @@ fn median(values: Vec<f64>) -> f64 {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &BenchSnapshotArgs) -> Result<u8, BoxError> {
-    if args.runs == 0 || args.sizes_mib.iter().any(|&s| s == 0) {
+    if args.runs == 0 || args.sizes_mib.contains(&0) {
         return Err("--runs and every --sizes-mib must be at least 1".into());
     }
     let dir = std::env::temp_dir().join(format!("sie-bench-snapshot-{}", std::process::id()));
