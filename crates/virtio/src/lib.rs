@@ -33,6 +33,7 @@ mod memory;
 mod mmio;
 mod mmio_state;
 pub mod net;
+mod net_backend;
 pub mod rate_limiter;
 pub mod rng;
 pub mod vsock;

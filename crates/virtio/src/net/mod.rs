@@ -28,7 +28,6 @@
 //!    and its length in bytes (virtio-net header included). A throttled
 //!    receive side also stops listening to the tap, so frames wait there.
 
-mod backend;
 mod counters;
 mod error;
 mod mac;
@@ -60,8 +59,8 @@ use virtio_bindings::virtio_net::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 
-pub use backend::NetBackend;
-use backend::RxGate;
+use crate::net_backend::RxGate;
+pub use crate::net_backend::{MAX_FRAME_LEN, NET_HDR_LEN, NetBackend};
 pub use counters::{NetCounters, NetCountersSnapshot};
 pub use error::NetError;
 pub use mac::{MacAddr, MacError, format_mac, parse_mac, random_mac};
@@ -75,14 +74,8 @@ use super::{
     VirtioInterrupt, VirtioMmioTransport, read_config_bytes,
 };
 
-/// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): the header
-/// every frame carries once VERSION_1 is negotiated.
-pub const NET_HDR_LEN: usize = 12;
 /// Length of an Ethernet header: the shortest frame worth sending.
 pub const ETH_HLEN: usize = 14;
-/// Largest frame with its header: 65550 bytes (a 64 KiB GSO frame with
-/// Ethernet and VLAN headers) plus the virtio-net header.
-pub const MAX_FRAME_LEN: usize = NET_HDR_LEN + 65550;
 /// Queue size offered for both queues.
 pub const NET_QUEUE_SIZE: u16 = 256;
 /// Index of the receive queue.

@@ -14,10 +14,10 @@ use std::io;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
-use super::backend::{NetBackend, RxGate};
 use super::counters::NetCounters;
 use super::{MAX_FRAME_LEN, NET_HDR_LEN};
 use crate::chain::{segments, take_chain};
+use crate::net_backend::{NetBackend, RxGate};
 use crate::rate_limiter::RateLimiter;
 use crate::{ChainError, DeviceFault, GuestMemory, Segment, VirtioCounters};
 

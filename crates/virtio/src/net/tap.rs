@@ -22,7 +22,7 @@ use virtio_bindings::virtio_net::{
 };
 
 use super::NET_HDR_LEN;
-use super::backend::NetBackend;
+use crate::net_backend::NetBackend;
 
 /// The step name of [`Tap::set_mtu`] in a [`TapError`].
 const SET_MTU: &str = "set the MTU";

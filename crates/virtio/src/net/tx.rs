@@ -12,10 +12,10 @@ use std::io;
 use virtio_queue::Queue;
 use vm_memory::Bytes;
 
-use super::backend::NetBackend;
 use super::counters::NetCounters;
 use super::{ETH_HLEN, MAX_FRAME_LEN, NET_HDR_LEN};
 use crate::chain::drain_queue_until;
+use crate::net_backend::NetBackend;
 use crate::rate_limiter::RateLimiter;
 use crate::{DeviceFault, GuestMemory, Segment, VirtioCounters};
 

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::net::{MAX_FRAME_LEN, NET_HDR_LEN, NetBackend};
+use crate::net_backend::{MAX_FRAME_LEN, NET_HDR_LEN, NetBackend};
 
 /// The device's end of the pair.
 pub struct PairBackend {

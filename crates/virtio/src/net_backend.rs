@@ -1,11 +1,20 @@
-//! The host side of a virtio-net device, and the switch that stops the
-//! event thread from spinning on it.
+//! The host side of a virtio-net device (what crosses it: frames with
+//! their virtio-net header), and the switch that stops the event thread
+//! from spinning on it. Apart from `net/` so the test backend in
+//! `testing/` implements it without reaching up into the device.
 
 use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// Size of `struct virtio_net_hdr_v1` (with `num_buffers`): the header
+/// every frame carries once VERSION_1 is negotiated.
+pub const NET_HDR_LEN: usize = 12;
+/// Largest frame with its header: 65550 bytes (a 64 KiB GSO frame with
+/// Ethernet and VLAN headers) plus the virtio-net header.
+pub const MAX_FRAME_LEN: usize = NET_HDR_LEN + 65550;
 
 /// Where guest frames go and host frames come from: a tap in production,
 /// a socket pair in tests. Every frame crosses it *with* its 12-byte
