@@ -61,9 +61,9 @@ pub enum Request {
     /// Extension: `GET /stats`, the exit observatory as JSON.
     GetStats,
     /// `PUT /snapshot/create` (on a paused VM).
-    CreateSnapshot(crate::SnapshotCreate),
+    CreateSnapshot(crate::snapshot::SnapshotCreate),
     /// `PUT /snapshot/load` (before anything is started).
-    LoadSnapshot(crate::SnapshotLoad),
+    LoadSnapshot(crate::snapshot::SnapshotLoad),
 }
 
 impl Request {
