@@ -136,14 +136,15 @@ impl BuiltVm {
     /// Starts a thread per vCPU. The caller serves the VM's events until
     /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
     /// signals must already be blocked (the vCPU threads inherit the mask).
-    pub fn start(self) -> Result<StartedVm> {
-        let vcpus =
-            VcpuSet::spawn(self.vcpus, self.exits, self.control.clone()).map_err(|source| {
-                VmmError::Host {
-                    what: "starting vCPU threads",
-                    source,
-                }
-            })?;
+    /// Each vCPU thread installs `seccomp`'s vCPU filter before it enters
+    /// the guest.
+    pub fn start(self, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        let vcpus = VcpuSet::spawn(self.vcpus, self.exits, self.control.clone(), seccomp).map_err(
+            |source| VmmError::Host {
+                what: "starting vCPU threads",
+                source,
+            },
+        )?;
         Ok(StartedVm {
             vcpus,
             control: self.control,

@@ -38,7 +38,7 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
         control.clone(),
     )
     .unwrap();
-    let mut vm = built.start().unwrap();
+    let mut vm = built.start(&sie_seccomp::Seccomp::disabled()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
 
     vm.vcpus.pause(TIMEOUT).unwrap();
