@@ -91,6 +91,9 @@ fn a_forbidden_call_is_reported_and_exits_148() {
     // SAFETY: `pipe` has room for two descriptors.
     assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
     let filters = Seccomp::builtin();
+    // Installed before the fork, so the child never waits on a one-time
+    // initialisation another test thread was in the middle of.
+    sigsys::install_handler().unwrap();
     // SAFETY: the child only makes system calls (no allocation, no locks)
     // and ends in _exit, from the SIGSYS handler or below.
     let pid = unsafe { libc::fork() };
