@@ -34,12 +34,20 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
             continue;
         };
-        let mode = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Seccomp:"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(|value| value.trim().to_string())
+        };
+        let mode = field("Seccomp:").unwrap();
+        // Each thread runs its own filter, not its own stacked on the one
+        // of the thread that created it (kernels since 5.9 show the count).
+        if mode == "2"
+            && let Some(count) = field("Seccomp_filters:")
+        {
+            assert_eq!(count, "1", "thread {name} has {count} filters");
+        }
         modes.push((name, mode));
     }
     modes.sort();
