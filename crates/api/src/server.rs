@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sie_seccomp::{Seccomp, ThreadKind};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -72,6 +73,9 @@ pub enum ApiError {
     /// The path is taken by something other than a socket.
     #[error("API socket {0} exists and is not a socket")]
     NotASocket(PathBuf),
+    /// The server thread's seccomp filter could not be installed.
+    #[error("API server")]
+    Seccomp(#[source] sie_seccomp::SeccompError),
     /// A system call failed.
     #[error("API socket {path}: {source}")]
     Io {
@@ -94,6 +98,7 @@ pub struct ApiServer {
     wake: EventFd,
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
+    seccomp: Seccomp,
 }
 
 impl ApiServer {
@@ -128,6 +133,7 @@ impl ApiServer {
             wake: EventFd::new(EFD_NONBLOCK).map_err(io_error)?,
             stop: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io_error)?),
             stopping: Arc::default(),
+            seccomp: Seccomp::disabled(),
         };
         server.listener.set_nonblocking(true).map_err(io_error)?;
         Ok(server)
@@ -141,6 +147,13 @@ impl ApiServer {
     /// The per-route counters this server records into.
     pub fn stats(&self) -> Arc<ApiStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Has the server thread install the API seccomp filter before it
+    /// serves anything (none by default).
+    pub fn with_seccomp(mut self, seccomp: Seccomp) -> Self {
+        self.seccomp = seccomp;
+        self
     }
 
     /// Starts serving on a thread named `fc_api`. The VMM answers through
@@ -169,15 +182,35 @@ impl ApiServer {
             stopping: Arc::clone(&self.stopping),
         };
         let path = self.path.clone();
+        let (filtered_tx, filtered) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("fc_api".into())
             .spawn(move || {
-                if let Err(error) = self.run(&dispatcher) {
+                let installed = self.seccomp.install(ThreadKind::Api);
+                let ok = installed.is_ok();
+                let _ = filtered_tx.send(installed);
+                if ok && let Err(error) = self.run(&dispatcher) {
                     tracing::error!("api: server stopped: {error}");
                 }
             })
-            .map_err(|source| ApiError::Io { path, source })?;
-        Ok((handle, thread))
+            .map_err(|source| ApiError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match filtered.recv() {
+            Ok(Ok(())) => Ok((handle, thread)),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(ApiError::Seccomp(error))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ApiError::Io {
+                    path,
+                    source: io::Error::other("the server thread ended at its start"),
+                })
+            }
+        }
     }
 
     /// The epoll loop; returns when stopped. Dropping `self` afterwards

@@ -71,10 +71,11 @@ pub struct FirecrackerArgs {
     /// Largest API request body, bytes [default: 51200].
     #[arg(long, value_name = "BYTES")]
     pub http_api_max_payload_size: Option<u64>,
-    /// Accepted: sie installs no seccomp filter yet.
-    #[arg(long)]
+    /// Install no seccomp filters (by default each thread gets its own).
+    #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,
-    /// A seccomp filter file (not supported yet).
+    /// Seccomp filters from this JSON policy instead of sie's own
+    /// (seccompiler's JSON format; see docs/security.md).
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
     /// MMDS metadata file (not supported yet).
@@ -105,7 +106,8 @@ pub enum Command {
     ///
     /// sie exits 0 when the guest resets (i8042 reset or `reboot`), 3 when a
     /// vCPU crashes (triple fault, emulation failure), 4 when the guest kernel
-    /// panics, 128+N on signal N, and 1 with a one-line reason on bad input.
+    /// panics, 128+N on signal N, 148 when a thread makes a system call its
+    /// seccomp filter forbids, and 1 with a one-line reason on bad input.
     Run(RunArgs),
     /// Report what this host offers for running VMs, with two measurements.
     Doctor,
@@ -252,6 +254,13 @@ pub struct RunArgs {
     /// The snapshot's memory file (with --restore), mapped copy-on-write.
     #[arg(long, value_name = "FILE", requires = "restore")]
     pub mem: Option<PathBuf>,
+    /// Install no seccomp filters (by default each thread gets its own).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    pub no_seccomp: bool,
+    /// Seccomp filters from this JSON policy instead of sie's own
+    /// (seccompiler's JSON format; see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<PathBuf>,
 }
 
 /// `sie bench` subcommands.

@@ -137,11 +137,6 @@ fn startup_since_jailer(args: &FirecrackerArgs) -> Option<(u64, u64)> {
 }
 
 fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
-    if args.seccomp_filter.is_some() {
-        return Err(FirecrackerModeError::Unsupported(
-            "--seccomp-filter (custom seccomp filters)",
-        ));
-    }
     if args.metadata.is_some() {
         return Err(FirecrackerModeError::Unsupported("--metadata (MMDS)"));
     }
@@ -197,6 +192,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             .ok_or(FirecrackerModeError::PayloadSize(size))?,
         None => sie_api::DEFAULT_MAX_PAYLOAD,
     };
+    let seccomp = crate::run::seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
     let kvm = crate::run::open_hypervisor()?;
 
     // Threads inherit the signal mask: block the stop signals before the
@@ -219,7 +215,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
                 ..sie_api::ServerOptions::default()
             },
         )?;
-        let (handle, thread) = bound.spawn()?;
+        let (handle, thread) = bound.with_seccomp(seccomp.clone()).spawn()?;
         let stats = handle.stats();
         server = Some((thread, stats));
         Box::new(ApiSource(handle))
@@ -244,10 +240,15 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
                     sections.insert("api".into(), stats.snapshot());
                 }
                 sections.insert("logger".into(), logging_metrics.metrics());
+                sections.insert(
+                    "seccomp".into(),
+                    serde_json::json!({ "num_faults": sie_seccomp::denied_count() }),
+                );
                 sections
             }),
             metrics_period: METRICS_PERIOD,
             console_input: true,
+            seccomp,
         },
     );
     // Stop serving before anything else: the socket file goes away and no

@@ -28,6 +28,21 @@ enum RunError {
     LogLevel(#[source] crate::logging::LogError),
     #[error("--vcpus {0} is out of range: at least 1, at most {max}", max = sie_vmm::MAX_VCPUS)]
     Vcpus(u64),
+    #[error("--seccomp-filter")]
+    SeccompFilter(#[source] sie_seccomp::SeccompError),
+}
+
+/// The seccomp filters the flags ask for: sie's own unless `--no-seccomp`,
+/// or the policy in `--seccomp-filter FILE`.
+pub fn seccomp_filters(
+    no_seccomp: bool,
+    file: Option<&std::path::Path>,
+) -> Result<sie_seccomp::Seccomp, BoxError> {
+    Ok(match file {
+        _ if no_seccomp => sie_seccomp::Seccomp::disabled(),
+        Some(path) => sie_seccomp::Seccomp::from_file(path).map_err(RunError::SeccompFilter)?,
+        None => sie_seccomp::Seccomp::builtin(),
+    })
 }
 
 /// Merges the config file (if any) and the flags into one configuration.
@@ -116,6 +131,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         Some(_) => VmConfig::new(BootSource::new("")),
         None => config_from_args(&args)?,
     };
+    let seccomp = seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
     let kvm = open_hypervisor()?;
     let mut build = BuildOptions::new(start);
     if args.no_host_decompress {
@@ -128,6 +144,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     }
     // The config file's logger section goes where `PUT /logger` would.
     options.logger = Some(Box::new(logging));
+    options.seccomp = seccomp;
     let finished = match controller::serve(&kvm, &mut NoRequests::new()?, options)? {
         Served::Finished(finished) => finished,
         Served::NeverStarted(outcome) => {

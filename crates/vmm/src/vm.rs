@@ -79,19 +79,26 @@ impl BuiltVm {
     /// Starts a thread per vCPU. The caller serves the VM's events until
     /// [`VmControl::is_stopping`], then calls [`StartedVm::join`]. Stop
     /// signals must already be blocked (the vCPU threads inherit the mask).
-    pub fn start(self) -> Result<StartedVm> {
-        self.start_as(false)
+    /// Each vCPU thread installs `seccomp`'s vCPU filter before it enters
+    /// the guest.
+    pub fn start(self, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        self.start_as(false, seccomp)
     }
 
     /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
     /// `paused`.
-    pub fn start_as(self, paused: bool) -> Result<StartedVm> {
-        let vcpus = VcpuSet::spawn(self.vcpus, self.exits, self.control.clone(), paused).map_err(
-            |source| VmmError::Host {
-                what: "starting vCPU threads",
-                source,
-            },
-        )?;
+    pub fn start_as(self, paused: bool, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        let vcpus = VcpuSet::spawn(
+            self.vcpus,
+            self.exits,
+            self.control.clone(),
+            paused,
+            seccomp,
+        )
+        .map_err(|source| VmmError::Host {
+            what: "starting vCPU threads",
+            source,
+        })?;
         Ok(StartedVm {
             memory_from_file: self.memory_from_file,
             vcpus,

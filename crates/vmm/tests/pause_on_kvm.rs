@@ -55,7 +55,7 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     let kvm = Kvm::open().expect("/dev/kvm");
     let control = Arc::new(VmControl::new().unwrap());
     let built = sie_vmm::build(&config, &kvm, quiet_options(), control.clone()).unwrap();
-    let mut vm = built.start().unwrap();
+    let mut vm = built.start(&sie_seccomp::Seccomp::disabled()).unwrap();
     let first = pause_inside_the_loop(&mut vm);
     std::thread::sleep(Duration::from_millis(30));
     let second = vm.vcpus.with_vcpu(0, |vcpu| vcpu.regs().unwrap()).unwrap();
@@ -111,7 +111,9 @@ fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
     let kvm = Kvm::open().expect("/dev/kvm");
     let msrs = kvm.supported_msrs().unwrap();
     let first_control = Arc::new(VmControl::new().unwrap());
-    let mut first = quiet_build(&kvm, &first_control).start().unwrap();
+    let mut first = quiet_build(&kvm, &first_control)
+        .start(&sie_seccomp::Seccomp::disabled())
+        .unwrap();
     pause_inside_the_loop(&mut first);
     // A few thousand iterations left, so the continuation ends by itself.
     first
@@ -145,7 +147,7 @@ fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
     let restored = second.vcpus[0].regs().unwrap();
     assert_eq!((restored.rip, restored.rcx), (saved.rip(), 5_000));
 
-    let second = second.start().unwrap();
+    let second = second.start(&sie_seccomp::Seccomp::disabled()).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while !second_control.is_stopping() {
         assert!(
@@ -170,7 +172,9 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
     let kvm = Kvm::open().expect("/dev/kvm");
     let control = Arc::new(VmControl::new().unwrap());
-    let mut first = quiet_build(&kvm, &control).start().unwrap();
+    let mut first = quiet_build(&kvm, &control)
+        .start(&sie_seccomp::Seccomp::disabled())
+        .unwrap();
     assert!(matches!(
         sie_vmm::snapshot::create(&mut first, &loop_config(), vec![], &snap, &mem),
         Err(sie_vmm::snapshot::SnapshotError::NotPaused)
@@ -224,7 +228,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
         original_id,
         "a restored VM is a clone with a new generation id"
     );
-    let second = restored.start().unwrap();
+    let second = restored.start(&sie_seccomp::Seccomp::disabled()).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while !second_control.is_stopping() {
         assert!(

@@ -3,6 +3,8 @@
 //! `GET /metrics`.
 
 use std::fmt::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -17,9 +19,21 @@ use crate::vm::VmFigures;
 /// counters, the logger's drop counter), as JSON objects keyed by section.
 pub type ExternalMetrics = Box<dyn Fn() -> serde_json::Map<String, Value> + Send>;
 
+/// /proc/self/statm, opened once: under seccomp the VMM thread may not
+/// open files once the VM runs, so [`Metrics::new`] opens it before boot and
+/// every reading is a `pread` of the same descriptor.
+fn statm() -> Option<&'static std::fs::File> {
+    static STATM: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    STATM
+        .get_or_init(|| std::fs::File::open("/proc/self/statm").ok())
+        .as_ref()
+}
+
 /// The VMM process's resident set size in bytes, from /proc/self/statm.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut buf = [0u8; 128];
+    let len = statm()?.read_at(&mut buf, 0).ok()?;
+    let statm = std::str::from_utf8(buf.get(..len)?).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -39,6 +53,7 @@ pub struct Metrics {
 impl Metrics {
     /// Metrics with no sink yet.
     pub fn new(start: Instant, external: ExternalMetrics) -> Self {
+        let _ = statm();
         Self {
             start,
             sink: None,

@@ -105,6 +105,9 @@ pub struct ServeOptions {
     pub metrics_period: Duration,
     /// Forward stdin to the guest's serial console.
     pub console_input: bool,
+    /// Seccomp filters: each vCPU thread installs its own as it starts, and
+    /// this thread installs the VMM's once the VM runs (see `start`).
+    pub seccomp: sie_seccomp::Seccomp,
 }
 
 impl ServeOptions {
@@ -129,6 +132,7 @@ impl ServeOptions {
             external_metrics: Box::new(serde_json::Map::new),
             metrics_period: Duration::from_secs(60),
             console_input,
+            seccomp: sie_seccomp::Seccomp::disabled(),
         }
     }
 }
@@ -349,10 +353,22 @@ impl Controller {
             self.terminal = TerminalGuard::raw_stdin();
             manager.add_subscriber(Box::new(input));
         }
-        let mut started = built.start_as(paused)?;
+        let mut started = built.start_as(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);
         }
+        // Building needs far more of the kernel than serving does: the VMM
+        // thread's filter goes on only now, after the vCPU threads started
+        // (a thread inherits its creator's filter) and before the first
+        // event is served. A refused filter drops `started`, which stops and
+        // joins the vCPUs.
+        self.options
+            .seccomp
+            .install(sie_seccomp::ThreadKind::Vmm)
+            .map_err(|error| VmmError::Host {
+                what: "seccomp",
+                source: std::io::Error::other(error),
+            })?;
         let logging = self.draft.to_config_unchecked();
         self.draft = draft::Draft::from_config(config);
         self.draft.note_logging(logging.logger, logging.metrics);

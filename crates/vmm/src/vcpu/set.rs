@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sie_hv::{Vcpu, VcpuKicker};
+use sie_seccomp::{Seccomp, ThreadKind};
 
 use super::{AckState, VcpuAck, VcpuRequest, VcpuThread, vcpu_main};
 use crate::control::VmControl;
@@ -78,12 +79,15 @@ pub struct VcpuSet {
 
 impl VcpuSet {
     /// Starts a thread (`fc_vcpu N`) per vCPU, running (or paused, as if
-    /// `pause` had been called, when `paused`).
+    /// `pause` had been called, when `paused`). Each thread installs the
+    /// vCPU seccomp filter before it first enters the guest; a filter the
+    /// kernel refuses fails the spawn.
     pub fn spawn(
         vcpus: Vec<Box<dyn Vcpu>>,
         exits: Arc<ExitContext>,
         control: Arc<VmControl>,
         paused: bool,
+        seccomp: &Seccomp,
     ) -> std::io::Result<Self> {
         let (ack_tx, acks) = mpsc::channel();
         let mut set = Self {
@@ -106,15 +110,32 @@ impl VcpuSet {
                 acks: ack_tx.clone(),
                 start_paused: paused,
             };
+            let (filtered_tx, filtered) = mpsc::sync_channel(1);
+            let seccomp = seccomp.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("fc_vcpu {index}"))
-                .spawn(move || vcpu_main(thread));
-            match spawned {
-                Ok(handle) => set.links.push(VcpuLink {
+                .spawn(move || {
+                    let installed = seccomp.install(ThreadKind::Vcpu);
+                    let ok = installed.is_ok();
+                    let _ = filtered_tx.send(installed);
+                    if ok {
+                        vcpu_main(thread);
+                    }
+                });
+            let spawned = spawned.and_then(|handle| {
+                set.links.push(VcpuLink {
                     requests,
                     kicker,
                     thread: Some(handle),
-                }),
+                });
+                match filtered.recv() {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(std::io::Error::other(error)),
+                    Err(_) => Err(std::io::Error::other("a vCPU thread ended at its start")),
+                }
+            });
+            match spawned {
+                Ok(()) => {}
                 Err(error) => {
                     // Leave no thread behind.
                     set.exit_all();

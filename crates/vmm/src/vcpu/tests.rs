@@ -61,7 +61,7 @@ fn start(count: usize, reset_at: u64) -> Vm {
         .into_iter()
         .map(|v| Box::new(v) as Box<dyn Vcpu>)
         .collect();
-    let set = VcpuSet::spawn(boxed, exits, control.clone(), false).unwrap();
+    let set = VcpuSet::spawn(boxed, exits, control.clone(), false, &Default::default()).unwrap();
     Vm {
         set,
         control,
