@@ -47,9 +47,9 @@ for choice, body in bodies.items():
 # cli_specs: choice % 3 picks the flag.
 for i, spec in enumerate([
     b"\x00/img/root.ext4,root,ro,id=rootfs",
-    b"\x04data.img,partuuid=1234-5678",
+    b"\x03data.img,partuuid=1234-5678",
     b"\x01tap0,mac=06:00:00:00:00:01,id=eth0,mtu=1500",
-    b"\x05tap1",
+    b"\x04tap1",
     b"\x023,/tmp/v.sock",
 ]):
     put("cli_specs", f"seed-{i}", spec)
@@ -123,7 +123,7 @@ for codec, payload in payloads.items():
     put(f"decompress_{codec}", "seed-cut", struct.pack("<I", 100 * 2 + 1)[:3] + payload)
 
 # cmdline: mode, base up to \n, then devices and the kernel's limit.
-put("cmdline", "seed-built", b"\x00console=ttyS0 reboot=k panic=1\n\x01\x00\x04\x02\x02\x02\x02")
+put("cmdline", "seed-built", b"\x00console=ttyS0 reboot=k panic=1\n\x01\x00\x04" + b"\x02\x02" * 4 + b"\x01\x00\x08\x00\x00")
 put("cmdline", "seed-pvh", b"\x02console=hvc0 root=/dev/vda\n\x00\x02\x05\x05")
 put("cmdline", "seed-raw", b"\x01console=ttyS0 quiet\n\x01\x00\x01\x00\x00")
 
