@@ -6,10 +6,13 @@
 //! validation and that the API takes unchanged (its JSON through
 //! `sie_api::route` on the device's own path is the same request): the
 //! CLI, the config file and the API fill the same structs. A refusal
-//! quotes the spec it refuses.
+//! quotes the spec it refuses. A MAC address the config accepts is one
+//! virtio-net's parser reads back to the same text (or refuses only as
+//! multicast, which the config does not check).
 
 use sie_api::{Routed, route};
 use sie_config::{Request, parse_disk, parse_net, parse_vsock};
+use sie_virtio::net::{MacError, format_mac, parse_mac};
 
 pub fn run(data: &[u8]) {
     let Some((&choice, rest)) = data.split_first() else {
@@ -31,6 +34,9 @@ pub fn run(data: &[u8]) {
         1 => match parse_net(&spec, index) {
             Ok(nic) => {
                 nic.validate().expect("an accepted --net validates");
+                if let Some(mac) = &nic.guest_mac {
+                    mac_agrees(mac);
+                }
                 (
                     format!("/network-interfaces/{}", nic.iface_id),
                     Request::PutNetworkInterface(nic),
@@ -59,5 +65,14 @@ pub fn run(data: &[u8]) {
             "the API refused what the CLI accepted: PUT {target} {}: {other:?}",
             String::from_utf8_lossy(&body)
         ),
+    }
+}
+
+/// The config's MAC check and the device's parser agree on `mac`.
+fn mac_agrees(mac: &str) {
+    match parse_mac(mac) {
+        Ok(parsed) => assert_eq!(format_mac(&parsed), mac.to_ascii_lowercase()),
+        Err(MacError::Multicast) => {}
+        Err(e) => panic!("the config took MAC {mac:?}, the device refuses it: {e}"),
     }
 }
