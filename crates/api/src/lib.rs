@@ -44,7 +44,9 @@ mod server;
 mod stats;
 
 pub use handle::{ApiCall, ApiHandle, ServerStopper};
-pub use http::{MAX_HEAD_BYTES, MAX_HEADERS};
+// The request reader is public for fuzz/ (any bytes from a client go
+// through it); the server is its only user inside sie.
+pub use http::{Event, HttpError, HttpRequest, MAX_HEAD_BYTES, MAX_HEADERS, RequestReader};
 pub use route::{Fault, Routed, route};
 pub use server::{
     ApiError, ApiServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD,

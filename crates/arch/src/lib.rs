@@ -37,7 +37,10 @@
 //! let mem = GuestMemoryMmap::<()>::from_ranges(&layout::ram_regions(mem_size)?)?;
 //! let kernel = loader::load_kernel(&mem, &mut std::io::Cursor::new(tiny_elf()))?;
 //! let initrd = loader::load_initrd(&mem, &mut &b"initrd"[..], 6, &kernel)?;
-//! let config = acpi::AcpiConfig { vcpus: 1, legacy_serial: true, ..Default::default() };
+//! let config = acpi::AcpiConfig {
+//!     vcpus: 1,
+//!     devices: vec![acpi::AcpiDevice::Serial { port: 0x3f8, irq: 4 }],
+//! };
 //! let rsdp = acpi::create_acpi_tables(&mem, &config)?;
 //! let info = boot_info::write_boot_info(
 //!     &mem, &kernel, "console=ttyS0", Some(initrd), Some(rsdp), mem_size,

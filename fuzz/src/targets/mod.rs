@@ -7,8 +7,16 @@
 //! touches the host network. A new target goes in `crate::TARGETS`, gets a
 //! `fuzz_targets/<name>.rs`, a `[[bin]]` and seeds in `corpus/<name>/`.
 
+pub mod acpi;
+pub mod api_body;
 pub mod api_route;
+pub mod cli_specs;
+pub mod cmdline;
 pub mod config_json;
+pub mod decompress;
+pub mod http_request;
+pub mod legacy;
+pub mod loader;
 pub mod queues;
 pub mod scenario;
 pub mod virtio_blk;
@@ -17,3 +25,5 @@ pub mod virtio_net;
 pub mod virtio_queue;
 pub mod virtio_rng;
 pub mod virtio_vsock;
+pub mod vsock_muxer;
+pub mod vsock_packet;

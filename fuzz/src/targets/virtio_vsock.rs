@@ -31,14 +31,14 @@ const TX: usize = 1;
 const EVENT: usize = 2;
 const HEADER_LEN: usize = 44;
 /// The host port with a listener (`<uds_path>_1024`) for guest connects.
-const GUEST_PORT: u32 = 1024;
+pub(crate) const GUEST_PORT: u32 = 1024;
 /// Most host clients alive at once.
 const MAX_CLIENTS: usize = 8;
 
 /// This process's socket directory and the listener for guest connects.
-struct Host {
-    uds_path: PathBuf,
-    listener: UnixListener,
+pub(crate) struct Host {
+    pub(crate) uds_path: PathBuf,
+    pub(crate) listener: UnixListener,
 }
 
 /// `<temp dir>/<prefix><pid>`: the directory of a fuzzing process.
@@ -60,7 +60,7 @@ fn remove_dead(tmp: &Path) {
     }
 }
 
-fn host() -> &'static Host {
+pub(crate) fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
         let tmp = std::env::temp_dir();

@@ -103,11 +103,18 @@ fn check_segments(mem: &GuestMemoryMmap, segments: &[Elf64_Phdr], len: u64) -> R
                 len,
             });
         }
-        if seg.p_type != PT_LOAD || seg.p_memsz == 0 {
+        if seg.p_type != PT_LOAD {
             continue;
         }
+        // Before the empty-segment skip: linux-loader copies `p_filesz`
+        // bytes of every PT_LOAD whatever its memory size, so a segment
+        // with file bytes and no memory would land unchecked (below 1 MiB,
+        // over the boot structures; found by fuzz/ loader_elf).
         if seg.p_filesz > seg.p_memsz {
             return Err(LoaderError::ElfSegmentFileSize { addr: seg.p_paddr });
+        }
+        if seg.p_memsz == 0 {
+            continue;
         }
         if seg.p_paddr < HIMEM_START {
             return Err(LoaderError::ElfSegmentTooLow(seg.p_paddr));
@@ -245,6 +252,29 @@ mod tests {
                 let _ = load(&image);
             }
         }
+    }
+
+    #[test]
+    fn segment_with_file_bytes_and_no_memory_is_rejected_not_copied() {
+        // The PVH image's second header turned into a PT_LOAD of 20 file
+        // bytes, memory size 0, at 0x7000 (the zero page).
+        let mut image = elf_image(&ElfSpec {
+            pvh_entry: Some(0x20_0000),
+            ..ElfSpec::default()
+        });
+        let at = 64 + 56;
+        image[at..at + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        image[at + 24..at + 32].copy_from_slice(&0x7000u64.to_le_bytes()); // p_paddr
+        image[at + 40..at + 48].copy_from_slice(&0u64.to_le_bytes()); // p_memsz
+        let mem = mem();
+        let err = load_kernel(&mem, &mut Cursor::new(&image)).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::ElfSegmentFileSize { addr: 0x7000 }),
+            "{err}"
+        );
+        let mut low = [0xaau8; 20];
+        mem.read_slice(&mut low, GuestAddress(0x7000)).unwrap();
+        assert_eq!(low, [0; 20], "nothing was copied below 1 MiB");
     }
 
     #[test]

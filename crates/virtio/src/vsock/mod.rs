@@ -39,6 +39,19 @@ pub use conn::{BUF_ALLOC, HOST_BUF_CAP};
 pub use muxer::{EPHEMERAL_BASE, MAX_CONNECTIONS};
 pub use packet::{HOST_CID, MAX_PAYLOAD};
 
+/// The packet wire format and the connection multiplexer on their own, so
+/// fuzz/ can drive the guest-facing parser and the per-connection state
+/// machine without a virtqueue in between. Not part of the device's API:
+/// only with the `test-util` feature.
+#[cfg(feature = "test-util")]
+pub mod wire {
+    pub use super::muxer::Muxer;
+    pub use super::packet::{
+        HEADER_LEN, Header, Op, PacketError, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, capacity,
+        read, write,
+    };
+}
+
 use super::chain::{drain_queue, segments};
 use super::{
     ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
