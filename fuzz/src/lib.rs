@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_vsock", targets::virtio_vsock::run),
     ("api_route", targets::api_route::run),
     ("config_json", targets::config_json::run),
+    ("snapshot_file", targets::snapshot_file::run),
     ("http_request", targets::http_request::run),
     ("api_body", targets::api_body::run),
     ("cli_specs", targets::cli_specs::run),

@@ -19,6 +19,7 @@ pub mod legacy;
 pub mod loader;
 pub mod queues;
 pub mod scenario;
+pub mod snapshot_file;
 pub mod virtio_blk;
 pub mod virtio_mmio;
 pub mod virtio_net;

@@ -166,7 +166,14 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         path: path.display().to_string(),
         source,
     })?;
-    let decoded = format::decode(&bytes).map_err(|source| SnapshotError::Format {
+    decode_snapshot(path, &bytes)
+}
+
+/// Checks a snapshot file's bytes (`path` only names it in errors): its
+/// format, every checksum, the CPU vendor, and that the sections agree
+/// with each other.
+pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let decoded = format::decode(bytes).map_err(|source| SnapshotError::Format {
         path: path.display().to_string(),
         source,
     })?;
