@@ -160,7 +160,9 @@ pub enum DeviceConfigError {
     #[error("{0}: path is empty")]
     EmptyPath(&'static str),
     /// A MAC address that is not six hex pairs.
-    #[error("network-interfaces: guest_mac {0:?} is not a MAC address like 06:00:ac:10:00:02")]
+    #[error(
+        "network-interfaces: guest_mac {0:?} is not a unicast MAC address like 06:00:ac:10:00:02"
+    )]
     Mac(String),
     /// An empty tap name or one longer than the kernel allows.
     #[error("network-interfaces: host_dev_name {0:?} must be 1 to 15 characters")]
@@ -196,10 +198,13 @@ pub enum DeviceConfigError {
 /// True for `xx:xx:xx:xx:xx:xx` with hex digits.
 pub fn is_mac(text: &str) -> bool {
     let parts: Vec<&str> = text.split(':').collect();
-    parts.len() == 6
+    let well_formed = parts.len() == 6
         && parts
             .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    // A multicast address (low bit of the first byte) can never be a NIC's
+    // own: virtio-net refuses it, so the configuration does too.
+    well_formed && u8::from_str_radix(parts[0], 16).is_ok_and(|first| first & 1 == 0)
 }
 
 impl Drive {
@@ -288,6 +293,8 @@ mod tests {
         assert!(is_mac("06:00:AC:10:00:02"));
         assert!(!is_mac("06:00:ac:10:00"));
         assert!(!is_mac("06:00:ac:10:00:zz"));
+        assert!(!is_mac("01:00:5e:00:00:01"), "multicast");
+        assert!(!is_mac("ff:ff:ff:ff:ff:ff"), "broadcast");
         let nic = NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),

@@ -1,17 +1,22 @@
 //! MAC addresses as the configuration spells them ("06:00:ac:10:00:02")
 //! and as the device needs them.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 
 /// A MAC address.
 pub type MacAddr = [u8; 6];
 
 /// A random locally administered unicast address, for a device whose
 /// configuration names none.
+/// Drawn with getrandom(2), not /dev/urandom, which a jail does not have.
 pub fn random_mac() -> io::Result<MacAddr> {
     let mut mac = [0u8; 6];
-    File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    // SAFETY: `mac` is valid for writes of its whole length; getrandom
+    // writes at most that many bytes.
+    let got = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if got != mac.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
     mac[0] = (mac[0] & !0x01) | 0x02;
     Ok(mac)
 }
