@@ -21,6 +21,17 @@ fn quiet_options() -> BuildOptions {
     }
 }
 
+/// Sets the paused loop guest's counter (rcx): the iterations it has left.
+fn set_loop_counter(vm: &mut sie_vmm::StartedVm, left: u64) {
+    vm.vcpus
+        .with_vcpu(0, move |vcpu| {
+            let mut regs = vcpu.regs().expect("registers");
+            regs.rcx = left;
+            vcpu.set_regs(&regs).expect("registers written");
+        })
+        .expect("register access");
+}
+
 /// Pauses the loop guest once it is inside its loop (a busy host may take a
 /// while to give the vCPU thread its first slice) and returns its registers.
 fn pause_inside_the_loop(vm: &mut sie_vmm::StartedVm) -> sie_hv::x86::Regs {
@@ -67,13 +78,7 @@ fn a_paused_loop_stands_still_and_resumes_from_the_registers_written() {
     );
 
     // One iteration left: once resumed, the guest resets at once.
-    vm.vcpus
-        .with_vcpu(0, |vcpu| {
-            let mut regs = vcpu.regs().unwrap();
-            regs.rcx = 1;
-            vcpu.set_regs(&regs).unwrap();
-        })
-        .unwrap();
+    set_loop_counter(&mut vm, 1);
     assert!(!control.is_stopping());
     vm.vcpus.resume(TIMEOUT).unwrap();
     let deadline = Instant::now() + TIMEOUT;
@@ -116,14 +121,7 @@ fn a_paused_vcpu_and_vm_state_moves_to_a_new_vm_which_continues() {
         .unwrap();
     pause_inside_the_loop(&mut first);
     // A few thousand iterations left, so the continuation ends by itself.
-    first
-        .vcpus
-        .with_vcpu(0, |vcpu| {
-            let mut regs = vcpu.regs().unwrap();
-            regs.rcx = 5_000;
-            vcpu.set_regs(&regs).unwrap();
-        })
-        .unwrap();
+    set_loop_counter(&mut first, 5_000);
     let saved = first
         .vcpus
         .with_vcpu(0, move |vcpu| vcpu.save_state(&msrs))
@@ -180,14 +178,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
         Err(sie_vmm::snapshot::SnapshotError::NotPaused)
     ));
     pause_inside_the_loop(&mut first);
-    first
-        .vcpus
-        .with_vcpu(0, |vcpu| {
-            let mut regs = vcpu.regs().unwrap();
-            regs.rcx = 5_000;
-            vcpu.set_regs(&regs).unwrap();
-        })
-        .unwrap();
+    set_loop_counter(&mut first, 5_000);
     let created = sie_vmm::snapshot::create(
         &mut first,
         &loop_config(),
