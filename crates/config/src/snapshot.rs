@@ -79,31 +79,31 @@ pub struct SnapshotLoad {
     /// The snapshot file.
     pub snapshot_path: PathBuf,
     /// How memory comes back.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_backend: Option<MemBackend>,
     /// Deprecated form of `mem_backend: {File, path}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_file_path: Option<PathBuf>,
     /// Deprecated form of `track_dirty_pages`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_diff_snapshots: Option<bool>,
     /// Track dirty pages for later Diff snapshots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
     /// Resume the VM once loaded (else it stays paused).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_vm: Option<bool>,
     /// Taps to use instead of the snapshot's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_overrides: Option<Vec<NetworkOverride>>,
     /// Vsock socket to use instead of the snapshot's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
     /// Advance the guest clock by the time spent as files.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_realtime: Option<bool>,
     /// Huge pages for the restored memory.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
 }
 
@@ -116,6 +116,12 @@ pub struct LoadPlan {
     pub mem_file_path: PathBuf,
     /// Resume once loaded.
     pub resume: bool,
+    /// Taps to use instead of the snapshot's, by interface id.
+    pub network_overrides: Vec<NetworkOverride>,
+    /// The vsock's Unix socket instead of the snapshot's.
+    pub vsock_override: Option<PathBuf>,
+    /// Advance the guest clock by the time the VM spent as files.
+    pub clock_realtime: bool,
 }
 
 impl SnapshotLoad {
@@ -162,18 +168,30 @@ impl SnapshotLoad {
         if self.track_dirty_pages == Some(true) || self.enable_diff_snapshots == Some(true) {
             return Err("snapshot/load: track_dirty_pages is not supported yet".into());
         }
+        let network_overrides = self.network_overrides.clone().unwrap_or_default();
+        for (index, entry) in network_overrides.iter().enumerate() {
+            if network_overrides[..index]
+                .iter()
+                .any(|e| e.iface_id == entry.iface_id)
+            {
+                return Err(format!(
+                    "snapshot/load: network_overrides names iface_id {:?} twice",
+                    entry.iface_id
+                ));
+            }
+            if entry.host_dev_name.is_empty() || entry.host_dev_name.len() >= 16 {
+                return Err(format!(
+                    "snapshot/load: network_overrides: host_dev_name {:?} is not a tap name (1 to 15 bytes)",
+                    entry.host_dev_name
+                ));
+            }
+        }
         if self
-            .network_overrides
+            .vsock_override
             .as_ref()
-            .is_some_and(|o| !o.is_empty())
+            .is_some_and(|o| o.uds_path.as_os_str().is_empty())
         {
-            return Err("snapshot/load: network_overrides is not supported yet".into());
-        }
-        if self.vsock_override.is_some() {
-            return Err("snapshot/load: vsock_override is not supported yet".into());
-        }
-        if self.clock_realtime == Some(true) {
-            return Err("snapshot/load: clock_realtime is not supported yet".into());
+            return Err("snapshot/load: vsock_override: uds_path is empty".into());
         }
         match self.huge_pages.as_deref() {
             None | Some("None") => {}
@@ -187,6 +205,9 @@ impl SnapshotLoad {
             snapshot_path: self.snapshot_path.clone(),
             mem_file_path,
             resume: self.resume_vm.unwrap_or(false),
+            network_overrides,
+            vsock_override: self.vsock_override.as_ref().map(|o| o.uds_path.clone()),
+            clock_realtime: self.clock_realtime.unwrap_or(false),
         })
     }
 }
@@ -224,6 +245,26 @@ mod tests {
             load(r#"{"snapshot_path": "s", "mem_file_path": "m", "enable_diff_snapshots": false}"#)
                 .unwrap();
         assert_eq!((old.mem_file_path, old.resume), (PathBuf::from("m"), false));
+        assert!(!old.clock_realtime && old.network_overrides.is_empty());
+    }
+
+    #[test]
+    fn overrides_and_clock_are_planned() {
+        let plan = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m", "clock_realtime": true,
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap7"}],
+                "vsock_override": {"uds_path": "/run/v.sock"}}"#,
+        )
+        .unwrap();
+        assert!(plan.clock_realtime);
+        assert_eq!(
+            plan.network_overrides,
+            vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap7".into()
+            }]
+        );
+        assert_eq!(plan.vsock_override, Some(PathBuf::from("/run/v.sock")));
     }
 
     #[test]
@@ -238,12 +279,16 @@ mod tests {
                 "track_dirty_pages",
             ),
             (
-                r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#,
-                "network_overrides",
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]}"#,
+                "twice",
             ),
             (
-                r#"{"snapshot_path": "s", "mem_file_path": "m", "clock_realtime": true}"#,
-                "clock_realtime",
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "a", "host_dev_name": "a-name-far-too-long"}]}"#,
+                "not a tap name",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "vsock_override": {"uds_path": ""}}"#,
+                "uds_path is empty",
             ),
             (
                 r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "2M"}"#,

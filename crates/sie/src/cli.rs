@@ -197,7 +197,50 @@ pub enum SnapshotCommand {
         /// Resume the VM once loaded.
         #[arg(long)]
         resume: bool,
+        #[command(flatten)]
+        overrides: RestoreOverrides,
     },
+}
+
+/// What a restored clone changes from its snapshot (the `network_overrides`,
+/// `vsock_override` and `clock_realtime` fields of `PUT /snapshot/load`).
+#[derive(Debug, Default, Args)]
+pub struct RestoreOverrides {
+    /// Use tap TAP for the interface IFACE_ID of the snapshot (repeatable).
+    #[arg(long = "net-override", value_name = "IFACE_ID=TAP", value_parser = parse_net_override)]
+    pub net_overrides: Vec<sie_config::NetworkOverride>,
+    /// Use this Unix socket for the snapshot's vsock device.
+    #[arg(long, value_name = "UDS_PATH")]
+    pub vsock_override: Option<PathBuf>,
+    /// Advance the guest clock by the time the snapshot spent as files.
+    #[arg(long)]
+    pub clock_realtime: bool,
+}
+
+impl RestoreOverrides {
+    /// Sets these overrides on a load request.
+    pub fn apply(&self, load: &mut sie_config::SnapshotLoad) {
+        if !self.net_overrides.is_empty() {
+            load.network_overrides = Some(self.net_overrides.clone());
+        }
+        load.vsock_override = self
+            .vsock_override
+            .clone()
+            .map(|uds_path| sie_config::VsockOverride { uds_path });
+        if self.clock_realtime {
+            load.clock_realtime = Some(true);
+        }
+    }
+}
+
+fn parse_net_override(text: &str) -> Result<sie_config::NetworkOverride, String> {
+    match text.split_once('=') {
+        Some((id, tap)) if !id.is_empty() && !tap.is_empty() => Ok(sie_config::NetworkOverride {
+            iface_id: id.to_string(),
+            host_dev_name: tap.to_string(),
+        }),
+        _ => Err(format!("{text:?} is not IFACE_ID=TAP")),
+    }
 }
 
 /// Flags of `sie run`. Flags override values from `--config-file`.
@@ -254,6 +297,9 @@ pub struct RunArgs {
     /// The snapshot's memory file (with --restore), mapped copy-on-write.
     #[arg(long, value_name = "FILE", requires = "restore")]
     pub mem: Option<PathBuf>,
+    /// With --restore: what the clone changes from its snapshot.
+    #[command(flatten)]
+    pub restore_overrides: RestoreOverrides,
     /// Install no seccomp filters (by default each thread gets its own).
     #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,

@@ -208,6 +208,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let restored = sie_vmm::snapshot::restore(
         &snapshot,
         &mem,
+        false,
         &kvm,
         quiet_options(),
         second_control.clone(),

@@ -384,11 +384,13 @@ impl Controller {
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> std::result::Result<(), String> {
-        let snapshot = crate::snapshot::read(&plan.snapshot_path)
+        let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
+        crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
         let built = crate::snapshot::restore(
             &snapshot,
             &plan.mem_file_path,
+            plan.clock_realtime,
             hv,
             (self.options.build_options)(),
             self.control.clone(),

@@ -21,6 +21,8 @@ pub mod durable;
 pub mod format;
 pub mod memory_file;
 mod model;
+pub mod overrides;
+pub mod pairing;
 mod restore;
 
 use std::path::Path;
@@ -49,6 +51,10 @@ pub fn format_version() -> String {
 #[serde(deny_unknown_fields)]
 struct MemorySection {
     regions: Vec<RegionEntry>,
+    /// The id the memory file's `user.sie.snapshot` attribute must carry
+    /// (see [`pairing`]); absent in snapshots written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pair_id: Option<String>,
 }
 
 /// The host CPU's vendor string (CPUID leaf 0).
@@ -106,14 +112,14 @@ pub fn create(
     let devices = vm.devices.state();
     let virtio: Vec<sie_virtio::TransportState> =
         vm.virtio.transports.iter().map(|t| t.save()).collect();
-    let memory_bytes =
-        memory_file::write(vm.memory(), mem_path, vm.memory_from_file()).map_err(|source| {
-            SnapshotError::Io {
-                what: "memory file",
-                path: mem_path.display().to_string(),
-                source,
-            }
-        })?;
+    let io_error = |what, path: &Path| {
+        let path = path.display().to_string();
+        move |source| SnapshotError::Io { what, path, source }
+    };
+    let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
+    let (memory, memory_bytes) =
+        memory_file::stage(vm.memory(), mem_path, vm.memory_from_file(), &pair_id)
+            .map_err(io_error("memory file", mem_path))?;
     let bytes = format::encode(
         &host_cpu_vendor(),
         &[
@@ -126,18 +132,21 @@ pub fn create(
                 SECTION_MEMORY,
                 json_section(&MemorySection {
                     regions: memory_file::layout_of(vm.memory()),
+                    pair_id: Some(pair_id.clone()),
                 }),
             ),
         ],
     );
-    durable::write_durably(snapshot_path, |file| {
+    let state = durable::stage(snapshot_path, |file| {
         std::io::Write::write_all(file, &bytes)
     })
-    .map_err(|source| SnapshotError::Io {
-        what: "snapshot file",
-        path: snapshot_path.display().to_string(),
-        source,
-    })?;
+    .map_err(io_error("snapshot file", snapshot_path))?;
+    // Both files are complete on disk; only the two renames remain, so a
+    // kill leaves the old pair, the new pair, or (between the renames) a
+    // pair that `pairing::check` refuses. The memory file goes first: its
+    // rename is the slow one (the filesystem may flush and free blocks in
+    // it), and a kill that aborts it leaves the old pair whole.
+    durable::commit_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
     Ok(Created { memory_bytes })
 }
 
@@ -193,6 +202,7 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotEr
         devices: parse(path, &decoded, SECTION_DEVICES)?,
         virtio: parse(path, &decoded, SECTION_VIRTIO)?,
         memory: memory.regions,
+        pair_id: memory.pair_id,
         config,
     };
     let section_error = |section, message: String| SnapshotError::Section {

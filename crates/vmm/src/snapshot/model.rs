@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub virtio: Vec<sie_virtio::TransportState>,
     /// Guest RAM's layout in the memory file.
     pub memory: Vec<RegionEntry>,
+    /// The id its memory file must carry (see [`super::pairing`]).
+    pub pair_id: Option<String>,
 }
 
 /// Refuses configurations whose state sie cannot save yet: today every

@@ -13,10 +13,13 @@ use crate::builder::{self, BuildOptions, BuiltVm};
 use crate::control::VmControl;
 
 /// Builds the VM `snapshot` describes with its RAM from `mem_path`; the
-/// vCPUs are ready to continue where they stopped.
+/// vCPUs are ready to continue where they stopped. With `clock_realtime`
+/// the guest's clock moves forward by the time since the snapshot was
+/// taken (host wall clock), else it continues from its saved value.
 pub fn restore(
     snapshot: &Snapshot,
     mem_path: &Path,
+    clock_realtime: bool,
     hv: &dyn Hypervisor,
     options: BuildOptions,
     control: Arc<VmControl>,
@@ -26,6 +29,7 @@ pub fn restore(
     let build_error =
         |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
     let count = builder::vcpu_count(config, hv).map_err(build_error)?;
+    super::pairing::check(mem_path, snapshot.pair_id.as_deref()).map_err(SnapshotError::Build)?;
     let memory = memory_file::map(mem_path, &snapshot.memory)?;
     let machine =
         builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
@@ -39,6 +43,18 @@ pub fn restore(
     for (vcpu, state) in machine.vcpus.iter().zip(&snapshot.vcpus) {
         vcpu.restore_state(state)
             .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+        // The guest was stopped for as long as it was files: its watchdog
+        // must not count that time as a soft lockup.
+        vcpu.notify_paused()
+            .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+    }
+    if clock_realtime {
+        let age = snapshot.vm.age();
+        machine
+            .vm
+            .advance_clock(age)
+            .map_err(|e| state_error("the guest clock", e))?;
+        tracing::info!("guest clock advanced by {} ms", age.as_millis());
     }
     machine
         .devices
