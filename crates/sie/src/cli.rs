@@ -252,7 +252,8 @@ pub struct RunArgs {
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"].
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"];
+    /// `pci=off` is appended unless it has a `pci=` of its own.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
     /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
