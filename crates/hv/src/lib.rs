@@ -23,12 +23,18 @@ pub mod x86;
 
 use std::sync::Arc;
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use exit::{SystemEventKind, VmExit};
 pub use state::{VcpuState, VmState};
 use x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
+
+/// Guest RAM as sie holds it: mmap-backed regions, each with a page
+/// bitmap (4 KiB pages) that every write through `vm_memory` (device DMA,
+/// the VMM's own writes) marks, so a Diff snapshot can include pages the
+/// kernel's dirty log never sees.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 /// Errors from the hypervisor backend. Each names the operation that failed;
 /// the OS error is the source.
@@ -91,7 +97,7 @@ pub trait Hypervisor: Send + Sync {
 pub trait Vm: Send + Sync {
     /// Maps all of `memory` into the guest, one memory slot per region.
     /// The VM keeps a clone of `memory` so the mappings live as long as it.
-    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()>;
+    fn map_memory(&self, memory: &GuestMemory) -> Result<()>;
     /// Creates the in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and
     /// the PIT, and sets the x86 TSS and identity-map addresses.
     fn create_platform(&self, tss_addr: u64, identity_map_addr: u64) -> Result<()>;

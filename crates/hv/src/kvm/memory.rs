@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemory;
 
 /// Guest memory the kernel has been told about, kept mapped for as long as
 /// the VM or any of its vCPUs lives.
@@ -19,5 +19,5 @@ pub(super) struct MemorySlots {
     pub(super) next_slot: u32,
     /// Clones of every mapped `GuestMemoryMmap`; a clone shares the
     /// underlying host mappings, so they stay valid while it lives.
-    pub(super) kept: Vec<GuestMemoryMmap>,
+    pub(super) kept: Vec<GuestMemory>,
 }

@@ -5,13 +5,13 @@ use std::sync::{Arc, PoisonError};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
 use super::memory::KeptMemory;
 use super::vcpu::KvmVcpu;
-use crate::{HvError, IoEventAddress, Result, Vcpu, Vm};
+use crate::{GuestMemory, HvError, IoEventAddress, Result, Vcpu, Vm};
 
 /// One KVM virtual machine. Created by [`super::Kvm`].
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl Vm for KvmVm {
         super::state::restore_vm(&self.fd, &state.kvm)
     }
 
-    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+    fn map_memory(&self, memory: &GuestMemory) -> Result<()> {
         let mut slots = self
             .memory
             .inner
