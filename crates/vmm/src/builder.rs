@@ -199,6 +199,15 @@ pub(crate) struct Machine {
     pub(crate) vmgenid: crate::vmgenid::VmGenId,
 }
 
+/// Whether `config` asks for dirty page tracking (for Diff snapshots).
+pub(crate) fn tracks_dirty_pages(config: &VmConfig) -> bool {
+    config
+        .machine_config
+        .as_ref()
+        .and_then(|machine| machine.track_dirty_pages)
+        == Some(true)
+}
+
 /// The part of a build a boot and a restore share: observatory, VM,
 /// memory slots, platform, devices (placed by the device manager), vCPUs.
 pub(crate) fn assemble(
@@ -215,6 +224,9 @@ pub(crate) fn assemble(
     let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
     let vm = hv.create_vm()?;
     vm.map_memory(&memory)?;
+    if tracks_dirty_pages(config) {
+        vm.enable_dirty_log()?;
+    }
     vm.create_platform(
         sie_arch::layout::KVM_TSS_ADDR,
         sie_arch::layout::KVM_IDENTITY_MAP_ADDR,

@@ -22,6 +22,12 @@ impl Vm for FakeVm {
     fn map_memory(&self, _memory: &GuestMemory) -> sie_hv::Result<()> {
         Ok(())
     }
+    fn enable_dirty_log(&self) -> sie_hv::Result<()> {
+        Ok(())
+    }
+    fn take_dirty_log(&self) -> sie_hv::Result<Vec<sie_hv::DirtyLog>> {
+        Ok(Vec::new())
+    }
     fn create_platform(&self, _tss: u64, _identity: u64) -> sie_hv::Result<()> {
         Ok(())
     }
