@@ -29,7 +29,7 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum RebaseError {
     /// A file could not be opened, read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// "diff memory file" or "base memory file".
         what: &'static str,
