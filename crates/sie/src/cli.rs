@@ -1,5 +1,5 @@
 //! The command line: `sie run`, `sie doctor`, `sie bench`, `sie ctl`,
-//! `sie jailer` (its flags live in `jailer/args.rs`), and, with no
+//! `sie snapshot`, `sie jailer` (its flags live in `jailer/args.rs`), and, with no
 //! subcommand, Firecracker's own flags (see `firecracker.rs`).
 
 use std::path::PathBuf;
@@ -116,11 +116,39 @@ pub enum Command {
     Bench(BenchCommand),
     /// Talk to a running sie (or Firecracker) through its API socket.
     Ctl(CtlArgs),
+    /// Work on snapshot files without a VM.
+    #[command(subcommand)]
+    Snapshot(SnapshotFilesCommand),
     /// Run sie jailed, as Firecracker's jailer runs Firecracker: a chroot
     /// under `--chroot-base-dir`, new mount (and PID) namespaces, a network
     /// namespace, a cgroup, resource limits, and no root. Also what sie does
     /// when started through a link named `jailer`.
     Jailer(crate::jailer::JailerArgs),
+}
+
+/// `sie snapshot` commands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotFilesCommand {
+    /// Merge a Diff memory file onto the memory file it was taken after.
+    ///
+    /// Every page the Diff holds (its data extents; its holes are pages that
+    /// did not change) is written into BASE_MEM at the same offset, and
+    /// BASE_MEM is synced to disk. BASE_MEM then restores the VM together
+    /// with the Diff's snapshot file. For a chain of Diffs, rebase each in
+    /// the order they were taken. Both files must exist and have the same
+    /// size; nothing is written otherwise.
+    Rebase(RebaseArgs),
+}
+
+/// `sie snapshot rebase`.
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    /// The Diff snapshot's memory file (read).
+    #[arg(value_name = "DIFF_MEM")]
+    pub diff: PathBuf,
+    /// The memory file of the snapshot the Diff follows (written in place).
+    #[arg(value_name = "BASE_MEM")]
+    pub base: PathBuf,
 }
 
 /// `sie ctl`.

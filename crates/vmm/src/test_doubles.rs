@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sie_hv::GuestMemory;
 use sie_hv::x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
 use sie_hv::{HvError, IoEventAddress, Vcpu, VcpuKicker, Vm, VmExit};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Records irqfds and ioeventfds.
@@ -19,8 +19,14 @@ pub struct FakeVm {
 }
 
 impl Vm for FakeVm {
-    fn map_memory(&self, _memory: &GuestMemoryMmap) -> sie_hv::Result<()> {
+    fn map_memory(&self, _memory: &GuestMemory) -> sie_hv::Result<()> {
         Ok(())
+    }
+    fn enable_dirty_log(&self) -> sie_hv::Result<()> {
+        Ok(())
+    }
+    fn take_dirty_log(&self) -> sie_hv::Result<Vec<sie_hv::DirtyLog>> {
+        Ok(Vec::new())
     }
     fn create_platform(&self, _tss: u64, _identity: u64) -> sie_hv::Result<()> {
         Ok(())

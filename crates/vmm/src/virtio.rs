@@ -25,6 +25,7 @@ use event_manager::MutEventSubscriber;
 use linux_loader::cmdline::Cmdline;
 use sie_arch::acpi::AcpiDevice;
 use sie_config::VmConfig;
+use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
 use sie_virtio::block::Block;
 use sie_virtio::net::{Net, Tap, parse_mac};
@@ -35,7 +36,6 @@ use sie_virtio::{
     CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportSnapshot, VirtioDevice,
     VirtioMmioTransport, VirtioWorker,
 };
-use vm_memory::GuestMemoryMmap;
 
 use crate::device_manager::{DeviceLayout, DeviceManager};
 use crate::error::{Result, VmmError};
@@ -68,7 +68,7 @@ pub struct Wiring<'a, 'm> {
     /// The hypervisor's VM (ioeventfds).
     pub vm: &'a dyn Vm,
     /// Guest RAM.
-    pub memory: &'a GuestMemoryMmap,
+    pub memory: &'a GuestMemory,
     /// Places each device and gives it an interrupt line.
     pub manager: &'a mut DeviceManager<'m>,
 }
@@ -385,8 +385,7 @@ mod tests {
         for gsi in [1, 3, 4] {
             manager.fixed_line(gsi).unwrap();
         }
-        let memory =
-            GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let config =
             VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "entropy": {}}"#)
                 .unwrap();

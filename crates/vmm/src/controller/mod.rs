@@ -387,6 +387,14 @@ impl Controller {
         let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
         crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
+        // Tracking is the load's choice, not the snapshotted VM's (as in
+        // Firecracker); the restored VM's configuration records it, so a
+        // Diff of it is allowed exactly when its pages are tracked.
+        snapshot
+            .config
+            .machine_config
+            .get_or_insert_with(Default::default)
+            .track_dirty_pages = Some(plan.track_dirty_pages);
         let built = crate::snapshot::restore(
             &snapshot,
             &plan.mem_file_path,

@@ -9,10 +9,11 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::mmap::MmapRegionBuilder;
+use sie_hv::GuestMemory;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
 };
 
 use super::durable::Staged;
@@ -29,7 +30,7 @@ pub struct RegionEntry {
 }
 
 /// The RAM layout of a VM, as the snapshot records it.
-pub fn layout_of(memory: &GuestMemoryMmap) -> Vec<RegionEntry> {
+pub fn layout_of(memory: &GuestMemory) -> Vec<RegionEntry> {
     memory
         .iter()
         .map(|region| RegionEntry {
@@ -50,7 +51,7 @@ pub fn file_len(layout: &[RegionEntry]) -> u64 {
 
 /// Which pages of `region` are in memory (`mincore`); pages never touched
 /// are not, and need not be written.
-fn resident_pages(region: &GuestRegionMmap) -> io::Result<Vec<bool>> {
+fn resident_pages(region: &GuestRegionMmap<AtomicBitmap>) -> io::Result<Vec<bool>> {
     let len = usize::try_from(region.len()).map_err(io::Error::other)?;
     let mut residency = vec![0u8; len.div_ceil(PAGE)];
     // SAFETY: the range is exactly one mapping vm-memory created and keeps
@@ -62,7 +63,7 @@ fn resident_pages(region: &GuestRegionMmap) -> io::Result<Vec<bool>> {
     Ok(residency.iter().map(|page| page & 1 != 0).collect())
 }
 
-fn is_zero_page(memory: &GuestMemoryMmap, at: GuestAddress) -> io::Result<bool> {
+fn is_zero_page(memory: &GuestMemory, at: GuestAddress) -> io::Result<bool> {
     let mut page = [0u8; PAGE];
     memory
         .read_slice(&mut page, at)
@@ -76,7 +77,7 @@ fn is_zero_page(memory: &GuestMemoryMmap, at: GuestAddress) -> io::Result<bool> 
 /// all-zero pages are left as holes; otherwise pages that are not resident
 /// are skipped without being read.
 pub fn write(
-    memory: &GuestMemoryMmap,
+    memory: &GuestMemory,
     path: &Path,
     scan_contents: bool,
     pair_id: &str,
@@ -89,7 +90,7 @@ pub fn write(
 /// [`write`] up to the rename: the file is complete and fsynced under its
 /// temporary name. Returns it and the bytes written.
 pub fn stage(
-    memory: &GuestMemoryMmap,
+    memory: &GuestMemory,
     path: &Path,
     scan_contents: bool,
     pair_id: &str,
@@ -166,7 +167,7 @@ pub enum MemoryFileError {
 
 /// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
 /// written, and nothing is read until the guest touches it.
-pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, MemoryFileError> {
+pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFileError> {
     let io_error = |source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
@@ -185,7 +186,9 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, Memor
     for entry in layout {
         let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
         let clone: File = file.try_clone().map_err(io_error)?;
-        let mapping = MmapRegionBuilder::new(len)
+        // The bitmap must cover the region (the builder's default is empty,
+        // which would track nothing).
+        let mapping = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
             .with_file_offset(FileOffset::new(clone, entry.guest_addr))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
@@ -195,7 +198,7 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, Memor
             .ok_or_else(|| io_error(io::Error::other("region past the address space")))?;
         regions.push(region);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
+    GuestMemory::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
 }
 
 #[cfg(test)]
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn touched_pages_are_written_and_the_rest_are_holes() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         memory.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
         memory
             .write_obj(0xbeef_u64, GuestAddress(0x8_0000))

@@ -5,7 +5,9 @@
 //! section, the configuration the VM was built from, the in-kernel devices'
 //! state, every vCPU's state, the legacy devices' state and the RAM layout.
 //! The memory file ([`memory_file`]) holds guest RAM at its guest-physical
-//! offsets, with holes where the guest never wrote. Both are written
+//! offsets, with holes where the guest never wrote; a Diff memory file
+//! ([`dirty`]) holds only the pages written since the previous snapshot,
+//! and [`rebase`] copies it onto its base. Both are written
 //! crash-safely ([`durable`]). A restore checks the whole snapshot before it
 //! creates anything, builds the same machine from the saved configuration
 //! (the device manager places every device where it was), maps the memory
@@ -14,15 +16,16 @@
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! diff snapshots, the Uffd and Lazy memory backends; each is refused by
-//! name.
+//! the Uffd and Lazy memory backends; each is refused by name.
 
+pub mod dirty;
 pub mod durable;
 pub mod format;
 pub mod memory_file;
 mod model;
 pub mod overrides;
 pub mod pairing;
+pub mod rebase;
 mod restore;
 
 use std::path::Path;
@@ -79,7 +82,17 @@ pub struct Created {
     pub memory_bytes: u64,
 }
 
-/// Writes a paused VM's snapshot to `snapshot_path` and its RAM to
+/// Which memory a snapshot writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// All of guest RAM (untouched pages as holes).
+    Full,
+    /// Only the pages written since the previous snapshot (or since the VM
+    /// started): needs dirty page tracking.
+    Diff,
+}
+
+/// Writes a paused VM's snapshot to `snapshot_path` and all its RAM to
 /// `mem_path`. `config` is what the VM was built from.
 pub fn create(
     vm: &mut crate::vm::StartedVm,
@@ -88,7 +101,30 @@ pub fn create(
     snapshot_path: &Path,
     mem_path: &Path,
 ) -> Result<Created, SnapshotError> {
+    create_as(
+        vm,
+        config,
+        msr_indices,
+        (snapshot_path, mem_path),
+        MemoryKind::Full,
+    )
+}
+
+/// [`create`], writing the memory `kind` says. `paths` are the snapshot
+/// file and the memory file. Either kind starts a new dirty-page period: a
+/// later Diff holds what was written after this snapshot.
+pub fn create_as(
+    vm: &mut crate::vm::StartedVm,
+    config: &VmConfig,
+    msr_indices: Vec<u32>,
+    (snapshot_path, mem_path): (&Path, &Path),
+    kind: MemoryKind,
+) -> Result<Created, SnapshotError> {
     check_snapshottable(config)?;
+    let tracking = crate::builder::tracks_dirty_pages(config);
+    if kind == MemoryKind::Diff && !tracking {
+        return Err(SnapshotError::DiffWithoutTracking);
+    }
     if !vm.vcpus.is_paused() {
         return Err(SnapshotError::NotPaused);
     }
@@ -112,14 +148,11 @@ pub fn create(
     let devices = vm.devices.state();
     let virtio: Vec<sie_virtio::TransportState> =
         vm.virtio.transports.iter().map(|t| t.save()).collect();
-    let io_error = |what, path: &Path| {
-        let path = path.display().to_string();
-        move |source| SnapshotError::Io { what, path, source }
-    };
+    // Taken before any page is copied, so a write racing with the copy
+    // lands in the next Diff as well.
+    let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
+        .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
     let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
-    let (memory, memory_bytes) =
-        memory_file::stage(vm.memory(), mem_path, vm.memory_from_file(), &pair_id)
-            .map_err(io_error("memory file", mem_path))?;
     let bytes = format::encode(
         &host_cpu_vendor(),
         &[
@@ -137,10 +170,36 @@ pub fn create(
             ),
         ],
     );
-    let state = durable::stage(snapshot_path, |file| {
-        std::io::Write::write_all(file, &bytes)
-    })
-    .map_err(io_error("snapshot file", snapshot_path))?;
+    let memory = vm.memory();
+    let files = write_files((snapshot_path, mem_path), &bytes, || match kind {
+        MemoryKind::Full => memory_file::stage(memory, mem_path, vm.memory_from_file(), &pair_id),
+        MemoryKind::Diff => dirty::stage_diff(memory, mem_path, &pages, &pair_id),
+    });
+    if files.is_err() {
+        // The pages taken still differ from the last snapshot that exists.
+        dirty::mark_again(memory, &pages);
+    }
+    dirty::mark_rings(memory, &virtio);
+    files
+}
+
+/// An I/O error on the file at `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.display().to_string();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// Writes the memory file (`stage_memory` writes it under a temporary name
+/// and returns the bytes of RAM it wrote) and the snapshot file's `bytes`,
+/// then renames both into place.
+fn write_files(
+    (snapshot_path, mem_path): (&Path, &Path),
+    bytes: &[u8],
+    stage_memory: impl FnOnce() -> std::io::Result<(durable::Staged, u64)>,
+) -> Result<Created, SnapshotError> {
+    let (memory, memory_bytes) = stage_memory().map_err(io_error("memory file", mem_path))?;
+    let state = durable::stage(snapshot_path, |file| std::io::Write::write_all(file, bytes))
+        .map_err(io_error("snapshot file", snapshot_path))?;
     // Both files are complete on disk; only the two renames remain, so a
     // kill leaves the old pair, the new pair, or (between the renames) a
     // pair that `pairing::check` refuses. The memory file goes first: its

@@ -33,6 +33,40 @@ pub fn tag(file: &File, id: &str) -> io::Result<()> {
     }
 }
 
+/// The id a rebase in progress leaves on its base: no snapshot has it, so
+/// a base a crashed rebase left half merged is refused by both snapshots.
+pub const REBASING: &str = "rebase-in-progress";
+
+/// The pair id `file` carries, if any (None also where xattrs are not
+/// supported).
+pub fn read(file: &File) -> io::Result<Option<String>> {
+    use xattr::FileExt;
+    match file.get_xattr(ATTRIBUTE) {
+        Ok(value) => Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Gives `file` the pair id `id`, or none.
+pub fn retag(file: &File, id: Option<&str>) -> io::Result<()> {
+    use xattr::FileExt;
+    match id {
+        Some(id) => tag(file, id),
+        None => match file.remove_xattr(ATTRIBUTE) {
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
+        },
+    }
+}
+
 /// Checks that the memory file at `path` belongs to the snapshot whose
 /// pair id is `expected` (None for snapshots written before pair ids).
 pub fn check(path: &Path, expected: Option<&str>) -> Result<(), String> {
