@@ -208,12 +208,17 @@ pub enum CtlCommand {
 /// `sie ctl snapshot` commands.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Write a Full snapshot of the paused VM (PUT /snapshot/create).
+    /// Write a snapshot of the paused VM (PUT /snapshot/create): Full, or
+    /// with --diff only the pages written since the last snapshot.
     Create {
         /// The snapshot file (VM and device state).
         snapshot: PathBuf,
         /// The memory file (guest RAM; sparse).
         mem: PathBuf,
+        /// A Diff snapshot (needs track_dirty_pages; merge its memory onto
+        /// its base with `sie snapshot rebase`).
+        #[arg(long)]
+        diff: bool,
     },
     /// Restore a snapshot into this sie, which must not be configured yet
     /// (PUT /snapshot/load); the VM stays paused unless --resume.

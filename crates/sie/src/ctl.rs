@@ -229,9 +229,14 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
                 print_stats(&answer);
             }
         }
-        CtlCommand::Snapshot(SnapshotCommand::Create { snapshot, mem }) => {
+        CtlCommand::Snapshot(SnapshotCommand::Create {
+            snapshot,
+            mem,
+            diff,
+        }) => {
+            let kind = if diff { "Diff" } else { "Full" };
             let body =
-                json!({"snapshot_type": "Full", "snapshot_path": snapshot, "mem_file_path": mem});
+                json!({"snapshot_type": kind, "snapshot_path": snapshot, "mem_file_path": mem});
             request(sock, "PUT", "/snapshot/create", Some(&body))?;
             println!(
                 "snapshot written to {} (memory: {})",

@@ -71,9 +71,9 @@ fn data_bytes(path: &str) -> (u64, u64) {
     (data, len)
 }
 
-fn snapshot(vm: &ApiVm, kind: &str, snap: &str, mem: &str) {
+fn full_snapshot(vm: &ApiVm, snap: &str, mem: &str) {
     let body =
-        serde_json::json!({"snapshot_type": kind, "snapshot_path": snap, "mem_file_path": mem});
+        serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem});
     vm.ok("PUT", "/snapshot/create", &body.to_string());
 }
 
@@ -99,11 +99,14 @@ fn a_diff_rebased_onto_its_full_snapshot_restores_the_guest_where_it_stopped() {
     vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     wait_for_output(&out, "count 5\n");
     vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    snapshot(&vm, "Full", &full_snap, &full_mem);
+    full_snapshot(&vm, &full_snap, &full_mem);
     vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     wait_for_output(&out, "count 10\n");
     vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    snapshot(&vm, "Diff", &diff_snap, &diff_mem);
+    // The Diff through `sie ctl snapshot create --diff`.
+    let sock = vm.sock.display().to_string();
+    let diff = ["ctl", "--sock", &sock, "snapshot", "create", "--diff"];
+    sie(&[&diff[..], &[&diff_snap, &diff_mem]].concat()).expect_code(0);
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
     std::thread::sleep(Duration::from_millis(50));
