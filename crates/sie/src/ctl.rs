@@ -243,10 +243,11 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
             snapshot,
             mem,
             resume,
+            mem_backend,
         }) => {
             let body = json!({
                 "snapshot_path": snapshot,
-                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "mem_backend": {"backend_type": mem_backend, "backend_path": mem},
                 "resume_vm": resume,
             });
             request(sock, "PUT", "/snapshot/load", Some(&body))?;

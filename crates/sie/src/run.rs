@@ -121,6 +121,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     let restore = match (&args.restore, &args.mem) {
         (Some(snapshot), Some(mem)) => Some(sie_config::SnapshotLoad::from_files(
             snapshot.clone(),
+            args.mem_backend,
             mem.clone(),
             true,
         )),

@@ -386,9 +386,14 @@ impl Controller {
     ) -> std::result::Result<(), String> {
         let snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
+        let memory = crate::snapshot::RestoreMemory {
+            backend: plan.backend,
+            path: plan.backend_path.clone(),
+            seccomp: self.options.seccomp.clone(),
+        };
         let built = crate::snapshot::restore(
             &snapshot,
-            &plan.mem_file_path,
+            &memory,
             hv,
             (self.options.build_options)(),
             self.control.clone(),

@@ -8,20 +8,25 @@
 //! offsets, with holes where the guest never wrote. Both are written
 //! crash-safely ([`durable`]). A restore checks the whole snapshot before it
 //! creates anything, builds the same machine from the saved configuration
-//! (the device manager places every device where it was), maps the memory
-//! file copy-on-write and puts every piece of state back.
+//! (the device manager places every device where it was), brings guest RAM
+//! back with the chosen backend ([`restore`]: the memory file mapped
+//! copy-on-write, an external userfaultfd handler ([`uffd`]), or sie's own
+//! ([`lazy`], with a recorded [`working_set`])) and puts every piece of
+//! state back.
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! diff snapshots, the Uffd and Lazy memory backends; each is refused by
-//! name.
+//! diff snapshots; they are refused by name.
 
 pub mod durable;
 pub mod format;
+pub mod lazy;
 pub mod memory_file;
 mod model;
 mod restore;
+pub mod uffd;
+pub mod working_set;
 
 use std::path::Path;
 
@@ -31,7 +36,7 @@ use sie_config::VmConfig;
 use memory_file::RegionEntry;
 
 pub use model::{Snapshot, SnapshotError, check_snapshottable};
-pub use restore::restore;
+pub use restore::{RestoreMemory, restore};
 
 const SECTION_CONFIG: &str = "config";
 const SECTION_VM: &str = "vm";
