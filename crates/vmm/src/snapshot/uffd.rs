@@ -150,6 +150,12 @@ impl Uffd {
         Ok(Self { fd })
     }
 
+    /// A userfaultfd received from elsewhere (a page-fault handler gets
+    /// sie's over its socket).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
     /// Sends faults on missing pages of `[addr, addr + len)` here.
     pub fn register(&self, addr: u64, len: u64) -> io::Result<()> {
         let mut register = RegisterArg {
