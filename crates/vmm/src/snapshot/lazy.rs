@@ -105,6 +105,14 @@ fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(extents)
 }
 
+/// Whether the page at `offset` holds any of the file's data (`data` is
+/// sorted and disjoint, so the first extent ending after it decides).
+fn overlaps_data(data: &[(u64, u64)], offset: u64) -> bool {
+    let first = data.partition_point(|&(_, end)| end <= offset);
+    data.get(first)
+        .is_some_and(|&(start, _)| start < offset + PAGE as u64)
+}
+
 /// One registered region: where it is in sie and in the file.
 #[derive(Clone, Copy, Debug)]
 struct Region {
@@ -326,11 +334,7 @@ impl Handler {
         if let Some(recorder) = &mut self.recorder {
             recorder.note(offset);
         }
-        let has_data = self
-            .data
-            .iter()
-            .any(|&(s, e)| offset < e && offset + PAGE as u64 > s);
-        if !has_data {
+        if !overlaps_data(&self.data, offset) {
             return self.uffd.zero(host, PAGE as u64);
         }
         let mut page = [0u8; PAGE];
@@ -396,5 +400,86 @@ impl Recorder {
             self.offsets.push(offset);
             self.last_fault = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_and_data_are_told_apart_per_page() {
+        let data = [(0x1000, 0x3000), (0x5800, 0x6000)];
+        for (offset, expected) in [
+            (0x0, false),
+            (0x1000, true),
+            (0x2000, true),
+            (0x3000, false),
+            (0x4000, false),
+            (0x5000, true),
+            (0x6000, false),
+        ] {
+            assert_eq!(overlaps_data(&data, offset), expected, "{offset:#x}");
+        }
+    }
+
+    #[test]
+    fn a_sparse_file_has_its_data_extents_found() {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = std::env::temp_dir().join(format!("sie-lazy-extents-{}", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.set_len(1 << 20).unwrap();
+        file.seek(SeekFrom::Start(0x4_0000)).unwrap();
+        file.write_all(&[1u8; PAGE]).unwrap();
+        let file = File::open(&path).unwrap();
+        let extents = data_extents(&file, 1 << 20).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(overlaps_data(&extents, 0x4_0000), "{extents:?}");
+        assert!(!overlaps_data(&extents, 0x8_0000), "{extents:?}");
+    }
+
+    #[test]
+    fn a_lazy_memory_serves_the_file_and_records_what_was_touched() {
+        use std::io::{Seek, SeekFrom, Write};
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        let mut file = File::create(&path).unwrap();
+        file.set_len(16 * PAGE as u64).unwrap();
+        file.seek(SeekFrom::Start(3 * PAGE as u64)).unwrap();
+        file.write_all(&[0xab; PAGE]).unwrap();
+        drop(file);
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 16 * PAGE as u64,
+        }];
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(lazy.prefetched_pages, 0);
+        lazy.mark_loaded();
+        let at = |page: u64| GuestAddress(page * PAGE as u64);
+        assert_eq!(lazy.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
+        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 0, "a hole");
+        lazy.memory.write_obj(5u8, at(7)).unwrap();
+        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 5);
+        // Faults pause: the working set is written, in the order touched.
+        let ws = working_set::path_for(&path);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ws.exists() {
+            assert!(Instant::now() < deadline, "no working set written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(lazy);
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let set = working_set::read(&ws, identity).unwrap().unwrap();
+        assert_eq!(set.offsets, vec![3 * PAGE as u64, 7 * PAGE as u64]);
+        assert_eq!(set.pages[0], 0xab);
+
+        // The next one installs them before anything touches memory.
+        let again = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(again.prefetched_pages, 2);
+        assert_eq!(again.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
