@@ -225,11 +225,17 @@ pub enum SnapshotCommand {
     Load {
         /// The snapshot file.
         snapshot: PathBuf,
-        /// Its memory file.
+        /// Its memory file (with --mem-backend uffd: the page-fault
+        /// handler's socket).
         mem: PathBuf,
         /// Resume the VM once loaded.
         #[arg(long)]
         resume: bool,
+        /// How guest memory comes back: file (mapped copy-on-write), lazy
+        /// (faults served by sie, working set recorded in MEM.ws and
+        /// prefetched next time) or uffd (Firecracker's external handler).
+        #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend)]
+        mem_backend: sie_config::MemBackendType,
         #[command(flatten)]
         overrides: RestoreOverrides,
     },
@@ -274,6 +280,11 @@ fn parse_net_override(text: &str) -> Result<sie_config::NetworkOverride, String>
         }),
         _ => Err(format!("{text:?} is not IFACE_ID=TAP")),
     }
+}
+
+/// `--mem-backend`'s words.
+fn mem_backend(word: &str) -> Result<sie_config::MemBackendType, String> {
+    sie_config::MemBackendType::from_word(word)
 }
 
 /// Flags of `sie run`. Flags override values from `--config-file`.
@@ -328,9 +339,16 @@ pub struct RunArgs {
     /// of booting: the VM goes on where it was paused. Needs --mem.
     #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
     pub restore: Option<PathBuf>,
-    /// The snapshot's memory file (with --restore), mapped copy-on-write.
+    /// The snapshot's memory file (with --restore); with --mem-backend
+    /// uffd, the page-fault handler's socket.
     #[arg(long, value_name = "FILE", requires = "restore")]
     pub mem: Option<PathBuf>,
+    /// How --restore brings guest memory back: file (the memory file mapped
+    /// copy-on-write), lazy (sie serves page faults from it, records the
+    /// guest's working set in FILE.ws and prefetches it on later restores)
+    /// or uffd (Firecracker's protocol: an external page-fault handler).
+    #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend, requires = "restore")]
+    pub mem_backend: sie_config::MemBackendType,
     /// With --restore: what the clone changes from its snapshot.
     #[command(flatten)]
     pub restore_overrides: RestoreOverrides,

@@ -122,8 +122,12 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     let logging = crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
     let restore = match (&args.restore, &args.mem) {
         (Some(snapshot), Some(mem)) => {
-            let mut load =
-                sie_config::SnapshotLoad::from_files(snapshot.clone(), mem.clone(), true);
+            let mut load = sie_config::SnapshotLoad::from_files(
+                snapshot.clone(),
+                args.mem_backend,
+                mem.clone(),
+                true,
+            );
             args.restore_overrides.apply(&mut load);
             Some(load)
         }

@@ -395,9 +395,14 @@ impl Controller {
             .machine_config
             .get_or_insert_with(Default::default)
             .track_dirty_pages = Some(plan.track_dirty_pages);
+        let memory = crate::snapshot::RestoreMemory {
+            backend: plan.backend,
+            path: plan.backend_path.clone(),
+            seccomp: self.options.seccomp.clone(),
+        };
         let built = crate::snapshot::restore(
             &snapshot,
-            &plan.mem_file_path,
+            &memory,
             plan.clock_realtime,
             hv,
             (self.options.build_options)(),

@@ -40,7 +40,7 @@ fn process_alive(pid: i32) -> bool {
 
 /// Removes the temporaries that writers of `path` killed mid-write left
 /// behind (their pid is gone); a live writer's file is left alone.
-fn remove_stale_temporaries(path: &Path) {
+pub fn remove_stale_temporaries(path: &Path) {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return;
     };
@@ -78,21 +78,18 @@ impl Staged {
     }
 }
 
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Leave nothing behind but what was at the path before.
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
 /// Renames every staged file over its path, one right after the other,
 /// then fsyncs their directories.
 pub fn commit_all(files: Vec<Staged>) -> io::Result<()> {
-    // The files being replaced keep a second name until every rename is
-    // done: a rename that drops an old file's last link frees its blocks
-    // inside the rename, which makes it slow (a wider moment for a kill
-    // to fall between two renames). Freed after, with the second name.
-    let kept: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|file| {
-            let keep = sibling_path(&file.path, "old").ok()?;
-            let _ = std::fs::remove_file(&keep);
-            std::fs::hard_link(&file.path, &keep).ok().map(|()| keep)
-        })
-        .collect();
     let mut directories: Vec<PathBuf> = Vec::new();
     for mut file in files {
         std::fs::rename(&file.temporary, &file.path)?;
@@ -105,25 +102,34 @@ pub fn commit_all(files: Vec<Staged>) -> io::Result<()> {
     for directory in directories {
         File::open(directory)?.sync_all()?;
     }
-    for keep in kept {
-        let _ = std::fs::remove_file(keep);
-    }
     Ok(())
 }
 
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Leave nothing behind but what was at the path before.
-            let _ = std::fs::remove_file(&self.temporary);
-        }
+/// [`commit_all`] for files that must change together (a snapshot's two
+/// files): the files being replaced keep a second name until every rename
+/// is done. A rename that drops an old file's last link frees its blocks
+/// inside the rename, which makes it slow: a wider moment for a kill to
+/// fall between two renames. The old files are freed after, with their
+/// second names.
+pub fn replace_all(files: Vec<Staged>) -> io::Result<()> {
+    let kept: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|file| {
+            let keep = sibling_path(&file.path, "old").ok()?;
+            let _ = std::fs::remove_file(&keep);
+            std::fs::hard_link(&file.path, &keep).ok().map(|()| keep)
+        })
+        .collect();
+    let committed = commit_all(files);
+    for keep in kept {
+        let _ = std::fs::remove_file(keep);
     }
+    committed
 }
 
 /// Writes what `fill` writes to a temporary beside `path` and fsyncs it;
 /// [`Staged::commit`] puts it in place.
 pub fn stage(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<Staged> {
-    remove_stale_temporaries(path);
     let staged = Staged {
         temporary: temporary_path(path)?,
         path: path.to_path_buf(),
@@ -176,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_writers_temporary_is_removed_by_the_next_write() {
+    fn a_killed_writers_files_are_removed_and_replace_all_keeps_nothing_old() {
         let dir = std::env::temp_dir().join(format!("sie-durable-stale-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("snap");
@@ -187,10 +193,11 @@ mod tests {
         for file in [&stale, &stale_old, &other] {
             std::fs::write(file, b"half").unwrap();
         }
-        write_durably(&path, |f| f.write_all(b"new")).unwrap();
+        remove_stale_temporaries(&path);
         assert!(!stale.exists(), "a dead writer's temporary is gone");
         assert!(!stale_old.exists(), "and the old file it kept");
-        write_durably(&path, |f| f.write_all(b"newer")).unwrap();
+        write_durably(&path, |f| f.write_all(b"first")).unwrap();
+        replace_all(vec![stage(&path, |f| f.write_all(b"newer")).unwrap()]).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"newer");
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),

@@ -10,23 +10,29 @@
 //! and [`rebase`] copies it onto its base. Both are written
 //! crash-safely ([`durable`]). A restore checks the whole snapshot before it
 //! creates anything, builds the same machine from the saved configuration
-//! (the device manager places every device where it was), maps the memory
-//! file copy-on-write and puts every piece of state back.
+//! (the device manager places every device where it was), brings guest RAM
+//! back with the chosen backend ([`restore`]: the memory file mapped
+//! copy-on-write, an external userfaultfd handler ([`uffd`]), or sie's own
+//! ([`lazy`], with a recorded [`working_set`])) and puts every piece of
+//! state back.
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! the Uffd and Lazy memory backends; each is refused by name.
+//! huge pages; they are refused by name.
 
 pub mod dirty;
 pub mod durable;
 pub mod format;
+pub mod lazy;
 pub mod memory_file;
 mod model;
 pub mod overrides;
 pub mod pairing;
 pub mod rebase;
 mod restore;
+pub mod uffd;
+pub mod working_set;
 
 use std::path::Path;
 
@@ -36,7 +42,7 @@ use sie_config::VmConfig;
 use memory_file::RegionEntry;
 
 pub use model::{Snapshot, SnapshotError, check_snapshottable};
-pub use restore::restore;
+pub use restore::{RestoreMemory, restore};
 
 const SECTION_CONFIG: &str = "config";
 const SECTION_VM: &str = "vm";
@@ -197,6 +203,9 @@ fn write_files(
     bytes: &[u8],
     stage_memory: impl FnOnce() -> std::io::Result<(durable::Staged, u64)>,
 ) -> Result<Created, SnapshotError> {
+    for path in [snapshot_path, mem_path] {
+        durable::remove_stale_temporaries(path);
+    }
     let (memory, memory_bytes) = stage_memory().map_err(io_error("memory file", mem_path))?;
     let state = durable::stage(snapshot_path, |file| std::io::Write::write_all(file, bytes))
         .map_err(io_error("snapshot file", snapshot_path))?;
@@ -205,7 +214,7 @@ fn write_files(
     // pair that `pairing::check` refuses. The memory file goes first: its
     // rename is the slow one (the filesystem may flush and free blocks in
     // it), and a kill that aborts it leaves the old pair whole.
-    durable::commit_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
+    durable::replace_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
     Ok(Created { memory_bytes })
 }
 

@@ -67,6 +67,14 @@ pub enum SnapshotError {
     /// The memory file cannot back the VM.
     #[error(transparent)]
     Memory(#[from] memory_file::MemoryFileError),
+    /// The `Uffd` backend's page-fault handler is not there or refused.
+    #[error("the page-fault handler at {path}: {source}")]
+    UffdHandler {
+        /// Its socket.
+        path: String,
+        /// Why it could not be handed guest memory.
+        source: std::io::Error,
+    },
     /// Building the restored VM failed.
     #[error("restoring the VM: {0}")]
     Build(String),

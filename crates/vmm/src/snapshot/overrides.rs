@@ -50,7 +50,12 @@ mod tests {
     }
 
     fn plan(overrides: &[(&str, &str)], vsock: Option<&str>) -> LoadPlan {
-        let mut load = SnapshotLoad::from_files("s".into(), "m".into(), false);
+        let mut load = SnapshotLoad::from_files(
+            "s".into(),
+            sie_config::MemBackendType::File,
+            "m".into(),
+            false,
+        );
         load.network_overrides = Some(
             overrides
                 .iter()
