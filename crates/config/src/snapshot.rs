@@ -128,6 +128,22 @@ pub struct SnapshotLoad {
     pub huge_pages: Option<String>,
 }
 
+/// `huge_pages` of a load: what backs the restored guest's RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HugePages {
+    /// Base pages (the memory file mapped as it is).
+    #[default]
+    None,
+    /// Whatever the snapshotted VM's `machine-config` had.
+    Snapshot,
+    /// Anonymous memory the kernel may back with transparent huge pages
+    /// (`MADV_HUGEPAGE`), filled from the memory file before the vCPUs run.
+    Transparent,
+    /// 2 MiB hugetlb pages (`MAP_HUGETLB`), filled from the memory file
+    /// before the vCPUs run.
+    TwoMiB,
+}
+
 /// What a load request asks for, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadPlan {
@@ -148,6 +164,8 @@ pub struct LoadPlan {
     pub clock_realtime: bool,
     /// Track dirty pages (for Diff snapshots of the restored VM).
     pub track_dirty_pages: bool,
+    /// What backs the restored RAM.
+    pub huge_pages: HugePages,
 }
 
 impl SnapshotLoad {
@@ -217,13 +235,24 @@ impl SnapshotLoad {
         {
             return Err("snapshot/load: vsock_override: uds_path is empty".into());
         }
-        match self.huge_pages.as_deref() {
-            None | Some("None") => {}
+        let huge_pages = match self.huge_pages.as_deref() {
+            None | Some("None") => HugePages::None,
+            Some("Snapshot") => HugePages::Snapshot,
+            Some("Transparent") => HugePages::Transparent,
+            Some("2M") => HugePages::TwoMiB,
             Some(other) => {
                 return Err(format!(
-                    "snapshot/load: huge_pages {other:?} is not supported yet"
+                    "snapshot/load: huge_pages {other:?}: use \"None\", \"Snapshot\", \"Transparent\" or \"2M\""
                 ));
             }
+        };
+        if matches!(huge_pages, HugePages::Transparent | HugePages::TwoMiB)
+            && backend != MemBackendType::File
+        {
+            return Err(format!(
+                "snapshot/load: huge_pages {:?} with mem_backend {backend:?} is not supported yet (use File)",
+                self.huge_pages.as_deref().unwrap_or_default()
+            ));
         }
         Ok(LoadPlan {
             snapshot_path: self.snapshot_path.clone(),
@@ -233,6 +262,7 @@ impl SnapshotLoad {
             network_overrides,
             vsock_override: self.vsock_override.as_ref().map(|o| o.uds_path.clone()),
             clock_realtime: self.clock_realtime.unwrap_or(false),
+            huge_pages,
             // Firecracker's deprecated name for the same switch.
             track_dirty_pages: self.track_dirty_pages == Some(true)
                 || self.enable_diff_snapshots == Some(true),
@@ -305,6 +335,23 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_are_planned() {
+        for (word, pages) in [
+            ("None", HugePages::None),
+            ("Snapshot", HugePages::Snapshot),
+            ("Transparent", HugePages::Transparent),
+            ("2M", HugePages::TwoMiB),
+        ] {
+            let json = format!(
+                r#"{{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "{word}"}}"#
+            );
+            assert_eq!(load(&json).unwrap().huge_pages, pages, "{word}");
+        }
+        let plan = load(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#).unwrap();
+        assert_eq!(plan.huge_pages, HugePages::None);
+    }
+
+    #[test]
     fn overrides_and_clock_are_planned() {
         let plan = load(
             r#"{"snapshot_path": "s", "mem_file_path": "m", "clock_realtime": true,
@@ -343,8 +390,12 @@ mod tests {
                 "uds_path is empty",
             ),
             (
-                r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "2M"}"#,
-                "huge_pages",
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "huge_pages": "1G"}"#,
+                "huge_pages \"1G\": use",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Lazy", "backend_path": "m"}, "huge_pages": "2M"}"#,
+                "with mem_backend Lazy is not supported yet",
             ),
             (r#"{"snapshot_path": "s"}"#, "required"),
             (

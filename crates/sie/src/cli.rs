@@ -242,7 +242,8 @@ pub enum SnapshotCommand {
 }
 
 /// What a restored clone changes from its snapshot (the `network_overrides`,
-/// `vsock_override` and `clock_realtime` fields of `PUT /snapshot/load`).
+/// `vsock_override`, `clock_realtime` and `huge_pages` fields of
+/// `PUT /snapshot/load`).
 #[derive(Debug, Default, Args)]
 pub struct RestoreOverrides {
     /// Use tap TAP for the interface IFACE_ID of the snapshot (repeatable).
@@ -254,6 +255,11 @@ pub struct RestoreOverrides {
     /// Advance the guest clock by the time the snapshot spent as files.
     #[arg(long)]
     pub clock_realtime: bool,
+    /// Put guest RAM on huge pages (file backend; filled from the memory
+    /// file before the vCPUs run): none, transparent, 2m, or snapshot (what
+    /// the snapshotted VM had).
+    #[arg(long, value_name = "KIND", value_parser = ["none", "transparent", "2m", "snapshot"])]
+    pub huge_pages: Option<String>,
 }
 
 impl RestoreOverrides {
@@ -269,6 +275,23 @@ impl RestoreOverrides {
         if self.clock_realtime {
             load.clock_realtime = Some(true);
         }
+        load.huge_pages = self.huge_pages.as_deref().map(|kind| {
+            match kind {
+                "transparent" => "Transparent",
+                "2m" => "2M",
+                "snapshot" => "Snapshot",
+                _ => "None",
+            }
+            .to_string()
+        });
+    }
+
+    /// Whether any of these was given.
+    pub fn any(&self) -> bool {
+        !self.net_overrides.is_empty()
+            || self.vsock_override.is_some()
+            || self.clock_realtime
+            || self.huge_pages.is_some()
     }
 }
 

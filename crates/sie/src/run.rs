@@ -30,7 +30,9 @@ enum RunError {
     Vcpus(u64),
     #[error("--seccomp-filter")]
     SeccompFilter(#[source] sie_seccomp::SeccompError),
-    #[error("--net-override, --vsock-override and --clock-realtime apply to --restore only")]
+    #[error(
+        "--net-override, --vsock-override, --clock-realtime and --huge-pages apply to --restore only"
+    )]
     OverrideWithoutRestore,
 }
 
@@ -132,11 +134,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
             Some(load)
         }
         _ => {
-            let overrides = &args.restore_overrides;
-            if !overrides.net_overrides.is_empty()
-                || overrides.vsock_override.is_some()
-                || overrides.clock_realtime
-            {
+            if args.restore_overrides.any() {
                 return Err(RunError::OverrideWithoutRestore.into());
             }
             None

@@ -8,70 +8,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::api::ApiVm;
+use common::counter::{capture, pause_after};
 use common::sie;
 
 const LIMIT: u32 = 60;
 const KILLS: u32 = 10;
-
-fn capture(vm: &mut ApiVm) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut pipe = vm.child.stdout.take().expect("stdout");
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 256];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("output lock")
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    out
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// The last count the guest printed.
-fn last_count(out: &Mutex<String>) -> u32 {
-    out.lock()
-        .expect("output lock")
-        .lines()
-        .filter_map(|l| l.strip_prefix("count ")?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
-/// Pauses the guest once it has printed `at_least` counts; returns the
-/// count it stopped at.
-fn pause_after(vm: &ApiVm, out: &Mutex<String>, at_least: u32) -> u32 {
-    wait_for("counts", || last_count(out) >= at_least);
-    vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
-    // The console reaches the pipe a little after the pause: wait until
-    // the count stands still.
-    let mut seen = last_count(out);
-    loop {
-        std::thread::sleep(Duration::from_millis(60));
-        let now = last_count(out);
-        if now == seen {
-            return now;
-        }
-        seen = now;
-    }
-}
 
 /// What a restore of the pair at (`snap`, `mem`) shows: the first count the
 /// restored guest prints, or the one-line refusal.

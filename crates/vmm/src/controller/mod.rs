@@ -395,10 +395,26 @@ impl Controller {
             .machine_config
             .get_or_insert_with(Default::default)
             .track_dirty_pages = Some(plan.track_dirty_pages);
+        // `Snapshot`: what the snapshotted VM's machine-config asked for.
+        let huge_pages = match plan.huge_pages {
+            sie_config::HugePages::Snapshot => {
+                match snapshot
+                    .config
+                    .machine_config
+                    .as_ref()
+                    .and_then(|m| m.huge_pages.as_deref())
+                {
+                    Some("2M") => sie_config::HugePages::TwoMiB,
+                    _ => sie_config::HugePages::None,
+                }
+            }
+            pages => pages,
+        };
         let memory = crate::snapshot::RestoreMemory {
             backend: plan.backend,
             path: plan.backend_path.clone(),
             seccomp: self.options.seccomp.clone(),
+            huge_pages,
         };
         let built = crate::snapshot::restore(
             &snapshot,

@@ -175,7 +175,7 @@ pub fn stage_diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::rebase::data_extents;
+    use crate::snapshot::memory_file::data_extents;
     use crate::test_doubles::FakeVm;
 
     fn memory() -> GuestMemory {

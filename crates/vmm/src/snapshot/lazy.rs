@@ -22,7 +22,7 @@ use sie_hv::GuestMemory;
 use sie_seccomp::{Seccomp, ThreadKind};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::memory_file::{MemoryFileError, RegionEntry, file_len};
+use super::memory_file::{MemoryFileError, RegionEntry, data_extents, file_len};
 use super::uffd::{self, Event, PAGE, Uffd};
 use super::working_set::{self, Identity};
 
@@ -78,32 +78,6 @@ pub fn anonymous(layout: &[RegionEntry]) -> std::io::Result<GuestMemory> {
         ranges.push((GuestAddress(entry.guest_addr), len));
     }
     GuestMemory::from_ranges(&ranges).map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// The extents of `file` that hold data (`SEEK_DATA`/`SEEK_HOLE`), sorted;
-/// everything else reads as zeros.
-fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut extents = Vec::new();
-    let mut at = 0u64;
-    while at < len {
-        // SAFETY: lseek on a descriptor we own; it moves only the offset.
-        let start = unsafe { libc::lseek(file.as_raw_fd(), at as i64, libc::SEEK_DATA) };
-        if start < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::ENXIO) {
-                break; // No data after `at`.
-            }
-            return Err(error);
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        extents.push((start as u64, end as u64));
-        at = end as u64;
-    }
-    Ok(extents)
 }
 
 /// Whether the page at `offset` holds any of the file's data (`data` is

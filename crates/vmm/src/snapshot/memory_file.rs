@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -165,9 +166,9 @@ pub enum MemoryFileError {
     },
 }
 
-/// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
-/// written, and nothing is read until the guest touches it.
-pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFileError> {
+/// Opens the memory file at `path` for reading, checked to be the size
+/// `layout` needs; returns it and that size.
+pub fn open_checked(path: &Path, layout: &[RegionEntry]) -> Result<(File, u64), MemoryFileError> {
     let io_error = |source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
@@ -182,6 +183,17 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFil
             expected,
         });
     }
+    Ok((file, found))
+}
+
+/// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
+/// written, and nothing is read until the guest touches it.
+pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFileError> {
+    let io_error = |source| MemoryFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let (file, _) = open_checked(path, layout)?;
     let mut regions = Vec::with_capacity(layout.len());
     for entry in layout {
         let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
@@ -199,6 +211,40 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFil
         regions.push(region);
     }
     GuestMemory::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
+}
+
+/// The `[start, end)` byte ranges of `file` that hold data, in order.
+pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut extents = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let Some(start) = seek(file, at, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        if end <= start {
+            break;
+        }
+        extents.push((start, end));
+        at = end;
+    }
+    Ok(extents)
+}
+
+/// `lseek(fd, at, whence)`; `None` when there is no more data (`ENXIO`).
+fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(at).map_err(io::Error::other)?;
+    // SAFETY: lseek only moves the file's offset; the descriptor is owned by
+    // `file`, which is alive for the call.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found < 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    Ok(Some(found as u64))
 }
 
 #[cfg(test)]

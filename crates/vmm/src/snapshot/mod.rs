@@ -19,11 +19,12 @@
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! huge pages; they are refused by name.
+//! nothing: a restore may also put guest RAM on huge pages ([`huge_pages`]).
 
 pub mod dirty;
 pub mod durable;
 pub mod format;
+pub mod huge_pages;
 pub mod lazy;
 pub mod memory_file;
 mod model;

@@ -20,7 +20,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -93,7 +92,9 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64, RebaseError> {
     base_file.sync_all().map_err(base_error)?;
     let mut copied = 0u64;
     let mut buffer = vec![0u8; CHUNK];
-    for (start, end) in data_extents(&diff_file, diff_len).map_err(diff_error)? {
+    for (start, end) in
+        super::memory_file::data_extents(&diff_file, diff_len).map_err(diff_error)?
+    {
         let mut at = start;
         while at < end {
             let want = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
@@ -112,45 +113,12 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64, RebaseError> {
     Ok(copied)
 }
 
-/// The `[start, end)` byte ranges of `file` that hold data, in order.
-pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    let mut extents = Vec::new();
-    let mut at = 0u64;
-    while at < len {
-        let Some(start) = seek(file, at, libc::SEEK_DATA)? else {
-            break;
-        };
-        let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        if end <= start {
-            break;
-        }
-        extents.push((start, end));
-        at = end;
-    }
-    Ok(extents)
-}
-
-/// `lseek(fd, at, whence)`; `None` when there is no more data (`ENXIO`).
-fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let offset = libc::off_t::try_from(at).map_err(io::Error::other)?;
-    // SAFETY: lseek only moves the file's offset; the descriptor is owned by
-    // `file`, which is alive for the call.
-    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if found < 0 {
-        let error = io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(error),
-        };
-    }
-    Ok(Some(found as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::snapshot::memory_file::data_extents;
 
     const PAGE: u64 = 4096;
     const SIZE: u64 = 1 << 20;

@@ -10,14 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sie_config::MemBackendType;
+use sie_config::{HugePages, MemBackendType};
 use sie_hv::GuestMemory;
 use sie_hv::Hypervisor;
 use sie_seccomp::Seccomp;
 
 use super::memory_file::{self, MemoryFileError};
 use super::model::{Snapshot, SnapshotError, check_snapshottable};
-use super::{lazy, uffd};
+use super::{huge_pages, lazy, uffd};
 use crate::builder::{self, BuildOptions, BuiltVm};
 use crate::control::VmControl;
 
@@ -30,6 +30,9 @@ pub struct RestoreMemory {
     pub path: PathBuf,
     /// The filters; the Lazy backend's thread installs the `uffd` one.
     pub seccomp: Seccomp,
+    /// Huge pages for the File backend (`None`: the file mapped as it is;
+    /// `Snapshot` is resolved by the caller).
+    pub huge_pages: HugePages,
 }
 
 impl RestoreMemory {
@@ -39,6 +42,7 @@ impl RestoreMemory {
             backend: MemBackendType::File,
             path: path.into(),
             seccomp: Seccomp::disabled(),
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -50,7 +54,12 @@ fn guest_memory(
 ) -> Result<(GuestMemory, Option<lazy::LazyMemory>), SnapshotError> {
     let path: &Path = &source.path;
     match source.backend {
-        MemBackendType::File => Ok((memory_file::map(path, &snapshot.memory)?, None)),
+        MemBackendType::File => match source.huge_pages {
+            HugePages::None | HugePages::Snapshot => {
+                Ok((memory_file::map(path, &snapshot.memory)?, None))
+            }
+            pages => Ok((huge_pages::load(path, &snapshot.memory, pages)?, None)),
+        },
         MemBackendType::Lazy => {
             let lazy = lazy::open(path, &snapshot.memory, &source.seccomp)?;
             Ok((lazy.memory.clone(), Some(lazy)))
