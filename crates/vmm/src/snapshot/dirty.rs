@@ -186,6 +186,19 @@ mod tests {
     }
 
     #[test]
+    fn a_device_reading_a_file_into_guest_memory_marks_the_pages() {
+        // What virtio-blk does for a guest's read: the file's bytes land in
+        // guest RAM through vm-memory, never seen by KVM's log.
+        let memory = memory();
+        let mut disk: &[u8] = &[0xab; 3 * PAGE as usize];
+        memory
+            .read_exact_volatile_from(GuestAddress(0x2_0000), &mut disk, 3 * PAGE as usize)
+            .unwrap();
+        let taken = take(&memory, &FakeVm::default(), false).unwrap();
+        assert_eq!(pages_of(&taken), [0x20, 0x21, 0x22]);
+    }
+
+    #[test]
     fn ready_rings_are_marked_whole() {
         let memory = memory();
         let queue = sie_virtio::SavedQueue {
