@@ -141,6 +141,9 @@ pub trait Vm: Send + Sync {
     fn save_state(&self) -> Result<VmState>;
     /// Restores what `save_state` gave, on a VM with its platform created.
     fn restore_state(&self, state: &VmState) -> Result<()>;
+    /// Moves the guest's clock forward by `by` (the time a snapshot spent
+    /// as files); call it before any vCPU runs. Returns the new clock (ns).
+    fn advance_clock(&self, by: std::time::Duration) -> Result<u64>;
 }
 
 /// One virtual CPU. Owned by its thread; `run` is called in a loop.
@@ -187,6 +190,11 @@ pub trait Vcpu: Send {
     fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState>;
     /// Restores what `save_state` gave, on a vCPU that has not run.
     fn restore_state(&self, state: &VcpuState) -> Result<()>;
+    /// Tells the guest that the host stopped this vCPU for a while (a pause
+    /// or a snapshot), so it does not mistake the gap for a soft lockup;
+    /// call it before the vCPU runs again. `false` when the guest has no
+    /// paravirtual clock to tell.
+    fn notify_paused(&self) -> Result<bool>;
 }
 
 /// Makes a vCPU leave `run` from another thread (used for pause and shutdown).

@@ -2,10 +2,11 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`); build.rs compiles it
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`); build.rs compiles it
 //! to BPF, so a broken policy fails the build. A user's policy in the same
 //! format replaces it (`--seccomp-filter FILE`). Each thread installs its own
-//! filter with [`Seccomp::install`]: the vCPU and API threads as they start,
+//! filter with [`Seccomp::install`]: the vCPU, API and page-fault (`uffd`)
+//! threads as they start,
 //! the VMM thread once the VM is built and its vCPUs run (building needs far
 //! more than serving). A system call outside the filter traps (SIGSYS); the
 //! handler in [`sigsys`] reports which call on which thread kind and exits
@@ -31,7 +32,7 @@ use seccompiler::{BpfProgram, sock_filter};
 
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
-// The built-in policy, compiled by build.rs: `VMM`, `API` and `VCPU`.
+// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -43,11 +44,19 @@ pub enum ThreadKind {
     Api,
     /// `fc_vcpu N`: runs the guest and handles its exits.
     Vcpu,
+    /// `sie_uffd`: serves guest page faults from a memory file (the Lazy
+    /// snapshot-restore backend).
+    Uffd,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Uffd,
+    ];
 
     /// The kind's key in a policy file.
     pub fn name(self) -> &'static str {
@@ -55,6 +64,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Uffd => "uffd",
         }
     }
 
@@ -85,7 +95,7 @@ pub enum SeccompError {
         source: seccompiler::Error,
     },
     /// A thread kind has no filter.
-    #[error("{}: no `{kind}` filter (sie needs vmm, api and vcpu)", path.display())]
+    #[error("{}: no `{kind}` filter (sie needs vmm, api, vcpu and uffd)", path.display())]
     MissingKind {
         /// The file.
         path: PathBuf,
@@ -93,7 +103,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api and vcpu)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and uffd)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -118,7 +128,7 @@ pub enum SeccompError {
 /// clone: every thread gets its own handle.
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
-    programs: Option<Arc<[BpfProgram; 3]>>,
+    programs: Option<Arc<[BpfProgram; 4]>>,
 }
 
 impl Seccomp {
@@ -131,12 +141,18 @@ impl Seccomp {
     pub fn builtin() -> Self {
         let program = |table: &[sock_filter]| table.to_vec();
         Self {
-            programs: Some(Arc::new([program(VMM), program(API), program(VCPU)])),
+            programs: Some(Arc::new([
+                program(VMM),
+                program(API),
+                program(VCPU),
+                program(UFFD),
+            ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api` and `vcpu` and no other.
+    /// with a filter for each of `vmm`, `api`, `vcpu` and `uffd` and no
+    /// other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -169,6 +185,7 @@ impl Seccomp {
             take(ThreadKind::Vmm)?,
             take(ThreadKind::Api)?,
             take(ThreadKind::Vcpu)?,
+            take(ThreadKind::Uffd)?,
         ];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {

@@ -47,7 +47,7 @@ fn bad_policies_are_refused_in_one_line() {
     let refused = refusal(&format!(r#"{{"vmm": {one}, "api": {one}}}"#));
     assert!(refused.contains("no `vcpu` filter"), "{refused}");
     let refused = refusal(&format!(
-        r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "gpu": {one}}}"#
+        r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "uffd": {one}, "gpu": {one}}}"#
     ));
     assert!(refused.contains("unknown thread kind `gpu`"), "{refused}");
     let refused = refusal(&format!(

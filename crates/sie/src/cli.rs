@@ -225,12 +225,66 @@ pub enum SnapshotCommand {
     Load {
         /// The snapshot file.
         snapshot: PathBuf,
-        /// Its memory file.
+        /// Its memory file (with --mem-backend uffd: the page-fault
+        /// handler's socket).
         mem: PathBuf,
         /// Resume the VM once loaded.
         #[arg(long)]
         resume: bool,
+        /// How guest memory comes back: file (mapped copy-on-write), lazy
+        /// (faults served by sie, working set recorded in MEM.ws and
+        /// prefetched next time) or uffd (Firecracker's external handler).
+        #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend)]
+        mem_backend: sie_config::MemBackendType,
+        #[command(flatten)]
+        overrides: RestoreOverrides,
     },
+}
+
+/// What a restored clone changes from its snapshot (the `network_overrides`,
+/// `vsock_override` and `clock_realtime` fields of `PUT /snapshot/load`).
+#[derive(Debug, Default, Args)]
+pub struct RestoreOverrides {
+    /// Use tap TAP for the interface IFACE_ID of the snapshot (repeatable).
+    #[arg(long = "net-override", value_name = "IFACE_ID=TAP", value_parser = parse_net_override)]
+    pub net_overrides: Vec<sie_config::NetworkOverride>,
+    /// Use this Unix socket for the snapshot's vsock device.
+    #[arg(long, value_name = "UDS_PATH")]
+    pub vsock_override: Option<PathBuf>,
+    /// Advance the guest clock by the time the snapshot spent as files.
+    #[arg(long)]
+    pub clock_realtime: bool,
+}
+
+impl RestoreOverrides {
+    /// Sets these overrides on a load request.
+    pub fn apply(&self, load: &mut sie_config::SnapshotLoad) {
+        if !self.net_overrides.is_empty() {
+            load.network_overrides = Some(self.net_overrides.clone());
+        }
+        load.vsock_override = self
+            .vsock_override
+            .clone()
+            .map(|uds_path| sie_config::VsockOverride { uds_path });
+        if self.clock_realtime {
+            load.clock_realtime = Some(true);
+        }
+    }
+}
+
+fn parse_net_override(text: &str) -> Result<sie_config::NetworkOverride, String> {
+    match text.split_once('=') {
+        Some((id, tap)) if !id.is_empty() && !tap.is_empty() => Ok(sie_config::NetworkOverride {
+            iface_id: id.to_string(),
+            host_dev_name: tap.to_string(),
+        }),
+        _ => Err(format!("{text:?} is not IFACE_ID=TAP")),
+    }
+}
+
+/// `--mem-backend`'s words.
+fn mem_backend(word: &str) -> Result<sie_config::MemBackendType, String> {
+    sie_config::MemBackendType::from_word(word)
 }
 
 /// Flags of `sie run`. Flags override values from `--config-file`.
@@ -242,7 +296,8 @@ pub struct RunArgs {
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"].
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"];
+    /// `pci=off` is appended unless it has a `pci=` of its own.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
     /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
@@ -284,9 +339,19 @@ pub struct RunArgs {
     /// of booting: the VM goes on where it was paused. Needs --mem.
     #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
     pub restore: Option<PathBuf>,
-    /// The snapshot's memory file (with --restore), mapped copy-on-write.
+    /// The snapshot's memory file (with --restore); with --mem-backend
+    /// uffd, the page-fault handler's socket.
     #[arg(long, value_name = "FILE", requires = "restore")]
     pub mem: Option<PathBuf>,
+    /// How --restore brings guest memory back: file (the memory file mapped
+    /// copy-on-write), lazy (sie serves page faults from it, records the
+    /// guest's working set in FILE.ws and prefetches it on later restores)
+    /// or uffd (Firecracker's protocol: an external page-fault handler).
+    #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend, requires = "restore")]
+    pub mem_backend: sie_config::MemBackendType,
+    /// With --restore: what the clone changes from its snapshot.
+    #[command(flatten)]
+    pub restore_overrides: RestoreOverrides,
     /// Install no seccomp filters (by default each thread gets its own).
     #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,

@@ -56,6 +56,9 @@ impl Vm for FakeVm {
     fn restore_state(&self, _state: &sie_hv::VmState) -> sie_hv::Result<()> {
         Err(HvError::Invalid("the fake VM keeps no state".into()))
     }
+    fn advance_clock(&self, _by: std::time::Duration) -> sie_hv::Result<u64> {
+        Err(HvError::Invalid("the fake VM has no clock".into()))
+    }
 }
 
 /// A kick makes the next `run` return `Interrupted`.
@@ -153,5 +156,8 @@ impl Vcpu for ScriptedVcpu {
     }
     fn restore_state(&self, _state: &sie_hv::VcpuState) -> sie_hv::Result<()> {
         Err(HvError::Invalid("the scripted vCPU keeps no state".into()))
+    }
+    fn notify_paused(&self) -> sie_hv::Result<bool> {
+        Ok(false)
     }
 }

@@ -23,7 +23,7 @@ pub struct VmGenId {
     notify: Arc<dyn Interrupt>,
 }
 
-fn random_id() -> std::io::Result<[u8; VMGENID_LEN]> {
+pub(crate) fn random_id() -> std::io::Result<[u8; VMGENID_LEN]> {
     let mut id = [0u8; VMGENID_LEN];
     // SAFETY: `id` is valid for writes of its whole length; getrandom writes
     // at most that many bytes.

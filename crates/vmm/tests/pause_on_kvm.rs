@@ -208,7 +208,8 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let second_control = Arc::new(VmControl::new().unwrap());
     let restored = sie_vmm::snapshot::restore(
         &snapshot,
-        &mem,
+        &sie_vmm::snapshot::RestoreMemory::file(&mem),
+        false,
         &kvm,
         quiet_options(),
         second_control.clone(),

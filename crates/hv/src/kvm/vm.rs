@@ -54,11 +54,16 @@ impl Vm for KvmVm {
         Ok(crate::VmState {
             kvm: super::state::save_vm(&self.fd)?,
             skipped: Vec::new(),
+            saved_at_unix_ns: crate::state::unix_now_ns(),
         })
     }
 
     fn restore_state(&self, state: &crate::VmState) -> Result<()> {
         super::state::restore_vm(&self.fd, &state.kvm)
+    }
+
+    fn advance_clock(&self, by: std::time::Duration) -> Result<u64> {
+        super::state::advance_clock(&self.fd, by)
     }
 
     fn map_memory(&self, memory: &GuestMemory) -> Result<()> {

@@ -386,6 +386,7 @@ impl Controller {
     ) -> std::result::Result<(), String> {
         let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
+        crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
         // Tracking is the load's choice, not the snapshotted VM's (as in
         // Firecracker); the restored VM's configuration records it, so a
         // Diff of it is allowed exactly when its pages are tracked.
@@ -394,9 +395,15 @@ impl Controller {
             .machine_config
             .get_or_insert_with(Default::default)
             .track_dirty_pages = Some(plan.track_dirty_pages);
+        let memory = crate::snapshot::RestoreMemory {
+            backend: plan.backend,
+            path: plan.backend_path.clone(),
+            seccomp: self.options.seccomp.clone(),
+        };
         let built = crate::snapshot::restore(
             &snapshot,
-            &plan.mem_file_path,
+            &memory,
+            plan.clock_realtime,
             hv,
             (self.options.build_options)(),
             self.control.clone(),

@@ -15,7 +15,7 @@ use std::path::Path;
 use sie_hv::GuestMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::durable::write_durably;
+use super::durable::Staged;
 use super::memory_file::{file_len, layout_of};
 
 const PAGE: u64 = 4096;
@@ -121,9 +121,28 @@ pub fn mark_rings(memory: &GuestMemory, transports: &[sie_virtio::TransportState
 /// and holes everywhere else. A marked page is written even when it is all
 /// zeros, since on a rebase it must replace what the base holds. Returns
 /// the bytes written.
-pub fn write_diff(memory: &GuestMemory, path: &Path, pages: &[RegionPages]) -> io::Result<u64> {
+pub fn write_diff(
+    memory: &GuestMemory,
+    path: &Path,
+    pages: &[RegionPages],
+    pair_id: &str,
+) -> io::Result<u64> {
+    let (staged, written) = stage_diff(memory, path, pages, pair_id)?;
+    staged.commit()?;
+    Ok(written)
+}
+
+/// [`write_diff`] up to the rename: the file is complete and fsynced under
+/// its temporary name, tagged with the snapshot's `pair_id`.
+pub fn stage_diff(
+    memory: &GuestMemory,
+    path: &Path,
+    pages: &[RegionPages],
+    pair_id: &str,
+) -> io::Result<(Staged, u64)> {
     let mut written = 0u64;
-    write_durably(path, |file| {
+    let staged = super::durable::stage(path, |file| {
+        super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
         for region in pages {
             let count = region.len.div_ceil(PAGE);
@@ -150,7 +169,7 @@ pub fn write_diff(memory: &GuestMemory, path: &Path, pages: &[RegionPages]) -> i
         }
         Ok(())
     })?;
-    Ok(written)
+    Ok((staged, written))
 }
 
 #[cfg(test)]
@@ -240,7 +259,7 @@ mod tests {
         memory.write_obj(1u8, GuestAddress(0xf_f000)).unwrap();
         let taken = take(&memory, &FakeVm::default(), false).unwrap();
         let path = std::env::temp_dir().join(format!("sie-diff-{}", std::process::id()));
-        assert_eq!(write_diff(&memory, &path, &taken).unwrap(), 3 * PAGE);
+        assert_eq!(write_diff(&memory, &path, &taken, "t").unwrap(), 3 * PAGE);
         let file = std::fs::File::open(&path).unwrap();
         assert_eq!(file.metadata().unwrap().len(), 1 << 20);
         let data: u64 = data_extents(&file, 1 << 20)

@@ -16,7 +16,7 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
 };
 
-use super::durable::write_durably;
+use super::durable::Staged;
 
 const PAGE: usize = 4096;
 
@@ -76,9 +76,30 @@ fn is_zero_page(memory: &GuestMemory, at: GuestAddress) -> io::Result<bool> {
 /// are not resident yet still hold data), every page is read and only
 /// all-zero pages are left as holes; otherwise pages that are not resident
 /// are skipped without being read.
-pub fn write(memory: &GuestMemory, path: &Path, scan_contents: bool) -> io::Result<u64> {
+pub fn write(
+    memory: &GuestMemory,
+    path: &Path,
+    scan_contents: bool,
+    pair_id: &str,
+) -> io::Result<u64> {
+    let (staged, written) = stage(memory, path, scan_contents, pair_id)?;
+    staged.commit()?;
+    Ok(written)
+}
+
+/// [`write`] up to the rename: the file is complete and fsynced under its
+/// temporary name. Returns it and the bytes written.
+pub fn stage(
+    memory: &GuestMemory,
+    path: &Path,
+    scan_contents: bool,
+    pair_id: &str,
+) -> io::Result<(Staged, u64)> {
     let mut written = 0u64;
-    write_durably(path, |file| {
+    let staged = super::durable::stage(path, |file| {
+        // Before the rename: a memory file in place always says which
+        // snapshot it belongs to.
+        super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
         for region in memory.iter() {
             let base = region.start_addr().0;
@@ -118,7 +139,7 @@ pub fn write(memory: &GuestMemory, path: &Path, scan_contents: bool) -> io::Resu
         }
         Ok(())
     })?;
-    Ok(written)
+    Ok((staged, written))
 }
 
 /// Why a memory file cannot back a VM.
@@ -192,7 +213,7 @@ mod tests {
             .write_obj(0xbeef_u64, GuestAddress(0x8_0000))
             .unwrap();
         let path = std::env::temp_dir().join(format!("sie-memfile-{}", std::process::id()));
-        let written = write(&memory, &path, false).unwrap();
+        let written = write(&memory, &path, false, "t1").unwrap();
         assert_eq!(written, 2 * PAGE as u64, "only the two touched pages");
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 1 << 20);
@@ -214,7 +235,10 @@ mod tests {
         assert_eq!(again.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
         // A restored VM's memory is scanned, not asked for residency.
         let second = path.with_extension("2");
-        assert_eq!(write(&restored, &second, true).unwrap(), 2 * PAGE as u64);
+        assert_eq!(
+            write(&restored, &second, true, "t2").unwrap(),
+            2 * PAGE as u64
+        );
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(&second).unwrap();
     }

@@ -10,21 +10,29 @@
 //! and [`rebase`] copies it onto its base. Both are written
 //! crash-safely ([`durable`]). A restore checks the whole snapshot before it
 //! creates anything, builds the same machine from the saved configuration
-//! (the device manager places every device where it was), maps the memory
-//! file copy-on-write and puts every piece of state back.
+//! (the device manager places every device where it was), brings guest RAM
+//! back with the chosen backend ([`restore`]: the memory file mapped
+//! copy-on-write, an external userfaultfd handler ([`uffd`]), or sie's own
+//! ([`lazy`], with a recorded [`working_set`])) and puts every piece of
+//! state back.
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! the Uffd and Lazy memory backends; each is refused by name.
+//! huge pages; they are refused by name.
 
 pub mod dirty;
 pub mod durable;
 pub mod format;
+pub mod lazy;
 pub mod memory_file;
 mod model;
+pub mod overrides;
+pub mod pairing;
 pub mod rebase;
 mod restore;
+pub mod uffd;
+pub mod working_set;
 
 use std::path::Path;
 
@@ -34,7 +42,7 @@ use sie_config::VmConfig;
 use memory_file::RegionEntry;
 
 pub use model::{Snapshot, SnapshotError, check_snapshottable};
-pub use restore::restore;
+pub use restore::{RestoreMemory, restore};
 
 const SECTION_CONFIG: &str = "config";
 const SECTION_VM: &str = "vm";
@@ -52,6 +60,10 @@ pub fn format_version() -> String {
 #[serde(deny_unknown_fields)]
 struct MemorySection {
     regions: Vec<RegionEntry>,
+    /// The id the memory file's `user.sie.snapshot` attribute must carry
+    /// (see [`pairing`]); absent in snapshots written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pair_id: Option<String>,
 }
 
 /// The host CPU's vendor string (CPUID leaf 0).
@@ -146,6 +158,7 @@ pub fn create_as(
     // lands in the next Diff as well.
     let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
         .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
+    let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
     let bytes = format::encode(
         &host_cpu_vendor(),
         &[
@@ -158,14 +171,15 @@ pub fn create_as(
                 SECTION_MEMORY,
                 json_section(&MemorySection {
                     regions: memory_file::layout_of(vm.memory()),
+                    pair_id: Some(pair_id.clone()),
                 }),
             ),
         ],
     );
     let memory = vm.memory();
     let files = write_files((snapshot_path, mem_path), &bytes, || match kind {
-        MemoryKind::Full => memory_file::write(memory, mem_path, vm.memory_from_file()),
-        MemoryKind::Diff => dirty::write_diff(memory, mem_path, &pages),
+        MemoryKind::Full => memory_file::stage(memory, mem_path, vm.memory_from_file(), &pair_id),
+        MemoryKind::Diff => dirty::stage_diff(memory, mem_path, &pages, &pair_id),
     });
     if files.is_err() {
         // The pages taken still differ from the last snapshot that exists.
@@ -175,25 +189,32 @@ pub fn create_as(
     files
 }
 
-/// Writes the memory file (`write_memory`, which returns the bytes of RAM
-/// it wrote), then the snapshot file's `bytes`.
+/// An I/O error on the file at `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.display().to_string();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// Writes the memory file (`stage_memory` writes it under a temporary name
+/// and returns the bytes of RAM it wrote) and the snapshot file's `bytes`,
+/// then renames both into place.
 fn write_files(
     (snapshot_path, mem_path): (&Path, &Path),
     bytes: &[u8],
-    write_memory: impl FnOnce() -> std::io::Result<u64>,
+    stage_memory: impl FnOnce() -> std::io::Result<(durable::Staged, u64)>,
 ) -> Result<Created, SnapshotError> {
-    let memory_bytes = write_memory().map_err(|source| SnapshotError::Io {
-        what: "memory file",
-        path: mem_path.display().to_string(),
-        source,
-    })?;
-    durable::write_durably(snapshot_path, |file| std::io::Write::write_all(file, bytes)).map_err(
-        |source| SnapshotError::Io {
-            what: "snapshot file",
-            path: snapshot_path.display().to_string(),
-            source,
-        },
-    )?;
+    for path in [snapshot_path, mem_path] {
+        durable::remove_stale_temporaries(path);
+    }
+    let (memory, memory_bytes) = stage_memory().map_err(io_error("memory file", mem_path))?;
+    let state = durable::stage(snapshot_path, |file| std::io::Write::write_all(file, bytes))
+        .map_err(io_error("snapshot file", snapshot_path))?;
+    // Both files are complete on disk; only the two renames remain, so a
+    // kill leaves the old pair, the new pair, or (between the renames) a
+    // pair that `pairing::check` refuses. The memory file goes first: its
+    // rename is the slow one (the filesystem may flush and free blocks in
+    // it), and a kill that aborts it leaves the old pair whole.
+    durable::replace_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
     Ok(Created { memory_bytes })
 }
 
@@ -249,6 +270,7 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotEr
         devices: parse(path, &decoded, SECTION_DEVICES)?,
         virtio: parse(path, &decoded, SECTION_VIRTIO)?,
         memory: memory.regions,
+        pair_id: memory.pair_id,
         config,
     };
     let section_error = |section, message: String| SnapshotError::Section {

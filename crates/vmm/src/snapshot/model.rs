@@ -67,6 +67,14 @@ pub enum SnapshotError {
     /// The memory file cannot back the VM.
     #[error(transparent)]
     Memory(#[from] memory_file::MemoryFileError),
+    /// The `Uffd` backend's page-fault handler is not there or refused.
+    #[error("the page-fault handler at {path}: {source}")]
+    UffdHandler {
+        /// Its socket.
+        path: String,
+        /// Why it could not be handed guest memory.
+        source: std::io::Error,
+    },
     /// Building the restored VM failed.
     #[error("restoring the VM: {0}")]
     Build(String),
@@ -87,6 +95,8 @@ pub struct Snapshot {
     pub virtio: Vec<sie_virtio::TransportState>,
     /// Guest RAM's layout in the memory file.
     pub memory: Vec<RegionEntry>,
+    /// The id its memory file must carry (see [`super::pairing`]).
+    pub pair_id: Option<String>,
 }
 
 /// Refuses configurations whose state sie cannot save yet: today every

@@ -5,7 +5,9 @@
 //! Every data extent of the Diff (found with `SEEK_DATA`/`SEEK_HOLE`, so
 //! the holes are never read) is copied to the base at the same offset; the
 //! Diff's holes leave the base as it was. The base is fsynced before the
-//! call returns.
+//! call returns, and then carries the Diff's pair id (see
+//! [`super::pairing`]); while the merge runs it carries one no snapshot
+//! has, so a base a crash left half merged restores nothing.
 //!
 //! ```no_run
 //! let copied = sie_vmm::snapshot::rebase::rebase(
@@ -83,6 +85,12 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64, RebaseError> {
             base_len,
         });
     }
+    // Until the merge is complete the base belongs to neither snapshot: a
+    // crash partway leaves a file both refuse rather than one that
+    // restores into a mixture.
+    let diff_pair = super::pairing::read(&diff_file).map_err(diff_error)?;
+    super::pairing::tag(&base_file, super::pairing::REBASING).map_err(base_error)?;
+    base_file.sync_all().map_err(base_error)?;
     let mut copied = 0u64;
     let mut buffer = vec![0u8; CHUNK];
     for (start, end) in data_extents(&diff_file, diff_len).map_err(diff_error)? {
@@ -96,6 +104,10 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64, RebaseError> {
         }
         copied += end - start;
     }
+    base_file.sync_all().map_err(base_error)?;
+    // The base now holds the Diff snapshot's memory: it pairs with that
+    // snapshot file from here on.
+    super::pairing::retag(&base_file, diff_pair.as_deref()).map_err(base_error)?;
     base_file.sync_all().map_err(base_error)?;
     Ok(copied)
 }
@@ -165,6 +177,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sie-rebase-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn the_rebased_base_pairs_with_the_diffs_snapshot() {
+        use crate::snapshot::pairing;
+        let dir = dir("pair");
+        let (diff, base) = (dir.join("diff"), dir.join("base"));
+        sparse(&base, &[(1, 0xb1)]);
+        sparse(&diff, &[(2, 0xd2)]);
+        pairing::tag(&File::open(&base).unwrap(), "base-id").unwrap();
+        pairing::tag(&File::open(&diff).unwrap(), "diff-id").unwrap();
+        rebase(&diff, &base).unwrap();
+        assert!(pairing::check(&base, Some("diff-id")).is_ok());
+        assert!(pairing::check(&base, Some("base-id")).is_err());
+        // A diff without a pair id leaves the base without one.
+        pairing::retag(&File::open(&diff).unwrap(), None).unwrap();
+        rebase(&diff, &base).unwrap();
+        assert_eq!(pairing::read(&File::open(&base).unwrap()).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
