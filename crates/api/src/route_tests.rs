@@ -509,12 +509,10 @@ fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
     ));
     let uffd =
         br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
-    assert!(
-        route("PUT", "/snapshot/load", uffd)
-            .unwrap_err()
-            .message
-            .contains("Uffd")
-    );
+    assert!(matches!(
+        route("PUT", "/snapshot/load", uffd),
+        Ok(Routed::Vmm(Request::LoadSnapshot(_)))
+    ));
     let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
     assert!(route("PUT", "/snapshot/load", unknown).is_err());
 }

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Watchdog, real_mode_guest};
-use sie_hv::VmExit;
+use sie_hv::{GuestMemory, VmExit};
+use vm_memory::GuestAddress;
 
 /// Bit `page` of a slot's log.
 fn is_set(pages: &[u64], page: usize) -> bool {
@@ -50,4 +51,18 @@ fn a_page_the_guest_writes_is_logged_once() {
         !is_set(&logs[0].pages, 5),
         "the first was cleared by the read"
     );
+}
+
+#[test]
+fn memory_mapped_after_logging_started_is_logged_too() {
+    let guest = real_mode_guest(&[0xf4]);
+    guest.vm.enable_dirty_log().unwrap();
+    let more = GuestMemory::from_ranges(&[(GuestAddress(0x1000_0000), 0x10_0000)]).unwrap();
+    guest.vm.map_memory(&more).unwrap();
+    // KVM refuses KVM_GET_DIRTY_LOG on a slot without the logging flag.
+    let logs = guest.vm.take_dirty_log().unwrap();
+    let starts: Vec<u64> = logs.iter().map(|log| log.guest_addr).collect();
+    assert_eq!(starts, [0, 0x1000_0000]);
+    assert_eq!(logs[1].len, 0x10_0000);
+    assert_eq!(logs[1].pages.len(), 0x100 / 64, "one bit per 4 KiB page");
 }

@@ -16,6 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub struct FakeVm {
     pub irqfds: Mutex<Vec<u32>>,
     pub ioevents: Mutex<Vec<(IoEventAddress, Option<u64>)>>,
+    /// What the next `take_dirty_log` returns ("the guest wrote").
+    pub dirty: Mutex<Vec<sie_hv::DirtyLog>>,
 }
 
 impl Vm for FakeVm {
@@ -26,7 +28,7 @@ impl Vm for FakeVm {
         Ok(())
     }
     fn take_dirty_log(&self) -> sie_hv::Result<Vec<sie_hv::DirtyLog>> {
-        Ok(Vec::new())
+        Ok(std::mem::take(&mut *self.dirty.lock().unwrap()))
     }
     fn create_platform(&self, _tss: u64, _identity: u64) -> sie_hv::Result<()> {
         Ok(())

@@ -54,6 +54,13 @@ pub fn take(
     vm: &dyn sie_hv::Vm,
     kvm_log: bool,
 ) -> sie_hv::Result<Vec<RegionPages>> {
+    // KVM's log first: if reading it fails, the VMM's bitmaps still hold
+    // their pages.
+    let kvm = if kvm_log {
+        vm.take_dirty_log()?
+    } else {
+        Vec::new()
+    };
     let mut regions: Vec<RegionPages> = memory
         .iter()
         .map(|region| RegionPages {
@@ -62,17 +69,15 @@ pub fn take(
             bits: region.get_mmap().bitmap().get_and_reset(),
         })
         .collect();
-    if kvm_log {
-        for log in vm.take_dirty_log()? {
-            let Some(region) = regions.iter_mut().find(|r| r.guest_addr == log.guest_addr) else {
-                continue;
-            };
-            if region.bits.len() < log.pages.len() {
-                region.bits.resize(log.pages.len(), 0);
-            }
-            for (word, kvm) in region.bits.iter_mut().zip(&log.pages) {
-                *word |= kvm;
-            }
+    for log in kvm {
+        let Some(region) = regions.iter_mut().find(|r| r.guest_addr == log.guest_addr) else {
+            continue;
+        };
+        if region.bits.len() < log.pages.len() {
+            region.bits.resize(log.pages.len(), 0);
+        }
+        for (word, written) in region.bits.iter_mut().zip(&log.pages) {
+            *word |= written;
         }
     }
     Ok(regions)
@@ -202,6 +207,40 @@ mod tests {
         mark_again(&memory, &taken);
         let back = take(&memory, &FakeVm::default(), false).unwrap();
         assert_eq!(pages_of(&back), [5, 7, 8]);
+    }
+
+    #[test]
+    fn the_guests_writes_and_the_vmms_are_merged() {
+        let memory = memory();
+        memory.write_obj(1u8, GuestAddress(0x5000)).unwrap();
+        let vm = FakeVm::default();
+        *vm.dirty.lock().unwrap() = vec![sie_hv::DirtyLog {
+            guest_addr: 0,
+            len: 1 << 20,
+            pages: vec![1 << 3, 0, 0, 1 << 1],
+        }];
+        let taken = take(&memory, &vm, true).unwrap();
+        assert_eq!(pages_of(&taken), [3, 5, 3 * 64 + 1]);
+        // Without tracking KVM's log is not asked for.
+        *vm.dirty.lock().unwrap() = vec![sie_hv::DirtyLog {
+            guest_addr: 0,
+            len: 1 << 20,
+            pages: vec![1 << 9],
+        }];
+        assert_eq!(take(&memory, &vm, false).unwrap()[0].count(), 0);
+    }
+
+    #[test]
+    fn a_device_reading_a_file_into_guest_memory_marks_the_pages() {
+        // What virtio-blk does for a guest's read: the file's bytes land in
+        // guest RAM through vm-memory, never seen by KVM's log.
+        let memory = memory();
+        let mut disk: &[u8] = &[0xab; 3 * PAGE as usize];
+        memory
+            .read_exact_volatile_from(GuestAddress(0x2_0000), &mut disk, 3 * PAGE as usize)
+            .unwrap();
+        let taken = take(&memory, &FakeVm::default(), false).unwrap();
+        assert_eq!(pages_of(&taken), [0x20, 0x21, 0x22]);
     }
 
     #[test]
