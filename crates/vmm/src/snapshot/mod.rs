@@ -155,11 +155,10 @@ pub fn create_as(
     let devices = vm.devices.state();
     let virtio: Vec<sie_virtio::TransportState> =
         vm.virtio.transports.iter().map(|t| t.save()).collect();
-    // Taken before any page is copied, so a write racing with the copy
-    // lands in the next Diff as well.
     let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
-    // Nothing may fail between taking the pages and writing them but the
-    // writes, whose failure marks them again.
+    // Taken before any page is copied, so a write racing with the copy
+    // lands in the next Diff as well. Nothing may fail between taking the
+    // pages and writing them but the writes, whose failure marks them again.
     let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
         .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
     let bytes = format::encode(
