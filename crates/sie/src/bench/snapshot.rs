@@ -58,6 +58,8 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError
 fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, BoxError> {
     let sock = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.console"));
+    // Firecracker will not bind over a socket an earlier run left.
+    let _ = std::fs::remove_file(&sock);
     let child = Command::new(program)
         .arg("--api-sock")
         .arg(&sock)
@@ -107,6 +109,8 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
                 "boot_args": format!("limit=100000000 delay=20000 dirty={}", dirty_pages(mib)),
             },
             "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "track_dirty_pages": true},
+            // Firecracker's config file requires the list, empty or not.
+            "drives": [],
         })
         .to_string(),
     )?;
