@@ -2,12 +2,14 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`); build.rs compiles it
-//! to BPF, so a broken policy fails the build. A user's policy in the same
-//! format replaces it (`--seccomp-filter FILE`). Each thread installs its own
-//! filter with [`Seccomp::install`]: the vCPU and API threads as they start,
-//! the VMM thread once the VM is built and its vCPUs run (building needs far
-//! more than serving). A system call outside the filter traps (SIGSYS); the
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `blk`); build.rs
+//! compiles it to BPF, so a broken policy fails the build. A user's policy
+//! in the same format replaces it (`--seccomp-filter FILE`); one without a
+//! `blk` filter (Firecracker's have none) gives the drives' worker threads
+//! the `vmm` filter. Each thread installs its own filter with
+//! [`Seccomp::install`]: the vCPU, API and drive worker threads as they
+//! start, the VMM thread once the VM is built and its vCPUs run (building
+//! needs far more than serving). A system call outside the filter traps (SIGSYS); the
 //! handler in [`sigsys`] reports which call on which thread kind and exits
 //! with [`EXIT_SECCOMP`].
 //!
@@ -31,7 +33,7 @@ use seccompiler::{BpfProgram, sock_filter};
 
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
-// The built-in policy, compiled by build.rs: `VMM`, `API` and `VCPU`.
+// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `BLK`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -43,11 +45,18 @@ pub enum ThreadKind {
     Api,
     /// `fc_vcpu N`: runs the guest and handles its exits.
     Vcpu,
+    /// `sie-blk N`: a drive's Sync engine (pread, pwrite, fsync).
+    Blk,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Blk,
+    ];
 
     /// The kind's key in a policy file.
     pub fn name(self) -> &'static str {
@@ -55,6 +64,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Blk => "blk",
         }
     }
 
@@ -93,7 +103,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api and vcpu)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and blk)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -118,7 +128,7 @@ pub enum SeccompError {
 /// clone: every thread gets its own handle.
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
-    programs: Option<Arc<[BpfProgram; 3]>>,
+    programs: Option<Arc<[BpfProgram; 4]>>,
 }
 
 impl Seccomp {
@@ -131,12 +141,18 @@ impl Seccomp {
     pub fn builtin() -> Self {
         let program = |table: &[sock_filter]| table.to_vec();
         Self {
-            programs: Some(Arc::new([program(VMM), program(API), program(VCPU)])),
+            programs: Some(Arc::new([
+                program(VMM),
+                program(API),
+                program(VCPU),
+                program(BLK),
+            ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api` and `vcpu` and no other.
+    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally `blk`
+    /// (the `vmm` filter when absent), and no other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -165,11 +181,11 @@ impl Seccomp {
                     kind: kind.name(),
                 })
         };
-        let programs = [
-            take(ThreadKind::Vmm)?,
-            take(ThreadKind::Api)?,
-            take(ThreadKind::Vcpu)?,
-        ];
+        let vmm = take(ThreadKind::Vmm)?;
+        let api = take(ThreadKind::Api)?;
+        let vcpu = take(ThreadKind::Vcpu)?;
+        let blk = take(ThreadKind::Blk).unwrap_or_else(|_| vmm.clone());
+        let programs = [vmm, api, vcpu, blk];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {
                 path: path.to_path_buf(),
