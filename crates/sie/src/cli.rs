@@ -232,8 +232,12 @@ pub struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
-    /// A virtio-blk disk: `PATH[,ro][,id=NAME][,root][,partuuid=UUID]`
+    /// A virtio-blk disk:
+    /// `PATH[,ro][,id=NAME][,root][,partuuid=UUID][,cache=unsafe|writeback][,io=sync|async]`
     /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
+    /// `cache=unsafe` (default) offers the guest no flush, `writeback` offers
+    /// it and fsyncs; `io=sync` (default) runs I/O on a worker thread,
+    /// `async` on io_uring.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`
