@@ -89,6 +89,8 @@ struct Pending {
     status_at: GuestAddress,
     kind: OpKind,
     len: u32,
+    /// The driver reset the device since: the answer goes nowhere.
+    orphaned: bool,
 }
 
 /// The requests in flight, by token (a slot index, so a guest that offers
@@ -123,8 +125,12 @@ impl InFlight {
         Some(pending)
     }
 
-    fn clear(&mut self) {
-        *self = Self::new(self.slots.len() as u16);
+    /// After a reset: the requests still run (their buffers stay mapped)
+    /// and keep their slots until they finish, but answer nobody.
+    fn orphan_all(&mut self) {
+        for pending in self.slots.iter_mut().flatten() {
+            pending.orphaned = true;
+        }
     }
 }
 
@@ -192,7 +198,8 @@ impl Block {
         self.engine.start(name, setup)
     }
 
-    /// Requests handed to the engine and not yet answered.
+    /// Requests handed to the engine and not yet finished (including ones
+    /// a reset orphaned).
     pub fn in_flight(&self) -> usize {
         self.in_flight.slots.iter().flatten().count()
     }
@@ -355,7 +362,7 @@ impl Block {
         };
         let mut used_any = false;
         for Completion { token, result } in completions {
-            let Some(pending) = self.in_flight.take(token) else {
+            let Some(pending) = self.in_flight.take(token).filter(|p| !p.orphaned) else {
                 continue;
             };
             let len = complete_one(&active.mem, &pending, result, &self.counters);
@@ -403,6 +410,7 @@ impl Block {
                 status_at,
                 kind: io.kind,
                 len: io.len,
+                orphaned: false,
             };
             let Some(token) = in_flight.insert(pending) else {
                 return Taken::Held;
@@ -536,10 +544,13 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        // Requests in flight may still write guest memory: wait for them,
-        // and drop their answers with the queue they belonged to.
-        let _ = self.wait_idle();
-        self.in_flight.clear();
+        // Called on the vCPU thread whose register write asked for it, so
+        // no waiting for the engine here (nor io_uring calls, which that
+        // thread's filter refuses): requests in flight finish on their
+        // own, and their answers are dropped when next reaped. A driver
+        // that resets with requests in flight may see their data land
+        // later, in its own memory only.
+        self.in_flight.orphan_all();
         self.active = None;
     }
 
