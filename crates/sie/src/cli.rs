@@ -342,6 +342,10 @@ pub struct BenchBlkArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The disk's engine, as `--disk io=`: sync (a worker thread) or async
+    /// (io_uring), to compare them.
+    #[arg(long, value_name = "ENGINE", default_value = "sync", value_parser = ["sync", "async"])]
+    pub io: String,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init

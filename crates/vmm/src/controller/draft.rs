@@ -399,6 +399,26 @@ mod tests {
     }
 
     #[test]
+    fn a_drive_shows_the_cache_type_and_io_engine_in_effect() {
+        let file = scratch_file("engines");
+        let mut draft = Draft::default();
+        // Absent: Firecracker's defaults, spelled out in GET /vm/config.
+        draft.apply(&Request::PutDrive(drive("data", &file, false)));
+        let mut chosen = drive("fast", &file, false);
+        chosen.cache_type = sie_config::CacheType::Writeback;
+        chosen.io_engine = sie_config::IoEngine::Async;
+        assert_eq!(
+            draft.apply(&Request::PutDrive(chosen)),
+            Some(Response::NoContent)
+        );
+        let drives = &draft.to_json()["drives"];
+        assert_eq!(drives[0]["cache_type"], "Unsafe");
+        assert_eq!(drives[0]["io_engine"], "Sync");
+        assert_eq!(drives[1]["cache_type"], "Writeback");
+        assert_eq!(drives[1]["io_engine"], "Async");
+    }
+
+    #[test]
     fn network_interfaces_must_not_share_a_tap_or_mac() {
         let nic = |id: &str, tap: &str, mac: &str| NetworkInterface {
             iface_id: id.into(),
