@@ -18,6 +18,7 @@
 //! limiter's timer fires.
 
 mod engine;
+mod in_flight;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -37,10 +38,10 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
 
 pub use engine::IoEngine;
 use engine::{Completion, Engine, Op, OpKind};
+use in_flight::{InFlight, Pending};
 pub use request::SECTOR_SIZE;
 use request::{Disk, Done, Parsed};
 pub use worker::ThreadSetup;
@@ -81,57 +82,6 @@ pub struct BlockOptions {
     pub cache: CacheType,
     /// What runs the I/O.
     pub engine: IoEngine,
-}
-
-/// A request the engine is running: where its answer goes.
-struct Pending {
-    head: u16,
-    status_at: GuestAddress,
-    kind: OpKind,
-    len: u32,
-    /// The driver reset the device since: the answer goes nowhere.
-    orphaned: bool,
-}
-
-/// The requests in flight, by token (a slot index, so a guest that offers
-/// the same head twice cannot confuse two requests).
-struct InFlight {
-    slots: Vec<Option<Pending>>,
-    free: Vec<u16>,
-}
-
-impl InFlight {
-    fn new(depth: u16) -> Self {
-        Self {
-            slots: (0..depth).map(|_| None).collect(),
-            free: (0..depth).rev().collect(),
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.free.is_empty()
-    }
-
-    fn insert(&mut self, pending: Pending) -> Option<u16> {
-        let token = self.free.pop()?;
-        let slot = self.slots.get_mut(usize::from(token))?;
-        *slot = Some(pending);
-        Some(token)
-    }
-
-    fn take(&mut self, token: u16) -> Option<Pending> {
-        let pending = self.slots.get_mut(usize::from(token))?.take()?;
-        self.free.push(token);
-        Some(pending)
-    }
-
-    /// After a reset: the requests still run (their buffers stay mapped)
-    /// and keep their slots until they finish, but answer nobody.
-    fn orphan_all(&mut self) {
-        for pending in self.slots.iter_mut().flatten() {
-            pending.orphaned = true;
-        }
-    }
 }
 
 /// What the device keeps while the driver is live.
@@ -201,7 +151,7 @@ impl Block {
     /// Requests handed to the engine and not yet finished (including ones
     /// a reset orphaned).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.slots.iter().flatten().count()
+        self.in_flight.len()
     }
 
     /// The engine in use.
@@ -278,7 +228,7 @@ impl Block {
     /// Waits until no request is in flight; returns their completions.
     fn wait_idle(&mut self) -> Vec<Completion> {
         let mut done = Vec::new();
-        let outstanding = self.in_flight.slots.iter().flatten().count();
+        let outstanding = self.in_flight.len();
         while done.len() < outstanding {
             if let Err(error) = self.engine.wait(&mut done) {
                 tracing::warn!(%error, "virtio-blk: requests left in flight");
