@@ -594,3 +594,77 @@ fn a_reset_leaves_requests_in_flight_to_finish_unanswered() {
         assert_eq!(fresh.used(&mem, 0), (0, 513), "{engine:?}");
     }
 }
+
+/// Makes io_uring_setup fail with ENOSYS on the calling thread, as on a
+/// kernel built without io_uring (a seccomp filter, like a container
+/// runtime's that refuses io_uring).
+fn refuse_io_uring_on_this_thread() {
+    let code = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut program = [
+        // The system call number (x86_64; this test's host).
+        code(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+        code(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_io_uring_setup as u32,
+            0,
+            1,
+        ),
+        code(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+            0,
+            0,
+        ),
+        code(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; `prog` points at a valid filter that
+    // outlives the call (the kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn an_async_drive_where_io_uring_is_missing_is_refused_in_one_line() {
+    let message = std::thread::spawn(|| {
+        refuse_io_uring_on_this_thread();
+        let options = options(IoEngine::Async, CacheType::Unsafe);
+        match Block::new(image(DISK_LEN, true), "d", options) {
+            Ok(_) => panic!("an Async drive without io_uring was created"),
+            Err(error) => error.to_string(),
+        }
+    })
+    .join()
+    .expect("test thread");
+    assert!(
+        message.contains("io_engine Async needs io_uring"),
+        "{message}"
+    );
+    assert!(message.contains("io_uring_setup"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    // A Sync drive needs no io_uring.
+    let sync = std::thread::spawn(|| {
+        refuse_io_uring_on_this_thread();
+        Block::new(image(DISK_LEN, true), "d", BlockOptions::default()).is_ok()
+    })
+    .join()
+    .expect("test thread");
+    assert!(sync);
+}
