@@ -101,6 +101,14 @@ pub struct Block {
     active: Option<Active>,
 }
 
+/// Whether this host can run an [`IoEngine::Async`] drive (io_uring set
+/// up and restricted as a drive's would be); the error says why not, in
+/// one line. For refusing such a drive early (Firecracker's `PUT /drives`
+/// does), before [`Block::new`] would.
+pub fn async_engine_available() -> io::Result<()> {
+    uring::Uring::new(1).map(drop)
+}
+
 /// The first 20 bytes of `id`, zero padded: what GET_ID returns (and what
 /// shows up as /sys/block/vdX/serial).
 fn serial(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {

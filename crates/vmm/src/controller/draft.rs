@@ -138,6 +138,10 @@ impl Draft {
     fn put_drive(&mut self, drive: &Drive) -> Result<(), String> {
         drive.validate().map_err(|e| e.to_string())?;
         check_readable("drives: path_on_host", &drive.path_on_host)?;
+        if drive.io_engine == sie_config::IoEngine::Async {
+            // Refused here, as Firecracker does, not at InstanceStart.
+            sie_virtio::block::async_engine_available().map_err(|e| format!("drives: {e}"))?;
+        }
         let others = self
             .config
             .drives
