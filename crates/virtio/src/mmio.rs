@@ -346,7 +346,7 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
     fn read_register(&self, offset: u32) -> Option<u32> {
         // Lock-free first: the guest's interrupt handler reads
         // InterruptStatus while the event thread may hold the lock through
-        // a long disk request.
+        // a long request (a drive finishing its requests before a snapshot).
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => return Some(MMIO_MAGIC),
             VIRTIO_MMIO_VERSION => return Some(MMIO_VERSION),
