@@ -2,13 +2,15 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`); build.rs compiles it
-//! to BPF, so a broken policy fails the build. A user's policy in the same
-//! format replaces it (`--seccomp-filter FILE`). Each thread installs its own
-//! filter with [`Seccomp::install`]: the vCPU, API and page-fault (`uffd`)
-//! threads as they start,
-//! the VMM thread once the VM is built and its vCPUs run (building needs far
-//! more than serving). A system call outside the filter traps (SIGSYS); the
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`, `blk`);
+//! build.rs compiles it to BPF, so a broken policy fails the build. A
+//! user's policy in the same format replaces it (`--seccomp-filter FILE`);
+//! one without a `uffd` or `blk` filter (Firecracker's have neither) gives
+//! those threads the `vmm` filter. Each thread installs its own filter with
+//! [`Seccomp::install`]: the vCPU, API, page-fault (`uffd`) and drive
+//! worker threads as they start, the VMM thread once the VM is built and
+//! its vCPUs run (building needs far more than serving). A system call
+//! outside the filter traps (SIGSYS); the
 //! handler in [`sigsys`] reports which call on which thread kind and exits
 //! with [`EXIT_SECCOMP`].
 //!
@@ -32,7 +34,7 @@ use seccompiler::{BpfProgram, sock_filter};
 
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
-// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`.
+// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`, `BLK`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -47,15 +49,18 @@ pub enum ThreadKind {
     /// `sie_uffd`: serves guest page faults from a memory file (the Lazy
     /// snapshot-restore backend).
     Uffd,
+    /// `sie-blk N`: a drive's Sync engine (pread, pwrite, fsync).
+    Blk,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vmm,
         ThreadKind::Api,
         ThreadKind::Vcpu,
         ThreadKind::Uffd,
+        ThreadKind::Blk,
     ];
 
     /// The kind's key in a policy file.
@@ -65,6 +70,7 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Uffd => "uffd",
+            ThreadKind::Blk => "blk",
         }
     }
 
@@ -103,7 +109,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and uffd)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu, uffd and blk)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -128,7 +134,7 @@ pub enum SeccompError {
 /// clone: every thread gets its own handle.
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
-    programs: Option<Arc<[BpfProgram; 4]>>,
+    programs: Option<Arc<[BpfProgram; 5]>>,
 }
 
 impl Seccomp {
@@ -146,13 +152,14 @@ impl Seccomp {
                 program(API),
                 program(VCPU),
                 program(UFFD),
+                program(BLK),
             ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api`, `vcpu` and `uffd` and no
-    /// other.
+    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally `uffd`
+    /// and `blk` (the `vmm` filter when absent), and no other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -181,12 +188,12 @@ impl Seccomp {
                     kind: kind.name(),
                 })
         };
-        let programs = [
-            take(ThreadKind::Vmm)?,
-            take(ThreadKind::Api)?,
-            take(ThreadKind::Vcpu)?,
-            take(ThreadKind::Uffd)?,
-        ];
+        let vmm = take(ThreadKind::Vmm)?;
+        let api = take(ThreadKind::Api)?;
+        let vcpu = take(ThreadKind::Vcpu)?;
+        let uffd = take(ThreadKind::Uffd).unwrap_or_else(|_| vmm.clone());
+        let blk = take(ThreadKind::Blk).unwrap_or_else(|_| vmm.clone());
+        let programs = [vmm, api, vcpu, uffd, blk];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {
                 path: path.to_path_buf(),

@@ -56,6 +56,24 @@ fn bad_policies_are_refused_in_one_line() {
     assert!(refused.contains("no_such_call"), "{refused}");
 }
 
+#[test]
+fn a_policy_without_a_blk_filter_gives_drive_workers_the_vmm_filter() {
+    let one =
+        r#"{"default_action": "trap", "filter_action": "allow", "filter": [{"syscall": "read"}]}"#;
+    let none = r#"{"default_action": "trap", "filter_action": "allow", "filter": []}"#;
+    let policy = format!(r#"{{"vmm": {one}, "api": {none}, "vcpu": {none}}}"#);
+    let filters = Seccomp::from_json(policy.as_bytes(), Path::new("fc.json")).unwrap();
+    let programs = filters.programs.unwrap();
+    assert_eq!(
+        programs[ThreadKind::Blk.index()],
+        programs[ThreadKind::Vmm.index()]
+    );
+    assert_ne!(
+        programs[ThreadKind::Blk.index()],
+        programs[ThreadKind::Api.index()]
+    );
+}
+
 /// The line `Seccomp:` of a thread's status (0 none, 2 filter).
 fn seccomp_mode(tid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();

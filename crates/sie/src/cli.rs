@@ -343,8 +343,12 @@ pub struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
-    /// A virtio-blk disk: `PATH[,ro][,id=NAME][,root][,partuuid=UUID]`
+    /// A virtio-blk disk:
+    /// `PATH[,ro][,id=NAME][,root][,partuuid=UUID][,cache=unsafe|writeback][,io=sync|async]`
     /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
+    /// `cache=unsafe` (default) offers the guest no flush, `writeback` offers
+    /// it and fsyncs; `io=sync` (default) runs I/O on a worker thread,
+    /// `async` on io_uring.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`
@@ -459,6 +463,10 @@ pub struct BenchBlkArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The disk's engine, as `--disk io=`: sync (a worker thread) or async
+    /// (io_uring), to compare them.
+    #[arg(long, value_name = "ENGINE", default_value = "sync", value_parser = ["sync", "async"])]
+    pub io: String,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init

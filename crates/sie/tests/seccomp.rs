@@ -54,9 +54,12 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
     modes
 }
 
-/// Boots the spin guest with two vCPUs through the API and returns the
-/// threads' seccomp modes once both vCPU threads run.
+/// Boots the spin guest with two vCPUs and a drive (on the Sync engine, so
+/// with a worker thread) through the API and returns the threads' seccomp
+/// modes once both vCPU threads run.
 fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)> {
+    let scratch = Scratch::new(name);
+    let disk = scratch.sparse("disk.img", 1 << 20);
     let vm = ApiVm::start(name, extra);
     let boot = serde_json::json!({"kernel_image_path": SPIN.path, "boot_args": "console=ttyS0"});
     vm.ok("PUT", "/boot-source", &boot.to_string());
@@ -65,6 +68,9 @@ fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)
         "/machine-config",
         r#"{"vcpu_count": 2, "mem_size_mib": 32}"#,
     );
+    let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk,
+        "is_root_device": false, "io_engine": "Sync"});
+    vm.ok("PUT", "/drives/data", &drive.to_string());
     vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     assert_eq!(vm.state(), "Running");
     let modes = thread_modes(vm.child.id());
@@ -77,7 +83,7 @@ fn expect_threads(modes: &[(String, String)], mode: &str) {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["fc_api", "fc_vcpu 0", "fc_vcpu 1", "sie"],
+        ["fc_api", "fc_vcpu 0", "fc_vcpu 1", "sie", "sie-blk 0"],
         "{modes:?}"
     );
     for (name, seen) in modes {
@@ -148,6 +154,9 @@ fn a_forbidden_call_on_each_thread_kind_ends_sie_with_148() {
     expect_trapped(&with_forbidden_call("vcpu", &spin), "vcpu");
     expect_trapped(&with_forbidden_call("vmm", &spin), "vmm");
     let scratch = Scratch::new("seccomp-api-hook");
+    let disk = scratch.sparse("disk.img", 1 << 20);
+    let with_disk = ["run", "--kernel", SPIN.path, "--disk", &disk];
+    expect_trapped(&with_forbidden_call("blk", &with_disk), "blk");
     let sock = format!("{}/api.sock", scratch.path());
     expect_trapped(&with_forbidden_call("api", &["--api-sock", &sock]), "api");
     // Firecracker mode's VMM and vCPU threads are filtered the same way.

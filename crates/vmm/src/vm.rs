@@ -89,6 +89,7 @@ impl BuiltVm {
     /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
     /// `paused`.
     pub fn start_as(self, paused: bool, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        self.virtio.start_workers(seccomp)?;
         let vcpus = VcpuSet::spawn(
             self.vcpus,
             self.exits,

@@ -135,6 +135,11 @@ pub fn create_as(
     if !vm.vcpus.is_paused() {
         return Err(SnapshotError::NotPaused);
     }
+    // Drives' requests in flight land in guest memory and the used rings
+    // first, so nothing saved below misses them.
+    for transport in &vm.virtio.transports {
+        transport.quiesce();
+    }
     let mut vcpus = Vec::with_capacity(vm.vcpus.len());
     for index in 0..vm.vcpus.len() {
         let indices = msr_indices.clone();
