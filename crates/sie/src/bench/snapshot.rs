@@ -18,7 +18,7 @@ use crate::ctl::request;
 type BoxError = Box<dyn std::error::Error>;
 
 /// How long a guest, a socket or a count may take to appear.
-const WAIT: Duration = Duration::from_secs(60);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
 
 /// One snapshot and restore.
 struct Sample {
@@ -29,10 +29,10 @@ struct Sample {
 }
 
 /// A VMM process serving its API, killed when dropped.
-struct Vmm {
+pub(super) struct Vmm {
     child: Child,
-    sock: PathBuf,
-    console: PathBuf,
+    pub(super) sock: PathBuf,
+    pub(super) console: PathBuf,
 }
 
 impl Drop for Vmm {
@@ -42,7 +42,7 @@ impl Drop for Vmm {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
+pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
     let deadline = Instant::now() + WAIT;
     while !done() {
         if Instant::now() > deadline {
@@ -53,7 +53,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError
     Ok(())
 }
 
-fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, BoxError> {
+pub(super) fn spawn(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<Vmm, BoxError> {
     let sock = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.console"));
     let child = Command::new(program)
@@ -87,7 +92,7 @@ fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, 
 }
 
 /// The counts the guest printed so far.
-fn counts(console: &Path) -> Vec<u64> {
+pub(super) fn counts(console: &Path) -> Vec<u64> {
     std::fs::read_to_string(console)
         .unwrap_or_default()
         .lines()
@@ -161,7 +166,7 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     })
 }
 
-fn median(values: Vec<f64>) -> f64 {
+pub(super) fn median(values: Vec<f64>) -> f64 {
     let mut values = values;
     super::median(&mut values).unwrap_or(f64::NAN)
 }
@@ -234,6 +239,7 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             }
         }
     }
+    super::restore_backends::print(args, dir, &guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
 }
