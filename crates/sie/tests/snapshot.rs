@@ -234,7 +234,7 @@ fn serve_page_faults(
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut poll, 1, 20) };
             while let Some(event) = uffd.read_event().expect("events") {
-                let Event::PageFault(address) = event else {
+                let Event::PageFault(address, _) = event else {
                     continue;
                 };
                 let page = address & !4095;

@@ -5,9 +5,11 @@
 //! (`UFFDIO_ZEROPAGE`). No external handler can die and hang the guest.
 //!
 //! A restore with no usable working set ([`super::working_set`]) records
-//! one: the pages the guest touches, in order, written beside the memory
+//! one: the pages the vCPUs touch, in order, written beside the memory
 //! file each time faults pause for [`QUIET`], until [`WINDOW`] after the
-//! guest's first fault. A restore that finds one reads it in one pass and
+//! guest's first fault. Faults of sie's VMM thread are served but not
+//! recorded: a snapshot created meanwhile reads every page, and those are
+//! not the guest's working set. A restore that finds one reads it in one pass and
 //! installs its pages before the vCPUs run; the rest still fault in.
 
 use std::fs::File;
@@ -156,7 +158,7 @@ pub fn open(
     let memory = anonymous(layout).map_err(io_error)?;
     let uffd = uffd::register_all(
         &memory,
-        uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP,
+        uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_THREAD_ID,
     )
     .map_err(|e| io_error(std::io::Error::other(format!("userfaultfd: {e}"))))?;
     let regions = regions_of(&memory);
@@ -214,6 +216,8 @@ pub fn open(
             window_start: None,
             last_fault: Instant::now(),
             loaded: loaded.clone(),
+            // SAFETY: gettid has no arguments and cannot fail.
+            vmm_thread: unsafe { libc::gettid() } as u32,
         }),
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -251,6 +255,8 @@ struct Recorder {
     window_start: Option<Instant>,
     last_fault: Instant,
     loaded: Arc<AtomicBool>,
+    /// The thread that restores the VM and then serves its devices.
+    vmm_thread: u32,
 }
 
 /// The `sie_uffd` thread's state.
@@ -278,8 +284,8 @@ impl Handler {
             unsafe { libc::poll(&mut poll, 1, timeout_ms) };
             loop {
                 match self.uffd.read_event() {
-                    Ok(Some(Event::PageFault(address))) => {
-                        if let Err(error) = self.fault(address & !(PAGE as u64 - 1)) {
+                    Ok(Some(Event::PageFault(address, thread))) => {
+                        if let Err(error) = self.fault(address & !(PAGE as u64 - 1), thread) {
                             tracing::error!("lazy restore: serving {address:#x}: {error}");
                         }
                     }
@@ -319,7 +325,7 @@ impl Handler {
         }
     }
 
-    fn fault(&mut self, host: u64) -> std::io::Result<()> {
+    fn fault(&mut self, host: u64, thread: u32) -> std::io::Result<()> {
         if self.removed.iter().any(|&(s, e)| host >= s && host < e) {
             return self.uffd.zero(host, PAGE as u64);
         }
@@ -331,7 +337,9 @@ impl Handler {
             return Err(std::io::Error::other("a fault outside guest RAM"));
         };
         let offset = region.offset + (host - region.host);
-        if let Some(recorder) = &mut self.recorder {
+        if let Some(recorder) = &mut self.recorder
+            && thread != recorder.vmm_thread
+        {
             recorder.note(offset);
         }
         if !overlaps_data(&self.data, offset) {
@@ -458,10 +466,18 @@ mod tests {
         assert_eq!(lazy.prefetched_pages, 0);
         lazy.mark_loaded();
         let at = |page: u64| GuestAddress(page * PAGE as u64);
-        assert_eq!(lazy.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
-        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 0, "a hole");
-        lazy.memory.write_obj(5u8, at(7)).unwrap();
-        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 5);
+        // The thread that opened it (the VMM thread) is served, not recorded.
+        assert_eq!(lazy.memory.read_obj::<u8>(at(9)).unwrap(), 0);
+        // Another (as a vCPU is) is recorded.
+        let memory = lazy.memory.clone();
+        std::thread::spawn(move || {
+            assert_eq!(memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
+            assert_eq!(memory.read_obj::<u8>(at(7)).unwrap(), 0, "a hole");
+            memory.write_obj(5u8, at(7)).unwrap();
+            assert_eq!(memory.read_obj::<u8>(at(7)).unwrap(), 5);
+        })
+        .join()
+        .unwrap();
         // Faults pause: the working set is written, in the order touched.
         let ws = working_set::path_for(&path);
         let deadline = Instant::now() + Duration::from_secs(10);

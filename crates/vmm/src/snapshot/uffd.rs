@@ -37,6 +37,8 @@ const REGISTER_MODE_MISSING: u64 = 1;
 pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 /// Tell the handler when guest RAM is unmapped, so it knows when to stop.
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// Say which thread faulted (a vCPU, or sie's own VMM thread).
+pub const FEATURE_THREAD_ID: u64 = 1 << 8;
 const EVENT_PAGEFAULT: u8 = 0x12;
 const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
@@ -103,8 +105,10 @@ ioctl_iowr_nr!(UFFDIO_ZEROPAGE, UFFDIO, 0x04, ZeroPageArg);
 /// What the kernel reports on a userfaultfd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A thread (or KVM) touched a missing page at this host address.
-    PageFault(u64),
+    /// A thread (or KVM on a vCPU thread's behalf) touched a missing page:
+    /// its host address, and the thread's id when [`FEATURE_THREAD_ID`]
+    /// was asked for (else 0).
+    PageFault(u64, u32),
     /// `[start, end)` was discarded; it reads as zeros from now on.
     Remove(u64, u64),
     /// `[start, end)` was unmapped.
@@ -240,7 +244,7 @@ impl Uffd {
             )));
         }
         Ok(Some(match message.event {
-            EVENT_PAGEFAULT => Event::PageFault(message.arg[1]),
+            EVENT_PAGEFAULT => Event::PageFault(message.arg[1], message.arg[2] as u32),
             EVENT_REMOVE => Event::Remove(message.arg[0], message.arg[1]),
             EVENT_UNMAP => Event::Unmap(message.arg[0], message.arg[1]),
             other => Event::Other(other),
@@ -333,7 +337,7 @@ mod tests {
             let mut served = Vec::new();
             while served.len() < 2 {
                 match uffd.read_event().unwrap() {
-                    Some(Event::PageFault(address)) => {
+                    Some(Event::PageFault(address, _)) => {
                         let page = address & !(PAGE as u64 - 1);
                         if page == base {
                             uffd.copy(page, &[7u8; PAGE]).unwrap();
