@@ -31,6 +31,40 @@ use super::working_set::{self, Identity};
 pub const QUIET: Duration = Duration::from_millis(500);
 /// How long after the guest's first fault the working set is recorded.
 pub const WINDOW: Duration = Duration::from_secs(10);
+/// A fault on a page of the file's data also brings in its missing
+/// neighbours with data within this many pages (aligned), in one copy:
+/// guests touch memory in runs, and each fault costs a round trip.
+pub const AROUND_PAGES: u64 = 16;
+
+/// Which pages the handler has installed, by file offset (a page installed
+/// is never copied over: `UFFDIO_COPY` refuses present pages anyway, this
+/// only keeps fault-around from asking).
+struct Installed(Vec<u64>);
+
+impl Installed {
+    fn new(file_len: u64) -> Self {
+        Self(vec![0; (file_len / PAGE as u64).div_ceil(64) as usize])
+    }
+
+    fn get(&self, offset: u64) -> bool {
+        let page = offset / PAGE as u64;
+        self.0
+            .get((page / 64) as usize)
+            .is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    fn set(&mut self, offset: u64, pages: u64, value: bool) {
+        for page in offset / PAGE as u64..offset / PAGE as u64 + pages {
+            if let Some(word) = self.0.get_mut((page / 64) as usize) {
+                if value {
+                    *word |= 1 << (page % 64);
+                } else {
+                    *word &= !(1 << (page % 64));
+                }
+            }
+        }
+    }
+}
 
 /// Guest RAM served lazily, and what the restore did with the working set.
 #[derive(Debug)]
@@ -162,6 +196,7 @@ pub fn open(
     )
     .map_err(|e| io_error(std::io::Error::other(format!("userfaultfd: {e}"))))?;
     let regions = regions_of(&memory);
+    let mut installed = Installed::new(file_len(layout));
     let ws_path = working_set::path_for(path);
     let started = Instant::now();
     let (prefetched_pages, record) = match working_set::read(&ws_path, identity) {
@@ -176,6 +211,7 @@ pub fn open(
                         "installing the working set: {e}"
                     )))
                 })?;
+                installed.set(offset, (bytes.len() / PAGE) as u64, true);
             }
             tracing::info!(
                 "lazy restore: prefetched {} pages from the working set {} in {} µs",
@@ -206,6 +242,7 @@ pub fn open(
         file,
         regions,
         data,
+        installed,
         removed: Vec::new(),
         recorder: record.then(|| Recorder {
             path: ws_path.clone(),
@@ -265,6 +302,7 @@ struct Handler {
     file: File,
     regions: Vec<Region>,
     data: Vec<(u64, u64)>,
+    installed: Installed,
     /// Host ranges the guest discarded: they read as zeros now.
     removed: Vec<(u64, u64)>,
     recorder: Option<Recorder>,
@@ -289,7 +327,7 @@ impl Handler {
                             tracing::error!("lazy restore: serving {address:#x}: {error}");
                         }
                     }
-                    Ok(Some(Event::Remove(start, end))) => self.removed.push((start, end)),
+                    Ok(Some(Event::Remove(start, end))) => self.remove(start, end),
                     Ok(Some(Event::Unmap(start, end))) => {
                         unmapped += self
                             .regions
@@ -333,6 +371,7 @@ impl Handler {
             .regions
             .iter()
             .find(|r| host >= r.host && host < r.host + r.len)
+            .copied()
         else {
             return Err(std::io::Error::other("a fault outside guest RAM"));
         };
@@ -343,11 +382,53 @@ impl Handler {
             recorder.note(offset);
         }
         if !overlaps_data(&self.data, offset) {
+            self.installed.set(offset, 1, true);
             return self.uffd.zero(host, PAGE as u64);
         }
-        let mut page = [0u8; PAGE];
-        self.file.read_exact_at(&mut page, offset)?;
-        self.uffd.copy(host, &page)
+        let (start, pages) = self.run_around(&region, offset);
+        let mut bytes = vec![0u8; (pages as usize) * PAGE];
+        self.file.read_exact_at(&mut bytes, start)?;
+        self.installed.set(start, pages, true);
+        self.uffd
+            .copy(region.host + (start - region.offset), &bytes)
+    }
+
+    /// The run of missing pages with data around `offset` (which is one),
+    /// within its aligned block of [`AROUND_PAGES`] and its region: (first
+    /// offset, pages). Just the one page once the guest has discarded any
+    /// memory, whose pages must read as zeros.
+    fn run_around(&self, region: &Region, offset: u64) -> (u64, u64) {
+        if !self.removed.is_empty() {
+            return (offset, 1);
+        }
+        let page = PAGE as u64;
+        let block = AROUND_PAGES * page;
+        let low = (offset / block * block).max(region.offset);
+        let high = (offset / block * block + block).min(region.offset + region.len);
+        let missing = |at: u64| !self.installed.get(at) && overlaps_data(&self.data, at);
+        let mut start = offset;
+        while start > low && missing(start - page) {
+            start -= page;
+        }
+        let mut end = offset + page;
+        while end < high && missing(end) {
+            end += page;
+        }
+        (start, (end - start) / page)
+    }
+
+    /// `[start, end)` (host addresses) was discarded: it reads as zeros
+    /// from now on, and its pages are missing again.
+    fn remove(&mut self, start: u64, end: u64) {
+        self.removed.push((start, end));
+        for region in &self.regions {
+            let from = start.max(region.host);
+            let to = end.min(region.host + region.len);
+            if from < to {
+                let offset = region.offset + (from - region.host);
+                self.installed.set(offset, (to - from) / PAGE as u64, false);
+            }
+        }
     }
 
     /// Writes the working set when faults have paused (or `last`), and
@@ -429,6 +510,69 @@ mod tests {
         ] {
             assert_eq!(overlaps_data(&data, offset), expected, "{offset:#x}");
         }
+    }
+
+    /// Which pages of `memory`'s first region are resident.
+    fn resident(memory: &GuestMemoryMmap, pages: usize) -> Vec<bool> {
+        let region = memory.iter().next().unwrap();
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range is one mapping vm-memory keeps alive; one byte
+        // per page.
+        let rc = unsafe {
+            libc::mincore(
+                region.as_ptr().cast(),
+                pages * PAGE,
+                residency.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0);
+        residency.iter().map(|r| r & 1 != 0).collect()
+    }
+
+    #[test]
+    fn a_fault_brings_in_its_block_of_data_pages_and_no_holes() {
+        use std::io::{Seek, SeekFrom, Write};
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-around-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        let mut file = File::create(&path).unwrap();
+        file.set_len(64 * PAGE as u64).unwrap();
+        // Data in pages 2..=20; page 23 too, after a hole.
+        file.seek(SeekFrom::Start(2 * PAGE as u64)).unwrap();
+        file.write_all(&vec![7u8; 19 * PAGE]).unwrap();
+        file.seek(SeekFrom::Start(23 * PAGE as u64)).unwrap();
+        file.write_all(&[9u8; PAGE]).unwrap();
+        drop(file);
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 64 * PAGE as u64,
+        }];
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(5 * PAGE as u64))
+                .unwrap(),
+            7
+        );
+        let seen = resident(&lazy.memory, 64);
+        let expected: Vec<bool> = (0..64).map(|p| (2..16).contains(&p)).collect();
+        assert_eq!(seen, expected, "pages 2..16: data in page 5's block");
+        // A run stops at a hole: page 23 comes alone, then page 17 brings
+        // in 16..=20 (its block's run of data).
+        let read = |page: u64| {
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(page * PAGE as u64))
+                .unwrap()
+        };
+        assert_eq!(read(23), 9);
+        let expected: Vec<bool> = (0..64).map(|p| (2..16).contains(&p) || p == 23).collect();
+        assert_eq!(resident(&lazy.memory, 64), expected);
+        assert_eq!(read(17), 7);
+        let expected: Vec<bool> = (0..64).map(|p| (2..21).contains(&p) || p == 23).collect();
+        assert_eq!(resident(&lazy.memory, 64), expected);
+        drop(lazy);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

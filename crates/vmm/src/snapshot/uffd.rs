@@ -368,6 +368,12 @@ mod tests {
         let uffd = register_all(&memory, 0).unwrap();
         let error = handoff(Path::new("/nonexistent/uffd.sock"), &memory, &uffd).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        // A socket file whose handler is gone refuses the connection.
+        let path = std::env::temp_dir().join(format!("sie-uffd-gone-{}", std::process::id()));
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let error = handoff(&path, &memory, &uffd).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
     }
 
     #[test]
