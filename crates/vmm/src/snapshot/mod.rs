@@ -20,6 +20,7 @@
 //! diff snapshots; they are refused by name.
 
 pub mod durable;
+mod fault_handler;
 pub mod format;
 pub mod lazy;
 pub mod memory_file;
