@@ -398,4 +398,23 @@ fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
         "{}",
         third.stderr
     );
+
+    // The page-fault thread's filter is really on: a system call outside it
+    // (the debug build's test hook) ends sie with 148 and names the thread.
+    let trapped = std::process::Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args(["run", "--restore", &snap, "--mem", &mem])
+        .args(["--mem-backend", "lazy"])
+        .env("SIE_TEST_FORBIDDEN_SYSCALL", "uffd")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(trapped.status.code(), Some(148));
+    let stderr = String::from_utf8_lossy(&trapped.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "sie: seccomp: the uffd thread made system call {}, which its filter forbids",
+            libc::SYS_getppid
+        )),
+        "{stderr}"
+    );
 }
