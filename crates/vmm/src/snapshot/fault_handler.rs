@@ -29,12 +29,13 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// guests touch memory in runs, and each fault costs a round trip.
 pub const AROUND_PAGES: u64 = 16;
 
-/// Which pages the handler has installed, by file offset (a page installed
-/// is never copied over: `UFFDIO_COPY` refuses present pages anyway, this
-/// only keeps fault-around from asking).
-pub(super) struct Installed(Vec<u64>);
+/// A set of pages of guest RAM, by file offset: which the handler has
+/// installed (a present page is never copied over, `UFFDIO_COPY` refuses
+/// it; this only keeps fault-around from asking), and which the guest
+/// discarded (they read as zeros from then on, not as the file).
+pub(super) struct PageSet(Vec<u64>);
 
-impl Installed {
+impl PageSet {
     pub(super) fn new(file_len: u64) -> Self {
         Self(vec![0; (file_len / PAGE as u64).div_ceil(64) as usize])
     }
@@ -113,9 +114,9 @@ pub(super) struct Handler {
     file: File,
     regions: Vec<Region>,
     data: Vec<(u64, u64)>,
-    installed: Installed,
-    /// Host ranges the guest discarded: they read as zeros now.
-    removed: Vec<(u64, u64)>,
+    installed: PageSet,
+    /// Pages the guest discarded: they read as zeros now.
+    discarded: PageSet,
     recorder: Option<Recorder>,
 }
 
@@ -128,16 +129,17 @@ impl Handler {
         file: File,
         regions: Vec<Region>,
         data: Vec<(u64, u64)>,
-        installed: Installed,
+        installed: PageSet,
         recorder: Option<Recorder>,
     ) -> Self {
+        let discarded = PageSet::new(regions.iter().map(|r| r.offset + r.len).max().unwrap_or(0));
         Self {
             uffd,
             file,
             regions,
             data,
             installed,
-            removed: Vec::new(),
+            discarded,
             recorder,
         }
     }
@@ -198,9 +200,6 @@ impl Handler {
     }
 
     fn fault(&mut self, host: u64, thread: u32) -> std::io::Result<()> {
-        if self.removed.iter().any(|&(s, e)| host >= s && host < e) {
-            return self.uffd.zero(host, PAGE as u64);
-        }
         let Some(region) = self
             .regions
             .iter()
@@ -210,6 +209,10 @@ impl Handler {
             return Err(std::io::Error::other("a fault outside guest RAM"));
         };
         let offset = region.offset + (host - region.host);
+        if self.discarded.get(offset) {
+            self.installed.set(offset, 1, true);
+            return self.uffd.zero(host, PAGE as u64);
+        }
         if let Some(recorder) = &mut self.recorder
             && thread != recorder.vmm_thread
         {
@@ -227,19 +230,17 @@ impl Handler {
             .copy(region.host + (start - region.offset), &bytes)
     }
 
-    /// The run of missing pages with data around `offset` (which is one),
-    /// within its aligned block of [`AROUND_PAGES`] and its region: (first
-    /// offset, pages). Just the one page once the guest has discarded any
-    /// memory, whose pages must read as zeros.
+    /// The run of missing pages with the file's data around `offset` (one
+    /// of them), within its aligned block of [`AROUND_PAGES`] and its
+    /// region, that the guest never discarded: (first offset, pages).
     fn run_around(&self, region: &Region, offset: u64) -> (u64, u64) {
-        if !self.removed.is_empty() {
-            return (offset, 1);
-        }
         let page = PAGE as u64;
         let block = AROUND_PAGES * page;
         let low = (offset / block * block).max(region.offset);
         let high = (offset / block * block + block).min(region.offset + region.len);
-        let missing = |at: u64| !self.installed.get(at) && overlaps_data(&self.data, at);
+        let missing = |at: u64| {
+            !self.installed.get(at) && !self.discarded.get(at) && overlaps_data(&self.data, at)
+        };
         let mut start = offset;
         while start > low && missing(start - page) {
             start -= page;
@@ -254,13 +255,14 @@ impl Handler {
     /// `[start, end)` (host addresses) was discarded: it reads as zeros
     /// from now on, and its pages are missing again.
     fn remove(&mut self, start: u64, end: u64) {
-        self.removed.push((start, end));
         for region in &self.regions {
             let from = start.max(region.host);
             let to = end.min(region.host + region.len);
             if from < to {
                 let offset = region.offset + (from - region.host);
-                self.installed.set(offset, (to - from) / PAGE as u64, false);
+                let pages = (to - from) / PAGE as u64;
+                self.installed.set(offset, pages, false);
+                self.discarded.set(offset, pages, true);
             }
         }
     }

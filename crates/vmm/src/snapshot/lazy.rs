@@ -23,7 +23,7 @@ use std::time::Instant;
 use sie_seccomp::{Seccomp, ThreadKind};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::fault_handler::{Handler, Installed, Recorder, host_of, regions_of};
+use super::fault_handler::{Handler, PageSet, Recorder, host_of, regions_of};
 use super::memory_file::{MemoryFileError, RegionEntry, file_len};
 use super::uffd::{self, PAGE};
 use super::working_set::{self, Identity};
@@ -127,17 +127,26 @@ pub fn open(
     )
     .map_err(|e| io_error(std::io::Error::other(format!("userfaultfd: {e}"))))?;
     let regions = regions_of(&memory);
-    let mut installed = Installed::new(file_len(layout));
+    let mut installed = PageSet::new(file_len(layout));
     let ws_path = working_set::path_for(path);
     let started = Instant::now();
-    let (prefetched_pages, record) = match working_set::read(&ws_path, identity) {
-        Ok(Some(set)) => {
-            for (offset, bytes) in set.runs() {
-                let result = match host_of(&regions, offset, bytes.len() as u64) {
-                    Some(host) => uffd.copy(host, bytes),
-                    None => Err(std::io::Error::other("a run across regions")),
-                };
-                result.map_err(|e| {
+    // Every run must land in guest RAM (not in a hole of the address
+    // space) before any is installed.
+    let placed = working_set::read(&ws_path, identity).and_then(|set| {
+        let Some(set) = set else {
+            return Ok(None);
+        };
+        let hosts = set
+            .runs()
+            .map(|(offset, bytes)| host_of(&regions, offset, bytes.len() as u64))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or("pages outside guest RAM")?;
+        Ok(Some((set, hosts)))
+    });
+    let (prefetched_pages, record) = match placed {
+        Ok(Some((set, hosts))) => {
+            for ((offset, bytes), host) in set.runs().zip(hosts) {
+                uffd.copy(host, bytes).map_err(|e| {
                     io_error(std::io::Error::other(format!(
                         "installing the working set: {e}"
                     )))
@@ -330,6 +339,80 @@ mod tests {
         assert_eq!(again.prefetched_pages, 2);
         assert_eq!(again.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
         drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_working_set_outside_guest_ram_is_ignored_not_fatal() {
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-gap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        File::create(&path)
+            .unwrap()
+            .set_len(24 * PAGE as u64)
+            .unwrap();
+        // Two regions with a hole between them, as below and above 4 GiB.
+        let layout = [
+            RegionEntry {
+                guest_addr: 0,
+                len: 8 * PAGE as u64,
+            },
+            RegionEntry {
+                guest_addr: 16 * PAGE as u64,
+                len: 8 * PAGE as u64,
+            },
+        ];
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let ws = working_set::path_for(&path);
+        working_set::write(&ws, identity, &[10 * PAGE as u64], &[1u8; PAGE]).unwrap();
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(lazy.prefetched_pages, 0);
+        drop(lazy);
+        working_set::write(&ws, identity, &[17 * PAGE as u64], &[1u8; PAGE]).unwrap();
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(lazy.prefetched_pages, 1, "the second region is RAM");
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(17 * PAGE as u64))
+                .unwrap(),
+            1
+        );
+        drop(lazy);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn discarded_memory_reads_as_zeros_not_as_the_file() {
+        use std::io::Write;
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-discard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        File::create(&path)
+            .unwrap()
+            .write_all(&vec![0xab; 16 * PAGE])
+            .unwrap();
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 16 * PAGE as u64,
+        }];
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        let at = GuestAddress(3 * PAGE as u64);
+        assert_eq!(lazy.memory.read_obj::<u8>(at).unwrap(), 0xab);
+        let host = lazy.memory.get_host_address(at).unwrap();
+        // SAFETY: one page of the mapping `lazy.memory` keeps alive.
+        let rc = unsafe { libc::madvise(host.cast(), PAGE, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert_eq!(lazy.memory.read_obj::<u8>(at).unwrap(), 0, "discarded");
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(4 * PAGE as u64))
+                .unwrap(),
+            0xab,
+            "its neighbour was not"
+        );
+        drop(lazy);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
