@@ -7,10 +7,11 @@
 //! `userfaultfd` crate generates its bindings with bindgen at build time,
 //! which would make libclang a build dependency of sie.
 //!
-//! The descriptor is made with the system call (not `/dev/userfaultfd`,
-//! which a jail may not have) and without `UFFD_USER_MODE_ONLY`: KVM
-//! touches guest RAM from the kernel, and those faults must reach the
-//! handler too (root, or `vm.unprivileged_userfaultfd = 1`, may ask that).
+//! The descriptor is made without `UFFD_USER_MODE_ONLY`: KVM touches guest
+//! RAM from the kernel, and those faults must reach the handler too. Whoever
+//! may open `/dev/userfaultfd` (Linux 6.1; the jailer gives it to the jailed
+//! user) gets one from it; otherwise the system call gives one to root, or
+//! to anyone with `vm.unprivileged_userfaultfd = 1`.
 //!
 //! [`handoff`] speaks Firecracker's `Uffd` backend protocol: one message on
 //! a Unix socket with the JSON region list and the descriptor.
@@ -22,9 +23,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-use vmm_sys_util::{ioctl_ior_nr, ioctl_iowr_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
 
 /// The page size the handlers serve.
 pub const PAGE: usize = 4096;
@@ -96,6 +97,7 @@ struct Message {
     arg: [u64; 3],
 }
 
+ioctl_io_nr!(USERFAULTFD_IOC_NEW, UFFDIO, 0x00);
 ioctl_iowr_nr!(UFFDIO_API, UFFDIO, 0x3f, ApiArg);
 ioctl_iowr_nr!(UFFDIO_REGISTER, UFFDIO, 0x00, RegisterArg);
 ioctl_ior_nr!(UFFDIO_WAKE, UFFDIO, 0x02, Range);
@@ -135,15 +137,17 @@ impl Uffd {
     /// A new non-blocking userfaultfd with the `features` (`FEATURE_*`)
     /// events enabled.
     pub fn new(features: u64) -> io::Result<Self> {
-        // SAFETY: the system call takes only flags and returns a new
-        // descriptor or -1.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let fd = Self::from_device().or_else(|device| {
+            Self::from_syscall().map_err(|syscall| {
+                io::Error::new(
+                    syscall.kind(),
+                    format!(
+                        "{syscall} (/dev/userfaultfd: {device}; faults from KVM need root, \
+                         vm.unprivileged_userfaultfd = 1, or access to /dev/userfaultfd)"
+                    ),
+                )
+            })
+        })?;
         let mut api = ApiArg {
             api: UFFD_API,
             features,
@@ -152,6 +156,34 @@ impl Uffd {
         // SAFETY: UFFDIO_API reads and writes exactly one `ApiArg`.
         check(unsafe { ioctl_with_mut_ref(&fd, UFFDIO_API(), &mut api) })?;
         Ok(Self { fd })
+    }
+
+    fn from_device() -> io::Result<OwnedFd> {
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")?;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as libc::c_ulong;
+        // SAFETY: USERFAULTFD_IOC_NEW takes the flags by value and returns a
+        // new descriptor or -1.
+        let fd = unsafe { ioctl_with_val(&device, USERFAULTFD_IOC_NEW(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn from_syscall() -> io::Result<OwnedFd> {
+        // SAFETY: the system call takes only flags and returns a new
+        // descriptor or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
     /// A userfaultfd received from elsewhere (a page-fault handler gets
@@ -360,6 +392,18 @@ mod tests {
             0
         );
         assert_eq!(handler.join().unwrap(), vec![0, 2 * PAGE as u64]);
+    }
+
+    #[test]
+    fn the_device_and_the_system_call_both_give_a_userfaultfd() {
+        // Root on this machine may use either; each must speak the API.
+        if std::path::Path::new("/dev/userfaultfd").exists() {
+            let fd = Uffd::from_device().unwrap();
+            assert!(fd.as_raw_fd() >= 0);
+        }
+        let fd = Uffd::from_syscall().unwrap();
+        assert!(fd.as_raw_fd() >= 0);
+        Uffd::new(FEATURE_THREAD_ID).unwrap();
     }
 
     #[test]
