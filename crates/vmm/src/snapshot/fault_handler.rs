@@ -36,6 +36,7 @@ pub const AROUND_PAGES: u64 = 16;
 pub(super) struct PageSet(Vec<u64>);
 
 impl PageSet {
+    /// No pages of a file of `file_len` bytes.
     pub(super) fn new(file_len: u64) -> Self {
         Self(vec![0; (file_len / PAGE as u64).div_ceil(64) as usize])
     }
@@ -47,6 +48,7 @@ impl PageSet {
             .is_some_and(|word| word & (1 << (page % 64)) != 0)
     }
 
+    /// Puts `pages` pages from `offset` in the set (`value`) or out of it.
     pub(super) fn set(&mut self, offset: u64, pages: u64, value: bool) {
         for page in offset / PAGE as u64..offset / PAGE as u64 + pages {
             if let Some(word) = self.0.get_mut((page / 64) as usize) {
@@ -76,6 +78,7 @@ pub(super) struct Region {
     offset: u64,
 }
 
+/// Each region of `memory`, as the handler looks faults up.
 pub(super) fn regions_of(memory: &GuestMemoryMmap) -> Vec<Region> {
     memory
         .iter()
@@ -87,6 +90,8 @@ pub(super) fn regions_of(memory: &GuestMemoryMmap) -> Vec<Region> {
         .collect()
 }
 
+/// Where the `len` bytes at file `offset` are mapped in sie, if one region
+/// holds them all.
 pub(super) fn host_of(regions: &[Region], offset: u64, len: u64) -> Option<u64> {
     regions
         .iter()
