@@ -352,7 +352,7 @@ fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
     assert_eq!(&recorded[..8], b"SIEWSET\x01");
     let pages = u64::from_le_bytes(recorded[24..32].try_into().unwrap());
     assert!(pages > 0, "the guest touched pages");
-    assert_eq!(recorded.len() as u64, 32 + pages * (8 + 4096) + 32);
+    assert_eq!(recorded.len() as u64, 32 + pages * (8 + 4096) + 8);
 
     // The next one installs that working set before the vCPUs run and says
     // how many pages; the count goes on all the same.
