@@ -16,8 +16,8 @@
 //! ```
 //!
 //! The checksum catches damage; it is XXH3 rather than SHA-256 because the
-//! whole file is checked on the load path, before the vCPUs run (a 1 MiB
-//! working set costs ~2 ms of SHA-256 here, and a few µs of XXH3).
+//! whole file is checked on the load path, before the vCPUs run (on this
+//! machine SHA-256 runs at ~0.6 GB/s, XXH3 at ~3 GB/s).
 //!
 //! A missing, damaged, short or stale file is not an error: the restore
 //! says why it ignored it and records a new one.
