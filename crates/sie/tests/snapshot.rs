@@ -418,3 +418,43 @@ fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_lazily_restored_guest_snapshots_again_whole_and_unrecorded() {
+    let keep = common::Scratch::new("snapshot-lazy-again-files");
+    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-lazy-again", &keep, false);
+    // Loaded lazily and left paused: none of its pages has been read yet.
+    let paused = ApiVm::start("snapshot-lazy-again-load", &[]);
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Lazy", "backend_path": mem},
+    });
+    paused.ok("PUT", "/snapshot/load", &load.to_string());
+    assert_eq!(paused.state(), "Paused");
+    // A snapshot of it reads every page through sie's fault handler...
+    let (again_snap, again_mem) = (
+        format!("{}/again.snap", keep.path()),
+        format!("{}/again.mem", keep.path()),
+    );
+    let create = serde_json::json!({"snapshot_path": again_snap, "mem_file_path": again_mem});
+    paused.ok("PUT", "/snapshot/create", &create.to_string());
+    // ...which are sie's reads, not the guest's working set: none is
+    // recorded while the vCPUs have not run.
+    std::thread::sleep(lazy_quiet() * 2);
+    let ws = format!("{mem}.ws");
+    assert!(
+        !std::path::Path::new(&ws).exists(),
+        "{ws} recorded sie's reads"
+    );
+    let (code, stderr) = paused.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    // The new snapshot is whole: restored from its file, the count goes on.
+    let restored = sie(&["run", "--restore", &again_snap, "--mem", &again_mem]);
+    restored.expect_code(0);
+    assert_eq!(format!("{before}{}", restored.stdout), full_count());
+}
+
+/// How long faults must pause before a lazy restore writes its working set.
+fn lazy_quiet() -> Duration {
+    sie_vmm::snapshot::lazy::QUIET
+}
