@@ -440,12 +440,17 @@ fn a_lazily_restored_guest_snapshots_again_whole_and_unrecorded() {
     paused.ok("PUT", "/snapshot/create", &create.to_string());
     // ...which are sie's reads, not the guest's working set: none is
     // recorded while the vCPUs have not run.
-    std::thread::sleep(lazy_quiet() * 2);
+    std::thread::sleep(lazy_quiet() * 4);
     let ws = format!("{mem}.ws");
     assert!(
         !std::path::Path::new(&ws).exists(),
         "{ws} recorded sie's reads"
     );
+    let writing = std::fs::read_dir(keep.path())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .any(|entry| entry.file_name().to_string_lossy().contains(".ws.tmp"));
+    assert!(!writing, "a working set is being written");
     let (code, stderr) = paused.terminate();
     assert_eq!(code, Some(143), "{stderr}");
     // The new snapshot is whole: restored from its file, the count goes on.
