@@ -11,7 +11,7 @@
 //! recorded: a snapshot created meanwhile reads every page, and those are
 //! not the guest's working set. A restore that finds one reads it in one
 //! pass and installs its pages before the vCPUs run; the rest still fault
-//! in ([`super::fault_handler`] serves them).
+//! in (`fault_handler.rs` serves them).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
