@@ -112,6 +112,11 @@ pub(crate) fn request(
         }
     }
     let mut body = Vec::new();
+    // A 204 or 304 has no body, whatever the headers say: a server may
+    // keep the connection open after one (Firecracker does).
+    if status == 204 || status == 304 {
+        length = Some(0);
+    }
     match length {
         Some(n) if n > MAX_BODY => return Err(malformed("body too large")),
         Some(n) => {
@@ -229,9 +234,14 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
                 print_stats(&answer);
             }
         }
-        CtlCommand::Snapshot(SnapshotCommand::Create { snapshot, mem }) => {
+        CtlCommand::Snapshot(SnapshotCommand::Create {
+            snapshot,
+            mem,
+            diff,
+        }) => {
+            let kind = if diff { "Diff" } else { "Full" };
             let body =
-                json!({"snapshot_type": "Full", "snapshot_path": snapshot, "mem_file_path": mem});
+                json!({"snapshot_type": kind, "snapshot_path": snapshot, "mem_file_path": mem});
             request(sock, "PUT", "/snapshot/create", Some(&body))?;
             println!(
                 "snapshot written to {} (memory: {})",
@@ -244,12 +254,11 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
             mem,
             resume,
             mem_backend,
+            overrides,
         }) => {
-            let body = json!({
-                "snapshot_path": snapshot,
-                "mem_backend": {"backend_type": mem_backend, "backend_path": mem},
-                "resume_vm": resume,
-            });
+            let mut load = sie_config::SnapshotLoad::from_files(snapshot, mem_backend, mem, resume);
+            overrides.apply(&mut load);
+            let body = serde_json::to_value(&load).map_err(CtlError::Body)?;
             request(sock, "PUT", "/snapshot/load", Some(&body))?;
             println!(
                 "snapshot loaded ({})",

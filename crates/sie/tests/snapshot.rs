@@ -79,7 +79,7 @@ fn snapshot_of_a_counting_guest(
         "/snapshot/create",
         Some(r#"{"snapshot_type": "Diff", "snapshot_path": "a", "mem_file_path": "b"}"#),
     )
-    .expect_fault("Diff snapshots are not supported yet");
+    .expect_fault("Diff snapshots need dirty page tracking: set track_dirty_pages");
     if via_ctl {
         let sock = vm.sock.display().to_string();
         sie(&["ctl", "--sock", &sock, "snapshot", "create", &snap, &mem]).expect_code(0);

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use sie_hv::GuestMemory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::uffd::{Event, PAGE, Uffd};
 use super::working_set::{self, Identity};
@@ -79,7 +80,7 @@ pub(super) struct Region {
 }
 
 /// Each region of `memory`, as the handler looks faults up.
-pub(super) fn regions_of(memory: &GuestMemoryMmap) -> Vec<Region> {
+pub(super) fn regions_of(memory: &GuestMemory) -> Vec<Region> {
     memory
         .iter()
         .map(|r| Region {

@@ -14,17 +14,17 @@
 //! in (`fault_handler.rs` serves them).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use sie_hv::GuestMemory;
 use sie_seccomp::{Seccomp, ThreadKind};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use super::fault_handler::{Handler, PageSet, Recorder, host_of, regions_of};
-use super::memory_file::{MemoryFileError, RegionEntry, file_len};
+use super::memory_file::{MemoryFileError, RegionEntry, data_extents, file_len, open_checked};
 use super::uffd::{self, PAGE};
 use super::working_set::{self, Identity};
 
@@ -34,7 +34,7 @@ pub use super::fault_handler::{AROUND_PAGES, QUIET, WINDOW};
 #[derive(Debug)]
 pub struct LazyMemory {
     /// The anonymous guest RAM the handler fills.
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestMemory,
     /// Pages installed from the working set before the vCPUs run.
     pub prefetched_pages: usize,
     /// The working-set file (read, or to be recorded).
@@ -53,57 +53,22 @@ impl LazyMemory {
 /// The memory file at `path`, its size checked against `layout`, and its
 /// identity (for the working set).
 fn open_file(path: &Path, layout: &[RegionEntry]) -> Result<(File, Identity), MemoryFileError> {
-    let io_error = |source| MemoryFileError::Io {
+    let (file, _) = open_checked(path, layout)?;
+    let metadata = file.metadata().map_err(|source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let file = File::open(path).map_err(io_error)?;
-    let metadata = file.metadata().map_err(io_error)?;
-    let expected = file_len(layout);
-    if metadata.len() != expected {
-        return Err(MemoryFileError::Size {
-            path: path.display().to_string(),
-            found: metadata.len(),
-            expected,
-        });
-    }
+    })?;
     Ok((file, Identity::of(&metadata)))
 }
 
 /// Fresh anonymous guest RAM with `layout`.
-pub fn anonymous(layout: &[RegionEntry]) -> std::io::Result<GuestMemoryMmap> {
+pub fn anonymous(layout: &[RegionEntry]) -> std::io::Result<GuestMemory> {
     let mut ranges = Vec::with_capacity(layout.len());
     for entry in layout {
         let len = usize::try_from(entry.len).map_err(std::io::Error::other)?;
         ranges.push((GuestAddress(entry.guest_addr), len));
     }
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// The extents of `file` that hold data (`SEEK_DATA`/`SEEK_HOLE`), sorted;
-/// everything else reads as zeros.
-fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let mut extents = Vec::new();
-    let mut at = 0u64;
-    while at < len {
-        // SAFETY: lseek on a descriptor we own; it moves only the offset.
-        let start = unsafe { libc::lseek(file.as_raw_fd(), at as i64, libc::SEEK_DATA) };
-        if start < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::ENXIO) {
-                break; // No data after `at`.
-            }
-            return Err(error);
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(file.as_raw_fd(), start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        extents.push((start as u64, end as u64));
-        at = end as u64;
-    }
-    Ok(extents)
+    GuestMemory::from_ranges(&ranges).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Maps guest RAM for `layout` lazily from the memory file at `path`:
@@ -212,7 +177,7 @@ mod tests {
     use vm_memory::GuestMemoryBackend;
 
     /// Which pages of `memory`'s first region are resident.
-    fn resident(memory: &GuestMemoryMmap, pages: usize) -> Vec<bool> {
+    fn resident(memory: &GuestMemory, pages: usize) -> Vec<bool> {
         let region = memory.iter().next().unwrap();
         let mut residency = vec![0u8; pages];
         // SAFETY: the range is one mapping vm-memory keeps alive; one byte

@@ -15,6 +15,11 @@ pub enum SnapshotError {
     /// What this version cannot snapshot or restore yet.
     #[error("{0} not supported yet")]
     Unsupported(&'static str),
+    /// A Diff snapshot of a VM that does not track dirty pages.
+    #[error(
+        "Diff snapshots need dirty page tracking: set track_dirty_pages in machine-config (or in snapshot/load)"
+    )]
+    DiffWithoutTracking,
     /// The VM must be paused first.
     #[error("the microVM must be paused before a snapshot is created")]
     NotPaused,
@@ -90,6 +95,8 @@ pub struct Snapshot {
     pub virtio: Vec<sie_virtio::TransportState>,
     /// Guest RAM's layout in the memory file.
     pub memory: Vec<RegionEntry>,
+    /// The id its memory file must carry (see [`super::pairing`]).
+    pub pair_id: Option<String>,
 }
 
 /// Refuses configurations whose state sie cannot save yet: today every

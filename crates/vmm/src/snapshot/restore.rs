@@ -10,14 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sie_config::MemBackendType;
+use sie_config::{HugePages, MemBackendType};
+use sie_hv::GuestMemory;
 use sie_hv::Hypervisor;
 use sie_seccomp::Seccomp;
-use vm_memory::GuestMemoryMmap;
 
 use super::memory_file::{self, MemoryFileError};
 use super::model::{Snapshot, SnapshotError, check_snapshottable};
-use super::{lazy, uffd};
+use super::{huge_pages, lazy, uffd};
 use crate::builder::{self, BuildOptions, BuiltVm};
 use crate::control::VmControl;
 
@@ -30,6 +30,9 @@ pub struct RestoreMemory {
     pub path: PathBuf,
     /// The filters; the Lazy backend's thread installs the `uffd` one.
     pub seccomp: Seccomp,
+    /// Huge pages for the File backend (`None`: the file mapped as it is;
+    /// `Snapshot` is resolved by the caller).
+    pub huge_pages: HugePages,
 }
 
 impl RestoreMemory {
@@ -39,6 +42,7 @@ impl RestoreMemory {
             backend: MemBackendType::File,
             path: path.into(),
             seccomp: Seccomp::disabled(),
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -47,10 +51,15 @@ impl RestoreMemory {
 fn guest_memory(
     source: &RestoreMemory,
     snapshot: &Snapshot,
-) -> Result<(GuestMemoryMmap, Option<lazy::LazyMemory>), SnapshotError> {
+) -> Result<(GuestMemory, Option<lazy::LazyMemory>), SnapshotError> {
     let path: &Path = &source.path;
     match source.backend {
-        MemBackendType::File => Ok((memory_file::map(path, &snapshot.memory)?, None)),
+        MemBackendType::File => match source.huge_pages {
+            HugePages::None | HugePages::Snapshot => {
+                Ok((memory_file::map(path, &snapshot.memory)?, None))
+            }
+            pages => Ok((huge_pages::load(path, &snapshot.memory, pages)?, None)),
+        },
         MemBackendType::Lazy => {
             let lazy = lazy::open(path, &snapshot.memory, &source.seccomp)?;
             Ok((lazy.memory.clone(), Some(lazy)))
@@ -77,10 +86,13 @@ fn guest_memory(
 }
 
 /// Builds the VM `snapshot` describes with its RAM from `source`; the
-/// vCPUs are ready to continue where they stopped.
+/// vCPUs are ready to continue where they stopped. With `clock_realtime`
+/// the guest's clock moves forward by the time since the snapshot was
+/// taken (host wall clock), else it continues from its saved value.
 pub fn restore(
     snapshot: &Snapshot,
     source: &RestoreMemory,
+    clock_realtime: bool,
     hv: &dyn Hypervisor,
     options: BuildOptions,
     control: Arc<VmControl>,
@@ -90,6 +102,12 @@ pub fn restore(
     let build_error =
         |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
     let count = builder::vcpu_count(config, hv).map_err(build_error)?;
+    if source.backend != MemBackendType::Uffd {
+        // The memory file must be this snapshot's (Uffd's path is the
+        // handler's socket: the handler answers for its file).
+        super::pairing::check(&source.path, snapshot.pair_id.as_deref())
+            .map_err(SnapshotError::Build)?;
+    }
     let (memory, lazy) = guest_memory(source, snapshot)?;
     let machine =
         builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
@@ -103,6 +121,18 @@ pub fn restore(
     for (vcpu, state) in machine.vcpus.iter().zip(&snapshot.vcpus) {
         vcpu.restore_state(state)
             .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+        // The guest was stopped for as long as it was files: its watchdog
+        // must not count that time as a soft lockup.
+        vcpu.notify_paused()
+            .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+    }
+    if clock_realtime {
+        let age = snapshot.vm.age();
+        machine
+            .vm
+            .advance_clock(age)
+            .map_err(|e| state_error("the guest clock", e))?;
+        tracing::info!("guest clock advanced by {} ms", age.as_millis());
     }
     machine
         .devices

@@ -22,7 +22,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use sie_hv::GuestMemory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
@@ -291,7 +292,7 @@ impl AsRawFd for Uffd {
 }
 
 /// Registers every region of `memory` with a new userfaultfd.
-pub fn register_all(memory: &GuestMemoryMmap, features: u64) -> io::Result<Uffd> {
+pub fn register_all(memory: &GuestMemory, features: u64) -> io::Result<Uffd> {
     let uffd = Uffd::new(features)?;
     for region in memory.iter() {
         uffd.register(region.as_ptr() as u64, region.len())?;
@@ -324,7 +325,7 @@ pub struct UffdRegion {
 }
 
 /// The region list of `memory` (file offset = guest-physical address).
-pub fn regions_of(memory: &GuestMemoryMmap) -> Vec<UffdRegion> {
+pub fn regions_of(memory: &GuestMemory) -> Vec<UffdRegion> {
     memory
         .iter()
         .map(|region| UffdRegion {
@@ -340,7 +341,7 @@ pub fn regions_of(memory: &GuestMemoryMmap) -> Vec<UffdRegion> {
 /// Hands `uffd` and `memory`'s region list to the page-fault handler
 /// listening on `socket` (Firecracker's protocol: one message, nothing
 /// else, ever).
-pub fn handoff(socket: &Path, memory: &GuestMemoryMmap, uffd: &Uffd) -> io::Result<()> {
+pub fn handoff(socket: &Path, memory: &GuestMemory, uffd: &Uffd) -> io::Result<()> {
     let stream = UnixStream::connect(socket)?;
     let json = serde_json::to_vec(&regions_of(memory)).map_err(io::Error::other)?;
     let sent = stream
@@ -362,7 +363,7 @@ mod tests {
 
     #[test]
     fn missing_pages_fault_into_the_handler() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
         let uffd = register_all(&memory, FEATURE_EVENT_REMOVE).unwrap();
         let base = memory.iter().next().unwrap().as_ptr() as u64;
         let handler = std::thread::spawn(move || {
@@ -408,7 +409,7 @@ mod tests {
 
     #[test]
     fn no_handler_listening_is_an_error_not_a_hang() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PAGE)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), PAGE)]).unwrap();
         let uffd = register_all(&memory, 0).unwrap();
         let error = handoff(Path::new("/nonexistent/uffd.sock"), &memory, &uffd).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
@@ -422,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_region_list_has_firecrackers_field_names() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), PAGE)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0x1000), PAGE)]).unwrap();
         let json = serde_json::to_value(regions_of(&memory)).unwrap();
         let region = &json[0];
         for field in [
