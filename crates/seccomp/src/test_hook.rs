@@ -1,5 +1,5 @@
 //! A hidden hook for sie's end-to-end tests, honoured only in debug builds:
-//! with `SIE_TEST_FORBIDDEN_SYSCALL=vcpu` (or `api`, `vmm`, `blk`), the thread of
+//! with `SIE_TEST_FORBIDDEN_SYSCALL=vcpu` (or `api`, `vmm`, `uffd`, `blk`), the thread of
 //! that kind makes a system call outside its filter right after installing
 //! it, so a test can see the trap, the report and the exit status.
 

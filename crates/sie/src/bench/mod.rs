@@ -10,6 +10,7 @@ pub mod boot;
 pub mod exits;
 pub mod lifecycle;
 pub mod net;
+mod restore_backends;
 pub mod snapshot;
 
 type BoxError = Box<dyn std::error::Error>;

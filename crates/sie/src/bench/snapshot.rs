@@ -19,7 +19,7 @@ use crate::ctl::request;
 type BoxError = Box<dyn std::error::Error>;
 
 /// How long a guest, a socket or a count may take to appear.
-const WAIT: Duration = Duration::from_secs(60);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
 
 /// One snapshot and restore.
 struct Sample {
@@ -31,10 +31,10 @@ struct Sample {
 }
 
 /// A VMM process serving its API, killed when dropped.
-struct Vmm {
+pub(super) struct Vmm {
     child: Child,
-    sock: PathBuf,
-    console: PathBuf,
+    pub(super) sock: PathBuf,
+    pub(super) console: PathBuf,
 }
 
 impl Drop for Vmm {
@@ -44,7 +44,7 @@ impl Drop for Vmm {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
+pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
     let deadline = Instant::now() + WAIT;
     while !done() {
         if Instant::now() > deadline {
@@ -55,7 +55,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError
     Ok(())
 }
 
-fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, BoxError> {
+pub(super) fn spawn(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<Vmm, BoxError> {
     let sock = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.console"));
     // Firecracker will not bind over a socket an earlier run left.
@@ -91,7 +96,7 @@ fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, 
 }
 
 /// The counts the guest printed so far.
-fn counts(console: &Path) -> Vec<u64> {
+pub(super) fn counts(console: &Path) -> Vec<u64> {
     std::fs::read_to_string(console)
         .unwrap_or_default()
         .lines()
@@ -208,7 +213,7 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
-fn median(values: Vec<f64>) -> f64 {
+pub(super) fn median(values: Vec<f64>) -> f64 {
     let mut values = values;
     super::median(&mut values).unwrap_or(f64::NAN)
 }
@@ -283,6 +288,7 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             }
         }
     }
+    super::restore_backends::print(args, dir, &guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
 }

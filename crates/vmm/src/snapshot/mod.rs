@@ -23,6 +23,7 @@
 
 pub mod dirty;
 pub mod durable;
+mod fault_handler;
 pub mod format;
 pub mod huge_pages;
 pub mod lazy;
