@@ -182,7 +182,35 @@ fn anonymous_memory(mib: u64) -> Result<GuestMemory> {
         .checked_mul(1 << 20)
         .ok_or_else(|| memory_error("size overflows".into()))?;
     let regions = sie_arch::layout::ram_regions(mem_bytes).map_err(|e| memory_error(e.into()))?;
+    // The dirty-page bitmaps are allocated before the mappings (one bit per
+    // page: gigabytes for a size no host can map), so try the address
+    // space first and refuse such a size at once.
+    for &(_, len) in &regions {
+        reserve_address_space(len).map_err(|e| memory_error(e.into()))?;
+    }
     GuestMemory::from_ranges(&regions).map_err(|e| memory_error(e.into()))
+}
+
+/// Whether `len` bytes of address space can be mapped (nothing is kept).
+fn reserve_address_space(len: usize) -> std::io::Result<()> {
+    // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel
+    // picks; it touches no existing memory and is unmapped right away.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: exactly the mapping made above, which nothing else uses.
+    unsafe { libc::munmap(at, len) };
+    Ok(())
 }
 
 /// A VM with its memory mapped, its in-kernel platform, every device placed
