@@ -9,6 +9,8 @@
 //! apart) before it runs; a request it refuses stays on the ring until the
 //! limiter's timer fires.
 
+#[cfg(test)]
+mod fault_tests;
 mod request;
 #[cfg(test)]
 mod tests;
