@@ -2,14 +2,18 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`); build.rs compiles it
-//! to BPF, so a broken policy fails the build. A user's policy in the same
-//! format replaces it (`--seccomp-filter FILE`). Each thread installs its own
-//! filter with [`Seccomp::install`]: the vCPU and API threads as they start,
-//! the VMM thread once the VM is built and its vCPUs run (building needs far
-//! more than serving). A system call outside the filter traps (SIGSYS); the
-//! handler in [`sigsys`] reports which call on which thread kind and exits
-//! with [`EXIT_SECCOMP`].
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, and `build`); build.rs
+//! compiles it to BPF, so a broken policy fails the build. A user's policy in
+//! the same format replaces it (`--seccomp-filter FILE`; `build` optional).
+//! Each thread installs its own filter with [`Seccomp::install`]: the vCPU
+//! and API threads as they start, the VMM thread once the VM is built and its
+//! vCPUs run (building needs far more than serving). Before that, in API
+//! mode, the VMM thread runs the `build` filter, which refuses only what no
+//! VMM needs (exec, ptrace, mounts and namespaces, modules, uid changes...);
+//! threads started afterwards inherit it and stack their own on it, and the
+//! VMM thread's own is stacked on it after the build. A system call outside
+//! the filter traps (SIGSYS); the handler in [`sigsys`] reports which call
+//! on which thread kind and exits with [`EXIT_SECCOMP`].
 //!
 //! ```no_run
 //! use sie_seccomp::{Seccomp, ThreadKind};
@@ -43,11 +47,19 @@ pub enum ThreadKind {
     Api,
     /// `fc_vcpu N`: runs the guest and handles its exits.
     Vcpu,
+    /// The main thread in API mode before the VM is built: everything
+    /// but the calls no VMM needs. Every later filter is stacked on it.
+    Build,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Build,
+    ];
 
     /// The kind's key in a policy file.
     pub fn name(self) -> &'static str {
@@ -55,6 +67,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Build => "build",
         }
     }
 
@@ -93,7 +106,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api and vcpu)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and build)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -118,7 +131,8 @@ pub enum SeccompError {
 /// clone: every thread gets its own handle.
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
-    programs: Option<Arc<[BpfProgram; 3]>>,
+    /// Indexed by [`ThreadKind::index`]; an empty program installs nothing.
+    programs: Option<Arc<[BpfProgram; 4]>>,
 }
 
 impl Seccomp {
@@ -131,12 +145,19 @@ impl Seccomp {
     pub fn builtin() -> Self {
         let program = |table: &[sock_filter]| table.to_vec();
         Self {
-            programs: Some(Arc::new([program(VMM), program(API), program(VCPU)])),
+            programs: Some(Arc::new([
+                program(VMM),
+                program(API),
+                program(VCPU),
+                program(BUILD),
+            ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api` and `vcpu` and no other.
+    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally one for
+    /// `build` (without it the VMM thread is unfiltered until built), and no
+    /// other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -169,6 +190,7 @@ impl Seccomp {
             take(ThreadKind::Vmm)?,
             take(ThreadKind::Api)?,
             take(ThreadKind::Vcpu)?,
+            take(ThreadKind::Build).unwrap_or_default(),
         ];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {
@@ -190,12 +212,16 @@ impl Seccomp {
     /// reporter, once per process). Threads the caller starts afterwards
     /// inherit the filter, so start them first.
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        let Some(programs) = &self.programs else {
+        let Some(program) = self.programs.as_ref().map(|p| &p[kind.index()]) else {
             return Ok(());
         };
+        if program.is_empty() {
+            // A user's policy without this (optional) kind.
+            return Ok(());
+        }
         sigsys::install_handler().map_err(SeccompError::Handler)?;
         sigsys::set_thread_kind(kind);
-        seccompiler::apply_filter(&programs[kind.index()])
+        seccompiler::apply_filter(program)
             .map_err(|source| SeccompError::Install { kind, source })?;
         test_hook::forbidden_syscall_if_asked(kind);
         Ok(())
