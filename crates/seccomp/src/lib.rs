@@ -7,13 +7,13 @@
 //! the same format replaces it (`--seccomp-filter FILE`; `build` optional).
 //! Each thread installs its own filter with [`Seccomp::install`]: the vCPU
 //! and API threads as they start, the VMM thread once the VM is built and its
-//! vCPUs run (building needs far more than serving). Before that, in API
-//! mode, the VMM thread runs the `build` filter, which refuses only what no
-//! VMM needs (exec, ptrace, mounts and namespaces, modules, uid changes...);
-//! threads started afterwards inherit it and stack their own on it, and the
-//! VMM thread's own is stacked on it after the build. A system call outside
-//! the filter traps (SIGSYS); the handler in [`sigsys`] reports which call
-//! on which thread kind and exits with [`EXIT_SECCOMP`].
+//! vCPUs run (building needs far more than serving). Before that, in
+//! Firecracker mode, the VMM thread runs the `build` filter, which refuses
+//! only what no VMM needs (exec, ptrace, mounts and namespaces, modules, uid
+//! changes...); threads started afterwards inherit it and stack their own on
+//! it, and the VMM thread's own is stacked on it after the build. A system
+//! call outside the filter traps (SIGSYS); the handler in [`sigsys`] reports
+//! which call on which thread kind and exits with [`EXIT_SECCOMP`].
 //!
 //! ```no_run
 //! use sie_seccomp::{Seccomp, ThreadKind};
@@ -47,7 +47,7 @@ pub enum ThreadKind {
     Api,
     /// `fc_vcpu N`: runs the guest and handles its exits.
     Vcpu,
-    /// The main thread in API mode before the VM is built: everything
+    /// The main thread in Firecracker mode before the VM is built: everything
     /// but the calls no VMM needs. Every later filter is stacked on it.
     Build,
 }
