@@ -48,6 +48,7 @@ errors() {{ tail -1 /tmp/hf-metrics.json | grep -o "\"$1\":{{[^}}]*}}" | grep -o
 echo "@@L2 RESULT full_errors=$(errors virtio-blk:full)"
 echo "@@L2 RESULT spare_errors=$(errors virtio-blk:spare)"
 echo "@@L2 RESULT net_errors=$(errors virtio-net:eth0)"
+echo "@@L2 RESULT net_tx_dropped=$(tail -1 /tmp/hf-metrics.json | grep -o '"virtio-net:eth0":{{[^}}]*}}' | grep -o '"tx_dropped":[0-9]*' | cut -d: -f2)"
 echo "@@L2 RESULT log_write_errors=$(tail -1 /tmp/hf-metrics.json | grep -o '"lines_dropped_write_error":[0-9]*' | cut -d: -f2)"
 grep -q "sie: log file: [0-9]* lines lost (No space left on device" /tmp/small/sie.log && echo "@@L2 RESULT log_loss=reported"
 grep -q "virtio-net backend read failed" /tmp/small/sie.log && echo "@@L2 RESULT net_logged=yes"
@@ -87,7 +88,12 @@ echo "@@L2 RESULT spare_after=$(spare after-delete)""#,
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
                 }
             }
-            for key in ["full_errors", "net_errors", "log_write_errors"] {
+            for key in [
+                "full_errors",
+                "net_errors",
+                "net_tx_dropped",
+                "log_write_errors",
+            ] {
                 let count: u64 = run
                     .result(key)
                     .and_then(|v| v.parse().ok())
