@@ -75,6 +75,17 @@ fn sparse_image(path: &Path, len: u64) -> File {
     file
 }
 
+/// The device under test over `file`. Kept in one place with [`settle`]:
+/// how a device is made and how its requests finish are what the block
+/// engine work changes.
+fn device(file: File, id: &str) -> Block {
+    Block::new(file, false, id).expect("block")
+}
+
+/// Lets the device finish what the driver handed it (requests run on the
+/// event thread today, so they are done when the notification returns).
+fn settle(_t: &crate::VirtioMmioTransport<Block>) {}
+
 struct Rig {
     t: crate::VirtioMmioTransport<Block>,
     mem: crate::GuestMemory,
@@ -117,6 +128,7 @@ impl Rig {
         self.ring.set_chain(&self.mem, head, &chain);
         self.ring.publish(&self.mem, &[head]);
         Driver::new(&self.t).notify(0);
+        settle(&self.t);
         assert_eq!(self.ring.used_idx(&self.mem), self.next.wrapping_add(1));
         self.next = self.next.wrapping_add(1);
         self.mem.read_obj(GuestAddress(STATUS)).expect("status")
@@ -138,7 +150,7 @@ fn a_full_filesystem_fails_writes_with_ioerr_and_the_disk_keeps_serving() {
     // A 1 MiB sparse image on a 256 KiB filesystem: it fills after about
     // a fifth of the disk has been written.
     let file = sparse_image(&fs.path("disk.img"), 1 << 20);
-    let mut rig = Rig::new(Block::new(file, false, "full").expect("block"));
+    let mut rig = Rig::new(device(file, "full"));
     let sector = |n: u64| n * u64::from(CHUNK) / 512;
     let mut first_failure = None;
     for n in 0..16u64 {
@@ -177,7 +189,7 @@ fn an_image_truncated_underneath_fails_reads_with_ioerr() {
     let fs = SmallFs::mount("truncated", 1024);
     let path = fs.path("disk.img");
     let file = sparse_image(&path, 512 * 1024);
-    let mut rig = Rig::new(Block::new(file, false, "cut").expect("block"));
+    let mut rig = Rig::new(device(file, "cut"));
     assert_eq!(rig.request(VIRTIO_BLK_T_IN, 256, CHUNK), OK);
     // Someone else cuts the image to 64 KiB under the running device; the
     // device still believes in its old capacity.
@@ -193,4 +205,61 @@ fn an_image_truncated_underneath_fails_reads_with_ioerr() {
     assert_eq!(rig.request(VIRTIO_BLK_T_IN, 0, CHUNK), OK);
     assert_eq!(rig.errors(), 1);
     assert_eq!(rig.t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+}
+
+/// A loop device over `image`, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &Path) -> Self {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(out.status.success(), "losetup: {out:?}");
+        Self(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// A block device (here a loop device; a device-mapper volume alike) has
+/// no length in its metadata: the drive must still get its full size, and
+/// a failure of the device underneath still be an I/O error.
+#[test]
+fn a_block_device_backs_a_drive_at_its_full_size() {
+    let fs = SmallFs::mount("loop", 1024);
+    let image = fs.path("disk.img");
+    drop(sparse_image(&image, 512 * 1024));
+    let device_node = Loop::attach(&image);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&device_node.0)
+        .expect("open the loop device");
+    assert_eq!(file.metadata().expect("stat").len(), 0, "no length in stat");
+    let mut rig = Rig::new(device(file, "loop"));
+    // Capacity in sectors, the config space's first field (read as two
+    // 32-bit halves, as drivers do).
+    let config = u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG);
+    let (mut low, mut high) = ([0u8; 4], [0u8; 4]);
+    sie_devices::BusDevice::read(&rig.t, config, &mut low);
+    sie_devices::BusDevice::read(&rig.t, config + 4, &mut high);
+    let capacity = u64::from(u32::from_le_bytes(low)) | u64::from(u32::from_le_bytes(high)) << 32;
+    assert_eq!(capacity, 512 * 1024 / 512, "sectors");
+    assert_eq!(rig.request(VIRTIO_BLK_T_OUT, 900, CHUNK / 4), OK);
+    assert_eq!(rig.request(VIRTIO_BLK_T_IN, 900, CHUNK / 4), OK);
+    assert_eq!(
+        rig.request(VIRTIO_BLK_T_IN, 1024, 512),
+        IOERR,
+        "past the end"
+    );
+    assert_eq!(rig.errors(), 1);
 }

@@ -66,9 +66,13 @@ fn serial(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     out
 }
 
-/// Usable size of `file`: whole sectors only.
+/// Usable size of `file`: whole sectors only. Measured by seeking to the
+/// end, which a block device (a partition, an LVM or device-mapper volume,
+/// a loop device) answers too, where its metadata says 0 bytes; requests
+/// use positioned I/O, so the offset left behind does not matter.
 fn disk_size(file: &File) -> io::Result<u64> {
-    let len = file.metadata()?.len();
+    let mut file = file;
+    let len = io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
     Ok(len - len % SECTOR_SIZE)
 }
 
