@@ -6,7 +6,7 @@
 //!
 //! Modules, in the order the VMM uses them:
 //! 1. [`layout::ram_regions`] gives the RAM ranges; the VMM maps them
-//!    (`GuestMemoryMmap::from_ranges`) and registers them with KVM.
+//!    (`sie_hv::GuestMemory::from_ranges`) and registers them with KVM.
 //! 2. [`loader::load_kernel`], then [`loader::load_initrd`].
 //! 3. [`acpi::create_acpi_tables`] returns the RSDP address.
 //! 4. [`boot_info::write_boot_info`] writes the command line and the zero
@@ -19,7 +19,6 @@
 //!
 //! ```
 //! use sie_arch::{acpi, boot_info, cpuid, layout, loader, regs};
-//! use vm_memory::GuestMemoryMmap;
 //! # fn tiny_elf() -> Vec<u8> {
 //! #     let mut v = vec![0u8; 0x110];
 //! #     v[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
@@ -34,7 +33,7 @@
 //! # }
 //!
 //! let mem_size = 128 << 20;
-//! let mem = GuestMemoryMmap::<()>::from_ranges(&layout::ram_regions(mem_size)?)?;
+//! let mem = sie_hv::GuestMemory::from_ranges(&layout::ram_regions(mem_size)?)?;
 //! let kernel = loader::load_kernel(&mem, &mut std::io::Cursor::new(tiny_elf()))?;
 //! let initrd = loader::load_initrd(&mem, &mut &b"initrd"[..], 6, &kernel)?;
 //! let config = acpi::AcpiConfig {

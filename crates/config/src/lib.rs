@@ -42,7 +42,7 @@ pub use request::{
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id, validate_instance_id};
 pub use size::{SizeError, parse_mem_size_mib};
 pub use snapshot::{
-    LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
+    HugePages, LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
     SnapshotType, VsockOverride,
 };
 pub use vm_config::{ConfigError, VmConfig};

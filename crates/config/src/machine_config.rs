@@ -59,9 +59,6 @@ pub enum MachineConfigError {
     /// SMT requested.
     #[error("machine-config: smt is not supported")]
     Smt,
-    /// Dirty page tracking requested.
-    #[error("machine-config: track_dirty_pages true is not supported yet (use false)")]
-    TrackDirtyPages,
     /// Unknown huge page size.
     #[error("machine-config: huge_pages {0:?} is not supported (use \"None\")")]
     HugePages(String),
@@ -81,9 +78,6 @@ impl MachineConfig {
         }
         if self.smt == Some(true) {
             return Err(MachineConfigError::Smt);
-        }
-        if self.track_dirty_pages == Some(true) {
-            return Err(MachineConfigError::TrackDirtyPages);
         }
         if let Some(pages) = self.huge_pages.as_ref().filter(|p| *p != "None") {
             return Err(MachineConfigError::HugePages(pages.clone()));
@@ -107,8 +101,8 @@ mod tests {
     }
 
     #[test]
-    fn track_dirty_pages_false_or_absent_is_accepted() {
-        for track in [None, Some(false)] {
+    fn track_dirty_pages_is_accepted() {
+        for track in [None, Some(false), Some(true)] {
             let config = MachineConfig {
                 track_dirty_pages: track,
                 ..MachineConfig::default()
@@ -129,10 +123,6 @@ mod tests {
         assert!(bad(|c| c.mem_size_mib = 0).contains("mem_size_mib 0"));
         assert!(bad(|c| c.mem_size_mib = MAX_MEM_SIZE_MIB + 1).contains("mem_size_mib"));
         assert!(bad(|c| c.smt = Some(true)).contains("smt"));
-        assert_eq!(
-            bad(|c| c.track_dirty_pages = Some(true)),
-            "machine-config: track_dirty_pages true is not supported yet (use false)"
-        );
         assert!(bad(|c| c.huge_pages = Some("1G".into())).contains("huge_pages"));
         assert!(bad(|c| c.cpu_template = Some("T2".into())).contains("cpu_template"));
     }

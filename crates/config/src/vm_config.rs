@@ -323,11 +323,6 @@ mod tests {
     fn settings_sie_cannot_honour_are_refused_from_a_config_file() {
         for (from, to, field) in [
             (
-                r#""track_dirty_pages": false"#,
-                r#""track_dirty_pages": true"#,
-                "track_dirty_pages",
-            ),
-            (
                 r#""cache_type": "Writeback""#,
                 r#""cache_type": "Unsafe""#,
                 "cache_type",
@@ -344,6 +339,18 @@ mod tests {
             assert!(message.contains(field), "{message}");
             assert!(message.contains("not supported yet"), "{message}");
         }
+    }
+
+    #[test]
+    fn track_dirty_pages_is_taken_from_a_config_file() {
+        let text = FULL.replace(
+            r#""track_dirty_pages": false"#,
+            r#""track_dirty_pages": true"#,
+        );
+        let config = VmConfig::from_json(&text).unwrap();
+        config.validate().unwrap();
+        let machine = config.machine_config.unwrap();
+        assert_eq!(machine.track_dirty_pages, Some(true));
     }
 
     #[test]

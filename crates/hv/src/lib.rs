@@ -23,12 +23,30 @@ pub mod x86;
 
 use std::sync::Arc;
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use exit::{SystemEventKind, VmExit};
 pub use state::{VcpuState, VmState};
 use x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
+
+/// Guest RAM as sie holds it: mmap-backed regions, each with a page
+/// bitmap (4 KiB pages) that every write through `vm_memory` (device DMA,
+/// the VMM's own writes) marks, so a Diff snapshot can include pages the
+/// kernel's dirty log never sees.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// The pages the guest wrote in one memory slot: bit `i` of `pages` (word
+/// `i / 64`, bit `i % 64`) is the 4 KiB page at `guest_addr + i * 4096`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirtyLog {
+    /// Guest-physical start of the slot.
+    pub guest_addr: u64,
+    /// Bytes in the slot.
+    pub len: u64,
+    /// One bit per page.
+    pub pages: Vec<u64>,
+}
 
 /// Errors from the hypervisor backend. Each names the operation that failed;
 /// the OS error is the source.
@@ -91,7 +109,14 @@ pub trait Hypervisor: Send + Sync {
 pub trait Vm: Send + Sync {
     /// Maps all of `memory` into the guest, one memory slot per region.
     /// The VM keeps a clone of `memory` so the mappings live as long as it.
-    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()>;
+    fn map_memory(&self, memory: &GuestMemory) -> Result<()>;
+    /// Starts logging the pages the guest writes, on every slot mapped so
+    /// far and every slot mapped later.
+    fn enable_dirty_log(&self) -> Result<()>;
+    /// The pages the guest wrote since logging started or the last call,
+    /// one [`DirtyLog`] per slot; the log is cleared as it is read. An error
+    /// when logging is off.
+    fn take_dirty_log(&self) -> Result<Vec<DirtyLog>>;
     /// Creates the in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and
     /// the PIT, and sets the x86 TSS and identity-map addresses.
     fn create_platform(&self, tss_addr: u64, identity_map_addr: u64) -> Result<()>;
@@ -116,6 +141,9 @@ pub trait Vm: Send + Sync {
     fn save_state(&self) -> Result<VmState>;
     /// Restores what `save_state` gave, on a VM with its platform created.
     fn restore_state(&self, state: &VmState) -> Result<()>;
+    /// Moves the guest's clock forward by `by` (the time a snapshot spent
+    /// as files); call it before any vCPU runs. Returns the new clock (ns).
+    fn advance_clock(&self, by: std::time::Duration) -> Result<u64>;
 }
 
 /// One virtual CPU. Owned by its thread; `run` is called in a loop.
@@ -162,6 +190,11 @@ pub trait Vcpu: Send {
     fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState>;
     /// Restores what `save_state` gave, on a vCPU that has not run.
     fn restore_state(&self, state: &VcpuState) -> Result<()>;
+    /// Tells the guest that the host stopped this vCPU for a while (a pause
+    /// or a snapshot), so it does not mistake the gap for a soft lockup;
+    /// call it before the vCPU runs again. `false` when the guest has no
+    /// paravirtual clock to tell.
+    fn notify_paused(&self) -> Result<bool>;
 }
 
 /// Makes a vCPU leave `run` from another thread (used for pause and shutdown).

@@ -26,6 +26,32 @@ pub struct VmState {
     pub(crate) kvm: KvmVmState,
     /// State the backend could not give, and why.
     pub skipped: Vec<String>,
+    /// Host wall-clock time of the save, in nanoseconds since the Unix
+    /// epoch (0 in snapshots written before sie recorded it): what a
+    /// restore with `clock_realtime` advances the guest clock by.
+    #[serde(default)]
+    pub saved_at_unix_ns: u64,
+}
+
+impl VmState {
+    /// How long ago (host wall clock) this state was saved; zero when the
+    /// time is unknown or in the future (a host clock set back).
+    pub fn age(&self) -> std::time::Duration {
+        if self.saved_at_unix_ns == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let saved = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.saved_at_unix_ns);
+        std::time::SystemTime::now()
+            .duration_since(saved)
+            .unwrap_or_default()
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl VcpuState {

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{MMIO_BASE, Watchdog, real_mode_guest};
+use sie_hv::GuestMemory;
 use sie_hv::IoEventAddress;
 use sie_hv::VmExit;
 use vm_memory::{Bytes, GuestAddress};
@@ -160,7 +161,7 @@ fn irqfd_and_irq_lines_are_accepted() {
 #[test]
 fn mapping_memory_twice_uses_new_slots() {
     let guest = real_mode_guest(&[0xf4]);
-    let more = vm_memory::GuestMemoryMmap::from_ranges(&[
+    let more = GuestMemory::from_ranges(&[
         (GuestAddress(0x1000_0000), 0x10_0000),
         (GuestAddress(0x2000_0000), 0x10_0000),
     ])

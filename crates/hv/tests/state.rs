@@ -139,3 +139,32 @@ fn lapic_register_round_trips() {
     assert_eq!(back.reg(0x350), 0x700);
     assert_eq!(back.reg(0x360), 0x400);
 }
+
+/// A restore with `clock_realtime` moves the KVM clock forward by exactly
+/// what it is asked; the saved state records when it was taken.
+#[test]
+fn the_vm_clock_advances_by_the_time_asked() {
+    use std::time::Duration;
+    let guest = real_mode_guest(&[0xf4]);
+    let saved = guest.vm.save_state().unwrap();
+    assert!(
+        saved.saved_at_unix_ns > 0 && saved.age() < Duration::from_secs(60),
+        "the save time is recorded"
+    );
+    guest.vm.restore_state(&saved).unwrap();
+    let before = guest.vm.advance_clock(Duration::ZERO).unwrap();
+    let after = guest.vm.advance_clock(Duration::from_secs(3600)).unwrap();
+    let moved = after - before;
+    assert!(
+        (3_600_000_000_000..3_601_000_000_000).contains(&moved),
+        "the clock moved by {moved} ns"
+    );
+}
+
+/// `KVM_KVMCLOCK_CTRL` on a guest that never set up its paravirtual clock
+/// is no error: there is just nobody to tell.
+#[test]
+fn a_guest_without_pvclock_is_not_told_of_a_pause() {
+    let guest = real_mode_guest(&[0xf4]);
+    assert!(!guest.vcpu.notify_paused().unwrap());
+}

@@ -2,18 +2,19 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`, and `build`); build.rs
-//! compiles it to BPF, so a broken policy fails the build. A user's policy in
-//! the same format replaces it (`--seccomp-filter FILE`; `build` optional).
-//! Each thread installs its own filter with [`Seccomp::install`]: the vCPU
-//! and API threads as they start, the VMM thread once the VM is built and its
-//! vCPUs run (building needs far more than serving). Before that, in
-//! Firecracker mode, the VMM thread runs the `build` filter, which refuses
-//! only what no VMM needs (exec, ptrace, mounts and namespaces, modules, uid
-//! changes...); threads started afterwards inherit it and stack their own on
-//! it, and the VMM thread's own is stacked on it after the build. A system
-//! call outside the filter traps (SIGSYS); the handler in [`sigsys`] reports
-//! which call on which thread kind and exits with [`EXIT_SECCOMP`].
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`, and `build`);
+//! build.rs compiles it to BPF, so a broken policy fails the build. A user's
+//! policy in the same format replaces it (`--seccomp-filter FILE`; `build`
+//! optional). Each thread installs its own filter with [`Seccomp::install`]:
+//! the vCPU, API and page-fault (`uffd`) threads as they start, the VMM
+//! thread once the VM is built and its vCPUs run (building needs far more
+//! than serving). Before that, in Firecracker mode, the VMM thread runs the
+//! `build` filter, which refuses only what no VMM needs (exec, ptrace,
+//! mounts and namespaces, modules, uid changes...); threads started
+//! afterwards inherit it and stack their own on it, and the VMM thread's own
+//! is stacked on it after the build. A system call outside the filter traps
+//! (SIGSYS); the handler in [`sigsys`] reports which call on which thread
+//! kind and exits with [`EXIT_SECCOMP`].
 //!
 //! ```no_run
 //! use sie_seccomp::{Seccomp, ThreadKind};
@@ -35,7 +36,8 @@ use seccompiler::{BpfProgram, sock_filter};
 
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
-// The built-in policy, compiled by build.rs: `VMM`, `API` and `VCPU`.
+// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`,
+// `BUILD`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -47,17 +49,22 @@ pub enum ThreadKind {
     Api,
     /// `fc_vcpu N`: runs the guest and handles its exits.
     Vcpu,
-    /// The main thread in Firecracker mode before the VM is built: everything
-    /// but the calls no VMM needs. Every later filter is stacked on it.
+    /// `sie_uffd`: serves guest page faults from a memory file (the Lazy
+    /// snapshot-restore backend).
+    Uffd,
+    /// The main thread in Firecracker mode before the VM is built:
+    /// everything but the calls no VMM needs. Every later filter is stacked
+    /// on it.
     Build,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Vmm,
         ThreadKind::Api,
         ThreadKind::Vcpu,
+        ThreadKind::Uffd,
         ThreadKind::Build,
     ];
 
@@ -67,6 +74,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Uffd => "uffd",
             ThreadKind::Build => "build",
         }
     }
@@ -98,7 +106,7 @@ pub enum SeccompError {
         source: seccompiler::Error,
     },
     /// A thread kind has no filter.
-    #[error("{}: no `{kind}` filter (sie needs vmm, api and vcpu)", path.display())]
+    #[error("{}: no `{kind}` filter (sie needs vmm, api, vcpu and uffd)", path.display())]
     MissingKind {
         /// The file.
         path: PathBuf,
@@ -106,7 +114,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and build)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu, uffd and build)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -132,7 +140,7 @@ pub enum SeccompError {
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
     /// Indexed by [`ThreadKind::index`]; an empty program installs nothing.
-    programs: Option<Arc<[BpfProgram; 4]>>,
+    programs: Option<Arc<[BpfProgram; 5]>>,
 }
 
 impl Seccomp {
@@ -149,15 +157,16 @@ impl Seccomp {
                 program(VMM),
                 program(API),
                 program(VCPU),
+                program(UFFD),
                 program(BUILD),
             ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally one for
-    /// `build` (without it the VMM thread is unfiltered until built), and no
-    /// other.
+    /// with a filter for each of `vmm`, `api`, `vcpu` and `uffd`, optionally
+    /// one for `build` (without it the VMM thread is unfiltered until
+    /// built), and no other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -190,6 +199,7 @@ impl Seccomp {
             take(ThreadKind::Vmm)?,
             take(ThreadKind::Api)?,
             take(ThreadKind::Vcpu)?,
+            take(ThreadKind::Uffd)?,
             take(ThreadKind::Build).unwrap_or_default(),
         ];
         if let Some(kind) = map.into_keys().next() {

@@ -47,7 +47,7 @@ fn bad_policies_are_refused_in_one_line() {
     let refused = refusal(&format!(r#"{{"vmm": {one}, "api": {one}}}"#));
     assert!(refused.contains("no `vcpu` filter"), "{refused}");
     let refused = refusal(&format!(
-        r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "gpu": {one}}}"#
+        r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "uffd": {one}, "gpu": {one}}}"#
     ));
     assert!(refused.contains("unknown thread kind `gpu`"), "{refused}");
     let refused = refusal(&format!(
@@ -188,7 +188,7 @@ fn the_build_filter_allows_building_and_refuses_exec() {
 fn a_user_policy_may_leave_out_the_build_filter() {
     let one =
         r#"{"default_action": "trap", "filter_action": "allow", "filter": [{"syscall": "exit"}]}"#;
-    let json = format!(r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}}}"#);
+    let json = format!(r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "uffd": {one}}}"#);
     let filters = Seccomp::from_json(json.as_bytes(), Path::new("mine.json")).unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

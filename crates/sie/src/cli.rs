@@ -1,5 +1,5 @@
 //! The command line: `sie run`, `sie doctor`, `sie bench`, `sie ctl`,
-//! `sie jailer` (its flags live in `jailer/args.rs`), and, with no
+//! `sie snapshot`, `sie jailer` (its flags live in `jailer/args.rs`), and, with no
 //! subcommand, Firecracker's own flags (see `firecracker.rs`).
 
 use std::path::PathBuf;
@@ -116,11 +116,39 @@ pub enum Command {
     Bench(BenchCommand),
     /// Talk to a running sie (or Firecracker) through its API socket.
     Ctl(CtlArgs),
+    /// Work on snapshot files without a VM.
+    #[command(subcommand)]
+    Snapshot(SnapshotFilesCommand),
     /// Run sie jailed, as Firecracker's jailer runs Firecracker: a chroot
     /// under `--chroot-base-dir`, new mount (and PID) namespaces, a network
     /// namespace, a cgroup, resource limits, and no root. Also what sie does
     /// when started through a link named `jailer`.
     Jailer(crate::jailer::JailerArgs),
+}
+
+/// `sie snapshot` commands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotFilesCommand {
+    /// Merge a Diff memory file onto the memory file it was taken after.
+    ///
+    /// Every page the Diff holds (its data extents; its holes are pages that
+    /// did not change) is written into BASE_MEM at the same offset, and
+    /// BASE_MEM is synced to disk. BASE_MEM then restores the VM together
+    /// with the Diff's snapshot file. For a chain of Diffs, rebase each in
+    /// the order they were taken. Both files must exist and have the same
+    /// size; nothing is written otherwise.
+    Rebase(RebaseArgs),
+}
+
+/// `sie snapshot rebase`.
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    /// The Diff snapshot's memory file (read).
+    #[arg(value_name = "DIFF_MEM")]
+    pub diff: PathBuf,
+    /// The memory file of the snapshot the Diff follows (written in place).
+    #[arg(value_name = "BASE_MEM")]
+    pub base: PathBuf,
 }
 
 /// `sie ctl`.
@@ -180,24 +208,106 @@ pub enum CtlCommand {
 /// `sie ctl snapshot` commands.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Write a Full snapshot of the paused VM (PUT /snapshot/create).
+    /// Write a snapshot of the paused VM (PUT /snapshot/create): Full, or
+    /// with --diff only the pages written since the last snapshot.
     Create {
         /// The snapshot file (VM and device state).
         snapshot: PathBuf,
         /// The memory file (guest RAM; sparse).
         mem: PathBuf,
+        /// A Diff snapshot (needs track_dirty_pages; merge its memory onto
+        /// its base with `sie snapshot rebase`).
+        #[arg(long)]
+        diff: bool,
     },
     /// Restore a snapshot into this sie, which must not be configured yet
     /// (PUT /snapshot/load); the VM stays paused unless --resume.
     Load {
         /// The snapshot file.
         snapshot: PathBuf,
-        /// Its memory file.
+        /// Its memory file (with --mem-backend uffd: the page-fault
+        /// handler's socket).
         mem: PathBuf,
         /// Resume the VM once loaded.
         #[arg(long)]
         resume: bool,
+        /// How guest memory comes back: file (mapped copy-on-write), lazy
+        /// (faults served by sie, working set recorded in MEM.ws and
+        /// prefetched next time) or uffd (Firecracker's external handler).
+        #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend)]
+        mem_backend: sie_config::MemBackendType,
+        #[command(flatten)]
+        overrides: RestoreOverrides,
     },
+}
+
+/// What a restored clone changes from its snapshot (the `network_overrides`,
+/// `vsock_override`, `clock_realtime` and `huge_pages` fields of
+/// `PUT /snapshot/load`).
+#[derive(Debug, Default, Args)]
+pub struct RestoreOverrides {
+    /// Use tap TAP for the interface IFACE_ID of the snapshot (repeatable).
+    #[arg(long = "net-override", value_name = "IFACE_ID=TAP", value_parser = parse_net_override)]
+    pub net_overrides: Vec<sie_config::NetworkOverride>,
+    /// Use this Unix socket for the snapshot's vsock device.
+    #[arg(long, value_name = "UDS_PATH")]
+    pub vsock_override: Option<PathBuf>,
+    /// Advance the guest clock by the time the snapshot spent as files.
+    #[arg(long)]
+    pub clock_realtime: bool,
+    /// Put guest RAM on huge pages (file backend; filled from the memory
+    /// file before the vCPUs run): none, transparent, 2m, or snapshot (what
+    /// the snapshotted VM had).
+    #[arg(long, value_name = "KIND", value_parser = ["none", "transparent", "2m", "snapshot"])]
+    pub huge_pages: Option<String>,
+}
+
+impl RestoreOverrides {
+    /// Sets these overrides on a load request.
+    pub fn apply(&self, load: &mut sie_config::SnapshotLoad) {
+        if !self.net_overrides.is_empty() {
+            load.network_overrides = Some(self.net_overrides.clone());
+        }
+        load.vsock_override = self
+            .vsock_override
+            .clone()
+            .map(|uds_path| sie_config::VsockOverride { uds_path });
+        if self.clock_realtime {
+            load.clock_realtime = Some(true);
+        }
+        load.huge_pages = self.huge_pages.as_deref().map(|kind| {
+            match kind {
+                "transparent" => "Transparent",
+                "2m" => "2M",
+                "snapshot" => "Snapshot",
+                _ => "None",
+            }
+            .to_string()
+        });
+    }
+
+    /// Whether any of these was given.
+    pub fn any(&self) -> bool {
+        !self.net_overrides.is_empty()
+            || self.vsock_override.is_some()
+            || self.clock_realtime
+            || self.huge_pages.is_some()
+    }
+}
+
+fn parse_net_override(text: &str) -> Result<sie_config::NetworkOverride, String> {
+    match text.split_once('=') {
+        Some((id, tap)) if !id.is_empty() && !tap.is_empty() => Ok(sie_config::NetworkOverride {
+            iface_id: id.to_string(),
+            host_dev_name: tap.to_string(),
+        }),
+        _ => Err(format!("{text:?} is not IFACE_ID=TAP")),
+    }
+}
+
+/// `--mem-backend`'s words.
+fn mem_backend(word: &str) -> Result<sie_config::MemBackendType, String> {
+    sie_config::MemBackendType::from_word(word)
 }
 
 /// Flags of `sie run`. Flags override values from `--config-file`.
@@ -209,7 +319,8 @@ pub struct RunArgs {
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"].
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"];
+    /// `pci=off` is appended unless it has a `pci=` of its own.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
     /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
@@ -251,9 +362,19 @@ pub struct RunArgs {
     /// of booting: the VM goes on where it was paused. Needs --mem.
     #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
     pub restore: Option<PathBuf>,
-    /// The snapshot's memory file (with --restore), mapped copy-on-write.
+    /// The snapshot's memory file (with --restore); with --mem-backend
+    /// uffd, the page-fault handler's socket.
     #[arg(long, value_name = "FILE", requires = "restore")]
     pub mem: Option<PathBuf>,
+    /// How --restore brings guest memory back: file (the memory file mapped
+    /// copy-on-write), lazy (sie serves page faults from it, records the
+    /// guest's working set in FILE.ws and prefetches it on later restores)
+    /// or uffd (Firecracker's protocol: an external page-fault handler).
+    #[arg(long, value_name = "BACKEND", default_value = "file", value_parser = mem_backend, requires = "restore")]
+    pub mem_backend: sie_config::MemBackendType,
+    /// With --restore: what the clone changes from its snapshot.
+    #[command(flatten)]
+    pub restore_overrides: RestoreOverrides,
     /// Install no seccomp filters (by default each thread gets its own).
     #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,

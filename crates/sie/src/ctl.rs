@@ -229,9 +229,14 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
                 print_stats(&answer);
             }
         }
-        CtlCommand::Snapshot(SnapshotCommand::Create { snapshot, mem }) => {
+        CtlCommand::Snapshot(SnapshotCommand::Create {
+            snapshot,
+            mem,
+            diff,
+        }) => {
+            let kind = if diff { "Diff" } else { "Full" };
             let body =
-                json!({"snapshot_type": "Full", "snapshot_path": snapshot, "mem_file_path": mem});
+                json!({"snapshot_type": kind, "snapshot_path": snapshot, "mem_file_path": mem});
             request(sock, "PUT", "/snapshot/create", Some(&body))?;
             println!(
                 "snapshot written to {} (memory: {})",
@@ -243,12 +248,12 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
             snapshot,
             mem,
             resume,
+            mem_backend,
+            overrides,
         }) => {
-            let body = json!({
-                "snapshot_path": snapshot,
-                "mem_backend": {"backend_type": "File", "backend_path": mem},
-                "resume_vm": resume,
-            });
+            let mut load = sie_config::SnapshotLoad::from_files(snapshot, mem_backend, mem, resume);
+            overrides.apply(&mut load);
+            let body = serde_json::to_value(&load).map_err(CtlError::Body)?;
             request(sock, "PUT", "/snapshot/load", Some(&body))?;
             println!(
                 "snapshot loaded ({})",

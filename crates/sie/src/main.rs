@@ -10,6 +10,7 @@ mod firecracker;
 mod jailer;
 mod logging;
 mod run;
+mod snapshot;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -71,6 +72,9 @@ fn main() -> ExitCode {
             // SAFETY: restoring the default disposition of SIGPIPE.
             unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
             ctl::run(args)
+        }
+        Some(cli::Command::Snapshot(cli::SnapshotFilesCommand::Rebase(args))) => {
+            snapshot::rebase(&args)
         }
         Some(cli::Command::Jailer(args)) => return jailer::main(args),
         None => firecracker::run(cli.firecracker, start),

@@ -30,6 +30,10 @@ enum RunError {
     Vcpus(u64),
     #[error("--seccomp-filter")]
     SeccompFilter(#[source] sie_seccomp::SeccompError),
+    #[error(
+        "--net-override, --vsock-override, --clock-realtime and --huge-pages apply to --restore only"
+    )]
+    OverrideWithoutRestore,
 }
 
 /// The seccomp filters the flags ask for: sie's own unless `--no-seccomp`,
@@ -119,12 +123,22 @@ pub fn open_hypervisor() -> Result<Kvm, sie_hv::HvError> {
 pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     let logging = crate::logging::Logging::init(&args.log_level).map_err(RunError::LogLevel)?;
     let restore = match (&args.restore, &args.mem) {
-        (Some(snapshot), Some(mem)) => Some(sie_config::SnapshotLoad::from_files(
-            snapshot.clone(),
-            mem.clone(),
-            true,
-        )),
-        _ => None,
+        (Some(snapshot), Some(mem)) => {
+            let mut load = sie_config::SnapshotLoad::from_files(
+                snapshot.clone(),
+                args.mem_backend,
+                mem.clone(),
+                true,
+            );
+            args.restore_overrides.apply(&mut load);
+            Some(load)
+        }
+        _ => {
+            if args.restore_overrides.any() {
+                return Err(RunError::OverrideWithoutRestore.into());
+            }
+            None
+        }
     };
     let config = match restore {
         // The snapshot brings its own configuration.

@@ -40,9 +40,9 @@ fn the_snapshot_bench_checks_each_restore_and_prints_figures() {
             .split_whitespace()
             .filter_map(|cell| cell.parse().ok())
             .collect();
-        // MiB, create, load, start→running, memory file.
-        assert_eq!(numbers.len(), 5, "{row}");
-        assert!(numbers[1..4].iter().all(|&n| n > 0.0), "{row}");
+        // MiB, create, diff, load, start→running, memory file.
+        assert_eq!(numbers.len(), 6, "{row}");
+        assert!(numbers[1..5].iter().all(|&n| n > 0.0), "{row}");
     }
     assert!(run.stdout.contains("sie/peer at 64 MiB"), "{}", run.stdout);
 }

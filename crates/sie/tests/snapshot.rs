@@ -1,7 +1,9 @@
 //! Snapshots through the binary on the real /dev/kvm: a guest that counts
 //! in memory is paused and snapshotted through the API, and restored in a
 //! new process (`sie run --restore`, and `PUT /snapshot/load`) where its
-//! count goes on exactly where it stopped; damaged files are refused.
+//! count goes on exactly where it stopped (with the memory file mapped,
+//! served by an external userfaultfd handler, or served lazily by sie with
+//! its working set recorded and prefetched); damaged files are refused.
 
 mod common;
 
@@ -77,7 +79,7 @@ fn snapshot_of_a_counting_guest(
         "/snapshot/create",
         Some(r#"{"snapshot_type": "Diff", "snapshot_path": "a", "mem_file_path": "b"}"#),
     )
-    .expect_fault("Diff snapshots are not supported yet");
+    .expect_fault("Diff snapshots need dirty page tracking: set track_dirty_pages");
     if via_ctl {
         let sock = vm.sock.display().to_string();
         sie(&["ctl", "--sock", &sock, "snapshot", "create", &snap, &mem]).expect_code(0);
@@ -165,10 +167,18 @@ fn damaged_and_mismatched_snapshot_files_are_refused_in_one_line() {
     fresh
         .call("PUT", "/snapshot/load", Some(&load.to_string()))
         .expect_fault("damaged");
-    let load = serde_json::json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}});
-    fresh
-        .call("PUT", "/snapshot/load", Some(&load.to_string()))
-        .expect_fault("Uffd is not supported yet");
+    // A Uffd backend with no page-fault handler listening: a 400 naming
+    // the socket, and the VMM stays up, still unconfigured.
+    let no_handler = format!("{}/no-handler.sock", scratch.path());
+    let load = serde_json::json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": no_handler}});
+    let answer = fresh.call("PUT", "/snapshot/load", Some(&load.to_string()));
+    answer.expect_fault(&format!("the page-fault handler at {no_handler}"));
+    assert!(
+        !answer.json()["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains('\n')
+    );
     assert_eq!(fresh.state(), "Not started");
     let (code, _) = fresh.terminate();
     assert_eq!(code, Some(143));
@@ -186,4 +196,206 @@ fn snapshot_version_flags_print_the_format() {
     assert_eq!(described.stdout.trim(), "v1.0.0");
     let other = scratch.file("other.snap", b"not a snapshot");
     sie(&["--describe-snapshot", &other]).expect_one_line_error("not a sie snapshot");
+}
+
+/// A page-fault handler as Firecracker users write one: accepts sie on
+/// `listener`, receives the JSON region list and the userfaultfd, and
+/// serves every fault from the memory file `mem` until `stop`. Returns the
+/// region list and how many faults it served.
+fn serve_page_faults(
+    listener: std::os::unix::net::UnixListener,
+    mem: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<serde_json::Value>, usize)> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+
+    use sie_vmm::snapshot::uffd::{Event, Uffd};
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("sie connects");
+        let mut message = vec![0u8; 1 << 16];
+        let (len, file) = stream.recv_with_fd(&mut message).expect("one message");
+        let regions: Vec<serde_json::Value> =
+            serde_json::from_slice(&message[..len]).expect("a JSON region list");
+        let uffd = Uffd::from_fd(OwnedFd::from(file.expect("the userfaultfd")));
+        let memory = std::fs::File::open(mem).expect("the memory file");
+        let field =
+            |region: &serde_json::Value, name: &str| region[name].as_u64().expect("a number field");
+        let mut served = 0;
+        while !stop.load(Ordering::Acquire) {
+            let mut poll = libc::pollfd {
+                fd: uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut poll, 1, 20) };
+            while let Some(event) = uffd.read_event().expect("events") {
+                let Event::PageFault(address) = event else {
+                    continue;
+                };
+                let page = address & !4095;
+                let region = regions
+                    .iter()
+                    .find(|r| {
+                        let base = field(r, "base_host_virt_addr");
+                        page >= base && page < base + field(r, "size")
+                    })
+                    .expect("a fault inside a region");
+                let offset = field(region, "offset") + page - field(region, "base_host_virt_addr");
+                let mut bytes = [0u8; 4096];
+                memory.read_exact_at(&mut bytes, offset).expect("a page");
+                uffd.copy(page, &bytes).expect("UFFDIO_COPY");
+                served += 1;
+            }
+        }
+        (regions, served)
+    })
+}
+
+#[test]
+fn a_guest_restored_through_a_uffd_handler_counts_on() {
+    let keep = common::Scratch::new("snapshot-uffd-files");
+    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-uffd", &keep, false);
+    let socket = format!("{}/uffd.sock", keep.path());
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = serve_page_faults(listener, mem.clone(), stop.clone());
+    let restored = sie(&[
+        "run",
+        "--restore",
+        &snap,
+        "--mem",
+        &socket,
+        "--mem-backend",
+        "uffd",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (regions, served) = handler.join().unwrap();
+    restored.expect_code(0);
+    assert_eq!(format!("{before}{}", restored.stdout), full_count());
+    assert!(served > 0, "the guest's pages came through the handler");
+    let region = &regions[0];
+    assert_eq!(region["offset"], 0);
+    assert_eq!(region["page_size"], 4096);
+    assert_eq!(
+        region["page_size_kib"], 4096,
+        "Firecracker's name, in bytes"
+    );
+    assert!(region["base_host_virt_addr"].as_u64().unwrap() > 0);
+}
+
+/// Each sie thread's name and `Seccomp:` mode in process `pid`.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc") {
+        let dir = task.expect("a task").path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        if name.starts_with("kvm") {
+            continue;
+        }
+        let mode = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Seccomp:"))
+            .expect("a Seccomp: line")
+            .trim()
+            .to_string();
+        modes.push((name.trim().to_string(), mode));
+    }
+    modes.sort();
+    modes
+}
+
+#[test]
+fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
+    let keep = common::Scratch::new("snapshot-lazy-files");
+    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-lazy", &keep, false);
+    let ws = format!("{mem}.ws");
+    assert!(!std::path::Path::new(&ws).exists());
+
+    // The first lazy load (through the API) records which pages the guest
+    // touches, and writes them beside the memory file once faults pause.
+    let mut first = ApiVm::start("snapshot-lazy-first", &[]);
+    let out = capture(&mut first);
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Lazy", "backend_path": mem},
+        "resume_vm": true,
+    });
+    first.ok("PUT", "/snapshot/load", &load.to_string());
+    // The page-fault thread runs under its own filter, like every other.
+    let modes = seccomp_modes(first.child.id());
+    assert!(
+        modes.iter().any(|(name, _)| name == "sie_uffd"),
+        "{modes:?}"
+    );
+    for (name, mode) in &modes {
+        assert_eq!(mode, "2", "thread {name}: {modes:?}");
+    }
+    wait_for("the working set", || std::path::Path::new(&ws).exists());
+    let (code, stderr) = first.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        format!("{before}{}", out.lock().expect("output lock")),
+        full_count()
+    );
+    let recorded = std::fs::read(&ws).unwrap();
+    assert_eq!(&recorded[..8], b"SIEWSET\x01");
+    let pages = u64::from_le_bytes(recorded[24..32].try_into().unwrap());
+    assert!(pages > 0, "the guest touched pages");
+    assert_eq!(recorded.len() as u64, 32 + pages * (8 + 4096) + 32);
+
+    // The next one installs that working set before the vCPUs run and says
+    // how many pages; the count goes on all the same.
+    let second = sie(&[
+        "run",
+        "--restore",
+        &snap,
+        "--mem",
+        &mem,
+        "--mem-backend",
+        "lazy",
+        "--log-level",
+        "info",
+    ]);
+    second.expect_code(0);
+    assert_eq!(format!("{before}{}", second.stdout), full_count());
+    assert!(
+        second.stderr.contains(&format!(
+            "prefetched {pages} pages from the working set {ws}"
+        )),
+        "{}",
+        second.stderr
+    );
+
+    // A damaged working set is ignored with a warning (and a new one is
+    // recorded), never fatal.
+    std::fs::write(&ws, &recorded[..recorded.len() / 2]).unwrap();
+    let third = sie(&[
+        "run",
+        "--restore",
+        &snap,
+        "--mem",
+        &mem,
+        "--mem-backend",
+        "lazy",
+    ]);
+    third.expect_code(0);
+    assert_eq!(format!("{before}{}", third.stdout), full_count());
+    assert!(
+        third
+            .stderr
+            .contains(&format!("ignoring the working set {ws}: truncated")),
+        "{}",
+        third.stderr
+    );
 }

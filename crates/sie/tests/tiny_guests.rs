@@ -87,7 +87,7 @@ fn boot_params_carry_cmdline_initrd_and_e820() {
     ]);
     run.expect_code(0);
     let out = &run.stdout;
-    assert!(out.contains("cmdline=foo=bar\n"), "{out}");
+    assert!(out.contains("cmdline=foo=bar pci=off\n"), "{out}");
     let initrd_line = out
         .lines()
         .find(|l| l.starts_with("initrd="))
@@ -150,7 +150,7 @@ fn pvh_entry_gets_start_info_with_cmdline_and_module() {
     run.expect_code(0);
     let out = &run.stdout;
     assert!(out.contains("pvh magic=336ec578\n"), "{out}");
-    assert!(out.contains("cmdline=pvh=yes\n"), "{out}");
+    assert!(out.contains("cmdline=pvh=yes pci=off\n"), "{out}");
     assert!(out.contains("modules=1\n"), "{out}");
     let module = out
         .lines()
@@ -172,7 +172,11 @@ fn a_bzimage_guest_boots_through_its_64_bit_entry() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("cmdline=bz=1\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("cmdline=bz=1 pci=off\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 fn smp(vcpus: u32) {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sie_config::VmConfig;
+use sie_hv::GuestMemory;
 use sie_hv::{Hypervisor, Vcpu, Vm};
 use sie_obs::Observatory;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::console::ConsoleOutput;
 use crate::control::VmControl;
@@ -58,7 +59,7 @@ pub struct BuiltVm {
     /// The hypervisor's VM; kept alive while vCPUs run.
     pub vm: Arc<dyn Vm>,
     /// Guest RAM.
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestMemory,
     /// The vCPUs, configured for boot.
     pub vcpus: Vec<Box<dyn Vcpu>>,
     /// Buses and statistics used by the exit dispatch.
@@ -174,21 +175,21 @@ pub(crate) fn vcpu_count(config: &VmConfig, hv: &dyn Hypervisor) -> Result<u32> 
 }
 
 /// Anonymous guest RAM of `mib` MiB, laid out around the MMIO hole.
-fn anonymous_memory(mib: u64) -> Result<GuestMemoryMmap> {
+fn anonymous_memory(mib: u64) -> Result<GuestMemory> {
     let memory_error =
         |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory { mib, source };
     let mem_bytes = mib
         .checked_mul(1 << 20)
         .ok_or_else(|| memory_error("size overflows".into()))?;
     let regions = sie_arch::layout::ram_regions(mem_bytes).map_err(|e| memory_error(e.into()))?;
-    GuestMemoryMmap::from_ranges(&regions).map_err(|e| memory_error(e.into()))
+    GuestMemory::from_ranges(&regions).map_err(|e| memory_error(e.into()))
 }
 
 /// A VM with its memory mapped, its in-kernel platform, every device placed
 /// and its vCPUs created, but nothing of a boot or a restore done yet.
 pub(crate) struct Machine {
     pub(crate) vm: Arc<dyn Vm>,
-    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) memory: GuestMemory,
     pub(crate) obs: Arc<Observatory>,
     pub(crate) devices: PlatformDevices,
     pub(crate) virtio: VirtioDevices,
@@ -198,6 +199,15 @@ pub(crate) struct Machine {
     pub(crate) vmgenid: crate::vmgenid::VmGenId,
 }
 
+/// Whether `config` asks for dirty page tracking (for Diff snapshots).
+pub(crate) fn tracks_dirty_pages(config: &VmConfig) -> bool {
+    config
+        .machine_config
+        .as_ref()
+        .and_then(|machine| machine.track_dirty_pages)
+        == Some(true)
+}
+
 /// The part of a build a boot and a restore share: observatory, VM,
 /// memory slots, platform, devices (placed by the device manager), vCPUs.
 pub(crate) fn assemble(
@@ -205,7 +215,7 @@ pub(crate) fn assemble(
     hv: &dyn Hypervisor,
     options: BuildOptions,
     control: Arc<VmControl>,
-    memory: GuestMemoryMmap,
+    memory: GuestMemory,
     vcpu_count: u32,
 ) -> Result<Machine> {
     exclude_from_fork(&memory);
@@ -214,6 +224,9 @@ pub(crate) fn assemble(
     let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
     let vm = hv.create_vm()?;
     vm.map_memory(&memory)?;
+    if tracks_dirty_pages(config) {
+        vm.enable_dirty_log()?;
+    }
     vm.create_platform(
         sie_arch::layout::KVM_TSS_ADDR,
         sie_arch::layout::KVM_IDENTITY_MAP_ADDR,
@@ -361,7 +374,7 @@ pub fn build(
 /// Keeps guest RAM out of any child process: the teardown reaper (see
 /// `teardown`) forks after the guest ran, and copying the page tables of
 /// guest RAM it never touches would cost time on the exit path.
-fn exclude_from_fork(memory: &GuestMemoryMmap) {
+fn exclude_from_fork(memory: &GuestMemory) {
     for region in memory.iter() {
         // SAFETY: the range is exactly one mapping vm-memory created and
         // owns; MADV_DONTFORK changes only what a future fork inherits.
@@ -381,7 +394,7 @@ fn exclude_from_fork(memory: &GuestMemoryMmap) {
 fn configure_vcpus_for_boot(
     hv: &dyn Hypervisor,
     vcpus: &[Box<dyn Vcpu>],
-    memory: &GuestMemoryMmap,
+    memory: &GuestMemory,
     kernel: &sie_arch::loader::LoadedKernel,
     boot_info: GuestAddress,
 ) -> Result<()> {

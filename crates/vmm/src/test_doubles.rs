@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sie_hv::GuestMemory;
 use sie_hv::x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
 use sie_hv::{HvError, IoEventAddress, Vcpu, VcpuKicker, Vm, VmExit};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Records irqfds and ioeventfds.
@@ -16,11 +16,19 @@ use vmm_sys_util::eventfd::EventFd;
 pub struct FakeVm {
     pub irqfds: Mutex<Vec<u32>>,
     pub ioevents: Mutex<Vec<(IoEventAddress, Option<u64>)>>,
+    /// What the next `take_dirty_log` returns ("the guest wrote").
+    pub dirty: Mutex<Vec<sie_hv::DirtyLog>>,
 }
 
 impl Vm for FakeVm {
-    fn map_memory(&self, _memory: &GuestMemoryMmap) -> sie_hv::Result<()> {
+    fn map_memory(&self, _memory: &GuestMemory) -> sie_hv::Result<()> {
         Ok(())
+    }
+    fn enable_dirty_log(&self) -> sie_hv::Result<()> {
+        Ok(())
+    }
+    fn take_dirty_log(&self) -> sie_hv::Result<Vec<sie_hv::DirtyLog>> {
+        Ok(std::mem::take(&mut *self.dirty.lock().unwrap()))
     }
     fn create_platform(&self, _tss: u64, _identity: u64) -> sie_hv::Result<()> {
         Ok(())
@@ -49,6 +57,9 @@ impl Vm for FakeVm {
     }
     fn restore_state(&self, _state: &sie_hv::VmState) -> sie_hv::Result<()> {
         Err(HvError::Invalid("the fake VM keeps no state".into()))
+    }
+    fn advance_clock(&self, _by: std::time::Duration) -> sie_hv::Result<u64> {
+        Err(HvError::Invalid("the fake VM has no clock".into()))
     }
 }
 
@@ -147,5 +158,8 @@ impl Vcpu for ScriptedVcpu {
     }
     fn restore_state(&self, _state: &sie_hv::VcpuState) -> sie_hv::Result<()> {
         Err(HvError::Invalid("the scripted vCPU keeps no state".into()))
+    }
+    fn notify_paused(&self) -> sie_hv::Result<bool> {
+        Ok(false)
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use sie_hv::GuestMemory;
 use sie_obs::Observatory;
 
 use crate::builder::BuiltVm;
@@ -25,7 +26,7 @@ pub struct FinishedVm {
     /// Its paravirtual devices' counters.
     pub virtio: Vec<virtio::VirtioStats>,
     vm: Arc<dyn sie_hv::Vm>,
-    memory: vm_memory::GuestMemoryMmap,
+    memory: GuestMemory,
 }
 
 /// What metrics and `/stats` read of a VM, running or ended.
@@ -125,7 +126,7 @@ pub struct StartedVm {
     /// Paravirtual devices (their workers are taken by the event loop).
     pub virtio: virtio::VirtioDevices,
     vm: Arc<dyn sie_hv::Vm>,
-    memory: vm_memory::GuestMemoryMmap,
+    memory: GuestMemory,
     memory_from_file: bool,
 }
 
@@ -137,7 +138,7 @@ impl StartedVm {
     }
 
     /// Guest RAM.
-    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestMemory {
         &self.memory
     }
 

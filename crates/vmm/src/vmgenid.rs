@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use sie_arch::acpi::AcpiDevice;
 use sie_devices::Interrupt;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::device_manager::DeviceManager;
 use crate::error::{Result, VmmError};
@@ -22,7 +23,7 @@ pub struct VmGenId {
     notify: Arc<dyn Interrupt>,
 }
 
-fn random_id() -> std::io::Result<[u8; VMGENID_LEN]> {
+pub(crate) fn random_id() -> std::io::Result<[u8; VMGENID_LEN]> {
     let mut id = [0u8; VMGENID_LEN];
     // SAFETY: `id` is valid for writes of its whole length; getrandom writes
     // at most that many bytes.
@@ -44,7 +45,7 @@ impl VmGenId {
     }
 
     /// Writes a fresh random id into guest memory and returns it.
-    pub fn write_new_id(&self, memory: &GuestMemoryMmap) -> Result<[u8; VMGENID_LEN]> {
+    pub fn write_new_id(&self, memory: &GuestMemory) -> Result<[u8; VMGENID_LEN]> {
         let id = random_id().map_err(|source| VmmError::Host {
             what: "drawing a VM generation id",
             source,
@@ -56,7 +57,7 @@ impl VmGenId {
     }
 
     /// The id now in guest memory.
-    pub fn read_id(&self, memory: &GuestMemoryMmap) -> Result<[u8; VMGENID_LEN]> {
+    pub fn read_id(&self, memory: &GuestMemory) -> Result<[u8; VMGENID_LEN]> {
         let mut id = [0u8; VMGENID_LEN];
         memory
             .read_slice(&mut id, GuestAddress(self.addr))
@@ -86,7 +87,7 @@ mod tests {
         let mut manager =
             DeviceManager::new(&vm, Arc::new(Observatory::new(Instant::now(), 1))).unwrap();
         let vmgenid = VmGenId::place(&mut manager).unwrap();
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let first = vmgenid.write_new_id(&memory).unwrap();
         assert_eq!(vmgenid.read_id(&memory).unwrap(), first);
         let second = vmgenid.write_new_id(&memory).unwrap();

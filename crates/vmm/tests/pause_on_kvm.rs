@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sie_config::{BootSource, MachineConfig, VmConfig};
+use sie_hv::GuestMemory;
 use sie_hv::kvm::Kvm;
 use sie_vmm::{BuildOptions, ConsoleOutput, VmControl, VmOutcome};
 
@@ -188,7 +189,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     )
     .unwrap();
     assert!(created.memory_bytes > 0 && created.memory_bytes < 32 << 20);
-    let generation = |memory: &vm_memory::GuestMemoryMmap| {
+    let generation = |memory: &GuestMemory| {
         let mut id = [0u8; 16];
         vm_memory::Bytes::read_slice(
             memory,
@@ -207,7 +208,8 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let second_control = Arc::new(VmControl::new().unwrap());
     let restored = sie_vmm::snapshot::restore(
         &snapshot,
-        &mem,
+        &sie_vmm::snapshot::RestoreMemory::file(&mem),
+        false,
         &kvm,
         quiet_options(),
         second_control.clone(),

@@ -12,7 +12,8 @@
 
 use sie_arch::acpi::{AcpiConfig, AcpiDevice, AcpiError, MAX_VCPUS, create_acpi_tables};
 use sie_arch::layout::{ACPI_END, ACPI_START};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_virtio::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::input::Input;
 
@@ -54,7 +55,7 @@ pub fn run(data: &[u8]) {
         });
     }
     let config = AcpiConfig { vcpus, devices };
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory");
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory");
     let rsdp = match create_acpi_tables(&mem, &config) {
         Ok(rsdp) => rsdp,
         Err(AcpiError::VcpuCount(n)) => {
@@ -96,7 +97,7 @@ pub fn run(data: &[u8]) {
     assert_eq!(named, virtio, "virtio-mmio devices in the DSDT");
 }
 
-fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     mem.read_slice(&mut out, GuestAddress(addr))
         .expect("the BIOS area is RAM");

@@ -16,7 +16,8 @@ use linux_loader::loader::bootparam::{boot_params, setup_header};
 use sie_arch::boot_info::{BootInfoError, write_boot_info};
 use sie_arch::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE};
 use sie_arch::loader::{EntryMode, KernelFormat, LoadedKernel};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_virtio::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::input::Input;
 
@@ -44,8 +45,8 @@ pub fn run(data: &[u8]) {
         base.into_owned()
     };
 
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
+    let mem =
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory");
     let pvh = mode & 2 != 0;
     let limit = if input.bool() { input.u32() } else { 0 };
     let kernel = LoadedKernel {

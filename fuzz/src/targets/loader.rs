@@ -12,7 +12,8 @@ use std::io::Cursor;
 
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
 use sie_arch::loader::{EntryMode, KernelFormat, LoadedKernel, load_kernel};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use sie_virtio::GuestMemory;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 /// Guest RAM, bytes.
 const MEM_SIZE: u64 = 8 << 20;
@@ -97,12 +98,12 @@ fn read_struct<T: ByteValued>(bytes: &[u8], at: usize) -> Option<T> {
     Some(value)
 }
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory")
+fn memory() -> GuestMemory {
+    GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory")
 }
 
 /// What holds for any loaded kernel.
-fn common(mem: &GuestMemoryMmap, kernel: &LoadedKernel) {
+fn common(mem: &GuestMemory, kernel: &LoadedKernel) {
     let end = kernel.end.0;
     assert!(
         (HIMEM_START..=MEM_SIZE).contains(&end),
@@ -116,7 +117,7 @@ fn common(mem: &GuestMemoryMmap, kernel: &LoadedKernel) {
     }
 }
 
-fn assert_loaded(mem: &GuestMemoryMmap, addr: u64, expected: &[u8]) {
+fn assert_loaded(mem: &GuestMemory, addr: u64, expected: &[u8]) {
     let mut got = vec![0u8; expected.len()];
     mem.read_slice(&mut got, GuestAddress(addr))
         .expect("loaded bytes are in RAM");

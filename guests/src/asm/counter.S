@@ -3,6 +3,8 @@
 # "count N"; after `limit=N` counts (default 50) it resets. A snapshot of it
 # restored in another process goes on from the count it had, so the two
 # processes' output together is exactly "count 1" .. "count LIMIT".
+# With `dirty=N` (default 0) each tick also writes the count into N pages
+# from 4 MiB up, so a benchmark can dirty a share of RAM for Diff snapshots.
         .include "common64.inc"
         .include "stack.inc"
         .globl  _start
@@ -18,10 +20,24 @@ _start:
         call    param_or_default
         or      $1, %rax
         mov     %rax, delay(%rip)
+        lea     key_dirty(%rip), %rsi
+        xor     %edx, %edx
+        call    param_or_default
+        mov     %rax, dirty(%rip)
 1:      mov     delay(%rip), %rcx
 2:      dec     %rcx
         jnz     2b
         incq    counter(%rip)
+        mov     counter(%rip), %rax
+        mov     dirty(%rip), %rcx
+        mov     $0x400000, %rdi
+3:      test    %rcx, %rcx
+        jz      4f
+        mov     %rax, (%rdi)
+        add     $4096, %rdi
+        dec     %rcx
+        jmp     3b
+4:
         lea     s_count(%rip), %rsi
         call    puts
         mov     counter(%rip), %rax
@@ -36,6 +52,7 @@ _start:
         .section .rodata
 key_limit: .asciz "limit="
 key_delay: .asciz "delay="
+key_dirty: .asciz "dirty="
 s_count:   .asciz "count "
 
         .section .bss
@@ -43,3 +60,4 @@ s_count:   .asciz "count "
 counter: .quad 0
 limit:   .quad 0
 delay:   .quad 0
+dirty:   .quad 0

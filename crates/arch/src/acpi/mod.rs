@@ -10,8 +10,8 @@
 //!
 //! ```
 //! # use sie_arch::acpi::{create_acpi_tables, AcpiConfig, AcpiDevice};
-//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+//! # use vm_memory::GuestAddress;
+//! let mem = sie_hv::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
 //! let config = AcpiConfig { vcpus: 2, devices: vec![AcpiDevice::Serial { port: 0x3f8, irq: 4 }] };
 //! let rsdp = create_acpi_tables(&mem, &config).unwrap();
 //! assert_eq!(rsdp, GuestAddress(sie_arch::layout::ACPI_START));
@@ -24,7 +24,8 @@ use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{ACPI_END, ACPI_START};
 
@@ -126,7 +127,7 @@ pub type Result<T> = std::result::Result<T, AcpiError>;
 
 /// Builds the tables for `config`, writes them at [`ACPI_START`] and returns
 /// the RSDP address (for `boot_params.acpi_rsdp_addr` / PVH `rsdp_paddr`).
-pub fn create_acpi_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<GuestAddress> {
+pub fn create_acpi_tables(mem: &GuestMemory, config: &AcpiConfig) -> Result<GuestAddress> {
     let madt = madt::build(config.vcpus)?;
     let dsdt = dsdt::build(config)?;
 

@@ -2,9 +2,10 @@
 //! ACPI code would.
 
 use super::*;
+use sie_hv::GuestMemory;
 
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+fn mem() -> GuestMemory {
+    GuestMemory::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
 }
 
 fn config() -> AcpiConfig {
@@ -25,7 +26,7 @@ fn config() -> AcpiConfig {
     }
 }
 
-fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
     buf
@@ -44,7 +45,7 @@ fn sums_to_zero(b: &[u8]) -> bool {
 }
 
 /// Reads the table at `addr`, checking signature, length and checksum.
-fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
+fn table(mem: &GuestMemory, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
     let header = read(mem, addr, 36);
     assert_eq!(&header[..4], signature);
     let bytes = read(mem, addr, u32_at(&header, 4) as usize);
@@ -63,7 +64,7 @@ struct Parsed {
     dsdt: Vec<u8>,
 }
 
-fn parse(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> Parsed {
+fn parse(mem: &GuestMemory, rsdp_addr: GuestAddress) -> Parsed {
     let rsdp = read(mem, rsdp_addr.0, 36);
     assert_eq!(&rsdp[..8], b"RSD PTR ");
     assert!(sums_to_zero(&rsdp[..20]), "RSDP v1 checksum");
@@ -138,7 +139,7 @@ fn madt_has_one_local_apic_per_vcpu() {
 
 #[test]
 fn memory_without_the_bios_area_is_an_error() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
     assert!(matches!(
         create_acpi_tables(&mem, &config()),
         Err(AcpiError::Write(_))

@@ -5,8 +5,8 @@
 //! ```
 //! # use sie_arch::boot_info::write_boot_info;
 //! # use sie_arch::loader::{LoadedKernel, EntryMode, KernelFormat};
-//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+//! # use vm_memory::GuestAddress;
+//! let mem = sie_hv::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
 //! let kernel = LoadedKernel {
 //!     entry: GuestAddress(0x100_0000),
 //!     mode: EntryMode::Pvh,
@@ -21,7 +21,8 @@
 mod pvh;
 mod zero_page;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE};
 use crate::loader::{EntryMode, LoadedKernel};
@@ -54,7 +55,7 @@ pub type Result<T> = std::result::Result<T, BootInfoError>;
 /// the guest RAM size in bytes. Returns the address of the zero page (Linux
 /// 64-bit entry, goes in RSI) or of `hvm_start_info` (PVH, goes in RBX).
 pub fn write_boot_info(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline: &str,
     initrd: Option<(GuestAddress, u64)>,
@@ -77,7 +78,7 @@ fn cmdline_limit(kernel: &LoadedKernel) -> usize {
     }
 }
 
-fn write_cmdline(mem: &GuestMemoryMmap, kernel: &LoadedKernel, cmdline: &str) -> Result<()> {
+fn write_cmdline(mem: &GuestMemory, kernel: &LoadedKernel, cmdline: &str) -> Result<()> {
     let max = cmdline_limit(kernel);
     if cmdline.len() > max {
         return Err(BootInfoError::CmdlineTooLong {
@@ -101,8 +102,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::loader::KernelFormat;
 
-    pub(crate) fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap()
+    pub(crate) fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap()
     }
 
     pub(crate) fn kernel(mode: EntryMode) -> LoadedKernel {
@@ -179,7 +180,7 @@ pub(crate) mod tests {
 
     #[test]
     fn memory_too_small_for_the_layout_is_an_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         let err =
             write_boot_info(&mem, &kernel(EntryMode::Linux64), "", None, None, 0x1000).unwrap_err();
         assert!(matches!(err, BootInfoError::Write("command line", _)));

@@ -4,7 +4,8 @@
 use linux_loader::loader::elf::start_info::{
     XEN_HVM_START_MAGIC_VALUE, hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{BootInfoError, Result};
 use crate::layout::{CMDLINE_ADDR, PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, e820_map};
@@ -13,7 +14,7 @@ const ENTRY_SIZE: u64 = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
 
 /// Fills and writes the start info; returns its address.
 pub(super) fn write(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     initrd: Option<(GuestAddress, u64)>,
     rsdp: Option<GuestAddress>,
     mem_size: u64,

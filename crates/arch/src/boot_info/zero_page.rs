@@ -3,7 +3,8 @@
 use linux_loader::loader::bootparam::{
     CAN_USE_HEAP, LOADED_HIGH, boot_e820_entry, boot_params, setup_header,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{BootInfoError, Result};
 use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE, ZERO_PAGE_ADDR, e820_map};
@@ -22,7 +23,7 @@ const HEAP_END: u16 = 0xfe00;
 
 /// Fills and writes the zero page; returns its address.
 pub(super) fn write(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<(GuestAddress, u64)>,
@@ -86,7 +87,7 @@ mod tests {
     use crate::layout::{E820Kind, MMIO_HOLE_START};
     use crate::loader::EntryMode;
 
-    fn read(mem: &GuestMemoryMmap) -> boot_params {
+    fn read(mem: &GuestMemory) -> boot_params {
         mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap()
     }
 

@@ -8,7 +8,8 @@ use std::mem::{offset_of, size_of};
 use linux_loader::loader::KernelLoader;
 use linux_loader::loader::bootparam::{LOADED_HIGH, XLF_KERNEL_64, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
-use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
+use sie_hv::GuestMemory;
+use vm_memory::{GuestAddress, ReadVolatile};
 
 use super::{
     EntryMode, KernelFormat, LoadedKernel, LoaderError, Result, check_fits, read_struct_at,
@@ -35,7 +36,7 @@ pub(super) fn has_magic(head: &[u8]) -> bool {
 }
 
 /// Loads a bzImage (one that [`has_magic`]) whose length is `len`.
-pub(super) fn load<F>(mem: &GuestMemoryMmap, image: &mut F, len: u64) -> Result<LoadedKernel>
+pub(super) fn load<F>(mem: &GuestMemory, image: &mut F, len: u64) -> Result<LoadedKernel>
 where
     F: Read + ReadVolatile + Seek,
 {

@@ -11,7 +11,8 @@ use linux_loader::elf::{
 };
 use linux_loader::loader::KernelLoader;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap, ReadVolatile};
+use sie_hv::GuestMemory;
+use vm_memory::{ByteValued, GuestAddress, ReadVolatile};
 
 use super::{
     EntryMode, KernelFormat, LoadedKernel, LoaderError, Result, check_fits, read_at, read_struct_at,
@@ -24,7 +25,7 @@ const PHDR_SIZE: usize = size_of::<Elf64_Phdr>();
 const _: () = assert!(EHDR_SIZE == 64 && PHDR_SIZE == 56);
 
 /// Checks the ELF image (`len` bytes) and loads it into `mem`.
-pub(super) fn load<F>(mem: &GuestMemoryMmap, image: &mut F, len: u64) -> Result<LoadedKernel>
+pub(super) fn load<F>(mem: &GuestMemory, image: &mut F, len: u64) -> Result<LoadedKernel>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -83,7 +84,7 @@ where
 
 /// Checks every segment lies inside the file and every loadable one inside
 /// RAM above 1 MiB; returns the end of the highest loadable segment.
-fn check_segments(mem: &GuestMemoryMmap, segments: &[Elf64_Phdr], len: u64) -> Result<u64> {
+fn check_segments(mem: &GuestMemory, segments: &[Elf64_Phdr], len: u64) -> Result<u64> {
     let mut end = None;
     for seg in segments {
         if seg.p_type != PT_LOAD && seg.p_type != PT_NOTE {

@@ -1,9 +1,8 @@
 //! Initrd placement: page-aligned at the top of low RAM, under the kernel's
 //! `initrd_addr_max`, above the kernel.
 
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
-};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile};
 
 use super::{LoadedKernel, LoaderError, Result};
 use crate::layout::{HIMEM_START, MMIO_HOLE_START};
@@ -17,7 +16,7 @@ const DEFAULT_INITRD_ADDR_MAX: u32 = 0x37ff_ffff;
 /// that keeps it below the MMIO hole and the kernel's `initrd_addr_max`
 /// (bzImage only) and above `kernel.end`. Returns its address and size.
 pub fn load_initrd<F: ReadVolatile>(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     initrd: &mut F,
     size: u64,
     kernel: &LoadedKernel,
@@ -50,7 +49,7 @@ pub fn load_initrd<F: ReadVolatile>(
 }
 
 /// End (exclusive) of the RAM below the MMIO hole.
-fn low_ram_end(mem: &GuestMemoryMmap) -> u64 {
+fn low_ram_end(mem: &GuestMemory) -> u64 {
     mem.iter()
         .filter(|r| r.start_addr().0 < MMIO_HOLE_START)
         .map(|r| r.start_addr().0.saturating_add(r.len()))
@@ -68,8 +67,8 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn mem(size: u64) -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    fn mem(size: u64) -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
     }
 
     fn elf_kernel(end: u64) -> LoadedKernel {
@@ -136,7 +135,7 @@ mod tests {
 
     #[test]
     fn initrd_stays_below_the_mmio_hole() {
-        let mem = GuestMemoryMmap::from_ranges(&[
+        let mem = GuestMemory::from_ranges(&[
             (GuestAddress(0), MMIO_HOLE_START as usize),
             (GuestAddress(1 << 32), MIB as usize),
         ])

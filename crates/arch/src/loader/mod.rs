@@ -20,8 +20,8 @@
 //!
 //! ```no_run
 //! # use sie_arch::loader::{load_kernel, load_initrd};
-//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
+//! # use vm_memory::GuestAddress;
+//! let mem = sie_hv::GuestMemory::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
 //! let mut image = std::fs::File::open("vmlinux").unwrap();
 //! let kernel = load_kernel(&mem, &mut image).unwrap();
 //! let mut initrd = std::fs::File::open("initrd.cpio").unwrap();
@@ -37,7 +37,8 @@ use std::io::{Read, Seek, SeekFrom};
 
 use linux_loader::elf::ELFMAG;
 use linux_loader::loader::bootparam::setup_header;
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use sie_hv::GuestMemory;
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 pub use initrd::load_initrd;
 
@@ -158,7 +159,7 @@ pub type Result<T> = std::result::Result<T, LoaderError>;
 
 /// Loads the kernel `image` into `mem`, choosing the format by magic (see
 /// the module docs).
-pub fn load_kernel<F>(mem: &GuestMemoryMmap, image: &mut F) -> Result<LoadedKernel>
+pub fn load_kernel<F>(mem: &GuestMemory, image: &mut F) -> Result<LoadedKernel>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -205,7 +206,7 @@ where
 }
 
 /// Checks that `[start, end)` is entirely guest RAM.
-fn check_fits(mem: &GuestMemoryMmap, start: u64, end: u64) -> Result<()> {
+fn check_fits(mem: &GuestMemory, start: u64, end: u64) -> Result<()> {
     let fits = end > start
         && usize::try_from(end - start)
             .is_ok_and(|len| GuestMemoryBackend::check_range(mem, GuestAddress(start), len));
@@ -224,8 +225,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
     }
 
     #[test]

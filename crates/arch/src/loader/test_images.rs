@@ -4,13 +4,14 @@
 
 use std::io::Cursor;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::GuestAddress;
 
 use super::{LoadedKernel, Result, load_kernel};
 
 /// 32 MiB of guest RAM at address 0.
-pub(crate) fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
+pub(crate) fn mem() -> GuestMemory {
+    GuestMemory::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap()
 }
 
 /// Loads `image` into fresh guest memory.

@@ -5,8 +5,8 @@
 //! ```
 //! # use sie_arch::regs::{boot_sregs, boot_regs, boot_fpu, boot_msrs};
 //! # use sie_arch::loader::{LoadedKernel, EntryMode, KernelFormat};
-//! # use vm_memory::{GuestAddress, GuestMemoryMmap};
-//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+//! # use vm_memory::GuestAddress;
+//! let mem = sie_hv::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
 //! let kernel = LoadedKernel {
 //!     entry: GuestAddress(0x100_0200),
 //!     mode: EntryMode::Linux64,
@@ -23,8 +23,9 @@
 pub mod gdt;
 mod paging;
 
+use sie_hv::GuestMemory;
 use sie_hv::x86::{DescriptorTable, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{BOOT_GDT_ADDR, BOOT_IDT_ADDR, BOOT_STACK_POINTER, LAPIC_ADDR};
 use crate::loader::{EntryMode, LoadedKernel};
@@ -55,7 +56,7 @@ const RFLAGS_RESERVED: u64 = 1 << 1;
 /// Writes the GDT and the identity page tables and returns the boot vCPU's
 /// special registers for the Linux 64-bit entry: long mode, paging on,
 /// CS = 0x10 (64-bit), DS/ES/FS/GS/SS = 0x18, the LAPIC enabled as BSP.
-pub fn setup_long_mode(mem: &GuestMemoryMmap) -> Result<SpecialRegs> {
+pub fn setup_long_mode(mem: &GuestMemory) -> Result<SpecialRegs> {
     write_gdt(mem, true)?;
     let pml4 =
         paging::write_identity_map(mem).map_err(|e| RegsError::Write("boot page tables", e))?;
@@ -72,7 +73,7 @@ pub fn setup_long_mode(mem: &GuestMemoryMmap) -> Result<SpecialRegs> {
 /// entry, per the PVH ABI: 32-bit protected mode with flat 4 GiB CS (0x10)
 /// and data segments (0x18), a 32-bit TSS in TR, CR0 = PE (ET is fixed to
 /// 1 by the CPU), paging off, CR4 = 0.
-pub fn setup_pvh(mem: &GuestMemoryMmap) -> Result<SpecialRegs> {
+pub fn setup_pvh(mem: &GuestMemory) -> Result<SpecialRegs> {
     write_gdt(mem, false)?;
     Ok(SpecialRegs {
         cr0: CR0_PE | CR0_ET,
@@ -81,14 +82,14 @@ pub fn setup_pvh(mem: &GuestMemoryMmap) -> Result<SpecialRegs> {
 }
 
 /// [`setup_long_mode`] or [`setup_pvh`], as `kernel`'s entry mode needs.
-pub fn boot_sregs(mem: &GuestMemoryMmap, kernel: &LoadedKernel) -> Result<SpecialRegs> {
+pub fn boot_sregs(mem: &GuestMemory, kernel: &LoadedKernel) -> Result<SpecialRegs> {
     match kernel.mode {
         EntryMode::Linux64 => setup_long_mode(mem),
         EntryMode::Pvh => setup_pvh(mem),
     }
 }
 
-fn write_gdt(mem: &GuestMemoryMmap, long: bool) -> Result<()> {
+fn write_gdt(mem: &GuestMemory, long: bool) -> Result<()> {
     let mut bytes = [0u8; gdt::GDT_ENTRIES * 8];
     for (slot, desc) in bytes.chunks_exact_mut(8).zip(gdt::table(long)) {
         slot.copy_from_slice(&desc.to_le_bytes());
@@ -239,8 +240,8 @@ mod tests {
     use crate::loader::KernelFormat;
     use sie_hv::x86::Segment;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
     fn kernel(mode: EntryMode) -> LoadedKernel {
@@ -254,7 +255,7 @@ mod tests {
     }
 
     /// Each segment register must match the GDT slot its selector names.
-    fn assert_segments_match_gdt(mem: &GuestMemoryMmap, sregs: &SpecialRegs) {
+    fn assert_segments_match_gdt(mem: &GuestMemory, sregs: &SpecialRegs) {
         let segs: [&Segment; 7] = [
             &sregs.cs, &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss, &sregs.tr,
         ];
@@ -305,7 +306,7 @@ mod tests {
 
     #[test]
     fn tables_outside_memory_are_an_error() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
             setup_long_mode(&mem),
             Err(RegsError::Write("GDT", _))

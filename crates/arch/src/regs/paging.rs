@@ -3,7 +3,8 @@
 //! and the APICs, is reachable from the 64-bit entry. 2 MiB pages, not
 //! 1 GiB, because those need a CPUID feature the guest may not have.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{PD_ADDR, PDPT_ADDR, PML4_ADDR};
 
@@ -17,7 +18,7 @@ const PD_COUNT: u64 = 4;
 
 /// Writes the whole tables (PML4, PDPT, four PDs: 24 KiB), so stale
 /// entries from an earlier boot cannot survive. Returns the PML4 address.
-pub fn write_identity_map(mem: &GuestMemoryMmap) -> vm_memory::GuestMemoryResult<GuestAddress> {
+pub fn write_identity_map(mem: &GuestMemory) -> vm_memory::GuestMemoryResult<GuestAddress> {
     let mut page = [0u8; PAGE];
     set_entry(&mut page, 0, PDPT_ADDR | PRESENT | WRITABLE);
     mem.write_slice(&page, GuestAddress(PML4_ADDR))?;
@@ -51,7 +52,7 @@ mod tests {
     use super::*;
 
     /// Walks the tables like the MMU does for a 2 MiB mapping.
-    fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
+    fn translate(mem: &GuestMemory, cr3: u64, va: u64) -> Option<u64> {
         let entry = |table: u64, index: u64| -> u64 {
             mem.read_obj(GuestAddress((table & !0xfff) + index * 8))
                 .unwrap()
@@ -73,7 +74,7 @@ mod tests {
 
     #[test]
     fn first_4gib_is_identity_mapped_and_nothing_above() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         // Stale data from an earlier boot must not survive.
         mem.write_obj(u64::MAX, GuestAddress(PML4_ADDR + 8))
             .unwrap();

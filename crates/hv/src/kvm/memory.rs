@@ -1,10 +1,13 @@
 //! Guest memory a KVM VM maps, kept alive by the VM and by each of its vCPUs
 //! (a vCPU's descriptor keeps the kernel-side VM alive, so the mappings it
-//! may still touch must outlive the `KvmVm` value too).
+//! may still touch must outlive the `KvmVm` value too), and the slots it
+//! was registered as (re-registered when dirty logging starts).
 
 use std::sync::Mutex;
 
-use vm_memory::GuestMemoryMmap;
+use kvm_bindings::kvm_userspace_memory_region;
+
+use crate::GuestMemory;
 
 /// Guest memory the kernel has been told about, kept mapped for as long as
 /// the VM or any of its vCPUs lives.
@@ -17,7 +20,11 @@ pub(crate) struct KeptMemory {
 pub(super) struct MemorySlots {
     /// The next free KVM memory slot number.
     pub(super) next_slot: u32,
-    /// Clones of every mapped `GuestMemoryMmap`; a clone shares the
+    /// Clones of every mapped `GuestMemory`; a clone shares the
     /// underlying host mappings, so they stay valid while it lives.
-    pub(super) kept: Vec<GuestMemoryMmap>,
+    pub(super) kept: Vec<GuestMemory>,
+    /// Every slot as registered, so dirty logging can flip its flags.
+    pub(super) entries: Vec<kvm_userspace_memory_region>,
+    /// Whether slots carry `KVM_MEM_LOG_DIRTY_PAGES` (and later ones will).
+    pub(super) log_dirty: bool,
 }

@@ -178,3 +178,27 @@ pub(crate) fn restore_vm(fd: &VmFd, state: &KvmVmState) -> Result<()> {
     fd.set_clock(&clock).map_err(call("KVM_SET_CLOCK"))?;
     Ok(())
 }
+
+/// Moves the VM's KVM clock forward by `by`; returns the new value (ns).
+/// Read and written back while no vCPU runs, so the guest sees one jump.
+pub(crate) fn advance_clock(fd: &VmFd, by: std::time::Duration) -> Result<u64> {
+    let now = fd.get_clock().map_err(call("KVM_GET_CLOCK"))?;
+    let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+    let clock = kvm_clock_data {
+        clock: now.clock.saturating_add(by),
+        ..Default::default()
+    };
+    fd.set_clock(&clock).map_err(call("KVM_SET_CLOCK"))?;
+    Ok(clock.clock)
+}
+
+/// Tells the guest, through its pvclock page, that its vCPU was stopped by
+/// the host (`KVM_KVMCLOCK_CTRL`), so its soft-lockup watchdog does not
+/// count the pause; `false` when the guest has no pvclock (EINVAL).
+pub(crate) fn notify_paused(fd: &VcpuFd) -> Result<bool> {
+    match fd.kvmclock_ctrl() {
+        Ok(()) => Ok(true),
+        Err(error) if error.errno() == libc::EINVAL => Ok(false),
+        Err(error) => Err(call("KVM_KVMCLOCK_CTRL")(error)),
+    }
+}

@@ -255,4 +255,8 @@ impl Vcpu for KvmVcpu {
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
         self.kick.clone()
     }
+
+    fn notify_paused(&self) -> Result<bool> {
+        super::state::notify_paused(&self.fd)
+    }
 }

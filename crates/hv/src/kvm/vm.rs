@@ -3,15 +3,17 @@
 
 use std::sync::{Arc, PoisonError};
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
 use super::memory::KeptMemory;
 use super::vcpu::KvmVcpu;
-use crate::{HvError, IoEventAddress, Result, Vcpu, Vm};
+use crate::{DirtyLog, GuestMemory, HvError, IoEventAddress, Result, Vcpu, Vm};
 
 /// One KVM virtual machine. Created by [`super::Kvm`].
 #[derive(Debug)]
@@ -52,6 +54,7 @@ impl Vm for KvmVm {
         Ok(crate::VmState {
             kvm: super::state::save_vm(&self.fd)?,
             skipped: Vec::new(),
+            saved_at_unix_ns: crate::state::unix_now_ns(),
         })
     }
 
@@ -59,7 +62,11 @@ impl Vm for KvmVm {
         super::state::restore_vm(&self.fd, &state.kvm)
     }
 
-    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+    fn advance_clock(&self, by: std::time::Duration) -> Result<u64> {
+        super::state::advance_clock(&self.fd, by)
+    }
+
+    fn map_memory(&self, memory: &GuestMemory) -> Result<()> {
         let mut slots = self
             .memory
             .inner
@@ -71,9 +78,14 @@ impl Vm for KvmVm {
         for region in memory.iter() {
             let slot = slots.next_slot;
             let host = region.as_ptr() as u64;
+            let flags = if slots.log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            };
             let entry = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host,
@@ -85,9 +97,56 @@ impl Vm for KvmVm {
             // every use the kernel can make of it.
             unsafe { self.fd.set_user_memory_region(entry) }
                 .map_err(call("KVM_SET_USER_MEMORY_REGION"))?;
+            slots.entries.push(entry);
             slots.next_slot += 1;
         }
         Ok(())
+    }
+
+    fn enable_dirty_log(&self) -> Result<()> {
+        let mut slots = self
+            .memory
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slots.log_dirty = true;
+        for entry in &mut slots.entries {
+            entry.flags |= KVM_MEM_LOG_DIRTY_PAGES;
+            // SAFETY: the same slot, guest range and host mapping `map_memory`
+            // registered (only the flags change); the mapping is still kept
+            // alive by `slots.kept`, as argued there.
+            unsafe { self.fd.set_user_memory_region(*entry) }
+                .map_err(call("KVM_SET_USER_MEMORY_REGION (dirty log)"))?;
+        }
+        Ok(())
+    }
+
+    fn take_dirty_log(&self) -> Result<Vec<DirtyLog>> {
+        let slots = self
+            .memory
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !slots.log_dirty {
+            return Err(HvError::Invalid("dirty page logging is off".into()));
+        }
+        slots
+            .entries
+            .iter()
+            .map(|entry| {
+                let len = usize::try_from(entry.memory_size)
+                    .map_err(|_| HvError::Invalid("memory slot too large".into()))?;
+                let pages = self
+                    .fd
+                    .get_dirty_log(entry.slot, len)
+                    .map_err(call("KVM_GET_DIRTY_LOG"))?;
+                Ok(DirtyLog {
+                    guest_addr: entry.guest_phys_addr,
+                    len: entry.memory_size,
+                    pages,
+                })
+            })
+            .collect()
     }
 
     fn create_platform(&self, tss_addr: u64, identity_map_addr: u64) -> Result<()> {

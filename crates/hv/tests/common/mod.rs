@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sie_hv::GuestMemory;
 use sie_hv::kvm::Kvm;
 use sie_hv::{Hypervisor, Vcpu, Vm};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Where the test code is loaded and starts.
 pub const CODE: u64 = 0x1000;
@@ -25,7 +26,7 @@ pub const IDENTITY_MAP: u64 = 0xfffb_c000;
 pub struct Guest {
     pub kvm: Kvm,
     pub vm: Arc<dyn Vm>,
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestMemory,
     pub vcpu: Box<dyn Vcpu>,
 }
 
@@ -34,7 +35,7 @@ pub struct Guest {
 pub fn real_mode_guest(code: &[u8]) -> Guest {
     let kvm = Kvm::open().expect("open /dev/kvm");
     let vm = kvm.create_vm().expect("create VM");
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
+    let memory = GuestMemory::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
     memory
         .write_slice(code, GuestAddress(CODE))
         .expect("load code");

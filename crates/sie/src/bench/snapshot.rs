@@ -1,6 +1,7 @@
 //! `sie bench snapshot`: how long a Full snapshot of a running guest takes
-//! to write, and how long a new process takes from its start to a running
-//! restored guest, per guest size; for sie and, with `--peer`, another VMM
+//! to write, then a Diff after the guest dirtied 1% of its RAM, and how long
+//! a new process takes from its start to a running restored guest, per
+//! guest size; for sie and, with `--peer`, another VMM
 //! that speaks Firecracker's API. Every restore is checked: the guest (the
 //! `counter` guest, which counts in its RAM) must print the next count.
 
@@ -23,6 +24,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// One snapshot and restore.
 struct Sample {
     create_ms: f64,
+    diff_ms: f64,
     load_ms: f64,
     start_to_running_ms: f64,
     memory_file_mib: f64,
@@ -100,8 +102,11 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     std::fs::write(
         &config,
         json!({
-            "boot-source": {"kernel_image_path": guest, "boot_args": "limit=100000000 delay=20000"},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
+            "boot-source": {
+                "kernel_image_path": guest,
+                "boot_args": format!("limit=100000000 delay=20000 dirty={}", dirty_pages(mib)),
+            },
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "track_dirty_pages": true},
         })
         .to_string(),
     )?;
@@ -130,6 +135,7 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
         Some(&json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})),
     )?;
     let create_ms = started.elapsed().as_secs_f64() * 1e3;
+    let diff_ms = diff_after_a_tick(&source, dir)?;
     drop(source);
     let memory_file_mib = std::fs::metadata(&mem)?.blocks() as f64 * 512.0 / f64::from(1 << 20);
 
@@ -155,10 +161,47 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     })?;
     Ok(Sample {
         create_ms,
+        diff_ms,
         load_ms,
         start_to_running_ms,
         memory_file_mib,
     })
+}
+
+/// 1% of `mib` MiB, in 4 KiB pages: what the guest dirties every tick.
+fn dirty_pages(mib: u32) -> u64 {
+    (u64::from(mib) * 256).div_ceil(100)
+}
+
+/// Resumes the paused `source` until it has counted twice more (so it
+/// rewrote its 1% of RAM after the Full snapshot), pauses it, and times a
+/// Diff snapshot; in ms.
+fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
+    let seen = counts(&source.console).len();
+    request(
+        &source.sock,
+        "PATCH",
+        "/vm",
+        Some(&json!({"state": "Resumed"})),
+    )?;
+    wait_until("two more counts", || {
+        counts(&source.console).len() >= seen + 2
+    })?;
+    request(
+        &source.sock,
+        "PATCH",
+        "/vm",
+        Some(&json!({"state": "Paused"})),
+    )?;
+    let (snap, mem) = (dir.join("diff.snap"), dir.join("diff.mem"));
+    let started = Instant::now();
+    request(
+        &source.sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&json!({"snapshot_type": "Diff", "snapshot_path": snap, "mem_file_path": mem})),
+    )?;
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 fn median(values: Vec<f64>) -> f64 {
@@ -189,14 +232,14 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
         vmms.push((format!("peer ({name})"), peer.clone()));
     }
     println!(
-        "sie bench snapshot: counter guest, 1 vCPU; Full snapshot of a running guest, restored in a new process; median of {} runs",
+        "sie bench snapshot: counter guest, 1 vCPU, dirty page tracking on; Full snapshot of a running guest, then a Diff with 1% of RAM dirty; the Full one restored in a new process; median of {} runs",
         args.runs
     );
     println!(
-        "  {:<22} {:>8} {:>11} {:>9} {:>17} {:>14}",
-        "vmm", "MiB", "create ms", "load ms", "start→running ms", "mem file MiB"
+        "  {:<22} {:>8} {:>11} {:>9} {:>9} {:>17} {:>14}",
+        "vmm", "MiB", "create ms", "diff ms", "load ms", "start→running ms", "mem file MiB"
     );
-    let mut rows: Vec<(String, u32, [f64; 4])> = Vec::new();
+    let mut rows: Vec<(String, u32, [f64; 5])> = Vec::new();
     for &mib in &args.sizes_mib {
         for (name, program) in &vmms {
             let mut samples = Vec::with_capacity(args.runs as usize);
@@ -207,13 +250,14 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             }
             let figures = [
                 median(samples.iter().map(|s| s.create_ms).collect()),
+                median(samples.iter().map(|s| s.diff_ms).collect()),
                 median(samples.iter().map(|s| s.load_ms).collect()),
                 median(samples.iter().map(|s| s.start_to_running_ms).collect()),
                 median(samples.iter().map(|s| s.memory_file_mib).collect()),
             ];
             println!(
-                "  {name:<22} {mib:>8} {:>11.2} {:>9.2} {:>17.2} {:>14.2}",
-                figures[0], figures[1], figures[2], figures[3]
+                "  {name:<22} {mib:>8} {:>11.2} {:>9.2} {:>9.2} {:>17.2} {:>14.2}",
+                figures[0], figures[1], figures[2], figures[3], figures[4]
             );
             rows.push((name.clone(), mib, figures));
         }
@@ -226,10 +270,11 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             };
             if let (Some((_, _, sie)), Some((_, _, peer))) = (of("sie"), of("peer")) {
                 println!(
-                    "  sie/peer at {mib} MiB: create x{:.2}, load x{:.2}, start→running x{:.2}",
+                    "  sie/peer at {mib} MiB: create x{:.2}, diff x{:.2}, load x{:.2}, start→running x{:.2}",
                     sie[0] / peer[0],
                     sie[1] / peer[1],
-                    sie[2] / peer[2]
+                    sie[2] / peer[2],
+                    sie[3] / peer[3]
                 );
             }
         }

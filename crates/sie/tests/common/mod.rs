@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod counter;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

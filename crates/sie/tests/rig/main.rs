@@ -243,6 +243,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         hang_reported(),
         snapshot_restore(),
         snapshot_clones(),
+        snapshot_overrides(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
         host_faults(),

@@ -191,3 +191,69 @@ echo "@@L2 RESULT finished=yes""#,
         },
     }
 }
+
+/// A clone restored with `--net-override`, `--vsock-override` and
+/// `--clock-realtime` (the `network_overrides`, `vsock_override` and
+/// `clock_realtime` of `PUT /snapshot/load`): its network answers on the
+/// new tap, its vsock listener on the new socket, and its wall clock
+/// agrees with the host's although the snapshot sat as files for seconds.
+pub(crate) fn snapshot_overrides() -> Case {
+    Case {
+        name: "snapshot_overrides",
+        l1_command: boot_and_snapshot(
+            "snapshot_overrides",
+            "ov",
+            2,
+            r#", "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "ovtap0", "guest_mac": "06:00:ac:10:00:02"}], "vsock": {"guest_cid": 3, "uds_path": "/tmp/ov-a.sock"}"#,
+        ) + r#"rm -f /tmp/ov-a.sock
+sleep 6
+sie run --restore /tmp/ov.snap --mem /tmp/ov.mem --net-override eth0=ovtap1 \
+  --vsock-override /tmp/ov-b.sock --clock-realtime > /tmp/ov-restored 2>&1 &
+rpid=$!
+i=0
+until [ -e /sys/class/net/ovtap1 ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+ip addr add 172.16.0.1/24 dev ovtap1; ip link set ovtap1 up
+i=0
+until grep -q "tick=4 " /tmp/ov-restored; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "@@L2 RESULT host_now=$(date +%s)"
+echo "@@L2 RESULT guest_now=$(grep -o 'tick=4 now=[0-9]*' /tmp/ov-restored | head -1 | cut -d= -f3)"
+ping -c 2 -w 20 172.16.0.2 >/dev/null && echo "@@L2 RESULT ping_new_tap=ok"
+echo "@@L2 RESULT vsock_new_socket=$(sietool uds-ask /tmp/ov-b.sock 1024 clone | tr '\n' ' ')"
+echo "@@L2 RESULT old_socket=$([ -e /tmp/ov-a.sock ] && echo present || echo absent)"
+wait $rpid
+status=$?
+cat /tmp/ov-restored
+rm -f /tmp/ov.snap /tmp/ov.mem
+exit $status"#,
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do insmod /modules/$m.ko; done
+ip link set lo up
+ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+sietool vsock-echo 1024 > /dev/null &
+n=0
+while [ $n -lt 8 ]; do
+  n=$((n+1))
+  echo "@@L2 RESULT tick=$n now=$(date +%s) "
+  sleep 1
+done
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            status_0_and(run, "ping_new_tap", "ok")?;
+            match run.result("vsock_new_socket") {
+                Some(reply) if reply.starts_with("OK ") && reply.trim_end().ends_with("clone") => {}
+                other => return Err(format!("vsock echo on the new socket: got {other:?}")),
+            }
+            status_0_and(run, "old_socket", "absent")?;
+            // Without clock_realtime the guest would be 6 s or more behind.
+            let seconds = |key: &str| run.result(key).and_then(|v| v.parse::<i64>().ok());
+            match (seconds("host_now"), seconds("guest_now")) {
+                (Some(host), Some(guest)) if (host - guest).abs() <= 3 => Ok(()),
+                other => Err(format!(
+                    "(host, guest) wall clock after the restore: {other:?}"
+                )),
+            }
+        },
+    }
+}

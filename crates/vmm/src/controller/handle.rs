@@ -205,16 +205,20 @@ impl Controller {
             }
         };
         let started = std::time::Instant::now();
-        match crate::snapshot::create(
+        let kind = match create.snapshot_type {
+            Some(sie_config::SnapshotType::Diff) => crate::snapshot::MemoryKind::Diff,
+            Some(sie_config::SnapshotType::Full) | None => crate::snapshot::MemoryKind::Full,
+        };
+        match crate::snapshot::create_as(
             vm,
             &config,
             msrs,
-            &create.snapshot_path,
-            &create.mem_file_path,
+            (&create.snapshot_path, &create.mem_file_path),
+            kind,
         ) {
             Ok(created) => {
                 tracing::info!(
-                    "snapshot created in {} ms ({} bytes of memory written)",
+                    "{kind:?} snapshot created in {} ms ({} bytes of memory written)",
                     started.elapsed().as_millis(),
                     created.memory_bytes
                 );

@@ -384,11 +384,42 @@ impl Controller {
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> std::result::Result<(), String> {
-        let snapshot = crate::snapshot::read(&plan.snapshot_path)
+        let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
+        crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
+        // Tracking is the load's choice, not the snapshotted VM's (as in
+        // Firecracker); the restored VM's configuration records it, so a
+        // Diff of it is allowed exactly when its pages are tracked.
+        snapshot
+            .config
+            .machine_config
+            .get_or_insert_with(Default::default)
+            .track_dirty_pages = Some(plan.track_dirty_pages);
+        // `Snapshot`: what the snapshotted VM's machine-config asked for.
+        let huge_pages = match plan.huge_pages {
+            sie_config::HugePages::Snapshot => {
+                match snapshot
+                    .config
+                    .machine_config
+                    .as_ref()
+                    .and_then(|m| m.huge_pages.as_deref())
+                {
+                    Some("2M") => sie_config::HugePages::TwoMiB,
+                    _ => sie_config::HugePages::None,
+                }
+            }
+            pages => pages,
+        };
+        let memory = crate::snapshot::RestoreMemory {
+            backend: plan.backend,
+            path: plan.backend_path.clone(),
+            seccomp: self.options.seccomp.clone(),
+            huge_pages,
+        };
         let built = crate::snapshot::restore(
             &snapshot,
-            &plan.mem_file_path,
+            &memory,
+            plan.clock_realtime,
             hv,
             (self.options.build_options)(),
             self.control.clone(),

@@ -6,16 +6,18 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::mmap::MmapRegionBuilder;
+use sie_hv::GuestMemory;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
 };
 
-use super::durable::write_durably;
+use super::durable::Staged;
 
 const PAGE: usize = 4096;
 
@@ -29,7 +31,7 @@ pub struct RegionEntry {
 }
 
 /// The RAM layout of a VM, as the snapshot records it.
-pub fn layout_of(memory: &GuestMemoryMmap) -> Vec<RegionEntry> {
+pub fn layout_of(memory: &GuestMemory) -> Vec<RegionEntry> {
     memory
         .iter()
         .map(|region| RegionEntry {
@@ -50,7 +52,7 @@ pub fn file_len(layout: &[RegionEntry]) -> u64 {
 
 /// Which pages of `region` are in memory (`mincore`); pages never touched
 /// are not, and need not be written.
-fn resident_pages(region: &GuestRegionMmap) -> io::Result<Vec<bool>> {
+fn resident_pages(region: &GuestRegionMmap<AtomicBitmap>) -> io::Result<Vec<bool>> {
     let len = usize::try_from(region.len()).map_err(io::Error::other)?;
     let mut residency = vec![0u8; len.div_ceil(PAGE)];
     // SAFETY: the range is exactly one mapping vm-memory created and keeps
@@ -62,7 +64,7 @@ fn resident_pages(region: &GuestRegionMmap) -> io::Result<Vec<bool>> {
     Ok(residency.iter().map(|page| page & 1 != 0).collect())
 }
 
-fn is_zero_page(memory: &GuestMemoryMmap, at: GuestAddress) -> io::Result<bool> {
+fn is_zero_page(memory: &GuestMemory, at: GuestAddress) -> io::Result<bool> {
     let mut page = [0u8; PAGE];
     memory
         .read_slice(&mut page, at)
@@ -75,9 +77,30 @@ fn is_zero_page(memory: &GuestMemoryMmap, at: GuestAddress) -> io::Result<bool> 
 /// are not resident yet still hold data), every page is read and only
 /// all-zero pages are left as holes; otherwise pages that are not resident
 /// are skipped without being read.
-pub fn write(memory: &GuestMemoryMmap, path: &Path, scan_contents: bool) -> io::Result<u64> {
+pub fn write(
+    memory: &GuestMemory,
+    path: &Path,
+    scan_contents: bool,
+    pair_id: &str,
+) -> io::Result<u64> {
+    let (staged, written) = stage(memory, path, scan_contents, pair_id)?;
+    staged.commit()?;
+    Ok(written)
+}
+
+/// [`write`] up to the rename: the file is complete and fsynced under its
+/// temporary name. Returns it and the bytes written.
+pub fn stage(
+    memory: &GuestMemory,
+    path: &Path,
+    scan_contents: bool,
+    pair_id: &str,
+) -> io::Result<(Staged, u64)> {
     let mut written = 0u64;
-    write_durably(path, |file| {
+    let staged = super::durable::stage(path, |file| {
+        // Before the rename: a memory file in place always says which
+        // snapshot it belongs to.
+        super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
         for region in memory.iter() {
             let base = region.start_addr().0;
@@ -117,7 +140,7 @@ pub fn write(memory: &GuestMemoryMmap, path: &Path, scan_contents: bool) -> io::
         }
         Ok(())
     })?;
-    Ok(written)
+    Ok((staged, written))
 }
 
 /// Why a memory file cannot back a VM.
@@ -143,9 +166,9 @@ pub enum MemoryFileError {
     },
 }
 
-/// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
-/// written, and nothing is read until the guest touches it.
-pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, MemoryFileError> {
+/// Opens the memory file at `path` for reading, checked to be the size
+/// `layout` needs; returns it and that size.
+pub fn open_checked(path: &Path, layout: &[RegionEntry]) -> Result<(File, u64), MemoryFileError> {
     let io_error = |source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
@@ -160,11 +183,24 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, Memor
             expected,
         });
     }
+    Ok((file, found))
+}
+
+/// Maps `path` copy-on-write as guest RAM with `layout`: the file is never
+/// written, and nothing is read until the guest touches it.
+pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFileError> {
+    let io_error = |source| MemoryFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let (file, _) = open_checked(path, layout)?;
     let mut regions = Vec::with_capacity(layout.len());
     for entry in layout {
         let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
         let clone: File = file.try_clone().map_err(io_error)?;
-        let mapping = MmapRegionBuilder::new(len)
+        // The bitmap must cover the region (the builder's default is empty,
+        // which would track nothing).
+        let mapping = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
             .with_file_offset(FileOffset::new(clone, entry.guest_addr))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
@@ -174,7 +210,41 @@ pub fn map(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemoryMmap, Memor
             .ok_or_else(|| io_error(io::Error::other("region past the address space")))?;
         regions.push(region);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
+    GuestMemory::from_regions(regions).map_err(|e| io_error(io::Error::other(e.to_string())))
+}
+
+/// The `[start, end)` byte ranges of `file` that hold data, in order.
+pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut extents = Vec::new();
+    let mut at = 0u64;
+    while at < len {
+        let Some(start) = seek(file, at, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        if end <= start {
+            break;
+        }
+        extents.push((start, end));
+        at = end;
+    }
+    Ok(extents)
+}
+
+/// `lseek(fd, at, whence)`; `None` when there is no more data (`ENXIO`).
+fn seek(file: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(at).map_err(io::Error::other)?;
+    // SAFETY: lseek only moves the file's offset; the descriptor is owned by
+    // `file`, which is alive for the call.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found < 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    Ok(Some(found as u64))
 }
 
 #[cfg(test)]
@@ -183,13 +253,13 @@ mod tests {
 
     #[test]
     fn touched_pages_are_written_and_the_rest_are_holes() {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         memory.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
         memory
             .write_obj(0xbeef_u64, GuestAddress(0x8_0000))
             .unwrap();
         let path = std::env::temp_dir().join(format!("sie-memfile-{}", std::process::id()));
-        let written = write(&memory, &path, false).unwrap();
+        let written = write(&memory, &path, false, "t1").unwrap();
         assert_eq!(written, 2 * PAGE as u64, "only the two touched pages");
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 1 << 20);
@@ -211,7 +281,10 @@ mod tests {
         assert_eq!(again.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
         // A restored VM's memory is scanned, not asked for residency.
         let second = path.with_extension("2");
-        assert_eq!(write(&restored, &second, true).unwrap(), 2 * PAGE as u64);
+        assert_eq!(
+            write(&restored, &second, true, "t2").unwrap(),
+            2 * PAGE as u64
+        );
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(&second).unwrap();
     }

@@ -5,23 +5,35 @@
 //! section, the configuration the VM was built from, the in-kernel devices'
 //! state, every vCPU's state, the legacy devices' state and the RAM layout.
 //! The memory file ([`memory_file`]) holds guest RAM at its guest-physical
-//! offsets, with holes where the guest never wrote. Both are written
+//! offsets, with holes where the guest never wrote; a Diff memory file
+//! ([`dirty`]) holds only the pages written since the previous snapshot,
+//! and [`rebase`] copies it onto its base. Both are written
 //! crash-safely ([`durable`]). A restore checks the whole snapshot before it
 //! creates anything, builds the same machine from the saved configuration
-//! (the device manager places every device where it was), maps the memory
-//! file copy-on-write and puts every piece of state back.
+//! (the device manager places every device where it was), brings guest RAM
+//! back with the chosen backend ([`restore`]: the memory file mapped
+//! copy-on-write, an external userfaultfd handler ([`uffd`]), or sie's own
+//! ([`lazy`], with a recorded [`working_set`])) and puts every piece of
+//! state back.
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
 //! buckets, and vsock tells the guest its connections are gone. Not yet:
-//! diff snapshots, the Uffd and Lazy memory backends; each is refused by
-//! name.
+//! nothing: a restore may also put guest RAM on huge pages ([`huge_pages`]).
 
+pub mod dirty;
 pub mod durable;
 pub mod format;
+pub mod huge_pages;
+pub mod lazy;
 pub mod memory_file;
 mod model;
+pub mod overrides;
+pub mod pairing;
+pub mod rebase;
 mod restore;
+pub mod uffd;
+pub mod working_set;
 
 use std::path::Path;
 
@@ -31,7 +43,7 @@ use sie_config::VmConfig;
 use memory_file::RegionEntry;
 
 pub use model::{Snapshot, SnapshotError, check_snapshottable};
-pub use restore::restore;
+pub use restore::{RestoreMemory, restore};
 
 const SECTION_CONFIG: &str = "config";
 const SECTION_VM: &str = "vm";
@@ -49,6 +61,10 @@ pub fn format_version() -> String {
 #[serde(deny_unknown_fields)]
 struct MemorySection {
     regions: Vec<RegionEntry>,
+    /// The id the memory file's `user.sie.snapshot` attribute must carry
+    /// (see [`pairing`]); absent in snapshots written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pair_id: Option<String>,
 }
 
 /// The host CPU's vendor string (CPUID leaf 0).
@@ -73,7 +89,17 @@ pub struct Created {
     pub memory_bytes: u64,
 }
 
-/// Writes a paused VM's snapshot to `snapshot_path` and its RAM to
+/// Which memory a snapshot writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// All of guest RAM (untouched pages as holes).
+    Full,
+    /// Only the pages written since the previous snapshot (or since the VM
+    /// started): needs dirty page tracking.
+    Diff,
+}
+
+/// Writes a paused VM's snapshot to `snapshot_path` and all its RAM to
 /// `mem_path`. `config` is what the VM was built from.
 pub fn create(
     vm: &mut crate::vm::StartedVm,
@@ -82,7 +108,30 @@ pub fn create(
     snapshot_path: &Path,
     mem_path: &Path,
 ) -> Result<Created, SnapshotError> {
+    create_as(
+        vm,
+        config,
+        msr_indices,
+        (snapshot_path, mem_path),
+        MemoryKind::Full,
+    )
+}
+
+/// [`create`], writing the memory `kind` says. `paths` are the snapshot
+/// file and the memory file. Either kind starts a new dirty-page period: a
+/// later Diff holds what was written after this snapshot.
+pub fn create_as(
+    vm: &mut crate::vm::StartedVm,
+    config: &VmConfig,
+    msr_indices: Vec<u32>,
+    (snapshot_path, mem_path): (&Path, &Path),
+    kind: MemoryKind,
+) -> Result<Created, SnapshotError> {
     check_snapshottable(config)?;
+    let tracking = crate::builder::tracks_dirty_pages(config);
+    if kind == MemoryKind::Diff && !tracking {
+        return Err(SnapshotError::DiffWithoutTracking);
+    }
     if !vm.vcpus.is_paused() {
         return Err(SnapshotError::NotPaused);
     }
@@ -106,14 +155,12 @@ pub fn create(
     let devices = vm.devices.state();
     let virtio: Vec<sie_virtio::TransportState> =
         vm.virtio.transports.iter().map(|t| t.save()).collect();
-    let memory_bytes =
-        memory_file::write(vm.memory(), mem_path, vm.memory_from_file()).map_err(|source| {
-            SnapshotError::Io {
-                what: "memory file",
-                path: mem_path.display().to_string(),
-                source,
-            }
-        })?;
+    let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
+    // Taken before any page is copied, so a write racing with the copy
+    // lands in the next Diff as well. Nothing may fail between taking the
+    // pages and writing them but the writes, whose failure marks them again.
+    let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
+        .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
     let bytes = format::encode(
         &host_cpu_vendor(),
         &[
@@ -126,18 +173,50 @@ pub fn create(
                 SECTION_MEMORY,
                 json_section(&MemorySection {
                     regions: memory_file::layout_of(vm.memory()),
+                    pair_id: Some(pair_id.clone()),
                 }),
             ),
         ],
     );
-    durable::write_durably(snapshot_path, |file| {
-        std::io::Write::write_all(file, &bytes)
-    })
-    .map_err(|source| SnapshotError::Io {
-        what: "snapshot file",
-        path: snapshot_path.display().to_string(),
-        source,
-    })?;
+    let memory = vm.memory();
+    let files = write_files((snapshot_path, mem_path), &bytes, || match kind {
+        MemoryKind::Full => memory_file::stage(memory, mem_path, vm.memory_from_file(), &pair_id),
+        MemoryKind::Diff => dirty::stage_diff(memory, mem_path, &pages, &pair_id),
+    });
+    if files.is_err() {
+        // The pages taken still differ from the last snapshot that exists.
+        dirty::mark_again(memory, &pages);
+    }
+    dirty::mark_rings(memory, &virtio);
+    files
+}
+
+/// An I/O error on the file at `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.display().to_string();
+    move |source| SnapshotError::Io { what, path, source }
+}
+
+/// Writes the memory file (`stage_memory` writes it under a temporary name
+/// and returns the bytes of RAM it wrote) and the snapshot file's `bytes`,
+/// then renames both into place.
+fn write_files(
+    (snapshot_path, mem_path): (&Path, &Path),
+    bytes: &[u8],
+    stage_memory: impl FnOnce() -> std::io::Result<(durable::Staged, u64)>,
+) -> Result<Created, SnapshotError> {
+    for path in [snapshot_path, mem_path] {
+        durable::remove_stale_temporaries(path);
+    }
+    let (memory, memory_bytes) = stage_memory().map_err(io_error("memory file", mem_path))?;
+    let state = durable::stage(snapshot_path, |file| std::io::Write::write_all(file, bytes))
+        .map_err(io_error("snapshot file", snapshot_path))?;
+    // Both files are complete on disk; only the two renames remain, so a
+    // kill leaves the old pair, the new pair, or (between the renames) a
+    // pair that `pairing::check` refuses. The memory file goes first: its
+    // rename is the slow one (the filesystem may flush and free blocks in
+    // it), and a kill that aborts it leaves the old pair whole.
+    durable::replace_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
     Ok(Created { memory_bytes })
 }
 
@@ -193,6 +272,7 @@ pub fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotEr
         devices: parse(path, &decoded, SECTION_DEVICES)?,
         virtio: parse(path, &decoded, SECTION_VIRTIO)?,
         memory: memory.regions,
+        pair_id: memory.pair_id,
         config,
     };
     let section_error = |section, message: String| SnapshotError::Section {

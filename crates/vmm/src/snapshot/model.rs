@@ -15,6 +15,11 @@ pub enum SnapshotError {
     /// What this version cannot snapshot or restore yet.
     #[error("{0} not supported yet")]
     Unsupported(&'static str),
+    /// A Diff snapshot of a VM that does not track dirty pages.
+    #[error(
+        "Diff snapshots need dirty page tracking: set track_dirty_pages in machine-config (or in snapshot/load)"
+    )]
+    DiffWithoutTracking,
     /// The VM must be paused first.
     #[error("the microVM must be paused before a snapshot is created")]
     NotPaused,
@@ -62,6 +67,14 @@ pub enum SnapshotError {
     /// The memory file cannot back the VM.
     #[error(transparent)]
     Memory(#[from] memory_file::MemoryFileError),
+    /// The `Uffd` backend's page-fault handler is not there or refused.
+    #[error("the page-fault handler at {path}: {source}")]
+    UffdHandler {
+        /// Its socket.
+        path: String,
+        /// Why it could not be handed guest memory.
+        source: std::io::Error,
+    },
     /// Building the restored VM failed.
     #[error("restoring the VM: {0}")]
     Build(String),
@@ -82,6 +95,8 @@ pub struct Snapshot {
     pub virtio: Vec<sie_virtio::TransportState>,
     /// Guest RAM's layout in the memory file.
     pub memory: Vec<RegionEntry>,
+    /// The id its memory file must carry (see [`super::pairing`]).
+    pub pair_id: Option<String>,
 }
 
 /// Refuses configurations whose state sie cannot save yet: today every

@@ -1,22 +1,98 @@
 //! A snapshot becomes a VM again: the same machine built from the saved
-//! configuration (nothing of a boot: no kernel is read), guest RAM mapped
-//! from the memory file, then every piece of state put back.
+//! configuration (nothing of a boot: no kernel is read), guest RAM brought
+//! back by the chosen backend, then every piece of state put back.
+//!
+//! Memory backends: `File` maps the memory file copy-on-write; `Uffd`
+//! hands anonymous RAM's userfaultfd to an external page-fault handler
+//! (Firecracker's protocol, [`super::uffd`]); `Lazy` serves the faults in
+//! sie and records and prefetches a working set ([`super::lazy`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sie_config::{HugePages, MemBackendType};
+use sie_hv::GuestMemory;
 use sie_hv::Hypervisor;
+use sie_seccomp::Seccomp;
 
-use super::memory_file;
+use super::memory_file::{self, MemoryFileError};
 use super::model::{Snapshot, SnapshotError, check_snapshottable};
+use super::{huge_pages, lazy, uffd};
 use crate::builder::{self, BuildOptions, BuiltVm};
 use crate::control::VmControl;
 
-/// Builds the VM `snapshot` describes with its RAM from `mem_path`; the
-/// vCPUs are ready to continue where they stopped.
+/// Where a restored VM's RAM comes from.
+#[derive(Clone, Debug)]
+pub struct RestoreMemory {
+    /// File, Uffd or Lazy.
+    pub backend: MemBackendType,
+    /// The memory file (File, Lazy) or the handler's socket (Uffd).
+    pub path: PathBuf,
+    /// The filters; the Lazy backend's thread installs the `uffd` one.
+    pub seccomp: Seccomp,
+    /// Huge pages for the File backend (`None`: the file mapped as it is;
+    /// `Snapshot` is resolved by the caller).
+    pub huge_pages: HugePages,
+}
+
+impl RestoreMemory {
+    /// The memory file at `path`, mapped copy-on-write.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            backend: MemBackendType::File,
+            path: path.into(),
+            seccomp: Seccomp::disabled(),
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+/// Guest RAM from `source`, and the lazy handler if there is one.
+fn guest_memory(
+    source: &RestoreMemory,
+    snapshot: &Snapshot,
+) -> Result<(GuestMemory, Option<lazy::LazyMemory>), SnapshotError> {
+    let path: &Path = &source.path;
+    match source.backend {
+        MemBackendType::File => match source.huge_pages {
+            HugePages::None | HugePages::Snapshot => {
+                Ok((memory_file::map(path, &snapshot.memory)?, None))
+            }
+            pages => Ok((huge_pages::load(path, &snapshot.memory, pages)?, None)),
+        },
+        MemBackendType::Lazy => {
+            let lazy = lazy::open(path, &snapshot.memory, &source.seccomp)?;
+            Ok((lazy.memory.clone(), Some(lazy)))
+        }
+        MemBackendType::Uffd => {
+            let memory =
+                lazy::anonymous(&snapshot.memory).map_err(|source| MemoryFileError::Io {
+                    path: "(anonymous guest RAM)".into(),
+                    source,
+                })?;
+            let handler_error = |source| SnapshotError::UffdHandler {
+                path: path.display().to_string(),
+                source,
+            };
+            let uffd = uffd::register_all(&memory, uffd::FEATURE_EVENT_REMOVE)
+                .map_err(|e| handler_error(std::io::Error::other(format!("userfaultfd: {e}"))))?;
+            uffd::handoff(path, &memory, &uffd).map_err(handler_error)?;
+            // Like Firecracker, sie keeps its end for the VM's life: if the
+            // handler dies, the guest waits rather than reading zeros.
+            uffd::keep(uffd);
+            Ok((memory, None))
+        }
+    }
+}
+
+/// Builds the VM `snapshot` describes with its RAM from `source`; the
+/// vCPUs are ready to continue where they stopped. With `clock_realtime`
+/// the guest's clock moves forward by the time since the snapshot was
+/// taken (host wall clock), else it continues from its saved value.
 pub fn restore(
     snapshot: &Snapshot,
-    mem_path: &Path,
+    source: &RestoreMemory,
+    clock_realtime: bool,
     hv: &dyn Hypervisor,
     options: BuildOptions,
     control: Arc<VmControl>,
@@ -26,7 +102,13 @@ pub fn restore(
     let build_error =
         |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
     let count = builder::vcpu_count(config, hv).map_err(build_error)?;
-    let memory = memory_file::map(mem_path, &snapshot.memory)?;
+    if source.backend != MemBackendType::Uffd {
+        // The memory file must be this snapshot's (Uffd's path is the
+        // handler's socket: the handler answers for its file).
+        super::pairing::check(&source.path, snapshot.pair_id.as_deref())
+            .map_err(SnapshotError::Build)?;
+    }
+    let (memory, lazy) = guest_memory(source, snapshot)?;
     let machine =
         builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
     let state_error = |what: &str, e: sie_hv::HvError| {
@@ -39,6 +121,18 @@ pub fn restore(
     for (vcpu, state) in machine.vcpus.iter().zip(&snapshot.vcpus) {
         vcpu.restore_state(state)
             .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+        // The guest was stopped for as long as it was files: its watchdog
+        // must not count that time as a soft lockup.
+        vcpu.notify_paused()
+            .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
+    }
+    if clock_realtime {
+        let age = snapshot.vm.age();
+        machine
+            .vm
+            .advance_clock(age)
+            .map_err(|e| state_error("the guest clock", e))?;
+        tracing::info!("guest clock advanced by {} ms", age.as_millis());
     }
     machine
         .devices
@@ -58,14 +152,19 @@ pub fn restore(
             .map_err(|e| SnapshotError::Build(format!("virtio device {index}: {e}")))?;
     }
     // A restored VM is a clone: it gets a new generation id and hears about
-    // it before its vCPUs run, so it reseeds its RNG. (The memory file is
-    // mapped copy-on-write: the file keeps the old id.)
+    // it before its vCPUs run, so it reseeds its RNG. (No backend writes
+    // guest RAM back to the memory file: the file keeps the old id.)
     machine
         .vmgenid
         .write_new_id(&machine.memory)
         .map_err(build_error)?;
     machine.vmgenid.notify().map_err(build_error)?;
     let mut built = machine.into_built();
+    // Every backend leaves pages that hold data without being resident, so
+    // a later snapshot must read them all.
     built.memory_from_file = true;
+    if let Some(lazy) = lazy {
+        lazy.mark_loaded();
+    }
     Ok(built)
 }

@@ -123,7 +123,16 @@ impl VcpuThread {
                 self.ack(seq, AckState::Paused);
                 VcpuState::Paused
             }
-            (_, VcpuRequest::Resume(seq)) => {
+            (VcpuState::Paused, VcpuRequest::Resume(seq)) => {
+                // Before the guest runs again: its watchdog must not take
+                // the pause for a soft lockup.
+                if let Err(error) = self.vcpu.notify_paused() {
+                    tracing::warn!("vCPU {}: {}", self.index, crate::error::error_chain(&error));
+                }
+                self.ack(seq, AckState::Running);
+                VcpuState::Running
+            }
+            (VcpuState::Running, VcpuRequest::Resume(seq)) => {
                 self.ack(seq, AckState::Running);
                 VcpuState::Running
             }
