@@ -51,6 +51,19 @@ pub struct VirtioStats {
     pub name: String,
     /// Reads the device's counters.
     pub read: Box<dyn Fn() -> CountersSnapshot + Send + Sync>,
+    /// Reads the counters only this kind of device has (virtio-net's frames
+    /// and drops per direction); none for most.
+    pub extra: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+}
+
+impl VirtioStats {
+    /// Every counter as name/value pairs: the generic ones, then the
+    /// device's own.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut fields = (self.read)().fields().to_vec();
+        fields.extend((self.extra)());
+        fields
+    }
 }
 
 /// The paravirtual devices, once created.
@@ -157,6 +170,7 @@ impl VirtioDevices {
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
             let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+            let net_stats = net.stats().clone();
             net.update_rate_limiters(
                 Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
                 Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
@@ -164,6 +178,11 @@ impl VirtioDevices {
             .map_err(|e| fail(e.into()))?;
             let transport =
                 devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
+            // Dropped frames are what an operator asks about first (a tap
+            // that went away drops everything the guest sends).
+            if let Some(stats) = devices.stats.last_mut() {
+                stats.extra = Box::new(move || net_stats.snapshot().fields().to_vec());
+            }
             devices.nets.push((nic.iface_id.clone(), transport));
         }
         if let Some(vsock) = &config.vsock {
@@ -256,6 +275,7 @@ impl VirtioDevices {
         self.stats.push(VirtioStats {
             name: bus_name,
             read: Box::new(move || counters.counters()),
+            extra: Box::new(Vec::new),
         });
         Ok(transport)
     }

@@ -55,7 +55,7 @@ impl FinishedVm {
             text.push_str("\nvirtio devices\n");
             for device in &self.virtio {
                 text.push_str(&format!("  {}\n   ", device.name));
-                for (name, value) in (device.read)().fields() {
+                for (name, value) in device.fields() {
                     text.push_str(&format!(" {name}={value}"));
                 }
                 text.push('\n');

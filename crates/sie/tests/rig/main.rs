@@ -17,11 +17,13 @@ use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 mod bench;
 mod control;
+mod faults;
 mod snapshot;
 mod virtio;
 
 use bench::*;
 use control::*;
+use faults::*;
 use snapshot::*;
 use virtio::*;
 
@@ -245,6 +247,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         snapshot_overrides(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
+        host_faults(),
     ]
 }
 

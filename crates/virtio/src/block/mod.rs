@@ -18,6 +18,8 @@
 //! limiter's timer fires.
 
 mod engine;
+#[cfg(test)]
+mod fault_tests;
 mod in_flight;
 mod request;
 #[cfg(test)]
@@ -119,9 +121,21 @@ fn serial(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     out
 }
 
-/// Usable size of `file`: whole sectors only.
+/// Usable size of `file`: whole sectors only. A block device (a partition,
+/// an LVM or device-mapper volume, a loop device) is measured by seeking to
+/// its end, since its metadata says 0 bytes (requests use positioned I/O,
+/// so the offset left behind does not matter); anything else by its
+/// metadata.
 fn disk_size(file: &File) -> io::Result<u64> {
-    let len = file.metadata()?.len();
+    use std::os::unix::fs::FileTypeExt;
+    let metadata = file.metadata()?;
+    // A block device's metadata says 0 bytes: its end says how large it is.
+    let len = if metadata.file_type().is_block_device() {
+        let mut file = file;
+        io::Seek::seek(&mut file, io::SeekFrom::End(0))?
+    } else {
+        metadata.len()
+    };
     Ok(len - len % SECTOR_SIZE)
 }
 

@@ -108,7 +108,7 @@ impl Rig {
 }
 
 /// Writeback, so flushes are served.
-const WRITEBACK: BlockOptions = BlockOptions {
+pub(super) const WRITEBACK: BlockOptions = BlockOptions {
     read_only: false,
     cache: CacheType::Writeback,
     engine: IoEngine::Sync,
