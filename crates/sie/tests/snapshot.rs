@@ -7,45 +7,18 @@
 
 mod common;
 
-use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::api::ApiVm;
+use common::counter::{self, capture, wait_for};
 use common::sie;
 
 const LIMIT: u32 = 40;
 
 /// "count 1\n" .. "count LIMIT\n".
 fn full_count() -> String {
-    (1..=LIMIT).map(|n| format!("count {n}\n")).collect()
-}
-
-/// Collects a child's stdout on a thread.
-fn capture(vm: &mut ApiVm) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut pipe = vm.child.stdout.take().expect("stdout");
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 256];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("output lock")
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    out
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    counter::full_count(LIMIT)
 }
 
 /// Boots the counter in a new sie, pauses it after a few counts,
