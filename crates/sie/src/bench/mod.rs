@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 
+mod api_vmm;
 pub mod blk;
 pub mod boot;
 pub mod exits;

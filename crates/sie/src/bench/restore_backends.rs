@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::snapshot::{Vmm, counts, median, spawn, wait_until};
+use super::api_vmm::{Vmm, counts, median, spawn, wait_until};
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 

@@ -3,7 +3,7 @@
 
 use vm_memory::GuestAddress;
 
-use super::engine::OpKind;
+use super::op::OpKind;
 
 /// A request the engine is running: where its answer goes.
 pub struct Pending {

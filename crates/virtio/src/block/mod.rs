@@ -21,6 +21,7 @@ mod engine;
 #[cfg(test)]
 mod fault_tests;
 mod in_flight;
+mod op;
 mod request;
 #[cfg(test)]
 mod tests;

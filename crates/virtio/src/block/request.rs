@@ -15,7 +15,7 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use super::engine::OpKind;
+use super::op::OpKind;
 use crate::{GuestMemory, Segment, VirtioCounters};
 
 /// Bytes per virtio-blk sector, whatever the backing store's block size.

@@ -16,7 +16,7 @@ use io_uring::{IoUring, opcode, types};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::engine::{Completion, Op, OpKind};
+use super::op::{Completion, Op, OpKind};
 
 /// Most buffers one readv/writev takes (the kernel's UIO_MAXIOV).
 const MAX_IOVECS: usize = 1024;

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::engine::{Completion, Op, OpKind};
+use super::op::{Completion, Op, OpKind};
 use crate::Segment;
 
 /// Bounce-buffer size for data transfers.
