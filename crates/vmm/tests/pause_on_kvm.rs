@@ -29,10 +29,11 @@ fn ram_bytes(memory: &GuestMemory) -> Vec<u8> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let mut bytes = Vec::new();
     for region in memory.iter() {
-        let start = usize::try_from(region.start_addr().0).unwrap();
-        let len = usize::try_from(region.len()).unwrap();
+        let start = usize::try_from(region.start_addr().0).expect("region address");
+        let len = usize::try_from(region.len()).expect("region length");
         bytes.resize(start + len, 0);
-        vm_memory::Bytes::read_slice(memory, &mut bytes[start..], region.start_addr()).unwrap();
+        vm_memory::Bytes::read_slice(memory, &mut bytes[start..], region.start_addr())
+            .expect("guest RAM read");
     }
     bytes
 }
