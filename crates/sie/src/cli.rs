@@ -412,7 +412,7 @@ pub struct BenchSnapshotArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: u32,
     /// Guest memory sizes, MiB.
-    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024, 4096])]
     pub sizes_mib: Vec<u32>,
     /// Another VMM to compare that serves Firecracker's API (`PATH
     /// --api-sock SOCK [--config-file FILE]`), e.g. a `firecracker` binary.
