@@ -175,7 +175,7 @@ pub(crate) fn vcpu_count(config: &VmConfig, hv: &dyn Hypervisor) -> Result<u32> 
 }
 
 /// Anonymous guest RAM of `mib` MiB, laid out around the MMIO hole.
-fn anonymous_memory(mib: u64) -> Result<GuestMemory> {
+fn anonymous_memory(mib: u64, pages: sie_config::HugePages) -> Result<GuestMemory> {
     let memory_error =
         |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory { mib, source };
     let mem_bytes = mib
@@ -188,7 +188,7 @@ fn anonymous_memory(mib: u64) -> Result<GuestMemory> {
     for &(_, len) in &regions {
         reserve_address_space(len).map_err(|e| memory_error(e.into()))?;
     }
-    GuestMemory::from_ranges(&regions).map_err(|e| memory_error(e.into()))
+    crate::guest_memory::anonymous(&regions, pages).map_err(|e| memory_error(e.into()))
 }
 
 /// Whether `len` bytes of address space can be mapped (nothing is kept).
@@ -344,7 +344,11 @@ pub fn build(
         None => None,
     };
 
-    let memory = anonymous_memory(mib)?;
+    let pages = config
+        .machine_config
+        .as_ref()
+        .map_or(sie_config::HugePages::None, |machine| machine.huge_pages());
+    let memory = anonymous_memory(mib, pages)?;
     let machine = assemble(config, hv, options, control, memory, vcpu_count)?;
     let memory = &machine.memory;
     machine.vmgenid.write_new_id(memory)?;

@@ -127,6 +127,9 @@ impl Draft {
 
     fn put_machine(&mut self, machine: MachineConfig) -> Result<(), String> {
         machine.validate().map_err(|e| e.to_string())?;
+        if machine.huge_pages() == sie_config::HugePages::TwoMiB {
+            crate::guest_memory::check_huge_pages_for(machine.mem_size_mib)?;
+        }
         self.config.machine_config = Some(machine);
         Ok(())
     }
