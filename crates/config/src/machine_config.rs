@@ -99,7 +99,7 @@ impl MachineConfig {
         match self.huge_pages.as_deref() {
             None | Some("None") => {}
             Some(pages @ ("2M" | "Transparent")) => {
-                if self.mem_size_mib % 2 != 0 {
+                if !self.mem_size_mib.is_multiple_of(2) {
                     return Err(MachineConfigError::HugePagesSize(pages.to_string()));
                 }
             }

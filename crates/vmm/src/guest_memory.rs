@@ -36,7 +36,7 @@ fn region(
     len: usize,
     hugetlb: bool,
 ) -> io::Result<GuestRegionMmap<AtomicBitmap>> {
-    if hugetlb && len as u64 % HUGE_PAGE != 0 {
+    if hugetlb && !(len as u64).is_multiple_of(HUGE_PAGE) {
         return Err(io::Error::other(format!(
             "huge_pages 2M: a guest RAM region of {len} bytes is not a whole number of 2 MiB pages"
         )));
