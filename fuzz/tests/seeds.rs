@@ -5,7 +5,8 @@ use std::io::Cursor;
 use std::path::Path;
 
 use sie_arch::loader::load_kernel;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use sie_virtio::GuestMemory;
+use vm_memory::GuestAddress;
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,7 +37,7 @@ fn every_codec_seed_decompresses() {
 
 #[test]
 fn loader_seeds_load() {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("memory");
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 8 << 20)]).expect("memory");
     for (target, name) in [
         ("loader_elf", "seed-plain"),
         ("loader_elf", "seed-pvh"),

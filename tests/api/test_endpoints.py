@@ -85,6 +85,8 @@ def test_machine_config_put_then_patch(api):
 def test_machine_config_optional_fields(api):
     api.ok("PUT", "/machine-config", {**MACHINE, "smt": False, "track_dirty_pages": False, "huge_pages": "None"})
     api.ok("PUT", "/machine-config", {**MACHINE, "smt": None, "track_dirty_pages": None, "huge_pages": None})
+    api.ok("PUT", "/machine-config", {**MACHINE, "track_dirty_pages": True})
+    assert api.get("/machine-config").json()["track_dirty_pages"] is True
 
 
 @pytest.mark.parametrize("vcpus", [0, 255, 256, -1])
@@ -107,7 +109,7 @@ def test_machine_config_vcpu_limits_accepted(api):
         ({"vcpu_count": 1, "mem_size_mib": 128.5}, "mem_size_mib"),
         ({**MACHINE, "smt": "yes"}, "smt"),
         ({**MACHINE, "huge_pages": "1G"}, "huge_pages"),
-        ({**MACHINE, "track_dirty_pages": True}, "track_dirty_pages"),
+        ({**MACHINE, "mem_size_mib": 129, "huge_pages": "2M"}, "huge_pages"),
     ],
 )
 def test_machine_config_put_bad(api, body, field):

@@ -121,7 +121,7 @@ pub fn i8042(data: &[u8]) {
         if input.is_empty() {
             break;
         }
-        if input.u8() % 16 == 0 {
+        if input.u8().is_multiple_of(16) {
             let _ = device.send_ctrl_alt_del();
             continue;
         }
@@ -277,7 +277,7 @@ pub fn serial(data: &[u8]) {
         if input.is_empty() {
             break;
         }
-        if input.u8() % 8 == 0 {
+        if input.u8().is_multiple_of(8) {
             let bytes = input.chunk(80);
             let room = device.input_room();
             assert!(room <= SERIAL_FIFO_BYTES, "{room} bytes of room");

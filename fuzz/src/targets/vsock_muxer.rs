@@ -82,7 +82,7 @@ pub fn run(data: &[u8]) {
             5 => muxer.process_events(),
             6 => client_action(&mut input, &mut clients, &uds_path),
             _ => {
-                if input.u8() % 8 == 0 {
+                if input.u8().is_multiple_of(8) {
                     muxer.reset();
                 } else {
                     muxer.process_events();
