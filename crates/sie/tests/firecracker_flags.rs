@@ -86,7 +86,8 @@ fn missing_features_are_refused_in_one_line() {
     sie(&["--api-sock", "/nonexistent/dir/api.sock"]).expect_one_line_error("API socket");
     for (flag, value, needle) in [
         ("--seccomp-filter", "/tmp/filter.bpf", "--seccomp-filter"),
-        ("--metadata", "/tmp/metadata.json", "MMDS"),
+        ("--metadata", "/nonexistent/metadata.json", "MMDS"),
+        ("--mmds-size-limit", "0", "--mmds-size-limit"),
         ("--metrics-path", "/nonexistent/dir/metrics", "metrics"),
         ("--log-path", "/nonexistent/dir/log", "/nonexistent/dir/log"),
         ("--id", "bad id!", "--id"),

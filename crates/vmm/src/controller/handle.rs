@@ -74,6 +74,15 @@ impl Controller {
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
+            Request::GetMmds => Response::Json(self.mmds().to_json()),
+            Request::PutMmds(data) => match self.mmds().put(data) {
+                Ok(()) => Response::NoContent,
+                Err(error) => Response::fault(error),
+            },
+            Request::PatchMmds(patch) => match self.mmds().patch(&patch) {
+                Ok(()) => Response::NoContent,
+                Err(error) => Response::fault(error),
+            },
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -83,6 +92,15 @@ impl Controller {
                     .unwrap_or_else(|| Response::fault("this request is not handled by the VMM"))
             }
         }
+    }
+
+    /// The metadata store; a poisoned lock still holds a whole document
+    /// (every update replaces it in one assignment).
+    fn mmds(&self) -> std::sync::MutexGuard<'_, sie_mmds::Mmds> {
+        self.options
+            .mmds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn put_logger(&mut self, logger: sie_config::Logger) -> Response {
