@@ -244,6 +244,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         snapshot_overrides(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
+        mmds(),
     ]
 }
 
