@@ -43,6 +43,8 @@ const HTTP_PORT: u16 = 80;
 /// through the send side.
 const RX_BUFFER: usize = 4096;
 const TX_BUFFER: usize = 16 * 1024;
+/// How long a connection may stay without a segment from the guest.
+const IDLE_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
 /// Largest Ethernet frame the stack sends (1500-byte IP MTU).
 const MAX_FRAME: usize = 1514;
 /// Rounds of (poll, serve sockets) per event, so one event's work is
@@ -128,6 +130,8 @@ pub struct MmdsStack {
     frames: Frames,
     sockets: SocketSet<'static>,
     conns: Vec<(SocketHandle, Conn)>,
+    /// Added to the clock (tests move time forward with it).
+    skew: std::time::Duration,
     /// The guest's MAC and IPv4 address as last taught to smoltcp, and when.
     learned: Option<([u8; 6], [u8; 4], std::time::Instant)>,
 }
@@ -137,9 +141,15 @@ impl MmdsStack {
     pub fn new(mmds: SharedMmds, ip: Ipv4Addr) -> std::io::Result<Self> {
         let mut seed = [0u8; 8];
         crate::random_bytes(&mut seed)?;
+        Ok(Self::with_seed(mmds, ip, u64::from_le_bytes(seed)))
+    }
+
+    /// The same with a chosen seed for TCP's initial sequence numbers, so
+    /// a fuzzer can complete handshakes; a VMM uses [`Self::new`].
+    pub fn with_seed(mmds: SharedMmds, ip: Ipv4Addr, seed: u64) -> Self {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(MMDS_MAC)));
         // Initial sequence numbers come from it.
-        config.random_seed = u64::from_le_bytes(seed);
+        config.random_seed = seed;
         let mut frames = Frames {
             inbound: None,
             outbound: VecDeque::new(),
@@ -154,10 +164,13 @@ impl MmdsStack {
         let mut sockets = SocketSet::new(Vec::new());
         let mut conns = Vec::with_capacity(SOCKETS);
         for _ in 0..SOCKETS {
-            let socket = tcp::Socket::new(
+            let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
                 tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
             );
+            // A connection the guest leaves silent (half-open, or idle
+            // keep-alive) gives its slot back at the next poll after this.
+            socket.set_timeout(Some(IDLE_TIMEOUT));
             conns.push((sockets.add(socket), Conn::default()));
         }
         let mut stack = Self {
@@ -167,10 +180,11 @@ impl MmdsStack {
             frames,
             sockets,
             conns,
+            skew: std::time::Duration::ZERO,
             learned: None,
         };
         stack.serve_sockets();
-        Ok(stack)
+        stack
     }
 
     /// The MMDS address.
@@ -227,6 +241,11 @@ impl MmdsStack {
         !self.frames.outbound.is_empty()
     }
 
+    /// How many frames wait for the guest (at most [`MAX_QUEUED_FRAMES`]).
+    pub fn queued_frames(&self) -> usize {
+        self.frames.outbound.len()
+    }
+
     /// Drops every connection and queued frame (the device was reset).
     pub fn reset(&mut self) {
         self.frames.outbound.clear();
@@ -274,16 +293,26 @@ impl MmdsStack {
         arp.extend_from_slice(&self.ip.octets());
         let queued = self.frames.outbound.len();
         self.frames.inbound = Some(arp);
-        self.iface
-            .poll(Instant::now(), &mut self.frames, &mut self.sockets);
+        let now = self.now();
+        self.iface.poll(now, &mut self.frames, &mut self.sockets);
         self.frames.inbound = None;
         self.frames.outbound.truncate(queued);
     }
 
+    fn now(&self) -> Instant {
+        Instant::from(std::time::SystemTime::now() + self.skew)
+    }
+
+    /// Moves this stack's clock `by` forward.
+    #[cfg(test)]
+    pub(crate) fn advance(&mut self, by: std::time::Duration) {
+        self.skew += by;
+    }
+
     fn poll(&mut self) {
         for _ in 0..POLL_ROUNDS {
-            self.iface
-                .poll(Instant::now(), &mut self.frames, &mut self.sockets);
+            let now = self.now();
+            self.iface.poll(now, &mut self.frames, &mut self.sockets);
             if !self.serve_sockets() {
                 break;
             }

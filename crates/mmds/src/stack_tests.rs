@@ -287,3 +287,65 @@ fn malformed_http_gets_400_and_a_close() {
     let response = exchange(&mut stack, "\x01\x02 nonsense\r\n\r\n");
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 }
+
+#[test]
+fn a_syn_flood_holds_at_most_the_socket_slots_which_come_back_after_the_idle_timeout() {
+    let (mut stack, _) = stack(MmdsVersion::V1);
+    let mut synacks = 0;
+    for _ in 0..(SOCKETS * 4) {
+        SRC_PORT.with(|p| p.set(p.get() + 1));
+        stack.receive(&tcp_frame(DEFAULT_IPV4, 80, 7, None, true, &[]));
+        assert!(stack.frames.outbound.len() <= MAX_QUEUED_FRAMES);
+        synacks += segments(&drain(&mut stack)).iter().filter(|s| s.1).count();
+    }
+    assert_eq!(
+        synacks, SOCKETS,
+        "one SYN-ACK per slot, resets for the rest"
+    );
+    // The half-open connections time out; a real request is then served.
+    stack.advance(std::time::Duration::from_secs(11));
+    SRC_PORT.with(|p| p.set(p.get() + 1));
+    stack.receive(&tcp_frame(DEFAULT_IPV4, 80, 7, None, true, &[]));
+    drain(&mut stack);
+    let response = exchange(
+        &mut stack,
+        "GET /latest HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(response.ends_with("meta-data/"), "{response}");
+}
+
+#[test]
+fn a_request_larger_than_the_buffer_gets_400_not_more_memory() {
+    let (mut stack, _) = stack(MmdsVersion::V1);
+    SRC_PORT.with(|p| p.set(p.get() + 1));
+    stack.receive(&tcp_frame(DEFAULT_IPV4, 80, 1000, None, true, &[]));
+    let (server_seq, _, _, _) = segments(&drain(&mut stack))[0];
+    let mut seq = 1001u32;
+    let mut response = Vec::new();
+    // Header bytes that never end, 1000 at a time, acknowledging what the
+    // stack sends.
+    let chunk = vec![b'a'; 1000];
+    for _ in 0..20 {
+        stack.receive(&tcp_frame(
+            DEFAULT_IPV4,
+            80,
+            seq,
+            Some(server_seq + 1),
+            false,
+            &chunk,
+        ));
+        seq += chunk.len() as u32;
+        for (_, _, _, payload) in segments(&drain(&mut stack)) {
+            response.extend_from_slice(&payload);
+        }
+        let conn = &stack
+            .conns
+            .iter()
+            .map(|(_, c)| c.request.len())
+            .max()
+            .unwrap_or(0);
+        assert!(*conn <= crate::http::MAX_REQUEST_BYTES);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
