@@ -426,6 +426,14 @@ def test_mmds_config(api):
     assert config == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": True}
 
 
+def test_mmds_after_boot(booted):
+    api = booted.api
+    api.ok("PUT", "/mmds", {"latest": {"id": "i-1"}})
+    api.ok("PATCH", "/mmds", {"latest": {"id": "i-2"}})
+    assert api.get("/mmds").json() == {"latest": {"id": "i-2"}}
+    assert "after starting" in api.put("/mmds/config", {"network_interfaces": ["eth0"]}).fault
+
+
 # -- errors: unsupported features, unknown paths, bad bodies ---------------
 
 UNSUPPORTED = [

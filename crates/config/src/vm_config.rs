@@ -412,4 +412,27 @@ mod tests {
         config.drives[1] = second;
         assert!(matches!(config.validate(), Err(ConfigError::SeveralRoots)));
     }
+
+    #[test]
+    fn mmds_config_section_names_configured_interfaces() {
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{section},"), 1);
+            VmConfig::from_json(&text).unwrap().validate()
+        };
+        with(r#""mmds-config": {"version": "V2", "network_interfaces": ["eth0"]}"#).unwrap();
+        let config = VmConfig::from_json(&FULL.replacen(
+            '{',
+            r#"{"mmds-config": {"network_interfaces": ["eth0"], "imds_compat": true},"#,
+            1,
+        ))
+        .unwrap();
+        let mmds = config.mmds_config.unwrap();
+        assert!(mmds.imds_compat);
+        assert_eq!(mmds.ipv4(), crate::DEFAULT_MMDS_IPV4);
+        let message = with(r#""mmds-config": {"network_interfaces": ["eth9"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("mmds-config: "), "{message}");
+        assert!(message.contains("existing network interface"), "{message}");
+    }
 }
