@@ -349,3 +349,53 @@ fn a_request_larger_than_the_buffer_gets_400_not_more_memory() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 }
+
+#[test]
+fn a_value_larger_than_the_send_buffer_streams_out_as_the_guest_acknowledges() {
+    let (mut stack, shared) = stack(MmdsVersion::V1);
+    let big = "x".repeat(45_000);
+    shared
+        .lock()
+        .unwrap()
+        .put(json!({"user-data": big}))
+        .unwrap();
+    SRC_PORT.with(|p| p.set(p.get() + 1));
+    stack.receive(&tcp_frame(DEFAULT_IPV4, 80, 1000, None, true, &[]));
+    let (server_seq, _, _, _) = segments(&drain(&mut stack))[0];
+    let request = b"GET /user-data HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let mut acked = server_seq + 1;
+    stack.receive(&tcp_frame(
+        DEFAULT_IPV4,
+        80,
+        1001,
+        Some(acked),
+        false,
+        request,
+    ));
+    let seq = 1001 + request.len() as u32;
+    let mut body = Vec::new();
+    let mut fin = false;
+    for _ in 0..200 {
+        let got = segments(&drain(&mut stack));
+        if got.is_empty() {
+            break;
+        }
+        for (at, _, is_fin, payload) in got {
+            // In order: each segment starts where the last ended.
+            if at == acked {
+                body.extend_from_slice(&payload);
+                acked = acked.wrapping_add(payload.len() as u32);
+            }
+            if is_fin {
+                fin = true;
+                acked = acked.wrapping_add(1);
+            }
+        }
+        // The guest acknowledges everything it has (a window of 64000).
+        stack.receive(&tcp_frame(DEFAULT_IPV4, 80, seq, Some(acked), false, &[]));
+    }
+    assert!(fin, "the whole response and its FIN arrived");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..40]);
+    assert!(text.ends_with(&big));
+}
