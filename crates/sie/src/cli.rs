@@ -338,6 +338,10 @@ pub struct RunArgs {
     /// A Firecracker-style JSON config file (boot-source, machine-config).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// Fill the metadata service's store (MMDS) from this JSON file; the
+    /// config file's `mmds-config` says which interfaces serve it.
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
     /// Boot a bzImage the classic way (the guest decompresses its kernel)
     /// instead of decompressing it once on the host and caching the vmlinux
     /// under $XDG_CACHE_HOME/sie/vmlinux (or ~/.cache/sie/vmlinux).

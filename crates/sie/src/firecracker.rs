@@ -31,8 +31,8 @@ const METRICS_PERIOD: Duration = Duration::from_secs(60);
 enum FirecrackerModeError {
     #[error("--no-api needs --config-file FILE")]
     NoConfig,
-    #[error("--metadata {path} (MMDS contents): {1}", path = .0.display())]
-    Metadata(PathBuf, String),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
     #[error("--mmds-size-limit {0} is out of range")]
     MmdsSizeLimit(u64),
     #[error("--http-api-max-payload-size {0} is out of range")]
@@ -151,15 +151,7 @@ fn metadata_store(
             .ok_or(FirecrackerModeError::MmdsSizeLimit(size))?,
         None => max_payload,
     };
-    let mut mmds = sie_mmds::Mmds::new(limit);
-    if let Some(path) = &args.metadata {
-        let fail = |why: String| FirecrackerModeError::Metadata(path.clone(), why);
-        let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let data: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
-        mmds.put(data).map_err(|e| fail(e.to_string()))?;
-    }
-    Ok(std::sync::Arc::new(std::sync::Mutex::new(mmds)))
+    Ok(crate::metadata::store(args.metadata.as_deref(), limit)?)
 }
 
 /// Runs sie as Firecracker would run with these flags.
