@@ -8,9 +8,10 @@
 //! and the frames the stack answers with are taken with
 //! [`MmdsStack::next_frame`] and delivered on the receive queue like the
 //! tap's. The stack is polled whenever a frame comes in or one goes out,
-//! never on a timer: nothing between the guest and the stack loses frames
-//! (a full outgoing queue makes smoltcp hold its data), so retransmission
-//! timers never matter.
+//! never on a timer of its own: nothing between the guest and the stack
+//! loses frames (a full outgoing queue makes smoltcp hold its data), so
+//! retransmissions are never needed, and the idle timeout that frees a
+//! connection the guest abandoned is checked at the next poll.
 //!
 //! Memory is bounded: [`SOCKETS`] connections, each with a request buffer
 //! of at most [`crate::http::MAX_REQUEST_BYTES`] and one response at a
