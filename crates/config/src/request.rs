@@ -224,9 +224,21 @@ pub enum Response {
     Text(String),
     /// Refused (HTTP 400 with `{"fault_message": ...}`).
     Fault(String),
+    /// Refused because the data would not fit its store (HTTP 413 with
+    /// `{"fault_message": ...}`: Firecracker's answer to an MMDS update over
+    /// the size limit).
+    TooLarge(String),
 }
 
 impl Response {
+    /// The fault message of a refusal (400 or 413).
+    pub fn fault_message(&self) -> Option<&str> {
+        match self {
+            Response::Fault(message) | Response::TooLarge(message) => Some(message),
+            _ => None,
+        }
+    }
+
     /// A fault from anything displayable.
     pub fn fault(message: impl std::fmt::Display) -> Self {
         Response::Fault(message.to_string())

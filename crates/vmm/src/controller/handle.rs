@@ -16,6 +16,15 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
 
+/// An MMDS update's answer: 413 over the size limit, as in Firecracker.
+fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
+    match result {
+        Ok(()) => Response::NoContent,
+        Err(error @ sie_mmds::StoreError::TooLarge) => Response::TooLarge(error.to_string()),
+        Err(error) => Response::fault(error),
+    }
+}
+
 impl Controller {
     fn state_name(&self) -> &'static str {
         match &self.phase {
@@ -75,14 +84,8 @@ impl Controller {
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
             Request::GetMmds => Response::Json(self.mmds().to_json()),
-            Request::PutMmds(data) => match self.mmds().put(data) {
-                Ok(()) => Response::NoContent,
-                Err(error) => Response::fault(error),
-            },
-            Request::PatchMmds(patch) => match self.mmds().patch(&patch) {
-                Ok(()) => Response::NoContent,
-                Err(error) => Response::fault(error),
-            },
+            Request::PutMmds(data) => mmds_response(self.mmds().put(data)),
+            Request::PatchMmds(patch) => mmds_response(self.mmds().patch(&patch)),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
