@@ -284,9 +284,11 @@ echo "@@L2 RESULT rx_bytes=$(wc -c < /tmp/rx2.bin)""#,
 
 /// The metadata service through virtio-net: a V2 guest gets a token with
 /// busybox `nc`, reads a nested key with `wget`, is refused without the
-/// token, gets a 400 for a malformed request, and sees a key the host
-/// PATCHed after boot; then a V1 guest reads a value, a listing and JSON
-/// without a token. The store comes from `--metadata`.
+/// token, gets a 400 for a malformed request, floods the address with 60
+/// connections of oversized headers and random bytes and is still served,
+/// and sees a key the host PATCHed after boot; then a V1 guest reads a
+/// value, a listing and JSON without a token. The store comes from
+/// `--metadata`.
 pub(crate) fn mmds() -> Case {
     Case {
         name: "mmds",
@@ -332,6 +334,19 @@ else
   if wget -q -O - $M/latest/meta-data/instance-id >/dev/null 2>&1; then r=answered; else r=refused; fi
   echo "@@L2 RESULT v2_without_token=$r"
   echo "@@L2 RESULT garbage=$( (printf 'BAD\001\002 x\r\n\r\n'; sleep 2) | nc 169.254.169.254 80 | head -n 1 | cut -c1-12)"
+  # A flood: 60 connections at once (8 are served, the rest reset), every
+  # other one with a 9000-byte header line, the rest with random bytes.
+  i=0
+  while [ $i -lt 60 ]; do
+    if [ $((i % 2)) -eq 0 ]; then
+      (printf 'GET /%s HTTP/1.1\r\nX: ' $i; head -c 9000 /dev/zero | tr '\0' x; sleep 1) | nc -w 2 169.254.169.254 80 >/dev/null 2>&1 &
+    else
+      (head -c 3000 /dev/urandom; sleep 1) | nc -w 2 169.254.169.254 80 >/dev/null 2>&1 &
+    fi
+    i=$((i+1))
+  done
+  wait
+  echo "@@L2 RESULT after_flood=$(wget -q -O - --header "X-metadata-token: $token" $M/latest/meta-data/instance-id)"
   echo "@@L2 RESULT patch=now"; sleep 3
   echo "@@L2 RESULT patched_value=$(wget -q -O - --header "X-metadata-token: $token" $M/latest/meta-data/patched)"
 fi"#,
@@ -343,6 +358,7 @@ fi"#,
                 ("v2_value", "06:00:ac:10:00:02"),
                 ("v2_without_token", "refused"),
                 ("garbage", "HTTP/1.1 400"),
+                ("after_flood", "i-rig"),
                 ("host_patched", "yes"),
                 ("patched_value", "yes"),
                 ("v1_value", "06:00:ac:10:00:02"),
