@@ -96,46 +96,67 @@ pub fn stage(
     scan_contents: bool,
     pair_id: &str,
 ) -> io::Result<(Staged, u64)> {
+    let mut candidates = Vec::new();
+    for region in memory.iter() {
+        candidates.push(if scan_contents {
+            let len = usize::try_from(region.len()).map_err(io::Error::other)?;
+            vec![true; len.div_ceil(PAGE)]
+        } else {
+            resident_pages(region)?
+        });
+    }
+    stage_pages(memory, path, pair_id, |region, base, page| {
+        let candidate = candidates
+            .get(region)
+            .and_then(|pages| pages.get(usize::try_from(page).ok()?))
+            .copied()
+            .unwrap_or(false);
+        Ok(candidate && !is_zero_page(memory, GuestAddress(base + page * PAGE as u64))?)
+    })
+}
+
+/// Stages a RAM-sized memory file tagged `pair_id` that holds, of each
+/// region (by index and base address), the pages `wanted` picks, written
+/// in runs at their guest-physical offsets; everything else is a hole.
+/// Returns it and the bytes written.
+pub fn stage_pages(
+    memory: &GuestMemory,
+    path: &Path,
+    pair_id: &str,
+    mut wanted: impl FnMut(usize, u64, u64) -> io::Result<bool>,
+) -> io::Result<(Staged, u64)> {
     let mut written = 0u64;
     let staged = super::durable::stage(path, |file| {
         // Before the rename: a memory file in place always says which
         // snapshot it belongs to.
         super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
-        for region in memory.iter() {
-            let base = region.start_addr().0;
-            let pages = if scan_contents {
-                vec![
-                    true;
-                    usize::try_from(region.len())
-                        .map_err(io::Error::other)?
-                        .div_ceil(PAGE)
-                ]
-            } else {
-                resident_pages(region)?
-            };
-            let mut index = 0;
-            while index < pages.len() {
-                let at = GuestAddress(base + (index * PAGE) as u64);
-                if !pages[index] || is_zero_page(memory, at)? {
-                    index += 1;
+        for (index, region) in memory.iter().enumerate() {
+            let (base, len) = (region.start_addr().0, region.len());
+            let count = len.div_ceil(PAGE as u64);
+            let mut page = 0;
+            while page < count {
+                if !wanted(index, base, page)? {
+                    page += 1;
                     continue;
                 }
                 // A run of pages to write in one go.
-                let mut end = index + 1;
-                while end < pages.len()
-                    && pages[end]
-                    && !is_zero_page(memory, GuestAddress(base + (end * PAGE) as u64))?
-                {
+                let mut end = page + 1;
+                while end < count && wanted(index, base, end)? {
                     end += 1;
                 }
-                let count = (end - index) * PAGE;
-                file.seek(SeekFrom::Start(at.0))?;
+                let at = base + page * PAGE as u64;
+                let bytes = (end * PAGE as u64).min(len) - page * PAGE as u64;
+                file.seek(SeekFrom::Start(at))?;
                 memory
-                    .write_all_volatile_to(at, file, count)
+                    .write_all_volatile_to(
+                        GuestAddress(at),
+                        file,
+                        usize::try_from(bytes).map_err(io::Error::other)?,
+                    )
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                written += count as u64;
-                index = end;
+                written += bytes;
+                page = end;
             }
         }
         Ok(())
