@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_json", targets::config_json::run),
     ("snapshot_file", targets::snapshot_file::run),
     ("http_request", targets::http_request::run),
+    ("mmds", targets::mmds::run),
     ("api_body", targets::api_body::run),
     ("cli_specs", targets::cli_specs::run),
     ("loader_elf", targets::loader::elf),

@@ -390,6 +390,56 @@ def test_ext_stats(api):
     assert isinstance(r.json(), dict)
 
 
+# -- MMDS: the metadata store and its configuration -------------------------
+
+def test_mmds_store_put_patch_get(api):
+    assert api.get("/mmds").json() == {}
+    assert "not initialized" in api.request("PATCH", "/mmds", {"a": "1"}).fault
+    api.ok("PUT", "/mmds", {"latest": {"meta-data": {"ami-id": "ami-1", "gone": "x"}}})
+    api.ok("PATCH", "/mmds", {"latest": {"meta-data": {"ami-id": "ami-2", "gone": None}}, "user-data": "u"})
+    assert api.get("/mmds").json() == {"latest": {"meta-data": {"ami-id": "ami-2"}}, "user-data": "u"}
+    # Any JSON value, as in Firecracker.
+    api.ok("PUT", "/mmds", ["a", 1])
+    assert api.get("/mmds").json() == ["a", 1]
+
+
+def test_mmds_store_size_limit(start_vmm):
+    api = start_vmm("--mmds-size-limit", "64").api
+    api.ok("PUT", "/mmds", {"k": "v" * 40})
+    # 413, as Firecracker answers an update over the limit.
+    for r in [api.put("/mmds", {"k": "v" * 80}), api.request("PATCH", "/mmds", {"more": "v" * 40})]:
+        assert r.status == 413, r
+        assert "doesn't fit" in r.json()["fault_message"]
+    assert api.get("/mmds").json() == {"k": "v" * 40}
+
+
+def test_metadata_file_fills_the_store(start_vmm, tmp_path):
+    path = tmp_path / "metadata.json"
+    path.write_text('{"latest": {"meta-data": {"instance-id": "i-1"}}}')
+    api = start_vmm("--metadata", str(path)).api
+    assert api.get("/mmds").json() == {"latest": {"meta-data": {"instance-id": "i-1"}}}
+
+
+def test_mmds_config(api):
+    assert "existing network interface" in api.put("/mmds/config", {"network_interfaces": ["eth0"]}).fault
+    api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"})
+    assert "empty" in api.put("/mmds/config", {"network_interfaces": []}).fault
+    assert "link local" in api.put("/mmds/config", {"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}).fault
+    assert "unknown field" in api.put("/mmds/config", {"network_interfaces": ["eth0"], "x": 1}).fault
+    assert "V3" in api.put("/mmds/config", {"network_interfaces": ["eth0"], "version": "V3"}).fault
+    api.ok("PUT", "/mmds/config", {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": True})
+    config = api.get("/vm/config").json()["mmds-config"]
+    assert config == {"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": True}
+
+
+def test_mmds_after_boot(booted):
+    api = booted.api
+    api.ok("PUT", "/mmds", {"latest": {"id": "i-1"}})
+    api.ok("PATCH", "/mmds", {"latest": {"id": "i-2"}})
+    assert api.get("/mmds").json() == {"latest": {"id": "i-2"}}
+    assert "after starting" in api.put("/mmds/config", {"network_interfaces": ["eth0"]}).fault
+
+
 # -- errors: unsupported features, unknown paths, bad bodies ---------------
 
 UNSUPPORTED = [
@@ -398,10 +448,6 @@ UNSUPPORTED = [
     ("PATCH", "/balloon", {"amount_mib": 0}),
     ("GET", "/balloon/statistics", None),
     ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
-    ("GET", "/mmds", None),
-    ("PUT", "/mmds", {"latest": {}}),
-    ("PATCH", "/mmds", {"latest": {}}),
-    ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
     ("PUT", "/cpu-config", {}),
     ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 0}),

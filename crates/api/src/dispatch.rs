@@ -38,9 +38,9 @@ impl Dispatcher {
             Ok(Routed::Vmm(call)) => (call.route(), self.ask_vmm(call)),
             Err(fault) => (fault.route, Response::Fault(fault.message)),
         };
-        let fault = matches!(response, Response::Fault(_));
+        let fault = response.fault_message().is_some();
         self.stats.record(name, fault, start.elapsed());
-        if let Response::Fault(message) = &response {
+        if let Some(message) = response.fault_message() {
             tracing::info!("api: {} {}: {message}", request.method, request.target);
         }
         response

@@ -30,6 +30,11 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response, keep_alive: bool) 
             Some("application/json"),
             fault_body(message),
         ),
+        Response::TooLarge(message) => (
+            "413 Payload Too Large",
+            Some("application/json"),
+            fault_body(message),
+        ),
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut head =
@@ -78,5 +83,8 @@ mod tests {
         assert!(fault.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(fault.contains("Connection: close\r\n"));
         assert!(fault.ends_with(r#"{"fault_message":"no \"way\""}"#));
+        let too_large = text(&Response::TooLarge("big".into()), true);
+        assert!(too_large.starts_with("HTTP/1.1 413 Payload Too Large\r\n"));
+        assert!(too_large.ends_with(r#"{"fault_message":"big"}"#));
     }
 }

@@ -9,8 +9,8 @@
 use serde::de::DeserializeOwned;
 use sie_config::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, NetworkInterface, NetworkInterfacePatch, Request, SnapshotCreate, SnapshotLoad,
-    VmState, Vsock,
+    Metrics, MmdsConfig, NetworkInterface, NetworkInterfacePatch, Request, SnapshotCreate,
+    SnapshotLoad, VmState, Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -64,9 +64,8 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 6] = [
+const UNSUPPORTED: [(&str, &str); 5] = [
     ("balloon", "the balloon device"),
-    ("mmds", "MMDS (the microVM metadata service)"),
     ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
     ("serial", "serial output configuration"),
@@ -175,6 +174,12 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked_message("put_snapshot_load", load.plan().map(|_| ()))?;
             vmm(Request::LoadSnapshot(load))
         }
+        ("GET", ["mmds"]) => vmm(Request::GetMmds),
+        ("PUT", ["mmds"]) => vmm(Request::PutMmds(input.parse_value("put_mmds")?)),
+        ("PATCH", ["mmds"]) => vmm(Request::PatchMmds(input.parse_value("patch_mmds")?)),
+        ("PUT", ["mmds", "config"]) => vmm(Request::PutMmdsConfig(
+            input.parse::<MmdsConfig>("put_mmds_config")?,
+        )),
         ("GET", ["entropy"]) => Err(unsupported(method, path, "reading the entropy device")),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(family, _)| family == first) {
             Some((_, feature)) => Err(unsupported(method, path, feature)),
@@ -235,6 +240,25 @@ struct Input<'a> {
 }
 
 impl Input<'_> {
+    /// Parses any JSON value (the MMDS store takes whatever the host puts).
+    fn parse_value(&self, route: &'static str) -> Result<serde_json::Value, Fault> {
+        let (method, path) = (self.method, self.path);
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Fault::new(
+                route,
+                format!("Empty {method} request: {path} needs a JSON body."),
+            ));
+        }
+        serde_json::from_slice(self.body).map_err(|error| {
+            Fault::new(
+                route,
+                format!(
+                    "An error occurred when deserializing the json body of a request: {error}."
+                ),
+            )
+        })
+    }
+
     /// Parses a JSON object body. serde's own message is kept: it names
     /// the unknown, missing or mistyped field and where it is.
     fn parse<T: DeserializeOwned>(&self, route: &'static str) -> Result<T, Fault> {

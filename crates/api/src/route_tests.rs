@@ -351,9 +351,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PUT", "/balloon"),
         ("GET", "/balloon/statistics"),
         ("PATCH", "/balloon/statistics"),
-        ("PUT", "/mmds"),
-        ("GET", "/mmds"),
-        ("PUT", "/mmds/config"),
         ("PUT", "/cpu-config"),
         ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
@@ -365,7 +362,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PATCH", "/balloon/hinting/stop"),
         ("PUT", "/pmem/pm0"),
         ("PATCH", "/pmem/pm0"),
-        ("PATCH", "/mmds"),
         ("PUT", "/serial"),
         ("PATCH", "/hotplug/memory"),
         ("GET", "/hotplug/memory"),
@@ -529,4 +525,51 @@ fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
     );
     let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
     assert!(route("PUT", "/snapshot/load", unknown).is_err());
+}
+
+#[test]
+fn mmds_routes_take_any_json_and_a_checked_config() {
+    assert_eq!(ok("GET", "/mmds", ""), Request::GetMmds);
+    let data = r#"{"latest": {"meta-data": {"id": "i-1"}}}"#;
+    assert_eq!(
+        ok("PUT", "/mmds", data),
+        Request::PutMmds(serde_json::from_str(data).unwrap())
+    );
+    assert_eq!(
+        ok("PATCH", "/mmds", r#"{"a": null}"#),
+        Request::PatchMmds(serde_json::json!({"a": null}))
+    );
+    let Request::PutMmdsConfig(config) = ok(
+        "PUT",
+        "/mmds/config",
+        r#"{"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": true}"#,
+    ) else {
+        panic!("not a PutMmdsConfig");
+    };
+    assert_eq!(config.version, sie_config::MmdsVersion::V2);
+    assert_eq!(config.ipv4(), std::net::Ipv4Addr::new(169, 254, 170, 2));
+    assert!(config.imds_compat);
+    assert!(
+        fault("PUT", "/mmds", "")
+            .message
+            .contains("Empty PUT request")
+    );
+    assert!(
+        fault("PUT", "/mmds", "{nope")
+            .message
+            .contains("deserializing")
+    );
+    let unknown = fault(
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces": [], "x": 1}"#,
+    );
+    assert_eq!(unknown.route, "put_mmds_config");
+    assert!(
+        unknown.message.contains("unknown field"),
+        "{}",
+        unknown.message
+    );
+    assert_eq!(fault("DELETE", "/mmds", "").route, ROUTE_INVALID);
+    assert_eq!(fault("PUT", "/mmds/other", "{}").route, ROUTE_INVALID);
 }

@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 24] = [
+pub const ROUTES: [&str; 28] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -36,6 +36,10 @@ pub const ROUTES: [&str; 24] = [
     "get_stats",
     "put_snapshot_create",
     "put_snapshot_load",
+    "get_mmds",
+    "put_mmds",
+    "patch_mmds",
+    "put_mmds_config",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,

@@ -64,6 +64,14 @@ pub enum Request {
     CreateSnapshot(crate::snapshot::SnapshotCreate),
     /// `PUT /snapshot/load` (before anything is started).
     LoadSnapshot(crate::snapshot::SnapshotLoad),
+    /// `GET /mmds`: the metadata store.
+    GetMmds,
+    /// `PUT /mmds`: replace the metadata store (any time).
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: a JSON merge patch over it (any time).
+    PatchMmds(serde_json::Value),
+    /// `PUT /mmds/config` (before boot only).
+    PutMmdsConfig(crate::mmds::MmdsConfig),
 }
 
 impl Request {
@@ -90,6 +98,10 @@ impl Request {
             Request::GetStats => "get_stats",
             Request::CreateSnapshot(_) => "put_snapshot_create",
             Request::LoadSnapshot(_) => "put_snapshot_load",
+            Request::GetMmds => "get_mmds",
+            Request::PutMmds(_) => "put_mmds",
+            Request::PatchMmds(_) => "patch_mmds",
+            Request::PutMmdsConfig(_) => "put_mmds_config",
         }
     }
 }
@@ -212,9 +224,21 @@ pub enum Response {
     Text(String),
     /// Refused (HTTP 400 with `{"fault_message": ...}`).
     Fault(String),
+    /// Refused because the data would not fit its store (HTTP 413 with
+    /// `{"fault_message": ...}`: Firecracker's answer to an MMDS update over
+    /// the size limit).
+    TooLarge(String),
 }
 
 impl Response {
+    /// The fault message of a refusal (400 or 413).
+    pub fn fault_message(&self) -> Option<&str> {
+        match self {
+            Response::Fault(message) | Response::TooLarge(message) => Some(message),
+            _ => None,
+        }
+    }
+
     /// A fault from anything displayable.
     pub fn fault(message: impl std::fmt::Display) -> Self {
         Response::Fault(message.to_string())

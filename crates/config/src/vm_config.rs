@@ -8,6 +8,7 @@ use crate::boot_source::{BootSource, BootSourceError};
 use crate::devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, Vsock};
 use crate::logging::{Logger, LoggerError, Metrics};
 use crate::machine_config::{MachineConfig, MachineConfigError};
+use crate::mmds::{MmdsConfig, MmdsConfigError};
 
 /// Every resource of one VM. The CLI, the config file and the API
 /// all fill this one struct.
@@ -49,13 +50,13 @@ pub struct VmConfig {
     /// Firecracker's balloon; parsed so it can be refused by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
-    /// Firecracker's MMDS; parsed so it can be refused by name.
+    /// The metadata service: which interfaces carry it, and how.
     #[serde(
         rename = "mmds-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     /// Firecracker's CPU templates; parsed so they can be refused by name.
     #[serde(
         rename = "cpu-config",
@@ -115,6 +116,9 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// `mmds-config` is invalid.
+    #[error("mmds-config: {0}")]
+    Mmds(#[from] MmdsConfigError),
     /// A Firecracker section sie does not offer yet.
     #[error("{0} is not supported yet")]
     NotSupported(&'static str),
@@ -186,7 +190,7 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon, mmds-config and cpu-config are refused when the VM is
+        // balloon and cpu-config are refused when the VM is
         // built; these two are newer and refused here.
         if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ConfigError::NotSupported(
@@ -222,6 +226,9 @@ impl VmConfig {
                     id: nic.iface_id.clone(),
                 });
             }
+        }
+        if let Some(mmds) = &self.mmds_config {
+            mmds.validate(self.network_interfaces.iter().map(|n| n.iface_id.as_str()))?;
         }
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
@@ -407,5 +414,28 @@ mod tests {
         second.drive_id = "data".into();
         config.drives[1] = second;
         assert!(matches!(config.validate(), Err(ConfigError::SeveralRoots)));
+    }
+
+    #[test]
+    fn mmds_config_section_names_configured_interfaces() {
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{section},"), 1);
+            VmConfig::from_json(&text).unwrap().validate()
+        };
+        with(r#""mmds-config": {"version": "V2", "network_interfaces": ["eth0"]}"#).unwrap();
+        let config = VmConfig::from_json(&FULL.replacen(
+            '{',
+            r#"{"mmds-config": {"network_interfaces": ["eth0"], "imds_compat": true},"#,
+            1,
+        ))
+        .unwrap();
+        let mmds = config.mmds_config.unwrap();
+        assert!(mmds.imds_compat);
+        assert_eq!(mmds.ipv4(), crate::DEFAULT_MMDS_IPV4);
+        let message = with(r#""mmds-config": {"network_interfaces": ["eth9"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("mmds-config: "), "{message}");
+        assert!(message.contains("existing network interface"), "{message}");
     }
 }

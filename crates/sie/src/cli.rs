@@ -78,9 +78,12 @@ pub struct FirecrackerArgs {
     /// (seccompiler's JSON format; see docs/security.md).
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
-    /// MMDS metadata file (not supported yet).
+    /// Fill the metadata service's store (MMDS) from this JSON file at start-up.
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
+    /// Largest MMDS data store, bytes of serialized JSON [default: the API payload limit].
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<u64>,
     /// From the jailer: CLOCK_MONOTONIC when it started, µs (sie logs its startup time from it at Info).
     #[arg(long, value_name = "US")]
     pub start_time_us: Option<u64>,
@@ -335,6 +338,10 @@ pub struct RunArgs {
     /// A Firecracker-style JSON config file (boot-source, machine-config).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+    /// Fill the metadata service's store (MMDS) from this JSON file; the
+    /// config file's `mmds-config` says which interfaces serve it.
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
     /// Boot a bzImage the classic way (the guest decompresses its kernel)
     /// instead of decompressing it once on the host and caching the vmlinux
     /// under $XDG_CACHE_HOME/sie/vmlinux (or ~/.cache/sie/vmlinux).

@@ -121,6 +121,7 @@ fn instruction_rate(kvm: &Kvm) -> Result<f64, BoxError> {
                 console: ConsoleOutput::new(Box::new(std::io::sink())),
                 extra_pio: Vec::new(),
                 host_decompress: None,
+                mmds: None,
             },
             false,
         )?;

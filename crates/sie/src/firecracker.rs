@@ -31,8 +31,10 @@ const METRICS_PERIOD: Duration = Duration::from_secs(60);
 enum FirecrackerModeError {
     #[error("--no-api needs --config-file FILE")]
     NoConfig,
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error("--mmds-size-limit {0} is out of range")]
+    MmdsSizeLimit(u64),
     #[error("--http-api-max-payload-size {0} is out of range")]
     PayloadSize(u64),
     #[error("{0}")]
@@ -136,11 +138,20 @@ fn startup_since_jailer(args: &FirecrackerArgs) -> Option<(u64, u64)> {
     Some((wall, cpu))
 }
 
-fn refuse_unsupported(args: &FirecrackerArgs) -> Result<(), FirecrackerModeError> {
-    if args.metadata.is_some() {
-        return Err(FirecrackerModeError::Unsupported("--metadata (MMDS)"));
-    }
-    Ok(())
+/// The metadata store: `--mmds-size-limit` bytes at most (default: the
+/// API payload limit, as in Firecracker), filled from `--metadata FILE`.
+fn metadata_store(
+    args: &FirecrackerArgs,
+    max_payload: usize,
+) -> Result<sie_mmds::SharedMmds, FirecrackerModeError> {
+    let limit = match args.mmds_size_limit {
+        Some(size) => usize::try_from(size)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(FirecrackerModeError::MmdsSizeLimit(size))?,
+        None => max_payload,
+    };
+    Ok(crate::metadata::store(args.metadata.as_deref(), limit)?)
 }
 
 /// Runs sie as Firecracker would run with these flags.
@@ -157,7 +168,6 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         println!("v{}", sie_vmm::snapshot::describe(path)?);
         return Ok(0);
     }
-    refuse_unsupported(&args)?;
     let id = args.id.clone().unwrap_or_else(|| DEFAULT_ID.to_string());
     sie_config::validate_instance_id(&id).map_err(FirecrackerModeError::Id)?;
     let mut logging = Logging::init(args.level.as_deref().unwrap_or("Warning"))
@@ -192,6 +202,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             .ok_or(FirecrackerModeError::PayloadSize(size))?,
         None => sie_api::DEFAULT_MAX_PAYLOAD,
     };
+    let mmds = metadata_store(&args, max_payload)?;
     let seccomp = crate::run::seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
     let kvm = crate::run::open_hypervisor()?;
 
@@ -254,6 +265,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             metrics_period: METRICS_PERIOD,
             console_input: true,
             seccomp,
+            mmds,
         },
     );
     // Stop serving before anything else: the socket file goes away and no

@@ -9,6 +9,7 @@ mod embedded_guest;
 mod firecracker;
 mod jailer;
 mod logging;
+mod metadata;
 mod run;
 mod snapshot;
 

@@ -145,6 +145,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         Some(_) => VmConfig::new(BootSource::new("")),
         None => config_from_args(&args)?,
     };
+    let mmds = crate::metadata::store(args.metadata.as_deref(), sie_mmds::DEFAULT_SIZE_LIMIT)?;
     let seccomp = seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
     let kvm = open_hypervisor()?;
     let mut build = BuildOptions::new(start);
@@ -156,6 +157,7 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         options.initial_config = None;
         options.initial_restore = restore;
     }
+    options.mmds = mmds;
     // The config file's logger section goes where `PUT /logger` would.
     options.logger = Some(Box::new(logging));
     options.seccomp = seccomp;

@@ -94,6 +94,19 @@ fn config_file_errors_name_the_field_or_the_problem() {
     sie(&["run", "--config-file", &broken]).expect_one_line_error("broken.json");
     sie(&["run", "--config-file", "/nonexistent/vm.json"])
         .expect_one_line_error("/nonexistent/vm.json");
+    let mmds = scratch.file(
+        "mmds.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "mmds-config": {{"network_interfaces": ["eth0"]}}}}"#,
+            HELLO.path
+        )
+        .as_bytes(),
+    );
+    sie(&["run", "--config-file", &mmds]).expect_one_line_error("mmds-config");
+    let metadata = scratch.file("metadata.json", b"[1, 2");
+    sie(&["run", "--kernel", HELLO.path, "--metadata", &metadata])
+        .expect_one_line_error("not JSON");
     let drives = scratch.file(
         "drives.json",
         format!(

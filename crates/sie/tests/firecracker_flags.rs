@@ -32,7 +32,13 @@ fn no_api_with_a_config_file_boots_the_guest() {
 fn flags_that_clients_and_the_jailer_pass_are_accepted() {
     let scratch = Scratch::new("fc-flags");
     let config = config(&scratch);
+    // flintlock passes the guest's metadata this way.
+    let metadata = scratch.file("metadata.json", br#"{"latest": {"meta-data": {}}}"#);
     let run = sie(&[
+        "--metadata",
+        &metadata,
+        "--mmds-size-limit",
+        "100000",
         "--no-api",
         "--config-file",
         &config,
@@ -86,7 +92,8 @@ fn missing_features_are_refused_in_one_line() {
     sie(&["--api-sock", "/nonexistent/dir/api.sock"]).expect_one_line_error("API socket");
     for (flag, value, needle) in [
         ("--seccomp-filter", "/tmp/filter.bpf", "--seccomp-filter"),
-        ("--metadata", "/tmp/metadata.json", "MMDS"),
+        ("--metadata", "/nonexistent/metadata.json", "MMDS"),
+        ("--mmds-size-limit", "0", "--mmds-size-limit"),
         ("--metrics-path", "/nonexistent/dir/metrics", "metrics"),
         ("--log-path", "/nonexistent/dir/log", "/nonexistent/dir/log"),
         ("--id", "bad id!", "--id"),
@@ -94,6 +101,30 @@ fn missing_features_are_refused_in_one_line() {
     ] {
         sie(&["--no-api", "--config-file", &config, flag, value]).expect_one_line_error(needle);
     }
+    // Metadata that is not JSON, or larger than the store may hold.
+    let not_json = scratch.file("bad.json", b"{nope");
+    sie(&[
+        "--no-api",
+        "--config-file",
+        &config,
+        "--metadata",
+        &not_json,
+    ])
+    .expect_one_line_error("not JSON");
+    let big = scratch.file(
+        "big.json",
+        br#"{"k": "0123456789012345678901234567890123456789"}"#,
+    );
+    sie(&[
+        "--no-api",
+        "--config-file",
+        &config,
+        "--metadata",
+        &big,
+        "--mmds-size-limit",
+        "20",
+    ])
+    .expect_one_line_error("doesn't fit");
     sie(&["--no-api", "--config-file", &config, "--level", "loud"])
         .expect_one_line_error("--level");
 }

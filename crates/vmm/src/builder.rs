@@ -36,6 +36,9 @@ pub struct BuildOptions {
     /// Decompress bzImages on the host through this cache (`None`: the
     /// guest decompresses its kernel itself, the classic way).
     pub host_decompress: Option<sie_vmlinux::KernelCache>,
+    /// The metadata store that `mmds-config`'s interfaces answer from (the
+    /// controller's, which the API fills); `None`: an empty one of its own.
+    pub mmds: Option<sie_mmds::SharedMmds>,
 }
 
 impl BuildOptions {
@@ -50,6 +53,7 @@ impl BuildOptions {
                 sie_vmlinux::KernelCache::default_dir()
                     .unwrap_or_else(|| std::env::temp_dir().join("sie-vmlinux")),
             )),
+            mmds: None,
         }
     }
 }
@@ -146,9 +150,6 @@ fn host_decompressed(
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     if config.balloon.is_some() {
         return Err(VmmError::Unsupported("balloon"));
-    }
-    if config.mmds_config.is_some() {
-        return Err(VmmError::Unsupported("mmds-config (MMDS)"));
     }
     if config
         .cpu_config
@@ -267,12 +268,18 @@ pub(crate) fn assemble(
         options.console,
         options.extra_pio,
     )?;
+    let mmds = options.mmds.unwrap_or_else(|| {
+        Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+            sie_mmds::DEFAULT_SIZE_LIMIT,
+        )))
+    });
     let virtio = VirtioDevices::attach(
         config,
         &mut Wiring {
             vm: vm.as_ref(),
             memory: &memory,
             manager: &mut manager,
+            mmds: &mmds,
         },
     )?;
     // After the virtio devices, so their interrupt lines stay where they were.

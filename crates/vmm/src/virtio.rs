@@ -32,6 +32,7 @@ use sie_arch::acpi::AcpiDevice;
 use sie_config::VmConfig;
 use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
+use sie_mmds::MmdsStack;
 use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine};
 use sie_virtio::net::{Net, Tap, parse_mac};
 use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
@@ -89,6 +90,8 @@ pub struct Wiring<'a, 'm> {
     pub memory: &'a GuestMemory,
     /// Places each device and gives it an interrupt line.
     pub manager: &'a mut DeviceManager<'m>,
+    /// The metadata store, for the interfaces `mmds-config` names.
+    pub mmds: &'a sie_mmds::SharedMmds,
 }
 
 /// sie-virtio's form of a configured (or patched) rate limiter: absent
@@ -117,6 +120,17 @@ impl VirtioDevices {
     /// Creates every paravirtual device `config` asks for and wires it.
     pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_, '_>) -> Result<Self> {
         let mut devices = Self::default();
+        if let Some(mmds) = &config.mmds_config {
+            let version = match mmds.version {
+                sie_config::MmdsVersion::V1 => sie_mmds::MmdsVersion::V1,
+                sie_config::MmdsVersion::V2 => sie_mmds::MmdsVersion::V2,
+            };
+            wiring
+                .mmds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .configure(version, mmds.imds_compat);
+        }
         for drive in &config.drives {
             let name = format!(
                 "drive {} ({})",
@@ -170,6 +184,15 @@ impl VirtioDevices {
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
             let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+            if let Some(mmds) = config
+                .mmds_config
+                .as_ref()
+                .filter(|mmds| mmds.network_interfaces.contains(&nic.iface_id))
+            {
+                let stack =
+                    MmdsStack::new(wiring.mmds.clone(), mmds.ipv4()).map_err(|e| fail(e.into()))?;
+                net.set_mmds(stack);
+            }
             let net_stats = net.stats().clone();
             net.update_rate_limiters(
                 Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
@@ -452,6 +475,9 @@ mod tests {
                 vm: &vm,
                 memory: &memory,
                 manager: &mut manager,
+                mmds: &Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+                    sie_mmds::DEFAULT_SIZE_LIMIT,
+                ))),
             },
         )
         .unwrap();

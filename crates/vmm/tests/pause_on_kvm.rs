@@ -20,6 +20,7 @@ fn quiet_options() -> BuildOptions {
         console: ConsoleOutput::new(Box::new(std::io::sink())),
         extra_pio: Vec::new(),
         host_decompress: None,
+        mmds: None,
     }
 }
 

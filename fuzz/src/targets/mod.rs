@@ -17,6 +17,7 @@ pub mod decompress;
 pub mod http_request;
 pub mod legacy;
 pub mod loader;
+pub mod mmds;
 pub mod queues;
 pub mod scenario;
 pub mod snapshot_file;

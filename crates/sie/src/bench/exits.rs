@@ -83,6 +83,7 @@ pub fn measure_full(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64
                 device: Arc::new(NullDevice),
             }],
             host_decompress: None,
+            mmds: None,
         },
         false,
     )?;
@@ -107,6 +108,7 @@ fn run_bare(kvm: &Kvm, guest: &EmbeddedGuest, count: u32) -> Result<[f64; 3], Bo
             console: ConsoleOutput::new(Box::new(std::io::sink())),
             extra_pio: Vec::new(),
             host_decompress: None,
+            mmds: None,
         },
         Arc::new(sie_vmm::VmControl::new()?),
     )?;

@@ -119,6 +119,7 @@ fn bare_once(guest: &Path, memory_mib: u32, reapers: Option<&Reapers>) -> Result
             console: ConsoleOutput::new(Box::new(std::io::sink())),
             extra_pio: Vec::new(),
             host_decompress: None,
+            mmds: None,
         },
         std::sync::Arc::new(sie_vmm::VmControl::new()?),
     )?;

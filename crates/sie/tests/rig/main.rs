@@ -248,6 +248,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
         host_faults(),
+        mmds(),
     ]
 }
 

@@ -301,3 +301,96 @@ echo "@@L2 RESULT rx_bytes=$(wc -c < /tmp/rx2.bin)""#,
         },
     }
 }
+
+/// The metadata service through virtio-net: a V2 guest gets a token with
+/// busybox `nc`, reads a nested key with `wget`, is refused without the
+/// token, gets a 400 for a malformed request, floods the address with 60
+/// connections of oversized headers and random bytes and is still served,
+/// and sees a key the host PATCHed after boot; then a V1 guest reads a
+/// value, a listing and JSON without a token. The store comes from
+/// `--metadata`.
+pub(crate) fn mmds() -> Case {
+    Case {
+        name: "mmds",
+        l1_command: format!(
+            r#"cat > /tmp/md.json <<EOF
+{{"latest": {{"meta-data": {{"instance-id": "i-rig", "network": {{"interfaces": {{"mac": "06:00:ac:10:00:02"}}}}}}}}}}
+EOF
+cat > /tmp/mmds-v2.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}}],
+ "mmds-config": {{"version": "V2", "network_interfaces": ["eth0"]}}}}
+EOF
+sie --api-sock /tmp/mmds.sock --config-file /tmp/mmds-v2.json --metadata /tmp/md.json \
+  > /tmp/console 2>&1 & pid=$!
+i=0
+until grep -q "patch=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/mmds.sock request PATCH /mmds '{{"latest": {{"meta-data": {{"patched": "yes"}}}}}}' \
+  && echo "@@L2 RESULT host_patched=yes"
+wait $pid; status=$?
+cat /tmp/console
+sed 's/"V2"/"V1"/; s/case=mmds/case=mmds mmds_run=v1/' /tmp/mmds-v2.json > /tmp/mmds-v1.json
+sie --no-api --config-file /tmp/mmds-v1.json --metadata /tmp/md.json > /tmp/console1 2>&1
+status1=$?
+cat /tmp/console1
+[ $status -eq 0 ] || exit $status
+exit $status1"#,
+            sie_e2e::l2_boot_args("mmds")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do insmod /modules/$m.ko; done
+ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+ip route add 169.254.169.254 dev eth0
+M=http://169.254.169.254
+if grep -q mmds_run=v1 /proc/cmdline; then
+  echo "@@L2 RESULT v1_value=$(wget -q -O - $M/latest/meta-data/network/interfaces/mac)"
+  echo "@@L2 RESULT v1_list=$(wget -q -O - $M/latest/meta-data/ | tr '\n' ,)"
+  echo "@@L2 RESULT v1_json=$(wget -q -O - --header 'Accept: application/json' $M/latest/meta-data/instance-id)"
+else
+  token=$( (printf 'PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n'; sleep 2) | nc 169.254.169.254 80 | tail -n 1)
+  echo "@@L2 RESULT token_len=${#token}"
+  echo "@@L2 RESULT v2_value=$(wget -q -O - --header "X-metadata-token: $token" $M/latest/meta-data/network/interfaces/mac)"
+  if wget -q -O - $M/latest/meta-data/instance-id >/dev/null 2>&1; then r=answered; else r=refused; fi
+  echo "@@L2 RESULT v2_without_token=$r"
+  echo "@@L2 RESULT garbage=$( (printf 'BAD\001\002 x\r\n\r\n'; sleep 2) | nc 169.254.169.254 80 | head -n 1 | cut -c1-12)"
+  # A flood: 60 connections at once (8 are served, the rest reset), every
+  # other one with a 9000-byte header line, the rest with random bytes.
+  i=0
+  while [ $i -lt 60 ]; do
+    if [ $((i % 2)) -eq 0 ]; then
+      (printf 'GET /%s HTTP/1.1\r\nX: ' $i; head -c 9000 /dev/zero | tr '\0' x; sleep 1) | nc -w 2 169.254.169.254 80 >/dev/null 2>&1 &
+    else
+      (head -c 3000 /dev/urandom; sleep 1) | nc -w 2 169.254.169.254 80 >/dev/null 2>&1 &
+    fi
+    i=$((i+1))
+  done
+  wait
+  echo "@@L2 RESULT after_flood=$(wget -q -O - --header "X-metadata-token: $token" $M/latest/meta-data/instance-id)"
+  echo "@@L2 RESULT patch=now"; sleep 3
+  echo "@@L2 RESULT patched_value=$(wget -q -O - --header "X-metadata-token: $token" $M/latest/meta-data/patched)"
+fi"#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            for (key, want) in [
+                ("token_len", "64"),
+                ("v2_value", "06:00:ac:10:00:02"),
+                ("v2_without_token", "refused"),
+                ("garbage", "HTTP/1.1 400"),
+                ("after_flood", "i-rig"),
+                ("host_patched", "yes"),
+                ("patched_value", "yes"),
+                ("v1_value", "06:00:ac:10:00:02"),
+                ("v1_list", "instance-id,network/"),
+                ("v1_json", "\"i-rig\""),
+            ] {
+                match run.result(key) {
+                    Some(got) if got == want => {}
+                    got => return Err(format!("{key}: want {want:?}, got {got:?}")),
+                }
+            }
+            Ok(())
+        },
+    }
+}

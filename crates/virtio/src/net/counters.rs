@@ -27,7 +27,8 @@ pub struct NetCountersSnapshot {
     /// Host frames lost: larger than the guest's buffer, malformed, or a
     /// receive buffer the device could not use.
     pub rx_dropped: u64,
-    /// Guest frames handed to the backend.
+    /// Guest frames handed to the backend (or, on an MMDS interface, to
+    /// the metadata service).
     pub tx_frames: u64,
     /// Their bytes.
     pub tx_bytes: u64,

@@ -22,7 +22,10 @@
 //!    descriptor by itself: a private epoll set around the tap that is
 //!    only readable while the device can take frames, so a guest without
 //!    receive buffers never makes the event loop spin.
-//! 5. Rate limits (Firecracker's `rx_rate_limiter` and `tx_rate_limiter`):
+//! 5. With the metadata service on this interface, [`Net::set_mmds`]:
+//!    the guest's ARP for its address and TCP to its port 80 are answered
+//!    by the [`MmdsStack`] and never reach the tap.
+//! 6. Rate limits (Firecracker's `rx_rate_limiter` and `tx_rate_limiter`):
 //!    [`Net::update_rate_limiters`], or on a running device the
 //!    transport's method of the same name. Each frame costs one operation
 //!    and its length in bytes (virtio-net header included). A throttled
@@ -37,6 +40,8 @@ mod tx;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod mmds_tests;
 #[cfg(test)]
 mod mtu_tests;
 #[cfg(test)]
@@ -65,6 +70,7 @@ pub use counters::{NetCounters, NetCountersSnapshot};
 pub use error::NetError;
 pub use mac::{MacAddr, MacError, format_mac, parse_mac, random_mac};
 use rx::{Receiver, RxBuffer};
+use sie_mmds::MmdsStack;
 pub use tap::{Tap, TapError, offload_flags};
 use tx::Transmitter;
 
@@ -126,6 +132,7 @@ pub struct Net<B: NetBackend = Tap> {
     tx_scratch: Box<[u8]>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
+    mmds: Option<MmdsStack>,
     active: Option<Active>,
 }
 
@@ -159,6 +166,7 @@ impl<B: NetBackend> Net<B> {
             tx_scratch: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             rx_limiter: RateLimiter::new(&LimiterConfig::default()).map_err(NetError::Setup)?,
             tx_limiter: RateLimiter::new(&LimiterConfig::default()).map_err(NetError::Setup)?,
+            mmds: None,
             active: None,
         })
     }
@@ -184,6 +192,17 @@ impl<B: NetBackend> Net<B> {
             self.tx_limiter.update(update)?;
         }
         Ok(())
+    }
+
+    /// Answers the guest's ARP and HTTP to the metadata service's address
+    /// from `stack` instead of passing them to the backend.
+    pub fn set_mmds(&mut self, stack: MmdsStack) {
+        self.mmds = Some(stack);
+    }
+
+    /// Whether the device carries the metadata service.
+    pub fn has_mmds(&self) -> bool {
+        self.mmds.is_some()
     }
 
     /// The receive side's rate limiter.
@@ -244,6 +263,7 @@ impl<B: NetBackend> Net<B> {
         };
         let notify = Receiver {
             backend: &mut self.backend,
+            mmds: self.mmds.as_mut(),
             rx: &mut self.rx,
             gate: &mut self.gate,
             limiter: &mut self.rx_limiter,
@@ -273,6 +293,7 @@ impl<B: NetBackend> Net<B> {
         };
         let notify = Transmitter {
             backend: &mut self.backend,
+            mmds: self.mmds.as_mut(),
             scratch: &mut self.tx_scratch,
             limiter: &mut self.tx_limiter,
             counters: &self.counters,
@@ -281,6 +302,11 @@ impl<B: NetBackend> Net<B> {
         .run(&mut active.tx, &active.mem)?;
         if notify {
             active.interrupt.signal_used();
+        }
+        if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
+            // The metadata service answered: deliver now, not when the
+            // tap next has a frame.
+            self.receive()?;
         }
         Ok(())
     }
@@ -366,6 +392,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         self.active = None;
+        if let Some(mmds) = self.mmds.as_mut() {
+            mmds.reset();
+        }
         if self.rx.clear() {
             self.stats.rx_drop();
         }

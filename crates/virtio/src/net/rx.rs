@@ -1,4 +1,5 @@
-//! Receive: host frames into the guest's receive buffers.
+//! Receive: host frames into the guest's receive buffers, the metadata
+//! service's answers (if the device has one) before the backend's frames.
 //!
 //! Without VIRTIO_NET_F_MRG_RXBUF every receive chain must hold a whole
 //! frame plus its header, so a frame is first read into a host bounce
@@ -20,6 +21,7 @@ use crate::chain::{segments, take_chain};
 use crate::net_backend::{NetBackend, RxGate};
 use crate::rate_limiter::RateLimiter;
 use crate::{ChainError, DeviceFault, GuestMemory, Segment, VirtioCounters};
+use sie_mmds::MmdsStack;
 
 /// Most frames moved per wakeup, so a flooded tap cannot monopolise the
 /// event thread; the level-triggered loop comes back for the rest.
@@ -56,6 +58,8 @@ enum Step {
 /// The receive side's borrowed state for one pass.
 pub(super) struct Receiver<'a, B> {
     pub backend: &'a mut B,
+    /// The metadata service, whose answers go before the backend's frames.
+    pub mmds: Option<&'a mut MmdsStack>,
     pub rx: &'a mut RxBuffer,
     pub gate: &'a mut RxGate,
     pub limiter: &'a mut RateLimiter,
@@ -93,9 +97,25 @@ impl<B: NetBackend> Receiver<'_, B> {
         mem: &GuestMemory,
         used_any: &mut bool,
     ) -> Result<Step, DeviceFault> {
-        let len = match self.rx.pending.take() {
-            Some(len) => len,
-            None => match self.backend.read_frame(&mut self.rx.buf) {
+        let pending = self.rx.pending.take();
+        let from_mmds = match pending {
+            Some(_) => None,
+            None => self.mmds.as_deref_mut().and_then(MmdsStack::next_frame),
+        };
+        let len = match (pending, from_mmds) {
+            (Some(len), _) => len,
+            (None, Some(frame)) => {
+                let len = NET_HDR_LEN + frame.len();
+                let Some(slot) = self.rx.buf.get_mut(..len) else {
+                    self.drop_frame(format_args!("{len}-byte frame from the MMDS"));
+                    return Ok(Step::More);
+                };
+                // No offloads: a zeroed virtio-net header.
+                slot[..NET_HDR_LEN].fill(0);
+                slot[NET_HDR_LEN..].copy_from_slice(&frame);
+                len
+            }
+            (None, None) => match self.backend.read_frame(&mut self.rx.buf) {
                 Ok(len) if len >= NET_HDR_LEN => len,
                 // End of file on a stream-like backend: it stays readable.
                 Ok(0) => return Ok(self.read_failed(&io::ErrorKind::UnexpectedEof.into())),

@@ -4,6 +4,9 @@
 //! pointer ever reaches a syscall) and written to the backend in one go,
 //! header included: the tap interprets it (checksum and GSO requests).
 //!
+//! Frames for the metadata service (when the device has one) are handed
+//! to it instead of the backend; its answers come back on the receive side.
+//!
 //! Whatever goes wrong, the chain is returned (used length 0, as the
 //! device writes nothing) so the guest never stalls on a lost frame.
 
@@ -18,6 +21,7 @@ use crate::chain::drain_queue_until;
 use crate::net_backend::NetBackend;
 use crate::rate_limiter::RateLimiter;
 use crate::{DeviceFault, GuestMemory, Segment, VirtioCounters};
+use sie_mmds::MmdsStack;
 
 /// Why a guest frame was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,8 @@ enum TxDrop {
 /// The transmit side's borrowed state for one pass over the queue.
 pub(super) struct Transmitter<'a, B> {
     pub backend: &'a mut B,
+    /// The metadata service, which takes the frames it claims.
+    pub mmds: Option<&'a mut MmdsStack>,
     /// Bounce buffer of [`MAX_FRAME_LEN`] bytes.
     pub scratch: &'a mut [u8],
     pub limiter: &'a mut RateLimiter,
@@ -103,6 +109,13 @@ impl<B: NetBackend> Transmitter<'_, B> {
             at = end;
         }
         let frame = self.scratch.get(..at).ok_or(TxDrop::Memory)?;
+        if let (Some(mmds), Some(ethernet)) = (self.mmds.as_deref_mut(), frame.get(NET_HDR_LEN..))
+            && mmds.claims(ethernet)
+        {
+            // Answered inside the VMM; the tap never sees it.
+            mmds.receive(ethernet);
+            return Ok(at);
+        }
         match self.backend.write_frame(&[frame]) {
             Ok(_) => Ok(at),
             // EAGAIN (backend full) included: dropping is what a NIC does,

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use sie_config::{
-    BootSource, Drive, Entropy, MachineConfig, MachineConfigPatch, NetworkInterface, Request,
-    Response, VmConfig, Vsock,
+    BootSource, Drive, Entropy, MachineConfig, MachineConfigPatch, MmdsConfig, NetworkInterface,
+    Request, Response, VmConfig, Vsock,
 };
 
 /// The configuration so far.
@@ -106,12 +106,21 @@ impl Draft {
             Request::PutNetworkInterface(nic) => self.put_nic(nic),
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
+            Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             _ => return None,
         };
         Some(match result {
             Ok(()) => Response::NoContent,
             Err(message) => Response::Fault(message),
         })
+    }
+
+    fn put_mmds_config(&mut self, mmds: &MmdsConfig) -> Result<(), String> {
+        let ids = self.config.network_interfaces.iter();
+        mmds.validate(ids.map(|nic| nic.iface_id.as_str()))
+            .map_err(|e| e.to_string())?;
+        self.config.mmds_config = Some(mmds.clone());
+        Ok(())
     }
 
     fn put_boot_source(&mut self, boot: &BootSource) -> Result<(), String> {

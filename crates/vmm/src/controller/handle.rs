@@ -16,6 +16,15 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
 
+/// An MMDS update's answer: 413 over the size limit, as in Firecracker.
+fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
+    match result {
+        Ok(()) => Response::NoContent,
+        Err(error @ sie_mmds::StoreError::TooLarge) => Response::TooLarge(error.to_string()),
+        Err(error) => Response::fault(error),
+    }
+}
+
 impl Controller {
     fn state_name(&self) -> &'static str {
         match &self.phase {
@@ -74,6 +83,9 @@ impl Controller {
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
+            Request::GetMmds => Response::Json(self.mmds().to_json()),
+            Request::PutMmds(data) => mmds_response(self.mmds().put(data)),
+            Request::PatchMmds(patch) => mmds_response(self.mmds().patch(&patch)),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -83,6 +95,15 @@ impl Controller {
                     .unwrap_or_else(|| Response::fault("this request is not handled by the VMM"))
             }
         }
+    }
+
+    /// The metadata store; a poisoned lock still holds a whole document
+    /// (every update replaces it in one assignment).
+    fn mmds(&self) -> std::sync::MutexGuard<'_, sie_mmds::Mmds> {
+        self.options
+            .mmds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn put_logger(&mut self, logger: sie_config::Logger) -> Response {

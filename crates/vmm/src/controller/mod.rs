@@ -108,6 +108,9 @@ pub struct ServeOptions {
     /// Seccomp filters: each vCPU thread installs its own as it starts, and
     /// this thread installs the VMM's once the VM runs (see `start`).
     pub seccomp: sie_seccomp::Seccomp,
+    /// The metadata store (`PUT|PATCH|GET /mmds`; `--metadata` fills it
+    /// first), which the interfaces of `mmds-config` answer the guest from.
+    pub mmds: sie_mmds::SharedMmds,
 }
 
 impl ServeOptions {
@@ -133,6 +136,9 @@ impl ServeOptions {
             metrics_period: Duration::from_secs(60),
             console_input,
             seccomp: sie_seccomp::Seccomp::disabled(),
+            mmds: Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+                sie_mmds::DEFAULT_SIZE_LIMIT,
+            ))),
         }
     }
 }
@@ -324,18 +330,20 @@ impl Controller {
         Ok(())
     }
 
+    /// The host-side build options, with the controller's metadata store.
+    fn build_options(&mut self) -> BuildOptions {
+        let mut options = (self.options.build_options)();
+        options.mmds = Some(self.options.mmds.clone());
+        options
+    }
+
     /// Builds and starts the VM from the draft.
     fn start(&mut self, hv: &dyn Hypervisor, manager: &mut Manager) -> Result<()> {
         let config = self
             .draft
             .to_config()
             .map_err(|message| VmmError::Platform(message.into()))?;
-        let built = crate::builder::build(
-            &config,
-            hv,
-            (self.options.build_options)(),
-            self.control.clone(),
-        )?;
+        let built = crate::builder::build(&config, hv, self.build_options(), self.control.clone())?;
         self.run_built(built, config, false, manager)
     }
 
@@ -428,7 +436,7 @@ impl Controller {
             &memory,
             plan.clock_realtime,
             hv,
-            (self.options.build_options)(),
+            self.build_options(),
             self.control.clone(),
         )
         .map_err(|e| crate::error::error_chain(&e))?;
