@@ -366,7 +366,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PUT", "/pmem/pm0"),
         ("PATCH", "/pmem/pm0"),
         ("PATCH", "/mmds"),
-        ("PUT", "/serial"),
         ("PATCH", "/hotplug/memory"),
         ("GET", "/hotplug/memory"),
     ] {
@@ -515,4 +514,41 @@ fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
     ));
     let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
     assert!(route("PUT", "/snapshot/load", unknown).is_err());
+}
+
+#[test]
+fn serial_and_vm_dump() {
+    assert_eq!(
+        ok(
+            "PUT",
+            "/serial",
+            r#"{"serial_out_path": "/tmp/serial.log"}"#
+        ),
+        Request::PutSerial(SerialConfig {
+            serial_out_path: Some("/tmp/serial.log".into()),
+            ..SerialConfig::default()
+        })
+    );
+    let limited = fault(
+        "PUT",
+        "/serial",
+        r#"{"serial_out_path": "/tmp/s", "rate_limiter": {"size": 1, "refill_time": 1}}"#,
+    );
+    assert_eq!(limited.route, "put_serial");
+    assert!(
+        limited.message.contains("rate_limiter"),
+        "{}",
+        limited.message
+    );
+    assert_eq!(
+        ok("PUT", "/vm/dump", r#"{"path": "/tmp/vm.core"}"#),
+        Request::DumpCore(VmDump {
+            path: "/tmp/vm.core".into()
+        })
+    );
+    assert_eq!(
+        fault("PUT", "/vm/dump", r#"{"path": ""}"#).route,
+        "put_vm_dump"
+    );
+    assert_eq!(fault("PUT", "/vm/dump", r#"{}"#).route, "put_vm_dump");
 }

@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 24] = [
+pub const ROUTES: [&str; 26] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -36,6 +36,8 @@ pub const ROUTES: [&str; 24] = [
     "get_stats",
     "put_snapshot_create",
     "put_snapshot_load",
+    "put_serial",
+    "put_vm_dump",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,

@@ -64,6 +64,11 @@ pub enum Request {
     CreateSnapshot(crate::snapshot::SnapshotCreate),
     /// `PUT /snapshot/load` (before anything is started).
     LoadSnapshot(crate::snapshot::SnapshotLoad),
+    /// `PUT /serial` (before boot only).
+    PutSerial(crate::serial::SerialConfig),
+    /// Extension: `PUT /vm/dump`, the guest's memory and registers as an
+    /// ELF core file.
+    DumpCore(crate::serial::VmDump),
 }
 
 impl Request {
@@ -90,6 +95,8 @@ impl Request {
             Request::GetStats => "get_stats",
             Request::CreateSnapshot(_) => "put_snapshot_create",
             Request::LoadSnapshot(_) => "put_snapshot_load",
+            Request::PutSerial(_) => "put_serial",
+            Request::DumpCore(_) => "put_vm_dump",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod console_client;
 mod ctl;
 mod doctor;
 mod embedded_guest;

@@ -74,6 +74,7 @@ impl Controller {
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
+            Request::DumpCore(dump) => self.dump_core(&dump),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -228,6 +229,30 @@ impl Controller {
                 "snapshot/create: {}",
                 crate::error::error_chain(&error)
             )),
+        }
+    }
+
+    /// `PUT /vm/dump`: the VM paused around the write if it runs.
+    fn dump_core(&mut self, dump: &sie_config::VmDump) -> Response {
+        if let Err(message) = dump.check() {
+            return Response::Fault(message);
+        }
+        let Phase::Running(vm) = &mut self.phase else {
+            return Response::fault(BEFORE_START);
+        };
+        let started = std::time::Instant::now();
+        match vm.write_core(&dump.path, PAUSE_TIMEOUT) {
+            Ok(bytes) => {
+                tracing::info!(
+                    "core file {} written in {} ms ({bytes} bytes of memory)",
+                    dump.path.display(),
+                    started.elapsed().as_millis()
+                );
+                Response::NoContent
+            }
+            Err(error) => {
+                Response::Fault(format!("vm/dump: {}", crate::error::error_chain(&error)))
+            }
         }
     }
 

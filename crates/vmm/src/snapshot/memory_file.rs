@@ -103,44 +103,61 @@ pub fn stage(
         super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
         for region in memory.iter() {
-            let base = region.start_addr().0;
-            let pages = if scan_contents {
-                vec![
-                    true;
-                    usize::try_from(region.len())
-                        .map_err(io::Error::other)?
-                        .div_ceil(PAGE)
-                ]
-            } else {
-                resident_pages(region)?
-            };
-            let mut index = 0;
-            while index < pages.len() {
-                let at = GuestAddress(base + (index * PAGE) as u64);
-                if !pages[index] || is_zero_page(memory, at)? {
-                    index += 1;
-                    continue;
-                }
-                // A run of pages to write in one go.
-                let mut end = index + 1;
-                while end < pages.len()
-                    && pages[end]
-                    && !is_zero_page(memory, GuestAddress(base + (end * PAGE) as u64))?
-                {
-                    end += 1;
-                }
-                let count = (end - index) * PAGE;
-                file.seek(SeekFrom::Start(at.0))?;
-                memory
-                    .write_all_volatile_to(at, file, count)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                written += count as u64;
-                index = end;
-            }
+            written += write_region(memory, region, file, region.start_addr().0, scan_contents)?;
         }
         Ok(())
     })?;
     Ok((staged, written))
+}
+
+/// Writes `region`'s pages into `file` from `file_offset` on (the region's
+/// first byte there), leaving holes for pages that need no bytes: not
+/// resident (never touched), or, with `scan_contents`, all zeros. Returns
+/// the bytes written. Shared with the core dump, which lays regions out
+/// at other offsets.
+pub(crate) fn write_region(
+    memory: &GuestMemory,
+    region: &GuestRegionMmap<AtomicBitmap>,
+    file: &mut File,
+    file_offset: u64,
+    scan_contents: bool,
+) -> io::Result<u64> {
+    let base = region.start_addr().0;
+    let pages = if scan_contents {
+        vec![
+            true;
+            usize::try_from(region.len())
+                .map_err(io::Error::other)?
+                .div_ceil(PAGE)
+        ]
+    } else {
+        resident_pages(region)?
+    };
+    let mut written = 0u64;
+    let mut index = 0;
+    while index < pages.len() {
+        let at = GuestAddress(base + (index * PAGE) as u64);
+        if !pages[index] || is_zero_page(memory, at)? {
+            index += 1;
+            continue;
+        }
+        // A run of pages to write in one go.
+        let mut end = index + 1;
+        while end < pages.len()
+            && pages[end]
+            && !is_zero_page(memory, GuestAddress(base + (end * PAGE) as u64))?
+        {
+            end += 1;
+        }
+        let count = (end - index) * PAGE;
+        file.seek(SeekFrom::Start(file_offset + (at.0 - base)))?;
+        memory
+            .write_all_volatile_to(at, file, count)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        written += count as u64;
+        index = end;
+    }
+    Ok(written)
 }
 
 /// Why a memory file cannot back a VM.
