@@ -37,7 +37,9 @@ const TAKEN_OVER: &[u8] = b"\r\n[sie: another client attached to this console]\r
 /// Output waiting for the client, and the client.
 struct Shared {
     ring: RingBuffer,
-    client: Option<UnixStream>,
+    /// Shared with the reading side rather than duplicated: the VMM
+    /// thread's seccomp filter allows no `dup`.
+    client: Option<Arc<UnixStream>>,
 }
 
 impl Shared {
@@ -48,7 +50,7 @@ impl Shared {
             if self.ring.is_empty() {
                 return;
             }
-            match client.write(self.ring.front()) {
+            match client.as_ref().write(self.ring.front()) {
                 Ok(0) => return,
                 Ok(sent) => self.ring.consume(sent),
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -118,7 +120,7 @@ pub struct ConsoleSocket {
     path: PathBuf,
     shared: Arc<Mutex<Shared>>,
     /// The attached client, for reading (the same socket as `shared`'s).
-    reader: Option<UnixStream>,
+    reader: Option<Arc<UnixStream>>,
     input: Option<(Arc<dyn SerialInput>, EventFd)>,
     pending: Vec<u8>,
     reading: bool,
@@ -178,20 +180,21 @@ impl ConsoleSocket {
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            let Ok(reader) = stream.try_clone() else {
-                continue;
-            };
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
             self.detach(ops, Some(TAKEN_OVER));
+            let stream = Arc::new(stream);
             if ops
-                .add(Events::new(&reader, EventSet::IN | EventSet::READ_HANG_UP))
+                .add(Events::new(
+                    stream.as_ref(),
+                    EventSet::IN | EventSet::READ_HANG_UP,
+                ))
                 .is_err()
             {
                 continue;
             }
-            self.reader = Some(reader);
+            self.reader = Some(stream.clone());
             self.reading = true;
             let mut shared = lock(&self.shared);
             shared.client = Some(stream);
@@ -207,12 +210,15 @@ impl ConsoleSocket {
             return;
         };
         if self.reading {
-            let _ = ops.remove(Events::new(&reader, EventSet::IN | EventSet::READ_HANG_UP));
+            let _ = ops.remove(Events::new(
+                reader.as_ref(),
+                EventSet::IN | EventSet::READ_HANG_UP,
+            ));
         }
         self.reading = false;
         let mut shared = lock(&self.shared);
-        if let (Some(client), Some(why)) = (&mut shared.client, why) {
-            let _ = client.write(why);
+        if let (Some(client), Some(why)) = (&shared.client, why) {
+            let _ = client.as_ref().write(why);
         }
         shared.client = None;
         let _ = reader.shutdown(std::net::Shutdown::Both);
@@ -222,11 +228,11 @@ impl ConsoleSocket {
 
     /// Reads what the client sent; false when it left.
     fn read_client(&mut self) -> bool {
-        let Some(reader) = &mut self.reader else {
+        let Some(reader) = &self.reader else {
             return false;
         };
         let mut buffer = [0u8; 64];
-        match reader.read(&mut buffer) {
+        match reader.as_ref().read(&mut buffer) {
             Ok(0) => false,
             Ok(n) => {
                 // No input sink (not wired yet): the bytes are dropped.
@@ -255,7 +261,7 @@ impl ConsoleSocket {
             return;
         };
         let want = self.pending.is_empty();
-        let events = Events::new(reader, EventSet::IN | EventSet::READ_HANG_UP);
+        let events = Events::new(reader.as_ref(), EventSet::IN | EventSet::READ_HANG_UP);
         if want && !self.reading {
             self.reading = ops.add(events).is_ok();
         } else if !want && self.reading {
@@ -320,7 +326,7 @@ mod tests {
         server_side.set_nonblocking(true).unwrap();
         {
             let mut shared = lock(&socket.shared);
-            shared.client = Some(server_side);
+            shared.client = Some(Arc::new(server_side));
             shared.drain();
         }
         out.write_all(b"live\n").unwrap();
