@@ -299,3 +299,35 @@ fn a_client_that_never_reads_does_not_stall_the_guest() {
         "a client that never reads loses output, not the guest its time"
     );
 }
+
+#[test]
+fn a_restored_guest_prints_on_the_console_socket_of_the_sie_that_loads_it() {
+    // A counter, paused and snapshotted in one sie (its console on stdout).
+    let mut source = ApiVm::start("console-restore-source", &[]);
+    let out = common::counter::capture(&mut source);
+    source.boot(sie_guests::COUNTER.path, "limit=100000 delay=200000");
+    let count = common::counter::pause_after(&source, &out, 2);
+    let snap = format!("{}/vm.snap", source.dir.path());
+    let mem = format!("{}/vm.mem", source.dir.path());
+    let body = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem});
+    source.ok("PUT", "/snapshot/create", &body.to_string());
+
+    // Loaded by a sie whose console is a socket (the console is the host's
+    // choice, not the snapshot's).
+    let dir = common::Scratch::new("console-restore-sock");
+    let console = Path::new(&dir.path()).join("c.sock");
+    let fresh = ApiVm::start(
+        "console-restore",
+        &["--console-socket", console.to_str().unwrap()],
+    );
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true,
+    });
+    fresh.ok("PUT", "/snapshot/load", &load.to_string());
+    let mut client = UnixStream::connect(&console).unwrap();
+    read_until(&mut client, &format!("count {}\n", count + 1));
+    let (code, stderr) = source.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+}

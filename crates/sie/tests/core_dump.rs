@@ -284,3 +284,15 @@ fn a_guest_that_panics_leaves_a_core_in_the_dump_on_panic_directory() {
         .count();
     assert_eq!(cores, 1);
 }
+
+#[test]
+fn a_dump_on_panic_directory_that_does_not_exist_is_refused_at_start() {
+    common::sie(&[
+        "run",
+        "--kernel",
+        PANIC.path,
+        "--dump-on-panic",
+        "/nonexistent/cores",
+    ])
+    .expect_one_line_error("dump_on_panic: /nonexistent/cores is not a directory");
+}

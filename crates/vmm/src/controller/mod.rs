@@ -376,6 +376,15 @@ impl Controller {
     /// The build options, with COM1's output where `config.serial` puts it
     /// (its console socket is kept for `run_built`).
     fn build_options(&mut self, config: &VmConfig) -> Result<BuildOptions> {
+        // Checked now, while a mistake can still stop the start: the core
+        // is written when the guest panics, long after.
+        if let Some(dir) = &config.dump_on_panic
+            && !dir.is_dir()
+        {
+            return Err(VmmError::Platform(
+                format!("dump_on_panic: {} is not a directory", dir.display()).into(),
+            ));
+        }
         let mut build = (self.options.build_options)();
         if let Some(serial) = &config.serial {
             let sinks = crate::console::sinks::open(serial)
