@@ -9,7 +9,7 @@ use sie_obs::Observatory;
 
 use crate::builder::BuiltVm;
 use crate::control::VmControl;
-use crate::core_dump::VcpuRegisters;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::error::{Result, VmmError};
 use crate::outcome::VmOutcome;
 use crate::platform::PlatformDevices;

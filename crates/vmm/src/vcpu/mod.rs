@@ -33,7 +33,7 @@ use std::time::Instant;
 use sie_hv::Vcpu;
 
 use crate::control::VmControl;
-use crate::core_dump::VcpuRegisters;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::dispatch::{CrashKind, ExitContext, Flow};
 use crate::outcome::{CrashReport, VmOutcome};
 

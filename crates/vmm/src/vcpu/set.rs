@@ -12,7 +12,7 @@ use sie_seccomp::{Seccomp, ThreadKind};
 
 use super::{AckState, VcpuAck, VcpuRequest, VcpuThread, vcpu_main};
 use crate::control::VmControl;
-use crate::core_dump::VcpuRegisters;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::dispatch::ExitContext;
 
 /// Why a pause (or resume) did not complete.
