@@ -331,3 +331,51 @@ fn a_restored_guest_prints_on_the_console_socket_of_the_sie_that_loads_it() {
     let (code, stderr) = source.terminate();
     assert_eq!(code, Some(143), "{stderr}");
 }
+
+#[test]
+fn a_client_that_leaves_while_the_guest_writes_costs_nothing() {
+    let dir = common::Scratch::new("console-leave");
+    let console = Path::new(&dir.path()).join("c.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args([
+            "run",
+            "--kernel",
+            sie_guests::COUNTER.path,
+            "--memory",
+            "32",
+        ])
+        .args(["--cmdline", "limit=3000 delay=1"])
+        .args(["--console-socket", console.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the console socket", || console.exists());
+    // Clients come, read a little, and vanish mid-stream: sie writes to a
+    // closed socket (EPIPE) and must neither die of SIGPIPE nor stall.
+    for _ in 0..3 {
+        let Ok(mut client) = UnixStream::connect(&console) else {
+            break;
+        };
+        read_until(&mut client, "count ");
+        drop(client);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the guest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

@@ -50,7 +50,7 @@ impl Shared {
             if self.ring.is_empty() {
                 return;
             }
-            match client.as_ref().write(self.ring.front()) {
+            match send(client, self.ring.front()) {
                 Ok(0) => return,
                 Ok(sent) => self.ring.consume(sent),
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
@@ -59,6 +59,22 @@ impl Shared {
             }
         }
     }
+}
+
+/// `send(2)` that never blocks and never raises SIGPIPE: a client that went
+/// away is an error here (EPIPE), not the end of sie.
+fn send(stream: &UnixStream, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a live slice of `data.len()` readable bytes, and
+    // `stream` owns the descriptor for the whole call.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -218,7 +234,7 @@ impl ConsoleSocket {
         self.reading = false;
         let mut shared = lock(&self.shared);
         if let (Some(client), Some(why)) = (&shared.client, why) {
-            let _ = client.as_ref().write(why);
+            let _ = send(client, why);
         }
         shared.client = None;
         let _ = reader.shutdown(std::net::Shutdown::Both);
