@@ -39,12 +39,14 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
 }
 
-/// A core file read by hand: its loads (paddr, offset, size) and the
-/// registers of each NT_PRSTATUS (the 27 `user_regs_struct` slots).
+/// A core file read by hand: its loads (paddr, offset, size), the
+/// registers of each NT_PRSTATUS (the 27 `user_regs_struct` slots) and the
+/// CR3 of each "QEMU" CPU-state note.
 struct Core {
     bytes: Vec<u8>,
     loads: Vec<(u64, u64, u64)>,
     prstatus: Vec<Vec<u64>>,
+    cr3: Vec<u64>,
 }
 
 impl Core {
@@ -55,6 +57,7 @@ impl Core {
         let (phoff, phnum) = (u64_at(&bytes, 32) as usize, u16_at(&bytes, 56) as usize);
         let mut loads = Vec::new();
         let mut prstatus = Vec::new();
+        let mut cr3 = Vec::new();
         for index in 0..phnum {
             let ph = phoff + index * 56;
             let (kind, offset, paddr, filesz) = (
@@ -74,7 +77,11 @@ impl Core {
                             u32_at(&bytes, at + 8),
                         );
                         let desc = at + 12 + namesz.next_multiple_of(4);
-                        if note == 1 {
+                        if &bytes[at + 12..at + 17] == b"QEMU\0" {
+                            // cr[3] after version/size, 18 registers and
+                            // 10 segments of 24 bytes.
+                            cr3.push(u64_at(&bytes, desc + 8 + 18 * 8 + 10 * 24 + 3 * 8));
+                        } else if note == 1 {
                             // pr_reg starts 112 bytes into elf_prstatus.
                             prstatus.push(
                                 (0..27)
@@ -92,6 +99,7 @@ impl Core {
             bytes,
             loads,
             prstatus,
+            cr3,
         }
     }
 
@@ -195,6 +203,13 @@ fn a_dump_of_a_paused_counter_is_an_elf_core_of_its_memory_and_registers() {
     if let Some(gdb) = gdb_rip(&path) {
         assert_eq!(gdb, rip, "gdb reads the same rip");
     }
+    // The CPU-state notes `crash` reads: one per vCPU; the boot vCPU's CR3
+    // points at the long-mode page tables sie built, in the dumped RAM.
+    assert_eq!(shown.matches("QEMU").count(), 2, "{shown}");
+    let cr3 = core.cr3[0] & !0xfff;
+    assert!(cr3 != 0 && cr3 < 32 << 20, "cr3 {cr3:#x}");
+    let pml4e = u64_at(core.memory(cr3, 8), 0);
+    assert_eq!(pml4e & 1, 1, "the first PML4 entry is present: {pml4e:#x}");
     // Holes for what the guest never touched.
     use std::os::unix::fs::MetadataExt;
     let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;

@@ -1,6 +1,7 @@
 //! The ELF64 core file's fixed part: the file header, the program headers
 //! (one `PT_NOTE`, then one `PT_LOAD` per RAM region) and the notes (one
-//! `NT_PRSTATUS` per vCPU), laid out as plain bytes, so it is tested
+//! `NT_PRSTATUS` per vCPU, then one "QEMU" CPU-state note per vCPU, see
+//! [`super::cpu_state`]), laid out as plain bytes, so it is tested
 //! without a VM. Guest RAM follows at page-aligned offsets, so pages the
 //! guest never touched can stay holes.
 
@@ -55,8 +56,11 @@ pub const PRSTATUS_SIZE: usize = 336;
 const PR_REG_OFFSET: usize = 112;
 /// Where `pr_pid` starts inside `elf_prstatus`.
 const PR_PID_OFFSET: usize = 32;
-/// Bytes of one note: its 12-byte header, the padded name, the descriptor.
+/// Bytes of one `NT_PRSTATUS` note: its 12-byte header, the padded name,
+/// the descriptor.
 const NOTE_SIZE: usize = 12 + NOTE_NAME.len() + PRSTATUS_SIZE;
+/// Bytes of one "QEMU" note ("QEMU\0" padded to 8).
+const CPU_NOTE_SIZE: usize = 12 + 8 + super::cpu_state::SIZE;
 
 fn put16(out: &mut Vec<u8>, value: u16) {
     out.extend_from_slice(&value.to_le_bytes());
@@ -127,7 +131,7 @@ fn prstatus(index: usize, vcpu: &VcpuRegisters) -> [u8; PRSTATUS_SIZE] {
 pub fn layout(vcpus: &[VcpuRegisters], regions: &[(u64, u64)]) -> CoreLayout {
     let phnum = 1 + regions.len();
     let notes_offset = u64::from(EHDR_SIZE) + (phnum as u64) * u64::from(PHDR_SIZE);
-    let notes_len = (vcpus.len() * NOTE_SIZE) as u64;
+    let notes_len = (vcpus.len() * (NOTE_SIZE + CPU_NOTE_SIZE)) as u64;
     let mut next = (notes_offset + notes_len).next_multiple_of(PAGE);
     let segments: Vec<LoadSegment> = regions
         .iter()
@@ -190,6 +194,16 @@ pub fn layout(vcpus: &[VcpuRegisters], regions: &[(u64, u64)]) -> CoreLayout {
         head.extend_from_slice(NOTE_NAME);
         head.extend_from_slice(&prstatus(index, vcpu));
     }
+    // As QEMU lays them out: every NT_PRSTATUS first, then the CPU states
+    // in the same order (readers pair them by position).
+    for vcpu in vcpus {
+        put32(&mut head, super::cpu_state::NAME.len() as u32);
+        put32(&mut head, super::cpu_state::SIZE as u32);
+        put32(&mut head, super::cpu_state::NOTE_TYPE);
+        head.extend_from_slice(super::cpu_state::NAME);
+        head.extend_from_slice(&[0; 3]);
+        head.extend_from_slice(&super::cpu_state::cpu_state(&vcpu.regs, &vcpu.sregs));
+    }
     CoreLayout {
         head,
         segments,
@@ -225,8 +239,12 @@ mod tests {
         let note_phdr = 64;
         let notes_offset = u64_at(head, note_phdr + 8);
         assert_eq!(notes_offset, 64 + 3 * 56);
-        assert_eq!(u64_at(head, note_phdr + 32), 2 * NOTE_SIZE as u64);
-        assert_eq!(head.len() as u64, notes_offset + 2 * NOTE_SIZE as u64);
+        let notes_len = 2 * (NOTE_SIZE + CPU_NOTE_SIZE) as u64;
+        assert_eq!(u64_at(head, note_phdr + 32), notes_len);
+        assert_eq!(head.len() as u64, notes_offset + notes_len);
+        // The CPU states follow both NT_PRSTATUS notes.
+        let cpu_note = notes_offset as usize + 2 * NOTE_SIZE;
+        assert_eq!(&head[cpu_note + 12..cpu_note + 17], b"QEMU\0");
         // Loads: page-aligned, one after the other, physical = region.
         let second = 64 + 2 * 56;
         assert_eq!(u64_at(head, second + 8) % PAGE, 0);

@@ -3,7 +3,8 @@
 //!
 //! One `PT_LOAD` per RAM region (`p_paddr` = its guest-physical address),
 //! one `NT_PRSTATUS` per vCPU (general registers in the x86-64
-//! `elf_prstatus` layout). The file is written like a snapshot's memory
+//! `elf_prstatus` layout), and one "QEMU" CPU-state note per vCPU (control
+//! and descriptor-table registers, as QEMU's dumps carry them for `crash`). The file is written like a snapshot's memory
 //! file: under a temporary name, fsynced, renamed into place; RAM pages the
 //! guest never touched are holes. `PUT /vm/dump` pauses the VM around it;
 //! `--dump-on-panic DIR` writes one from the registers each vCPU had when
@@ -17,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cpu_state;
 pub mod elf;
 
 use std::io::{self, Seek, SeekFrom, Write};
