@@ -17,11 +17,13 @@ use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 mod bench;
 mod control;
+mod inspect;
 mod snapshot;
 mod virtio;
 
 use bench::*;
 use control::*;
+use inspect::*;
 use snapshot::*;
 use virtio::*;
 
@@ -244,6 +246,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         snapshot_overrides(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
+        console_attach_later(),
+        panic_core(),
     ]
 }
 
