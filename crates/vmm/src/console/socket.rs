@@ -20,7 +20,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -134,6 +134,8 @@ pub enum ConsoleSocketError {
 pub struct ConsoleSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's device and inode, so only our own file is removed.
+    identity: Option<(u64, u64)>,
     shared: Arc<Mutex<Shared>>,
     /// The attached client, for reading (the same socket as `shared`'s).
     reader: Option<Arc<UnixStream>>,
@@ -164,9 +166,13 @@ impl ConsoleSocket {
         }
         let listener = UnixListener::bind(path).map_err(io_error)?;
         listener.set_nonblocking(true).map_err(io_error)?;
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            identity,
             shared: Arc::new(Mutex::new(Shared {
                 ring: RingBuffer::new(ring_bytes),
                 client: None,
@@ -318,7 +324,12 @@ impl MutEventSubscriber for ConsoleSocket {
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         // Only our own socket: a path another process bound since is left.
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        if ours.is_some() && ours == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -368,7 +379,13 @@ mod tests {
         let stale = UnixListener::bind(&path).unwrap();
         drop(stale);
         let second = ConsoleSocket::bind(&path, 64).unwrap();
+        // Another process's socket now at the path is not ours to remove.
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
         drop(second);
+        assert!(path.exists(), "another's socket file is left alone");
+        drop(other);
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"x").unwrap();
         assert!(matches!(
             ConsoleSocket::bind(&path, 64),
