@@ -506,12 +506,26 @@ fn snapshot_requests_route_with_firecracker_shapes_and_refuse_what_sie_lacks() {
         route("PUT", "/snapshot/create", diff),
         Ok(Routed::Vmm(Request::CreateSnapshot(_)))
     ));
-    let uffd =
-        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#;
-    assert!(matches!(
-        route("PUT", "/snapshot/load", uffd),
-        Ok(Routed::Vmm(Request::LoadSnapshot(_)))
-    ));
+    for backend in ["Uffd", "Lazy"] {
+        let load = format!(
+            r#"{{"snapshot_path": "s", "mem_backend": {{"backend_type": "{backend}", "backend_path": "u"}}}}"#
+        );
+        assert!(
+            matches!(
+                route("PUT", "/snapshot/load", load.as_bytes()),
+                Ok(Routed::Vmm(Request::LoadSnapshot(_)))
+            ),
+            "{backend}"
+        );
+    }
+    let no_path =
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": ""}}"#;
+    assert!(
+        route("PUT", "/snapshot/load", no_path)
+            .unwrap_err()
+            .message
+            .contains("backend_path is empty")
+    );
     let unknown = br#"{"snapshot_path": "s", "mem_file_path": "m", "surprise": 1}"#;
     assert!(route("PUT", "/snapshot/load", unknown).is_err());
 }

@@ -1,10 +1,11 @@
-//! The short device specs of `sie run`: `--disk PATH[,ro][,id=NAME][,root]`,
+//! The short device specs of `sie run`:
+//! `--disk PATH[,ro][,id=NAME][,root][,partuuid=UUID][,cache=unsafe|writeback][,io=sync|async]`,
 //! `--net TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`, `--vsock CID,UDS_PATH`. Each becomes the
 //! same resource a config file or the API would give.
 
 use std::path::PathBuf;
 
-use crate::devices::{Drive, NetworkInterface, Vsock};
+use crate::devices::{CacheType, Drive, IoEngine, NetworkInterface, Vsock};
 
 /// A spec that could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,8 +27,9 @@ fn error(flag: &'static str, spec: &str, problem: impl Into<String>) -> SpecErro
     }
 }
 
-/// `--disk PATH[,ro][,id=NAME][,root]`; `index` names drives without an id
-/// (`disk0`, `disk1`, ...).
+/// `--disk PATH[,ro][,id=NAME][,root][,partuuid=UUID][,cache=..][,io=..]`;
+/// `index` names drives without an id (`disk0`, `disk1`, ...). `cache` and
+/// `io` are Firecracker's `cache_type` and `io_engine` in lower case.
 pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, SpecError> {
     let mut parts = spec.split(',');
     let path = parts.next().unwrap_or_default();
@@ -40,8 +42,8 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, SpecError> {
         is_root_device: false,
         is_read_only: None,
         partuuid: None,
-        cache_type: None,
-        io_engine: None,
+        cache_type: CacheType::default(),
+        io_engine: IoEngine::default(),
         rate_limiter: None,
     };
     for option in parts {
@@ -50,12 +52,31 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, SpecError> {
             None if option == "root" => drive.is_root_device = true,
             Some(("id", id)) => drive.drive_id = id.to_string(),
             Some(("partuuid", uuid)) => drive.partuuid = Some(uuid.to_string()),
+            Some(("cache", "unsafe")) => drive.cache_type = CacheType::Unsafe,
+            Some(("cache", "writeback")) => drive.cache_type = CacheType::Writeback,
+            Some(("io", "sync")) => drive.io_engine = IoEngine::Sync,
+            Some(("io", "async")) => drive.io_engine = IoEngine::Async,
+            Some(("cache", other)) => {
+                return Err(error(
+                    "--disk",
+                    spec,
+                    format!("cache {other:?} is not unsafe or writeback"),
+                ));
+            }
+            Some(("io", other)) => {
+                return Err(error(
+                    "--disk",
+                    spec,
+                    format!("io {other:?} is not sync or async"),
+                ));
+            }
             _ => {
                 return Err(error(
                     "--disk",
                     spec,
                     format!(
-                        "unknown option {option:?} (expected ro, root, id=NAME or partuuid=UUID)"
+                        "unknown option {option:?} (expected ro, root, id=NAME, partuuid=UUID, \
+                         cache=unsafe|writeback or io=sync|async)"
                     ),
                 ));
             }
@@ -153,6 +174,35 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--disk")
+        );
+    }
+
+    #[test]
+    fn disks_take_a_cache_type_and_an_io_engine() {
+        let drive = parse_disk("d.img", 0).unwrap();
+        assert_eq!(
+            (drive.cache_type, drive.io_engine),
+            (CacheType::Unsafe, IoEngine::Sync)
+        );
+        let drive = parse_disk("d.img,cache=writeback,io=async", 0).unwrap();
+        assert_eq!(
+            (drive.cache_type, drive.io_engine),
+            (CacheType::Writeback, IoEngine::Async)
+        );
+        let drive = parse_disk("d.img,io=sync,cache=unsafe", 0).unwrap();
+        assert_eq!(
+            (drive.cache_type, drive.io_engine),
+            (CacheType::Unsafe, IoEngine::Sync)
+        );
+        let message = parse_disk("d.img,cache=none", 0).unwrap_err().to_string();
+        assert!(
+            message.contains(r#"cache "none" is not unsafe or writeback"#),
+            "{message}"
+        );
+        let message = parse_disk("d.img,io=uring", 0).unwrap_err().to_string();
+        assert!(
+            message.contains(r#"io "uring" is not sync or async"#),
+            "{message}"
         );
     }
 

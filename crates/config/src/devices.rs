@@ -1,14 +1,15 @@
 //! Device resources: `drives`, `network-interfaces`, `vsock`, `entropy`.
 //!
-//! A setting sie would accept but not honour is refused here, with a fault
-//! saying it is "not supported yet", so the API, the config file and the
-//! CLI all refuse it alike: `io_engine` other than "Sync" and `cache_type`
-//! other than "Writeback". Rate limiters are enforced (sie-virtio's
-//! `rate_limiter`), so every one Firecracker accepts is accepted.
+//! Every setting Firecracker accepts here has its effect in sie: rate
+//! limiters are enforced (sie-virtio's `rate_limiter`), `cache_type`
+//! decides whether the guest may flush, and `io_engine` picks a worker
+//! thread or io_uring. Absent or null, `cache_type` and `io_engine` take
+//! Firecracker's defaults ("Unsafe", "Sync"), and that is what
+//! `GET /vm/config` shows.
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::resource_id::{IdError, validate_id};
 
@@ -90,16 +91,78 @@ pub struct Drive {
     /// Root partition UUID (used on the command line instead of /dev/vda).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
-    /// "Unsafe" or "Writeback"; sie only offers "Writeback" (flushes
-    /// reach the disk), which is also what it does when this is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_type: Option<String>,
-    /// "Sync" or "Async"; sie only offers "Sync".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_engine: Option<String>,
+    /// Whether the guest is offered flushes (absent or null: "Unsafe").
+    #[serde(default)]
+    pub cache_type: CacheType,
+    /// What runs the drive's I/O (absent or null: "Sync").
+    #[serde(default)]
+    pub io_engine: IoEngine,
     /// Limits the drive's requests (1 operation each) and bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<Box<RateLimiter>>,
+}
+
+/// Firecracker's `cache_type`: what a guest's flush means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum CacheType {
+    /// The flush feature is not offered, so the guest never waits for the
+    /// host's disk (Firecracker's default); data reaches the disk when the
+    /// host writes back its page cache.
+    #[default]
+    Unsafe,
+    /// The flush feature is offered and a flush is an fsync of the image.
+    Writeback,
+}
+
+/// Firecracker's `io_engine`: what runs a drive's reads, writes and
+/// flushes, off the event thread either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum IoEngine {
+    /// A worker thread per drive making blocking calls (Firecracker's
+    /// default).
+    #[default]
+    Sync,
+    /// io_uring: the host kernel runs many requests at once.
+    Async,
+}
+
+/// A field that takes one of a few names, or null for its default.
+fn choice<'de, D: Deserializer<'de>, T: Default + Copy>(
+    deserializer: D,
+    field: &str,
+    names: &[(&str, T)],
+) -> Result<T, D::Error> {
+    let Some(given) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(T::default());
+    };
+    names
+        .iter()
+        .find(|(name, _)| *name == given)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+            serde::de::Error::custom(format!("{field} {given:?} is not {}", allowed.join(" or ")))
+        })
+}
+
+impl<'de> Deserialize<'de> for CacheType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        choice(
+            deserializer,
+            "cache_type",
+            &[("Unsafe", Self::Unsafe), ("Writeback", Self::Writeback)],
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for IoEngine {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        choice(
+            deserializer,
+            "io_engine",
+            &[("Sync", Self::Sync), ("Async", Self::Async)],
+        )
+    }
 }
 
 /// Smallest MTU a network interface accepts (IPv4's minimum), bytes.
@@ -170,26 +233,6 @@ pub enum DeviceConfigError {
     /// An MTU below the minimum.
     #[error("network-interfaces: mtu {0} is out of range {MIN_MTU}..=65535")]
     Mtu(u16),
-    /// A field that takes one of a few names (`cache_type`, `io_engine`).
-    #[error("drives: {field} {value:?} is not {allowed}")]
-    Choice {
-        /// The field.
-        field: &'static str,
-        /// What was given.
-        value: String,
-        /// What is allowed.
-        allowed: String,
-    },
-    /// A Firecracker choice sie does not offer yet.
-    #[error("drives: {field} {value:?} is not supported yet (use {offered:?})")]
-    ChoiceNotSupported {
-        /// The field.
-        field: &'static str,
-        /// What was given.
-        value: String,
-        /// The one value sie offers.
-        offered: &'static str,
-    },
     /// CIDs 0–2 are reserved.
     #[error("vsock: guest_cid {0} is reserved; use 3 or more")]
     Cid(u32),
@@ -214,34 +257,6 @@ impl Drive {
         validate_id("drive_id", &self.drive_id)?;
         if self.path_on_host.as_os_str().is_empty() {
             return Err(DeviceConfigError::EmptyPath("drives.path_on_host"));
-        }
-        // (field, value, Firecracker's choices, the one sie offers)
-        for (field, value, allowed, offered) in [
-            (
-                "cache_type",
-                &self.cache_type,
-                &["Unsafe", "Writeback"][..],
-                "Writeback",
-            ),
-            ("io_engine", &self.io_engine, &["Sync", "Async"][..], "Sync"),
-        ] {
-            let Some(value) = value.as_deref() else {
-                continue;
-            };
-            if !allowed.contains(&value) {
-                return Err(DeviceConfigError::Choice {
-                    field,
-                    value: value.to_string(),
-                    allowed: allowed.join(" or "),
-                });
-            }
-            if value != offered {
-                return Err(DeviceConfigError::ChoiceNotSupported {
-                    field,
-                    value: value.to_string(),
-                    offered,
-                });
-            }
         }
         Ok(())
     }
@@ -345,26 +360,69 @@ mod refusals {
         serde_json::from_str(text).unwrap()
     }
 
+    fn parsed(extra: &str) -> Result<Drive, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"drive_id":"root","path_on_host":"root.img","is_root_device":true{extra}}}"#
+        ))
+    }
+
     #[test]
-    fn drive_choices_sie_does_not_offer_are_refused_as_not_supported_yet() {
-        assert_eq!(drive(""), Ok(()));
-        assert_eq!(
-            drive(r#","cache_type":"Writeback","io_engine":"Sync""#),
-            Ok(())
-        );
-        let unsafe_cache = drive(r#","cache_type":"Unsafe""#).unwrap_err().to_string();
+    fn every_firecracker_cache_type_and_io_engine_is_accepted() {
+        for (extra, cache, engine) in [
+            ("", CacheType::Unsafe, IoEngine::Sync),
+            (
+                r#","cache_type":null,"io_engine":null"#,
+                CacheType::Unsafe,
+                IoEngine::Sync,
+            ),
+            (
+                r#","cache_type":"Writeback","io_engine":"Sync""#,
+                CacheType::Writeback,
+                IoEngine::Sync,
+            ),
+            (
+                r#","cache_type":"Unsafe","io_engine":"Async""#,
+                CacheType::Unsafe,
+                IoEngine::Async,
+            ),
+        ] {
+            assert_eq!(drive(extra), Ok(()), "{extra}");
+            let drive = parsed(extra).unwrap();
+            assert_eq!(
+                (drive.cache_type, drive.io_engine),
+                (cache, engine),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_settings_in_effect_are_what_a_drive_shows() {
+        // Firecracker's defaults, spelled out, as GET /vm/config shows them.
+        let shown = serde_json::to_value(parsed("").unwrap()).unwrap();
+        assert_eq!(shown["cache_type"], "Unsafe");
+        assert_eq!(shown["io_engine"], "Sync");
+        let shown = serde_json::to_value(
+            parsed(r#","cache_type":"Writeback","io_engine":"Async""#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shown["cache_type"], "Writeback");
+        assert_eq!(shown["io_engine"], "Async");
+    }
+
+    #[test]
+    fn names_firecracker_does_not_know_are_refused() {
+        let unknown = parsed(r#","io_engine":"Fast""#).unwrap_err().to_string();
         assert!(
-            unsafe_cache.contains("cache_type \"Unsafe\" is not supported yet"),
-            "{unsafe_cache}"
+            unknown.contains(r#"io_engine "Fast" is not Sync or Async"#),
+            "{unknown}"
         );
-        let async_io = drive(r#","io_engine":"Async""#).unwrap_err().to_string();
+        let unknown = parsed(r#","cache_type":"unsafe""#).unwrap_err().to_string();
         assert!(
-            async_io.contains("io_engine \"Async\" is not supported yet"),
-            "{async_io}"
+            unknown.contains(r#"cache_type "unsafe" is not Unsafe or Writeback"#),
+            "{unknown}"
         );
-        // A name Firecracker does not know either is not "not supported yet".
-        let unknown = drive(r#","io_engine":"Fast""#).unwrap_err().to_string();
-        assert!(unknown.contains("is not Sync or Async"), "{unknown}");
+        assert!(parsed(r#","cache_type":1"#).is_err());
     }
 
     #[test]

@@ -31,8 +31,8 @@ mod vm_config;
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
 pub use devices::{
-    DeviceConfigError, Drive, Entropy, MIN_MTU, NetworkInterface, RateLimiter, TokenBucket, Vsock,
-    is_mac,
+    CacheType, DeviceConfigError, Drive, Entropy, IoEngine, MIN_MTU, NetworkInterface, RateLimiter,
+    TokenBucket, Vsock, is_mac,
 };
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};

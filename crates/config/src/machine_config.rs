@@ -26,7 +26,8 @@ pub struct MachineConfig {
     /// until it has snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
-    /// Huge pages backing guest memory: "None" or "2M".
+    /// Huge pages backing guest memory: "None", "2M" (hugetlb) or
+    /// "Transparent" (transparent huge pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
     /// CPU template; sie only accepts "None".
@@ -60,14 +61,30 @@ pub enum MachineConfigError {
     #[error("machine-config: smt is not supported")]
     Smt,
     /// Unknown huge page size.
-    #[error("machine-config: huge_pages {0:?} is not supported (use \"None\")")]
+    #[error(
+        "machine-config: huge_pages {0:?} is not supported (use \"None\", \"2M\" or \"Transparent\")"
+    )]
     HugePages(String),
+    /// Huge pages for memory that is not a whole number of them.
+    #[error(
+        "machine-config: huge_pages {0:?} needs mem_size_mib to be a multiple of 2 (2 MiB pages)"
+    )]
+    HugePagesSize(String),
     /// A CPU template was requested.
     #[error("machine-config: cpu_template {0:?} is not supported (use \"None\")")]
     CpuTemplate(String),
 }
 
 impl MachineConfig {
+    /// What backs guest memory (a validated configuration's `huge_pages`).
+    pub fn huge_pages(&self) -> crate::HugePages {
+        match self.huge_pages.as_deref() {
+            Some("2M") => crate::HugePages::TwoMiB,
+            Some("Transparent") => crate::HugePages::Transparent,
+            _ => crate::HugePages::None,
+        }
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<(), MachineConfigError> {
         if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS_SIE {
@@ -79,8 +96,14 @@ impl MachineConfig {
         if self.smt == Some(true) {
             return Err(MachineConfigError::Smt);
         }
-        if let Some(pages) = self.huge_pages.as_ref().filter(|p| *p != "None") {
-            return Err(MachineConfigError::HugePages(pages.clone()));
+        match self.huge_pages.as_deref() {
+            None | Some("None") => {}
+            Some(pages @ ("2M" | "Transparent")) => {
+                if !self.mem_size_mib.is_multiple_of(2) {
+                    return Err(MachineConfigError::HugePagesSize(pages.to_string()));
+                }
+            }
+            Some(other) => return Err(MachineConfigError::HugePages(other.to_string())),
         }
         if let Some(template) = self.cpu_template.as_ref().filter(|t| *t != "None") {
             return Err(MachineConfigError::CpuTemplate(template.clone()));
@@ -98,6 +121,23 @@ mod tests {
         let config = MachineConfig::default();
         assert_eq!((config.vcpu_count, config.mem_size_mib), (1, 128));
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn huge_pages_name_the_backing() {
+        for (word, pages) in [
+            (None, crate::HugePages::None),
+            (Some("None"), crate::HugePages::None),
+            (Some("2M"), crate::HugePages::TwoMiB),
+            (Some("Transparent"), crate::HugePages::Transparent),
+        ] {
+            let config = MachineConfig {
+                huge_pages: word.map(str::to_string),
+                ..MachineConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()));
+            assert_eq!(config.huge_pages(), pages);
+        }
     }
 
     #[test]
@@ -124,6 +164,13 @@ mod tests {
         assert!(bad(|c| c.mem_size_mib = MAX_MEM_SIZE_MIB + 1).contains("mem_size_mib"));
         assert!(bad(|c| c.smt = Some(true)).contains("smt"));
         assert!(bad(|c| c.huge_pages = Some("1G".into())).contains("huge_pages"));
+        assert!(
+            bad(|c| {
+                c.huge_pages = Some("2M".into());
+                c.mem_size_mib = 129;
+            })
+            .contains("multiple of 2")
+        );
         assert!(bad(|c| c.cpu_template = Some("T2".into())).contains("cpu_template"));
     }
 }

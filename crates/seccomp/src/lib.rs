@@ -2,15 +2,21 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`); build.rs compiles it
-//! to BPF, so a broken policy fails the build. A user's policy in the same
-//! format replaces it (`--seccomp-filter FILE`). Each thread installs its own
-//! filter with [`Seccomp::install`]: the vCPU, API and page-fault (`uffd`)
-//! threads as they start,
-//! the VMM thread once the VM is built and its vCPUs run (building needs far
-//! more than serving). A system call outside the filter traps (SIGSYS); the
-//! handler in [`sigsys`] reports which call on which thread kind and exits
-//! with [`EXIT_SECCOMP`].
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`, `blk` and
+//! `build`); build.rs compiles it to BPF, so a broken policy fails the
+//! build. A user's policy in the same format replaces it
+//! (`--seccomp-filter FILE`); one without a `uffd` or `blk` filter
+//! (Firecracker's have neither) gives those threads the `vmm` filter, and
+//! `build` is optional. Each thread installs its own filter with
+//! [`Seccomp::install`]: the vCPU, API, page-fault (`uffd`) and drive
+//! worker threads as they start, the VMM thread once the VM is built and
+//! its vCPUs run (building needs far more than serving). Before that, in
+//! Firecracker mode, the VMM thread runs the `build` filter, which refuses
+//! only what no VMM needs (exec, ptrace, mounts and namespaces, modules, uid
+//! changes...); threads started afterwards inherit it and stack their own
+//! on it, and the VMM thread's own is stacked on it after the build. A
+//! system call outside the filter traps (SIGSYS); the handler in [`sigsys`]
+//! reports which call on which thread kind and exits with [`EXIT_SECCOMP`].
 //!
 //! ```no_run
 //! use sie_seccomp::{Seccomp, ThreadKind};
@@ -32,7 +38,8 @@ use seccompiler::{BpfProgram, sock_filter};
 
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
-// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`.
+// The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`,
+// `BLK`, `BUILD`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -47,15 +54,23 @@ pub enum ThreadKind {
     /// `sie_uffd`: serves guest page faults from a memory file (the Lazy
     /// snapshot-restore backend).
     Uffd,
+    /// `sie-blk N`: a drive's Sync engine (pread, pwrite, fsync).
+    Blk,
+    /// The main thread in Firecracker mode before the VM is built:
+    /// everything but the calls no VMM needs. Every later filter is stacked
+    /// on it.
+    Build,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vmm,
         ThreadKind::Api,
         ThreadKind::Vcpu,
         ThreadKind::Uffd,
+        ThreadKind::Blk,
+        ThreadKind::Build,
     ];
 
     /// The kind's key in a policy file.
@@ -65,6 +80,8 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Uffd => "uffd",
+            ThreadKind::Blk => "blk",
+            ThreadKind::Build => "build",
         }
     }
 
@@ -103,7 +120,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu and uffd)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu, uffd, blk and build)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -128,7 +145,8 @@ pub enum SeccompError {
 /// clone: every thread gets its own handle.
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
-    programs: Option<Arc<[BpfProgram; 4]>>,
+    /// Indexed by [`ThreadKind::index`]; an empty program installs nothing.
+    programs: Option<Arc<[BpfProgram; 6]>>,
 }
 
 impl Seccomp {
@@ -146,13 +164,16 @@ impl Seccomp {
                 program(API),
                 program(VCPU),
                 program(UFFD),
+                program(BLK),
+                program(BUILD),
             ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api`, `vcpu` and `uffd` and no
-    /// other.
+    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally `uffd`
+    /// and `blk` (the `vmm` filter when absent) and `build` (without it the
+    /// VMM thread is unfiltered until built), and no other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.to_path_buf(),
@@ -181,12 +202,13 @@ impl Seccomp {
                     kind: kind.name(),
                 })
         };
-        let programs = [
-            take(ThreadKind::Vmm)?,
-            take(ThreadKind::Api)?,
-            take(ThreadKind::Vcpu)?,
-            take(ThreadKind::Uffd)?,
-        ];
+        let vmm = take(ThreadKind::Vmm)?;
+        let api = take(ThreadKind::Api)?;
+        let vcpu = take(ThreadKind::Vcpu)?;
+        let uffd = take(ThreadKind::Uffd).unwrap_or_else(|_| vmm.clone());
+        let blk = take(ThreadKind::Blk).unwrap_or_else(|_| vmm.clone());
+        let build = take(ThreadKind::Build).unwrap_or_default();
+        let programs = [vmm, api, vcpu, uffd, blk, build];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {
                 path: path.to_path_buf(),
@@ -207,12 +229,16 @@ impl Seccomp {
     /// reporter, once per process). Threads the caller starts afterwards
     /// inherit the filter, so start them first.
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        let Some(programs) = &self.programs else {
+        let Some(program) = self.programs.as_ref().map(|p| &p[kind.index()]) else {
             return Ok(());
         };
+        if program.is_empty() {
+            // A user's policy without this (optional) kind.
+            return Ok(());
+        }
         sigsys::install_handler().map_err(SeccompError::Handler)?;
         sigsys::set_thread_kind(kind);
-        seccompiler::apply_filter(&programs[kind.index()])
+        seccompiler::apply_filter(program)
             .map_err(|source| SeccompError::Install { kind, source })?;
         test_hook::forbidden_syscall_if_asked(kind);
         Ok(())

@@ -5,8 +5,10 @@
 //!
 //! The handler runs inside a trapped system call, on a thread whose filter
 //! may allow little, so it only uses what every filter sie ships allows and
-//! what is async-signal-safe: a thread-local read, an atomic add, one
-//! `write(2)` of a line formatted on the stack, and `_exit(2)`.
+//! what is async-signal-safe: a thread-local read, an atomic add,
+//! `tcsetattr(3)` to give back a terminal sie put in raw mode (every filter
+//! allows setting stdin's terminal), one `write(2)` of a line formatted on
+//! the stack, and `_exit(2)`.
 
 use std::cell::Cell;
 use std::io;
@@ -33,6 +35,18 @@ thread_local! {
     // A const-initialised Cell without Drop: reading it from a signal handler
     // is a plain thread-local load, with no lazy initialisation.
     static KIND: Cell<Option<ThreadKind>> = const { Cell::new(None) };
+}
+
+/// The terminal settings to put back on stdin before exiting (set once,
+/// before any filter, by whoever puts the terminal in raw mode).
+static TERMINAL: OnceLock<libc::termios> = OnceLock::new();
+
+/// Asks the handler to restore stdin's terminal to `original` before it
+/// exits, so a trapped call does not leave the user's shell raw.
+pub fn restore_terminal_on_exit(original: libc::termios) {
+    // A second raw mode in one process is the same terminal: the first
+    // settings are the ones to give back.
+    let _ = TERMINAL.set(original);
 }
 
 /// Records the calling thread's kind for the report.
@@ -92,6 +106,11 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _: *mu
     line.push(b", which its filter forbids; exiting with status ");
     line.push_number(i64::from(EXIT_SECCOMP));
     line.push(b"\n");
+    if let Some(original) = TERMINAL.get() {
+        // SAFETY: tcsetattr is async-signal-safe (POSIX); `original` came
+        // from tcgetattr on stdin and lives for the whole process.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
+    }
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is
     // valid for `len` bytes. A failed write has nobody to tell.
     unsafe {

@@ -56,6 +56,24 @@ fn bad_policies_are_refused_in_one_line() {
     assert!(refused.contains("no_such_call"), "{refused}");
 }
 
+#[test]
+fn a_policy_without_a_blk_filter_gives_drive_workers_the_vmm_filter() {
+    let one =
+        r#"{"default_action": "trap", "filter_action": "allow", "filter": [{"syscall": "read"}]}"#;
+    let none = r#"{"default_action": "trap", "filter_action": "allow", "filter": []}"#;
+    let policy = format!(r#"{{"vmm": {one}, "api": {none}, "vcpu": {none}}}"#);
+    let filters = Seccomp::from_json(policy.as_bytes(), Path::new("fc.json")).unwrap();
+    let programs = filters.programs.unwrap();
+    assert_eq!(
+        programs[ThreadKind::Blk.index()],
+        programs[ThreadKind::Vmm.index()]
+    );
+    assert_ne!(
+        programs[ThreadKind::Blk.index()],
+        programs[ThreadKind::Api.index()]
+    );
+}
+
 /// The line `Seccomp:` of a thread's status (0 none, 2 filter).
 fn seccomp_mode(tid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
@@ -125,4 +143,78 @@ fn a_forbidden_call_is_reported_and_exits_148() {
             libc::SYS_getppid
         )
     );
+}
+
+#[test]
+fn the_build_filter_allows_building_and_refuses_exec() {
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let filters = Seccomp::builtin();
+    sigsys::install_handler().unwrap();
+    let path = c"/dev/null";
+    let program = c"/bin/true";
+    // SAFETY: the child only makes system calls (no allocation, no locks)
+    // and ends in _exit, from the SIGSYS handler or below.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; every pointer is a live NUL-terminated string
+        // or null.
+        unsafe {
+            libc::dup2(pipe[1], libc::STDERR_FILENO);
+            if filters.install(ThreadKind::Build).is_err() {
+                libc::_exit(2);
+            }
+            // What a build does (open files, make sockets) is allowed...
+            let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            let socket = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 || socket < 0 {
+                libc::_exit(3);
+            }
+            // ...running another program is not.
+            let argv = [program.as_ptr(), std::ptr::null()];
+            libc::syscall(
+                libc::SYS_execve,
+                program.as_ptr(),
+                argv.as_ptr(),
+                std::ptr::null::<*const libc::c_char>(),
+            );
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(pipe[1]) };
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), i32::from(EXIT_SECCOMP));
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for its length.
+    let n = unsafe { libc::read(pipe[0], buf.as_mut_ptr().cast(), buf.len()) };
+    let text = String::from_utf8_lossy(&buf[..usize::try_from(n).unwrap()]).into_owned();
+    assert!(
+        text.starts_with(&format!(
+            "sie: seccomp: the build thread made system call {},",
+            libc::SYS_execve
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_user_policy_may_leave_out_the_build_filter() {
+    let one =
+        r#"{"default_action": "trap", "filter_action": "allow", "filter": [{"syscall": "exit"}]}"#;
+    let json = format!(r#"{{"vmm": {one}, "api": {one}, "vcpu": {one}, "uffd": {one}}}"#);
+    let filters = Seccomp::from_json(json.as_bytes(), Path::new("mine.json")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        filters.install(ThreadKind::Build).unwrap();
+        // SAFETY: gettid has no preconditions.
+        tx.send(seccomp_mode(unsafe { libc::gettid() })).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(rx.recv().unwrap(), "0", "nothing installed");
 }

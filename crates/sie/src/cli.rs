@@ -402,8 +402,12 @@ pub struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
-    /// A virtio-blk disk: `PATH[,ro][,id=NAME][,root][,partuuid=UUID]`
+    /// A virtio-blk disk:
+    /// `PATH[,ro][,id=NAME][,root][,partuuid=UUID][,cache=unsafe|writeback][,io=sync|async]`
     /// (repeatable). A root disk adds `root=/dev/vdX` to the command line.
+    /// `cache=unsafe` (default) offers the guest no flush, `writeback` offers
+    /// it and fsyncs; `io=sync` (default) runs I/O on a worker thread,
+    /// `async` on io_uring.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio-net interface on a tap device: `TAP[,mac=MAC][,id=NAME][,mtu=BYTES]`
@@ -470,7 +474,7 @@ pub struct BenchSnapshotArgs {
     #[arg(long, default_value_t = 5)]
     pub runs: u32,
     /// Guest memory sizes, MiB.
-    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024, 4096])]
     pub sizes_mib: Vec<u32>,
     /// Another VMM to compare that serves Firecracker's API (`PATH
     /// --api-sock SOCK [--config-file FILE]`), e.g. a `firecracker` binary.
@@ -521,6 +525,10 @@ pub struct BenchBlkArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The disk's engine, as `--disk io=`: sync (a worker thread) or async
+    /// (io_uring), to compare them.
+    #[arg(long, value_name = "ENGINE", default_value = "sync", value_parser = ["sync", "async"])]
+    pub io: String,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init

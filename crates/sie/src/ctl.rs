@@ -118,6 +118,11 @@ pub(crate) fn request(
         }
     }
     let mut body = Vec::new();
+    // A 204 or 304 has no body, whatever the headers say: a server may
+    // keep the connection open after one (Firecracker does).
+    if status == 204 || status == 304 {
+        length = Some(0);
+    }
     match length {
         Some(n) if n > MAX_BODY => return Err(malformed("body too large")),
         Some(n) => {

@@ -220,6 +220,11 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
         server = Some((thread, stats));
         Box::new(ApiSource(handle))
     };
+    // From here on this thread serves requests: filtered before the first,
+    // with the build filter (all but what no VMM needs) until the VM is
+    // built and its own, narrow one is stacked on it. Installed after the
+    // API thread started, which runs only its own.
+    seccomp.install(sie_seccomp::ThreadKind::Build)?;
     let api_stats = server.as_ref().map(|(_, stats)| stats.clone());
     let logging_metrics = logging.clone();
     let served = controller::serve(

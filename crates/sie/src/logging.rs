@@ -9,8 +9,10 @@
 //! events whose target (the Rust module path, e.g. `sie_vmm::controller`)
 //! starts with it.
 //!
-//! Two things keep logging from hurting the VM: the sink never blocks (a
-//! full FIFO drops lines and counts them, see `sie_vmm::controller::sink`),
+//! Two things keep logging from hurting the VM: the sink never blocks or
+//! fails (a full FIFO, or a disk that fills up or fails, drops lines and
+//! counts them, see `sie_vmm::controller::sink`; the first line that gets
+//! through again says how many were lost and why),
 //! and a token bucket caps the rate, so a guest that makes sie log in a loop
 //! cannot flood the disk or steal the VMM thread's time. Dropped lines are
 //! counted and reported in the log once room returns, and in the metrics.
@@ -101,20 +103,26 @@ impl Target {
         let Some(dropped) = self.admit() else {
             return;
         };
-        let text = String::from_utf8_lossy(line);
         let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        let write = |text: &str| match sink.as_ref() {
+        let mut text = String::new();
+        // Lines the file lost (disk full or failing, FIFO full) are owned
+        // up to as soon as one gets through again: the report goes in the
+        // same write as the line, so a failing file costs one drop per line.
+        if let Some(loss) = sink.as_ref().and_then(LineSink::pending_loss) {
+            text.push_str(&format!("sie: log file: {loss}\n"));
+        }
+        if dropped > 0 {
+            text.push_str(&format!("sie: {dropped} log lines dropped (rate limit)\n"));
+        }
+        text.push_str(&String::from_utf8_lossy(line));
+        match sink.as_ref() {
             Some(sink) => {
-                sink.write_line(text);
+                sink.write_line(&text);
             }
             None => {
                 let _ = std::io::stderr().write_all(text.as_bytes());
             }
-        };
-        if dropped > 0 {
-            write(&format!("sie: {dropped} log lines dropped (rate limit)\n"));
         }
-        write(&text);
     }
 }
 
@@ -336,7 +344,10 @@ impl Logging {
         let sink = self.target.sink.lock().unwrap_or_else(|e| e.into_inner());
         serde_json::json!({
             "lines_written": sink.as_ref().map_or(0, LineSink::written),
-            "lines_dropped_sink_full": sink.as_ref().map_or(0, LineSink::dropped),
+            "lines_dropped_sink_full": sink
+                .as_ref()
+                .map_or(0, |sink| sink.dropped() - sink.failed()),
+            "lines_dropped_write_error": sink.as_ref().map_or(0, LineSink::failed),
             "lines_dropped_rate_limit": self.target.rate_dropped.load(Ordering::Relaxed),
         })
     }
@@ -407,6 +418,63 @@ mod tests {
         assert_eq!(
             text,
             "half a line\nsie: 1 log lines dropped (rate limit)\nback\n"
+        );
+    }
+
+    #[test]
+    fn a_failing_log_file_is_counted_and_never_stops_logging() {
+        let logging = Logging {
+            target: target(),
+            options: Arc::default(),
+            level: reload::Layer::new(LevelFilter::OFF).1,
+        };
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        logging.set_path(Path::new("/dev/full")).unwrap();
+        for _ in 0..3 {
+            logging.target.emit(b"lost\n");
+        }
+        let metrics = logging.metrics();
+        assert_eq!(metrics["lines_written"], 0);
+        assert_eq!(metrics["lines_dropped_write_error"], 3);
+        assert_eq!(metrics["lines_dropped_sink_full"], 0);
+    }
+
+    #[test]
+    fn lines_a_full_fifo_lost_are_owned_up_to_once_it_drains() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("sie-log-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.fifo");
+        let _ = std::fs::remove_file(&path);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let target = target();
+        *target.sink.lock().unwrap() = Some(LineSink::open(&path).unwrap());
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let line = format!("{}\n", "x".repeat(999));
+        // Fill the pipe (64 KiB) and lose a few lines.
+        for _ in 0..70 {
+            target.emit(line.as_bytes());
+        }
+        let lost = {
+            let sink = target.sink.lock().unwrap();
+            sink.as_ref().unwrap().dropped()
+        };
+        assert!(lost > 0, "the pipe never filled");
+        let mut buf = vec![0u8; 1 << 20];
+        while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+        target.emit(b"back\n");
+        let n = reader.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert_eq!(
+            text,
+            format!("sie: log file: {lost} lines lost (full)\nback\n")
         );
     }
 }

@@ -45,6 +45,27 @@ fn the_snapshot_bench_checks_each_restore_and_prints_figures() {
         assert!(numbers[1..5].iter().all(|&n| n > 0.0), "{row}");
     }
     assert!(run.stdout.contains("sie/peer at 64 MiB"), "{}", run.stdout);
+    // sie's memory backends side by side: load ms, first count ms, and the
+    // working set the first lazy restore recorded.
+    for backend in ["File", "Lazy, recording", "Lazy, working set"] {
+        let row = run
+            .stdout
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{backend} ")))
+            .unwrap_or_else(|| panic!("no {backend} row in {}", run.stdout));
+        let numbers: Vec<f64> = row
+            .split_whitespace()
+            .filter_map(|cell| cell.parse().ok())
+            .collect();
+        if backend == "File" {
+            assert_eq!(numbers.len(), 3, "{row}");
+        } else {
+            assert_eq!(numbers.len(), 4, "{row}");
+            assert!(numbers[3] >= 1.0, "a recorded working set: {row}");
+        }
+        assert_eq!(numbers[0], 64.0, "{row}");
+        assert!(numbers[1..3].iter().all(|&n| n > 0.0), "{row}");
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! linked sie, built here with `+crt-static` in its own target dir (or
 //! named by `SIE_STATIC_BIN`), is jailed, boots the `spin` guest through
 //! its API socket inside the jail, and is inspected from outside while it
-//! runs. Failing steps must leave no jail behind.
+//! runs; a jailed sie restores a snapshot lazily (its userfaultfd from the
+//! jail's /dev/userfaultfd). Failing steps must leave no jail behind.
 
 mod common;
 
@@ -584,4 +585,100 @@ fn failing_steps_leave_no_jail_behind() {
     );
     expect_refused(&out, "joining the network namespace");
     assert!(!base_path.join("sie/c").exists());
+}
+
+/// The counter guest, booted outside any jail, paused after a few counts
+/// and snapshotted into `dir`: (what it printed, snapshot, memory file).
+fn counter_snapshot(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let mut vm = ApiVm::start("jailer-lazy-source", &[]);
+    let mut stdout = vm.child.stdout.take().expect("stdout");
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = printed.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+            sink.lock().expect("output lock").push_str(&text);
+        }
+    });
+    vm.boot(sie_guests::COUNTER.path, "limit=40 delay=20000");
+    wait_until("a few counts", || {
+        printed.lock().expect("output lock").contains("count 5\n")
+    });
+    vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let create = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        snap.display(),
+        mem.display()
+    );
+    vm.ok("PUT", "/snapshot/create", &create);
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    std::thread::sleep(Duration::from_millis(50));
+    let before = printed.lock().expect("output lock").clone();
+    (before, snap, mem)
+}
+
+#[test]
+fn a_jailed_sie_restores_lazily_through_its_dev_userfaultfd() {
+    if !Path::new("/dev/userfaultfd").exists() {
+        // Without the device, an unprivileged user gets no userfaultfd
+        // that sees KVM's faults (unless vm.unprivileged_userfaultfd = 1).
+        return;
+    }
+    let outside = Scratch::new("jailer-lazy-files");
+    let (before, snap, mem) = counter_snapshot(Path::new(&outside.path()));
+    let id = format!("lazy-{}", std::process::id());
+    let base = Scratch::new("jailer-lazy");
+    let base_path = PathBuf::from(base.path());
+    let root = base_path.join("sie").join(&id).join("root");
+    let child = Command::new(jailer_link(&base_path))
+        .args(["--id", &id, "--exec-file"])
+        .arg(static_sie())
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .args(["--chroot-base-dir", &base.path()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the jailer");
+    let mut vm = ApiVm {
+        child,
+        sock: root.join("run/firecracker.socket"),
+        dir: base,
+    };
+    wait_until("the API socket in the jail", || {
+        std::os::unix::net::UnixStream::connect(&vm.sock).is_ok()
+    });
+    // The snapshot goes into a directory of the jailed user's, where the
+    // working set can be written beside the memory file.
+    let dir = root.join("snap");
+    std::fs::create_dir(&dir).expect("snap dir");
+    for (from, name) in [(&snap, "vm.snap"), (&mem, "vm.mem")] {
+        std::fs::copy(from, dir.join(name)).expect("copy into the jail");
+        std::os::unix::fs::chown(dir.join(name), Some(UID), Some(GID)).expect("chown");
+    }
+    std::os::unix::fs::chown(&dir, Some(UID), Some(GID)).expect("chown");
+    vm.ok(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path": "/snap/vm.snap", "mem_backend": {"backend_type": "Lazy", "backend_path": "/snap/vm.mem"}, "resume_vm": true}"#,
+    );
+    let mut stdout = vm.child.stdout.take().expect("stdout");
+    let (code, stderr) = vm.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut after = String::new();
+    stdout.read_to_string(&mut after).expect("guest output");
+    let full: String = (1..=40).map(|n| format!("count {n}\n")).collect();
+    assert_eq!(format!("{before}{after}"), full);
+    let ws = std::fs::metadata(dir.join("vm.mem.ws")).expect("the working set");
+    assert_eq!(
+        (ws.uid(), ws.gid()),
+        (UID, GID),
+        "written by the jailed user"
+    );
 }

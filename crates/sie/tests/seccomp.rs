@@ -17,9 +17,11 @@ use sie_guests::{HELLO, SPIN};
 /// The built-in policy, the starting point of the user policies below.
 const POLICY: &str = include_str!("../../seccomp/policy/x86_64.json");
 
-/// Each of sie's threads (name, `Seccomp:` mode) in process `pid`. KVM's
-/// own workers that the kernel puts in the process (`kvm-nx-lpage-re`) are
-/// not sie's threads and are left out.
+/// Each of sie's threads (name, `Seccomp:` mode) in process `pid`, the
+/// mode followed by `/N` with the number of filters the thread runs when it
+/// runs any (kernels since 5.9 show it). KVM's own workers that the kernel
+/// puts in the process (`kvm-nx-lpage-re`) are not sie's threads and are
+/// left out.
 fn thread_modes(pid: u32) -> Vec<(String, String)> {
     let mut modes = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -40,13 +42,11 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
                 .find_map(|line| line.strip_prefix(key))
                 .map(|value| value.trim().to_string())
         };
-        let mode = field("Seccomp:").unwrap();
-        // Each thread runs its own filter, not its own stacked on the one
-        // of the thread that created it (kernels since 5.9 show the count).
+        let mut mode = field("Seccomp:").unwrap();
         if mode == "2"
             && let Some(count) = field("Seccomp_filters:")
         {
-            assert_eq!(count, "1", "thread {name} has {count} filters");
+            mode = format!("2/{count}");
         }
         modes.push((name, mode));
     }
@@ -54,9 +54,24 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
     modes
 }
 
-/// Boots the spin guest with two vCPUs through the API and returns the
-/// threads' seccomp modes once both vCPU threads run.
+/// `mode` as [`thread_modes`] would show it on this kernel: without the
+/// filter count where the kernel does not show it.
+fn as_shown(mode: &str) -> &str {
+    let shown =
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp_filters:"));
+    if shown {
+        mode
+    } else {
+        mode.split('/').next().unwrap_or_default()
+    }
+}
+
+/// Boots the spin guest with two vCPUs and a drive (on the Sync engine, so
+/// with a worker thread) through the API and returns the threads' seccomp
+/// modes once both vCPU threads run.
 fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)> {
+    let scratch = Scratch::new(name);
+    let disk = scratch.sparse("disk.img", 1 << 20);
     let vm = ApiVm::start(name, extra);
     let boot = serde_json::json!({"kernel_image_path": SPIN.path, "boot_args": "console=ttyS0"});
     vm.ok("PUT", "/boot-source", &boot.to_string());
@@ -65,6 +80,9 @@ fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)
         "/machine-config",
         r#"{"vcpu_count": 2, "mem_size_mib": 32}"#,
     );
+    let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk,
+        "is_root_device": false, "io_engine": "Sync"});
+    vm.ok("PUT", "/drives/data", &drive.to_string());
     vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     assert_eq!(vm.state(), "Running");
     let modes = thread_modes(vm.child.id());
@@ -73,21 +91,28 @@ fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)
     modes
 }
 
-fn expect_threads(modes: &[(String, String)], mode: &str) {
+fn expect_threads(modes: &[(String, String)], want: [&str; 4]) {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["fc_api", "fc_vcpu 0", "fc_vcpu 1", "sie"],
+        ["fc_api", "fc_vcpu 0", "fc_vcpu 1", "sie", "sie-blk 0"],
         "{modes:?}"
     );
-    for (name, seen) in modes {
-        assert_eq!(seen, mode, "thread {name}: {modes:?}");
+    for ((name, seen), want) in modes.iter().zip(want) {
+        assert_eq!(seen, as_shown(want), "thread {name}: {modes:?}");
     }
 }
 
+/// Every thread runs its own filter. The API thread, started first, runs
+/// only its own; the VMM thread ran the build filter from before it served
+/// the first request, and the vCPU threads it started inherited that, so
+/// they and the VMM thread run their own stacked on it (two each).
 #[test]
 fn every_thread_of_a_running_vm_has_a_filter() {
-    expect_threads(&modes_of_a_running_api_vm("seccomp-on", &[]), "2");
+    expect_threads(
+        &modes_of_a_running_api_vm("seccomp-on", &[]),
+        ["2/1", "2/2", "2/2", "2/2"],
+    );
 }
 
 /// The console socket (accepting, reading, writing a client that goes
@@ -126,15 +151,45 @@ fn a_console_client_and_a_core_dump_stay_inside_the_filters() {
     let modes = thread_modes(vm.child.id());
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
-    assert!(modes.iter().all(|(_, mode)| mode == "2"), "{modes:?}");
+    // The API thread runs its own filter; the VMM and vCPU threads theirs
+    // on the build filter (see every_thread_of_a_running_vm_has_a_filter).
+    let want: Vec<(String, String)> = [("fc_api", "2/1"), ("fc_vcpu 0", "2/2"), ("sie", "2/2")]
+        .iter()
+        .map(|(name, mode)| (name.to_string(), as_shown(mode).to_string()))
+        .collect();
+    assert_eq!(modes, want);
 }
 
 #[test]
 fn no_seccomp_leaves_every_thread_unfiltered() {
     expect_threads(
         &modes_of_a_running_api_vm("seccomp-off", &["--no-seccomp"]),
-        "0",
+        ["0", "0", "0", "0"],
     );
+}
+
+/// Before `InstanceStart` builds the VM, every thread is filtered already:
+/// the API thread by its own filter, the VMM thread by the build filter
+/// (docs/security.md).
+#[test]
+fn before_instance_start_every_thread_is_filtered() {
+    let vm = ApiVm::start("seccomp-before-start", &[]);
+    let boot = serde_json::json!({"kernel_image_path": SPIN.path, "boot_args": "console=ttyS0"});
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    assert_eq!(vm.state(), "Not started");
+    let modes = thread_modes(vm.child.id());
+    let want = [
+        ("fc_api".to_string(), as_shown("2/1").to_string()),
+        ("sie".to_string(), as_shown("2/1").to_string()),
+    ];
+    assert_eq!(modes, want);
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
 }
 
 /// Runs `sie args` with `SIE_TEST_FORBIDDEN_SYSCALL=kind` (the debug
@@ -187,8 +242,21 @@ fn a_forbidden_call_on_each_thread_kind_ends_sie_with_148() {
     expect_trapped(&with_forbidden_call("vcpu", &spin), "vcpu");
     expect_trapped(&with_forbidden_call("vmm", &spin), "vmm");
     let scratch = Scratch::new("seccomp-api-hook");
+    let disk = scratch.sparse("disk.img", 1 << 20);
+    let with_disk = ["run", "--kernel", SPIN.path, "--disk", &disk];
+    expect_trapped(&with_forbidden_call("blk", &with_disk), "blk");
     let sock = format!("{}/api.sock", scratch.path());
     expect_trapped(&with_forbidden_call("api", &["--api-sock", &sock]), "api");
+    // The VMM thread before the VM is built, under the build filter.
+    let run = with_forbidden_call("build", &["--api-sock", &sock]);
+    run.expect_code(148);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "sie: seccomp: the build thread made system call {}, which its filter forbids; exiting with status 148\n",
+            libc::SYS_personality
+        )
+    );
     // Firecracker mode's VMM and vCPU threads are filtered the same way.
     let config = scratch.file(
         "vm.json",

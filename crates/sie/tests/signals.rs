@@ -55,8 +55,8 @@ fn termios_of(fd: i32) -> libc::termios {
     termios
 }
 
-#[test]
-fn a_terminal_is_raw_while_the_guest_runs_and_restored_after_a_signal() {
+/// A new pseudo-terminal: (master, slave).
+fn pty() -> (OwnedFd, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);
     // SAFETY: openpty writes two descriptors; null name/termios/winsize are allowed.
     let rc = unsafe {
@@ -70,7 +70,12 @@ fn a_terminal_is_raw_while_the_guest_runs_and_restored_after_a_signal() {
     };
     assert_eq!(rc, 0, "openpty");
     // SAFETY: openpty returned two fresh descriptors that nothing else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+#[test]
+fn a_terminal_is_raw_while_the_guest_runs_and_restored_after_a_signal() {
+    let (master, slave) = pty();
     let before = termios_of(slave.as_raw_fd());
     assert_ne!(
         before.c_lflag & libc::ICANON,
@@ -96,6 +101,30 @@ fn a_terminal_is_raw_while_the_guest_runs_and_restored_after_a_signal() {
     terminate(&child);
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(143));
+    let after = termios_of(slave.as_raw_fd());
+    assert_eq!(after.c_lflag, before.c_lflag, "local modes restored");
+    assert_eq!(after.c_iflag, before.c_iflag, "input modes restored");
+    drop(master);
+}
+
+/// A vCPU thread killed by its seccomp filter ends sie from the SIGSYS
+/// handler, where nothing unwinds: the handler itself gives the terminal
+/// back.
+#[test]
+fn a_forbidden_system_call_leaves_the_terminal_as_it_was() {
+    let (master, slave) = pty();
+    let before = termios_of(slave.as_raw_fd());
+    let child = Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args(["run", "--kernel", SPIN.path])
+        .env("SIE_TEST_FORBIDDEN_SYSCALL", "vcpu")
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sie");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(148));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the vcpu thread made system call"));
     let after = termios_of(slave.as_raw_fd());
     assert_eq!(after.c_lflag, before.c_lflag, "local modes restored");
     assert_eq!(after.c_iflag, before.c_iflag, "input modes restored");

@@ -7,45 +7,18 @@
 
 mod common;
 
-use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::api::ApiVm;
+use common::counter::{self, capture, wait_for};
 use common::sie;
 
 const LIMIT: u32 = 40;
 
 /// "count 1\n" .. "count LIMIT\n".
 fn full_count() -> String {
-    (1..=LIMIT).map(|n| format!("count {n}\n")).collect()
-}
-
-/// Collects a child's stdout on a thread.
-fn capture(vm: &mut ApiVm) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut pipe = vm.child.stdout.take().expect("stdout");
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 256];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("output lock")
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    out
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    counter::full_count(LIMIT)
 }
 
 /// Boots the counter in a new sie, pauses it after a few counts,
@@ -234,7 +207,7 @@ fn serve_page_faults(
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut poll, 1, 20) };
             while let Some(event) = uffd.read_event().expect("events") {
-                let Event::PageFault(address) = event else {
+                let Event::PageFault(address, _) = event else {
                     continue;
                 };
                 let page = address & !4095;
@@ -352,7 +325,7 @@ fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
     assert_eq!(&recorded[..8], b"SIEWSET\x01");
     let pages = u64::from_le_bytes(recorded[24..32].try_into().unwrap());
     assert!(pages > 0, "the guest touched pages");
-    assert_eq!(recorded.len() as u64, 32 + pages * (8 + 4096) + 32);
+    assert_eq!(recorded.len() as u64, 32 + pages * (8 + 4096) + 8);
 
     // The next one installs that working set before the vCPUs run and says
     // how many pages; the count goes on all the same.
@@ -398,4 +371,68 @@ fn a_lazy_restore_records_its_working_set_and_the_next_one_prefetches_it() {
         "{}",
         third.stderr
     );
+
+    // The page-fault thread's filter is really on: a system call outside it
+    // (the debug build's test hook) ends sie with 148 and names the thread.
+    let trapped = std::process::Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args(["run", "--restore", &snap, "--mem", &mem])
+        .args(["--mem-backend", "lazy"])
+        .env("SIE_TEST_FORBIDDEN_SYSCALL", "uffd")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(trapped.status.code(), Some(148));
+    let stderr = String::from_utf8_lossy(&trapped.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "sie: seccomp: the uffd thread made system call {}, which its filter forbids",
+            libc::SYS_getppid
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_lazily_restored_guest_snapshots_again_whole_and_unrecorded() {
+    let keep = common::Scratch::new("snapshot-lazy-again-files");
+    let (snap, mem, before) = snapshot_of_a_counting_guest("snapshot-lazy-again", &keep, false);
+    // Loaded lazily and left paused: none of its pages has been read yet.
+    let paused = ApiVm::start("snapshot-lazy-again-load", &[]);
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Lazy", "backend_path": mem},
+    });
+    paused.ok("PUT", "/snapshot/load", &load.to_string());
+    assert_eq!(paused.state(), "Paused");
+    // A snapshot of it reads every page through sie's fault handler...
+    let (again_snap, again_mem) = (
+        format!("{}/again.snap", keep.path()),
+        format!("{}/again.mem", keep.path()),
+    );
+    let create = serde_json::json!({"snapshot_path": again_snap, "mem_file_path": again_mem});
+    paused.ok("PUT", "/snapshot/create", &create.to_string());
+    // ...which are sie's reads, not the guest's working set: none is
+    // recorded while the vCPUs have not run.
+    std::thread::sleep(lazy_quiet() * 4);
+    let ws = format!("{mem}.ws");
+    assert!(
+        !std::path::Path::new(&ws).exists(),
+        "{ws} recorded sie's reads"
+    );
+    let writing = std::fs::read_dir(keep.path())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .any(|entry| entry.file_name().to_string_lossy().contains(".ws.tmp"));
+    assert!(!writing, "a working set is being written");
+    let (code, stderr) = paused.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    // The new snapshot is whole: restored from its file, the count goes on.
+    let restored = sie(&["run", "--restore", &again_snap, "--mem", &again_mem]);
+    restored.expect_code(0);
+    assert_eq!(format!("{before}{}", restored.stdout), full_count());
+}
+
+/// How long faults must pause before a lazy restore writes its working set.
+fn lazy_quiet() -> Duration {
+    sie_vmm::snapshot::lazy::QUIET
 }

@@ -6,49 +6,25 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use common::api::ApiVm;
+use common::counter::{self, capture, wait_for};
 use common::sie;
 
 const LIMIT: u32 = 40;
 
 /// "count 1\n" .. "count LIMIT\n".
 fn full_count() -> String {
-    (1..=LIMIT).map(|n| format!("count {n}\n")).collect()
-}
-
-/// Collects a child's stdout on a thread.
-fn capture(vm: &mut ApiVm) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut pipe = vm.child.stdout.take().expect("stdout");
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 256];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("output lock")
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    out
+    counter::full_count(LIMIT)
 }
 
 fn wait_for_output(out: &Mutex<String>, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !out.lock().expect("output lock").contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {needle:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(&format!("{needle:?}"), || {
+        out.lock().expect("output lock").contains(needle)
+    });
 }
 
 /// Bytes of `path` that hold data (SEEK_DATA/SEEK_HOLE), and its size.

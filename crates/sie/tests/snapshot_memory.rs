@@ -1,8 +1,9 @@
-//! Where a restored guest's RAM lives, through the binary on the real
-//! /dev/kvm: `huge_pages` on `PUT /snapshot/load` puts a counting guest's
-//! memory on transparent huge pages or on 2 MiB hugetlb pages (the host's
-//! own accounting shows it), and the guest counts on exactly where it
-//! stopped; a host without enough huge pages refuses the load in one line.
+//! Where a guest's RAM lives, through the binary on the real /dev/kvm:
+//! `machine-config.huge_pages` boots a counting guest on 2 MiB hugetlb
+//! pages or transparent huge pages, and `huge_pages` on `PUT /snapshot/load`
+//! restores one there (the host's own accounting shows it) and the guest
+//! counts on exactly where it stopped; a host without enough huge pages
+//! refuses the configuration or the load in one line.
 
 mod common;
 
@@ -90,6 +91,10 @@ fn meminfo(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The host's hugetlb pool is one for the whole machine: the tests that
+/// size it take turns.
+static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Sets the host's hugetlb pool to `pages` 2 MiB pages.
 fn set_huge_pages(pages: u64) {
     std::fs::write("/proc/sys/vm/nr_hugepages", pages.to_string())
@@ -98,6 +103,7 @@ fn set_huge_pages(pages: u64) {
 
 #[test]
 fn a_restored_guest_runs_on_huge_pages_and_counts_on() {
+    let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
     let keep = common::Scratch::new("snapshot-huge-files");
     let (snap, mem, stopped) = counter_snapshot(&keep);
 
@@ -144,4 +150,57 @@ fn a_restored_guest_runs_on_huge_pages_and_counts_on() {
         "the guest's pages are hugetlb ({touched} kB)"
     );
     refused.expect_fault("free 2 MiB huge pages");
+}
+
+/// Boots the counter on `huge_pages`, reads `measure` (given sie's pid)
+/// once it counts, and lets it finish.
+fn boot_on(huge_pages: &str, measure: impl Fn(u32) -> u64) -> u64 {
+    let mut vm = ApiVm::start("huge-boot", &[]);
+    let out = capture(&mut vm);
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::COUNTER.path,
+        "boot_args": format!("limit={LIMIT} delay=5000"),
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    let machine =
+        serde_json::json!({"vcpu_count": 1, "mem_size_mib": 32, "huge_pages": huge_pages});
+    vm.ok("PUT", "/machine-config", &machine.to_string());
+    assert_eq!(vm.get("/machine-config").json()["huge_pages"], huge_pages);
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for("a count", || {
+        out.lock().expect("output").contains("count 2\n")
+    });
+    let measured = measure(vm.child.id());
+    let (code, stderr) = vm.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    measured
+}
+
+#[test]
+fn a_booted_guest_runs_on_the_huge_pages_its_machine_config_names() {
+    let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let thp = boot_on("Transparent", |pid| kib(pid, "smaps", "AnonHugePages:"));
+    assert!(
+        thp >= 2048,
+        "no transparent huge page backs guest RAM ({thp} kB)"
+    );
+
+    let before = meminfo("HugePages_Total:");
+    set_huge_pages(before + 16);
+    let hugetlb = boot_on("2M", |pid| kib(pid, "status", "HugetlbPages:"));
+    set_huge_pages(0);
+    // Too few: the configuration itself is refused, naming the shortfall.
+    let vm = ApiVm::start("huge-boot-short", &[]);
+    let answer = vm.call(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 32, "huge_pages": "2M"}"#),
+    );
+    vm.terminate();
+    set_huge_pages(before);
+    assert!(
+        hugetlb >= 2048,
+        "guest RAM is on hugetlb pages ({hugetlb} kB)"
+    );
+    answer.expect_fault("needs 16 free 2 MiB huge pages for 32 MiB, the host has 0");
 }

@@ -109,37 +109,78 @@ pub fn drain_queue_until(
     counters: &VirtioCounters,
     mut serve: impl FnMut(Result<Vec<Segment>, ChainError>) -> Option<u32>,
 ) -> Result<bool, DeviceFault> {
-    let ring_fault = |_| {
-        counters.error();
-        DeviceFault::RingAccess
-    };
+    let used_any = drain_queue_with(queue, mem, counters, |_, buffers| {
+        serve(buffers).map_or(Taken::Held, Taken::Used)
+    })?;
+    if !used_any {
+        return Ok(false);
+    }
+    queue
+        .needs_notification(mem)
+        .map_err(|_| ring_fault(counters))
+}
+
+/// What a device did with a chain [`drain_queue_with`] handed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Served: return it to the used ring with this length.
+    Used(u32),
+    /// Kept in flight: the device returns it (by its head index) later.
+    InFlight,
+    /// Not taken: back on the ring, and draining stops until the device
+    /// comes back to the queue.
+    Held,
+}
+
+fn ring_fault(counters: &VirtioCounters) -> DeviceFault {
+    counters.error();
+    DeviceFault::RingAccess
+}
+
+/// The general drain: `serve` gets each chain's head index and buffers
+/// and says what became of it (see [`Taken`]). Returns whether a chain was
+/// put in the used ring; asking whether the driver wants an interrupt is
+/// left to the caller, who may add more (completions) first.
+pub fn drain_queue_with(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    counters: &VirtioCounters,
+    mut serve: impl FnMut(u16, Result<Vec<Segment>, ChainError>) -> Taken,
+) -> Result<bool, DeviceFault> {
     let mut used_any = false;
     'drain: loop {
-        queue.disable_notification(mem).map_err(ring_fault)?;
+        queue
+            .disable_notification(mem)
+            .map_err(|_| ring_fault(counters))?;
         while let Some(chain) = take_chain(queue, mem, counters)? {
             let head = chain.head_index();
             let buffers = segments(chain, mem);
             let invalid = buffers.as_ref().err().cloned();
-            let Some(len) = serve(buffers) else {
+            let taken = serve(head, buffers);
+            if taken == Taken::Held {
                 queue.go_to_previous_position();
                 break 'drain;
-            };
+            }
             counters.request();
             if let Some(error) = invalid {
                 counters.error();
                 tracing::debug!(%error, head, "virtio chain dropped");
             }
-            queue.add_used(mem, head, len).map_err(ring_fault)?;
-            used_any = true;
+            if let Taken::Used(len) = taken {
+                queue
+                    .add_used(mem, head, len)
+                    .map_err(|_| ring_fault(counters))?;
+                used_any = true;
+            }
         }
-        if !queue.enable_notification(mem).map_err(ring_fault)? {
+        if !queue
+            .enable_notification(mem)
+            .map_err(|_| ring_fault(counters))?
+        {
             break;
         }
     }
-    if !used_any {
-        return Ok(false);
-    }
-    queue.needs_notification(mem).map_err(ring_fault)
+    Ok(used_any)
 }
 
 /// The next available chain, if any, with a head inside the table; shared

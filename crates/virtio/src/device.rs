@@ -46,6 +46,13 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault>;
     /// The driver reset the device: drop the queues and any in-flight state.
     fn reset(&mut self);
+    /// Finishes the work in flight (a block device's requests on its
+    /// engine) and puts it in the used rings, so the rings describe all of
+    /// the device's state (before a snapshot). Called only while the
+    /// device is live; an error marks it NEEDS_RESET.
+    fn quiesce(&mut self) -> Result<(), DeviceFault> {
+        Ok(())
+    }
     /// The device's counters, shared with the transport.
     fn counters(&self) -> &Arc<VirtioCounters>;
     /// One descriptor the event thread watches for the device's host side
@@ -70,13 +77,14 @@ pub trait VirtioDevice: Send {
         Ok(())
     }
     /// The timers of the device's rate limiters (see
-    /// [`crate::rate_limiter`]), which the event thread watches. Asked
-    /// once, when the worker is registered, so they must exist from the
-    /// start even while nothing is limited.
+    /// [`crate::rate_limiter`]) and any other descriptor that says "serve
+    /// the queue again" (a block engine's completion eventfd), which the
+    /// event thread watches. Asked once, when the worker is registered, so
+    /// they must exist from the start even while nothing is limited.
     fn timer_fds(&self) -> Vec<std::os::fd::RawFd> {
         Vec::new()
     }
-    /// Timer `index` of [`Self::timer_fds`] fired: consume the expiry (even
+    /// Descriptor `index` of [`Self::timer_fds`] fired: consume it (even
     /// while the driver is not live, or the event loop would spin) and name
     /// the queue it held back, which the transport serves if the device is
     /// live.

@@ -58,6 +58,10 @@ pub struct TransportState {
 /// A transport whose state can be saved and restored, whatever its device
 /// (so the VMM keeps every device in one list).
 pub trait TransportSnapshot: Send + Sync {
+    /// Finishes the device's work in flight into its used rings (the VM
+    /// paused), so the saved queues and guest memory agree; call before
+    /// saving anything else of the VM.
+    fn quiesce(&self);
     /// The registers and queues (the VM paused).
     fn save(&self) -> TransportState;
     /// Puts them back (guest memory restored, vCPUs not yet running).

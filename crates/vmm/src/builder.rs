@@ -175,14 +175,42 @@ pub(crate) fn vcpu_count(config: &VmConfig, hv: &dyn Hypervisor) -> Result<u32> 
 }
 
 /// Anonymous guest RAM of `mib` MiB, laid out around the MMIO hole.
-fn anonymous_memory(mib: u64) -> Result<GuestMemory> {
+fn anonymous_memory(mib: u64, pages: sie_config::HugePages) -> Result<GuestMemory> {
     let memory_error =
         |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory { mib, source };
     let mem_bytes = mib
         .checked_mul(1 << 20)
         .ok_or_else(|| memory_error("size overflows".into()))?;
     let regions = sie_arch::layout::ram_regions(mem_bytes).map_err(|e| memory_error(e.into()))?;
-    GuestMemory::from_ranges(&regions).map_err(|e| memory_error(e.into()))
+    // The dirty-page bitmaps are allocated before the mappings (one bit per
+    // page: gigabytes for a size no host can map), so try the address
+    // space first and refuse such a size at once.
+    for &(_, len) in &regions {
+        reserve_address_space(len).map_err(|e| memory_error(e.into()))?;
+    }
+    crate::guest_memory::anonymous(&regions, pages).map_err(|e| memory_error(e.into()))
+}
+
+/// Whether `len` bytes of address space can be mapped (nothing is kept).
+fn reserve_address_space(len: usize) -> std::io::Result<()> {
+    // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel
+    // picks; it touches no existing memory and is unmapped right away.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: exactly the mapping made above, which nothing else uses.
+    unsafe { libc::munmap(at, len) };
+    Ok(())
 }
 
 /// A VM with its memory mapped, its in-kernel platform, every device placed
@@ -316,7 +344,11 @@ pub fn build(
         None => None,
     };
 
-    let memory = anonymous_memory(mib)?;
+    let pages = config
+        .machine_config
+        .as_ref()
+        .map_or(sie_config::HugePages::None, |machine| machine.huge_pages());
+    let memory = anonymous_memory(mib, pages)?;
     let machine = assemble(config, hv, options, control, memory, vcpu_count)?;
     let memory = &machine.memory;
     machine.vmgenid.write_new_id(memory)?;

@@ -31,6 +31,7 @@ pub mod device_manager;
 pub mod dispatch;
 mod error;
 mod event_loop;
+pub mod guest_memory;
 mod outcome;
 pub mod platform;
 pub mod snapshot;

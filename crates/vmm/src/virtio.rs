@@ -13,6 +13,11 @@
 //! `PATCH` changes them later through [`VirtioDevices::blocks`] and
 //! [`VirtioDevices::nets`].
 //!
+//! A drive's `io_engine` and `cache_type` are given to its device when it
+//! is created (an Async drive on a host without io_uring fails here); a
+//! Sync drive's worker thread starts with the vCPUs
+//! ([`VirtioDevices::start_workers`]), installing its own seccomp filter.
+//!
 //! Every device is described once, to the device manager, which derives
 //! both descriptions the guest gets: the ACPI DSDT (`LNRO0005`, which stock
 //! distro kernels bind to) and `virtio_mmio.device=` on the command line
@@ -27,7 +32,7 @@ use sie_arch::acpi::AcpiDevice;
 use sie_config::VmConfig;
 use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
-use sie_virtio::block::Block;
+use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine};
 use sie_virtio::net::{Net, Tap, parse_mac};
 use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
 use sie_virtio::rng::Rng;
@@ -46,6 +51,19 @@ pub struct VirtioStats {
     pub name: String,
     /// Reads the device's counters.
     pub read: Box<dyn Fn() -> CountersSnapshot + Send + Sync>,
+    /// Reads the counters only this kind of device has (virtio-net's frames
+    /// and drops per direction); none for most.
+    pub extra: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>,
+}
+
+impl VirtioStats {
+    /// Every counter as name/value pairs: the generic ones, then the
+    /// device's own.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut fields = (self.read)().fields().to_vec();
+        fields.extend((self.extra)());
+        fields
+    }
 }
 
 /// The paravirtual devices, once created.
@@ -111,8 +129,19 @@ impl VirtioDevices {
                 source,
             };
             let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
+            let options = BlockOptions {
+                read_only,
+                cache: match drive.cache_type {
+                    sie_config::CacheType::Unsafe => CacheType::Unsafe,
+                    sie_config::CacheType::Writeback => CacheType::Writeback,
+                },
+                engine: match drive.io_engine {
+                    sie_config::IoEngine::Sync => IoEngine::Sync,
+                    sie_config::IoEngine::Async => IoEngine::Async,
+                },
+            };
             let mut block =
-                Block::new(file, read_only, &drive.drive_id).map_err(|e| fail(e.into()))?;
+                Block::new(file, &drive.drive_id, options).map_err(|e| fail(e.into()))?;
             block
                 .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
                 .map_err(|e| fail(e.into()))?;
@@ -141,6 +170,7 @@ impl VirtioDevices {
                 .map_err(|e| fail(e.into()))?;
             let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
             let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+            let net_stats = net.stats().clone();
             net.update_rate_limiters(
                 Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
                 Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
@@ -148,6 +178,11 @@ impl VirtioDevices {
             .map_err(|e| fail(e.into()))?;
             let transport =
                 devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
+            // Dropped frames are what an operator asks about first (a tap
+            // that went away drops everything the guest sends).
+            if let Some(stats) = devices.stats.last_mut() {
+                stats.extra = Box::new(move || net_stats.snapshot().fields().to_vec());
+            }
             devices.nets.push((nic.iface_id.clone(), transport));
         }
         if let Some(vsock) = &config.vsock {
@@ -174,6 +209,27 @@ impl VirtioDevices {
             )?;
         }
         Ok(devices)
+    }
+
+    /// Starts each Sync drive's worker thread (`sie-blk N`), which installs
+    /// `seccomp`'s `blk` filter before any I/O. Before the vCPUs run, so no
+    /// request is served before.
+    pub fn start_workers(&self, seccomp: &sie_seccomp::Seccomp) -> Result<()> {
+        for (index, (id, transport)) in self.blocks.iter().enumerate() {
+            let filters = seccomp.clone();
+            let setup: sie_virtio::block::ThreadSetup = Box::new(move || {
+                filters
+                    .install(sie_seccomp::ThreadKind::Blk)
+                    .map_err(|e| crate::error::error_chain(&e))
+            });
+            transport
+                .with_device(|block| block.start_worker(format!("sie-blk {index}"), setup))
+                .map_err(|source| VmmError::Virtio {
+                    name: format!("drive {id}"),
+                    source: source.into(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Places one device: an MMIO window and an interrupt line from the
@@ -219,6 +275,7 @@ impl VirtioDevices {
         self.stats.push(VirtioStats {
             name: bus_name,
             read: Box::new(move || counters.counters()),
+            extra: Box::new(Vec::new),
         });
         Ok(transport)
     }

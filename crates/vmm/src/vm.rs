@@ -71,7 +71,7 @@ impl FinishedVm {
             text.push_str("\nvirtio devices\n");
             for device in &self.virtio {
                 text.push_str(&format!("  {}\n   ", device.name));
-                for (name, value) in (device.read)().fields() {
+                for (name, value) in device.fields() {
                     text.push_str(&format!(" {name}={value}"));
                 }
                 text.push('\n');
@@ -105,6 +105,7 @@ impl BuiltVm {
     /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
     /// `paused`.
     pub fn start_as(self, paused: bool, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        self.virtio.start_workers(seccomp)?;
         let vcpus = VcpuSet::spawn(
             self.vcpus,
             self.exits,

@@ -1,6 +1,7 @@
 //! Pause is a fact on the real /dev/kvm: a paused tiny guest makes no
 //! progress, its registers are read and written on the vCPU's thread, and
-//! it resumes exactly from what was written.
+//! it resumes exactly from what was written; a snapshot of it restores into
+//! a VM whose registers and RAM are bit for bit the paused one's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,21 @@ fn quiet_options() -> BuildOptions {
         extra_pio: Vec::new(),
         host_decompress: None,
     }
+}
+
+/// Every byte of guest RAM, regions in address order, each at its offset
+/// from 0 (the loop guest's RAM is one region from 0).
+fn ram_bytes(memory: &GuestMemory) -> Vec<u8> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mut bytes = Vec::new();
+    for region in memory.iter() {
+        let start = usize::try_from(region.start_addr().0).expect("region address");
+        let len = usize::try_from(region.len()).expect("region length");
+        bytes.resize(start + len, 0);
+        vm_memory::Bytes::read_slice(memory, &mut bytes[start..], region.start_addr())
+            .expect("guest RAM read");
+    }
+    bytes
 }
 
 /// Sets the paused loop guest's counter (rcx): the iterations it has left.
@@ -201,6 +217,17 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     };
     let original_id = generation(first.memory());
     assert_ne!(original_id, [0; 16], "a booted VM has a generation id");
+    let (regs, sregs, fpu) = first
+        .vcpus
+        .with_vcpu(0, |vcpu| {
+            (
+                vcpu.regs().expect("registers"),
+                vcpu.sregs().expect("special registers"),
+                vcpu.fpu().expect("FPU"),
+            )
+        })
+        .expect("register access");
+    let ram = ram_bytes(first.memory());
     control.finish(VmOutcome::Shutdown);
     first.join();
 
@@ -221,6 +248,23 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
         original_id,
         "a restored VM is a clone with a new generation id"
     );
+    // Bit for bit what the paused VM was: registers, and every byte of RAM
+    // but the 16 of the generation id.
+    assert_eq!(restored.vcpus[0].regs().unwrap(), regs);
+    assert_eq!(restored.vcpus[0].sregs().unwrap(), sregs);
+    assert_eq!(restored.vcpus[0].fpu().unwrap(), fpu);
+    let mut restored_ram = ram_bytes(&restored.memory);
+    let mut original_ram = ram;
+    let id_at = usize::try_from(sie_arch::layout::VMGENID_ADDR).unwrap();
+    for bytes in [&mut restored_ram, &mut original_ram] {
+        bytes[id_at..id_at + 16].fill(0);
+    }
+    assert_eq!(restored_ram.len(), original_ram.len());
+    let first_difference = restored_ram
+        .iter()
+        .zip(&original_ram)
+        .position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "guest RAM differs at this byte");
     let second = restored.start(&sie_seccomp::Seccomp::disabled()).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while !second_control.is_stopping() {

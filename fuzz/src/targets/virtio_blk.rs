@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 
 use sie_virtio::VirtioDevice;
-use sie_virtio::block::{Block, SECTOR_SIZE};
+use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine, SECTOR_SIZE};
 use sie_virtio::testing::transport;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -34,9 +34,22 @@ pub fn memfd(len: u64) -> File {
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let read_only = input.bool();
+    let options = BlockOptions {
+        read_only: input.bool(),
+        cache: if input.bool() {
+            CacheType::Writeback
+        } else {
+            CacheType::Unsafe
+        },
+        // The worker: io_uring would leave the process's own seccomp-free
+        // fuzzing no different, and a ring per input is slow to set up.
+        engine: IoEngine::Sync,
+    };
     let id = String::from_utf8_lossy(input.chunk(24)).into_owned();
-    let device = Block::new(memfd(DISK_LEN), read_only, &id).expect("block device");
+    let mut device = Block::new(memfd(DISK_LEN), &id, options).expect("block device");
+    device
+        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
+        .expect("block worker");
     let offered = device.features();
     let capacity = device.capacity();
     let (t, mem, _irq) = transport(device);

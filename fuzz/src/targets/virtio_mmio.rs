@@ -4,7 +4,7 @@
 //! transport side by side.
 
 use sie_devices::BusDevice;
-use sie_virtio::block::Block;
+use sie_virtio::block::{Block, BlockOptions};
 use sie_virtio::rng::Rng;
 use sie_virtio::testing::{Driver, MEM_SIZE, Ring, transport};
 use sie_virtio::{GuestMemory, MMIO_WINDOW_LEN, VirtioDevice, VirtioMmioTransport};
@@ -54,7 +54,14 @@ const STATUSES: [u32; 8] = [0, 1, 3, 0xb, 0xf, 0x80, 0x40, 0x8b];
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let (rng, rng_mem, _) = transport(Rng::new());
-    let block = Block::new(memfd(8 * 512), input.bool(), "fuzz").expect("block device");
+    let options = BlockOptions {
+        read_only: input.bool(),
+        ..BlockOptions::default()
+    };
+    let mut block = Block::new(memfd(8 * 512), "fuzz", options).expect("block device");
+    block
+        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
+        .expect("block worker");
     let (blk, blk_mem, _) = transport(block);
     for _ in 0..256 {
         if input.is_empty() {

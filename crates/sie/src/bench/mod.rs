@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 
+mod api_vmm;
 pub mod blk;
 pub mod boot;
 pub mod exits;
 pub mod lifecycle;
 pub mod net;
+mod restore_backends;
 pub mod snapshot;
 
 type BoxError = Box<dyn std::error::Error>;

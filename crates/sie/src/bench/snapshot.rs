@@ -5,21 +5,18 @@
 //! that speaks Firecracker's API. Every restore is checked: the guest (the
 //! `counter` guest, which counts in its RAM) must print the next count.
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use serde_json::json;
+
+use super::api_vmm::{Vmm, counts, median, spawn, wait_until};
 
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// How long a guest, a socket or a count may take to appear.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// One snapshot and restore.
 struct Sample {
@@ -28,73 +25,6 @@ struct Sample {
     load_ms: f64,
     start_to_running_ms: f64,
     memory_file_mib: f64,
-}
-
-/// A VMM process serving its API, killed when dropped.
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    console: PathBuf,
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}").into());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
-fn spawn(program: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<Vmm, BoxError> {
-    let sock = dir.join(format!("{name}.sock"));
-    let console = dir.join(format!("{name}.console"));
-    let child = Command::new(program)
-        .arg("--api-sock")
-        .arg(&sock)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(File::create(&console)?)
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut vmm = Vmm {
-        child,
-        sock,
-        console,
-    };
-    let deadline = Instant::now() + WAIT;
-    while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
-        if let Some(status) = vmm.child.try_wait()? {
-            return Err(format!(
-                "{} exited ({status}) before serving its API",
-                program.display()
-            )
-            .into());
-        }
-        if Instant::now() > deadline {
-            return Err("timed out waiting for the API socket".into());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(vmm)
-}
-
-/// The counts the guest printed so far.
-fn counts(console: &Path) -> Vec<u64> {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.strip_prefix("count ")?.trim().parse().ok())
-        .collect()
 }
 
 fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, BoxError> {
@@ -107,6 +37,8 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
                 "boot_args": format!("limit=100000000 delay=20000 dirty={}", dirty_pages(mib)),
             },
             "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "track_dirty_pages": true},
+            // Firecracker's config file requires the list, empty or not.
+            "drives": [],
         })
         .to_string(),
     )?;
@@ -204,11 +136,6 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
-fn median(values: Vec<f64>) -> f64 {
-    let mut values = values;
-    super::median(&mut values).unwrap_or(f64::NAN)
-}
-
 /// Runs the benchmark and prints its table.
 pub fn run(args: &BenchSnapshotArgs) -> Result<u8, BoxError> {
     if args.runs == 0 || args.sizes_mib.contains(&0) {
@@ -279,6 +206,7 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             }
         }
     }
+    super::restore_backends::print(args, dir, &guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
 }

@@ -11,13 +11,15 @@ pub(crate) fn has_rows(run: &CaseRun, rows: &[&str]) -> Result<(), String> {
     }
 }
 
-/// `sie bench blk`: the guest runs `sietool blk-bench` on /dev/vda.
+/// `sie bench blk`: the guest runs `sietool blk-bench` on /dev/vda, with
+/// the disk on each engine (`--io sync`, then `--io async`).
 pub(crate) fn bench_blk() -> Case {
     Case {
         name: "bench_blk",
         l1_command: format!(
-            "sie bench blk --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
-             --size-mib 32 --ops 500 --runs 2 --cmdline \"{}\"",
+            "for io in sync async; do echo \"engine $io\"; \
+             sie bench blk --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
+             --size-mib 32 --ops 500 --runs 2 --io $io --cmdline \"{}\" || exit 1; done",
             sie_e2e::l2_boot_args("bench_blk")
         ),
         l2_script: Some(
@@ -34,7 +36,7 @@ sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
             ];
             has_rows(run, &rows)?;
             // The guest read the whole 32 MiB disk, holding the bench's
-            // pattern, in each of the 2 runs.
+            // pattern, in each of the 2 runs, on each engine.
             let want = format!(
                 "guest seq read {} bytes, checksum {}: equal to the disk's",
                 32u64 << 20,
@@ -42,8 +44,10 @@ sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
             );
             for index in 1..=2 {
                 let line = format!("run {index}: {want}");
-                if !run.output.contains(&line) {
-                    return Err(format!("no {line:?} in the benchmark's output"));
+                if run.output.matches(&line).count() != 2 {
+                    return Err(format!(
+                        "{line:?} is not in the benchmark's output once per engine"
+                    ));
                 }
             }
             Ok(())

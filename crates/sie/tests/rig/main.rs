@@ -17,12 +17,14 @@ use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 mod bench;
 mod control;
+mod faults;
 mod inspect;
 mod snapshot;
 mod virtio;
 
 use bench::*;
 use control::*;
+use faults::*;
 use inspect::*;
 use snapshot::*;
 use virtio::*;
@@ -243,9 +245,11 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         hang_reported(),
         snapshot_restore(),
         snapshot_clones(),
+        snapshot_lazy(),
         snapshot_overrides(),
         virtio_blk_rate_limit(),
         virtio_net_rate_limit_patch(),
+        host_faults(),
         console_attach_later(),
         panic_core(),
     ]

@@ -257,3 +257,57 @@ echo "@@L2 RESULT finished=yes""#,
         },
     }
 }
+
+/// A Debian guest restored twice with the `Lazy` memory backend: the first
+/// restore serves its page faults from the memory file and records the
+/// pages it touched; the second finds that working set and installs it
+/// before the vCPUs run. Both go on counting from where it was paused.
+pub(crate) fn snapshot_lazy() -> Case {
+    Case {
+        name: "snapshot_lazy",
+        l1_command: boot_and_snapshot("snapshot_lazy", "lazy", 2, "")
+            + r#"status=0
+for run in first second; do
+  sie run --restore /tmp/lazy.snap --mem /tmp/lazy.mem --mem-backend lazy --log-level info > /tmp/lazy-$run 2>&1 || status=$?
+  echo "@@L2 RESULT ${run}_tick=$(grep -o 'tick=3 ' /tmp/lazy-$run | head -1 | tr -d ' ')"
+  echo "@@L2 RESULT ${run}_pages=$(grep -o 'prefetched [0-9]* pages\|recorded a working set of [0-9]* pages' /tmp/lazy-$run | tail -1 | tr ' ' '_')"
+done
+grep 'lazy restore' /tmp/lazy-first /tmp/lazy-second
+tail -3 /tmp/lazy-second
+rm -f /tmp/lazy.snap /tmp/lazy.mem /tmp/lazy.mem.ws
+exit $status"#,
+        l2_script: Some(
+            r#"n=0
+while [ $n -lt 4 ]; do
+  n=$((n+1))
+  echo "@@L2 RESULT tick=$n "
+  sleep 1
+done
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            for key in ["first_tick", "second_tick"] {
+                if run.result(key).as_deref() != Some("tick=3") {
+                    return Err(format!(
+                        "{key}: {:?}: a restore did not go on at tick 3",
+                        run.result(key)
+                    ));
+                }
+            }
+            let count = |key: &str, prefix: &str| -> Option<u64> {
+                run.result(key)?
+                    .strip_prefix(prefix)?
+                    .strip_suffix("_pages")?
+                    .parse()
+                    .ok()
+            };
+            let recorded = count("first_pages", "recorded_a_working_set_of_");
+            let prefetched = count("second_pages", "prefetched_");
+            match (recorded, prefetched) {
+                (Some(r), Some(p)) if r > 0 && r == p => Ok(()),
+                other => Err(format!("working set (recorded, prefetched): {other:?}")),
+            }
+        },
+    }
+}

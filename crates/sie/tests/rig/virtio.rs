@@ -85,8 +85,11 @@ sietool vsock-echo 1024"#,
     }
 }
 
-/// An ext4 disk read, written and checked on both sides; a read-only disk
-/// the guest cannot write.
+/// An ext4 disk read, written and checked on both sides (`cache=writeback`,
+/// `io=async`: io_uring); a read-only disk the guest cannot write (the
+/// defaults: `cache=unsafe`, `io=sync`); 4 MiB of random data written raw
+/// through io_uring and read back with the same checksum on both sides.
+/// Linux shows the flush feature as `write back` on the writeback disk only.
 pub(crate) fn virtio_blk() -> Case {
     Case {
         name: "virtio_blk",
@@ -94,9 +97,12 @@ pub(crate) fn virtio_blk() -> Case {
             r#"cp "$GUEST/disk.ext4" /tmp/rw.ext4; cp "$GUEST/disk.ext4" /tmp/ro.ext4
 before=$(sha256sum /tmp/ro.ext4 | cut -c1-64)
 echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+dd if=/dev/zero of=/tmp/raw.img bs=1M count=4 2>/dev/null
 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{}" \
-  --disk /tmp/rw.ext4,id=data --disk /tmp/ro.ext4,ro,id=readonly
+  --disk /tmp/rw.ext4,id=data,cache=writeback,io=async --disk /tmp/ro.ext4,ro,id=readonly \
+  --disk /tmp/raw.img,id=raw,io=async
 status=$?
+echo "@@L2 RESULT raw_host_sha=$(sha256sum /tmp/raw.img | cut -c1-64)"
 e2fsck -fn /tmp/rw.ext4 >/dev/null 2>&1; echo "@@L2 RESULT fsck=$?"
 echo "@@L2 RESULT new_file=$(debugfs -R 'cat /new.txt' /tmp/rw.ext4 2>/dev/null)"
 [ "$(sha256sum /tmp/ro.ext4 | cut -c1-64)" = "$before" ] && echo "@@L2 RESULT ro_image=unchanged"
@@ -109,7 +115,12 @@ mkdir -p /mnt /ro
 mount -t ext4 /dev/vda /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
 echo written-by-l2 > /mnt/new.txt && sync && umount /mnt && echo "@@L2 RESULT wrote=yes"
 if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null; then echo "@@L2 RESULT ro_write=accepted"; else echo "@@L2 RESULT ro_write=refused"; fi
-mount -t ext4 -o ro /dev/vdb /ro && echo "@@L2 RESULT ro_mount=ok""#,
+mount -t ext4 -o ro /dev/vdb /ro && echo "@@L2 RESULT ro_mount=ok"
+for d in vda vdb vdc; do echo "@@L2 RESULT cache_$d=$(cat /sys/block/$d/queue/write_cache | tr ' ' _)"; done
+dd if=/dev/urandom of=/tmp/raw bs=64k count=64 2>/dev/null
+echo "@@L2 RESULT raw_sent_sha=$(sha256sum /tmp/raw | cut -c1-64)"
+dd if=/tmp/raw of=/dev/vdc bs=64k conv=fsync 2>/dev/null
+echo "@@L2 RESULT raw_back_sha=$(dd if=/dev/vdc bs=64k count=64 iflag=direct 2>/dev/null | sha256sum | cut -c1-64)""#,
         ),
         check: |run| {
             run.expect_status(0)?;
@@ -122,9 +133,18 @@ mount -t ext4 -o ro /dev/vdb /ro && echo "@@L2 RESULT ro_mount=ok""#,
                 ("ro_write", "refused"),
                 ("ro_mount", "ok"),
                 ("ro_image", "unchanged"),
+                ("cache_vda", "write_back"),
+                ("cache_vdb", "write_through"),
+                ("cache_vdc", "write_through"),
             ] {
                 if run.result(key).as_deref() != Some(want) {
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
+                }
+            }
+            let sent = run.result("raw_sent_sha").ok_or("no raw_sent_sha")?;
+            for key in ["raw_back_sha", "raw_host_sha"] {
+                if run.result(key).as_deref() != Some(sent.as_str()) {
+                    return Err(format!("{key}: got {:?}, want {sent:?}", run.result(key)));
                 }
             }
             Ok(())

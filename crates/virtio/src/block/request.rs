@@ -1,14 +1,13 @@
 //! One virtio-blk request: header (type, sector), data buffers, status byte.
 //!
-//! Every check happens before any I/O, so a malformed request never touches
-//! the disk; host I/O errors become VIRTIO_BLK_S_IOERR and the device keeps
-//! serving. Guest memory is only reached through vm-memory's checked
-//! accessors, through a bounded bounce buffer so a 4 GiB chain cannot make
-//! the VMM allocate 4 GiB.
+//! Every check happens here, on the event thread, before any I/O, so a
+//! malformed request never reaches the disk or an engine: what needs the
+//! disk becomes an [`IoRequest`], the rest is answered at once. Host I/O
+//! errors become VIRTIO_BLK_S_IOERR and the device keeps serving. Guest
+//! memory is only reached through vm-memory's checked accessors.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
@@ -16,29 +15,31 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
+use super::op::OpKind;
 use crate::{GuestMemory, Segment, VirtioCounters};
 
 /// Bytes per virtio-blk sector, whatever the backing store's block size.
 pub const SECTOR_SIZE: u64 = 512;
-/// Bounce-buffer size for data transfers.
-const CHUNK: usize = 64 * 1024;
 /// Length of the request header: type, reserved, sector.
 const HEADER_LEN: u32 = 16;
 
 /// The backing store as requests see it.
 pub struct Disk {
-    pub(super) file: File,
+    pub(super) file: Arc<File>,
     /// Usable size in bytes: whole sectors only.
     pub(super) size: u64,
     pub(super) read_only: bool,
     pub(super) serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    /// Whether flush requests are served (Firecracker's Writeback); when
+    /// not, the feature is not offered and a flush is UNSUPP.
+    pub(super) flush: bool,
 }
 
 /// Outcome of a request: status byte and bytes written into guest buffers
 /// (not counting the status byte).
-struct Done {
-    status: u32,
-    written: u32,
+pub struct Done {
+    pub status: u32,
+    pub written: u32,
 }
 
 impl Done {
@@ -47,32 +48,80 @@ impl Done {
     }
 }
 
-/// Serves one validated chain; returns the used length for the used ring.
-pub fn serve(
-    disk: &Disk,
-    mem: &GuestMemory,
-    buffers: &[Segment],
-    counters: &VirtioCounters,
-) -> u32 {
+/// A checked request that needs the disk.
+pub struct IoRequest {
+    pub kind: OpKind,
+    /// Byte offset in the image.
+    pub offset: u64,
+    /// Data buffers, all in the right direction.
+    pub data: Vec<Segment>,
+    /// Their total length, which fits the disk and a u32.
+    pub len: u32,
+}
+
+/// What to do with a chain.
+pub enum Parsed {
+    /// Nowhere to report a status: return the chain with length 0.
+    Dropped,
+    /// Answered without the disk.
+    Done(GuestAddress, Done),
+    /// Handed to the engine; its status goes at the address.
+    Io(GuestAddress, IoRequest),
+}
+
+/// Checks one chain and says what it asks for.
+pub fn parse(disk: &Disk, mem: &GuestMemory, buffers: &[Segment]) -> Parsed {
     let (Some(status), Some(header)) = (buffers.last(), buffers.first()) else {
-        counters.error();
-        return 0;
+        return Parsed::Dropped;
     };
     if buffers.len() < 2 || !status.writable {
-        // Nowhere to report a status: the chain is dropped.
-        counters.error();
-        return 0;
-    }
-    let data = buffers.get(1..buffers.len() - 1).unwrap_or_default();
-    let done = match read_header(mem, header) {
-        Some((request, sector)) => execute(disk, mem, request, sector, data, counters),
-        None => Done::status(VIRTIO_BLK_S_IOERR),
-    };
-    if done.status != VIRTIO_BLK_S_OK {
-        counters.error();
+        return Parsed::Dropped;
     }
     // The status is the request's final byte.
     let at = GuestAddress(status.addr.0 + u64::from(status.len) - 1);
+    let data = buffers.get(1..buffers.len() - 1).unwrap_or_default();
+    let Some((request, sector)) = read_header(mem, header) else {
+        return Parsed::Done(at, Done::status(VIRTIO_BLK_S_IOERR));
+    };
+    let io = |kind| match checked_range(disk, sector, data, kind == OpKind::Read) {
+        // Nothing to move: no need for the disk.
+        Some((_, 0)) => Parsed::Done(at, Done::status(VIRTIO_BLK_S_OK)),
+        Some((offset, len)) => Parsed::Io(
+            at,
+            IoRequest {
+                kind,
+                offset,
+                data: data.to_vec(),
+                len,
+            },
+        ),
+        None => Parsed::Done(at, Done::status(VIRTIO_BLK_S_IOERR)),
+    };
+    match request {
+        VIRTIO_BLK_T_IN => io(OpKind::Read),
+        VIRTIO_BLK_T_OUT if disk.read_only => Parsed::Done(at, Done::status(VIRTIO_BLK_S_IOERR)),
+        VIRTIO_BLK_T_OUT => io(OpKind::Write),
+        VIRTIO_BLK_T_FLUSH if disk.flush => Parsed::Io(
+            at,
+            IoRequest {
+                kind: OpKind::Flush,
+                offset: 0,
+                data: Vec::new(),
+                len: 0,
+            },
+        ),
+        VIRTIO_BLK_T_GET_ID => Parsed::Done(at, get_id(disk, mem, data)),
+        // Flushes too when the feature was not offered (cache_type Unsafe).
+        _ => Parsed::Done(at, Done::status(VIRTIO_BLK_S_UNSUPP)),
+    }
+}
+
+/// Writes a request's status byte; returns the used length (0 when the
+/// status cannot be written). Counts a failed request as an error.
+pub fn finish(mem: &GuestMemory, at: GuestAddress, done: &Done, counters: &VirtioCounters) -> u32 {
+    if done.status != VIRTIO_BLK_S_OK {
+        counters.error();
+    }
     if mem.write_obj(done.status as u8, at).is_err() {
         counters.error();
         return 0;
@@ -92,96 +141,19 @@ fn read_header(mem: &GuestMemory, header: &Segment) -> Option<(u32, u64)> {
     Some((u32::from_le_bytes(*kind), u64::from_le_bytes(*sector)))
 }
 
-fn execute(
-    disk: &Disk,
-    mem: &GuestMemory,
-    request: u32,
-    sector: u64,
-    data: &[Segment],
-    counters: &VirtioCounters,
-) -> Done {
-    match request {
-        VIRTIO_BLK_T_IN => transfer(disk, mem, sector, data, true, counters),
-        VIRTIO_BLK_T_OUT if disk.read_only => Done::status(VIRTIO_BLK_S_IOERR),
-        VIRTIO_BLK_T_OUT => transfer(disk, mem, sector, data, false, counters),
-        VIRTIO_BLK_T_FLUSH => match disk.file.sync_all() {
-            Ok(()) => Done::status(VIRTIO_BLK_S_OK),
-            Err(error) => {
-                tracing::warn!(%error, "virtio-blk flush failed");
-                Done::status(VIRTIO_BLK_S_IOERR)
-            }
-        },
-        VIRTIO_BLK_T_GET_ID => get_id(disk, mem, data),
-        _ => Done::status(VIRTIO_BLK_S_UNSUPP),
-    }
-}
-
 /// IN (`to_guest`) or OUT: every data buffer in the right direction and the
-/// whole range inside the disk, checked before the first byte moves.
-fn transfer(
-    disk: &Disk,
-    mem: &GuestMemory,
-    sector: u64,
-    data: &[Segment],
-    to_guest: bool,
-    counters: &VirtioCounters,
-) -> Done {
+/// whole range inside the disk; (byte offset, length).
+fn checked_range(disk: &Disk, sector: u64, data: &[Segment], to_guest: bool) -> Option<(u64, u32)> {
     if data.iter().any(|s| s.writable != to_guest) {
-        return Done::status(VIRTIO_BLK_S_IOERR);
+        return None;
     }
     let total: u64 = data.iter().map(|s| u64::from(s.len)).sum();
-    let start = sector.checked_mul(SECTOR_SIZE);
-    let in_disk = start
-        .and_then(|start| start.checked_add(total))
-        .is_some_and(|end| end <= disk.size);
-    let (Some(start), true, Ok(written)) = (start, in_disk, u32::try_from(total)) else {
-        return Done::status(VIRTIO_BLK_S_IOERR);
-    };
-    let mut scratch = vec![0u8; CHUNK.min(total as usize)];
-    let mut offset = start;
-    for segment in data {
-        if let Err(error) = copy_segment(disk, mem, segment, offset, to_guest, &mut scratch) {
-            tracing::warn!(%error, offset, "virtio-blk I/O failed");
-            return Done::status(VIRTIO_BLK_S_IOERR);
-        }
-        offset += u64::from(segment.len);
+    let start = sector.checked_mul(SECTOR_SIZE)?;
+    let end = start.checked_add(total)?;
+    if end > disk.size {
+        return None;
     }
-    if to_guest {
-        counters.read_bytes(total);
-        Done {
-            status: VIRTIO_BLK_S_OK,
-            written,
-        }
-    } else {
-        counters.wrote_bytes(total);
-        Done::status(VIRTIO_BLK_S_OK)
-    }
-}
-
-fn copy_segment(
-    disk: &Disk,
-    mem: &GuestMemory,
-    segment: &Segment,
-    disk_offset: u64,
-    to_guest: bool,
-    scratch: &mut [u8],
-) -> io::Result<()> {
-    let mut done = 0u64;
-    let len = u64::from(segment.len);
-    while done < len {
-        let step = (len - done).min(scratch.len() as u64) as usize;
-        let buf = scratch.get_mut(..step).ok_or(io::ErrorKind::InvalidInput)?;
-        let guest = GuestAddress(segment.addr.0 + done);
-        if to_guest {
-            disk.file.read_exact_at(buf, disk_offset + done)?;
-            mem.write_slice(buf, guest).map_err(io::Error::other)?;
-        } else {
-            mem.read_slice(buf, guest).map_err(io::Error::other)?;
-            disk.file.write_all_at(buf, disk_offset + done)?;
-        }
-        done += step as u64;
-    }
-    Ok(())
+    Some((start, u32::try_from(total).ok()?))
 }
 
 /// The drive id, zero padded, into the first (device-writable) data buffer.

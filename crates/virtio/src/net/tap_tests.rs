@@ -156,3 +156,73 @@ fn an_mtu_is_set_on_the_real_tap_and_a_refusal_names_it() {
     );
     assert_eq!(kernel_mtu(&name), "9000");
 }
+
+/// Whether the event loop would wake for the device's backend now.
+fn backend_wakes(t: &VirtioMmioTransport<Net<Tap>>) -> bool {
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let fd = t.backend_fd().expect("net has a backend fd");
+    let epoll = Epoll::new().expect("epoll");
+    epoll
+        .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))
+        .expect("watch");
+    let mut events = [EpollEvent::default()];
+    epoll.wait(0, &mut events).expect("epoll wait") > 0
+}
+
+/// `ip link delete` on the tap under a live device: the descriptor stays
+/// open but every read and write fails (EBADFD) and poll reports an error
+/// for good. The device must count the failures, stop listening (or the
+/// level-triggered loop would spin at 100%), drop the guest's frames while
+/// still returning their chains, and need no reset.
+#[test]
+fn a_tap_deleted_under_the_device_is_dropped_counted_and_not_polled() {
+    let rig = TapRig::new();
+    set_up(&rig.name);
+    rig.send(0, &tx_frame([0; 12], 60));
+    assert_eq!(rig.tx_counts(), (1, 0));
+    let errors_before = rig.t.counters().errors;
+    // The driver has posted receive buffers: the gate is open.
+    rig.rx
+        .set_chain(&rig.mem, 0, &[(DATA + 0x8_0000, 2048, true)]);
+    rig.rx.publish(&rig.mem, &[0]);
+    Driver::new(&rig.t).notify(RX_QUEUE as u32);
+
+    let status = Command::new("ip")
+        .args(["link", "delete", &rig.name])
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(status.success(), "ip link delete {}", rig.name);
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&rig.name)
+            .exists(),
+        "the interface is gone"
+    );
+
+    // The dead tap polls as an error: the loop wakes once, the read fails,
+    // and the device stops listening.
+    assert!(backend_wakes(&rig.t), "the dead tap reports an error");
+    rig.t.backend_event();
+    assert!(
+        !backend_wakes(&rig.t),
+        "a dead tap must not keep waking the loop"
+    );
+    assert!(rig.t.counters().errors > errors_before);
+    // Guest frames are dropped and counted; their chains still come back.
+    rig.send(1, &tx_frame([0; 12], 60));
+    rig.send(2, &tx_frame([0; 12], 60));
+    assert_eq!(rig.tx_counts(), (1, 2));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
+    // More receive buffers retry the read once, and stop listening again.
+    rig.rx
+        .set_chain(&rig.mem, 1, &[(DATA + 0x9_0000, 2048, true)]);
+    rig.rx.publish(&rig.mem, &[1]);
+    Driver::new(&rig.t).notify(RX_QUEUE as u32);
+    assert!(!backend_wakes(&rig.t));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0, "nothing was received");
+    assert_eq!(
+        rig.t.status() & virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET,
+        0,
+        "a host fault is not the driver's doing: no reset needed"
+    );
+}

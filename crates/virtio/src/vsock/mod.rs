@@ -14,6 +14,8 @@
 
 mod conn;
 mod connect;
+#[cfg(test)]
+mod fault_tests;
 mod handshake;
 #[cfg(test)]
 mod hostile_tests;

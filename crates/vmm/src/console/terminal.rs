@@ -1,7 +1,7 @@
 //! Raw mode for the terminal on stdin while a guest runs, restored on every
 //! exit path: normal return (guard drop), signals (the event loop returns and
-//! drops the guard) and panics (the binary's panic hook calls
-//! [`restore_terminal`]).
+//! drops the guard), panics (the binary's panic hook calls
+//! [`restore_terminal`]) and a forbidden system call (the SIGSYS handler).
 
 use std::sync::Mutex;
 
@@ -42,6 +42,9 @@ impl TerminalGuard {
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
         *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some(original);
+        // A forbidden system call ends sie from a signal handler, where no
+        // guard drops: the handler puts these settings back itself.
+        sie_seccomp::sigsys::restore_terminal_on_exit(original);
         // SAFETY: stdin is a terminal and `raw` is a fully initialised termios.
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             return None;

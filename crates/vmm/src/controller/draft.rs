@@ -128,6 +128,9 @@ impl Draft {
 
     fn put_machine(&mut self, machine: MachineConfig) -> Result<(), String> {
         machine.validate().map_err(|e| e.to_string())?;
+        if machine.huge_pages() == sie_config::HugePages::TwoMiB {
+            crate::guest_memory::check_huge_pages_for(machine.mem_size_mib)?;
+        }
         self.config.machine_config = Some(machine);
         Ok(())
     }
@@ -139,6 +142,10 @@ impl Draft {
     fn put_drive(&mut self, drive: &Drive) -> Result<(), String> {
         drive.validate().map_err(|e| e.to_string())?;
         check_readable("drives: path_on_host", &drive.path_on_host)?;
+        if drive.io_engine == sie_config::IoEngine::Async {
+            // Refused here, as Firecracker does, not at InstanceStart.
+            sie_virtio::block::async_engine_available().map_err(|e| format!("drives: {e}"))?;
+        }
         let others = self
             .config
             .drives
@@ -410,6 +417,26 @@ mod tests {
             draft.apply(&Request::PutDrive(drive("root", &file, true))),
             Some(Response::NoContent)
         );
+    }
+
+    #[test]
+    fn a_drive_shows_the_cache_type_and_io_engine_in_effect() {
+        let file = scratch_file("engines");
+        let mut draft = Draft::default();
+        // Absent: Firecracker's defaults, spelled out in GET /vm/config.
+        draft.apply(&Request::PutDrive(drive("data", &file, false)));
+        let mut chosen = drive("fast", &file, false);
+        chosen.cache_type = sie_config::CacheType::Writeback;
+        chosen.io_engine = sie_config::IoEngine::Async;
+        assert_eq!(
+            draft.apply(&Request::PutDrive(chosen)),
+            Some(Response::NoContent)
+        );
+        let drives = &draft.to_json()["drives"];
+        assert_eq!(drives[0]["cache_type"], "Unsafe");
+        assert_eq!(drives[0]["io_engine"], "Sync");
+        assert_eq!(drives[1]["cache_type"], "Writeback");
+        assert_eq!(drives[1]["io_engine"], "Async");
     }
 
     #[test]

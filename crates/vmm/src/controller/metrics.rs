@@ -48,6 +48,8 @@ pub struct Metrics {
     /// Top-level fields asked for by `PUT /metrics` (`id`, `properties`).
     line_fields: serde_json::Map<String, Value>,
     flushes: u64,
+    /// The sink's last write failed (said once in the log, not per line).
+    failing: bool,
 }
 
 impl Metrics {
@@ -60,6 +62,7 @@ impl Metrics {
             external,
             line_fields: serde_json::Map::new(),
             flushes: 0,
+            failing: false,
         }
     }
 
@@ -83,6 +86,10 @@ impl Metrics {
         self.sink.as_ref().map_or(0, LineSink::dropped)
     }
 
+    fn failed(&self) -> u64 {
+        self.sink.as_ref().map_or(0, LineSink::failed)
+    }
+
     /// Everything, as one JSON object.
     pub fn snapshot(&self, vm: Option<VmFigures<'_>>) -> Value {
         let utc_ms = SystemTime::now()
@@ -98,6 +105,7 @@ impl Metrics {
                 "rss_bytes": rss_bytes(),
                 "metrics_flushes": self.flushes,
                 "metrics_lines_dropped": self.dropped(),
+                "metrics_write_errors": self.failed(),
             }),
         );
         if let Some(vm) = vm {
@@ -115,8 +123,25 @@ impl Metrics {
         }
         self.flushes += 1;
         let line = self.snapshot(vm).to_string();
-        if let Some(sink) = &self.sink {
-            sink.write_line(&line);
+        let Some(sink) = &self.sink else {
+            return true;
+        };
+        let written = sink.write_line(&line);
+        // A disk that fills up or fails costs metrics lines, never the VM:
+        // said once when it starts and once when it ends, counted always.
+        match (written, sink.pending_loss(), self.failing) {
+            (false, Some(loss), false) if loss.errno.is_some() => {
+                self.failing = true;
+                tracing::warn!(
+                    path = %sink.path().display(),
+                    "metrics: cannot write the metrics file ({loss}); lines are dropped and counted until it works again"
+                );
+            }
+            (true, _, true) => {
+                self.failing = false;
+                tracing::warn!(path = %sink.path().display(), "metrics: writing the metrics file again");
+            }
+            _ => {}
         }
         true
     }
@@ -137,8 +162,13 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP sie_metrics_lines_dropped_total Metrics lines dropped because the sink was full.\n# TYPE sie_metrics_lines_dropped_total counter\nsie_metrics_lines_dropped_total {}",
+            "# HELP sie_metrics_lines_dropped_total Metrics lines dropped because the sink was full or failing.\n# TYPE sie_metrics_lines_dropped_total counter\nsie_metrics_lines_dropped_total {}",
             self.dropped()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sie_metrics_write_errors_total Metrics lines whose write failed (disk full, I/O error).\n# TYPE sie_metrics_write_errors_total counter\nsie_metrics_write_errors_total {}",
+            self.failed()
         );
         external_prometheus(&(self.external)(), &mut out);
         if let Some(vm) = vm {
@@ -237,6 +267,25 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["vmm"]["metrics_flushes"], 2);
+    }
+
+    #[test]
+    fn a_failing_metrics_file_is_counted_and_flushing_goes_on() {
+        let mut metrics = Metrics::new(Instant::now(), external());
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        metrics.set_sink(LineSink::open(std::path::Path::new("/dev/full")).unwrap());
+        assert!(metrics.flush(None));
+        assert!(metrics.flush(None));
+        assert!(metrics.failing);
+        let value = metrics.snapshot(None);
+        assert_eq!(value["vmm"]["metrics_flushes"], 2);
+        assert_eq!(value["vmm"]["metrics_lines_dropped"], 2);
+        assert_eq!(value["vmm"]["metrics_write_errors"], 2);
+        assert!(
+            metrics
+                .prometheus(None)
+                .contains("\nsie_metrics_write_errors_total 2\n")
+        );
     }
 
     #[test]

@@ -460,19 +460,26 @@ impl Controller {
             .track_dirty_pages = Some(plan.track_dirty_pages);
         // `Snapshot`: what the snapshotted VM's machine-config asked for.
         let huge_pages = match plan.huge_pages {
-            sie_config::HugePages::Snapshot => {
-                match snapshot
-                    .config
-                    .machine_config
-                    .as_ref()
-                    .and_then(|m| m.huge_pages.as_deref())
-                {
-                    Some("2M") => sie_config::HugePages::TwoMiB,
-                    _ => sie_config::HugePages::None,
-                }
-            }
+            sie_config::HugePages::Snapshot => snapshot
+                .config
+                .machine_config
+                .as_ref()
+                .map_or(sie_config::HugePages::None, |m| m.huge_pages()),
             pages => pages,
         };
+        // The restored VM's configuration says what backs its RAM now.
+        snapshot
+            .config
+            .machine_config
+            .get_or_insert_with(Default::default)
+            .huge_pages = Some(
+            match huge_pages {
+                sie_config::HugePages::TwoMiB => "2M",
+                sie_config::HugePages::Transparent => "Transparent",
+                _ => "None",
+            }
+            .to_string(),
+        );
         // The console and core dumps are the host's choice, not the
         // snapshotted VM's: what this sie was told (flags, PUT /serial).
         let here = self.draft.to_config_unchecked();

@@ -89,8 +89,7 @@ pub fn report_json(report: &Report) -> Value {
 pub fn virtio_json(devices: &[crate::virtio::VirtioStats]) -> Value {
     let mut map = Map::new();
     for device in devices {
-        let counters = (device.read)();
-        let fields: Map<String, Value> = counters
+        let fields: Map<String, Value> = device
             .fields()
             .iter()
             .map(|(name, value)| (name.to_string(), json!(value)))
@@ -108,11 +107,11 @@ pub fn virtio_prometheus(devices: &[crate::virtio::VirtioStats], out: &mut Strin
     }
     let _ = writeln!(
         out,
-        "# HELP sie_virtio Paravirtual device counters (requests, bytes, errors, notifications, interrupts, rate-limiter throttling).\n# TYPE sie_virtio counter"
+        "# HELP sie_virtio Paravirtual device counters (requests, bytes, errors, notifications, interrupts, rate-limiter throttling; virtio-net frames and drops per direction).\n# TYPE sie_virtio counter"
     );
     for device in devices {
         let name = escape_label(&device.name);
-        for (field, value) in (device.read)().fields() {
+        for (field, value) in device.fields() {
             let _ = writeln!(out, "sie_virtio_{field}_total{{device=\"{name}\"}} {value}");
         }
     }
@@ -236,6 +235,21 @@ mod tests {
         assert!(text.contains("sie_vm_exits_total{kind=\"pio_out\"} 2"));
         assert!(text.contains("sie_device_accesses_total{device=\"com1\",op=\"write\"} 1"));
         assert!(text.contains("sie_vm_exit_handling_seconds_count{kind=\"pio_out\"} 2"));
+    }
+
+    #[test]
+    fn a_devices_own_counters_follow_the_generic_ones() {
+        let devices = [crate::virtio::VirtioStats {
+            name: "virtio-net:eth0".into(),
+            read: Box::new(sie_virtio::CountersSnapshot::default),
+            extra: Box::new(|| vec![("tx_dropped", 7)]),
+        }];
+        let json = virtio_json(&devices);
+        assert_eq!(json["virtio-net:eth0"]["errors"], 0);
+        assert_eq!(json["virtio-net:eth0"]["tx_dropped"], 7);
+        let mut text = String::new();
+        virtio_prometheus(&devices, &mut text);
+        assert!(text.contains("\nsie_virtio_tx_dropped_total{device=\"virtio-net:eth0\"} 7\n"));
     }
 
     #[test]

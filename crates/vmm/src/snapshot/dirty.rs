@@ -9,14 +9,13 @@
 //! rings live on are marked again afterwards: a device may write them (a
 //! used ring entry) at any time, so every Diff carries them whole.
 
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 
 use sie_hv::GuestMemory;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::durable::Staged;
-use super::memory_file::{file_len, layout_of};
 
 const PAGE: u64 = 4096;
 
@@ -145,36 +144,12 @@ pub fn stage_diff(
     pages: &[RegionPages],
     pair_id: &str,
 ) -> io::Result<(Staged, u64)> {
-    let mut written = 0u64;
-    let staged = super::durable::stage(path, |file| {
-        super::pairing::tag(file, pair_id)?;
-        file.set_len(file_len(&layout_of(memory)))?;
-        for region in pages {
-            let count = region.len.div_ceil(PAGE);
-            let mut page = 0;
-            while page < count {
-                if !region.is_set(page) {
-                    page += 1;
-                    continue;
-                }
-                let mut end = page + 1;
-                while end < count && region.is_set(end) {
-                    end += 1;
-                }
-                let at = region.guest_addr + page * PAGE;
-                let bytes = (end * PAGE).min(region.len) - page * PAGE;
-                file.seek(SeekFrom::Start(at))?;
-                let bytes_usize = usize::try_from(bytes).map_err(io::Error::other)?;
-                memory
-                    .write_all_volatile_to(GuestAddress(at), file, bytes_usize)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                written += bytes;
-                page = end;
-            }
-        }
-        Ok(())
-    })?;
-    Ok((staged, written))
+    super::memory_file::stage_pages(memory, path, pair_id, |_, base, page| {
+        Ok(pages
+            .iter()
+            .find(|region| region.guest_addr == base)
+            .is_some_and(|region| region.is_set(page)))
+    })
 }
 
 #[cfg(test)]
@@ -182,6 +157,7 @@ mod tests {
     use super::*;
     use crate::snapshot::memory_file::data_extents;
     use crate::test_doubles::FakeVm;
+    use vm_memory::Bytes;
 
     fn memory() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()

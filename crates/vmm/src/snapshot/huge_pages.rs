@@ -12,16 +12,9 @@ use std::path::Path;
 
 use sie_config::HugePages;
 use sie_hv::GuestMemory;
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestRegionMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::memory_file::{MemoryFileError, RegionEntry, data_extents, open_checked};
-
-/// A hugetlb page.
-const HUGE_PAGE: u64 = 2 << 20;
-/// `MAP_HUGE_2MB`: log2 of the page size in the flags' high bits.
-const MAP_HUGE_2MB: i32 = 21 << libc::MAP_HUGE_SHIFT;
 
 /// Guest RAM with `layout`, on the huge pages `pages` asks for (Transparent
 /// or TwoMiB), holding what the memory file at `path` holds.
@@ -35,19 +28,12 @@ pub fn load(
         source,
     };
     let (mut file, file_len) = open_checked(path, layout)?;
-    let hugetlb = pages == HugePages::TwoMiB;
-    let mut regions = Vec::with_capacity(layout.len());
+    let mut ranges = Vec::with_capacity(layout.len());
     for entry in layout {
-        if hugetlb && entry.len % HUGE_PAGE != 0 {
-            return Err(io_error(io::Error::other(format!(
-                "huge_pages 2M: a guest RAM region of {} bytes is not a whole number of 2 MiB pages",
-                entry.len
-            ))));
-        }
-        regions.push(region(entry, hugetlb).map_err(io_error)?);
+        let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
+        ranges.push((GuestAddress(entry.guest_addr), len));
     }
-    let memory = GuestMemory::from_regions(regions)
-        .map_err(|e| io_error(io::Error::other(e.to_string())))?;
+    let memory = crate::guest_memory::anonymous(&ranges, pages).map_err(io_error)?;
     fill(&memory, &mut file, file_len).map_err(io_error)?;
     // Filling is not the guest writing: the next Diff snapshot holds only
     // what changes from here on.
@@ -55,47 +41,6 @@ pub fn load(
         region.get_mmap().bitmap().reset();
     }
     Ok(memory)
-}
-
-/// One anonymous region: hugetlb pages, or base pages that may become
-/// transparent huge pages.
-fn region(entry: &RegionEntry, hugetlb: bool) -> io::Result<GuestRegionMmap<AtomicBitmap>> {
-    let len = usize::try_from(entry.len).map_err(io::Error::other)?;
-    // No MAP_NORESERVE for hugetlb: the pages are reserved now, so a host
-    // short of them fails this load instead of killing the guest later.
-    let flags = if hugetlb {
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | MAP_HUGE_2MB
-    } else {
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
-    };
-    let mapping = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(flags)
-        .with_hugetlbfs(hugetlb)
-        .build()
-        .map_err(|e| {
-            if hugetlb {
-                io::Error::other(format!(
-                    "huge_pages 2M: the host has fewer than {} free 2 MiB huge pages ({e}; see /proc/sys/vm/nr_hugepages)",
-                    entry.len / HUGE_PAGE
-                ))
-            } else {
-                io::Error::other(e.to_string())
-            }
-        })?;
-    if !hugetlb {
-        // SAFETY: the range is exactly the mapping just made, which the
-        // region owns; madvise only changes how the kernel backs it.
-        let advised = unsafe { libc::madvise(mapping.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
-        if advised != 0 {
-            return Err(io::Error::other(format!(
-                "huge_pages Transparent: madvise(MADV_HUGEPAGE): {}",
-                io::Error::last_os_error()
-            )));
-        }
-    }
-    GuestRegionMmap::new(mapping, GuestAddress(entry.guest_addr))
-        .ok_or_else(|| io::Error::other("region past the address space"))
 }
 
 /// Copies every data extent of the memory file into guest RAM at the same

@@ -5,31 +5,30 @@
 //! (`UFFDIO_ZEROPAGE`). No external handler can die and hang the guest.
 //!
 //! A restore with no usable working set ([`super::working_set`]) records
-//! one: the pages the guest touches, in order, written beside the memory
+//! one: the pages the vCPUs touch, in order, written beside the memory
 //! file each time faults pause for [`QUIET`], until [`WINDOW`] after the
-//! guest's first fault. A restore that finds one reads it in one pass and
-//! installs its pages before the vCPUs run; the rest still fault in.
+//! guest's first fault. Faults of sie's VMM thread are served but not
+//! recorded: a snapshot created meanwhile reads every page, and those are
+//! not the guest's working set. A restore that finds one reads it in one
+//! pass and installs its pages before the vCPUs run; the rest still fault
+//! in (`fault_handler.rs` serves them).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sie_hv::GuestMemory;
 use sie_seccomp::{Seccomp, ThreadKind};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::GuestAddress;
 
-use super::memory_file::{MemoryFileError, RegionEntry, data_extents, file_len};
-use super::uffd::{self, Event, PAGE, Uffd};
+use super::fault_handler::{Handler, PageSet, Recorder, host_of, regions_of};
+use super::memory_file::{MemoryFileError, RegionEntry, data_extents, file_len, open_checked};
+use super::uffd::{self, PAGE};
 use super::working_set::{self, Identity};
 
-/// Faults pausing this long write the working set recorded so far.
-pub const QUIET: Duration = Duration::from_millis(500);
-/// How long after the guest's first fault the working set is recorded.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub use super::fault_handler::{AROUND_PAGES, QUIET, WINDOW};
 
 /// Guest RAM served lazily, and what the restore did with the working set.
 #[derive(Debug)]
@@ -51,22 +50,14 @@ impl LazyMemory {
     }
 }
 
-/// Anonymous RAM with `layout`, its file checked, or why not.
+/// The memory file at `path`, its size checked against `layout`, and its
+/// identity (for the working set).
 fn open_file(path: &Path, layout: &[RegionEntry]) -> Result<(File, Identity), MemoryFileError> {
-    let io_error = |source| MemoryFileError::Io {
+    let (file, _) = open_checked(path, layout)?;
+    let metadata = file.metadata().map_err(|source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let file = File::open(path).map_err(io_error)?;
-    let metadata = file.metadata().map_err(io_error)?;
-    let expected = file_len(layout);
-    if metadata.len() != expected {
-        return Err(MemoryFileError::Size {
-            path: path.display().to_string(),
-            found: metadata.len(),
-            expected,
-        });
-    }
+    })?;
     Ok((file, Identity::of(&metadata)))
 }
 
@@ -78,40 +69,6 @@ pub fn anonymous(layout: &[RegionEntry]) -> std::io::Result<GuestMemory> {
         ranges.push((GuestAddress(entry.guest_addr), len));
     }
     GuestMemory::from_ranges(&ranges).map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-/// Whether the page at `offset` holds any of the file's data (`data` is
-/// sorted and disjoint, so the first extent ending after it decides).
-fn overlaps_data(data: &[(u64, u64)], offset: u64) -> bool {
-    let first = data.partition_point(|&(_, end)| end <= offset);
-    data.get(first)
-        .is_some_and(|&(start, _)| start < offset + PAGE as u64)
-}
-
-/// One registered region: where it is in sie and in the file.
-#[derive(Clone, Copy, Debug)]
-struct Region {
-    host: u64,
-    len: u64,
-    offset: u64,
-}
-
-fn regions_of(memory: &GuestMemory) -> Vec<Region> {
-    memory
-        .iter()
-        .map(|r| Region {
-            host: r.as_ptr() as u64,
-            len: r.len(),
-            offset: r.start_addr().0,
-        })
-        .collect()
-}
-
-fn host_of(regions: &[Region], offset: u64, len: u64) -> Option<u64> {
-    regions
-        .iter()
-        .find(|r| offset >= r.offset && offset + len <= r.offset + r.len)
-        .map(|r| r.host + (offset - r.offset))
 }
 
 /// Maps guest RAM for `layout` lazily from the memory file at `path`:
@@ -131,24 +88,35 @@ pub fn open(
     let memory = anonymous(layout).map_err(io_error)?;
     let uffd = uffd::register_all(
         &memory,
-        uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP,
+        uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_THREAD_ID,
     )
     .map_err(|e| io_error(std::io::Error::other(format!("userfaultfd: {e}"))))?;
     let regions = regions_of(&memory);
+    let mut installed = PageSet::new(file_len(layout));
     let ws_path = working_set::path_for(path);
     let started = Instant::now();
-    let (prefetched_pages, record) = match working_set::read(&ws_path, identity) {
-        Ok(Some(set)) => {
-            for (offset, bytes) in set.runs() {
-                let result = match host_of(&regions, offset, bytes.len() as u64) {
-                    Some(host) => uffd.copy(host, bytes),
-                    None => Err(std::io::Error::other("a run across regions")),
-                };
-                result.map_err(|e| {
+    // Every run must land in guest RAM (not in a hole of the address
+    // space) before any is installed.
+    let placed = working_set::read(&ws_path, identity).and_then(|set| {
+        let Some(set) = set else {
+            return Ok(None);
+        };
+        let hosts = set
+            .runs()
+            .map(|(offset, bytes)| host_of(&regions, offset, bytes.len() as u64))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or("pages outside guest RAM")?;
+        Ok(Some((set, hosts)))
+    });
+    let (prefetched_pages, record) = match placed {
+        Ok(Some((set, hosts))) => {
+            for ((offset, bytes), host) in set.runs().zip(hosts) {
+                uffd.copy(host, bytes).map_err(|e| {
                     io_error(std::io::Error::other(format!(
                         "installing the working set: {e}"
                     )))
                 })?;
+                installed.set(offset, (bytes.len() / PAGE) as u64, true);
             }
             tracing::info!(
                 "lazy restore: prefetched {} pages from the working set {} in {} µs",
@@ -174,23 +142,8 @@ pub fn open(
         }
     };
     let loaded = Arc::new(AtomicBool::new(false));
-    let handler = Handler {
-        uffd,
-        file,
-        regions,
-        data,
-        removed: Vec::new(),
-        recorder: record.then(|| Recorder {
-            path: ws_path.clone(),
-            identity,
-            offsets: Vec::new(),
-            seen: std::collections::HashSet::new(),
-            written: 0,
-            window_start: None,
-            last_fault: Instant::now(),
-            loaded: loaded.clone(),
-        }),
-    };
+    let recorder = record.then(|| Recorder::new(ws_path.clone(), identity, loaded.clone()));
+    let handler = Handler::new(uffd, file, regions, data, installed, recorder);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let seccomp = seccomp.clone();
     std::thread::Builder::new()
@@ -216,186 +169,74 @@ pub fn open(
     })
 }
 
-/// What the handler records while the guest warms up.
-struct Recorder {
-    path: PathBuf,
-    identity: Identity,
-    offsets: Vec<u64>,
-    seen: std::collections::HashSet<u64>,
-    written: usize,
-    window_start: Option<Instant>,
-    last_fault: Instant,
-    loaded: Arc<AtomicBool>,
-}
-
-/// The `sie_uffd` thread's state.
-struct Handler {
-    uffd: Uffd,
-    file: File,
-    regions: Vec<Region>,
-    data: Vec<(u64, u64)>,
-    /// Host ranges the guest discarded: they read as zeros now.
-    removed: Vec<(u64, u64)>,
-    recorder: Option<Recorder>,
-}
-
-impl Handler {
-    fn serve(mut self) {
-        let mut unmapped = 0;
-        loop {
-            let timeout_ms = self.poll_timeout_ms();
-            let mut poll = libc::pollfd {
-                fd: self.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-            loop {
-                match self.uffd.read_event() {
-                    Ok(Some(Event::PageFault(address))) => {
-                        if let Err(error) = self.fault(address & !(PAGE as u64 - 1)) {
-                            tracing::error!("lazy restore: serving {address:#x}: {error}");
-                        }
-                    }
-                    Ok(Some(Event::Remove(start, end))) => self.removed.push((start, end)),
-                    Ok(Some(Event::Unmap(start, end))) => {
-                        unmapped += self
-                            .regions
-                            .iter()
-                            .filter(|r| r.host >= start && r.host + r.len <= end)
-                            .count();
-                    }
-                    Ok(Some(Event::Other(_))) => {}
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::error!("lazy restore: reading page faults: {error}");
-                        return;
-                    }
-                }
-            }
-            if unmapped >= self.regions.len() {
-                // The VM is gone; what was recorded is kept.
-                self.flush(true);
-                return;
-            }
-            self.flush(false);
-        }
-    }
-
-    /// Wait for events forever, unless a recording is due to be written.
-    fn poll_timeout_ms(&self) -> i32 {
-        match &self.recorder {
-            Some(r) if r.offsets.len() > r.written => {
-                QUIET.saturating_sub(r.last_fault.elapsed()).as_millis() as i32 + 1
-            }
-            Some(r) if r.window_start.is_some() => 1000,
-            _ => -1,
-        }
-    }
-
-    fn fault(&mut self, host: u64) -> std::io::Result<()> {
-        if self.removed.iter().any(|&(s, e)| host >= s && host < e) {
-            return self.uffd.zero(host, PAGE as u64);
-        }
-        let Some(region) = self
-            .regions
-            .iter()
-            .find(|r| host >= r.host && host < r.host + r.len)
-        else {
-            return Err(std::io::Error::other("a fault outside guest RAM"));
-        };
-        let offset = region.offset + (host - region.host);
-        if let Some(recorder) = &mut self.recorder {
-            recorder.note(offset);
-        }
-        if !overlaps_data(&self.data, offset) {
-            return self.uffd.zero(host, PAGE as u64);
-        }
-        let mut page = [0u8; PAGE];
-        self.file.read_exact_at(&mut page, offset)?;
-        self.uffd.copy(host, &page)
-    }
-
-    /// Writes the working set when faults have paused (or `last`), and
-    /// ends the recording once its window is over.
-    fn flush(&mut self, last: bool) {
-        let Some(recorder) = &mut self.recorder else {
-            return;
-        };
-        let window_over = recorder
-            .window_start
-            .is_some_and(|start| start.elapsed() >= WINDOW);
-        let due = recorder.offsets.len() > recorder.written
-            && (last || window_over || recorder.last_fault.elapsed() >= QUIET);
-        if due {
-            let mut pages = vec![0u8; recorder.offsets.len() * PAGE];
-            let mut result = Ok(());
-            for (offset, page) in recorder.offsets.iter().zip(pages.chunks_mut(PAGE)) {
-                result = self.file.read_exact_at(page, *offset);
-                if result.is_err() {
-                    break;
-                }
-            }
-            let result = result.and_then(|()| {
-                working_set::write(&recorder.path, recorder.identity, &recorder.offsets, &pages)
-            });
-            match result {
-                Ok(()) => {
-                    recorder.written = recorder.offsets.len();
-                    tracing::info!(
-                        "lazy restore: recorded a working set of {} pages in {}",
-                        recorder.written,
-                        recorder.path.display()
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        "lazy restore: cannot write the working set {}: {error}",
-                        recorder.path.display()
-                    );
-                    self.recorder = None;
-                    return;
-                }
-            }
-        }
-        if window_over || last {
-            self.recorder = None;
-        }
-    }
-}
-
-impl Recorder {
-    fn note(&mut self, offset: u64) {
-        let now = Instant::now();
-        if self.window_start.is_none() && self.loaded.load(Ordering::Acquire) {
-            self.window_start = Some(now);
-        }
-        if self.seen.insert(offset) {
-            self.offsets.push(offset);
-            self.last_fault = now;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::fault_handler::overlaps_data;
+    use std::time::Duration;
+    use vm_memory::GuestMemoryBackend;
+
+    /// Which pages of `memory`'s first region are resident.
+    fn resident(memory: &GuestMemory, pages: usize) -> Vec<bool> {
+        let region = memory.iter().next().unwrap();
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range is one mapping vm-memory keeps alive; one byte
+        // per page.
+        let rc = unsafe {
+            libc::mincore(
+                region.as_ptr().cast(),
+                pages * PAGE,
+                residency.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0);
+        residency.iter().map(|r| r & 1 != 0).collect()
+    }
 
     #[test]
-    fn holes_and_data_are_told_apart_per_page() {
-        let data = [(0x1000, 0x3000), (0x5800, 0x6000)];
-        for (offset, expected) in [
-            (0x0, false),
-            (0x1000, true),
-            (0x2000, true),
-            (0x3000, false),
-            (0x4000, false),
-            (0x5000, true),
-            (0x6000, false),
-        ] {
-            assert_eq!(overlaps_data(&data, offset), expected, "{offset:#x}");
-        }
+    fn a_fault_brings_in_its_block_of_data_pages_and_no_holes() {
+        use std::io::{Seek, SeekFrom, Write};
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-around-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        let mut file = File::create(&path).unwrap();
+        file.set_len(64 * PAGE as u64).unwrap();
+        // Data in pages 2..=20; page 23 too, after a hole.
+        file.seek(SeekFrom::Start(2 * PAGE as u64)).unwrap();
+        file.write_all(&vec![7u8; 19 * PAGE]).unwrap();
+        file.seek(SeekFrom::Start(23 * PAGE as u64)).unwrap();
+        file.write_all(&[9u8; PAGE]).unwrap();
+        drop(file);
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 64 * PAGE as u64,
+        }];
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(5 * PAGE as u64))
+                .unwrap(),
+            7
+        );
+        let seen = resident(&lazy.memory, 64);
+        let expected: Vec<bool> = (0..64).map(|p| (2..16).contains(&p)).collect();
+        assert_eq!(seen, expected, "pages 2..16: data in page 5's block");
+        // A run stops at a hole: page 23 comes alone, then page 17 brings
+        // in 16..=20 (its block's run of data).
+        let read = |page: u64| {
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(page * PAGE as u64))
+                .unwrap()
+        };
+        assert_eq!(read(23), 9);
+        let expected: Vec<bool> = (0..64).map(|p| (2..16).contains(&p) || p == 23).collect();
+        assert_eq!(resident(&lazy.memory, 64), expected);
+        assert_eq!(read(17), 7);
+        let expected: Vec<bool> = (0..64).map(|p| (2..21).contains(&p) || p == 23).collect();
+        assert_eq!(resident(&lazy.memory, 64), expected);
+        drop(lazy);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -433,10 +274,18 @@ mod tests {
         assert_eq!(lazy.prefetched_pages, 0);
         lazy.mark_loaded();
         let at = |page: u64| GuestAddress(page * PAGE as u64);
-        assert_eq!(lazy.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
-        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 0, "a hole");
-        lazy.memory.write_obj(5u8, at(7)).unwrap();
-        assert_eq!(lazy.memory.read_obj::<u8>(at(7)).unwrap(), 5);
+        // The thread that opened it (the VMM thread) is served, not recorded.
+        assert_eq!(lazy.memory.read_obj::<u8>(at(9)).unwrap(), 0);
+        // Another (as a vCPU is) is recorded.
+        let memory = lazy.memory.clone();
+        std::thread::spawn(move || {
+            assert_eq!(memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
+            assert_eq!(memory.read_obj::<u8>(at(7)).unwrap(), 0, "a hole");
+            memory.write_obj(5u8, at(7)).unwrap();
+            assert_eq!(memory.read_obj::<u8>(at(7)).unwrap(), 5);
+        })
+        .join()
+        .unwrap();
         // Faults pause: the working set is written, in the order touched.
         let ws = working_set::path_for(&path);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -455,6 +304,80 @@ mod tests {
         assert_eq!(again.prefetched_pages, 2);
         assert_eq!(again.memory.read_obj::<u8>(at(3)).unwrap(), 0xab);
         drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_working_set_outside_guest_ram_is_ignored_not_fatal() {
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-gap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        File::create(&path)
+            .unwrap()
+            .set_len(24 * PAGE as u64)
+            .unwrap();
+        // Two regions with a hole between them, as below and above 4 GiB.
+        let layout = [
+            RegionEntry {
+                guest_addr: 0,
+                len: 8 * PAGE as u64,
+            },
+            RegionEntry {
+                guest_addr: 16 * PAGE as u64,
+                len: 8 * PAGE as u64,
+            },
+        ];
+        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        let ws = working_set::path_for(&path);
+        working_set::write(&ws, identity, &[10 * PAGE as u64], &[1u8; PAGE]).unwrap();
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(lazy.prefetched_pages, 0);
+        drop(lazy);
+        working_set::write(&ws, identity, &[17 * PAGE as u64], &[1u8; PAGE]).unwrap();
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        assert_eq!(lazy.prefetched_pages, 1, "the second region is RAM");
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(17 * PAGE as u64))
+                .unwrap(),
+            1
+        );
+        drop(lazy);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn discarded_memory_reads_as_zeros_not_as_the_file() {
+        use std::io::Write;
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-discard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.mem");
+        File::create(&path)
+            .unwrap()
+            .write_all(&vec![0xab; 16 * PAGE])
+            .unwrap();
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 16 * PAGE as u64,
+        }];
+        let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
+        let at = GuestAddress(3 * PAGE as u64);
+        assert_eq!(lazy.memory.read_obj::<u8>(at).unwrap(), 0xab);
+        let host = lazy.memory.get_host_address(at).unwrap();
+        // SAFETY: one page of the mapping `lazy.memory` keeps alive.
+        let rc = unsafe { libc::madvise(host.cast(), PAGE, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert_eq!(lazy.memory.read_obj::<u8>(at).unwrap(), 0, "discarded");
+        assert_eq!(
+            lazy.memory
+                .read_obj::<u8>(GuestAddress(4 * PAGE as u64))
+                .unwrap(),
+            0xab,
+            "its neighbour was not"
+        );
+        drop(lazy);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -96,18 +96,97 @@ pub fn stage(
     scan_contents: bool,
     pair_id: &str,
 ) -> io::Result<(Staged, u64)> {
+    let mut candidates = Vec::new();
+    for region in memory.iter() {
+        candidates.push(candidate_pages(region, scan_contents)?);
+    }
+    stage_pages(memory, path, pair_id, |region, base, page| {
+        let candidate = candidates
+            .get(region)
+            .and_then(|pages| pages.get(usize::try_from(page).ok()?))
+            .copied()
+            .unwrap_or(false);
+        Ok(candidate && !is_zero_page(memory, GuestAddress(base + page * PAGE as u64))?)
+    })
+}
+
+/// The pages of `region` that may hold data: the resident ones, or with
+/// `scan_contents` (RAM mapped from a file) every page.
+fn candidate_pages(
+    region: &GuestRegionMmap<AtomicBitmap>,
+    scan_contents: bool,
+) -> io::Result<Vec<bool>> {
+    if scan_contents {
+        let len = usize::try_from(region.len()).map_err(io::Error::other)?;
+        Ok(vec![true; len.div_ceil(PAGE)])
+    } else {
+        resident_pages(region)
+    }
+}
+
+/// Stages a RAM-sized memory file tagged `pair_id` that holds, of each
+/// region (by index and base address), the pages `wanted` picks, written
+/// in runs at their guest-physical offsets; everything else is a hole.
+/// Returns it and the bytes written.
+pub fn stage_pages(
+    memory: &GuestMemory,
+    path: &Path,
+    pair_id: &str,
+    mut wanted: impl FnMut(usize, u64, u64) -> io::Result<bool>,
+) -> io::Result<(Staged, u64)> {
     let mut written = 0u64;
     let staged = super::durable::stage(path, |file| {
         // Before the rename: a memory file in place always says which
         // snapshot it belongs to.
         super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
-        for region in memory.iter() {
-            written += write_region(memory, region, file, region.start_addr().0, scan_contents)?;
+        for (index, region) in memory.iter().enumerate() {
+            let base = region.start_addr().0;
+            written += write_runs(memory, region, file, base, |page| wanted(index, base, page))?;
         }
         Ok(())
     })?;
     Ok((staged, written))
+}
+
+/// Writes the pages of `region` that `wanted` picks (by page index) into
+/// `file`, in runs, the region's first byte at `file_offset`; returns the
+/// bytes written.
+fn write_runs(
+    memory: &GuestMemory,
+    region: &GuestRegionMmap<AtomicBitmap>,
+    file: &mut File,
+    file_offset: u64,
+    mut wanted: impl FnMut(u64) -> io::Result<bool>,
+) -> io::Result<u64> {
+    let (base, len) = (region.start_addr().0, region.len());
+    let count = len.div_ceil(PAGE as u64);
+    let mut written = 0u64;
+    let mut page = 0;
+    while page < count {
+        if !wanted(page)? {
+            page += 1;
+            continue;
+        }
+        // A run of pages to write in one go.
+        let mut end = page + 1;
+        while end < count && wanted(end)? {
+            end += 1;
+        }
+        let offset = page * PAGE as u64;
+        let bytes = (end * PAGE as u64).min(len) - offset;
+        file.seek(SeekFrom::Start(file_offset + offset))?;
+        memory
+            .write_all_volatile_to(
+                GuestAddress(base + offset),
+                file,
+                usize::try_from(bytes).map_err(io::Error::other)?,
+            )
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        written += bytes;
+        page = end;
+    }
+    Ok(written)
 }
 
 /// Writes `region`'s pages into `file` from `file_offset` on (the region's
@@ -122,42 +201,16 @@ pub(crate) fn write_region(
     file_offset: u64,
     scan_contents: bool,
 ) -> io::Result<u64> {
+    let candidates = candidate_pages(region, scan_contents)?;
     let base = region.start_addr().0;
-    let pages = if scan_contents {
-        vec![
-            true;
-            usize::try_from(region.len())
-                .map_err(io::Error::other)?
-                .div_ceil(PAGE)
-        ]
-    } else {
-        resident_pages(region)?
-    };
-    let mut written = 0u64;
-    let mut index = 0;
-    while index < pages.len() {
-        let at = GuestAddress(base + (index * PAGE) as u64);
-        if !pages[index] || is_zero_page(memory, at)? {
-            index += 1;
-            continue;
-        }
-        // A run of pages to write in one go.
-        let mut end = index + 1;
-        while end < pages.len()
-            && pages[end]
-            && !is_zero_page(memory, GuestAddress(base + (end * PAGE) as u64))?
-        {
-            end += 1;
-        }
-        let count = (end - index) * PAGE;
-        file.seek(SeekFrom::Start(file_offset + (at.0 - base)))?;
-        memory
-            .write_all_volatile_to(at, file, count)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        written += count as u64;
-        index = end;
-    }
-    Ok(written)
+    write_runs(memory, region, file, file_offset, |page| {
+        let candidate = usize::try_from(page)
+            .ok()
+            .and_then(|page| candidates.get(page))
+            .copied()
+            .unwrap_or(false);
+        Ok(candidate && !is_zero_page(memory, GuestAddress(base + page * PAGE as u64))?)
+    })
 }
 
 /// Why a memory file cannot back a VM.

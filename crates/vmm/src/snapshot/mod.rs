@@ -23,6 +23,7 @@
 
 pub mod dirty;
 pub mod durable;
+mod fault_handler;
 pub mod format;
 pub mod huge_pages;
 pub mod lazy;
@@ -134,6 +135,11 @@ pub fn create_as(
     }
     if !vm.vcpus.is_paused() {
         return Err(SnapshotError::NotPaused);
+    }
+    // Drives' requests in flight land in guest memory and the used rings
+    // first, so nothing saved below misses them.
+    for transport in &vm.virtio.transports {
+        transport.quiesce();
     }
     let mut vcpus = Vec::with_capacity(vm.vcpus.len());
     for index in 0..vm.vcpus.len() {

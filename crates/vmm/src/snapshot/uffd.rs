@@ -7,10 +7,11 @@
 //! `userfaultfd` crate generates its bindings with bindgen at build time,
 //! which would make libclang a build dependency of sie.
 //!
-//! The descriptor is made with the system call (not `/dev/userfaultfd`,
-//! which a jail may not have) and without `UFFD_USER_MODE_ONLY`: KVM
-//! touches guest RAM from the kernel, and those faults must reach the
-//! handler too (root, or `vm.unprivileged_userfaultfd = 1`, may ask that).
+//! The descriptor is made without `UFFD_USER_MODE_ONLY`: KVM touches guest
+//! RAM from the kernel, and those faults must reach the handler too. Whoever
+//! may open `/dev/userfaultfd` (Linux 6.1; the jailer gives it to the jailed
+//! user) gets one from it; otherwise the system call gives one to root, or
+//! to anyone with `vm.unprivileged_userfaultfd = 1`.
 //!
 //! [`handoff`] speaks Firecracker's `Uffd` backend protocol: one message on
 //! a Unix socket with the JSON region list and the descriptor.
@@ -23,9 +24,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sie_hv::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-use vmm_sys_util::{ioctl_ior_nr, ioctl_iowr_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
 
 /// The page size the handlers serve.
 pub const PAGE: usize = 4096;
@@ -38,6 +39,8 @@ const REGISTER_MODE_MISSING: u64 = 1;
 pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 /// Tell the handler when guest RAM is unmapped, so it knows when to stop.
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// Say which thread faulted (a vCPU, or sie's own VMM thread).
+pub const FEATURE_THREAD_ID: u64 = 1 << 8;
 const EVENT_PAGEFAULT: u8 = 0x12;
 const EVENT_REMOVE: u8 = 0x15;
 const EVENT_UNMAP: u8 = 0x16;
@@ -95,6 +98,7 @@ struct Message {
     arg: [u64; 3],
 }
 
+ioctl_io_nr!(USERFAULTFD_IOC_NEW, UFFDIO, 0x00);
 ioctl_iowr_nr!(UFFDIO_API, UFFDIO, 0x3f, ApiArg);
 ioctl_iowr_nr!(UFFDIO_REGISTER, UFFDIO, 0x00, RegisterArg);
 ioctl_ior_nr!(UFFDIO_WAKE, UFFDIO, 0x02, Range);
@@ -104,8 +108,10 @@ ioctl_iowr_nr!(UFFDIO_ZEROPAGE, UFFDIO, 0x04, ZeroPageArg);
 /// What the kernel reports on a userfaultfd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A thread (or KVM) touched a missing page at this host address.
-    PageFault(u64),
+    /// A thread (or KVM on a vCPU thread's behalf) touched a missing page:
+    /// its host address, and the thread's id when [`FEATURE_THREAD_ID`]
+    /// was asked for (else 0).
+    PageFault(u64, u32),
     /// `[start, end)` was discarded; it reads as zeros from now on.
     Remove(u64, u64),
     /// `[start, end)` was unmapped.
@@ -132,15 +138,17 @@ impl Uffd {
     /// A new non-blocking userfaultfd with the `features` (`FEATURE_*`)
     /// events enabled.
     pub fn new(features: u64) -> io::Result<Self> {
-        // SAFETY: the system call takes only flags and returns a new
-        // descriptor or -1.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let fd = Self::from_device().or_else(|device| {
+            Self::from_syscall().map_err(|syscall| {
+                io::Error::new(
+                    syscall.kind(),
+                    format!(
+                        "{syscall} (/dev/userfaultfd: {device}; faults from KVM need root, \
+                         vm.unprivileged_userfaultfd = 1, or access to /dev/userfaultfd)"
+                    ),
+                )
+            })
+        })?;
         let mut api = ApiArg {
             api: UFFD_API,
             features,
@@ -149,6 +157,34 @@ impl Uffd {
         // SAFETY: UFFDIO_API reads and writes exactly one `ApiArg`.
         check(unsafe { ioctl_with_mut_ref(&fd, UFFDIO_API(), &mut api) })?;
         Ok(Self { fd })
+    }
+
+    fn from_device() -> io::Result<OwnedFd> {
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")?;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as libc::c_ulong;
+        // SAFETY: USERFAULTFD_IOC_NEW takes the flags by value and returns a
+        // new descriptor or -1.
+        let fd = unsafe { ioctl_with_val(&device, USERFAULTFD_IOC_NEW(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn from_syscall() -> io::Result<OwnedFd> {
+        // SAFETY: the system call takes only flags and returns a new
+        // descriptor or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
     /// A userfaultfd received from elsewhere (a page-fault handler gets
@@ -241,7 +277,7 @@ impl Uffd {
             )));
         }
         Ok(Some(match message.event {
-            EVENT_PAGEFAULT => Event::PageFault(message.arg[1]),
+            EVENT_PAGEFAULT => Event::PageFault(message.arg[1], message.arg[2] as u32),
             EVENT_REMOVE => Event::Remove(message.arg[0], message.arg[1]),
             EVENT_UNMAP => Event::Unmap(message.arg[0], message.arg[1]),
             other => Event::Other(other),
@@ -334,7 +370,7 @@ mod tests {
             let mut served = Vec::new();
             while served.len() < 2 {
                 match uffd.read_event().unwrap() {
-                    Some(Event::PageFault(address)) => {
+                    Some(Event::PageFault(address, _)) => {
                         let page = address & !(PAGE as u64 - 1);
                         if page == base {
                             uffd.copy(page, &[7u8; PAGE]).unwrap();
@@ -360,11 +396,29 @@ mod tests {
     }
 
     #[test]
+    fn the_device_and_the_system_call_both_give_a_userfaultfd() {
+        // Root on this machine may use either; each must speak the API.
+        if std::path::Path::new("/dev/userfaultfd").exists() {
+            let fd = Uffd::from_device().unwrap();
+            assert!(fd.as_raw_fd() >= 0);
+        }
+        let fd = Uffd::from_syscall().unwrap();
+        assert!(fd.as_raw_fd() >= 0);
+        Uffd::new(FEATURE_THREAD_ID).unwrap();
+    }
+
+    #[test]
     fn no_handler_listening_is_an_error_not_a_hang() {
         let memory = GuestMemory::from_ranges(&[(GuestAddress(0), PAGE)]).unwrap();
         let uffd = register_all(&memory, 0).unwrap();
         let error = handoff(Path::new("/nonexistent/uffd.sock"), &memory, &uffd).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        // A socket file whose handler is gone refuses the connection.
+        let path = std::env::temp_dir().join(format!("sie-uffd-gone-{}", std::process::id()));
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let error = handoff(&path, &memory, &uffd).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
     }
 
     #[test]

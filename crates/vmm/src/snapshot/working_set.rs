@@ -12,8 +12,12 @@
 //! page count N                 u64 LE
 //! N page offsets in the file   u64 LE each, in the order first touched
 //! N pages of 4096 bytes        the file's contents at those offsets
-//! SHA-256 of all of the above  32 bytes
+//! XXH3-64 of all of the above  u64 LE
 //! ```
+//!
+//! The checksum catches damage; it is XXH3 rather than SHA-256 because the
+//! whole file is checked on the load path, before the vCPUs run (on this
+//! machine SHA-256 runs at ~0.6 GB/s, XXH3 at ~3 GB/s).
 //!
 //! A missing, damaged, short or stale file is not an error: the restore
 //! says why it ignored it and records a new one.
@@ -22,14 +26,14 @@ use std::fs::Metadata;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use twox_hash::XxHash3_64;
 
 use super::durable::write_durably;
 use super::uffd::PAGE;
 
 const MAGIC: &[u8; 8] = b"SIEWSET\x01";
 const HEADER: usize = 8 + 3 * 8;
-const DIGEST: usize = 32;
+const DIGEST: usize = 8;
 
 /// The working-set file of the memory file `memory_file`.
 pub fn path_for(memory_file: &Path) -> PathBuf {
@@ -103,8 +107,8 @@ pub fn write(path: &Path, identity: Identity, offsets: &[u64], pages: &[u8]) -> 
         bytes.extend_from_slice(&offset.to_le_bytes());
     }
     bytes.extend_from_slice(pages);
-    let digest = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&digest);
+    let digest = XxHash3_64::oneshot(&bytes);
+    bytes.extend_from_slice(&digest.to_le_bytes());
     write_durably(path, |file| file.write_all(&bytes))
 }
 
@@ -128,7 +132,7 @@ pub fn decode(bytes: &[u8], identity: Identity) -> Result<WorkingSet, String> {
     if expected != Some(body.len() as u64) {
         return Err(format!("truncated or padded ({count} pages)"));
     }
-    if Sha256::digest(body).as_slice() != digest {
+    if XxHash3_64::oneshot(body).to_le_bytes() != digest {
         return Err("damaged (checksum mismatch)".into());
     }
     let recorded = Identity {
@@ -233,8 +237,8 @@ mod tests {
         moved.extend_from_slice(&1u64.to_le_bytes());
         moved.extend_from_slice(&0x2000u64.to_le_bytes());
         moved.extend_from_slice(&[0u8; PAGE]);
-        let digest = Sha256::digest(&moved);
-        moved.extend_from_slice(&digest);
+        let digest = XxHash3_64::oneshot(&moved);
+        moved.extend_from_slice(&digest.to_le_bytes());
         assert!(decode(&moved, tiny).unwrap_err().contains("outside"));
     }
 }

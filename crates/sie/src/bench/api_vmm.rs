@@ -1,0 +1,92 @@
+//! A VMM process driven through Firecracker's API for the benchmarks that
+//! compare sie with a peer (`sie bench snapshot`): started on a socket,
+//! waited for, its console read back, killed when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// How long a guest, a socket or a count may take to appear.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A VMM process serving its API, killed when dropped.
+pub(super) struct Vmm {
+    child: Child,
+    pub(super) sock: PathBuf,
+    pub(super) console: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+pub(super) fn spawn(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<Vmm, BoxError> {
+    let sock = dir.join(format!("{name}.sock"));
+    let console = dir.join(format!("{name}.console"));
+    // Firecracker will not bind over a socket an earlier run left.
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(program)
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(File::create(&console)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut vmm = Vmm {
+        child,
+        sock,
+        console,
+    };
+    let deadline = Instant::now() + WAIT;
+    while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
+        if let Some(status) = vmm.child.try_wait()? {
+            return Err(format!(
+                "{} exited ({status}) before serving its API",
+                program.display()
+            )
+            .into());
+        }
+        if Instant::now() > deadline {
+            return Err("timed out waiting for the API socket".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(vmm)
+}
+
+/// The counts the guest printed so far.
+pub(super) fn counts(console: &Path) -> Vec<u64> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("count ")?.trim().parse().ok())
+        .collect()
+}
+
+pub(super) fn median(values: Vec<f64>) -> f64 {
+    let mut values = values;
+    super::median(&mut values).unwrap_or(f64::NAN)
+}
