@@ -19,6 +19,8 @@ const ELF_GUESTS: &[&str] = &[
     "loop",
     "exits",
     "counter",
+    "echo",
+    "panic",
 ];
 
 fn run(command: &mut Command) {

@@ -106,6 +106,19 @@ guest!(
     "The exit benchmark: `count=N` port writes, port reads and MMIO writes."
 );
 
+guest!(
+    ECHO,
+    "echo",
+    "echo.elf",
+    "Prints `echo ready`, then echoes each byte COM1 receives as `<BYTE>`, forever."
+);
+guest!(
+    PANIC,
+    "panic",
+    "panic.elf",
+    "Prints `panicking`, stores a marker word in RAM and reports a panic through pvpanic (port 0x505)."
+);
+
 /// Every guest.
 pub const ALL: &[Guest] = &[
     HELLO,
@@ -121,6 +134,8 @@ pub const ALL: &[Guest] = &[
     LOOP,
     EXITS,
     COUNTER,
+    ECHO,
+    PANIC,
 ];
 
 /// Port writes `HELLO` makes with `markers=N`: its two lines, N markers and

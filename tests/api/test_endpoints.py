@@ -384,6 +384,39 @@ def test_ext_prometheus_metrics(api):
         assert re.match(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+( \d+)?$", line), line
 
 
+def test_serial(api, files):
+    out = files["dir"] / "serial.log"
+    api.ok("PUT", "/serial", {"serial_out_path": str(out)})
+    api.ok("PUT", "/serial", {"serial_out_path": str(out), "rate_limiter": None})
+    assert api.get("/vm/config").json()["serial"]["serial_out_path"] == str(out)
+    fault_names(api.put("/serial", {"serial_out_path": str(out), "rate_limiter": {"bandwidth": LIMITER["bandwidth"]}}), "rate_limiter")
+    fault_names(api.put("/serial", {"serial_out_path": str(out), "colour": True}), "colour")
+    fault_names(api.put("/serial", {"console_buffer_bytes": 0}), "console_buffer_bytes")
+
+
+def test_serial_output_of_a_booted_guest(vmm, kernel):
+    out = vmm.dir / "serial.log"
+    vmm.api.ok("PUT", "/serial", {"serial_out_path": str(out)})
+    boot(vmm.api, kernel)
+    deadline = time.monotonic() + 20
+    while b"spinning" not in (out.read_bytes() if out.exists() else b""):
+        assert time.monotonic() < deadline, "the guest's output never reached serial_out_path"
+        time.sleep(0.05)
+
+
+def test_ext_vm_dump(vmm, kernel):
+    """sie only: PUT /vm/dump writes an ELF core and the guest runs on."""
+    fault_names(vmm.api.put("/vm/dump", {"path": str(vmm.dir / "early.core")}), "before starting")
+    fault_names(vmm.api.put("/vm/dump", {}), "path")
+    boot(vmm.api, kernel)
+    core = vmm.dir / "vm.core"
+    vmm.api.ok("PUT", "/vm/dump", {"path": str(core)})
+    head = core.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and head[16] == 4, "an ELF core file (ET_CORE)"
+    assert vmm.api.state() == "Running"
+    fault_names(vmm.api.put("/vm/dump", {"path": str(vmm.dir / "no" / "dir" / "vm.core")}), "core file")
+
+
 def test_ext_stats(api):
     r = api.get("/stats")
     assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
@@ -457,7 +490,6 @@ UNSUPPORTED = [
     ("PATCH", "/balloon/hinting/stop", {}),
     ("PUT", "/pmem/pm0", {"id": "pm0", "path_on_host": "p"}),
     ("PATCH", "/pmem/pm0", {"id": "pm0"}),
-    ("PUT", "/serial", {"serial_out_path": "s"}),
 ]
 
 
@@ -649,6 +681,7 @@ def pre_boot_only(kernel, disk):
         ("PUT", "/entropy", {}),
         ("PUT", "/logger", {"level": "Info"}),
         ("PUT", "/metrics", {"metrics_path": "m.json"}),
+        ("PUT", "/serial", {"serial_out_path": "serial.log"}),
     ]
 
 

@@ -9,8 +9,8 @@
 use serde::de::DeserializeOwned;
 use sie_config::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, MmdsConfig, NetworkInterface, NetworkInterfacePatch, Request, SnapshotCreate,
-    SnapshotLoad, VmState, Vsock,
+    Metrics, MmdsConfig, NetworkInterface, NetworkInterfacePatch, Request, SerialConfig,
+    SnapshotCreate, SnapshotLoad, VmDump, VmState, Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -64,11 +64,10 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 5] = [
+const UNSUPPORTED: [(&str, &str); 4] = [
     ("balloon", "the balloon device"),
     ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
-    ("serial", "serial output configuration"),
     ("pmem", "virtio-pmem devices"),
 ];
 
@@ -164,6 +163,16 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             vmm(Request::SetVmState(body.state))
         }
         ("GET", ["vm", "config"]) => vmm(Request::GetVmConfig),
+        ("PUT", ["vm", "dump"]) => {
+            let dump: VmDump = input.parse("put_vm_dump")?;
+            checked_message("put_vm_dump", dump.check())?;
+            vmm(Request::DumpCore(dump))
+        }
+        ("PUT", ["serial"]) => {
+            let serial: SerialConfig = input.parse("put_serial")?;
+            checked_message("put_serial", serial.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PutSerial(serial))
+        }
         ("PUT", ["snapshot", "create"]) => {
             let create: SnapshotCreate = input.parse("put_snapshot_create")?;
             checked_message("put_snapshot_create", create.check())?;

@@ -362,7 +362,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PATCH", "/balloon/hinting/stop"),
         ("PUT", "/pmem/pm0"),
         ("PATCH", "/pmem/pm0"),
-        ("PUT", "/serial"),
         ("PATCH", "/hotplug/memory"),
         ("GET", "/hotplug/memory"),
     ] {
@@ -572,4 +571,41 @@ fn mmds_routes_take_any_json_and_a_checked_config() {
     );
     assert_eq!(fault("DELETE", "/mmds", "").route, ROUTE_INVALID);
     assert_eq!(fault("PUT", "/mmds/other", "{}").route, ROUTE_INVALID);
+}
+
+#[test]
+fn serial_and_vm_dump() {
+    assert_eq!(
+        ok(
+            "PUT",
+            "/serial",
+            r#"{"serial_out_path": "/tmp/serial.log"}"#
+        ),
+        Request::PutSerial(SerialConfig {
+            serial_out_path: Some("/tmp/serial.log".into()),
+            ..SerialConfig::default()
+        })
+    );
+    let limited = fault(
+        "PUT",
+        "/serial",
+        r#"{"serial_out_path": "/tmp/s", "rate_limiter": {"size": 1, "refill_time": 1}}"#,
+    );
+    assert_eq!(limited.route, "put_serial");
+    assert!(
+        limited.message.contains("rate_limiter"),
+        "{}",
+        limited.message
+    );
+    assert_eq!(
+        ok("PUT", "/vm/dump", r#"{"path": "/tmp/vm.core"}"#),
+        Request::DumpCore(VmDump {
+            path: "/tmp/vm.core".into()
+        })
+    );
+    assert_eq!(
+        fault("PUT", "/vm/dump", r#"{"path": ""}"#).route,
+        "put_vm_dump"
+    );
+    assert_eq!(fault("PUT", "/vm/dump", r#"{}"#).route, "put_vm_dump");
 }

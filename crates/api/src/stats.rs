@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 28] = [
+pub const ROUTES: [&str; 30] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -40,6 +40,8 @@ pub const ROUTES: [&str; 28] = [
     "put_mmds",
     "patch_mmds",
     "put_mmds_config",
+    "put_serial",
+    "put_vm_dump",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,

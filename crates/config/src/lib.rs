@@ -24,6 +24,7 @@ mod machine_config;
 mod mmds;
 mod request;
 mod resource_id;
+mod serial;
 mod size;
 mod snapshot;
 mod vm_config;
@@ -42,6 +43,9 @@ pub use request::{
     Request, Response, VmState,
 };
 pub use resource_id::{IdError, MAX_ID_LEN, validate_id, validate_instance_id};
+pub use serial::{
+    DEFAULT_CONSOLE_BUFFER_BYTES, MAX_CONSOLE_BUFFER_BYTES, SerialConfig, SerialConfigError, VmDump,
+};
 pub use size::{SizeError, parse_mem_size_mib};
 pub use snapshot::{
     HugePages, LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,

@@ -72,6 +72,11 @@ pub enum Request {
     PatchMmds(serde_json::Value),
     /// `PUT /mmds/config` (before boot only).
     PutMmdsConfig(crate::mmds::MmdsConfig),
+    /// `PUT /serial` (before boot only).
+    PutSerial(crate::serial::SerialConfig),
+    /// Extension: `PUT /vm/dump`, the guest's memory and registers as an
+    /// ELF core file.
+    DumpCore(crate::serial::VmDump),
 }
 
 impl Request {
@@ -102,6 +107,8 @@ impl Request {
             Request::PutMmds(_) => "put_mmds",
             Request::PatchMmds(_) => "patch_mmds",
             Request::PutMmdsConfig(_) => "put_mmds_config",
+            Request::PutSerial(_) => "put_serial",
+            Request::DumpCore(_) => "put_vm_dump",
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::devices::{DeviceConfigError, Drive, Entropy, NetworkInterface, Vsock}
 use crate::logging::{Logger, LoggerError, Metrics};
 use crate::machine_config::{MachineConfig, MachineConfigError};
 use crate::mmds::{MmdsConfig, MmdsConfigError};
+use crate::serial::{SerialConfig, SerialConfigError};
 
 /// Every resource of one VM. The CLI, the config file and the API
 /// all fill this one struct.
@@ -74,6 +75,14 @@ pub struct VmConfig {
     /// Firecracker's virtio-pmem devices; parsed so they can be refused by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pmem: Option<serde_json::Value>,
+    /// COM1 on the host: an output file (Firecracker's `serial`), and
+    /// sie's console socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+    /// sie: a directory where a guest that panics (pvpanic) leaves an ELF
+    /// core file before sie exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_on_panic: Option<std::path::PathBuf>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -108,6 +117,9 @@ pub enum ConfigError {
     /// `logger` is invalid.
     #[error(transparent)]
     Logger(#[from] LoggerError),
+    /// `serial` is invalid.
+    #[error(transparent)]
+    Serial(#[from] SerialConfigError),
     /// Two resources share an id.
     #[error("{resource}: id {id:?} is used twice")]
     DuplicateId {
@@ -144,6 +156,8 @@ impl VmConfig {
             cpu_config: None,
             memory_hotplug: None,
             pmem: None,
+            serial: None,
+            dump_on_panic: None,
         }
     }
 
@@ -238,6 +252,9 @@ impl VmConfig {
         }
         if let Some(logger) = &self.logger {
             logger.validate()?;
+        }
+        if let Some(serial) = &self.serial {
+            serial.validate()?;
         }
         Ok(())
     }

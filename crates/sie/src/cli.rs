@@ -100,18 +100,59 @@ pub struct FirecrackerArgs {
     /// Print the format version of the snapshot FILE, and exit.
     #[arg(long, value_name = "FILE")]
     pub describe_snapshot: Option<PathBuf>,
+    /// sie's console socket and core dumps.
+    #[command(flatten)]
+    pub console: ConsoleFlags,
+}
+
+/// The console and core-dump flags of `sie run` and of the API mode.
+#[derive(Debug, Default, Args)]
+pub struct ConsoleFlags {
+    /// Put COM1 on this Unix socket instead of the terminal: attach with
+    /// `sie ctl console PATH` (or any Unix-socket client), detach and
+    /// attach again while the guest runs. Output written while nobody is
+    /// attached is kept (--console-buffer-bytes) and replayed on attach. A
+    /// second client takes the console over from the first.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Console output kept while no client is attached, bytes; the oldest
+    /// go first [default: 65536].
+    #[arg(long, value_name = "BYTES", requires = "console_socket")]
+    pub console_buffer_bytes: Option<usize>,
+    /// When the guest kernel panics (pvpanic), write its memory and
+    /// registers as an ELF core file into DIR before exiting (status 4).
+    #[arg(long, value_name = "DIR")]
+    pub dump_on_panic: Option<PathBuf>,
+}
+
+impl ConsoleFlags {
+    /// The `serial` settings these flags ask for, checked.
+    pub fn serial(
+        &self,
+    ) -> Result<Option<sie_config::SerialConfig>, sie_config::SerialConfigError> {
+        if self.console_socket.is_none() {
+            return Ok(None);
+        }
+        let serial = sie_config::SerialConfig {
+            console_socket: self.console_socket.clone(),
+            console_buffer_bytes: self.console_buffer_bytes,
+            ..sie_config::SerialConfig::default()
+        };
+        serial.validate()?;
+        Ok(Some(serial))
+    }
 }
 
 /// sie's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a guest kernel with its first serial port on this terminal.
+    /// Boot a guest kernel with its first serial port on this terminal (or on --console-socket).
     ///
     /// sie exits 0 when the guest resets (i8042 reset or `reboot`), 3 when a
     /// vCPU crashes (triple fault, emulation failure), 4 when the guest kernel
     /// panics, 128+N on signal N, 148 when a thread makes a system call its
     /// seccomp filter forbids, and 1 with a one-line reason on bad input.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this host offers for running VMs, with two measurements.
     Doctor,
     /// Micro-benchmarks that print figures.
@@ -157,9 +198,10 @@ pub struct RebaseArgs {
 /// `sie ctl`.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The API socket (`--api-sock` of the running sie).
+    /// The API socket (`--api-sock` of the running sie); every command but
+    /// `console PATH` needs it.
     #[arg(long, value_name = "PATH")]
-    pub sock: PathBuf,
+    pub sock: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -197,6 +239,23 @@ pub enum CtlCommand {
     /// Snapshots: `create` on a paused VM, `load` into a fresh sie.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Attach this terminal to the guest's console socket (raw mode).
+    ///
+    /// Everything typed goes to the guest's COM1; what it writes appears
+    /// here, starting with what it wrote while nobody was attached. Leave
+    /// with Ctrl-] then q (the guest keeps running); Ctrl-] twice sends one
+    /// Ctrl-]. Another client attaching takes the console over.
+    Console {
+        /// The console socket (`--console-socket`); without it, the one
+        /// the VM behind --sock was configured with.
+        socket: Option<PathBuf>,
+    },
+    /// Write the guest's memory and every vCPU's registers as an ELF core
+    /// file (PUT /vm/dump): a running VM is paused around it.
+    Dump {
+        /// The core file (replaced crash-safely if it exists).
+        path: PathBuf,
+    },
     /// Any API request, e.g. `request PUT /machine-config '{"vcpu_count":2,"mem_size_mib":256}'`.
     Request {
         /// GET, PUT or PATCH.
@@ -386,6 +445,9 @@ pub struct RunArgs {
     /// With --restore: what the clone changes from its snapshot.
     #[command(flatten)]
     pub restore_overrides: RestoreOverrides,
+    /// The console socket and core dumps.
+    #[command(flatten)]
+    pub console: ConsoleFlags,
     /// Install no seccomp filters (by default each thread gets its own).
     #[arg(long, conflicts_with = "seccomp_filter")]
     pub no_seccomp: bool,

@@ -47,6 +47,12 @@ pub(crate) enum CtlError {
     },
     #[error("invalid JSON body: {0}")]
     Body(serde_json::Error),
+    #[error("this command needs the API socket: pass --sock PATH")]
+    NoSocket,
+    #[error(
+        "the VM behind {0} has no console socket (--console-socket, or console_socket in PUT /serial)"
+    )]
+    NoConsole(String),
 }
 
 /// An answer from the server.
@@ -198,7 +204,10 @@ fn print_stats(answer: &Answer) {
 
 /// Runs `sie ctl`.
 pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
-    let sock = args.sock.as_path();
+    if let CtlCommand::Console { socket: Some(path) } = &args.command {
+        return crate::console_client::attach(path);
+    }
+    let sock = args.sock.as_deref().ok_or(CtlError::NoSocket)?;
     let action = |action_type: &str| json!({ "action_type": action_type });
     match args.command {
         CtlCommand::Info => print_info(&request(sock, "GET", "/", None)?),
@@ -264,6 +273,18 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
                 "snapshot loaded ({})",
                 if resume { "running" } else { "paused" }
             );
+        }
+        CtlCommand::Console { .. } => {
+            let answer = request(sock, "GET", "/vm/config", None)?;
+            let config: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            let Some(path) = config["serial"]["console_socket"].as_str() else {
+                return Err(CtlError::NoConsole(sock.display().to_string()).into());
+            };
+            return crate::console_client::attach(Path::new(path));
+        }
+        CtlCommand::Dump { path } => {
+            request(sock, "PUT", "/vm/dump", Some(&json!({ "path": path })))?;
+            println!("core written to {}", path.display());
         }
         CtlCommand::Request { method, path, body } => {
             let body = body

@@ -264,6 +264,8 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             }),
             metrics_period: METRICS_PERIOD,
             console_input: true,
+            serial: args.console.serial()?,
+            dump_on_panic: args.console.dump_on_panic.clone(),
             seccomp,
             mmds,
         },

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod console_client;
 mod ctl;
 mod doctor;
 mod embedded_guest;
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        Some(cli::Command::Run(args)) => run::run(args, start),
+        Some(cli::Command::Run(args)) => run::run(*args, start),
         Some(cli::Command::Doctor) => doctor::doctor(),
         Some(cli::Command::Bench(cli::BenchCommand::Exits(args))) => bench::exits::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Boot(args))) => bench::boot::run(&args),

@@ -161,6 +161,8 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     // The config file's logger section goes where `PUT /logger` would.
     options.logger = Some(Box::new(logging));
     options.seccomp = seccomp;
+    options.serial = args.console.serial()?;
+    options.dump_on_panic = args.console.dump_on_panic.clone();
     let finished = match controller::serve(&kvm, &mut NoRequests::new()?, options)? {
         Served::Finished(finished) => finished,
         Served::NeverStarted(outcome) => {

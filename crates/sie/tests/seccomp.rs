@@ -115,6 +115,51 @@ fn every_thread_of_a_running_vm_has_a_filter() {
     );
 }
 
+/// The console socket (accepting, reading, writing a client that goes
+/// away) and a core dump run under the VMM and vCPU filters: no call of
+/// theirs is refused and every thread stays filtered.
+#[test]
+fn a_console_client_and_a_core_dump_stay_inside_the_filters() {
+    use std::io::{Read, Write};
+    let vm = ApiVm::start("seccomp-console", &[]);
+    let console = std::path::PathBuf::from(vm.dir.path()).join("console.sock");
+    let serial = serde_json::json!({ "console_socket": console });
+    vm.ok("PUT", "/serial", &serial.to_string());
+    let boot = serde_json::json!({"kernel_image_path": sie_guests::ECHO.path});
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    for _ in 0..2 {
+        let mut client = std::os::unix::net::UnixStream::connect(&console).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.write_all(b"s").unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"<s>") {
+            assert_eq!(client.read(&mut byte).unwrap(), 1, "{seen:?}");
+            seen.push(byte[0]);
+        }
+    }
+    let core = std::path::PathBuf::from(vm.dir.path()).join("vm.core");
+    vm.ok(
+        "PUT",
+        "/vm/dump",
+        &serde_json::json!({ "path": core }).to_string(),
+    );
+    assert_eq!(vm.state(), "Running");
+    let modes = thread_modes(vm.child.id());
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    // The API thread runs its own filter; the VMM and vCPU threads theirs
+    // on the build filter (see every_thread_of_a_running_vm_has_a_filter).
+    let want: Vec<(String, String)> = [("fc_api", "2/1"), ("fc_vcpu 0", "2/2"), ("sie", "2/2")]
+        .iter()
+        .map(|(name, mode)| (name.to_string(), as_shown(mode).to_string()))
+        .collect();
+    assert_eq!(modes, want);
+}
+
 #[test]
 fn no_seccomp_leaves_every_thread_unfiltered() {
     expect_threads(

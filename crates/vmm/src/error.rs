@@ -20,6 +20,15 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// A core file could not be written.
+    #[error("cannot write the core file {path}")]
+    CoreDump {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file given by the user is not a regular file.
     #[error("{what} {path} is not a regular file")]
     NotAFile {

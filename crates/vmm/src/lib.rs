@@ -26,6 +26,7 @@ mod builder;
 pub mod console;
 mod control;
 pub mod controller;
+pub mod core_dump;
 pub mod device_manager;
 pub mod dispatch;
 mod error;

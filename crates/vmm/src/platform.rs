@@ -117,6 +117,13 @@ impl PlatformDevices {
         Ok(())
     }
 
+    /// COM1's input side and its "input room" eventfd, for a console that
+    /// feeds it from elsewhere than stdin (the console socket).
+    pub fn serial_input(&self) -> Option<(Arc<dyn SerialInput>, EventFd)> {
+        let room = self.input_room.try_clone().ok()?;
+        Some((self.com1.clone(), room))
+    }
+
     /// Console input from stdin to COM1, if an eventfd can be had.
     pub fn console_input(&self) -> Option<ConsoleInput> {
         let room = self.input_room.try_clone().ok()?;

@@ -9,6 +9,7 @@ use sie_obs::Observatory;
 
 use crate::builder::BuiltVm;
 use crate::control::VmControl;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::error::{Result, VmmError};
 use crate::outcome::VmOutcome;
 use crate::platform::PlatformDevices;
@@ -27,6 +28,9 @@ pub struct FinishedVm {
     pub virtio: Vec<virtio::VirtioStats>,
     vm: Arc<dyn sie_hv::Vm>,
     memory: GuestMemory,
+    memory_from_file: bool,
+    /// Each vCPU's registers when it stopped.
+    final_registers: Vec<Option<VcpuRegisters>>,
 }
 
 /// What metrics and `/stats` read of a VM, running or ended.
@@ -39,6 +43,18 @@ pub struct VmFigures<'a> {
 }
 
 impl FinishedVm {
+    /// Writes the ended VM's RAM and the registers each vCPU had when it
+    /// stopped as an ELF core file at `path` (see [`crate::core_dump`]). A
+    /// vCPU whose registers could not be read appears with zeros.
+    pub fn write_core(&self, path: &std::path::Path) -> std::io::Result<u64> {
+        let vcpus: Vec<VcpuRegisters> = self
+            .final_registers
+            .iter()
+            .map(|registers| registers.unwrap_or_default())
+            .collect();
+        crate::core_dump::write(path, &self.memory, &vcpus, self.memory_from_file)
+    }
+
     /// Its figures, for a last metrics line.
     pub fn figures(&self) -> VmFigures<'_> {
         VmFigures {
@@ -148,6 +164,55 @@ impl StartedVm {
         self.vm.as_ref()
     }
 
+    /// Writes a core file of this VM (see [`crate::core_dump`]): pauses it
+    /// if it runs, reads every vCPU's registers on its own thread, writes
+    /// `path`, and resumes it if it was running. Returns the RAM bytes
+    /// written.
+    pub fn write_core(
+        &mut self,
+        path: &std::path::Path,
+        timeout: std::time::Duration,
+    ) -> Result<u64> {
+        let was_paused = self.vcpus.is_paused();
+        if !was_paused {
+            self.vcpus.pause(timeout).map_err(|error| {
+                // Leave no vCPU half-paused.
+                let _ = self.vcpus.resume(timeout);
+                VmmError::Platform(format!("cannot pause the VM: {error}").into())
+            })?;
+        }
+        let written = self.write_paused_core(path);
+        if !was_paused {
+            self.vcpus.resume(timeout).map_err(|error| {
+                VmmError::Platform(format!("cannot resume the VM: {error}").into())
+            })?;
+        }
+        written
+    }
+
+    fn write_paused_core(&mut self, path: &std::path::Path) -> Result<u64> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for index in 0..self.vcpus.len() {
+            let registers = self
+                .vcpus
+                .with_vcpu(index, |vcpu| {
+                    Ok::<_, sie_hv::HvError>(VcpuRegisters {
+                        regs: vcpu.regs()?,
+                        sregs: vcpu.sregs()?,
+                    })
+                })
+                .map_err(|error| VmmError::Platform(error.to_string().into()))?
+                .map_err(|error| VmmError::Platform(format!("vCPU {index}: {error}").into()))?;
+            vcpus.push(registers);
+        }
+        crate::core_dump::write(path, &self.memory, &vcpus, self.memory_from_file).map_err(
+            |source| VmmError::CoreDump {
+                path: path.to_path_buf(),
+                source,
+            },
+        )
+    }
+
     /// Its live figures.
     pub fn figures(&self) -> VmFigures<'_> {
         VmFigures {
@@ -169,6 +234,8 @@ impl StartedVm {
             virtio: self.virtio.stats,
             vm: self.vm,
             memory: self.memory,
+            memory_from_file: self.memory_from_file,
+            final_registers: self.vcpus.final_registers().to_vec(),
         }
     }
 }

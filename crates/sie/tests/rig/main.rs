@@ -18,12 +18,14 @@ use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 mod bench;
 mod control;
 mod faults;
+mod inspect;
 mod snapshot;
 mod virtio;
 
 use bench::*;
 use control::*;
 use faults::*;
+use inspect::*;
 use snapshot::*;
 use virtio::*;
 
@@ -249,6 +251,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_net_rate_limit_patch(),
         host_faults(),
         mmds(),
+        console_attach_later(),
+        panic_core(),
     ]
 }
 

@@ -19,6 +19,9 @@ struct Inner {
 impl Inner {
     fn flush(&mut self) {
         if self.buffer.is_empty() {
+            // A sink may hold output of its own (the console socket's ring
+            // waiting for a slow client): give it a chance to send it.
+            let _ = self.sink.flush();
             return;
         }
         if self.sink.write_all(&self.buffer).is_err() || self.sink.flush().is_err() {

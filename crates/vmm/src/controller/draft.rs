@@ -107,6 +107,7 @@ impl Draft {
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
+            Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,
         };
         Some(match result {
@@ -220,6 +221,19 @@ impl Draft {
     fn put_vsock(&mut self, vsock: &Vsock) -> Result<(), String> {
         vsock.validate().map_err(|e| e.to_string())?;
         self.config.vsock = Some(vsock.clone());
+        Ok(())
+    }
+
+    /// `PUT /serial`: the fields it gives replace the ones set before.
+    fn put_serial(&mut self, serial: &sie_config::SerialConfig) -> Result<(), String> {
+        serial.validate().map_err(|e| e.to_string())?;
+        let merged = self
+            .config
+            .serial
+            .clone()
+            .unwrap_or_default()
+            .merged(serial);
+        self.config.serial = Some(merged);
         Ok(())
     }
 

@@ -86,6 +86,7 @@ impl Controller {
             Request::GetMmds => Response::Json(self.mmds().to_json()),
             Request::PutMmds(data) => mmds_response(self.mmds().put(data)),
             Request::PatchMmds(patch) => mmds_response(self.mmds().patch(&patch)),
+            Request::DumpCore(dump) => self.dump_core(&dump),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -249,6 +250,30 @@ impl Controller {
                 "snapshot/create: {}",
                 crate::error::error_chain(&error)
             )),
+        }
+    }
+
+    /// `PUT /vm/dump`: the VM paused around the write if it runs.
+    fn dump_core(&mut self, dump: &sie_config::VmDump) -> Response {
+        if let Err(message) = dump.check() {
+            return Response::Fault(message);
+        }
+        let Phase::Running(vm) = &mut self.phase else {
+            return Response::fault(BEFORE_START);
+        };
+        let started = std::time::Instant::now();
+        match vm.write_core(&dump.path, PAUSE_TIMEOUT) {
+            Ok(bytes) => {
+                tracing::info!(
+                    "core file {} written in {} ms ({bytes} bytes of memory)",
+                    dump.path.display(),
+                    started.elapsed().as_millis()
+                );
+                Response::NoContent
+            }
+            Err(error) => {
+                Response::Fault(format!("vm/dump: {}", crate::error::error_chain(&error)))
+            }
         }
     }
 

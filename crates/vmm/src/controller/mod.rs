@@ -27,7 +27,7 @@ use sie_hv::Hypervisor;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::BuildOptions;
-use crate::console::TerminalGuard;
+use crate::console::{ConsoleOutput, ConsoleSocket, TerminalGuard};
 use crate::control::VmControl;
 use crate::error::{Result, VmmError};
 use crate::event_loop::{self, Manager};
@@ -103,8 +103,15 @@ pub struct ServeOptions {
     pub external_metrics: ExternalMetrics,
     /// How often metrics are written without being asked.
     pub metrics_period: Duration,
-    /// Forward stdin to the guest's serial console.
+    /// Forward stdin to the guest's serial console (unless a console
+    /// socket takes COM1).
     pub console_input: bool,
+    /// The command line's `serial` choices (`--console-socket`, ...): they
+    /// win over the config file's and `PUT /serial`'s, and apply to a
+    /// restored snapshot too (the console is the host's choice).
+    pub serial: Option<sie_config::SerialConfig>,
+    /// `--dump-on-panic DIR` (wins over the config's `dump_on_panic`).
+    pub dump_on_panic: Option<PathBuf>,
     /// Seccomp filters: each vCPU thread installs its own as it starts, and
     /// this thread installs the VMM's once the VM runs (see `start`).
     pub seccomp: sie_seccomp::Seccomp,
@@ -135,6 +142,8 @@ impl ServeOptions {
             external_metrics: Box::new(serde_json::Map::new),
             metrics_period: Duration::from_secs(60),
             console_input,
+            serial: None,
+            dump_on_panic: None,
             seccomp: sie_seccomp::Seccomp::disabled(),
             mmds: Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
                 sie_mmds::DEFAULT_SIZE_LIMIT,
@@ -177,6 +186,9 @@ struct Controller {
     control: Arc<VmControl>,
     metrics: metrics::Metrics,
     terminal: Option<TerminalGuard>,
+    /// The console socket, bound with the VM's build and served once its
+    /// vCPUs run.
+    console_socket: Option<ConsoleSocket>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -224,6 +236,7 @@ pub fn serve(
         control: control.clone(),
         metrics,
         terminal: None,
+        console_socket: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -268,6 +281,20 @@ pub fn serve(
         Phase::NotStarted => Served::NeverStarted(control.outcome()),
     };
     controller.phase = Phase::NotStarted;
+    if let Served::Finished(finished) = &served
+        && finished.outcome == VmOutcome::GuestPanic
+        && let Some(dir) = controller.draft.to_config_unchecked().dump_on_panic
+    {
+        // The one line that says where the panic's core is (or why not).
+        let path = crate::core_dump::panic_path(&dir, &controller.options.id);
+        match finished.write_core(&path) {
+            Ok(_) => eprintln!("sie: the guest panicked; its core is {}", path.display()),
+            Err(error) => eprintln!(
+                "sie: the guest panicked; cannot write its core {}: {error}",
+                path.display()
+            ),
+        }
+    }
     match &served {
         Served::Finished(finished) => {
             controller.metrics.flush(Some(finished.figures()));
@@ -330,21 +357,52 @@ impl Controller {
         Ok(())
     }
 
-    /// The host-side build options, with the controller's metadata store.
-    fn build_options(&mut self) -> BuildOptions {
-        let mut options = (self.options.build_options)();
-        options.mmds = Some(self.options.mmds.clone());
-        options
-    }
-
     /// Builds and starts the VM from the draft.
     fn start(&mut self, hv: &dyn Hypervisor, manager: &mut Manager) -> Result<()> {
-        let config = self
+        let mut config = self
             .draft
             .to_config()
             .map_err(|message| VmmError::Platform(message.into()))?;
-        let built = crate::builder::build(&config, hv, self.build_options(), self.control.clone())?;
+        self.host_choices(&mut config);
+        let build = self.build_options(&config)?;
+        let built = crate::builder::build(&config, hv, build, self.control.clone())?;
         self.run_built(built, config, false, manager)
+    }
+
+    /// The command line's console and core-dump choices laid over `config`.
+    fn host_choices(&self, config: &mut VmConfig) {
+        if let Some(flags) = &self.options.serial {
+            config.serial = Some(config.serial.clone().unwrap_or_default().merged(flags));
+        }
+        if let Some(dir) = &self.options.dump_on_panic {
+            config.dump_on_panic = Some(dir.clone());
+        }
+    }
+
+    /// The build options, with COM1's output where `config.serial` puts it
+    /// (its console socket is kept for `run_built`).
+    fn build_options(&mut self, config: &VmConfig) -> Result<BuildOptions> {
+        // Checked now, while a mistake can still stop the start: the core
+        // is written when the guest panics, long after.
+        if let Some(dir) = &config.dump_on_panic
+            && !dir.is_dir()
+        {
+            return Err(VmmError::Platform(
+                format!("dump_on_panic: {} is not a directory", dir.display()).into(),
+            ));
+        }
+        let mut build = (self.options.build_options)();
+        // The controller's metadata store, which the API fills.
+        build.mmds = Some(self.options.mmds.clone());
+        if let Some(serial) = &config.serial {
+            let sinks = crate::console::sinks::open(serial)
+                .map_err(|error| VmmError::Platform(Box::new(error)))?;
+            if let Some(output) = sinks.output {
+                build.console = ConsoleOutput::new(output);
+            }
+            self.console_socket = sinks.socket;
+        }
+        Ok(build)
     }
 
     /// Starts a built (or restored) VM's vCPUs and serves its devices.
@@ -355,7 +413,12 @@ impl Controller {
         paused: bool,
         manager: &mut Manager,
     ) -> Result<()> {
-        if self.options.console_input
+        if let Some(mut socket) = self.console_socket.take() {
+            if let Some((sink, room)) = built.devices.serial_input() {
+                socket.set_input(sink, room);
+            }
+            manager.add_subscriber(Box::new(socket));
+        } else if self.options.console_input
             && let Some(input) = built.devices.console_input()
         {
             self.terminal = TerminalGuard::raw_stdin();
@@ -425,6 +488,15 @@ impl Controller {
             }
             .to_string(),
         );
+        // The console and core dumps are the host's choice, not the
+        // snapshotted VM's: what this sie was told (flags, PUT /serial).
+        let here = self.draft.to_config_unchecked();
+        snapshot.config.serial = here.serial;
+        snapshot.config.dump_on_panic = here.dump_on_panic;
+        self.host_choices(&mut snapshot.config);
+        let build = self
+            .build_options(&snapshot.config)
+            .map_err(|e| crate::error::error_chain(&e))?;
         let memory = crate::snapshot::RestoreMemory {
             backend: plan.backend,
             path: plan.backend_path.clone(),
@@ -436,7 +508,7 @@ impl Controller {
             &memory,
             plan.clock_realtime,
             hv,
-            self.build_options(),
+            build,
             self.control.clone(),
         )
         .map_err(|e| crate::error::error_chain(&e))?;

@@ -98,12 +98,7 @@ pub fn stage(
 ) -> io::Result<(Staged, u64)> {
     let mut candidates = Vec::new();
     for region in memory.iter() {
-        candidates.push(if scan_contents {
-            let len = usize::try_from(region.len()).map_err(io::Error::other)?;
-            vec![true; len.div_ceil(PAGE)]
-        } else {
-            resident_pages(region)?
-        });
+        candidates.push(candidate_pages(region, scan_contents)?);
     }
     stage_pages(memory, path, pair_id, |region, base, page| {
         let candidate = candidates
@@ -113,6 +108,20 @@ pub fn stage(
             .unwrap_or(false);
         Ok(candidate && !is_zero_page(memory, GuestAddress(base + page * PAGE as u64))?)
     })
+}
+
+/// The pages of `region` that may hold data: the resident ones, or with
+/// `scan_contents` (RAM mapped from a file) every page.
+fn candidate_pages(
+    region: &GuestRegionMmap<AtomicBitmap>,
+    scan_contents: bool,
+) -> io::Result<Vec<bool>> {
+    if scan_contents {
+        let len = usize::try_from(region.len()).map_err(io::Error::other)?;
+        Ok(vec![true; len.div_ceil(PAGE)])
+    } else {
+        resident_pages(region)
+    }
 }
 
 /// Stages a RAM-sized memory file tagged `pair_id` that holds, of each
@@ -132,36 +141,76 @@ pub fn stage_pages(
         super::pairing::tag(file, pair_id)?;
         file.set_len(file_len(&layout_of(memory)))?;
         for (index, region) in memory.iter().enumerate() {
-            let (base, len) = (region.start_addr().0, region.len());
-            let count = len.div_ceil(PAGE as u64);
-            let mut page = 0;
-            while page < count {
-                if !wanted(index, base, page)? {
-                    page += 1;
-                    continue;
-                }
-                // A run of pages to write in one go.
-                let mut end = page + 1;
-                while end < count && wanted(index, base, end)? {
-                    end += 1;
-                }
-                let at = base + page * PAGE as u64;
-                let bytes = (end * PAGE as u64).min(len) - page * PAGE as u64;
-                file.seek(SeekFrom::Start(at))?;
-                memory
-                    .write_all_volatile_to(
-                        GuestAddress(at),
-                        file,
-                        usize::try_from(bytes).map_err(io::Error::other)?,
-                    )
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                written += bytes;
-                page = end;
-            }
+            let base = region.start_addr().0;
+            written += write_runs(memory, region, file, base, |page| wanted(index, base, page))?;
         }
         Ok(())
     })?;
     Ok((staged, written))
+}
+
+/// Writes the pages of `region` that `wanted` picks (by page index) into
+/// `file`, in runs, the region's first byte at `file_offset`; returns the
+/// bytes written.
+fn write_runs(
+    memory: &GuestMemory,
+    region: &GuestRegionMmap<AtomicBitmap>,
+    file: &mut File,
+    file_offset: u64,
+    mut wanted: impl FnMut(u64) -> io::Result<bool>,
+) -> io::Result<u64> {
+    let (base, len) = (region.start_addr().0, region.len());
+    let count = len.div_ceil(PAGE as u64);
+    let mut written = 0u64;
+    let mut page = 0;
+    while page < count {
+        if !wanted(page)? {
+            page += 1;
+            continue;
+        }
+        // A run of pages to write in one go.
+        let mut end = page + 1;
+        while end < count && wanted(end)? {
+            end += 1;
+        }
+        let offset = page * PAGE as u64;
+        let bytes = (end * PAGE as u64).min(len) - offset;
+        file.seek(SeekFrom::Start(file_offset + offset))?;
+        memory
+            .write_all_volatile_to(
+                GuestAddress(base + offset),
+                file,
+                usize::try_from(bytes).map_err(io::Error::other)?,
+            )
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        written += bytes;
+        page = end;
+    }
+    Ok(written)
+}
+
+/// Writes `region`'s pages into `file` from `file_offset` on (the region's
+/// first byte there), leaving holes for pages that need no bytes: not
+/// resident (never touched), or, with `scan_contents`, all zeros. Returns
+/// the bytes written. Shared with the core dump, which lays regions out
+/// at other offsets.
+pub(crate) fn write_region(
+    memory: &GuestMemory,
+    region: &GuestRegionMmap<AtomicBitmap>,
+    file: &mut File,
+    file_offset: u64,
+    scan_contents: bool,
+) -> io::Result<u64> {
+    let candidates = candidate_pages(region, scan_contents)?;
+    let base = region.start_addr().0;
+    write_runs(memory, region, file, file_offset, |page| {
+        let candidate = usize::try_from(page)
+            .ok()
+            .and_then(|page| candidates.get(page))
+            .copied()
+            .unwrap_or(false);
+        Ok(candidate && !is_zero_page(memory, GuestAddress(base + page * PAGE as u64))?)
+    })
 }
 
 /// Why a memory file cannot back a VM.

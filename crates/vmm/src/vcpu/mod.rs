@@ -33,6 +33,7 @@ use std::time::Instant;
 use sie_hv::Vcpu;
 
 use crate::control::VmControl;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::dispatch::{CrashKind, ExitContext, Flow};
 use crate::outcome::{CrashReport, VmOutcome};
 
@@ -232,7 +233,9 @@ fn crash_of(vcpu: &dyn Vcpu, kind: CrashKind, detail: &str) -> VmOutcome {
 }
 
 /// The thread body: the state machine, then the one place a vCPU ends.
-fn vcpu_main(mut thread: VcpuThread) {
+/// Returns the registers the vCPU had when it stopped (a core dump of a VM
+/// that ended, `--dump-on-panic`, reads them), if they could be read.
+fn vcpu_main(mut thread: VcpuThread) -> Option<VcpuRegisters> {
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| thread.run()));
     let outcome = match ran {
         Ok(outcome) => outcome,
@@ -244,8 +247,15 @@ fn vcpu_main(mut thread: VcpuThread) {
             registers: String::new(),
         })),
     };
+    // Read before the VM is told it ended: the VMM may write a core as soon
+    // as every thread has been joined.
+    let registers = match (thread.vcpu.regs(), thread.vcpu.sregs()) {
+        (Ok(regs), Ok(sregs)) => Some(VcpuRegisters { regs, sregs }),
+        _ => None,
+    };
     if let Some(outcome) = outcome {
         thread.control.finish(outcome);
     }
     thread.ack(0, AckState::Exited);
+    registers
 }

@@ -12,6 +12,7 @@ use sie_seccomp::{Seccomp, ThreadKind};
 
 use super::{AckState, VcpuAck, VcpuRequest, VcpuThread, vcpu_main};
 use crate::control::VmControl;
+use crate::core_dump::elf::VcpuRegisters;
 use crate::dispatch::ExitContext;
 
 /// Why a pause (or resume) did not complete.
@@ -52,7 +53,7 @@ const ACCESS_TIMEOUT: Duration = Duration::from_secs(5);
 struct VcpuLink {
     requests: Sender<VcpuRequest>,
     kicker: Arc<dyn VcpuKicker>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<VcpuRegisters>>>,
 }
 
 impl VcpuLink {
@@ -75,6 +76,8 @@ pub struct VcpuSet {
     next_seq: u64,
     paused: bool,
     control: Arc<VmControl>,
+    /// Each vCPU's registers when its thread ended (filled by `join`).
+    final_registers: Vec<Option<VcpuRegisters>>,
 }
 
 impl VcpuSet {
@@ -97,6 +100,7 @@ impl VcpuSet {
             next_seq: 1,
             paused,
             control: control.clone(),
+            final_registers: Vec::new(),
         };
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let (requests, receiver) = mpsc::channel();
@@ -118,9 +122,7 @@ impl VcpuSet {
                     let installed = seccomp.install(ThreadKind::Vcpu);
                     let ok = installed.is_ok();
                     let _ = filtered_tx.send(installed);
-                    if ok {
-                        vcpu_main(thread);
-                    }
+                    if ok { vcpu_main(thread) } else { None }
                 });
             let spawned = spawned.and_then(|handle| {
                 set.links.push(VcpuLink {
@@ -296,13 +298,23 @@ impl VcpuSet {
     /// Waits for every vCPU thread to end (ask them first: `exit_all`, or
     /// the VM's control ending the VM).
     pub fn join(&mut self) {
-        for link in &mut self.links {
+        for (index, link) in self.links.iter_mut().enumerate() {
             if let Some(thread) = link.thread.take() {
                 // A thread that panicked already reported it (vcpu_main
                 // catches panics); nothing more to learn here.
-                let _ = thread.join();
+                let registers = thread.join().ok().flatten();
+                if self.final_registers.len() <= index {
+                    self.final_registers.resize(index + 1, None);
+                }
+                self.final_registers[index] = registers;
             }
         }
+    }
+
+    /// The registers each vCPU had when its thread ended (after `join`;
+    /// `None` where they could not be read).
+    pub fn final_registers(&self) -> &[Option<VcpuRegisters>] {
+        &self.final_registers
     }
 }
 
