@@ -171,6 +171,8 @@ struct Controller {
     control: Arc<VmControl>,
     metrics: metrics::Metrics,
     terminal: Option<TerminalGuard>,
+    /// gdb, while attached (`gdb_socket_path`).
+    gdb: Option<crate::gdb::GdbServer>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -218,6 +220,7 @@ pub fn serve(
         control: control.clone(),
         metrics,
         terminal: None,
+        gdb: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -244,6 +247,7 @@ pub fn serve(
                 break;
             }
         }
+        controller.serve_gdb();
         if let Phase::Running(vm) = &controller.phase {
             vm.devices.console.flush_pending();
         }
@@ -279,6 +283,20 @@ impl Controller {
         match &self.phase {
             Phase::Running(vm) => Some(vm),
             Phase::NotStarted => None,
+        }
+    }
+
+    /// Lends the VM to the gdb stub, if gdb is attached, for what gdb sent
+    /// and the vCPUs reported since the last round.
+    fn serve_gdb(&mut self) {
+        let Some(gdb) = self.gdb.as_mut() else {
+            return;
+        };
+        if let Phase::Running(vm) = std::mem::replace(&mut self.phase, Phase::NotStarted) {
+            self.phase = Phase::Running(gdb.serve(vm));
+        }
+        if !gdb.attached() {
+            self.gdb = None;
         }
     }
 
@@ -353,6 +371,18 @@ impl Controller {
             self.terminal = TerminalGuard::raw_stdin();
             manager.add_subscriber(Box::new(input));
         }
+        // With a gdb socket, gdb is waited for before the first guest
+        // instruction: the vCPUs start paused and gdb lets them run.
+        let gdb_socket = config
+            .machine_config
+            .as_ref()
+            .and_then(|m| m.gdb_socket_path.as_deref());
+        if let Some(path) = gdb_socket {
+            let server = crate::gdb::GdbServer::wait_for_gdb(std::path::Path::new(path))
+                .map_err(VmmError::Gdb)?;
+            self.gdb = Some(server);
+        }
+        let paused = paused || self.gdb.is_some();
         let mut started = built.start_as(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);

@@ -33,6 +33,7 @@ use std::time::Instant;
 use sie_hv::Vcpu;
 
 use crate::control::VmControl;
+use crate::debug_stop::DebugStop;
 use crate::dispatch::{CrashKind, ExitContext, Flow};
 use crate::outcome::{CrashReport, VmOutcome};
 
@@ -168,6 +169,7 @@ impl VcpuThread {
                     Flow::Continue => self.drain_requests(),
                     Flow::Finish(outcome) => VcpuState::Exiting(Some(outcome)),
                     Flow::Crash(kind) => VcpuState::Exiting(Some(self.crash(kind, ""))),
+                    Flow::DebugStop(exit) => self.debug_stop(exit),
                 },
                 VcpuState::Paused => {
                     let next = match self.requests.recv() {
@@ -204,6 +206,19 @@ impl VcpuThread {
                 return state;
             }
         }
+    }
+
+    /// A debug exit: the vCPU pauses on its own and tells the gdb stub,
+    /// which pauses the others (an all-stop debugger) and resumes them all.
+    #[cold]
+    fn debug_stop(&mut self, exit: sie_hv::DebugExit) -> VcpuState {
+        self.exits.debug.push(DebugStop {
+            vcpu: self.index,
+            exit,
+        });
+        // Wakes the VMM thread's event loop, where the stub looks.
+        let _ = self.control.wake_fd().write(1);
+        VcpuState::Paused
     }
 
     fn crash(&self, kind: CrashKind, detail: &str) -> VmOutcome {
