@@ -249,7 +249,33 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
     assert!(stop.contains("hwbreak"), "breakpoint stop: {stop}");
     let (regs, rip, _) = gdb.registers();
     assert_eq!((rip, regs[RCX]), (after, 0));
+    kill(vmm, gdb, &socket);
+}
 
+#[test]
+fn gdb_detaches_and_another_attaches_to_the_running_guest() {
+    let (vmm, mut gdb, socket) = attach("reattach");
+    let entry = elf_entry(sie_guests::LOOP.bytes);
+    let dec = entry + 35;
+    assert_eq!(gdb.ask(&format!("Z1,{dec:x},1")), "OK");
+    assert!(gdb.ask("vCont;c").contains("hwbreak"));
+    // Detach: the breakpoint goes and the loop runs on.
+    assert_eq!(gdb.ask("D"), "OK");
+    drop(gdb);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut gdb = Client::connect(&socket);
+    assert!(gdb.ask("?").starts_with('T'));
+    assert_eq!(gdb.ask("Hg1"), "OK");
+    let (regs, rip, _) = gdb.registers();
+    assert!(
+        (dec..dec + 5).contains(&rip),
+        "stopped in the loop: {rip:#x}"
+    );
+    assert!(
+        regs[RCX] < 1_000_000_000_000,
+        "the loop ran on after detach"
+    );
     kill(vmm, gdb, &socket);
 }
 

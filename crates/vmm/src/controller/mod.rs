@@ -171,7 +171,7 @@ struct Controller {
     control: Arc<VmControl>,
     metrics: metrics::Metrics,
     terminal: Option<TerminalGuard>,
-    /// gdb, while attached (`gdb_socket_path`).
+    /// The gdb stub (`gdb_socket_path`).
     gdb: Option<crate::gdb::GdbServer>,
 }
 
@@ -286,17 +286,15 @@ impl Controller {
         }
     }
 
-    /// Lends the VM to the gdb stub, if gdb is attached, for what gdb sent
-    /// and the vCPUs reported since the last round.
+    /// Lends the VM to the gdb stub (when a gdb socket was given) for what
+    /// gdb sent and the vCPUs reported since the last round, or for a gdb
+    /// attaching now.
     fn serve_gdb(&mut self) {
         let Some(gdb) = self.gdb.as_mut() else {
             return;
         };
         if let Phase::Running(vm) = std::mem::replace(&mut self.phase, Phase::NotStarted) {
             self.phase = Phase::Running(gdb.serve(vm));
-        }
-        if !gdb.attached() {
-            self.gdb = None;
         }
     }
 

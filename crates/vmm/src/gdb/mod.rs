@@ -6,7 +6,8 @@
 //! the first guest instruction. Then each round of the VMM's event loop
 //! [`GdbServer::serve`] feeds gdb's bytes to the protocol state machine and
 //! reports debug stops ([`crate::debug_stop`]). When gdb detaches the
-//! breakpoints go and the VM runs on; `kill` ends the VM.
+//! breakpoints go and the VM runs on, and another gdb may attach to the
+//! running VM later on the same socket; `kill` ends the VM.
 //!
 //! ```text
 //! gdb vmlinux -ex 'target remote /tmp/sie.gdb'
@@ -92,10 +93,11 @@ impl Connection for GdbConnection {
 
 type Stub = GdbStubStateMachine<'static, VmTarget, GdbConnection>;
 
-/// A gdb session over one VM.
+/// A gdb session over one VM, and the socket a later gdb attaches on.
 pub struct GdbServer {
     stub: Option<Stub>,
     target: VmTarget,
+    listener: UnixListener,
     path: PathBuf,
 }
 
@@ -115,21 +117,30 @@ impl GdbServer {
         let listener = UnixListener::bind(path).map_err(bind)?;
         tracing::info!("waiting for gdb on {}", path.display());
         let (stream, _) = listener.accept().map_err(GdbError::Accept)?;
-        stream.set_nonblocking(true).map_err(GdbError::Accept)?;
-        let connection = GdbConnection {
-            stream,
-            out: Vec::with_capacity(4096),
-            read: Default::default(),
-        };
-        let stub = GdbStub::new(connection)
-            .run_state_machine(&mut VmTarget::default())
-            .map_err(|e| GdbError::Protocol(e.to_string()))?;
+        // Later sessions are accepted between two rounds of events.
+        listener.set_nonblocking(true).map_err(GdbError::Accept)?;
+        let stub = start_session(stream)?;
         tracing::info!("gdb attached on {}", path.display());
         Ok(Self {
             stub: Some(stub),
             target: VmTarget::default(),
+            listener,
             path: path.to_path_buf(),
         })
+    }
+
+    /// A gdb connecting to a running VM: every vCPU is paused first, then
+    /// gdb finds them stopped as it would at boot.
+    fn accept_later(&mut self) -> Result<(), String> {
+        let stream = match self.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(format!("accepting gdb: {e}")),
+        };
+        self.target.pause_all()?;
+        self.stub = Some(start_session(stream).map_err(|e| e.to_string())?);
+        tracing::info!("gdb attached on {}", self.path.display());
+        Ok(())
     }
 
     /// True while gdb is attached.
@@ -141,6 +152,11 @@ impl GdbServer {
     /// call; returns the VM it was lent.
     pub fn serve(&mut self, vm: Box<StartedVm>) -> Box<StartedVm> {
         self.target.vm = Some(vm);
+        if self.stub.is_none()
+            && let Err(error) = self.accept_later()
+        {
+            tracing::warn!("gdb on {}: {error}", self.path.display());
+        }
         if let Some(stub) = self.stub.take() {
             match self.pump(stub) {
                 Ok(stub) => self.stub = stub,
@@ -210,6 +226,26 @@ impl GdbServer {
             };
         }
     }
+}
+
+impl Drop for GdbServer {
+    fn drop(&mut self) {
+        // The socket file would outlive sie otherwise.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A protocol session on a new connection.
+fn start_session(stream: UnixStream) -> Result<Stub, GdbError> {
+    stream.set_nonblocking(true).map_err(GdbError::Accept)?;
+    let connection = GdbConnection {
+        stream,
+        out: Vec::with_capacity(4096),
+        read: Default::default(),
+    };
+    GdbStub::new(connection)
+        .run_state_machine(&mut VmTarget::default())
+        .map_err(|e| GdbError::Protocol(e.to_string()))
 }
 
 /// One byte from gdb if one is waiting; a closed socket is an error.
