@@ -1,0 +1,142 @@
+//! `sie run --gdb-socket` as a user runs it, with its seccomp filters on:
+//! sie waits for gdb before the guest's first instruction, and a GDB remote
+//! protocol client (written here: packets, acks, run-length decoding) steps
+//! the `loop` guest, stops it at gdb's `break`, reads the control registers
+//! through `monitor sregs` and kills it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{Scratch, sie};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Client(UnixStream);
+
+impl Client {
+    fn connect(path: &str) -> Self {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(stream) = UnixStream::connect(path) {
+                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                return Self(stream);
+            }
+            assert!(Instant::now() < deadline, "sie never listened for gdb");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn send(&mut self, data: &str) {
+        let sum = data.bytes().fold(0u8, |s, b| s.wrapping_add(b));
+        self.0
+            .write_all(format!("${data}#{sum:02x}").as_bytes())
+            .unwrap();
+    }
+
+    fn byte(&mut self) -> u8 {
+        let mut b = [0u8];
+        self.0.read_exact(&mut b).expect("an answer from the stub");
+        b[0]
+    }
+
+    /// The next packet, acknowledged and run-length decoded.
+    fn receive(&mut self) -> String {
+        while self.byte() != b'$' {}
+        let mut text = Vec::new();
+        loop {
+            match self.byte() {
+                b'#' => break,
+                b'*' => {
+                    let count = self.byte() - 29;
+                    let last = *text.last().unwrap();
+                    text.extend(std::iter::repeat_n(last, usize::from(count)));
+                }
+                b => text.push(b),
+            }
+        }
+        self.byte();
+        self.byte();
+        self.0.write_all(b"+").unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    fn ask(&mut self, data: &str) -> String {
+        self.send(data);
+        self.receive()
+    }
+
+    fn rip(&mut self) -> u64 {
+        let hex = self.ask("g");
+        let bytes: Vec<u8> = (16 * 8..17 * 8)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        u64::from_le_bytes(bytes.try_into().unwrap())
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn gdb_drives_the_loop_guest_through_sie_run_under_seccomp() {
+    let scratch = Scratch::new("gdb");
+    let socket = format!("{}/gdb.sock", scratch.path());
+    let guest = sie_guests::LOOP;
+    let entry = u64::from_le_bytes(guest.bytes[24..32].try_into().unwrap());
+    let args = [
+        "run".to_string(),
+        "--kernel".to_string(),
+        guest.path.to_string(),
+        "--cmdline".to_string(),
+        "iterations=1000000000000".to_string(),
+        "--memory".to_string(),
+        "32M".to_string(),
+        "--gdb-socket".to_string(),
+        socket.clone(),
+    ];
+    let run = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sie(&args)
+    });
+    let mut gdb = Client::connect(&socket);
+    gdb.ask("qSupported:swbreak+;hwbreak+;vContSupported+");
+    assert!(gdb.ask("?").starts_with('T'));
+    assert_eq!(gdb.ask("Hg1"), "OK");
+    assert_eq!(gdb.rip(), entry, "stopped before the first instruction");
+    assert!(gdb.ask("vCont;s:1;c").starts_with('T'));
+    assert_eq!(gdb.rip(), entry + 7, "one instruction stepped");
+
+    // gdb's `break` on the loop's `dec`.
+    let dec = entry + 35;
+    assert_eq!(gdb.ask(&format!("Z0,{dec:x},1")), "OK");
+    let stop = gdb.ask("vCont;c");
+    assert!(stop.contains("swbreak"), "breakpoint stop: {stop}");
+    assert_eq!(gdb.rip(), dec);
+
+    // `monitor sregs`: console output packets, then OK.
+    gdb.send(&format!("qRcmd,{}", hex("sregs")));
+    let mut console = String::new();
+    loop {
+        let packet = gdb.receive();
+        if packet == "OK" {
+            break;
+        }
+        let bytes: Vec<u8> = (0..(packet.len() - 1) / 2)
+            .map(|i| u8::from_str_radix(&packet[1 + 2 * i..3 + 2 * i], 16).unwrap())
+            .collect();
+        console.push_str(&String::from_utf8(bytes).unwrap());
+    }
+    assert!(console.contains("cr0=0x8"), "paging on: {console}");
+    assert!(console.contains("efer="), "{console}");
+
+    gdb.send("k");
+    let run = run.join().unwrap();
+    run.expect_code(0);
+    assert!(!run.stderr.contains("seccomp"), "{}", run.stderr);
+}
