@@ -135,7 +135,7 @@ type Vmm = std::thread::JoinHandle<sie_vmm::Result<VmOutcome>>;
 
 /// Starts the `loop` guest (10^12 iterations: it never ends alone) with a
 /// gdb socket named after `test`, and attaches to it.
-fn attach(test: &str) -> (Vmm, Client, std::path::PathBuf) {
+fn attach(test: &str, vcpus: u8) -> (Vmm, Client, std::path::PathBuf) {
     let socket = std::env::temp_dir().join(format!("sie-gdb-{test}-{}.sock", std::process::id()));
     let mut config = VmConfig::new(BootSource {
         kernel_image_path: sie_guests::LOOP.path.into(),
@@ -144,6 +144,7 @@ fn attach(test: &str) -> (Vmm, Client, std::path::PathBuf) {
     });
     config.machine_config = Some(MachineConfig {
         mem_size_mib: 32,
+        vcpu_count: vcpus,
         gdb_socket_path: Some(socket.to_string_lossy().into_owned()),
         ..MachineConfig::default()
     });
@@ -175,8 +176,19 @@ fn kill(vmm: Vmm, mut gdb: Client, socket: &std::path::Path) {
 
 #[test]
 fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
-    let (vmm, mut gdb, socket) = attach("main");
+    let (vmm, mut gdb, socket) = attach("main", 2);
     let entry = elf_entry(sie_guests::LOOP.bytes);
+
+    // Every vCPU is a thread; the second waits for its start-up IPI.
+    assert_eq!(gdb.ask("qfThreadInfo"), "m01,02");
+    assert_eq!(gdb.ask("Hg2"), "OK");
+    let (_, ap_rip, _) = gdb.registers();
+    assert_ne!(
+        ap_rip,
+        elf_entry(sie_guests::LOOP.bytes),
+        "vCPU 1 is not the boot vCPU"
+    );
+    assert_eq!(gdb.ask("Hg1"), "OK");
 
     // Stopped before the first instruction.
     let (_, rip, _) = gdb.registers();
@@ -224,6 +236,11 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
     let (regs, rip, _) = gdb.registers();
     assert_eq!(rip, dec);
     assert_eq!(regs[RCX], 1_000_000_000_000);
+    // The stop on vCPU 0 stopped vCPU 1 too: its registers are readable
+    // (they are only read from a paused vCPU).
+    assert_eq!(gdb.ask("Hg2"), "OK");
+    assert_eq!(gdb.registers().1, ap_rip);
+    assert_eq!(gdb.ask("Hg1"), "OK");
     assert_eq!(gdb.ask(&format!("z1,{dec:x},1")), "OK");
 
     // Ctrl-C stops the running loop.
@@ -254,7 +271,7 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
 
 #[test]
 fn gdb_detaches_and_another_attaches_to_the_running_guest() {
-    let (vmm, mut gdb, socket) = attach("reattach");
+    let (vmm, mut gdb, socket) = attach("reattach", 1);
     let entry = elf_entry(sie_guests::LOOP.bytes);
     let dec = entry + 35;
     assert_eq!(gdb.ask(&format!("Z1,{dec:x},1")), "OK");
@@ -285,7 +302,7 @@ fn gdb_detaches_and_another_attaches_to_the_running_guest() {
 #[test]
 #[ignore = "kvm_pvm does not fire data breakpoints"]
 fn a_write_watchpoint_stops_the_guest_after_the_write() {
-    let (vmm, mut gdb, socket) = attach("watch");
+    let (vmm, mut gdb, socket) = attach("watch", 1);
     let entry = elf_entry(sie_guests::LOOP.bytes);
     for _ in 0..3 {
         gdb.ask("vCont;s:1;c");
