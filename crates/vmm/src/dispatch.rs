@@ -405,6 +405,16 @@ mod tests {
             Flow::Crash(CrashKind::EmulationFailure(1))
         );
         assert_eq!(ctx.dispatch(VmExit::Interrupted).flow, Flow::Continue);
+        let debug = DebugExit {
+            exception: 1,
+            pc: 0x1000,
+            dr6: 1 << 14,
+            dr7: 0,
+        };
+        assert_eq!(
+            ctx.dispatch(VmExit::Debug(debug)).flow,
+            Flow::DebugStop(debug)
+        );
         assert_eq!(ctx.dispatch(VmExit::Unsupported(99)).kind, ExitKind::Other);
     }
 }

@@ -214,11 +214,15 @@ impl GdbServer {
                 GdbStubStateMachine::Disconnected(gone) => {
                     let reason = gone.get_reason();
                     tracing::info!("gdb left ({reason:?})");
+                    let stopping = target
+                        .vm
+                        .as_ref()
+                        .is_some_and(|vm| vm.control.is_stopping());
                     if reason == DisconnectReason::Kill {
                         if let Some(vm) = &target.vm {
                             vm.control.finish(VmOutcome::Shutdown);
                         }
-                    } else {
+                    } else if !stopping {
                         target.detach()?;
                     }
                     return Ok(None);

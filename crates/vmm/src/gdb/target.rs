@@ -163,9 +163,14 @@ impl VmTarget {
     /// The reason gdb is told for the first debug stop since the last
     /// resume, once every vCPU is paused; `None` while none stopped.
     pub(super) fn take_stop(&mut self) -> Result<Option<MultiThreadStopReason<u64>>, String> {
-        let stops = self.vm()?.debug_stops.take();
+        let vm = self.vm()?;
+        let stops = vm.debug_stops.take();
         let Some(stop) = stops.first().copied() else {
-            return Ok(None);
+            // The guest ended the VM (a reset, a panic, a crash) while it
+            // ran: gdb hears that it exited, with sie's exit status.
+            return Ok(vm.control.outcome().map(|outcome| {
+                MultiThreadStopReason::Exited(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX))
+            }));
         };
         self.pause_all()?;
         self.current = stop.vcpu;
