@@ -259,6 +259,8 @@ pub fn serve(
             break;
         }
     }
+    // gdb hears how the VM ended, if it ended after this round's look.
+    controller.serve_gdb();
     // The one shutdown path: every vCPU is stopped and joined, the last
     // metrics written, the terminal restored.
     let served = match controller.phase {

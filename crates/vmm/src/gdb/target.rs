@@ -32,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::debugregs::{DebugSlots, Slot, SlotKind};
 use super::paging::PagingMode;
+use crate::vcpu::PauseError;
 use crate::vm::StartedVm;
 
 /// How long pausing or resuming the vCPUs may take.
@@ -163,16 +164,17 @@ impl VmTarget {
     /// The reason gdb is told for the first debug stop since the last
     /// resume, once every vCPU is paused; `None` while none stopped.
     pub(super) fn take_stop(&mut self) -> Result<Option<MultiThreadStopReason<u64>>, String> {
-        let vm = self.vm()?;
-        let stops = vm.debug_stops.take();
+        let stops = self.vm()?.debug_stops.take();
         let Some(stop) = stops.first().copied() else {
-            // The guest ended the VM (a reset, a panic, a crash) while it
-            // ran: gdb hears that it exited, with sie's exit status.
-            return Ok(vm.control.outcome().map(|outcome| {
-                MultiThreadStopReason::Exited(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX))
-            }));
+            return self.exited();
         };
-        self.pause_all()?;
+        if let Err(error) = self.pause_all() {
+            // Another vCPU ended the VM meanwhile: that is the news.
+            return match self.exited()? {
+                Some(exit) => Ok(Some(exit)),
+                None => Err(error),
+            };
+        }
         self.current = stop.vcpu;
         let tid = tid_of(stop.vcpu);
         let exit = stop.exit;
@@ -203,6 +205,14 @@ impl VmTarget {
             }
         };
         Ok(Some(reason))
+    }
+
+    /// Once the guest ended the VM (a reset, a panic, a crash): gdb hears
+    /// that it exited, with sie's exit status.
+    fn exited(&mut self) -> Result<Option<MultiThreadStopReason<u64>>, String> {
+        Ok(self.vm()?.control.outcome().map(|outcome| {
+            MultiThreadStopReason::Exited(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX))
+        }))
     }
 
     /// The stop reported for Ctrl-C.
@@ -374,9 +384,12 @@ impl MultiThreadResume for VmTarget {
         // Stops left over from vCPUs that hit something at the same time as
         // the one reported: they will hit it again.
         vm.debug_stops.take();
-        vm.vcpus
-            .resume(VCPU_TIMEOUT)
-            .map_err(|e| format!("resuming the vCPUs: {e}"))
+        match vm.vcpus.resume(VCPU_TIMEOUT) {
+            // The guest ended the VM as soon as it ran: gdb hears of it as
+            // an exit at the next look.
+            Ok(()) | Err(PauseError::Stopping) => Ok(()),
+            Err(e) => Err(format!("resuming the vCPUs: {e}")),
+        }
     }
 
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
