@@ -1,8 +1,8 @@
 //! `sie run --gdb-socket` as a user runs it, with its seccomp filters on:
 //! sie waits for gdb before the guest's first instruction, and a GDB remote
 //! protocol client (written here: packets, acks, run-length decoding) steps
-//! the `loop` guest, stops it at gdb's `break`, reads the control registers
-//! through `monitor sregs` and kills it.
+//! the `loop` guest, stops it at gdb's `break`, reads and writes the
+//! control registers through `monitor` and kills it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -70,6 +70,22 @@ impl Client {
         self.receive()
     }
 
+    /// `monitor CMD`: its console output (packets `O` + hex), then OK.
+    fn monitor(&mut self, cmd: &str) -> String {
+        self.send(&format!("qRcmd,{}", hex(cmd)));
+        let mut console = String::new();
+        loop {
+            let packet = self.receive();
+            if packet == "OK" {
+                return console;
+            }
+            let bytes: Vec<u8> = (0..(packet.len() - 1) / 2)
+                .map(|i| u8::from_str_radix(&packet[1 + 2 * i..3 + 2 * i], 16).unwrap())
+                .collect();
+            console.push_str(&String::from_utf8(bytes).unwrap());
+        }
+    }
+
     fn rip(&mut self) -> u64 {
         let hex = self.ask("g");
         let bytes: Vec<u8> = (16 * 8..17 * 8)
@@ -119,21 +135,14 @@ fn gdb_drives_the_loop_guest_through_sie_run_under_seccomp() {
     assert!(stop.contains("swbreak"), "breakpoint stop: {stop}");
     assert_eq!(gdb.rip(), dec);
 
-    // `monitor sregs`: console output packets, then OK.
-    gdb.send(&format!("qRcmd,{}", hex("sregs")));
-    let mut console = String::new();
-    loop {
-        let packet = gdb.receive();
-        if packet == "OK" {
-            break;
-        }
-        let bytes: Vec<u8> = (0..(packet.len() - 1) / 2)
-            .map(|i| u8::from_str_radix(&packet[1 + 2 * i..3 + 2 * i], 16).unwrap())
-            .collect();
-        console.push_str(&String::from_utf8(bytes).unwrap());
-    }
+    // `monitor sregs` shows the control registers; `monitor set` writes one.
+    let console = gdb.monitor("sregs");
     assert!(console.contains("cr0=0x8"), "paging on: {console}");
-    assert!(console.contains("efer="), "{console}");
+    assert!(console.contains("efer=0x5"), "long mode: {console}");
+    assert!(console.contains("cr2=0x0 "), "{console}");
+    gdb.monitor("set cr2 0x1234");
+    let console = gdb.monitor("sregs");
+    assert!(console.contains("cr2=0x1234 "), "cr2 written: {console}");
 
     gdb.send("k");
     let run = run.join().unwrap();

@@ -14,6 +14,7 @@
 //! ```
 
 mod debugregs;
+mod monitor;
 mod paging;
 mod target;
 

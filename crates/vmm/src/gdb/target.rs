@@ -31,6 +31,7 @@ use sie_hv::x86::GuestDebug;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::debugregs::{DebugSlots, Slot, SlotKind};
+use super::monitor;
 use super::paging::PagingMode;
 use crate::vcpu::PauseError;
 use crate::vm::StartedVm;
@@ -531,19 +532,26 @@ impl HwWatchpoint for VmTarget {
 }
 
 impl MonitorCmd for VmTarget {
-    /// `monitor sregs`: the control, segment and descriptor-table
-    /// registers of the current vCPU, which the x86-64 core target
-    /// description gdb knows has no place for.
+    /// `monitor sregs` and `monitor set REG VALUE` ([`super::monitor`]) on
+    /// the vCPU of the last stop.
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), String> {
-        match cmd {
-            b"sregs" => {
-                let current = self.current;
-                match self.on_vcpu(current, |vcpu| vcpu.sregs()) {
-                    Ok(sregs) => outputln!(out, "vCPU {current}\n{sregs}"),
-                    Err(error) => outputln!(out, "cannot read vCPU {current}: {error}"),
-                }
-            }
-            _ => outputln!(out, "sie knows one monitor command: sregs"),
+        let current = self.current;
+        let done = match monitor::parse(cmd) {
+            Ok(monitor::Command::Show) => self
+                .on_vcpu(current, |vcpu| vcpu.sregs())
+                .map(|sregs| format!("vCPU {current}\n{}", monitor::show(&sregs))),
+            Ok(monitor::Command::Set(reg, value)) => self
+                .on_vcpu(current, move |vcpu| {
+                    let mut sregs = vcpu.sregs()?;
+                    monitor::set(&mut sregs, reg, value);
+                    vcpu.set_sregs(&sregs)
+                })
+                .map(|()| format!("vCPU {current}: {reg}={value:#x}")),
+            Err(message) => Err(message),
+        };
+        match done {
+            Ok(text) => outputln!(out, "{text}"),
+            Err(error) => outputln!(out, "{error}"),
         }
         Ok(())
     }
