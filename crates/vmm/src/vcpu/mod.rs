@@ -14,7 +14,10 @@
 //! the thread enters the guest through [`ExitContext::run_once`] (where each
 //! exit is decoded, counted and timed) and looks at its channel, and at
 //! whether the VM is ending, after every exit; while `Paused` it is out of `KVM_RUN` and asleep on the channel, so
-//! the VMM can read and write its registers through `Access`. `Exiting` is
+//! the VMM can read and write its registers through `Access`. A debug exit
+//! the gdb stub armed also leads from `Running` to `Paused`, unrequested: the
+//! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest.
+//! `Exiting` is
 //! the one place a vCPU ends: it hands its outcome (if it ended the VM) to
 //! [`VmControl::finish`] and acknowledges.
 //!
