@@ -2,7 +2,9 @@
 //! sie waits for gdb before the guest's first instruction, and a GDB remote
 //! protocol client (written here: packets, acks, run-length decoding) steps
 //! the `loop` guest, stops it at gdb's `break`, reads and writes the
-//! control registers through `monitor` and kills it.
+//! control registers through `monitor` and kills it. Through the API,
+//! machine-config's `gdb_socket_path` does the same, and `PATCH /vm` cannot
+//! resume a VM gdb holds stopped.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +14,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use common::api::ApiVm;
 use common::{Scratch, sie};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -148,4 +151,57 @@ fn gdb_drives_the_loop_guest_through_sie_run_under_seccomp() {
     let run = run.join().unwrap();
     run.expect_code(0);
     assert!(!run.stderr.contains("seccomp"), "{}", run.stderr);
+}
+
+#[test]
+fn machine_config_gdb_socket_path_waits_for_gdb_and_gdb_alone_resumes() {
+    let vm = ApiVm::start("gdb-api", &[]);
+    let socket = format!("{}/gdb.sock", vm.dir.path());
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::LOOP.path,
+        "boot_args": "iterations=1000000000000",
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    let machine = serde_json::json!({
+        "vcpu_count": 1,
+        "mem_size_mib": 32,
+        "gdb_socket_path": socket,
+    });
+    vm.ok("PUT", "/machine-config", &machine.to_string());
+    let config = vm.get("/vm/config").json();
+    assert_eq!(config["machine-config"]["gdb_socket_path"], socket.as_str());
+    std::thread::scope(|scope| {
+        // InstanceStart is answered once gdb is attached.
+        let start = scope.spawn(|| {
+            vm.call(
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "InstanceStart"}"#),
+            )
+        });
+        let mut gdb = Client::connect(&socket);
+        assert_eq!(start.join().unwrap().status, 204);
+        assert!(gdb.ask("?").starts_with('T'));
+        vm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+            .expect_fault("gdb holds the microVM stopped");
+        assert_eq!(vm.state(), "Paused");
+        // gdb lets it run.
+        gdb.send("vCont;c");
+        let deadline = Instant::now() + TIMEOUT;
+        while vm.state() != "Running" {
+            assert!(
+                Instant::now() < deadline,
+                "gdb's continue did not run the VM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        gdb.0.write_all(&[0x03]).unwrap();
+        assert!(gdb.receive().starts_with("T02"));
+        gdb.send("k");
+    });
+    let (code, stderr) = {
+        let mut vm = vm;
+        vm.wait()
+    };
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -149,6 +149,12 @@ impl GdbServer {
         self.stub.is_some()
     }
 
+    /// True while gdb holds the VM stopped (at a breakpoint, a step, or
+    /// before the first instruction): only gdb may let it run.
+    pub fn holds_stopped(&self) -> bool {
+        matches!(self.stub, Some(GdbStubStateMachine::Idle(_)))
+    }
+
     /// Handles what gdb sent and what the vCPUs reported since the last
     /// call; returns the VM it was lent.
     pub fn serve(&mut self, vm: Box<StartedVm>) -> Box<StartedVm> {
