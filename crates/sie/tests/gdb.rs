@@ -205,3 +205,29 @@ fn machine_config_gdb_socket_path_waits_for_gdb_and_gdb_alone_resumes() {
     };
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_while_sie_waits_for_gdb_stops_it_and_removes_the_socket() {
+    let scratch = Scratch::new("gdb-wait");
+    let socket = format!("{}/gdb.sock", scratch.path());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sie"))
+        .args(["run", "--kernel", sie_guests::LOOP.path, "--memory", "32M"])
+        .args(["--gdb-socket", &socket])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::path::Path::new(&socket).exists() {
+        assert!(Instant::now() < deadline, "sie never listened for gdb");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("waiting for gdb"), "{stderr}");
+    assert!(!std::path::Path::new(&socket).exists(), "socket removed");
+}

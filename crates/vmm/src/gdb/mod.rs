@@ -19,6 +19,7 @@ mod paging;
 mod target;
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,9 @@ pub enum GdbError {
     /// gdb's connection failed before it began.
     #[error("accepting gdb's connection")]
     Accept(#[source] std::io::Error),
+    /// A stop signal came while sie waited for gdb.
+    #[error("stopped by a signal while waiting for gdb")]
+    Stopped,
     /// The protocol state machine could not be built.
     #[error("starting the GDB protocol: {0}")]
     Protocol(String),
@@ -117,9 +121,11 @@ impl GdbServer {
         }
         let listener = UnixListener::bind(path).map_err(bind)?;
         tracing::info!("waiting for gdb on {}", path.display());
-        let (stream, _) = listener.accept().map_err(GdbError::Accept)?;
         // Later sessions are accepted between two rounds of events.
         listener.set_nonblocking(true).map_err(GdbError::Accept)?;
+        let stream = accept_or_stop(&listener).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
         let stub = start_session(stream)?;
         tracing::info!("gdb attached on {}", path.display());
         Ok(Self {
@@ -244,6 +250,42 @@ impl Drop for GdbServer {
         // The socket file would outlive sie otherwise.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Waits for gdb's connection; a stop signal (blocked in every sie
+/// thread, so it stays pending) ends the wait, so Ctrl-C still stops sie.
+fn accept_or_stop(listener: &UnixListener) -> Result<UnixStream, GdbError> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Ok(stream),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(GdbError::Accept(e)),
+        }
+        if stop_signal_pending() {
+            return Err(GdbError::Stopped);
+        }
+        let mut fd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, 100) };
+    }
+}
+
+fn stop_signal_pending() -> bool {
+    // SAFETY: sigset_t is plain data; sigpending fills it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid for writes.
+    if unsafe { libc::sigpending(&mut set) } != 0 {
+        return false;
+    }
+    crate::event_loop::STOP_SIGNALS
+        .iter()
+        // SAFETY: `set` was filled by sigpending; each signal number is valid.
+        .any(|&signal| unsafe { libc::sigismember(&set, signal) } == 1)
 }
 
 /// A protocol session on a new connection.
