@@ -33,6 +33,10 @@ pub struct MachineConfig {
     /// CPU template; sie only accepts "None".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
+    /// A Unix socket where sie waits for gdb before the guest's first
+    /// instruction (Firecracker offers it in a special build; sie always).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gdb_socket_path: Option<String>,
 }
 
 impl Default for MachineConfig {
@@ -44,6 +48,7 @@ impl Default for MachineConfig {
             track_dirty_pages: None,
             huge_pages: None,
             cpu_template: None,
+            gdb_socket_path: None,
         }
     }
 }
@@ -73,6 +78,9 @@ pub enum MachineConfigError {
     /// A CPU template was requested.
     #[error("machine-config: cpu_template {0:?} is not supported (use \"None\")")]
     CpuTemplate(String),
+    /// An empty gdb socket path.
+    #[error("machine-config: gdb_socket_path is empty")]
+    GdbSocketPath,
 }
 
 impl MachineConfig {
@@ -107,6 +115,9 @@ impl MachineConfig {
         }
         if let Some(template) = self.cpu_template.as_ref().filter(|t| *t != "None") {
             return Err(MachineConfigError::CpuTemplate(template.clone()));
+        }
+        if self.gdb_socket_path.as_deref() == Some("") {
+            return Err(MachineConfigError::GdbSocketPath);
         }
         Ok(())
     }
@@ -172,5 +183,16 @@ mod tests {
             .contains("multiple of 2")
         );
         assert!(bad(|c| c.cpu_template = Some("T2".into())).contains("cpu_template"));
+        assert!(bad(|c| c.gdb_socket_path = Some(String::new())).contains("gdb_socket_path"));
+    }
+
+    #[test]
+    fn gdb_socket_path_is_read_from_json() {
+        let config: MachineConfig = serde_json::from_str(
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "gdb_socket_path": "/tmp/g.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.gdb_socket_path.as_deref(), Some("/tmp/g.sock"));
+        assert_eq!(config.validate(), Ok(()));
     }
 }

@@ -155,6 +155,9 @@ pub struct MachineConfigPatch {
     /// CPU template.
     #[serde(default)]
     pub cpu_template: Option<String>,
+    /// Where to wait for gdb.
+    #[serde(default)]
+    pub gdb_socket_path: Option<String>,
 }
 
 impl MachineConfigPatch {
@@ -170,6 +173,10 @@ impl MachineConfigPatch {
                 .cpu_template
                 .clone()
                 .or_else(|| base.cpu_template.clone()),
+            gdb_socket_path: self
+                .gdb_socket_path
+                .clone()
+                .or_else(|| base.gdb_socket_path.clone()),
         }
     }
 }

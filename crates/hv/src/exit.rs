@@ -13,6 +13,20 @@ pub enum SystemEventKind {
     Other(u32),
 }
 
+/// What a debug exit reports (x86).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugExit {
+    /// The exception vector: 1 (#DB: step, hardware breakpoint or
+    /// watchpoint) or 3 (#BP: an `int3`).
+    pub exception: u32,
+    /// The guest's instruction pointer.
+    pub pc: u64,
+    /// DR6: which debug register fired (bits 0-3), single step (bit 14).
+    pub dr6: u64,
+    /// DR7 as it was armed.
+    pub dr7: u64,
+}
+
 /// Why the guest stopped running. Data buffers borrow the backend's shared
 /// run area: the VMM fills `data` of a read before the next `run`.
 #[derive(Debug)]
@@ -75,6 +89,9 @@ pub enum VmExit<'a> {
     /// `run` returned without a guest exit: a signal, a kick, or an AP
     /// still waiting for its start-up IPI. Call `run` again (or stop).
     Interrupted,
+    /// A debug event asked for through [`crate::Vcpu::set_guest_debug`]: a
+    /// single step, a breakpoint or a watchpoint.
+    Debug(DebugExit),
     /// An exit sie does not handle; the code is backend-specific.
     Unsupported(u32),
 }

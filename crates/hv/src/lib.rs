@@ -26,9 +26,9 @@ use std::sync::Arc;
 use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use exit::{SystemEventKind, VmExit};
+pub use exit::{DebugExit, SystemEventKind, VmExit};
 pub use state::{VcpuState, VmState};
-use x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
+use x86::{CpuidEntry, FpuState, GuestDebug, LapicState, MsrEntry, Regs, SpecialRegs};
 
 /// Guest RAM as sie holds it: mmap-backed regions, each with a page
 /// bitmap (4 KiB pages) that every write through `vm_memory` (device DMA,
@@ -195,6 +195,15 @@ pub trait Vcpu: Send {
     /// call it before the vCPU runs again. `false` when the guest has no
     /// paravirtual clock to tell.
     fn notify_paused(&self) -> Result<bool>;
+    /// Arms (or, with the default [`GuestDebug`], disarms) the debugger's
+    /// controls: single step, `int3` and the debug registers; each event
+    /// then ends `run` with [`VmExit::Debug`]. Call it between runs.
+    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<()> {
+        let _ = debug;
+        Err(HvError::Invalid(
+            "this backend cannot debug a guest".to_string(),
+        ))
+    }
 }
 
 /// Makes a vCPU leave `run` from another thread (used for pause and shutdown).

@@ -265,3 +265,17 @@ mod tests {
         assert_eq!(lapic.reg(1022), 0);
     }
 }
+
+/// What a debugger arms on a vCPU ([`crate::Vcpu::set_guest_debug`]). The
+/// default disarms everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestDebug {
+    /// Stop after every instruction.
+    pub single_step: bool,
+    /// Stop at `int3` instead of giving it to the guest.
+    pub sw_breakpoints: bool,
+    /// DR0-DR3: the breakpoint and watchpoint addresses (guest-virtual).
+    pub addresses: [u64; 4],
+    /// DR7: which of them are enabled, and for what (0: none).
+    pub dr7: u64,
+}

@@ -428,6 +428,12 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Wait for gdb on this Unix socket before the guest's first
+    /// instruction (`target remote PATH` in gdb); gdb then stops, steps and
+    /// inspects the guest: every vCPU a thread, hardware breakpoints and
+    /// watchpoints, memory by guest-virtual address.
+    #[arg(long, value_name = "PATH")]
+    pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
     #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]

@@ -78,6 +78,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if let Some(vcpus) = args.vcpus {
         machine.vcpu_count = vcpu_count(vcpus)?;
     }
+    if let Some(path) = &args.gdb_socket {
+        machine.gdb_socket_path = Some(path.to_string_lossy().into_owned());
+    }
     config.machine_config = Some(machine);
     let first_disk = config.drives.len();
     for (index, spec) in args.disk.iter().enumerate() {

@@ -307,6 +307,7 @@ impl Machine {
             pio: self.layout.pio,
             mmio: self.layout.mmio,
             obs: self.obs.clone(),
+            debug: Default::default(),
         });
         BuiltVm {
             vm: self.vm,

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sie_devices::Bus;
-use sie_hv::{SystemEventKind, Vcpu, VmExit};
+use sie_hv::{DebugExit, SystemEventKind, Vcpu, VmExit};
 use sie_obs::{AddressSpace, DeviceStats, ExitKind, Observatory, VcpuStats};
 
+use crate::debug_stop::DebugStops;
 use crate::outcome::VmOutcome;
 
 /// Unclaimed accesses are logged this many times per address, then only counted.
@@ -27,6 +28,8 @@ pub struct ExitContext {
     pub mmio: Bus,
     /// Where exits are counted.
     pub obs: Arc<Observatory>,
+    /// Where debug exits are reported to the gdb stub.
+    pub debug: Arc<DebugStops>,
 }
 
 /// Why the vCPU cannot continue.
@@ -73,6 +76,8 @@ pub enum Flow {
     Finish(VmOutcome),
     /// This vCPU crashed; the loop collects its registers.
     Crash(CrashKind),
+    /// A debug event the gdb stub armed: the vCPU pauses and says so.
+    DebugStop(DebugExit),
 }
 
 /// The result of dispatching one exit.
@@ -203,6 +208,7 @@ impl ExitContext {
                 ExitKind::FailEntry,
                 Flow::Crash(CrashKind::FailEntry(reason)),
             ),
+            VmExit::Debug(exit) => Step::of(ExitKind::Other, Flow::DebugStop(exit)),
             VmExit::Unsupported(code) => Step::of(
                 ExitKind::Other,
                 Flow::Crash(CrashKind::UnsupportedExit(code)),
@@ -308,7 +314,15 @@ mod tests {
             obs.register_device("timer"),
         )
         .unwrap();
-        (ExitContext { pio, mmio, obs }, latch)
+        (
+            ExitContext {
+                pio,
+                mmio,
+                obs,
+                debug: Default::default(),
+            },
+            latch,
+        )
     }
 
     #[test]
@@ -391,6 +405,16 @@ mod tests {
             Flow::Crash(CrashKind::EmulationFailure(1))
         );
         assert_eq!(ctx.dispatch(VmExit::Interrupted).flow, Flow::Continue);
+        let debug = DebugExit {
+            exception: 1,
+            pc: 0x1000,
+            dr6: 1 << 14,
+            dr7: 0,
+        };
+        assert_eq!(
+            ctx.dispatch(VmExit::Debug(debug)).flow,
+            Flow::DebugStop(debug)
+        );
         assert_eq!(ctx.dispatch(VmExit::Unsupported(99)).kind, ExitKind::Other);
     }
 }

@@ -89,6 +89,9 @@ pub enum VmmError {
     /// A snapshot could not be restored (the message names the file and why).
     #[error("{0}")]
     Restore(String),
+    /// The gdb stub could not start.
+    #[error("gdb stub")]
+    Gdb(#[source] crate::gdb::GdbError),
     /// Boot-time platform set-up (ACPI, boot parameters, registers) failed.
     #[error("setting up the guest platform")]
     Platform(#[source] Box<dyn std::error::Error + Send + Sync>),

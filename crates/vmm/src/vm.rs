@@ -106,6 +106,7 @@ impl BuiltVm {
     /// `paused`.
     pub fn start_as(self, paused: bool, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
         self.virtio.start_workers(seccomp)?;
+        let debug_stops = self.exits.debug.clone();
         let vcpus = VcpuSet::spawn(
             self.vcpus,
             self.exits,
@@ -118,6 +119,7 @@ impl BuiltVm {
             source,
         })?;
         Ok(StartedVm {
+            debug_stops,
             memory_from_file: self.memory_from_file,
             vcpus,
             control: self.control,
@@ -140,6 +142,8 @@ pub struct StartedVm {
     pub observatory: Arc<Observatory>,
     /// Devices the event loop and the API reach.
     pub devices: PlatformDevices,
+    /// The vCPUs' debug stops, for the gdb stub.
+    pub debug_stops: Arc<crate::debug_stop::DebugStops>,
     /// Paravirtual devices (their workers are taken by the event loop).
     pub virtio: virtio::VirtioDevices,
     vm: Arc<dyn sie_hv::Vm>,

@@ -12,13 +12,13 @@ use std::os::fd::AsRawFd;
 use std::ptr::{self, NonNull, addr_of, addr_of_mut};
 
 use kvm_bindings::{
-    KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR, KVM_EXIT_IO,
-    KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
-    KVM_EXIT_SYSTEM_EVENT, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH,
+    KVM_EXIT_DEBUG, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_HLT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_INTR,
+    KVM_EXIT_IO, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MMIO,
+    KVM_EXIT_SHUTDOWN, KVM_EXIT_SYSTEM_EVENT, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_run,
 };
 
-use crate::exit::{SystemEventKind, VmExit};
+use crate::exit::{DebugExit, SystemEventKind, VmExit};
 
 /// A mapping of a vCPU file's run area.
 #[derive(Debug)]
@@ -149,6 +149,16 @@ impl RunArea {
                     .read()
                 };
                 VmExit::FailEntry { reason }
+            }
+            KVM_EXIT_DEBUG => {
+                // SAFETY: see above; exit_reason is KVM_EXIT_DEBUG.
+                let arch = unsafe { addr_of!((*run).__bindgen_anon_1.debug.arch).read() };
+                VmExit::Debug(DebugExit {
+                    exception: arch.exception,
+                    pc: arch.pc,
+                    dr6: arch.dr6,
+                    dr7: arch.dr7,
+                })
             }
             other => VmExit::Unsupported(other),
         }

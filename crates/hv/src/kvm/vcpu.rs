@@ -3,7 +3,10 @@
 use std::io;
 use std::sync::Arc;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVMIO, Msrs, kvm_msr_entry};
+use kvm_bindings::{
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
+    KVM_MAX_CPUID_ENTRIES, KVMIO, Msrs, kvm_guest_debug, kvm_guest_debug_arch, kvm_msr_entry,
+};
 use kvm_ioctls::VcpuFd;
 use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref};
 use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
@@ -13,7 +16,7 @@ use super::kick::{self, KickState};
 use super::memory::KeptMemory;
 use super::run_area::RunArea;
 use super::{call, io_call};
-use crate::x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
+use crate::x86::{CpuidEntry, FpuState, GuestDebug, LapicState, MsrEntry, Regs, SpecialRegs};
 use crate::{HvError, Result, Vcpu, VcpuKicker, VmExit};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -258,5 +261,33 @@ impl Vcpu for KvmVcpu {
 
     fn notify_paused(&self) -> Result<bool> {
         super::state::notify_paused(&self.fd)
+    }
+
+    fn set_guest_debug(&self, debug: &GuestDebug) -> Result<()> {
+        let mut control = 0;
+        let armed = debug.single_step || debug.sw_breakpoints || debug.dr7 != 0;
+        if armed {
+            control |= KVM_GUESTDBG_ENABLE;
+        }
+        if debug.single_step {
+            control |= KVM_GUESTDBG_SINGLESTEP;
+        }
+        if debug.sw_breakpoints {
+            control |= KVM_GUESTDBG_USE_SW_BP;
+        }
+        if debug.dr7 != 0 {
+            control |= KVM_GUESTDBG_USE_HW_BP;
+        }
+        let mut arch = kvm_guest_debug_arch::default();
+        arch.debugreg[..4].copy_from_slice(&debug.addresses);
+        arch.debugreg[7] = debug.dr7;
+        let request = kvm_guest_debug {
+            control,
+            pad: 0,
+            arch,
+        };
+        self.fd
+            .set_guest_debug(&request)
+            .map_err(call("KVM_SET_GUEST_DEBUG"))
     }
 }

@@ -307,13 +307,18 @@ impl Draft {
 
 /// `GET /machine-config`: Firecracker fills in its defaults.
 pub fn machine_json(machine: &MachineConfig) -> Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "vcpu_count": machine.vcpu_count,
         "mem_size_mib": machine.mem_size_mib,
         "smt": machine.smt.unwrap_or(false),
         "track_dirty_pages": machine.track_dirty_pages.unwrap_or(false),
         "huge_pages": machine.huge_pages.clone().unwrap_or_else(|| "None".to_string()),
-    })
+    });
+    // Firecracker shows it only when set (and only in its gdb build).
+    if let (Some(path), Some(map)) = (&machine.gdb_socket_path, json.as_object_mut()) {
+        map.insert("gdb_socket_path".into(), path.clone().into());
+    }
+    json
 }
 
 /// Fails early, naming the field, when a file cannot be opened: the client

@@ -195,6 +195,11 @@ impl Controller {
                     Response::Fault(format!("cannot pause the microVM: {error}"))
                 }
             },
+            VmState::Resumed if self.gdb.as_ref().is_some_and(|gdb| gdb.holds_stopped()) => {
+                Response::Fault(
+                    "gdb holds the microVM stopped: let it run from gdb (continue)".to_string(),
+                )
+            }
             VmState::Resumed => match vm.vcpus.resume(PAUSE_TIMEOUT) {
                 Ok(()) => Response::NoContent,
                 Err(error) => Response::Fault(format!("cannot resume the microVM: {error}")),

@@ -189,6 +189,8 @@ struct Controller {
     /// The console socket, bound with the VM's build and served once its
     /// vCPUs run.
     console_socket: Option<ConsoleSocket>,
+    /// The gdb stub (`gdb_socket_path`).
+    gdb: Option<crate::gdb::GdbServer>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -237,6 +239,7 @@ pub fn serve(
         metrics,
         terminal: None,
         console_socket: None,
+        gdb: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -263,6 +266,7 @@ pub fn serve(
                 break;
             }
         }
+        controller.serve_gdb();
         if let Phase::Running(vm) = &controller.phase {
             vm.devices.console.flush_pending();
         }
@@ -274,6 +278,8 @@ pub fn serve(
             break;
         }
     }
+    // gdb hears how the VM ended, if it ended after this round's look.
+    controller.serve_gdb();
     // The one shutdown path: every vCPU is stopped and joined, the last
     // metrics written, the terminal restored.
     let served = match controller.phase {
@@ -312,6 +318,18 @@ impl Controller {
         match &self.phase {
             Phase::Running(vm) => Some(vm),
             Phase::NotStarted => None,
+        }
+    }
+
+    /// Lends the VM to the gdb stub (when a gdb socket was given) for what
+    /// gdb sent and the vCPUs reported since the last round, or for a gdb
+    /// attaching now.
+    fn serve_gdb(&mut self) {
+        let Some(gdb) = self.gdb.as_mut() else {
+            return;
+        };
+        if let Phase::Running(vm) = std::mem::replace(&mut self.phase, Phase::NotStarted) {
+            self.phase = Phase::Running(gdb.serve(vm));
         }
     }
 
@@ -424,6 +442,18 @@ impl Controller {
             self.terminal = TerminalGuard::raw_stdin();
             manager.add_subscriber(Box::new(input));
         }
+        // With a gdb socket, gdb is waited for before the first guest
+        // instruction: the vCPUs start paused and gdb lets them run.
+        let gdb_socket = config
+            .machine_config
+            .as_ref()
+            .and_then(|m| m.gdb_socket_path.as_deref());
+        if let Some(path) = gdb_socket {
+            let server = crate::gdb::GdbServer::wait_for_gdb(std::path::Path::new(path))
+                .map_err(VmmError::Gdb)?;
+            self.gdb = Some(server);
+        }
+        let paused = paused || self.gdb.is_some();
         let mut started = built.start_as(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);

@@ -14,7 +14,10 @@
 //! the thread enters the guest through [`ExitContext::run_once`] (where each
 //! exit is decoded, counted and timed) and looks at its channel, and at
 //! whether the VM is ending, after every exit; while `Paused` it is out of `KVM_RUN` and asleep on the channel, so
-//! the VMM can read and write its registers through `Access`. `Exiting` is
+//! the VMM can read and write its registers through `Access`. A debug exit
+//! the gdb stub armed also leads from `Running` to `Paused`, unrequested: the
+//! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest.
+//! `Exiting` is
 //! the one place a vCPU ends: it hands its outcome (if it ended the VM) to
 //! [`VmControl::finish`] and acknowledges.
 //!
@@ -34,6 +37,7 @@ use sie_hv::Vcpu;
 
 use crate::control::VmControl;
 use crate::core_dump::elf::VcpuRegisters;
+use crate::debug_stop::DebugStop;
 use crate::dispatch::{CrashKind, ExitContext, Flow};
 use crate::outcome::{CrashReport, VmOutcome};
 
@@ -169,6 +173,7 @@ impl VcpuThread {
                     Flow::Continue => self.drain_requests(),
                     Flow::Finish(outcome) => VcpuState::Exiting(Some(outcome)),
                     Flow::Crash(kind) => VcpuState::Exiting(Some(self.crash(kind, ""))),
+                    Flow::DebugStop(exit) => self.debug_stop(exit),
                 },
                 VcpuState::Paused => {
                     let next = match self.requests.recv() {
@@ -205,6 +210,19 @@ impl VcpuThread {
                 return state;
             }
         }
+    }
+
+    /// A debug exit: the vCPU pauses on its own and tells the gdb stub,
+    /// which pauses the others (an all-stop debugger) and resumes them all.
+    #[cold]
+    fn debug_stop(&mut self, exit: sie_hv::DebugExit) -> VcpuState {
+        self.exits.debug.push(DebugStop {
+            vcpu: self.index,
+            exit,
+        });
+        // Wakes the VMM thread's event loop, where the stub looks.
+        let _ = self.control.wake_fd().write(1);
+        VcpuState::Paused
     }
 
     fn crash(&self, kind: CrashKind, detail: &str) -> VmOutcome {

@@ -54,6 +54,7 @@ fn start(count: usize, reset_at: u64) -> Vm {
         pio,
         mmio: Bus::default(),
         obs: obs.clone(),
+        debug: Default::default(),
     });
     let vcpus: Vec<ScriptedVcpu> = (0..count as u32).map(ScriptedVcpu::new).collect();
     let counters = vcpus.iter().map(|v| v.exits.clone()).collect();

@@ -1,0 +1,121 @@
+//! gdb's `monitor` commands: the registers the x86-64 core target
+//! description has no place for. `monitor sregs` shows the control,
+//! segment and descriptor-table registers of the stopped vCPU; `monitor set
+//! REG VALUE` writes one of cr0, cr2, cr3, cr4, cr8, efer, fs_base, gs_base.
+
+use std::fmt::Write;
+
+use sie_hv::x86::{Segment, SpecialRegs};
+
+/// A parsed command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Show the special registers.
+    Show,
+    /// Write one of them.
+    Set(&'static str, u64),
+}
+
+/// The registers `set` writes.
+const SETTABLE: [&str; 8] = [
+    "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "fs_base", "gs_base",
+];
+
+/// What one line of `monitor` asks, or the one-line reason it is not understood.
+pub fn parse(cmd: &[u8]) -> Result<Command, String> {
+    let text = std::str::from_utf8(cmd).map_err(|_| "not text".to_string())?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        ["sregs"] => Ok(Command::Show),
+        ["set", reg, value] => {
+            let Some(name) = SETTABLE.iter().find(|r| *r == reg) else {
+                return Err(format!("cannot set {reg}: one of {}", SETTABLE.join(" ")));
+            };
+            let parsed = match value.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => value.parse(),
+            };
+            let value = parsed.map_err(|_| format!("{value:?} is not a number"))?;
+            Ok(Command::Set(name, value))
+        }
+        _ => Err("sie's monitor commands: sregs, set REG VALUE".to_string()),
+    }
+}
+
+/// Writes `value` into `reg` of `sregs` (a name [`parse`] accepted).
+pub fn set(sregs: &mut SpecialRegs, reg: &str, value: u64) {
+    let slot = match reg {
+        "cr0" => &mut sregs.cr0,
+        "cr2" => &mut sregs.cr2,
+        "cr3" => &mut sregs.cr3,
+        "cr4" => &mut sregs.cr4,
+        "cr8" => &mut sregs.cr8,
+        "efer" => &mut sregs.efer,
+        "fs_base" => &mut sregs.fs.base,
+        "gs_base" => &mut sregs.gs.base,
+        _ => return,
+    };
+    *slot = value;
+}
+
+/// The special registers, a few lines.
+pub fn show(sregs: &SpecialRegs) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} cr8={:#x} efer={:#x}",
+        sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.cr8, sregs.efer
+    );
+    let segments: [(&str, &Segment); 8] = [
+        ("cs", &sregs.cs),
+        ("ds", &sregs.ds),
+        ("es", &sregs.es),
+        ("fs", &sregs.fs),
+        ("gs", &sregs.gs),
+        ("ss", &sregs.ss),
+        ("tr", &sregs.tr),
+        ("ldt", &sregs.ldt),
+    ];
+    for (name, s) in segments {
+        let _ = writeln!(
+            text,
+            "{name}={:#06x} base={:#x} limit={:#x} type={} dpl={} l={} db={}",
+            s.selector, s.base, s.limit, s.type_, s.dpl, s.l as u8, s.db as u8
+        );
+    }
+    let _ = write!(
+        text,
+        "gdt={:#x}/{:#x} idt={:#x}/{:#x}",
+        sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_parsed_and_bad_ones_named() {
+        assert_eq!(parse(b"sregs"), Ok(Command::Show));
+        assert_eq!(parse(b"set cr3 0x9000"), Ok(Command::Set("cr3", 0x9000)));
+        assert_eq!(
+            parse(b"set gs_base 4096"),
+            Ok(Command::Set("gs_base", 4096))
+        );
+        assert!(parse(b"set rip 1").unwrap_err().contains("cannot set rip"));
+        assert!(parse(b"set cr3 x").unwrap_err().contains("not a number"));
+        assert!(parse(b"help").unwrap_err().contains("sregs"));
+    }
+
+    #[test]
+    fn set_writes_the_named_register_and_show_prints_it() {
+        let mut sregs = SpecialRegs::default();
+        set(&mut sregs, "cr2", 0x1234);
+        set(&mut sregs, "fs_base", 0xffff_8000_0000_0000);
+        assert_eq!((sregs.cr2, sregs.fs.base), (0x1234, 0xffff_8000_0000_0000));
+        let text = show(&sregs);
+        assert!(text.contains("cr2=0x1234"), "{text}");
+        assert!(text.contains("fs=0x0000 base=0xffff800000000000"), "{text}");
+    }
+}
