@@ -436,3 +436,47 @@ fn a_lazily_restored_guest_snapshots_again_whole_and_unrecorded() {
 fn lazy_quiet() -> Duration {
     sie_vmm::snapshot::lazy::QUIET
 }
+
+/// A lazily restored guest that ends at once (well within the quiet time
+/// after which a working set is written) still leaves its working set: the
+/// VMM has it written before the process exits.
+#[test]
+fn a_guest_that_ends_at_once_still_leaves_its_working_set() {
+    let keep = common::Scratch::new("snapshot-lazy-short");
+    let mut vm = ApiVm::start("snapshot-lazy-short-source", &[]);
+    let out = capture(&mut vm);
+    vm.boot(sie_guests::COUNTER.path, "limit=8 delay=20000");
+    let stopped = counter::pause_after(&vm, &out, 6);
+    assert!(stopped < 8, "paused before the end ({stopped})");
+    let (snap, mem) = (
+        format!("{}/vm.snap", keep.path()),
+        format!("{}/vm.mem", keep.path()),
+    );
+    let body = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem});
+    vm.ok("PUT", "/snapshot/create", &body.to_string());
+    vm.terminate();
+
+    let started = std::time::Instant::now();
+    let restored = sie(&[
+        "run",
+        "--restore",
+        &snap,
+        "--mem",
+        &mem,
+        "--mem-backend",
+        "lazy",
+    ]);
+    restored.expect_code(0);
+    assert!(
+        restored.stdout.ends_with("count 8\n"),
+        "{}",
+        restored.stdout
+    );
+    let ws = std::fs::read(format!("{mem}.ws")).expect("the working set was written");
+    let pages = u64::from_le_bytes(ws[24..32].try_into().unwrap());
+    assert!(pages > 0, "it holds the pages the guest touched");
+    eprintln!(
+        "restored and ended in {:?}; {pages} pages recorded",
+        started.elapsed()
+    );
+}

@@ -309,6 +309,9 @@ pub fn serve(
             controller.metrics.flush(None);
         }
     }
+    // After the core (which may read lazily restored RAM): a lazy restore's
+    // working set is written before the process can exit.
+    crate::snapshot::lazy::finish_recordings(Duration::from_secs(5));
     drop(controller.terminal.take());
     Ok(served)
 }

@@ -124,9 +124,24 @@ pub(super) struct Handler {
     /// Pages the guest discarded: they read as zeros now.
     discarded: PageSet,
     recorder: Option<Recorder>,
+    /// Written when the VM has ended: write what was recorded now, then
+    /// say so on `flushed` (the process may exit before guest RAM is
+    /// unmapped, which would otherwise be the last word).
+    finish: Option<(vmm_sys_util::eventfd::EventFd, std::sync::mpsc::Sender<()>)>,
 }
 
 impl Handler {
+    /// Lets the VMM ask, through `finish`, for the recording to be written
+    /// before the process ends; the answer comes on `flushed`.
+    pub(super) fn with_finish(
+        mut self,
+        finish: vmm_sys_util::eventfd::EventFd,
+        flushed: std::sync::mpsc::Sender<()>,
+    ) -> Self {
+        self.finish = Some((finish, flushed));
+        self
+    }
+
     /// A handler for `regions` of guest RAM registered with `uffd`, filled
     /// from `file` (whose `data` extents hold data); `installed` has the
     /// pages already there; `recorder` records the working set.
@@ -147,6 +162,7 @@ impl Handler {
             installed,
             discarded,
             recorder,
+            finish: None,
         }
     }
 
@@ -155,13 +171,24 @@ impl Handler {
         let mut unmapped = 0;
         loop {
             let timeout_ms = self.poll_timeout_ms();
-            let mut poll = libc::pollfd {
-                fd: self.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+            let mut polls = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.finish.as_ref().map_or(-1, |(fd, _)| fd.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the duration of the call (a
+            // negative fd is ignored by poll).
+            unsafe { libc::poll(polls.as_mut_ptr(), 2, timeout_ms) };
+            if polls[1].revents & libc::POLLIN != 0 {
+                self.finish_recording();
+            }
             loop {
                 match self.uffd.read_event() {
                     Ok(Some(Event::PageFault(address, thread))) => {
@@ -192,6 +219,19 @@ impl Handler {
             }
             self.flush(false);
         }
+    }
+
+    /// The VM has ended: what was recorded is written now and the
+    /// recording ends; faults are still served (the VMM may read guest RAM
+    /// after its vCPUs are gone, to write a core).
+    fn finish_recording(&mut self) {
+        let Some((fd, flushed)) = self.finish.take() else {
+            return;
+        };
+        let _ = fd.read();
+        self.flush(true);
+        self.recorder = None;
+        let _ = flushed.send(());
     }
 
     /// Wait for events forever, unless a recording is due to be written.

@@ -50,6 +50,27 @@ impl LazyMemory {
     }
 }
 
+/// The recordings still open in this process: each handler's finish
+/// eventfd and where it answers once its working set is written.
+type Recordings = Vec<(
+    vmm_sys_util::eventfd::EventFd,
+    std::sync::mpsc::Receiver<()>,
+)>;
+static RECORDINGS: std::sync::Mutex<Recordings> = std::sync::Mutex::new(Vec::new());
+
+/// The VM has ended: every lazy restore still recording writes its working
+/// set now (a guest that ends within [`QUIET`] of its last new page would
+/// otherwise leave none, as the process exits before its RAM is unmapped).
+/// Waits at most `limit` for each.
+pub fn finish_recordings(limit: std::time::Duration) {
+    let recordings = std::mem::take(&mut *RECORDINGS.lock().unwrap_or_else(|e| e.into_inner()));
+    for (finish, flushed) in recordings {
+        if finish.write(1).is_ok() {
+            let _ = flushed.recv_timeout(limit);
+        }
+    }
+}
+
 /// The memory file at `path`, its size checked against `layout`, and its
 /// identity (for the working set).
 fn open_file(path: &Path, layout: &[RegionEntry]) -> Result<(File, Identity), MemoryFileError> {
@@ -143,7 +164,18 @@ pub fn open(
     };
     let loaded = Arc::new(AtomicBool::new(false));
     let recorder = record.then(|| Recorder::new(ws_path.clone(), identity, loaded.clone()));
-    let handler = Handler::new(uffd, file, regions, data, installed, recorder);
+    let mut handler = Handler::new(uffd, file, regions, data, installed, recorder);
+    if record {
+        let finish = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+            .map_err(io_error)?;
+        let (flushed_tx, flushed_rx) = std::sync::mpsc::channel();
+        let ours = finish.try_clone().map_err(io_error)?;
+        handler = handler.with_finish(finish, flushed_tx);
+        RECORDINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ours, flushed_rx));
+    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let seccomp = seccomp.clone();
     std::thread::Builder::new()
