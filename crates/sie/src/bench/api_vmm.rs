@@ -90,3 +90,37 @@ pub(super) fn median(values: Vec<f64>) -> f64 {
     let mut values = values;
     super::median(&mut values).unwrap_or(f64::NAN)
 }
+
+/// Starts `program` on the config file `config` (written to `dir/NAME.json`)
+/// booting the `counter` guest, waits for its second count and pauses it.
+pub(super) fn paused_counter(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    config: &serde_json::Value,
+) -> Result<Vmm, BoxError> {
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, config.to_string())?;
+    let vmm = spawn(
+        program,
+        dir,
+        name,
+        &["--config-file", &file.to_string_lossy()],
+    )?;
+    wait_until("the guest's second count", || {
+        counts(&vmm.console).len() >= 2
+    })?;
+    set_state(&vmm, "Paused")?;
+    Ok(vmm)
+}
+
+/// `PATCH /vm` to `state` ("Paused" or "Resumed").
+pub(super) fn set_state(vmm: &Vmm, state: &str) -> Result<(), BoxError> {
+    crate::ctl::request(
+        &vmm.sock,
+        "PATCH",
+        "/vm",
+        Some(&serde_json::json!({ "state": state })),
+    )?;
+    Ok(())
+}

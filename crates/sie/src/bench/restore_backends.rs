@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, spawn, wait_until};
+use super::api_vmm::{Vmm, counts, median, paused_counter, spawn, wait_until};
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 
@@ -35,31 +35,12 @@ struct Taken {
 }
 
 fn take(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Taken, BoxError> {
-    let config = dir.join("backends.json");
-    std::fs::write(
-        &config,
-        json!({
-            "boot-source": {"kernel_image_path": guest, "boot_args": "limit=100000000 delay=20000"},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
-        })
-        .to_string(),
-    )?;
+    let config = json!({
+        "boot-source": {"kernel_image_path": guest, "boot_args": "limit=100000000 delay=20000"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
+    });
     let (snap, mem) = (dir.join("backends.snap"), dir.join("backends.mem"));
-    let source = spawn(
-        program,
-        dir,
-        "backends-source",
-        &["--config-file", &config.to_string_lossy()],
-    )?;
-    wait_until("the guest's second count", || {
-        counts(&source.console).len() >= 2
-    })?;
-    request(
-        &source.sock,
-        "PATCH",
-        "/vm",
-        Some(&json!({"state": "Paused"})),
-    )?;
+    let source = paused_counter(program, dir, "backends-source", &config)?;
     // Give the console's last line time to reach the file before reading
     // where the guest stopped.
     std::thread::sleep(std::time::Duration::from_millis(50));

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, spawn, wait_until};
+use super::api_vmm::{Vmm, counts, median, paused_counter, set_state, spawn, wait_until};
 
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
@@ -28,36 +28,17 @@ struct Sample {
 }
 
 fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, BoxError> {
-    let config = dir.join("vm.json");
-    std::fs::write(
-        &config,
-        json!({
-            "boot-source": {
-                "kernel_image_path": guest,
-                "boot_args": format!("limit=100000000 delay=20000 dirty={}", dirty_pages(mib)),
-            },
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "track_dirty_pages": true},
-            // Firecracker's config file requires the list, empty or not.
-            "drives": [],
-        })
-        .to_string(),
-    )?;
+    let config = json!({
+        "boot-source": {
+            "kernel_image_path": guest,
+            "boot_args": format!("limit=100000000 delay=20000 dirty={}", dirty_pages(mib)),
+        },
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "track_dirty_pages": true},
+        // Firecracker's config file requires the list, empty or not.
+        "drives": [],
+    });
     let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
-    let source = spawn(
-        program,
-        dir,
-        "source",
-        &["--config-file", &config.to_string_lossy()],
-    )?;
-    wait_until("the guest's second count", || {
-        counts(&source.console).len() >= 2
-    })?;
-    request(
-        &source.sock,
-        "PATCH",
-        "/vm",
-        Some(&json!({"state": "Paused"})),
-    )?;
+    let source = paused_counter(program, dir, "source", &config)?;
     let last = counts(&source.console).last().copied().unwrap_or(0);
     let started = Instant::now();
     request(
@@ -110,21 +91,11 @@ fn dirty_pages(mib: u32) -> u64 {
 /// Diff snapshot; in ms.
 fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     let seen = counts(&source.console).len();
-    request(
-        &source.sock,
-        "PATCH",
-        "/vm",
-        Some(&json!({"state": "Resumed"})),
-    )?;
+    set_state(source, "Resumed")?;
     wait_until("two more counts", || {
         counts(&source.console).len() >= seen + 2
     })?;
-    request(
-        &source.sock,
-        "PATCH",
-        "/vm",
-        Some(&json!({"state": "Paused"})),
-    )?;
+    set_state(source, "Paused")?;
     let (snap, mem) = (dir.join("diff.snap"), dir.join("diff.mem"));
     let started = Instant::now();
     request(
