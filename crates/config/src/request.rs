@@ -64,6 +64,14 @@ pub enum Request {
     CreateSnapshot(crate::snapshot::SnapshotCreate),
     /// `PUT /snapshot/load` (before anything is started).
     LoadSnapshot(crate::snapshot::SnapshotLoad),
+    /// Extension: `PUT /migration/receive` (on a fresh sie).
+    ReceiveMigration(crate::migration::MigrationReceive),
+    /// Extension: `PUT /migration/send` (on a running or paused VM).
+    SendMigration(crate::migration::MigrationSend),
+    /// Extension: `GET /migration`.
+    GetMigration,
+    /// Extension: `PUT /migration/cancel`.
+    CancelMigration,
 }
 
 impl Request {
@@ -90,6 +98,10 @@ impl Request {
             Request::GetStats => "get_stats",
             Request::CreateSnapshot(_) => "put_snapshot_create",
             Request::LoadSnapshot(_) => "put_snapshot_load",
+            Request::ReceiveMigration(_) => "put_migration_receive",
+            Request::SendMigration(_) => "put_migration_send",
+            Request::GetMigration => "get_migration",
+            Request::CancelMigration => "put_migration_cancel",
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod device_manager;
 pub mod dispatch;
 mod error;
 mod event_loop;
+pub mod migration;
 mod outcome;
 pub mod platform;
 pub mod snapshot;
