@@ -254,6 +254,8 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             metrics_period: METRICS_PERIOD,
             console_input: true,
             seccomp,
+            // Only a sie with an API can be asked to migrate.
+            migration_worker: server.is_some(),
         },
     );
     // Stop serving before anything else: the socket file goes away and no

@@ -74,6 +74,10 @@ impl Controller {
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
+            Request::ReceiveMigration(receive) => self.receive_migration(&receive),
+            Request::SendMigration(send) => self.send_migration(&send),
+            Request::GetMigration => self.migration_status(),
+            Request::CancelMigration => self.cancel_migration(),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);

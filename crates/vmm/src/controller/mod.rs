@@ -13,6 +13,7 @@
 mod draft;
 mod handle;
 pub mod metrics;
+mod migrate;
 pub mod sink;
 mod stats_json;
 
@@ -108,6 +109,9 @@ pub struct ServeOptions {
     /// Seccomp filters: each vCPU thread installs its own as it starts, and
     /// this thread installs the VMM's once the VM runs (see `start`).
     pub seccomp: sie_seccomp::Seccomp,
+    /// Spawn the `sie-migrate` worker with the VM, so `PUT
+    /// /migration/send` can run (the API's sie; not `sie run`).
+    pub migration_worker: bool,
 }
 
 impl ServeOptions {
@@ -133,6 +137,7 @@ impl ServeOptions {
             metrics_period: Duration::from_secs(60),
             console_input,
             seccomp: sie_seccomp::Seccomp::disabled(),
+            migration_worker: false,
         }
     }
 }
@@ -171,6 +176,7 @@ struct Controller {
     control: Arc<VmControl>,
     metrics: metrics::Metrics,
     terminal: Option<TerminalGuard>,
+    migration: migrate::Migration,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -211,6 +217,8 @@ pub fn serve(
         draft.note_logging(None, Some(config));
     }
     let initial = options.initial_config.take();
+    let migration =
+        migrate::Migration::new(&mut manager).map_err(host_error("creating an eventfd"))?;
     let mut controller = Controller {
         options,
         draft,
@@ -218,6 +226,7 @@ pub fn serve(
         control: control.clone(),
         metrics,
         terminal: None,
+        migration,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -237,6 +246,7 @@ pub fn serve(
     let mut next_metrics = Instant::now() + period;
     loop {
         event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
             reply(response);
@@ -356,6 +366,13 @@ impl Controller {
         let mut started = built.start_as(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);
+        }
+        // The VMM thread's filter allows no new threads: the worker a
+        // later migration runs on is spawned now.
+        if self.options.migration_worker && self.migration_worker_missing() {
+            self.migration
+                .spawn_worker(&self.options.seccomp)
+                .map_err(host_error("spawning the migration worker"))?;
         }
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started

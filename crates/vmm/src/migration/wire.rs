@@ -213,7 +213,7 @@ impl PageBatch {
     }
 
     /// Sends the batch as one `Pages` frame and empties it.
-    pub fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+    pub fn flush(&mut self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
         if self.payload.is_empty() {
             return Ok(());
         }
@@ -232,7 +232,7 @@ fn checksum(header: &[u8], payload: &[u8]) -> u64 {
     XxHash3_64::oneshot_with_seed(u64::from_le_bytes(seed), payload)
 }
 
-fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+fn write_frame(out: &mut (impl Write + ?Sized), kind: u8, payload: &[u8]) -> io::Result<()> {
     let mut header = [0u8; HEADER_BYTES];
     header[0] = kind;
     header[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -244,7 +244,7 @@ fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()>
 }
 
 /// Sends one message.
-pub fn write_message(out: &mut impl Write, message: &Message) -> io::Result<()> {
+pub fn write_message(out: &mut (impl Write + ?Sized), message: &Message) -> io::Result<()> {
     write_frame(out, message.kind(), &message.payload())
 }
 
@@ -309,7 +309,7 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
 }
 
 /// Reads one message, refusing damaged, oversized or unknown frames.
-pub fn read_message(input: &mut impl Read) -> Result<Message, WireError> {
+pub fn read_message(input: &mut (impl Read + ?Sized)) -> Result<Message, WireError> {
     let mut header = [0u8; HEADER_BYTES];
     input.read_exact(&mut header)?;
     let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
@@ -326,12 +326,12 @@ pub fn read_message(input: &mut impl Read) -> Result<Message, WireError> {
 }
 
 /// Sends this side's `Hello`.
-pub fn send_hello(out: &mut impl Write) -> io::Result<()> {
+pub fn send_hello(out: &mut (impl Write + ?Sized)) -> io::Result<()> {
     write_message(out, &Message::Hello(PROTOCOL_MAJOR, PROTOCOL_MINOR))
 }
 
 /// Reads the peer's `Hello` and refuses another major version.
-pub fn expect_hello(input: &mut impl Read) -> Result<(), WireError> {
+pub fn expect_hello(input: &mut (impl Read + ?Sized)) -> Result<(), WireError> {
     match read_message(input)? {
         Message::Hello(PROTOCOL_MAJOR, _) => Ok(()),
         Message::Hello(major, minor) => Err(WireError::Version {

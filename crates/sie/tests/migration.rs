@@ -1,0 +1,162 @@
+//! Live migration through the binary on the real /dev/kvm: a guest that
+//! counts and dirties memory moves between two sie processes (over a Unix
+//! socket and over TCP on localhost) and its count goes on exactly where
+//! it was; a destination that dies mid-transfer leaves the guest running
+//! on the source; a stream of another protocol version, or a damaged one,
+//! is refused in one line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use common::api::ApiVm;
+use common::counter::{self, capture, last_count, wait_for};
+use sie_vmm::migration::wire::{self, Message};
+
+const LIMIT: u32 = 60;
+
+/// Boots the counter (dirtying `dirty` pages a tick) in a new sie.
+fn counting_source(name: &str, dirty: u32) -> (ApiVm, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut vm = ApiVm::start(name, &[]);
+    let out = capture(&mut vm);
+    vm.boot(
+        sie_guests::COUNTER.path,
+        &format!("limit={LIMIT} delay=20000 dirty={dirty}"),
+    );
+    wait_for("a few counts", || last_count(&out) >= 5);
+    (vm, out)
+}
+
+/// Moves a counting guest to a fresh sie listening at `url`; the two
+/// consoles together must show every count once, in order.
+fn migrates_and_counts_on(name: &str, url: &str, dirty: u32) {
+    let mut dest = ApiVm::start(&format!("{name}-dest"), &[]);
+    let dest_out = capture(&mut dest);
+    let receive = serde_json::json!({ "receiver_url": url });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    assert_eq!(dest.get("/migration").json()["state"], "receiving");
+
+    let (mut source, source_out) = counting_source(&format!("{name}-source"), dirty);
+    let send = serde_json::json!({ "destination_url": url, "downtime_ms": 300 });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the VM migrated to {url}")),
+        "{stderr}"
+    );
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(Duration::from_millis(50));
+    let before = source_out.lock().expect("output lock").clone();
+    let after = dest_out.lock().expect("output lock").clone();
+    assert!(!after.is_empty(), "the destination printed nothing");
+    assert_eq!(format!("{before}{after}"), counter::full_count(LIMIT));
+}
+
+#[test]
+fn a_dirtying_guest_moves_over_a_unix_socket_and_counts_on_exactly() {
+    let scratch = common::Scratch::new("migrate-unix");
+    let url = format!("unix:{}/m.sock", scratch.path());
+    migrates_and_counts_on("migrate-unix", &url, 256);
+}
+
+#[test]
+fn a_dirtying_guest_moves_over_tcp_and_counts_on_exactly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    migrates_and_counts_on("migrate-tcp", &format!("tcp:127.0.0.1:{port}"), 256);
+}
+
+#[test]
+fn a_destination_that_dies_mid_transfer_leaves_the_guest_running_here() {
+    let scratch = common::Scratch::new("migrate-dies");
+    let path = format!("{}/m.sock", scratch.path());
+    let listener = UnixListener::bind(&path).expect("bind");
+    // A destination that answers the hello, takes some memory, then dies.
+    let fake = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        wire::expect_hello(&mut conn).expect("the source's hello");
+        wire::send_hello(&mut conn).expect("hello");
+        let mut some = vec![0u8; 64 << 10];
+        conn.read_exact(&mut some).expect("some memory");
+    });
+    let (source, out) = counting_source("migrate-dies-source", 64);
+    let send = serde_json::json!({ "destination_url": format!("unix:{path}") });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    fake.join().expect("the fake destination");
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    let status = source.get("/migration").json();
+    assert!(
+        status["error"].as_str().is_some_and(|e| !e.contains('\n')),
+        "{status}"
+    );
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, stderr) = source.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+}
+
+/// Sends `frames` to a fresh receiving sie and returns its exit code and
+/// stderr.
+fn receiver_fed(name: &str, frames: &[u8]) -> (Option<i32>, String) {
+    let mut dest = ApiVm::start(name, &[]);
+    let path = format!("{}/m.sock", dest.dir.path());
+    let receive = serde_json::json!({ "receiver_url": format!("unix:{path}") });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    let mut conn = UnixStream::connect(&path).expect("connect");
+    conn.write_all(frames).expect("frames");
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    dest.wait()
+}
+
+#[test]
+fn another_protocol_version_is_refused_before_any_memory_moves() {
+    let mut frames = Vec::new();
+    wire::write_message(&mut frames, &Message::Hello(wire::PROTOCOL_MAJOR + 1, 0)).unwrap();
+    let (code, stderr) = receiver_fed("migrate-version", &frames);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "peer speaks migration protocol {}.0",
+            wire::PROTOCOL_MAJOR + 1
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_damaged_stream_is_refused_in_one_line() {
+    let mut frames = Vec::new();
+    wire::send_hello(&mut frames).unwrap();
+    let layout = Message::Layout(vec![sie_vmm::snapshot::memory_file::RegionEntry {
+        guest_addr: 0,
+        len: 32 << 20,
+    }]);
+    wire::write_message(&mut frames, &layout).unwrap();
+    let mut pages = Vec::new();
+    let run = wire::PageRun {
+        guest_addr: 0x10000,
+        bytes: vec![0x5a; 4096],
+    };
+    wire::write_message(&mut pages, &Message::Pages(vec![run])).unwrap();
+    let last = pages.len() - 1;
+    pages[last] ^= 1;
+    frames.extend_from_slice(&pages);
+    let (code, stderr) = receiver_fed("migrate-damaged", &frames);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("damaged (frame checksum mismatch)"),
+        "{stderr}"
+    );
+}
