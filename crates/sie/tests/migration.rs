@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::api::ApiVm;
 use common::counter::{self, capture, last_count, wait_for};
+use common::sie;
 use sie_vmm::migration::wire::{self, Message};
 
 const LIMIT: u32 = 60;
@@ -29,24 +30,40 @@ fn counting_source(name: &str, dirty: u32) -> (ApiVm, std::sync::Arc<std::sync::
     (vm, out)
 }
 
-/// Moves a counting guest to a fresh sie listening at `url`; the two
-/// consoles together must show every count once, in order.
-fn migrates_and_counts_on(name: &str, url: &str, dirty: u32) {
+/// Moves a counting guest to a fresh sie listening at `url` (through the
+/// API, or `sie ctl migrate`); the two consoles together must show every
+/// count once, in order.
+fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     let mut dest = ApiVm::start(&format!("{name}-dest"), &[]);
     let dest_out = capture(&mut dest);
-    let receive = serde_json::json!({ "receiver_url": url });
-    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    let dest_sock = dest.sock.display().to_string();
+    if via_ctl {
+        sie(&["ctl", "--sock", &dest_sock, "migrate", "receive", url]).expect_code(0);
+    } else {
+        let receive = serde_json::json!({ "receiver_url": url });
+        dest.ok("PUT", "/migration/receive", &receive.to_string());
+    }
     assert_eq!(dest.get("/migration").json()["state"], "receiving");
 
     let (mut source, source_out) = counting_source(&format!("{name}-source"), dirty);
-    let send = serde_json::json!({ "destination_url": url, "downtime_ms": 300 });
-    source.ok("PUT", "/migration/send", &send.to_string());
+    if via_ctl {
+        let sock = source.sock.display().to_string();
+        sie(&["ctl", "--sock", &sock, "migrate", "send", url]).expect_code(0);
+    } else {
+        let send = serde_json::json!({ "destination_url": url, "downtime_ms": 300 });
+        source.ok("PUT", "/migration/send", &send.to_string());
+    }
     let (code, stderr) = source.wait();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!("the VM migrated to {url}")),
         "{stderr}"
     );
+    // It ran there: the receiver's figures say what arrived.
+    let status = sie(&["ctl", "--sock", &dest_sock, "migrate", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(status["state"], "completed", "{status}");
+    assert!(status["pages"].as_u64().is_some_and(|p| p > 0), "{status}");
     let (code, stderr) = dest.wait();
     assert_eq!(code, Some(0), "{stderr}");
     std::thread::sleep(Duration::from_millis(50));
@@ -60,7 +77,7 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32) {
 fn a_dirtying_guest_moves_over_a_unix_socket_and_counts_on_exactly() {
     let scratch = common::Scratch::new("migrate-unix");
     let url = format!("unix:{}/m.sock", scratch.path());
-    migrates_and_counts_on("migrate-unix", &url, 256);
+    migrates_and_counts_on("migrate-unix", &url, 256, false);
 }
 
 #[test]
@@ -69,7 +86,7 @@ fn a_dirtying_guest_moves_over_tcp_and_counts_on_exactly() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    migrates_and_counts_on("migrate-tcp", &format!("tcp:127.0.0.1:{port}"), 256);
+    migrates_and_counts_on("migrate-tcp", &format!("tcp:127.0.0.1:{port}"), 256, true);
 }
 
 #[test]
@@ -102,6 +119,88 @@ fn a_destination_that_dies_mid_transfer_leaves_the_guest_running_here() {
     wait_for("the guest to count on", || last_count(&out) > at + 2);
     let (code, stderr) = source.terminate();
     assert_eq!(code, Some(143), "{stderr}");
+}
+
+#[test]
+fn a_cancelled_send_leaves_the_guest_running_here() {
+    let scratch = common::Scratch::new("migrate-cancel");
+    let path = format!("{}/m.sock", scratch.path());
+    let listener = UnixListener::bind(&path).expect("bind");
+    // A destination on a slow link: it takes memory a little at a time
+    // until the source gives up on it.
+    let fake = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        wire::expect_hello(&mut conn).expect("the source's hello");
+        wire::send_hello(&mut conn).expect("hello");
+        let mut last = None;
+        loop {
+            match wire::read_message(&mut conn) {
+                Ok(message) => last = Some(message),
+                Err(_) => return last,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let (source, out) = counting_source("migrate-cancel-source", 64);
+    let sock = source.sock.display().to_string();
+    // Downtime 0 never fits while the guest dirties pages: it goes round
+    // after round until cancelled.
+    let send = serde_json::json!({ "destination_url": format!("unix:{path}"), "downtime_ms": 0 });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    wait_for("a round or two", || {
+        source.get("/migration").json()["pages"].as_u64() > Some(0)
+    });
+    sie(&["ctl", "--sock", &sock, "migrate", "cancel"]).expect_code(0);
+    wait_for("the cancel", || {
+        source.get("/migration").json()["state"] == "cancelled"
+    });
+    let last = fake.join().expect("the fake destination");
+    assert_eq!(last, Some(Message::Abort("migration cancelled".into())));
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    source
+        .call("PUT", "/migration/cancel", None)
+        .expect_fault("no migration is being sent");
+    let (code, stderr) = source.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+}
+
+#[test]
+fn what_sie_cannot_do_yet_is_refused_in_one_line() {
+    let (source, _) = counting_source("migrate-refusals", 0);
+    for (body, needle) in [
+        (
+            r#"{"destination_url": "unix:/x", "mode": "postcopy"}"#,
+            "postcopy migration not supported yet",
+        ),
+        (
+            r#"{"destination_url": "unix:/x", "mode": "auto"}"#,
+            "auto migration mode not supported yet",
+        ),
+        (
+            r#"{"destination_url": "unix:/x", "local": true}"#,
+            "local migration not supported yet",
+        ),
+        (
+            r#"{"destination_url": "http://x"}"#,
+            "expected unix:PATH or tcp:HOST:PORT",
+        ),
+    ] {
+        source
+            .call("PUT", "/migration/send", Some(body))
+            .expect_fault(needle);
+    }
+    source
+        .call(
+            "PUT",
+            "/migration/receive",
+            Some(r#"{"receiver_url": "unix:/tmp/x"}"#),
+        )
+        .expect_fault("receive into a fresh sie");
+    assert_eq!(source.get("/migration").json()["state"], "idle");
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
 }
 
 /// Sends `frames` to a fresh receiving sie and returns its exit code and

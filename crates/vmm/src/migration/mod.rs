@@ -21,6 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
 
 use sie_hv::GuestMemory;
 use vmm_sys_util::eventfd::EventFd;
@@ -52,12 +53,8 @@ impl Endpoint {
     /// Connects to a listening receiver.
     pub fn connect(&self) -> io::Result<Box<dyn Conn>> {
         match self {
-            Endpoint::Unix(path) => Ok(Box::new(UnixStream::connect(path)?)),
-            Endpoint::Tcp(address) => {
-                let stream = TcpStream::connect(address.as_str())?;
-                stream.set_nodelay(true)?;
-                Ok(Box::new(stream))
-            }
+            Endpoint::Unix(path) => unix_conn(UnixStream::connect(path)?),
+            Endpoint::Tcp(address) => tcp_conn(TcpStream::connect(address.as_str())?),
         }
     }
 
@@ -86,6 +83,24 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// How long a read or write may wait: a peer that stops reading or
+/// sending (a dead host, a cut link) fails the migration after this, so a
+/// cancel or a timeout is seen and the source runs on.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn unix_conn(stream: UnixStream) -> io::Result<Box<dyn Conn>> {
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+    Ok(Box::new(stream))
+}
+
+fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+    Ok(Box::new(stream))
+}
+
 /// A byte stream to the other sie.
 pub trait Conn: Read + Write + Send {}
 impl<T: Read + Write + Send> Conn for T {}
@@ -102,12 +117,8 @@ impl Listener {
     /// Waits for one sender.
     pub fn accept(&self) -> io::Result<Box<dyn Conn>> {
         match self {
-            Listener::Unix(listener, _) => Ok(Box::new(listener.accept()?.0)),
-            Listener::Tcp(listener) => {
-                let (stream, _) = listener.accept()?;
-                stream.set_nodelay(true)?;
-                Ok(Box::new(stream))
-            }
+            Listener::Unix(listener, _) => unix_conn(listener.accept()?.0),
+            Listener::Tcp(listener) => tcp_conn(listener.accept()?.0),
         }
     }
 }
