@@ -138,7 +138,7 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
                 Ok(message) => last = Some(message),
                 Err(_) => return last,
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(250));
         }
     });
     let (source, out) = counting_source("migrate-cancel-source", 64);
