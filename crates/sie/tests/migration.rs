@@ -150,6 +150,10 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
     wait_for("a round or two", || {
         source.get("/migration").json()["pages"].as_u64() > Some(0)
     });
+    // Nobody pauses or resumes the guest under the switch-over's feet.
+    source
+        .call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#))
+        .expect_fault("a migration is under way");
     sie(&["ctl", "--sock", &sock, "migrate", "cancel"]).expect_code(0);
     wait_for("the cancel", || {
         source.get("/migration").json()["state"] == "cancelled"

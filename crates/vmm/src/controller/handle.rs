@@ -165,6 +165,13 @@ impl Controller {
         if !self.is_started() {
             return Response::fault(BEFORE_START);
         }
+        if self.migration_active() {
+            // The switch-over pauses and (on failure) resumes the vCPUs; a
+            // resume in between would run the guest on both hosts.
+            return Response::fault(
+                "a migration is under way: cancel it (PUT /migration/cancel) first",
+            );
+        }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);
         };

@@ -26,6 +26,7 @@ use crate::migration::progress::{self, MigrationState, Progress, SharedProgress}
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
 use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
 use crate::outcome::VmOutcome;
+use crate::snapshot::dirty::RegionPages;
 
 /// How long the switch-over waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +48,9 @@ pub(super) struct Migration {
     paused_here: bool,
     /// A send or receive is under way.
     active: bool,
+    /// Every page a send took from the dirty log and the VMM's bitmap: a
+    /// failed send marks them again, so a later Diff snapshot misses none.
+    taken: Vec<RegionPages>,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -79,6 +83,7 @@ impl Migration {
             worker: None,
             paused_here: false,
             active: false,
+            taken: Vec::new(),
         })
     }
 
@@ -225,6 +230,10 @@ impl Controller {
         Response::NoContent
     }
 
+    pub(super) fn migration_active(&self) -> bool {
+        self.migration.active
+    }
+
     pub(super) fn migration_worker_missing(&self) -> bool {
         self.migration.worker.is_none()
     }
@@ -280,13 +289,15 @@ impl Controller {
         crate::builder::tracks_dirty_pages(&self.draft.to_config_unchecked())
     }
 
-    fn take_dirty(&mut self) -> Result<Vec<crate::snapshot::dirty::RegionPages>, String> {
+    fn take_dirty(&mut self) -> Result<Vec<RegionPages>, String> {
         let Phase::Running(vm) = &self.phase else {
             return Err("the microVM is gone".into());
         };
         // Logging is on for the migration whatever the configuration says.
-        crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
-            .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))
+        let pages = crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
+            .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))?;
+        remember(&mut self.migration.taken, &pages);
+        Ok(pages)
     }
 
     fn switchover(&mut self, hv: &dyn Hypervisor) -> Result<Switchover, String> {
@@ -309,12 +320,14 @@ impl Controller {
         // After the state: requests completed while saving it are in here.
         let pages = crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
             .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))?;
+        remember(&mut self.migration.taken, &pages);
         Ok(Switchover { pages, state })
     }
 
     fn send_finished(&mut self, result: Result<String, String>) {
         self.migration.active = false;
         self.migration.cancel = None;
+        let taken = std::mem::take(&mut self.migration.taken);
         match result {
             Ok(destination) => {
                 tracing::info!("the VM migrated to {destination}");
@@ -322,6 +335,9 @@ impl Controller {
             }
             Err(why) => {
                 tracing::warn!("migration failed, the VM runs on here: {why}");
+                if let Phase::Running(vm) = &self.phase {
+                    crate::snapshot::dirty::mark_again(vm.memory(), &taken);
+                }
                 if std::mem::take(&mut self.migration.paused_here)
                     && let Phase::Running(vm) = &mut self.phase
                     && let Err(error) = vm.vcpus.resume(PAUSE_TIMEOUT)
@@ -354,5 +370,43 @@ impl Controller {
             .map_err(|e| crate::error::error_chain(&e))?;
         self.migration.active = false;
         Ok(())
+    }
+}
+
+/// Merges `pages` into `taken` (the same regions, in the same order).
+fn remember(taken: &mut Vec<RegionPages>, pages: &[RegionPages]) {
+    if taken.is_empty() {
+        taken.extend_from_slice(pages);
+        return;
+    }
+    for (into, from) in taken.iter_mut().zip(pages) {
+        if into.bits.len() < from.bits.len() {
+            into.bits.resize(from.bits.len(), 0);
+        }
+        for (word, more) in into.bits.iter_mut().zip(&from.bits) {
+            *word |= more;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(bits: Vec<u64>) -> RegionPages {
+        RegionPages {
+            guest_addr: 0,
+            len: 128 * 4096,
+            bits,
+        }
+    }
+
+    #[test]
+    fn every_page_taken_during_a_send_is_remembered() {
+        let mut taken = Vec::new();
+        remember(&mut taken, &[region(vec![0b0011])]);
+        remember(&mut taken, &[region(vec![0b0100, 1])]);
+        assert_eq!(taken, [region(vec![0b0111, 1])]);
+        assert_eq!(taken[0].count(), 4);
     }
 }
