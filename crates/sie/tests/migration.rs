@@ -56,9 +56,18 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     let (code, stderr) = source.wait();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains(&format!("the VM migrated to {url}")),
+        stderr.contains(&format!("the VM migrated to {url} after ")),
         "{stderr}"
     );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let downtime_ms: u64 = stderr
+        .split(" ms of downtime")
+        .next()
+        .and_then(|head| head.rsplit(' ').next()?.parse().ok())
+        .expect("the downtime in the source's last line");
+    // Generous for a debug build on a shared host: the switch-over sends
+    // a few pages and the state, and the destination builds the VM.
+    assert!(downtime_ms < 2000, "{stderr}");
     // It ran there: the receiver's figures say what arrived.
     let status = sie(&["ctl", "--sock", &dest_sock, "migrate", "status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");

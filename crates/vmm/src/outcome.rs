@@ -26,7 +26,8 @@ pub enum VmOutcome {
     Crash(CrashReport),
     /// sie received a terminating signal.
     Signal(i32),
-    /// The VM moved to another sie (its endpoint): it runs there now.
+    /// The VM moved to another sie (its endpoint, and how the move went):
+    /// it runs there now.
     Migrated(String),
     /// A migration into this sie failed (one line: why).
     MigrationFailed(String),

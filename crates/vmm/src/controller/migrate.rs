@@ -330,8 +330,16 @@ impl Controller {
         let taken = std::mem::take(&mut self.migration.taken);
         match result {
             Ok(destination) => {
-                tracing::info!("the VM migrated to {destination}");
-                self.control.finish(VmOutcome::Migrated(destination));
+                let p = progress::read(&self.migration.progress);
+                let figures = format!(
+                    "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
+                    p.round,
+                    p.bytes as f64 / f64::from(1u32 << 20),
+                    p.downtime_ms.unwrap_or_default(),
+                    p.total_ms.unwrap_or_default(),
+                );
+                tracing::info!("the VM migrated to {figures}");
+                self.control.finish(VmOutcome::Migrated(figures));
             }
             Err(why) => {
                 tracing::warn!("migration failed, the VM runs on here: {why}");
