@@ -216,6 +216,32 @@ fn what_sie_cannot_do_yet_is_refused_in_one_line() {
     assert_eq!(code, Some(143));
 }
 
+#[test]
+fn a_source_that_dies_mid_transfer_ends_the_destination_in_one_line() {
+    let mut frames = Vec::new();
+    wire::send_hello(&mut frames).unwrap();
+    let layout = Message::Layout(vec![sie_vmm::snapshot::memory_file::RegionEntry {
+        guest_addr: 0,
+        len: 32 << 20,
+    }]);
+    wire::write_message(&mut frames, &layout).unwrap();
+    let run = wire::PageRun {
+        guest_addr: 0x10000,
+        bytes: vec![0x5a; 4096],
+    };
+    wire::write_message(&mut frames, &Message::Pages(vec![run])).unwrap();
+    // Half a frame, then the connection closes.
+    let mut cut = Vec::new();
+    wire::write_message(&mut cut, &Message::Pages(vec![])).unwrap();
+    frames.extend_from_slice(&cut[..cut.len() / 2]);
+    let (code, stderr) = receiver_fed("migrate-source-dies", &frames);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "sie: migration failed: the source closed the stream mid-transfer"
+    );
+}
+
 /// Sends `frames` to a fresh receiving sie and returns its exit code and
 /// stderr.
 fn receiver_fed(name: &str, frames: &[u8]) -> (Option<i32>, String) {
@@ -225,6 +251,7 @@ fn receiver_fed(name: &str, frames: &[u8]) -> (Option<i32>, String) {
     dest.ok("PUT", "/migration/receive", &receive.to_string());
     let mut conn = UnixStream::connect(&path).expect("connect");
     conn.write_all(frames).expect("frames");
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
     dest.wait()

@@ -63,7 +63,12 @@ impl Receiver {
     }
 
     fn converse(&self, conn: &mut dyn Conn) -> Result<(), String> {
-        let refused = |e: wire::WireError| format!("migration refused: {e}");
+        let refused = |e: wire::WireError| match e {
+            wire::WireError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                "the source closed the stream mid-transfer".to_string()
+            }
+            other => other.to_string(),
+        };
         // The sender's version is checked before this side says anything,
         // so a mismatch is refused before any memory moves.
         match wire::read_message(conn).map_err(refused)? {
@@ -97,7 +102,7 @@ impl Receiver {
                             .write_slice(&run.bytes, GuestAddress(run.guest_addr))
                             .map_err(|_| {
                                 format!(
-                                    "migration refused: {} bytes at {:#x} are outside guest RAM",
+                                    "{} bytes at {:#x} are outside guest RAM",
                                     run.bytes.len(),
                                     run.guest_addr
                                 )
@@ -112,14 +117,9 @@ impl Receiver {
                 Message::State(bytes) => {
                     let snapshot =
                         crate::snapshot::decode_snapshot(Path::new("(migration stream)"), &bytes)
-                            .map_err(|e| {
-                            format!("migration refused: {}", crate::error::error_chain(&e))
-                        })?;
+                            .map_err(|e| crate::error::error_chain(&e))?;
                     if snapshot.memory != layout {
-                        return Err(
-                            "migration refused: the state's RAM layout differs from the pages sent"
-                                .into(),
-                        );
+                        return Err("the state's RAM layout differs from the pages sent".into());
                     }
                     self.link.ask(|reply| ToVmm::Arrived {
                         snapshot: Box::new(snapshot),
@@ -137,7 +137,7 @@ impl Receiver {
 }
 
 fn unexpected(found: &str, expected: &str) -> String {
-    format!("migration refused: unexpected {found} message (expected {expected})")
+    format!("unexpected {found} message in the migration stream (expected {expected})")
 }
 
 fn total(layout: &[crate::snapshot::memory_file::RegionEntry]) -> u64 {
