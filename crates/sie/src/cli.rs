@@ -438,6 +438,22 @@ pub enum BenchCommand {
     Lifecycle(BenchLifecycleArgs),
     /// Snapshot create and restore times per guest size, sie and a peer VMM.
     Snapshot(BenchSnapshotArgs),
+    /// Live migration between two sie processes: total time, rounds, bytes, downtime.
+    Migrate(BenchMigrateArgs),
+}
+
+/// Flags of `sie bench migrate`.
+#[derive(Debug, Args)]
+pub struct BenchMigrateArgs {
+    /// Migrations per case; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Guest memory sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
+    pub sizes_mib: Vec<u32>,
+    /// Share of RAM the guest rewrites on each count (0: idle), percent.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1, 10])]
+    pub dirty_percent: Vec<u32>,
 }
 
 /// Flags of `sie bench snapshot`.
