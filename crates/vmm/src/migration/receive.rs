@@ -8,7 +8,7 @@ use std::path::Path;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::progress::{self, MigrationState, SharedProgress};
-use super::wire::{self, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use super::wire::{self, Message, PROTOCOL_MAJOR};
 use super::{Conn, Listener, ToVmm, VmmLink};
 use crate::snapshot::lazy;
 
@@ -142,9 +142,4 @@ fn unexpected(found: &str, expected: &str) -> String {
 
 fn total(layout: &[crate::snapshot::memory_file::RegionEntry]) -> u64 {
     layout.iter().map(|r| r.len).sum()
-}
-
-/// This side's protocol version, as `sie --version` may show it.
-pub fn protocol_version() -> String {
-    format!("{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}")
 }
