@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 /// Thread kinds, in the order `src/lib.rs` expects them.
-const KINDS: [&str; 6] = ["vmm", "api", "vcpu", "uffd", "blk", "build"];
+const KINDS: [&str; 7] = ["vmm", "api", "vcpu", "uffd", "blk", "build", "migration"];
 
 fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");

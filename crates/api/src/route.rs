@@ -9,8 +9,8 @@
 use serde::de::DeserializeOwned;
 use sie_config::{
     ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, MmdsConfig, NetworkInterface, NetworkInterfacePatch, Request, SerialConfig,
-    SnapshotCreate, SnapshotLoad, VmDump, VmState, Vsock,
+    Metrics, MigrationReceive, MigrationSend, MmdsConfig, NetworkInterface, NetworkInterfacePatch,
+    Request, SerialConfig, SnapshotCreate, SnapshotLoad, VmDump, VmState, Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -178,6 +178,18 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked_message("put_snapshot_create", create.check())?;
             vmm(Request::CreateSnapshot(create))
         }
+        ("PUT", ["migration", "receive"]) => {
+            let receive: MigrationReceive = input.parse("put_migration_receive")?;
+            checked_message("put_migration_receive", receive.check())?;
+            vmm(Request::ReceiveMigration(receive))
+        }
+        ("PUT", ["migration", "send"]) => {
+            let send: MigrationSend = input.parse("put_migration_send")?;
+            checked_message("put_migration_send", send.check())?;
+            vmm(Request::SendMigration(send))
+        }
+        ("GET", ["migration"]) => vmm(Request::GetMigration),
+        ("PUT", ["migration", "cancel"]) => vmm(Request::CancelMigration),
         ("PUT", ["snapshot", "load"]) => {
             let load: SnapshotLoad = input.parse("put_snapshot_load")?;
             checked_message("put_snapshot_load", load.plan().map(|_| ()))?;

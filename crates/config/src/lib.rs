@@ -21,6 +21,7 @@ mod cli_spec;
 mod devices;
 mod logging;
 mod machine_config;
+mod migration;
 mod mmds;
 mod request;
 mod resource_id;
@@ -37,6 +38,7 @@ pub use devices::{
 };
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
+pub use migration::{MigrationMode, MigrationReceive, MigrationSend, check_migration_url};
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsConfigError, MmdsVersion};
 pub use request::{
     ActionType, DrivePatch, FIRECRACKER_API_VERSION, MachineConfigPatch, NetworkInterfacePatch,

@@ -77,6 +77,14 @@ pub enum Request {
     /// Extension: `PUT /vm/dump`, the guest's memory and registers as an
     /// ELF core file.
     DumpCore(crate::serial::VmDump),
+    /// Extension: `PUT /migration/receive` (on a fresh sie).
+    ReceiveMigration(crate::migration::MigrationReceive),
+    /// Extension: `PUT /migration/send` (on a running or paused VM).
+    SendMigration(crate::migration::MigrationSend),
+    /// Extension: `GET /migration`.
+    GetMigration,
+    /// Extension: `PUT /migration/cancel`.
+    CancelMigration,
 }
 
 impl Request {
@@ -109,6 +117,10 @@ impl Request {
             Request::PutMmdsConfig(_) => "put_mmds_config",
             Request::PutSerial(_) => "put_serial",
             Request::DumpCore(_) => "put_vm_dump",
+            Request::ReceiveMigration(_) => "put_migration_receive",
+            Request::SendMigration(_) => "put_migration_send",
+            Request::GetMigration => "get_migration",
+            Request::CancelMigration => "put_migration_cancel",
         }
     }
 }

@@ -2,10 +2,10 @@
 //! is subverted can only make the system calls its job needs.
 //!
 //! The policy is data, `policy/x86_64.json` in seccompiler's JSON format
-//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`, `blk` and
-//! `build`); build.rs compiles it to BPF, so a broken policy fails the
+//! (one filter per thread kind: `vmm`, `api`, `vcpu`, `uffd`, `blk`,
+//! `build` and `migration`); build.rs compiles it to BPF, so a broken policy fails the
 //! build. A user's policy in the same format replaces it
-//! (`--seccomp-filter FILE`); one without a `uffd` or `blk` filter
+//! (`--seccomp-filter FILE`); one without a `uffd`, `blk` or `migration` filter
 //! (Firecracker's have neither) gives those threads the `vmm` filter, and
 //! `build` is optional. Each thread installs its own filter with
 //! [`Seccomp::install`]: the vCPU, API, page-fault (`uffd`) and drive
@@ -39,7 +39,7 @@ use seccompiler::{BpfProgram, sock_filter};
 pub use sigsys::{EXIT_SECCOMP, denied_count};
 
 // The built-in policy, compiled by build.rs: `VMM`, `API`, `VCPU`, `UFFD`,
-// `BLK`, `BUILD`.
+// `BLK`, `BUILD`, `MIGRATION`.
 include!(concat!(env!("OUT_DIR"), "/policy.rs"));
 
 /// The kinds of thread sie runs, each with its own filter.
@@ -60,17 +60,21 @@ pub enum ThreadKind {
     /// everything but the calls no VMM needs. Every later filter is stacked
     /// on it.
     Build,
+    /// `sie-migrate`: a live migration's stream (guest memory out or in,
+    /// over a Unix socket or TCP).
+    Migration,
 }
 
 impl ThreadKind {
     /// Every kind, in the order of [`ThreadKind::index`].
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vmm,
         ThreadKind::Api,
         ThreadKind::Vcpu,
         ThreadKind::Uffd,
         ThreadKind::Blk,
         ThreadKind::Build,
+        ThreadKind::Migration,
     ];
 
     /// The kind's key in a policy file.
@@ -82,6 +86,7 @@ impl ThreadKind {
             ThreadKind::Uffd => "uffd",
             ThreadKind::Blk => "blk",
             ThreadKind::Build => "build",
+            ThreadKind::Migration => "migration",
         }
     }
 
@@ -120,7 +125,7 @@ pub enum SeccompError {
         kind: &'static str,
     },
     /// A filter for a thread kind sie does not have.
-    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu, uffd, blk and build)", path.display())]
+    #[error("{}: unknown thread kind `{kind}` (sie has vmm, api, vcpu, uffd, blk, build and migration)", path.display())]
     UnknownKind {
         /// The file.
         path: PathBuf,
@@ -146,7 +151,7 @@ pub enum SeccompError {
 #[derive(Clone, Debug, Default)]
 pub struct Seccomp {
     /// Indexed by [`ThreadKind::index`]; an empty program installs nothing.
-    programs: Option<Arc<[BpfProgram; 6]>>,
+    programs: Option<Arc<[BpfProgram; 7]>>,
 }
 
 impl Seccomp {
@@ -166,13 +171,14 @@ impl Seccomp {
                 program(UFFD),
                 program(BLK),
                 program(BUILD),
+                program(MIGRATION),
             ])),
         }
     }
 
     /// A user's policy from `path`, in the built-in policy's JSON format,
-    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally `uffd`
-    /// and `blk` (the `vmm` filter when absent) and `build` (without it the
+    /// with a filter for each of `vmm`, `api` and `vcpu`, optionally `uffd`,
+    /// `blk` and `migration` (the `vmm` filter when absent) and `build` (without it the
     /// VMM thread is unfiltered until built), and no other.
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         let json = std::fs::read(path).map_err(|source| SeccompError::Read {
@@ -208,7 +214,8 @@ impl Seccomp {
         let uffd = take(ThreadKind::Uffd).unwrap_or_else(|_| vmm.clone());
         let blk = take(ThreadKind::Blk).unwrap_or_else(|_| vmm.clone());
         let build = take(ThreadKind::Build).unwrap_or_default();
-        let programs = [vmm, api, vcpu, uffd, blk, build];
+        let migration = take(ThreadKind::Migration).unwrap_or_else(|_| vmm.clone());
+        let programs = [vmm, api, vcpu, uffd, blk, build, migration];
         if let Some(kind) = map.into_keys().next() {
             return Err(SeccompError::UnknownKind {
                 path: path.to_path_buf(),

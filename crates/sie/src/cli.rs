@@ -256,6 +256,10 @@ pub enum CtlCommand {
         /// The core file (replaced crash-safely if it exists).
         path: PathBuf,
     },
+    /// Live migration: `receive` on a fresh sie, then `send` on the running
+    /// one; `status` and `cancel` while it goes.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Any API request, e.g. `request PUT /machine-config '{"vcpu_count":2,"mem_size_mib":256}'`.
     Request {
         /// GET, PUT or PATCH.
@@ -265,6 +269,37 @@ pub enum CtlCommand {
         /// A JSON body.
         body: Option<String>,
     },
+}
+
+/// `sie ctl migrate` commands.
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Listen for a migrating VM (PUT /migration/receive) on this fresh sie.
+    Receive {
+        /// `unix:PATH` or `tcp:HOST:PORT` (TCP carries guest memory in the
+        /// clear: tunnel it between hosts).
+        url: String,
+    },
+    /// Move the running VM to a receiving sie (PUT /migration/send); this
+    /// sie exits once the VM runs there.
+    Send {
+        /// `unix:PATH` or `tcp:HOST:PORT` of the receiving sie.
+        url: String,
+        /// The pause the guest may see at the switch-over.
+        #[arg(long, default_value_t = 300)]
+        downtime_ms: u64,
+        /// Give up (the VM runs on here) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// How the migration goes (GET /migration).
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a send before the switch-over; the VM runs on here.
+    Cancel,
 }
 
 /// `sie ctl snapshot` commands.
@@ -478,6 +513,22 @@ pub enum BenchCommand {
     Lifecycle(BenchLifecycleArgs),
     /// Snapshot create and restore times per guest size, sie and a peer VMM.
     Snapshot(BenchSnapshotArgs),
+    /// Live migration between two sie processes: total time, rounds, bytes, downtime.
+    Migrate(BenchMigrateArgs),
+}
+
+/// Flags of `sie bench migrate`.
+#[derive(Debug, Args)]
+pub struct BenchMigrateArgs {
+    /// Migrations per case; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Guest memory sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
+    pub sizes_mib: Vec<u32>,
+    /// Share of RAM the guest rewrites on each count (0: idle), percent.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1, 10])]
+    pub dirty_percent: Vec<u32>,
 }
 
 /// Flags of `sie bench snapshot`.

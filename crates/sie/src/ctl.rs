@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cli::{CtlArgs, CtlCommand, SnapshotCommand};
+use crate::cli::{CtlArgs, CtlCommand, MigrateCommand, SnapshotCommand};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -202,6 +202,72 @@ fn print_stats(answer: &Answer) {
     }
 }
 
+/// `sie ctl migrate ...`.
+fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
+    match command {
+        MigrateCommand::Receive { url } => {
+            request(
+                sock,
+                "PUT",
+                "/migration/receive",
+                Some(&json!({ "receiver_url": url })),
+            )?;
+            println!("listening on {url} for a migrating VM");
+        }
+        MigrateCommand::Send {
+            url,
+            downtime_ms,
+            timeout_s,
+        } => {
+            let body = json!({"destination_url": url, "downtime_ms": downtime_ms,
+                "timeout_s": timeout_s, "mode": "precopy", "local": false});
+            request(sock, "PUT", "/migration/send", Some(&body))?;
+            println!("migration to {url} started (sie ctl migrate status follows it)");
+        }
+        MigrateCommand::Status { json } => {
+            let answer = request(sock, "GET", "/migration", None)?;
+            if json {
+                print_json(&answer);
+            } else {
+                let status: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+                println!("{}", migration_summary(&status));
+            }
+        }
+        MigrateCommand::Cancel => {
+            request(sock, "PUT", "/migration/cancel", None)?;
+            println!("migration cancelled; the VM runs on here");
+        }
+    }
+    Ok(())
+}
+
+/// One line from `GET /migration`'s figures.
+fn migration_summary(status: &Value) -> String {
+    let number = |key: &str| status[key].as_u64().unwrap_or(0);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let mut line = format!(
+        "{} {}: round {}, {:.1} MiB in {} pages, {:.1} MiB/s, dirtying {:.1} MiB/s, estimated downtime {} ms",
+        status["state"].as_str().unwrap_or("?"),
+        status["peer"].as_str().unwrap_or(""),
+        number("round"),
+        mib(number("bytes")),
+        number("pages"),
+        mib(number("bandwidth_bytes_per_s")),
+        mib(number("dirty_rate_bytes_per_s")),
+        number("estimated_downtime_ms"),
+    );
+    if let Some(downtime) = status["downtime_ms"].as_u64() {
+        line.push_str(&format!(", downtime {downtime} ms"));
+    }
+    if let Some(total) = status["total_ms"].as_u64() {
+        line.push_str(&format!(", total {total} ms"));
+    }
+    if let Some(error) = status["error"].as_str() {
+        line.push_str(&format!(": {error}"));
+    }
+    line
+}
+
 /// Runs `sie ctl`.
 pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
     if let CtlCommand::Console { socket: Some(path) } = &args.command {
@@ -286,6 +352,7 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
             request(sock, "PUT", "/vm/dump", Some(&json!({ "path": path })))?;
             println!("core written to {}", path.display());
         }
+        CtlCommand::Migrate(command) => migrate(sock, command)?,
         CtlCommand::Request { method, path, body } => {
             let body = body
                 .map(|text| serde_json::from_str::<Value>(&text).map_err(CtlError::Body))

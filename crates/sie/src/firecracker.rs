@@ -268,6 +268,8 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             dump_on_panic: args.console.dump_on_panic.clone(),
             seccomp,
             mmds,
+            // Only a sie with an API can be asked to migrate.
+            migration_worker: server.is_some(),
         },
     );
     // Stop serving before anything else: the socket file goes away and no

@@ -197,5 +197,7 @@ pub fn report_outcome(outcome: &VmOutcome) {
             eprintln!("sie: the guest kernel panicked (reported through pvpanic)")
         }
         VmOutcome::Signal(signal) => eprintln!("sie: stopped by signal {signal}"),
+        VmOutcome::Migrated(to) => eprintln!("sie: the VM migrated to {to}; it runs there now"),
+        VmOutcome::MigrationFailed(why) => eprintln!("sie: migration failed: {why}"),
     }
 }

@@ -91,11 +91,18 @@ fn modes_of_a_running_api_vm(name: &str, extra: &[&str]) -> Vec<(String, String)
     modes
 }
 
-fn expect_threads(modes: &[(String, String)], want: [&str; 4]) {
+fn expect_threads(modes: &[(String, String)], want: [&str; 6]) {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
-        ["fc_api", "fc_vcpu 0", "fc_vcpu 1", "sie", "sie-blk 0"],
+        [
+            "fc_api",
+            "fc_vcpu 0",
+            "fc_vcpu 1",
+            "sie",
+            "sie-blk 0",
+            "sie-migrate"
+        ],
         "{modes:?}"
     );
     for ((name, seen), want) in modes.iter().zip(want) {
@@ -106,12 +113,13 @@ fn expect_threads(modes: &[(String, String)], want: [&str; 4]) {
 /// Every thread runs its own filter. The API thread, started first, runs
 /// only its own; the VMM thread ran the build filter from before it served
 /// the first request, and the vCPU threads it started inherited that, so
-/// they and the VMM thread run their own stacked on it (two each).
+/// they and the VMM thread run their own stacked on it (two each), as do
+/// the drive's worker and the migration worker.
 #[test]
 fn every_thread_of_a_running_vm_has_a_filter() {
     expect_threads(
         &modes_of_a_running_api_vm("seccomp-on", &[]),
-        ["2/1", "2/2", "2/2", "2/2"],
+        ["2/1", "2/2", "2/2", "2/2", "2/2", "2/2"],
     );
 }
 
@@ -164,7 +172,7 @@ fn a_console_client_and_a_core_dump_stay_inside_the_filters() {
 fn no_seccomp_leaves_every_thread_unfiltered() {
     expect_threads(
         &modes_of_a_running_api_vm("seccomp-off", &["--no-seccomp"]),
-        ["0", "0", "0", "0"],
+        ["0", "0", "0", "0", "0", "0"],
     );
 }
 

@@ -34,6 +34,7 @@ mod error;
 mod event_loop;
 pub mod gdb;
 pub mod guest_memory;
+pub mod migration;
 mod outcome;
 pub mod platform;
 pub mod snapshot;

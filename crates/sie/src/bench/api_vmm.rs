@@ -1,5 +1,6 @@
 //! A VMM process driven through Firecracker's API for the benchmarks that
-//! compare sie with a peer (`sie bench snapshot`): started on a socket,
+//! compare sie with a peer (`sie bench snapshot`) or move a guest between
+//! two sie processes (`sie bench migrate`): started on a socket,
 //! waited for, its console read back, killed when dropped.
 
 use std::fs::File;
@@ -43,6 +44,47 @@ pub(super) fn spawn(
     name: &str,
     extra: &[&str],
 ) -> Result<Vmm, BoxError> {
+    spawn_with_stderr(program, dir, name, extra, Stdio::null())
+}
+
+/// [`spawn`], its stderr kept in `DIR/NAME.stderr` (read with
+/// [`Vmm::wait_for_exit`]).
+pub(super) fn spawn_logged(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<Vmm, BoxError> {
+    let log = File::create(dir.join(format!("{name}.stderr")))?;
+    spawn_with_stderr(program, dir, name, extra, Stdio::from(log))
+}
+
+impl Vmm {
+    /// Waits for the process to exit; returns its status and its stderr
+    /// (empty unless started with [`spawn_logged`]).
+    pub(super) fn wait_for_exit(&mut self) -> Result<(i32, String), BoxError> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = self.console.with_extension("stderr");
+                let stderr = std::fs::read_to_string(log).unwrap_or_default();
+                return Ok((status.code().unwrap_or(-1), stderr));
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for the VMM to exit".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn spawn_with_stderr(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    stderr: Stdio,
+) -> Result<Vmm, BoxError> {
     let sock = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.console"));
     // Firecracker will not bind over a socket an earlier run left.
@@ -53,7 +95,7 @@ pub(super) fn spawn(
         .args(extra)
         .stdin(Stdio::null())
         .stdout(File::create(&console)?)
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()?;
     let mut vmm = Vmm {
         child,

@@ -10,6 +10,7 @@ pub mod blk;
 pub mod boot;
 pub mod exits;
 pub mod lifecycle;
+pub mod migrate;
 pub mod net;
 mod restore_backends;
 pub mod snapshot;

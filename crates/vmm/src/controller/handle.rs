@@ -87,6 +87,10 @@ impl Controller {
             Request::PutMmds(data) => mmds_response(self.mmds().put(data)),
             Request::PatchMmds(patch) => mmds_response(self.mmds().patch(&patch)),
             Request::DumpCore(dump) => self.dump_core(&dump),
+            Request::ReceiveMigration(receive) => self.receive_migration(&receive),
+            Request::SendMigration(send) => self.send_migration(&send),
+            Request::GetMigration => self.migration_status(),
+            Request::CancelMigration => self.cancel_migration(),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -182,6 +186,13 @@ impl Controller {
     fn set_vm_state(&mut self, state: VmState) -> Response {
         if !self.is_started() {
             return Response::fault(BEFORE_START);
+        }
+        if self.migration_active() {
+            // The switch-over pauses and (on failure) resumes the vCPUs; a
+            // resume in between would run the guest on both hosts.
+            return Response::fault(
+                "a migration is under way: cancel it (PUT /migration/cancel) first",
+            );
         }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);

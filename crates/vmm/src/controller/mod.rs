@@ -13,6 +13,7 @@
 mod draft;
 mod handle;
 pub mod metrics;
+mod migrate;
 pub mod sink;
 mod stats_json;
 
@@ -118,6 +119,9 @@ pub struct ServeOptions {
     /// The metadata store (`PUT|PATCH|GET /mmds`; `--metadata` fills it
     /// first), which the interfaces of `mmds-config` answer the guest from.
     pub mmds: sie_mmds::SharedMmds,
+    /// Spawn the `sie-migrate` worker with the VM, so `PUT
+    /// /migration/send` can run (the API's sie; not `sie run`).
+    pub migration_worker: bool,
 }
 
 impl ServeOptions {
@@ -148,6 +152,7 @@ impl ServeOptions {
             mmds: Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
                 sie_mmds::DEFAULT_SIZE_LIMIT,
             ))),
+            migration_worker: false,
         }
     }
 }
@@ -191,6 +196,7 @@ struct Controller {
     console_socket: Option<ConsoleSocket>,
     /// The gdb stub (`gdb_socket_path`).
     gdb: Option<crate::gdb::GdbServer>,
+    migration: migrate::Migration,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -231,6 +237,8 @@ pub fn serve(
         draft.note_logging(None, Some(config));
     }
     let initial = options.initial_config.take();
+    let migration =
+        migrate::Migration::new(&mut manager).map_err(host_error("creating an eventfd"))?;
     let mut controller = Controller {
         options,
         draft,
@@ -240,6 +248,7 @@ pub fn serve(
         terminal: None,
         console_socket: None,
         gdb: None,
+        migration,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -259,6 +268,7 @@ pub fn serve(
     let mut next_metrics = Instant::now() + period;
     loop {
         event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
             reply(response);
@@ -460,6 +470,13 @@ impl Controller {
         let mut started = built.start_as(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);
+        }
+        // The VMM thread's filter allows no new threads: the worker a
+        // later migration runs on is spawned now.
+        if self.options.migration_worker && self.migration_worker_missing() {
+            self.migration
+                .spawn_worker(&self.options.seccomp)
+                .map_err(host_error("spawning the migration worker"))?;
         }
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started

@@ -52,7 +52,7 @@ pub fn file_len(layout: &[RegionEntry]) -> u64 {
 
 /// Which pages of `region` are in memory (`mincore`); pages never touched
 /// are not, and need not be written.
-fn resident_pages(region: &GuestRegionMmap<AtomicBitmap>) -> io::Result<Vec<bool>> {
+pub(crate) fn resident_pages(region: &GuestRegionMmap<AtomicBitmap>) -> io::Result<Vec<bool>> {
     let len = usize::try_from(region.len()).map_err(io::Error::other)?;
     let mut residency = vec![0u8; len.div_ceil(PAGE)];
     // SAFETY: the range is exactly one mapping vm-memory created and keeps
@@ -64,7 +64,7 @@ fn resident_pages(region: &GuestRegionMmap<AtomicBitmap>) -> io::Result<Vec<bool
     Ok(residency.iter().map(|page| page & 1 != 0).collect())
 }
 
-fn is_zero_page(memory: &GuestMemory, at: GuestAddress) -> io::Result<bool> {
+pub(crate) fn is_zero_page(memory: &GuestMemory, at: GuestAddress) -> io::Result<bool> {
     let mut page = [0u8; PAGE];
     memory
         .read_slice(&mut page, at)

@@ -44,7 +44,7 @@ use sie_config::VmConfig;
 use memory_file::RegionEntry;
 
 pub use model::{Snapshot, SnapshotError, check_snapshottable};
-pub use restore::{RestoreMemory, restore};
+pub use restore::{RestoreMemory, restore, restore_with_memory};
 
 const SECTION_CONFIG: &str = "config";
 const SECTION_VM: &str = "vm";
@@ -136,6 +136,38 @@ pub fn create_as(
     if !vm.vcpus.is_paused() {
         return Err(SnapshotError::NotPaused);
     }
+    let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
+    let (bytes, virtio) = encode_state(vm, config, msr_indices, Some(pair_id.clone()))?;
+    // Taken before any page is copied, so a write racing with the copy
+    // lands in the next Diff as well. Nothing may fail between taking the
+    // pages and writing them but the writes, whose failure marks them again.
+    let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
+        .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
+    let memory = vm.memory();
+    let files = write_files((snapshot_path, mem_path), &bytes, || match kind {
+        MemoryKind::Full => memory_file::stage(memory, mem_path, vm.memory_from_file(), &pair_id),
+        MemoryKind::Diff => dirty::stage_diff(memory, mem_path, &pages, &pair_id),
+    });
+    if files.is_err() {
+        // The pages taken still differ from the last snapshot that exists.
+        dirty::mark_again(memory, &pages);
+    }
+    dirty::mark_rings(memory, &virtio);
+    files
+}
+
+/// A paused VM's state as a snapshot file's bytes (everything but guest
+/// RAM), and its virtio transports' state (whose rings' pages a caller
+/// marks). Requests in flight complete first.
+pub fn encode_state(
+    vm: &mut crate::vm::StartedVm,
+    config: &VmConfig,
+    msr_indices: Vec<u32>,
+    pair_id: Option<String>,
+) -> Result<(Vec<u8>, Vec<sie_virtio::TransportState>), SnapshotError> {
+    if !vm.vcpus.is_paused() {
+        return Err(SnapshotError::NotPaused);
+    }
     // Drives' requests in flight land in guest memory and the used rings
     // first, so nothing saved below misses them.
     for transport in &vm.virtio.transports {
@@ -161,12 +193,6 @@ pub fn create_as(
     let devices = vm.devices.state();
     let virtio: Vec<sie_virtio::TransportState> =
         vm.virtio.transports.iter().map(|t| t.save()).collect();
-    let pair_id = pairing::new_id().map_err(io_error("pair id", mem_path))?;
-    // Taken before any page is copied, so a write racing with the copy
-    // lands in the next Diff as well. Nothing may fail between taking the
-    // pages and writing them but the writes, whose failure marks them again.
-    let pages = dirty::take(vm.memory(), vm.hv_vm(), tracking)
-        .map_err(|e| SnapshotError::State(crate::error::error_chain(&e)))?;
     let bytes = format::encode(
         &host_cpu_vendor(),
         &[
@@ -179,22 +205,12 @@ pub fn create_as(
                 SECTION_MEMORY,
                 json_section(&MemorySection {
                     regions: memory_file::layout_of(vm.memory()),
-                    pair_id: Some(pair_id.clone()),
+                    pair_id,
                 }),
             ),
         ],
     );
-    let memory = vm.memory();
-    let files = write_files((snapshot_path, mem_path), &bytes, || match kind {
-        MemoryKind::Full => memory_file::stage(memory, mem_path, vm.memory_from_file(), &pair_id),
-        MemoryKind::Diff => dirty::stage_diff(memory, mem_path, &pages, &pair_id),
-    });
-    if files.is_err() {
-        // The pages taken still differ from the last snapshot that exists.
-        dirty::mark_again(memory, &pages);
-    }
-    dirty::mark_rings(memory, &virtio);
-    files
+    Ok((bytes, virtio))
 }
 
 /// An I/O error on the file at `path`, for `map_err`.

@@ -97,11 +97,7 @@ pub fn restore(
     options: BuildOptions,
     control: Arc<VmControl>,
 ) -> Result<BuiltVm, SnapshotError> {
-    let config = &snapshot.config;
-    check_snapshottable(config)?;
-    let build_error =
-        |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
-    let count = builder::vcpu_count(config, hv).map_err(build_error)?;
+    check_snapshottable(&snapshot.config)?;
     if source.backend != MemBackendType::Uffd {
         // The memory file must be this snapshot's (Uffd's path is the
         // handler's socket: the handler answers for its file).
@@ -109,6 +105,62 @@ pub fn restore(
             .map_err(SnapshotError::Build)?;
     }
     let (memory, lazy) = guest_memory(source, snapshot)?;
+    let mut built = build_restored(
+        snapshot,
+        memory,
+        Restored::Clone { clock_realtime },
+        hv,
+        options,
+        control,
+    )?;
+    // Every backend leaves pages that hold data without being resident, so
+    // a later snapshot must read them all.
+    built.memory_from_file = true;
+    if let Some(lazy) = lazy {
+        lazy.mark_loaded();
+    }
+    Ok(built)
+}
+
+/// How a restored VM relates to the one its state was saved from.
+#[derive(Clone, Copy)]
+enum Restored {
+    /// A copy of it (from a snapshot): a new generation id, and the guest
+    /// clock moved forward when `clock_realtime`.
+    Clone {
+        /// Advance the guest clock by the snapshot's age.
+        clock_realtime: bool,
+    },
+    /// The same VM, moved (a live migration): it keeps its generation id.
+    Moved,
+}
+
+/// Builds the VM a migration's `snapshot` (its state) describes on guest
+/// RAM that already holds every page it received; the vCPUs are ready to
+/// continue where they stopped on the source.
+pub fn restore_with_memory(
+    snapshot: &Snapshot,
+    memory: GuestMemory,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+) -> Result<BuiltVm, SnapshotError> {
+    check_snapshottable(&snapshot.config)?;
+    build_restored(snapshot, memory, Restored::Moved, hv, options, control)
+}
+
+fn build_restored(
+    snapshot: &Snapshot,
+    memory: GuestMemory,
+    how: Restored,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+) -> Result<BuiltVm, SnapshotError> {
+    let config = &snapshot.config;
+    let build_error =
+        |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
+    let count = builder::vcpu_count(config, hv).map_err(build_error)?;
     let machine =
         builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
     let state_error = |what: &str, e: sie_hv::HvError| {
@@ -126,7 +178,10 @@ pub fn restore(
         vcpu.notify_paused()
             .map_err(|e| state_error(&format!("vCPU {}", state.id), e))?;
     }
-    if clock_realtime {
+    if let Restored::Clone {
+        clock_realtime: true,
+    } = how
+    {
         let age = snapshot.vm.age();
         machine
             .vm
@@ -151,20 +206,15 @@ pub fn restore(
             .load(saved)
             .map_err(|e| SnapshotError::Build(format!("virtio device {index}: {e}")))?;
     }
-    // A restored VM is a clone: it gets a new generation id and hears about
-    // it before its vCPUs run, so it reseeds its RNG. (No backend writes
-    // guest RAM back to the memory file: the file keeps the old id.)
-    machine
-        .vmgenid
-        .write_new_id(&machine.memory)
-        .map_err(build_error)?;
-    machine.vmgenid.notify().map_err(build_error)?;
-    let mut built = machine.into_built();
-    // Every backend leaves pages that hold data without being resident, so
-    // a later snapshot must read them all.
-    built.memory_from_file = true;
-    if let Some(lazy) = lazy {
-        lazy.mark_loaded();
+    if let Restored::Clone { .. } = how {
+        // A restored VM is a clone: it gets a new generation id and hears about
+        // it before its vCPUs run, so it reseeds its RNG. (No backend writes
+        // guest RAM back to the memory file: the file keeps the old id.)
+        machine
+            .vmgenid
+            .write_new_id(&machine.memory)
+            .map_err(build_error)?;
+        machine.vmgenid.notify().map_err(build_error)?;
     }
-    Ok(built)
+    Ok(machine.into_built())
 }

@@ -1,0 +1,146 @@
+//! sie's live migration requests (an extension: Firecracker has none):
+//! `PUT /migration/receive`, `PUT /migration/send`.
+//!
+//! [`MigrationSend::check`] refuses, in one line, what this version
+//! cannot do yet (post-copy, `auto`, local mode), so every accepted field
+//! takes effect.
+
+use serde::{Deserialize, Serialize};
+
+/// How memory moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationMode {
+    /// Copy memory while the guest runs, then pause for the rest.
+    #[default]
+    Precopy,
+    /// Resume on the destination at once and fetch pages on demand.
+    Postcopy,
+    /// Pre-copy, switching to post-copy when it does not converge.
+    Auto,
+}
+
+/// `PUT /migration/receive` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationReceive {
+    /// `unix:PATH` or `tcp:HOST:PORT` to listen on.
+    pub receiver_url: String,
+}
+
+/// `PUT /migration/send` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSend {
+    /// `unix:PATH` or `tcp:HOST:PORT` of the receiving sie.
+    pub destination_url: String,
+    /// The pause the guest may see at the switch-over.
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+    /// Give up (and keep running here) after this long.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// Pre-copy (the only mode so far).
+    #[serde(default)]
+    pub mode: MigrationMode,
+    /// Same-host handover of shared memory (not yet).
+    #[serde(default)]
+    pub local: bool,
+}
+
+fn default_downtime_ms() -> u64 {
+    300
+}
+
+fn default_timeout_s() -> u64 {
+    600
+}
+
+/// Checks a migration URL's shape: `unix:PATH` or `tcp:HOST:PORT`.
+pub fn check_migration_url(url: &str) -> Result<(), String> {
+    if let Some(path) = url.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!("migration url {url}: no socket path"));
+        }
+        return Ok(());
+    }
+    if let Some(address) = url.strip_prefix("tcp:") {
+        let port = address
+            .rsplit_once(':')
+            .map(|(_, port)| port.parse::<u16>());
+        return match port {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(format!("migration url {url}: expected tcp:HOST:PORT")),
+        };
+    }
+    Err(format!(
+        "migration url {url}: expected unix:PATH or tcp:HOST:PORT"
+    ))
+}
+
+impl MigrationReceive {
+    /// Refuses a malformed URL.
+    pub fn check(&self) -> Result<(), String> {
+        check_migration_url(&self.receiver_url)
+    }
+}
+
+impl MigrationSend {
+    /// Refuses a malformed URL and what sie cannot do yet.
+    pub fn check(&self) -> Result<(), String> {
+        check_migration_url(&self.destination_url)?;
+        match self.mode {
+            MigrationMode::Precopy => {}
+            MigrationMode::Postcopy => return Err("postcopy migration not supported yet".into()),
+            MigrationMode::Auto => return Err("auto migration mode not supported yet".into()),
+        }
+        if self.local {
+            return Err("local migration not supported yet".into());
+        }
+        if self.timeout_s == 0 {
+            return Err("timeout_s must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(json: &str) -> MigrationSend {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn send_defaults_and_refusals() {
+        let plain = send(r#"{"destination_url": "unix:/tmp/m.sock"}"#);
+        assert_eq!(
+            (plain.downtime_ms, plain.timeout_s, plain.mode, plain.local),
+            (300, 600, MigrationMode::Precopy, false)
+        );
+        assert_eq!(plain.check(), Ok(()));
+        let post = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "mode": "postcopy"}"#);
+        assert_eq!(
+            post.check().unwrap_err(),
+            "postcopy migration not supported yet"
+        );
+        let local = send(r#"{"destination_url": "unix:/x", "local": true}"#);
+        assert_eq!(
+            local.check().unwrap_err(),
+            "local migration not supported yet"
+        );
+    }
+
+    #[test]
+    fn urls_are_unix_or_tcp() {
+        assert!(check_migration_url("unix:/run/m.sock").is_ok());
+        assert!(check_migration_url("tcp:[::1]:4000").is_ok());
+        assert!(check_migration_url("tcp:localhost").is_err());
+        assert!(check_migration_url("unix:").is_err());
+        assert_eq!(
+            check_migration_url("http://x").unwrap_err(),
+            "migration url http://x: expected unix:PATH or tcp:HOST:PORT"
+        );
+    }
+}

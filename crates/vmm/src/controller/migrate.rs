@@ -1,0 +1,420 @@
+//! The controller's side of a live migration: the API requests, and the
+//! migration thread's requests ([`ToVmm`]) served on the VMM thread between
+//! rounds of events, since only this thread may touch the VM.
+//!
+//! Threads: a receive runs on a thread spawned when asked (sie has no VM
+//! yet, and its thread runs the `build` filter only); a send runs on the
+//! `sie-migrate` worker, spawned with the VM's other threads before the
+//! VMM thread's own filter goes on (that filter allows no new threads),
+//! and idle until a send is asked. Both install the `migration` filter
+//! (sockets, no KVM) on the `build` filter they inherit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use sie_config::{MigrationReceive, MigrationSend, Response};
+use sie_hv::Hypervisor;
+use sie_seccomp::{Seccomp, ThreadKind};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{Controller, Phase};
+use crate::event_loop::Manager;
+use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
+use crate::migration::send::{SendPlan, Sender as MigrationSender};
+use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
+use crate::outcome::VmOutcome;
+use crate::snapshot::dirty::RegionPages;
+
+/// How long the switch-over waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The controller's migration state.
+pub(super) struct Migration {
+    tx: Sender<ToVmm>,
+    rx: Receiver<ToVmm>,
+    /// Shared rather than duplicated: the VMM thread's filter refuses
+    /// `fcntl(F_DUPFD)`.
+    wake: Arc<EventFd>,
+    progress: SharedProgress,
+    cancel: Option<Arc<AtomicBool>>,
+    /// The worker that runs a send (spawned with the VM).
+    worker: Option<Sender<Job>>,
+    /// The switch-over paused the vCPUs: a failure resumes them.
+    paused_here: bool,
+    /// A send or receive is under way.
+    active: bool,
+    /// Every page a send took from the dirty log and the VMM's bitmap: a
+    /// failed send marks them again, so a later Diff snapshot misses none.
+    taken: Vec<RegionPages>,
+}
+
+/// Wakes the event loop when a migration thread asked something; the
+/// request is served after the round of events.
+struct MigrationWake(EventFd);
+
+impl MutEventSubscriber for MigrationWake {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.0, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Emptied here: the channel says what was asked.
+        let _ = self.0.read();
+    }
+}
+
+impl Migration {
+    /// A migration slot whose wake fd `manager` watches.
+    pub(super) fn new(manager: &mut Manager) -> std::io::Result<Self> {
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        manager.add_subscriber(Box::new(MigrationWake(wake.try_clone()?)));
+        let (tx, rx) = mpsc::channel();
+        Ok(Self {
+            tx,
+            rx,
+            wake: Arc::new(wake),
+            progress: Arc::new(Mutex::new(Progress::default())),
+            cancel: None,
+            worker: None,
+            paused_here: false,
+            active: false,
+            taken: Vec::new(),
+        })
+    }
+
+    fn link(&self) -> VmmLink {
+        VmmLink {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Spawns the send worker (before the VMM thread's filter goes on).
+    pub(super) fn spawn_worker(&mut self, seccomp: &Seccomp) -> std::io::Result<()> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let seccomp = seccomp.clone();
+        std::thread::Builder::new()
+            .name("sie-migrate".into())
+            .spawn(move || {
+                if let Err(error) = seccomp.install(ThreadKind::Migration) {
+                    // The queue closes: a send is refused in one line.
+                    tracing::error!("migration worker: {error}");
+                    return;
+                }
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            })?;
+        self.worker = Some(jobs);
+        Ok(())
+    }
+
+    fn start(&mut self, peer: String, state: MigrationState) -> SharedProgress {
+        self.progress = Arc::new(Mutex::new(Progress {
+            state,
+            peer,
+            ..Progress::default()
+        }));
+        self.active = true;
+        self.progress.clone()
+    }
+}
+
+impl Controller {
+    /// `GET /migration`.
+    pub(super) fn migration_status(&self) -> Response {
+        let progress = progress::read(&self.migration.progress);
+        Response::Json(serde_json::to_value(progress).unwrap_or_default())
+    }
+
+    /// `PUT /migration/cancel`: the send stops before the switch-over.
+    pub(super) fn cancel_migration(&mut self) -> Response {
+        match (&self.migration.cancel, self.migration.active) {
+            (Some(cancel), true) => {
+                cancel.store(true, Ordering::Release);
+                Response::NoContent
+            }
+            _ => Response::fault("no migration is being sent"),
+        }
+    }
+
+    /// `PUT /migration/receive`: listen, then take in a VM on a thread.
+    pub(super) fn receive_migration(&mut self, receive: &MigrationReceive) -> Response {
+        if self.is_started_vm() || self.draft.is_configured() {
+            return Response::fault(
+                "migration/receive: this sie already has a microVM; receive into a fresh sie",
+            );
+        }
+        if self.migration.active {
+            return Response::fault("migration/receive: a migration is already under way");
+        }
+        let endpoint = match Endpoint::parse(&receive.receiver_url) {
+            Ok(endpoint) => endpoint,
+            Err(message) => return Response::Fault(message),
+        };
+        let listener = match endpoint.listen() {
+            Ok(listener) => listener,
+            Err(e) => return Response::Fault(format!("migration/receive: {endpoint}: {e}")),
+        };
+        let link = self.migration.link();
+        let progress = self
+            .migration
+            .start(endpoint.to_string(), MigrationState::Receiving);
+        let receiver = receive::Receiver {
+            listener,
+            link,
+            progress,
+        };
+        let seccomp = self.options.seccomp.clone();
+        match std::thread::Builder::new()
+            .name("sie-migrate".into())
+            .spawn(move || match seccomp.install(ThreadKind::Migration) {
+                Ok(()) => receiver.run(),
+                Err(error) => receiver.fail(format!("migration thread: {error}")),
+            }) {
+            Ok(_) => Response::NoContent,
+            Err(e) => {
+                self.migration.active = false;
+                Response::Fault(format!("migration/receive: starting its thread: {e}"))
+            }
+        }
+    }
+
+    /// `PUT /migration/send`: the worker sends while the VM runs on.
+    pub(super) fn send_migration(&mut self, send: &MigrationSend) -> Response {
+        if let Err(message) = send.check() {
+            return Response::Fault(message);
+        }
+        let Phase::Running(vm) = &self.phase else {
+            return Response::fault("migration/send: no microVM is running here");
+        };
+        if self.migration.active {
+            return Response::fault("migration/send: a migration is already under way");
+        }
+        let Some(worker) = self.migration.worker.clone() else {
+            return Response::fault("migration/send: this sie was started without migration");
+        };
+        let destination = match Endpoint::parse(&send.destination_url) {
+            Ok(endpoint) => endpoint,
+            Err(message) => return Response::Fault(message),
+        };
+        let link = self.migration.link();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let sender = MigrationSender {
+            plan: SendPlan {
+                destination: destination.clone(),
+                downtime: Duration::from_millis(send.downtime_ms),
+                timeout: Duration::from_secs(send.timeout_s),
+            },
+            memory: vm.memory().clone(),
+            scan_contents: vm.memory_from_file(),
+            link,
+            progress: Arc::default(),
+            cancel: cancel.clone(),
+        };
+        let progress = self
+            .migration
+            .start(destination.to_string(), MigrationState::Sending);
+        let sender = MigrationSender { progress, ..sender };
+        self.migration.cancel = Some(cancel);
+        self.migration.paused_here = false;
+        if worker.send(Box::new(move || sender.run())).is_err() {
+            self.migration.active = false;
+            return Response::fault("migration/send: the migration worker is gone");
+        }
+        Response::NoContent
+    }
+
+    pub(super) fn migration_active(&self) -> bool {
+        self.migration.active
+    }
+
+    pub(super) fn migration_worker_missing(&self) -> bool {
+        self.migration.worker.is_none()
+    }
+
+    fn is_started_vm(&self) -> bool {
+        matches!(self.phase, Phase::Running(_))
+    }
+
+    /// Serves what the migration threads asked since the last round.
+    pub(super) fn serve_migration(&mut self, hv: &dyn Hypervisor, manager: &mut Manager) {
+        while let Ok(message) = self.migration.rx.try_recv() {
+            match message {
+                ToVmm::StartDirtyLog(reply) => {
+                    let _ = reply.send(self.start_dirty_log());
+                }
+                ToVmm::TakeDirty(reply) => {
+                    let _ = reply.send(self.take_dirty());
+                }
+                ToVmm::Switchover(reply) => {
+                    let _ = reply.send(self.switchover(hv));
+                }
+                ToVmm::SendFinished(result) => self.send_finished(result),
+                ToVmm::Arrived {
+                    snapshot,
+                    memory,
+                    reply,
+                } => {
+                    let result = self.run_arrived(*snapshot, memory, hv, manager);
+                    let _ = reply.send(result);
+                }
+                ToVmm::ReceiveFailed(why) => {
+                    self.migration.active = false;
+                    self.control.finish(VmOutcome::MigrationFailed(why));
+                }
+            }
+        }
+    }
+
+    fn start_dirty_log(&mut self) -> Result<(), String> {
+        let Phase::Running(vm) = &self.phase else {
+            return Err("the microVM is gone".into());
+        };
+        if !self.tracks_dirty_pages() {
+            vm.hv_vm()
+                .enable_dirty_log()
+                .map_err(|e| format!("dirty page logging: {}", crate::error::error_chain(&e)))?;
+        }
+        // A new period: what the first pass reads is sent whatever it held.
+        self.take_dirty().map(drop)
+    }
+
+    fn tracks_dirty_pages(&self) -> bool {
+        crate::builder::tracks_dirty_pages(&self.draft.to_config_unchecked())
+    }
+
+    fn take_dirty(&mut self) -> Result<Vec<RegionPages>, String> {
+        let Phase::Running(vm) = &self.phase else {
+            return Err("the microVM is gone".into());
+        };
+        // Logging is on for the migration whatever the configuration says.
+        let pages = crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
+            .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))?;
+        remember(&mut self.migration.taken, &pages);
+        Ok(pages)
+    }
+
+    fn switchover(&mut self, hv: &dyn Hypervisor) -> Result<Switchover, String> {
+        let config = self.draft.to_config()?;
+        let msrs = hv
+            .supported_msrs()
+            .map_err(|e| crate::error::error_chain(&e))?;
+        let Phase::Running(vm) = &mut self.phase else {
+            return Err("the microVM is gone".into());
+        };
+        if !vm.vcpus.is_paused() {
+            if let Err(error) = vm.vcpus.pause(PAUSE_TIMEOUT) {
+                let _ = vm.vcpus.resume(PAUSE_TIMEOUT);
+                return Err(format!("cannot pause the microVM: {error}"));
+            }
+            self.migration.paused_here = true;
+        }
+        let (state, _) = crate::snapshot::encode_state(vm, &config, msrs, None)
+            .map_err(|e| crate::error::error_chain(&e))?;
+        // After the state: requests completed while saving it are in here.
+        let pages = crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
+            .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))?;
+        remember(&mut self.migration.taken, &pages);
+        Ok(Switchover { pages, state })
+    }
+
+    fn send_finished(&mut self, result: Result<String, String>) {
+        self.migration.active = false;
+        self.migration.cancel = None;
+        let taken = std::mem::take(&mut self.migration.taken);
+        match result {
+            Ok(destination) => {
+                let p = progress::read(&self.migration.progress);
+                let figures = format!(
+                    "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
+                    p.round,
+                    p.bytes as f64 / f64::from(1u32 << 20),
+                    p.downtime_ms.unwrap_or_default(),
+                    p.total_ms.unwrap_or_default(),
+                );
+                tracing::info!("the VM migrated to {figures}");
+                self.control.finish(VmOutcome::Migrated(figures));
+            }
+            Err(why) => {
+                tracing::warn!("migration failed, the VM runs on here: {why}");
+                if let Phase::Running(vm) = &self.phase {
+                    crate::snapshot::dirty::mark_again(vm.memory(), &taken);
+                }
+                if std::mem::take(&mut self.migration.paused_here)
+                    && let Phase::Running(vm) = &mut self.phase
+                    && let Err(error) = vm.vcpus.resume(PAUSE_TIMEOUT)
+                {
+                    tracing::error!("resuming after a failed migration: {error}");
+                }
+            }
+        }
+    }
+
+    fn run_arrived(
+        &mut self,
+        snapshot: crate::snapshot::Snapshot,
+        memory: sie_hv::GuestMemory,
+        hv: &dyn Hypervisor,
+        manager: &mut Manager,
+    ) -> Result<(), String> {
+        if self.is_started_vm() {
+            return Err("this sie already runs a microVM".into());
+        }
+        let built = crate::snapshot::restore_with_memory(
+            &snapshot,
+            memory,
+            hv,
+            (self.options.build_options)(),
+            self.control.clone(),
+        )
+        .map_err(|e| crate::error::error_chain(&e))?;
+        self.run_built(built, snapshot.config, false, manager)
+            .map_err(|e| crate::error::error_chain(&e))?;
+        self.migration.active = false;
+        Ok(())
+    }
+}
+
+/// Merges `pages` into `taken` (the same regions, in the same order).
+fn remember(taken: &mut Vec<RegionPages>, pages: &[RegionPages]) {
+    if taken.is_empty() {
+        taken.extend_from_slice(pages);
+        return;
+    }
+    for (into, from) in taken.iter_mut().zip(pages) {
+        if into.bits.len() < from.bits.len() {
+            into.bits.resize(from.bits.len(), 0);
+        }
+        for (word, more) in into.bits.iter_mut().zip(&from.bits) {
+            *word |= more;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(bits: Vec<u64>) -> RegionPages {
+        RegionPages {
+            guest_addr: 0,
+            len: 128 * 4096,
+            bits,
+        }
+    }
+
+    #[test]
+    fn every_page_taken_during_a_send_is_remembered() {
+        let mut taken = Vec::new();
+        remember(&mut taken, &[region(vec![0b0011])]);
+        remember(&mut taken, &[region(vec![0b0100, 1])]);
+        assert_eq!(taken, [region(vec![0b0111, 1])]);
+        assert_eq!(taken[0].count(), 4);
+    }
+}

@@ -1,0 +1,198 @@
+//! Live migration: a running VM moves to another sie process over a Unix
+//! socket or TCP, its memory copied while it runs (pre-copy).
+//!
+//! [`wire`] is the framed, checksummed protocol both sides speak;
+//! [`send`] and [`receive`] are the two ends' conversations, each run on
+//! its own thread so the VMM's event loop keeps serving the VM. Neither
+//! thread touches vCPUs or devices: what needs the VM (dirty pages, the
+//! pause, the state, building the VM on arrival) is asked of the VMM
+//! thread as a [`ToVmm`] message, answered on a channel.
+//!
+//! The threads run the `migration` seccomp filter (sockets and memory, no
+//! KVM), stacked on the `build` filter they inherit.
+
+pub mod progress;
+pub mod receive;
+pub mod send;
+pub mod wire;
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use sie_hv::GuestMemory;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::snapshot::{Snapshot, dirty::RegionPages};
+
+pub use progress::{MigrationState, Progress, SharedProgress};
+
+/// Where the other sie is: `unix:PATH` or `tcp:HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses a URL (`sie_config::check_migration_url` has vetted it).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        sie_config::check_migration_url(url)?;
+        if let Some(path) = url.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(path.into()));
+        }
+        let address = url.strip_prefix("tcp:").unwrap_or(url);
+        Ok(Endpoint::Tcp(address.to_string()))
+    }
+
+    /// Connects to a listening receiver.
+    pub fn connect(&self) -> io::Result<Box<dyn Conn>> {
+        match self {
+            Endpoint::Unix(path) => unix_conn(UnixStream::connect(path)?),
+            Endpoint::Tcp(address) => tcp_conn(TcpStream::connect(address.as_str())?),
+        }
+    }
+
+    /// Starts listening (a stale Unix socket file is replaced).
+    pub fn listen(&self) -> io::Result<Listener> {
+        match self {
+            Endpoint::Unix(path) => {
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+            Endpoint::Tcp(address) => Ok(Listener::Tcp(TcpListener::bind(address.as_str())?)),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Tcp(address) => write!(f, "tcp:{address}"),
+        }
+    }
+}
+
+/// How long a read or write may wait: a peer that stops reading or
+/// sending (a dead host, a cut link) fails the migration after this, so a
+/// cancel or a timeout is seen and the source runs on.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn unix_conn(stream: UnixStream) -> io::Result<Box<dyn Conn>> {
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+    Ok(Box::new(stream))
+}
+
+fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+    Ok(Box::new(stream))
+}
+
+/// A byte stream to the other sie.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// A bound, listening endpoint.
+pub enum Listener {
+    /// A Unix socket and its path (removed when done).
+    Unix(UnixListener, PathBuf),
+    /// A TCP socket.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Waits for one sender.
+    pub fn accept(&self) -> io::Result<Box<dyn Conn>> {
+        match self {
+            Listener::Unix(listener, _) => unix_conn(listener.accept()?.0),
+            Listener::Tcp(listener) => tcp_conn(listener.accept()?.0),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What the final pause produced: the pages dirtied since the last round
+/// and the VM's state as a snapshot file's bytes.
+pub struct Switchover {
+    /// Pages to send before the state.
+    pub pages: Vec<RegionPages>,
+    /// The snapshot file's bytes.
+    pub state: Vec<u8>,
+}
+
+/// A migration thread's request to the VMM thread.
+pub enum ToVmm {
+    /// Turn dirty logging on (if it is off) and start a new period.
+    StartDirtyLog(Sender<Result<(), String>>),
+    /// The pages written since the last take.
+    TakeDirty(Sender<Result<Vec<RegionPages>, String>>),
+    /// Pause the vCPUs and hand over the last pages and the state.
+    Switchover(Sender<Result<Switchover, String>>),
+    /// The send ended: `Ok` with where the VM went (the source stops),
+    /// `Err` with why not (the VM runs on here).
+    SendFinished(Result<String, String>),
+    /// Build the received VM on `memory` and run it.
+    Arrived {
+        /// Its state.
+        snapshot: Box<Snapshot>,
+        /// Its RAM, every page received.
+        memory: GuestMemory,
+        /// Whether it runs.
+        reply: Sender<Result<(), String>>,
+    },
+    /// The receive failed: the destination exits with this line.
+    ReceiveFailed(String),
+}
+
+/// The migration thread's side of the link to the VMM thread.
+pub struct VmmLink {
+    /// Requests.
+    pub tx: Sender<ToVmm>,
+    /// Written after each request so the event loop wakes.
+    pub wake: std::sync::Arc<EventFd>,
+}
+
+impl VmmLink {
+    /// Sends `message` and wakes the event loop.
+    pub fn send(&self, message: ToVmm) {
+        // A closed channel means the VMM is winding down: nothing to tell.
+        let _ = self.tx.send(message);
+        let _ = self.wake.write(1);
+    }
+
+    /// Asks for something and waits for the answer.
+    pub fn ask<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, String>>) -> ToVmm,
+    ) -> Result<T, String> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.send(make(reply));
+        wait(&answer)
+    }
+}
+
+fn wait<T>(answer: &Receiver<Result<T, String>>) -> Result<T, String> {
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err("the VMM stopped".to_string()))
+}

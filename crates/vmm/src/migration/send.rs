@@ -1,0 +1,268 @@
+//! The sending end: connect, agree on the protocol, send every populated
+//! page while the guest runs, then rounds of what it dirtied until the
+//! rest fits the allowed downtime, then the switch-over (pause, last pages,
+//! state) and the receiver's word that the VM runs there.
+//!
+//! Guest memory is read while the vCPUs run (that is what pre-copy is): a
+//! page written after it was read is in the next round's dirty pages,
+//! because each round's pages are taken before they are read. vCPU and
+//! device state is only read by the VMM thread, paused, at the switch-over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sie_hv::GuestMemory;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::progress::{self, MigrationState, SharedProgress};
+use super::wire::{self, Message, PageBatch};
+use super::{Conn, Endpoint, ToVmm, VmmLink};
+use crate::snapshot::dirty::RegionPages;
+use crate::snapshot::memory_file;
+
+const PAGE: u64 = 4096;
+/// Pages per `Pages` frame.
+const BATCH_BYTES: usize = 1 << 20;
+/// Rounds after the first pass before the switch-over happens anyway (a
+/// guest that dirties faster than the link carries never converges).
+pub const MAX_ROUNDS: u32 = 30;
+
+/// What `PUT /migration/send` asked for.
+#[derive(Clone, Debug)]
+pub struct SendPlan {
+    /// The receiver.
+    pub destination: Endpoint,
+    /// The pause allowed at the switch-over.
+    pub downtime: Duration,
+    /// Give up before the switch-over after this long.
+    pub timeout: Duration,
+}
+
+/// Everything the sending thread needs.
+pub struct Sender {
+    /// What to do.
+    pub plan: SendPlan,
+    /// Guest RAM (read while the guest runs).
+    pub memory: GuestMemory,
+    /// RAM came from a snapshot's file: every page may hold data.
+    pub scan_contents: bool,
+    /// The VMM thread.
+    pub link: VmmLink,
+    /// Figures for `GET /migration`.
+    pub progress: SharedProgress,
+    /// Set by `PUT /migration/cancel`.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Sender {
+    /// Runs the migration and tells the VMM thread how it ended.
+    pub fn run(self) {
+        let started = Instant::now();
+        let result = self.converse(started);
+        let total_ms = started.elapsed().as_millis() as u64;
+        let cancelled = self.cancel.load(Ordering::Acquire);
+        progress::update(&self.progress, |p| {
+            p.total_ms = Some(total_ms);
+            match &result {
+                Ok(_) => p.state = MigrationState::Completed,
+                Err(error) => {
+                    p.state = if cancelled {
+                        MigrationState::Cancelled
+                    } else {
+                        MigrationState::Failed
+                    };
+                    p.error = Some(error.clone());
+                }
+            }
+        });
+        let outcome = result.map(|()| self.plan.destination.to_string());
+        self.link.send(ToVmm::SendFinished(outcome));
+    }
+
+    fn check_going(&self, started: Instant) -> Result<(), String> {
+        if self.cancel.load(Ordering::Acquire) {
+            return Err("migration cancelled".into());
+        }
+        if started.elapsed() > self.plan.timeout {
+            return Err(format!(
+                "migration timed out after {} s before the switch-over",
+                self.plan.timeout.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    fn converse(&self, started: Instant) -> Result<(), String> {
+        let destination = &self.plan.destination;
+        let mut conn = destination
+            .connect()
+            .map_err(|e| format!("connecting to {destination}: {e}"))?;
+        let conn = conn.as_mut();
+        let sent = |e: std::io::Error| format!("sending to {destination}: {e}");
+        let result = self.precopy(conn, started);
+        if let Err(error) = &result {
+            // Best effort: the receiver learns why instead of seeing EOF.
+            let _ = wire::write_message(conn, &Message::Abort(error.clone()));
+            return result.map(|_| ());
+        }
+        let mut pending = result.unwrap_or_default();
+        // The switch-over: from here the guest is paused until the
+        // receiver says it runs there (or this fails and it resumes here).
+        let paused_at = Instant::now();
+        let last = self.link.ask(ToVmm::Switchover)?;
+        pending.extend(last.pages);
+        let finish = (|| {
+            self.send_pages(conn, &pending, None)?;
+            let state_len = last.state.len() as u64;
+            wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
+            progress::update(&self.progress, |p| p.bytes += state_len);
+            match wire::read_message(conn) {
+                Ok(Message::Done) => Ok(()),
+                Ok(Message::Abort(reason)) => Err(format!("the destination refused: {reason}")),
+                Ok(other) => Err(format!(
+                    "the destination sent {} instead of done",
+                    other.name()
+                )),
+                Err(error) => Err(format!("waiting for the destination: {error}")),
+            }
+        })();
+        if finish.is_ok() {
+            let downtime_ms = paused_at.elapsed().as_millis() as u64;
+            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+        }
+        finish
+    }
+
+    /// Hello, layout, the first pass and the rounds: returns the dirty
+    /// pages the switch-over must send.
+    fn precopy(&self, conn: &mut dyn Conn, started: Instant) -> Result<Vec<RegionPages>, String> {
+        let destination = &self.plan.destination;
+        let io = |e: std::io::Error| format!("{destination}: {e}");
+        wire::send_hello(conn).map_err(io)?;
+        wire::expect_hello(conn).map_err(|e| format!("{destination}: {e}"))?;
+        wire::write_message(conn, &Message::Layout(memory_file::layout_of(&self.memory)))
+            .map_err(io)?;
+        // Logging starts before the first page is read, so every write
+        // from here on is in some round.
+        self.link.ask(ToVmm::StartDirtyLog)?;
+        let first = Instant::now();
+        let bytes = self.send_populated(conn, started)?;
+        let mut bandwidth = rate(bytes, first.elapsed());
+        let target = self.plan.downtime.as_millis() as u64;
+        let mut round = 0;
+        loop {
+            self.check_going(started)?;
+            let round_started = Instant::now();
+            let pages = self.link.ask(ToVmm::TakeDirty)?;
+            let dirty_bytes = pages.iter().map(RegionPages::count).sum::<u64>() * PAGE;
+            let estimate = dirty_bytes.saturating_mul(1000) / bandwidth.max(1);
+            progress::update(&self.progress, |p| {
+                p.round = round;
+                p.bandwidth_bytes_per_s = bandwidth;
+                p.estimated_downtime_ms = estimate;
+            });
+            if estimate <= target || round >= MAX_ROUNDS {
+                return Ok(pages);
+            }
+            round += 1;
+            let sent = self.send_pages(conn, &pages, Some(started))?;
+            let elapsed = round_started.elapsed();
+            bandwidth = rate(sent, elapsed).max(bandwidth / 2);
+            progress::update(&self.progress, |p| {
+                p.dirty_rate_bytes_per_s = rate(dirty_bytes, elapsed);
+            });
+        }
+    }
+
+    /// The first pass: every page the guest (or a restore) populated;
+    /// never-touched pages are zeros on the receiver already.
+    fn send_populated(&self, conn: &mut dyn Conn, started: Instant) -> Result<u64, String> {
+        let mut batch = PageBatch::default();
+        let mut bytes = 0;
+        for region in self.memory.iter() {
+            let resident = if self.scan_contents {
+                vec![true; region.len().div_ceil(PAGE) as usize]
+            } else {
+                memory_file::resident_pages(region)
+                    .map_err(|e| format!("reading guest RAM's residency: {e}"))?
+            };
+            let base = region.start_addr().0;
+            for (page, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
+                let at = GuestAddress(base + page as u64 * PAGE);
+                if memory_file::is_zero_page(&self.memory, at)
+                    .map_err(|e| format!("reading guest RAM: {e}"))?
+                {
+                    continue;
+                }
+                self.push_page(&mut batch, at)?;
+                if batch.len() >= BATCH_BYTES {
+                    bytes += self.flush(conn, &mut batch)?;
+                    self.check_going(started)?;
+                }
+            }
+        }
+        bytes += self.flush(conn, &mut batch)?;
+        Ok(bytes)
+    }
+
+    /// Sends the marked pages of `pages` (checking for cancel and timeout
+    /// between batches when `started` is given: not after the switch-over).
+    fn send_pages(
+        &self,
+        conn: &mut dyn Conn,
+        pages: &[RegionPages],
+        started: Option<Instant>,
+    ) -> Result<u64, String> {
+        let mut batch = PageBatch::default();
+        let mut bytes = 0;
+        for region in pages {
+            for (word_index, word) in region.bits.iter().enumerate() {
+                let mut word = *word;
+                while word != 0 {
+                    let bit = u64::from(word.trailing_zeros());
+                    word &= word - 1;
+                    let page = word_index as u64 * 64 + bit;
+                    if page * PAGE >= region.len {
+                        continue;
+                    }
+                    self.push_page(&mut batch, GuestAddress(region.guest_addr + page * PAGE))?;
+                    if batch.len() >= BATCH_BYTES {
+                        bytes += self.flush(conn, &mut batch)?;
+                        if let Some(started) = started {
+                            self.check_going(started)?;
+                        }
+                    }
+                }
+            }
+        }
+        bytes += self.flush(conn, &mut batch)?;
+        Ok(bytes)
+    }
+
+    fn push_page(&self, batch: &mut PageBatch, at: GuestAddress) -> Result<(), String> {
+        batch.push_with(at.0, PAGE as usize, |page| {
+            self.memory
+                .read_slice(page, at)
+                .map_err(|e| format!("reading guest page {:#x}: {e}", at.0))
+        })
+    }
+
+    fn flush(&self, conn: &mut dyn Conn, batch: &mut PageBatch) -> Result<u64, String> {
+        let (bytes, pages) = (batch.len() as u64, batch.pages());
+        batch
+            .flush(conn)
+            .map_err(|e| format!("sending to {}: {e}", self.plan.destination))?;
+        progress::update(&self.progress, |p| {
+            p.bytes += bytes;
+            p.pages += pages;
+        });
+        Ok(bytes)
+    }
+}
+
+/// Bytes per second.
+fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    let micros = elapsed.as_micros().max(1) as u64;
+    bytes.saturating_mul(1_000_000) / micros
+}

@@ -1,0 +1,477 @@
+//! The migration wire protocol: framed, checksummed messages between the
+//! sending and the receiving sie.
+//!
+//! ```text
+//! frame:  0  1  type         (see `Kind`)
+//!         1  4  length N (LE) at most MAX_FRAME_BYTES
+//!         5  8  xxh3-64 (LE) of the payload, seeded with bytes 0..5
+//!        13  N  payload
+//! ```
+//!
+//! A conversation: the sender's `Hello`, the receiver's `Hello` (each side
+//! refuses the other's version before any memory moves), `Layout` (guest
+//! RAM's regions), any number of `Pages`, `State` (a snapshot file's
+//! bytes: configuration, vCPU, VM, device and virtio state), then the
+//! receiver's `Done` once the VM runs there. Either side may send `Abort`
+//! with a one-line reason instead of its next message.
+//!
+//! ```
+//! use sie_vmm::migration::wire::{Message, read_message, write_message};
+//! let mut stream = Vec::new();
+//! write_message(&mut stream, &Message::Done).unwrap();
+//! assert_eq!(read_message(&mut stream.as_slice()).unwrap(), Message::Done);
+//! ```
+
+use std::io::{self, Read, Write};
+
+use twox_hash::XxHash3_64;
+
+use crate::snapshot::memory_file::RegionEntry;
+
+/// The protocol's major version: a peer with another one is refused.
+pub const PROTOCOL_MAJOR: u16 = 1;
+/// The protocol's minor version (additions a same-major peer may ignore).
+pub const PROTOCOL_MINOR: u16 = 0;
+/// What a `Hello` starts with, so a stranger talking is told apart from
+/// an old sie.
+const HELLO_MAGIC: &[u8; 8] = b"SIEMIGR\n";
+/// The largest payload read: a batch of pages or a snapshot's state.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+const HEADER_BYTES: usize = 13;
+const PAGE: usize = 4096;
+
+/// Why a stream was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed or closed early.
+    #[error("migration stream: {0}")]
+    Io(#[from] io::Error),
+    /// A frame's checksum does not match: the stream is damaged.
+    #[error("migration stream damaged (frame checksum mismatch)")]
+    Checksum,
+    /// A frame longer than any sie sends.
+    #[error("migration frame of {0} bytes is too large")]
+    TooLarge(usize),
+    /// A frame type this version does not know.
+    #[error("unknown migration message type {0}")]
+    UnknownType(u8),
+    /// A payload that does not parse.
+    #[error("malformed migration {0} message")]
+    Malformed(&'static str),
+    /// The peer speaks another protocol version.
+    #[error(
+        "peer speaks migration protocol {found}; this sie speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+    )]
+    Version {
+        /// "major.minor" the peer sent.
+        found: String,
+    },
+    /// The peer is not a sie migration endpoint.
+    #[error("peer is not a sie migration endpoint (bad hello)")]
+    NotSie,
+    /// A message other than the one the conversation expects.
+    #[error("unexpected migration message {found} (expected {expected})")]
+    Unexpected {
+        /// What came.
+        found: &'static str,
+        /// What should have.
+        expected: &'static str,
+    },
+    /// The peer gave up.
+    #[error("the peer aborted: {0}")]
+    Aborted(String),
+}
+
+/// A run of whole guest pages at `guest_addr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRun {
+    /// Guest-physical address of the first page (page-aligned).
+    pub guest_addr: u64,
+    /// The pages' bytes (a multiple of 4096).
+    pub bytes: Vec<u8>,
+}
+
+/// One message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// The protocol version (major, minor).
+    Hello(u16, u16),
+    /// Guest RAM's regions.
+    Layout(Vec<RegionEntry>),
+    /// Guest pages.
+    Pages(Vec<PageRun>),
+    /// A snapshot file's bytes.
+    State(Vec<u8>),
+    /// The VM runs on the receiver.
+    Done,
+    /// The sender gives up, or the receiver refuses (one line).
+    Abort(String),
+}
+
+impl Message {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(..) => 1,
+            Message::Layout(_) => 2,
+            Message::Pages(_) => 3,
+            Message::State(_) => 4,
+            Message::Done => 5,
+            Message::Abort(_) => 6,
+        }
+    }
+
+    /// The message's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(..) => "hello",
+            Message::Layout(_) => "layout",
+            Message::Pages(_) => "pages",
+            Message::State(_) => "state",
+            Message::Done => "done",
+            Message::Abort(_) => "abort",
+        }
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Message::Hello(major, minor) => {
+                let mut out = HELLO_MAGIC.to_vec();
+                out.extend_from_slice(&major.to_le_bytes());
+                out.extend_from_slice(&minor.to_le_bytes());
+                out
+            }
+            Message::Layout(regions) => {
+                let mut out = Vec::with_capacity(regions.len() * 16);
+                for region in regions {
+                    out.extend_from_slice(&region.guest_addr.to_le_bytes());
+                    out.extend_from_slice(&region.len.to_le_bytes());
+                }
+                out
+            }
+            Message::Pages(runs) => {
+                let mut batch = PageBatch::default();
+                for run in runs {
+                    batch.push(run.guest_addr, &run.bytes);
+                }
+                batch.payload
+            }
+            Message::State(bytes) => bytes.clone(),
+            Message::Done => Vec::new(),
+            Message::Abort(reason) => reason.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// A `Pages` payload built in place: the sender copies guest memory
+/// straight into it. Each run is its address (u64 LE), its length in bytes
+/// (u32 LE) and the bytes.
+#[derive(Default)]
+pub struct PageBatch {
+    payload: Vec<u8>,
+    pages: u64,
+}
+
+impl PageBatch {
+    /// Appends a run of pages.
+    pub fn push(&mut self, guest_addr: u64, bytes: &[u8]) {
+        self.payload.extend_from_slice(&guest_addr.to_le_bytes());
+        self.payload
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.payload.extend_from_slice(bytes);
+        self.pages += (bytes.len() / PAGE) as u64;
+    }
+
+    /// Appends a run of `len` bytes at `guest_addr` that `fill` writes.
+    pub fn push_with<E>(
+        &mut self,
+        guest_addr: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.payload.extend_from_slice(&guest_addr.to_le_bytes());
+        self.payload.extend_from_slice(&(len as u32).to_le_bytes());
+        let start = self.payload.len();
+        self.payload.resize(start + len, 0);
+        fill(&mut self.payload[start..])?;
+        self.pages += (len / PAGE) as u64;
+        Ok(())
+    }
+
+    /// Payload bytes so far.
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    /// Pages pushed so far.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Sends the batch as one `Pages` frame and empties it.
+    pub fn flush(&mut self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
+        if self.payload.is_empty() {
+            return Ok(());
+        }
+        write_frame(out, 3, &self.payload)?;
+        self.payload.clear();
+        self.pages = 0;
+        Ok(())
+    }
+}
+
+/// The frame's checksum: the payload's xxh3, seeded with the type and
+/// length so a damaged header is caught too.
+fn checksum(header: &[u8], payload: &[u8]) -> u64 {
+    let mut seed = [0u8; 8];
+    seed[..header.len().min(8)].copy_from_slice(&header[..header.len().min(8)]);
+    XxHash3_64::oneshot_with_seed(u64::from_le_bytes(seed), payload)
+}
+
+fn write_frame(out: &mut (impl Write + ?Sized), kind: u8, payload: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; HEADER_BYTES];
+    header[0] = kind;
+    header[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let sum = checksum(&header[..5], payload);
+    header[5..].copy_from_slice(&sum.to_le_bytes());
+    out.write_all(&header)?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// Sends one message.
+pub fn write_message(out: &mut (impl Write + ?Sized), message: &Message) -> io::Result<()> {
+    write_frame(out, message.kind(), &message.payload())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let guest_addr = u64_at(payload, at)?;
+        let len = usize::try_from(u32_at(payload, at + 8)?).ok()?;
+        if !guest_addr.is_multiple_of(PAGE as u64) || !len.is_multiple_of(PAGE) {
+            return None;
+        }
+        let bytes = payload.get(at + 12..at.checked_add(12 + len)?)?.to_vec();
+        runs.push(PageRun { guest_addr, bytes });
+        at += 12 + len;
+    }
+    Some(runs)
+}
+
+fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
+    match kind {
+        1 => {
+            if payload.len() != 12 || &payload[..8] != HELLO_MAGIC {
+                return Err(WireError::NotSie);
+            }
+            let major = u16::from_le_bytes([payload[8], payload[9]]);
+            let minor = u16::from_le_bytes([payload[10], payload[11]]);
+            Ok(Message::Hello(major, minor))
+        }
+        2 => {
+            if !payload.len().is_multiple_of(16) {
+                return Err(WireError::Malformed("layout"));
+            }
+            let regions = payload
+                .chunks_exact(16)
+                .map(|c| RegionEntry {
+                    guest_addr: u64_at(c, 0).unwrap_or_default(),
+                    len: u64_at(c, 8).unwrap_or_default(),
+                })
+                .collect();
+            Ok(Message::Layout(regions))
+        }
+        3 => parse_pages(&payload)
+            .map(Message::Pages)
+            .ok_or(WireError::Malformed("pages")),
+        4 => Ok(Message::State(payload)),
+        5 if payload.is_empty() => Ok(Message::Done),
+        5 => Err(WireError::Malformed("done")),
+        6 => Ok(Message::Abort(
+            String::from_utf8_lossy(&payload).into_owned(),
+        )),
+        other => Err(WireError::UnknownType(other)),
+    }
+}
+
+/// Reads one message, refusing damaged, oversized or unknown frames.
+pub fn read_message(input: &mut (impl Read + ?Sized)) -> Result<Message, WireError> {
+    let mut header = [0u8; HEADER_BYTES];
+    input.read_exact(&mut header)?;
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    input.read_exact(&mut payload)?;
+    let sum = u64::from_le_bytes(header[5..].try_into().unwrap_or_default());
+    if checksum(&header[..5], &payload) != sum {
+        return Err(WireError::Checksum);
+    }
+    parse(header[0], payload)
+}
+
+/// Sends this side's `Hello`.
+pub fn send_hello(out: &mut (impl Write + ?Sized)) -> io::Result<()> {
+    write_message(out, &Message::Hello(PROTOCOL_MAJOR, PROTOCOL_MINOR))
+}
+
+/// Reads the peer's `Hello` and refuses another major version.
+pub fn expect_hello(input: &mut (impl Read + ?Sized)) -> Result<(), WireError> {
+    match read_message(input)? {
+        Message::Hello(PROTOCOL_MAJOR, _) => Ok(()),
+        Message::Hello(major, minor) => Err(WireError::Version {
+            found: format!("{major}.{minor}"),
+        }),
+        Message::Abort(reason) => Err(WireError::Aborted(reason)),
+        other => Err(WireError::Unexpected {
+            found: other.name(),
+            expected: "hello",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation() -> Vec<Message> {
+        vec![
+            Message::Hello(PROTOCOL_MAJOR, PROTOCOL_MINOR),
+            Message::Layout(vec![RegionEntry {
+                guest_addr: 0,
+                len: 1 << 20,
+            }]),
+            Message::Pages(vec![
+                PageRun {
+                    guest_addr: 0x1000,
+                    bytes: vec![0xab; 2 * PAGE],
+                },
+                PageRun {
+                    guest_addr: 0x8000,
+                    bytes: vec![7; PAGE],
+                },
+            ]),
+            Message::State(b"SIESNAP\n...".to_vec()),
+            Message::Done,
+            Message::Abort("no room".into()),
+        ]
+    }
+
+    #[test]
+    fn every_message_reads_back_as_written() {
+        let mut stream = Vec::new();
+        for message in conversation() {
+            write_message(&mut stream, &message).unwrap();
+        }
+        let mut input = stream.as_slice();
+        for message in conversation() {
+            assert_eq!(read_message(&mut input).unwrap(), message);
+        }
+        assert!(matches!(read_message(&mut input), Err(WireError::Io(_))));
+    }
+
+    #[test]
+    fn a_batch_built_in_place_is_a_pages_message() {
+        let mut batch = PageBatch::default();
+        batch.push(0x2000, &[1; PAGE]);
+        batch
+            .push_with(0x5000, PAGE, |page| {
+                page.fill(2);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(batch.pages(), 2);
+        let mut stream = Vec::new();
+        batch.flush(&mut stream).unwrap();
+        assert!(batch.is_empty());
+        let Message::Pages(runs) = read_message(&mut stream.as_slice()).unwrap() else {
+            panic!("not pages");
+        };
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].guest_addr, 0x5000);
+        assert_eq!(runs[1].bytes, vec![2; PAGE]);
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_frame_is_refused() {
+        let mut good = Vec::new();
+        write_message(&mut good, &conversation()[2]).unwrap();
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            assert!(
+                read_message(&mut bad.as_slice()).is_err(),
+                "flipped byte {at} was accepted"
+            );
+        }
+        for len in 0..good.len() {
+            assert!(read_message(&mut &good[..len]).is_err(), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn another_major_version_is_refused_in_one_line() {
+        let mut stream = Vec::new();
+        write_message(&mut stream, &Message::Hello(PROTOCOL_MAJOR + 1, 3)).unwrap();
+        let error = expect_hello(&mut stream.as_slice())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "peer speaks migration protocol {}.3; this sie speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+                PROTOCOL_MAJOR + 1
+            )
+        );
+        let mut stream = Vec::new();
+        send_hello(&mut stream).unwrap();
+        expect_hello(&mut stream.as_slice()).unwrap();
+    }
+
+    #[test]
+    fn oversized_unknown_and_misaligned_frames_are_refused() {
+        let mut header = vec![3u8];
+        header.extend_from_slice(&(MAX_FRAME_BYTES as u32 + 1).to_le_bytes());
+        header.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            read_message(&mut header.as_slice()),
+            Err(WireError::TooLarge(_))
+        ));
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 99, b"").unwrap();
+        assert!(matches!(
+            read_message(&mut stream.as_slice()),
+            Err(WireError::UnknownType(99))
+        ));
+        let mut payload = 0x1001u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(&(PAGE as u32).to_le_bytes());
+        payload.extend_from_slice(&[0; PAGE]);
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 3, &payload).unwrap();
+        assert!(matches!(
+            read_message(&mut stream.as_slice()),
+            Err(WireError::Malformed("pages"))
+        ));
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 1, b"HTTP/1.1 200").unwrap();
+        assert!(matches!(
+            expect_hello(&mut stream.as_slice()),
+            Err(WireError::NotSie)
+        ));
+    }
+}
