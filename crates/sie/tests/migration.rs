@@ -20,11 +20,21 @@ const LIMIT: u32 = 60;
 
 /// Boots the counter (dirtying `dirty` pages a tick) in a new sie.
 fn counting_source(name: &str, dirty: u32) -> (ApiVm, std::sync::Arc<std::sync::Mutex<String>>) {
+    counting_source_to(name, dirty, LIMIT)
+}
+
+/// [`counting_source`] counting up to `limit`: a guest that outlives a
+/// slow test (one that must still be running at its end) counts far.
+fn counting_source_to(
+    name: &str,
+    dirty: u32,
+    limit: u32,
+) -> (ApiVm, std::sync::Arc<std::sync::Mutex<String>>) {
     let mut vm = ApiVm::start(name, &[]);
     let out = capture(&mut vm);
     vm.boot(
         sie_guests::COUNTER.path,
-        &format!("limit={LIMIT} delay=20000 dirty={dirty}"),
+        &format!("limit={limit} delay=20000 dirty={dirty}"),
     );
     wait_for("a few counts", || last_count(&out) >= 5);
     (vm, out)
@@ -111,7 +121,7 @@ fn a_destination_that_dies_mid_transfer_leaves_the_guest_running_here() {
         let mut some = vec![0u8; 64 << 10];
         conn.read_exact(&mut some).expect("some memory");
     });
-    let (source, out) = counting_source("migrate-dies-source", 64);
+    let (source, out) = counting_source_to("migrate-dies-source", 64, 1_000_000);
     let send = serde_json::json!({ "destination_url": format!("unix:{path}") });
     source.ok("PUT", "/migration/send", &send.to_string());
     fake.join().expect("the fake destination");
@@ -150,7 +160,7 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
             std::thread::sleep(Duration::from_millis(250));
         }
     });
-    let (source, out) = counting_source("migrate-cancel-source", 64);
+    let (source, out) = counting_source_to("migrate-cancel-source", 64, 1_000_000);
     let sock = source.sock.display().to_string();
     // Downtime 0 never fits while the guest dirties pages: it goes round
     // after round until cancelled.
