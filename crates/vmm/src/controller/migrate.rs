@@ -94,22 +94,30 @@ impl Migration {
         }
     }
 
-    /// Spawns the send worker (before the VMM thread's filter goes on).
+    /// Spawns the send worker (before the VMM thread's filter goes on) and
+    /// waits until it runs under its own filter, named, so the VM starts
+    /// with every thread in its final shape.
     pub(super) fn spawn_worker(&mut self, seccomp: &Seccomp) -> std::io::Result<()> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready, started) = mpsc::channel();
         let seccomp = seccomp.clone();
         std::thread::Builder::new()
             .name("sie-migrate".into())
             .spawn(move || {
-                if let Err(error) = seccomp.install(ThreadKind::Migration) {
-                    // The queue closes: a send is refused in one line.
-                    tracing::error!("migration worker: {error}");
+                let installed = seccomp.install(ThreadKind::Migration);
+                let ok = installed.is_ok();
+                let _ = ready.send(installed.map_err(|e| e.to_string()));
+                if !ok {
                     return;
                 }
                 while let Ok(job) = queue.recv() {
                     job();
                 }
             })?;
+        started
+            .recv()
+            .unwrap_or_else(|_| Err("the migration worker died starting".into()))
+            .map_err(std::io::Error::other)?;
         self.worker = Some(jobs);
         Ok(())
     }
