@@ -159,12 +159,18 @@ fn a_console_client_and_a_core_dump_stay_inside_the_filters() {
     let modes = thread_modes(vm.child.id());
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
-    // The API thread runs its own filter; the VMM and vCPU threads theirs
-    // on the build filter (see every_thread_of_a_running_vm_has_a_filter).
-    let want: Vec<(String, String)> = [("fc_api", "2/1"), ("fc_vcpu 0", "2/2"), ("sie", "2/2")]
-        .iter()
-        .map(|(name, mode)| (name.to_string(), as_shown(mode).to_string()))
-        .collect();
+    // The API thread runs its own filter; the VMM, vCPU and migration
+    // worker threads theirs on the build filter (see
+    // every_thread_of_a_running_vm_has_a_filter).
+    let want: Vec<(String, String)> = [
+        ("fc_api", "2/1"),
+        ("fc_vcpu 0", "2/2"),
+        ("sie", "2/2"),
+        ("sie-migrate", "2/2"),
+    ]
+    .iter()
+    .map(|(name, mode)| (name.to_string(), as_shown(mode).to_string()))
+    .collect();
     assert_eq!(modes, want);
 }
 
