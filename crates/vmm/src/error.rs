@@ -89,9 +89,10 @@ pub enum VmmError {
     /// A snapshot could not be restored (the message names the file and why).
     #[error("{0}")]
     Restore(String),
-    /// The gdb stub could not start.
+    /// The gdb stub could not start (boxed: the stub sits above this
+    /// module, which everything imports).
     #[error("gdb stub")]
-    Gdb(#[source] crate::gdb::GdbError),
+    Gdb(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Boot-time platform set-up (ACPI, boot parameters, registers) failed.
     #[error("setting up the guest platform")]
     Platform(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -463,7 +463,7 @@ impl Controller {
             .and_then(|m| m.gdb_socket_path.as_deref());
         if let Some(path) = gdb_socket {
             let server = crate::gdb::GdbServer::wait_for_gdb(std::path::Path::new(path))
-                .map_err(VmmError::Gdb)?;
+                .map_err(|e| VmmError::Gdb(Box::new(e)))?;
             self.gdb = Some(server);
         }
         let paused = paused || self.gdb.is_some();
