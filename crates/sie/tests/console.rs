@@ -257,11 +257,10 @@ fn put_serial_after_boot_is_refused() {
         .expect_fault("after starting");
 }
 
-#[test]
-fn a_client_that_never_reads_does_not_stall_the_guest() {
-    let dir = common::Scratch::new("console-stuck");
-    let console = Path::new(&dir.path()).join("c.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sie"))
+/// `sie run` with the counter guest counting to `limit` as fast as it can,
+/// COM1 on the socket `console`.
+fn counter_on_console_socket(console: &Path, limit: u32) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sie"))
         .args([
             "run",
             "--kernel",
@@ -269,13 +268,20 @@ fn a_client_that_never_reads_does_not_stall_the_guest() {
             "--memory",
             "32",
         ])
-        .args(["--cmdline", "limit=5000 delay=1"])
+        .args(["--cmdline", &format!("limit={limit} delay=1")])
         .args(["--console-socket", console.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_stall_the_guest() {
+    let dir = common::Scratch::new("console-stuck");
+    let console = Path::new(&dir.path()).join("c.sock");
+    let mut child = counter_on_console_socket(&console, 5000);
     wait_for("the console socket", || console.exists());
     // Attached, and never reading: the socket's buffer fills at once.
     let client = UnixStream::connect(&console).unwrap();
@@ -336,21 +342,7 @@ fn a_restored_guest_prints_on_the_console_socket_of_the_sie_that_loads_it() {
 fn a_client_that_leaves_while_the_guest_writes_costs_nothing() {
     let dir = common::Scratch::new("console-leave");
     let console = Path::new(&dir.path()).join("c.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sie"))
-        .args([
-            "run",
-            "--kernel",
-            sie_guests::COUNTER.path,
-            "--memory",
-            "32",
-        ])
-        .args(["--cmdline", "limit=3000 delay=1"])
-        .args(["--console-socket", console.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = counter_on_console_socket(&console, 3000);
     wait_for("the console socket", || console.exists());
     // Clients come, read a little, and vanish mid-stream: sie writes to a
     // closed socket (EPIPE) and must neither die of SIGPIPE nor stall.
