@@ -166,3 +166,29 @@ pub(super) fn set_state(vmm: &Vmm, state: &str) -> Result<(), BoxError> {
     )?;
     Ok(())
 }
+
+/// Starts `program` afresh and loads the snapshot `snap`, its memory from
+/// `mem` by `backend` ("File", "Lazy"), resumed. Returns the VMM, when its
+/// process was started, and how long the load call took, in ms.
+pub(super) fn restore_fresh(
+    program: &Path,
+    dir: &Path,
+    name: &str,
+    (snap, mem): (&Path, &Path),
+    backend: &str,
+) -> Result<(Vmm, Instant, f64), BoxError> {
+    let process_start = Instant::now();
+    let vmm = spawn(program, dir, name, &[])?;
+    let load_start = Instant::now();
+    crate::ctl::request(
+        &vmm.sock,
+        "PUT",
+        "/snapshot/load",
+        Some(&serde_json::json!({
+            "snapshot_path": snap,
+            "mem_backend": {"backend_type": backend, "backend_path": mem},
+            "resume_vm": true,
+        })),
+    )?;
+    Ok((vmm, process_start, load_start.elapsed().as_secs_f64() * 1e3))
+}

@@ -10,11 +10,10 @@
 //! count.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, paused_counter, spawn, wait_until};
+use super::api_vmm::{Vmm, counts, median, paused_counter, restore_fresh, wait_until};
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 
@@ -62,20 +61,13 @@ fn restore(
     taken: &Taken,
     backend: &str,
 ) -> Result<(f64, f64, Vmm), BoxError> {
-    let process_start = Instant::now();
-    let restored = spawn(program, dir, "backends-restored", &[])?;
-    let load_start = Instant::now();
-    request(
-        &restored.sock,
-        "PUT",
-        "/snapshot/load",
-        Some(&json!({
-            "snapshot_path": taken.snap,
-            "mem_backend": {"backend_type": backend, "backend_path": taken.mem},
-            "resume_vm": true,
-        })),
+    let (restored, process_start, load_ms) = restore_fresh(
+        program,
+        dir,
+        "backends-restored",
+        (&taken.snap, &taken.mem),
+        backend,
     )?;
-    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let next = taken.last + 1;
     wait_until(
         &format!("the {backend} guest to print count {next}"),

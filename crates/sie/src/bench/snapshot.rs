@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, paused_counter, set_state, spawn, wait_until};
+use super::api_vmm::{Vmm, counts, median, paused_counter, restore_fresh, set_state, wait_until};
 
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
@@ -52,20 +52,8 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     drop(source);
     let memory_file_mib = std::fs::metadata(&mem)?.blocks() as f64 * 512.0 / f64::from(1 << 20);
 
-    let process_start = Instant::now();
-    let restored = spawn(program, dir, "restored", &[])?;
-    let load_start = Instant::now();
-    request(
-        &restored.sock,
-        "PUT",
-        "/snapshot/load",
-        Some(&json!({
-            "snapshot_path": snap,
-            "mem_backend": {"backend_type": "File", "backend_path": mem},
-            "resume_vm": true,
-        })),
-    )?;
-    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let (restored, process_start, load_ms) =
+        restore_fresh(program, dir, "restored", (&snap, &mem), "File")?;
     let start_to_running_ms = process_start.elapsed().as_secs_f64() * 1e3;
     // The check: the restored guest goes on from its last count.
     let next = last + 1;
