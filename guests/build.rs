@@ -21,6 +21,7 @@ const ELF_GUESTS: &[&str] = &[
     "counter",
     "echo",
     "panic",
+    "cpuid",
 ];
 
 fn run(command: &mut Command) {

@@ -70,6 +70,12 @@ guest!(
     "Prints MagicValue, Version and DeviceID of the first two virtio-MMIO slots."
 );
 guest!(
+    CPUID,
+    "cpuid",
+    "cpuid.elf",
+    "Prints CPUID leaf 1 ECX/EDX, leaf 7 EBX/ECX/EDX and 0x8000_0001 ECX/EDX in hex (`leaf1 ecx=H edx=H`, ...)."
+);
+guest!(
     TRIPLE_FAULT,
     "triple_fault",
     "triple_fault.elf",
@@ -136,6 +142,7 @@ pub const ALL: &[Guest] = &[
     COUNTER,
     ECHO,
     PANIC,
+    CPUID,
 ];
 
 /// Port writes `HELLO` makes with `markers=N`: its two lines, N markers and

@@ -8,9 +8,10 @@
 
 use serde::de::DeserializeOwned;
 use sie_config::{
-    ActionType, BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, MigrationReceive, MigrationSend, MmdsConfig, NetworkInterface, NetworkInterfacePatch,
-    Request, SerialConfig, SnapshotCreate, SnapshotLoad, VmDump, VmState, Vsock,
+    ActionType, BootSource, CpuConfig, Drive, DrivePatch, Entropy, Logger, MachineConfig,
+    MachineConfigPatch, Metrics, MigrationReceive, MigrationSend, MmdsConfig, NetworkInterface,
+    NetworkInterfacePatch, Request, SerialConfig, SnapshotCreate, SnapshotLoad, VmDump, VmState,
+    Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -64,9 +65,8 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 4] = [
+const UNSUPPORTED: [(&str, &str); 3] = [
     ("balloon", "the balloon device"),
-    ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
     ("pmem", "virtio-pmem devices"),
 ];
@@ -117,6 +117,11 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
                 return Err(Fault::new("patch_machine_config", "Empty PATCH request."));
             }
             vmm(Request::PatchMachineConfig(patch))
+        }
+        ("PUT", ["cpu-config"]) => {
+            let cpu: CpuConfig = input.parse("put_cpu_config")?;
+            checked_message("put_cpu_config", cpu.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PutCpuConfig(cpu))
         }
         ("PUT", ["drives", id]) => {
             checked_id("put_drive", id)?;

@@ -346,12 +346,47 @@ fn body_faults() {
 }
 
 #[test]
+fn cpu_config_takes_firecracker_custom_templates() {
+    let body = r#"{"kvm_capabilities": ["!56"],
+        "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+            "modifiers": [{"register": "eax", "bitmap": "0bxxxx000000000011xx00011011110010"}]}],
+        "msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}]}"#;
+    match ok("PUT", "/cpu-config", body) {
+        Request::PutCpuConfig(cpu) => {
+            assert_eq!(cpu.cpuid_modifiers[0].leaf, 1);
+            assert_eq!(cpu.msr_modifiers[0].addr, 0x10a);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ok("PUT", "/cpu-config", "{}"),
+        Request::PutCpuConfig(sie_config::CpuConfig::default())
+    );
+    let bad_bitmap = fault(
+        "PUT",
+        "/cpu-config",
+        r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b012"}]}"#,
+    );
+    assert!(
+        bad_bitmap.message.contains("msr_modifiers[0].bitmap"),
+        "{}",
+        bad_bitmap.message
+    );
+    let arm = fault(
+        "PUT",
+        "/cpu-config",
+        r#"{"reg_modifiers": [{"addr": "0x603000000013c020", "bitmap": "0b1"}]}"#,
+    );
+    assert_eq!(arm.route, "put_cpu_config");
+    assert!(arm.message.contains("aarch64"), "{}", arm.message);
+}
+
+#[test]
 fn unsupported_endpoints_are_400_not_404() {
     for (method, path) in [
         ("PUT", "/balloon"),
         ("GET", "/balloon/statistics"),
         ("PATCH", "/balloon/statistics"),
-        ("PUT", "/cpu-config"),
         ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
         // The rest of Firecracker 1.17's endpoints sie does not serve yet.
@@ -415,6 +450,7 @@ fn every_route_name_has_a_stats_slot() {
             r#"{"vcpu_count": 1, "mem_size_mib": 1}"#,
         ),
         ok("PATCH", "/machine-config", r#"{"vcpu_count": 1}"#),
+        ok("PUT", "/cpu-config", "{}"),
         ok(
             "PUT",
             "/drives/a",

@@ -15,13 +15,14 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 30] = [
+pub const ROUTES: [&str; 31] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
     "put_boot_source",
     "put_machine_config",
     "patch_machine_config",
+    "put_cpu_config",
     "put_drive",
     "patch_drive",
     "put_network_interface",

@@ -18,6 +18,7 @@
 
 mod boot_source;
 mod cli_spec;
+mod cpu_config;
 mod devices;
 mod logging;
 mod machine_config;
@@ -32,12 +33,18 @@ mod vm_config;
 
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
+pub use cpu_config::{
+    Bitmap, CpuConfig, CpuConfigError, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
+    KvmCapability, MsrModifier,
+};
 pub use devices::{
     CacheType, DeviceConfigError, Drive, Entropy, IoEngine, MIN_MTU, NetworkInterface, RateLimiter,
     TokenBucket, Vsock, is_mac,
 };
 pub use logging::{Logger, LoggerError, Metrics};
-pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
+pub use machine_config::{
+    CpuTemplate, MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError,
+};
 pub use migration::{MigrationMode, MigrationReceive, MigrationSend, check_migration_url};
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsConfigError, MmdsVersion};
 pub use request::{

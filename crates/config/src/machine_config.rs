@@ -30,9 +30,14 @@ pub struct MachineConfig {
     /// "Transparent" (transparent huge pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
-    /// CPU template; sie only accepts "None".
+    /// Firecracker's static CPU template: "None", "T2", "T2S", "C3" (Intel
+    /// hosts) or "T2A" (AMD hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
+    /// sie: show the guest VMX (Intel) or SVM (AMD) so it can run VMs of its
+    /// own; needs a host KVM that allows nesting. Hidden when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested: Option<bool>,
     /// A Unix socket where sie waits for gdb before the guest's first
     /// instruction (Firecracker offers it in a special build; sie always).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,7 +53,45 @@ impl Default for MachineConfig {
             track_dirty_pages: None,
             huge_pages: None,
             cpu_template: None,
+            nested: None,
             gdb_socket_path: None,
+        }
+    }
+}
+
+/// Firecracker's static CPU templates that sie offers (their CPUID masks
+/// are in `sie_arch::cpuid::template`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuTemplate {
+    /// Intel: close to an AWS T2 instance.
+    T2,
+    /// Intel: T2, further restricted for Skylake/Cascade Lake snapshots.
+    T2S,
+    /// Intel: close to an AWS C3 instance.
+    C3,
+    /// AMD: Milan, with the instruction sets of Intel's T2CL.
+    T2A,
+}
+
+impl CpuTemplate {
+    /// The template named `name` (Firecracker's spelling).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "T2" => CpuTemplate::T2,
+            "T2S" => CpuTemplate::T2S,
+            "C3" => CpuTemplate::C3,
+            "T2A" => CpuTemplate::T2A,
+            _ => return None,
+        })
+    }
+
+    /// Firecracker's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuTemplate::T2 => "T2",
+            CpuTemplate::T2S => "T2S",
+            CpuTemplate::C3 => "C3",
+            CpuTemplate::T2A => "T2A",
         }
     }
 }
@@ -75,9 +118,19 @@ pub enum MachineConfigError {
         "machine-config: huge_pages {0:?} needs mem_size_mib to be a multiple of 2 (2 MiB pages)"
     )]
     HugePagesSize(String),
-    /// A CPU template was requested.
-    #[error("machine-config: cpu_template {0:?} is not supported (use \"None\")")]
+    /// An unknown CPU template.
+    #[error(
+        "machine-config: cpu_template {0:?} is not a template sie offers (use \"None\", \"T2\", \"T2S\", \"C3\" or \"T2A\", or a custom template through cpu-config)"
+    )]
     CpuTemplate(String),
+    /// Firecracker's aarch64 template.
+    #[error("machine-config: cpu_template \"V1N1\" is for aarch64 hosts; sie runs x86_64 guests")]
+    CpuTemplateAarch64,
+    /// T2CL needs a Cascade Lake host check sie does not make.
+    #[error(
+        "machine-config: cpu_template \"T2CL\" is not offered by sie (it needs Intel Cascade Lake or newer); use \"T2S\" or a custom template through cpu-config"
+    )]
+    CpuTemplateT2cl,
     /// An empty gdb socket path.
     #[error("machine-config: gdb_socket_path is empty")]
     GdbSocketPath,
@@ -91,6 +144,18 @@ impl MachineConfig {
             Some("Transparent") => crate::HugePages::Transparent,
             _ => crate::HugePages::None,
         }
+    }
+
+    /// The static CPU template a validated configuration names, if any.
+    pub fn cpu_template(&self) -> Option<CpuTemplate> {
+        self.cpu_template
+            .as_deref()
+            .and_then(CpuTemplate::from_name)
+    }
+
+    /// Whether the guest is to see VMX/SVM.
+    pub fn nested(&self) -> bool {
+        self.nested == Some(true)
     }
 
     /// Checks every field.
@@ -113,8 +178,12 @@ impl MachineConfig {
             }
             Some(other) => return Err(MachineConfigError::HugePages(other.to_string())),
         }
-        if let Some(template) = self.cpu_template.as_ref().filter(|t| *t != "None") {
-            return Err(MachineConfigError::CpuTemplate(template.clone()));
+        match self.cpu_template.as_deref() {
+            None | Some("None") => {}
+            Some("V1N1") => return Err(MachineConfigError::CpuTemplateAarch64),
+            Some("T2CL") => return Err(MachineConfigError::CpuTemplateT2cl),
+            Some(name) if CpuTemplate::from_name(name).is_some() => {}
+            Some(other) => return Err(MachineConfigError::CpuTemplate(other.to_string())),
         }
         if self.gdb_socket_path.as_deref() == Some("") {
             return Err(MachineConfigError::GdbSocketPath);
@@ -182,8 +251,32 @@ mod tests {
             })
             .contains("multiple of 2")
         );
-        assert!(bad(|c| c.cpu_template = Some("T2".into())).contains("cpu_template"));
+        assert!(bad(|c| c.cpu_template = Some("T3".into())).contains("cpu_template \"T3\""));
+        assert!(bad(|c| c.cpu_template = Some("V1N1".into())).contains("aarch64"));
+        assert!(bad(|c| c.cpu_template = Some("T2CL".into())).contains("T2CL"));
         assert!(bad(|c| c.gdb_socket_path = Some(String::new())).contains("gdb_socket_path"));
+    }
+
+    #[test]
+    fn static_templates_and_nested_are_read() {
+        for name in ["T2", "T2S", "C3", "T2A"] {
+            let config = MachineConfig {
+                cpu_template: Some(name.into()),
+                ..MachineConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()));
+            assert_eq!(config.cpu_template().map(CpuTemplate::name), Some(name));
+        }
+        let none = MachineConfig {
+            cpu_template: Some("None".into()),
+            ..MachineConfig::default()
+        };
+        assert_eq!(none.cpu_template(), None);
+        let config: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count": 1, "mem_size_mib": 64, "nested": true}"#)
+                .unwrap();
+        assert!(config.nested());
+        assert!(!MachineConfig::default().nested());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Request {
     PutMachineConfig(MachineConfig),
     /// `PATCH /machine-config` (before boot only).
     PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /cpu-config` (before boot only): a custom CPU template.
+    PutCpuConfig(crate::cpu_config::CpuConfig),
     /// `PUT /drives/{id}` (before boot only).
     PutDrive(Drive),
     /// `PATCH /drives/{id}` (after boot: swap the backing file).
@@ -97,6 +99,7 @@ impl Request {
             Request::PutBootSource(_) => "put_boot_source",
             Request::PutMachineConfig(_) => "put_machine_config",
             Request::PatchMachineConfig(_) => "patch_machine_config",
+            Request::PutCpuConfig(_) => "put_cpu_config",
             Request::PutDrive(_) => "put_drive",
             Request::PatchDrive(_) => "patch_drive",
             Request::PutNetworkInterface(_) => "put_network_interface",
@@ -167,6 +170,9 @@ pub struct MachineConfigPatch {
     /// CPU template.
     #[serde(default)]
     pub cpu_template: Option<String>,
+    /// sie: VMX/SVM for the guest.
+    #[serde(default)]
+    pub nested: Option<bool>,
     /// Where to wait for gdb.
     #[serde(default)]
     pub gdb_socket_path: Option<String>,
@@ -185,6 +191,7 @@ impl MachineConfigPatch {
                 .cpu_template
                 .clone()
                 .or_else(|| base.cpu_template.clone()),
+            nested: self.nested.or(base.nested),
             gdb_socket_path: self
                 .gdb_socket_path
                 .clone()

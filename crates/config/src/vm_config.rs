@@ -58,13 +58,13 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<MmdsConfig>,
-    /// Firecracker's CPU templates; parsed so they can be refused by name.
+    /// A custom CPU template (Firecracker's format).
     #[serde(
         rename = "cpu-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<crate::cpu_config::CpuConfig>,
     /// Firecracker's hotpluggable memory; parsed so it can be refused by name.
     #[serde(
         rename = "memory-hotplug",
@@ -128,6 +128,14 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// `cpu-config` is invalid.
+    #[error(transparent)]
+    CpuConfig(#[from] crate::cpu_config::CpuConfigError),
+    /// A static and a custom CPU template at once.
+    #[error(
+        "machine-config: cpu_template {0:?} and a cpu-config section: use one CPU template, not both"
+    )]
+    TwoCpuTemplates(String),
     /// `mmds-config` is invalid.
     #[error("mmds-config: {0}")]
     Mmds(#[from] MmdsConfigError),
@@ -204,8 +212,8 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon and cpu-config are refused when the VM is
-        // built; these two are newer and refused here.
+        // balloon is refused when the VM is built; these two are newer
+        // and refused here.
         if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ConfigError::NotSupported(
                 "memory-hotplug (hotpluggable memory)",
@@ -217,6 +225,12 @@ impl VmConfig {
         self.boot_source.validate()?;
         if let Some(machine) = &self.machine_config {
             machine.validate()?;
+        }
+        if let Some(cpu) = &self.cpu_config {
+            cpu.validate()?;
+            if let Some(template) = self.machine_config.as_ref().and_then(|m| m.cpu_template()) {
+                return Err(ConfigError::TwoCpuTemplates(template.name().to_string()));
+            }
         }
         let mut drive_ids = std::collections::BTreeSet::new();
         for drive in &self.drives {

@@ -103,6 +103,9 @@ pub trait Hypervisor: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// The MSR indices the hypervisor lets the VMM save and restore.
     fn supported_msrs(&self) -> Result<Vec<u32>>;
+    /// Whether the backend has capability `cap` (KVM: `KVM_CHECK_EXTENSION`
+    /// with that number; Firecracker's `kvm_capabilities` name them so).
+    fn has_capability(&self, cap: u32) -> bool;
 }
 
 /// One virtual machine.

@@ -463,6 +463,19 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Show the guest hardware virtualization (VMX on Intel, SVM on AMD) so
+    /// it can run VMs of its own; refused where the host's KVM does not
+    /// allow nesting (kvm_intel/kvm_amd `nested=1`). Hidden by default.
+    #[arg(long)]
+    pub nested: bool,
+    /// A Firecracker static CPU template: T2, T2S, C3 (Intel hosts) or T2A
+    /// (AMD hosts); it hides CPU features newer than its baseline.
+    #[arg(long, value_name = "NAME", conflicts_with = "cpu_config")]
+    pub cpu_template: Option<String>,
+    /// A Firecracker custom CPU template (JSON: cpuid_modifiers,
+    /// msr_modifiers, kvm_capabilities), as `PUT /cpu-config` takes.
+    #[arg(long, value_name = "FILE")]
+    pub cpu_config: Option<PathBuf>,
     /// Wait for gdb on this Unix socket before the guest's first
     /// instruction (`target remote PATH` in gdb); gdb then stops, steps and
     /// inspects the guest: every vCPU a thread, hardware breakpoints and
@@ -471,7 +484,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "cpu_template", "cpu_config"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.

@@ -28,6 +28,11 @@ enum RunError {
     LogLevel(#[source] crate::logging::LogError),
     #[error("--vcpus {0} is out of range: at least 1, at most {max}", max = sie_vmm::MAX_VCPUS)]
     Vcpus(u64),
+    #[error("--cpu-config {}: {message}", path.display())]
+    CpuConfig {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("--seccomp-filter")]
     SeccompFilter(#[source] sie_seccomp::SeccompError),
     #[error(
@@ -80,6 +85,25 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     }
     if let Some(path) = &args.gdb_socket {
         machine.gdb_socket_path = Some(path.to_string_lossy().into_owned());
+    }
+    if args.nested {
+        machine.nested = Some(true);
+    }
+    if let Some(name) = &args.cpu_template {
+        machine.cpu_template = Some(name.clone());
+        config.cpu_config = None;
+    }
+    if let Some(path) = &args.cpu_config {
+        let text = std::fs::read_to_string(path).map_err(|source| RunError::CpuConfig {
+            path: path.clone(),
+            message: source.to_string(),
+        })?;
+        let cpu = serde_json::from_str(&text).map_err(|e| RunError::CpuConfig {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        machine.cpu_template = None;
+        config.cpu_config = Some(cpu);
     }
     config.machine_config = Some(machine);
     let first_disk = config.drives.len();

@@ -19,6 +19,7 @@ use crate::control::VmControl;
 use crate::device_manager::DeviceManager;
 use crate::dispatch::ExitContext;
 use crate::error::{Result, VmmError};
+use crate::guest_cpu::GuestCpu;
 use crate::platform::{self, ExtraDevice, PlatformDevices};
 use crate::virtio::{VirtioDevices, Wiring};
 
@@ -150,13 +151,6 @@ fn host_decompressed(
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     if config.balloon.is_some() {
         return Err(VmmError::Unsupported("balloon"));
-    }
-    if config
-        .cpu_config
-        .as_ref()
-        .is_some_and(|value| !value.is_null())
-    {
-        return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
     Ok(())
 }
@@ -335,6 +329,11 @@ pub fn build(
 ) -> Result<BuiltVm> {
     refuse_unsupported(config)?;
     let vcpu_count = vcpu_count(config, hv)?;
+    let guest_cpu = GuestCpu::plan(
+        &config.machine_config.clone().unwrap_or_default(),
+        config.cpu_config.as_ref(),
+        hv,
+    )?;
     let mib = config
         .machine_config
         .clone()
@@ -407,7 +406,7 @@ pub fn build(
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
 
-    configure_vcpus_for_boot(hv, &machine.vcpus, memory, &kernel, boot_info)?;
+    configure_vcpus_for_boot(&guest_cpu, &machine.vcpus, memory, &kernel, boot_info)?;
     Ok(machine.into_built())
 }
 
@@ -432,21 +431,22 @@ fn exclude_from_fork(memory: &GuestMemory) {
 }
 
 fn configure_vcpus_for_boot(
-    hv: &dyn Hypervisor,
+    guest_cpu: &GuestCpu,
     vcpus: &[Box<dyn Vcpu>],
     memory: &GuestMemory,
     kernel: &sie_arch::loader::LoadedKernel,
     boot_info: GuestAddress,
 ) -> Result<()> {
     let count = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
-    let supported = hv.supported_cpuid()?;
     let sregs =
         sie_arch::regs::boot_sregs(memory, kernel).map_err(|e| VmmError::Platform(e.into()))?;
     let regs = sie_arch::regs::boot_regs(kernel, boot_info);
     let fpu = sie_arch::regs::boot_fpu();
     let msrs = sie_arch::regs::boot_msrs();
     for (id, vcpu) in (0u32..).zip(vcpus) {
-        vcpu.set_cpuid(&sie_arch::cpuid::normalize(&supported, id, count))?;
+        let cpuid = guest_cpu.cpuid(id, count);
+        vcpu.set_cpuid(&cpuid)?;
+        guest_cpu.check_hidden(vcpu.as_ref(), &cpuid)?;
         let written = vcpu.set_msrs(&msrs)?;
         if written < msrs.len() {
             tracing::warn!(
@@ -455,6 +455,7 @@ fn configure_vcpus_for_boot(
                 msrs[written].index
             );
         }
+        guest_cpu.configure_msrs(vcpu.as_ref())?;
         vcpu.set_fpu(&fpu)?;
         // Only the boot CPU gets the entry state: APs wait for INIT/SIPI
         // like real hardware, and the boot sregs' APIC base marks the BSP.

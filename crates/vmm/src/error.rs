@@ -54,6 +54,9 @@ pub enum VmmError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The guest CPU the configuration asks for cannot be had on this host.
+    #[error(transparent)]
+    GuestCpu(#[from] crate::guest_cpu::GuestCpuError),
     /// A feature in the configuration that this version of sie lacks.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),

@@ -33,6 +33,7 @@ pub mod dispatch;
 mod error;
 mod event_loop;
 pub mod gdb;
+pub(crate) mod guest_cpu;
 pub mod guest_memory;
 pub mod migration;
 mod outcome;

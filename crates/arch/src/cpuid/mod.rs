@@ -17,6 +17,11 @@
 //!   other PV features), EAX = the highest hypervisor leaf present.
 //! - AMD: CmpLegacy (0x8000_0001 ECX 1) kept only with more than one vCPU;
 //!   0x8000_0008 ECX NC = vCPUs - 1; 0x8000_001E extended APIC id/core id.
+//! - VMX (leaf 1 ECX 5) and SVM (0x8000_0001 ECX 2) hidden: a guest sees
+//!   them only when asked for ([`expose_virtualization`], sie's `nested`).
+//!
+//! A CPU template ([`template`]) is applied to the supported list before
+//! these rules.
 //!
 //! The topology is one socket of `vcpu_count` cores, one thread each, with
 //! APIC id = vCPU index. The VMM must create vCPU `i` with KVM id `i` so
@@ -30,6 +35,7 @@
 //! assert_eq!(table[0].ebx >> 24, 2);
 //! ```
 
+pub mod template;
 mod topology;
 
 use sie_hv::x86::CpuidEntry;
@@ -69,6 +75,10 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF6_EAX_ARAT: u32 = 1 << 2;
 const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
+/// Leaf 1 ECX: VMX (Intel's hardware virtualization).
+pub const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM (AMD's hardware virtualization).
+pub const EXT1_ECX_SVM: u32 = 1 << 2;
 const HYPERVISOR_LEAVES: std::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_00ff;
 
 /// The CPUID table for vCPU `vcpu_id` of `vcpu_count`, from the backend's
@@ -99,6 +109,7 @@ pub fn normalize(supported: &[CpuidEntry], vcpu_id: u32, vcpu_count: u32) -> Vec
             1 => {
                 e.ebx = topo.leaf_1_ebx(e.ebx);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
+                e.ecx &= !LEAF1_ECX_VMX;
                 if topo.count == 1 {
                     e.edx &= !LEAF1_EDX_HTT;
                 }
@@ -113,7 +124,12 @@ pub fn normalize(supported: &[CpuidEntry], vcpu_id: u32, vcpu_count: u32) -> Vec
                 e.edx = 0;
             }
             0x4000_0000 => e.eax = hypervisor_max.unwrap_or(e.eax),
-            0x8000_0001 if topo.count == 1 => e.ecx &= !EXT1_ECX_CMP_LEGACY,
+            0x8000_0001 => {
+                e.ecx &= !EXT1_ECX_SVM;
+                if topo.count == 1 {
+                    e.ecx &= !EXT1_ECX_CMP_LEGACY;
+                }
+            }
             0x8000_0008 if vendor == Vendor::Amd => e.ecx = topo.amd_size_ecx(e.ecx),
             0x8000_001e => topo.amd_ext_apic(&mut e),
             _ => {}
@@ -121,6 +137,34 @@ pub fn normalize(supported: &[CpuidEntry], vcpu_id: u32, vcpu_count: u32) -> Vec
         out.push(e);
     }
     out
+}
+
+/// Whether `entries` offer hardware virtualization (VMX or SVM): for the
+/// backend's supported list, whether the host lets guests nest.
+pub fn offers_virtualization(entries: &[CpuidEntry]) -> bool {
+    entries.iter().any(|e| {
+        (e.function == 1 && e.ecx & LEAF1_ECX_VMX != 0)
+            || (e.function == 0x8000_0001 && e.ecx & EXT1_ECX_SVM != 0)
+    })
+}
+
+/// Gives a normalized `table` back the VMX/SVM bits `supported` has, so the
+/// guest can run VMs of its own.
+pub fn expose_virtualization(table: &mut [CpuidEntry], supported: &[CpuidEntry]) {
+    let bit = |function: u32, mask: u32| {
+        supported
+            .iter()
+            .find(|e| e.function == function)
+            .map_or(0, |e| e.ecx & mask)
+    };
+    let (vmx, svm) = (bit(1, LEAF1_ECX_VMX), bit(0x8000_0001, EXT1_ECX_SVM));
+    for e in table {
+        match e.function {
+            1 => e.ecx |= vmx,
+            0x8000_0001 => e.ecx |= svm,
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

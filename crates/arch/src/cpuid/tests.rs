@@ -259,3 +259,34 @@ fn other_leaves_pass_through_in_order() {
     let want: Vec<_> = supported.iter().map(|e| (e.function, e.index)).collect();
     assert_eq!(order, want);
 }
+
+#[test]
+fn vmx_and_svm_are_hidden_unless_exposed() {
+    let mut intel = intel();
+    let mut amd = amd();
+    // Hosts that let guests nest: VMX on Intel, SVM on AMD.
+    intel[1].ecx |= LEAF1_ECX_VMX;
+    amd.iter_mut()
+        .filter(|e| e.function == 0x8000_0001)
+        .for_each(|e| e.ecx |= EXT1_ECX_SVM);
+    assert!(offers_virtualization(&intel) && offers_virtualization(&amd));
+    let mut t = normalize(&intel, 0, 1);
+    assert_eq!(find(&t, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+    assert!(!offers_virtualization(&t));
+    expose_virtualization(&mut t, &intel);
+    assert_ne!(find(&t, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+    let mut t = normalize(&amd, 0, 2);
+    assert_eq!(find(&t, 0x8000_0001, 0).ecx & EXT1_ECX_SVM, 0);
+    expose_virtualization(&mut t, &amd);
+    assert_ne!(find(&t, 0x8000_0001, 0).ecx & EXT1_ECX_SVM, 0);
+    // A host without nesting: exposing adds nothing.
+    amd.iter_mut().for_each(|e| {
+        if e.function == 0x8000_0001 {
+            e.ecx &= !EXT1_ECX_SVM;
+        }
+    });
+    assert!(!offers_virtualization(&amd));
+    let mut t = normalize(&amd, 0, 1);
+    expose_virtualization(&mut t, &amd);
+    assert!(!offers_virtualization(&t));
+}

@@ -139,6 +139,10 @@ impl Hypervisor for Kvm {
             .collect())
     }
 
+    fn has_capability(&self, cap: u32) -> bool {
+        self.kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0
+    }
+
     fn supported_msrs(&self) -> Result<Vec<u32>> {
         let list = self
             .kvm

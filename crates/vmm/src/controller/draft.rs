@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use sie_config::{
-    BootSource, Drive, Entropy, MachineConfig, MachineConfigPatch, MmdsConfig, NetworkInterface,
-    Request, Response, VmConfig, Vsock,
+    BootSource, CpuConfig, Drive, Entropy, MachineConfig, MachineConfigPatch, MmdsConfig,
+    NetworkInterface, Request, Response, VmConfig, Vsock,
 };
 
 /// The configuration so far.
@@ -77,7 +77,11 @@ impl Draft {
             if !self.has_boot_source {
                 map.insert("boot-source".into(), Value::Null);
             }
-            map.insert("machine-config".into(), machine_json(&self.machine()));
+            let machine = self.machine();
+            let mut machine_value = machine_json(&machine);
+            // sie's extension, shown here whether on or off.
+            machine_value["nested"] = machine.nested().into();
+            map.insert("machine-config".into(), machine_value);
             for key in ["drives", "network-interfaces"] {
                 map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
             }
@@ -88,6 +92,7 @@ impl Draft {
                 "metrics",
                 "balloon",
                 "mmds-config",
+                "cpu-config",
             ] {
                 map.entry(key).or_insert(Value::Null);
             }
@@ -102,6 +107,7 @@ impl Draft {
             Request::PutBootSource(boot) => self.put_boot_source(boot),
             Request::PutMachineConfig(machine) => self.put_machine(machine.clone()),
             Request::PatchMachineConfig(patch) => self.patch_machine(patch),
+            Request::PutCpuConfig(cpu) => self.put_cpu_config(cpu),
             Request::PutDrive(drive) => self.put_drive(drive),
             Request::PutNetworkInterface(nic) => self.put_nic(nic),
             Request::PutVsock(vsock) => self.put_vsock(vsock),
@@ -140,8 +146,44 @@ impl Draft {
         if machine.huge_pages() == sie_config::HugePages::TwoMiB {
             crate::guest_memory::check_huge_pages_for(machine.mem_size_mib)?;
         }
+        // The CPU template configured last wins, as in Firecracker.
+        if machine.cpu_template().is_some() {
+            self.config.cpu_config = None;
+        }
         self.config.machine_config = Some(machine);
         Ok(())
+    }
+
+    fn put_cpu_config(&mut self, cpu: &CpuConfig) -> Result<(), String> {
+        cpu.validate().map_err(|e| e.to_string())?;
+        let mut machine = self.machine();
+        machine.cpu_template = None;
+        self.config.machine_config = Some(machine);
+        self.config.cpu_config = Some(cpu.clone());
+        Ok(())
+    }
+
+    /// The machine configuration and custom template `request` would leave
+    /// (for the host checks the controller makes before applying it), or
+    /// `None` when it does not touch the CPU or is invalid anyway.
+    pub fn cpu_after(&self, request: &Request) -> Option<(MachineConfig, Option<CpuConfig>)> {
+        let machine = match request {
+            Request::PutMachineConfig(machine) => machine.clone(),
+            Request::PatchMachineConfig(patch) => patch.apply(&self.machine()),
+            Request::PutCpuConfig(cpu) => {
+                cpu.validate().ok()?;
+                let mut machine = self.machine();
+                machine.cpu_template = None;
+                return Some((machine, Some(cpu.clone())));
+            }
+            _ => return None,
+        };
+        machine.validate().ok()?;
+        let custom = match machine.cpu_template() {
+            Some(_) => None,
+            None => self.config.cpu_config.clone(),
+        };
+        Some((machine, custom))
     }
 
     fn patch_machine(&mut self, patch: &MachineConfigPatch) -> Result<(), String> {
@@ -314,9 +356,18 @@ pub fn machine_json(machine: &MachineConfig) -> Value {
         "track_dirty_pages": machine.track_dirty_pages.unwrap_or(false),
         "huge_pages": machine.huge_pages.clone().unwrap_or_else(|| "None".to_string()),
     });
+    let Some(map) = json.as_object_mut() else {
+        return json;
+    };
     // Firecracker shows it only when set (and only in its gdb build).
-    if let (Some(path), Some(map)) = (&machine.gdb_socket_path, json.as_object_mut()) {
+    if let Some(path) = &machine.gdb_socket_path {
         map.insert("gdb_socket_path".into(), path.clone().into());
+    }
+    if let Some(template) = machine.cpu_template() {
+        map.insert("cpu_template".into(), template.name().into());
+    }
+    if machine.nested() {
+        map.insert("nested".into(), true.into());
     }
     json
 }
@@ -479,6 +530,52 @@ mod tests {
             Some(Response::NoContent)
         );
         assert_eq!(draft.config.network_interfaces.len(), 1);
+    }
+
+    #[test]
+    fn the_cpu_template_configured_last_wins() {
+        let mut draft = Draft::default();
+        let t2 = MachineConfig {
+            cpu_template: Some("T2".into()),
+            nested: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            draft.apply(&Request::PutMachineConfig(t2.clone())),
+            Some(Response::NoContent)
+        );
+        let json = draft.to_json();
+        assert_eq!(json["machine-config"]["cpu_template"], "T2");
+        assert_eq!(json["machine-config"]["nested"], true);
+        assert_eq!(json["cpu-config"], Value::Null);
+        let custom: CpuConfig = serde_json::from_str(
+            r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+                "modifiers": [{"register": "ecx", "bitmap": "0b0xxxxx"}]}]}"#,
+        )
+        .unwrap();
+        let (machine, after) = draft
+            .cpu_after(&Request::PutCpuConfig(custom.clone()))
+            .unwrap();
+        assert_eq!(
+            (machine.cpu_template, after.as_ref()),
+            (None, Some(&custom))
+        );
+        assert_eq!(
+            draft.apply(&Request::PutCpuConfig(custom)),
+            Some(Response::NoContent)
+        );
+        let json = draft.to_json();
+        assert_eq!(json["machine-config"].get("cpu_template"), None);
+        assert_eq!(
+            json["cpu-config"]["cpuid_modifiers"][0]["modifiers"][0]["bitmap"],
+            "0bxxxxxxxxxxxxxxxxxxxxxxxxxx0xxxxx"
+        );
+        assert!(draft.to_config().is_err(), "no boot source yet, but...");
+        // ...a static template again replaces the custom one.
+        draft.apply(&Request::PutMachineConfig(t2));
+        assert_eq!(draft.to_json()["cpu-config"], Value::Null);
+        let arm: CpuConfig = serde_json::from_str(r#"{"vcpu_features": [{}]}"#).unwrap();
+        assert!(fault(draft.apply(&Request::PutCpuConfig(arm))).contains("aarch64"));
     }
 
     #[test]

@@ -95,6 +95,14 @@ impl Controller {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
                 }
+                // Refused now, not at InstanceStart, when this host cannot
+                // give the guest the CPU it asks for.
+                if let Some((machine, custom)) = self.draft.cpu_after(&config_request)
+                    && let Err(error) =
+                        crate::guest_cpu::GuestCpu::plan(&machine, custom.as_ref(), hv)
+                {
+                    return Response::fault(error);
+                }
                 self.draft
                     .apply(&config_request)
                     .unwrap_or_else(|| Response::fault("this request is not handled by the VMM"))
