@@ -125,6 +125,96 @@ def test_machine_config_patch_bad(api, body, field):
     fault_names(api.patch("/machine-config", body), field)
 
 
+# -- CPU templates and nesting ---------------------------------------------
+
+def ext1_ecx(bitmap):
+    """A cpu-config with one modifier: leaf 0x80000001 ECX."""
+    return {"cpuid_modifiers": [{"leaf": "0x80000001", "subleaf": "0x0", "flags": 0,
+                                 "modifiers": [{"register": "ecx", "bitmap": bitmap}]}]}
+
+
+def host_vendor():
+    cpuinfo = open("/proc/cpuinfo").read()
+    return "Intel" if "GenuineIntel" in cpuinfo else "Amd" if "AuthenticAMD" in cpuinfo else None
+
+
+def test_cpu_config_custom_template(api):
+    # Hiding a feature (PREFETCHW) is possible on any host.
+    api.ok("PUT", "/cpu-config", {**ext1_ecx("0b0_xxxx_xxxx"), "kvm_capabilities": ["!56"], "msr_modifiers": []})
+    cfg = api.get("/vm/config").json()
+    leaf = cfg["cpu-config"]["cpuid_modifiers"][0]
+    assert (leaf["leaf"], leaf["subleaf"]) == ("0x80000001", "0x0")
+    assert leaf["modifiers"][0] == {"register": "ecx", "bitmap": "0b" + "x" * 23 + "0" + "x" * 8}
+    assert cfg["cpu-config"]["kvm_capabilities"] == ["!56"]
+    # A static template configured later replaces it (and the other way round).
+    vendor = host_vendor()
+    if vendor:
+        template = "T2" if vendor == "Intel" else "T2A"
+        r = api.put("/machine-config", {**MACHINE, "cpu_template": template})
+        if r.status == 204:
+            cfg = api.get("/vm/config").json()
+            assert cfg["cpu-config"] is None
+            assert cfg["machine-config"]["cpu_template"] == template
+            api.ok("PUT", "/cpu-config", ext1_ecx("0b0_xxxx_xxxx"))
+            assert "cpu_template" not in api.get("/machine-config").json()
+        else:
+            # A host lacking a feature the template states: named by bit.
+            fault_names(r, "forced to 1", "still shows")
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"reg_modifiers": [{"addr": "0x603000000013c020", "bitmap": "0b1"}]}, ("aarch64",)),
+        ({"vcpu_features": [{"index": 0, "bitmap": "0b1100000"}]}, ("aarch64",)),
+        (ext1_ecx("0b012"), ("bitmap",)),
+        (ext1_ecx("0b" + "0" * 33), ("more than 32 bits",)),
+        ({"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b" + "x" * 65}]}, ("more than 64 bits",)),
+        ({"msr_modifiers": [{"addr": "10a", "bitmap": "0b1"}]}, ("10a",)),
+        ({"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+                               "modifiers": [{"register": "ekx", "bitmap": "0b1"}]}]}, ("ekx",)),
+        ({"cpu_modifiers": []}, ("cpu_modifiers",)),
+        # Bit 31 of 0x80000001 ECX is reserved: no host has it.
+        (ext1_ecx("0b1" + "x" * 31), ("0x80000001", "ECX bit 31", "forced to 1")),
+        ({"cpuid_modifiers": [{"leaf": "0x8fffffff", "subleaf": "0x0", "flags": 0,
+                               "modifiers": [{"register": "eax", "bitmap": "0b0"}]}]}, ("0x8fffffff",)),
+        ({"kvm_capabilities": ["999999"]}, ("999999",)),
+    ],
+)
+def test_cpu_config_bad(api, body, words):
+    fault_names(api.put("/cpu-config", body), *words)
+    assert api.get("/vm/config").json()["cpu-config"] is None  # nothing applied
+
+
+def test_static_cpu_templates(api):
+    fault_names(api.put("/machine-config", {**MACHINE, "cpu_template": "T3"}), "cpu_template")
+    fault_names(api.put("/machine-config", {**MACHINE, "cpu_template": "V1N1"}), "aarch64")
+    fault_names(api.put("/machine-config", {**MACHINE, "cpu_template": "T2CL"}), "T2CL")
+    api.ok("PUT", "/machine-config", {**MACHINE, "cpu_template": "None"})
+    vendor = host_vendor()
+    if vendor:
+        other, other_vendor = ("T2A", "Amd") if vendor == "Intel" else ("T2", "Intel")
+        r = api.put("/machine-config", {**MACHINE, "cpu_template": other})
+        fault_names(r, f"is for {other_vendor} CPUs; this host's CPU is {vendor}")
+
+
+def test_nested(api):
+    assert api.get("/vm/config").json()["machine-config"]["nested"] is False
+    r = api.put("/machine-config", {**MACHINE, "nested": True})
+    if r.status == 204:
+        assert api.get("/vm/config").json()["machine-config"]["nested"] is True
+        assert api.get("/machine-config").json()["nested"] is True
+    else:
+        fault_names(r, "nested needs a host KVM")
+        assert api.get("/vm/config").json()["machine-config"]["nested"] is False
+    fault_names(api.put("/machine-config", {**MACHINE, "nested": "yes"}), "nested")
+    api.ok("PATCH", "/machine-config", {"nested": False})
+
+
+def test_cpu_config_after_boot(booted):
+    assert booted.api.put("/cpu-config", {}).fault
+
+
 # -- boot-source -----------------------------------------------------------
 
 def test_boot_source(api, files):
@@ -481,7 +571,6 @@ UNSUPPORTED = [
     ("PATCH", "/balloon", {"amount_mib": 0}),
     ("GET", "/balloon/statistics", None),
     ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
-    ("PUT", "/cpu-config", {}),
     ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
     ("PATCH", "/hotplug/memory", {"requested_size_mib": 0}),
     ("GET", "/hotplug/memory", None),

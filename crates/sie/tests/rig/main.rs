@@ -17,6 +17,7 @@ use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 mod bench;
 mod control;
+mod cpu;
 mod faults;
 mod inspect;
 mod snapshot;
@@ -24,6 +25,7 @@ mod virtio;
 
 use bench::*;
 use control::*;
+use cpu::*;
 use faults::*;
 use inspect::*;
 use snapshot::*;
@@ -253,6 +255,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         mmds(),
         console_attach_later(),
         panic_core(),
+        cpu_template_custom(),
+        nested_svm(),
     ]
 }
 
