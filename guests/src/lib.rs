@@ -73,7 +73,7 @@ guest!(
     CPUID,
     "cpuid",
     "cpuid.elf",
-    "Prints CPUID leaf 1 ECX/EDX, leaf 7 EBX/ECX/EDX and 0x8000_0001 ECX/EDX in hex (`leaf1 ecx=H edx=H`, ...)."
+    "Prints CPUID leaf 1 ECX/EDX, leaf 7 EBX/ECX/EDX and 0x8000_0001 ECX/EDX and MSR 0x174 in hex (`leaf1 ecx=H edx=H`, ..., `msr174=H`)."
 );
 guest!(
     TRIPLE_FAULT,

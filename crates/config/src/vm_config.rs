@@ -431,6 +431,33 @@ mod tests {
     }
 
     #[test]
+    fn cpu_config_section_is_read_and_one_template_at_most() {
+        let section = r#""cpu-config": {"cpuid_modifiers": [{"leaf": "0x7", "subleaf": "0x0",
+            "flags": 1, "modifiers": [{"register": "ebx", "bitmap": "0b0xxxxx"}]}]}"#;
+        let text = FULL.replacen('{', &format!("{{{section},"), 1);
+        let config = VmConfig::from_json(&text).unwrap();
+        config.validate().unwrap();
+        let cpu = config.cpu_config.as_ref().unwrap();
+        assert_eq!(cpu.cpuid_modifiers[0].modifiers[0].bitmap.mask, 1 << 5);
+        // With a static template too: refused, naming both.
+        let both = text.replace(
+            r#""track_dirty_pages": false}"#,
+            r#""track_dirty_pages": false, "cpu_template": "T2S"}"#,
+        );
+        let error = VmConfig::from_json(&both).unwrap().validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "machine-config: cpu_template \"T2S\" and a cpu-config section: use one CPU template, not both"
+        );
+        // aarch64 settings in the section are refused when the file is checked.
+        let arm = FULL.replacen('{', r#"{"cpu-config": {"reg_modifiers": [{}]},"#, 1);
+        let error = VmConfig::from_json(&arm).unwrap().validate().unwrap_err();
+        assert!(error.to_string().contains("aarch64"), "{error}");
+        let null = FULL.replacen('{', r#"{"cpu-config": null,"#, 1);
+        VmConfig::from_json(&null).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn cross_resource_rules() {
         let mut config = VmConfig::from_json(FULL).unwrap();
         let mut second = config.drives[0].clone();

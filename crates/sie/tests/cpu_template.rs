@@ -144,3 +144,33 @@ fn a_hidden_leaf_1_bit_is_hidden_or_the_template_refused() {
         ));
     }
 }
+
+#[test]
+fn msr_modifiers_reach_the_guest_and_unknown_msrs_are_refused() {
+    let msr_line = |extra: &[&str]| {
+        let mut args = vec!["run", "--kernel", CPUID.path];
+        args.extend_from_slice(extra);
+        let run = sie(&args);
+        run.expect_code(0);
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("msr174="))
+            .unwrap_or_else(|| panic!("no msr174 line in {:?}", run.stdout))
+            .to_string()
+    };
+    // sie boots every vCPU with IA32_SYSENTER_CS = 0; the template sets bit 4.
+    assert_eq!(msr_line(&[]), "0");
+    let scratch = Scratch::new("cpu-template-msr");
+    let template = scratch.file(
+        "msr.json",
+        br#"{"msr_modifiers": [{"addr": "0x174", "bitmap": "0b1_0000"}]}"#,
+    );
+    assert_eq!(msr_line(&["--cpu-config", &template]), "10");
+    let unknown = scratch.file(
+        "unknown.json",
+        br#"{"msr_modifiers": [{"addr": "0xdeadbeef", "bitmap": "0b1"}]}"#,
+    );
+    sie(&["run", "--kernel", CPUID.path, "--cpu-config", &unknown]).expect_one_line_error(
+        "CPU template: MSR 0xdeadbeef cannot be read through this host's KVM",
+    );
+}

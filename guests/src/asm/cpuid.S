@@ -3,6 +3,7 @@
 #   leaf1 ecx=H edx=H
 #   leaf7 ebx=H ecx=H edx=H
 #   ext1 ecx=H edx=H
+#   msr174=H (IA32_SYSENTER_CS, for CPU templates' MSR modifiers)
         .include "common64.inc"
         .include "stack.inc"
         .globl  _start
@@ -61,11 +62,22 @@ _start:
         call    puthex
         mov     $'\n', %al
         call    putc
+
+        mov     $0x174, %ecx
+        rdmsr
+        shl     $32, %rdx
+        or      %rdx, %rax
+        lea     s_msr(%rip), %rsi
+        call    puts
+        call    puthex
+        mov     $'\n', %al
+        call    putc
         jmp     reset
 
         .section .rodata
 s_leaf1: .asciz "leaf1 ecx="
 s_leaf7: .asciz "leaf7 ebx="
 s_ext1:  .asciz "ext1 ecx="
+s_msr:   .asciz "msr174="
 s_ecx:   .asciz " ecx="
 s_edx:   .asciz " edx="
