@@ -165,7 +165,7 @@ impl Draft {
 
     /// The machine configuration and custom template `request` would leave
     /// (for the host checks the controller makes before applying it), or
-    /// `None` when it does not touch the CPU or is invalid anyway.
+    /// `None` when it asks nothing of the host's CPU or is invalid anyway.
     pub fn cpu_after(&self, request: &Request) -> Option<(MachineConfig, Option<CpuConfig>)> {
         let machine = match request {
             Request::PutMachineConfig(machine) => machine.clone(),
@@ -183,6 +183,10 @@ impl Draft {
             Some(_) => None,
             None => self.config.cpu_config.clone(),
         };
+        // Nothing asked of the host's CPU: nothing to check.
+        if machine.cpu_template().is_none() && custom.is_none() && !machine.nested() {
+            return None;
+        }
         Some((machine, custom))
     }
 
