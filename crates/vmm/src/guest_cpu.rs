@@ -6,6 +6,9 @@
 //! [`GuestCpu::plan`] checks everything that depends on the host before
 //! any VM exists, so `PUT /machine-config`, `PUT /cpu-config` and the
 //! config file are refused in one line when the host cannot honour them.
+//! What only a vCPU can tell is checked when each is configured: that the
+//! backend hides what the template hides ([`GuestCpu::check_hidden`]) and
+//! keeps the template's MSR values ([`GuestCpu::configure_msrs`]).
 
 use sie_arch::cpuid::template::{self, CpuTemplate, CpuidModifier, MsrModifier, Register};
 use sie_config::{CpuConfig, CpuidRegister, KvmCapability, MachineConfig};
