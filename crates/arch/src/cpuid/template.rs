@@ -16,7 +16,8 @@
 //! The static templates are Firecracker's T2, T2S, C3 (Intel) and T2A
 //! (AMD) as data ([`static_template`]): each hides what is newer than its
 //! baseline (AVX-512, SGX, MPX, PKU, TSX, ...) and states the baseline's
-//! family/model/stepping in leaf 1 EAX.
+//! family/model/stepping in leaf 1 EAX. One difference: sie's T2A hides
+//! the two IBRS hints Firecracker's states (see its data).
 //!
 //! ```
 //! # use sie_arch::cpuid::template::{apply, CpuTemplate, CpuidModifier, Register};
@@ -343,9 +344,12 @@ pub fn static_template(name: &str) -> Option<CpuTemplate> {
                     // MMX, FXSR, FFXSR, 1 GiB pages (extended copies).
                     leaf(0x8000_0001, 0, 0, Ecx, 0x2000_01c0, 0),
                     leaf(0x8000_0001, 0, 0, Edx, 0x07c0_0000, 0),
-                    // CLZERO, RstrFpErrPtrs, WBNOINVD hidden; IbrsPreferred
-                    // and IbrsSameMode stated (as on Milan).
-                    leaf(0x8000_0008, 0, 0, Ebx, 0x000c_0205, 0x000c_0000),
+                    // CLZERO, RstrFpErrPtrs, WBNOINVD hidden. Firecracker's
+                    // T2A states IbrsPreferred and IbrsSameMode (bits 18,
+                    // 19, as on Milan); KVM offers them to no guest, and
+                    // sie never states a feature the host lacks, so sie's
+                    // T2A hides them: the same 0 on every host.
+                    leaf(0x8000_0008, 0, 0, Ebx, 0x000c_0205, 0),
                 ],
             ]
             .concat(),

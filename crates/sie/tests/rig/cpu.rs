@@ -64,3 +64,42 @@ sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} ta
         },
     }
 }
+
+/// Firecracker's AMD template on L1's AMD-V CPU: the Debian guest loses
+/// the features T2A hides (RDSEED, ADX, UMIP, RDPID, 1 GiB pages, SHA,
+/// CLWB: whichever L1 offers) and keeps the baseline's (SSE2). Not
+/// 3DNowPrefetch, which T2A hides too: Linux sets it itself on any 64-bit
+/// AMD CPU.
+pub(crate) fn cpu_template_static() -> Case {
+    let args = sie_e2e::l2_boot_args("cpu_template_static");
+    Case {
+        name: "cpu_template_static",
+        l1_command: format!(
+            r#"sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} tag=plain" &&
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} tag=tmpl" \
+    --cpu-template T2A"#
+        ),
+        l2_script: Some(
+            r#"tag=$(sed -n 's/.*tag=\([a-z]*\).*/\1/p' /proc/cmdline); for f in sse2 rdseed adx umip rdpid pdpe1gb sha_ni clwb; do if grep -qw $f /proc/cpuinfo; then v=yes; else v=no; fi; echo "@@L2 RESULT ${f}_$tag=$v"; done"#,
+        ),
+        check: |run| {
+            status_0_and(run, "sse2_tmpl", "yes")?;
+            let mut hidden = 0;
+            for flag in [
+                "rdseed", "adx", "umip", "rdpid", "pdpe1gb", "sha_ni", "clwb",
+            ] {
+                let plain = run.result(&format!("{flag}_plain"));
+                let tmpl = run.result(&format!("{flag}_tmpl"));
+                match (plain.as_deref(), tmpl.as_deref()) {
+                    (Some("yes"), Some("no")) => hidden += 1,
+                    (Some("no"), Some("no")) => {}
+                    other => return Err(format!("{flag}: plain/T2A {other:?}, want it hidden")),
+                }
+            }
+            if hidden == 0 {
+                return Err("L1 offers none of the features T2A hides: nothing was shown".into());
+            }
+            Ok(())
+        },
+    }
+}

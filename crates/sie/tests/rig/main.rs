@@ -257,6 +257,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         panic_core(),
         cpu_template_custom(),
         nested_svm(),
+        cpu_template_static(),
     ]
 }
 
