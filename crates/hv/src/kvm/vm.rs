@@ -7,7 +7,7 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
@@ -101,6 +101,14 @@ impl Vm for KvmVm {
             slots.next_slot += 1;
         }
         Ok(())
+    }
+
+    fn map_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
+        super::device_memory::map(&self.fd, &self.memory, guest_addr, region)
+    }
+
+    fn unmap_device_memory(&self, slot: u32) -> Result<()> {
+        super::device_memory::unmap(&self.fd, &self.memory, slot)
     }
 
     fn enable_dirty_log(&self) -> Result<()> {
