@@ -65,11 +65,7 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 3] = [
-    ("balloon", "the balloon device"),
-    ("hotplug", "hotplug"),
-    ("pmem", "virtio-pmem devices"),
-];
+const UNSUPPORTED: [(&str, &str); 2] = [("balloon", "the balloon device"), ("hotplug", "hotplug")];
 
 /// The path of a request target: the query dropped, and one trailing `/`
 /// (other than the root's) stripped.
@@ -153,6 +149,22 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         ("PATCH", ["drives"]) => Err(Fault::new("patch_drive", EMPTY_ID)),
         ("PUT", ["network-interfaces"]) => Err(Fault::new("put_network_interface", EMPTY_ID)),
         ("PATCH", ["network-interfaces"]) => Err(Fault::new("patch_network_interface", EMPTY_ID)),
+        ("PUT", ["pmem", id]) => {
+            checked_id("put_pmem", id)?;
+            let pmem: sie_config::Pmem = input.parse("put_pmem")?;
+            same_id("put_pmem", "id", id, &pmem.id)?;
+            checked_message("put_pmem", pmem.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PutPmem(pmem))
+        }
+        ("PATCH", ["pmem", id]) => {
+            checked_id("patch_pmem", id)?;
+            let patch: sie_config::PmemPatch = input.parse("patch_pmem")?;
+            same_id("patch_pmem", "id", id, &patch.id)?;
+            checked_message("patch_pmem", patch.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PatchPmem(patch))
+        }
+        ("PUT", ["pmem"]) => Err(Fault::new("put_pmem", EMPTY_ID)),
+        ("PATCH", ["pmem"]) => Err(Fault::new("patch_pmem", EMPTY_ID)),
         ("PUT", ["vsock"]) => vmm(Request::PutVsock(input.parse::<Vsock>("put_vsock")?)),
         ("PUT", ["entropy"]) => {
             let entropy: Entropy = input.parse("put_entropy")?;

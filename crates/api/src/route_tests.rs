@@ -382,6 +382,38 @@ fn cpu_config_takes_firecracker_custom_templates() {
 }
 
 #[test]
+fn pmem_routes_take_firecracker_bodies_and_refuse_a_limiter() {
+    let put = br#"{"id": "pm0", "path_on_host": "/f", "root_device": false, "read_only": true, "rate_limiter": {}}"#;
+    assert!(matches!(
+        route("PUT", "/pmem/pm0", put),
+        Ok(Routed::Vmm(Request::PutPmem(p))) if p.read_only && p.id == "pm0"
+    ));
+    let other = fault("PUT", "/pmem/pm1", std::str::from_utf8(put).unwrap());
+    assert!(
+        other.message.contains("does not match"),
+        "{}",
+        other.message
+    );
+    assert!(matches!(
+        route("PATCH", "/pmem/pm0", br#"{"id": "pm0"}"#),
+        Ok(Routed::Vmm(Request::PatchPmem(_)))
+    ));
+    let limited = fault(
+        "PATCH",
+        "/pmem/pm0",
+        r#"{"id": "pm0", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#,
+    );
+    assert_eq!(limited.route, "patch_pmem");
+    assert!(
+        limited.message.contains("rate_limiter is not supported"),
+        "{}",
+        limited.message
+    );
+    let empty = fault("PUT", "/pmem/pm0", r#"{"id": "pm0", "path_on_host": ""}"#);
+    assert_eq!(empty.message, "pmem: path_on_host is empty");
+}
+
+#[test]
 fn unsupported_endpoints_are_400_not_404() {
     for (method, path) in [
         ("PUT", "/balloon"),
@@ -395,8 +427,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PATCH", "/balloon/hinting/start"),
         ("GET", "/balloon/hinting/status"),
         ("PATCH", "/balloon/hinting/stop"),
-        ("PUT", "/pmem/pm0"),
-        ("PATCH", "/pmem/pm0"),
         ("PATCH", "/hotplug/memory"),
         ("GET", "/hotplug/memory"),
     ] {

@@ -15,7 +15,8 @@
 //!   ...        RAM up to min(mem size, MMIO_HOLE_START)
 //! 0xC000_0000  MMIO hole: the platform device window (boot timer, virtio-mmio
 //!              slots: placed by the VMM's device manager), IOAPIC, LAPIC
-//! 0x1_0000_0000 the rest of RAM, if any
+//! 0x1_0000_0000 the rest of RAM, if any; 16 GiB past its 1 GiB-aligned
+//!              end, the device-memory window (virtio-pmem files)
 //! ```
 //!
 //! ```
@@ -43,6 +44,27 @@ pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 pub const PLATFORM_MMIO_START: u64 = MMIO_HOLE_START;
 /// Size of that window in bytes (256 MiB, well below the I/O APIC).
 pub const PLATFORM_MMIO_SIZE: u64 = 0x1000_0000;
+/// Room left above RAM for the PCI 64-bit BAR window (16 GiB from the
+/// first 1 GiB boundary past RAM) before device memory starts.
+pub const DEVICE_MEMORY_GAP: u64 = 16 << 30;
+/// Size of the device-memory window (virtio-pmem files): 32 GiB, so the
+/// window of a guest with up to 12 GiB of RAM ends within the 36 physical
+/// address bits every x86-64 CPU gives a guest.
+pub const DEVICE_MEMORY_SIZE: u64 = 32 << 30;
+
+/// The window device memory (host files and memory the guest reaches as
+/// physical memory, outside RAM) is placed in, for RAM ending at
+/// `ram_end`: (base, size), 1 GiB aligned past the PCI 64-bit window's
+/// room. `None` if it would not fit the 64-bit address space.
+pub fn device_memory_window(ram_end: u64) -> Option<(u64, u64)> {
+    let base = ram_end
+        .max(HIGH_RAM_START)
+        .checked_next_multiple_of(1 << 30)?
+        .checked_add(DEVICE_MEMORY_GAP)?;
+    base.checked_add(DEVICE_MEMORY_SIZE)?;
+    Some((base, DEVICE_MEMORY_SIZE))
+}
+
 /// I/O APIC register window.
 pub const IOAPIC_ADDR: u64 = 0xFEC0_0000;
 /// Local APIC register window.
@@ -320,5 +342,16 @@ mod tests {
                 assert!(a + alen <= b || b + blen <= a, "{a:#x} overlaps {b:#x}");
             }
         }
+    }
+
+    #[test]
+    fn device_memory_sits_past_ram_and_the_pci_room() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(device_memory_window(128 << 20), Some((20 * GIB, 32 * GIB)));
+        assert_eq!(
+            device_memory_window(5 * GIB + 4096),
+            Some((22 * GIB, 32 * GIB))
+        );
+        assert_eq!(device_memory_window(u64::MAX - 4095), None);
     }
 }

@@ -105,9 +105,12 @@ pub enum MachineConfigError {
     /// mem_size_mib out of range.
     #[error("machine-config: mem_size_mib {0} is out of range 1..={MAX_MEM_SIZE_MIB}")]
     MemSize(u64),
-    /// SMT requested.
-    #[error("machine-config: smt is not supported")]
-    Smt,
+    /// SMT requested: sie's CPU topology is one thread per core, and the
+    /// reason names what the host says about its own SMT.
+    #[error(
+        "machine-config: smt is not supported: sie gives each vCPU a core of its own; {0} (set smt to false)"
+    )]
+    Smt(String),
     /// Unknown huge page size.
     #[error(
         "machine-config: huge_pages {0:?} is not supported (use \"None\", \"2M\" or \"Transparent\")"
@@ -167,7 +170,7 @@ impl MachineConfig {
             return Err(MachineConfigError::MemSize(self.mem_size_mib));
         }
         if self.smt == Some(true) {
-            return Err(MachineConfigError::Smt);
+            return Err(MachineConfigError::Smt(host_smt()));
         }
         match self.huge_pages.as_deref() {
             None | Some("None") => {}
@@ -189,6 +192,20 @@ impl MachineConfig {
             return Err(MachineConfigError::GdbSocketPath);
         }
         Ok(())
+    }
+}
+
+/// What the host's kernel says about SMT
+/// (`/sys/devices/system/cpu/smt/control`), for the refusal of `smt: true`.
+fn host_smt() -> String {
+    match std::fs::read_to_string("/sys/devices/system/cpu/smt/control") {
+        Ok(state) => match state.trim() {
+            "on" => "the host runs SMT, but sie does not present sibling threads to a guest".into(),
+            "notsupported" => "this host's CPU has no SMT to mirror".into(),
+            "notimplemented" => "this host's kernel has no SMT control".into(),
+            other => format!("SMT on this host is {other:?}"),
+        },
+        Err(_) => "the host does not say whether it has SMT".into(),
     }
 }
 
@@ -242,7 +259,11 @@ mod tests {
         assert!(bad(|c| c.vcpu_count = 255).contains("vcpu_count 255"));
         assert!(bad(|c| c.mem_size_mib = 0).contains("mem_size_mib 0"));
         assert!(bad(|c| c.mem_size_mib = MAX_MEM_SIZE_MIB + 1).contains("mem_size_mib"));
-        assert!(bad(|c| c.smt = Some(true)).contains("smt"));
+        let smt = bad(|c| c.smt = Some(true));
+        assert!(
+            smt.contains("smt is not supported: sie gives each vCPU a core of its own;"),
+            "{smt}"
+        );
         assert!(bad(|c| c.huge_pages = Some("1G".into())).contains("huge_pages"));
         assert!(
             bad(|c| {

@@ -48,6 +48,10 @@ pub enum Request {
     PatchNetworkInterface(NetworkInterfacePatch),
     /// `PUT /vsock` (before boot only).
     PutVsock(Vsock),
+    /// `PUT /pmem/{id}` (before boot only).
+    PutPmem(crate::pmem::Pmem),
+    /// `PATCH /pmem/{id}` (after boot: a rate limiter that limits nothing).
+    PatchPmem(crate::pmem::PmemPatch),
     /// `PUT /entropy` (before boot only).
     PutEntropy(Entropy),
     /// `PUT /logger` (before boot only).
@@ -106,6 +110,8 @@ impl Request {
             Request::PatchNetworkInterface(_) => "patch_network_interface",
             Request::PutVsock(_) => "put_vsock",
             Request::PutEntropy(_) => "put_entropy",
+            Request::PutPmem(_) => "put_pmem",
+            Request::PatchPmem(_) => "patch_pmem",
             Request::PutLogger(_) => "put_logger",
             Request::PutMetrics(_) => "put_metrics",
             Request::Action(_) => "put_actions",

@@ -72,9 +72,13 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub memory_hotplug: Option<serde_json::Value>,
-    /// Firecracker's virtio-pmem devices; parsed so they can be refused by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pmem: Option<serde_json::Value>,
+    /// virtio-pmem devices, `/dev/pmem0` first (null reads as none).
+    #[serde(
+        default,
+        deserialize_with = "crate::pmem::null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pmem: Vec<crate::pmem::Pmem>,
     /// COM1 on the host: an output file (Firecracker's `serial`), and
     /// sie's console socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,9 +146,12 @@ pub enum ConfigError {
     /// A Firecracker section sie does not offer yet.
     #[error("{0} is not supported yet")]
     NotSupported(&'static str),
-    /// More than one root drive.
-    #[error("drives: more than one drive has is_root_device set")]
+    /// More than one root device.
+    #[error("drives, pmem: more than one device is the root device (is_root_device, root_device)")]
     SeveralRoots,
+    /// A `pmem` entry is invalid.
+    #[error(transparent)]
+    Pmem(#[from] crate::pmem::PmemConfigError),
 }
 
 impl VmConfig {
@@ -163,7 +170,7 @@ impl VmConfig {
             mmds_config: None,
             cpu_config: None,
             memory_hotplug: None,
-            pmem: None,
+            pmem: Vec::new(),
             serial: None,
             dump_on_panic: None,
         }
@@ -219,9 +226,6 @@ impl VmConfig {
                 "memory-hotplug (hotpluggable memory)",
             ));
         }
-        if self.pmem.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ConfigError::NotSupported("pmem (virtio-pmem devices)"));
-        }
         self.boot_source.validate()?;
         if let Some(machine) = &self.machine_config {
             machine.validate()?;
@@ -242,7 +246,19 @@ impl VmConfig {
                 });
             }
         }
-        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+        let mut pmem_ids = std::collections::BTreeSet::new();
+        for pmem in &self.pmem {
+            pmem.validate()?;
+            if !pmem_ids.insert(pmem.id.as_str()) {
+                return Err(ConfigError::DuplicateId {
+                    resource: "pmem",
+                    id: pmem.id.clone(),
+                });
+            }
+        }
+        let roots = self.drives.iter().filter(|d| d.is_root_device).count()
+            + self.pmem.iter().filter(|p| p.root_device).count();
+        if roots > 1 {
             return Err(ConfigError::SeveralRoots);
         }
         let mut iface_ids = std::collections::BTreeSet::new();
@@ -412,6 +428,34 @@ mod tests {
     }
 
     #[test]
+    fn pmem_entries_are_checked_and_share_the_one_root() {
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{section},"), 1);
+            VmConfig::from_json(&text).unwrap().validate()
+        };
+        with(r#""pmem": [{"id": "pm0", "path_on_host": "p", "read_only": true}]"#).unwrap();
+        let twice =
+            with(r#""pmem": [{"id": "a", "path_on_host": "p"}, {"id": "a", "path_on_host": "q"}]"#);
+        assert!(matches!(
+            twice,
+            Err(ConfigError::DuplicateId {
+                resource: "pmem",
+                ..
+            })
+        ));
+        let two_roots = FULL.replacen(
+            '{',
+            r#"{"pmem": [{"id": "a", "path_on_host": "p", "root_device": true}],"#,
+            1,
+        );
+        let mut config = VmConfig::from_json(&two_roots).unwrap();
+        assert!(config.drives[0].is_root_device);
+        assert!(matches!(config.validate(), Err(ConfigError::SeveralRoots)));
+        config.drives[0].is_root_device = false;
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn newer_firecracker_sections_are_refused_by_name() {
         let with = |section: &str| {
             let text = FULL.replacen('{', &format!("{{{section},"), 1);
@@ -421,8 +465,6 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let message = with(r#""pmem": [{"id": "pm0", "path_on_host": "p"}]"#);
-        assert_eq!(message, "pmem (virtio-pmem devices) is not supported yet");
         let message = with(r#""memory-hotplug": {"total_size_mib": 1024}"#);
         assert!(message.contains("memory-hotplug"), "{message}");
         assert!(message.contains("not supported yet"), "{message}");

@@ -34,6 +34,7 @@ mod mmio;
 mod mmio_state;
 pub mod net;
 mod net_backend;
+pub mod pmem;
 pub mod rate_limiter;
 pub mod rng;
 pub mod vsock;

@@ -38,6 +38,7 @@ pub mod guest_memory;
 pub mod migration;
 mod outcome;
 pub mod platform;
+mod pmem;
 pub mod snapshot;
 pub mod teardown;
 #[cfg(test)]

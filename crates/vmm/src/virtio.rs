@@ -231,6 +231,7 @@ impl VirtioDevices {
                 "entropy device",
             )?;
         }
+        crate::pmem::attach(&config.pmem, wiring, &mut devices)?;
         Ok(devices)
     }
 
@@ -257,7 +258,7 @@ impl VirtioDevices {
 
     /// Places one device: an MMIO window and an interrupt line from the
     /// device manager, an ioeventfd per queue, a worker for the event thread.
-    fn add<D: VirtioDevice + 'static>(
+    pub(crate) fn add<D: VirtioDevice + 'static>(
         &mut self,
         wiring: &mut Wiring<'_, '_>,
         bus_name: String,
@@ -316,7 +317,9 @@ fn root_args(base: &str, config: &VmConfig) -> Option<String> {
     if base.split_whitespace().any(|arg| arg.starts_with("root=")) {
         return None;
     }
-    let index = config.drives.iter().position(|d| d.is_root_device)?;
+    let Some(index) = config.drives.iter().position(|d| d.is_root_device) else {
+        return crate::pmem::root_args(&config.pmem);
+    };
     let drive = &config.drives[index];
     let root = match &drive.partuuid {
         Some(uuid) => format!("root=PARTUUID={uuid}"),

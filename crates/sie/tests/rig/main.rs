@@ -20,6 +20,7 @@ mod control;
 mod cpu;
 mod faults;
 mod inspect;
+mod memdev;
 mod snapshot;
 mod virtio;
 
@@ -28,6 +29,7 @@ use control::*;
 use cpu::*;
 use faults::*;
 use inspect::*;
+use memdev::*;
 use snapshot::*;
 use virtio::*;
 
@@ -221,6 +223,7 @@ fn cases() -> Vec<Case> {
             },
         ),
         virtio_blk(),
+        virtio_pmem(),
         Case::sie_run(
             "virtio_rng",
             "vmlinux",

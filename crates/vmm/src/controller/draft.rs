@@ -46,6 +46,7 @@ impl Draft {
             || !self.config.network_interfaces.is_empty()
             || self.config.vsock.is_some()
             || self.config.entropy.is_some()
+            || !self.config.pmem.is_empty()
             || self.config.machine_config.is_some()
     }
 
@@ -82,7 +83,7 @@ impl Draft {
             // sie's extension, shown here whether on or off.
             machine_value["nested"] = machine.nested().into();
             map.insert("machine-config".into(), machine_value);
-            for key in ["drives", "network-interfaces"] {
+            for key in ["drives", "network-interfaces", "pmem"] {
                 map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
             }
             for key in [
@@ -112,6 +113,7 @@ impl Draft {
             Request::PutNetworkInterface(nic) => self.put_nic(nic),
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
+            Request::PutPmem(pmem) => self.put_pmem(pmem),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,
@@ -281,6 +283,41 @@ impl Draft {
             .merged(serial);
         self.config.serial = Some(merged);
         Ok(())
+    }
+
+    /// `PUT /pmem/{id}`: adds the device or replaces the one with its id;
+    /// one root device among drives and pmem.
+    fn put_pmem(&mut self, pmem: &sie_config::Pmem) -> Result<(), String> {
+        pmem.validate().map_err(|e| e.to_string())?;
+        if pmem.root_device {
+            if let Some(drive) = self.config.drives.iter().find(|d| d.is_root_device) {
+                return Err(format!(
+                    "pmem {}: drive {:?} is already the root device",
+                    pmem.id, drive.drive_id
+                ));
+            }
+            if let Some(other) = self
+                .config
+                .pmem
+                .iter()
+                .find(|p| p.root_device && p.id != pmem.id)
+            {
+                return Err(format!(
+                    "pmem {}: pmem {:?} is already the root device",
+                    pmem.id, other.id
+                ));
+            }
+        }
+        match self.config.pmem.iter_mut().find(|p| p.id == pmem.id) {
+            Some(slot) => *slot = pmem.clone(),
+            None => self.config.pmem.push(pmem.clone()),
+        }
+        Ok(())
+    }
+
+    /// Whether a pmem device has this id.
+    pub fn has_pmem(&self, id: &str) -> bool {
+        self.config.pmem.iter().any(|p| p.id == id)
     }
 
     fn put_entropy(&mut self, entropy: &Entropy) -> Result<(), String> {

@@ -25,6 +25,10 @@ fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
     }
 }
 
+/// Why a VM with pmem devices is not snapshotted or migrated: the device
+/// memory (the files' mappings) is not part of the saved state.
+pub(super) const PMEM_NO_SNAPSHOT: &str = "snapshots and migration of a microVM with pmem devices are not supported (the files mapped into the guest are not saved)";
+
 impl Controller {
     fn state_name(&self) -> &'static str {
         match &self.phase {
@@ -80,6 +84,7 @@ impl Controller {
             Request::Action(action) => self.action(action, hv, manager),
             Request::SetVmState(state) => self.set_vm_state(state),
             Request::PatchDrive(patch) => self.patch_drive(&patch),
+            Request::PatchPmem(patch) => self.patch_pmem(&patch),
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
@@ -238,6 +243,9 @@ impl Controller {
             Ok(config) => config,
             Err(message) => return Response::Fault(format!("snapshot/create: {message}")),
         };
+        if !config.pmem.is_empty() {
+            return Response::fault(PMEM_NO_SNAPSHOT);
+        }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);
         };
@@ -327,6 +335,19 @@ impl Controller {
             }
             Err(message) => Response::Fault(format!("snapshot/load: {message}")),
         }
+    }
+
+    /// `PATCH /pmem/{id}`: Firecracker's only field is a rate limiter; one
+    /// that limits anything was refused by the router, so this checks the
+    /// device exists and changes nothing.
+    fn patch_pmem(&mut self, patch: &sie_config::PmemPatch) -> Response {
+        if !self.is_started() {
+            return Response::fault(BEFORE_START);
+        }
+        if !self.draft.has_pmem(&patch.id) {
+            return Response::Fault(format!("pmem: no device with id {:?}", patch.id));
+        }
+        Response::NoContent
     }
 
     fn patch_drive(&mut self, patch: &sie_config::DrivePatch) -> Response {

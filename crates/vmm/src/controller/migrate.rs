@@ -204,6 +204,9 @@ impl Controller {
         if self.migration.active {
             return Response::fault("migration/send: a migration is already under way");
         }
+        if !self.draft.to_config_unchecked().pmem.is_empty() {
+            return Response::fault(super::handle::PMEM_NO_SNAPSHOT);
+        }
         let Some(worker) = self.migration.worker.clone() else {
             return Response::fault("migration/send: this sie was started without migration");
         };

@@ -97,6 +97,9 @@ pub struct DeviceManager<'a> {
     /// One irqfd per line, shared by the devices on it (COM1 and COM3).
     lines: BTreeMap<u32, Arc<EventFd>>,
     acpi: Vec<AcpiDevice>,
+    /// The device-memory window past RAM (virtio-pmem files), made when
+    /// the first device asks for room in it.
+    device_memory: Option<AddressAllocator>,
 }
 
 fn vm_allocator_error(error: vm_allocator::Error) -> VmmError {
@@ -130,6 +133,7 @@ impl<'a> DeviceManager<'a> {
             mmio_window,
             lines: BTreeMap::new(),
             acpi: Vec::new(),
+            device_memory: None,
         })
     }
 
@@ -244,6 +248,38 @@ impl<'a> DeviceManager<'a> {
     /// command line).
     pub fn describe(&mut self, device: AcpiDevice) {
         self.acpi.push(device);
+    }
+
+    /// Room for `len` bytes of device memory, `align`-aligned, in the
+    /// window past RAM (which ends at `ram_end`): its guest address.
+    pub fn allocate_device_memory(
+        &mut self,
+        name: &str,
+        ram_end: u64,
+        len: u64,
+        align: u64,
+    ) -> Result<u64> {
+        if self.device_memory.is_none() {
+            let (base, size) = sie_arch::layout::device_memory_window(ram_end)
+                .ok_or_else(|| VmmError::Unsupported("device memory past this much RAM"))?;
+            self.device_memory =
+                Some(AddressAllocator::new(base, size).map_err(vm_allocator_error)?);
+        }
+        let Some(window) = self.device_memory.as_mut() else {
+            return Err(VmmError::Unsupported("device memory"));
+        };
+        let range = window
+            .allocate(len, align, AllocPolicy::FirstMatch)
+            .map_err(|_| {
+                Self::place_error(
+                    name,
+                    PlacementError::NoMmio {
+                        len,
+                        at: " in the device-memory window".to_string(),
+                    },
+                )
+            })?;
+        Ok(range.start())
     }
 
     /// The buses and descriptions, once every device is placed.

@@ -1,0 +1,70 @@
+//! Memory devices: virtio-pmem files the guest reads and writes as
+//! `/dev/pmemN`.
+
+use super::*;
+
+/// Two pmem files from a Firecracker config file: an ext4 image the guest
+/// mounts (DAX when its kernel allows), reads and writes, and that L1 then
+/// checks with e2fsck and debugfs; and a read-only file whose marker the
+/// guest reads and whose bytes stay as they were after the guest wrote to
+/// its copy. The guest's fsync reaches sie as FLUSH requests (counted in
+/// the metrics).
+pub(crate) fn virtio_pmem() -> Case {
+    Case {
+        name: "virtio_pmem",
+        l1_command: format!(
+            r#"cp "$GUEST/disk.ext4" /tmp/pm0.img
+echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+head -c 3145728 /dev/zero > /tmp/pm1.img
+printf 'read-only-marker' | dd of=/tmp/pm1.img conv=notrunc 2>/dev/null
+before=$(sha256sum /tmp/pm1.img | cut -c1-64)
+cat > /tmp/pm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "pmem": [{{"id": "pm0", "path_on_host": "/tmp/pm0.img"}},
+          {{"id": "pm1", "path_on_host": "/tmp/pm1.img", "read_only": true, "rate_limiter": {{}}}}]}}
+EOF
+sie --no-api --config-file /tmp/pm.json --metrics-path /tmp/pm-metrics.json > /tmp/console 2>&1
+status=$?
+cat /tmp/console
+e2fsck -fn /tmp/pm0.img >/dev/null 2>&1; echo "@@L2 RESULT fsck=$?"
+echo "@@L2 RESULT new_file=$(debugfs -R 'cat /new.txt' /tmp/pm0.img 2>/dev/null)"
+[ "$(sha256sum /tmp/pm1.img | cut -c1-64)" = "$before" ] && echo "@@L2 RESULT ro_file=unchanged"
+requests() {{ tail -1 /tmp/pm-metrics.json | grep -o "\"$1\":{{[^}}]*}}" | grep -o '"requests":[0-9]*' | tail -1 | cut -d: -f2; }}
+echo "@@L2 RESULT pm0_flushes=$(requests virtio-pmem:pm0)"
+exit $status"#,
+            sie_e2e::l2_boot_args("virtio_pmem")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio libnvdimm nd_virtio virtio_pmem nd_btt nd_pmem crc16 mbcache jbd2 crc32c_generic ext4; do insmod /modules/$m.ko; done
+i=0; until [ -b /dev/pmem1 ]; do i=$((i+1)); [ $i -gt 50 ] && break; sleep 0.1; done
+[ -b /dev/pmem0 ] && [ -b /dev/pmem1 ] && echo "@@L2 RESULT devices=pmem0,pmem1"
+echo "@@L2 RESULT pm1_head=$(dd if=/dev/pmem1 bs=16 count=1 2>/dev/null)"
+mkdir -p /mnt
+if mount -t ext4 -o dax /dev/pmem0 /mnt 2>/dev/null; then echo "@@L2 RESULT dax=yes"; else echo "@@L2 RESULT dax=no"; mount -t ext4 /dev/pmem0 /mnt; fi
+echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
+echo written-through-pmem > /mnt/new.txt && sync && umount /mnt && echo "@@L2 RESULT wrote=yes"
+printf 'overwritten-by-l2' | dd of=/dev/pmem1 conv=notrunc,fsync 2>/dev/null
+echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
+        ),
+        check: |run| {
+            status_0_and(run, "devices", "pmem0,pmem1")?;
+            status_0_and(run, "pm1_head", "read-only-marker")?;
+            let want = run.result("host_sha").ok_or("no host_sha")?;
+            status_0_and(run, "guest_sha", &want)?;
+            status_0_and(run, "wrote", "yes")?;
+            status_0_and(run, "fsck", "0")?;
+            status_0_and(run, "new_file", "written-through-pmem")?;
+            status_0_and(run, "ro_file", "unchanged")?;
+            // 3 MiB rounded up to 4 MiB: 8192 sectors of 512 bytes.
+            status_0_and(run, "pm1_size", "8192")?;
+            match run
+                .result("pm0_flushes")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if n > 0 => Ok(()),
+                other => Err(format!("no FLUSH reached sie for pm0: {other:?}")),
+            }
+        },
+    }
+}
