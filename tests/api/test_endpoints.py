@@ -364,6 +364,64 @@ def test_drive_bad(api, path, body, words):
     fault_names(api.put(path, body), *words)
 
 
+def test_pmem(api, files):
+    """Firecracker's pmem bodies are taken before boot and shown in GET /vm/config."""
+    api.ok("PUT", "/pmem/pm0", {"id": "pm0", "path_on_host": files["disk"]})
+    api.ok(
+        "PUT",
+        "/pmem/pm1",
+        {"id": "pm1", "path_on_host": files["disk"], "root_device": True, "read_only": None, "rate_limiter": {}},
+    )
+    pmem = api.get("/vm/config").json()["pmem"]
+    assert [(p["id"], p["root_device"], p["read_only"]) for p in pmem] == [("pm0", False, False), ("pm1", True, False)]
+    # A second root, among drives and pmem, is refused in one line.
+    fault_names(api.put("/pmem/pm2", {"id": "pm2", "path_on_host": files["disk"], "root_device": True}), "root device")
+    api.ok("PUT", "/drives/d", {"drive_id": "d", "path_on_host": files["disk"], "is_root_device": False})
+    # PATCH is after boot only.
+    fault_names(api.patch("/pmem/pm0", {"id": "pm0"}), "start")
+
+
+@pytest.mark.parametrize(
+    "path, body, words",
+    [
+        ("/pmem/pm0", {"id": "pm0"}, ("path_on_host",)),
+        ("/pmem/pm0", {"id": "other", "path_on_host": "x"}, ("id", "other")),
+        ("/pmem/pm0", {"id": "pm0", "path_on_host": ""}, ("path_on_host",)),
+        ("/pmem/pm0", {"id": "pm0", "path_on_host": "x", "size": 1}, ("size",)),
+        ("/pmem/pm0", {"id": "pm0", "path_on_host": "x", "rate_limiter": LIMITER}, ("rate_limiter",)),
+    ],
+)
+def test_pmem_bad(api, path, body, words):
+    fault_names(api.put(path, body), *words)
+
+
+def test_memory_hotplug(api):
+    """Firecracker's hotplug bodies before boot; GET shows the configuration, nothing plugged."""
+    fault_names(api.get("/hotplug/memory"), "hotplug")
+    api.ok("PUT", "/hotplug/memory", {"total_size_mib": 1024})
+    assert api.get("/hotplug/memory").json() == {
+        "total_size_mib": 1024, "slot_size_mib": 128, "block_size_mib": 2,
+        "plugged_size_mib": 0, "requested_size_mib": 0,
+    }
+    api.ok("PUT", "/hotplug/memory", {"total_size_mib": 256, "slot_size_mib": None, "block_size_mib": 4})
+    assert api.get("/vm/config").json()["memory-hotplug"]["block_size_mib"] == 4
+    # PATCH is after boot only.
+    fault_names(api.patch("/hotplug/memory", {"requested_size_mib": 128}), "start")
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"total_size_mib": 1000}, ("total_size_mib",)),
+        ({"total_size_mib": 1024, "block_size_mib": 3}, ("block_size_mib",)),
+        ({"total_size_mib": 1024, "slot_size_mib": 64}, ("slot_size_mib",)),
+        ({"total_size_mib": 1024, "extra": 1}, ("extra",)),
+    ],
+)
+def test_memory_hotplug_bad(api, body, words):
+    fault_names(api.put("/hotplug/memory", body), *words)
+
+
 def test_network_interface(api):
     # Assumes the TAP device is opened at InstanceStart, not at PUT.
     api.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"})
@@ -571,14 +629,9 @@ UNSUPPORTED = [
     ("PATCH", "/balloon", {"amount_mib": 0}),
     ("GET", "/balloon/statistics", None),
     ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
-    ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
-    ("PATCH", "/hotplug/memory", {"requested_size_mib": 0}),
-    ("GET", "/hotplug/memory", None),
     ("PATCH", "/balloon/hinting/start", {}),
     ("GET", "/balloon/hinting/status", None),
     ("PATCH", "/balloon/hinting/stop", {}),
-    ("PUT", "/pmem/pm0", {"id": "pm0", "path_on_host": "p"}),
-    ("PATCH", "/pmem/pm0", {"id": "pm0"}),
 ]
 
 

@@ -65,7 +65,7 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 2] = [("balloon", "the balloon device"), ("hotplug", "hotplug")];
+const UNSUPPORTED: [(&str, &str); 1] = [("balloon", "the balloon device")];
 
 /// The path of a request target: the query dropped, and one trailing `/`
 /// (other than the root's) stripped.
@@ -163,6 +163,18 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked_message("patch_pmem", patch.validate().map_err(|e| e.to_string()))?;
             vmm(Request::PatchPmem(patch))
         }
+        ("PUT", ["hotplug", "memory"]) => {
+            let hotplug: sie_config::MemoryHotplug = input.parse("put_hotplug_memory")?;
+            checked_message(
+                "put_hotplug_memory",
+                hotplug.validate().map_err(|e| e.to_string()),
+            )?;
+            vmm(Request::PutMemoryHotplug(hotplug))
+        }
+        ("PATCH", ["hotplug", "memory"]) => vmm(Request::PatchMemoryHotplug(
+            input.parse::<sie_config::MemoryHotplugPatch>("patch_hotplug_memory")?,
+        )),
+        ("GET", ["hotplug", "memory"]) => vmm(Request::GetMemoryHotplug),
         ("PUT", ["pmem"]) => Err(Fault::new("put_pmem", EMPTY_ID)),
         ("PATCH", ["pmem"]) => Err(Fault::new("patch_pmem", EMPTY_ID)),
         ("PUT", ["vsock"]) => vmm(Request::PutVsock(input.parse::<Vsock>("put_vsock")?)),

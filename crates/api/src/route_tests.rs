@@ -414,12 +414,33 @@ fn pmem_routes_take_firecracker_bodies_and_refuse_a_limiter() {
 }
 
 #[test]
+fn hotplug_routes_take_firecracker_bodies() {
+    assert!(matches!(
+        route("PUT", "/hotplug/memory", br#"{"total_size_mib": 1024, "block_size_mib": 2, "slot_size_mib": 128}"#),
+        Ok(Routed::Vmm(Request::PutMemoryHotplug(h))) if h.total_size_mib == 1024
+    ));
+    let bad = fault("PUT", "/hotplug/memory", r#"{"total_size_mib": 100}"#);
+    assert!(
+        bad.message.contains("total_size_mib 100"),
+        "{}",
+        bad.message
+    );
+    assert!(matches!(
+        route("PATCH", "/hotplug/memory", br#"{"requested_size_mib": 512}"#),
+        Ok(Routed::Vmm(Request::PatchMemoryHotplug(p))) if p.requested_size_mib == 512
+    ));
+    assert!(matches!(
+        route("GET", "/hotplug/memory", b""),
+        Ok(Routed::Vmm(Request::GetMemoryHotplug))
+    ));
+}
+
+#[test]
 fn unsupported_endpoints_are_400_not_404() {
     for (method, path) in [
         ("PUT", "/balloon"),
         ("GET", "/balloon/statistics"),
         ("PATCH", "/balloon/statistics"),
-        ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
         // The rest of Firecracker 1.17's endpoints sie does not serve yet.
         ("GET", "/balloon"),
@@ -427,8 +448,6 @@ fn unsupported_endpoints_are_400_not_404() {
         ("PATCH", "/balloon/hinting/start"),
         ("GET", "/balloon/hinting/status"),
         ("PATCH", "/balloon/hinting/stop"),
-        ("PATCH", "/hotplug/memory"),
-        ("GET", "/hotplug/memory"),
     ] {
         let body = if method == "GET" { "" } else { "{}" };
         let refused = fault(method, path, body);

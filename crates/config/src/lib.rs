@@ -20,6 +20,7 @@ mod boot_source;
 mod cli_spec;
 mod cpu_config;
 mod devices;
+mod hotplug;
 mod logging;
 mod machine_config;
 mod migration;
@@ -42,6 +43,7 @@ pub use devices::{
     CacheType, DeviceConfigError, Drive, Entropy, IoEngine, MIN_MTU, NetworkInterface, RateLimiter,
     TokenBucket, Vsock, is_mac,
 };
+pub use hotplug::{HotplugConfigError, MAX_HOTPLUG_MIB, MemoryHotplug, MemoryHotplugPatch};
 pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{
     CpuTemplate, MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError,

@@ -22,10 +22,10 @@ pub struct Pmem {
     /// The backing file.
     pub path_on_host: PathBuf,
     /// Boot from this device (`root=/dev/pmemN`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     pub root_device: bool,
     /// Map the file read-only: guest writes never reach it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     pub read_only: bool,
     /// Accepted when it limits nothing (see the module header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +82,11 @@ impl PmemPatch {
         }
         Ok(())
     }
+}
+
+/// A flag that may be sent as `null` (read as false).
+fn null_as_false<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
 }
 
 /// A list that may be sent as `null` (read as empty), as Firecracker's

@@ -52,6 +52,12 @@ pub enum Request {
     PutPmem(crate::pmem::Pmem),
     /// `PATCH /pmem/{id}` (after boot: a rate limiter that limits nothing).
     PatchPmem(crate::pmem::PmemPatch),
+    /// `PUT /hotplug/memory` (before boot only).
+    PutMemoryHotplug(crate::hotplug::MemoryHotplug),
+    /// `PATCH /hotplug/memory` (after boot: the size the guest should plug).
+    PatchMemoryHotplug(crate::hotplug::MemoryHotplugPatch),
+    /// `GET /hotplug/memory`.
+    GetMemoryHotplug,
     /// `PUT /entropy` (before boot only).
     PutEntropy(Entropy),
     /// `PUT /logger` (before boot only).
@@ -111,6 +117,9 @@ impl Request {
             Request::PutVsock(_) => "put_vsock",
             Request::PutEntropy(_) => "put_entropy",
             Request::PutPmem(_) => "put_pmem",
+            Request::PutMemoryHotplug(_) => "put_hotplug_memory",
+            Request::PatchMemoryHotplug(_) => "patch_hotplug_memory",
+            Request::GetMemoryHotplug => "get_hotplug_memory",
             Request::PatchPmem(_) => "patch_pmem",
             Request::PutLogger(_) => "put_logger",
             Request::PutMetrics(_) => "put_metrics",

@@ -65,13 +65,13 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_config: Option<crate::cpu_config::CpuConfig>,
-    /// Firecracker's hotpluggable memory; parsed so it can be refused by name.
+    /// Hotpluggable memory (virtio-mem).
     #[serde(
         rename = "memory-hotplug",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub memory_hotplug: Option<serde_json::Value>,
+    pub memory_hotplug: Option<crate::hotplug::MemoryHotplug>,
     /// virtio-pmem devices, `/dev/pmem0` first (null reads as none).
     #[serde(
         default,
@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// More than one root device.
     #[error("drives, pmem: more than one device is the root device (is_root_device, root_device)")]
     SeveralRoots,
+    /// `memory-hotplug` is invalid.
+    #[error(transparent)]
+    Hotplug(#[from] crate::hotplug::HotplugConfigError),
     /// A `pmem` entry is invalid.
     #[error(transparent)]
     Pmem(#[from] crate::pmem::PmemConfigError),
@@ -219,12 +222,9 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon is refused when the VM is built; these two are newer
-        // and refused here.
-        if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ConfigError::NotSupported(
-                "memory-hotplug (hotpluggable memory)",
-            ));
+        // balloon is refused when the VM is built.
+        if let Some(hotplug) = &self.memory_hotplug {
+            hotplug.validate()?;
         }
         self.boot_source.validate()?;
         if let Some(machine) = &self.machine_config {
@@ -456,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn newer_firecracker_sections_are_refused_by_name() {
+    fn memory_hotplug_is_checked_and_null_sections_are_none() {
         let with = |section: &str| {
             let text = FULL.replacen('{', &format!("{{{section},"), 1);
             VmConfig::from_json(&text)
@@ -465,9 +465,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let message = with(r#""memory-hotplug": {"total_size_mib": 1024}"#);
-        assert!(message.contains("memory-hotplug"), "{message}");
-        assert!(message.contains("not supported yet"), "{message}");
+        let message = with(r#""memory-hotplug": {"total_size_mib": 1000}"#);
+        assert!(
+            message.contains("memory-hotplug: total_size_mib 1000"),
+            "{message}"
+        );
+        let good = FULL.replacen('{', r#"{"memory-hotplug": {"total_size_mib": 1024},"#, 1);
+        VmConfig::from_json(&good).unwrap().validate().unwrap();
         let nulls = FULL.replacen('{', r#"{"pmem": null, "memory-hotplug": null,"#, 1);
         VmConfig::from_json(&nulls).unwrap().validate().unwrap();
     }

@@ -29,6 +29,7 @@ mod chain;
 mod counters;
 mod device;
 mod fault;
+pub mod mem;
 mod memory;
 mod mmio;
 mod mmio_state;

@@ -35,6 +35,7 @@ mod event_loop;
 pub mod gdb;
 pub(crate) mod guest_cpu;
 pub mod guest_memory;
+pub mod hotplug;
 pub mod migration;
 mod outcome;
 pub mod platform;

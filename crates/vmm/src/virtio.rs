@@ -78,6 +78,8 @@ pub struct VirtioDevices {
     pub nets: Vec<(String, Arc<VirtioMmioTransport<Net>>)>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
+    /// The hotpluggable memory device, if configured.
+    pub hotplug: Option<crate::hotplug::Hotplug>,
     /// Every transport, in the order they were placed (for snapshots).
     pub transports: Vec<Arc<dyn TransportSnapshot>>,
 }
@@ -232,6 +234,7 @@ impl VirtioDevices {
             )?;
         }
         crate::pmem::attach(&config.pmem, wiring, &mut devices)?;
+        crate::hotplug::attach(config.memory_hotplug.as_ref(), wiring, &mut devices)?;
         Ok(devices)
     }
 

@@ -224,6 +224,7 @@ fn cases() -> Vec<Case> {
         ),
         virtio_blk(),
         virtio_pmem(),
+        virtio_mem(),
         Case::sie_run(
             "virtio_rng",
             "vmlinux",

@@ -68,3 +68,72 @@ echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
         },
     }
 }
+
+/// Hotpluggable memory through Firecracker's API: a 256 MiB guest with a
+/// 512 MiB virtio-mem region; `PATCH /hotplug/memory` to 256 MiB grows the
+/// guest's MemTotal by about that much (Debian's `virtio_mem`, blocks
+/// onlined movable), `GET` reports it plugged, and a PATCH back to 0 shrinks
+/// MemTotal back.
+pub(crate) fn virtio_mem() -> Case {
+    Case {
+        name: "virtio_mem",
+        l1_command: format!(
+            r#"cat > /tmp/hp.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "memory-hotplug": {{"total_size_mib": 512, "block_size_mib": 2, "slot_size_mib": 128}}}}
+EOF
+sie --api-sock /tmp/hp.sock --config-file /tmp/hp.json > /tmp/console 2>&1 & pid=$!
+wait_for() {{ i=0; until grep -q "$1" /tmp/console; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done; }}
+plugged() {{ sie ctl --sock /tmp/hp.sock request GET /hotplug/memory | tr -d ' \n' | grep -o '"plugged_size_mib":[0-9]*' | cut -d: -f2; }}
+wait_for "hp=ready"
+echo "@@L2 RESULT plugged_at_start=$(plugged)"
+sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 256}}'
+wait_for "grown="
+echo "@@L2 RESULT plugged_after_grow=$(plugged)"
+sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 0}}'
+wait_for "shrunk="
+echo "@@L2 RESULT plugged_after_shrink=$(plugged)"
+echo "@@L2 RESULT too_big=$(sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 1024}}' 2>&1 | grep -c 'requested_size_mib 1024')"
+wait $pid; status=$?
+cat /tmp/console
+exit $status"#,
+            sie_e2e::l2_boot_args("virtio_mem")
+        ),
+        l2_script: Some(
+            r#"echo online_movable > /sys/devices/system/memory/auto_online_blocks
+for m in virtio_ring virtio virtio_mmio virtio_mem; do insmod /modules/$m.ko; done
+total() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+before=$(total)
+echo "@@L2 RESULT mem_before=$before"
+echo "@@L2 RESULT hp=ready"
+i=0; until [ "$(total)" -ge $((before + 250000)) ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "@@L2 RESULT grown=$(( $(total) - before ))"
+i=0; until [ "$(total)" -le $((before + 1024)) ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+echo "@@L2 RESULT shrunk=$(( $(total) - before ))"
+sleep 1"#,
+        ),
+        check: |run| {
+            status_0_and(run, "plugged_at_start", "0")?;
+            status_0_and(run, "plugged_after_grow", "256")?;
+            status_0_and(run, "plugged_after_shrink", "0")?;
+            status_0_and(run, "too_big", "1")?;
+            let kib = |key: &str| {
+                run.result(key)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or(format!("no {key}"))
+            };
+            let grown = kib("grown")?;
+            if !(250_000..=262_144).contains(&grown) {
+                return Err(format!("MemTotal grew by {grown} KiB, not about 256 MiB"));
+            }
+            let shrunk = kib("shrunk")?;
+            if shrunk > 1024 {
+                return Err(format!(
+                    "MemTotal stayed {shrunk} KiB above where it started"
+                ));
+            }
+            Ok(())
+        },
+    }
+}

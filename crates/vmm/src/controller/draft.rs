@@ -47,6 +47,7 @@ impl Draft {
             || self.config.vsock.is_some()
             || self.config.entropy.is_some()
             || !self.config.pmem.is_empty()
+            || self.config.memory_hotplug.is_some()
             || self.config.machine_config.is_some()
     }
 
@@ -94,6 +95,7 @@ impl Draft {
                 "balloon",
                 "mmds-config",
                 "cpu-config",
+                "memory-hotplug",
             ] {
                 map.entry(key).or_insert(Value::Null);
             }
@@ -114,6 +116,11 @@ impl Draft {
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
             Request::PutPmem(pmem) => self.put_pmem(pmem),
+            Request::PutMemoryHotplug(hotplug) => {
+                hotplug.validate().map_err(|e| e.to_string()).map(|()| {
+                    self.config.memory_hotplug = Some(hotplug.clone());
+                })
+            }
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,

@@ -27,7 +27,7 @@ fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
 
 /// Why a VM with pmem devices is not snapshotted or migrated: the device
 /// memory (the files' mappings) is not part of the saved state.
-pub(super) const PMEM_NO_SNAPSHOT: &str = "snapshots and migration of a microVM with pmem devices are not supported (the files mapped into the guest are not saved)";
+pub(super) const PMEM_NO_SNAPSHOT: &str = "snapshots and migration of a microVM with pmem devices or hotpluggable memory are not supported (device memory is not saved)";
 
 impl Controller {
     fn state_name(&self) -> &'static str {
@@ -85,6 +85,8 @@ impl Controller {
             Request::SetVmState(state) => self.set_vm_state(state),
             Request::PatchDrive(patch) => self.patch_drive(&patch),
             Request::PatchPmem(patch) => self.patch_pmem(&patch),
+            Request::PatchMemoryHotplug(patch) => self.patch_hotplug(&patch),
+            Request::GetMemoryHotplug => self.hotplug_status(),
             Request::PatchNetworkInterface(patch) => self.patch_network_interface(&patch),
             Request::CreateSnapshot(create) => self.create_snapshot(&create, hv),
             Request::LoadSnapshot(load) => self.load_snapshot_request(&load, hv, manager),
@@ -243,7 +245,7 @@ impl Controller {
             Ok(config) => config,
             Err(message) => return Response::Fault(format!("snapshot/create: {message}")),
         };
-        if !config.pmem.is_empty() {
+        if !config.pmem.is_empty() || config.memory_hotplug.is_some() {
             return Response::fault(PMEM_NO_SNAPSHOT);
         }
         let Phase::Running(vm) = &mut self.phase else {
@@ -348,6 +350,41 @@ impl Controller {
             return Response::Fault(format!("pmem: no device with id {:?}", patch.id));
         }
         Response::NoContent
+    }
+
+    /// `PATCH /hotplug/memory`: the size the guest should have plugged.
+    fn patch_hotplug(&mut self, patch: &sie_config::MemoryHotplugPatch) -> Response {
+        let Some(Phase::Running(vm)) = Some(&self.phase) else {
+            return Response::fault(BEFORE_START);
+        };
+        let Some(hotplug) = &vm.virtio.hotplug else {
+            return Response::fault("hotplug/memory: no hotpluggable memory is configured");
+        };
+        if let Err(error) = hotplug.config.check_request(patch) {
+            return Response::Fault(error.to_string());
+        }
+        match hotplug.request(patch.requested_size_mib) {
+            Ok(()) => Response::NoContent,
+            Err(message) => Response::Fault(format!("hotplug/memory: {message}")),
+        }
+    }
+
+    /// `GET /hotplug/memory`: the device's sizes once started; before, the
+    /// configuration with nothing plugged or requested.
+    fn hotplug_status(&self) -> Response {
+        if let Some(hotplug) = self.vm().and_then(|vm| vm.virtio.hotplug.as_ref()) {
+            return Response::Json(hotplug.status());
+        }
+        match &self.draft.to_config_unchecked().memory_hotplug {
+            Some(config) => Response::Json(serde_json::json!({
+                "total_size_mib": config.total_size_mib,
+                "slot_size_mib": config.slot_size_mib,
+                "block_size_mib": config.block_size_mib,
+                "plugged_size_mib": 0,
+                "requested_size_mib": 0,
+            })),
+            None => Response::fault("hotplug/memory: no hotpluggable memory is configured"),
+        }
     }
 
     fn patch_drive(&mut self, patch: &sie_config::DrivePatch) -> Response {

@@ -204,7 +204,8 @@ impl Controller {
         if self.migration.active {
             return Response::fault("migration/send: a migration is already under way");
         }
-        if !self.draft.to_config_unchecked().pmem.is_empty() {
+        let config = self.draft.to_config_unchecked();
+        if !config.pmem.is_empty() || config.memory_hotplug.is_some() {
             return Response::fault(super::handle::PMEM_NO_SNAPSHOT);
         }
         let Some(worker) = self.migration.worker.clone() else {
