@@ -72,8 +72,10 @@ echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
 /// Hotpluggable memory through Firecracker's API: a 256 MiB guest with a
 /// 512 MiB virtio-mem region; `PATCH /hotplug/memory` to 256 MiB grows the
 /// guest's MemTotal by about that much (Debian's `virtio_mem`, blocks
-/// onlined movable), `GET` reports it plugged, and a PATCH back to 0 shrinks
-/// MemTotal back.
+/// onlined movable), `GET` reports it plugged; the guest fills 128 MiB of
+/// it and frees it again, and a PATCH back to 0 shrinks MemTotal back and
+/// sie's RSS in L1 falls by at least 64 MiB (the unplugged blocks given
+/// back).
 pub(crate) fn virtio_mem() -> Case {
     Case {
         name: "virtio_mem",
@@ -88,13 +90,21 @@ wait_for() {{ i=0; until grep -q "$1" /tmp/console; do i=$((i+1)); [ $i -gt 900 
 plugged() {{ sie ctl --sock /tmp/hp.sock request GET /hotplug/memory | tr -d ' \n' | grep -o '"plugged_size_mib":[0-9]*' | cut -d: -f2; }}
 wait_for "hp=ready"
 echo "@@L2 RESULT plugged_at_start=$(plugged)"
+echo "@@L2 RESULT too_big=$(sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 1024}}' 2>&1 | grep -c 'requested_size_mib 1024')"
 sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 256}}'
 wait_for "grown="
 echo "@@L2 RESULT plugged_after_grow=$(plugged)"
+rss() {{ for s in /proc/[0-9]*/status; do grep -q '^Name:[[:space:]]*sie.real$' "$s" 2>/dev/null || continue; sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "$s"; done | head -1; }}
+echo "@@L2 RESULT rss_grown=$(rss)"
+wait_for "touched=yes"
+touched=$(rss)
+wait_for "freed=yes"
 sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 0}}'
 wait_for "shrunk="
 echo "@@L2 RESULT plugged_after_shrink=$(plugged)"
-echo "@@L2 RESULT too_big=$(sie ctl --sock /tmp/hp.sock request PATCH /hotplug/memory '{{"requested_size_mib": 1024}}' 2>&1 | grep -c 'requested_size_mib 1024')"
+after=$(rss)
+echo "@@L2 RESULT rss_touched=$touched rss_after=$after"
+echo "@@L2 RESULT rss_fell_kib=$(( ${{touched:-0}} - ${{after:-0}} ))"
 wait $pid; status=$?
 cat /tmp/console
 exit $status"#,
@@ -109,9 +119,11 @@ echo "@@L2 RESULT mem_before=$before"
 echo "@@L2 RESULT hp=ready"
 i=0; until [ "$(total)" -ge $((before + 250000)) ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 echo "@@L2 RESULT grown=$(( $(total) - before ))"
+dd if=/dev/zero of=/fill bs=1M count=128 2>/dev/null; echo "@@L2 RESULT touched=yes"
+sleep 3; rm /fill; echo "@@L2 RESULT freed=yes"
 i=0; until [ "$(total)" -le $((before + 1024)) ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
 echo "@@L2 RESULT shrunk=$(( $(total) - before ))"
-sleep 1"#,
+sleep 3"#,
         ),
         check: |run| {
             status_0_and(run, "plugged_at_start", "0")?;
@@ -126,6 +138,12 @@ sleep 1"#,
             let grown = kib("grown")?;
             if !(250_000..=262_144).contains(&grown) {
                 return Err(format!("MemTotal grew by {grown} KiB, not about 256 MiB"));
+            }
+            let fell = kib("rss_fell_kib")?;
+            if fell < 65_536 {
+                return Err(format!(
+                    "sie's RSS fell by only {fell} KiB after the unplug"
+                ));
             }
             let shrunk = kib("shrunk")?;
             if shrunk > 1024 {
