@@ -877,6 +877,28 @@ def test_devices_boot_and_patch(vmm, kernel):
     fault_names(api.patch("/drives/nope", {"drive_id": "nope", "path_on_host": str(swapped)}), "nope")
 
 
+def test_memory_devices_boot_patch_and_refuse_snapshots(vmm, kernel):
+    """A guest with a pmem file and hotpluggable memory boots; PATCH /pmem takes a limiter
+    that limits nothing, PATCH /hotplug/memory sets the requested size that GET reports,
+    and a snapshot is refused in one line."""
+    api = vmm.api
+    pmem = vmm.dir / "pmem.img"
+    pmem.write_bytes(b"\0" * 4096)
+    api.ok("PUT", "/pmem/pm0", {"id": "pm0", "path_on_host": str(pmem), "read_only": True})
+    api.ok("PUT", "/hotplug/memory", {"total_size_mib": 256})
+    boot(api, kernel)
+    assert api.state() == "Running"
+    api.ok("PATCH", "/pmem/pm0", {"id": "pm0", "rate_limiter": {}})
+    fault_names(api.patch("/pmem/nope", {"id": "nope"}), "nope")
+    api.ok("PATCH", "/hotplug/memory", {"requested_size_mib": 128})
+    status = api.get("/hotplug/memory").json()
+    assert (status["requested_size_mib"], status["plugged_size_mib"], status["total_size_mib"]) == (128, 0, 256)
+    fault_names(api.patch("/hotplug/memory", {"requested_size_mib": 512}), "requested_size_mib")
+    api.ok("PATCH", "/vm", {"state": "Paused"})
+    reply = api.put("/snapshot/create", {"snapshot_path": str(vmm.dir / "s"), "mem_file_path": str(vmm.dir / "m")})
+    fault_names(reply, "pmem")
+
+
 def test_network_boot_and_patch(vmm, kernel):
     # sie creates the tap (the tests run as root); a per-process name keeps
     # parallel runs apart.
