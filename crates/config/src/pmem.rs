@@ -24,7 +24,7 @@ pub struct Pmem {
     /// Boot from this device (`root=/dev/pmemN`).
     #[serde(default, deserialize_with = "null_as_false")]
     pub root_device: bool,
-    /// Map the file read-only: guest writes never reach it.
+    /// Map the file read-only: guest writes are dropped.
     #[serde(default, deserialize_with = "null_as_false")]
     pub read_only: bool,
     /// Accepted when it limits nothing (see the module header).

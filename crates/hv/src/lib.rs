@@ -124,6 +124,15 @@ pub trait Vm: Send + Sync {
             "this backend cannot map device memory".to_string(),
         ))
     }
+    /// Like [`Vm::map_device_memory`], but the guest may only read the
+    /// region: its writes exit to the VMM as MMIO writes (a read-only
+    /// virtio-pmem file).
+    fn map_read_only_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
+        let _ = (guest_addr, region);
+        Err(HvError::Invalid(
+            "this backend cannot map read-only device memory".to_string(),
+        ))
+    }
     /// Removes a slot [`Vm::map_device_memory`] made (the BAR moved or the
     /// device went away).
     fn unmap_device_memory(&self, slot: u32) -> Result<()> {

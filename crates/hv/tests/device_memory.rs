@@ -70,3 +70,34 @@ fn device_memory_is_read_without_exits_moves_and_goes() {
         "already removed"
     );
 }
+
+#[test]
+fn read_only_device_memory_is_read_and_its_writes_exit() {
+    let code = [
+        0x64, 0x8a, 0x06, 0x00, 0x00, //       mov al, fs:[0x0000]
+        0xe6, 0x80, //                         out 0x80, al
+        0x64, 0xc6, 0x06, 0x00, 0x00, 0x77, // mov byte fs:[0x0000], 0x77
+        0xf4, //                               hlt
+    ];
+    let mut guest = real_mode_guest(&code);
+    let _watchdog = Watchdog::arm("read-only device memory guest", Duration::from_secs(20));
+    let region = Arc::new(MmapRegion::<()>::new(4096).unwrap());
+    let bytes = region.as_volatile_slice();
+    bytes.write_obj(0x5au8, 0).unwrap();
+    guest
+        .vm
+        .map_read_only_device_memory(common::MMIO_BASE, region.clone())
+        .unwrap();
+    assert_eq!(out_0x80(guest.vcpu.run().unwrap()), 0x5a);
+    match guest.vcpu.run().unwrap() {
+        VmExit::MmioWrite { addr, data } => {
+            assert_eq!((addr, data), (common::MMIO_BASE, &[0x77u8][..]));
+        }
+        other => panic!("expected an MMIO write to the read-only page, got {other:?}"),
+    }
+    assert_eq!(
+        bytes.read_obj::<u8>(0).unwrap(),
+        0x5a,
+        "the host page is untouched"
+    );
+}

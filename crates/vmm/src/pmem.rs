@@ -9,8 +9,10 @@
 //!
 //! A writable file is mapped `MAP_SHARED`, so the guest's stores are the
 //! file's page cache and a FLUSH (`fsync`) puts them on disk. A
-//! `read_only` file is opened read-only and mapped `MAP_PRIVATE`: the
-//! guest may store to its copy, but nothing reaches the file.
+//! `read_only` file is opened read-only, mapped `PROT_READ` and placed in
+//! a read-only memory slot: the guest's stores exit to the VMM as MMIO
+//! writes nothing claims, which are dropped and counted (as Firecracker
+//! does on x86), so the guest reads back the file as it was.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -40,11 +42,7 @@ fn map_file(file: &File, len: u64, aligned: u64, read_only: bool) -> std::io::Re
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
     )
     .map_err(std::io::Error::other)?;
-    let sharing = if read_only {
-        libc::MAP_PRIVATE
-    } else {
-        libc::MAP_SHARED
-    };
+    let file_prot = if read_only { libc::PROT_READ } else { prot };
     // SAFETY: the file goes over the first `file_pages` bytes of the
     // reservation `region` owns (file_pages <= size); MAP_FIXED replaces
     // only those pages, which nothing else uses yet, and `region`'s drop
@@ -53,8 +51,8 @@ fn map_file(file: &File, len: u64, aligned: u64, read_only: bool) -> std::io::Re
         libc::mmap(
             region.as_ptr().cast(),
             file_pages,
-            prot,
-            sharing | libc::MAP_FIXED,
+            file_prot,
+            libc::MAP_SHARED | libc::MAP_FIXED,
             file.as_raw_fd(),
             0,
         )
@@ -98,10 +96,13 @@ pub(crate) fn attach(
             .allocate_device_memory(&name, ram_end, aligned, PMEM_ALIGN)?;
         let region =
             map_file(&file, meta.len(), aligned, pmem.read_only).map_err(|e| fail(e.into()))?;
-        wiring
-            .vm
-            .map_device_memory(addr, Arc::new(region))
-            .map_err(|e| fail(e.into()))?;
+        let region = Arc::new(region);
+        let placed = if pmem.read_only {
+            wiring.vm.map_read_only_device_memory(addr, region)
+        } else {
+            wiring.vm.map_device_memory(addr, region)
+        };
+        placed.map_err(|e| fail(e.into()))?;
         devices.add(
             wiring,
             format!("virtio-pmem:{}", pmem.id),
@@ -145,9 +146,9 @@ mod tests {
         drop(region);
         let read_only = File::open(&path).unwrap();
         let region = map_file(&read_only, 5, PMEM_ALIGN, true).unwrap();
-        // SAFETY: as above.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), 5) };
-        bytes[0] = b'x';
+        // SAFETY: the first 5 bytes of the mapping are readable.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), 5) };
+        assert_eq!(bytes, b"jello");
         drop(region);
         assert_eq!(std::fs::read(&path).unwrap(), b"jello");
         let _ = std::fs::remove_file(&path);

@@ -16,12 +16,15 @@ use crate::{HvError, Result};
 
 const PAGE: u64 = 4096;
 
-/// Registers `region` at `guest_addr` in a free slot; returns the slot.
+/// Registers `region` at `guest_addr` in a free slot (with
+/// `KVM_MEM_READONLY` when `read_only`: guest writes exit as MMIO writes);
+/// returns the slot.
 pub(super) fn map(
     fd: &VmFd,
     memory: &KeptMemory,
     guest_addr: u64,
     region: Arc<MmapRegion>,
+    read_only: bool,
 ) -> Result<u32> {
     let len = region.size() as u64;
     if len == 0 || !len.is_multiple_of(PAGE) || !guest_addr.is_multiple_of(PAGE) {
@@ -39,7 +42,11 @@ pub(super) fn map(
     };
     let entry = kvm_userspace_memory_region {
         slot,
-        flags: 0,
+        flags: if read_only {
+            kvm_bindings::KVM_MEM_READONLY
+        } else {
+            0
+        },
         guest_phys_addr: guest_addr,
         memory_size: len,
         userspace_addr: region.as_ptr() as u64,

@@ -104,7 +104,11 @@ impl Vm for KvmVm {
     }
 
     fn map_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
-        super::device_memory::map(&self.fd, &self.memory, guest_addr, region)
+        super::device_memory::map(&self.fd, &self.memory, guest_addr, region, false)
+    }
+
+    fn map_read_only_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
+        super::device_memory::map(&self.fd, &self.memory, guest_addr, region, true)
     }
 
     fn unmap_device_memory(&self, slot: u32) -> Result<()> {

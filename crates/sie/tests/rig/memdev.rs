@@ -6,8 +6,8 @@ use super::*;
 /// Two pmem files from a Firecracker config file: an ext4 image the guest
 /// mounts (DAX when its kernel allows), reads and writes, and that L1 then
 /// checks with e2fsck and debugfs; and a read-only file whose marker the
-/// guest reads and whose bytes stay as they were after the guest wrote to
-/// its copy. The guest's fsync reaches sie as FLUSH requests (counted in
+/// guest reads, and whose bytes stay as they were (for the guest too) after
+/// it wrote to it. The guest's fsync reaches sie as FLUSH requests (counted in
 /// the metrics).
 pub(crate) fn virtio_pmem() -> Case {
     Case {
@@ -45,6 +45,8 @@ if mount -t ext4 -o dax /dev/pmem0 /mnt 2>/dev/null; then echo "@@L2 RESULT dax=
 echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
 echo written-through-pmem > /mnt/new.txt && sync && umount /mnt && echo "@@L2 RESULT wrote=yes"
 printf 'overwritten-by-l2' | dd of=/dev/pmem1 conv=notrunc,fsync 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+echo "@@L2 RESULT pm1_after_write=$(dd if=/dev/pmem1 bs=16 count=1 2>/dev/null)"
 echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
         ),
         check: |run| {
@@ -56,6 +58,8 @@ echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
             status_0_and(run, "fsck", "0")?;
             status_0_and(run, "new_file", "written-through-pmem")?;
             status_0_and(run, "ro_file", "unchanged")?;
+            // The read-only slot dropped the guest's stores.
+            status_0_and(run, "pm1_after_write", "read-only-marker")?;
             // 3 MiB rounded up to 4 MiB: 8192 sectors of 512 bytes.
             status_0_and(run, "pm1_size", "8192")?;
             match run
