@@ -14,10 +14,12 @@ use std::sync::Arc;
 use sie_config::MemoryHotplug;
 use sie_virtio::VirtioMmioTransport;
 use sie_virtio::mem::{Discard, Mem};
-use vm_memory::{GuestMemoryBackend, MmapRegion};
+use vm_memory::MmapRegion;
 
+use sie_hv::Vm;
+
+use crate::device_manager::DeviceManager;
 use crate::error::{Result, VmmError};
-use crate::virtio::{VirtioDevices, Wiring};
 
 const MIB: u64 = 1 << 20;
 /// Linux's memory block size on x86 (with less than 64 GiB of RAM): where
@@ -85,16 +87,18 @@ fn discard(slots: &[Arc<MmapRegion>], slot_len: u64, offset: u64, len: u64) -> s
     Ok(())
 }
 
-/// Places the hotpluggable region `config` asks for, if any.
-pub(crate) fn attach(
-    config: Option<&MemoryHotplug>,
-    wiring: &mut Wiring<'_, '_>,
-    devices: &mut VirtioDevices,
-) -> Result<()> {
-    let Some(config) = config else {
-        return Ok(());
-    };
-    let name = "hotpluggable memory (virtio-mem)";
+/// The device's name in errors.
+pub(crate) const NAME: &str = "hotpluggable memory (virtio-mem)";
+
+/// Places and backs the hotpluggable region `config` asks for (RAM ends
+/// at `ram_end`): the device, for the virtio wiring to add.
+pub(crate) fn place(
+    config: &MemoryHotplug,
+    vm: &dyn Vm,
+    ram_end: u64,
+    manager: &mut DeviceManager<'_>,
+) -> Result<Mem> {
+    let name = NAME;
     let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
         name: name.to_string(),
         source,
@@ -102,11 +106,7 @@ pub(crate) fn attach(
     let total = config.total_size_mib.saturating_mul(MIB);
     let slot_len = config.slot_size_mib.saturating_mul(MIB);
     let block = config.block_size_mib.saturating_mul(MIB);
-    let ram_end = wiring.memory.last_addr().0.saturating_add(1);
-    let addr =
-        wiring
-            .manager
-            .allocate_device_memory(name, ram_end, total, REGION_ALIGN.max(slot_len))?;
+    let addr = manager.allocate_device_memory(name, ram_end, total, REGION_ALIGN.max(slot_len))?;
     let mut slots = Vec::new();
     for index in 0..total / slot_len {
         let len = usize::try_from(slot_len).map_err(|e| fail(e.into()))?;
@@ -119,24 +119,12 @@ pub(crate) fn attach(
             )
             .map_err(|e| fail(e.into()))?,
         );
-        wiring
-            .vm
-            .map_device_memory(addr + index * slot_len, region.clone())
+        vm.map_device_memory(addr + index * slot_len, region.clone())
             .map_err(|e| fail(e.into()))?;
         slots.push(region);
     }
     let give_back: Discard = Box::new(move |offset, len| discard(&slots, slot_len, offset, len));
-    let transport = devices.add(
-        wiring,
-        "virtio-mem".to_string(),
-        Mem::new(addr, total, block, give_back),
-        name,
-    )?;
-    devices.hotplug = Some(Hotplug {
-        transport,
-        config: config.clone(),
-    });
-    Ok(())
+    Ok(Mem::new(addr, total, block, give_back))
 }
 
 #[cfg(test)]

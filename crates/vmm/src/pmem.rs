@@ -20,10 +20,12 @@ use std::sync::Arc;
 
 use sie_config::Pmem as PmemConfig;
 use sie_virtio::pmem::Pmem;
-use vm_memory::{GuestMemoryBackend, MmapRegion};
+use vm_memory::MmapRegion;
 
+use sie_hv::Vm;
+
+use crate::device_manager::DeviceManager;
 use crate::error::{Result, VmmError};
-use crate::virtio::{VirtioDevices, Wiring};
 
 /// Alignment and size granule of a pmem region in the guest.
 pub const PMEM_ALIGN: u64 = 2 << 20;
@@ -63,54 +65,46 @@ fn map_file(file: &File, len: u64, aligned: u64, read_only: bool) -> std::io::Re
     Ok(region)
 }
 
-/// Creates, places and wires each `pmem` device of `config`.
-pub(crate) fn attach(
-    pmems: &[PmemConfig],
-    wiring: &mut Wiring<'_, '_>,
-    devices: &mut VirtioDevices,
-) -> Result<()> {
-    let ram_end = wiring.memory.last_addr().0.saturating_add(1);
-    for pmem in pmems {
-        let name = format!("pmem {} ({})", pmem.id, pmem.path_on_host.display());
-        let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
-            name: name.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!pmem.read_only)
-            .open(&pmem.path_on_host)
-            .map_err(|e| fail(e.into()))?;
-        let meta = file.metadata().map_err(|e| fail(e.into()))?;
-        if !meta.is_file() || meta.len() == 0 {
-            return Err(fail(
-                "the backing file must be a non-empty regular file".into(),
-            ));
-        }
-        let aligned = meta
-            .len()
-            .checked_next_multiple_of(PMEM_ALIGN)
-            .ok_or_else(|| fail("the backing file is too large".into()))?;
-        let addr = wiring
-            .manager
-            .allocate_device_memory(&name, ram_end, aligned, PMEM_ALIGN)?;
-        let region =
-            map_file(&file, meta.len(), aligned, pmem.read_only).map_err(|e| fail(e.into()))?;
-        let region = Arc::new(region);
-        let placed = if pmem.read_only {
-            wiring.vm.map_read_only_device_memory(addr, region)
-        } else {
-            wiring.vm.map_device_memory(addr, region)
-        };
-        placed.map_err(|e| fail(e.into()))?;
-        devices.add(
-            wiring,
-            format!("virtio-pmem:{}", pmem.id),
-            Pmem::new(file, addr, aligned),
-            &name,
-        )?;
+/// Opens, maps and places the file of `pmem` (RAM ends at `ram_end`):
+/// the device and its name, for the virtio wiring to add.
+pub(crate) fn place(
+    pmem: &PmemConfig,
+    vm: &dyn Vm,
+    ram_end: u64,
+    manager: &mut DeviceManager<'_>,
+) -> Result<(String, Pmem)> {
+    let name = format!("pmem {} ({})", pmem.id, pmem.path_on_host.display());
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+        name: name.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!pmem.read_only)
+        .open(&pmem.path_on_host)
+        .map_err(|e| fail(e.into()))?;
+    let meta = file.metadata().map_err(|e| fail(e.into()))?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Err(fail(
+            "the backing file must be a non-empty regular file".into(),
+        ));
     }
-    Ok(())
+    let aligned = meta
+        .len()
+        .checked_next_multiple_of(PMEM_ALIGN)
+        .ok_or_else(|| fail("the backing file is too large".into()))?;
+    let addr = manager.allocate_device_memory(&name, ram_end, aligned, PMEM_ALIGN)?;
+    let region =
+        map_file(&file, meta.len(), aligned, pmem.read_only).map_err(|e| fail(e.into()))?;
+    let region = Arc::new(region);
+    let placed = if pmem.read_only {
+        vm.map_read_only_device_memory(addr, region)
+    } else {
+        vm.map_device_memory(addr, region)
+    };
+    placed.map_err(|e| fail(e.into()))?;
+    let device = Pmem::new(file, addr, aligned);
+    Ok((name, device))
 }
 
 /// The root device arguments for a `pmem` marked `root_device`

@@ -233,8 +233,28 @@ impl VirtioDevices {
                 "entropy device",
             )?;
         }
-        crate::pmem::attach(&config.pmem, wiring, &mut devices)?;
-        crate::hotplug::attach(config.memory_hotplug.as_ref(), wiring, &mut devices)?;
+        // Device memory goes past RAM, in the device manager's window.
+        let ram_end = vm_memory::GuestMemoryBackend::last_addr(wiring.memory)
+            .0
+            .saturating_add(1);
+        for pmem in &config.pmem {
+            let (name, device) =
+                crate::pmem::place(pmem, wiring.vm, ram_end, &mut *wiring.manager)?;
+            devices.add(wiring, format!("virtio-pmem:{}", pmem.id), device, &name)?;
+        }
+        if let Some(hotplug) = &config.memory_hotplug {
+            let device = crate::hotplug::place(hotplug, wiring.vm, ram_end, &mut *wiring.manager)?;
+            let transport = devices.add(
+                wiring,
+                "virtio-mem".to_string(),
+                device,
+                crate::hotplug::NAME,
+            )?;
+            devices.hotplug = Some(crate::hotplug::Hotplug {
+                transport,
+                config: hotplug.clone(),
+            });
+        }
         Ok(devices)
     }
 
