@@ -158,6 +158,10 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     {
         return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
+    if config.pci_enabled() {
+        // Until the PCI bus and the virtio-PCI transport are wired in.
+        return Err(VmmError::Unsupported("pci (virtio devices on PCI)"));
+    }
     Ok(())
 }
 

@@ -39,6 +39,11 @@ const GSI_UNITS: u64 = 2;
 /// Lines no device may take: the PIT's timer (0) and the PIC cascade (2).
 const RESERVED_GSIS: [u32; 2] = [0, 2];
 
+/// GSIs for MSI vectors: from the first one past the I/O APIC's pins, 1000
+/// of them (KVM's routing table holds 4096 entries, 40 of them the
+/// interrupt controllers' own).
+const MSI_GSI_COUNT: u64 = 1000;
+
 /// Errors placing a device.
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
@@ -55,6 +60,12 @@ pub enum PlacementError {
         len: u64,
         /// " at 0x…" when an exact place was asked for.
         at: String,
+    },
+    /// No room is left for a device's MSI vectors.
+    #[error("no {count} free MSI interrupts")]
+    NoMsi {
+        /// Vectors asked for.
+        count: u16,
     },
     /// The bus refused the range.
     #[error(transparent)]
@@ -94,6 +105,8 @@ pub struct DeviceManager<'a> {
     mmio: Bus,
     gsis: AddressAllocator,
     mmio_window: AddressAllocator,
+    /// GSIs for MSI vectors, 24 and up.
+    msi_gsis: AddressAllocator,
     /// One irqfd per line, shared by the devices on it (COM1 and COM3).
     lines: BTreeMap<u32, Arc<EventFd>>,
     acpi: Vec<AcpiDevice>,
@@ -121,6 +134,8 @@ impl<'a> DeviceManager<'a> {
             sie_arch::layout::PLATFORM_MMIO_SIZE,
         )
         .map_err(vm_allocator_error)?;
+        let msi_gsis = AddressAllocator::new(u64::from(sie_hv::FIRST_MSI_GSI), MSI_GSI_COUNT)
+            .map_err(vm_allocator_error)?;
         Ok(Self {
             vm,
             obs,
@@ -128,6 +143,7 @@ impl<'a> DeviceManager<'a> {
             mmio: Bus::default(),
             gsis,
             mmio_window,
+            msi_gsis,
             lines: BTreeMap::new(),
             acpi: Vec::new(),
         })
@@ -184,6 +200,17 @@ impl<'a> DeviceManager<'a> {
         // The allocator's range ends at GSI_COUNT lines, far below u32::MAX.
         let gsi = u32::try_from(range.start() / GSI_UNITS).unwrap_or(u32::MAX);
         Ok((gsi, self.wire(gsi)?))
+    }
+
+    /// Allocates `count` consecutive GSIs for a device's MSI vectors and
+    /// returns the first (routes and irqfds come with [`msi::MsiVectors`]).
+    pub fn allocate_msi_gsis(&mut self, name: &str, count: u16) -> Result<u32> {
+        let range = self
+            .msi_gsis
+            .allocate(u64::from(count.max(1)), 1, AllocPolicy::FirstMatch)
+            .map_err(|_| Self::place_error(name, PlacementError::NoMsi { count }))?;
+        // The allocator's range ends at 24 + MSI_GSI_COUNT.
+        Ok(u32::try_from(range.start()).unwrap_or(u32::MAX))
     }
 
     fn wire(&mut self, gsi: u32) -> Result<Arc<dyn Interrupt>> {
@@ -255,6 +282,8 @@ impl<'a> DeviceManager<'a> {
         }
     }
 }
+
+pub mod msi;
 
 #[cfg(test)]
 mod tests;
