@@ -158,9 +158,13 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     {
         return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
-    if config.pci_enabled() {
-        // Until the PCI bus and the virtio-PCI transport are wired in.
-        return Err(VmmError::Unsupported("pci (virtio devices on PCI)"));
+    let has_virtio = !config.drives.is_empty()
+        || !config.network_interfaces.is_empty()
+        || config.vsock.is_some()
+        || config.entropy.is_some();
+    if config.pci_enabled() && has_virtio {
+        // Until the virtio-PCI transport is wired in.
+        return Err(VmmError::Unsupported("pci with virtio devices"));
     }
     Ok(())
 }
@@ -272,6 +276,10 @@ pub(crate) fn assemble(
         options.console,
         options.extra_pio,
     )?;
+    if config.pci_enabled() {
+        let ram: u64 = memory.iter().map(|region| region.len()).sum();
+        manager.add_pci_bus(vm.clone(), ram)?;
+    }
     let mmds = options.mmds.unwrap_or_else(|| {
         Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
             sie_mmds::DEFAULT_SIZE_LIMIT,

@@ -12,8 +12,13 @@
 //! ```text
 //!   platform.rs ─┐                      ┌─▶ Bus (ports), Bus (MMIO)  → exit dispatch
 //!   virtio.rs  ──┼─▶ DeviceManager ─────┼─▶ Vec<AcpiDevice>         → DSDT
-//!   (later PCI) ─┘   allocators, irqfds └─▶ virtio_mmio.device=…    → command line
+//!   pci.rs     ──┘   allocators, irqfds └─▶ virtio_mmio.device=…    → command line
 //! ```
+//!
+//! With `pci` on, `pci.rs` adds the PCI root bus (0xCF8 ports, ECAM, BAR
+//! windows, the host bridge in the DSDT); its devices' BARs come from the
+//! 32-bit and 64-bit windows and their MSI-X vectors from GSIs 24 and up
+//! (`msi.rs`: an irqfd per vector, its KVM route following the guest).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,6 +86,8 @@ pub struct DeviceLayout {
     pub mmio: Bus,
     /// The devices the guest is told about, in order.
     pub acpi: Vec<AcpiDevice>,
+    /// The PCI root bus, with `pci` on.
+    pub pci: Option<Arc<sie_pci::PciRoot>>,
 }
 
 impl DeviceLayout {
@@ -107,6 +114,8 @@ pub struct DeviceManager<'a> {
     mmio_window: AddressAllocator,
     /// GSIs for MSI vectors, 24 and up.
     msi_gsis: AddressAllocator,
+    /// The PCI bus, once `add_pci_bus` created it.
+    pci: Option<pci::PciBus>,
     /// One irqfd per line, shared by the devices on it (COM1 and COM3).
     lines: BTreeMap<u32, Arc<EventFd>>,
     acpi: Vec<AcpiDevice>,
@@ -144,6 +153,7 @@ impl<'a> DeviceManager<'a> {
             gsis,
             mmio_window,
             msi_gsis,
+            pci: None,
             lines: BTreeMap::new(),
             acpi: Vec::new(),
         })
@@ -267,6 +277,22 @@ impl<'a> DeviceManager<'a> {
         Ok(base)
     }
 
+    /// Puts `device` on the MMIO bus at exactly `base..base+len`, outside
+    /// the platform window (the PCI windows, which have their own
+    /// allocators).
+    fn insert_mmio(
+        &mut self,
+        name: &str,
+        base: u64,
+        len: u64,
+        device: Arc<dyn BusDevice>,
+    ) -> Result<()> {
+        let stats = self.obs.register_device(name);
+        self.mmio
+            .insert(base, len, device, stats)
+            .map_err(|e| Self::place_error(name, e.into()))
+    }
+
     /// Tells the guest about a device (DSDT and, for virtio-MMIO, the
     /// command line).
     pub fn describe(&mut self, device: AcpiDevice) {
@@ -279,11 +305,13 @@ impl<'a> DeviceManager<'a> {
             pio: self.pio,
             mmio: self.mmio,
             acpi: self.acpi,
+            pci: self.pci.map(|pci| pci.root().clone()),
         }
     }
 }
 
 pub mod msi;
+pub mod pci;
 
 #[cfg(test)]
 mod tests;

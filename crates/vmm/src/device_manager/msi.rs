@@ -103,6 +103,33 @@ impl Drop for MsiVectors {
     }
 }
 
+/// The device side of the vectors: MSI-X tables (sie-pci) program, mask and
+/// raise them through this.
+impl sie_pci::MsiInterrupts for MsiVectors {
+    fn vector_count(&self) -> u16 {
+        self.count()
+    }
+
+    fn configure(&self, vector: u16, message: Option<sie_pci::MsiMessage>) -> io::Result<()> {
+        MsiVectors::configure(
+            self,
+            vector,
+            message.map(|m| MsiMessage {
+                address: m.address,
+                data: m.data,
+            }),
+        )
+    }
+
+    fn trigger(&self, vector: u16) -> io::Result<()> {
+        MsiVectors::trigger(self, vector)
+    }
+
+    fn notifier(&self, vector: u16) -> Option<&EventFd> {
+        MsiVectors::notifier(self, vector)
+    }
+}
+
 fn no_vector(vector: u16) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
