@@ -19,6 +19,7 @@ mod bench;
 mod control;
 mod faults;
 mod inspect;
+mod pci;
 mod snapshot;
 mod virtio;
 
@@ -26,6 +27,7 @@ use bench::*;
 use control::*;
 use faults::*;
 use inspect::*;
+use pci::*;
 use snapshot::*;
 use virtio::*;
 
@@ -238,6 +240,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         ),
         api_ctrl_alt_del(),
         virtio_net(),
+        pci_bus(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),
