@@ -241,6 +241,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         api_ctrl_alt_del(),
         virtio_net(),
         pci_bus(),
+        virtio_pci(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),
