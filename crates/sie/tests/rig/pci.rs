@@ -52,11 +52,14 @@ dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
     }
 }
 
-/// A disk and a network interface on virtio-PCI: Linux lists them on bus 0
-/// as 1af4:1042 and 1af4:1041 bound to `virtio-pci`, takes their
-/// interrupts as PCI-MSI, reads the disk's data with the checksum the host
-/// computed, pings the host through the tap and sends it 4 MiB over TCP
-/// that arrive with the same checksum.
+/// A disk, a network interface, a vsock and an entropy device on
+/// virtio-PCI: Linux lists them on bus 0 (blk 1af4:1042, net 1af4:1041,
+/// vsock 1af4:1053, rng 1af4:1044) bound to `virtio-pci`, takes every
+/// virtio interrupt as PCI-MSI (none on the I/O APIC), reads the disk's
+/// data with the checksum the host computed, pings the host through the
+/// tap and sends it 4 MiB over TCP that arrive with the same checksum,
+/// reads the entropy device through /dev/hwrng, and echoes through the
+/// host's vsock socket.
 pub(crate) fn virtio_pci() -> Case {
     Case {
         name: "virtio_pci",
@@ -67,9 +70,11 @@ cat > /tmp/vpci.json <<EOF
 {{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
   "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
  "drives": [{{"drive_id": "data", "path_on_host": "/tmp/pci-disk.ext4", "is_root_device": false}}],
- "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}}]}}
+ "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}}],
+ "vsock": {{"guest_cid": 3, "uds_path": "/tmp/vpci.sock"}}, "entropy": {{}}}}
 EOF
 sietool tcp-recv 5001 /tmp/from_guest.bin & recv=$!
+sietool uds-echo /tmp/vpci.sock_5000 & echo_pid=$!
 sie --no-api --config-file /tmp/vpci.json --enable-pci > /tmp/console 2>&1 & pid=$!
 i=0
 until [ -e /sys/class/net/tap0 ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
@@ -79,11 +84,12 @@ cat /tmp/console
 i=0; while kill -0 $recv 2>/dev/null && [ $i -lt 50 ]; do i=$((i+1)); sleep 0.1; done
 kill $recv 2>/dev/null
 echo "@@L2 RESULT host_received_sha=$(sha256sum /tmp/from_guest.bin | cut -c1-64)"
+kill $echo_pid 2>/dev/null
 exit $status"#,
             pci_boot_args("virtio_pci")
         ),
         l2_script: Some(
-            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 failover net_failover virtio_net; do insmod /modules/$m.ko; done
+            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 failover net_failover virtio_net virtio-rng vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do insmod /modules/$m.ko; done
 for d in /sys/bus/pci/devices/*; do
   id="$(cat $d/vendor):$(cat $d/device)"
   drv=$(basename "$(readlink $d/driver)")
@@ -91,8 +97,13 @@ for d in /sys/bus/pci/devices/*; do
   case $id in
     0x1af4:0x1042) echo "@@L2 RESULT blk_pci=$drv";;
     0x1af4:0x1041) echo "@@L2 RESULT net_pci=$drv";;
+    0x1af4:0x1053) echo "@@L2 RESULT vsock_pci=$drv";;
+    0x1af4:0x1044) echo "@@L2 RESULT rng_pci=$drv";;
   esac
 done
+echo "@@L2 RESULT hwrng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)"
+echo "@@L2 RESULT vsock_asked=$(sietool vsock-ask 2 5000 over-pci)"
 mkdir -p /mnt
 mount -t ext4 /dev/vda /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
 umount /mnt
@@ -115,6 +126,11 @@ echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virt
             for (key, want) in [
                 ("blk_pci", "virtio-pci"),
                 ("net_pci", "virtio-pci"),
+                ("vsock_pci", "virtio-pci"),
+                ("rng_pci", "virtio-pci"),
+                ("hwrng", "virtio_rng.0"),
+                ("hwrng_bytes", "64"),
+                ("vsock_asked", "over-pci"),
                 ("guest_sha", host.as_str()),
                 ("ping", "ok"),
                 ("host_received_sha", sent.as_str()),
