@@ -12,20 +12,25 @@ pub(crate) fn has_rows(run: &CaseRun, rows: &[&str]) -> Result<(), String> {
 }
 
 /// `sie bench blk`: the guest runs `sietool blk-bench` on /dev/vda, with
-/// the disk on each engine (`--io sync`, then `--io async`).
+/// the disk on each engine (`--io sync` over both transports, virtio-MMIO
+/// and virtio-PCI side by side; then `--io async` over MMIO), counting the
+/// virtio interrupts around it.
 pub(crate) fn bench_blk() -> Case {
     Case {
         name: "bench_blk",
         l1_command: format!(
-            "for io in sync async; do echo \"engine $io\"; \
+            "for run in 'sync both' 'async mmio'; do set -- $run; echo \"engine $1\"; \
              sie bench blk --kernel \"$GUEST/vmlinux\" --initrd \"$GUEST/l2.cpio\" \
-             --size-mib 32 --ops 500 --runs 2 --io $io --cmdline \"{}\" || exit 1; done",
+             --size-mib 32 --ops 500 --runs 2 --io $1 --transport $2 --cmdline \"{}\" || exit 1; done",
             sie_e2e::l2_boot_args("bench_blk")
         ),
         l2_script: Some(
-            r#"for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done
+            r#"for m in virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do insmod /modules/$m.ko; done
 arg() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" /proc/cmdline; }
-sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
+irqs() { grep virtio /proc/interrupts | awk '{n += $2} END {print n + 0}'; }
+before=$(irqs)
+sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)"
+echo "@@BENCH virtio_irqs=$(( $(irqs) - before ))""#,
         ),
         check: |run| {
             let rows = [
@@ -36,18 +41,37 @@ sietool blk-bench /dev/vda "$(arg bench_size_mib)" "$(arg bench_ops)""#,
             ];
             has_rows(run, &rows)?;
             // The guest read the whole 32 MiB disk, holding the bench's
-            // pattern, in each of the 2 runs, on each engine.
+            // pattern, in each of the 2 runs: over MMIO on each engine, over
+            // PCI on the sync one.
             let want = format!(
                 "guest seq read {} bytes, checksum {}: equal to the disk's",
                 32u64 << 20,
                 blk_pattern_sum(32)
             );
-            for index in 1..=2 {
-                let line = format!("run {index}: {want}");
-                if run.output.matches(&line).count() != 2 {
-                    return Err(format!(
-                        "{line:?} is not in the benchmark's output once per engine"
-                    ));
+            for (transport, times) in [("mmio", 2), ("pci", 1)] {
+                for index in 1..=2 {
+                    let line = format!("{transport} run {index}: {want}");
+                    if run.output.matches(&line).count() != times {
+                        return Err(format!(
+                            "{line:?} is not in the benchmark's output {times} time(s)"
+                        ));
+                    }
+                }
+            }
+            // Both transports interrupted the guest and took register exits
+            // (the first table: sync engine, mmio then pci).
+            for row in ["interrupts/op", "device exits/op"] {
+                let line = run
+                    .output
+                    .lines()
+                    .find(|l| l.trim_start().starts_with(row))
+                    .ok_or(format!("no {row:?} row"))?;
+                let values: Vec<f64> = line
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                if values.len() != 2 || values.iter().any(|v| *v <= 0.0) {
+                    return Err(format!("{row}: want two positive figures, got {line:?}"));
                 }
             }
             Ok(())
