@@ -635,6 +635,10 @@ pub struct BenchNetArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The virtio transport: mmio, pci (`sie run --pci`) or both, side by
+    /// side with each one's interrupts and device exits per MiB.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
+    pub transport: String,
 }
 
 /// Flags of `sie bench boot`.
