@@ -192,9 +192,16 @@ impl<'a, D: VirtioDevice> PciDriver<'a, D> {
     /// (queue n gets vector n) and the last for configuration, every
     /// offered feature but EVENT_IDX, `rings` as queues 0.., DRIVER_OK.
     pub fn start(&self, rings: &[Ring]) {
-        self.enable_msix();
         let features = self.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-        assert!(self.negotiate(features), "features refused");
+        assert!(self.try_start(features, rings), "features refused");
+    }
+
+    /// The bring-up accepting `features` whatever the device answers (the
+    /// queues and DRIVER_OK follow even if FEATURES_OK was refused, as a
+    /// careless driver would). Returns whether FEATURES_OK was kept.
+    pub fn try_start(&self, features: u64, rings: &[Ring]) -> bool {
+        self.enable_msix();
+        let accepted = self.negotiate(features);
         let config_vector = rings.len() as u16;
         for vector in 0..=config_vector {
             self.program_vector(vector);
@@ -204,6 +211,7 @@ impl<'a, D: VirtioDevice> PciDriver<'a, D> {
             self.setup_queue(index as u16, ring, index as u16);
         }
         self.add_status(VIRTIO_CONFIG_S_DRIVER_OK);
+        accepted
     }
 
     /// Writes queue `index`'s notification through the BAR (with no
