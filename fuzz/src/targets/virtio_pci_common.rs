@@ -16,14 +16,13 @@ use sie_virtio::pci::{
     NOTIFY_OFFSET, VirtioPciDevice,
 };
 use sie_virtio::rng::Rng;
-use sie_virtio::testing::{MEM_SIZE, PciDriver, Ring, common, pci_transport};
+use sie_virtio::testing::{PciDriver, common, pci_transport};
 use sie_virtio::{GuestMemory, VirtioDevice};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use vm_memory::{Bytes, GuestAddress};
 
 use super::virtio_blk::memfd;
 use crate::input::Input;
-use crate::layout::RING_BASE;
+use crate::layout::{fuzzed_ring, scribble};
 
 /// Interesting offsets in BAR 0.
 const OFFSETS: [u64; 28] = [
@@ -132,20 +131,11 @@ fn step<D: VirtioDevice>(t: &VirtioPciDevice<D>, mem: &GuestMemory, op: u8, inpu
             let w = width(input).min(4);
             t.write_config(at, &input.u32().to_le_bytes()[..w]);
         }
-        5 => {
-            let at = u64::from(input.below(MEM_SIZE as u32));
-            let bytes = input.chunk(64);
-            let _ = mem.write_slice(bytes, GuestAddress(at));
-        }
+        5 => scribble(mem, input),
         6 => {
-            let size = 1u16 << input.below(10);
-            let base = if input.bool() {
-                RING_BASE
-            } else {
-                u64::from(input.u32()) & !0xf
-            };
+            let ring = fuzzed_ring(input);
             let features = input.u64() | 1 << VIRTIO_F_VERSION_1;
-            d.try_start(features, &[Ring::new(base, size)]);
+            d.try_start(features, &[ring]);
         }
         _ => match input.u8() % 3 {
             0 => t.config_changed(),

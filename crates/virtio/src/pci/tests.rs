@@ -3,13 +3,10 @@
 //! with MSI-X interrupts, and notifications through ioeventfds placed by
 //! the PCI root.
 
-use std::fs::File;
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use sie_pci::testing::{MapperCall, MsiCall, RecordingBarMapper};
+use sie_pci::testing::{IoEvent, MapperCall, MsiCall, RecordingBarMapper};
 use sie_pci::{AddressRange, Bdf, PciRoot, PciWindows, WindowKind};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK;
@@ -118,19 +115,8 @@ fn rng_fills_buffers_and_interrupts_through_its_queue_vector() {
     assert_eq!(d.read_bar(ISR_OFFSET, 1), 0);
 }
 
-fn image(len: usize) -> File {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("sie-pci-blk-{}-{n}.img", std::process::id()));
-    let mut file = File::create(&path).expect("create image");
-    file.write_all(&vec![0x5a; len]).expect("fill image");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open image");
-    std::fs::remove_file(&path).expect("unlink image");
-    file
+fn image(len: usize) -> std::fs::File {
+    crate::testing::disk_image(len, true)
 }
 
 #[test]
@@ -166,7 +152,7 @@ fn block_reads_through_pci_with_no_change_of_its_own() {
     );
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(buf + 511)).expect("data"),
-        0x5a
+        0xa5
     );
     assert_eq!(msi.triggers(0), 1);
     // A configuration change reaches the configuration vector (1) and the ISR.
@@ -306,11 +292,13 @@ fn the_root_places_bar0_and_the_device_follows_it_with_ioeventfds() {
     let registered = |base: u64| -> Vec<MapperCall> {
         fds.iter()
             .enumerate()
-            .map(|(queue, &fd)| MapperCall::Register {
-                fd,
-                space: sie_pci::AddressSpace::Memory,
-                addr: base + NOTIFY_OFFSET + 4 * queue as u64,
-                len: 0,
+            .map(|(queue, &fd)| {
+                MapperCall::Register(IoEvent {
+                    fd,
+                    space: sie_pci::AddressSpace::Memory,
+                    addr: base + NOTIFY_OFFSET + 4 * queue as u64,
+                    len: 0,
+                })
             })
             .collect()
     };
@@ -321,17 +309,7 @@ fn the_root_places_bar0_and_the_device_follows_it_with_ioeventfds() {
     let moved = 0x100_0001_0000u64;
     root.write_config(bdf, 0x10, &(moved as u32).to_le_bytes());
     let unregistered = registered(base).into_iter().map(|call| match call {
-        MapperCall::Register {
-            fd,
-            space,
-            addr,
-            len,
-        } => MapperCall::Unregister {
-            fd,
-            space,
-            addr,
-            len,
-        },
+        MapperCall::Register(event) => MapperCall::Unregister(event),
         other => other,
     });
     let expected: Vec<MapperCall> = unregistered.chain(registered(moved)).collect();
