@@ -19,12 +19,12 @@ use sie_pci::{
     AddressRange, AddressSpace, BarMapper, PciConfigIo, PciDevice, PciEcam, PciRoot, PciWindows,
     WindowKind,
 };
-use sie_virtio::block::{Block, BlockOptions};
+use sie_virtio::block::BlockOptions;
 use sie_virtio::rng::Rng;
 use sie_virtio::testing::pci_transport;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::virtio_blk::memfd;
+use super::virtio_blk::started_block;
 use crate::input::Input;
 
 const MMIO32: AddressRange = AddressRange::new(0xc000_0000, 0x1000_0000);
@@ -80,11 +80,7 @@ fn device(input: &mut Input) -> Arc<dyn PciDevice> {
     if input.bool() {
         Arc::new(pci_transport(Rng::new()).0)
     } else {
-        let mut block = Block::new(memfd(4 * 512), "fuzz", BlockOptions::default()).expect("block");
-        block
-            .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
-            .expect("block worker");
-        Arc::new(pci_transport(block).0)
+        Arc::new(pci_transport(started_block(4 * 512, "fuzz", BlockOptions::default())).0)
     }
 }
 

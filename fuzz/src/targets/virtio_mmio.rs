@@ -4,14 +4,14 @@
 //! transport side by side.
 
 use sie_devices::BusDevice;
-use sie_virtio::block::{Block, BlockOptions};
+use sie_virtio::block::BlockOptions;
 use sie_virtio::rng::Rng;
 use sie_virtio::testing::{Driver, transport};
 use sie_virtio::{GuestMemory, MMIO_WINDOW_LEN, VirtioDevice, VirtioMmioTransport};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio::*;
 
-use super::virtio_blk::memfd;
+use super::virtio_blk::{memfd, started_block};
 use crate::input::Input;
 use crate::layout::{fuzzed_ring, scribble};
 
@@ -57,11 +57,7 @@ pub fn run(data: &[u8]) {
         read_only: input.bool(),
         ..BlockOptions::default()
     };
-    let mut block = Block::new(memfd(8 * 512), "fuzz", options).expect("block device");
-    block
-        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
-        .expect("block worker");
-    let (blk, blk_mem, _) = transport(block);
+    let (blk, blk_mem, _) = transport(started_block(8 * 512, "fuzz", options));
     for _ in 0..256 {
         if input.is_empty() {
             break;

@@ -10,7 +10,7 @@
 //! machine cannot reach.
 
 use sie_pci::PciDevice;
-use sie_virtio::block::{Block, BlockOptions};
+use sie_virtio::block::BlockOptions;
 use sie_virtio::pci::{
     BAR_SIZE, DEVICE_CONFIG_OFFSET, ISR_OFFSET, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, NO_VECTOR,
     NOTIFY_OFFSET, VirtioPciDevice,
@@ -20,7 +20,7 @@ use sie_virtio::testing::{PciDriver, common, pci_transport};
 use sie_virtio::{GuestMemory, VirtioDevice};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
-use super::virtio_blk::memfd;
+use super::virtio_blk::started_block;
 use crate::input::Input;
 use crate::layout::{fuzzed_ring, scribble};
 
@@ -62,11 +62,7 @@ const STATUSES: [u64; 8] = [0, 1, 3, 0xb, 0xf, 0x80, 0x40, 0x8b];
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let (rng, rng_mem, _) = pci_transport(Rng::new());
-    let mut block = Block::new(memfd(8 * 512), "fuzz", BlockOptions::default()).expect("block");
-    block
-        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
-        .expect("block worker");
-    let (blk, blk_mem, _) = pci_transport(block);
+    let (blk, blk_mem, _) = pci_transport(started_block(8 * 512, "fuzz", BlockOptions::default()));
     for _ in 0..256 {
         if input.is_empty() {
             break;
