@@ -218,6 +218,16 @@ impl PciRoot {
         }
         let mut decode = command::BUS_MASTER;
         for bar in device.bars() {
+            // Sizes come from the device (a passed-through one reports
+            // what its hardware says): only a power of two can be placed.
+            if !bar.size.is_power_of_two() {
+                return Err(PciRootError::BarAddress {
+                    bdf,
+                    index: bar.index,
+                    address: 0,
+                    size: bar.size,
+                });
+            }
             let request = BarRequest {
                 bdf,
                 index: bar.index,

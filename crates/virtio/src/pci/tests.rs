@@ -3,6 +3,7 @@
 //! with MSI-X interrupts, and notifications through ioeventfds placed by
 //! the PCI root.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -341,4 +342,96 @@ fn the_worker_serves_a_pci_device() {
     manager.run_with_timeout(1000).expect("run");
     assert_eq!(ring.used(&mem, 0), (0, 32));
     assert_eq!(msi.triggers(0), 1);
+}
+
+#[test]
+fn vcpus_and_the_event_thread_together_neither_deadlock_nor_panic() {
+    let root = Arc::new(PciRoot::new(
+        PciWindows {
+            mmio32: Some(AddressRange::new(0xc000_0000, 0x1000_0000)),
+            mmio64: None,
+            io: None,
+        },
+        Arc::new(RecordingBarMapper::default()),
+    ));
+    let (t, mem, _msi) = pci_transport(Rng::new());
+    let t = Arc::new(t);
+    let bdf = root
+        .add_device(t.clone(), &mut |_| Ok(0xc000_0000))
+        .expect("add");
+    let ring = Ring::new(0x1000, 256);
+    PciDriver::new(&t).start(&[ring]);
+    for head in 0..256 {
+        ring.set_chain(&mem, head, &[(DATA, 8, true)]);
+    }
+    let msix_control = PciDriver::new(&t).capabilities(sie_pci::MSIX_CAPABILITY_ID)[0] + 2;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The event thread: serve the queue and raise interrupts.
+    let server = {
+        let (t, mem, stop) = (t.clone(), mem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut head = 0u16;
+            while !stop.load(Ordering::Relaxed) {
+                ring.publish(&mem, &[head % 256]);
+                head = head.wrapping_add(1);
+                t.queue_event(0);
+                t.config_changed();
+            }
+        })
+    };
+    // vCPUs: mask and unmask vectors, toggle MSI-X, move BAR 0 and read
+    // the common configuration, through the root as a guest would.
+    let vcpus: Vec<_> = (0..3u32)
+        .map(|n| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let window = root.bar_window(WindowKind::Mmio32).expect("window");
+                for i in 0..3000u32 {
+                    match (i + n) % 5 {
+                        0 => {
+                            let entry = MSIX_TABLE_OFFSET + 12 + 16 * u64::from(i % 2);
+                            sie_devices::BusDevice::write(
+                                window.as_ref(),
+                                entry,
+                                &(i % 2).to_le_bytes(),
+                            );
+                        }
+                        1 => {
+                            root.write_config(bdf, msix_control, &[0, (0x80 | (i % 2) << 6) as u8])
+                        }
+                        2 => root.write_config(
+                            bdf,
+                            0x10,
+                            &(0xc000_0000 + (i % 4) * 0x8000).to_le_bytes(),
+                        ),
+                        3 => {
+                            let mut data = [0u8; 2];
+                            sie_devices::BusDevice::read(
+                                window.as_ref(),
+                                common::QUEUE_SIZE,
+                                &mut data,
+                            );
+                        }
+                        _ => {
+                            let mut data = [0u8; 4];
+                            root.read_config(bdf, 0x10, &mut data);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for vcpu in vcpus {
+        vcpu.join().expect("vcpu");
+    }
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("event thread");
+    assert!(
+        ring.used_idx(&mem) > 0,
+        "the event thread served the queue meanwhile"
+    );
+    assert_eq!(
+        t.status() & virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET,
+        0
+    );
 }
