@@ -126,6 +126,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if args.rng {
         config.entropy = Some(sie_config::Entropy::default());
     }
+    if args.pci {
+        config.pci = Some(sie_config::PciConfig { enabled: true });
+    }
     config.validate()?;
     Ok(config)
 }

@@ -262,6 +262,10 @@ pub(crate) fn assemble(
         options.console,
         options.extra_pio,
     )?;
+    if config.pci_enabled() {
+        let ram: u64 = memory.iter().map(|region| region.len()).sum();
+        manager.add_pci_bus(vm.clone(), ram)?;
+    }
     let mmds = options.mmds.unwrap_or_else(|| {
         Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
             sie_mmds::DEFAULT_SIZE_LIMIT,
@@ -270,7 +274,7 @@ pub(crate) fn assemble(
     let virtio = VirtioDevices::attach(
         config,
         &mut Wiring {
-            vm: vm.as_ref(),
+            vm: &vm,
             memory: &memory,
             manager: &mut manager,
             mmds: &mmds,

@@ -20,6 +20,7 @@ mod control;
 mod cpu;
 mod faults;
 mod inspect;
+mod pci;
 mod snapshot;
 mod virtio;
 
@@ -28,6 +29,7 @@ use control::*;
 use cpu::*;
 use faults::*;
 use inspect::*;
+use pci::*;
 use snapshot::*;
 use virtio::*;
 
@@ -240,6 +242,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         ),
         api_ctrl_alt_del(),
         virtio_net(),
+        pci_bus(),
+        virtio_pci(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),
