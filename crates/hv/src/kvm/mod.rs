@@ -14,6 +14,7 @@
 mod convert;
 pub mod kick;
 mod memory;
+mod routing;
 mod run_area;
 pub(crate) mod state;
 mod vcpu;
@@ -29,6 +30,7 @@ use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Cap;
 
 pub use kick::kick_signal;
+pub use routing::FIRST_MSI_GSI;
 pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;
 
