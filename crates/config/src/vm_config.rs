@@ -83,6 +83,9 @@ pub struct VmConfig {
     /// core file before sie exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_on_panic: Option<std::path::PathBuf>,
+    /// sie: host PCI devices passed through (VFIO).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<crate::VfioDevice>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -120,6 +123,9 @@ pub enum ConfigError {
     /// `serial` is invalid.
     #[error(transparent)]
     Serial(#[from] SerialConfigError),
+    /// `vfio` is invalid.
+    #[error(transparent)]
+    Vfio(#[from] crate::VfioConfigError),
     /// Two resources share an id.
     #[error("{resource}: id {id:?} is used twice")]
     DuplicateId {
@@ -158,6 +164,7 @@ impl VmConfig {
             pmem: None,
             serial: None,
             dump_on_panic: None,
+            vfio: Vec::new(),
         }
     }
 
@@ -256,6 +263,7 @@ impl VmConfig {
         if let Some(serial) = &self.serial {
             serial.validate()?;
         }
+        crate::validate_vfio(&self.vfio)?;
         Ok(())
     }
 }

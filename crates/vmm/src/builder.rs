@@ -158,6 +158,20 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     {
         return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
+    for device in &config.vfio {
+        sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio")).map_err(
+            |source| VmmError::Vfio {
+                id: device.id.clone(),
+                source,
+            },
+        )?;
+    }
+    if !config.vfio.is_empty() {
+        // Until the PCI bus is wired into the build (sie-pci).
+        return Err(VmmError::Unsupported(
+            "vfio (device passthrough needs the PCI bus, not in this build)",
+        ));
+    }
     Ok(())
 }
 

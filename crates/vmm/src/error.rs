@@ -54,6 +54,15 @@ pub enum VmmError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A host device that cannot be passed through (the message says why
+    /// and how to fix it).
+    #[error("vfio {id}: {source}")]
+    Vfio {
+        /// The device's id.
+        id: String,
+        /// Why.
+        source: sie_vfio::sysfs::PreflightError,
+    },
     /// A feature in the configuration that this version of sie lacks.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
