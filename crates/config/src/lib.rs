@@ -23,6 +23,7 @@ mod logging;
 mod machine_config;
 mod migration;
 mod mmds;
+mod pci;
 mod request;
 mod resource_id;
 mod serial;
@@ -41,6 +42,7 @@ pub use logging::{Logger, LoggerError, Metrics};
 pub use machine_config::{MAX_MEM_SIZE_MIB, MAX_VCPUS_SIE, MachineConfig, MachineConfigError};
 pub use migration::{MigrationMode, MigrationReceive, MigrationSend, check_migration_url};
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsConfigError, MmdsVersion};
+pub use pci::PciConfig;
 pub use request::{
     ActionType, DrivePatch, FIRECRACKER_API_VERSION, MachineConfigPatch, NetworkInterfacePatch,
     Request, Response, VmState,

@@ -83,6 +83,10 @@ pub struct VmConfig {
     /// core file before sie exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_on_panic: Option<std::path::PathBuf>,
+    /// sie: the virtio devices on PCI instead of MMIO (Firecracker's
+    /// `--enable-pci`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<crate::PciConfig>,
     /// sie: host PCI devices passed through (VFIO).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vfio: Vec<crate::VfioDevice>,
@@ -164,8 +168,14 @@ impl VmConfig {
             pmem: None,
             serial: None,
             dump_on_panic: None,
+            pci: None,
             vfio: Vec::new(),
         }
+    }
+
+    /// Whether the virtio devices go on PCI.
+    pub fn pci_enabled(&self) -> bool {
+        self.pci.is_some_and(|pci| pci.enabled)
     }
 
     /// Parses a config file's text; `origin` names it in errors.

@@ -94,6 +94,11 @@ pub struct FirecrackerArgs {
     /// used, µs.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
+    /// Put the virtio devices on a PCI bus (virtio-PCI with MSI-X) instead of
+    /// virtio-MMIO, as Firecracker 1.17 does; `GET /vm/config` shows it as
+    /// `"pci": {"enabled": true}`. Such a VM cannot be snapshotted yet.
+    #[arg(long)]
+    pub enable_pci: bool,
     /// Print the snapshot format version this sie writes, and exit.
     #[arg(long)]
     pub snapshot_version: bool,
@@ -463,6 +468,11 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Put the virtio devices on a PCI bus (virtio-PCI with MSI-X, found
+    /// through ACPI) instead of virtio-MMIO; the command line then gets no
+    /// `pci=off`. Such a VM cannot be snapshotted or migrated yet.
+    #[arg(long)]
+    pub pci: bool,
     /// Pass a host PCI device bound to vfio-pci through to the guest: its
     /// sysfs path, e.g. `/sys/bus/pci/devices/0000:00:03.0` (repeatable;
     /// ids vfio0, vfio1...; see docs/vfio.md). The VM then has a PCI bus
@@ -477,7 +487,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "pci"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.

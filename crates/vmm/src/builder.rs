@@ -158,6 +158,14 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     {
         return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
+    let has_virtio = !config.drives.is_empty()
+        || !config.network_interfaces.is_empty()
+        || config.vsock.is_some()
+        || config.entropy.is_some();
+    if config.pci_enabled() && has_virtio {
+        // Until the virtio-PCI transport is wired in.
+        return Err(VmmError::Unsupported("pci with virtio devices"));
+    }
     for device in &config.vfio {
         sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio")).map_err(
             |source| VmmError::Vfio {
@@ -282,6 +290,10 @@ pub(crate) fn assemble(
         options.console,
         options.extra_pio,
     )?;
+    if config.pci_enabled() {
+        let ram: u64 = memory.iter().map(|region| region.len()).sum();
+        manager.add_pci_bus(vm.clone(), ram)?;
+    }
     let mmds = options.mmds.unwrap_or_else(|| {
         Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
             sie_mmds::DEFAULT_SIZE_LIMIT,

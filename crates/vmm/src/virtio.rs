@@ -333,7 +333,7 @@ fn root_args(base: &str, config: &VmConfig) -> Option<String> {
 }
 
 /// The kernel command line: `base`, the root device, `pci=off` (unless
-/// `base` says otherwise about PCI), then what the device manager derives
+/// the VM has PCI or `base` says otherwise about PCI), then what the device manager derives
 /// for the placed devices (`virtio_mmio.device=`).
 pub fn boot_cmdline(
     base: &str,
@@ -347,10 +347,10 @@ pub fn boot_cmdline(
     if let Some(root) = root_args(base, config) {
         cmdline.insert_str(root).map_err(CmdlineError)?;
     }
-    // sie has no PCI bus: without `pci=off` Linux probes ports 0xCF8/0xCFC
-    // for one, ~33,000 exits per Debian boot that nothing answers. A user's
-    // own `pci=` wins.
-    if !base.split_whitespace().any(|word| word.starts_with("pci=")) {
+    // Without PCI, sie has no PCI bus: without `pci=off` Linux probes ports
+    // 0xCF8/0xCFC for one, ~33,000 exits per Debian boot that nothing
+    // answers. A user's own `pci=` wins.
+    if !config.pci_enabled() && !base.split_whitespace().any(|word| word.starts_with("pci=")) {
         cmdline.insert_str("pci=off").map_err(CmdlineError)?;
     }
     layout
@@ -442,6 +442,12 @@ mod tests {
         assert_eq!(
             boot_cmdline("nopci=off", &config, &empty).unwrap(),
             "nopci=off pci=off"
+        );
+        let mut with_pci = config.clone();
+        with_pci.pci = Some(sie_config::PciConfig { enabled: true });
+        assert_eq!(
+            boot_cmdline("console=ttyS0", &with_pci, &empty).unwrap(),
+            "console=ttyS0"
         );
     }
 

@@ -77,7 +77,14 @@ impl Draft {
         Ok(config)
     }
 
-    /// `GET /vm/config`: Firecracker's full shape, absent resources as null.
+    /// Sets the PCI switch (`--enable-pci`).
+    pub fn set_pci(&mut self, pci: Option<sie_config::PciConfig>) {
+        self.config.pci = pci;
+    }
+
+    /// `GET /vm/config`: Firecracker's full shape, absent resources as null,
+    /// and sie's `pci` switch (off unless `--enable-pci` or the config file
+    /// turned it on).
     pub fn to_json(&self) -> Value {
         let mut value = serde_json::to_value(&self.config).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut value {
@@ -88,6 +95,8 @@ impl Draft {
             for key in ["drives", "network-interfaces"] {
                 map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
             }
+            map.entry("pci")
+                .or_insert_with(|| serde_json::json!({ "enabled": false }));
             for key in [
                 "vsock",
                 "entropy",
@@ -382,6 +391,18 @@ mod tests {
         let path = std::env::temp_dir().join(format!("sie-draft-{}-{name}", std::process::id()));
         std::fs::write(&path, b"").unwrap();
         path
+    }
+
+    #[test]
+    fn get_vm_config_shows_the_pci_switch() {
+        let mut draft = Draft::default();
+        assert_eq!(
+            draft.to_json()["pci"],
+            serde_json::json!({"enabled": false})
+        );
+        draft.set_pci(Some(sie_config::PciConfig { enabled: true }));
+        assert_eq!(draft.to_json()["pci"], serde_json::json!({"enabled": true}));
+        assert!(draft.to_config_unchecked().pci_enabled());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::json;
 use sie_config::{ActionType, Request, Response, VmState};
 use sie_hv::Hypervisor;
 
-use super::{Controller, Phase, draft, sink};
+use super::{Controller, PCI_NOT_SNAPSHOTTABLE, Phase, draft, sink};
 use crate::event_loop::Manager;
 use crate::vm::StartedVm;
 
@@ -233,6 +233,9 @@ impl Controller {
             Ok(config) => config,
             Err(message) => return Response::Fault(format!("snapshot/create: {message}")),
         };
+        if config.pci_enabled() && matches!(self.phase, Phase::Running(_)) {
+            return Response::Fault(format!("snapshot/create: {PCI_NOT_SNAPSHOTTABLE}"));
+        }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);
         };
