@@ -173,9 +173,11 @@ impl VmConfig {
         }
     }
 
-    /// Whether the virtio devices go on PCI.
+    /// Whether the VM has a PCI bus (its virtio devices then go on it): the
+    /// `pci` switch, or any passed-through (`vfio`) device.
     pub fn pci_enabled(&self) -> bool {
-        self.pci.is_some_and(|pci| pci.enabled)
+        // A passed-through device needs a PCI bus: it turns PCI on.
+        self.pci.is_some_and(|pci| pci.enabled) || !self.vfio.is_empty()
     }
 
     /// Parses a config file's text; `origin` names it in errors.

@@ -252,6 +252,13 @@ impl VirtualConfig {
         self.msi.is_some()
     }
 
+    /// The most MSI vectors the device can use (its Multiple Message
+    /// Capable field), 0 without MSI.
+    pub fn msi_capable_vectors(&self) -> u16 {
+        self.msi
+            .map_or(0, |msi| 1 << ((msi.capable >> 1) & 0x7).min(5))
+    }
+
     /// The guest address of BAR `index` (0 until the guest or sie places it).
     pub fn bar_address(&self, index: usize) -> u64 {
         let Some(bar) = self.bars.get(index).copied().flatten() else {
@@ -597,6 +604,7 @@ mod tests {
     fn msi_is_emulated_and_its_enable_is_reported() {
         let (region, mut config) = edu();
         assert!(config.has_msi());
+        assert_eq!(config.msi_capable_vectors(), 1);
         config.write(&region, 0x44, &0xfee0_1000u32.to_le_bytes());
         config.write(&region, 0x48, &0u32.to_le_bytes());
         config.write(&region, 0x4c, &0x4041u16.to_le_bytes());

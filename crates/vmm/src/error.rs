@@ -61,7 +61,7 @@ pub enum VmmError {
         /// The device's id.
         id: String,
         /// Why.
-        source: sie_vfio::sysfs::PreflightError,
+        source: Box<sie_vfio::VfioPciError>,
     },
     /// A feature in the configuration that this version of sie lacks.
     #[error("{0} is not supported yet")]

@@ -20,6 +20,7 @@ mod control;
 mod faults;
 mod inspect;
 mod snapshot;
+mod vfio;
 mod virtio;
 
 use bench::*;
@@ -27,6 +28,7 @@ use control::*;
 use faults::*;
 use inspect::*;
 use snapshot::*;
+use vfio::*;
 use virtio::*;
 
 fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
@@ -253,6 +255,9 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         mmds(),
         console_attach_later(),
         panic_core(),
+        vfio_edu(),
+        vfio_dma_fault(),
+        vfio_refused(),
     ]
 }
 

@@ -1,0 +1,118 @@
+//! Passthrough: QEMU's edu device (1234:11e8), bound to vfio-pci in L1
+//! behind the emulated VT-d (`$EDU`), passed to L2 with `--vfio`; L2 drives
+//! it with `edutool` through sysfs (docs/vfio.md, tests/README.md).
+
+use super::*;
+
+/// L2's command line: no `pci=off` (the device is on PCI), 128 MiB of RAM
+/// so every page is below edu's 28-bit DMA limit.
+fn vfio_case(name: &'static str, l2: &'static str, after: &str) -> Case {
+    Case {
+        name,
+        l1_command: format!(
+            r#"[ -n "$EDU" ] || {{ echo "@@L2 RESULT edu_in_l1=missing"; exit 1; }}
+dmesg -c > /dev/null
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --memory 128 \
+  --cmdline "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet case={name}" \
+  --vfio "$EDU"
+status=$?
+{after}
+exit $status"#
+        ),
+        l2_script: Some(l2),
+        check: |run| {
+            run.expect_status(0)?;
+            Ok(())
+        },
+    }
+}
+
+fn expect(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
+    match run.result(key) {
+        Some(value) if value == want => Ok(()),
+        other => Err(format!("{key}: got {other:?}, want {want:?}")),
+    }
+}
+
+/// L2 sees the device, reads its id register, has it compute 10! and runs
+/// a DMA transfer both ways between L2 memory and the device, checked byte
+/// for byte.
+pub(crate) fn vfio_edu() -> Case {
+    let mut case = vfio_case(
+        "vfio_edu",
+        r#"DEV=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && DEV=$d
+done
+echo "@@L2 RESULT edu_seen=$([ -n "$DEV" ] && echo yes || echo no)"
+if [ -n "$DEV" ]; then
+  edutool id $DEV
+  edutool fact $DEV 10
+  edutool dma $DEV 4000
+fi"#,
+        "",
+    );
+    case.check = |run| {
+        run.expect_status(0)?;
+        expect(run, "edu_seen", "yes")?;
+        expect(run, "edu_id", "0x010000ed")?;
+        expect(run, "edu_liveness", "0xedcba987")?;
+        expect(run, "edu_factorial", "3628800")?;
+        expect(run, "edu_dma_same", "4000/4000")?;
+        expect(run, "edu_dma_past_end_untouched", "yes")
+    };
+    case
+}
+
+/// L2 points edu's DMA engine at 192 MiB, outside its 128 MiB: the IOMMU in
+/// L1 stops the write (a DMAR fault in L1's log naming that address) and L2
+/// runs on.
+pub(crate) fn vfio_dma_fault() -> Case {
+    let mut case = vfio_case(
+        "vfio_dma_fault",
+        r#"DEV=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && DEV=$d
+done
+echo "@@L2 RESULT edu_seen=$([ -n "$DEV" ] && echo yes || echo no)"
+[ -n "$DEV" ] && edutool dma-to $DEV 0xc000000 256
+echo "@@L2 RESULT after_fault=alive""#,
+        r#"dmesg | grep -i dmar | tail -5
+dmesg | grep -qi "DMAR.*fault addr 0xc000000" && echo "@@L2 RESULT l1_dmar_fault=yes""#,
+    );
+    case.check = |run| {
+        run.expect_status(0)?;
+        expect(run, "edu_seen", "yes")?;
+        expect(run, "edu_dma_to_done", "yes")?;
+        expect(run, "after_fault", "alive")?;
+        expect(run, "l1_dmar_fault", "yes")
+    };
+    case
+}
+
+/// A device that cannot be passed is refused in one line that says why:
+/// here, edu is taken from vfio-pci (bound to no driver) for the run.
+pub(crate) fn vfio_refused() -> Case {
+    Case {
+        name: "vfio_refused",
+        l1_command: r#"[ -n "$EDU" ] || exit 1
+bdf=$(basename "$EDU")
+echo "$bdf" > /sys/bus/pci/drivers/vfio-pci/unbind
+sie run --kernel "$GUEST/vmlinux" --vfio "$EDU" > /tmp/refused 2>&1
+status=$?
+echo "$bdf" > /sys/bus/pci/drivers_probe
+cat /tmp/refused
+grep -q "bound to no driver, not vfio-pci" /tmp/refused && echo "@@L2 RESULT refusal=names_the_fix"
+echo "@@L2 RESULT lines=$(grep -c . /tmp/refused)"
+echo "@@L2 RESULT rebound=$(basename "$(readlink "$EDU/driver")")"
+[ $status -eq 1 ]"#
+            .to_string(),
+        l2_script: None,
+        check: |run| {
+            run.expect_status(0)?;
+            expect(run, "refusal", "names_the_fix")?;
+            expect(run, "lines", "1")?;
+            expect(run, "rebound", "vfio-pci")
+        },
+    }
+}
