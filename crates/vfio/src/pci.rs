@@ -15,6 +15,7 @@ use sie_pci::{
     PciDevice, command,
 };
 use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::{self, ConfigChange, ConfigRegion, MsiState, MsixInfo, VirtualConfig};
 use crate::host::{BarMapping, HostDevice, HostError, IrqKind};
@@ -50,6 +51,8 @@ struct State {
     msi_vectors: u32,
     /// Whether MSI-X is handed to VFIO.
     msix_on: bool,
+    /// The interrupt line register as the guest sees it (the GSI).
+    interrupt_line: u8,
 }
 
 /// A host PCI device passed through to the guest.
@@ -59,7 +62,22 @@ pub struct VfioPciDevice {
     /// The BARs' mmapped pieces (all but the MSI-X pages).
     mappings: Vec<BarMapping>,
     interrupts: Arc<dyn MsiInterrupts>,
+    /// INTx, when the device has it: VFIO signals `trigger` when the line
+    /// rises (and masks it); the VMM's resampling irqfd signals `resample`
+    /// when the guest acknowledges it, which unmasks it.
+    intx: Option<Intx>,
     state: Mutex<State>,
+}
+
+/// A device's INTx line as eventfds.
+#[derive(Debug)]
+pub struct Intx {
+    /// The pin (1 = INTA .. 4 = INTD).
+    pub pin: u8,
+    /// Signalled by VFIO when the line rises.
+    pub trigger: EventFd,
+    /// Signalled by KVM when the guest acknowledged the line.
+    pub resample: EventFd,
 }
 
 impl std::fmt::Debug for VfioPciDevice {
@@ -115,6 +133,7 @@ impl VfioPciDevice {
             )),
             None => None,
         };
+        let intx = open_intx(&host, &config)?;
         let name = format!(
             "vfio {}",
             path.file_name()
@@ -125,20 +144,41 @@ impl VfioPciDevice {
             host,
             mappings,
             interrupts,
+            intx,
             state: Mutex::new(State {
                 config,
                 msix,
                 msi_vectors: 0,
                 msix_on: false,
+                interrupt_line: 0xff,
             }),
         })
+    }
+
+    /// The device's INTx eventfds, for the VMM to wire to the pin's GSI.
+    pub fn intx(&self) -> Option<&Intx> {
+        self.intx.as_ref()
+    }
+
+    /// Sets the interrupt line register to the GSI the pin raises.
+    pub fn set_interrupt_line(&self, gsi: u8) {
+        self.state().interrupt_line = gsi;
+    }
+
+    /// Hands INTx back to VFIO (after MSI or MSI-X are turned off).
+    fn restore_intx(&self) {
+        if let Some(intx) = &self.intx
+            && let Err(error) = enable_intx(&self.host, intx)
+        {
+            tracing::warn!("{}: {error}", self.name);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn notifiers(&self, count: u32) -> Vec<&vmm_sys_util::eventfd::EventFd> {
+    fn notifiers(&self, count: u32) -> Vec<&EventFd> {
         (0..count)
             .filter_map(|v| u16::try_from(v).ok())
             .filter_map(|v| self.interrupts.notifier(v))
@@ -166,10 +206,15 @@ impl VfioPciDevice {
         state.msi_vectors = 0;
         let count = wanted.min(self.host.irq_count(IrqKind::Msi));
         if count > 0 {
+            // VFIO takes one kind of interrupt at a time.
+            self.host.disable_irq(IrqKind::Intx);
             match self.host.enable_irq(IrqKind::Msi, &self.notifiers(count)) {
                 Ok(()) => state.msi_vectors = count,
                 Err(error) => tracing::warn!("{}: {error}", self.name),
             }
+        }
+        if state.msi_vectors == 0 && !state.msix_on {
+            self.restore_intx();
         }
     }
 
@@ -187,10 +232,14 @@ impl VfioPciDevice {
         state.msix_on = false;
         if enabled {
             let count = u32::from(info.table_size).min(self.host.irq_count(IrqKind::Msix));
+            self.host.disable_irq(IrqKind::Intx);
             match self.host.enable_irq(IrqKind::Msix, &self.notifiers(count)) {
                 Ok(()) => state.msix_on = true,
                 Err(error) => tracing::warn!("{}: {error}", self.name),
             }
+        }
+        if state.msi_vectors == 0 && !state.msix_on {
+            self.restore_intx();
         }
     }
 
@@ -199,6 +248,36 @@ impl VfioPciDevice {
         ConfigRegion::read(&self.host, 4, &mut data);
         u16::from_le_bytes(data)
     }
+}
+
+const INTERRUPT_LINE: usize = 0x3c;
+const INTERRUPT_PIN: usize = 0x3d;
+
+/// The device's INTx, handed to VFIO, if its config space names a pin and
+/// VFIO offers the line.
+fn open_intx(host: &HostDevice, config: &VirtualConfig) -> Result<Option<Intx>, VfioPciError> {
+    let pin = (config.read(host, INTERRUPT_PIN & !3) >> 8) as u8;
+    if !(1..=4).contains(&pin) || host.irq_count(IrqKind::Intx) != 1 {
+        return Ok(None);
+    }
+    let eventfd = || {
+        EventFd::new(EFD_NONBLOCK).map_err(|source| VfioPciError::Vectors {
+            path: host.path().display().to_string(),
+            source,
+        })
+    };
+    let intx = Intx {
+        pin,
+        trigger: eventfd()?,
+        resample: eventfd()?,
+    };
+    enable_intx(host, &intx)?;
+    Ok(Some(intx))
+}
+
+fn enable_intx(host: &HostDevice, intx: &Intx) -> Result<(), HostError> {
+    host.enable_irq(IrqKind::Intx, &[&intx.trigger])?;
+    host.set_intx_resample(&intx.resample)
 }
 
 /// The page-aligned part of BAR `bar` that sie keeps trapped: the MSI-X
@@ -235,13 +314,21 @@ impl PciDevice for VfioPciDevice {
         let state = self.state();
         for (i, byte) in data.iter_mut().enumerate() {
             let at = usize::from(offset) + i;
-            let dword = state.config.read(&self.host, at & !3);
-            *byte = (dword >> (8 * (at & 3))) as u8;
+            *byte = if at == INTERRUPT_LINE {
+                state.interrupt_line
+            } else {
+                let dword = state.config.read(&self.host, at & !3);
+                (dword >> (8 * (at & 3))) as u8
+            };
         }
     }
 
     fn write_config(&self, offset: u16, data: &[u8]) -> ConfigWriteOutcome {
         let mut state = self.state();
+        if usize::from(offset) == INTERRUPT_LINE && data.len() == 1 {
+            state.interrupt_line = data[0];
+            return ConfigWriteOutcome::default();
+        }
         let change = state.config.write(&self.host, usize::from(offset), data);
         match change {
             Some(ConfigChange::Msi(msi)) => self.apply_msi(&mut state, msi),

@@ -2,7 +2,8 @@
 //! each is opened (checked, reset, guest RAM mapped for its DMA), gets MSI
 //! GSIs with their irqfds from the device manager, and takes a PCI slot
 //! whose BARs the manager places (its BAR pages then become memory slots
-//! through the root's [`crate::device_manager::pci::VmBarMapper`]).
+//! through the root's [`crate::device_manager::pci::VmBarMapper`]); its INTx
+//! pin, if it has one, raises the line the DSDT's `_PRT` names for its slot.
 
 use std::io;
 use std::sync::Arc;
@@ -37,7 +38,16 @@ pub fn attach(
             id: entry.id.clone(),
             source: Box::new(source),
         })?;
-        let bdf = manager.add_pci_device(&name, Arc::new(device))?;
+        let device = Arc::new(device);
+        let bdf = manager.add_pci_device(&name, device.clone())?;
+        // INTx: a level-triggered line through a resampling irqfd on the
+        // GSI the DSDT's _PRT gives the device's slot and pin.
+        if let Some(intx) = device.intx()
+            && let Some(gsi) = manager.pci_intx_gsi(bdf, intx.pin - 1)
+        {
+            vm.register_irqfd_resample(&intx.trigger, &intx.resample, gsi)?;
+            device.set_interrupt_line(u8::try_from(gsi).unwrap_or(0xff));
+        }
         tracing::info!(
             "vfio {}: {} passed through at {bdf}",
             entry.id,

@@ -34,9 +34,10 @@ fn expect(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
     }
 }
 
-/// L2 sees the device, reads its id register, has it compute 10! and runs
-/// a DMA transfer both ways between L2 memory and the device, checked byte
-/// for byte.
+/// L2 sees the device, reads its id register, has it compute 10!, runs a
+/// DMA transfer both ways between L2 memory and the device, checked byte
+/// for byte, and receives five of its interrupts (INTx, counted by
+/// uio_pci_generic and in /proc/interrupts).
 pub(crate) fn vfio_edu() -> Case {
     let mut case = vfio_case(
         "vfio_edu",
@@ -49,6 +50,12 @@ if [ -n "$DEV" ]; then
   edutool id $DEV
   edutool fact $DEV 10
   edutool dma $DEV 4000
+  insmod /modules/uio.ko; insmod /modules/uio_pci_generic.ko
+  echo "1234 11e8" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+  uio=$(ls /sys/bus/pci/drivers/uio_pci_generic/*/uio 2>/dev/null | head -1)
+  echo "@@L2 RESULT edu_uio=${uio:-none}"
+  [ -n "$uio" ] && edutool irq $DEV $uio 5
+  echo "@@L2 RESULT edu_proc_interrupts=$(awk '/uio_pci_generic/ {print $2}' /proc/interrupts)"
 fi"#,
         "",
     );
@@ -59,7 +66,11 @@ fi"#,
         expect(run, "edu_liveness", "0xedcba987")?;
         expect(run, "edu_factorial", "3628800")?;
         expect(run, "edu_dma_same", "4000/4000")?;
-        expect(run, "edu_dma_past_end_untouched", "yes")
+        expect(run, "edu_dma_past_end_untouched", "yes")?;
+        // Five interrupts raised through register 0x60 arrived over INTx.
+        expect(run, "edu_irqs", "5")?;
+        expect(run, "edu_uio_events", "5")?;
+        expect(run, "edu_proc_interrupts", "5")
     };
     case
 }

@@ -228,6 +228,12 @@ impl DeviceManager<'_> {
         Ok(())
     }
 
+    /// The GSI INTx pin `pin` (0 = INTA) of `bdf` raises, when the bus
+    /// routes INTx.
+    pub fn pci_intx_gsi(&self, bdf: Bdf, pin: u8) -> Option<u32> {
+        self.pci.as_ref()?.intx_gsi(bdf, pin)
+    }
+
     /// Puts `device` in the first free slot of the PCI bus, its BARs
     /// placed in the windows; its interrupts are its own (MSI-X through
     /// [`super::msi::MsiVectors`]).
