@@ -64,7 +64,7 @@ pub enum AddressSpace {
 /// default.
 pub trait BarMapper: Send + Sync {
     /// Signals `fd` on every guest write of `len` bytes at `addr` (any
-    /// value), without an exit to the VMM.
+    /// value; `len` 0: a write of any width), without an exit to the VMM.
     fn register_ioevent(
         &self,
         fd: &EventFd,

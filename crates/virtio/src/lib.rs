@@ -29,13 +29,16 @@ mod chain;
 mod counters;
 mod device;
 mod fault;
+mod interrupt;
 mod memory;
 mod mmio;
 mod mmio_state;
 pub mod net;
 mod net_backend;
+pub mod pci;
 pub mod rate_limiter;
 pub mod rng;
+mod transport_core;
 pub mod vsock;
 mod worker;
 
@@ -52,14 +55,14 @@ mod throttle_tests;
 
 pub use chain::{ChainError, Segment};
 pub use counters::{CountersSnapshot, VirtioCounters};
-pub use device::{
-    ActivateError, Activation, SingleQueue, VirtioDevice, VirtioInterrupt, read_config_bytes,
-};
+pub use device::{ActivateError, Activation, SingleQueue, VirtioDevice, read_config_bytes};
 pub use fault::DeviceFault;
+pub use interrupt::VirtioInterrupt;
 pub use memory::GuestMemory;
 pub use mmio::{
-    MMIO_MAGIC, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportError,
+    MMIO_MAGIC, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET,
     VirtioMmioTransport,
 };
 pub use mmio_state::{SavedQueue, TransportSnapshot, TransportState, TransportStateError};
-pub use worker::VirtioWorker;
+pub use transport_core::{TransportError, VirtioCore};
+pub use worker::{VirtioTransport, VirtioWorker};

@@ -158,14 +158,6 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     {
         return Err(VmmError::Unsupported("cpu-config (CPU templates)"));
     }
-    let has_virtio = !config.drives.is_empty()
-        || !config.network_interfaces.is_empty()
-        || config.vsock.is_some()
-        || config.entropy.is_some();
-    if config.pci_enabled() && has_virtio {
-        // Until the virtio-PCI transport is wired in.
-        return Err(VmmError::Unsupported("pci with virtio devices"));
-    }
     // Checked before anything is built, so a device that cannot be passed
     // is refused in its one line (the fix included) without side effects.
     for device in &config.vfio {
@@ -299,7 +291,7 @@ pub(crate) fn assemble(
     let virtio = VirtioDevices::attach(
         config,
         &mut Wiring {
-            vm: vm.as_ref(),
+            vm: &vm,
             memory: &memory,
             manager: &mut manager,
             mmds: &mmds,

@@ -19,6 +19,7 @@ mod bench;
 mod control;
 mod faults;
 mod inspect;
+mod pci;
 mod snapshot;
 mod vfio;
 mod virtio;
@@ -27,6 +28,7 @@ use bench::*;
 use control::*;
 use faults::*;
 use inspect::*;
+use pci::*;
 use snapshot::*;
 use vfio::*;
 use virtio::*;
@@ -240,6 +242,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         ),
         api_ctrl_alt_del(),
         virtio_net(),
+        pci_bus(),
+        virtio_pci(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),

@@ -3,7 +3,8 @@
 //! with an irqfd registered on it; when the guest programs or masks a
 //! vector the GSI's KVM route is set or removed, so a write to the irqfd
 //! (from a device worker or a passed-through device) interrupts the guest
-//! with the message the guest chose, without an exit.
+//! with the message the guest chose, without an exit. The irqfds live as
+//! long as the VM (KVM releases them with it).
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -93,16 +94,6 @@ impl MsiVectors {
     }
 }
 
-impl Drop for MsiVectors {
-    fn drop(&mut self) {
-        // Best effort: a VM that is going away takes its routes with it.
-        for (vector, fd) in self.irqfds.iter().enumerate() {
-            let gsi = self.first_gsi + vector as u32;
-            let _ = self.vm.unregister_irqfd(fd, gsi);
-        }
-    }
-}
-
 /// The device side of the vectors: MSI-X tables (sie-pci) program, mask and
 /// raise them through this.
 impl sie_pci::MsiInterrupts for MsiVectors {
@@ -169,12 +160,5 @@ mod tests {
         vectors.configure(1, None).unwrap();
         assert!(vm.msi_routes.lock().unwrap().is_empty());
         assert!(vectors.configure(2, Some(message(0x42))).is_err());
-    }
-
-    #[test]
-    fn dropping_the_vectors_unregisters_their_irqfds() {
-        let vm = Arc::new(FakeVm::default());
-        drop(MsiVectors::new(vm.clone(), 24, 2).unwrap());
-        assert!(vm.irqfds.lock().unwrap().is_empty());
     }
 }

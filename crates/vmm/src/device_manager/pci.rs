@@ -234,6 +234,11 @@ impl DeviceManager<'_> {
         self.pci.as_ref()?.intx_gsi(bdf, pin)
     }
 
+    /// Whether the VM has a PCI bus (`add_pci_bus` ran).
+    pub fn has_pci(&self) -> bool {
+        self.pci.is_some()
+    }
+
     /// Puts `device` in the first free slot of the PCI bus, its BARs
     /// placed in the windows; its interrupts are its own (MSI-X through
     /// [`super::msi::MsiVectors`]).
