@@ -262,6 +262,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         vfio_edu(),
         vfio_dma_fault(),
         vfio_refused(),
+        vfio_no_snapshot(),
     ]
 }
 
