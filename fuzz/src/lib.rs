@@ -21,6 +21,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_rng", targets::virtio_rng::run),
     ("virtio_net", targets::virtio_net::run),
     ("virtio_vsock", targets::virtio_vsock::run),
+    ("virtio_pci_common", targets::virtio_pci_common::run),
+    ("pci_config", targets::pci_config::run),
     ("api_route", targets::api_route::run),
     ("config_json", targets::config_json::run),
     ("snapshot_file", targets::snapshot_file::run),

@@ -390,9 +390,7 @@ impl ConfigSpace {
             self.rejected += 1;
             return ConfigWriteOutcome::default();
         }
-        let touches = |lo: u16, hi: u16| offset < hi && offset + data.len() as u16 > lo;
-        let watch = touches(COMMAND, COMMAND + 2) || touches(BAR0, BAR_END);
-        let before = watch.then(|| (self.command(), self.bars()));
+        let before = affects_decoding(offset, data.len()).then(|| (self.command(), self.bars()));
         let start = usize::from(offset);
         for (i, byte) in data.iter().enumerate() {
             let mask = self.write_mask[start + i];
@@ -510,6 +508,14 @@ impl ConfigSpace {
             self.set_u8(offset.wrapping_add(i as u16), byte);
         }
     }
+}
+
+/// Whether a configuration write of `len` bytes at `offset` touches the
+/// command register or a BAR: what can change where BARs decode.
+pub fn affects_decoding(offset: u16, len: usize) -> bool {
+    let end = usize::from(offset) + len;
+    let touches = |lo: u16, hi: u16| usize::from(offset) < usize::from(hi) && end > usize::from(lo);
+    touches(COMMAND, COMMAND + 2) || touches(BAR0, BAR_END)
 }
 
 /// Offset of BAR register `index`.

@@ -71,7 +71,7 @@ pub use bar_window::PciBarWindow;
 pub use config_io::{CONFIG_ADDRESS_PORT, CONFIG_IO_PORTS, PciConfigIo};
 pub use config_space::{
     BarInfo, BarKind, BarMove, ConfigSpace, ConfigSpaceError, ConfigWriteOutcome, PciHeader,
-    command, registers,
+    affects_decoding, command, registers,
 };
 pub use device::{AddressSpace, BarMapper, NoBarMapper, PciDevice};
 pub use ecam::{ECAM_BUS_SIZE, PciEcam};

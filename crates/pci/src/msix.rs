@@ -316,7 +316,9 @@ impl MsixTable {
         if wanted != self.routed[vector] {
             if let Err(e) = self.interrupts.configure(vector as u16, wanted) {
                 self.outlet_errors += 1;
-                tracing::warn!(vector, "MSI-X route update failed: {e}");
+                // Guest-triggered (a message the VMM refuses): debug, so a
+                // guest cannot flood the log.
+                tracing::debug!(vector, "MSI-X route update failed: {e}");
             }
             self.routed[vector] = wanted;
         }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::address::{AddressRange, Bdf};
 use crate::bar_window::PciBarWindow;
-use crate::config_space::{BarInfo, BarKind, BarMove, command, registers};
+use crate::config_space::{BarInfo, BarKind, BarMove, affects_decoding, command, registers};
 use crate::device::{AddressSpace, BarMapper, PciDevice};
 use crate::host_bridge::HostBridge;
 use crate::routes::{BarRoutes, Route};
@@ -218,6 +218,16 @@ impl PciRoot {
         }
         let mut decode = command::BUS_MASTER;
         for bar in device.bars() {
+            // Sizes come from the device (a passed-through one reports
+            // what its hardware says): only a power of two can be placed.
+            if !bar.size.is_power_of_two() {
+                return Err(PciRootError::BarAddress {
+                    bdf,
+                    index: bar.index,
+                    address: 0,
+                    size: bar.size,
+                });
+            }
             let request = BarRequest {
                 bdf,
                 index: bar.index,
@@ -322,11 +332,7 @@ impl PciRoot {
             return;
         };
         device.write_config(offset, data);
-        let end = offset + data.len() as u16;
-        let touches = |lo: u16, hi: u16| offset < hi && end > lo;
-        if touches(registers::COMMAND, registers::COMMAND + 2)
-            || touches(registers::BAR0, registers::BAR_END)
-        {
+        if affects_decoding(offset, data.len()) {
             self.refresh(bdf.device, &device, &mut live[usize::from(bdf.device)]);
         }
     }

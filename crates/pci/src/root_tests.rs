@@ -429,3 +429,42 @@ fn concurrent_config_writes_and_bar_accesses_neither_panic_nor_deadlock() {
         thread.join().unwrap();
     }
 }
+
+/// A device reporting BAR sizes no configuration space would hold (a
+/// passed-through device reports what its hardware says).
+struct OddSizes(u64);
+
+impl PciDevice for OddSizes {
+    fn read_config(&self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write_config(&self, _offset: u16, _data: &[u8]) -> ConfigWriteOutcome {
+        ConfigWriteOutcome::default()
+    }
+    fn read_bar(&self, _bar: u8, _offset: u64, _data: &mut [u8]) {}
+    fn write_bar(&self, _bar: u8, _offset: u64, _data: &[u8]) {}
+    fn bars(&self) -> Vec<BarInfo> {
+        vec![BarInfo {
+            index: 0,
+            kind: BarKind::Memory32,
+            size: self.0,
+            address: 0,
+            decoding: false,
+        }]
+    }
+    fn name(&self) -> &str {
+        "odd"
+    }
+}
+
+#[test]
+fn bar_sizes_that_are_not_powers_of_two_are_refused() {
+    let root = root();
+    for size in [0, 3, 0x3000] {
+        let err = root
+            .add_device(Arc::new(OddSizes(size)), &mut bump())
+            .unwrap_err();
+        assert!(matches!(err, PciRootError::BarAddress { size: s, .. } if s == size));
+    }
+    assert_eq!(read32(&root, 1, 0), u32::MAX, "nothing was added");
+}

@@ -90,31 +90,26 @@ impl MsiInterrupts for RecordingMsi {
     }
 }
 
-/// One call a [`RecordingBarMapper`] saw (eventfds by descriptor).
+/// An ioeventfd as a [`RecordingBarMapper`] saw it (by descriptor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoEvent {
+    /// The eventfd's descriptor.
+    pub fd: RawFd,
+    /// Address space.
+    pub space: AddressSpace,
+    /// Guest address.
+    pub addr: u64,
+    /// Access length (0: any).
+    pub len: u32,
+}
+
+/// One call a [`RecordingBarMapper`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapperCall {
     /// [`BarMapper::register_ioevent`].
-    Register {
-        /// The eventfd's descriptor.
-        fd: RawFd,
-        /// Address space.
-        space: AddressSpace,
-        /// Guest address.
-        addr: u64,
-        /// Access length.
-        len: u32,
-    },
+    Register(IoEvent),
     /// [`BarMapper::unregister_ioevent`].
-    Unregister {
-        /// The eventfd's descriptor.
-        fd: RawFd,
-        /// Address space.
-        space: AddressSpace,
-        /// Guest address.
-        addr: u64,
-        /// Access length.
-        len: u32,
-    },
+    Unregister(IoEvent),
 }
 
 /// A [`BarMapper`] that records ioeventfd calls.
@@ -146,12 +141,13 @@ impl BarMapper for RecordingBarMapper {
         addr: u64,
         len: u32,
     ) -> io::Result<()> {
-        self.record(MapperCall::Register {
-            fd: fd.as_raw_fd(),
+        let fd = fd.as_raw_fd();
+        self.record(MapperCall::Register(IoEvent {
+            fd,
             space,
             addr,
             len,
-        })
+        }))
     }
 
     fn unregister_ioevent(
@@ -161,11 +157,12 @@ impl BarMapper for RecordingBarMapper {
         addr: u64,
         len: u32,
     ) -> io::Result<()> {
-        self.record(MapperCall::Unregister {
-            fd: fd.as_raw_fd(),
+        let fd = fd.as_raw_fd();
+        self.record(MapperCall::Unregister(IoEvent {
+            fd,
             space,
             addr,
             len,
-        })
+        }))
     }
 }

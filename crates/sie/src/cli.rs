@@ -609,6 +609,10 @@ pub struct BenchBlkArgs {
     /// (io_uring), to compare them.
     #[arg(long, value_name = "ENGINE", default_value = "sync", value_parser = ["sync", "async"])]
     pub io: String,
+    /// The virtio transport: mmio, pci (`sie run --pci`) or both, side by
+    /// side with each one's interrupts and device exits per operation.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
+    pub transport: String,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init
@@ -637,6 +641,10 @@ pub struct BenchNetArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The virtio transport: mmio, pci (`sie run --pci`) or both, side by
+    /// side with each one's interrupts and device exits per MiB.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
+    pub transport: String,
 }
 
 /// Flags of `sie bench boot`.

@@ -65,3 +65,33 @@ fn sie_run_with_pci_boots_and_ends_as_without() {
     run.expect_code(0);
     assert!(run.stdout.contains("count 3\n"), "{}", run.stdout);
 }
+
+#[test]
+fn devices_on_pci_are_wired_on_the_real_kvm_through_the_api() {
+    // The go-sdk's order, with --enable-pci: a drive and an entropy device
+    // go on PCI (MSI-X irqfds, BAR 0 with its notify ioeventfds) when
+    // InstanceStart builds the VM; the guest ignores them and counts.
+    let mut vm = ApiVm::start("pci-devices", &["--enable-pci"]);
+    let out = capture(&mut vm);
+    let disk = vm.dir.sparse("disk.img", 1 << 20);
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::COUNTER.path,
+        "boot_args": "limit=3 delay=1000"
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    let drive =
+        serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false});
+    vm.ok("PUT", "/drives/data", &drive.to_string());
+    vm.ok("PUT", "/entropy", "{}");
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let config = vm.get("/vm/config").json();
+    assert_eq!(config["pci"], serde_json::json!({"enabled": true}));
+    let (code, stderr) = vm.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(out.lock().expect("output lock").contains("count 3\n"));
+}

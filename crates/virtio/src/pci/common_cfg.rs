@@ -10,29 +10,13 @@
 use virtio_queue::QueueT;
 
 use super::layout::NO_VECTOR;
+use super::layout::common::*;
 use super::vectors::VectorRoutes;
 use crate::device::VirtioDevice;
 use crate::transport_core::{
     QueueField, VirtioCore, device_features_word, driver_features_word, write_driver_features,
     write_queue,
 };
-
-const DEVICE_FEATURE_SELECT: u64 = 0x00;
-const DEVICE_FEATURE: u64 = 0x04;
-const DRIVER_FEATURE_SELECT: u64 = 0x08;
-const DRIVER_FEATURE: u64 = 0x0c;
-const CONFIG_MSIX_VECTOR: u64 = 0x10;
-const NUM_QUEUES: u64 = 0x12;
-const DEVICE_STATUS: u64 = 0x14;
-const CONFIG_GENERATION: u64 = 0x15;
-const QUEUE_SELECT: u64 = 0x16;
-const QUEUE_SIZE: u64 = 0x18;
-const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-const QUEUE_ENABLE: u64 = 0x1c;
-const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-const QUEUE_DESC: u64 = 0x20;
-const QUEUE_DRIVER: u64 = 0x28;
-const QUEUE_DEVICE: u64 = 0x30;
 
 /// The width of the field at `offset`, if a field starts there.
 fn field_width(offset: u64) -> Option<usize> {

@@ -52,6 +52,42 @@ pub const REGION_LEN: u64 = 0x1000;
 /// (one vector per queue plus configuration) hold.
 pub const MAX_QUEUES: usize = 255;
 
+/// Offsets of the common configuration fields in BAR 0 (virtio 1.x §4.1.4.3).
+pub mod common {
+    /// device_feature_select (32 bits).
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    /// device_feature (32 bits).
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    /// driver_feature_select (32 bits).
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    /// driver_feature (32 bits).
+    pub const DRIVER_FEATURE: u64 = 0x0c;
+    /// config_msix_vector (16 bits).
+    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
+    /// num_queues (16 bits).
+    pub const NUM_QUEUES: u64 = 0x12;
+    /// device_status (8 bits).
+    pub const DEVICE_STATUS: u64 = 0x14;
+    /// config_generation (8 bits).
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    /// queue_select (16 bits).
+    pub const QUEUE_SELECT: u64 = 0x16;
+    /// queue_size (16 bits).
+    pub const QUEUE_SIZE: u64 = 0x18;
+    /// queue_msix_vector (16 bits).
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+    /// queue_enable (16 bits).
+    pub const QUEUE_ENABLE: u64 = 0x1c;
+    /// queue_notify_off (16 bits).
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+    /// queue_desc (64 bits).
+    pub const QUEUE_DESC: u64 = 0x20;
+    /// queue_driver (64 bits).
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    /// queue_device (64 bits).
+    pub const QUEUE_DEVICE: u64 = 0x30;
+}
+
 /// `VIRTIO_MSI_NO_VECTOR`: no interrupt for this event.
 pub const NO_VECTOR: u16 = 0xffff;
 

@@ -3,13 +3,11 @@
 //! with MSI-X interrupts, and notifications through ioeventfds placed by
 //! the PCI root.
 
-use std::fs::File;
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use sie_pci::testing::{MapperCall, MsiCall, RecordingBarMapper};
+use sie_pci::testing::{IoEvent, MapperCall, MsiCall, RecordingBarMapper};
 use sie_pci::{AddressRange, Bdf, PciRoot, PciWindows, WindowKind};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK;
@@ -118,19 +116,8 @@ fn rng_fills_buffers_and_interrupts_through_its_queue_vector() {
     assert_eq!(d.read_bar(ISR_OFFSET, 1), 0);
 }
 
-fn image(len: usize) -> File {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("sie-pci-blk-{}-{n}.img", std::process::id()));
-    let mut file = File::create(&path).expect("create image");
-    file.write_all(&vec![0x5a; len]).expect("fill image");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open image");
-    std::fs::remove_file(&path).expect("unlink image");
-    file
+fn image(len: usize) -> std::fs::File {
+    crate::testing::disk_image(len, true)
 }
 
 #[test]
@@ -166,7 +153,7 @@ fn block_reads_through_pci_with_no_change_of_its_own() {
     );
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(buf + 511)).expect("data"),
-        0x5a
+        0xa5
     );
     assert_eq!(msi.triggers(0), 1);
     // A configuration change reaches the configuration vector (1) and the ISR.
@@ -306,11 +293,13 @@ fn the_root_places_bar0_and_the_device_follows_it_with_ioeventfds() {
     let registered = |base: u64| -> Vec<MapperCall> {
         fds.iter()
             .enumerate()
-            .map(|(queue, &fd)| MapperCall::Register {
-                fd,
-                space: sie_pci::AddressSpace::Memory,
-                addr: base + NOTIFY_OFFSET + 4 * queue as u64,
-                len: 0,
+            .map(|(queue, &fd)| {
+                MapperCall::Register(IoEvent {
+                    fd,
+                    space: sie_pci::AddressSpace::Memory,
+                    addr: base + NOTIFY_OFFSET + 4 * queue as u64,
+                    len: 0,
+                })
             })
             .collect()
     };
@@ -321,17 +310,7 @@ fn the_root_places_bar0_and_the_device_follows_it_with_ioeventfds() {
     let moved = 0x100_0001_0000u64;
     root.write_config(bdf, 0x10, &(moved as u32).to_le_bytes());
     let unregistered = registered(base).into_iter().map(|call| match call {
-        MapperCall::Register {
-            fd,
-            space,
-            addr,
-            len,
-        } => MapperCall::Unregister {
-            fd,
-            space,
-            addr,
-            len,
-        },
+        MapperCall::Register(event) => MapperCall::Unregister(event),
         other => other,
     });
     let expected: Vec<MapperCall> = unregistered.chain(registered(moved)).collect();
@@ -363,4 +342,96 @@ fn the_worker_serves_a_pci_device() {
     manager.run_with_timeout(1000).expect("run");
     assert_eq!(ring.used(&mem, 0), (0, 32));
     assert_eq!(msi.triggers(0), 1);
+}
+
+#[test]
+fn vcpus_and_the_event_thread_together_neither_deadlock_nor_panic() {
+    let root = Arc::new(PciRoot::new(
+        PciWindows {
+            mmio32: Some(AddressRange::new(0xc000_0000, 0x1000_0000)),
+            mmio64: None,
+            io: None,
+        },
+        Arc::new(RecordingBarMapper::default()),
+    ));
+    let (t, mem, _msi) = pci_transport(Rng::new());
+    let t = Arc::new(t);
+    let bdf = root
+        .add_device(t.clone(), &mut |_| Ok(0xc000_0000))
+        .expect("add");
+    let ring = Ring::new(0x1000, 256);
+    PciDriver::new(&t).start(&[ring]);
+    for head in 0..256 {
+        ring.set_chain(&mem, head, &[(DATA, 8, true)]);
+    }
+    let msix_control = PciDriver::new(&t).capabilities(sie_pci::MSIX_CAPABILITY_ID)[0] + 2;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The event thread: serve the queue and raise interrupts.
+    let server = {
+        let (t, mem, stop) = (t.clone(), mem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut head = 0u16;
+            while !stop.load(Ordering::Relaxed) {
+                ring.publish(&mem, &[head % 256]);
+                head = head.wrapping_add(1);
+                t.queue_event(0);
+                t.config_changed();
+            }
+        })
+    };
+    // vCPUs: mask and unmask vectors, toggle MSI-X, move BAR 0 and read
+    // the common configuration, through the root as a guest would.
+    let vcpus: Vec<_> = (0..3u32)
+        .map(|n| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let window = root.bar_window(WindowKind::Mmio32).expect("window");
+                for i in 0..3000u32 {
+                    match (i + n) % 5 {
+                        0 => {
+                            let entry = MSIX_TABLE_OFFSET + 12 + 16 * u64::from(i % 2);
+                            sie_devices::BusDevice::write(
+                                window.as_ref(),
+                                entry,
+                                &(i % 2).to_le_bytes(),
+                            );
+                        }
+                        1 => {
+                            root.write_config(bdf, msix_control, &[0, (0x80 | (i % 2) << 6) as u8])
+                        }
+                        2 => root.write_config(
+                            bdf,
+                            0x10,
+                            &(0xc000_0000 + (i % 4) * 0x8000).to_le_bytes(),
+                        ),
+                        3 => {
+                            let mut data = [0u8; 2];
+                            sie_devices::BusDevice::read(
+                                window.as_ref(),
+                                common::QUEUE_SIZE,
+                                &mut data,
+                            );
+                        }
+                        _ => {
+                            let mut data = [0u8; 4];
+                            root.read_config(bdf, 0x10, &mut data);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for vcpu in vcpus {
+        vcpu.join().expect("vcpu");
+    }
+    stop.store(true, Ordering::Relaxed);
+    server.join().expect("event thread");
+    assert!(
+        ring.used_idx(&mem) > 0,
+        "the event thread served the queue meanwhile"
+    );
+    assert_eq!(
+        t.status() & virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET,
+        0
+    );
 }

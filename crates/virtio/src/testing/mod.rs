@@ -20,15 +20,18 @@
 //! ```
 
 mod clock;
+mod disk;
 mod driver;
 mod net_pair;
 mod pci_driver;
 mod ring;
 
+pub use crate::pci::common;
 pub use clock::ManualClock;
+pub use disk::disk_image;
 pub use driver::{CountingIrq, Driver, transport};
 pub use net_pair::{PairBackend, Peer, pair};
-pub use pci_driver::{MSI_ADDRESS, PciDriver, common, pci_transport};
+pub use pci_driver::{MSI_ADDRESS, PciDriver, pci_transport};
 pub use ring::{
     DATA, MEM_SIZE, Ring, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, memory,

@@ -13,44 +13,8 @@ use virtio_bindings::virtio_config::{
 };
 
 use super::ring::{Ring, VIRTIO_RING_F_EVENT_IDX, memory};
-use crate::pci::{MSIX_TABLE_OFFSET, NOTIFY_MULTIPLIER, NOTIFY_OFFSET, VirtioPciDevice};
+use crate::pci::{MSIX_TABLE_OFFSET, NOTIFY_MULTIPLIER, NOTIFY_OFFSET, VirtioPciDevice, common};
 use crate::{GuestMemory, VirtioDevice};
-
-/// Offsets of the common configuration fields (virtio 1.x §4.1.4.3).
-pub mod common {
-    /// device_feature_select (32 bits).
-    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
-    /// device_feature (32 bits).
-    pub const DEVICE_FEATURE: u64 = 0x04;
-    /// driver_feature_select (32 bits).
-    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
-    /// driver_feature (32 bits).
-    pub const DRIVER_FEATURE: u64 = 0x0c;
-    /// config_msix_vector (16 bits).
-    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
-    /// num_queues (16 bits).
-    pub const NUM_QUEUES: u64 = 0x12;
-    /// device_status (8 bits).
-    pub const DEVICE_STATUS: u64 = 0x14;
-    /// config_generation (8 bits).
-    pub const CONFIG_GENERATION: u64 = 0x15;
-    /// queue_select (16 bits).
-    pub const QUEUE_SELECT: u64 = 0x16;
-    /// queue_size (16 bits).
-    pub const QUEUE_SIZE: u64 = 0x18;
-    /// queue_msix_vector (16 bits).
-    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
-    /// queue_enable (16 bits).
-    pub const QUEUE_ENABLE: u64 = 0x1c;
-    /// queue_notify_off (16 bits).
-    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
-    /// queue_desc (64 bits).
-    pub const QUEUE_DESC: u64 = 0x20;
-    /// queue_driver (64 bits).
-    pub const QUEUE_DRIVER: u64 = 0x28;
-    /// queue_device (64 bits).
-    pub const QUEUE_DEVICE: u64 = 0x30;
-}
 
 /// The x86 MSI address the driver programs in every vector.
 pub const MSI_ADDRESS: u64 = 0xfee0_0000;
@@ -192,9 +156,16 @@ impl<'a, D: VirtioDevice> PciDriver<'a, D> {
     /// (queue n gets vector n) and the last for configuration, every
     /// offered feature but EVENT_IDX, `rings` as queues 0.., DRIVER_OK.
     pub fn start(&self, rings: &[Ring]) {
-        self.enable_msix();
         let features = self.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-        assert!(self.negotiate(features), "features refused");
+        assert!(self.try_start(features, rings), "features refused");
+    }
+
+    /// The bring-up accepting `features` whatever the device answers (the
+    /// queues and DRIVER_OK follow even if FEATURES_OK was refused, as a
+    /// careless driver would). Returns whether FEATURES_OK was kept.
+    pub fn try_start(&self, features: u64, rings: &[Ring]) -> bool {
+        self.enable_msix();
+        let accepted = self.negotiate(features);
         let config_vector = rings.len() as u16;
         for vector in 0..=config_vector {
             self.program_vector(vector);
@@ -204,6 +175,7 @@ impl<'a, D: VirtioDevice> PciDriver<'a, D> {
             self.setup_queue(index as u16, ring, index as u16);
         }
         self.add_status(VIRTIO_CONFIG_S_DRIVER_OK);
+        accepted
     }
 
     /// Writes queue `index`'s notification through the BAR (with no
