@@ -440,3 +440,49 @@ impl PciDevice for VfioPciDevice {
         &self.name
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msix(table_bar: usize, pba_bar: usize, pba_offset: u64) -> Option<MsixInfo> {
+        Some(MsixInfo {
+            offset: 0x50,
+            table_size: 64,
+            table_bar,
+            table_offset: 0x2000,
+            pba_bar,
+            pba_offset,
+        })
+    }
+
+    #[test]
+    fn the_msix_hole_spans_table_and_pba_in_their_bar() {
+        // 64 entries: a 1 KiB table at 0x2000, the PBA (8 bytes) at 0x3000.
+        assert_eq!(msix_hole(msix(2, 2, 0x3000), 2), Some((0x2000, 0x1008)));
+        // PBA in another BAR: each BAR keeps only its own part trapped.
+        assert_eq!(msix_hole(msix(2, 4, 0), 2), Some((0x2000, 0x400)));
+        assert_eq!(msix_hole(msix(2, 4, 0), 4), Some((0, 8)));
+        assert_eq!(msix_hole(msix(2, 4, 0), 0), None);
+        assert_eq!(msix_hole(None, 2), None);
+    }
+
+    #[test]
+    fn bar_kinds_map_to_sie_pci() {
+        let bar = |kind, prefetchable| config::BarInfo {
+            index: 0,
+            size: 4096,
+            kind,
+            prefetchable,
+        };
+        assert_eq!(
+            kind_of(&bar(config::BarKind::Mem32, false)),
+            BarKind::Memory32
+        );
+        assert_eq!(
+            kind_of(&bar(config::BarKind::Mem64, true)),
+            BarKind::Memory64 { prefetchable: true }
+        );
+        assert_eq!(kind_of(&bar(config::BarKind::Io, false)), BarKind::Io);
+    }
+}
