@@ -96,3 +96,33 @@ fn an_interrupt_controller_pin_cannot_become_an_msi_route() {
             .is_err()
     );
 }
+
+#[test]
+fn hostile_messages_are_routed_or_refused_without_harm() {
+    // What a guest may write into an MSI-X table entry: addresses outside
+    // the APIC window, reserved delivery modes, every bit set. KVM takes
+    // or refuses each route; an irqfd on it then interrupts nothing the
+    // guest did not ask for, and the VM still runs.
+    let mut guest = real_mode_guest(&[0xe6, 0x80, 0xf4]); // out 0x80, al; hlt
+    let _watchdog = Watchdog::arm("hostile MSI guest", Duration::from_secs(20));
+    let gsi = FIRST_MSI_GSI + 7;
+    let irqfd = EventFd::new(0).unwrap();
+    guest.vm.register_irqfd(&irqfd, gsi).unwrap();
+    for (address, data) in [
+        (0, 0),
+        (u64::MAX, u32::MAX),
+        (0xfee0_0000, u32::MAX),
+        (0xfeef_f000, 0x0700),
+        (0x1_0000_0000, 0x41),
+    ] {
+        let _ = guest
+            .vm
+            .set_msi_route(gsi, Some(MsiMessage { address, data }));
+        irqfd.write(1).unwrap();
+    }
+    guest.vm.set_msi_route(gsi, None).unwrap();
+    match guest.vcpu.run().unwrap() {
+        VmExit::IoOut { port, .. } => assert_eq!(port, 0x80),
+        other => panic!("expected the guest's port write, got {other:?}"),
+    }
+}

@@ -2,8 +2,10 @@
 //! data window at 0xCFC..=0xCFF (insert this device at 0xCF8 for 8 ports).
 //!
 //! The address register holds the enable bit (31), bus (23:16), device
-//! (15:11), function (10:8) and dword register (7:2); it is written and
-//! read as a whole dword. A data access of 1, 2 or 4 bytes at 0xCFC + n
+//! (15:11), function (10:8) and dword register (7:2), plus register bits
+//! 11:8 in bits 27:24 (the extended form Linux's `PCI_CONF1_ADDRESS`
+//! always writes, so 0x100 and up are not aliases of the header); it is
+//! written and read as a whole dword. A data access of 1, 2 or 4 bytes at 0xCFC + n
 //! reaches register + n of the addressed function. With the enable bit
 //! clear, or for any other access shape, reads give all ones and writes
 //! are dropped (counted). One register for all vCPUs, as in hardware: the
@@ -23,9 +25,9 @@ pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
 pub const CONFIG_IO_PORTS: u64 = 8;
 
 const ENABLE: u32 = 1 << 31;
-/// Bits of the address register that hold something (bits 30:24 and 1:0
+/// Bits of the address register that hold something (bits 30:28 and 1:0
 /// are reserved and read 0).
-const ADDRESS_BITS: u32 = ENABLE | 0x00ff_fffc;
+const ADDRESS_BITS: u32 = ENABLE | 0x0fff_fffc;
 
 /// The 0xCF8/0xCFC ports.
 pub struct PciConfigIo {
@@ -62,7 +64,8 @@ impl PciConfigIo {
             device: ((address >> 11) & 0x1f) as u8,
             function: ((address >> 8) & 0x7) as u8,
         };
-        Some((bdf, (address & 0xfc) as u16 + lane as u16))
+        let register = ((address >> 16) & 0xf00) | (address & 0xfc);
+        Some((bdf, register as u16 + lane as u16))
     }
 }
 

@@ -19,7 +19,7 @@ fn address_register_keeps_its_defined_bits() {
     io.write(0, &u32::MAX.to_le_bytes());
     let mut data = [0u8; 4];
     io.read(0, &mut data);
-    assert_eq!(u32::from_le_bytes(data), 0x80ff_fffc);
+    assert_eq!(u32::from_le_bytes(data), 0x8fff_fffc);
     // Narrow accesses to the address register are not the mechanism.
     io.write(0, &[0]);
     io.write(1, &[0]);
@@ -27,7 +27,7 @@ fn address_register_keeps_its_defined_bits() {
     io.read(0, &mut byte);
     assert_eq!(byte, [0xff]);
     io.read(0, &mut data);
-    assert_eq!(u32::from_le_bytes(data), 0x80ff_fffc);
+    assert_eq!(u32::from_le_bytes(data), 0x8fff_fffc);
     assert_eq!(io.rejected_accesses(), 3);
 }
 
@@ -71,4 +71,18 @@ fn disabled_address_or_absent_device_reads_all_ones() {
     assert_eq!(data, [0xff; 4]);
     io.read(8, &mut data);
     assert_eq!(data, [0xff; 4]);
+}
+
+#[test]
+fn extended_register_bits_reach_past_the_header() {
+    let io = ports();
+    // Register 0x100 of the host bridge: no extended capability, so 0,
+    // not an alias of its vendor and device IDs.
+    io.write(0, &(ENABLE | 0x1 << 24).to_le_bytes());
+    let mut data = [0xffu8; 4];
+    io.read(4, &mut data);
+    assert_eq!(data, [0; 4]);
+    io.write(0, &(ENABLE | 0xf << 24 | 0xfc).to_le_bytes());
+    io.read(4, &mut data);
+    assert_eq!(data, [0; 4], "register 0xffc");
 }

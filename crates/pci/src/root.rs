@@ -294,6 +294,16 @@ impl PciRoot {
         Some(device)
     }
 
+    /// Every function on the bus (the host bridge first), for the VMM's
+    /// descriptions of the bus (ACPI slots, `lspci`-like listings).
+    pub fn devices(&self) -> Vec<(Bdf, Arc<dyn PciDevice>)> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        (0..SLOTS)
+            .zip(slots.iter())
+            .filter_map(|(slot, device)| Some((Bdf::slot(slot), device.clone()?)))
+            .collect()
+    }
+
     /// The device in `slot`.
     pub fn device(&self, slot: u8) -> Option<Arc<dyn PciDevice>> {
         let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);

@@ -174,6 +174,15 @@ fn adding_a_device_places_programs_and_maps_its_bars() {
         })
         .unwrap();
     assert_eq!(bdf, Bdf::slot(1));
+    let listed: Vec<_> = root
+        .devices()
+        .iter()
+        .map(|(bdf, d)| (*bdf, d.name().to_string()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(Bdf::slot(0), "host bridge".into()), (bdf, "test".into())]
+    );
     assert_eq!(requests.len(), 3);
     assert_eq!(
         requests[1],

@@ -13,6 +13,28 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::device::{AddressSpace, BarMapper};
 use crate::msix::{MsiInterrupts, MsiMessage};
 
+/// Calls a double saw, in order.
+struct CallLog<T>(Mutex<Vec<T>>);
+
+impl<T> Default for CallLog<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> CallLog<T> {
+    fn push(&self, call: T) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(call);
+    }
+
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// One call an [`RecordingMsi`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsiCall {
@@ -25,7 +47,7 @@ pub enum MsiCall {
 /// An [`MsiInterrupts`] that records its calls and can be told to fail.
 pub struct RecordingMsi {
     notifiers: Vec<EventFd>,
-    calls: Mutex<Vec<MsiCall>>,
+    calls: CallLog<MsiCall>,
     failing: AtomicBool,
 }
 
@@ -36,7 +58,7 @@ impl RecordingMsi {
             notifiers: (0..vectors)
                 .filter_map(|_| EventFd::new(EFD_NONBLOCK).ok())
                 .collect(),
-            calls: Mutex::new(Vec::new()),
+            calls: CallLog::default(),
             failing: AtomicBool::new(false),
         }
     }
@@ -48,12 +70,12 @@ impl RecordingMsi {
 
     /// The calls so far, oldest first, and forgets them.
     pub fn take_calls(&self) -> Vec<MsiCall> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner))
+        self.calls.take()
     }
 
     /// How many times `vector` was triggered (without forgetting calls).
     pub fn triggers(&self, vector: u16) -> usize {
-        let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let calls = self.calls.0.lock().unwrap_or_else(PoisonError::into_inner);
         calls
             .iter()
             .filter(|c| **c == MsiCall::Trigger(vector))
@@ -61,10 +83,7 @@ impl RecordingMsi {
     }
 
     fn record(&self, call: MsiCall) -> io::Result<()> {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(call);
+        self.calls.push(call);
         if self.failing.load(Ordering::Relaxed) {
             return Err(io::Error::other("recording double told to fail"));
         }
@@ -115,21 +134,30 @@ pub enum MapperCall {
 /// A [`BarMapper`] that records ioeventfd calls.
 #[derive(Default)]
 pub struct RecordingBarMapper {
-    calls: Mutex<Vec<MapperCall>>,
+    calls: CallLog<MapperCall>,
 }
 
 impl RecordingBarMapper {
     /// The calls so far, oldest first, and forgets them.
     pub fn take_calls(&self) -> Vec<MapperCall> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner))
+        self.calls.take()
     }
 
     fn record(&self, call: MapperCall) -> io::Result<()> {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(call);
+        self.calls.push(call);
         Ok(())
+    }
+}
+
+impl IoEvent {
+    fn of(fd: &EventFd, space: AddressSpace, addr: u64, len: u32) -> Self {
+        let fd = fd.as_raw_fd();
+        Self {
+            fd,
+            space,
+            addr,
+            len,
+        }
     }
 }
 
@@ -141,13 +169,7 @@ impl BarMapper for RecordingBarMapper {
         addr: u64,
         len: u32,
     ) -> io::Result<()> {
-        let fd = fd.as_raw_fd();
-        self.record(MapperCall::Register(IoEvent {
-            fd,
-            space,
-            addr,
-            len,
-        }))
+        self.record(MapperCall::Register(IoEvent::of(fd, space, addr, len)))
     }
 
     fn unregister_ioevent(
@@ -157,12 +179,6 @@ impl BarMapper for RecordingBarMapper {
         addr: u64,
         len: u32,
     ) -> io::Result<()> {
-        let fd = fd.as_raw_fd();
-        self.record(MapperCall::Unregister(IoEvent {
-            fd,
-            space,
-            addr,
-            len,
-        }))
+        self.record(MapperCall::Unregister(IoEvent::of(fd, space, addr, len)))
     }
 }

@@ -20,8 +20,11 @@
 //! not supported.
 //!
 //! Locks: the core's state lock, then the MSI-X table's (a device raising
-//! an interrupt while serving a queue). The configuration-space lock is
-//! never held while taking another.
+//! an interrupt while serving a queue); the configuration-space lock, then
+//! the MSI-X table's (a write of MSI-X's message control). The MSI-X lock
+//! is always the last taken, and the configuration and state locks are
+//! never held together (an access through the PCI configuration window
+//! drops the first before the BAR access takes the second).
 
 mod common_cfg;
 mod layout;
@@ -286,8 +289,9 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
             self.write_bar(BAR_INDEX, bar_offset, &window);
             return outcome;
         }
+        // Applied under the configuration lock, so two vCPUs writing the
+        // control register leave the table as the last write says.
         let control = config.msix.control(&config.space);
-        drop(config);
         lock(&self.msix).set_control(control);
         outcome
     }
