@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use sie_config::{
     ActionType, BootSource, CpuConfig, Drive, DrivePatch, Entropy, Logger, MachineConfig,
     MachineConfigPatch, Metrics, MigrationReceive, MigrationSend, MmdsConfig, NetworkInterface,
-    NetworkInterfacePatch, Request, SerialConfig, SnapshotCreate, SnapshotLoad, VmDump, VmState,
+    NetworkInterfacePatch, Request, SerialConfig, SnapshotCreate, SnapshotLoad, VfioDevice, VmDump, VmState,
     Vsock,
 };
 
@@ -159,6 +159,14 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked("put_entropy", entropy.validate())?;
             vmm(Request::PutEntropy(entropy))
         }
+        ("PUT", ["vfio", id]) => {
+            checked_id("put_vfio", id)?;
+            let device: VfioDevice = input.parse("put_vfio")?;
+            same_id("put_vfio", "id", id, &device.id)?;
+            checked_message("put_vfio", device.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PutVfio(device))
+        }
+        ("PUT", ["vfio"]) => Err(Fault::new("put_vfio", EMPTY_ID)),
         ("PUT", ["logger"]) => vmm(Request::PutLogger(input.parse::<Logger>("put_logger")?)),
         ("PUT", ["metrics"]) => vmm(Request::PutMetrics(input.parse::<Metrics>("put_metrics")?)),
         ("GET", ["metrics"]) => vmm(Request::GetPrometheusMetrics),

@@ -645,3 +645,38 @@ fn serial_and_vm_dump() {
     );
     assert_eq!(fault("PUT", "/vm/dump", r#"{}"#).route, "put_vm_dump");
 }
+
+#[test]
+fn vfio_devices_are_put_by_id() {
+    let path = "/sys/bus/pci/devices/0000:00:03.0";
+    assert_eq!(
+        ok(
+            "PUT",
+            "/vfio/edu",
+            &format!(r#"{{"id": "edu", "path": "{path}"}}"#)
+        ),
+        Request::PutVfio(sie_config::VfioDevice {
+            id: "edu".into(),
+            path: path.into()
+        })
+    );
+    let mismatch = fault(
+        "PUT",
+        "/vfio/a",
+        &format!(r#"{{"id": "b", "path": "{path}"}}"#),
+    );
+    assert_eq!(mismatch.route, "put_vfio");
+    assert!(mismatch.message.contains("does not match"));
+    let relative = fault("PUT", "/vfio/a", r#"{"id": "a", "path": "0000:00:03.0"}"#);
+    assert!(
+        relative.message.contains("absolute sysfs path"),
+        "{}",
+        relative.message
+    );
+    assert!(
+        fault("PUT", "/vfio/a", r#"{"id": "a"}"#)
+            .message
+            .contains("path")
+    );
+    assert_eq!(fault("PUT", "/vfio", "{}").route, "put_vfio");
+}

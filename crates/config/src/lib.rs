@@ -30,6 +30,7 @@ mod resource_id;
 mod serial;
 mod size;
 mod snapshot;
+mod vfio;
 mod vm_config;
 
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
@@ -62,4 +63,5 @@ pub use snapshot::{
     HugePages, LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
     SnapshotType, VsockOverride,
 };
+pub use vfio::{VFIO_NOT_SNAPSHOTTABLE, VfioConfigError, VfioDevice, validate_vfio};
 pub use vm_config::{ConfigError, VmConfig};

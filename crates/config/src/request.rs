@@ -50,6 +50,8 @@ pub enum Request {
     PutVsock(Vsock),
     /// `PUT /entropy` (before boot only).
     PutEntropy(Entropy),
+    /// Extension: `PUT /vfio/{id}` (before boot only).
+    PutVfio(crate::VfioDevice),
     /// `PUT /logger` (before boot only).
     PutLogger(Logger),
     /// `PUT /metrics` (before boot only).
@@ -106,6 +108,7 @@ impl Request {
             Request::PatchNetworkInterface(_) => "patch_network_interface",
             Request::PutVsock(_) => "put_vsock",
             Request::PutEntropy(_) => "put_entropy",
+            Request::PutVfio(_) => "put_vfio",
             Request::PutLogger(_) => "put_logger",
             Request::PutMetrics(_) => "put_metrics",
             Request::Action(_) => "put_actions",

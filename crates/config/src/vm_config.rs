@@ -87,6 +87,9 @@ pub struct VmConfig {
     /// `--enable-pci`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci: Option<crate::PciConfig>,
+    /// sie: host PCI devices passed through (VFIO).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<crate::VfioDevice>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -124,6 +127,9 @@ pub enum ConfigError {
     /// `serial` is invalid.
     #[error(transparent)]
     Serial(#[from] SerialConfigError),
+    /// `vfio` is invalid.
+    #[error(transparent)]
+    Vfio(#[from] crate::VfioConfigError),
     /// Two resources share an id.
     #[error("{resource}: id {id:?} is used twice")]
     DuplicateId {
@@ -171,12 +177,15 @@ impl VmConfig {
             serial: None,
             dump_on_panic: None,
             pci: None,
+            vfio: Vec::new(),
         }
     }
 
-    /// Whether the virtio devices go on PCI.
+    /// Whether the VM has a PCI bus (its virtio devices then go on it): the
+    /// `pci` switch, or any passed-through (`vfio`) device.
     pub fn pci_enabled(&self) -> bool {
-        self.pci.is_some_and(|pci| pci.enabled)
+        // A passed-through device needs a PCI bus: it turns PCI on.
+        self.pci.is_some_and(|pci| pci.enabled) || !self.vfio.is_empty()
     }
 
     /// Parses a config file's text; `origin` names it in errors.
@@ -280,6 +289,7 @@ impl VmConfig {
         if let Some(serial) = &self.serial {
             serial.validate()?;
         }
+        crate::validate_vfio(&self.vfio)?;
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod x86;
 
 use std::sync::Arc;
 
+use vm_memory::MmapRegion;
 use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -127,6 +128,24 @@ pub trait Vm: Send + Sync {
     /// Maps all of `memory` into the guest, one memory slot per region.
     /// The VM keeps a clone of `memory` so the mappings live as long as it.
     fn map_memory(&self, memory: &GuestMemory) -> Result<()>;
+    /// Places `region` (host memory that is not guest RAM: a passed-through
+    /// device's BAR pages) at `guest_addr` as a memory slot of its own,
+    /// outside dirty logging; the VM keeps `region` until
+    /// [`Vm::unmap_device_memory`]. Returns the slot.
+    fn map_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
+        let _ = (guest_addr, region);
+        Err(HvError::Invalid(
+            "this backend cannot map device memory".to_string(),
+        ))
+    }
+    /// Removes a slot [`Vm::map_device_memory`] made (the BAR moved or the
+    /// device went away).
+    fn unmap_device_memory(&self, slot: u32) -> Result<()> {
+        let _ = slot;
+        Err(HvError::Invalid(
+            "this backend cannot map device memory".to_string(),
+        ))
+    }
     /// Starts logging the pages the guest writes, on every slot mapped so
     /// far and every slot mapped later.
     fn enable_dirty_log(&self) -> Result<()>;
@@ -141,6 +160,15 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Injects an interrupt on `gsi` whenever `fd` is written.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Like [`Vm::register_irqfd`] for a level-triggered line (a
+    /// passed-through device's INTx): the line stays up until the guest
+    /// acknowledges it, and then `resample` is signalled.
+    fn register_irqfd_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()> {
+        let _ = (fd, resample, gsi);
+        Err(HvError::Invalid(
+            "this backend cannot resample an irqfd".to_string(),
+        ))
+    }
     /// Stops `fd` injecting on `gsi` (a `register_irqfd` undone).
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         let _ = (fd, gsi);

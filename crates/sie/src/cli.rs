@@ -486,6 +486,12 @@ pub struct RunArgs {
     /// `pci=off`. Such a VM cannot be snapshotted or migrated yet.
     #[arg(long)]
     pub pci: bool,
+    /// Pass a host PCI device bound to vfio-pci through to the guest: its
+    /// sysfs path, e.g. `/sys/bus/pci/devices/0000:00:03.0` (repeatable;
+    /// ids vfio0, vfio1...; see docs/vfio.md). The VM then has a PCI bus
+    /// and cannot be snapshotted or migrated.
+    #[arg(long, value_name = "SYSFS_DEVICE_PATH")]
+    pub vfio: Vec<std::path::PathBuf>,
     /// Wait for gdb on this Unix socket before the guest's first
     /// instruction (`target remote PATH` in gdb); gdb then stops, steps and
     /// inspects the guest: every vCPU a thread, hardware breakpoints and

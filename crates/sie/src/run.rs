@@ -129,6 +129,13 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if args.pci {
         config.pci = Some(sie_config::PciConfig { enabled: true });
     }
+    let first_vfio = config.vfio.len();
+    for (index, path) in args.vfio.iter().enumerate() {
+        config.vfio.push(sie_config::VfioDevice {
+            id: format!("vfio{}", first_vfio + index),
+            path: path.clone(),
+        });
+    }
     config.validate()?;
     Ok(config)
 }

@@ -152,6 +152,16 @@ fn refuse_unsupported(config: &VmConfig) -> Result<()> {
     if config.balloon.is_some() {
         return Err(VmmError::Unsupported("balloon"));
     }
+    // Checked before anything is built, so a device that cannot be passed
+    // is refused in its one line (the fix included) without side effects.
+    for device in &config.vfio {
+        sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio")).map_err(
+            |source| VmmError::Vfio {
+                id: device.id.clone(),
+                source: Box::new(sie_vfio::VfioPciError::Host(source.into())),
+            },
+        )?;
+    }
     Ok(())
 }
 
@@ -264,7 +274,8 @@ pub(crate) fn assemble(
     )?;
     if config.pci_enabled() {
         let ram: u64 = memory.iter().map(|region| region.len()).sum();
-        manager.add_pci_bus(vm.clone(), ram)?;
+        manager.add_pci_bus(vm.clone(), ram, !config.vfio.is_empty())?;
+        crate::vfio::attach(config, &vm, &memory, &mut manager)?;
     }
     let mmds = options.mmds.unwrap_or_else(|| {
         Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(

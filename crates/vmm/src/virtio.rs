@@ -566,7 +566,7 @@ mod tests {
         let vm: Arc<dyn Vm> = fake.clone();
         let obs = Arc::new(Observatory::new(Instant::now(), 1));
         let mut manager = DeviceManager::new(fake.as_ref(), obs.clone()).unwrap();
-        manager.add_pci_bus(vm.clone(), 1 << 20).unwrap();
+        manager.add_pci_bus(vm.clone(), 1 << 20, false).unwrap();
         let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
         let config = VmConfig::from_json(
             r#"{"boot-source": {"kernel_image_path": "k"}, "entropy": {}, "pci": {"enabled": true}}"#,

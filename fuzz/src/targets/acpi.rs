@@ -54,6 +54,9 @@ pub fn run(data: &[u8]) {
                 last_bus: input.u8(),
                 mmio32: (input.u64(), input.u64()),
                 mmio64: (input.u64(), input.u64()),
+                intx_gsis: input
+                    .bool()
+                    .then(|| [input.u32(), input.u32(), input.u32(), input.u32()]),
             }),
             _ => AcpiDevice::VirtioMmio {
                 addr: 0xd000_0000 + i as u64 * 0x1000,

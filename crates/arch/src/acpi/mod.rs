@@ -31,7 +31,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::layout::{ACPI_END, ACPI_START};
 
 pub use madt::MAX_VCPUS;
-pub use pci::{ECAM_BUS_SIZE, PciHostBridge};
+pub use pci::{ECAM_BUS_SIZE, PciHostBridge, intx_gsi};
 
 /// OEM id in every table header.
 const OEM_ID: [u8; 6] = *b"SIEVMM";

@@ -6,14 +6,16 @@
 //! for (the VMM keeps none for itself), and `MRES` (`PNP0C02`) reserving
 //! the ECAM window, which Linux needs to trust the MCFG.
 //!
-//! No `_PRT`: sie's PCI devices interrupt through MSI-X only, so no INTx
-//! routing is described. The FADT's "MSI not supported" boot flag stays
-//! clear, so Linux enables MSI.
+//! With `intx_gsis`, a `_PRT` routes INTx: pin P of the device in slot S
+//! raises GSI `intx_gsis[(S + P) % 4]` (the usual swizzle; level-triggered,
+//! active-low as ACPI has GSI entries), for passed-through devices that
+//! interrupt through INTx. sie's own devices use MSI-X only. The FADT's
+//! "MSI not supported" boot flag stays clear, so Linux enables MSI.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Else, Equal, IO, If, Memory32Fixed,
-    Method, Name, Or, Path, ResourceTemplate, Return, Uuid,
+    Method, Name, Or, Package, PackageBuilder, Path, ResourceTemplate, Return, Uuid,
 };
 use acpi_tables::mcfg::MCFG;
 
@@ -37,6 +39,28 @@ pub struct PciHostBridge {
     pub mmio32: (u64, u64),
     /// The 64-bit BAR window: base and length in bytes.
     pub mmio64: (u64, u64),
+    /// The GSIs INTx pins A-D are swizzled onto (a `_PRT`), if any.
+    pub intx_gsis: Option<[u32; 4]>,
+}
+
+/// The GSI that pin `pin` (0 = INTA) of the device in `slot` raises when
+/// INTx is routed through `gsis` (the swizzle the `_PRT` describes).
+pub fn intx_gsi(gsis: [u32; 4], slot: u8, pin: u8) -> u32 {
+    gsis[(usize::from(slot) + usize::from(pin)) % 4]
+}
+
+/// `_PRT`: for every slot 1..32 and pin, its GSI.
+fn routing_table(gsis: [u32; 4]) -> PackageBuilder {
+    let mut table = PackageBuilder::new();
+    for slot in 1..32u8 {
+        for pin in 0..4u8 {
+            // Package { slot address (function: any), pin, source: none, GSI }
+            let address = (u32::from(slot) << 16) | 0xffff;
+            let gsi = intx_gsi(gsis, slot, pin);
+            table.add_element(&Package::new(vec![&address, &pin, &0u8, &gsi]));
+        }
+    }
+    table
 }
 
 impl PciHostBridge {
@@ -112,20 +136,21 @@ pub fn host_bridge(body: &mut Vec<u8>, bridge: &PciHostBridge) -> Result<()> {
         false,
         vec![&create_cdw1, &if_pci, &otherwise],
     );
-    Device::new(
-        Path::new("PCI0"),
-        vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A08")),
-            &Name::new(Path::new("_CID"), &EISAName::new("PNP0A03")),
-            &Name::new(Path::new("_ADR"), &0u8),
-            &Name::new(Path::new("_SEG"), &0u8),
-            &Name::new(Path::new("_UID"), &0u8),
-            &Name::new(Path::new("_BBN"), &0u8),
-            &Name::new(Path::new("_CRS"), &crs),
-            &osc,
-        ],
-    )
-    .to_aml_bytes(body);
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0A08"));
+    let cid = Name::new(Path::new("_CID"), &EISAName::new("PNP0A03"));
+    let adr = Name::new(Path::new("_ADR"), &0u8);
+    let seg = Name::new(Path::new("_SEG"), &0u8);
+    let uid = Name::new(Path::new("_UID"), &0u8);
+    let bbn = Name::new(Path::new("_BBN"), &0u8);
+    let crs = Name::new(Path::new("_CRS"), &crs);
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc];
+    let prt = bridge
+        .intx_gsis
+        .map(|gsis| Name::new(Path::new("_PRT"), &routing_table(gsis)));
+    if let Some(prt) = &prt {
+        children.push(prt);
+    }
+    Device::new(Path::new("PCI0"), children).to_aml_bytes(body);
 
     // ECAM fits in 32 bits (check()).
     let ecam = Memory32Fixed::new(false, bridge.ecam_base as u32, bridge.ecam_size() as u32);
@@ -156,7 +181,31 @@ mod tests {
             last_bus: 0,
             mmio32: (0xd000_0000, 0x1000_0000),
             mmio64: (0x40_0000_0000, 0x40_0000_0000),
+            intx_gsis: None,
         }
+    }
+
+    #[test]
+    fn intx_is_routed_only_when_asked_and_swizzled() {
+        let mut plain = Vec::new();
+        host_bridge(&mut plain, &bridge()).unwrap();
+        assert!(!contains(&plain, b"_PRT"));
+        let mut routed = Vec::new();
+        let with_intx = PciHostBridge {
+            intx_gsis: Some([10, 11, 12, 13]),
+            ..bridge()
+        };
+        host_bridge(&mut routed, &with_intx).unwrap();
+        assert!(contains(&routed, b"_PRT"));
+        // Package (11 bytes, 4 elements) { 0x0003_ffff, Zero (pin A), Zero (no source), 13 }.
+        assert!(contains(
+            &routed,
+            &[
+                0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x03, 0x00, 0x00, 0x00, 0x0a, 13
+            ]
+        ));
+        assert_eq!(intx_gsi([10, 11, 12, 13], 3, 0), 13);
+        assert_eq!(intx_gsi([10, 11, 12, 13], 3, 1), 10);
     }
 
     #[test]

@@ -188,6 +188,7 @@ fn pci_bridge() -> PciHostBridge {
         last_bus: 0,
         mmio32: (0xd000_0000, 0x1000_0000),
         mmio64: (0x40_0000_0000, 0x40_0000_0000),
+        intx_gsis: None,
     }
 }
 

@@ -3,9 +3,10 @@
 //! may still touch must outlive the `KvmVm` value too), and the slots it
 //! was registered as (re-registered when dirty logging starts).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
+use vm_memory::MmapRegion;
 
 use crate::GuestMemory;
 
@@ -27,4 +28,9 @@ pub(super) struct MemorySlots {
     pub(super) entries: Vec<kvm_userspace_memory_region>,
     /// Whether slots carry `KVM_MEM_LOG_DIRTY_PAGES` (and later ones will).
     pub(super) log_dirty: bool,
+    /// Device memory slots (BAR pages of a passed-through device) and the
+    /// mappings they point at, kept until the slot is removed.
+    pub(super) device: Vec<(kvm_userspace_memory_region, Arc<MmapRegion>)>,
+    /// Slots freed by removed device memory, reused first.
+    pub(super) free_slots: Vec<u32>,
 }

@@ -12,6 +12,7 @@
 //! ```
 
 mod convert;
+mod device_memory;
 pub mod kick;
 mod memory;
 mod routing;

@@ -7,7 +7,7 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{IoEventAddress as KvmIoEventAddress, NoDatamatch, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
@@ -114,6 +114,14 @@ impl Vm for KvmVm {
         Ok(())
     }
 
+    fn map_device_memory(&self, guest_addr: u64, region: Arc<MmapRegion>) -> Result<u32> {
+        super::device_memory::map(&self.fd, &self.memory, guest_addr, region)
+    }
+
+    fn unmap_device_memory(&self, slot: u32) -> Result<()> {
+        super::device_memory::unmap(&self.fd, &self.memory, slot)
+    }
+
     fn enable_dirty_log(&self) -> Result<()> {
         let mut slots = self
             .memory
@@ -192,6 +200,12 @@ impl Vm for KvmVm {
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         self.fd.register_irqfd(fd, gsi).map_err(call("KVM_IRQFD"))
+    }
+
+    fn register_irqfd_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd_with_resample(fd, resample, gsi)
+            .map_err(call("KVM_IRQFD (resample)"))
     }
 
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {

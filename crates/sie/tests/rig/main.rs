@@ -22,6 +22,7 @@ mod faults;
 mod inspect;
 mod pci;
 mod snapshot;
+mod vfio;
 mod virtio;
 
 use bench::*;
@@ -31,6 +32,7 @@ use faults::*;
 use inspect::*;
 use pci::*;
 use snapshot::*;
+use vfio::*;
 use virtio::*;
 
 fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
@@ -262,6 +264,10 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         cpu_template_custom(),
         nested_svm(),
         cpu_template_static(),
+        vfio_edu(),
+        vfio_dma_fault(),
+        vfio_refused(),
+        vfio_no_snapshot(),
     ]
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 use sie_config::{
     BootSource, CpuConfig, Drive, Entropy, MachineConfig, MachineConfigPatch, MmdsConfig,
-    NetworkInterface, Request, Response, VmConfig, Vsock,
+    NetworkInterface, Request, Response, VfioDevice, VmConfig, Vsock,
 };
 
 /// The configuration so far.
@@ -47,6 +47,13 @@ impl Draft {
             || self.config.vsock.is_some()
             || self.config.entropy.is_some()
             || self.config.machine_config.is_some()
+            || self.has_vfio()
+    }
+
+    /// Whether a host device is passed through (the VM can then be
+    /// neither snapshotted nor migrated).
+    pub fn has_vfio(&self) -> bool {
+        !self.config.vfio.is_empty()
     }
 
     /// The machine configuration, defaults filled in.
@@ -121,6 +128,7 @@ impl Draft {
             Request::PutNetworkInterface(nic) => self.put_nic(nic),
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
+            Request::PutVfio(device) => self.put_vfio(device),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,
@@ -298,6 +306,25 @@ impl Draft {
         Ok(())
     }
 
+    fn put_vfio(&mut self, device: &VfioDevice) -> Result<(), String> {
+        device.validate().map_err(|e| e.to_string())?;
+        // Refused now, in the one line that says how to fix the host, not
+        // at InstanceStart.
+        sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio"))
+            .map_err(|e| format!("vfio: {e}"))?;
+        let mut devices: Vec<VfioDevice> = self
+            .config
+            .vfio
+            .iter()
+            .filter(|d| d.id != device.id)
+            .cloned()
+            .collect();
+        devices.push(device.clone());
+        sie_config::validate_vfio(&devices).map_err(|e| e.to_string())?;
+        self.config.vfio = devices;
+        Ok(())
+    }
+
     /// The drive with this id.
     pub fn drive(&self, id: &str) -> Option<&Drive> {
         self.config.drives.iter().find(|d| d.drive_id == id)
@@ -445,6 +472,19 @@ mod tests {
             draft.to_config().unwrap().boot_source.kernel_image_path,
             kernel
         );
+    }
+
+    #[test]
+    fn a_vfio_device_that_cannot_be_passed_is_refused_at_put() {
+        let mut draft = Draft::default();
+        let device = VfioDevice {
+            id: "edu".into(),
+            path: "/sys/bus/pci/devices/0000:7f:1f.7".into(),
+        };
+        let message = fault(draft.apply(&Request::PutVfio(device)));
+        assert!(message.starts_with("vfio: "), "{message}");
+        assert!(message.contains("no such PCI device"), "{message}");
+        assert!(!draft.has_vfio() && !draft.is_configured());
     }
 
     #[test]

@@ -234,6 +234,9 @@ impl Controller {
         if let Err(message) = create.check() {
             return Response::Fault(message);
         }
+        if self.draft.has_vfio() {
+            return Response::fault(sie_config::VFIO_NOT_SNAPSHOTTABLE);
+        }
         let config = match self.draft.to_config() {
             Ok(config) => config,
             Err(message) => return Response::Fault(format!("snapshot/create: {message}")),

@@ -196,6 +196,13 @@ impl<'a> DeviceManager<'a> {
 
     /// Allocates the first free interrupt line and wires it as an irqfd.
     pub fn allocate_line(&mut self, name: &str) -> Result<(u32, Arc<dyn Interrupt>)> {
+        let gsi = self.allocate_gsi(name)?;
+        Ok((gsi, self.wire(gsi)?))
+    }
+
+    /// Allocates the first free interrupt line, left unwired (its user
+    /// registers its own irqfd: a passed-through device's INTx).
+    pub fn allocate_gsi(&mut self, name: &str) -> Result<u32> {
         let range = self
             .gsis
             .allocate(GSI_UNITS, GSI_UNITS, AllocPolicy::FirstMatch)
@@ -208,8 +215,7 @@ impl<'a> DeviceManager<'a> {
                 )
             })?;
         // The allocator's range ends at GSI_COUNT lines, far below u32::MAX.
-        let gsi = u32::try_from(range.start() / GSI_UNITS).unwrap_or(u32::MAX);
-        Ok((gsi, self.wire(gsi)?))
+        Ok(u32::try_from(range.start() / GSI_UNITS).unwrap_or(u32::MAX))
     }
 
     /// Allocates `count` consecutive GSIs for a device's MSI vectors and

@@ -6,8 +6,9 @@
 //! When the guest moves a BAR, the root calls the device's hook with
 //! [`VmBarMapper`], which moves its ioeventfds in KVM.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sie_arch::acpi::{AcpiDevice, PciHostBridge};
 use sie_arch::layout;
@@ -17,6 +18,7 @@ use sie_pci::{
     PciEcam, PciRoot, PciWindows, WindowKind,
 };
 use vm_allocator::{AddressAllocator, AllocPolicy};
+use vm_memory::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, PlacementError, vm_allocator_error};
@@ -25,6 +27,8 @@ use crate::error::{Result, VmmError};
 /// The root bus and the BAR windows' allocators.
 pub struct PciBus {
     root: Arc<PciRoot>,
+    /// The lines INTx pins are swizzled onto (the DSDT's `_PRT`), if any.
+    intx_gsis: Option<[u32; 4]>,
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
 }
@@ -33,6 +37,11 @@ impl PciBus {
     /// The root bus.
     pub fn root(&self) -> &Arc<PciRoot> {
         &self.root
+    }
+
+    /// The GSI INTx pin `pin` (0 = INTA) of `bdf` raises, when INTx is routed.
+    pub fn intx_gsi(&self, bdf: Bdf, pin: u8) -> Option<u32> {
+        Some(sie_arch::acpi::intx_gsi(self.intx_gsis?, bdf.device, pin))
     }
 
     /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
@@ -49,15 +58,21 @@ impl PciBus {
     }
 }
 
-/// KVM's side of a BAR move: ioeventfds at the BAR's new address.
+/// KVM's side of a BAR move: ioeventfds at the BAR's new address, and a
+/// passed-through device's BAR pages as memory slots.
 pub struct VmBarMapper {
     vm: Arc<dyn Vm>,
+    /// Device memory placed in the guest: guest address → KVM slot.
+    slots: Mutex<HashMap<u64, u32>>,
 }
 
 impl VmBarMapper {
     /// A mapper registering in `vm`.
     pub fn new(vm: Arc<dyn Vm>) -> Self {
-        Self { vm }
+        Self {
+            vm,
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -94,14 +109,58 @@ impl BarMapper for VmBarMapper {
             .unregister_ioevent(fd, event_address(space, addr), None)
             .map_err(|e| io::Error::other(crate::error::error_chain(&e)))
     }
+
+    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> io::Result<()> {
+        let len = usize::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: the caller keeps `host_addr..+size` mapped until
+        // `unmap_memory(guest_addr)` (BarMapper's contract); the region
+        // built here does not own the mapping and never unmaps it.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                host_addr,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+            )
+        }
+        .map_err(io::Error::other)?;
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots.contains_key(&guest_addr) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("device memory already mapped at {guest_addr:#x}"),
+            ));
+        }
+        let slot = self
+            .vm
+            .map_device_memory(guest_addr, Arc::new(region))
+            .map_err(|e| io::Error::other(crate::error::error_chain(&e)))?;
+        slots.insert(guest_addr, slot);
+        Ok(())
+    }
+
+    fn unmap_memory(&self, guest_addr: u64, _size: u64) -> io::Result<()> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.remove(&guest_addr).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no device memory at {guest_addr:#x}"),
+            )
+        })?;
+        self.vm
+            .unmap_device_memory(slot)
+            .map_err(|e| io::Error::other(crate::error::error_chain(&e)))
+    }
 }
 
 impl DeviceManager<'_> {
     /// Creates the PCI bus for a VM with `mem_size_bytes` of RAM: the root
     /// (with its host bridge), the 0xCF8 ports, the ECAM window and both
     /// BAR windows on the buses, and the host bridge in the DSDT (with
-    /// the MCFG it implies). `vm` is kept for BAR moves at run time.
-    pub fn add_pci_bus(&mut self, vm: Arc<dyn Vm>, mem_size_bytes: u64) -> Result<()> {
+    /// the MCFG it implies). `vm` is kept for BAR moves at run time. With
+    /// `intx`, four interrupt lines carry INTx (described by a `_PRT`), for
+    /// passed-through devices.
+    pub fn add_pci_bus(&mut self, vm: Arc<dyn Vm>, mem_size_bytes: u64, intx: bool) -> Result<()> {
         let name = "pci";
         let (m64_base, m64_size) = layout::pci_mmio64_window(mem_size_bytes).ok_or_else(|| {
             Self::place_error(
@@ -144,18 +203,35 @@ impl DeviceManager<'_> {
         let mmio32 = AddressAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE)
             .map_err(vm_allocator_error)?;
         let mmio64 = AddressAllocator::new(m64_base, m64_size).map_err(vm_allocator_error)?;
+        let intx_gsis = if intx {
+            let mut gsis = [0; 4];
+            for gsi in &mut gsis {
+                *gsi = self.allocate_gsi("pci-intx")?;
+            }
+            Some(gsis)
+        } else {
+            None
+        };
         self.describe(AcpiDevice::PciHostBridge(PciHostBridge {
             ecam_base: layout::PCI_ECAM_START,
             last_bus: 0,
             mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
             mmio64: (m64_base, m64_size),
+            intx_gsis,
         }));
         self.pci = Some(PciBus {
             root,
+            intx_gsis,
             mmio32,
             mmio64,
         });
         Ok(())
+    }
+
+    /// The GSI INTx pin `pin` (0 = INTA) of `bdf` raises, when the bus
+    /// routes INTx.
+    pub fn pci_intx_gsi(&self, bdf: Bdf, pin: u8) -> Option<u32> {
+        self.pci.as_ref()?.intx_gsi(bdf, pin)
     }
 
     /// Whether the VM has a PCI bus (`add_pci_bus` ran).
@@ -195,7 +271,7 @@ mod tests {
         let vm = Arc::new(FakeVm::default());
         let mut manager =
             DeviceManager::new(vm.as_ref(), Arc::new(Observatory::new(Instant::now(), 1))).unwrap();
-        manager.add_pci_bus(vm.clone(), 128 << 20).unwrap();
+        manager.add_pci_bus(vm.clone(), 128 << 20, false).unwrap();
         let layout = manager.finish();
         assert!(layout.pio.find(0xcf8).is_some() && layout.pio.find(0xcff).is_some());
         assert!(layout.mmio.find(layout::PCI_ECAM_START).is_some());
@@ -219,7 +295,7 @@ mod tests {
         let vm = Arc::new(FakeVm::default());
         let mut manager =
             DeviceManager::new(vm.as_ref(), Arc::new(Observatory::new(Instant::now(), 1))).unwrap();
-        manager.add_pci_bus(vm.clone(), 128 << 20).unwrap();
+        manager.add_pci_bus(vm.clone(), 128 << 20, false).unwrap();
         let layout = manager.finish();
         let address = layout.pio.find(0xcf8).unwrap();
         // Bus 0, device 0, function 0, register 0: the ids.
