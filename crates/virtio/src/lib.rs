@@ -24,6 +24,7 @@
 //! in guest memory, a driver that works the registers and a socket pair
 //! for net, for tests and fuzz/.
 
+pub mod balloon;
 pub mod block;
 mod chain;
 mod counters;
