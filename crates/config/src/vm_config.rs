@@ -48,9 +48,9 @@ pub struct VmConfig {
     /// Metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
-    /// Firecracker's balloon; parsed so it can be refused by name.
+    /// The balloon device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<serde_json::Value>,
+    pub balloon: Option<crate::balloon::Balloon>,
     /// The metadata service: which interfaces carry it, and how.
     #[serde(
         rename = "mmds-config",
@@ -128,6 +128,9 @@ pub enum ConfigError {
         /// The id.
         id: String,
     },
+    /// `balloon` is invalid.
+    #[error(transparent)]
+    Balloon(#[from] crate::balloon::BalloonConfigError),
     /// `mmds-config` is invalid.
     #[error("mmds-config: {0}")]
     Mmds(#[from] MmdsConfigError),
@@ -204,8 +207,8 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon and cpu-config are refused when the VM is
-        // built; these two are newer and refused here.
+        // cpu-config is refused when the VM is built; these two are
+        // newer and refused here.
         if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ConfigError::NotSupported(
                 "memory-hotplug (hotpluggable memory)",
@@ -255,6 +258,10 @@ impl VmConfig {
         }
         if let Some(serial) = &self.serial {
             serial.validate()?;
+        }
+        if let Some(balloon) = &self.balloon {
+            let mem = self.machine_config.clone().unwrap_or_default().mem_size_mib;
+            balloon.validate(mem)?;
         }
         Ok(())
     }

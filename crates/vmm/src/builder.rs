@@ -148,9 +148,6 @@ fn host_decompressed(
 /// Refuses configuration sections this version cannot honour, so that a
 /// config file asking for them fails loudly instead of booting without them.
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
-    if config.balloon.is_some() {
-        return Err(VmmError::Unsupported("balloon"));
-    }
     if config
         .cpu_config
         .as_ref()

@@ -1,5 +1,5 @@
 //! The paravirtual devices of one VM: each configured drive and network
-//! interface, the vsock and the entropy device, each behind its own
+//! interface, the vsock, the entropy device and the balloon, each behind its own
 //! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
 //! windows and lines come from the device manager.
 //!
@@ -33,6 +33,7 @@ use sie_config::VmConfig;
 use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
 use sie_mmds::MmdsStack;
+use sie_virtio::balloon::{Balloon, BalloonOptions, HostDiscard};
 use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine};
 use sie_virtio::net::{Net, Tap, parse_mac};
 use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
@@ -76,6 +77,8 @@ pub struct VirtioDevices {
     pub blocks: Vec<(String, Arc<VirtioMmioTransport<Block>>)>,
     /// Network devices by interface id (for `PATCH /network-interfaces`).
     pub nets: Vec<(String, Arc<VirtioMmioTransport<Net>>)>,
+    /// The balloon (for `PATCH /balloon` and its statistics and hinting).
+    pub balloon: Option<Arc<VirtioMmioTransport<Balloon>>>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
     /// Every transport, in the order they were placed (for snapshots).
@@ -230,6 +233,28 @@ impl VirtioDevices {
                 Rng::with_rate_limiter(limiter),
                 "entropy device",
             )?;
+        }
+        if let Some(balloon) = &config.balloon {
+            let options = BalloonOptions {
+                target_pages: balloon.target_pages(),
+                deflate_on_oom: balloon.deflate_on_oom,
+                stats_interval_s: balloon.stats_polling_interval_s,
+                free_page_reporting: balloon.free_page_reporting,
+                free_page_hinting: balloon.free_page_hinting,
+            };
+            // Guest RAM is anonymous (or a private map of a memory file):
+            // dropped pages read back as zeros (or the file's data).
+            let device =
+                Balloon::new(options, Box::new(HostDiscard)).map_err(|e| VmmError::Virtio {
+                    name: "balloon".to_string(),
+                    source: e.into(),
+                })?;
+            let counters = device.balloon_counters().clone();
+            let transport = devices.add(wiring, "virtio-balloon".to_string(), device, "balloon")?;
+            if let Some(stats) = devices.stats.last_mut() {
+                stats.extra = Box::new(move || counters.fields());
+            }
+            devices.balloon = Some(transport);
         }
         Ok(devices)
     }
