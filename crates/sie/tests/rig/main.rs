@@ -19,6 +19,7 @@ mod bench;
 mod control;
 mod faults;
 mod inspect;
+mod memory;
 mod snapshot;
 mod virtio;
 
@@ -26,6 +27,7 @@ use bench::*;
 use control::*;
 use faults::*;
 use inspect::*;
+use memory::*;
 use snapshot::*;
 use virtio::*;
 
@@ -253,6 +255,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         mmds(),
         console_attach_later(),
         panic_core(),
+        balloon(),
     ]
 }
 

@@ -675,8 +675,10 @@ impl VirtioDevice for Balloon {
             stats_head: None,
         });
         if indexes.stats.is_some() {
-            let every = Duration::from_secs(u64::from(self.stats_interval_s));
-            if let Err(error) = self.arm_stats_timer(every) {
+            // Linux offers its first stats buffer and kicks before
+            // DRIVER_OK, when the transport serves nothing: the first tick
+            // comes at once, takes that buffer and asks for fresh numbers.
+            if let Err(error) = self.arm_stats_timer(Duration::from_millis(1)) {
                 tracing::warn!(%error, "balloon statistics will not refresh");
             }
         }

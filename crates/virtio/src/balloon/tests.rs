@@ -367,3 +367,28 @@ fn inflated_pages_really_leave_the_host_with_the_host_discard() {
     mem.read_slice(&mut page, GuestAddress(0x8_0000)).unwrap();
     assert_eq!(page, [0u8; 4096]);
 }
+
+#[test]
+fn a_stats_buffer_offered_before_driver_ok_is_taken_at_the_first_tick() {
+    let (device, _) = balloon(all_options());
+    let (t, mem, _irq) = transport(device);
+    let d = Driver::new(&t);
+    let r = rings(5);
+    assert!(d.negotiate(d.device_features()));
+    for (index, ring) in r.iter().enumerate() {
+        d.setup_queue(index as u32, ring);
+    }
+    // As Linux does: the first buffer and a kick before DRIVER_OK.
+    mem.write_slice(&stats_entry(4, 42), GuestAddress(DATA))
+        .unwrap();
+    r[2].set_chain(&mem, 0, &[(DATA, 10, false)]);
+    r[2].publish(&mem, &[0]);
+    d.notify(2);
+    d.add_status(virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_eq!(r[2].used_idx(&mem), 0);
+    t.timer_event(0);
+    // Read and given straight back for fresh numbers.
+    assert_eq!(r[2].used_idx(&mem), 1);
+    let stats = t.with_device(|b| b.stats()).unwrap();
+    assert_eq!(stats.fields(), [("free_memory", 42)]);
+}

@@ -1,0 +1,96 @@
+//! Memory cases: the balloon with a stock Debian guest's virtio_balloon
+//! driver, driven through the API.
+
+use super::*;
+
+/// MiB in kB, as /proc reports memory.
+const MIB_KB: i64 = 1024;
+
+/// A Debian guest with the balloon (statistics every second, free page
+/// reporting): 96 MiB it touched and freed leave sie's RSS once reported;
+/// `PATCH /balloon` to 64 MiB takes about 64 MiB off the guest's
+/// MemAvailable, the statistics say the balloon holds 64 MiB, and back to
+/// 0 MiB gives them back.
+pub(crate) fn balloon() -> Case {
+    Case {
+        name: "balloon",
+        l1_command: format!(
+            r#"cat > /tmp/vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+  "balloon": {{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1,
+  "free_page_reporting": true}}}}
+EOF
+SIE_RUN_TIMEOUT=240 sie --api-sock /tmp/api.sock --config-file /tmp/vm.json > /tmp/console 2>&1 &
+pid=$!
+wait_for() {{
+  i=0
+  until grep -q "$1" /tmp/console; do
+    i=$((i+1)); [ $i -gt 1200 ] && echo "@@L2 RESULT timeout=$1" && return 1; sleep 0.1
+  done
+}}
+rss() {{ sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' /proc/$(pidof sie.real)/status; }}
+api() {{ sie ctl --sock /tmp/api.sock request "$@"; }}
+wait_for "touched=yes" && sleep 1 && echo "@@L2 RESULT rss_touched_kb=$(rss)"
+# Free page reporting waits ~2 s before it reports.
+wait_for "freed=yes" && sleep 8 && echo "@@L2 RESULT rss_freed_kb=$(rss)"
+wait_for "avail_before_kb" && api PATCH /balloon '{{"amount_mib": 64}}'
+wait_for "avail_inflated_kb" && sleep 2 && echo "@@L2 RESULT stats=$(api GET /balloon/statistics | tr -d ' \n')"
+api PATCH /balloon '{{"amount_mib": 0}}'
+wait $pid
+status=$?
+cat /tmp/console
+exit $status"#,
+            sie_e2e::l2_boot_args("balloon")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
+echo "@@L2 RESULT driver=$(ls /sys/bus/virtio/drivers/virtio_balloon | grep -c virtio)"
+avail() { sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+dd if=/dev/zero of=/tmp/fill bs=1M count=96 2>/dev/null
+echo "@@L2 RESULT touched=yes"
+sleep 4
+rm /tmp/fill
+echo "@@L2 RESULT freed=yes"
+sleep 1
+a0=$(avail)
+echo "@@L2 RESULT avail_before_kb=$a0"
+i=0; while [ $i -lt 240 ] && [ $((a0 - $(avail))) -lt 57344 ]; do i=$((i+1)); sleep 0.5; done
+echo "@@L2 RESULT avail_inflated_kb=$(avail)"
+i=0; while [ $i -lt 240 ] && [ $((a0 - $(avail))) -gt 8192 ]; do i=$((i+1)); sleep 0.5; done
+echo "@@L2 RESULT avail_deflated_kb=$(avail)""#,
+        ),
+        check: |run| {
+            status_0_and(run, "driver", "1")?;
+            let kb = |key: &str| -> Result<i64, String> {
+                run.result(key)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("no {key}"))
+            };
+            let given_back = kb("rss_touched_kb")? - kb("rss_freed_kb")?;
+            if given_back < 64 * MIB_KB {
+                return Err(format!(
+                    "sie's RSS fell by {given_back} kB after the guest freed 96 MiB with reporting on"
+                ));
+            }
+            let before = kb("avail_before_kb")?;
+            let inflated = before - kb("avail_inflated_kb")?;
+            if !(56 * MIB_KB..=72 * MIB_KB).contains(&inflated) {
+                return Err(format!(
+                    "MemAvailable fell by {inflated} kB for a 64 MiB balloon"
+                ));
+            }
+            let left = before - kb("avail_deflated_kb")?;
+            if left > 8 * MIB_KB {
+                return Err(format!(
+                    "MemAvailable is still {left} kB short after deflating"
+                ));
+            }
+            let stats = run.result("stats").ok_or("no balloon statistics")?;
+            if !stats.contains("\"actual_mib\":64") || !stats.contains("\"free_memory\":") {
+                return Err(format!("balloon statistics: {stats}"));
+            }
+            Ok(())
+        },
+    }
+}
