@@ -26,17 +26,29 @@ pid=$!
 wait_for() {{
   i=0
   until grep -q "$1" /tmp/console; do
-    i=$((i+1)); [ $i -gt 1200 ] && echo "@@L2 RESULT timeout=$1" && return 1; sleep 0.1
+    i=$((i+1))
+    if [ $i -gt 1000 ] || ! kill -0 $pid 2>/dev/null; then
+      echo "@@L2 RESULT timeout=$1"; tail -20 /tmp/console | sed 's/^/  console: /'; return 1
+    fi
+    sleep 0.1
   done
 }}
-rss() {{ sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' /proc/$(pidof sie.real)/status; }}
+# The VMM: the sie.real with the most resident memory (its threads carry
+# other names, and `sie ctl` is a sie.real too).
+rss() {{
+  for p in /proc/[0-9]*; do
+    case "$(tr '\0' '\n' < $p/cmdline 2>/dev/null | head -1)" in
+      */sie.real) sed -n 's/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p' $p/status ;;
+    esac
+  done | sort -n | tail -1
+}}
 api() {{ sie ctl --sock /tmp/api.sock request "$@"; }}
-wait_for "touched=yes" && sleep 1 && echo "@@L2 RESULT rss_touched_kb=$(rss)"
+wait_for "touched=yes" && sleep 1 && echo "@@L2 RESULT rss_touched_kb=$(rss)" &&
 # Free page reporting waits ~2 s before it reports.
-wait_for "freed=yes" && sleep 8 && echo "@@L2 RESULT rss_freed_kb=$(rss)"
-wait_for "avail_before_kb" && api PATCH /balloon '{{"amount_mib": 64}}'
-wait_for "avail_inflated_kb" && sleep 2 && echo "@@L2 RESULT stats=$(api GET /balloon/statistics | tr -d ' \n')"
-api PATCH /balloon '{{"amount_mib": 0}}'
+wait_for "freed=yes" && sleep 8 && echo "@@L2 RESULT rss_freed_kb=$(rss)" &&
+wait_for "avail_before_kb" && api PATCH /balloon '{{"amount_mib": 64}}' &&
+wait_for "avail_inflated_kb" && sleep 2 && echo "@@L2 RESULT stats=$(api GET /balloon/statistics | tr -d ' \n')" &&
+api PATCH /balloon '{{"amount_mib": 0}}' || kill $pid
 wait $pid
 status=$?
 cat /tmp/console
@@ -47,8 +59,9 @@ exit $status"#,
             r#"for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
 echo "@@L2 RESULT driver=$(ls /sys/bus/virtio/drivers/virtio_balloon | grep -c virtio)"
 avail() { sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+echo "@@L2 RESULT filling_since=$(cut -d' ' -f1 /proc/uptime)"
 dd if=/dev/zero of=/tmp/fill bs=1M count=96 2>/dev/null
-echo "@@L2 RESULT touched=yes"
+echo "@@L2 RESULT touched=yes at $(cut -d' ' -f1 /proc/uptime)"
 sleep 4
 rm /tmp/fill
 echo "@@L2 RESULT freed=yes"
@@ -56,6 +69,8 @@ sleep 1
 a0=$(avail)
 echo "@@L2 RESULT avail_before_kb=$a0"
 i=0; while [ $i -lt 240 ] && [ $((a0 - $(avail))) -lt 57344 ]; do i=$((i+1)); sleep 0.5; done
+# The driver may still be inflating: read once it settled.
+sleep 2
 echo "@@L2 RESULT avail_inflated_kb=$(avail)"
 i=0; while [ $i -lt 240 ] && [ $((a0 - $(avail))) -gt 8192 ]; do i=$((i+1)); sleep 0.5; done
 echo "@@L2 RESULT avail_deflated_kb=$(avail)""#,

@@ -196,13 +196,23 @@ impl Balloon {
             + usize::from(options.stats_interval_s > 0)
             + usize::from(options.free_page_hinting)
             + usize::from(options.free_page_reporting);
+        let mut stats_timer = crate::rate_limiter::nonblocking_timer()?;
+        if options.stats_interval_s > 0 {
+            // Ticks from now on, live driver or not: activation and reset
+            // run on vCPU threads, which must not touch timers. Linux offers
+            // its first stats buffer (and kicks, before DRIVER_OK, when the
+            // transport serves nothing) at probe: the first tick after
+            // activation takes it and asks for fresh numbers.
+            let every = Duration::from_secs(u64::from(options.stats_interval_s));
+            stats_timer.reset(every, Some(every))?;
+        }
         Ok(Self {
             options,
             target_pages: options.target_pages,
             actual_pages: 0,
             stats_interval_s: options.stats_interval_s,
             stats: GuestStats::default(),
-            stats_timer: crate::rate_limiter::nonblocking_timer()?,
+            stats_timer,
             stats_due: false,
             hint: HintingStatus::default(),
             ack_on_stop: true,
@@ -262,14 +272,8 @@ impl Balloon {
             return Err(BalloonError::StatsToggle);
         }
         self.stats_interval_s = seconds;
-        if self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.indexes.stats.is_some())
-        {
-            self.arm_stats_timer(Duration::from_micros(1))?;
-        }
-        Ok(())
+        // Called on the VMM thread, which may set timers.
+        self.arm_stats_timer(Duration::from_micros(1))
     }
 
     fn arm_stats_timer(&mut self, first: Duration) -> Result<(), BalloonError> {
@@ -674,14 +678,6 @@ impl VirtioDevice for Balloon {
             indexes,
             stats_head: None,
         });
-        if indexes.stats.is_some() {
-            // Linux offers its first stats buffer and kicks before
-            // DRIVER_OK, when the transport serves nothing: the first tick
-            // comes at once, takes that buffer and asks for fresh numbers.
-            if let Err(error) = self.arm_stats_timer(Duration::from_millis(1)) {
-                tracing::warn!(%error, "balloon statistics will not refresh");
-            }
-        }
         Ok(())
     }
 
@@ -699,12 +695,12 @@ impl VirtioDevice for Balloon {
     }
 
     fn reset(&mut self) {
+        // The stats timer keeps ticking (it is not touched here: this runs
+        // on a vCPU thread, whose seccomp filter has no timer calls); its
+        // ticks are ignored while the driver is not live.
         self.active = None;
         self.stats_due = false;
         self.actual_pages = 0;
-        if let Err(error) = self.stats_timer.clear() {
-            tracing::debug!(%error, "cannot disarm the balloon stats timer");
-        }
     }
 
     fn quiesce(&mut self) -> Result<(), DeviceFault> {
