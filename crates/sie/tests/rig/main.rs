@@ -256,6 +256,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         console_attach_later(),
         panic_core(),
         balloon(),
+        balloon_deflate_on_oom(),
     ]
 }
 
