@@ -328,9 +328,10 @@ impl Balloon {
     }
 }
 
-/// The page numbers of an inflate or deflate request, or `None` for a
-/// request that fails whole (wrong direction, too long).
-fn read_pfns(mem: &GuestMemory, buffers: &[Segment]) -> Option<Vec<u32>> {
+/// The page numbers of an inflate or deflate request and whether bytes
+/// were left over past the last whole one, or `None` for a request that
+/// fails whole (wrong direction, too long).
+fn read_pfns(mem: &GuestMemory, buffers: &[Segment]) -> Option<(Vec<u32>, bool)> {
     if buffers.iter().any(|s| s.writable) {
         return None;
     }
@@ -344,12 +345,11 @@ fn read_pfns(mem: &GuestMemory, buffers: &[Segment]) -> Option<Vec<u32>> {
         bytes.resize(start + segment.len as usize, 0);
         mem.read_slice(&mut bytes[start..], segment.addr).ok()?;
     }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+    let pfns = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((pfns, !bytes.len().is_multiple_of(4)))
 }
 
 /// The guest address of `pfn` if its whole page is RAM.
@@ -410,10 +410,14 @@ impl Balloon {
             return Ok(());
         };
         let result = self.drain(&mut active, index, |this, mem, _head, buffers| {
-            let Some(pfns) = buffers.ok().and_then(|b| read_pfns(mem, &b)) else {
+            let Some((pfns, torn)) = buffers.ok().and_then(|b| read_pfns(mem, &b)) else {
                 this.counters.error();
                 return Taken::Used(0);
             };
+            if torn {
+                // Bytes past the last whole page number: ignored, counted.
+                this.counters.error();
+            }
             if index == INFLATE {
                 let pages = this.inflate(mem, &pfns);
                 this.balloon_counters.inflated(pages);

@@ -392,3 +392,39 @@ fn a_stats_buffer_offered_before_driver_ok_is_taken_at_the_first_tick() {
     let stats = t.with_device(|b| b.stats()).unwrap();
     assert_eq!(stats.fields(), [("free_memory", 42)]);
 }
+
+#[test]
+fn a_torn_page_number_is_counted_and_the_whole_ones_served() {
+    let (device, dropped) = balloon(BalloonOptions::default());
+    let (t, mem, _irq) = transport(device);
+    let d = Driver::new(&t);
+    let r = rings(2);
+    d.start(&r);
+    mem.write_slice(&pfn_bytes(&[30]), GuestAddress(DATA))
+        .unwrap();
+    r[0].set_chain(&mem, 0, &[(DATA, 6, false)]);
+    r[0].publish(&mem, &[0]);
+    d.notify(0);
+    assert_eq!(*dropped.lock().unwrap(), [(30 * 4096, 4096)]);
+    assert_eq!(t.counters().errors, 1);
+}
+
+#[test]
+fn a_hint_command_of_the_wrong_length_is_refused() {
+    let (t, mem, r, dropped) = full();
+    let d = Driver::new(&t);
+    t.with_device(|b| b.start_hinting(true)).unwrap();
+    // Eight readable bytes: neither a command id nor free pages.
+    mem.write_obj(2u64, GuestAddress(DATA)).unwrap();
+    r[3].set_chain(&mem, 0, &[(DATA, 8, false)]);
+    r[3].publish(&mem, &[0]);
+    d.notify(3);
+    assert_eq!(
+        t.with_device(|b| b.hinting_status()).unwrap().guest_cmd,
+        None
+    );
+    send_hint(&d, &mem, &r[3], 0x8_0000);
+    assert!(dropped.lock().unwrap().is_empty());
+    assert_eq!(t.counters().errors, 1);
+    assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+}
