@@ -257,6 +257,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         panic_core(),
         balloon(),
         balloon_deflate_on_oom(),
+        balloon_hinting(),
     ]
 }
 

@@ -182,3 +182,74 @@ sleep 10"#,
         },
     }
 }
+
+/// Free page hinting as Firecracker's endpoints drive it: after the guest
+/// touched and freed 80 MiB, `PATCH /balloon/hinting/start` has the
+/// driver hint its free pages, sie drops them (its RSS falls), the guest's
+/// STOP is acknowledged with DONE (`acknowledge_on_stop`), and the status
+/// says so.
+pub(crate) fn balloon_hinting() -> Case {
+    Case {
+        name: "balloon_hinting",
+        l1_command: format!(
+            r#"cat > /tmp/vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+  "balloon": {{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}}}}
+EOF
+SIE_RUN_TIMEOUT=240 sie --api-sock /tmp/api.sock --config-file /tmp/vm.json > /tmp/console 2>&1 &
+pid=$!
+rss() {{
+  for p in /proc/[0-9]*; do
+    case "$(tr '\0' '\n' < $p/cmdline 2>/dev/null | head -1)" in
+      */sie.real) sed -n 's/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p' $p/status ;;
+    esac
+  done | sort -n | tail -1
+}}
+api() {{ sie ctl --sock /tmp/api.sock request "$@"; }}
+i=0
+until grep -q "freed=yes" /tmp/console || ! kill -0 $pid 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.1
+done
+sleep 1
+echo "@@L2 RESULT rss_before_kb=$(rss)"
+api PATCH /balloon/hinting/start '{{"acknowledge_on_stop": true}}'
+sleep 6
+echo "@@L2 RESULT rss_after_kb=$(rss)"
+echo "@@L2 RESULT status=$(api GET /balloon/hinting/status | tr -d ' \n')"
+# Done: an orderly stop (the guest would otherwise wait its 120 s).
+sie ctl --sock /tmp/api.sock ctrl-alt-del
+wait $pid
+status=$?
+cat /tmp/console
+exit $status"#,
+            sie_e2e::l2_boot_args("balloon_hinting")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
+dd if=/dev/zero of=/tmp/fill bs=1M count=80 2>/dev/null
+rm /tmp/fill
+echo "@@L2 RESULT freed=yes"
+sleep 120
+echo "@@L2 RESULT cad=missed""#,
+        ),
+        check: |run| {
+            if run.result("cad").is_some() {
+                return Err("the guest outlived the case (Ctrl-Alt-Del missed)".to_string());
+            }
+            let kb = |key: &str| -> Result<i64, String> {
+                run.result(key)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("no {key}"))
+            };
+            let given_back = kb("rss_before_kb")? - kb("rss_after_kb")?;
+            if given_back < 56 * MIB_KB {
+                return Err(format!(
+                    "sie's RSS fell by {given_back} kB after a hinting run over 80 MiB the guest freed"
+                ));
+            }
+            // DONE (1) from the host after the guest's STOP (0).
+            status_0_and(run, "status", r#"{"guest_cmd":0,"host_cmd":1}"#)
+        },
+    }
+}
