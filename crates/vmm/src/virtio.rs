@@ -524,4 +524,39 @@ mod tests {
         );
         assert_eq!(obs.report().devices[0].name, "virtio-rng");
     }
+
+    #[test]
+    fn the_balloon_is_placed_with_its_own_counters() {
+        let vm = FakeVm::default();
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
+        let mut manager = DeviceManager::new(&vm, obs.clone()).unwrap();
+        let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let config = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "balloon": {"amount_mib": 1, "deflate_on_oom": true,
+                            "stats_polling_interval_s": 1, "free_page_reporting": true}}"#,
+        )
+        .unwrap();
+        let devices = VirtioDevices::attach(
+            &config,
+            &mut Wiring {
+                vm: &vm,
+                memory: &memory,
+                manager: &mut manager,
+                mmds: &Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+                    sie_mmds::DEFAULT_SIZE_LIMIT,
+                ))),
+            },
+        )
+        .unwrap();
+        let balloon = devices.balloon.as_ref().expect("a balloon");
+        assert_eq!(balloon.with_device(|b| b.target_pages()), 256);
+        // inflate, deflate, stats, reporting: one ioeventfd each.
+        assert_eq!(vm.ioevents.lock().unwrap().len(), 4);
+        let stats = &devices.stats[0];
+        assert_eq!(stats.name, "virtio-balloon");
+        let fields = stats.fields();
+        assert!(fields.contains(&("inflated_pages", 0)), "{fields:?}");
+        assert!(fields.contains(&("requests", 0)), "{fields:?}");
+    }
 }
