@@ -29,6 +29,7 @@ pub mod block;
 mod chain;
 mod counters;
 mod device;
+mod device_state;
 mod fault;
 mod memory;
 mod mmio;
@@ -56,6 +57,7 @@ pub use counters::{CountersSnapshot, VirtioCounters};
 pub use device::{
     ActivateError, Activation, SingleQueue, VirtioDevice, VirtioInterrupt, read_config_bytes,
 };
+pub use device_state::{BalloonState, DeviceState};
 pub use fault::DeviceFault;
 pub use memory::GuestMemory;
 pub use mmio::{

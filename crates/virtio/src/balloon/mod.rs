@@ -53,6 +53,7 @@ pub use stats::{GuestStats, STAT_NAMES};
 use crate::chain::{Segment, Taken, drain_queue_with};
 use crate::counters::VirtioCounters;
 use crate::device::{ActivateError, Activation, VirtioDevice, VirtioInterrupt, read_config_bytes};
+use crate::device_state::{BalloonState, DeviceState};
 use crate::fault::DeviceFault;
 use crate::memory::GuestMemory;
 
@@ -718,6 +719,44 @@ impl VirtioDevice for Balloon {
 
     fn counters(&self) -> &Arc<VirtioCounters> {
         &self.counters
+    }
+
+    fn save_state(&self) -> Option<DeviceState> {
+        Some(DeviceState::Balloon(BalloonState {
+            target_pages: self.target_pages,
+            actual_pages: self.actual_pages,
+            stats_interval_s: self.stats_interval_s,
+            hint_host_cmd: self.hint.host_cmd,
+            hint_guest_cmd: self.hint.guest_cmd,
+            hint_ack_on_stop: self.ack_on_stop,
+            hint_next_run_id: self.next_run_id,
+        }))
+    }
+
+    fn load_state(&mut self, saved: &DeviceState) -> Result<(), String> {
+        let DeviceState::Balloon(saved) = saved;
+        // The stats queue exists or not by configuration: a saved interval
+        // must agree with it (the restore's configuration is the saved one).
+        if (saved.stats_interval_s == 0) != (self.options.stats_interval_s == 0) {
+            return Err(format!(
+                "balloon statistics every {} s saved, {} s configured",
+                saved.stats_interval_s, self.options.stats_interval_s
+            ));
+        }
+        if saved.stats_interval_s != self.stats_interval_s {
+            self.stats_interval_s = saved.stats_interval_s;
+            let every = Duration::from_secs(u64::from(saved.stats_interval_s));
+            self.arm_stats_timer(every).map_err(|e| e.to_string())?;
+        }
+        self.target_pages = saved.target_pages;
+        self.actual_pages = saved.actual_pages;
+        self.hint = HintingStatus {
+            host_cmd: saved.hint_host_cmd,
+            guest_cmd: saved.hint_guest_cmd,
+        };
+        self.ack_on_stop = saved.hint_ack_on_stop;
+        self.next_run_id = saved.hint_next_run_id.max(FIRST_RUN_ID);
+        Ok(())
     }
 
     fn timer_fds(&self) -> Vec<RawFd> {

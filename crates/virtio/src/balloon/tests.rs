@@ -428,3 +428,59 @@ fn a_hint_command_of_the_wrong_length_is_refused() {
     assert_eq!(t.counters().errors, 1);
     assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
 }
+
+#[test]
+fn a_snapshot_keeps_the_target_actual_and_hinting_run() {
+    let (t, mem, r, _) = full();
+    let d = Driver::new(&t);
+    t.with_device(|b| b.set_target_pages(300));
+    d.write(VIRTIO_MMIO_CONFIG + 4, 120);
+    t.with_device(|b| b.start_hinting(false)).unwrap();
+    send_cmd(&d, &mem, &r[3], 2);
+    t.with_device(|b| b.set_stats_interval(7)).unwrap();
+    let saved = t.state();
+    assert!(saved.device.is_some());
+    // A fresh balloon as a restore builds it from the configuration.
+    let (device, _) = balloon(all_options());
+    let (fresh, _, _) = transport(device);
+    fresh.restore(&saved).unwrap();
+    let fd = Driver::new(&fresh);
+    assert_eq!(
+        (config_u32(&fd, 0), config_u32(&fd, 4), config_u32(&fd, 8)),
+        (300, 120, 2)
+    );
+    assert_eq!(fresh.with_device(|b| b.stats_interval_s()), 7);
+    assert_eq!(
+        fresh.with_device(|b| b.hinting_status()),
+        Ok(HintingStatus {
+            host_cmd: 2,
+            guest_cmd: Some(2)
+        })
+    );
+    // The next run goes on numbering.
+    fresh.with_device(|b| b.start_hinting(true)).unwrap();
+    assert_eq!(config_u32(&fd, 8), 3);
+    // A balloon configured without statistics refuses a state with them.
+    let (plain, _) = balloon(BalloonOptions {
+        free_page_reporting: true,
+        free_page_hinting: true,
+        deflate_on_oom: true,
+        ..BalloonOptions::default()
+    });
+    let (other, _, _) = transport(plain);
+    assert!(other.restore(&saved).is_err());
+}
+
+#[test]
+fn the_held_stats_buffer_goes_back_before_a_snapshot() {
+    let (t, mem, r, _) = full();
+    let d = Driver::new(&t);
+    mem.write_slice(&stats_entry(4, 1), GuestAddress(DATA))
+        .unwrap();
+    r[2].set_chain(&mem, 0, &[(DATA, 10, false)]);
+    r[2].publish(&mem, &[0]);
+    d.notify(2);
+    assert_eq!(r[2].used_idx(&mem), 0);
+    t.quiesce();
+    assert_eq!(r[2].used_idx(&mem), 1);
+}
