@@ -258,6 +258,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon(),
         balloon_deflate_on_oom(),
         balloon_hinting(),
+        balloon_snapshot(),
     ]
 }
 

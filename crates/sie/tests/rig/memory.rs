@@ -253,3 +253,72 @@ echo "@@L2 RESULT cad=missed""#,
         },
     }
 }
+
+/// The balloon across a snapshot: a guest whose 32 MiB balloon is inflated
+/// is snapshotted and restored into a fresh sie through the API; the
+/// restored balloon still reports 32 MiB, and `PATCH /balloon` to 0 makes
+/// the restored guest deflate (its MemTotal grows back).
+pub(crate) fn balloon_snapshot() -> Case {
+    Case {
+        name: "balloon_snapshot",
+        l1_command: format!(
+            r#"cat > /tmp/vm.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+  "balloon": {{"amount_mib": 32, "deflate_on_oom": false, "stats_polling_interval_s": 1}}}}
+EOF
+wait_for() {{ # wait_for FILE PATTERN
+  i=0
+  until grep -q "$2" "$1"; do i=$((i+1)); [ $i -gt 1200 ] && echo "@@L2 RESULT timeout=$2" && return 1; sleep 0.1; done
+}}
+sie --api-sock /tmp/a.sock --config-file /tmp/vm.json > /tmp/a-console 2>&1 &
+a=$!
+wait_for /tmp/a-console "tick=3 "
+sie ctl --sock /tmp/a.sock pause
+sie ctl --sock /tmp/a.sock snapshot create /tmp/b.snap /tmp/b.mem
+echo "@@L2 RESULT at_snapshot=$(grep -o 'tick=3 .*' /tmp/a-console | head -1)"
+kill $a; wait $a
+SIE_RUN_TIMEOUT=200 sie --api-sock /tmp/b.sock > /tmp/b-console 2>&1 &
+b=$!
+i=0; until [ -S /tmp/b.sock ]; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/b.sock snapshot load /tmp/b.snap /tmp/b.mem --resume
+sleep 2
+echo "@@L2 RESULT restored=$(sie ctl --sock /tmp/b.sock request GET /balloon/statistics | tr -d ' \n')"
+sie ctl --sock /tmp/b.sock request PATCH /balloon '{{"amount_mib": 0}}'
+wait_for /tmp/b-console "deflated=yes"
+sie ctl --sock /tmp/b.sock ctrl-alt-del
+wait $b
+status=$?
+cat /tmp/b-console
+rm -f /tmp/b.snap /tmp/b.mem
+exit $status"#,
+            sie_e2e::l2_boot_args("balloon_snapshot")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
+tot() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+n=0
+while [ $n -lt 3 ]; do n=$((n+1)); sleep 1; echo "@@L2 RESULT tick=$n total=$(tot) "; done
+t3=$(tot)
+i=0; while [ $i -lt 600 ] && [ $(( $(tot) - t3 )) -lt 28672 ]; do i=$((i+1)); sleep 0.2; done
+echo "@@L2 RESULT after_restore_total=$(tot)"
+[ $(( $(tot) - t3 )) -ge 28672 ] && echo "@@L2 RESULT deflated=yes"
+sleep 120
+echo "@@L2 RESULT cad=missed""#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            let restored = run
+                .result("restored")
+                .ok_or("no statistics after the restore")?;
+            if !restored.contains("\"actual_mib\":32") || !restored.contains("\"target_mib\":32") {
+                return Err(format!("the restored balloon says {restored}"));
+            }
+            status_0_and(run, "deflated", "yes")?;
+            if run.result("cad").is_some() {
+                return Err("the restored guest missed Ctrl-Alt-Del".to_string());
+            }
+            Ok(())
+        },
+    }
+}
