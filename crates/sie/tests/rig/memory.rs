@@ -295,8 +295,11 @@ exit $status"#,
             sie_e2e::l2_boot_args("balloon_snapshot")
         ),
         l2_script: Some(
-            r#"for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
-tot() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+            r#"tot() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+t0=$(tot)
+for m in virtio_ring virtio virtio_mmio virtio_balloon; do insmod /modules/$m.ko; done
+# Snapshot only once the 32 MiB are in the balloon.
+i=0; while [ $i -lt 600 ] && [ $(( t0 - $(tot) )) -lt 31744 ]; do i=$((i+1)); sleep 0.2; done
 n=0
 while [ $n -lt 3 ]; do n=$((n+1)); sleep 1; echo "@@L2 RESULT tick=$n total=$(tot) "; done
 t3=$(tot)
