@@ -411,7 +411,11 @@ impl Balloon {
             return Ok(());
         };
         let result = self.drain(&mut active, index, |this, mem, _head, buffers| {
-            let Some((pfns, torn)) = buffers.ok().and_then(|b| read_pfns(mem, &b)) else {
+            // A broken chain was counted by the drain already.
+            let Ok(buffers) = buffers else {
+                return Taken::Used(0);
+            };
+            let Some((pfns, torn)) = read_pfns(mem, &buffers) else {
                 this.counters.error();
                 return Taken::Used(0);
             };
@@ -457,7 +461,9 @@ impl Balloon {
         let result = self.drain(&mut active, index, |this, mem, _head, buffers| {
             match buffers {
                 Ok(b) if b.iter().all(|s| s.writable) => this.drop_ranges(mem, &b, true),
-                _ => this.counters.error(),
+                Ok(_) => this.counters.error(),
+                // Counted by the drain already.
+                Err(_) => {}
             }
             Taken::Used(0)
         });
@@ -511,16 +517,23 @@ impl Balloon {
         let mut held = active.stats_head.take();
         let mut to_return = Vec::new();
         let mut result = self.drain(&mut active, index, |this, mem, head, buffers| {
+            // Only a usable buffer is held; others go straight back (a
+            // broken chain was counted by the drain already).
+            let buffers = match buffers {
+                Ok(b) if b.iter().all(|s| !s.writable) => b,
+                Ok(_) => {
+                    this.counters.error();
+                    return Taken::Used(0);
+                }
+                Err(_) => return Taken::Used(0),
+            };
             if let Some(old) = held.replace(head) {
                 // The driver had a buffer out already: stats queue abuse.
                 // The old one goes back, the newest is kept.
                 this.counters.error();
                 to_return.push(old);
             }
-            match buffers {
-                Ok(b) if b.iter().all(|s| !s.writable) => this.read_stats(mem, &b),
-                _ => this.counters.error(),
-            }
+            this.read_stats(mem, &buffers);
             Taken::InFlight
         });
         active.stats_head = held;

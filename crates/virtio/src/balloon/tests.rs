@@ -484,3 +484,21 @@ fn the_held_stats_buffer_goes_back_before_a_snapshot() {
     t.quiesce();
     assert_eq!(r[2].used_idx(&mem), 1);
 }
+
+#[test]
+fn a_chain_outside_ram_is_one_error_and_changes_nothing() {
+    let (t, mem, r, dropped) = full();
+    let d = Driver::new(&t);
+    for q in [0u16, 1, 2, 3, 4] {
+        r[usize::from(q)].set_chain(&mem, 0, &[(MEM_SIZE - 8, 64, q >= 3)]);
+        r[usize::from(q)].publish(&mem, &[0]);
+        d.notify(u32::from(q));
+    }
+    // Each used (with nothing), each counted once, nothing dropped.
+    for ring in &r {
+        assert_eq!(ring.used_idx(&mem), 1);
+    }
+    assert_eq!(t.counters().errors, 5);
+    assert!(dropped.lock().unwrap().is_empty());
+    assert_eq!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+}
