@@ -382,19 +382,90 @@ fn cpu_config_takes_firecracker_custom_templates() {
 }
 
 #[test]
+fn balloon_endpoints_take_firecracker_bodies() {
+    let put = ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1,
+            "free_page_reporting": true}"#,
+    );
+    let Request::PutBalloon(balloon) = put else {
+        panic!("{put:?}")
+    };
+    assert_eq!(
+        (balloon.amount_mib, balloon.stats_polling_interval_s),
+        (64, 1)
+    );
+    assert!(balloon.free_page_reporting && !balloon.free_page_hinting);
+    assert_eq!(
+        ok("PATCH", "/balloon", r#"{"amount_mib": 0}"#),
+        Request::PatchBalloon(sie_config::BalloonUpdate { amount_mib: 0 })
+    );
+    assert_eq!(ok("GET", "/balloon", ""), Request::GetBalloon);
+    assert_eq!(
+        ok("GET", "/balloon/statistics", ""),
+        Request::GetBalloonStats
+    );
+    assert_eq!(
+        ok(
+            "PATCH",
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 5}"#
+        ),
+        Request::PatchBalloonStats(sie_config::BalloonStatsUpdate {
+            stats_polling_interval_s: 5
+        })
+    );
+    // The start body is optional; acknowledge_on_stop defaults to true.
+    for body in ["", "{}"] {
+        assert_eq!(
+            ok("PATCH", "/balloon/hinting/start", body),
+            Request::StartBalloonHinting(BalloonStartCmd {
+                acknowledge_on_stop: true
+            })
+        );
+    }
+    assert_eq!(
+        ok(
+            "PATCH",
+            "/balloon/hinting/start",
+            r#"{"acknowledge_on_stop": false}"#
+        ),
+        Request::StartBalloonHinting(BalloonStartCmd {
+            acknowledge_on_stop: false
+        })
+    );
+    assert_eq!(
+        ok("GET", "/balloon/hinting/status", ""),
+        Request::GetBalloonHinting
+    );
+    assert_eq!(
+        ok("PATCH", "/balloon/hinting/stop", ""),
+        Request::StopBalloonHinting
+    );
+    // Firecracker's field names only, and the right types.
+    assert_eq!(
+        fault("PATCH", "/balloon", r#"{"amount": 1}"#).route,
+        "patch_balloon"
+    );
+    assert_eq!(
+        fault(
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": -1, "deflate_on_oom": false}"#
+        )
+        .route,
+        "put_balloon"
+    );
+    assert_eq!(fault("DELETE", "/balloon", "").route, ROUTE_INVALID);
+}
+
+#[test]
 fn unsupported_endpoints_are_400_not_404() {
     for (method, path) in [
-        ("PUT", "/balloon"),
-        ("GET", "/balloon/statistics"),
-        ("PATCH", "/balloon/statistics"),
         ("PUT", "/hotplug/memory"),
         ("GET", "/entropy"),
         // The rest of Firecracker 1.17's endpoints sie does not serve yet.
-        ("GET", "/balloon"),
-        ("PATCH", "/balloon"),
-        ("PATCH", "/balloon/hinting/start"),
-        ("GET", "/balloon/hinting/status"),
-        ("PATCH", "/balloon/hinting/stop"),
         ("PUT", "/pmem/pm0"),
         ("PATCH", "/pmem/pm0"),
         ("PATCH", "/hotplug/memory"),
@@ -471,6 +542,22 @@ fn every_route_name_has_a_stats_slot() {
         ok("PATCH", "/vm", r#"{"state": "Paused"}"#),
         ok("GET", "/metrics", ""),
         ok("GET", "/stats", ""),
+        ok(
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": 1, "deflate_on_oom": false}"#,
+        ),
+        ok("PATCH", "/balloon", r#"{"amount_mib": 1}"#),
+        ok("GET", "/balloon", ""),
+        ok("GET", "/balloon/statistics", ""),
+        ok(
+            "PATCH",
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s": 1}"#,
+        ),
+        ok("PATCH", "/balloon/hinting/start", ""),
+        ok("GET", "/balloon/hinting/status", ""),
+        ok("PATCH", "/balloon/hinting/stop", ""),
     ];
     for request in &requests {
         assert!(

@@ -16,6 +16,7 @@
 //! assert_eq!(parse_mem_size_mib("2G"), Ok(2048));
 //! ```
 
+mod balloon;
 mod boot_source;
 mod cli_spec;
 mod cpu_config;
@@ -33,6 +34,10 @@ mod snapshot;
 mod vfio;
 mod vm_config;
 
+pub use balloon::{
+    BALLOON_PAGES_PER_MIB, Balloon, BalloonConfigError, BalloonStartCmd, BalloonStatsUpdate,
+    BalloonUpdate, check_amount,
+};
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
 pub use cpu_config::{

@@ -89,6 +89,22 @@ pub enum Request {
     GetMigration,
     /// Extension: `PUT /migration/cancel`.
     CancelMigration,
+    /// `PUT /balloon` (before boot only).
+    PutBalloon(crate::balloon::Balloon),
+    /// `PATCH /balloon`: a new target, before or after boot.
+    PatchBalloon(crate::balloon::BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`: a new polling interval.
+    PatchBalloonStats(crate::balloon::BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`.
+    StartBalloonHinting(crate::balloon::BalloonStartCmd),
+    /// `GET /balloon/hinting/status`.
+    GetBalloonHinting,
+    /// `PATCH /balloon/hinting/stop`.
+    StopBalloonHinting,
 }
 
 impl Request {
@@ -127,6 +143,14 @@ impl Request {
             Request::SendMigration(_) => "put_migration_send",
             Request::GetMigration => "get_migration",
             Request::CancelMigration => "put_migration_cancel",
+            Request::PutBalloon(_) => "put_balloon",
+            Request::PatchBalloon(_) => "patch_balloon",
+            Request::GetBalloon => "get_balloon",
+            Request::GetBalloonStats => "get_balloon_statistics",
+            Request::PatchBalloonStats(_) => "patch_balloon_statistics",
+            Request::StartBalloonHinting(_) => "patch_balloon_hinting_start",
+            Request::GetBalloonHinting => "get_balloon_hinting_status",
+            Request::StopBalloonHinting => "patch_balloon_hinting_stop",
         }
     }
 }

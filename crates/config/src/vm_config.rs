@@ -48,9 +48,9 @@ pub struct VmConfig {
     /// Metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
-    /// Firecracker's balloon; parsed so it can be refused by name.
+    /// The balloon device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<serde_json::Value>,
+    pub balloon: Option<crate::balloon::Balloon>,
     /// The metadata service: which interfaces carry it, and how.
     #[serde(
         rename = "mmds-config",
@@ -146,6 +146,9 @@ pub enum ConfigError {
         "machine-config: cpu_template {0:?} and a cpu-config section: use one CPU template, not both"
     )]
     TwoCpuTemplates(String),
+    /// `balloon` is invalid.
+    #[error(transparent)]
+    Balloon(#[from] crate::balloon::BalloonConfigError),
     /// `mmds-config` is invalid.
     #[error("mmds-config: {0}")]
     Mmds(#[from] MmdsConfigError),
@@ -231,8 +234,7 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon is refused when the VM is built; these two are newer
-        // and refused here.
+        // memory-hotplug and pmem are refused here until they exist.
         if self.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ConfigError::NotSupported(
                 "memory-hotplug (hotpluggable memory)",
@@ -290,6 +292,10 @@ impl VmConfig {
             serial.validate()?;
         }
         crate::validate_vfio(&self.vfio)?;
+        if let Some(balloon) = &self.balloon {
+            let mem = self.machine_config.clone().unwrap_or_default().mem_size_mib;
+            balloon.validate(mem)?;
+        }
         Ok(())
     }
 }

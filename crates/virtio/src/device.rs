@@ -75,6 +75,16 @@ pub trait VirtioDevice: Send {
     fn restored(&mut self) -> Result<(), DeviceFault> {
         Ok(())
     }
+    /// What the device keeps outside its rings and configuration, for a
+    /// snapshot (the VM paused, after [`Self::quiesce`]); most keep nothing.
+    fn save_state(&self) -> Option<crate::device_state::DeviceState> {
+        None
+    }
+    /// Puts saved state back before the device is activated again; a
+    /// state of another kind is refused with why.
+    fn load_state(&mut self, saved: &crate::device_state::DeviceState) -> Result<(), String> {
+        Err(format!("this device keeps no saved state, got {saved:?}"))
+    }
     /// The timers of the device's rate limiters (see
     /// [`crate::rate_limiter`]) and any other descriptor that says "serve
     /// the queue again" (a block engine's completion eventfd), which the

@@ -29,10 +29,12 @@
 //! in guest memory, a driver that works the registers and a socket pair
 //! for net, for tests and fuzz/.
 
+pub mod balloon;
 pub mod block;
 mod chain;
 mod counters;
 mod device;
+mod device_state;
 mod fault;
 mod interrupt;
 mod memory;
@@ -61,6 +63,7 @@ mod throttle_tests;
 pub use chain::{ChainError, Segment};
 pub use counters::{CountersSnapshot, VirtioCounters};
 pub use device::{ActivateError, Activation, SingleQueue, VirtioDevice, read_config_bytes};
+pub use device_state::{BalloonState, DeviceState};
 pub use fault::DeviceFault;
 pub use interrupt::VirtioInterrupt;
 pub use memory::GuestMemory;

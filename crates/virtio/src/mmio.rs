@@ -96,6 +96,7 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             queues: state.queues.iter().map(SavedQueue::of).collect(),
             config_generation: state.config_generation,
             interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+            device: state.device.save_state(),
         }
     }
 
@@ -135,6 +136,12 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
             .enumerate()
             .map(|(index, queue)| queue.rebuild(index, self.mem(), event_idx))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(device_state) = &saved.device {
+            state
+                .device
+                .load_state(device_state)
+                .map_err(TransportStateError::Device)?;
+        }
         state.queues = queues;
         state.status = saved.status;
         state.device_features_sel = saved.device_features_sel;

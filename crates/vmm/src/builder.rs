@@ -149,9 +149,6 @@ fn host_decompressed(
 /// Refuses configuration sections this version cannot honour, so that a
 /// config file asking for them fails loudly instead of booting without them.
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
-    if config.balloon.is_some() {
-        return Err(VmmError::Unsupported("balloon"));
-    }
     // Checked before anything is built, so a device that cannot be passed
     // is refused in its one line (the fix included) without side effects.
     for device in &config.vfio {

@@ -1,5 +1,5 @@
 //! The paravirtual devices of one VM: each configured drive and network
-//! interface, the vsock and the entropy device, each behind its own
+//! interface, the vsock, the entropy device and the balloon, each behind its own
 //! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
 //! windows and lines come from the device manager.
 //!
@@ -33,6 +33,7 @@ use sie_config::VmConfig;
 use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
 use sie_mmds::MmdsStack;
+use sie_virtio::balloon::{Balloon, BalloonOptions, HostDiscard};
 use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine};
 use sie_virtio::net::{Net, Tap, parse_mac};
 use sie_virtio::pci::VirtioPciDevice;
@@ -78,6 +79,8 @@ pub struct VirtioDevices {
     pub blocks: Vec<(String, Arc<VirtioCore<Block>>)>,
     /// Network devices by interface id (for `PATCH /network-interfaces`).
     pub nets: Vec<(String, Arc<VirtioCore<Net>>)>,
+    /// The balloon (for `PATCH /balloon` and its statistics and hinting).
+    pub balloon: Option<Arc<VirtioCore<Balloon>>>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
     /// Every virtio-MMIO transport, in the order they were placed (for
@@ -234,6 +237,28 @@ impl VirtioDevices {
                 Rng::with_rate_limiter(limiter),
                 "entropy device",
             )?;
+        }
+        if let Some(balloon) = &config.balloon {
+            let options = BalloonOptions {
+                target_pages: balloon.target_pages(),
+                deflate_on_oom: balloon.deflate_on_oom,
+                stats_interval_s: balloon.stats_polling_interval_s,
+                free_page_reporting: balloon.free_page_reporting,
+                free_page_hinting: balloon.free_page_hinting,
+            };
+            // Guest RAM is anonymous (or a private map of a memory file):
+            // dropped pages read back as zeros (or the file's data).
+            let device =
+                Balloon::new(options, Box::new(HostDiscard)).map_err(|e| VmmError::Virtio {
+                    name: "balloon".to_string(),
+                    source: e.into(),
+                })?;
+            let counters = device.balloon_counters().clone();
+            let transport = devices.add(wiring, "virtio-balloon".to_string(), device, "balloon")?;
+            if let Some(stats) = devices.stats.last_mut() {
+                stats.extra = Box::new(move || counters.fields());
+            }
+            devices.balloon = Some(transport);
         }
         Ok(devices)
     }
@@ -613,5 +638,39 @@ mod tests {
         )
         .unwrap()
         .finish()
+    }
+
+    #[test]
+    fn the_balloon_is_placed_with_its_own_counters() {
+        let fake = Arc::new(FakeVm::default());
+        let vm: Arc<dyn Vm> = fake.clone();
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
+        let mut manager = DeviceManager::new(fake.as_ref(), obs.clone()).unwrap();
+        let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let config = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "balloon": {"amount_mib": 1, "deflate_on_oom": true,
+                            "stats_polling_interval_s": 1, "free_page_reporting": true}}"#,
+        )
+        .unwrap();
+        let devices = VirtioDevices::attach(
+            &config,
+            &mut Wiring {
+                vm: &vm,
+                memory: &memory,
+                manager: &mut manager,
+                mmds: &mmds(),
+            },
+        )
+        .unwrap();
+        let balloon = devices.balloon.as_ref().expect("a balloon");
+        assert_eq!(balloon.with_device(|b| b.target_pages()), 256);
+        // inflate, deflate, stats, reporting: one ioeventfd each.
+        assert_eq!(fake.ioevents.lock().unwrap().len(), 4);
+        let stats = &devices.stats[0];
+        assert_eq!(stats.name, "virtio-balloon");
+        let fields = stats.fields();
+        assert!(fields.contains(&("inflated_pages", 0)), "{fields:?}");
+        assert!(fields.contains(&("requests", 0)), "{fields:?}");
     }
 }

@@ -22,6 +22,7 @@ pub mod pci_config;
 pub mod queues;
 pub mod scenario;
 pub mod snapshot_file;
+pub mod virtio_balloon;
 pub mod virtio_blk;
 pub mod virtio_mmio;
 pub mod virtio_net;

@@ -20,6 +20,7 @@ mod control;
 mod cpu;
 mod faults;
 mod inspect;
+mod memory;
 mod pci;
 mod snapshot;
 mod vfio;
@@ -30,6 +31,7 @@ use control::*;
 use cpu::*;
 use faults::*;
 use inspect::*;
+use memory::*;
 use pci::*;
 use snapshot::*;
 use vfio::*;
@@ -268,6 +270,10 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         vfio_dma_fault(),
         vfio_refused(),
         vfio_no_snapshot(),
+        balloon(),
+        balloon_deflate_on_oom(),
+        balloon_hinting(),
+        balloon_snapshot(),
     ]
 }
 

@@ -46,6 +46,7 @@ impl Draft {
             || !self.config.network_interfaces.is_empty()
             || self.config.vsock.is_some()
             || self.config.entropy.is_some()
+            || self.config.balloon.is_some()
             || self.config.machine_config.is_some()
             || self.has_vfio()
     }
@@ -129,6 +130,7 @@ impl Draft {
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
             Request::PutVfio(device) => self.put_vfio(device),
+            Request::PutBalloon(balloon) => self.put_balloon(balloon),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,
@@ -323,6 +325,25 @@ impl Draft {
         sie_config::validate_vfio(&devices).map_err(|e| e.to_string())?;
         self.config.vfio = devices;
         Ok(())
+    }
+
+    fn put_balloon(&mut self, balloon: &sie_config::Balloon) -> Result<(), String> {
+        balloon
+            .validate(self.machine().mem_size_mib)
+            .map_err(|e| e.to_string())?;
+        self.config.balloon = Some(balloon.clone());
+        Ok(())
+    }
+
+    /// The balloon as configured (and patched since).
+    pub fn balloon(&self) -> Option<&sie_config::Balloon> {
+        self.config.balloon.as_ref()
+    }
+
+    /// The balloon's settings changed (`PATCH /balloon`, `PATCH
+    /// /balloon/statistics`), so `GET /balloon` and `GET /vm/config` show them.
+    pub fn balloon_mut(&mut self) -> Option<&mut sie_config::Balloon> {
+        self.config.balloon.as_mut()
     }
 
     /// The drive with this id.

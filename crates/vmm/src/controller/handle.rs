@@ -13,8 +13,10 @@ use crate::vm::StartedVm;
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
-const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+pub(super) const AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+pub(super) const BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 /// An MMDS update's answer: 413 over the size limit, as in Firecracker.
 fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
@@ -91,6 +93,13 @@ impl Controller {
             Request::SendMigration(send) => self.send_migration(&send),
             Request::GetMigration => self.migration_status(),
             Request::CancelMigration => self.cancel_migration(),
+            Request::PatchBalloon(update) => self.patch_balloon(update),
+            Request::GetBalloon => self.get_balloon(),
+            Request::GetBalloonStats => self.balloon_stats(),
+            Request::PatchBalloonStats(update) => self.patch_balloon_stats(update),
+            Request::StartBalloonHinting(start) => self.balloon_hinting(Some(start)),
+            Request::StopBalloonHinting => self.balloon_hinting(None),
+            Request::GetBalloonHinting => self.balloon_hinting_status(),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);

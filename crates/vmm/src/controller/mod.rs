@@ -10,6 +10,7 @@
 //! events, handled, and answered before the next one, as Firecracker does.
 //! The front end never sees the VM and this module never sees HTTP.
 
+mod balloon;
 mod draft;
 mod handle;
 pub mod metrics;
