@@ -110,3 +110,156 @@ exit $status"#,
         },
     }
 }
+
+/// The link-time base of the Debian kernel's text: where `nokaslr` leaves it.
+const KERNEL_TEXT: &str = "0xffffffff81000000";
+
+/// gdb (Debian's, in L1) on a Debian kernel booting under sie with
+/// `--gdb-socket` and two vCPUs. Debian ships no System.map (the real one
+/// is in the -dbg package), so the symbols are the same kernel's own: L1
+/// runs that kernel, and its `/proc/kallsyms` moved from L1's KASLR base to
+/// the link-time base gives L2's addresses under `nokaslr` (L2 prints its
+/// own kallsyms at the end, and the check compares).
+///
+/// gdb, in batch mode, finds the guest stopped before its first
+/// instruction; `continue` runs it and Ctrl-C (SIGINT to gdb) stops it
+/// half-way through the boot: every vCPU stopped (`info threads` lists
+/// both), `bt` starts at the stopped pc, `jiffies_64` is read by its kernel
+/// virtual address through the guest's page tables, `stepi` moves the pc;
+/// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
+/// `continue` lets the boot reach L2's /init, and gdb sees the VM exit.
+///
+/// Breakpoints and watchpoints are not in this case: the rig's L0 QEMU
+/// (Debian's 7.2, TCG emulating AMD-V) never fires them in an L2 guest. Its
+/// VMRUN loads DR7 without arming its debug-register breakpoints (fixed in
+/// QEMU 9.1), and it checks an `int3` in the guest against the INTn
+/// intercept, not the #BP one KVM sets, so the `int3` reaches the guest.
+pub(crate) fn gdb_kernel() -> Case {
+    Case {
+        name: "inspect_gdb",
+        l1_command: format!(
+            r#"rm -f /tmp/gdb.sock
+base=0x$(grep ' _text$' /proc/kallsyms | cut -d' ' -f1)
+sym() {{
+  a=$(grep " $1\$" /proc/kallsyms | head -1 | cut -d' ' -f1)
+  [ -n "$a" ] && [ "$a" != 0000000000000000 ] && printf '0x%x' $((0x$a - base + {KERNEL_TEXT}))
+}}
+jiffies=$(sym jiffies_64)
+echo "@@L2 RESULT sym_jiffies_64=$jiffies"
+[ -n "$jiffies" ] || {{ echo "no symbols in L1's kallsyms"; exit 9; }}
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokaslr" --vcpus 2 \
+    --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
+pid=$!
+i=0
+until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+timeout -k 5 200 gdb -nx -batch \
+  -ex 'set pagination off' -ex 'set confirm off' -ex 'set architecture i386:x86-64' \
+  -ex 'target remote /tmp/gdb.sock' \
+  -ex 'printf "@@L2 RESULT gdb_first_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_stop_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'bt 3' \
+  -ex 'info threads' \
+  -ex 'printf "@@L2 RESULT gdb_jiffies_1=%lx\n", *(unsigned long *)'"$jiffies" \
+  -ex 'stepi' \
+  -ex 'printf "@@L2 RESULT gdb_step_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_jiffies_2=%lx\n", *(unsigned long *)'"$jiffies" \
+  -ex 'continue' > /tmp/gdb.out 2>&1 &
+gdb=$!
+# Ctrl-C, twice, while the kernel boots.
+sleep 4; kill -INT $gdb; sleep 3; kill -INT $gdb
+wait $gdb
+echo "@@L2 RESULT gdb_status=$?"
+wait $pid
+status=$?
+sed 's/^/gdb| /' /tmp/gdb.out
+grep '^@@L2 RESULT' /tmp/gdb.out
+cat /tmp/sie.out
+exit $status"#,
+            sie_e2e::l2_boot_args("inspect_gdb")
+        ),
+        l2_script: Some(
+            "echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
+             echo \"@@L2 RESULT init=ok\"",
+        ),
+        check: check_gdb_kernel,
+    }
+}
+
+fn hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+}
+
+fn result_hex(run: &CaseRun, key: &str) -> Result<u64, String> {
+    run.result(key)
+        .as_deref()
+        .and_then(hex)
+        .ok_or_else(|| format!("no {key} in the output"))
+}
+
+fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
+    status_0_and(run, "init", "ok")?;
+    match run.result("gdb_status").as_deref() {
+        Some("0") => {}
+        other => return Err(format!("gdb exited with {other:?}")),
+    }
+    // The symbol gdb used is L2's own.
+    let jiffies = result_hex(run, "sym_jiffies_64")?;
+    if result_hex(run, "l2_jiffies_64")? != jiffies {
+        return Err("L1's kallsyms moved to the link base do not match L2's".into());
+    }
+    let gdb: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|line| line.trim_end().strip_prefix("gdb| "))
+        .collect();
+    // Stopped before the first instruction: at the kernel's 64-bit entry,
+    // which sie runs at its physical load address (16 MiB and up).
+    let first = result_hex(run, "gdb_first_pc")?;
+    if !(0x100_0000..0x4000_0000).contains(&first) {
+        return Err(format!(
+            "gdb found the guest at {first:#x}, not at the kernel's entry"
+        ));
+    }
+    if !gdb.iter().any(|l| l.contains("received signal SIGINT")) {
+        return Err("gdb's Ctrl-C did not stop the guest".into());
+    }
+    let stop = result_hex(run, "gdb_stop_pc")?;
+    let frame0 = gdb
+        .iter()
+        .find_map(|l| l.strip_prefix("#0 "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(hex);
+    if frame0 != Some(stop) {
+        return Err(format!(
+            "bt's frame 0 ({frame0:x?}) is not the stopped pc {stop:#x}"
+        ));
+    }
+    // `info threads` rows: "* 1    Thread 1 ...", "  2    Thread 2 ...".
+    let threads = gdb
+        .iter()
+        .filter(|l| {
+            let row = l.trim_start().trim_start_matches('*').trim_start();
+            row.starts_with(|c: char| c.is_ascii_digit()) && row.contains("Thread ")
+        })
+        .count();
+    if threads != 2 {
+        return Err(format!("info threads listed {threads} vCPUs, not 2"));
+    }
+    if result_hex(run, "gdb_step_pc")? == stop {
+        return Err("stepi did not move the pc".into());
+    }
+    // Read through the kernel's page tables, and the clock went on between.
+    let (one, two) = (
+        result_hex(run, "gdb_jiffies_1")?,
+        result_hex(run, "gdb_jiffies_2")?,
+    );
+    if two <= one {
+        return Err(format!("jiffies_64 read {one:#x}, then {two:#x}"));
+    }
+    if !gdb.iter().any(|l| l.contains("exited normally")) {
+        return Err("gdb did not see the VM finish".into());
+    }
+    Ok(())
+}
