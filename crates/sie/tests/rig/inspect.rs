@@ -119,13 +119,18 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 /// is in the -dbg package), so the symbols are the same kernel's own: L1
 /// runs that kernel, and its `/proc/kallsyms` moved from L1's KASLR base to
 /// the link-time base gives L2's addresses under `nokaslr` (L2 prints its
-/// own kallsyms at the end, and the check compares).
+/// own kallsyms at the end, and the check compares). `sietool
+/// kallsyms-elf` writes them as an ELF file of symbols for gdb's
+/// `symbol-file`.
 ///
 /// gdb, in batch mode, finds the guest stopped before its first
 /// instruction; `continue` runs it and Ctrl-C (SIGINT to gdb) stops it
 /// half-way through the boot: every vCPU stopped (`info threads` lists
-/// both), `bt` starts at the stopped pc, `jiffies_64` is read by its kernel
-/// virtual address through the guest's page tables, `stepi` moves the pc;
+/// both), `bt` starts at the stopped pc in a kernel function it names (no
+/// deeper frame is checked: without the kernel's unwind data gdb guesses
+/// them), `jiffies_64` is read by its kernel
+/// virtual address through the guest's page tables, `stepi` runs one
+/// instruction;
 /// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
 /// `continue` lets the boot reach L2's /init, and gdb sees the VM exit.
 ///
@@ -147,6 +152,8 @@ sym() {{
 jiffies=$(sym jiffies_64)
 echo "@@L2 RESULT sym_jiffies_64=$jiffies"
 [ -n "$jiffies" ] || {{ echo "no symbols in L1's kallsyms"; exit 9; }}
+# gdb's symbols: the text symbols, moved the same way, in an ELF file.
+sietool kallsyms-elf "$base" {KERNEL_TEXT} /tmp/kernel.sym < /proc/kallsyms || exit 9
 SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokaslr" --vcpus 2 \
     --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
 pid=$!
@@ -154,21 +161,31 @@ i=0
 until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
 timeout -k 5 200 gdb -nx -batch \
   -ex 'set pagination off' -ex 'set confirm off' -ex 'set architecture i386:x86-64' \
+  -ex 'symbol-file /tmp/kernel.sym' \
+  -ex 'printf "@@L2 RESULT gdb_kernel_init=%lx\n", (unsigned long)&kernel_init' \
   -ex 'target remote /tmp/gdb.sock' \
   -ex 'printf "@@L2 RESULT gdb_first_pc=%lx\n", (unsigned long)$pc' \
   -ex 'continue' \
   -ex 'printf "@@L2 RESULT gdb_stop_pc=%lx\n", (unsigned long)$pc' \
   -ex 'bt 3' \
+  -ex 'info symbol $pc' \
   -ex 'info threads' \
   -ex 'printf "@@L2 RESULT gdb_jiffies_1=%lx\n", *(unsigned long *)'"$jiffies" \
+  -ex 'printf "@@L2 RESULT gdb_stop_rcx=%lx\n", (unsigned long)$rcx' \
   -ex 'stepi' \
   -ex 'printf "@@L2 RESULT gdb_step_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'printf "@@L2 RESULT gdb_step_rcx=%lx\n", (unsigned long)$rcx' \
   -ex 'continue' \
   -ex 'printf "@@L2 RESULT gdb_jiffies_2=%lx\n", *(unsigned long *)'"$jiffies" \
   -ex 'continue' > /tmp/gdb.out 2>&1 &
 gdb=$!
-# Ctrl-C, twice, while the kernel boots.
-sleep 4; kill -INT $gdb; sleep 3; kill -INT $gdb
+# Ctrl-C, twice, a few seconds after each of the first two `continue`s.
+after() {{
+  i=0
+  until grep -q "$1" /tmp/gdb.out; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done
+}}
+after gdb_first_pc; sleep 4; kill -INT $gdb
+after gdb_step_pc; sleep 2; kill -INT $gdb
 wait $gdb
 echo "@@L2 RESULT gdb_status=$?"
 wait $pid
@@ -181,6 +198,7 @@ exit $status"#,
         ),
         l2_script: Some(
             "echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
+             echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
              echo \"@@L2 RESULT init=ok\"",
         ),
         check: check_gdb_kernel,
@@ -204,10 +222,13 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
         Some("0") => {}
         other => return Err(format!("gdb exited with {other:?}")),
     }
-    // The symbol gdb used is L2's own.
+    // The symbols gdb used are L2's own.
     let jiffies = result_hex(run, "sym_jiffies_64")?;
     if result_hex(run, "l2_jiffies_64")? != jiffies {
         return Err("L1's kallsyms moved to the link base do not match L2's".into());
+    }
+    if result_hex(run, "gdb_kernel_init")? != result_hex(run, "l2_kernel_init")? {
+        return Err("gdb's symbol file puts kernel_init elsewhere than L2's kallsyms".into());
     }
     let gdb: Vec<&str> = run
         .output
@@ -236,6 +257,19 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
             "bt's frame 0 ({frame0:x?}) is not the stopped pc {stop:#x}"
         ));
     }
+    // The stopped pc lies in a kernel function gdb names, in `info symbol`
+    // ("NAME + OFFSET in section .text") and in bt's frame 0.
+    let function = gdb
+        .iter()
+        .find(|l| l.ends_with(" in section .text"))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or("gdb named no function for the stopped pc")?;
+    if !gdb
+        .iter()
+        .any(|l| l.starts_with("#0 ") && l.contains(&format!(" in {function} (")))
+    {
+        return Err(format!("bt's frame 0 does not name {function}"));
+    }
     // `info threads` rows: "* 1    Thread 1 ...", "  2    Thread 2 ...".
     let threads = gdb
         .iter()
@@ -247,8 +281,12 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     if threads != 2 {
         return Err(format!("info threads listed {threads} vCPUs, not 2"));
     }
-    if result_hex(run, "gdb_step_pc")? == stop {
-        return Err("stepi did not move the pc".into());
+    // One instruction ran: the pc moved, or (a `rep` string instruction,
+    // which stays at its pc until done) its count in rcx went down.
+    let stepped = result_hex(run, "gdb_step_pc")? != stop
+        || result_hex(run, "gdb_step_rcx")? < result_hex(run, "gdb_stop_rcx")?;
+    if !stepped {
+        return Err("stepi neither moved the pc nor counted down rcx".into());
     }
     // Read through the kernel's page tables, and the clock went on between.
     let (one, two) = (
