@@ -301,3 +301,63 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// gdb attaching to a running Debian guest: the first gdb, there before
+/// the first instruction, detaches at once and the kernel boots on; a
+/// second gdb attaches on the same socket a few seconds later, finds every
+/// vCPU stopped in the kernel's text, and detaches; the boot reaches L2's
+/// /init and sie exits 0.
+pub(crate) fn gdb_attach_running() -> Case {
+    Case {
+        name: "inspect_gdb_attach",
+        l1_command: format!(
+            r#"rm -f /tmp/gdb.sock
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokaslr" --vcpus 2 \
+    --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
+pid=$!
+i=0
+until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+timeout -k 5 60 gdb -nx -batch -ex 'set architecture i386:x86-64' \
+  -ex 'target remote /tmp/gdb.sock' -ex 'detach' 2>&1 | sed 's/^/gdb1| /'
+sleep 3
+timeout -k 5 60 gdb -nx -batch -ex 'set architecture i386:x86-64' \
+  -ex 'target remote /tmp/gdb.sock' \
+  -ex 'printf "@@L2 RESULT gdb2_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'info threads' -ex 'detach' > /tmp/gdb2.out 2>&1
+sed 's/^/gdb2| /' /tmp/gdb2.out
+grep '^@@L2 RESULT' /tmp/gdb2.out
+wait $pid
+status=$?
+cat /tmp/sie.out
+exit $status"#,
+            sie_e2e::l2_boot_args("inspect_gdb_attach")
+        ),
+        l2_script: Some("echo \"@@L2 RESULT init=ok\""),
+        check: |run| {
+            status_0_and(run, "init", "ok")?;
+            let detached = |prefix: &str| {
+                run.output
+                    .lines()
+                    .any(|l| l.starts_with(prefix) && l.contains("detached"))
+            };
+            if !detached("gdb1| ") || !detached("gdb2| ") {
+                return Err("a gdb did not detach".into());
+            }
+            // The kernel's text, or (a vCPU halted in the idle loop) its
+            // pc still lies in the kernel's half of the address space.
+            let pc = result_hex(run, "gdb2_pc")?;
+            if pc < 0xffff_ffff_8000_0000 {
+                return Err(format!("the later gdb found pc {pc:#x}, not in the kernel"));
+            }
+            let threads = run
+                .output
+                .lines()
+                .filter(|l| l.starts_with("gdb2| ") && l.contains("Thread 1."))
+                .count();
+            if threads != 2 {
+                return Err(format!("the later gdb saw {threads} vCPUs, not 2"));
+            }
+            Ok(())
+        },
+    }
+}
