@@ -116,12 +116,11 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 
 /// gdb (Debian's, in L1) on a Debian kernel booting under sie with
 /// `--gdb-socket` and two vCPUs. Debian ships no System.map (the real one
-/// is in the -dbg package), so the symbols are the same kernel's own: L1
-/// runs that kernel, and its `/proc/kallsyms` moved from L1's KASLR base to
-/// the link-time base gives L2's addresses under `nokaslr` (L2 prints its
-/// own kallsyms at the end, and the check compares). `sietool
-/// kallsyms-elf` writes them as an ELF file of symbols for gdb's
-/// `symbol-file`.
+/// is in the -dbg package), so the symbols are the kernel's own: a first
+/// boot under `nokaslr` writes its `/proc/kallsyms` to a disk, and `sietool
+/// kallsyms-elf` makes an ELF file of symbols of it for gdb's
+/// `symbol-file` (the booted kernel prints its own kallsyms at the end,
+/// and the check compares).
 ///
 /// gdb, in batch mode, finds the guest stopped before its first
 /// instruction; `continue` runs it and Ctrl-C (SIGINT to gdb) stops it
@@ -140,21 +139,22 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 /// QEMU 9.1), and it checks an `int3` in the guest against the INTn
 /// intercept, not the #BP one KVM sets, so the `int3` reaches the guest.
 pub(crate) fn gdb_kernel() -> Case {
+    let args = sie_e2e::l2_boot_args("inspect_gdb");
     Case {
         name: "inspect_gdb",
         l1_command: format!(
-            r#"rm -f /tmp/gdb.sock
-base=0x$(grep ' _text$' /proc/kallsyms | cut -d' ' -f1)
-sym() {{
-  a=$(grep " $1\$" /proc/kallsyms | head -1 | cut -d' ' -f1)
-  [ -n "$a" ] && [ "$a" != 0000000000000000 ] && printf '0x%x' $((0x$a - base + {KERNEL_TEXT}))
-}}
-jiffies=$(sym jiffies_64)
+            r#"rm -f /tmp/gdb.sock /tmp/kallsyms.img
+# A first boot, without gdb, leaves the kernel's kallsyms on a disk.
+dd if=/dev/zero of=/tmp/kallsyms.img bs=1M count=16 2>/dev/null
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" \
+    --disk /tmp/kallsyms.img,id=syms > /tmp/sie.syms 2>&1 || {{ cat /tmp/sie.syms; exit 9; }}
+tr -d '\000' < /tmp/kallsyms.img > /tmp/kallsyms
+jiffies=0x$(grep ' jiffies_64$' /tmp/kallsyms | cut -d' ' -f1)
 echo "@@L2 RESULT sym_jiffies_64=$jiffies"
-[ -n "$jiffies" ] || {{ echo "no symbols in L1's kallsyms"; exit 9; }}
-# gdb's symbols: the text symbols, moved the same way, in an ELF file.
-sietool kallsyms-elf "$base" {KERNEL_TEXT} /tmp/kernel.sym < /proc/kallsyms || exit 9
-SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokaslr" --vcpus 2 \
+[ "$jiffies" != 0x ] || {{ cat /tmp/sie.syms; echo "no symbols from the first boot"; exit 9; }}
+# gdb's symbols: the text symbols in an ELF file.
+sietool kallsyms-elf {KERNEL_TEXT} {KERNEL_TEXT} /tmp/kernel.sym < /tmp/kallsyms || exit 9
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
     --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
 pid=$!
 i=0
@@ -193,11 +193,13 @@ status=$?
 sed 's/^/gdb| /' /tmp/gdb.out
 grep '^@@L2 RESULT' /tmp/gdb.out
 cat /tmp/sie.out
-exit $status"#,
-            sie_e2e::l2_boot_args("inspect_gdb")
+exit $status"#
         ),
+        // The first boot (with a disk) writes kallsyms to it and stops.
         l2_script: Some(
-            "echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
+            "for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done; \
+             if [ -b /dev/vda ]; then cat /proc/kallsyms > /dev/vda; sync; exit 0; fi; \
+             echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
              echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
              echo \"@@L2 RESULT init=ok\"",
         ),
