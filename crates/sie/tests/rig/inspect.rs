@@ -227,7 +227,7 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     // The symbols gdb used are L2's own.
     let jiffies = result_hex(run, "sym_jiffies_64")?;
     if result_hex(run, "l2_jiffies_64")? != jiffies {
-        return Err("L1's kallsyms moved to the link base do not match L2's".into());
+        return Err("the first boot's kallsyms do not match the second's".into());
     }
     if result_hex(run, "gdb_kernel_init")? != result_hex(run, "l2_kernel_init")? {
         return Err("gdb's symbol file puts kernel_init elsewhere than L2's kallsyms".into());
