@@ -263,6 +263,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         mmds(),
         console_attach_later(),
         panic_core(),
+        gdb_kernel(),
+        gdb_attach_running(),
         cpu_template_custom(),
         nested_svm(),
         cpu_template_static(),
