@@ -23,9 +23,14 @@
  *                                       close, then read HOST:SOURCE to its end;
  *                                       prints `@@BENCH` lines, with the bytes
  *                                       sent and received
+ *   sietool kallsyms-elf FROM TO OUT    /proc/kallsyms on stdin: its text
+ *                                       symbols, moved from base FROM to TO
+ *                                       (hex), as an ELF file of symbols only
+ *                                       (gdb's `symbol-file OUT`)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <elf.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
@@ -185,6 +190,69 @@ static void net_bench(const char *host, int sink, int source, long mib) {
     fflush(stdout);
 }
 
+/* kallsyms-elf: an ELF64 file holding a NOBITS .text over the symbols'
+ * range and one global function symbol per text symbol of stdin (kernel
+ * only: module symbols end in "[mod]"). */
+static void kallsyms_elf(uint64_t from, uint64_t to, const char *path) {
+    size_t cap = 1 << 17, count = 1, str_len = 1, str_cap = 1 << 22;
+    Elf64_Sym *syms = calloc(cap, sizeof *syms);
+    char *strs = malloc(str_cap), line[512], type, name[256];
+    unsigned long long addr;
+    uint64_t low = UINT64_MAX, high = 0;
+    if (!syms || !strs) die("kallsyms-elf: memory");
+    strs[0] = 0;
+    while (fgets(line, sizeof line, stdin)) {
+        if (strchr(line, '[')) continue;
+        if (sscanf(line, "%llx %c %255s", &addr, &type, name) != 3) continue;
+        if (type != 't' && type != 'T' && type != 'w' && type != 'W') continue;
+        size_t len = strlen(name) + 1;
+        if (count == cap || str_len + len > str_cap) break;
+        uint64_t value = addr - from + to;
+        memcpy(strs + str_len, name, len);
+        syms[count++] = (Elf64_Sym){.st_name = (Elf64_Word)str_len,
+                                    .st_info = ELF64_ST_INFO(STB_GLOBAL, STT_FUNC),
+                                    .st_shndx = 1, .st_value = value};
+        str_len += len;
+        if (value < low) low = value;
+        if (value > high) high = value;
+    }
+    if (count == 1) die("kallsyms-elf: no text symbols");
+    static const char shstr[] = "\0.text\0.symtab\0.strtab\0.shstrtab";
+    size_t str_at = sizeof(Elf64_Ehdr), shstr_at = str_at + str_len;
+    size_t sym_at = (shstr_at + sizeof shstr + 7) & ~(size_t)7;
+    size_t sh_at = sym_at + count * sizeof *syms;
+    Elf64_Ehdr eh = {.e_type = ET_EXEC, .e_machine = EM_X86_64, .e_version = EV_CURRENT,
+                     .e_shoff = sh_at, .e_ehsize = sizeof eh, .e_shentsize = sizeof(Elf64_Shdr),
+                     .e_shnum = 5, .e_shstrndx = 4};
+    memcpy(eh.e_ident, ELFMAG, SELFMAG);
+    eh.e_ident[EI_CLASS] = ELFCLASS64;
+    eh.e_ident[EI_DATA] = ELFDATA2LSB;
+    eh.e_ident[EI_VERSION] = EV_CURRENT;
+    Elf64_Shdr sh[5] = {
+        {0},
+        {.sh_name = 1, .sh_type = SHT_NOBITS, .sh_flags = SHF_ALLOC | SHF_EXECINSTR,
+         .sh_addr = low, .sh_offset = str_at, .sh_size = high - low + 1, .sh_addralign = 16},
+        {.sh_name = 7, .sh_type = SHT_SYMTAB, .sh_offset = sym_at,
+         .sh_size = count * sizeof *syms, .sh_link = 3, .sh_info = 1, .sh_addralign = 8,
+         .sh_entsize = sizeof *syms},
+        {.sh_name = 15, .sh_type = SHT_STRTAB, .sh_offset = str_at, .sh_size = str_len,
+         .sh_addralign = 1},
+        {.sh_name = 23, .sh_type = SHT_STRTAB, .sh_offset = shstr_at, .sh_size = sizeof shstr,
+         .sh_addralign = 1},
+    };
+    FILE *out = fopen(path, "wb");
+    static const char zeros[8];
+    if (!out) die("kallsyms-elf: open");
+    fwrite(&eh, sizeof eh, 1, out);
+    fwrite(strs, 1, str_len, out);
+    fwrite(shstr, 1, sizeof shstr, out);
+    fwrite(zeros, 1, sym_at - shstr_at - sizeof shstr, out);
+    fwrite(syms, sizeof *syms, count, out);
+    fwrite(sh, sizeof sh, 1, out);
+    if (fclose(out)) die("kallsyms-elf: write");
+    printf("%zu symbols\n", count - 1);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "tcp-recv") && argc == 4) {
@@ -248,6 +316,8 @@ int main(int argc, char **argv) {
         blk_bench(argv[2], atol(argv[3]), atol(argv[4]));
     } else if (!strcmp(mode, "net-bench") && argc == 6) {
         net_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atol(argv[5]));
+    } else if (!strcmp(mode, "kallsyms-elf") && argc == 5) {
+        kallsyms_elf(strtoull(argv[2], NULL, 16), strtoull(argv[3], NULL, 16), argv[4]);
     } else {
         fprintf(stderr, "usage: see the comment at the top of sietool.c\n");
         return 2;

@@ -621,17 +621,66 @@ def test_mmds_after_boot(booted):
     assert "after starting" in api.put("/mmds/config", {"network_interfaces": ["eth0"]}).fault
 
 
+# -- balloon -----------------------------------------------------------------
+
+BALLOON = {"amount_mib": 16, "deflate_on_oom": True, "stats_polling_interval_s": 1,
+           "free_page_reporting": True, "free_page_hinting": True}
+
+
+def test_balloon_before_boot(api):
+    assert "not configured" in api.get("/balloon").fault
+    assert "not configured" in api.request("PATCH", "/balloon", {"amount_mib": 1}).fault
+    api.ok("PUT", "/machine-config", MACHINE)
+    assert "too large" in api.put("/balloon", dict(BALLOON, amount_mib=257)).fault
+    assert "unknown field" in api.put("/balloon", dict(BALLOON, amount=1)).fault
+    fault_names(api.put("/balloon", {"amount_mib": 1}), "deflate_on_oom")
+    fault_names(api.put("/balloon", dict(BALLOON, amount_mib=-1)), "amount_mib")
+    api.ok("PUT", "/balloon", BALLOON)
+    assert api.get("/balloon").json() == BALLOON
+    api.ok("PATCH", "/balloon", {"amount_mib": 32})
+    api.ok("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 2})
+    want = dict(BALLOON, amount_mib=32, stats_polling_interval_s=2)
+    assert api.get("/balloon").json() == want
+    assert api.get("/vm/config").json()["balloon"] == want
+    # The device's state needs a running VM.
+    for method, path in [("GET", "/balloon/statistics"), ("PATCH", "/balloon/hinting/start"),
+                         ("GET", "/balloon/hinting/status"), ("PATCH", "/balloon/hinting/stop")]:
+        assert "before starting" in api.request(method, path, None).fault, path
+
+
+def test_balloon_after_boot(vmm, kernel):
+    api = vmm.api
+    api.ok("PUT", "/balloon", BALLOON)
+    boot(api, kernel)
+    assert "after starting" in api.put("/balloon", BALLOON).fault
+    api.ok("PATCH", "/balloon", {"amount_mib": 64})
+    assert "too large" in api.request("PATCH", "/balloon", {"amount_mib": 129}).fault
+    stats = api.get("/balloon/statistics").json()
+    # The tiny guest has no balloon driver: the target, and nothing inflated.
+    assert stats == {"target_pages": 64 * 256, "actual_pages": 0, "target_mib": 64, "actual_mib": 0}
+    api.ok("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 3})
+    assert "after boot" in api.request("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 0}).fault
+    assert api.get("/balloon").json()["amount_mib"] == 64
+    # Hinting needs the guest's driver.
+    assert "not activated" in api.request("PATCH", "/balloon/hinting/start", {}).fault
+    assert api.get("/balloon/hinting/status").json() == {"host_cmd": 0}
+
+
+def test_balloon_without_stats_or_hinting(vmm, kernel):
+    api = vmm.api
+    api.ok("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False})
+    boot(api, kernel)
+    assert "not enabled" in api.get("/balloon/statistics").fault
+    assert "after boot" in api.request("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}).fault
+    assert "not enabled" in api.get("/balloon/hinting/status").fault
+    assert "not enabled" in api.request("PATCH", "/balloon/hinting/stop", None).fault
+
+
 # -- errors: unsupported features, unknown paths, bad bodies ---------------
 
 UNSUPPORTED = [
-    ("GET", "/balloon", None),
-    ("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False}),
-    ("PATCH", "/balloon", {"amount_mib": 0}),
-    ("GET", "/balloon/statistics", None),
-    ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
-    ("PATCH", "/balloon/hinting/start", {}),
-    ("GET", "/balloon/hinting/status", None),
-    ("PATCH", "/balloon/hinting/stop", {}),
+    # Firecracker 1.17 has no GET on /entropy; every other endpoint is served.
+    ("GET", "/entropy", None),
 ]
 
 

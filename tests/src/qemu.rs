@@ -162,11 +162,21 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
             "-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "2048", "-smp", "2",
         ])
         .args(["-nographic", "-no-reboot", "-monitor", "none"])
+        // An emulated VT-d and QEMU's `edu` PCI device (1234:11e8): L1 binds
+        // edu to vfio-pci so sie can pass it to L2 (docs/vfio.md).
+        .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
+        .args(["-device", "edu"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
         .arg(images.join("l1.cpio"))
-        .args(["-append", "console=ttyS0 quiet panic=-1"]);
+        // no_timer_check: with interrupt remapping, a slow TCG boot (a
+        // loaded host) fails Linux's IO-APIC timer check and panics ("timer
+        // doesn't work through Interrupt-remapped IO-APIC"); the timer works.
+        .args([
+            "-append",
+            "console=ttyS0 quiet panic=-1 intel_iommu=on iommu=pt no_timer_check",
+        ]);
     match run_with_deadline(command, rig.limit) {
         Ok(done) => {
             parse(&done.output, &mut run);

@@ -8,10 +8,10 @@
 
 use serde::de::DeserializeOwned;
 use sie_config::{
-    ActionType, BootSource, CpuConfig, Drive, DrivePatch, Entropy, Logger, MachineConfig,
-    MachineConfigPatch, Metrics, MigrationReceive, MigrationSend, MmdsConfig, NetworkInterface,
-    NetworkInterfacePatch, Request, SerialConfig, SnapshotCreate, SnapshotLoad, VmDump, VmState,
-    Vsock,
+    ActionType, BalloonStartCmd, BootSource, CpuConfig, Drive, DrivePatch, Entropy, Logger,
+    MachineConfig, MachineConfigPatch, Metrics, MigrationReceive, MigrationSend, MmdsConfig,
+    NetworkInterface, NetworkInterfacePatch, Request, SerialConfig, SnapshotCreate, SnapshotLoad,
+    VfioDevice, VmDump, VmState, Vsock,
 };
 
 /// Stats name of `GET /version`, which the server answers itself.
@@ -65,7 +65,7 @@ struct VmStateBody {
 /// Firecracker path families sie does not implement yet, with the feature
 /// name used in the fault. Any method on them gets "not available in sie
 /// yet" rather than "invalid path", so a client learns what is missing.
-const UNSUPPORTED: [(&str, &str); 1] = [("balloon", "the balloon device")];
+const UNSUPPORTED: [(&str, &str); 0] = [];
 
 /// The path of a request target: the query dropped, and one trailing `/`
 /// (other than the root's) stripped.
@@ -183,6 +183,14 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked("put_entropy", entropy.validate())?;
             vmm(Request::PutEntropy(entropy))
         }
+        ("PUT", ["vfio", id]) => {
+            checked_id("put_vfio", id)?;
+            let device: VfioDevice = input.parse("put_vfio")?;
+            same_id("put_vfio", "id", id, &device.id)?;
+            checked_message("put_vfio", device.validate().map_err(|e| e.to_string()))?;
+            vmm(Request::PutVfio(device))
+        }
+        ("PUT", ["vfio"]) => Err(Fault::new("put_vfio", EMPTY_ID)),
         ("PUT", ["logger"]) => vmm(Request::PutLogger(input.parse::<Logger>("put_logger")?)),
         ("PUT", ["metrics"]) => vmm(Request::PutMetrics(input.parse::<Metrics>("put_metrics")?)),
         ("GET", ["metrics"]) => vmm(Request::GetPrometheusMetrics),
@@ -230,6 +238,24 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
         ("PUT", ["mmds", "config"]) => vmm(Request::PutMmdsConfig(
             input.parse::<MmdsConfig>("put_mmds_config")?,
         )),
+        ("PUT", ["balloon"]) => vmm(Request::PutBalloon(input.parse("put_balloon")?)),
+        ("PATCH", ["balloon"]) => vmm(Request::PatchBalloon(input.parse("patch_balloon")?)),
+        ("GET", ["balloon"]) => vmm(Request::GetBalloon),
+        ("GET", ["balloon", "statistics"]) => vmm(Request::GetBalloonStats),
+        ("PATCH", ["balloon", "statistics"]) => vmm(Request::PatchBalloonStats(
+            input.parse("patch_balloon_statistics")?,
+        )),
+        ("PATCH", ["balloon", "hinting", "start"]) => {
+            // The body is optional, as in Firecracker.
+            let start = if body.iter().all(u8::is_ascii_whitespace) {
+                BalloonStartCmd::default()
+            } else {
+                input.parse("patch_balloon_hinting_start")?
+            };
+            vmm(Request::StartBalloonHinting(start))
+        }
+        ("GET", ["balloon", "hinting", "status"]) => vmm(Request::GetBalloonHinting),
+        ("PATCH", ["balloon", "hinting", "stop"]) => vmm(Request::StopBalloonHinting),
         ("GET", ["entropy"]) => Err(unsupported(method, path, "reading the entropy device")),
         (_, [first, ..]) => match UNSUPPORTED.iter().find(|(family, _)| family == first) {
             Some((_, feature)) => Err(unsupported(method, path, feature)),

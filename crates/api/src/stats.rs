@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 31] = [
+pub const ROUTES: [&str; 49] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -43,6 +43,24 @@ pub const ROUTES: [&str; 31] = [
     "put_mmds_config",
     "put_serial",
     "put_vm_dump",
+    "put_balloon",
+    "patch_balloon",
+    "get_balloon",
+    "get_balloon_statistics",
+    "patch_balloon_statistics",
+    "patch_balloon_hinting_start",
+    "get_balloon_hinting_status",
+    "patch_balloon_hinting_stop",
+    "put_vfio",
+    "put_migration_receive",
+    "put_migration_send",
+    "get_migration",
+    "put_migration_cancel",
+    "put_pmem",
+    "patch_pmem",
+    "put_hotplug_memory",
+    "patch_hotplug_memory",
+    "get_hotplug_memory",
     ROUTE_VERSION,
     ROUTE_UNSUPPORTED,
     ROUTE_INVALID,
@@ -58,13 +76,23 @@ struct RouteStats {
 }
 
 /// Per-route counters, shared as `Arc<ApiStats>`.
-#[derive(Default)]
 pub struct ApiStats {
     routes: [RouteStats; ROUTES.len()],
     /// Connections closed to make room for a new client.
     evicted: AtomicU64,
     /// Connections closed after sitting idle too long.
     timed_out: AtomicU64,
+}
+
+// By hand: std derives `Default` for arrays of at most 32.
+impl Default for ApiStats {
+    fn default() -> Self {
+        Self {
+            routes: std::array::from_fn(|_| RouteStats::default()),
+            evicted: AtomicU64::default(),
+            timed_out: AtomicU64::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiStats {

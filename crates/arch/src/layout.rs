@@ -14,9 +14,13 @@
 //! 0x0010_0000  kernel (bzImage load address; ELF at its own addresses)
 //!   ...        RAM up to min(mem size, MMIO_HOLE_START)
 //! 0xC000_0000  MMIO hole: the platform device window (boot timer, virtio-mmio
-//!              slots: placed by the VMM's device manager), IOAPIC, LAPIC
-//! 0x1_0000_0000 the rest of RAM, if any; 16 GiB past its 1 GiB-aligned
-//!              end, the device-memory window (virtio-pmem files)
+//!              slots: placed by the VMM's device manager),
+//! 0xD000_0000  the PCI 32-bit BAR window (with PCI),
+//! 0xE000_0000  the PCI ECAM window, bus 0 (with PCI), IOAPIC, LAPIC
+//! 0x1_0000_0000 the rest of RAM, if any; then, 1 GiB-aligned, the PCI
+//!              64-bit BAR window (with PCI, `pci_mmio64_window`); 16 GiB past RAM's
+//!              1 GiB-aligned end, the device-memory window (virtio-pmem files,
+//!              virtio-mem)
 //! ```
 //!
 //! ```
@@ -65,6 +69,20 @@ pub fn device_memory_window(ram_end: u64) -> Option<(u64, u64)> {
     Some((base, DEVICE_MEMORY_SIZE))
 }
 
+/// The PCI 32-bit BAR window (with PCI): BARs that must sit below 4 GiB.
+pub const PCI_MMIO32_START: u64 = PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE;
+/// Size of the 32-bit BAR window in bytes (256 MiB).
+pub const PCI_MMIO32_SIZE: u64 = 0x1000_0000;
+/// The PCI ECAM configuration window (with PCI): 1 MiB per bus, bus 0 only.
+pub const PCI_ECAM_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE;
+/// Size of the ECAM window in bytes (one bus).
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+/// Size of the PCI 64-bit BAR window in bytes (16 GiB: far more than
+/// virtio BARs need, and within the 36 physical address bits every x86-64
+/// CPU has for guests with up to 44 GiB of RAM).
+pub const PCI_MMIO64_SIZE: u64 = 16 << 30;
+/// The 64-bit window's alignment.
+const PCI_MMIO64_ALIGN: u64 = 1 << 30;
 /// I/O APIC register window.
 pub const IOAPIC_ADDR: u64 = 0xFEC0_0000;
 /// Local APIC register window.
@@ -156,6 +174,17 @@ pub fn ram_regions(mem_size_bytes: u64) -> Result<Vec<(GuestAddress, usize)>, La
         regions.push((GuestAddress(HIGH_RAM_START), high_len));
     }
     Ok(regions)
+}
+
+/// The PCI 64-bit BAR window for `mem_size_bytes` of RAM: (base, size),
+/// the base the first 1 GiB boundary at or above both 4 GiB and the end of
+/// RAM. `None` if it would not fit in the 64-bit address space.
+pub fn pci_mmio64_window(mem_size_bytes: u64) -> Option<(u64, u64)> {
+    let high = mem_size_bytes.saturating_sub(MMIO_HOLE_START);
+    let ram_end = HIGH_RAM_START.checked_add(high)?;
+    let base = ram_end.checked_next_multiple_of(PCI_MMIO64_ALIGN)?;
+    base.checked_add(PCI_MMIO64_SIZE)?;
+    Some((base, PCI_MMIO64_SIZE))
 }
 
 /// The end (exclusive) of RAM below the MMIO hole.
@@ -312,6 +341,25 @@ mod tests {
             map.iter()
                 .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END)
         );
+    }
+
+    #[test]
+    fn pci_windows_sit_in_the_hole_and_above_ram() {
+        const {
+            assert!(PCI_MMIO32_START >= PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE);
+            assert!(PCI_ECAM_START >= PCI_MMIO32_START + PCI_MMIO32_SIZE);
+            assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_ADDR);
+        }
+        assert_eq!(
+            pci_mmio64_window(128 * MIB),
+            Some((4 * GIB, PCI_MMIO64_SIZE))
+        );
+        // 5 GiB of RAM: 2 GiB above 4 GiB, so the window starts at 6 GiB.
+        assert_eq!(pci_mmio64_window(5 * GIB), Some((6 * GIB, PCI_MMIO64_SIZE)));
+        // An end of RAM between boundaries is rounded up.
+        let (base, _) = pci_mmio64_window(5 * GIB + 4096).unwrap();
+        assert_eq!(base, 7 * GIB);
+        assert_eq!(pci_mmio64_window(u64::MAX - 4095), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! assert_eq!(parse_mem_size_mib("2G"), Ok(2048));
 //! ```
 
+mod balloon;
 mod boot_source;
 mod cli_spec;
 mod cpu_config;
@@ -25,14 +26,20 @@ mod logging;
 mod machine_config;
 mod migration;
 mod mmds;
+mod pci;
 mod pmem;
 mod request;
 mod resource_id;
 mod serial;
 mod size;
 mod snapshot;
+mod vfio;
 mod vm_config;
 
+pub use balloon::{
+    BALLOON_PAGES_PER_MIB, Balloon, BalloonConfigError, BalloonStartCmd, BalloonStatsUpdate,
+    BalloonUpdate, check_amount,
+};
 pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
 pub use cpu_config::{
@@ -50,6 +57,7 @@ pub use machine_config::{
 };
 pub use migration::{MigrationMode, MigrationReceive, MigrationSend, check_migration_url};
 pub use mmds::{DEFAULT_MMDS_IPV4, MmdsConfig, MmdsConfigError, MmdsVersion};
+pub use pci::PciConfig;
 pub use pmem::{Pmem, PmemConfigError, PmemPatch};
 pub use request::{
     ActionType, DrivePatch, FIRECRACKER_API_VERSION, MachineConfigPatch, NetworkInterfacePatch,
@@ -64,4 +72,5 @@ pub use snapshot::{
     HugePages, LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
     SnapshotType, VsockOverride,
 };
+pub use vfio::{VFIO_NOT_SNAPSHOTTABLE, VfioConfigError, VfioDevice, validate_vfio};
 pub use vm_config::{ConfigError, VmConfig};

@@ -60,6 +60,8 @@ pub enum Request {
     GetMemoryHotplug,
     /// `PUT /entropy` (before boot only).
     PutEntropy(Entropy),
+    /// Extension: `PUT /vfio/{id}` (before boot only).
+    PutVfio(crate::VfioDevice),
     /// `PUT /logger` (before boot only).
     PutLogger(Logger),
     /// `PUT /metrics` (before boot only).
@@ -97,6 +99,22 @@ pub enum Request {
     GetMigration,
     /// Extension: `PUT /migration/cancel`.
     CancelMigration,
+    /// `PUT /balloon` (before boot only).
+    PutBalloon(crate::balloon::Balloon),
+    /// `PATCH /balloon`: a new target, before or after boot.
+    PatchBalloon(crate::balloon::BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`: a new polling interval.
+    PatchBalloonStats(crate::balloon::BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`.
+    StartBalloonHinting(crate::balloon::BalloonStartCmd),
+    /// `GET /balloon/hinting/status`.
+    GetBalloonHinting,
+    /// `PATCH /balloon/hinting/stop`.
+    StopBalloonHinting,
 }
 
 impl Request {
@@ -121,6 +139,7 @@ impl Request {
             Request::PatchMemoryHotplug(_) => "patch_hotplug_memory",
             Request::GetMemoryHotplug => "get_hotplug_memory",
             Request::PatchPmem(_) => "patch_pmem",
+            Request::PutVfio(_) => "put_vfio",
             Request::PutLogger(_) => "put_logger",
             Request::PutMetrics(_) => "put_metrics",
             Request::Action(_) => "put_actions",
@@ -139,6 +158,14 @@ impl Request {
             Request::SendMigration(_) => "put_migration_send",
             Request::GetMigration => "get_migration",
             Request::CancelMigration => "put_migration_cancel",
+            Request::PutBalloon(_) => "put_balloon",
+            Request::PatchBalloon(_) => "patch_balloon",
+            Request::GetBalloon => "get_balloon",
+            Request::GetBalloonStats => "get_balloon_statistics",
+            Request::PatchBalloonStats(_) => "patch_balloon_statistics",
+            Request::StartBalloonHinting(_) => "patch_balloon_hinting_start",
+            Request::GetBalloonHinting => "get_balloon_hinting_status",
+            Request::StopBalloonHinting => "patch_balloon_hinting_stop",
         }
     }
 }

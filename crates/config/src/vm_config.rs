@@ -48,9 +48,9 @@ pub struct VmConfig {
     /// Metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
-    /// Firecracker's balloon; parsed so it can be refused by name.
+    /// The balloon device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<serde_json::Value>,
+    pub balloon: Option<crate::balloon::Balloon>,
     /// The metadata service: which interfaces carry it, and how.
     #[serde(
         rename = "mmds-config",
@@ -87,6 +87,13 @@ pub struct VmConfig {
     /// core file before sie exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_on_panic: Option<std::path::PathBuf>,
+    /// sie: the virtio devices on PCI instead of MMIO (Firecracker's
+    /// `--enable-pci`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<crate::PciConfig>,
+    /// sie: host PCI devices passed through (VFIO).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfio: Vec<crate::VfioDevice>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -124,6 +131,9 @@ pub enum ConfigError {
     /// `serial` is invalid.
     #[error(transparent)]
     Serial(#[from] SerialConfigError),
+    /// `vfio` is invalid.
+    #[error(transparent)]
+    Vfio(#[from] crate::VfioConfigError),
     /// Two resources share an id.
     #[error("{resource}: id {id:?} is used twice")]
     DuplicateId {
@@ -140,6 +150,9 @@ pub enum ConfigError {
         "machine-config: cpu_template {0:?} and a cpu-config section: use one CPU template, not both"
     )]
     TwoCpuTemplates(String),
+    /// `balloon` is invalid.
+    #[error(transparent)]
+    Balloon(#[from] crate::balloon::BalloonConfigError),
     /// `mmds-config` is invalid.
     #[error("mmds-config: {0}")]
     Mmds(#[from] MmdsConfigError),
@@ -176,7 +189,16 @@ impl VmConfig {
             pmem: Vec::new(),
             serial: None,
             dump_on_panic: None,
+            pci: None,
+            vfio: Vec::new(),
         }
+    }
+
+    /// Whether the VM has a PCI bus (its virtio devices then go on it): the
+    /// `pci` switch, or any passed-through (`vfio`) device.
+    pub fn pci_enabled(&self) -> bool {
+        // A passed-through device needs a PCI bus: it turns PCI on.
+        self.pci.is_some_and(|pci| pci.enabled) || !self.vfio.is_empty()
     }
 
     /// Parses a config file's text; `origin` names it in errors.
@@ -222,7 +244,6 @@ impl VmConfig {
 
     /// Checks every resource and the rules between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // balloon is refused when the VM is built.
         if let Some(hotplug) = &self.memory_hotplug {
             hotplug.validate()?;
         }
@@ -285,6 +306,11 @@ impl VmConfig {
         }
         if let Some(serial) = &self.serial {
             serial.validate()?;
+        }
+        crate::validate_vfio(&self.vfio)?;
+        if let Some(balloon) = &self.balloon {
+            let mem = self.machine_config.clone().unwrap_or_default().mem_size_mib;
+            balloon.validate(mem)?;
         }
         Ok(())
     }

@@ -94,6 +94,20 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// A message-signalled interrupt: the 32-bit `data` a device writes at
+/// `address` (0xfee0_0000 plus the destination APIC id at bits 12-19 on x86)
+/// to raise one interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// The guest-physical address written.
+    pub address: u64,
+    /// The value written (vector and delivery mode on x86).
+    pub data: u32,
+}
+
+/// The first GSI the VMM may route as an MSI (below are the IOAPIC's pins).
+pub const FIRST_MSI_GSI: u32 = kvm::FIRST_MSI_GSI;
+
 /// A hypervisor: opens VMs and describes the host's abilities.
 pub trait Hypervisor: Send + Sync {
     /// Creates an empty VM.
@@ -155,6 +169,31 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>>;
     /// Injects an interrupt on `gsi` whenever `fd` is written.
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
+    /// Like [`Vm::register_irqfd`] for a level-triggered line (a
+    /// passed-through device's INTx): the line stays up until the guest
+    /// acknowledges it, and then `resample` is signalled.
+    fn register_irqfd_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()> {
+        let _ = (fd, resample, gsi);
+        Err(HvError::Invalid(
+            "this backend cannot resample an irqfd".to_string(),
+        ))
+    }
+    /// Stops `fd` injecting on `gsi` (a `register_irqfd` undone).
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        let _ = (fd, gsi);
+        Err(HvError::Invalid(
+            "this backend cannot remove an irqfd".to_string(),
+        ))
+    }
+    /// Routes `gsi` ([`FIRST_MSI_GSI`] or above) to the MSI `message`, or
+    /// with `None` removes its route (an irqfd on it then injects nothing).
+    /// The interrupt controllers' own routes (GSIs below) stay as they are.
+    fn set_msi_route(&self, gsi: u32, message: Option<MsiMessage>) -> Result<()> {
+        let _ = (gsi, message);
+        Err(HvError::Invalid(
+            "this backend cannot route MSIs".to_string(),
+        ))
+    }
     /// Signals `fd` (without an exit to the VMM) when the guest writes `addr`,
     /// optionally only when the written value equals `datamatch`. With a
     /// datamatch only writes of 4 bytes match (8 when the value exceeds
@@ -165,6 +204,18 @@ pub trait Vm: Send + Sync {
         addr: IoEventAddress,
         datamatch: Option<u64>,
     ) -> Result<()>;
+    /// Undoes a `register_ioevent` with the same arguments (a BAR moved).
+    fn unregister_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        let _ = (fd, addr, datamatch);
+        Err(HvError::Invalid(
+            "this backend cannot remove an ioeventfd".to_string(),
+        ))
+    }
     /// Sets the level of an interrupt line.
     fn set_irq_line(&self, gsi: u32, active: bool) -> Result<()>;
     /// Saves the in-kernel devices (interrupt controllers, PIT, clock); the

@@ -150,6 +150,40 @@ fn ioeventfd_absorbs_matching_writes_only() {
 }
 
 #[test]
+fn an_unregistered_ioeventfd_lets_the_write_exit_again() {
+    // A BAR move: the notify ioeventfd (any width, no datamatch) leaves the
+    // old address, so the guest's write there reaches the VMM again.
+    let code = [
+        0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, //       mov eax, 1
+        0x64, 0x66, 0xa3, 0x00, 0x02, //             mov [fs:0x200], eax ; absorbed
+        0xe6, 0x80, //                               out 0x80, al        ; exits
+        0x64, 0x66, 0xa3, 0x00, 0x02, //             mov [fs:0x200], eax ; exits now
+    ];
+    let mut guest = real_mode_guest(&code);
+    let event = EventFd::new(EFD_NONBLOCK).unwrap();
+    let addr = IoEventAddress::Mmio(MMIO_BASE + 0x200);
+    guest.vm.register_ioevent(&event, addr, None).unwrap();
+    let _watchdog = Watchdog::arm("ioeventfd move guest", Duration::from_secs(20));
+    match guest.vcpu.run().unwrap() {
+        VmExit::IoOut { port, .. } => assert_eq!(port, 0x80),
+        other => panic!("expected the port write, got {other:?}"),
+    }
+    assert_eq!(event.read().unwrap(), 1);
+    guest.vm.unregister_ioevent(&event, addr, None).unwrap();
+    match guest.vcpu.run().unwrap() {
+        VmExit::MmioWrite { addr, data } => {
+            assert_eq!(addr, MMIO_BASE + 0x200);
+            assert_eq!(data, &1u32.to_le_bytes());
+        }
+        other => panic!("expected the MmioWrite, got {other:?}"),
+    }
+    assert!(
+        event.read().is_err(),
+        "nothing signalled after unregistering"
+    );
+}
+
+#[test]
 fn irqfd_and_irq_lines_are_accepted() {
     let guest = real_mode_guest(&[0xf4]);
     let event = EventFd::new(EFD_NONBLOCK).unwrap();

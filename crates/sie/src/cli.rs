@@ -94,6 +94,11 @@ pub struct FirecrackerArgs {
     /// used, µs.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
+    /// Put the virtio devices on a PCI bus (virtio-PCI with MSI-X) instead of
+    /// virtio-MMIO, as Firecracker 1.17 does; `GET /vm/config` shows it as
+    /// `"pci": {"enabled": true}`. Such a VM cannot be snapshotted yet.
+    #[arg(long)]
+    pub enable_pci: bool,
     /// Print the snapshot format version this sie writes, and exit.
     #[arg(long)]
     pub snapshot_version: bool,
@@ -476,6 +481,17 @@ pub struct RunArgs {
     /// msr_modifiers, kvm_capabilities), as `PUT /cpu-config` takes.
     #[arg(long, value_name = "FILE")]
     pub cpu_config: Option<PathBuf>,
+    /// Put the virtio devices on a PCI bus (virtio-PCI with MSI-X, found
+    /// through ACPI) instead of virtio-MMIO; the command line then gets no
+    /// `pci=off`. Such a VM cannot be snapshotted or migrated yet.
+    #[arg(long)]
+    pub pci: bool,
+    /// Pass a host PCI device bound to vfio-pci through to the guest: its
+    /// sysfs path, e.g. `/sys/bus/pci/devices/0000:00:03.0` (repeatable;
+    /// ids vfio0, vfio1...; see docs/vfio.md). The VM then has a PCI bus
+    /// and cannot be snapshotted or migrated.
+    #[arg(long, value_name = "SYSFS_DEVICE_PATH")]
+    pub vfio: Vec<std::path::PathBuf>,
     /// Wait for gdb on this Unix socket before the guest's first
     /// instruction (`target remote PATH` in gdb); gdb then stops, steps and
     /// inspects the guest: every vCPU a thread, hardware breakpoints and
@@ -484,7 +500,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "cpu_template", "cpu_config"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "cpu_template", "cpu_config", "pci"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.
@@ -606,6 +622,10 @@ pub struct BenchBlkArgs {
     /// (io_uring), to compare them.
     #[arg(long, value_name = "ENGINE", default_value = "sync", value_parser = ["sync", "async"])]
     pub io: String,
+    /// The virtio transport: mmio, pci (`sie run --pci`) or both, side by
+    /// side with each one's interrupts and device exits per operation.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
+    pub transport: String,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init
@@ -634,6 +654,10 @@ pub struct BenchNetArgs {
     /// Guest memory.
     #[arg(long, default_value = "256")]
     pub memory: String,
+    /// The virtio transport: mmio, pci (`sie run --pci`) or both, side by
+    /// side with each one's interrupts and device exits per MiB.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
+    pub transport: String,
 }
 
 /// Flags of `sie bench boot`.

@@ -266,6 +266,7 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
             console_input: true,
             serial: args.console.serial()?,
             dump_on_panic: args.console.dump_on_panic.clone(),
+            enable_pci: args.enable_pci,
             seccomp,
             mmds,
             // Only a sie with an API can be asked to migrate.

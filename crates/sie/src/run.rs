@@ -126,6 +126,16 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if args.rng {
         config.entropy = Some(sie_config::Entropy::default());
     }
+    if args.pci {
+        config.pci = Some(sie_config::PciConfig { enabled: true });
+    }
+    let first_vfio = config.vfio.len();
+    for (index, path) in args.vfio.iter().enumerate() {
+        config.vfio.push(sie_config::VfioDevice {
+            id: format!("vfio{}", first_vfio + index),
+            path: path.clone(),
+        });
+    }
     config.validate()?;
     Ok(config)
 }

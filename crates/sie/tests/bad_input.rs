@@ -161,3 +161,12 @@ fn sie_with_env(args: &[&str], key: &str, value: &str) -> common::Run {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+#[test]
+fn a_vfio_device_that_cannot_be_passed_says_why() {
+    let missing = "/sys/bus/pci/devices/0000:7f:1f.7";
+    sie(&["run", "--kernel", HELLO.path, "--vfio", missing])
+        .expect_one_line_error("no such PCI device");
+    sie(&["run", "--kernel", HELLO.path, "--vfio", "0000:00:03.0"])
+        .expect_one_line_error("absolute sysfs path");
+}

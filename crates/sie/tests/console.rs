@@ -38,6 +38,25 @@ fn echo_vm(name: &str) -> (ApiVm, PathBuf) {
     (vm, console)
 }
 
+/// Attaches to the console socket at `path` once sie listens on it: the
+/// socket file appears at `bind`, a moment before `listen`, and a connect
+/// in between is refused.
+fn attach(path: &Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return stream,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("attaching to {}: {e}", path.display()),
+        }
+    }
+}
+
 /// Reads from `stream` until what was read contains `needle`; returns it.
 fn read_until(stream: &mut UnixStream, needle: &str) -> String {
     stream
@@ -284,7 +303,7 @@ fn a_client_that_never_reads_does_not_stall_the_guest() {
     let mut child = counter_on_console_socket(&console, 5000);
     wait_for("the console socket", || console.exists());
     // Attached, and never reading: the socket's buffer fills at once.
-    let client = UnixStream::connect(&console).unwrap();
+    let client = attach(&console);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

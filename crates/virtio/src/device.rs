@@ -1,4 +1,4 @@
-//! The contract between the virtio-MMIO transport and a device model.
+//! The contract between a virtio transport (MMIO or PCI) and a device model.
 //!
 //! The transport owns everything the specification puts in the transport
 //! (registers, status, feature negotiation, queue configuration); a device
@@ -7,18 +7,17 @@
 //! net's tap, a connection on vsock's sockets).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use sie_devices::Interrupt;
-use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::{Queue, QueueT};
 
 use crate::chain::{ChainError, Segment, drain_queue_until};
 use crate::counters::VirtioCounters;
 use crate::fault::DeviceFault;
+use crate::interrupt::VirtioInterrupt;
 use crate::memory::GuestMemory;
 
-/// A virtio device model behind [`crate::VirtioMmioTransport`].
+/// A virtio device model behind a transport ([`crate::VirtioMmioTransport`]
+/// or [`crate::pci::VirtioPciDevice`]).
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`virtio_bindings::virtio_ids`).
     fn device_type(&self) -> u32;
@@ -75,6 +74,16 @@ pub trait VirtioDevice: Send {
     /// device NEEDS_RESET.
     fn restored(&mut self) -> Result<(), DeviceFault> {
         Ok(())
+    }
+    /// What the device keeps outside its rings and configuration, for a
+    /// snapshot (the VM paused, after [`Self::quiesce`]); most keep nothing.
+    fn save_state(&self) -> Option<crate::device_state::DeviceState> {
+        None
+    }
+    /// Puts saved state back before the device is activated again; a
+    /// state of another kind is refused with why.
+    fn load_state(&mut self, saved: &crate::device_state::DeviceState) -> Result<(), String> {
+        Err(format!("this device keeps no saved state, got {saved:?}"))
     }
     /// The timers of the device's rate limiters (see
     /// [`crate::rate_limiter`]) and any other descriptor that says "serve
@@ -153,7 +162,8 @@ impl SingleQueue {
         if drain_queue_until(&mut self.queue, mem, counters, |buffers| {
             serve(mem, buffers)
         })? {
-            self.interrupt.signal_used();
+            // A single-queue device's queue is queue 0.
+            self.interrupt.signal_used(0);
         }
         Ok(())
     }
@@ -178,48 +188,4 @@ pub enum ActivateError {
     /// A ready queue's rings lie outside guest memory.
     #[error("queue {0} rings are not in guest memory")]
     QueueInvalid(usize),
-}
-
-/// The device's half of the MMIO interrupt: sets an InterruptStatus bit,
-/// then raises the (edge) line. The status is shared with the transport,
-/// which reads and acknowledges it from the vCPU threads.
-#[derive(Clone)]
-pub struct VirtioInterrupt {
-    status: Arc<AtomicU32>,
-    line: Arc<dyn Interrupt>,
-    counters: Arc<VirtioCounters>,
-}
-
-impl VirtioInterrupt {
-    pub(crate) fn new(
-        status: Arc<AtomicU32>,
-        line: Arc<dyn Interrupt>,
-        counters: Arc<VirtioCounters>,
-    ) -> Self {
-        Self {
-            status,
-            line,
-            counters,
-        }
-    }
-
-    /// Buffers were put in a used ring.
-    pub fn signal_used(&self) {
-        self.signal(VIRTIO_MMIO_INT_VRING);
-    }
-
-    /// The configuration space (or NEEDS_RESET) changed.
-    pub fn signal_config(&self) {
-        self.signal(VIRTIO_MMIO_INT_CONFIG);
-    }
-
-    fn signal(&self, bit: u32) {
-        // The bit must be visible before the guest's handler reads it.
-        self.status.fetch_or(bit, Ordering::SeqCst);
-        self.counters.interrupt();
-        if let Err(error) = self.line.trigger() {
-            self.counters.error();
-            tracing::warn!(%error, "virtio interrupt lost");
-        }
-    }
 }

@@ -5,9 +5,11 @@
 //! Queue positions are not saved: every device here finishes (puts on the
 //! used ring) each chain it takes before it yields (block I/O is synchronous,
 //! a throttled request is put back, a frame without a buffer waits in the
-//! VMM, not in a chain), so at a pause the next chain to take and the next
-//! used slot are both the used ring's `idx`, which guest memory (restored
-//! with the VM) holds.
+//! VMM, not in a chain; the balloon gives its held stats buffer back when
+//! quiesced), so at a pause the next chain to take and the next used slot
+//! are both the used ring's `idx`, which guest memory (restored with the
+//! VM) holds. What a device keeps beside its rings (the balloon's target)
+//! travels as its [`crate::DeviceState`].
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;
@@ -53,6 +55,10 @@ pub struct TransportState {
     pub config_generation: u32,
     /// InterruptStatus.
     pub interrupt_status: u32,
+    /// The device's own state beside its rings (the balloon's); absent
+    /// for most devices, and in snapshots from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::device_state::DeviceState>,
 }
 
 /// A transport whose state can be saved and restored, whatever its device
@@ -82,6 +88,9 @@ pub enum TransportStateError {
     /// The queues do not match the device's.
     #[error("saved queues do not match the device's ({0})")]
     Queues(String),
+    /// The device refused its own saved state.
+    #[error("saved device state: {0}")]
+    Device(String),
 }
 
 impl SavedQueue {

@@ -45,15 +45,7 @@ fn limiter(config: LimiterConfig, clock: &Arc<ManualClock>) -> RateLimiter {
 }
 
 fn disk() -> std::fs::File {
-    let path = std::env::temp_dir().join(format!("sie-throttle-{}.img", std::process::id()));
-    std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("image");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open image");
-    std::fs::remove_file(&path).expect("unlink image");
-    file
+    crate::testing::disk_image(64 * 1024, true)
 }
 
 struct BlockRig {

@@ -7,7 +7,13 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::device::VirtioDevice;
-use crate::mmio::VirtioMmioTransport;
+use crate::transport_core::VirtioCore;
+
+/// A transport (virtio-MMIO or virtio-PCI) around a [`VirtioCore`].
+pub trait VirtioTransport<D>: Send + Sync {
+    /// The transport-neutral core the event thread serves.
+    fn core(&self) -> &Arc<VirtioCore<D>>;
+}
 
 /// Event data of the backend descriptor (queue indexes are small).
 const BACKEND: u32 = u32::MAX;
@@ -18,13 +24,15 @@ const TIMER: u32 = 1 << 30;
 /// descriptor, if any) to an `event_manager` event loop and serves each
 /// when it fires.
 pub struct VirtioWorker<D> {
-    transport: Arc<VirtioMmioTransport<D>>,
+    transport: Arc<VirtioCore<D>>,
 }
 
 impl<D: VirtioDevice> VirtioWorker<D> {
     /// The worker for `transport` (which stays on the bus as well).
-    pub fn new(transport: Arc<VirtioMmioTransport<D>>) -> Self {
-        Self { transport }
+    pub fn new<T: VirtioTransport<D>>(transport: Arc<T>) -> Self {
+        Self {
+            transport: Arc::clone(transport.core()),
+        }
     }
 }
 

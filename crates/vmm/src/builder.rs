@@ -149,8 +149,15 @@ fn host_decompressed(
 /// Refuses configuration sections this version cannot honour, so that a
 /// config file asking for them fails loudly instead of booting without them.
 fn refuse_unsupported(config: &VmConfig) -> Result<()> {
-    if config.balloon.is_some() {
-        return Err(VmmError::Unsupported("balloon"));
+    // Checked before anything is built, so a device that cannot be passed
+    // is refused in its one line (the fix included) without side effects.
+    for device in &config.vfio {
+        sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio")).map_err(
+            |source| VmmError::Vfio {
+                id: device.id.clone(),
+                source: Box::new(sie_vfio::VfioPciError::Host(source.into())),
+            },
+        )?;
     }
     Ok(())
 }
@@ -262,6 +269,11 @@ pub(crate) fn assemble(
         options.console,
         options.extra_pio,
     )?;
+    if config.pci_enabled() {
+        let ram: u64 = memory.iter().map(|region| region.len()).sum();
+        manager.add_pci_bus(vm.clone(), ram, !config.vfio.is_empty())?;
+        crate::vfio::attach(config, &vm, &memory, &mut manager)?;
+    }
     let mmds = options.mmds.unwrap_or_else(|| {
         Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
             sie_mmds::DEFAULT_SIZE_LIMIT,
@@ -270,7 +282,7 @@ pub(crate) fn assemble(
     let virtio = VirtioDevices::attach(
         config,
         &mut Wiring {
-            vm: vm.as_ref(),
+            vm: &vm,
             memory: &memory,
             manager: &mut manager,
             mmds: &mmds,

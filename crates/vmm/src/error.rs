@@ -57,6 +57,15 @@ pub enum VmmError {
     /// The guest CPU the configuration asks for cannot be had on this host.
     #[error(transparent)]
     GuestCpu(#[from] crate::guest_cpu::GuestCpuError),
+    /// A host device that cannot be passed through (the message says why
+    /// and how to fix it).
+    #[error("vfio {id}: {source}")]
+    Vfio {
+        /// The device's id.
+        id: String,
+        /// Why.
+        source: Box<sie_vfio::VfioPciError>,
+    },
     /// A feature in the configuration that this version of sie lacks.
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),

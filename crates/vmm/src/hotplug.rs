@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use sie_config::MemoryHotplug;
-use sie_virtio::VirtioMmioTransport;
+use sie_virtio::VirtioCore;
 use sie_virtio::mem::{Discard, Mem};
 use vm_memory::MmapRegion;
 
@@ -29,7 +29,7 @@ const REGION_ALIGN: u64 = 128 * MIB;
 /// The placed device, for `PATCH` and `GET /hotplug/memory`.
 pub struct Hotplug {
     /// The device behind its transport.
-    pub transport: Arc<VirtioMmioTransport<Mem>>,
+    pub transport: Arc<VirtioCore<Mem>>,
     /// The configuration it was built from.
     pub config: MemoryHotplug,
 }

@@ -45,6 +45,7 @@ pub mod teardown;
 #[cfg(test)]
 mod test_doubles;
 pub mod vcpu;
+pub mod vfio;
 pub mod virtio;
 mod vm;
 pub mod vmgenid;

@@ -16,6 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub struct FakeVm {
     pub irqfds: Mutex<Vec<u32>>,
     pub ioevents: Mutex<Vec<(IoEventAddress, Option<u64>)>>,
+    /// MSI routes as set, by GSI.
+    pub msi_routes: Mutex<std::collections::BTreeMap<u32, sie_hv::MsiMessage>>,
     /// What the next `take_dirty_log` returns ("the guest wrote").
     pub dirty: Mutex<Vec<sie_hv::DirtyLog>>,
 }
@@ -38,6 +40,33 @@ impl Vm for FakeVm {
     }
     fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> sie_hv::Result<()> {
         self.irqfds.lock().unwrap().push(gsi);
+        Ok(())
+    }
+    fn unregister_irqfd(&self, _fd: &EventFd, gsi: u32) -> sie_hv::Result<()> {
+        let mut irqfds = self.irqfds.lock().unwrap();
+        if let Some(at) = irqfds.iter().position(|g| *g == gsi) {
+            irqfds.remove(at);
+        }
+        Ok(())
+    }
+    fn set_msi_route(&self, gsi: u32, message: Option<sie_hv::MsiMessage>) -> sie_hv::Result<()> {
+        let mut routes = self.msi_routes.lock().unwrap();
+        match message {
+            Some(message) => routes.insert(gsi, message),
+            None => routes.remove(&gsi),
+        };
+        Ok(())
+    }
+    fn unregister_ioevent(
+        &self,
+        _fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> sie_hv::Result<()> {
+        let mut ioevents = self.ioevents.lock().unwrap();
+        if let Some(at) = ioevents.iter().position(|e| *e == (addr, datamatch)) {
+            ioevents.remove(at);
+        }
         Ok(())
     }
     fn register_ioevent(

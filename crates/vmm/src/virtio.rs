@@ -1,5 +1,5 @@
 //! The paravirtual devices of one VM: each configured drive and network
-//! interface, the vsock and the entropy device, each behind its own
+//! interface, the vsock, the entropy device and the balloon, each behind its own
 //! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
 //! windows and lines come from the device manager.
 //!
@@ -33,16 +33,19 @@ use sie_config::VmConfig;
 use sie_hv::GuestMemory;
 use sie_hv::{IoEventAddress, Vm};
 use sie_mmds::MmdsStack;
+use sie_virtio::balloon::{Balloon, BalloonOptions, HostDiscard};
 use sie_virtio::block::{Block, BlockOptions, CacheType, IoEngine};
 use sie_virtio::net::{Net, Tap, parse_mac};
+use sie_virtio::pci::VirtioPciDevice;
 use sie_virtio::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
 use sie_virtio::rng::Rng;
 use sie_virtio::vsock::Vsock;
 use sie_virtio::{
-    CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportSnapshot, VirtioDevice,
-    VirtioMmioTransport, VirtioWorker,
+    CountersSnapshot, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET, TransportSnapshot, VirtioCore,
+    VirtioDevice, VirtioMmioTransport, VirtioTransport, VirtioWorker,
 };
 
+use crate::device_manager::msi::MsiVectors;
 use crate::device_manager::{DeviceLayout, DeviceManager};
 use crate::error::{Result, VmmError};
 
@@ -72,22 +75,26 @@ impl VirtioStats {
 pub struct VirtioDevices {
     /// The event-thread halves, to be added to the VMM's event manager.
     pub workers: Vec<Box<dyn MutEventSubscriber + Send>>,
-    /// Block devices by drive id (for `PATCH /drives`).
-    pub blocks: Vec<(String, Arc<VirtioMmioTransport<Block>>)>,
+    /// Block devices by drive id (for `PATCH /drives`), whatever their transport.
+    pub blocks: Vec<(String, Arc<VirtioCore<Block>>)>,
     /// Network devices by interface id (for `PATCH /network-interfaces`).
-    pub nets: Vec<(String, Arc<VirtioMmioTransport<Net>>)>,
+    pub nets: Vec<(String, Arc<VirtioCore<Net>>)>,
+    /// The balloon (for `PATCH /balloon` and its statistics and hinting).
+    pub balloon: Option<Arc<VirtioCore<Balloon>>>,
     /// Counters per device.
     pub stats: Vec<VirtioStats>,
     /// The hotpluggable memory device, if configured.
     pub hotplug: Option<crate::hotplug::Hotplug>,
-    /// Every transport, in the order they were placed (for snapshots).
+    /// Every virtio-MMIO transport, in the order they were placed (for
+    /// snapshots; virtio-PCI transports cannot be saved yet, and a VM with
+    /// them is not snapshotted).
     pub transports: Vec<Arc<dyn TransportSnapshot>>,
 }
 
 /// What `attach` needs from the VM being built.
 pub struct Wiring<'a, 'm> {
-    /// The hypervisor's VM (ioeventfds).
-    pub vm: &'a dyn Vm,
+    /// The hypervisor's VM (ioeventfds; MSI routes, kept by PCI devices).
+    pub vm: &'a Arc<dyn Vm>,
     /// Guest RAM.
     pub memory: &'a GuestMemory,
     /// Places each device and gives it an interrupt line.
@@ -239,11 +246,12 @@ impl VirtioDevices {
             .saturating_add(1);
         for pmem in &config.pmem {
             let (name, device) =
-                crate::pmem::place(pmem, wiring.vm, ram_end, &mut *wiring.manager)?;
+                crate::pmem::place(pmem, wiring.vm.as_ref(), ram_end, &mut *wiring.manager)?;
             devices.add(wiring, format!("virtio-pmem:{}", pmem.id), device, &name)?;
         }
         if let Some(hotplug) = &config.memory_hotplug {
-            let device = crate::hotplug::place(hotplug, wiring.vm, ram_end, &mut *wiring.manager)?;
+            let device =
+                crate::hotplug::place(hotplug, wiring.vm.as_ref(), ram_end, &mut *wiring.manager)?;
             let transport = devices.add(
                 wiring,
                 "virtio-mem".to_string(),
@@ -254,6 +262,28 @@ impl VirtioDevices {
                 transport,
                 config: hotplug.clone(),
             });
+        }
+        if let Some(balloon) = &config.balloon {
+            let options = BalloonOptions {
+                target_pages: balloon.target_pages(),
+                deflate_on_oom: balloon.deflate_on_oom,
+                stats_interval_s: balloon.stats_polling_interval_s,
+                free_page_reporting: balloon.free_page_reporting,
+                free_page_hinting: balloon.free_page_hinting,
+            };
+            // Guest RAM is anonymous (or a private map of a memory file):
+            // dropped pages read back as zeros (or the file's data).
+            let device =
+                Balloon::new(options, Box::new(HostDiscard)).map_err(|e| VmmError::Virtio {
+                    name: "balloon".to_string(),
+                    source: e.into(),
+                })?;
+            let counters = device.balloon_counters().clone();
+            let transport = devices.add(wiring, "virtio-balloon".to_string(), device, "balloon")?;
+            if let Some(stats) = devices.stats.last_mut() {
+                stats.extra = Box::new(move || counters.fields());
+            }
+            devices.balloon = Some(transport);
         }
         Ok(devices)
     }
@@ -279,15 +309,38 @@ impl VirtioDevices {
         Ok(())
     }
 
-    /// Places one device: an MMIO window and an interrupt line from the
-    /// device manager, an ioeventfd per queue, a worker for the event thread.
+    /// Places one device on the transport the VM uses: virtio-PCI with
+    /// `pci` on, virtio-MMIO otherwise.
     pub(crate) fn add<D: VirtioDevice + 'static>(
         &mut self,
         wiring: &mut Wiring<'_, '_>,
         bus_name: String,
         device: D,
         name: &str,
-    ) -> Result<Arc<VirtioMmioTransport<D>>> {
+    ) -> Result<Arc<VirtioCore<D>>> {
+        let core = if wiring.manager.has_pci() {
+            self.add_pci(wiring, &bus_name, device, name)?
+        } else {
+            self.add_mmio(wiring, &bus_name, device, name)?
+        };
+        let counters = core.clone();
+        self.stats.push(VirtioStats {
+            name: bus_name,
+            read: Box::new(move || counters.counters()),
+            extra: Box::new(Vec::new),
+        });
+        Ok(core)
+    }
+
+    /// An MMIO window and an interrupt line from the device manager, an
+    /// ioeventfd per queue, a worker for the event thread.
+    fn add_mmio<D: VirtioDevice + 'static>(
+        &mut self,
+        wiring: &mut Wiring<'_, '_>,
+        bus_name: &str,
+        device: D,
+        name: &str,
+    ) -> Result<Arc<VirtioCore<D>>> {
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
             name: name.to_string(),
             source,
@@ -299,7 +352,7 @@ impl VirtioDevices {
         );
         let base = wiring
             .manager
-            .add_mmio(&bus_name, None, MMIO_WINDOW_LEN, transport.clone())?;
+            .add_mmio(bus_name, None, MMIO_WINDOW_LEN, transport.clone())?;
         for (index, event) in transport.queue_events().iter().enumerate() {
             wiring
                 .vm
@@ -318,13 +371,35 @@ impl VirtioDevices {
         self.workers
             .push(Box::new(VirtioWorker::new(transport.clone())));
         self.transports.push(transport.clone());
-        let counters = transport.clone();
-        self.stats.push(VirtioStats {
-            name: bus_name,
-            read: Box::new(move || counters.counters()),
-            extra: Box::new(Vec::new),
-        });
-        Ok(transport)
+        Ok(transport.core().clone())
+    }
+
+    /// A PCI slot with BAR 0 placed by the device manager (the device
+    /// registers its notify ioeventfds there, and moves them with the BAR),
+    /// one MSI-X vector per queue plus one for configuration changes (an
+    /// irqfd each, routed as the guest programs them), a worker.
+    fn add_pci<D: VirtioDevice + 'static>(
+        &mut self,
+        wiring: &mut Wiring<'_, '_>,
+        bus_name: &str,
+        device: D,
+        name: &str,
+    ) -> Result<Arc<VirtioCore<D>>> {
+        let count = VirtioPciDevice::<D>::vectors_needed(&device);
+        let first_gsi = wiring.manager.allocate_msi_gsis(name, count)?;
+        let vectors = Arc::new(MsiVectors::new(wiring.vm.clone(), first_gsi, count)?);
+        let transport = Arc::new(
+            VirtioPciDevice::new(device, wiring.memory.clone(), vectors).map_err(|e| {
+                VmmError::Virtio {
+                    name: name.to_string(),
+                    source: e.into(),
+                }
+            })?,
+        );
+        wiring.manager.add_pci_device(bus_name, transport.clone())?;
+        self.workers
+            .push(Box::new(VirtioWorker::new(transport.clone())));
+        Ok(transport.core().clone())
     }
 }
 
@@ -359,7 +434,7 @@ fn root_args(base: &str, config: &VmConfig) -> Option<String> {
 }
 
 /// The kernel command line: `base`, the root device, `pci=off` (unless
-/// `base` says otherwise about PCI), then what the device manager derives
+/// the VM has PCI or `base` says otherwise about PCI), then what the device manager derives
 /// for the placed devices (`virtio_mmio.device=`).
 pub fn boot_cmdline(
     base: &str,
@@ -373,10 +448,10 @@ pub fn boot_cmdline(
     if let Some(root) = root_args(base, config) {
         cmdline.insert_str(root).map_err(CmdlineError)?;
     }
-    // sie has no PCI bus: without `pci=off` Linux probes ports 0xCF8/0xCFC
-    // for one, ~33,000 exits per Debian boot that nothing answers. A user's
-    // own `pci=` wins.
-    if !base.split_whitespace().any(|word| word.starts_with("pci=")) {
+    // Without PCI, sie has no PCI bus: without `pci=off` Linux probes ports
+    // 0xCF8/0xCFC for one, ~33,000 exits per Debian boot that nothing
+    // answers. A user's own `pci=` wins.
+    if !config.pci_enabled() && !base.split_whitespace().any(|word| word.starts_with("pci=")) {
         cmdline.insert_str("pci=off").map_err(CmdlineError)?;
     }
     layout
@@ -469,6 +544,12 @@ mod tests {
             boot_cmdline("nopci=off", &config, &empty).unwrap(),
             "nopci=off pci=off"
         );
+        let mut with_pci = config.clone();
+        with_pci.pci = Some(sie_config::PciConfig { enabled: true });
+        assert_eq!(
+            boot_cmdline("console=ttyS0", &with_pci, &empty).unwrap(),
+            "console=ttyS0"
+        );
     }
 
     #[test]
@@ -482,11 +563,18 @@ mod tests {
         );
     }
 
+    fn mmds() -> sie_mmds::SharedMmds {
+        Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+            sie_mmds::DEFAULT_SIZE_LIMIT,
+        )))
+    }
+
     #[test]
     fn devices_take_windows_and_lines_from_the_manager() {
-        let vm = FakeVm::default();
+        let fake = Arc::new(FakeVm::default());
+        let vm: Arc<dyn Vm> = fake.clone();
         let obs = Arc::new(Observatory::new(Instant::now(), 1));
-        let mut manager = DeviceManager::new(&vm, obs.clone()).unwrap();
+        let mut manager = DeviceManager::new(fake.as_ref(), obs.clone()).unwrap();
         // The legacy platform's lines, as platform.rs claims them.
         for gsi in [1, 3, 4] {
             manager.fixed_line(gsi).unwrap();
@@ -501,9 +589,7 @@ mod tests {
                 vm: &vm,
                 memory: &memory,
                 manager: &mut manager,
-                mmds: &Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
-                    sie_mmds::DEFAULT_SIZE_LIMIT,
-                ))),
+                mmds: &mmds(),
             },
         )
         .unwrap();
@@ -520,9 +606,98 @@ mod tests {
         );
         assert!(layout.mmio.find(base).is_some());
         assert_eq!(
-            *vm.ioevents.lock().unwrap(),
+            *fake.ioevents.lock().unwrap(),
             [(IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), Some(0))]
         );
         assert_eq!(obs.report().devices[0].name, "virtio-rng");
+    }
+
+    #[test]
+    fn with_pci_devices_go_on_the_bus_with_msi_vectors_and_no_line() {
+        let fake = Arc::new(FakeVm::default());
+        let vm: Arc<dyn Vm> = fake.clone();
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
+        let mut manager = DeviceManager::new(fake.as_ref(), obs.clone()).unwrap();
+        manager.add_pci_bus(vm.clone(), 1 << 20, false).unwrap();
+        let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let config = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "entropy": {}, "pci": {"enabled": true}}"#,
+        )
+        .unwrap();
+        let devices = VirtioDevices::attach(
+            &config,
+            &mut Wiring {
+                vm: &vm,
+                memory: &memory,
+                manager: &mut manager,
+                mmds: &mmds(),
+            },
+        )
+        .unwrap();
+        assert_eq!(devices.workers.len(), 1);
+        assert!(devices.transports.is_empty(), "no MMIO transport");
+        let layout = manager.finish();
+        // Only the host bridge is described: no virtio-mmio device.
+        assert!(matches!(
+            layout.acpi.as_slice(),
+            [AcpiDevice::PciHostBridge(_)]
+        ));
+        // rng: one queue, so two vectors (queue and configuration), GSIs 24
+        // and 25, and no ISA line.
+        assert_eq!(*fake.irqfds.lock().unwrap(), [24, 25]);
+        // BAR 0 went into the 64-bit window (4 GiB up), its notify
+        // ioeventfd with it.
+        let root = layout.pci.expect("a PCI root");
+        let device = root.device(1).expect("the device in slot 1");
+        let bar = device.bars()[0];
+        assert_eq!((bar.address, bar.decoding), (4 << 30, true));
+        let ioevents = fake.ioevents.lock().unwrap();
+        assert_eq!(ioevents.len(), 1);
+        assert!(matches!(ioevents[0], (IoEventAddress::Mmio(a), None) if a >= 4 << 30));
+        let cmdline = boot_cmdline("console=ttyS0", &config, &layout_with_no_devices()).unwrap();
+        assert_eq!(cmdline, "console=ttyS0");
+    }
+
+    fn layout_with_no_devices() -> DeviceLayout {
+        DeviceManager::new(
+            &FakeVm::default(),
+            Arc::new(Observatory::new(Instant::now(), 1)),
+        )
+        .unwrap()
+        .finish()
+    }
+
+    #[test]
+    fn the_balloon_is_placed_with_its_own_counters() {
+        let fake = Arc::new(FakeVm::default());
+        let vm: Arc<dyn Vm> = fake.clone();
+        let obs = Arc::new(Observatory::new(Instant::now(), 1));
+        let mut manager = DeviceManager::new(fake.as_ref(), obs.clone()).unwrap();
+        let memory = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let config = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "balloon": {"amount_mib": 1, "deflate_on_oom": true,
+                            "stats_polling_interval_s": 1, "free_page_reporting": true}}"#,
+        )
+        .unwrap();
+        let devices = VirtioDevices::attach(
+            &config,
+            &mut Wiring {
+                vm: &vm,
+                memory: &memory,
+                manager: &mut manager,
+                mmds: &mmds(),
+            },
+        )
+        .unwrap();
+        let balloon = devices.balloon.as_ref().expect("a balloon");
+        assert_eq!(balloon.with_device(|b| b.target_pages()), 256);
+        // inflate, deflate, stats, reporting: one ioeventfd each.
+        assert_eq!(fake.ioevents.lock().unwrap().len(), 4);
+        let stats = &devices.stats[0];
+        assert_eq!(stats.name, "virtio-balloon");
+        let fields = stats.fields();
+        assert!(fields.contains(&("inflated_pages", 0)), "{fields:?}");
+        assert!(fields.contains(&("requests", 0)), "{fields:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! The gdb stub on the real /dev/kvm, driven by a minimal GDB remote
 //! protocol client written here (packets `$data#checksum`, `+` acks): the
 //! `loop` guest is stopped before its first instruction, stepped, read and
-//! written, stopped by a watchpoint, a hardware breakpoint and Ctrl-C.
+//! written, stopped by a watchpoint, a hardware breakpoint and Ctrl-C; an
+//! `int3` goes into memory and comes out again.
 //!
 //! The `loop` guest's first instructions, from its entry E:
 //! `E: lea stack_top(%rip),%rsp` (7 bytes), `E+7: mov %rsi,%r12` (3),
@@ -224,6 +225,22 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
 
     // gdb's `break` at the call.
     let call = entry + 22;
+
+    // With the four debug registers taken, `break` writes an `int3` into
+    // guest memory, and takes it out again (nothing runs meanwhile).
+    let taken: Vec<u64> = (100..104).map(|offset| entry + offset).collect();
+    for addr in &taken {
+        assert_eq!(gdb.ask(&format!("Z1,{addr:x},1")), "OK");
+    }
+    let original = gdb.read_memory(call, 1);
+    assert_eq!(gdb.ask(&format!("Z0,{call:x},1")), "OK");
+    assert_eq!(gdb.read_memory(call, 1), [0xcc], "the int3 is in memory");
+    assert_eq!(gdb.ask(&format!("z0,{call:x},1")), "OK");
+    assert_eq!(gdb.read_memory(call, 1), original, "the byte is back");
+    for addr in &taken {
+        assert_eq!(gdb.ask(&format!("z1,{addr:x},1")), "OK");
+    }
+
     assert_eq!(gdb.ask(&format!("Z0,{call:x},1")), "OK");
     let stop = gdb.ask("vCont;c");
     assert!(stop.contains("swbreak"), "breakpoint stop: {stop}");

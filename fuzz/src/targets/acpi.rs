@@ -10,7 +10,9 @@
 //! the MADT has one local APIC per vCPU, and the DSDT names every
 //! virtio-mmio device.
 
-use sie_arch::acpi::{AcpiConfig, AcpiDevice, AcpiError, MAX_VCPUS, create_acpi_tables};
+use sie_arch::acpi::{
+    AcpiConfig, AcpiDevice, AcpiError, MAX_VCPUS, PciHostBridge, create_acpi_tables,
+};
 use sie_arch::layout::{ACPI_END, ACPI_START};
 use sie_virtio::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -47,6 +49,15 @@ pub fn run(data: &[u8]) {
                 len: input.u64(),
                 irq: input.u32(),
             },
+            4 if input.u8() % 4 == 0 => AcpiDevice::PciHostBridge(PciHostBridge {
+                ecam_base: input.u64(),
+                last_bus: input.u8(),
+                mmio32: (input.u64(), input.u64()),
+                mmio64: (input.u64(), input.u64()),
+                intx_gsis: input
+                    .bool()
+                    .then(|| [input.u32(), input.u32(), input.u32(), input.u32()]),
+            }),
             _ => AcpiDevice::VirtioMmio {
                 addr: 0xd000_0000 + i as u64 * 0x1000,
                 len: 0x1000,
@@ -78,11 +89,13 @@ pub fn run(data: &[u8]) {
     let xsdt = table(&bios, le64(&rsdp[24..32]), b"XSDT");
     let mut dsdt = None;
     let mut lapics = None;
+    let mut mcfgs = 0;
     for entry in xsdt[36..].chunks_exact(8) {
         let t = table(&bios, le64(entry), b"");
         match &t[..4] {
             b"FACP" => dsdt = Some(table(&bios, le64(&t[140..148]), b"DSDT")),
             b"APIC" => lapics = Some(local_apics(t)),
+            b"MCFG" => mcfgs += 1,
             other => panic!("unexpected table {other:?} in the XSDT"),
         }
     }
@@ -95,6 +108,12 @@ pub fn run(data: &[u8]) {
         .count();
     let named = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
     assert_eq!(named, virtio, "virtio-mmio devices in the DSDT");
+    let bridges = config
+        .devices
+        .iter()
+        .filter(|d| matches!(d, AcpiDevice::PciHostBridge(_)))
+        .count();
+    assert_eq!(mcfgs, bridges, "one MCFG per (single) PCI host bridge");
 }
 
 fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {

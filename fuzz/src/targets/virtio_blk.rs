@@ -32,6 +32,16 @@ pub fn memfd(len: u64) -> File {
     file
 }
 
+/// A block device on a `len`-byte memfd with its Sync engine's worker
+/// running (no seccomp filter), as every block target starts one.
+pub fn started_block(len: u64, id: &str, options: BlockOptions) -> Block {
+    let mut device = Block::new(memfd(len), id, options).expect("block device");
+    device
+        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
+        .expect("block worker");
+    device
+}
+
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let options = BlockOptions {
@@ -46,10 +56,7 @@ pub fn run(data: &[u8]) {
         engine: IoEngine::Sync,
     };
     let id = String::from_utf8_lossy(input.chunk(24)).into_owned();
-    let mut device = Block::new(memfd(DISK_LEN), &id, options).expect("block device");
-    device
-        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
-        .expect("block worker");
+    let device = started_block(DISK_LEN, &id, options);
     let offered = device.features();
     let capacity = device.capacity();
     let (t, mem, _irq) = transport(device);

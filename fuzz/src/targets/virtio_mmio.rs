@@ -4,17 +4,16 @@
 //! transport side by side.
 
 use sie_devices::BusDevice;
-use sie_virtio::block::{Block, BlockOptions};
+use sie_virtio::block::BlockOptions;
 use sie_virtio::rng::Rng;
-use sie_virtio::testing::{Driver, MEM_SIZE, Ring, transport};
+use sie_virtio::testing::{Driver, transport};
 use sie_virtio::{GuestMemory, MMIO_WINDOW_LEN, VirtioDevice, VirtioMmioTransport};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio::*;
-use vm_memory::{Bytes, GuestAddress};
 
-use super::virtio_blk::memfd;
+use super::virtio_blk::{memfd, started_block};
 use crate::input::Input;
-use crate::layout::RING_BASE;
+use crate::layout::{fuzzed_ring, scribble};
 
 /// Every register of the window, and the start of configuration space.
 const REGISTERS: [u32; 28] = [
@@ -58,11 +57,7 @@ pub fn run(data: &[u8]) {
         read_only: input.bool(),
         ..BlockOptions::default()
     };
-    let mut block = Block::new(memfd(8 * 512), "fuzz", options).expect("block device");
-    block
-        .start_worker("fuzz-blk".into(), Box::new(|| Ok(())))
-        .expect("block worker");
-    let (blk, blk_mem, _) = transport(block);
+    let (blk, blk_mem, _) = transport(started_block(8 * 512, "fuzz", options));
     for _ in 0..256 {
         if input.is_empty() {
             break;
@@ -119,22 +114,13 @@ fn step<D: VirtioDevice>(t: &VirtioMmioTransport<D>, mem: &GuestMemory, op: u8, 
             t.write(at, &value.to_le_bytes()[..w]);
         }
         4 => t.queue_event(input.below(3) as usize),
-        5 => {
-            let at = u64::from(input.below(MEM_SIZE as u32));
-            let bytes = input.chunk(64);
-            let _ = mem.write_slice(bytes, GuestAddress(at));
-        }
+        5 => scribble(mem, input),
         6 => {
             // A well-behaved bring-up on input-sized rings, so the rest of
             // the sequence often starts from a live device.
-            let size = 1u16 << input.below(10);
-            let base = if input.bool() {
-                RING_BASE
-            } else {
-                u64::from(input.u32()) & !0xf
-            };
+            let ring = fuzzed_ring(input);
             let features = input.u64() | 1 << VIRTIO_F_VERSION_1;
-            Driver::new(t).try_start(features, &[Ring::new(base, size)]);
+            Driver::new(t).try_start(features, &[ring]);
         }
         _ => match input.u8() % 3 {
             0 => t.config_changed(),

@@ -1,5 +1,6 @@
 //! The DSDT: AML device objects for what Linux cannot discover (virtio-mmio
-//! slots, the pvpanic port, the UARTs, the keyboard controller), each with
+//! slots, the pvpanic port, the UARTs, the keyboard controller, the PCI host
+//! bridge: see `pci.rs`), each with
 //! the resources the VMM's device manager gave it: nothing here knows an
 //! address or an interrupt line of its own.
 //!
@@ -62,6 +63,7 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
                 virtio_mmio(&mut body, virtio_index, addr, len, irq)?;
                 virtio_index += 1;
             }
+            AcpiDevice::PciHostBridge(bridge) => super::pci::host_bridge(&mut body, &bridge)?,
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod dsdt;
 mod madt;
+mod pci;
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -30,6 +31,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::layout::{ACPI_END, ACPI_START};
 
 pub use madt::MAX_VCPUS;
+pub use pci::{ECAM_BUS_SIZE, PciHostBridge, intx_gsi};
 
 /// OEM id in every table header.
 const OEM_ID: [u8; 6] = *b"SIEVMM";
@@ -86,6 +88,9 @@ pub enum AcpiDevice {
         /// GSI (I/O APIC pin), described edge-triggered, active-high.
         irq: u32,
     },
+    /// A PCI host bridge (`PCI0`); it also makes the tables include an MCFG.
+    /// At most one.
+    PciHostBridge(PciHostBridge),
 }
 
 /// What the ACPI tables describe.
@@ -114,6 +119,12 @@ pub enum AcpiError {
         /// Window length.
         len: u64,
     },
+    /// A PCI window is empty, wraps, or (ECAM, 32-bit window) is not below 4 GiB.
+    #[error("PCI host bridge windows do not fit: {0:x?}")]
+    PciWindows(PciHostBridge),
+    /// More than one PCI host bridge was described.
+    #[error("only one PCI host bridge can be described")]
+    TwoPciHostBridges,
     /// The tables outgrow the BIOS area.
     #[error("ACPI tables ({0} bytes) do not fit in the BIOS area")]
     TooLarge(usize),
@@ -130,6 +141,14 @@ pub type Result<T> = std::result::Result<T, AcpiError>;
 pub fn create_acpi_tables(mem: &GuestMemory, config: &AcpiConfig) -> Result<GuestAddress> {
     let madt = madt::build(config.vcpus)?;
     let dsdt = dsdt::build(config)?;
+    let mut bridges = config.devices.iter().filter_map(|d| match d {
+        AcpiDevice::PciHostBridge(bridge) => Some(bridge),
+        _ => None,
+    });
+    let mcfg = bridges.next().map(pci::mcfg).transpose()?;
+    if bridges.next().is_some() {
+        return Err(AcpiError::TwoPciHostBridges);
+    }
 
     // Layout: RSDP, DSDT, FADT, MADT, XSDT; each address is known before
     // the table that points at it is built.
@@ -147,10 +166,14 @@ pub fn create_acpi_tables(mem: &GuestMemory, config: &AcpiConfig) -> Result<Gues
         (BOOT_ARCH_LEGACY_DEVICES | BOOT_ARCH_8042 | BOOT_ARCH_VGA_NOT_PRESENT).into();
     let fadt_addr = append(&mut image, &to_bytes(&fadt.finalize()));
     let madt_addr = append(&mut image, &madt);
+    let mcfg_addr = mcfg.map(|mcfg| append(&mut image, &mcfg));
 
     let mut xsdt = XSDT::new(OEM_ID, *b"SIEXSDT ", 1);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some(addr) = mcfg_addr {
+        xsdt.add_entry(addr);
+    }
     let xsdt_addr = append(&mut image, &to_bytes(&xsdt));
 
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));

@@ -62,6 +62,7 @@ struct Parsed {
     fadt: Vec<u8>,
     madt: Vec<u8>,
     dsdt: Vec<u8>,
+    mcfg: Option<Vec<u8>>,
 }
 
 fn parse(mem: &GuestMemory, rsdp_addr: GuestAddress) -> Parsed {
@@ -73,12 +74,18 @@ fn parse(mem: &GuestMemory, rsdp_addr: GuestAddress) -> Parsed {
     assert_eq!(u32_at(&rsdp, 20), 36);
     let xsdt = table(mem, u64_at(&rsdp, 24), b"XSDT");
     let entries: Vec<u64> = xsdt[36..].chunks_exact(8).map(|c| u64_at(c, 0)).collect();
-    assert_eq!(entries.len(), 2);
+    assert!(matches!(entries.len(), 2 | 3));
     let fadt = table(mem, entries[0], b"FACP");
     let madt = table(mem, entries[1], b"APIC");
+    let mcfg = entries.get(2).map(|addr| table(mem, *addr, b"MCFG"));
     assert_eq!(u32_at(&fadt, 40), 0, "32-bit DSDT pointer unused");
     let dsdt = table(mem, u64_at(&fadt, 140), b"DSDT");
-    Parsed { fadt, madt, dsdt }
+    Parsed {
+        fadt,
+        madt,
+        dsdt,
+        mcfg,
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -172,5 +179,52 @@ fn bad_vcpu_count_is_an_error() {
     assert!(matches!(
         create_acpi_tables(&mem(), &c),
         Err(AcpiError::VcpuCount(0))
+    ));
+}
+
+fn pci_bridge() -> PciHostBridge {
+    PciHostBridge {
+        ecam_base: 0xe000_0000,
+        last_bus: 0,
+        mmio32: (0xd000_0000, 0x1000_0000),
+        mmio64: (0x40_0000_0000, 0x40_0000_0000),
+        intx_gsis: None,
+    }
+}
+
+#[test]
+fn without_pci_there_is_no_mcfg_and_no_host_bridge() {
+    let mem = mem();
+    let p = parse(&mem, create_acpi_tables(&mem, &config()).unwrap());
+    assert!(p.mcfg.is_none());
+    assert!(!contains(&p.dsdt, b"PCI0"));
+}
+
+#[test]
+fn a_pci_host_bridge_adds_the_mcfg_and_keeps_msi_allowed() {
+    let mem = mem();
+    let mut c = config();
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    let p = parse(&mem, create_acpi_tables(&mem, &c).unwrap());
+    let mcfg = p.mcfg.expect("an MCFG in the XSDT");
+    assert_eq!(u64_at(&mcfg, 44), 0xe000_0000);
+    assert!(contains(&p.dsdt, b"PCI0") && contains(&p.dsdt, b"MRES"));
+    let boot_arch = u16::from_le_bytes([p.fadt[109], p.fadt[110]]);
+    assert_eq!(boot_arch & (1 << 3), 0, "MSI not supported must stay clear");
+    assert_eq!(
+        boot_arch & (1 << 4),
+        0,
+        "PCIe ASPM controls must stay clear"
+    );
+}
+
+#[test]
+fn two_pci_host_bridges_are_an_error() {
+    let mut c = config();
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    assert!(matches!(
+        create_acpi_tables(&mem(), &c),
+        Err(AcpiError::TwoPciHostBridges)
     ));
 }

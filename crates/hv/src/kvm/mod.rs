@@ -15,6 +15,7 @@ mod convert;
 mod device_memory;
 pub mod kick;
 mod memory;
+mod routing;
 mod run_area;
 pub(crate) mod state;
 mod vcpu;
@@ -30,6 +31,7 @@ use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Cap;
 
 pub use kick::kick_signal;
+pub use routing::FIRST_MSI_GSI;
 pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;
 

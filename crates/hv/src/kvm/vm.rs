@@ -1,7 +1,7 @@
 //! [`KvmVm`]: one KVM virtual machine: memory slots, the in-kernel
 //! platform devices, interrupt plumbing and vCPU creation.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -12,8 +12,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::call;
 use super::memory::KeptMemory;
+use super::routing::MsiRoutes;
 use super::vcpu::KvmVcpu;
-use crate::{DirtyLog, GuestMemory, HvError, IoEventAddress, Result, Vcpu, Vm};
+use crate::{DirtyLog, GuestMemory, HvError, IoEventAddress, MsiMessage, Result, Vcpu, Vm};
 
 /// One KVM virtual machine. Created by [`super::Kvm`].
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct KvmVm {
     /// `KVM_GET_VCPU_MMAP_SIZE`: bytes to map of each vCPU file.
     run_size: usize,
     memory: Arc<KeptMemory>,
+    /// The MSI routes set so far (every update sends the whole table).
+    msi_routes: Mutex<MsiRoutes>,
 }
 
 impl KvmVm {
@@ -30,6 +33,7 @@ impl KvmVm {
             fd,
             run_size,
             memory: Arc::new(KeptMemory::default()),
+            msi_routes: Mutex::new(MsiRoutes::default()),
         }
     }
 
@@ -47,6 +51,13 @@ impl KvmVm {
 /// of virtio-mmio and most PIO devices), or 8 when the value needs it.
 fn datamatch_width(value: u64) -> usize {
     if u32::try_from(value).is_ok() { 4 } else { 8 }
+}
+
+fn kvm_address(addr: IoEventAddress) -> KvmIoEventAddress {
+    match addr {
+        IoEventAddress::Pio(port) => KvmIoEventAddress::Pio(port),
+        IoEventAddress::Mmio(gpa) => KvmIoEventAddress::Mmio(gpa),
+    }
 }
 
 impl Vm for KvmVm {
@@ -195,16 +206,38 @@ impl Vm for KvmVm {
         self.fd.register_irqfd(fd, gsi).map_err(call("KVM_IRQFD"))
     }
 
+    fn register_irqfd_resample(&self, fd: &EventFd, resample: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd_with_resample(fd, resample, gsi)
+            .map_err(call("KVM_IRQFD (resample)"))
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .unregister_irqfd(fd, gsi)
+            .map_err(call("KVM_IRQFD (deassign)"))
+    }
+
+    fn set_msi_route(&self, gsi: u32, message: Option<MsiMessage>) -> Result<()> {
+        let mut routes = self
+            .msi_routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let table = routes.table_with(gsi, message)?;
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(call("KVM_SET_GSI_ROUTING"))?;
+        routes.commit(gsi, message);
+        Ok(())
+    }
+
     fn register_ioevent(
         &self,
         fd: &EventFd,
         addr: IoEventAddress,
         datamatch: Option<u64>,
     ) -> Result<()> {
-        let addr = match addr {
-            IoEventAddress::Pio(port) => KvmIoEventAddress::Pio(port),
-            IoEventAddress::Mmio(gpa) => KvmIoEventAddress::Mmio(gpa),
-        };
+        let addr = kvm_address(addr);
         // kvm-ioctls takes the access width from the datamatch type's size.
         let result = match datamatch {
             None => self.fd.register_ioevent(fd, &addr, NoDatamatch),
@@ -216,6 +249,25 @@ impl Vm for KvmVm {
             },
         };
         result.map_err(call("KVM_IOEVENTFD"))
+    }
+
+    fn unregister_ioevent(
+        &self,
+        fd: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u64>,
+    ) -> Result<()> {
+        let addr = kvm_address(addr);
+        let result = match datamatch {
+            None => self.fd.unregister_ioevent(fd, &addr, NoDatamatch),
+            Some(value) => match u32::try_from(value) {
+                Ok(narrow) if datamatch_width(value) == 4 => {
+                    self.fd.unregister_ioevent(fd, &addr, narrow)
+                }
+                _ => self.fd.unregister_ioevent(fd, &addr, value),
+            },
+        };
+        result.map_err(call("KVM_IOEVENTFD (deassign)"))
     }
 
     fn set_irq_line(&self, gsi: u32, active: bool) -> Result<()> {

@@ -4,6 +4,11 @@
 //! the initrd's job for `case=bench_blk` (the rig's runs `sietool
 //! blk-bench /dev/vda MIB OPS`); it prints `@@BENCH key=value` lines.
 //!
+//! The guest runs over virtio-MMIO, virtio-PCI or both (`--transport`),
+//! side by side, each with its virtio interrupts per operation (the guest's
+//! `@@BENCH virtio_irqs=`, counted in /proc/interrupts around the pattern)
+//! and the exits its registers caused per operation (`sie run --stats`).
+//!
 //! Each guest boot starts on a disk holding a known pattern; the guest's
 //! sequential read must return the disk's size in bytes and the pattern's
 //! checksum ([`word_sum`]), or the run fails: a figure always stands for
@@ -16,6 +21,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::transport::Transport;
 use super::{BoxError, finish_sie_run, guest_cmdline, guest_figures, median, spawn_sie_run};
 use crate::cli::BenchBlkArgs;
 
@@ -183,14 +189,20 @@ fn host_pass(
     Ok(figures)
 }
 
-/// One guest boot running the pattern once.
-fn guest_pass(args: &BenchBlkArgs, disk: &Path) -> Result<BTreeMap<String, f64>, BoxError> {
+/// One guest boot running the pattern once over `transport`; with the
+/// guest's figures, `device_exits` (the disk's register exits).
+fn guest_pass(
+    args: &BenchBlkArgs,
+    disk: &Path,
+    transport: Transport,
+) -> Result<BTreeMap<String, f64>, BoxError> {
     let cmdline = guest_cmdline(
         args.cmdline.as_deref(),
         "bench_blk",
         &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
     );
-    let argv: Vec<String> = vec![
+    let (mut argv, cmdline) = transport.run_args(&cmdline);
+    argv.extend([
         "--kernel".into(),
         args.kernel.display().to_string(),
         "--initrd".into(),
@@ -201,11 +213,23 @@ fn guest_pass(args: &BenchBlkArgs, disk: &Path) -> Result<BTreeMap<String, f64>,
         args.memory.clone(),
         "--cmdline".into(),
         cmdline,
-    ];
+    ]);
     let output = finish_sie_run(spawn_sie_run(&argv)?)?;
     let mut keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
     keys.extend(["read_bytes", "read_sum"]);
-    guest_figures(&output, &keys)
+    let mut figures = guest_figures(&output, &keys)?;
+    if let Some(exits) = transport.device_exits(&output, "virtio-blk:") {
+        figures.insert("device_exits".to_string(), exits as f64);
+    }
+    Ok(figures)
+}
+
+/// `key` per operation of one pass (`ops_per_pass` of them), per run.
+fn per_op(passes: &[BTreeMap<String, f64>], key: &str, ops_per_pass: f64) -> Vec<f64> {
+    passes
+        .iter()
+        .filter_map(|p| p.get(key).map(|v| v / ops_per_pass))
+        .collect()
 }
 
 /// Fails unless the guest's sequential read got `bytes` bytes with
@@ -237,15 +261,18 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
     let direct = direct_works(&disk)?;
     let bytes = args.size_mib << 20;
 
+    let transports = Transport::chosen(&args.transport);
     let mut host = Vec::new();
-    let mut guest = Vec::new();
+    let mut guest: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); transports.len()];
     for _ in 0..args.runs {
         host.push(host_pass(&disk, args.size_mib, args.ops, direct)?);
-        // The host pass rewrote the disk: the pattern again for the guest.
-        let sum = fill(&disk, args.size_mib)?;
-        let figures = guest_pass(args, &disk)?;
-        check_read(&figures, bytes, sum)?;
-        guest.push(figures);
+        for (index, transport) in transports.iter().enumerate() {
+            // The last pass rewrote the disk: the pattern again for the guest.
+            let sum = fill(&disk, args.size_mib)?;
+            let figures = guest_pass(args, &disk, *transport)?;
+            check_read(&figures, bytes, sum)?;
+            guest[index].push(figures);
+        }
     }
 
     println!(
@@ -261,36 +288,65 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
         );
     }
     println!("  guest: O_DIRECT on /dev/vda, sie's virtio-blk on that file");
-    for (run, figures) in guest.iter().enumerate() {
-        println!(
-            "  run {}: guest seq read {} bytes, checksum {}: equal to the disk's",
-            run + 1,
-            figures["read_bytes"],
-            figures["read_sum"]
+    for (transport, passes) in transports.iter().zip(&guest) {
+        for (run, figures) in passes.iter().enumerate() {
+            println!(
+                "  {} run {}: guest seq read {} bytes, checksum {}: equal to the disk's",
+                transport.label(),
+                run + 1,
+                figures["read_bytes"],
+                figures["read_sum"]
+            );
+        }
+    }
+    print!("  {:<22}{:>22}", "operation", "host");
+    for transport in &transports {
+        print!(
+            "{:>22}{:>12}",
+            format!("guest {}", transport.label()),
+            "guest/host"
         );
     }
-    println!(
-        "  {:<18}{:>22}{:>22}{:>12}",
-        "operation", "host", "guest", "guest/host"
-    );
+    println!();
+    let pick = |passes: &[BTreeMap<String, f64>], key: &str| -> Vec<f64> {
+        passes.iter().filter_map(|p| p.get(key).copied()).collect()
+    };
     for (key, label) in ROWS {
-        let pick = |passes: &[BTreeMap<String, f64>]| -> Vec<f64> {
-            passes.iter().filter_map(|p| p.get(key).copied()).collect()
-        };
-        let (host_values, guest_values) = (pick(&host), pick(&guest));
+        let host_values = pick(&host, key);
         let host_median = median(&mut host_values.clone()).unwrap_or(0.0);
-        let guest_median = median(&mut guest_values.clone()).unwrap_or(0.0);
-        let ratio = if host_median > 0.0 {
-            guest_median / host_median
-        } else {
-            0.0
-        };
-        println!(
-            "  {label:<18}{}{}{:>12}",
-            super::median_spread(&host_values, 22),
-            super::median_spread(&guest_values, 22),
-            format!("x{ratio:.3}")
-        );
+        print!("  {label:<22}{}", super::median_spread(&host_values, 22));
+        for passes in &guest {
+            let guest_values = pick(passes, key);
+            let guest_median = median(&mut guest_values.clone()).unwrap_or(0.0);
+            let ratio = if host_median > 0.0 {
+                guest_median / host_median
+            } else {
+                0.0
+            };
+            print!(
+                "{}{:>12}",
+                super::median_spread(&guest_values, 22),
+                format!("x{ratio:.3}")
+            );
+        }
+        println!();
+    }
+    // One operation: a 1 MiB block each way, a random 4 KiB block each way.
+    let ops = (2 * args.size_mib + 2 * args.ops) as f64;
+    for (key, label) in [
+        ("virtio_irqs", "interrupts/op"),
+        ("device_exits", "device exits/op"),
+    ] {
+        print!("  {label:<22}{:>22}", "-");
+        for passes in &guest {
+            let values = per_op(passes, key, ops);
+            let text = match median(&mut values.clone()) {
+                Some(m) => format!("{m:.3}"),
+                None => "-".to_string(),
+            };
+            print!("{text:>22}{:>12}", "");
+        }
+        println!();
     }
     Ok(0)
 }

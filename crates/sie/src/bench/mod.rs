@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod net;
 mod restore_backends;
 pub mod snapshot;
+pub mod transport;
 
 type BoxError = Box<dyn std::error::Error>;
 

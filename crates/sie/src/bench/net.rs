@@ -6,7 +6,10 @@
 //! `case=bench_net` (the rig's runs `sietool net-bench 172.16.0.1 5001 5002
 //! MIB` at 172.16.0.2) and prints `@@BENCH tx_mib_s=` / `rx_mib_s=`, with
 //! `tx_bytes=` / `rx_bytes=`. A run fails unless each side received every
-//! byte the other sent.
+//! byte the other sent. Over virtio-MMIO, virtio-PCI or both side by side
+//! (`--transport`), with each one's virtio interrupts (the guest's
+//! `@@BENCH virtio_irqs=`) and device register exits (`sie run --stats`)
+//! per MiB carried.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,7 +18,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{BoxError, finish_sie_run, guest_cmdline, guest_figures, spawn_sie_run};
+use super::transport::Transport;
+use super::{BoxError, finish_sie_run, guest_cmdline, guest_figures, median, spawn_sie_run};
 use crate::cli::BenchNetArgs;
 
 const HOST_ADDR: &str = "172.16.0.1/24";
@@ -36,6 +40,11 @@ struct HostSample {
 
 /// One run: the guest's and the host's figures for each direction.
 struct Run {
+    transport: Transport,
+    /// The guest's virtio interrupts during the transfers, if it counted.
+    irqs: Option<f64>,
+    /// The device's register exits during the whole run.
+    device_exits: Option<u64>,
     guest_tx: f64,
     guest_rx: f64,
     guest_sent: u64,
@@ -186,13 +195,15 @@ fn one_run(
     args: &BenchNetArgs,
     sink_l: &TcpListener,
     source_l: &TcpListener,
+    transport: Transport,
 ) -> Result<Run, BoxError> {
     let cmdline = guest_cmdline(
         args.cmdline.as_deref(),
         "bench_net",
         &format!("bench_mib={}", args.mib),
     );
-    let argv: Vec<String> = vec![
+    let (mut argv, cmdline) = transport.run_args(&cmdline);
+    argv.extend([
         "--kernel".into(),
         args.kernel.display().to_string(),
         "--initrd".into(),
@@ -203,7 +214,7 @@ fn one_run(
         args.memory.clone(),
         "--cmdline".into(),
         cmdline,
-    ];
+    ]);
     let stop = AtomicBool::new(false);
     let child = spawn_sie_run(&argv)?;
     let (output, tap, sink, source) = std::thread::scope(|scope| {
@@ -223,6 +234,9 @@ fn one_run(
     tap?;
     let figures = guest_figures(&output, &["tx_mib_s", "rx_mib_s", "tx_bytes", "rx_bytes"])?;
     let run = Run {
+        transport,
+        irqs: figures.get("virtio_irqs").copied(),
+        device_exits: transport.device_exits(&output, "virtio-net:"),
         guest_tx: figures["tx_mib_s"],
         guest_rx: figures["rx_mib_s"],
         guest_sent: figures["tx_bytes"] as u64,
@@ -255,9 +269,12 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
     }
     let bind = |port| TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("port {port}: {e}"));
     let (sink_l, source_l) = (bind(SINK_PORT)?, bind(SOURCE_PORT)?);
+    let transports = Transport::chosen(&args.transport);
     let mut runs = Vec::new();
     for _ in 0..args.runs {
-        runs.push(one_run(args, &sink_l, &source_l)?);
+        for transport in &transports {
+            runs.push(one_run(args, &sink_l, &source_l, *transport)?);
+        }
     }
     println!(
         "sie bench net: {} MiB each way over TCP, tap {} ({HOST_ADDR}) to the guest (172.16.0.2), {} runs; median (spread)",
@@ -272,8 +289,9 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
     );
     for (index, run) in runs.iter().enumerate() {
         println!(
-            "  run {}: guest->host sent {} received {}; host->guest sent {} received {} bytes",
-            index + 1,
+            "  {} run {}: guest->host sent {} received {}; host->guest sent {} received {} bytes",
+            run.transport.label(),
+            index / transports.len() + 1,
             run.guest_sent,
             run.sink.bytes,
             run.source.bytes,
@@ -281,26 +299,46 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
         );
     }
     let col = super::median_spread;
-    let rows: [(&str, Vec<f64>, Vec<HostSample>); 2] = [
-        (
-            "guest->host",
-            runs.iter().map(|r| r.guest_tx).collect(),
-            runs.iter().map(|r| r.sink).collect(),
-        ),
-        (
-            "host->guest",
-            runs.iter().map(|r| r.guest_rx).collect(),
-            runs.iter().map(|r| r.source).collect(),
-        ),
-    ];
-    for (label, guest, host) in rows {
-        let host_mib: Vec<f64> = host.iter().map(|s| s.mib_s).collect();
-        let packets: Vec<f64> = host.iter().map(|s| s.packets_s).collect();
+    // MiB carried per run, both ways.
+    let mib = (2 * args.mib) as f64;
+    for transport in &transports {
+        let runs: Vec<&Run> = runs.iter().filter(|r| r.transport == *transport).collect();
+        let rows: [(&str, Vec<f64>, Vec<HostSample>); 2] = [
+            (
+                "guest->host",
+                runs.iter().map(|r| r.guest_tx).collect(),
+                runs.iter().map(|r| r.sink).collect(),
+            ),
+            (
+                "host->guest",
+                runs.iter().map(|r| r.guest_rx).collect(),
+                runs.iter().map(|r| r.source).collect(),
+            ),
+        ];
+        for (label, guest, host) in rows {
+            let host_mib: Vec<f64> = host.iter().map(|s| s.mib_s).collect();
+            let packets: Vec<f64> = host.iter().map(|s| s.packets_s).collect();
+            println!(
+                "  {:<16}{}{}{}",
+                format!("{label} {}", transport.label()),
+                col(&guest, 20),
+                col(&host_mib, 20),
+                col(&packets, 22)
+            );
+        }
+        let per_mib = |values: Vec<f64>| match median(&mut values.clone()) {
+            Some(m) => format!("{:.1}", m / mib),
+            None => "-".to_string(),
+        };
         println!(
-            "  {label:<16}{}{}{}",
-            col(&guest, 20),
-            col(&host_mib, 20),
-            col(&packets, 22)
+            "  {} interrupts/MiB {}, device exits/MiB {}",
+            transport.label(),
+            per_mib(runs.iter().filter_map(|r| r.irqs).collect()),
+            per_mib(
+                runs.iter()
+                    .filter_map(|r| r.device_exits.map(|e| e as f64))
+                    .collect()
+            )
         );
     }
     Ok(0)
@@ -339,6 +377,9 @@ mod tests {
                 bytes,
             };
             let mut run = Run {
+                transport: Transport::Mmio,
+                irqs: None,
+                device_exits: None,
                 guest_tx: 1.0,
                 guest_rx: 1.0,
                 guest_sent: 1 << 20,

@@ -110,3 +110,256 @@ exit $status"#,
         },
     }
 }
+
+/// The link-time base of the Debian kernel's text: where `nokaslr` leaves it.
+const KERNEL_TEXT: &str = "0xffffffff81000000";
+
+/// gdb (Debian's, in L1) on a Debian kernel booting under sie with
+/// `--gdb-socket` and two vCPUs. Debian ships no System.map (the real one
+/// is in the -dbg package), so the symbols are the kernel's own: a first
+/// boot under `nokaslr` writes its `/proc/kallsyms` to a disk, and `sietool
+/// kallsyms-elf` makes an ELF file of symbols of it for gdb's
+/// `symbol-file` (the booted kernel prints its own kallsyms at the end,
+/// and the check compares).
+///
+/// gdb, in batch mode, finds the guest stopped before its first
+/// instruction; `continue` runs it and Ctrl-C (SIGINT to gdb) stops it
+/// half-way through the boot: every vCPU stopped (`info threads` lists
+/// both), `bt` starts at the stopped pc in a kernel function it names (no
+/// deeper frame is checked: without the kernel's unwind data gdb guesses
+/// them), `jiffies_64` is read by its kernel
+/// virtual address through the guest's page tables, `stepi` runs one
+/// instruction;
+/// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
+/// `continue` lets the boot reach L2's /init, and gdb sees the VM exit.
+///
+/// Breakpoints and watchpoints are not in this case: the rig's L0 QEMU
+/// (Debian's 7.2, TCG emulating AMD-V) never fires them in an L2 guest. Its
+/// VMRUN loads DR7 without arming its debug-register breakpoints (fixed in
+/// QEMU 9.1), and it checks an `int3` in the guest against the INTn
+/// intercept, not the #BP one KVM sets, so the `int3` reaches the guest.
+pub(crate) fn gdb_kernel() -> Case {
+    let args = sie_e2e::l2_boot_args("inspect_gdb");
+    Case {
+        name: "inspect_gdb",
+        l1_command: format!(
+            r#"rm -f /tmp/gdb.sock /tmp/kallsyms.img
+# A first boot, without gdb, leaves the kernel's kallsyms on a disk.
+dd if=/dev/zero of=/tmp/kallsyms.img bs=1M count=16 2>/dev/null
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" \
+    --disk /tmp/kallsyms.img,id=syms > /tmp/sie.syms 2>&1 || {{ cat /tmp/sie.syms; exit 9; }}
+tr -d '\000' < /tmp/kallsyms.img > /tmp/kallsyms
+jiffies=0x$(grep ' jiffies_64$' /tmp/kallsyms | cut -d' ' -f1)
+echo "@@L2 RESULT sym_jiffies_64=$jiffies"
+[ "$jiffies" != 0x ] || {{ cat /tmp/sie.syms; echo "no symbols from the first boot"; exit 9; }}
+# gdb's symbols: the text symbols in an ELF file.
+sietool kallsyms-elf {KERNEL_TEXT} {KERNEL_TEXT} /tmp/kernel.sym < /tmp/kallsyms || exit 9
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
+    --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
+pid=$!
+i=0
+until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+timeout -k 5 200 gdb -nx -batch \
+  -ex 'set pagination off' -ex 'set confirm off' -ex 'set architecture i386:x86-64' \
+  -ex 'symbol-file /tmp/kernel.sym' \
+  -ex 'printf "@@L2 RESULT gdb_kernel_init=%lx\n", (unsigned long)&kernel_init' \
+  -ex 'target remote /tmp/gdb.sock' \
+  -ex 'printf "@@L2 RESULT gdb_first_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_stop_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'bt 3' \
+  -ex 'info symbol $pc' \
+  -ex 'info threads' \
+  -ex 'printf "@@L2 RESULT gdb_jiffies_1=%lx\n", *(unsigned long *)'"$jiffies" \
+  -ex 'printf "@@L2 RESULT gdb_stop_rcx=%lx\n", (unsigned long)$rcx' \
+  -ex 'stepi' \
+  -ex 'printf "@@L2 RESULT gdb_step_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'printf "@@L2 RESULT gdb_step_rcx=%lx\n", (unsigned long)$rcx' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_jiffies_2=%lx\n", *(unsigned long *)'"$jiffies" \
+  -ex 'continue' > /tmp/gdb.out 2>&1 &
+gdb=$!
+# Ctrl-C, twice, a few seconds after each of the first two `continue`s.
+after() {{
+  i=0
+  until grep -q "$1" /tmp/gdb.out; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done
+}}
+after gdb_first_pc; sleep 4; kill -INT $gdb
+after gdb_step_pc; sleep 2; kill -INT $gdb
+wait $gdb
+echo "@@L2 RESULT gdb_status=$?"
+wait $pid
+status=$?
+sed 's/^/gdb| /' /tmp/gdb.out
+grep '^@@L2 RESULT' /tmp/gdb.out
+cat /tmp/sie.out
+exit $status"#
+        ),
+        // The first boot (with a disk) writes kallsyms to it and stops.
+        l2_script: Some(
+            "for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done; \
+             if [ -b /dev/vda ]; then cat /proc/kallsyms > /dev/vda; sync; exit 0; fi; \
+             echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
+             echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
+             echo \"@@L2 RESULT init=ok\"",
+        ),
+        check: check_gdb_kernel,
+    }
+}
+
+fn hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+}
+
+fn result_hex(run: &CaseRun, key: &str) -> Result<u64, String> {
+    run.result(key)
+        .as_deref()
+        .and_then(hex)
+        .ok_or_else(|| format!("no {key} in the output"))
+}
+
+fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
+    status_0_and(run, "init", "ok")?;
+    match run.result("gdb_status").as_deref() {
+        Some("0") => {}
+        other => return Err(format!("gdb exited with {other:?}")),
+    }
+    // The symbols gdb used are L2's own.
+    let jiffies = result_hex(run, "sym_jiffies_64")?;
+    if result_hex(run, "l2_jiffies_64")? != jiffies {
+        return Err("the first boot's kallsyms do not match the second's".into());
+    }
+    if result_hex(run, "gdb_kernel_init")? != result_hex(run, "l2_kernel_init")? {
+        return Err("gdb's symbol file puts kernel_init elsewhere than L2's kallsyms".into());
+    }
+    let gdb: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|line| line.trim_end().strip_prefix("gdb| "))
+        .collect();
+    // Stopped before the first instruction: at the kernel's 64-bit entry,
+    // which sie runs at its physical load address (16 MiB and up).
+    let first = result_hex(run, "gdb_first_pc")?;
+    if !(0x100_0000..0x4000_0000).contains(&first) {
+        return Err(format!(
+            "gdb found the guest at {first:#x}, not at the kernel's entry"
+        ));
+    }
+    if !gdb.iter().any(|l| l.contains("received signal SIGINT")) {
+        return Err("gdb's Ctrl-C did not stop the guest".into());
+    }
+    let stop = result_hex(run, "gdb_stop_pc")?;
+    let frame0 = gdb
+        .iter()
+        .find_map(|l| l.strip_prefix("#0 "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(hex);
+    if frame0 != Some(stop) {
+        return Err(format!(
+            "bt's frame 0 ({frame0:x?}) is not the stopped pc {stop:#x}"
+        ));
+    }
+    // The stopped pc lies in a kernel function gdb names, in `info symbol`
+    // ("NAME + OFFSET in section .text") and in bt's frame 0.
+    let function = gdb
+        .iter()
+        .find(|l| l.ends_with(" in section .text"))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or("gdb named no function for the stopped pc")?;
+    if !gdb
+        .iter()
+        .any(|l| l.starts_with("#0 ") && l.contains(&format!(" in {function} (")))
+    {
+        return Err(format!("bt's frame 0 does not name {function}"));
+    }
+    // `info threads` rows: "* 1    Thread 1 ...", "  2    Thread 2 ...".
+    let threads = gdb
+        .iter()
+        .filter(|l| {
+            let row = l.trim_start().trim_start_matches('*').trim_start();
+            row.starts_with(|c: char| c.is_ascii_digit()) && row.contains("Thread ")
+        })
+        .count();
+    if threads != 2 {
+        return Err(format!("info threads listed {threads} vCPUs, not 2"));
+    }
+    // One instruction ran: the pc moved, or (a `rep` string instruction,
+    // which stays at its pc until done) its count in rcx went down.
+    let stepped = result_hex(run, "gdb_step_pc")? != stop
+        || result_hex(run, "gdb_step_rcx")? < result_hex(run, "gdb_stop_rcx")?;
+    if !stepped {
+        return Err("stepi neither moved the pc nor counted down rcx".into());
+    }
+    // Read through the kernel's page tables, and the clock went on between.
+    let (one, two) = (
+        result_hex(run, "gdb_jiffies_1")?,
+        result_hex(run, "gdb_jiffies_2")?,
+    );
+    if two <= one {
+        return Err(format!("jiffies_64 read {one:#x}, then {two:#x}"));
+    }
+    if !gdb.iter().any(|l| l.contains("exited normally")) {
+        return Err("gdb did not see the VM finish".into());
+    }
+    Ok(())
+}
+
+/// gdb attaching to a running Debian guest: the first gdb, there before
+/// the first instruction, detaches at once and the kernel boots on; a
+/// second gdb attaches on the same socket a few seconds later, finds every
+/// vCPU stopped in the kernel's text, and detaches; the boot reaches L2's
+/// /init and sie exits 0.
+pub(crate) fn gdb_attach_running() -> Case {
+    Case {
+        name: "inspect_gdb_attach",
+        l1_command: format!(
+            r#"rm -f /tmp/gdb.sock
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokaslr" --vcpus 2 \
+    --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
+pid=$!
+i=0
+until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+timeout -k 5 60 gdb -nx -batch -ex 'set architecture i386:x86-64' \
+  -ex 'target remote /tmp/gdb.sock' -ex 'detach' 2>&1 | sed 's/^/gdb1| /'
+sleep 3
+timeout -k 5 60 gdb -nx -batch -ex 'set architecture i386:x86-64' \
+  -ex 'target remote /tmp/gdb.sock' \
+  -ex 'printf "@@L2 RESULT gdb2_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'info threads' -ex 'detach' > /tmp/gdb2.out 2>&1
+sed 's/^/gdb2| /' /tmp/gdb2.out
+grep '^@@L2 RESULT' /tmp/gdb2.out
+wait $pid
+status=$?
+cat /tmp/sie.out
+exit $status"#,
+            sie_e2e::l2_boot_args("inspect_gdb_attach")
+        ),
+        l2_script: Some("echo \"@@L2 RESULT init=ok\""),
+        check: |run| {
+            status_0_and(run, "init", "ok")?;
+            let detached = |prefix: &str| {
+                run.output
+                    .lines()
+                    .any(|l| l.starts_with(prefix) && l.contains("detached"))
+            };
+            if !detached("gdb1| ") || !detached("gdb2| ") {
+                return Err("a gdb did not detach".into());
+            }
+            // The kernel's text, or (a vCPU halted in the idle loop) its
+            // pc still lies in the kernel's half of the address space.
+            let pc = result_hex(run, "gdb2_pc")?;
+            if pc < 0xffff_ffff_8000_0000 {
+                return Err(format!("the later gdb found pc {pc:#x}, not in the kernel"));
+            }
+            let threads = run
+                .output
+                .lines()
+                .filter(|l| l.starts_with("gdb2| ") && l.contains("Thread 1."))
+                .count();
+            if threads != 2 {
+                return Err(format!("the later gdb saw {threads} vCPUs, not 2"));
+            }
+            Ok(())
+        },
+    }
+}

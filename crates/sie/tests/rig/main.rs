@@ -21,7 +21,10 @@ mod cpu;
 mod faults;
 mod inspect;
 mod memdev;
+mod memory;
+mod pci;
 mod snapshot;
+mod vfio;
 mod virtio;
 
 use bench::*;
@@ -30,7 +33,10 @@ use cpu::*;
 use faults::*;
 use inspect::*;
 use memdev::*;
+use memory::*;
+use pci::*;
 use snapshot::*;
+use vfio::*;
 use virtio::*;
 
 fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
@@ -244,6 +250,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         ),
         api_ctrl_alt_del(),
         virtio_net(),
+        pci_bus(),
+        virtio_pci(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),
@@ -259,9 +267,19 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         mmds(),
         console_attach_later(),
         panic_core(),
+        gdb_kernel(),
+        gdb_attach_running(),
         cpu_template_custom(),
         nested_svm(),
         cpu_template_static(),
+        vfio_edu(),
+        vfio_dma_fault(),
+        vfio_refused(),
+        vfio_no_snapshot(),
+        balloon(),
+        balloon_deflate_on_oom(),
+        balloon_hinting(),
+        balloon_snapshot(),
     ]
 }
 

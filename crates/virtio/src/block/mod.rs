@@ -53,8 +53,8 @@ use super::chain::{Taken, drain_queue_with};
 use super::rate_limiter::{LimiterConfig, RateLimiter, RateLimiterError};
 use super::read_config_bytes;
 use super::{
-    ActivateError, Activation, ChainError, DeviceFault, GuestMemory, Segment, VirtioCounters,
-    VirtioDevice, VirtioInterrupt, VirtioMmioTransport,
+    ActivateError, Activation, ChainError, DeviceFault, GuestMemory, Segment, VirtioCore,
+    VirtioCounters, VirtioDevice, VirtioInterrupt,
 };
 
 /// Queue size offered to the driver; also the most requests in flight.
@@ -198,7 +198,7 @@ impl Block {
     }
 
     /// New limits (see [`crate::rate_limiter::Buckets::update`]); use
-    /// [`VirtioMmioTransport::update_rate_limiter`] on a running device.
+    /// [`VirtioCore::update_rate_limiter`] on a running device.
     pub fn update_rate_limiter(&mut self, update: &LimiterConfig) -> Result<(), RateLimiterError> {
         self.limiter.update(update)
     }
@@ -218,7 +218,7 @@ impl Block {
         self.disk.read_only
     }
 
-    /// Replaces the image; use [`VirtioMmioTransport::swap_backing_file`]
+    /// Replaces the image; use [`VirtioCore::swap_backing_file`]
     /// on a running device so the driver hears about the new capacity.
     /// Requests in flight finish on the old image.
     pub fn set_backing_file(&mut self, file: File) -> io::Result<()> {
@@ -262,7 +262,7 @@ impl Block {
     }
 }
 
-impl VirtioMmioTransport<Block> {
+impl VirtioCore<Block> {
     /// Swaps the disk image under a running guest (Firecracker's
     /// `PATCH /drives`): new capacity, ConfigGeneration bumped, and a
     /// configuration interrupt so the driver re-reads it.
@@ -426,7 +426,7 @@ impl Block {
             DeviceFault::RingAccess
         })?;
         if wanted {
-            active.interrupt.signal_used();
+            active.interrupt.signal_used(0);
         }
         Ok(())
     }

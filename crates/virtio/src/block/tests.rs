@@ -2,10 +2,9 @@
 //! engine; `engine_tests.rs` has what is particular to the engines and the
 //! cache types.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -21,22 +20,7 @@ const BUF: u64 = DATA + 0x1000;
 const STATUS: u64 = DATA + 0x100;
 const DISK_LEN: usize = 64 * 1024;
 
-/// A scratch image of `len` bytes, unlinked at once so nothing is left
-/// behind; opened read-write unless `writable` is false.
-pub(super) fn image(len: usize, writable: bool) -> File {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("sie-blk-{}-{n}.img", std::process::id()));
-    let mut f = File::create(&path).expect("create image");
-    f.write_all(&vec![0xa5; len]).expect("fill image");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(&path)
-        .expect("open image");
-    std::fs::remove_file(&path).expect("unlink image");
-    file
-}
+pub(super) use crate::testing::disk_image as image;
 
 struct Rig {
     t: crate::VirtioMmioTransport<Block>,

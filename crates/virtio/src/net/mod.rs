@@ -76,8 +76,8 @@ use tx::Transmitter;
 
 use super::rate_limiter::{LimiterConfig, RateLimiter, RateLimiterError};
 use super::{
-    ActivateError, Activation, DeviceFault, GuestMemory, VirtioCounters, VirtioDevice,
-    VirtioInterrupt, VirtioMmioTransport, read_config_bytes,
+    ActivateError, Activation, DeviceFault, GuestMemory, VirtioCore, VirtioCounters, VirtioDevice,
+    VirtioInterrupt, read_config_bytes,
 };
 
 /// Length of an Ethernet header: the shortest frame worth sending.
@@ -272,7 +272,7 @@ impl<B: NetBackend> Net<B> {
         }
         .run(&mut active.rx, &active.mem)?;
         if notify {
-            active.interrupt.signal_used();
+            active.interrupt.signal_used(RX_QUEUE);
         }
         Ok(())
     }
@@ -301,7 +301,7 @@ impl<B: NetBackend> Net<B> {
         }
         .run(&mut active.tx, &active.mem)?;
         if notify {
-            active.interrupt.signal_used();
+            active.interrupt.signal_used(TX_QUEUE);
         }
         if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
             // The metadata service answered: deliver now, not when the
@@ -312,7 +312,7 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
-impl<B: NetBackend> VirtioMmioTransport<Net<B>> {
+impl<B: NetBackend> VirtioCore<Net<B>> {
     /// New rate limits under a running guest (Firecracker's `PATCH
     /// /network-interfaces`); frames held back are moved again, under
     /// the new limits.

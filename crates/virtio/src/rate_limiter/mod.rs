@@ -97,7 +97,7 @@ impl Default for RateLimiter {
 
 /// A non-blocking timerfd on CLOCK_MONOTONIC: the event thread reads it
 /// only after it fired, but a spurious wakeup must not block.
-fn nonblocking_timer() -> io::Result<TimerFd> {
+pub(crate) fn nonblocking_timer() -> io::Result<TimerFd> {
     let timer = TimerFd::new()?;
     let fd = timer.as_raw_fd();
     // SAFETY: `fd` is the timerfd just created and owned by `timer`;

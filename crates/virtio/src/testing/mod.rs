@@ -1,6 +1,7 @@
 //! Test helpers, for this crate's tests and for fuzz/ (cargo feature
 //! `test-util`): split virtqueues built by hand in real guest memory, a
-//! driver that brings a transport up through its registers, and a socket
+//! driver that brings a transport up through its registers (virtio-MMIO's,
+//! or a virtio-PCI device's configuration space and BAR), and a socket
 //! pair standing in for a net device's tap, and a clock driven by hand
 //! for rate limiters.
 //!
@@ -19,13 +20,18 @@
 //! ```
 
 mod clock;
+mod disk;
 mod driver;
 mod net_pair;
+mod pci_driver;
 mod ring;
 
+pub use crate::pci::common;
 pub use clock::ManualClock;
+pub use disk::disk_image;
 pub use driver::{CountingIrq, Driver, transport};
 pub use net_pair::{PairBackend, Peer, pair};
+pub use pci_driver::{MSI_ADDRESS, PciDriver, pci_transport};
 pub use ring::{
     DATA, MEM_SIZE, Ring, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, memory,

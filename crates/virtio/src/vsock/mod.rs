@@ -185,7 +185,7 @@ impl Vsock {
             0
         })?;
         if notify {
-            active.interrupt.signal_used();
+            active.interrupt.signal_used(TX);
         }
         Ok(())
     }
@@ -232,7 +232,7 @@ impl Vsock {
                 DeviceFault::RingAccess
             })?
         {
-            active.interrupt.signal_used();
+            active.interrupt.signal_used(RX);
         }
         Ok(())
     }
@@ -337,7 +337,7 @@ impl VirtioDevice for Vsock {
         queue
             .add_used(mem, head, written)
             .map_err(|_| DeviceFault::RingAccess)?;
-        active.interrupt.signal_used();
+        active.interrupt.signal_used(EVENT);
         Ok(())
     }
 

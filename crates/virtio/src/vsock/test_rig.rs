@@ -12,8 +12,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::Vsock;
 use super::packet::{HEADER_LEN, HOST_CID, Header, Op, TYPE_STREAM};
-use crate::testing::{DATA, Driver, Ring, transport};
-use crate::{GuestMemory, VirtioMmioTransport};
+use crate::pci::VirtioPciDevice;
+use crate::testing::{DATA, Driver, PciDriver, Ring, pci_transport, transport};
+use crate::{GuestMemory, VirtioCore, VirtioMmioTransport};
 
 pub const GUEST_CID: u64 = 3;
 pub const SIZE: u16 = 16;
@@ -43,8 +44,36 @@ impl Drop for TempDir {
     }
 }
 
+/// The transport the rig drives the device through: the same scenarios
+/// run over virtio-MMIO and virtio-PCI.
+pub enum Transport {
+    Mmio(VirtioMmioTransport<Vsock>),
+    Pci(VirtioPciDevice<Vsock>),
+}
+
+impl std::ops::Deref for Transport {
+    type Target = VirtioCore<Vsock>;
+
+    fn deref(&self) -> &VirtioCore<Vsock> {
+        match self {
+            Self::Mmio(t) => t,
+            Self::Pci(t) => t,
+        }
+    }
+}
+
+impl Transport {
+    /// The driver's notification of `queue`, and the worker's step for it.
+    fn notify(&self, queue: u16) {
+        match self {
+            Self::Mmio(t) => Driver::new(t).notify(u32::from(queue)),
+            Self::Pci(t) => PciDriver::new(t).notify(queue),
+        }
+    }
+}
+
 pub struct Rig {
-    pub t: VirtioMmioTransport<Vsock>,
+    pub t: Transport,
     pub mem: GuestMemory,
     pub uds: PathBuf,
     rings: [Ring; 3],
@@ -71,17 +100,34 @@ pub fn guest_header(op: Op, src_port: u32, dst_port: u32) -> Header {
 }
 
 impl Rig {
-    /// A live device with `rx` rx buffers posted.
+    /// A live device on virtio-MMIO with `rx` rx buffers posted.
     pub fn new(rx: u16) -> Self {
+        Self::over(rx, false)
+    }
+
+    /// The same on virtio-PCI.
+    pub fn new_pci(rx: u16) -> Self {
+        Self::over(rx, true)
+    }
+
+    fn over(rx: u16, pci: bool) -> Self {
         let dir = TempDir::new();
         let uds = dir.0.join("v.sock");
-        let (t, mem, _irq) = transport(Vsock::new(GUEST_CID, &uds).expect("vsock"));
+        let vsock = Vsock::new(GUEST_CID, &uds).expect("vsock");
         let rings = [
             Ring::new(0x1000, SIZE),
             Ring::new(0x2000, SIZE),
             Ring::new(0x3000, SIZE),
         ];
-        Driver::new(&t).start(&rings);
+        let (t, mem) = if pci {
+            let (t, mem, _msi) = pci_transport(vsock);
+            PciDriver::new(&t).start(&rings);
+            (Transport::Pci(t), mem)
+        } else {
+            let (t, mem, _irq) = transport(vsock);
+            Driver::new(&t).start(&rings);
+            (Transport::Mmio(t), mem)
+        };
         let mut rig = Self {
             t,
             mem,
@@ -97,8 +143,12 @@ impl Rig {
         rig
     }
 
+    /// The register-level driver of a rig on virtio-MMIO.
     pub fn driver(&self) -> Driver<'_, Vsock> {
-        Driver::new(&self.t)
+        match &self.t {
+            Transport::Mmio(t) => Driver::new(t),
+            Transport::Pci(_) => panic!("a virtio-MMIO rig"),
+        }
     }
 
     /// Posts `n` rx buffers of [`RX_BUF`] bytes and notifies.
@@ -115,7 +165,7 @@ impl Rig {
             ring.publish(&self.mem, &[head]);
             self.rx_posted = self.rx_posted.wrapping_add(1);
         }
-        self.driver().notify(0);
+        self.t.notify(0);
     }
 
     /// Packets the device put in rx buffers since the last call.
@@ -176,7 +226,7 @@ impl Rig {
         let head = slot * 2;
         ring.set_chain(&self.mem, head, &buffers);
         ring.publish(&self.mem, &[head]);
-        self.driver().notify(1);
+        self.t.notify(1);
     }
 
     /// Sends a well-formed packet.

@@ -29,7 +29,16 @@ fn config_space_holds_the_cid() {
 /// Host client → guest port 1024: REQUEST, RESPONSE, `OK`, then an echo.
 #[test]
 fn host_initiated_connection_echoes() {
-    let mut rig = Rig::new(8);
+    echo(Rig::new(8));
+}
+
+/// The same with the device on virtio-PCI.
+#[test]
+fn host_initiated_connection_echoes_over_pci() {
+    echo(Rig::new_pci(8));
+}
+
+fn echo(mut rig: Rig) {
     let mut client = rig.client(b"CONNECT 1024\n");
     rig.backend();
     let got = rig.recv();

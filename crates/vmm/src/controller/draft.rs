@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 use sie_config::{
     BootSource, CpuConfig, Drive, Entropy, MachineConfig, MachineConfigPatch, MmdsConfig,
-    NetworkInterface, Request, Response, VmConfig, Vsock,
+    NetworkInterface, Request, Response, VfioDevice, VmConfig, Vsock,
 };
 
 /// The configuration so far.
@@ -48,7 +48,15 @@ impl Draft {
             || self.config.entropy.is_some()
             || !self.config.pmem.is_empty()
             || self.config.memory_hotplug.is_some()
+            || self.config.balloon.is_some()
             || self.config.machine_config.is_some()
+            || self.has_vfio()
+    }
+
+    /// Whether a host device is passed through (the VM can then be
+    /// neither snapshotted nor migrated).
+    pub fn has_vfio(&self) -> bool {
+        !self.config.vfio.is_empty()
     }
 
     /// The machine configuration, defaults filled in.
@@ -72,7 +80,14 @@ impl Draft {
         Ok(config)
     }
 
-    /// `GET /vm/config`: Firecracker's full shape, absent resources as null.
+    /// Sets the PCI switch (`--enable-pci`).
+    pub fn set_pci(&mut self, pci: Option<sie_config::PciConfig>) {
+        self.config.pci = pci;
+    }
+
+    /// `GET /vm/config`: Firecracker's full shape, absent resources as null,
+    /// and sie's `pci` switch (off unless `--enable-pci` or the config file
+    /// turned it on).
     pub fn to_json(&self) -> Value {
         let mut value = serde_json::to_value(&self.config).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut value {
@@ -87,6 +102,8 @@ impl Draft {
             for key in ["drives", "network-interfaces", "pmem"] {
                 map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
             }
+            map.entry("pci")
+                .or_insert_with(|| serde_json::json!({ "enabled": false }));
             for key in [
                 "vsock",
                 "entropy",
@@ -121,6 +138,8 @@ impl Draft {
                     self.config.memory_hotplug = Some(hotplug.clone());
                 })
             }
+            Request::PutVfio(device) => self.put_vfio(device),
+            Request::PutBalloon(balloon) => self.put_balloon(balloon),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
             Request::PutSerial(serial) => self.put_serial(serial),
             _ => return None,
@@ -333,6 +352,44 @@ impl Draft {
         Ok(())
     }
 
+    fn put_vfio(&mut self, device: &VfioDevice) -> Result<(), String> {
+        device.validate().map_err(|e| e.to_string())?;
+        // Refused now, in the one line that says how to fix the host, not
+        // at InstanceStart.
+        sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio"))
+            .map_err(|e| format!("vfio: {e}"))?;
+        let mut devices: Vec<VfioDevice> = self
+            .config
+            .vfio
+            .iter()
+            .filter(|d| d.id != device.id)
+            .cloned()
+            .collect();
+        devices.push(device.clone());
+        sie_config::validate_vfio(&devices).map_err(|e| e.to_string())?;
+        self.config.vfio = devices;
+        Ok(())
+    }
+
+    fn put_balloon(&mut self, balloon: &sie_config::Balloon) -> Result<(), String> {
+        balloon
+            .validate(self.machine().mem_size_mib)
+            .map_err(|e| e.to_string())?;
+        self.config.balloon = Some(balloon.clone());
+        Ok(())
+    }
+
+    /// The balloon as configured (and patched since).
+    pub fn balloon(&self) -> Option<&sie_config::Balloon> {
+        self.config.balloon.as_ref()
+    }
+
+    /// The balloon's settings changed (`PATCH /balloon`, `PATCH
+    /// /balloon/statistics`), so `GET /balloon` and `GET /vm/config` show them.
+    pub fn balloon_mut(&mut self) -> Option<&mut sie_config::Balloon> {
+        self.config.balloon.as_mut()
+    }
+
     /// The drive with this id.
     pub fn drive(&self, id: &str) -> Option<&Drive> {
         self.config.drives.iter().find(|d| d.drive_id == id)
@@ -457,6 +514,18 @@ mod tests {
     }
 
     #[test]
+    fn get_vm_config_shows_the_pci_switch() {
+        let mut draft = Draft::default();
+        assert_eq!(
+            draft.to_json()["pci"],
+            serde_json::json!({"enabled": false})
+        );
+        draft.set_pci(Some(sie_config::PciConfig { enabled: true }));
+        assert_eq!(draft.to_json()["pci"], serde_json::json!({"enabled": true}));
+        assert!(draft.to_config_unchecked().pci_enabled());
+    }
+
+    #[test]
     fn start_needs_a_boot_source() {
         let mut draft = Draft::default();
         assert!(draft.to_config().unwrap_err().contains("PUT /boot-source"));
@@ -468,6 +537,19 @@ mod tests {
             draft.to_config().unwrap().boot_source.kernel_image_path,
             kernel
         );
+    }
+
+    #[test]
+    fn a_vfio_device_that_cannot_be_passed_is_refused_at_put() {
+        let mut draft = Draft::default();
+        let device = VfioDevice {
+            id: "edu".into(),
+            path: "/sys/bus/pci/devices/0000:7f:1f.7".into(),
+        };
+        let message = fault(draft.apply(&Request::PutVfio(device)));
+        assert!(message.starts_with("vfio: "), "{message}");
+        assert!(message.contains("no such PCI device"), "{message}");
+        assert!(!draft.has_vfio() && !draft.is_configured());
     }
 
     #[test]

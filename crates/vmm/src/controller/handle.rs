@@ -6,15 +6,17 @@ use serde_json::json;
 use sie_config::{ActionType, Request, Response, VmState};
 use sie_hv::Hypervisor;
 
-use super::{Controller, Phase, draft, sink};
+use super::{Controller, PCI_NOT_SNAPSHOTTABLE, Phase, draft, sink};
 use crate::event_loop::Manager;
 use crate::vm::StartedVm;
 
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
-const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+pub(super) const AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+pub(super) const BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 /// An MMDS update's answer: 413 over the size limit, as in Firecracker.
 fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {
@@ -98,6 +100,13 @@ impl Controller {
             Request::SendMigration(send) => self.send_migration(&send),
             Request::GetMigration => self.migration_status(),
             Request::CancelMigration => self.cancel_migration(),
+            Request::PatchBalloon(update) => self.patch_balloon(update),
+            Request::GetBalloon => self.get_balloon(),
+            Request::GetBalloonStats => self.balloon_stats(),
+            Request::PatchBalloonStats(update) => self.patch_balloon_stats(update),
+            Request::StartBalloonHinting(start) => self.balloon_hinting(Some(start)),
+            Request::StopBalloonHinting => self.balloon_hinting(None),
+            Request::GetBalloonHinting => self.balloon_hinting_status(),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
@@ -241,12 +250,18 @@ impl Controller {
         if let Err(message) = create.check() {
             return Response::Fault(message);
         }
+        if self.draft.has_vfio() {
+            return Response::fault(sie_config::VFIO_NOT_SNAPSHOTTABLE);
+        }
         let config = match self.draft.to_config() {
             Ok(config) => config,
             Err(message) => return Response::Fault(format!("snapshot/create: {message}")),
         };
         if !config.pmem.is_empty() || config.memory_hotplug.is_some() {
             return Response::fault(PMEM_NO_SNAPSHOT);
+        }
+        if config.pci_enabled() && matches!(self.phase, Phase::Running(_)) {
+            return Response::Fault(format!("snapshot/create: {PCI_NOT_SNAPSHOTTABLE}"));
         }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);

@@ -201,6 +201,12 @@ impl Controller {
         let Phase::Running(vm) = &self.phase else {
             return Response::fault("migration/send: no microVM is running here");
         };
+        if self.draft.has_vfio() {
+            return Response::fault(sie_config::VFIO_NOT_SNAPSHOTTABLE);
+        }
+        if self.draft.to_config_unchecked().pci_enabled() {
+            return Response::Fault(format!("migration/send: {}", super::PCI_NOT_SNAPSHOTTABLE));
+        }
         if self.migration.active {
             return Response::fault("migration/send: a migration is already under way");
         }

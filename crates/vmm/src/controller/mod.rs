@@ -10,6 +10,7 @@
 //! events, handled, and answered before the next one, as Firecracker does.
 //! The front end never sees the VM and this module never sees HTTP.
 
+mod balloon;
 mod draft;
 mod handle;
 pub mod metrics;
@@ -82,6 +83,11 @@ pub trait LoggerControl {
     fn configure(&mut self, logger: &Logger) -> std::result::Result<(), String>;
 }
 
+/// Why a VM with PCI devices is not snapshotted or migrated: the virtio-PCI
+/// transports' state (configuration space, BARs, MSI-X tables) is not saved
+/// yet, and a restored guest would find its devices reset.
+pub const PCI_NOT_SNAPSHOTTABLE: &str = "snapshots of a VM with PCI devices are not supported yet";
+
 /// How to serve.
 pub struct ServeOptions {
     /// The instance id (`--id`), shown by `GET /`.
@@ -113,6 +119,10 @@ pub struct ServeOptions {
     pub serial: Option<sie_config::SerialConfig>,
     /// `--dump-on-panic DIR` (wins over the config's `dump_on_panic`).
     pub dump_on_panic: Option<PathBuf>,
+    /// Firecracker's `--enable-pci`: the VM this sie builds puts its virtio
+    /// devices on PCI, whatever the config file or the API said (shown by
+    /// `GET /vm/config` as `"pci": {"enabled": true}`).
+    pub enable_pci: bool,
     /// Seccomp filters: each vCPU thread installs its own as it starts, and
     /// this thread installs the VMM's once the VM runs (see `start`).
     pub seccomp: sie_seccomp::Seccomp,
@@ -148,6 +158,7 @@ impl ServeOptions {
             console_input,
             serial: None,
             dump_on_panic: None,
+            enable_pci: false,
             seccomp: sie_seccomp::Seccomp::disabled(),
             mmds: Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
                 sie_mmds::DEFAULT_SIZE_LIMIT,
@@ -236,7 +247,18 @@ pub fn serve(
         metrics.set_line_fields(config.line_fields(&options.id));
         draft.note_logging(None, Some(config));
     }
-    let initial = options.initial_config.take();
+    let pci_flag = options
+        .enable_pci
+        .then_some(sie_config::PciConfig { enabled: true });
+    if pci_flag.is_some() {
+        draft.set_pci(pci_flag);
+    }
+    let initial = options.initial_config.take().map(|mut config| {
+        if pci_flag.is_some() {
+            config.pci = pci_flag;
+        }
+        config
+    });
     let migration =
         migrate::Migration::new(&mut manager).map_err(host_error("creating an eventfd"))?;
     let mut controller = Controller {

@@ -12,8 +12,13 @@
 //! ```text
 //!   platform.rs ─┐                      ┌─▶ Bus (ports), Bus (MMIO)  → exit dispatch
 //!   virtio.rs  ──┼─▶ DeviceManager ─────┼─▶ Vec<AcpiDevice>         → DSDT
-//!   (later PCI) ─┘   allocators, irqfds └─▶ virtio_mmio.device=…    → command line
+//!   pci.rs     ──┘   allocators, irqfds └─▶ virtio_mmio.device=…    → command line
 //! ```
+//!
+//! With `pci` on, `pci.rs` adds the PCI root bus (0xCF8 ports, ECAM, BAR
+//! windows, the host bridge in the DSDT); its devices' BARs come from the
+//! 32-bit and 64-bit windows and their MSI-X vectors from GSIs 24 and up
+//! (`msi.rs`: an irqfd per vector, its KVM route following the guest).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +44,11 @@ const GSI_UNITS: u64 = 2;
 /// Lines no device may take: the PIT's timer (0) and the PIC cascade (2).
 const RESERVED_GSIS: [u32; 2] = [0, 2];
 
+/// GSIs for MSI vectors: from the first one past the I/O APIC's pins, 1000
+/// of them (KVM's routing table holds 4096 entries, 40 of them the
+/// interrupt controllers' own).
+const MSI_GSI_COUNT: u64 = 1000;
+
 /// Errors placing a device.
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
@@ -56,6 +66,12 @@ pub enum PlacementError {
         /// " at 0x…" when an exact place was asked for.
         at: String,
     },
+    /// No room is left for a device's MSI vectors.
+    #[error("no {count} free MSI interrupts")]
+    NoMsi {
+        /// Vectors asked for.
+        count: u16,
+    },
     /// The bus refused the range.
     #[error(transparent)]
     Bus(#[from] sie_devices::BusError),
@@ -70,6 +86,8 @@ pub struct DeviceLayout {
     pub mmio: Bus,
     /// The devices the guest is told about, in order.
     pub acpi: Vec<AcpiDevice>,
+    /// The PCI root bus, with `pci` on.
+    pub pci: Option<Arc<sie_pci::PciRoot>>,
 }
 
 impl DeviceLayout {
@@ -94,6 +112,10 @@ pub struct DeviceManager<'a> {
     mmio: Bus,
     gsis: AddressAllocator,
     mmio_window: AddressAllocator,
+    /// GSIs for MSI vectors, 24 and up.
+    msi_gsis: AddressAllocator,
+    /// The PCI bus, once `add_pci_bus` created it.
+    pci: Option<pci::PciBus>,
     /// One irqfd per line, shared by the devices on it (COM1 and COM3).
     lines: BTreeMap<u32, Arc<EventFd>>,
     acpi: Vec<AcpiDevice>,
@@ -124,6 +146,8 @@ impl<'a> DeviceManager<'a> {
             sie_arch::layout::PLATFORM_MMIO_SIZE,
         )
         .map_err(vm_allocator_error)?;
+        let msi_gsis = AddressAllocator::new(u64::from(sie_hv::FIRST_MSI_GSI), MSI_GSI_COUNT)
+            .map_err(vm_allocator_error)?;
         Ok(Self {
             vm,
             obs,
@@ -131,6 +155,8 @@ impl<'a> DeviceManager<'a> {
             mmio: Bus::default(),
             gsis,
             mmio_window,
+            msi_gsis,
+            pci: None,
             lines: BTreeMap::new(),
             acpi: Vec::new(),
             device_memory: None,
@@ -174,6 +200,13 @@ impl<'a> DeviceManager<'a> {
 
     /// Allocates the first free interrupt line and wires it as an irqfd.
     pub fn allocate_line(&mut self, name: &str) -> Result<(u32, Arc<dyn Interrupt>)> {
+        let gsi = self.allocate_gsi(name)?;
+        Ok((gsi, self.wire(gsi)?))
+    }
+
+    /// Allocates the first free interrupt line, left unwired (its user
+    /// registers its own irqfd: a passed-through device's INTx).
+    pub fn allocate_gsi(&mut self, name: &str) -> Result<u32> {
         let range = self
             .gsis
             .allocate(GSI_UNITS, GSI_UNITS, AllocPolicy::FirstMatch)
@@ -186,8 +219,18 @@ impl<'a> DeviceManager<'a> {
                 )
             })?;
         // The allocator's range ends at GSI_COUNT lines, far below u32::MAX.
-        let gsi = u32::try_from(range.start() / GSI_UNITS).unwrap_or(u32::MAX);
-        Ok((gsi, self.wire(gsi)?))
+        Ok(u32::try_from(range.start() / GSI_UNITS).unwrap_or(u32::MAX))
+    }
+
+    /// Allocates `count` consecutive GSIs for a device's MSI vectors and
+    /// returns the first (routes and irqfds come with [`msi::MsiVectors`]).
+    pub fn allocate_msi_gsis(&mut self, name: &str, count: u16) -> Result<u32> {
+        let range = self
+            .msi_gsis
+            .allocate(u64::from(count.max(1)), 1, AllocPolicy::FirstMatch)
+            .map_err(|_| Self::place_error(name, PlacementError::NoMsi { count }))?;
+        // The allocator's range ends at 24 + MSI_GSI_COUNT.
+        Ok(u32::try_from(range.start()).unwrap_or(u32::MAX))
     }
 
     fn wire(&mut self, gsi: u32) -> Result<Arc<dyn Interrupt>> {
@@ -244,6 +287,22 @@ impl<'a> DeviceManager<'a> {
         Ok(base)
     }
 
+    /// Puts `device` on the MMIO bus at exactly `base..base+len`, outside
+    /// the platform window (the PCI windows, which have their own
+    /// allocators).
+    fn insert_mmio(
+        &mut self,
+        name: &str,
+        base: u64,
+        len: u64,
+        device: Arc<dyn BusDevice>,
+    ) -> Result<()> {
+        let stats = self.obs.register_device(name);
+        self.mmio
+            .insert(base, len, device, stats)
+            .map_err(|e| Self::place_error(name, e.into()))
+    }
+
     /// Tells the guest about a device (DSDT and, for virtio-MMIO, the
     /// command line).
     pub fn describe(&mut self, device: AcpiDevice) {
@@ -288,9 +347,13 @@ impl<'a> DeviceManager<'a> {
             pio: self.pio,
             mmio: self.mmio,
             acpi: self.acpi,
+            pci: self.pci.map(|pci| pci.root().clone()),
         }
     }
 }
+
+pub mod msi;
+pub mod pci;
 
 #[cfg(test)]
 mod tests;

@@ -132,3 +132,18 @@ fn the_command_line_is_derived_from_the_described_devices() {
     );
     assert_eq!(layout.acpi.len(), 2);
 }
+
+#[test]
+fn msi_gsis_start_past_the_ioapic_pins_and_run_out() {
+    let vm = FakeVm::default();
+    let mut manager = manager(&vm);
+    assert_eq!(manager.allocate_msi_gsis("a", 3).unwrap(), 24);
+    assert_eq!(manager.allocate_msi_gsis("b", 2).unwrap(), 27);
+    let error = manager.allocate_msi_gsis("c", 1000).unwrap_err();
+    assert!(
+        crate::error::error_chain(&error).contains("no 1000 free MSI"),
+        "{error}"
+    );
+    // ISA lines are a separate pool.
+    assert_eq!(manager.allocate_line("d").unwrap().0, 1);
+}

@@ -135,6 +135,37 @@ mod tests {
     }
 
     #[test]
+    fn an_access_watch_in_the_last_slot_and_dr6_from_a_debug_exit() {
+        let mut slots = DebugSlots::default();
+        for addr in [0x1000, 0x1008, 0x1010] {
+            assert!(slots.add(Slot {
+                addr,
+                len: 1,
+                kind: SlotKind::Execute
+            }));
+        }
+        let watch = Slot {
+            addr: 0xffff_ffff_82a0_79c0,
+            len: 8,
+            kind: SlotKind::Access,
+        };
+        assert!(slots.add(watch));
+        let debug = slots.guest_debug();
+        assert_eq!(debug.addresses[3], watch.addr);
+        // Slot 3: L3 (bit 6), RW3=11 (bits 28-29), LEN3=10 (bits 30-31).
+        assert_eq!(debug.dr7 & (0b1 << 6), 0b1 << 6);
+        assert_eq!((debug.dr7 >> 28) & 0b11, 0b11);
+        assert_eq!((debug.dr7 >> 30) & 0b11, 0b10);
+        // A DR6 as KVM reports it (reserved bits set, B3 for slot 3).
+        assert_eq!(slots.fired(0xffff_0ff0 | 0b1000), Some(watch));
+        // A single step (BS, bit 14) names no slot.
+        assert_eq!(slots.fired(0xffff_0ff0 | (1 << 14)), None);
+        // A slot that fired but was freed since names nothing.
+        assert!(slots.remove(watch));
+        assert_eq!(slots.fired(0b1000), None);
+    }
+
+    #[test]
     fn a_fifth_slot_or_a_misaligned_range_is_refused() {
         let mut slots = DebugSlots::default();
         for i in 0..4 {

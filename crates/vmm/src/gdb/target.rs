@@ -51,8 +51,9 @@ pub struct VmTarget {
     /// The running VM, lent for the time gdb's packets are handled.
     pub(super) vm: Option<Box<StartedVm>>,
     slots: DebugSlots,
-    /// `int3` bytes written into the guest: address, original byte.
-    sw_breakpoints: BTreeMap<u64, u8>,
+    /// `int3` bytes written into the guest, by the address gdb named: where
+    /// the byte is in guest-physical memory, and the byte it replaced.
+    sw_breakpoints: BTreeMap<u64, Int3>,
     /// gdb's software breakpoints kept in a debug register instead.
     sw_in_slots: BTreeSet<u64>,
     /// vCPUs that single-step on the next resume.
@@ -229,9 +230,8 @@ impl VmTarget {
     /// the VM let run.
     pub(super) fn detach(&mut self) -> Result<(), String> {
         self.pause_all()?;
-        let current = self.current;
-        for (addr, byte) in std::mem::take(&mut self.sw_breakpoints) {
-            self.access(current, addr, Io::Write(&[byte]))?;
+        for int3 in std::mem::take(&mut self.sw_breakpoints).into_values() {
+            self.restore(int3)?;
         }
         self.slots = DebugSlots::default();
         self.sw_in_slots.clear();
@@ -242,6 +242,35 @@ impl VmTarget {
             .map_err(|e| format!("resuming the vCPUs: {e}"))
     }
 
+    /// Puts back the byte an `int3` replaced; false when its guest-physical
+    /// address is no longer in guest memory.
+    fn restore(&mut self, int3: Int3) -> Result<bool, String> {
+        let memory = self.vm()?.memory().clone();
+        Ok(memory
+            .write_slice(&[int3.original], GuestAddress(int3.gpa))
+            .is_ok())
+    }
+
+    /// Writes an `int3` at `gva` as vCPU `index` sees it; `None` when the
+    /// address maps to no guest memory.
+    fn insert_int3(&mut self, index: usize, gva: u64) -> Result<Option<Int3>, String> {
+        let mode = self.paging(index)?;
+        let memory = self.vm()?.memory().clone();
+        let Some(gpa) = mode.translate(&memory, gva) else {
+            return Ok(None);
+        };
+        let mut original = [0u8];
+        if memory.read_slice(&mut original, GuestAddress(gpa)).is_err()
+            || memory.write_slice(&[INT3], GuestAddress(gpa)).is_err()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Int3 {
+            gpa,
+            original: original[0],
+        }))
+    }
+
     fn slot_change(&mut self, slot: Slot, add: bool) -> TargetResult<bool, Self> {
         Ok(if add {
             self.slots.add(slot)
@@ -249,6 +278,16 @@ impl VmTarget {
             self.slots.remove(slot)
         })
     }
+}
+
+/// An `int3` written into guest memory. It is taken out again through its
+/// guest-physical address, found when it went in: by then the guest may
+/// have switched to page tables that do not map the address gdb named (a
+/// kernel leaving its boot page tables).
+#[derive(Clone, Copy, Debug)]
+struct Int3 {
+    gpa: u64,
+    original: u8,
 }
 
 /// One memory access: where the bytes come from or go.
@@ -451,34 +490,23 @@ impl SwBreakpoint for VmTarget {
             return Ok(true);
         }
         let current = self.current;
-        let mut original = [0u8];
-        if self
-            .access(current, addr, Io::Read(&mut original))
-            .map_err(fatal)?
-            != 1
-            || self
-                .access(current, addr, Io::Write(&[INT3]))
-                .map_err(fatal)?
-                != 1
-        {
-            return Ok(false);
+        match self.insert_int3(current, addr).map_err(fatal)? {
+            Some(int3) => {
+                self.sw_breakpoints.insert(addr, int3);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        self.sw_breakpoints.insert(addr, original[0]);
-        Ok(true)
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if self.sw_in_slots.remove(&addr) {
             return Ok(self.slots.remove(execute_slot(addr)));
         }
-        let Some(original) = self.sw_breakpoints.remove(&addr) else {
+        let Some(int3) = self.sw_breakpoints.remove(&addr) else {
             return Ok(false);
         };
-        let current = self.current;
-        let done = self
-            .access(current, addr, Io::Write(&[original]))
-            .map_err(fatal)?;
-        Ok(done == 1)
+        self.restore(int3).map_err(fatal)
     }
 }
 

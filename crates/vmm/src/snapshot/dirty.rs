@@ -245,6 +245,7 @@ mod tests {
             queues: vec![queue, idle],
             config_generation: 0,
             interrupt_status: 0,
+            device: None,
         };
         mark_rings(&memory, &[transport]);
         let taken = take(&memory, &FakeVm::default(), false).unwrap();

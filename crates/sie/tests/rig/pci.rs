@@ -1,0 +1,157 @@
+//! PCI cases: a stock Debian guest started the way Firecracker clients
+//! start Firecracker with `--enable-pci` (a config file, no API) finds the
+//! PCI bus through ACPI alone (no `pci=` argument), and its disk and
+//! network on virtio-PCI with MSI-X.
+
+use super::*;
+
+/// L2's kernel arguments for a PCI VM: the rig's usual ones without `pci=off`.
+fn pci_boot_args(case: &str) -> String {
+    sie_e2e::l2_boot_args(case).replace(" pci=off", "")
+}
+
+/// The host bridge on bus 0 as Linux sees it, the root bridge found
+/// through ACPI (`PCI0`), the ECAM window from the MCFG accepted (reserved
+/// by the DSDT's motherboard resource), and native PCIe control granted by
+/// `_OSC`.
+pub(crate) fn pci_bus() -> Case {
+    Case {
+        name: "pci_bus",
+        l1_command: format!(
+            r#"cat > /tmp/pci.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}}}}
+EOF
+sie --no-api --config-file /tmp/pci.json --enable-pci"#,
+            pci_boot_args("pci_bus")
+        ),
+        l2_script: Some(
+            r#"d=/sys/bus/pci/devices/0000:00:00.0
+echo "@@L2 RESULT bridge=$(cat $d/vendor):$(cat $d/device):$(cat $d/class)"
+echo "@@L2 RESULT cmdline_pci=$(grep -c 'pci=' /proc/cmdline)"
+dmesg | grep -q 'PCI Root Bridge \[PCI0\] (domain 0000 \[bus 00\])' && echo "@@L2 RESULT root_bridge=PCI0"
+dmesg | grep -q 'MMCONFIG at \[mem 0xe0000000-0xe00fffff\] reserved' && echo "@@L2 RESULT ecam=reserved"
+dmesg | grep -q '_OSC: OS now controls' && echo "@@L2 RESULT osc=native"
+dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            for (key, want) in [
+                ("bridge", "0x8086:0x0d57:0x060000"),
+                ("cmdline_pci", "0"),
+                ("root_bridge", "PCI0"),
+                ("ecam", "reserved"),
+                ("osc", "native"),
+            ] {
+                if run.result(key).as_deref() != Some(want) {
+                    return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
+                }
+            }
+            Ok(())
+        },
+    }
+}
+
+/// A disk, a network interface, a vsock and an entropy device on
+/// virtio-PCI: Linux lists them on bus 0 (blk 1af4:1042, net 1af4:1041,
+/// vsock 1af4:1053, rng 1af4:1044) bound to `virtio-pci`, takes every
+/// virtio interrupt as PCI-MSI (none on the I/O APIC), reads the disk's
+/// data with the checksum the host computed, pings the host through the
+/// tap and sends it 4 MiB over TCP that arrive with the same checksum,
+/// reads the entropy device through /dev/hwrng, and echoes through the
+/// host's vsock socket.
+pub(crate) fn virtio_pci() -> Case {
+    Case {
+        name: "virtio_pci",
+        l1_command: format!(
+            r#"cp "$GUEST/disk.ext4" /tmp/pci-disk.ext4
+echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+cat > /tmp/vpci.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "drives": [{{"drive_id": "data", "path_on_host": "/tmp/pci-disk.ext4", "is_root_device": false}}],
+ "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}}],
+ "vsock": {{"guest_cid": 3, "uds_path": "/tmp/vpci.sock"}}, "entropy": {{}}}}
+EOF
+sietool tcp-recv 5001 /tmp/from_guest.bin & recv=$!
+sietool uds-echo /tmp/vpci.sock_5000 & echo_pid=$!
+sie --no-api --config-file /tmp/vpci.json --enable-pci > /tmp/console 2>&1 & pid=$!
+i=0
+until [ -e /sys/class/net/tap0 ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+ip addr add 172.16.0.1/24 dev tap0; ip link set tap0 up
+wait $pid; status=$?
+cat /tmp/console
+i=0; while kill -0 $recv 2>/dev/null && [ $i -lt 50 ]; do i=$((i+1)); sleep 0.1; done
+kill $recv 2>/dev/null
+echo "@@L2 RESULT host_received_sha=$(sha256sum /tmp/from_guest.bin | cut -c1-64)"
+kill $echo_pid 2>/dev/null
+exit $status"#,
+            pci_boot_args("virtio_pci")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 failover net_failover virtio_net virtio-rng vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do insmod /modules/$m.ko; done
+for d in /sys/bus/pci/devices/*; do
+  id="$(cat $d/vendor):$(cat $d/device)"
+  drv=$(basename "$(readlink $d/driver)")
+  echo "  pci: $(basename $d) $id $(cat $d/class) $drv"
+  case $id in
+    0x1af4:0x1042) echo "@@L2 RESULT blk_pci=$drv";;
+    0x1af4:0x1041) echo "@@L2 RESULT net_pci=$drv";;
+    0x1af4:0x1053) echo "@@L2 RESULT vsock_pci=$drv";;
+    0x1af4:0x1044) echo "@@L2 RESULT rng_pci=$drv";;
+  esac
+done
+echo "@@L2 RESULT hwrng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)"
+echo "@@L2 RESULT vsock_asked=$(sietool vsock-ask 2 5000 over-pci)"
+mkdir -p /mnt
+mount -t ext4 /dev/vda /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
+umount /mnt
+ip link set lo up
+ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+ping -c 3 -w 20 172.16.0.1 >/dev/null && echo "@@L2 RESULT ping=ok"
+dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=4 2>/dev/null
+echo "@@L2 RESULT guest_sent_sha=$(sha256sum /tmp/tx.bin | cut -c1-64)"
+sietool tcp-send 172.16.0.1 5001 /tmp/tx.bin
+grep -E 'virtio|MSI' /proc/interrupts | sed 's/^/  irq: /'
+echo "@@L2 RESULT msi_virtio_lines=$(grep 'PCI-MSI' /proc/interrupts | grep -c virtio)"
+echo "@@L2 RESULT req_irqs=$(grep 'PCI-MSI' /proc/interrupts | awk '/virtio.-req/ {n += $2} END {print n + 0}')"
+echo "@@L2 RESULT input_irqs=$(grep 'PCI-MSI' /proc/interrupts | awk '/virtio.-input/ {n += $2} END {print n + 0}')"
+echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virtio)""#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            let host = run.result("host_sha").ok_or("no host checksum")?;
+            let sent = run.result("guest_sent_sha").ok_or("no guest_sent_sha")?;
+            for (key, want) in [
+                ("blk_pci", "virtio-pci"),
+                ("net_pci", "virtio-pci"),
+                ("vsock_pci", "virtio-pci"),
+                ("rng_pci", "virtio-pci"),
+                ("hwrng", "virtio_rng.0"),
+                ("hwrng_bytes", "64"),
+                ("vsock_asked", "over-pci"),
+                ("guest_sha", host.as_str()),
+                ("ping", "ok"),
+                ("host_received_sha", sent.as_str()),
+                ("ioapic_virtio", "0"),
+            ] {
+                if run.result(key).as_deref() != Some(want) {
+                    return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
+                }
+            }
+            for key in ["msi_virtio_lines", "req_irqs", "input_irqs"] {
+                let count: u64 = run
+                    .result(key)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("no {key}"))?;
+                if count == 0 {
+                    return Err(format!(
+                        "{key} is 0: no virtio interrupt arrived as PCI-MSI"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    }
+}

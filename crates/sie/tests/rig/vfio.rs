@@ -1,0 +1,205 @@
+//! Passthrough: QEMU's edu device (1234:11e8), bound to vfio-pci in L1
+//! behind the emulated VT-d (`$EDU`), passed to L2 with `--vfio`; L2 drives
+//! it with `edutool` through sysfs (docs/vfio.md, tests/README.md).
+
+use super::*;
+
+/// L2's command line: no `pci=off` (the device is on PCI), 128 MiB of RAM
+/// so every page is below edu's 28-bit DMA limit.
+fn vfio_case(name: &'static str, l2: &'static str, after: &str) -> Case {
+    vfio_case_with(name, "", l2, after)
+}
+
+fn vfio_case_with(name: &'static str, extra: &str, l2: &'static str, after: &str) -> Case {
+    Case {
+        name,
+        l1_command: format!(
+            r#"[ -n "$EDU" ] || {{ echo "@@L2 RESULT edu_in_l1=missing"; exit 1; }}
+dmesg -c > /dev/null
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --memory 128 \
+  --cmdline "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet case={name}" \
+  --vfio "$EDU" {extra}
+status=$?
+{after}
+exit $status"#
+        ),
+        l2_script: Some(l2),
+        check: |run| {
+            run.expect_status(0)?;
+            Ok(())
+        },
+    }
+}
+
+fn expect(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
+    match run.result(key) {
+        Some(value) if value == want => Ok(()),
+        other => Err(format!("{key}: got {other:?}, want {want:?}")),
+    }
+}
+
+/// L2 sees the device, reads its id register, has it compute 10!, runs a
+/// DMA transfer both ways between L2 memory and the device, checked byte
+/// for byte, and receives five of its interrupts (INTx, counted by
+/// uio_pci_generic and in /proc/interrupts); the BAR accesses never exit.
+pub(crate) fn vfio_edu() -> Case {
+    let mut case = vfio_case_with(
+        "vfio_edu",
+        "--stats",
+        r#"DEV=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && DEV=$d
+done
+echo "@@L2 RESULT edu_seen=$([ -n "$DEV" ] && echo yes || echo no)"
+if [ -n "$DEV" ]; then
+  edutool id $DEV
+  edutool fact $DEV 10
+  edutool dma $DEV 4000
+  insmod /modules/uio.ko; insmod /modules/uio_pci_generic.ko
+  echo "1234 11e8" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+  uio=$(ls /sys/bus/pci/drivers/uio_pci_generic/*/uio 2>/dev/null | head -1)
+  echo "@@L2 RESULT edu_uio=${uio:-none}"
+  [ -n "$uio" ] && edutool irq $DEV $uio 5
+  echo "@@L2 RESULT edu_proc_interrupts=$(awk '/uio_pci_generic/ {print $2}' /proc/interrupts)"
+fi"#,
+        "",
+    );
+    case.check = |run| {
+        run.expect_status(0)?;
+        expect(run, "edu_seen", "yes")?;
+        expect(run, "edu_id", "0x010000ed")?;
+        expect(run, "edu_liveness", "0xedcba987")?;
+        expect(run, "edu_factorial", "3628800")?;
+        expect(run, "edu_dma_same", "4000/4000")?;
+        expect(run, "edu_dma_past_end_untouched", "yes")?;
+        // Five interrupts raised through register 0x60 arrived over INTx.
+        expect(run, "edu_irqs", "5")?;
+        expect(run, "edu_uio_events", "5")?;
+        expect(run, "edu_proc_interrupts", "5")?;
+        // BAR 0 is a memory slot: the hundreds of register accesses above
+        // never exit to sie (trapped, they would count in the 32-bit BAR
+        // window's row of --stats).
+        let trapped: u64 = run
+            .output
+            .lines()
+            .find(|line| line.trim_start().starts_with("pci-mmio32 "))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .take(2)
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if trapped > 20 {
+            return Err(format!(
+                "{trapped} edu BAR accesses exited to sie: BAR 0 is not a memory slot"
+            ));
+        }
+        if !run.output.contains("sie exit statistics") {
+            return Err("no --stats report".to_string());
+        }
+        Ok(())
+    };
+    case
+}
+
+/// L2 points edu's DMA engine at 192 MiB, outside its 128 MiB: the IOMMU in
+/// L1 stops the write (a DMAR fault in L1's log naming that address) and L2
+/// runs on.
+pub(crate) fn vfio_dma_fault() -> Case {
+    let mut case = vfio_case(
+        "vfio_dma_fault",
+        r#"DEV=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && DEV=$d
+done
+echo "@@L2 RESULT edu_seen=$([ -n "$DEV" ] && echo yes || echo no)"
+[ -n "$DEV" ] && edutool dma-to $DEV 0xc000000 256
+echo "@@L2 RESULT after_fault=alive""#,
+        r#"dmesg | grep -i dmar | tail -5
+dmesg | grep -qi "DMAR.*fault addr 0xc000000" && echo "@@L2 RESULT l1_dmar_fault=yes""#,
+    );
+    case.check = |run| {
+        run.expect_status(0)?;
+        expect(run, "edu_seen", "yes")?;
+        expect(run, "edu_dma_to_done", "yes")?;
+        expect(run, "after_fault", "alive")?;
+        expect(run, "l1_dmar_fault", "yes")
+    };
+    case
+}
+
+/// A device that cannot be passed is refused in one line that says why:
+/// here, edu is taken from vfio-pci (bound to no driver) for the run.
+pub(crate) fn vfio_refused() -> Case {
+    Case {
+        name: "vfio_refused",
+        l1_command: r#"[ -n "$EDU" ] || exit 1
+bdf=$(basename "$EDU")
+echo "$bdf" > /sys/bus/pci/drivers/vfio-pci/unbind
+sie run --kernel "$GUEST/vmlinux" --vfio "$EDU" > /tmp/refused 2>&1
+status=$?
+echo "$bdf" > /sys/bus/pci/drivers_probe
+cat /tmp/refused
+grep -q "bound to no driver, not vfio-pci" /tmp/refused && echo "@@L2 RESULT refusal=names_the_fix"
+echo "@@L2 RESULT lines=$(grep -c . /tmp/refused)"
+echo "@@L2 RESULT rebound=$(basename "$(readlink "$EDU/driver")")"
+[ $status -eq 1 ]"#
+            .to_string(),
+        l2_script: None,
+        check: |run| {
+            run.expect_status(0)?;
+            expect(run, "refusal", "names_the_fix")?;
+            expect(run, "lines", "1")?;
+            expect(run, "rebound", "vfio-pci")
+        },
+    }
+}
+
+/// A VM with edu passed through (config file `vfio` section, API mode):
+/// `PUT /snapshot/create` on it, paused, is refused in one line, and the VM
+/// resumes and finishes.
+pub(crate) fn vfio_no_snapshot() -> Case {
+    Case {
+        name: "vfio_no_snapshot",
+        l1_command: r#"[ -n "$EDU" ] || exit 1
+cat > /tmp/vfio-vm.json <<JSON
+{"boot-source": {"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet case=vfio_no_snapshot"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+ "vfio": [{"id": "edu", "path": "$EDU"}]}
+JSON
+sie --api-sock /tmp/vfio.sock --config-file /tmp/vfio-vm.json > /tmp/vfio-console 2>&1 &
+pid=$!
+i=0
+until grep -q "waiting=yes" /tmp/vfio-console; do i=$((i+1)); [ $i -gt 900 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/vfio.sock config | grep -q '"vfio"' && echo "@@L2 RESULT config_shows_vfio=yes"
+sie ctl --sock /tmp/vfio.sock pause
+sie ctl --sock /tmp/vfio.sock snapshot create /tmp/vfio.snap /tmp/vfio.mem > /tmp/vfio-snap 2>&1
+echo "@@L2 RESULT snapshot_status=$?"
+cat /tmp/vfio-snap
+grep -q "VM has a passed-through device (vfio): not snapshottable" /tmp/vfio-snap && echo "@@L2 RESULT refusal=one_line"
+[ -e /tmp/vfio.snap ] || echo "@@L2 RESULT snapshot_file=absent"
+sie ctl --sock /tmp/vfio.sock resume
+wait $pid; status=$?
+cat /tmp/vfio-console
+exit $status"#
+            .to_string(),
+        l2_script: Some(
+            r#"echo "@@L2 RESULT waiting=yes"
+sleep 3
+echo "@@L2 RESULT finished=yes""#,
+        ),
+        check: |run| {
+            status_0_and(run, "finished", "yes")?;
+            expect(run, "config_shows_vfio", "yes")?;
+            expect(run, "refusal", "one_line")?;
+            expect(run, "snapshot_file", "absent")?;
+            match run.result("snapshot_status").as_deref() {
+                Some("0") | None => Err("sie ctl snapshot create did not fail".to_string()),
+                Some(_) => Ok(()),
+            }
+        },
+    }
+}

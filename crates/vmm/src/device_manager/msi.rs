@@ -1,0 +1,164 @@
+//! [`MsiVectors`]: the VMM's side of one PCI device's MSI-X vectors. Each
+//! vector has its own GSI (from the device manager's MSI range, 24 and up)
+//! with an irqfd registered on it; when the guest programs or masks a
+//! vector the GSI's KVM route is set or removed, so a write to the irqfd
+//! (from a device worker or a passed-through device) interrupts the guest
+//! with the message the guest chose, without an exit. The irqfds live as
+//! long as the VM (KVM releases them with it).
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sie_hv::{MsiMessage, Vm};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::error::{Result, VmmError};
+
+/// One device's vectors: GSIs `first_gsi..first_gsi + count`.
+pub struct MsiVectors {
+    vm: Arc<dyn Vm>,
+    first_gsi: u32,
+    irqfds: Vec<EventFd>,
+    /// The message each vector is routed to now (`None`: no route), so a
+    /// repeated configuration does not rewrite KVM's table.
+    routes: Mutex<Vec<Option<MsiMessage>>>,
+}
+
+impl std::fmt::Debug for MsiVectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsiVectors")
+            .field("first_gsi", &self.first_gsi)
+            .field("count", &self.irqfds.len())
+            .finish()
+    }
+}
+
+impl MsiVectors {
+    /// Creates `count` irqfds on GSIs from `first_gsi`, each registered
+    /// with `vm` and unrouted until the guest programs its vector.
+    pub fn new(vm: Arc<dyn Vm>, first_gsi: u32, count: u16) -> Result<Self> {
+        let mut irqfds = Vec::with_capacity(usize::from(count));
+        for vector in 0..u32::from(count) {
+            let fd = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Host {
+                what: "creating an MSI eventfd",
+                source,
+            })?;
+            vm.register_irqfd(&fd, first_gsi + vector)?;
+            irqfds.push(fd);
+        }
+        Ok(Self {
+            vm,
+            first_gsi,
+            routes: Mutex::new(vec![None; usize::from(count)]),
+            irqfds,
+        })
+    }
+
+    /// The GSI of `vector`.
+    pub fn gsi(&self, vector: u16) -> Option<u32> {
+        (usize::from(vector) < self.irqfds.len()).then(|| self.first_gsi + u32::from(vector))
+    }
+
+    /// How many vectors there are.
+    pub fn count(&self) -> u16 {
+        // `new` took the count as a u16.
+        u16::try_from(self.irqfds.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Routes `vector` to `message`, or removes its route (`None`: the
+    /// guest disabled or masked it).
+    pub fn configure(&self, vector: u16, message: Option<MsiMessage>) -> io::Result<()> {
+        let gsi = self.gsi(vector).ok_or_else(|| no_vector(vector))?;
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut routes[usize::from(vector)];
+        if *slot == message {
+            return Ok(());
+        }
+        self.vm
+            .set_msi_route(gsi, message)
+            .map_err(|e| io::Error::other(crate::error::error_chain(&e)))?;
+        *slot = message;
+        Ok(())
+    }
+
+    /// Raises `vector` once.
+    pub fn trigger(&self, vector: u16) -> io::Result<()> {
+        self.notifier(vector)
+            .ok_or_else(|| no_vector(vector))?
+            .write(1)
+    }
+
+    /// The irqfd of `vector`.
+    pub fn notifier(&self, vector: u16) -> Option<&EventFd> {
+        self.irqfds.get(usize::from(vector))
+    }
+}
+
+/// The device side of the vectors: MSI-X tables (sie-pci) program, mask and
+/// raise them through this.
+impl sie_pci::MsiInterrupts for MsiVectors {
+    fn vector_count(&self) -> u16 {
+        self.count()
+    }
+
+    fn configure(&self, vector: u16, message: Option<sie_pci::MsiMessage>) -> io::Result<()> {
+        MsiVectors::configure(
+            self,
+            vector,
+            message.map(|m| MsiMessage {
+                address: m.address,
+                data: m.data,
+            }),
+        )
+    }
+
+    fn trigger(&self, vector: u16) -> io::Result<()> {
+        MsiVectors::trigger(self, vector)
+    }
+
+    fn notifier(&self, vector: u16) -> Option<&EventFd> {
+        MsiVectors::notifier(self, vector)
+    }
+}
+
+fn no_vector(vector: u16) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("MSI vector {vector} does not exist"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_doubles::FakeVm;
+
+    fn message(vector: u32) -> MsiMessage {
+        MsiMessage {
+            address: 0xfee0_0000,
+            data: vector,
+        }
+    }
+
+    #[test]
+    fn each_vector_has_an_irqfd_on_its_own_gsi() {
+        let vm = Arc::new(FakeVm::default());
+        let vectors = MsiVectors::new(vm.clone(), 24, 3).unwrap();
+        assert_eq!(*vm.irqfds.lock().unwrap(), [24, 25, 26]);
+        assert_eq!((vectors.gsi(2), vectors.gsi(3)), (Some(26), None));
+        vectors.trigger(1).unwrap();
+        assert_eq!(vectors.notifier(1).unwrap().read().unwrap(), 1);
+        assert!(vectors.trigger(3).is_err());
+    }
+
+    #[test]
+    fn programming_and_masking_a_vector_sets_and_removes_its_route() {
+        let vm = Arc::new(FakeVm::default());
+        let vectors = MsiVectors::new(vm.clone(), 40, 2).unwrap();
+        vectors.configure(1, Some(message(0x41))).unwrap();
+        assert_eq!(vm.msi_routes.lock().unwrap().get(&41), Some(&message(0x41)));
+        vectors.configure(1, None).unwrap();
+        assert!(vm.msi_routes.lock().unwrap().is_empty());
+        assert!(vectors.configure(2, Some(message(0x42))).is_err());
+    }
+}
