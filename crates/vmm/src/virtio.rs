@@ -585,14 +585,20 @@ mod tests {
         assert_eq!(devices.workers.len(), 1);
         assert!(devices.transports.is_empty(), "no MMIO transport");
         let layout = manager.finish();
-        // Only the host bridge is described: no virtio-mmio device.
-        assert!(matches!(
-            layout.acpi.as_slice(),
-            [AcpiDevice::PciHostBridge(_)]
-        ));
+        // Only the host bridge and its hotplug are described: no
+        // virtio-mmio device.
+        let [
+            AcpiDevice::PciHostBridge(_),
+            AcpiDevice::PciHotplug {
+                irq: hotplug_line, ..
+            },
+        ] = layout.acpi.as_slice()
+        else {
+            panic!("{:?}", layout.acpi);
+        };
         // rng: one queue, so two vectors (queue and configuration), GSIs 24
-        // and 25, and no ISA line.
-        assert_eq!(*fake.irqfds.lock().unwrap(), [24, 25]);
+        // and 25, and no ISA line (the only one is the hotplug event's).
+        assert_eq!(*fake.irqfds.lock().unwrap(), [*hotplug_line, 24, 25]);
         // BAR 0 went into the 64-bit window (4 GiB up), its notify
         // ioeventfd with it.
         let root = layout.pci.expect("a PCI root");

@@ -88,6 +88,8 @@ pub struct DeviceLayout {
     pub acpi: Vec<AcpiDevice>,
     /// The PCI root bus, with `pci` on.
     pub pci: Option<Arc<sie_pci::PciRoot>>,
+    /// Its hotplug controller, with `pci` on.
+    pub pci_hotplug: Option<Arc<sie_pci::HotplugController>>,
 }
 
 impl DeviceLayout {
@@ -305,6 +307,7 @@ impl<'a> DeviceManager<'a> {
             pio: self.pio,
             mmio: self.mmio,
             acpi: self.acpi,
+            pci_hotplug: self.pci.as_ref().map(|pci| pci.hotplug().clone()),
             pci: self.pci.map(|pci| pci.root().clone()),
         }
     }

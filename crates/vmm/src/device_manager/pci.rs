@@ -3,6 +3,11 @@
 //! MMIO bus, and the allocators of the 32-bit and 64-bit windows from which
 //! the VMM, acting as firmware, gives each BAR its address before boot.
 //!
+//! The bus comes with a hotplug controller (`sie_pci::HotplugController`
+//! on ports 0xAE00-0xAE0F, an interrupt line for the ACPI event device that
+//! tells the guest to read it) and every slot 1-31 described as
+//! hotpluggable in the DSDT.
+//!
 //! When the guest moves a BAR, the root calls the device's hook with
 //! [`VmBarMapper`], which moves its ioeventfds in KVM.
 
@@ -13,8 +18,9 @@ use sie_arch::acpi::{AcpiDevice, PciHostBridge};
 use sie_arch::layout;
 use sie_hv::{IoEventAddress, Vm};
 use sie_pci::{
-    AddressRange, AddressSpace, BarKind, BarMapper, BarRequest, Bdf, PciConfigIo, PciDevice,
-    PciEcam, PciRoot, PciWindows, WindowKind,
+    AddressRange, AddressSpace, BarKind, BarMapper, BarRequest, Bdf, HOTPLUG_PORT,
+    HOTPLUG_REGISTERS_LEN, HotplugController, PciConfigIo, PciDevice, PciEcam, PciRoot, PciWindows,
+    WindowKind,
 };
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vmm_sys_util::eventfd::EventFd;
@@ -22,9 +28,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{DeviceManager, PlacementError, vm_allocator_error};
 use crate::error::{Result, VmmError};
 
-/// The root bus and the BAR windows' allocators.
+/// The root bus, its hotplug controller and the BAR windows' allocators.
 pub struct PciBus {
     root: Arc<PciRoot>,
+    hotplug: Arc<HotplugController>,
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
 }
@@ -33,6 +40,11 @@ impl PciBus {
     /// The root bus.
     pub fn root(&self) -> &Arc<PciRoot> {
         &self.root
+    }
+
+    /// The hotplug controller (its registers at [`sie_pci::HOTPLUG_PORT`]).
+    pub fn hotplug(&self) -> &Arc<HotplugController> {
+        &self.hotplug
     }
 
     /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
@@ -150,8 +162,23 @@ impl DeviceManager<'_> {
             mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
             mmio64: (m64_base, m64_size),
         }));
+        // Hotplug: the controller's registers on the port bus and the
+        // event device's line; the DSDT gets the slots and `GED1`.
+        let (irq, line) = self.allocate_line("pci-hotplug")?;
+        let hotplug = Arc::new(HotplugController::new(line));
+        self.add_pio(
+            "pci-hotplug",
+            HOTPLUG_PORT,
+            HOTPLUG_REGISTERS_LEN,
+            hotplug.clone(),
+        )?;
+        self.describe(AcpiDevice::PciHotplug {
+            port: HOTPLUG_PORT,
+            irq,
+        });
         self.pci = Some(PciBus {
             root,
+            hotplug,
             mmio32,
             mmio64,
         });
@@ -206,12 +233,21 @@ mod tests {
         );
         assert!(matches!(
             layout.acpi.as_slice(),
-            [AcpiDevice::PciHostBridge(PciHostBridge {
-                ecam_base: layout::PCI_ECAM_START,
-                last_bus: 0,
-                ..
-            })]
+            [
+                AcpiDevice::PciHostBridge(PciHostBridge {
+                    ecam_base: layout::PCI_ECAM_START,
+                    last_bus: 0,
+                    ..
+                }),
+                AcpiDevice::PciHotplug {
+                    port: HOTPLUG_PORT,
+                    ..
+                }
+            ]
         ));
+        assert!(layout.pio.find(0xae00).is_some() && layout.pio.find(0xae0f).is_some());
+        assert!(layout.pio.find(0xae10).is_none());
+        assert!(layout.pci_hotplug.is_some());
     }
 
     #[test]
