@@ -11,6 +11,7 @@
 //! When the guest moves a BAR, the root calls the device's hook with
 //! [`VmBarMapper`], which moves its ioeventfds in KVM.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use sie_pci::{
     HOTPLUG_REGISTERS_LEN, HotplugController, PciConfigIo, PciDevice, PciEcam, PciRoot, PciWindows,
     WindowKind,
 };
-use vm_allocator::{AddressAllocator, AllocPolicy};
+use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, PlacementError, vm_allocator_error};
@@ -32,8 +33,50 @@ use crate::error::{Result, VmmError};
 pub struct PciBus {
     root: Arc<PciRoot>,
     hotplug: Arc<HotplugController>,
+    pub(super) windows: BarWindows,
+}
+
+/// The BAR windows' allocators and which ranges each slot holds (so a
+/// device unplugged gives its ranges back).
+pub(super) struct BarWindows {
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
+    held: BTreeMap<u8, Vec<(WindowKind, RangeInclusive)>>,
+}
+
+impl BarWindows {
+    /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
+    /// 32-bit one in the window below.
+    pub(super) fn place(
+        &mut self,
+        request: &BarRequest,
+    ) -> std::result::Result<u64, vm_allocator::Error> {
+        let (kind, window) = match request.kind {
+            BarKind::Memory64 { .. } => (WindowKind::Mmio64, &mut self.mmio64),
+            BarKind::Memory32 => (WindowKind::Mmio32, &mut self.mmio32),
+            // No I/O window: sie's PCI devices have memory BARs only.
+            BarKind::Io => return Err(vm_allocator::Error::ResourceNotAvailable),
+        };
+        let range = window.allocate(request.size, request.size, AllocPolicy::FirstMatch)?;
+        self.held
+            .entry(request.bdf.device)
+            .or_default()
+            .push((kind, range));
+        Ok(range.start())
+    }
+
+    /// Gives back every range `slot` holds.
+    pub(super) fn free_slot(&mut self, slot: u8) {
+        for (kind, range) in self.held.remove(&slot).unwrap_or_default() {
+            let window = match kind {
+                WindowKind::Mmio64 => &mut self.mmio64,
+                _ => &mut self.mmio32,
+            };
+            if let Err(error) = window.free(&range) {
+                tracing::warn!(slot, %error, "freeing a BAR range");
+            }
+        }
+    }
 }
 
 impl PciBus {
@@ -47,17 +90,9 @@ impl PciBus {
         &self.hotplug
     }
 
-    /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
-    /// 32-bit one in the window below.
-    fn place(&mut self, request: &BarRequest) -> std::result::Result<u64, vm_allocator::Error> {
-        let window = match request.kind {
-            BarKind::Memory64 { .. } => &mut self.mmio64,
-            BarKind::Memory32 => &mut self.mmio32,
-            // No I/O window: sie's PCI devices have memory BARs only.
-            BarKind::Io => return Err(vm_allocator::Error::ResourceNotAvailable),
-        };
-        let range = window.allocate(request.size, request.size, AllocPolicy::FirstMatch)?;
-        Ok(range.start())
+    /// The root, the controller and the windows, for run-time hotplug.
+    pub(super) fn into_parts(self) -> (Arc<PciRoot>, Arc<HotplugController>, BarWindows) {
+        (self.root, self.hotplug, self.windows)
     }
 }
 
@@ -179,8 +214,11 @@ impl DeviceManager<'_> {
         self.pci = Some(PciBus {
             root,
             hotplug,
-            mmio32,
-            mmio64,
+            windows: BarWindows {
+                mmio32,
+                mmio64,
+                held: BTreeMap::new(),
+            },
         });
         Ok(())
     }
@@ -200,8 +238,9 @@ impl DeviceManager<'_> {
             ));
         };
         let root = pci.root.clone();
+        let windows = &mut pci.windows;
         root.add_device(device, &mut |request| {
-            pci.place(request).map_err(|e| Box::new(e) as _)
+            windows.place(request).map_err(|e| Box::new(e) as _)
         })
         .map_err(|error| VmmError::Device {
             name: name.to_string(),
