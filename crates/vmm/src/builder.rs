@@ -78,6 +78,8 @@ pub struct BuiltVm {
     pub virtio: VirtioDevices,
     /// Guest RAM is a snapshot's memory file, mapped copy-on-write.
     pub memory_from_file: bool,
+    /// PCI hotplug, with `pci` on.
+    pub pci_hotplug: Option<Arc<crate::device_manager::hotplug::PciHotplug>>,
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<File> {
@@ -307,6 +309,7 @@ pub(crate) fn assemble(
 
 impl Machine {
     pub(crate) fn into_built(self) -> BuiltVm {
+        let pci_hotplug = self.layout.pci_hotplug.clone();
         let exits = Arc::new(ExitContext {
             pio: self.layout.pio,
             mmio: self.layout.mmio,
@@ -323,6 +326,7 @@ impl Machine {
             devices: self.devices,
             virtio: self.virtio,
             memory_from_file: false,
+            pci_hotplug,
         }
     }
 }

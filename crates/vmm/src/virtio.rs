@@ -120,6 +120,38 @@ fn open_drive(path: &std::path::Path, read_only: bool) -> std::io::Result<File> 
     Ok(file)
 }
 
+/// The block device for `drive` (its file opened, its options and rate
+/// limiter set) and the name errors carry.
+pub(crate) fn block_for(drive: &sie_config::Drive) -> Result<(String, Block)> {
+    let name = format!(
+        "drive {} ({})",
+        drive.drive_id,
+        drive.path_on_host.display()
+    );
+    let read_only = drive.is_read_only.unwrap_or(false);
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+        name: name.clone(),
+        source,
+    };
+    let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
+    let options = BlockOptions {
+        read_only,
+        cache: match drive.cache_type {
+            sie_config::CacheType::Unsafe => CacheType::Unsafe,
+            sie_config::CacheType::Writeback => CacheType::Writeback,
+        },
+        engine: match drive.io_engine {
+            sie_config::IoEngine::Sync => IoEngine::Sync,
+            sie_config::IoEngine::Async => IoEngine::Async,
+        },
+    };
+    let mut block = Block::new(file, &drive.drive_id, options).map_err(|e| fail(e.into()))?;
+    block
+        .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
+        .map_err(|e| fail(e.into()))?;
+    Ok((name, block))
+}
+
 impl VirtioDevices {
     /// Creates every paravirtual device `config` asks for and wires it.
     pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_, '_>) -> Result<Self> {
@@ -136,33 +168,7 @@ impl VirtioDevices {
                 .configure(version, mmds.imds_compat);
         }
         for drive in &config.drives {
-            let name = format!(
-                "drive {} ({})",
-                drive.drive_id,
-                drive.path_on_host.display()
-            );
-            let read_only = drive.is_read_only.unwrap_or(false);
-            let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
-                name: name.clone(),
-                source,
-            };
-            let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
-            let options = BlockOptions {
-                read_only,
-                cache: match drive.cache_type {
-                    sie_config::CacheType::Unsafe => CacheType::Unsafe,
-                    sie_config::CacheType::Writeback => CacheType::Writeback,
-                },
-                engine: match drive.io_engine {
-                    sie_config::IoEngine::Sync => IoEngine::Sync,
-                    sie_config::IoEngine::Async => IoEngine::Async,
-                },
-            };
-            let mut block =
-                Block::new(file, &drive.drive_id, options).map_err(|e| fail(e.into()))?;
-            block
-                .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
-                .map_err(|e| fail(e.into()))?;
+            let (name, block) = block_for(drive)?;
             let transport = devices.add(
                 wiring,
                 format!("virtio-blk:{}", drive.drive_id),

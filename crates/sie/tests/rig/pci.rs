@@ -13,7 +13,8 @@ fn pci_boot_args(case: &str) -> String {
 /// The host bridge on bus 0 as Linux sees it, the root bridge found
 /// through ACPI (`PCI0`), the ECAM window from the MCFG accepted (reserved
 /// by the DSDT's motherboard resource), and native PCIe control granted by
-/// `_OSC`.
+/// `_OSC`; acpiphp registers the 31 hotpluggable slots the DSDT describes
+/// and the GED driver binds the hotplug event device.
 pub(crate) fn pci_bus() -> Case {
     Case {
         name: "pci_bus",
@@ -32,6 +33,11 @@ echo "@@L2 RESULT cmdline_pci=$(grep -c 'pci=' /proc/cmdline)"
 dmesg | grep -q 'PCI Root Bridge \[PCI0\] (domain 0000 \[bus 00\])' && echo "@@L2 RESULT root_bridge=PCI0"
 dmesg | grep -q 'MMCONFIG at \[mem 0xe0000000-0xe00fffff\] reserved' && echo "@@L2 RESULT ecam=reserved"
 dmesg | grep -q '_OSC: OS now controls' && echo "@@L2 RESULT osc=native"
+echo "@@L2 RESULT acpiphp_slots=$(dmesg | grep -c 'acpiphp: Slot \[[0-9]*\] registered')"
+echo "@@L2 RESULT sysfs_slots=$(ls /sys/bus/pci/slots | wc -l)"
+echo "@@L2 RESULT ged=$(ls -d /sys/bus/platform/drivers/*/ACPI0013:* 2>/dev/null | wc -l)"
+ls -d /sys/bus/platform/drivers/*/ACPI0013:* | sed 's/^/  ged: /'
+dmesg | grep -iE 'acpiphp|ged' | head -5 | sed 's/^/  dmesg: /'
 dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
         ),
         check: |run| {
@@ -42,6 +48,12 @@ dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
                 ("root_bridge", "PCI0"),
                 ("ecam", "reserved"),
                 ("osc", "native"),
+                // Hotplug: acpiphp took every slot 1-31 the DSDT
+                // describes, and both event devices (vmgenid's and the
+                // hotplug one) are bound to the GED driver.
+                ("acpiphp_slots", "31"),
+                ("sysfs_slots", "31"),
+                ("ged", "2"),
             ] {
                 if run.result(key).as_deref() != Some(want) {
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));

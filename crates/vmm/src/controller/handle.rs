@@ -13,7 +13,8 @@ use crate::vm::StartedVm;
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
+pub(super) const AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
 const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
 
 /// An MMDS update's answer: 413 over the size limit, as in Firecracker.
@@ -91,6 +92,7 @@ impl Controller {
             Request::SendMigration(send) => self.send_migration(&send),
             Request::GetMigration => self.migration_status(),
             Request::CancelMigration => self.cancel_migration(),
+            Request::PutDrive(drive) if self.is_started() => self.hotplug_drive(drive, manager),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);

@@ -12,6 +12,7 @@
 
 mod draft;
 mod handle;
+mod hotplug;
 pub mod metrics;
 mod migrate;
 pub mod sink;
@@ -207,6 +208,8 @@ struct Controller {
     /// The gdb stub (`gdb_socket_path`).
     gdb: Option<crate::gdb::GdbServer>,
     migration: migrate::Migration,
+    /// Builds drives added after boot (PCI VMs only).
+    hotplug_worker: Option<crate::drive_hotplug::HotplugWorker>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -270,6 +273,7 @@ pub fn serve(
         console_socket: None,
         gdb: None,
         migration,
+        hotplug_worker: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -498,6 +502,14 @@ impl Controller {
             self.migration
                 .spawn_worker(&self.options.seccomp)
                 .map_err(host_error("spawning the migration worker"))?;
+        }
+        // Devices plugged in later are built on a thread spawned now,
+        // under the build filter (see drive_hotplug.rs).
+        if started.pci_hotplug.is_some() && self.hotplug_worker.is_none() {
+            self.hotplug_worker = Some(
+                crate::drive_hotplug::HotplugWorker::spawn()
+                    .map_err(host_error("spawning the hotplug thread"))?,
+            );
         }
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started
