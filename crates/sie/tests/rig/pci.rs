@@ -167,3 +167,67 @@ echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virt
         },
     }
 }
+
+/// Hotplug as a Firecracker client does it: a stock Debian L2 started
+/// with `--enable-pci` and the API socket, one boot drive (/dev/vda); once
+/// L2 has booted, `PUT /drives/scratch` through the socket adds the rig's
+/// ext4 disk. Linux's acpiphp hears of the new slot from the ACPI event
+/// device, binds virtio-pci to the new 1af4:1042 and /dev/vdb appears,
+/// holding the data the host wrote (its checksum matches).
+pub(crate) fn pci_hotplug() -> Case {
+    Case {
+        name: "pci_hotplug",
+        l1_command: format!(
+            r#"cp "$GUEST/disk.ext4" /tmp/hp-scratch.ext4
+dd if=/dev/zero of=/tmp/hp-boot.img bs=1M count=1 2>/dev/null
+echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+cat > /tmp/hp.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "drives": [{{"drive_id": "boot", "path_on_host": "/tmp/hp-boot.img", "is_root_device": false}}]}}
+EOF
+sie --api-sock /tmp/hp.sock --config-file /tmp/hp.json --enable-pci > /tmp/console 2>&1 & pid=$!
+i=0
+until grep -q "plug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/hp.sock request PUT /drives/scratch \
+  '{{"drive_id": "scratch", "path_on_host": "/tmp/hp-scratch.ext4", "is_root_device": false}}' \
+  && echo "@@L2 RESULT put=yes"
+wait $pid; status=$?
+cat /tmp/console
+exit $status"#,
+            pci_boot_args("pci_hotplug")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4; do insmod /modules/$m.ko; done
+echo "@@L2 RESULT before=$(ls /sys/block | grep -c vd)"
+echo "@@L2 RESULT plug=now"
+i=0
+until [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+for d in /sys/bus/pci/devices/*; do
+  echo "  pci: $(basename $d) $(cat $d/vendor):$(cat $d/device) $(basename "$(readlink $d/driver)")"
+done
+echo "@@L2 RESULT blk_pci=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1042)"
+echo "@@L2 RESULT after=$(ls /sys/block | grep -c vd)"
+mkdir -p /mnt
+mount -t ext4 -o ro /dev/vdb /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
+umount /mnt
+dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /'"#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            let host = run.result("host_sha").ok_or("no host checksum")?;
+            for (key, want) in [
+                ("put", "yes"),
+                ("before", "1"),
+                ("blk_pci", "2"),
+                ("after", "2"),
+                ("guest_sha", host.as_str()),
+            ] {
+                if run.result(key).as_deref() != Some(want) {
+                    return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
+                }
+            }
+            Ok(())
+        },
+    }
+}
