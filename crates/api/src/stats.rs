@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 30] = [
+pub const ROUTES: [&str; 31] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -24,6 +24,7 @@ pub const ROUTES: [&str; 30] = [
     "patch_machine_config",
     "put_drive",
     "patch_drive",
+    "delete_drive",
     "put_network_interface",
     "patch_network_interface",
     "put_vsock",

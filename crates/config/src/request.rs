@@ -40,6 +40,8 @@ pub enum Request {
     PutDrive(Drive),
     /// `PATCH /drives/{id}` (after boot: swap the backing file).
     PatchDrive(DrivePatch),
+    /// `DELETE /drives/{id}` (after boot, PCI: unplug a hotplugged drive).
+    DeleteDrive(String),
     /// `PUT /network-interfaces/{id}` (before boot only).
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}`.
@@ -99,6 +101,7 @@ impl Request {
             Request::PatchMachineConfig(_) => "patch_machine_config",
             Request::PutDrive(_) => "put_drive",
             Request::PatchDrive(_) => "patch_drive",
+            Request::DeleteDrive(_) => "delete_drive",
             Request::PutNetworkInterface(_) => "put_network_interface",
             Request::PatchNetworkInterface(_) => "patch_network_interface",
             Request::PutVsock(_) => "put_vsock",

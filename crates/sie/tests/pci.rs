@@ -142,6 +142,17 @@ fn a_new_drive_put_after_boot_is_hotplugged_on_pci() {
         "/drives/scratch",
         &serde_json::json!({"drive_id": "scratch", "path_on_host": disk}).to_string(),
     );
+    // Only drives added after boot can be removed.
+    vm.call("DELETE", "/drives/data", None)
+        .expect_fault("data was attached at boot");
+    vm.call("DELETE", "/drives/nope", None)
+        .expect_fault("no drive nope");
+    // This guest has no ACPI: it never lets go, so the DELETE times out,
+    // saying so, and the drive stays.
+    vm.call("DELETE", "/drives/scratch", None)
+        .expect_fault("did not release PCI slot");
+    let drives = vm.get("/vm/config").json()["drives"].clone();
+    assert_eq!(drives.as_array().map(Vec::len), Some(2));
     assert_eq!(vm.state(), "Running");
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
@@ -164,6 +175,8 @@ fn without_pci_a_drive_put_after_boot_is_refused_as_before() {
     let hot = serde_json::json!({"drive_id": "scratch", "path_on_host": scratch, "is_root_device": false});
     vm.call("PUT", "/drives/scratch", Some(&hot.to_string()))
         .expect_fault(AFTER_START);
+    vm.call("DELETE", "/drives/scratch", None)
+        .expect_fault("needs a VM with PCI");
     let (code, stderr) = vm.terminate();
     assert_eq!(code, Some(143), "{stderr}");
 }

@@ -173,7 +173,9 @@ echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virt
 /// L2 has booted, `PUT /drives/scratch` through the socket adds the rig's
 /// ext4 disk. Linux's acpiphp hears of the new slot from the ACPI event
 /// device, binds virtio-pci to the new 1af4:1042 and /dev/vdb appears,
-/// holding the data the host wrote (its checksum matches).
+/// holding the data the host wrote (its checksum matches). Then `DELETE
+/// /drives/scratch`: acpiphp unbinds and removes it, runs `_EJ0`, the
+/// answer comes, and /dev/vdb and the second 1af4:1042 are gone.
 pub(crate) fn pci_hotplug() -> Case {
     Case {
         name: "pci_hotplug",
@@ -192,6 +194,9 @@ until grep -q "plug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; 
 sie ctl --sock /tmp/hp.sock request PUT /drives/scratch \
   '{{"drive_id": "scratch", "path_on_host": "/tmp/hp-scratch.ext4", "is_root_device": false}}' \
   && echo "@@L2 RESULT put=yes"
+i=0
+until grep -q "unplug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/hp.sock request DELETE /drives/scratch && echo "@@L2 RESULT deleted=yes"
 wait $pid; status=$?
 cat /tmp/console
 exit $status"#,
@@ -211,6 +216,11 @@ echo "@@L2 RESULT after=$(ls /sys/block | grep -c vd)"
 mkdir -p /mnt
 mount -t ext4 -o ro /dev/vdb /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
 umount /mnt
+echo "@@L2 RESULT unplug=now"
+i=0
+while [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT gone=$(ls /sys/block | grep -c vd)"
+echo "@@L2 RESULT blk_pci_left=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1042)"
 dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /'"#,
         ),
         check: |run| {
@@ -222,6 +232,9 @@ dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /
                 ("blk_pci", "2"),
                 ("after", "2"),
                 ("guest_sha", host.as_str()),
+                ("deleted", "yes"),
+                ("gone", "1"),
+                ("blk_pci_left", "1"),
             ] {
                 if run.result(key).as_deref() != Some(want) {
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));

@@ -257,6 +257,11 @@ impl Draft {
         self.config.drives.iter().find(|d| d.drive_id == id)
     }
 
+    /// A drive unplugged after boot (`DELETE /drives`).
+    pub fn remove_drive(&mut self, id: &str) {
+        self.config.drives.retain(|d| d.drive_id != id);
+    }
+
     /// A drive's backing file changed after boot (`PATCH /drives`).
     pub fn set_drive_path(&mut self, id: &str, path: &Path) {
         if let Some(drive) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {

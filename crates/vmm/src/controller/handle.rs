@@ -93,6 +93,7 @@ impl Controller {
             Request::GetMigration => self.migration_status(),
             Request::CancelMigration => self.cancel_migration(),
             Request::PutDrive(drive) if self.is_started() => self.hotplug_drive(drive, manager),
+            Request::DeleteDrive(id) => self.unplug_drive(&id, manager),
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);

@@ -210,6 +210,8 @@ struct Controller {
     migration: migrate::Migration,
     /// Builds drives added after boot (PCI VMs only).
     hotplug_worker: Option<crate::drive_hotplug::HotplugWorker>,
+    /// Drives added after boot: their slot and event-loop worker.
+    hotplugged: std::collections::BTreeMap<String, (u8, event_manager::SubscriberId)>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -274,6 +276,7 @@ pub fn serve(
         gdb: None,
         migration,
         hotplug_worker: None,
+        hotplugged: std::collections::BTreeMap::new(),
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
