@@ -141,6 +141,10 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             same_id("put_network_interface", "iface_id", id, &nic.iface_id)?;
             vmm(Request::PutNetworkInterface(nic))
         }
+        ("DELETE", ["network-interfaces", id]) => {
+            checked_id("delete_network_interface", id)?;
+            vmm(Request::DeleteNetworkInterface((*id).to_string()))
+        }
         ("PATCH", ["network-interfaces", id]) => {
             checked_id("patch_network_interface", id)?;
             let patch: NetworkInterfacePatch = input.parse("patch_network_interface")?;

@@ -46,6 +46,9 @@ pub enum Request {
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}`.
     PatchNetworkInterface(NetworkInterfacePatch),
+    /// `DELETE /network-interfaces/{id}` (after boot, PCI: unplug a
+    /// hotplugged interface).
+    DeleteNetworkInterface(String),
     /// `PUT /vsock` (before boot only).
     PutVsock(Vsock),
     /// `PUT /entropy` (before boot only).
@@ -104,6 +107,7 @@ impl Request {
             Request::DeleteDrive(_) => "delete_drive",
             Request::PutNetworkInterface(_) => "put_network_interface",
             Request::PatchNetworkInterface(_) => "patch_network_interface",
+            Request::DeleteNetworkInterface(_) => "delete_network_interface",
             Request::PutVsock(_) => "put_vsock",
             Request::PutEntropy(_) => "put_entropy",
             Request::PutLogger(_) => "put_logger",

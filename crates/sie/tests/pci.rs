@@ -146,7 +146,7 @@ fn a_new_drive_put_after_boot_is_hotplugged_on_pci() {
     vm.call("DELETE", "/drives/data", None)
         .expect_fault("data was attached at boot");
     vm.call("DELETE", "/drives/nope", None)
-        .expect_fault("no drive nope");
+        .expect_fault("no device nope");
     // This guest has no ACPI: it never lets go, so the DELETE times out,
     // saying so, and the drive stays.
     vm.call("DELETE", "/drives/scratch", None)

@@ -152,6 +152,33 @@ pub(crate) fn block_for(drive: &sie_config::Drive) -> Result<(String, Block)> {
     Ok((name, block))
 }
 
+/// The network device for `nic` (its tap opened, its MAC, MTU and rate
+/// limiters set; no MMDS) and the name errors carry.
+pub(crate) fn net_for(nic: &sie_config::NetworkInterface) -> Result<(String, Net)> {
+    let name = format!(
+        "network interface {} (tap {})",
+        nic.iface_id, nic.host_dev_name
+    );
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+        name: name.clone(),
+        source,
+    };
+    let mac = nic
+        .guest_mac
+        .as_deref()
+        .map(parse_mac)
+        .transpose()
+        .map_err(|e| fail(e.into()))?;
+    let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
+    let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+    net.update_rate_limiters(
+        Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
+        Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
+    )
+    .map_err(|e| fail(e.into()))?;
+    Ok((name, net))
+}
+
 impl VirtioDevices {
     /// Creates every paravirtual device `config` asks for and wires it.
     pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_, '_>) -> Result<Self> {
@@ -178,22 +205,11 @@ impl VirtioDevices {
             devices.blocks.push((drive.drive_id.clone(), transport));
         }
         for nic in &config.network_interfaces {
-            let name = format!(
-                "network interface {} (tap {})",
-                nic.iface_id, nic.host_dev_name
-            );
+            let (name, mut net) = net_for(nic)?;
             let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
                 name: name.clone(),
                 source,
             };
-            let mac = nic
-                .guest_mac
-                .as_deref()
-                .map(parse_mac)
-                .transpose()
-                .map_err(|e| fail(e.into()))?;
-            let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
-            let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
             if let Some(mmds) = config
                 .mmds_config
                 .as_ref()
@@ -204,11 +220,6 @@ impl VirtioDevices {
                 net.set_mmds(stack);
             }
             let net_stats = net.stats().clone();
-            net.update_rate_limiters(
-                Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
-                Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
-            )
-            .map_err(|e| fail(e.into()))?;
             let transport =
                 devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
             // Dropped frames are what an operator asks about first (a tap

@@ -173,9 +173,12 @@ echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virt
 /// L2 has booted, `PUT /drives/scratch` through the socket adds the rig's
 /// ext4 disk. Linux's acpiphp hears of the new slot from the ACPI event
 /// device, binds virtio-pci to the new 1af4:1042 and /dev/vdb appears,
-/// holding the data the host wrote (its checksum matches). Then `DELETE
+/// holding the data the host wrote (its checksum matches); `PUT
+/// /network-interfaces/eth9` adds a 1af4:1041 whose interface has the MAC
+/// asked for. Then `DELETE
 /// /drives/scratch`: acpiphp unbinds and removes it, runs `_EJ0`, the
-/// answer comes, and /dev/vdb and the second 1af4:1042 are gone.
+/// answer comes, and /dev/vdb and the second 1af4:1042 are gone; the
+/// interface goes the same way.
 pub(crate) fn pci_hotplug() -> Case {
     Case {
         name: "pci_hotplug",
@@ -194,20 +197,28 @@ until grep -q "plug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; 
 sie ctl --sock /tmp/hp.sock request PUT /drives/scratch \
   '{{"drive_id": "scratch", "path_on_host": "/tmp/hp-scratch.ext4", "is_root_device": false}}' \
   && echo "@@L2 RESULT put=yes"
+sie ctl --sock /tmp/hp.sock request PUT /network-interfaces/eth9 \
+  '{{"iface_id": "eth9", "host_dev_name": "tap9", "guest_mac": "06:00:ac:10:00:09"}}' \
+  && echo "@@L2 RESULT put_net=yes"
 i=0
 until grep -q "unplug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
 sie ctl --sock /tmp/hp.sock request DELETE /drives/scratch && echo "@@L2 RESULT deleted=yes"
+sie ctl --sock /tmp/hp.sock request DELETE /network-interfaces/eth9 && echo "@@L2 RESULT deleted_net=yes"
 wait $pid; status=$?
 cat /tmp/console
 exit $status"#,
             pci_boot_args("pci_hotplug")
         ),
         l2_script: Some(
-            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4; do insmod /modules/$m.ko; done
+            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 failover net_failover virtio_net; do insmod /modules/$m.ko; done
 echo "@@L2 RESULT before=$(ls /sys/block | grep -c vd)"
 echo "@@L2 RESULT plug=now"
 i=0
 until [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+i=0
+until grep -qx 06:00:ac:10:00:09 /sys/class/net/*/address 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT nic=$(cat /sys/class/net/*/address | grep -c 06:00:ac:10:00:09)"
+echo "@@L2 RESULT net_pci=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1041)"
 for d in /sys/bus/pci/devices/*; do
   echo "  pci: $(basename $d) $(cat $d/vendor):$(cat $d/device) $(basename "$(readlink $d/driver)")"
 done
@@ -221,6 +232,10 @@ i=0
 while [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
 echo "@@L2 RESULT gone=$(ls /sys/block | grep -c vd)"
 echo "@@L2 RESULT blk_pci_left=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1042)"
+i=0
+while grep -qx 06:00:ac:10:00:09 /sys/class/net/*/address 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT nic_left=$(cat /sys/class/net/*/address | grep -c 06:00:ac:10:00:09)"
+echo "@@L2 RESULT net_pci_left=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1041)"
 dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /'"#,
         ),
         check: |run| {
@@ -235,6 +250,12 @@ dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /
                 ("deleted", "yes"),
                 ("gone", "1"),
                 ("blk_pci_left", "1"),
+                ("put_net", "yes"),
+                ("nic", "1"),
+                ("net_pci", "1"),
+                ("deleted_net", "yes"),
+                ("nic_left", "0"),
+                ("net_pci_left", "0"),
             ] {
                 if run.result(key).as_deref() != Some(want) {
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));

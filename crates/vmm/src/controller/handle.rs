@@ -93,7 +93,13 @@ impl Controller {
             Request::GetMigration => self.migration_status(),
             Request::CancelMigration => self.cancel_migration(),
             Request::PutDrive(drive) if self.is_started() => self.hotplug_drive(drive, manager),
-            Request::DeleteDrive(id) => self.unplug_drive(&id, manager),
+            Request::PutNetworkInterface(nic) if self.is_started() => {
+                self.hotplug_nic(nic, manager)
+            }
+            Request::DeleteDrive(id) => self.unplug(super::hotplug::Kind::Drive, &id, manager),
+            Request::DeleteNetworkInterface(id) => {
+                self.unplug(super::hotplug::Kind::Net, &id, manager)
+            }
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);
