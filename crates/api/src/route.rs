@@ -132,11 +132,19 @@ pub fn route(method: &str, target: &str, body: &[u8]) -> Result<Routed, Fault> {
             checked("patch_drive", patch.validate())?;
             vmm(Request::PatchDrive(patch))
         }
+        ("DELETE", ["drives", id]) => {
+            checked_id("delete_drive", id)?;
+            vmm(Request::DeleteDrive((*id).to_string()))
+        }
         ("PUT", ["network-interfaces", id]) => {
             checked_id("put_network_interface", id)?;
             let nic: NetworkInterface = input.parse("put_network_interface")?;
             same_id("put_network_interface", "iface_id", id, &nic.iface_id)?;
             vmm(Request::PutNetworkInterface(nic))
+        }
+        ("DELETE", ["network-interfaces", id]) => {
+            checked_id("delete_network_interface", id)?;
+            vmm(Request::DeleteNetworkInterface((*id).to_string()))
         }
         ("PATCH", ["network-interfaces", id]) => {
             checked_id("patch_network_interface", id)?;

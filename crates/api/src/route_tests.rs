@@ -532,7 +532,7 @@ fn unknown_paths_and_methods_use_firecracker_wording() {
     // Firecracker names only the first segment: "PUT vm." for PUT /vm.
     for (method, path, named) in [
         ("GET", "/nope", "nope"),
-        ("DELETE", "/drives/x", "drives"),
+        ("DELETE", "/vsock", "vsock"),
         ("POST", "/actions", "actions"),
         ("GET", "/actions", "actions"),
         ("GET", "/drives/rootfs", "drives"),

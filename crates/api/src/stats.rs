@@ -15,7 +15,7 @@ use crate::route::{ROUTE_INVALID, ROUTE_UNSUPPORTED, ROUTE_VERSION};
 const ROUTE_OTHER: &str = "other";
 
 /// Every route name counted: `Request::route()` names and the server's own.
-pub const ROUTES: [&str; 49] = [
+pub const ROUTES: [&str; 51] = [
     "get_instance_info",
     "get_machine_config",
     "get_vm_config",
@@ -25,8 +25,10 @@ pub const ROUTES: [&str; 49] = [
     "put_cpu_config",
     "put_drive",
     "patch_drive",
+    "delete_drive",
     "put_network_interface",
     "patch_network_interface",
+    "delete_network_interface",
     "put_vsock",
     "put_entropy",
     "put_logger",

@@ -42,10 +42,15 @@ pub enum Request {
     PutDrive(Drive),
     /// `PATCH /drives/{id}` (after boot: swap the backing file).
     PatchDrive(DrivePatch),
+    /// `DELETE /drives/{id}` (after boot, PCI: unplug a hotplugged drive).
+    DeleteDrive(String),
     /// `PUT /network-interfaces/{id}` (before boot only).
     PutNetworkInterface(NetworkInterface),
     /// `PATCH /network-interfaces/{id}`.
     PatchNetworkInterface(NetworkInterfacePatch),
+    /// `DELETE /network-interfaces/{id}` (after boot, PCI: unplug a
+    /// hotplugged interface).
+    DeleteNetworkInterface(String),
     /// `PUT /vsock` (before boot only).
     PutVsock(Vsock),
     /// `PUT /pmem/{id}` (before boot only).
@@ -130,8 +135,10 @@ impl Request {
             Request::PutCpuConfig(_) => "put_cpu_config",
             Request::PutDrive(_) => "put_drive",
             Request::PatchDrive(_) => "patch_drive",
+            Request::DeleteDrive(_) => "delete_drive",
             Request::PutNetworkInterface(_) => "put_network_interface",
             Request::PatchNetworkInterface(_) => "patch_network_interface",
+            Request::DeleteNetworkInterface(_) => "delete_network_interface",
             Request::PutVsock(_) => "put_vsock",
             Request::PutEntropy(_) => "put_entropy",
             Request::PutPmem(_) => "put_pmem",

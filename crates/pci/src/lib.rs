@@ -16,6 +16,9 @@
 //!   addresses). When the guest moves or disables a BAR, the root updates
 //!   its routing table and calls the device's [`PciDevice::bar_moved`] with
 //!   the VMM's [`BarMapper`] (ioeventfds, memory slots).
+//! - [`HotplugController`]: the register block through which the guest's
+//!   ACPI code hears of devices added to or leaving a slot, and says which
+//!   ones it released.
 //! - Bus devices the VMM inserts on its buses: [`PciConfigIo`] (ports
 //!   0xCF8..=0xCFF), [`PciEcam`] (the ECAM window), [`PciBarWindow`] (a whole
 //!   MMIO or port window, routed to the BAR that holds each address).
@@ -60,6 +63,7 @@ mod config_space;
 mod device;
 mod ecam;
 mod host_bridge;
+mod hotplug;
 mod msix;
 mod root;
 mod routes;
@@ -76,6 +80,9 @@ pub use config_space::{
 pub use device::{AddressSpace, BarMapper, NoBarMapper, PciDevice};
 pub use ecam::{ECAM_BUS_SIZE, PciEcam};
 pub use host_bridge::{HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID, HostBridge};
+pub use hotplug::{
+    HOTPLUG_PORT, HOTPLUG_REGISTERS_LEN, HotplugController, HotplugError, hotplug_registers,
+};
 pub use msix::{
     MAX_VECTORS, MSIX_CAPABILITY_ID, MSIX_ENTRY_SIZE, MsiInterrupts, MsiMessage, MsixCapability,
     MsixError, MsixTable,

@@ -98,3 +98,88 @@ fn devices_on_pci_are_wired_on_the_real_kvm_through_the_api() {
     let (code, stderr) = vm.wait();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
+
+#[test]
+fn a_new_drive_put_after_boot_is_hotplugged_on_pci() {
+    // With --enable-pci, PUT /drives/{id} of a new id after InstanceStart
+    // builds the drive on the hotplug thread (under sie's seccomp filters),
+    // plugs it into a free slot and serves it; the VM's config shows it.
+    // An id the VM has, or a root device, are refused in one line.
+    let mut vm = ApiVm::start("pci-hotplug", &["--enable-pci"]);
+    let out = capture(&mut vm);
+    let disk = vm.dir.sparse("disk.img", 1 << 20);
+    let scratch = vm.dir.sparse("scratch.img", 1 << 20);
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::COUNTER.path,
+        "boot_args": "limit=1000 delay=20000"
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    let drive =
+        serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false});
+    vm.ok("PUT", "/drives/data", &drive.to_string());
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for("a few counts", || {
+        out.lock().expect("output lock").contains("count 2\n")
+    });
+    let hot = serde_json::json!({"drive_id": "scratch", "path_on_host": scratch, "is_root_device": false});
+    vm.ok("PUT", "/drives/scratch", &hot.to_string());
+    let drives = vm.get("/vm/config").json()["drives"].clone();
+    let ids: Vec<&str> = drives
+        .as_array()
+        .expect("drives")
+        .iter()
+        .filter_map(|d| d["drive_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["data", "scratch"]);
+    vm.call("PUT", "/drives/data", Some(&drive.to_string()))
+        .expect_fault(AFTER_START);
+    let root =
+        serde_json::json!({"drive_id": "r", "path_on_host": scratch, "is_root_device": true});
+    vm.call("PUT", "/drives/r", Some(&root.to_string()))
+        .expect_fault("cannot be the root device");
+    // The hotplugged drive can be patched like a boot one.
+    vm.ok(
+        "PATCH",
+        "/drives/scratch",
+        &serde_json::json!({"drive_id": "scratch", "path_on_host": disk}).to_string(),
+    );
+    // Only drives added after boot can be removed.
+    vm.call("DELETE", "/drives/data", None)
+        .expect_fault("data was attached at boot");
+    vm.call("DELETE", "/drives/nope", None)
+        .expect_fault("no device nope");
+    // This guest has no ACPI: it never lets go, so the DELETE times out,
+    // saying so, and the drive stays.
+    vm.call("DELETE", "/drives/scratch", None)
+        .expect_fault("did not release PCI slot");
+    let drives = vm.get("/vm/config").json()["drives"].clone();
+    assert_eq!(drives.as_array().map(Vec::len), Some(2));
+    assert_eq!(vm.state(), "Running");
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+}
+
+#[test]
+fn without_pci_a_drive_put_after_boot_is_refused_as_before() {
+    let mut vm = ApiVm::start("no-pci-hotplug", &[]);
+    let out = capture(&mut vm);
+    let scratch = vm.dir.sparse("scratch.img", 1 << 20);
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::COUNTER.path,
+        "boot_args": "limit=1000 delay=20000"
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for("a count", || {
+        out.lock().expect("output lock").contains("count 1\n")
+    });
+    let hot = serde_json::json!({"drive_id": "scratch", "path_on_host": scratch, "is_root_device": false});
+    vm.call("PUT", "/drives/scratch", Some(&hot.to_string()))
+        .expect_fault(AFTER_START);
+    vm.call("DELETE", "/drives/scratch", None)
+        .expect_fault("needs a VM with PCI");
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+}

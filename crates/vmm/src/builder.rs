@@ -79,6 +79,8 @@ pub struct BuiltVm {
     pub virtio: VirtioDevices,
     /// Guest RAM is a snapshot's memory file, mapped copy-on-write.
     pub memory_from_file: bool,
+    /// PCI hotplug, with `pci` on.
+    pub pci_hotplug: Option<Arc<crate::device_manager::hotplug::PciHotplug>>,
 }
 
 fn open_regular(what: &'static str, path: &Path) -> Result<File> {
@@ -309,6 +311,7 @@ pub(crate) fn assemble(
 
 impl Machine {
     pub(crate) fn into_built(self) -> BuiltVm {
+        let pci_hotplug = self.layout.pci_hotplug.clone();
         let exits = Arc::new(ExitContext {
             pio: self.layout.pio,
             mmio: self.layout.mmio,
@@ -325,6 +328,7 @@ impl Machine {
             devices: self.devices,
             virtio: self.virtio,
             memory_from_file: false,
+            pci_hotplug,
         }
     }
 }

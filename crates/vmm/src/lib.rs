@@ -30,6 +30,7 @@ pub mod core_dump;
 pub mod debug_stop;
 pub mod device_manager;
 pub mod dispatch;
+pub mod drive_hotplug;
 mod error;
 mod event_loop;
 pub mod gdb;

@@ -125,6 +125,65 @@ fn open_drive(path: &std::path::Path, read_only: bool) -> std::io::Result<File> 
     Ok(file)
 }
 
+/// The block device for `drive` (its file opened, its options and rate
+/// limiter set) and the name errors carry.
+pub(crate) fn block_for(drive: &sie_config::Drive) -> Result<(String, Block)> {
+    let name = format!(
+        "drive {} ({})",
+        drive.drive_id,
+        drive.path_on_host.display()
+    );
+    let read_only = drive.is_read_only.unwrap_or(false);
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+        name: name.clone(),
+        source,
+    };
+    let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
+    let options = BlockOptions {
+        read_only,
+        cache: match drive.cache_type {
+            sie_config::CacheType::Unsafe => CacheType::Unsafe,
+            sie_config::CacheType::Writeback => CacheType::Writeback,
+        },
+        engine: match drive.io_engine {
+            sie_config::IoEngine::Sync => IoEngine::Sync,
+            sie_config::IoEngine::Async => IoEngine::Async,
+        },
+    };
+    let mut block = Block::new(file, &drive.drive_id, options).map_err(|e| fail(e.into()))?;
+    block
+        .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
+        .map_err(|e| fail(e.into()))?;
+    Ok((name, block))
+}
+
+/// The network device for `nic` (its tap opened, its MAC, MTU and rate
+/// limiters set; no MMDS) and the name errors carry.
+pub(crate) fn net_for(nic: &sie_config::NetworkInterface) -> Result<(String, Net)> {
+    let name = format!(
+        "network interface {} (tap {})",
+        nic.iface_id, nic.host_dev_name
+    );
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
+        name: name.clone(),
+        source,
+    };
+    let mac = nic
+        .guest_mac
+        .as_deref()
+        .map(parse_mac)
+        .transpose()
+        .map_err(|e| fail(e.into()))?;
+    let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
+    let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
+    net.update_rate_limiters(
+        Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
+        Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
+    )
+    .map_err(|e| fail(e.into()))?;
+    Ok((name, net))
+}
+
 impl VirtioDevices {
     /// Creates every paravirtual device `config` asks for and wires it.
     pub fn attach(config: &VmConfig, wiring: &mut Wiring<'_, '_>) -> Result<Self> {
@@ -141,33 +200,7 @@ impl VirtioDevices {
                 .configure(version, mmds.imds_compat);
         }
         for drive in &config.drives {
-            let name = format!(
-                "drive {} ({})",
-                drive.drive_id,
-                drive.path_on_host.display()
-            );
-            let read_only = drive.is_read_only.unwrap_or(false);
-            let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
-                name: name.clone(),
-                source,
-            };
-            let file = open_drive(&drive.path_on_host, read_only).map_err(|e| fail(e.into()))?;
-            let options = BlockOptions {
-                read_only,
-                cache: match drive.cache_type {
-                    sie_config::CacheType::Unsafe => CacheType::Unsafe,
-                    sie_config::CacheType::Writeback => CacheType::Writeback,
-                },
-                engine: match drive.io_engine {
-                    sie_config::IoEngine::Sync => IoEngine::Sync,
-                    sie_config::IoEngine::Async => IoEngine::Async,
-                },
-            };
-            let mut block =
-                Block::new(file, &drive.drive_id, options).map_err(|e| fail(e.into()))?;
-            block
-                .update_rate_limiter(&limiter_config(drive.rate_limiter.as_deref()))
-                .map_err(|e| fail(e.into()))?;
+            let (name, block) = block_for(drive)?;
             let transport = devices.add(
                 wiring,
                 format!("virtio-blk:{}", drive.drive_id),
@@ -177,22 +210,11 @@ impl VirtioDevices {
             devices.blocks.push((drive.drive_id.clone(), transport));
         }
         for nic in &config.network_interfaces {
-            let name = format!(
-                "network interface {} (tap {})",
-                nic.iface_id, nic.host_dev_name
-            );
+            let (name, mut net) = net_for(nic)?;
             let fail = |source: Box<dyn std::error::Error + Send + Sync>| VmmError::Virtio {
                 name: name.clone(),
                 source,
             };
-            let mac = nic
-                .guest_mac
-                .as_deref()
-                .map(parse_mac)
-                .transpose()
-                .map_err(|e| fail(e.into()))?;
-            let tap = Tap::open(&nic.host_dev_name).map_err(|e| fail(e.into()))?;
-            let mut net = Net::new(tap, mac, nic.mtu).map_err(|e| fail(e.into()))?;
             if let Some(mmds) = config
                 .mmds_config
                 .as_ref()
@@ -203,11 +225,6 @@ impl VirtioDevices {
                 net.set_mmds(stack);
             }
             let net_stats = net.stats().clone();
-            net.update_rate_limiters(
-                Some(&limiter_config(nic.rx_rate_limiter.as_deref())),
-                Some(&limiter_config(nic.tx_rate_limiter.as_deref())),
-            )
-            .map_err(|e| fail(e.into()))?;
             let transport =
                 devices.add(wiring, format!("virtio-net:{}", nic.iface_id), net, &name)?;
             // Dropped frames are what an operator asks about first (a tap
@@ -637,14 +654,20 @@ mod tests {
         assert_eq!(devices.workers.len(), 1);
         assert!(devices.transports.is_empty(), "no MMIO transport");
         let layout = manager.finish();
-        // Only the host bridge is described: no virtio-mmio device.
-        assert!(matches!(
-            layout.acpi.as_slice(),
-            [AcpiDevice::PciHostBridge(_)]
-        ));
+        // Only the host bridge and its hotplug are described: no
+        // virtio-mmio device.
+        let [
+            AcpiDevice::PciHostBridge(_),
+            AcpiDevice::PciHotplug {
+                irq: hotplug_line, ..
+            },
+        ] = layout.acpi.as_slice()
+        else {
+            panic!("{:?}", layout.acpi);
+        };
         // rng: one queue, so two vectors (queue and configuration), GSIs 24
-        // and 25, and no ISA line.
-        assert_eq!(*fake.irqfds.lock().unwrap(), [24, 25]);
+        // and 25, and no ISA line (the only one is the hotplug event's).
+        assert_eq!(*fake.irqfds.lock().unwrap(), [*hotplug_line, 24, 25]);
         // BAR 0 went into the 64-bit window (4 GiB up), its notify
         // ioeventfd with it.
         let root = layout.pci.expect("a PCI root");

@@ -126,6 +126,7 @@ impl BuiltVm {
             observatory: self.observatory,
             devices: self.devices,
             virtio: self.virtio,
+            pci_hotplug: self.pci_hotplug,
             vm: self.vm,
             memory: self.memory,
         })
@@ -146,6 +147,8 @@ pub struct StartedVm {
     pub debug_stops: Arc<crate::debug_stop::DebugStops>,
     /// Paravirtual devices (their workers are taken by the event loop).
     pub virtio: virtio::VirtioDevices,
+    /// PCI hotplug, with `pci` on.
+    pub pci_hotplug: Option<Arc<crate::device_manager::hotplug::PciHotplug>>,
     vm: Arc<dyn sie_hv::Vm>,
     memory: GuestMemory,
     memory_from_file: bool,
@@ -166,6 +169,11 @@ impl StartedVm {
     /// The hypervisor's VM (its in-kernel devices' state).
     pub fn hv_vm(&self) -> &dyn sie_hv::Vm {
         self.vm.as_ref()
+    }
+
+    /// The hypervisor's VM, shared (for devices built while the VM runs).
+    pub(crate) fn hv_vm_shared(&self) -> Arc<dyn sie_hv::Vm> {
+        self.vm.clone()
     }
 
     /// Writes a core file of this VM (see [`crate::core_dump`]): pauses it

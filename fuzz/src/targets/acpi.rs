@@ -58,6 +58,10 @@ pub fn run(data: &[u8]) {
                     .bool()
                     .then(|| [input.u32(), input.u32(), input.u32(), input.u32()]),
             }),
+            5 if input.u8() % 4 == 0 => AcpiDevice::PciHotplug {
+                port: input.u16(),
+                irq: input.u32(),
+            },
             _ => AcpiDevice::VirtioMmio {
                 addr: 0xd000_0000 + i as u64 * 0x1000,
                 len: 0x1000,
@@ -114,6 +118,14 @@ pub fn run(data: &[u8]) {
         .filter(|d| matches!(d, AcpiDevice::PciHostBridge(_)))
         .count();
     assert_eq!(mcfgs, bridges, "one MCFG per (single) PCI host bridge");
+    let hotplugs = config
+        .devices
+        .iter()
+        .filter(|d| matches!(d, AcpiDevice::PciHotplug { .. }))
+        .count();
+    assert!(hotplugs == 0 || (hotplugs == 1 && bridges == 1), "hotplug needs one bridge");
+    let geds = dsdt.windows(4).filter(|w| w == b"GED1").count();
+    assert_eq!(geds > 0, hotplugs == 1, "the hotplug event device iff hotplug");
 }
 
 fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The DSDT: AML device objects for what Linux cannot discover (virtio-mmio
 //! slots, the pvpanic port, the UARTs, the keyboard controller, the PCI host
-//! bridge: see `pci.rs`), each with
+//! bridge: see `pci.rs`, and its hotplug slots: `pci_hotplug.rs`), each with
 //! the resources the VMM's device manager gave it: nothing here knows an
 //! address or an interrupt line of its own.
 //!
@@ -46,6 +46,7 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut serial_uid = 0u8;
     let mut virtio_index = 0usize;
+    let mut hotplug = None;
     for device in &config.devices {
         match *device {
             AcpiDevice::Serial { port, irq } => {
@@ -64,7 +65,24 @@ pub fn build(config: &AcpiConfig) -> Result<Vec<u8>> {
                 virtio_index += 1;
             }
             AcpiDevice::PciHostBridge(bridge) => super::pci::host_bridge(&mut body, &bridge)?,
+            AcpiDevice::PciHotplug { port, irq } => {
+                if hotplug.replace((port, irq)).is_some() {
+                    return Err(AcpiError::PciHotplugWithoutBridge);
+                }
+            }
         }
+    }
+    // The slots live in PCI0's scope, so they follow it whatever the order.
+    if let Some((port, irq)) = hotplug {
+        let bridges = config
+            .devices
+            .iter()
+            .filter(|d| matches!(d, AcpiDevice::PciHostBridge(_)))
+            .count();
+        if bridges != 1 {
+            return Err(AcpiError::PciHotplugWithoutBridge);
+        }
+        super::pci_hotplug::describe(&mut body, port, irq);
     }
 
     let mut aml = Vec::with_capacity(body.len() + 16);

@@ -20,6 +20,7 @@
 mod dsdt;
 mod madt;
 mod pci;
+mod pci_hotplug;
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -91,6 +92,16 @@ pub enum AcpiDevice {
     /// A PCI host bridge (`PCI0`); it also makes the tables include an MCFG.
     /// At most one.
     PciHostBridge(PciHostBridge),
+    /// PCI hotplug on the host bridge's bus: a device per slot 1-31 in
+    /// `PCI0` with `_EJ0`, the controller's registers at `port`, and a
+    /// Generic Event Device whose interrupt `irq` makes the guest read them.
+    /// Needs a [`AcpiDevice::PciHostBridge`]; at most one.
+    PciHotplug {
+        /// First I/O port of the 16-byte register block.
+        port: u16,
+        /// The event device's interrupt line.
+        irq: u32,
+    },
 }
 
 /// What the ACPI tables describe.
@@ -125,6 +136,9 @@ pub enum AcpiError {
     /// More than one PCI host bridge was described.
     #[error("only one PCI host bridge can be described")]
     TwoPciHostBridges,
+    /// PCI hotplug was described without a host bridge, or twice.
+    #[error("PCI hotplug needs exactly one PCI host bridge and can be described once")]
+    PciHotplugWithoutBridge,
     /// The tables outgrow the BIOS area.
     #[error("ACPI tables ({0} bytes) do not fit in the BIOS area")]
     TooLarge(usize),

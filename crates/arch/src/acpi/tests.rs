@@ -228,3 +228,58 @@ fn two_pci_host_bridges_are_an_error() {
         Err(AcpiError::TwoPciHostBridges)
     ));
 }
+
+#[test]
+fn pci_hotplug_follows_the_host_bridge_whatever_the_order() {
+    let mem = mem();
+    let mut c = config();
+    c.devices.push(AcpiDevice::PciHotplug {
+        port: 0xae00,
+        irq: 12,
+    });
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    let p = parse(&mem, create_acpi_tables(&mem, &c).unwrap());
+    let at = |needle: &[u8]| p.dsdt.windows(needle.len()).position(|w| w == needle);
+    let bridge = at(b"PCI0").expect("PCI0");
+    let slot = at(b"S01_").expect("slot 1");
+    assert!(bridge < slot, "the slots' scope must follow PCI0");
+    assert!(contains(&p.dsdt, b"GED1"));
+}
+
+#[test]
+fn pci_hotplug_without_a_host_bridge_or_twice_is_an_error() {
+    let hotplug = AcpiDevice::PciHotplug {
+        port: 0xae00,
+        irq: 12,
+    };
+    let mut c = config();
+    c.devices.push(hotplug);
+    assert!(matches!(
+        create_acpi_tables(&mem(), &c),
+        Err(AcpiError::PciHotplugWithoutBridge)
+    ));
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    c.devices.push(hotplug);
+    assert!(matches!(
+        create_acpi_tables(&mem(), &c),
+        Err(AcpiError::PciHotplugWithoutBridge)
+    ));
+}
+
+/// Writes the DSDT with a bridge and hotplug to `SIE_DUMP_DSDT` (for a
+/// look with `iasl -d`); does nothing without it.
+#[test]
+fn dump_the_hotplug_dsdt_on_request() {
+    let Ok(path) = std::env::var("SIE_DUMP_DSDT") else {
+        return;
+    };
+    let mem = mem();
+    let mut c = config();
+    c.devices.push(AcpiDevice::PciHostBridge(pci_bridge()));
+    c.devices.push(AcpiDevice::PciHotplug {
+        port: 0xae00,
+        irq: 12,
+    });
+    let p = parse(&mem, create_acpi_tables(&mem, &c).unwrap());
+    std::fs::write(path, &p.dsdt).unwrap();
+}

@@ -252,6 +252,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_net(),
         pci_bus(),
         virtio_pci(),
+        pci_hotplug(),
         virtio_vsock(),
         bench_blk(),
         bench_net(),

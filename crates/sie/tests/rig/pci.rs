@@ -13,7 +13,8 @@ fn pci_boot_args(case: &str) -> String {
 /// The host bridge on bus 0 as Linux sees it, the root bridge found
 /// through ACPI (`PCI0`), the ECAM window from the MCFG accepted (reserved
 /// by the DSDT's motherboard resource), and native PCIe control granted by
-/// `_OSC`.
+/// `_OSC`; acpiphp registers the 31 hotpluggable slots the DSDT describes
+/// and the GED driver binds the hotplug event device.
 pub(crate) fn pci_bus() -> Case {
     Case {
         name: "pci_bus",
@@ -32,6 +33,11 @@ echo "@@L2 RESULT cmdline_pci=$(grep -c 'pci=' /proc/cmdline)"
 dmesg | grep -q 'PCI Root Bridge \[PCI0\] (domain 0000 \[bus 00\])' && echo "@@L2 RESULT root_bridge=PCI0"
 dmesg | grep -q 'MMCONFIG at \[mem 0xe0000000-0xe00fffff\] reserved' && echo "@@L2 RESULT ecam=reserved"
 dmesg | grep -q '_OSC: OS now controls' && echo "@@L2 RESULT osc=native"
+echo "@@L2 RESULT acpiphp_slots=$(dmesg | grep -c 'acpiphp: Slot \[[0-9]*\] registered')"
+echo "@@L2 RESULT sysfs_slots=$(ls /sys/bus/pci/slots | wc -l)"
+echo "@@L2 RESULT ged=$(ls -d /sys/bus/platform/drivers/*/ACPI0013:* 2>/dev/null | wc -l)"
+ls -d /sys/bus/platform/drivers/*/ACPI0013:* | sed 's/^/  ged: /'
+dmesg | grep -iE 'acpiphp|ged' | head -5 | sed 's/^/  dmesg: /'
 dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
         ),
         check: |run| {
@@ -42,6 +48,12 @@ dmesg | grep -iE 'pci|mmconfig|_osc|acpi: .*table' | sed 's/^/  dmesg: /'"#,
                 ("root_bridge", "PCI0"),
                 ("ecam", "reserved"),
                 ("osc", "native"),
+                // Hotplug: acpiphp took every slot 1-31 the DSDT
+                // describes, and both event devices (vmgenid's and the
+                // hotplug one) are bound to the GED driver.
+                ("acpiphp_slots", "31"),
+                ("sysfs_slots", "31"),
+                ("ged", "2"),
             ] {
                 if run.result(key).as_deref() != Some(want) {
                     return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
@@ -149,6 +161,104 @@ echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virt
                     return Err(format!(
                         "{key} is 0: no virtio interrupt arrived as PCI-MSI"
                     ));
+                }
+            }
+            Ok(())
+        },
+    }
+}
+
+/// Hotplug as a Firecracker client does it: a stock Debian L2 started
+/// with `--enable-pci` and the API socket, one boot drive (/dev/vda); once
+/// L2 has booted, `PUT /drives/scratch` through the socket adds the rig's
+/// ext4 disk. Linux's acpiphp hears of the new slot from the ACPI event
+/// device, binds virtio-pci to the new 1af4:1042 and /dev/vdb appears,
+/// holding the data the host wrote (its checksum matches); `PUT
+/// /network-interfaces/eth9` adds a 1af4:1041 whose interface has the MAC
+/// asked for. Then `DELETE
+/// /drives/scratch`: acpiphp unbinds and removes it, runs `_EJ0`, the
+/// answer comes, and /dev/vdb and the second 1af4:1042 are gone; the
+/// interface goes the same way.
+pub(crate) fn pci_hotplug() -> Case {
+    Case {
+        name: "pci_hotplug",
+        l1_command: format!(
+            r#"cp "$GUEST/disk.ext4" /tmp/hp-scratch.ext4
+dd if=/dev/zero of=/tmp/hp-boot.img bs=1M count=1 2>/dev/null
+echo "@@L2 RESULT host_sha=$(cat "$GUEST/data.sha256")"
+cat > /tmp/hp.json <<EOF
+{{"boot-source": {{"kernel_image_path": "$GUEST/vmlinux", "initrd_path": "$GUEST/l2.cpio",
+  "boot_args": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 256}},
+ "drives": [{{"drive_id": "boot", "path_on_host": "/tmp/hp-boot.img", "is_root_device": false}}]}}
+EOF
+sie --api-sock /tmp/hp.sock --config-file /tmp/hp.json --enable-pci > /tmp/console 2>&1 & pid=$!
+i=0
+until grep -q "plug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/hp.sock request PUT /drives/scratch \
+  '{{"drive_id": "scratch", "path_on_host": "/tmp/hp-scratch.ext4", "is_root_device": false}}' \
+  && echo "@@L2 RESULT put=yes"
+sie ctl --sock /tmp/hp.sock request PUT /network-interfaces/eth9 \
+  '{{"iface_id": "eth9", "host_dev_name": "tap9", "guest_mac": "06:00:ac:10:00:09"}}' \
+  && echo "@@L2 RESULT put_net=yes"
+i=0
+until grep -q "unplug=now" /tmp/console; do i=$((i+1)); [ $i -gt 1800 ] && break; sleep 0.1; done
+sie ctl --sock /tmp/hp.sock request DELETE /drives/scratch && echo "@@L2 RESULT deleted=yes"
+sie ctl --sock /tmp/hp.sock request DELETE /network-interfaces/eth9 && echo "@@L2 RESULT deleted_net=yes"
+wait $pid; status=$?
+cat /tmp/console
+exit $status"#,
+            pci_boot_args("pci_hotplug")
+        ),
+        l2_script: Some(
+            r#"for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc16 mbcache jbd2 crc32c_generic ext4 failover net_failover virtio_net; do insmod /modules/$m.ko; done
+echo "@@L2 RESULT before=$(ls /sys/block | grep -c vd)"
+echo "@@L2 RESULT plug=now"
+i=0
+until [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+i=0
+until grep -qx 06:00:ac:10:00:09 /sys/class/net/*/address 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT nic=$(cat /sys/class/net/*/address | grep -c 06:00:ac:10:00:09)"
+echo "@@L2 RESULT net_pci=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1041)"
+for d in /sys/bus/pci/devices/*; do
+  echo "  pci: $(basename $d) $(cat $d/vendor):$(cat $d/device) $(basename "$(readlink $d/driver)")"
+done
+echo "@@L2 RESULT blk_pci=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1042)"
+echo "@@L2 RESULT after=$(ls /sys/block | grep -c vd)"
+mkdir -p /mnt
+mount -t ext4 -o ro /dev/vdb /mnt && echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
+umount /mnt
+echo "@@L2 RESULT unplug=now"
+i=0
+while [ -e /dev/vdb ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT gone=$(ls /sys/block | grep -c vd)"
+echo "@@L2 RESULT blk_pci_left=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1042)"
+i=0
+while grep -qx 06:00:ac:10:00:09 /sys/class/net/*/address 2>/dev/null; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "@@L2 RESULT nic_left=$(cat /sys/class/net/*/address | grep -c 06:00:ac:10:00:09)"
+echo "@@L2 RESULT net_pci_left=$(cat /sys/bus/pci/devices/*/device | grep -c 0x1041)"
+dmesg | grep -iE 'acpiphp|virtio|pci 0000:00:0' | tail -20 | sed 's/^/  dmesg: /'"#,
+        ),
+        check: |run| {
+            run.expect_status(0)?;
+            let host = run.result("host_sha").ok_or("no host checksum")?;
+            for (key, want) in [
+                ("put", "yes"),
+                ("before", "1"),
+                ("blk_pci", "2"),
+                ("after", "2"),
+                ("guest_sha", host.as_str()),
+                ("deleted", "yes"),
+                ("gone", "1"),
+                ("blk_pci_left", "1"),
+                ("put_net", "yes"),
+                ("nic", "1"),
+                ("net_pci", "1"),
+                ("deleted_net", "yes"),
+                ("nic_left", "0"),
+                ("net_pci_left", "0"),
+            ] {
+                if run.result(key).as_deref() != Some(want) {
+                    return Err(format!("{key}: got {:?}, want {want:?}", run.result(key)));
                 }
             }
             Ok(())

@@ -395,6 +395,24 @@ impl Draft {
         self.config.drives.iter().find(|d| d.drive_id == id)
     }
 
+    /// A drive unplugged after boot (`DELETE /drives`).
+    pub fn remove_drive(&mut self, id: &str) {
+        self.config.drives.retain(|d| d.drive_id != id);
+    }
+
+    /// Whether a network interface has this id.
+    pub fn has_network_interface(&self, id: &str) -> bool {
+        self.config
+            .network_interfaces
+            .iter()
+            .any(|n| n.iface_id == id)
+    }
+
+    /// A network interface unplugged after boot.
+    pub fn remove_network_interface(&mut self, id: &str) {
+        self.config.network_interfaces.retain(|n| n.iface_id != id);
+    }
+
     /// A drive's backing file changed after boot (`PATCH /drives`).
     pub fn set_drive_path(&mut self, id: &str, path: &Path) {
         if let Some(drive) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {

@@ -107,6 +107,14 @@ impl Controller {
             Request::StartBalloonHinting(start) => self.balloon_hinting(Some(start)),
             Request::StopBalloonHinting => self.balloon_hinting(None),
             Request::GetBalloonHinting => self.balloon_hinting_status(),
+            Request::PutDrive(drive) if self.is_started() => self.hotplug_drive(drive, manager),
+            Request::PutNetworkInterface(nic) if self.is_started() => {
+                self.hotplug_nic(nic, manager)
+            }
+            Request::DeleteDrive(id) => self.unplug(super::hotplug::Kind::Drive, &id, manager),
+            Request::DeleteNetworkInterface(id) => {
+                self.unplug(super::hotplug::Kind::Net, &id, manager)
+            }
             config_request => {
                 if self.is_started() {
                     return Response::fault(AFTER_START);

@@ -13,6 +13,7 @@
 mod balloon;
 mod draft;
 mod handle;
+mod hotplug;
 pub mod metrics;
 mod migrate;
 pub mod sink;
@@ -208,6 +209,10 @@ struct Controller {
     /// The gdb stub (`gdb_socket_path`).
     gdb: Option<crate::gdb::GdbServer>,
     migration: migrate::Migration,
+    /// Builds drives added after boot (PCI VMs only).
+    hotplug_worker: Option<crate::drive_hotplug::HotplugWorker>,
+    /// Drives added after boot: their slot and event-loop worker.
+    hotplugged: std::collections::BTreeMap<String, (u8, event_manager::SubscriberId)>,
 }
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
@@ -271,6 +276,8 @@ pub fn serve(
         console_socket: None,
         gdb: None,
         migration,
+        hotplug_worker: None,
+        hotplugged: std::collections::BTreeMap::new(),
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -499,6 +506,14 @@ impl Controller {
             self.migration
                 .spawn_worker(&self.options.seccomp)
                 .map_err(host_error("spawning the migration worker"))?;
+        }
+        // Devices plugged in later are built on a thread spawned now,
+        // under the build filter (see drive_hotplug.rs).
+        if started.pci_hotplug.is_some() && self.hotplug_worker.is_none() {
+            self.hotplug_worker = Some(
+                crate::drive_hotplug::HotplugWorker::spawn()
+                    .map_err(host_error("spawning the hotplug thread"))?,
+            );
         }
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started

@@ -19,6 +19,9 @@
 //! windows, the host bridge in the DSDT); its devices' BARs come from the
 //! 32-bit and 64-bit windows and their MSI-X vectors from GSIs 24 and up
 //! (`msi.rs`: an irqfd per vector, its KVM route following the guest).
+//! `finish` hands the bus, its hotplug controller and what is left of the
+//! windows and MSI GSIs to `hotplug.rs`, which plugs and unplugs devices
+//! while the VM runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,6 +91,8 @@ pub struct DeviceLayout {
     pub acpi: Vec<AcpiDevice>,
     /// The PCI root bus, with `pci` on.
     pub pci: Option<Arc<sie_pci::PciRoot>>,
+    /// Hotplug on it (the controller, BAR windows and MSI GSIs), with `pci` on.
+    pub pci_hotplug: Option<Arc<hotplug::PciHotplug>>,
 }
 
 impl DeviceLayout {
@@ -347,11 +352,21 @@ impl<'a> DeviceManager<'a> {
             pio: self.pio,
             mmio: self.mmio,
             acpi: self.acpi,
-            pci: self.pci.map(|pci| pci.root().clone()),
+            pci: self.pci.as_ref().map(|pci| pci.root().clone()),
+            pci_hotplug: self.pci.map(|pci| {
+                let (root, controller, windows) = pci.into_parts();
+                Arc::new(hotplug::PciHotplug::new(
+                    root,
+                    controller,
+                    windows,
+                    self.msi_gsis,
+                ))
+            }),
         }
     }
 }
 
+pub mod hotplug;
 pub mod msi;
 pub mod pci;
 

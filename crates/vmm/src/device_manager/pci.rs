@@ -3,9 +3,15 @@
 //! MMIO bus, and the allocators of the 32-bit and 64-bit windows from which
 //! the VMM, acting as firmware, gives each BAR its address before boot.
 //!
+//! The bus comes with a hotplug controller (`sie_pci::HotplugController`
+//! on ports 0xAE00-0xAE0F, an interrupt line for the ACPI event device that
+//! tells the guest to read it) and every slot 1-31 described as
+//! hotpluggable in the DSDT.
+//!
 //! When the guest moves a BAR, the root calls the device's hook with
 //! [`VmBarMapper`], which moves its ioeventfds in KVM.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,23 +20,67 @@ use sie_arch::acpi::{AcpiDevice, PciHostBridge};
 use sie_arch::layout;
 use sie_hv::{IoEventAddress, Vm};
 use sie_pci::{
-    AddressRange, AddressSpace, BarKind, BarMapper, BarRequest, Bdf, PciConfigIo, PciDevice,
-    PciEcam, PciRoot, PciWindows, WindowKind,
+    AddressRange, AddressSpace, BarKind, BarMapper, BarRequest, Bdf, HOTPLUG_PORT,
+    HOTPLUG_REGISTERS_LEN, HotplugController, PciConfigIo, PciDevice, PciEcam, PciRoot, PciWindows,
+    WindowKind,
 };
-use vm_allocator::{AddressAllocator, AllocPolicy};
+use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 use vm_memory::MmapRegion;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, PlacementError, vm_allocator_error};
 use crate::error::{Result, VmmError};
 
-/// The root bus and the BAR windows' allocators.
+/// The root bus, its hotplug controller and the BAR windows' allocators.
 pub struct PciBus {
     root: Arc<PciRoot>,
     /// The lines INTx pins are swizzled onto (the DSDT's `_PRT`), if any.
     intx_gsis: Option<[u32; 4]>,
+    hotplug: Arc<HotplugController>,
+    pub(super) windows: BarWindows,
+}
+
+/// The BAR windows' allocators and which ranges each slot holds (so a
+/// device unplugged gives its ranges back).
+pub(super) struct BarWindows {
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
+    held: BTreeMap<u8, Vec<(WindowKind, RangeInclusive)>>,
+}
+
+impl BarWindows {
+    /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
+    /// 32-bit one in the window below.
+    pub(super) fn place(
+        &mut self,
+        request: &BarRequest,
+    ) -> std::result::Result<u64, vm_allocator::Error> {
+        let (kind, window) = match request.kind {
+            BarKind::Memory64 { .. } => (WindowKind::Mmio64, &mut self.mmio64),
+            BarKind::Memory32 => (WindowKind::Mmio32, &mut self.mmio32),
+            // No I/O window: sie's PCI devices have memory BARs only.
+            BarKind::Io => return Err(vm_allocator::Error::ResourceNotAvailable),
+        };
+        let range = window.allocate(request.size, request.size, AllocPolicy::FirstMatch)?;
+        self.held
+            .entry(request.bdf.device)
+            .or_default()
+            .push((kind, range));
+        Ok(range.start())
+    }
+
+    /// Gives back every range `slot` holds.
+    pub(super) fn free_slot(&mut self, slot: u8) {
+        for (kind, range) in self.held.remove(&slot).unwrap_or_default() {
+            let window = match kind {
+                WindowKind::Mmio64 => &mut self.mmio64,
+                _ => &mut self.mmio32,
+            };
+            if let Err(error) = window.free(&range) {
+                tracing::warn!(slot, %error, "freeing a BAR range");
+            }
+        }
+    }
 }
 
 impl PciBus {
@@ -44,17 +94,14 @@ impl PciBus {
         Some(sie_arch::acpi::intx_gsi(self.intx_gsis?, bdf.device, pin))
     }
 
-    /// Gives each BAR of a device an address: a 64-bit BAR above 4 GiB, a
-    /// 32-bit one in the window below.
-    fn place(&mut self, request: &BarRequest) -> std::result::Result<u64, vm_allocator::Error> {
-        let window = match request.kind {
-            BarKind::Memory64 { .. } => &mut self.mmio64,
-            BarKind::Memory32 => &mut self.mmio32,
-            // No I/O window: sie's PCI devices have memory BARs only.
-            BarKind::Io => return Err(vm_allocator::Error::ResourceNotAvailable),
-        };
-        let range = window.allocate(request.size, request.size, AllocPolicy::FirstMatch)?;
-        Ok(range.start())
+    /// The hotplug controller (its registers at [`sie_pci::HOTPLUG_PORT`]).
+    pub fn hotplug(&self) -> &Arc<HotplugController> {
+        &self.hotplug
+    }
+
+    /// The root, the controller and the windows, for run-time hotplug.
+    pub(super) fn into_parts(self) -> (Arc<PciRoot>, Arc<HotplugController>, BarWindows) {
+        (self.root, self.hotplug, self.windows)
     }
 }
 
@@ -219,11 +266,29 @@ impl DeviceManager<'_> {
             mmio64: (m64_base, m64_size),
             intx_gsis,
         }));
+        // Hotplug: the controller's registers on the port bus and the
+        // event device's line; the DSDT gets the slots and `GED1`.
+        let (irq, line) = self.allocate_line("pci-hotplug")?;
+        let hotplug = Arc::new(HotplugController::new(line));
+        self.add_pio(
+            "pci-hotplug",
+            HOTPLUG_PORT,
+            HOTPLUG_REGISTERS_LEN,
+            hotplug.clone(),
+        )?;
+        self.describe(AcpiDevice::PciHotplug {
+            port: HOTPLUG_PORT,
+            irq,
+        });
         self.pci = Some(PciBus {
             root,
             intx_gsis,
-            mmio32,
-            mmio64,
+            hotplug,
+            windows: BarWindows {
+                mmio32,
+                mmio64,
+                held: BTreeMap::new(),
+            },
         });
         Ok(())
     }
@@ -249,8 +314,9 @@ impl DeviceManager<'_> {
             ));
         };
         let root = pci.root.clone();
+        let windows = &mut pci.windows;
         root.add_device(device, &mut |request| {
-            pci.place(request).map_err(|e| Box::new(e) as _)
+            windows.place(request).map_err(|e| Box::new(e) as _)
         })
         .map_err(|error| VmmError::Device {
             name: name.to_string(),
@@ -282,12 +348,21 @@ mod tests {
         );
         assert!(matches!(
             layout.acpi.as_slice(),
-            [AcpiDevice::PciHostBridge(PciHostBridge {
-                ecam_base: layout::PCI_ECAM_START,
-                last_bus: 0,
-                ..
-            })]
+            [
+                AcpiDevice::PciHostBridge(PciHostBridge {
+                    ecam_base: layout::PCI_ECAM_START,
+                    last_bus: 0,
+                    ..
+                }),
+                AcpiDevice::PciHotplug {
+                    port: HOTPLUG_PORT,
+                    ..
+                }
+            ]
         ));
+        assert!(layout.pio.find(0xae00).is_some() && layout.pio.find(0xae0f).is_some());
+        assert!(layout.pio.find(0xae10).is_none());
+        assert!(layout.pci_hotplug.is_some());
     }
 
     #[test]
