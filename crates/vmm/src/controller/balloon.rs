@@ -9,7 +9,7 @@ use sie_config::{
 use sie_virtio::VirtioCore;
 use sie_virtio::balloon::Balloon;
 
-use super::handle::BEFORE_START;
+use super::phase_faults::BEFORE_START;
 use super::{Controller, Phase};
 
 const NOT_CONFIGURED: &str = "The balloon device is not configured.";

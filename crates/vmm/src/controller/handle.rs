@@ -10,13 +10,10 @@ use super::{Controller, PCI_NOT_SNAPSHOTTABLE, Phase, draft, sink};
 use crate::event_loop::Manager;
 use crate::vm::StartedVm;
 
+use super::phase_faults::{AFTER_START, BEFORE_START};
+
 /// How long `PATCH /vm Paused` waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub(super) const AFTER_START: &str =
-    "The requested operation is not supported after starting the microVM.";
-pub(super) const BEFORE_START: &str =
-    "The requested operation is not supported before starting the microVM.";
 
 /// An MMDS update's answer: 413 over the size limit, as in Firecracker.
 fn mmds_response(result: Result<(), sie_mmds::StoreError>) -> Response {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use event_manager::SubscriberOps;
 use sie_config::{Drive, NetworkInterface, Request, Response};
 
-use super::handle::AFTER_START;
+use super::phase_faults::AFTER_START;
 use super::{Controller, Phase};
 use crate::drive_hotplug::{Plugged, plug_drive, plug_net};
 use crate::event_loop::Manager;

@@ -16,6 +16,7 @@ mod handle;
 mod hotplug;
 pub mod metrics;
 mod migrate;
+mod phase_faults;
 pub mod sink;
 mod stats_json;
 
