@@ -3,8 +3,8 @@
 
 use super::*;
 
-/// Two pmem files from a Firecracker config file: an ext4 image the guest
-/// mounts (DAX when its kernel allows), reads and writes, and that L1 then
+/// Two pmem files from a Firecracker config file: an ext4 image (4 KiB
+/// blocks) the guest mounts with DAX, reads and writes, and that L1 then
 /// checks with e2fsck and debugfs; and a read-only file whose marker the
 /// guest reads, and whose bytes stay as they were (for the guest too) after
 /// it wrote to it. The guest's fsync reaches sie as FLUSH requests (counted in
@@ -41,7 +41,9 @@ i=0; until [ -b /dev/pmem1 ]; do i=$((i+1)); [ $i -gt 50 ] && break; sleep 0.1; 
 [ -b /dev/pmem0 ] && [ -b /dev/pmem1 ] && echo "@@L2 RESULT devices=pmem0,pmem1"
 echo "@@L2 RESULT pm1_head=$(dd if=/dev/pmem1 bs=16 count=1 2>/dev/null)"
 mkdir -p /mnt
-if mount -t ext4 -o dax /dev/pmem0 /mnt 2>/dev/null; then echo "@@L2 RESULT dax=yes"; else echo "@@L2 RESULT dax=no"; mount -t ext4 /dev/pmem0 /mnt; fi
+echo "@@L2 RESULT queue_dax=$(cat /sys/block/pmem0/queue/dax)"
+if mount -t ext4 -o dax /dev/pmem0 /mnt; then echo "@@L2 RESULT dax=yes"; else echo "@@L2 RESULT dax=no"; dmesg | tail -5; mount -t ext4 /dev/pmem0 /mnt; fi
+grep -q ' /mnt ext4 [^ ]*dax' /proc/mounts && echo "@@L2 RESULT mounted_dax=yes"
 echo "@@L2 RESULT guest_sha=$(sha256sum /mnt/data.bin | cut -c1-64)"
 echo written-through-pmem > /mnt/new.txt && sync && umount /mnt && echo "@@L2 RESULT wrote=yes"
 printf 'overwritten-by-l2' | dd of=/dev/pmem1 conv=notrunc,fsync 2>/dev/null
@@ -54,6 +56,11 @@ echo "@@L2 RESULT pm1_size=$(cat /sys/block/pmem1/size)""#,
             status_0_and(run, "pm1_head", "read-only-marker")?;
             let want = run.result("host_sha").ok_or("no host_sha")?;
             status_0_and(run, "guest_sha", &want)?;
+            // ext4 on /dev/pmem0 with -o dax: the file's pages are the host
+            // file's mapping, written without the page cache.
+            status_0_and(run, "queue_dax", "1")?;
+            status_0_and(run, "dax", "yes")?;
+            status_0_and(run, "mounted_dax", "yes")?;
             status_0_and(run, "wrote", "yes")?;
             status_0_and(run, "fsck", "0")?;
             status_0_and(run, "new_file", "written-through-pmem")?;
