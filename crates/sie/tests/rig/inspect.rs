@@ -133,27 +133,14 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 /// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
 /// `continue` lets the boot reach L2's /init, and gdb sees the VM exit.
 ///
-/// Breakpoints and watchpoints are not in this case: the rig's L0 QEMU
-/// (Debian's 7.2, TCG emulating AMD-V) never fires them in an L2 guest. Its
-/// VMRUN loads DR7 without arming its debug-register breakpoints (fixed in
-/// QEMU 9.1), and it checks an `int3` in the guest against the INTn
-/// intercept, not the #BP one KVM sets, so the `int3` reaches the guest.
+/// Breakpoints and watchpoints are in `inspect_gdb_breakpoints`.
 pub(crate) fn gdb_kernel() -> Case {
     let args = sie_e2e::l2_boot_args("inspect_gdb");
+    let prelude = kallsyms_boot(&args);
     Case {
         name: "inspect_gdb",
         l1_command: format!(
-            r#"rm -f /tmp/gdb.sock /tmp/kallsyms.img
-# A first boot, without gdb, leaves the kernel's kallsyms on a disk.
-dd if=/dev/zero of=/tmp/kallsyms.img bs=1M count=16 2>/dev/null
-sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" \
-    --disk /tmp/kallsyms.img,id=syms > /tmp/sie.syms 2>&1 || {{ cat /tmp/sie.syms; exit 9; }}
-tr -d '\000' < /tmp/kallsyms.img > /tmp/kallsyms
-jiffies=0x$(grep ' jiffies_64$' /tmp/kallsyms | cut -d' ' -f1)
-echo "@@L2 RESULT sym_jiffies_64=$jiffies"
-[ "$jiffies" != 0x ] || {{ cat /tmp/sie.syms; echo "no symbols from the first boot"; exit 9; }}
-# gdb's symbols: the text symbols in an ELF file.
-sietool kallsyms-elf {KERNEL_TEXT} {KERNEL_TEXT} /tmp/kernel.sym < /tmp/kallsyms || exit 9
+            r#"{prelude}
 SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
     --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
 pid=$!
@@ -195,17 +182,38 @@ grep '^@@L2 RESULT' /tmp/gdb.out
 cat /tmp/sie.out
 exit $status"#
         ),
-        // The first boot (with a disk) writes kallsyms to it and stops.
-        l2_script: Some(
-            "for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done; \
-             if [ -b /dev/vda ]; then cat /proc/kallsyms > /dev/vda; sync; exit 0; fi; \
-             echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
-             echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
-             echo \"@@L2 RESULT init=ok\"",
-        ),
+        l2_script: Some(KALLSYMS_L2),
         check: check_gdb_kernel,
     }
 }
+
+/// The first part of the gdb cases' L1 script: a boot under `nokaslr`
+/// without gdb leaves the kernel's kallsyms on a disk (`/tmp/kallsyms`),
+/// `$jiffies` is `jiffies_64`'s address, and `/tmp/kernel.sym` the text
+/// symbols as an ELF file for gdb.
+fn kallsyms_boot(args: &str) -> String {
+    format!(
+        r#"rm -f /tmp/gdb.sock /tmp/kallsyms.img
+# A first boot, without gdb, leaves the kernel's kallsyms on a disk.
+dd if=/dev/zero of=/tmp/kallsyms.img bs=1M count=16 2>/dev/null
+sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" \
+    --disk /tmp/kallsyms.img,id=syms > /tmp/sie.syms 2>&1 || {{ cat /tmp/sie.syms; exit 9; }}
+tr -d '\000' < /tmp/kallsyms.img > /tmp/kallsyms
+jiffies=0x$(grep ' jiffies_64$' /tmp/kallsyms | cut -d' ' -f1)
+echo "@@L2 RESULT sym_jiffies_64=$jiffies"
+[ "$jiffies" != 0x ] || {{ cat /tmp/sie.syms; echo "no symbols from the first boot"; exit 9; }}
+# gdb's symbols: the text symbols in an ELF file.
+sietool kallsyms-elf {KERNEL_TEXT} {KERNEL_TEXT} /tmp/kernel.sym < /tmp/kallsyms || exit 9"#
+    )
+}
+
+/// The gdb cases' L2 script: the first boot (with a disk) writes kallsyms
+/// to it and stops; the second prints where its symbols are.
+const KALLSYMS_L2: &str = "for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done; \
+     if [ -b /dev/vda ]; then cat /proc/kallsyms > /dev/vda; sync; exit 0; fi; \
+     echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
+     echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
+     echo \"@@L2 RESULT init=ok\"";
 
 fn hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
@@ -297,6 +305,120 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     );
     if two <= one {
         return Err(format!("jiffies_64 read {one:#x}, then {two:#x}"));
+    }
+    if !gdb.iter().any(|l| l.contains("exited normally")) {
+        return Err("gdb did not see the VM finish".into());
+    }
+    Ok(())
+}
+
+/// A hardware breakpoint and a watchpoint set by gdb fire in a booting
+/// Debian kernel (two vCPUs, the symbols of `inspect_gdb`): `hbreak` on
+/// `kernel_init` (the first task's function, run once during the boot)
+/// stops the guest with the pc at that symbol; after `delete`, `watch` on
+/// `jiffies_64` (a kernel variable the timer writes) stops it with gdb's
+/// old and new values, the new one larger and the value in memory; after
+/// another `delete` the boot reaches L2's /init. In the nested rig this
+/// needs an L0 QEMU of 9.1 or later, whose VMRUN arms the L2 guest's debug
+/// registers.
+pub(crate) fn gdb_breakpoints() -> Case {
+    let args = sie_e2e::l2_boot_args("inspect_gdb_breakpoints");
+    let prelude = kallsyms_boot(&args);
+    Case {
+        name: "inspect_gdb_breakpoints",
+        l1_command: format!(
+            r#"{prelude}
+echo "@@L2 RESULT sym_kernel_init=0x$(grep ' kernel_init$' /tmp/kallsyms | cut -d' ' -f1)"
+SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
+    --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
+pid=$!
+i=0
+until [ -S /tmp/gdb.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+timeout -k 5 200 gdb -nx -batch \
+  -ex 'set pagination off' -ex 'set confirm off' -ex 'set architecture i386:x86-64' \
+  -ex 'symbol-file /tmp/kernel.sym' \
+  -ex 'target remote /tmp/gdb.sock' \
+  -ex 'hbreak *kernel_init' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_break_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'delete' \
+  -ex 'watch *(unsigned long *)'"$jiffies" \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_watch_value=%lu\n", *(unsigned long *)'"$jiffies" \
+  -ex 'delete' \
+  -ex 'continue' > /tmp/gdb.out 2>&1
+echo "@@L2 RESULT gdb_status=$?"
+wait $pid
+status=$?
+sed 's/^/gdb| /' /tmp/gdb.out
+grep '^@@L2 RESULT' /tmp/gdb.out
+cat /tmp/sie.out
+exit $status"#
+        ),
+        l2_script: Some(KALLSYMS_L2),
+        check: check_gdb_breakpoints,
+    }
+}
+
+fn check_gdb_breakpoints(run: &CaseRun) -> Result<(), String> {
+    status_0_and(run, "init", "ok")?;
+    match run.result("gdb_status").as_deref() {
+        Some("0") => {}
+        other => return Err(format!("gdb exited with {other:?}")),
+    }
+    let kernel_init = result_hex(run, "sym_kernel_init")?;
+    if result_hex(run, "l2_kernel_init")? != kernel_init {
+        return Err("the first boot's kallsyms do not match the second's".into());
+    }
+    let gdb: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|line| line.trim_end().strip_prefix("gdb| "))
+        .collect();
+    // gdb says "Hardware assisted" when it sets the breakpoint, and
+    // "hit Breakpoint 1" for either kind when it fires.
+    if !gdb
+        .iter()
+        .any(|l| l.starts_with("Hardware assisted breakpoint 1 at "))
+    {
+        return Err("gdb did not set a hardware breakpoint on kernel_init".into());
+    }
+    if !gdb.iter().any(|l| l.contains("hit Breakpoint 1, ")) {
+        return Err("the hardware breakpoint on kernel_init did not fire".into());
+    }
+    let pc = result_hex(run, "gdb_break_pc")?;
+    if pc != kernel_init {
+        return Err(format!(
+            "the breakpoint stopped at {pc:#x}, not at kernel_init ({kernel_init:#x})"
+        ));
+    }
+    // A software watchpoint (single-stepping the whole boot) would not do.
+    if !gdb.iter().any(|l| l.starts_with("Hardware watchpoint 2: ")) {
+        return Err("gdb did not set a hardware watchpoint on jiffies_64".into());
+    }
+    if !gdb
+        .iter()
+        .any(|l| l.contains("hit Hardware watchpoint 2: "))
+    {
+        return Err("the watchpoint on jiffies_64 did not fire".into());
+    }
+    let value = |prefix: &str| {
+        gdb.iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(format!("gdb printed no `{prefix}` for jiffies_64"))
+    };
+    let (old, new) = (value("Old value = ")?, value("New value = ")?);
+    if new <= old {
+        return Err(format!("jiffies_64 went from {old} to {new}"));
+    }
+    match run.result("gdb_watch_value").as_deref() {
+        Some(v) if v.parse::<u64>().ok() == Some(new) => {}
+        other => {
+            return Err(format!(
+                "jiffies_64 read {other:?} after gdb's new value {new}"
+            ));
+        }
     }
     if !gdb.iter().any(|l| l.contains("exited normally")) {
         return Err("gdb did not see the VM finish".into());

@@ -270,6 +270,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         panic_core(),
         gdb_kernel(),
         gdb_attach_running(),
+        gdb_breakpoints(),
         cpu_template_custom(),
         nested_svm(),
         cpu_template_static(),
