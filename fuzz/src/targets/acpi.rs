@@ -123,9 +123,16 @@ pub fn run(data: &[u8]) {
         .iter()
         .filter(|d| matches!(d, AcpiDevice::PciHotplug { .. }))
         .count();
-    assert!(hotplugs == 0 || (hotplugs == 1 && bridges == 1), "hotplug needs one bridge");
+    assert!(
+        hotplugs == 0 || (hotplugs == 1 && bridges == 1),
+        "hotplug needs one bridge"
+    );
     let geds = dsdt.windows(4).filter(|w| w == b"GED1").count();
-    assert_eq!(geds > 0, hotplugs == 1, "the hotplug event device iff hotplug");
+    assert_eq!(
+        geds > 0,
+        hotplugs == 1,
+        "the hotplug event device iff hotplug"
+    );
 }
 
 fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
