@@ -124,7 +124,7 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 ///
 /// gdb, in batch mode, finds the guest stopped before its first
 /// instruction; `continue` runs it and Ctrl-C (SIGINT to gdb) stops it
-/// half-way through the boot: every vCPU stopped (`info threads` lists
+/// once L2's /init has printed its results and sleeps: every vCPU stopped (`info threads` lists
 /// both), `bt` starts at the stopped pc in a kernel function it names (no
 /// deeper frame is checked: without the kernel's unwind data gdb guesses
 /// them), `jiffies_64` is read by its kernel
@@ -171,7 +171,13 @@ after() {{
   i=0
   until grep -q "$1" /tmp/gdb.out; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done
 }}
-after gdb_first_pc; sleep 4; kill -INT $gdb
+after gdb_first_pc
+# Once L2's /init has printed its results it sleeps: both vCPUs are then in
+# the kernel (a Ctrl-C while /init's programs run would stop one in user
+# space, where no kernel symbol names the pc).
+i=0
+until grep -q 'init=ok' /tmp/sie.out; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.2; done
+sleep 1; kill -INT $gdb
 after gdb_step_pc; sleep 2; kill -INT $gdb
 wait $gdb
 echo "@@L2 RESULT gdb_status=$?"
@@ -208,12 +214,13 @@ sietool kallsyms-elf {KERNEL_TEXT} {KERNEL_TEXT} /tmp/kernel.sym < /tmp/kallsyms
 }
 
 /// The gdb cases' L2 script: the first boot (with a disk) writes kallsyms
-/// to it and stops; the second prints where its symbols are.
+/// to it and stops; the second prints where its symbols are, then sleeps
+/// 8 s, idle in the kernel, where gdb's Ctrl-C finds both vCPUs.
 const KALLSYMS_L2: &str = "for m in virtio_ring virtio virtio_mmio virtio_blk; do insmod /modules/$m.ko; done; \
      if [ -b /dev/vda ]; then cat /proc/kallsyms > /dev/vda; sync; exit 0; fi; \
      echo \"@@L2 RESULT l2_jiffies_64=$(grep ' jiffies_64$' /proc/kallsyms | cut -d' ' -f1)\"; \
      echo \"@@L2 RESULT l2_kernel_init=$(grep ' kernel_init$' /proc/kallsyms | cut -d' ' -f1)\"; \
-     echo \"@@L2 RESULT init=ok\"";
+     echo \"@@L2 RESULT init=ok\"; sleep 8";
 
 fn hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
