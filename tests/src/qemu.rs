@@ -158,9 +158,9 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
     };
     let mut command = Command::new("qemu-system-x86_64");
     command
-        .args([
-            "-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "2048", "-smp", "2",
-        ])
+        .args(["-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "2048"])
+        // SIE_RIG_L1_SMP: L1's CPU count (2 unless set), for rig experiments.
+        .args(["-smp", &l1_cpus()])
         .args(["-nographic", "-no-reboot", "-monitor", "none"])
         // An emulated VT-d and QEMU's `edu` PCI device (1234:11e8): L1 binds
         // edu to vfio-pci so sie can pass it to L2 (docs/vfio.md).
@@ -193,6 +193,16 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
         Err(error) => run.error = Some(error),
     }
     run
+}
+
+/// L1's vCPU count: `SIE_RIG_L1_SMP` when it is a number from 1 to 8, else 2.
+fn l1_cpus() -> String {
+    std::env::var("SIE_RIG_L1_SMP")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|n| (1..=8).contains(n))
+        .unwrap_or(2)
+        .to_string()
 }
 
 #[cfg(test)]

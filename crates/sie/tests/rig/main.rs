@@ -24,6 +24,7 @@ mod memdev;
 mod memory;
 mod pci;
 mod snapshot;
+mod stability;
 mod vfio;
 mod virtio;
 
@@ -36,6 +37,7 @@ use memdev::*;
 use memory::*;
 use pci::*;
 use snapshot::*;
+use stability::*;
 use vfio::*;
 use virtio::*;
 
@@ -254,6 +256,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_pci(),
         pci_hotplug(),
         virtio_vsock(),
+        blk_dd_2vcpu_x10(),
         bench_blk(),
         bench_net(),
         direct_runner(),
