@@ -297,7 +297,13 @@ pub fn serve(
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
     loop {
-        event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        // Only metrics written without being asked need a deadline; all
+        // else wakes the loop through a descriptor (see event_loop).
+        let timeout = controller
+            .metrics
+            .has_sink()
+            .then(|| next_metrics.saturating_duration_since(Instant::now()));
+        event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
         controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
@@ -307,9 +313,6 @@ pub fn serve(
             }
         }
         controller.serve_gdb();
-        if let Phase::Running(vm) = &controller.phase {
-            vm.devices.console.flush_pending();
-        }
         if Instant::now() >= next_metrics {
             controller.flush_metrics();
             next_metrics = Instant::now() + period;
@@ -474,6 +477,9 @@ impl Controller {
         paused: bool,
         manager: &mut Manager,
     ) -> Result<()> {
+        let flush = crate::console::ConsoleFlush::new(&built.devices.console)
+            .map_err(host_error("watching the console"))?;
+        manager.add_subscriber(Box::new(flush));
         if let Some(mut socket) = self.console_socket.take() {
             if let Some((sink, room)) = built.devices.serial_input() {
                 socket.set_input(sink, room);
@@ -494,6 +500,7 @@ impl Controller {
         if let Some(path) = gdb_socket {
             let server = crate::gdb::GdbServer::wait_for_gdb(std::path::Path::new(path))
                 .map_err(|e| VmmError::Gdb(Box::new(e)))?;
+            manager.add_subscriber(Box::new(server.waker()));
             self.gdb = Some(server);
         }
         let paused = paused || self.gdb.is_some();
