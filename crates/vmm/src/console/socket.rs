@@ -409,6 +409,54 @@ mod tests {
     }
 
     #[test]
+    fn output_a_full_client_could_not_take_reaches_it_as_it_reads_and_then_nothing_polls() {
+        use event_manager::{EventManager, SubscriberOps};
+        const SIZE: usize = 1 << 20;
+        let path = scratch("room");
+        let socket = ConsoleSocket::bind(&path, 2 * SIZE).unwrap();
+        let shared = socket.shared.clone();
+        let mut out = socket.output();
+        let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().unwrap();
+        manager.add_subscriber(Box::new(socket));
+        let mut client = UnixStream::connect(&path).unwrap();
+        while lock(&shared).client.is_none() {
+            manager.run_with_timeout(10_000).unwrap();
+        }
+
+        // More than the socket holds: the rest waits in the ring.
+        out.write_all(&vec![b'x'; SIZE]).unwrap();
+        assert!(lock(&shared).waiting_for_room);
+        let reader = std::thread::spawn(move || {
+            let mut total = 0;
+            let mut chunk = vec![0u8; 64 << 10];
+            while total < SIZE {
+                match client.read(&mut chunk).unwrap() {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            total
+        });
+        // No more guest output: only the client's room drains the ring.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !lock(&shared).ring.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ring never drained"
+            );
+            manager.run_with_timeout(10_000).unwrap();
+        }
+        assert_eq!(reader.join().unwrap(), SIZE);
+        assert!(!lock(&shared).waiting_for_room);
+        // Delivered: the loop no longer watches for room (it would spin).
+        manager.run_with_timeout(0).unwrap();
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
+        drop(manager);
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn a_live_socket_is_not_taken_and_a_stale_one_is_replaced() {
         let path = scratch("live");
         let first = ConsoleSocket::bind(&path, 64).unwrap();
