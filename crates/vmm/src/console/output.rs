@@ -3,9 +3,9 @@
 //!
 //! Flushed at each newline, when the buffer fills, at exit, and for a
 //! partial line (a prompt) once its flush deadline passes: the first byte
-//! left buffered writes the wake the event loop's `ConsoleFlush` waits on, which arms a
-//! one-shot timer on the event loop. Nothing is armed, and the VMM thread
-//! sleeps, while no output waits.
+//! left buffered writes the eventfd the event loop's `ConsoleFlush` waits
+//! on, which arms a one-shot timer (`flush.rs`). Nothing is armed, and the
+//! VMM thread sleeps, while no output waits.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
