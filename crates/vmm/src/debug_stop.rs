@@ -6,9 +6,10 @@
 //! It lives apart from both so that the vCPU threads and the stub, which
 //! also drives the vCPUs, do not import each other.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sie_hv::DebugExit;
+use vmm_sys_util::eventfd::EventFd;
 
 /// One vCPU's debug stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,18 +20,35 @@ pub struct DebugStop {
     pub exit: DebugExit,
 }
 
-/// The stops not yet taken, oldest first.
+/// The stops not yet taken, oldest first, and the stub's wake-up.
 #[derive(Debug, Default)]
-pub struct DebugStops(Mutex<Vec<DebugStop>>);
+pub struct DebugStops {
+    stops: Mutex<Vec<DebugStop>>,
+    /// Written after each stop (once the gdb stub gave one).
+    wake: OnceLock<Arc<EventFd>>,
+}
 
 impl DebugStops {
-    /// Records a stop (on the vCPU thread).
+    /// Records a stop (on the vCPU thread) and wakes the stub.
     pub fn push(&self, stop: DebugStop) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(stop);
+        self.stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stop);
+        if let Some(wake) = self.wake.get() {
+            // A full counter still wakes the loop.
+            let _ = wake.write(1);
+        }
+    }
+
+    /// Has `wake` written after each stop from now on (the first call
+    /// wins: one stub per VM).
+    pub fn set_wake(&self, wake: Arc<EventFd>) {
+        let _ = self.wake.set(wake);
     }
 
     /// Takes every recorded stop.
     pub fn take(&self) -> Vec<DebugStop> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.stops.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

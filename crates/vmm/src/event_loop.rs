@@ -1,5 +1,11 @@
-//! The VMM's event thread: console input, periodic console flush, signals,
-//! and the wake-up that says the VM is over.
+//! The VMM's event thread: console input and output, signals, and the
+//! wake-up that says the VM is over.
+//!
+//! The thread sleeps in epoll with no timeout: everything it serves says
+//! so through a descriptor when it has something (an eventfd a producer
+//! writes, a timerfd armed only while work is pending, a socket), so an
+//! idle or paused VM costs no wake-ups. The one deadline not behind a
+//! descriptor, periodic metrics, is the caller's timeout.
 //!
 //! SIGINT, SIGTERM and SIGHUP are blocked in every thread (the mask is set
 //! before the vCPU threads start, and they inherit it) and read here through
@@ -8,15 +14,12 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
 use crate::control::VmControl;
 use crate::outcome::VmOutcome;
-
-/// How often buffered console output is flushed when the guest writes a
-/// partial line (a shell prompt).
-const FLUSH_TICK_MS: i32 = 20;
 
 /// The signals that stop sie cleanly.
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -114,10 +117,31 @@ pub fn new_manager(control: &Arc<VmControl>, signals: Option<OwnedFd>) -> std::i
     Ok(manager)
 }
 
-/// One round of events: waits at most one console flush tick.
-pub fn run_once(manager: &mut Manager) -> std::io::Result<()> {
+/// One round of events: waits until something happens or `timeout`
+/// passes (`None`: until something happens).
+pub fn run_once(manager: &mut Manager, timeout: Option<Duration>) -> std::io::Result<()> {
     manager
-        .run_with_timeout(FLUSH_TICK_MS)
+        .run_with_timeout(timeout.map_or(-1, epoll_timeout_ms))
         .map(|_| ())
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// `timeout` in epoll's milliseconds, rounded up: rounded down, the last
+/// millisecond before a deadline would spin.
+fn epoll_timeout_ms(timeout: Duration) -> i32 {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    i32::try_from(ms).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(epoll_timeout_ms(Duration::ZERO), 0);
+        assert_eq!(epoll_timeout_ms(Duration::from_micros(1)), 1);
+        assert_eq!(epoll_timeout_ms(Duration::from_millis(20)), 20);
+        assert_eq!(epoll_timeout_ms(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
 }

@@ -2,6 +2,7 @@
 //! a console socket a client attaches to), stdin (or that client) to COM1,
 //! and the terminal in raw mode while the guest owns it.
 
+pub mod flush;
 pub mod input;
 pub mod output;
 pub mod ring;
@@ -9,6 +10,7 @@ pub mod sinks;
 pub mod socket;
 pub mod terminal;
 
+pub use flush::ConsoleFlush;
 pub use input::ConsoleInput;
 pub use output::ConsoleOutput;
 pub use socket::{ConsoleSocket, ConsoleSocketError, ConsoleSocketOutput};

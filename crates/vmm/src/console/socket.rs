@@ -16,7 +16,9 @@
 //! Threads: vCPUs write output through [`ConsoleSocketOutput`] (behind the
 //! console's line buffer); the VMM thread accepts, reads input and drains
 //! the ring through [`ConsoleSocket`]. Both hold the one lock only for
-//! non-blocking calls.
+//! non-blocking calls. When the client's socket is full, whoever found it
+//! so writes the backlog eventfd once, and the VMM thread watches the
+//! client for room (EPOLLOUT) until the ring is empty: nothing polls.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
@@ -31,6 +33,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::input::SerialInput;
 use super::ring::RingBuffer;
 
+/// What the client's socket is watched for while its input is wanted.
+const READ: EventSet = EventSet::IN.union(EventSet::READ_HANG_UP);
+
 /// What the old client reads when another takes the console over.
 const TAKEN_OVER: &[u8] = b"\r\n[sie: another client attached to this console]\r\n";
 
@@ -40,24 +45,36 @@ struct Shared {
     /// Shared with the reading side rather than duplicated: the VMM
     /// thread's seccomp filter allows no `dup`.
     client: Option<Arc<UnixStream>>,
+    /// Written when the client's socket is full and output waits.
+    backlog: Arc<EventFd>,
+    /// Output waits for room in the client's socket (the VMM thread
+    /// watches it for EPOLLOUT); cleared once the ring is empty.
+    waiting_for_room: bool,
 }
 
 impl Shared {
     /// Sends what the ring holds, as far as the client takes it without
-    /// blocking; a client that failed is let go.
+    /// blocking; a client that failed is let go. What is left over wakes
+    /// the VMM thread once, to wait for room.
     fn drain(&mut self) {
         while let Some(client) = &mut self.client {
             if self.ring.is_empty() {
-                return;
+                break;
             }
             match send(client, self.ring.front()) {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(sent) => self.ring.consume(sent),
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => self.client = None,
             }
         }
+        let waiting = self.client.is_some() && !self.ring.is_empty();
+        if waiting && !self.waiting_for_room {
+            // A full counter still wakes the loop.
+            let _ = self.backlog.write(1);
+        }
+        self.waiting_for_room = waiting;
     }
 }
 
@@ -118,7 +135,7 @@ pub enum ConsoleSocketError {
     /// A file that is not a socket is in the way.
     #[error("console socket {0}: a file that is not a socket is in the way")]
     NotASocket(PathBuf),
-    /// Binding failed.
+    /// Binding (or making its eventfd) failed.
     #[error("console socket {path}")]
     Io {
         /// The path.
@@ -141,7 +158,10 @@ pub struct ConsoleSocket {
     reader: Option<Arc<UnixStream>>,
     input: Option<(Arc<dyn SerialInput>, EventFd)>,
     pending: Vec<u8>,
-    reading: bool,
+    /// What the client's socket is watched for (empty: not watched).
+    watched: EventSet,
+    /// The same eventfd as `shared`'s.
+    backlog: Arc<EventFd>,
 }
 
 impl ConsoleSocket {
@@ -169,6 +189,8 @@ impl ConsoleSocket {
         let identity = std::fs::symlink_metadata(path)
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));
+        let backlog =
+            Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(io_error)?);
         Ok(Self {
             listener,
             path: path.to_path_buf(),
@@ -176,11 +198,14 @@ impl ConsoleSocket {
             shared: Arc::new(Mutex::new(Shared {
                 ring: RingBuffer::new(ring_bytes),
                 client: None,
+                backlog: backlog.clone(),
+                waiting_for_room: false,
             })),
             reader: None,
             input: None,
             pending: Vec::new(),
-            reading: false,
+            watched: EventSet::empty(),
+            backlog,
         })
     }
 
@@ -207,17 +232,11 @@ impl ConsoleSocket {
             }
             self.detach(ops, Some(TAKEN_OVER));
             let stream = Arc::new(stream);
-            if ops
-                .add(Events::new(
-                    stream.as_ref(),
-                    EventSet::IN | EventSet::READ_HANG_UP,
-                ))
-                .is_err()
-            {
+            if ops.add(Events::new(stream.as_ref(), READ)).is_err() {
                 continue;
             }
             self.reader = Some(stream.clone());
-            self.reading = true;
+            self.watched = READ;
             let mut shared = lock(&self.shared);
             shared.client = Some(stream);
             // The replay: everything kept while nobody was attached.
@@ -231,18 +250,16 @@ impl ConsoleSocket {
         let Some(reader) = self.reader.take() else {
             return;
         };
-        if self.reading {
-            let _ = ops.remove(Events::new(
-                reader.as_ref(),
-                EventSet::IN | EventSet::READ_HANG_UP,
-            ));
+        if !self.watched.is_empty() {
+            let _ = ops.remove(Events::new(reader.as_ref(), self.watched));
         }
-        self.reading = false;
+        self.watched = EventSet::empty();
         let mut shared = lock(&self.shared);
         if let (Some(client), Some(why)) = (&shared.client, why) {
             let _ = send(client, why);
         }
         shared.client = None;
+        shared.waiting_for_room = false;
         let _ = reader.shutdown(std::net::Shutdown::Both);
         // Input that did not reach the guest belonged to that client.
         self.pending.clear();
@@ -277,18 +294,32 @@ impl ConsoleSocket {
     }
 
     /// Reads from the client only while the guest has taken everything
-    /// read so far (the UART's FIFO holds 64 bytes).
+    /// read so far (the UART's FIFO holds 64 bytes); waits for room in its
+    /// socket only while output waits for it.
     fn update_interest(&mut self, ops: &mut EventOps) {
         let Some(reader) = &self.reader else {
             return;
         };
-        let want = self.pending.is_empty();
-        let events = Events::new(reader.as_ref(), EventSet::IN | EventSet::READ_HANG_UP);
-        if want && !self.reading {
-            self.reading = ops.add(events).is_ok();
-        } else if !want && self.reading {
-            let _ = ops.remove(events);
-            self.reading = false;
+        let mut want = EventSet::empty();
+        if self.pending.is_empty() {
+            want |= READ;
+        }
+        if lock(&self.shared).waiting_for_room {
+            want |= EventSet::OUT;
+        }
+        if want == self.watched {
+            return;
+        }
+        let events = Events::new(reader.as_ref(), want);
+        let done = if self.watched.is_empty() {
+            ops.add(events)
+        } else if want.is_empty() {
+            ops.remove(Events::new(reader.as_ref(), self.watched))
+        } else {
+            ops.modify(events)
+        };
+        if done.is_ok() {
+            self.watched = want;
         }
     }
 }
@@ -296,6 +327,7 @@ impl ConsoleSocket {
 impl MutEventSubscriber for ConsoleSocket {
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.listener, EventSet::IN));
+        let _ = ops.add(Events::new(self.backlog.as_ref(), EventSet::IN));
         if let Some((_, room)) = &self.input {
             let _ = ops.add(Events::new(room, EventSet::IN));
         }
@@ -305,13 +337,24 @@ impl MutEventSubscriber for ConsoleSocket {
         let fd = events.fd();
         if fd == self.listener.as_raw_fd() {
             self.accept(ops);
+        } else if fd == self.backlog.as_raw_fd() {
+            // `update_interest` below starts watching for room.
+            let _ = self.backlog.read();
         } else if let Some((_, room)) = &self.input
             && fd == room.as_raw_fd()
         {
             let _ = room.read();
         } else if self.reader.as_ref().is_some_and(|r| r.as_raw_fd() == fd) {
-            let readable = events.event_set().contains(EventSet::IN);
-            if !readable || !self.read_client() {
+            let set = events.event_set();
+            if set.contains(EventSet::OUT) {
+                lock(&self.shared).drain();
+            }
+            let gone = if set.contains(EventSet::IN) {
+                !self.read_client()
+            } else {
+                set.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
+            };
+            if gone {
                 self.detach(ops, None);
                 tracing::info!("console: the client detached");
             }
@@ -363,6 +406,54 @@ mod tests {
         client.read_to_end(&mut seen).unwrap();
         assert_eq!(seen, b"e 1\nboot line 2\nlive\n");
         assert!(!path.exists(), "the socket file is removed");
+    }
+
+    #[test]
+    fn output_a_full_client_could_not_take_reaches_it_as_it_reads_and_then_nothing_polls() {
+        use event_manager::{EventManager, SubscriberOps};
+        const SIZE: usize = 1 << 20;
+        let path = scratch("room");
+        let socket = ConsoleSocket::bind(&path, 2 * SIZE).unwrap();
+        let shared = socket.shared.clone();
+        let mut out = socket.output();
+        let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().unwrap();
+        manager.add_subscriber(Box::new(socket));
+        let mut client = UnixStream::connect(&path).unwrap();
+        while lock(&shared).client.is_none() {
+            manager.run_with_timeout(10_000).unwrap();
+        }
+
+        // More than the socket holds: the rest waits in the ring.
+        out.write_all(&vec![b'x'; SIZE]).unwrap();
+        assert!(lock(&shared).waiting_for_room);
+        let reader = std::thread::spawn(move || {
+            let mut total = 0;
+            let mut chunk = vec![0u8; 64 << 10];
+            while total < SIZE {
+                match client.read(&mut chunk).unwrap() {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            total
+        });
+        // No more guest output: only the client's room drains the ring.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !lock(&shared).ring.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ring never drained"
+            );
+            manager.run_with_timeout(10_000).unwrap();
+        }
+        assert_eq!(reader.join().unwrap(), SIZE);
+        assert!(!lock(&shared).waiting_for_room);
+        // Delivered: the loop no longer watches for room (it would spin).
+        manager.run_with_timeout(0).unwrap();
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
+        drop(manager);
+        assert!(!path.exists());
     }
 
     #[test]

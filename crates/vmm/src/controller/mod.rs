@@ -297,7 +297,8 @@ pub fn serve(
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
     loop {
-        event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        let timeout = round_timeout(controller.metrics.has_sink(), next_metrics, Instant::now());
+        event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
         controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
@@ -307,9 +308,6 @@ pub fn serve(
             }
         }
         controller.serve_gdb();
-        if let Phase::Running(vm) = &controller.phase {
-            vm.devices.console.flush_pending();
-        }
         if Instant::now() >= next_metrics {
             controller.flush_metrics();
             next_metrics = Instant::now() + period;
@@ -354,6 +352,14 @@ pub fn serve(
     crate::snapshot::lazy::finish_recordings(Duration::from_secs(5));
     drop(controller.terminal.take());
     Ok(served)
+}
+
+/// How long a round of events may wait: until the next periodic metrics
+/// line when there is a metrics file to write it to, else until something
+/// happens (everything else wakes the loop through a descriptor, see
+/// `event_loop`).
+fn round_timeout(metrics_sink: bool, next_metrics: Instant, now: Instant) -> Option<Duration> {
+    metrics_sink.then(|| next_metrics.saturating_duration_since(now))
 }
 
 impl Controller {
@@ -474,6 +480,9 @@ impl Controller {
         paused: bool,
         manager: &mut Manager,
     ) -> Result<()> {
+        let flush = crate::console::ConsoleFlush::new(&built.devices.console)
+            .map_err(host_error("watching the console"))?;
+        manager.add_subscriber(Box::new(flush));
         if let Some(mut socket) = self.console_socket.take() {
             if let Some((sink, room)) = built.devices.serial_input() {
                 socket.set_input(sink, room);
@@ -494,6 +503,7 @@ impl Controller {
         if let Some(path) = gdb_socket {
             let server = crate::gdb::GdbServer::wait_for_gdb(std::path::Path::new(path))
                 .map_err(|e| VmmError::Gdb(Box::new(e)))?;
+            manager.add_subscriber(Box::new(server.waker()));
             self.gdb = Some(server);
         }
         let paused = paused || self.gdb.is_some();
@@ -624,5 +634,23 @@ pub fn run(
         Served::NeverStarted(_) => Err(VmmError::Platform(
             "the VM was stopped before it started".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_waits_for_the_next_metrics_line_only_with_a_metrics_file() {
+        let now = Instant::now();
+        let next = now + Duration::from_secs(60);
+        assert_eq!(round_timeout(false, next, now), None);
+        assert_eq!(
+            round_timeout(true, next, now),
+            Some(Duration::from_secs(60))
+        );
+        // Overdue: the round does not wait at all.
+        assert_eq!(round_timeout(true, now, next), Some(Duration::ZERO));
     }
 }

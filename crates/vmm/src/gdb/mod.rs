@@ -3,11 +3,18 @@
 //!
 //! `sie run --gdb-socket PATH` (or machine-config `gdb_socket_path`) binds
 //! the socket, starts the VM with every vCPU paused and waits for gdb before
-//! the first guest instruction. Then each round of the VMM's event loop
-//! [`GdbServer::serve`] feeds gdb's bytes to the protocol state machine and
-//! reports debug stops ([`crate::debug_stop`]). When gdb detaches the
-//! breakpoints go and the VM runs on, and another gdb may attach to the
-//! running VM later on the same socket; `kill` ends the VM.
+//! the first guest instruction. Then, after each round of the VMM's event
+//! loop, [`GdbServer::serve`] feeds gdb's bytes to the protocol state
+//! machine and reports debug stops ([`crate::debug_stop`]). When gdb
+//! detaches the breakpoints go and the VM runs on, and another gdb may
+//! attach to the running VM later on the same socket; `kill` ends the VM.
+//!
+//! The event loop sleeps until there is something for the stub: gdb's
+//! socket readable, a gdb connecting (the listener is watched only while
+//! none is attached: one session at a time), or a vCPU's debug stop (its
+//! eventfd). The stub keeps those in an epoll set of its own, which the
+//! loop watches as one descriptor ([`GdbServer::waker`]): a session's
+//! socket leaves that set by itself when it closes.
 //!
 //! ```text
 //! gdb vmlinux -ex 'target remote /tmp/sie.gdb'
@@ -19,9 +26,14 @@ mod paging;
 mod target;
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -53,6 +65,9 @@ pub enum GdbError {
     /// The protocol state machine could not be built.
     #[error("starting the GDB protocol: {0}")]
     Protocol(String),
+    /// The stub's epoll set or eventfd could not be made.
+    #[error("watching gdb's socket")]
+    Watch(#[source] std::io::Error),
 }
 
 /// The socket gdb talks on: bytes to gdb are gathered and written at each
@@ -104,6 +119,35 @@ pub struct GdbServer {
     target: VmTarget,
     listener: UnixListener,
     path: PathBuf,
+    /// What the stub waits for (see the module docs).
+    watch: Arc<Epoll>,
+    /// The listener is in `watch` (while no gdb is attached).
+    listening: bool,
+    /// Written by a vCPU that left a debug stop.
+    stops: Arc<EventFd>,
+}
+
+/// Wakes the event loop when the stub has something to do; the work is
+/// [`GdbServer::serve`]'s, after the round of events.
+pub struct GdbWake(Arc<Epoll>);
+
+impl MutEventSubscriber for GdbWake {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.0.as_ref(), EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
+}
+
+/// Adds (`add`) or removes `fd` in `watch`, for reading.
+fn watch_fd(watch: &Epoll, fd: RawFd, add: bool) -> std::io::Result<()> {
+    let operation = if add {
+        ControlOperation::Add
+    } else {
+        ControlOperation::Delete
+    };
+    let data = u64::try_from(fd).unwrap_or_default();
+    watch.ctl(operation, fd, EpollEvent::new(EventSet::IN, data))
 }
 
 impl GdbServer {
@@ -123,17 +167,44 @@ impl GdbServer {
         tracing::info!("waiting for gdb on {}", path.display());
         // Later sessions are accepted between two rounds of events.
         listener.set_nonblocking(true).map_err(GdbError::Accept)?;
+        let watched = || -> std::io::Result<_> {
+            let watch = Epoll::new()?;
+            let stops = EventFd::new(EFD_NONBLOCK)?;
+            watch_fd(&watch, stops.as_raw_fd(), true)?;
+            Ok((watch, stops))
+        };
+        let (watch, stops) = watched().map_err(GdbError::Watch).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })?;
         let stream = accept_or_stop(&listener).inspect_err(|_| {
             let _ = std::fs::remove_file(path);
         })?;
-        let stub = start_session(stream)?;
+        let stub = start_session(stream, &watch)?;
         tracing::info!("gdb attached on {}", path.display());
         Ok(Self {
             stub: Some(stub),
             target: VmTarget::default(),
             listener,
             path: path.to_path_buf(),
+            watch: Arc::new(watch),
+            listening: false,
+            stops: Arc::new(stops),
         })
+    }
+
+    /// The event-loop subscriber that wakes the loop for this stub.
+    pub fn waker(&self) -> GdbWake {
+        GdbWake(self.watch.clone())
+    }
+
+    /// Watches the listener exactly while no gdb is attached: a second
+    /// gdb waits in the backlog until the first leaves.
+    fn watch_listener(&mut self) {
+        let want = self.stub.is_none();
+        if want != self.listening && watch_fd(&self.watch, self.listener.as_raw_fd(), want).is_ok()
+        {
+            self.listening = want;
+        }
     }
 
     /// A gdb connecting to a running VM: every vCPU is paused first, then
@@ -145,7 +216,7 @@ impl GdbServer {
             Err(e) => return Err(format!("accepting gdb: {e}")),
         };
         self.target.pause_all()?;
-        self.stub = Some(start_session(stream).map_err(|e| e.to_string())?);
+        self.stub = Some(start_session(stream, &self.watch).map_err(|e| e.to_string())?);
         tracing::info!("gdb attached on {}", self.path.display());
         Ok(())
     }
@@ -164,6 +235,10 @@ impl GdbServer {
     /// Handles what gdb sent and what the vCPUs reported since the last
     /// call; returns the VM it was lent.
     pub fn serve(&mut self, vm: Box<StartedVm>) -> Box<StartedVm> {
+        // Read before the stops are looked at: a stop left after this
+        // wakes the loop again.
+        let _ = self.stops.read();
+        vm.debug_stops.set_wake(self.stops.clone());
         self.target.vm = Some(vm);
         if self.stub.is_none()
             && let Err(error) = self.accept_later()
@@ -179,6 +254,7 @@ impl GdbServer {
                 }
             }
         }
+        self.watch_listener();
         match self.target.vm.take() {
             Some(vm) => vm,
             // `target` only lends the VM back; it never drops it.
@@ -288,9 +364,11 @@ fn stop_signal_pending() -> bool {
         .any(|&signal| unsafe { libc::sigismember(&set, signal) } == 1)
 }
 
-/// A protocol session on a new connection.
-fn start_session(stream: UnixStream) -> Result<Stub, GdbError> {
+/// A protocol session on a new connection, watched in `watch` (until the
+/// connection closes).
+fn start_session(stream: UnixStream, watch: &Epoll) -> Result<Stub, GdbError> {
     stream.set_nonblocking(true).map_err(GdbError::Accept)?;
+    watch_fd(watch, stream.as_raw_fd(), true).map_err(GdbError::Watch)?;
     let connection = GdbConnection {
         stream,
         out: Vec::with_capacity(4096),
