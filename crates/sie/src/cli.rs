@@ -296,6 +296,15 @@ pub enum MigrateCommand {
         /// Give up (the VM runs on here) after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// Never slow the guest down: by default, when the pre-copy rounds
+        /// do not shrink, its vCPUs sit out a growing share of every 10 ms
+        /// (20%, then 10 more a round, at most 99%) until they do.
+        #[arg(long)]
+        no_auto_converge: bool,
+        /// Send at most this many MiB per second (default: as fast as the
+        /// link goes).
+        #[arg(long, value_name = "MIB_PER_S")]
+        max_bandwidth_mib_s: Option<u64>,
     },
     /// How the migration goes (GET /migration).
     Status {

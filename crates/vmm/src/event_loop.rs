@@ -114,10 +114,18 @@ pub fn new_manager(control: &Arc<VmControl>, signals: Option<OwnedFd>) -> std::i
     Ok(manager)
 }
 
-/// One round of events: waits at most one console flush tick.
-pub fn run_once(manager: &mut Manager) -> std::io::Result<()> {
+/// One round of events: waits at most one console flush tick, or less
+/// when something is due sooner (`at_most`, rounded up to a millisecond).
+pub fn run_once(
+    manager: &mut Manager,
+    at_most: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    let wait_ms = at_most.map_or(FLUSH_TICK_MS, |due| {
+        i32::try_from(due.as_micros().div_ceil(1000))
+            .map_or(FLUSH_TICK_MS, |ms| ms.min(FLUSH_TICK_MS))
+    });
     manager
-        .run_with_timeout(FLUSH_TICK_MS)
+        .run_with_timeout(wait_ms)
         .map(|_| ())
         .map_err(|e| std::io::Error::other(e.to_string()))
 }

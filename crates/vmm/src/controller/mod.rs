@@ -297,7 +297,8 @@ pub fn serve(
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
     loop {
-        event_loop::run_once(&mut manager).map_err(host_error("serving VM events"))?;
+        event_loop::run_once(&mut manager, controller.throttle_wait())
+            .map_err(host_error("serving VM events"))?;
         controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);

@@ -113,6 +113,7 @@ impl VcpuSet {
                 requests: receiver,
                 acks: ack_tx.clone(),
                 start_paused: paused,
+                sat_out: false,
             };
             let (filtered_tx, filtered) = mpsc::sync_channel(1);
             let seccomp = seccomp.clone();
@@ -244,6 +245,20 @@ impl VcpuSet {
         let resumed = self.transition(VcpuRequest::Resume, AckState::Running, timeout);
         self.paused = false;
         resumed
+    }
+
+    /// Keeps every running vCPU out of the guest for `period` once (a
+    /// throttle step; the caller repeats it). Does not wait, and does
+    /// nothing to a paused VM.
+    pub fn throttle(&self, period: Duration) {
+        if self.paused {
+            return;
+        }
+        for (link, exited) in self.links.iter().zip(&self.exited) {
+            if !exited {
+                link.send(VcpuRequest::Throttle(period));
+            }
+        }
     }
 
     /// Runs `work` on paused vCPU `index`'s own thread and returns its result.
