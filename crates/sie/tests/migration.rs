@@ -215,6 +215,17 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
     wait_for("a round or two", || {
         source.get("/migration").json()["pages"].as_u64() > Some(0)
     });
+    // Rounds that do not shrink slow the guest down (auto-converge is on
+    // unless asked otherwise).
+    wait_for("the throttle", || {
+        source.get("/migration").json()["throttle_percent"].as_u64() >= Some(20)
+    });
+    let status = sie(&["ctl", "--sock", &sock, "migrate", "status"]);
+    assert!(
+        status.stdout.contains("vCPUs throttled"),
+        "{}",
+        status.stdout
+    );
     // Nobody pauses or resumes the guest under the switch-over's feet.
     source
         .call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#))
@@ -225,6 +236,8 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
     });
     let last = fake.join().expect("the fake destination");
     assert_eq!(last, Some(Message::Abort("migration cancelled".into())));
+    // The cancel lifted the throttle.
+    assert_eq!(source.get("/migration").json()["throttle_percent"], 0);
     assert_eq!(source.state(), "Running");
     let at = last_count(&out);
     wait_for("the guest to count on", || last_count(&out) > at + 2);

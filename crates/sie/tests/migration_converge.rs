@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::api::ApiVm;
 use common::counter::{capture, last_count, wait_for};
+use common::sie;
 
 /// Pages the guest writes every tick (512 KiB): one round of them takes
 /// half a second at [`CAP_MIB_S`], a few of the guest's ticks.
@@ -56,14 +57,24 @@ fn without_auto_converge_a_guest_dirtying_faster_than_the_link_never_converges()
     let url = format!("unix:{}/m.sock", scratch.path());
     let (mut dest, _) = receiving("converge-off-dest", &url);
     let (source, out) = dirtying_source("converge-off-source", &[]);
-    let send = serde_json::json!({
-        "destination_url": url,
-        "downtime_ms": DOWNTIME_MS,
-        "timeout_s": 5,
-        "auto_converge": false,
-        "max_bandwidth_mib_s": CAP_MIB_S,
-    });
-    source.ok("PUT", "/migration/send", &send.to_string());
+    let sock = source.sock.display().to_string();
+    let (downtime, cap) = (DOWNTIME_MS.to_string(), CAP_MIB_S.to_string());
+    sie(&[
+        "ctl",
+        "--sock",
+        &sock,
+        "migrate",
+        "send",
+        &url,
+        "--downtime-ms",
+        &downtime,
+        "--timeout-s",
+        "5",
+        "--no-auto-converge",
+        "--max-bandwidth-mib-s",
+        &cap,
+    ])
+    .expect_code(0);
     wait_for("the send to give up", || {
         source.get("/migration").json()["state"] == "failed"
     });

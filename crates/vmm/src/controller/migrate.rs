@@ -312,6 +312,7 @@ impl Controller {
         }
         self.migration.throttle = percent;
         self.migration.next_throttle = Instant::now();
+        progress::update(&self.migration.progress, |p| p.throttle_percent = percent);
     }
 
     /// Once a period while a send throttles: every vCPU sits out its share.
@@ -322,7 +323,7 @@ impl Controller {
             return;
         }
         if let Phase::Running(vm) = &self.phase {
-            vm.vcpus.throttle(converge::sit_out(percent));
+            vm.vcpus.throttle(percent);
         }
         self.migration.next_throttle = now + converge::PERIOD;
     }
@@ -390,9 +391,13 @@ impl Controller {
     }
 
     fn send_finished(&mut self, result: Result<String, String>) {
-        // However the send ended, the guest runs at full speed again
-        // (here, or it no longer runs here).
+        // However the send ended, the guest is not throttled here any
+        // more; when it failed, it runs on here at full speed (a completed
+        // send keeps its last step in the figures: the VM ended under it).
         self.migration.throttle = 0;
+        if result.is_err() {
+            progress::update(&self.migration.progress, |p| p.throttle_percent = 0);
+        }
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);

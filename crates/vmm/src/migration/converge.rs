@@ -77,11 +77,6 @@ impl AutoConverge {
     }
 }
 
-/// How long a vCPU sits out of each [`PERIOD`] at `percent`.
-pub fn sit_out(percent: u8) -> Duration {
-    PERIOD * u32::from(percent.min(MAX_PERCENT)) / 100
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,12 +130,5 @@ mod tests {
     fn a_round_that_sent_nothing_is_not_dirty_heavy() {
         let mut converge = AutoConverge::new(true);
         assert_eq!(converge.after_round(0, 4096, 1), None);
-    }
-
-    #[test]
-    fn the_sit_out_is_the_share_of_the_period() {
-        assert_eq!(sit_out(20), Duration::from_millis(2));
-        assert_eq!(sit_out(99), Duration::from_micros(9900));
-        assert_eq!(sit_out(200), Duration::from_micros(9900));
     }
 }

@@ -45,7 +45,8 @@ pub struct Progress {
     /// What the pause would take now, by the last round's figures.
     pub estimated_downtime_ms: u64,
     /// Share of every 10 ms the vCPUs sit out so the rounds converge
-    /// (auto-converge; 0 when off or not needed).
+    /// (auto-converge; 0 when off or not needed, and again once a failed
+    /// or cancelled send lifted it; a completed send keeps its last step).
     pub throttle_percent: u8,
     /// The pause the guest saw (when completed).
     pub downtime_ms: Option<u64>,

@@ -179,8 +179,8 @@ impl Sender {
                 return Ok(pages);
             }
             if let Some(percent) = converge.after_round(last_sent, dirty_bytes, estimate) {
+                // The VMM thread applies it and reports it.
                 self.link.send(ToVmm::Throttle(percent));
-                progress::update(&self.progress, |p| p.throttle_percent = percent);
             }
             round += 1;
             let sent = self.send_pages(conn, &pages, Some(started))?;

@@ -5,7 +5,7 @@
 //!  Running ────────▶ Paused ─────────────────────────────▶ Exiting ──▶ (thread ends)
 //!   ▲ │ ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
 //!   └─┘ │    Resume      └─┘                                    │
-//! Throttle(d)└──────────────── Exit, Flow::Finish/Crash ─────────┘
+//! Throttle(%)└──────────────── Exit, Flow::Finish/Crash ─────────┘
 //! ```
 //!
 //! Transitions are requested through one channel per vCPU ([`VcpuRequest`],
@@ -17,10 +17,10 @@
 //! the VMM can read and write its registers through `Access`. A debug exit
 //! the gdb stub armed also leads from `Running` to `Paused`, unrequested: the
 //! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest.
-//! `Throttle(d)` keeps a running vCPU out of the guest for `d` and lets it
-//! run again (a migration's auto-converge slows a guest that dirties
-//! memory faster than the link carries it); a `Pause` or `Exit` arriving
-//! meanwhile is taken at once. `Exiting` is
+//! `Throttle(percent)` keeps a running vCPU out of the guest for a while
+//! and lets it run again ([`throttle`]: a migration's auto-converge slows a
+//! guest that dirties memory faster than the link carries it); a `Pause`
+//! or `Exit` arriving meanwhile is taken at once. `Exiting` is
 //! the one place a vCPU ends: it hands its outcome (if it ended the VM) to
 //! [`VmControl::finish`] and acknowledges.
 //!
@@ -30,11 +30,12 @@
 mod set;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sie_hv::Vcpu;
 
@@ -70,9 +71,9 @@ pub enum VcpuRequest {
     Resume(u64),
     /// Run this on the vCPU while it is paused (refused while running).
     Access(u64, VcpuAccess),
-    /// Stay out of the guest this long, then run on (unacknowledged; a
-    /// paused vCPU stays paused).
-    Throttle(Duration),
+    /// Sit out of the guest so as to be out this percent of the time,
+    /// then run on (unacknowledged; a paused vCPU stays paused).
+    Throttle(u8),
     /// End the thread.
     Exit,
 }
@@ -116,6 +117,8 @@ struct VcpuThread {
     /// A throttle kept the vCPU out of the guest since it last entered:
     /// that time is not guest time.
     sat_out: bool,
+    /// Since when it runs: its start, a resume, or the end of a sit-out.
+    running_since: Instant,
 }
 
 impl VcpuThread {
@@ -144,6 +147,7 @@ impl VcpuThread {
                     tracing::warn!("vCPU {}: {}", self.index, crate::error::error_chain(&error));
                 }
                 self.ack(seq, AckState::Running);
+                self.running_since = Instant::now();
                 VcpuState::Running
             }
             (VcpuState::Running, VcpuRequest::Resume(seq)) => {
@@ -159,16 +163,24 @@ impl VcpuThread {
                 self.ack(seq, AckState::NotPaused);
                 VcpuState::Running
             }
-            (VcpuState::Running, VcpuRequest::Throttle(period)) => self.sit_out(period),
+            (VcpuState::Running, VcpuRequest::Throttle(percent)) => self.sit_out(percent),
             (VcpuState::Paused, VcpuRequest::Throttle(_)) => VcpuState::Paused,
         }
     }
 
-    /// A throttle: out of the guest for `period`, asleep on the channel so
-    /// a pause or an exit is taken at once rather than after it.
-    fn sit_out(&mut self, period: Duration) -> VcpuState {
+    /// A throttle: out of the guest for its share of the time it ran,
+    /// asleep on the channel so a pause or an exit is taken at once rather
+    /// than after it.
+    fn sit_out(&mut self, percent: u8) -> VcpuState {
         self.sat_out = true;
-        let until = Instant::now() + period;
+        let now = Instant::now();
+        let period = throttle::sit_out_after(now.duration_since(self.running_since), percent);
+        let state = self.sleep_on_requests(now + period);
+        self.running_since = Instant::now();
+        state
+    }
+
+    fn sleep_on_requests(&mut self, until: Instant) -> VcpuState {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {

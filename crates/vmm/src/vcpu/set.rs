@@ -114,6 +114,7 @@ impl VcpuSet {
                 acks: ack_tx.clone(),
                 start_paused: paused,
                 sat_out: false,
+                running_since: Instant::now(),
             };
             let (filtered_tx, filtered) = mpsc::sync_channel(1);
             let seccomp = seccomp.clone();
@@ -247,16 +248,16 @@ impl VcpuSet {
         resumed
     }
 
-    /// Keeps every running vCPU out of the guest for `period` once (a
-    /// throttle step; the caller repeats it). Does not wait, and does
-    /// nothing to a paused VM.
-    pub fn throttle(&self, period: Duration) {
+    /// Has every running vCPU sit out its `percent` share of the time it
+    /// ran since it last sat out (a throttle step; the caller repeats it
+    /// every 10 ms or so). Does not wait, and does nothing to a paused VM.
+    pub fn throttle(&self, percent: u8) {
         if self.paused {
             return;
         }
         for (link, exited) in self.links.iter().zip(&self.exited) {
             if !exited {
-                link.send(VcpuRequest::Throttle(period));
+                link.send(VcpuRequest::Throttle(percent));
             }
         }
     }
