@@ -123,6 +123,7 @@ fn with_auto_converge_the_same_guest_moves_and_counts_on_exactly() {
     let (code, stderr) = source.wait();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("the VM migrated to"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     // The source's last metrics line: it throttled, and the rest fitted
     // the downtime (rather than the switch-over coming after the most
     // rounds).
@@ -131,6 +132,13 @@ fn with_auto_converge_the_same_guest_moves_and_counts_on_exactly() {
         serde_json::from_str(text.lines().next_back().expect("a line")).expect("JSON");
     let figures = &line["migration"];
     eprintln!("with auto-converge: {figures}");
+    assert!(
+        stderr.contains(&format!(
+            ", the vCPUs throttled {}% at the end; it runs there now",
+            figures["throttle_percent"]
+        )),
+        "{stderr}"
+    );
     assert_eq!(figures["state"], "completed", "{figures}");
     assert!(
         figures["throttle_percent"].as_u64() >= Some(20),

@@ -404,13 +404,19 @@ impl Controller {
         match result {
             Ok(destination) => {
                 let p = progress::read(&self.migration.progress);
-                let figures = format!(
+                let mut figures = format!(
                     "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
                     p.round,
                     p.bytes as f64 / f64::from(1u32 << 20),
                     p.downtime_ms.unwrap_or_default(),
                     p.total_ms.unwrap_or_default(),
                 );
+                if p.throttle_percent > 0 {
+                    figures.push_str(&format!(
+                        ", the vCPUs throttled {}% at the end",
+                        p.throttle_percent
+                    ));
+                }
                 tracing::info!("the VM migrated to {figures}");
                 self.control.finish(VmOutcome::Migrated(figures));
             }
