@@ -3,11 +3,16 @@
 //! send times out and the guest runs on here), and with one it does: its
 //! vCPUs are slowed step by step, the move completes and the count goes on
 //! exactly where it was. The assertions are on the figures sie reports
-//! (rounds, throttle, estimated downtime), not on wall time.
+//! (rounds, throttle, estimated downtime), not on wall time; the guest's
+//! tick is calibrated first (its delay loop runs a hundred times slower
+//! under nested virtualization than on bare metal), so that a round at
+//! the capped link spans about ten ticks unthrottled and a tenth of one
+//! at the highest throttle.
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use common::api::ApiVm;
 use common::counter::{capture, last_count, wait_for};
@@ -20,15 +25,55 @@ const DIRTY: u32 = 128;
 const CAP_MIB_S: u64 = 1;
 /// Far below what a round of [`DIRTY`] pages takes at the cap.
 const DOWNTIME_MS: u64 = 50;
+/// The guest's tick wanted: a tenth of a round at the cap.
+const TICK: Duration = Duration::from_millis(50);
 
-/// Boots the counter, dirtying [`DIRTY`] pages a tick, in a new sie.
-fn dirtying_source(name: &str, flags: &[&str]) -> (ApiVm, Arc<Mutex<String>>) {
+/// Boots the counter, dirtying [`DIRTY`] pages every tick of `delay`
+/// loop turns, in a new sie.
+fn counter(name: &str, flags: &[&str], delay: u64) -> (ApiVm, Arc<Mutex<String>>) {
     let mut vm = ApiVm::start(name, flags);
     let out = capture(&mut vm);
     vm.boot(
         sie_guests::COUNTER.path,
-        &format!("limit=100000000 delay=20000 dirty={DIRTY}"),
+        &format!("limit=100000000 delay={delay} dirty={DIRTY}"),
     );
+    wait_for("a first count", || last_count(&out) >= 1);
+    (vm, out)
+}
+
+/// How long a tick of `delay` takes on this host (a measurement, not a
+/// check): at least 300 ms and 3 ticks of counting.
+fn tick_of(delay: u64) -> Duration {
+    let (vm, out) = counter("converge-calibrate", &[], delay);
+    let (from, since) = (last_count(&out), Instant::now());
+    wait_for("ticks to time", || {
+        last_count(&out) >= from + 3 && since.elapsed() >= Duration::from_millis(300)
+    });
+    let ticks = last_count(&out) - from;
+    let tick = since.elapsed() / ticks;
+    let _ = vm.terminate();
+    tick
+}
+
+/// The `delay=` that makes a tick of about [`TICK`] here, found once.
+fn calibrated_delay() -> u64 {
+    static DELAY: OnceLock<u64> = OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let mut delay: u64 = 20_000;
+        // Twice: the console's share of a tick does not scale with delay.
+        for _ in 0..2 {
+            let tick = tick_of(delay).max(Duration::from_micros(1));
+            let scaled = delay as f64 * TICK.as_secs_f64() / tick.as_secs_f64();
+            delay = (scaled as u64).clamp(1, 1 << 40);
+        }
+        eprintln!("delay={delay} makes a tick of about {TICK:?}");
+        delay
+    })
+}
+
+/// The counter, at the calibrated tick, in a new sie.
+fn dirtying_source(name: &str, flags: &[&str]) -> (ApiVm, Arc<Mutex<String>>) {
+    let (vm, out) = counter(name, flags, calibrated_delay());
     wait_for("a few counts", || last_count(&out) >= 3);
     (vm, out)
 }
