@@ -567,6 +567,12 @@ pub struct BenchMigrateArgs {
     /// Share of RAM the guest rewrites on each count (0: idle), percent.
     #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1, 10])]
     pub dirty_percent: Vec<u32>,
+    /// Cap the link at this many MiB/s (`max_bandwidth_mib_s`).
+    #[arg(long, value_name = "MIB_PER_S")]
+    pub max_bandwidth_mib_s: Option<u64>,
+    /// Send with `auto_converge` false.
+    #[arg(long)]
+    pub no_auto_converge: bool,
 }
 
 /// Flags of `sie bench snapshot`.
