@@ -3,9 +3,10 @@
 //! ```text
 //!            Pause                    Exit, or the dispatch ends the VM
 //!  Running ────────▶ Paused ─────────────────────────────▶ Exiting ──▶ (thread ends)
-//!   ▲ │ ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
-//!   └─┘ │    Resume      └─┘                                    │
-//! Throttle(%)└──────────────── Exit, Flow::Finish/Crash ─────────┘
+//!  ▲ │ ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
+//!  └─┘ │    Resume      └─┘                                    │
+//!      └──────────────────── Exit, Flow::Finish/Crash ─────────┘
+//!  (the loop on Running: Throttle(%), out of the guest a while)
 //! ```
 //!
 //! Transitions are requested through one channel per vCPU ([`VcpuRequest`],
