@@ -62,7 +62,10 @@ fn last_metrics_line(path: &str) -> serde_json::Value {
 /// count once, in order, and the source's last metrics line the figures
 /// of the move.
 fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
-    let mut dest = ApiVm::start(&format!("{name}-dest"), &[]);
+    let outputs = common::Scratch::new(&format!("{name}-metrics"));
+    let metrics = format!("{}/metrics.json", outputs.path());
+    let dest_metrics = format!("{}/dest-metrics.json", outputs.path());
+    let mut dest = ApiVm::start(&format!("{name}-dest"), &["--metrics-path", &dest_metrics]);
     let dest_out = capture(&mut dest);
     let dest_sock = dest.sock.display().to_string();
     if via_ctl {
@@ -73,8 +76,6 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     }
     assert_eq!(dest.get("/migration").json()["state"], "receiving");
 
-    let outputs = common::Scratch::new(&format!("{name}-metrics"));
-    let metrics = format!("{}/metrics.json", outputs.path());
     let (mut source, source_out) = counting_source_with(
         &format!("{name}-source"),
         dirty,
@@ -131,6 +132,11 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     assert!(status["pages"].as_u64().is_some_and(|p| p > 0), "{status}");
     let (code, stderr) = dest.wait();
     assert_eq!(code, Some(0), "{stderr}");
+    // The destination's last line: what it took in.
+    let taken = &last_metrics_line(&dest_metrics)["migration"];
+    assert_eq!(taken["state"], "completed", "{taken}");
+    assert_eq!(taken["pages"], status["pages"], "{taken}");
+    assert!(taken["bytes"].as_u64().is_some_and(|b| b > 0), "{taken}");
     std::thread::sleep(Duration::from_millis(50));
     let before = source_out.lock().expect("output lock").clone();
     let after = dest_out.lock().expect("output lock").clone();
