@@ -46,6 +46,18 @@ pub struct MigrationSend {
     /// Same-host handover of shared memory (not yet).
     #[serde(default)]
     pub local: bool,
+    /// Slow the guest's vCPUs step by step when the pre-copy rounds do
+    /// not shrink (a guest dirtying memory faster than the link carries).
+    #[serde(default = "default_auto_converge")]
+    pub auto_converge: bool,
+    /// Send at most this many MiB per second (absent: as fast as the link
+    /// goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_mib_s: Option<u64>,
+}
+
+fn default_auto_converge() -> bool {
+    true
 }
 
 fn default_downtime_ms() -> u64 {
@@ -100,6 +112,9 @@ impl MigrationSend {
         if self.timeout_s == 0 {
             return Err("timeout_s must be at least 1".into());
         }
+        if self.max_bandwidth_mib_s == Some(0) {
+            return Err("max_bandwidth_mib_s must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -119,6 +134,8 @@ mod tests {
             (plain.downtime_ms, plain.timeout_s, plain.mode, plain.local),
             (300, 600, MigrationMode::Precopy, false)
         );
+        assert!(plain.auto_converge);
+        assert_eq!(plain.max_bandwidth_mib_s, None);
         assert_eq!(plain.check(), Ok(()));
         let post = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "mode": "postcopy"}"#);
         assert_eq!(
@@ -130,6 +147,29 @@ mod tests {
             local.check().unwrap_err(),
             "local migration not supported yet"
         );
+    }
+
+    #[test]
+    fn auto_converge_and_the_bandwidth_cap_are_taken_or_refused() {
+        let off = send(
+            r#"{"destination_url": "unix:/x", "auto_converge": false, "max_bandwidth_mib_s": 4}"#,
+        );
+        assert!(!off.auto_converge);
+        assert_eq!(off.max_bandwidth_mib_s, Some(4));
+        assert_eq!(off.check(), Ok(()));
+        let zero = send(r#"{"destination_url": "unix:/x", "max_bandwidth_mib_s": 0}"#);
+        assert_eq!(
+            zero.check().unwrap_err(),
+            "max_bandwidth_mib_s must be at least 1"
+        );
+        for bad in [
+            r#"{"destination_url": "unix:/x", "auto_converge": "yes"}"#,
+            r#"{"destination_url": "unix:/x", "auto_converge": 1}"#,
+            r#"{"destination_url": "unix:/x", "max_bandwidth_mib_s": -1}"#,
+            r#"{"destination_url": "unix:/x", "auto_converg": true}"#,
+        ] {
+            assert!(serde_json::from_str::<MigrationSend>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

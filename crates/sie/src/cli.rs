@@ -296,6 +296,15 @@ pub enum MigrateCommand {
         /// Give up (the VM runs on here) after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+        /// Never slow the guest down: by default, when the pre-copy rounds
+        /// do not shrink, its vCPUs sit out a growing share of every 10 ms
+        /// (20%, then 10 more a round, at most 99%) until they do.
+        #[arg(long)]
+        no_auto_converge: bool,
+        /// Send at most this many MiB per second (default: as fast as the
+        /// link goes).
+        #[arg(long, value_name = "MIB_PER_S")]
+        max_bandwidth_mib_s: Option<u64>,
     },
     /// How the migration goes (GET /migration).
     Status {
@@ -558,6 +567,12 @@ pub struct BenchMigrateArgs {
     /// Share of RAM the guest rewrites on each count (0: idle), percent.
     #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1, 10])]
     pub dirty_percent: Vec<u32>,
+    /// Cap the link at this many MiB/s (`max_bandwidth_mib_s`).
+    #[arg(long, value_name = "MIB_PER_S")]
+    pub max_bandwidth_mib_s: Option<u64>,
+    /// Send with `auto_converge` false.
+    #[arg(long)]
+    pub no_auto_converge: bool,
 }
 
 /// Flags of `sie bench snapshot`.

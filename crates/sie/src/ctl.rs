@@ -218,9 +218,15 @@ fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
             url,
             downtime_ms,
             timeout_s,
+            no_auto_converge,
+            max_bandwidth_mib_s,
         } => {
-            let body = json!({"destination_url": url, "downtime_ms": downtime_ms,
-                "timeout_s": timeout_s, "mode": "precopy", "local": false});
+            let mut body = json!({"destination_url": url, "downtime_ms": downtime_ms,
+                "timeout_s": timeout_s, "mode": "precopy", "local": false,
+                "auto_converge": !no_auto_converge});
+            if let Some(cap) = max_bandwidth_mib_s {
+                body["max_bandwidth_mib_s"] = json!(cap);
+            }
             request(sock, "PUT", "/migration/send", Some(&body))?;
             println!("migration to {url} started (sie ctl migrate status follows it)");
         }
@@ -256,6 +262,9 @@ fn migration_summary(status: &Value) -> String {
         mib(number("dirty_rate_bytes_per_s")),
         number("estimated_downtime_ms"),
     );
+    if let Some(throttle) = status["throttle_percent"].as_u64().filter(|t| *t > 0) {
+        line.push_str(&format!(", vCPUs throttled {throttle}%"));
+    }
     if let Some(downtime) = status["downtime_ms"].as_u64() {
         line.push_str(&format!(", downtime {downtime} ms"));
     }

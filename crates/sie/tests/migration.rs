@@ -30,7 +30,17 @@ fn counting_source_to(
     dirty: u32,
     limit: u32,
 ) -> (ApiVm, std::sync::Arc<std::sync::Mutex<String>>) {
-    let mut vm = ApiVm::start(name, &[]);
+    counting_source_with(name, dirty, limit, &[])
+}
+
+/// [`counting_source_to`] with more flags for sie.
+fn counting_source_with(
+    name: &str,
+    dirty: u32,
+    limit: u32,
+    flags: &[&str],
+) -> (ApiVm, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut vm = ApiVm::start(name, flags);
     let out = capture(&mut vm);
     vm.boot(
         sie_guests::COUNTER.path,
@@ -40,11 +50,22 @@ fn counting_source_to(
     (vm, out)
 }
 
+/// The last line of the metrics file at `path`, parsed.
+fn last_metrics_line(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("the metrics file");
+    let line = text.lines().next_back().expect("a metrics line");
+    serde_json::from_str(line).expect("a JSON metrics line")
+}
+
 /// Moves a counting guest to a fresh sie listening at `url` (through the
 /// API, or `sie ctl migrate`); the two consoles together must show every
-/// count once, in order.
+/// count once, in order, and the source's last metrics line the figures
+/// of the move.
 fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
-    let mut dest = ApiVm::start(&format!("{name}-dest"), &[]);
+    let outputs = common::Scratch::new(&format!("{name}-metrics"));
+    let metrics = format!("{}/metrics.json", outputs.path());
+    let dest_metrics = format!("{}/dest-metrics.json", outputs.path());
+    let mut dest = ApiVm::start(&format!("{name}-dest"), &["--metrics-path", &dest_metrics]);
     let dest_out = capture(&mut dest);
     let dest_sock = dest.sock.display().to_string();
     if via_ctl {
@@ -55,7 +76,14 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     }
     assert_eq!(dest.get("/migration").json()["state"], "receiving");
 
-    let (mut source, source_out) = counting_source(&format!("{name}-source"), dirty);
+    let (mut source, source_out) = counting_source_with(
+        &format!("{name}-source"),
+        dirty,
+        LIMIT,
+        &["--metrics-path", &metrics],
+    );
+    source.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    assert_eq!(last_metrics_line(&metrics)["migration"]["state"], "idle");
     if via_ctl {
         let sock = source.sock.display().to_string();
         sie(&["ctl", "--sock", &sock, "migrate", "send", url]).expect_code(0);
@@ -78,6 +106,25 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     // Generous for a debug build on a shared host: the switch-over sends
     // a few pages and the state, and the destination builds the VM.
     assert!(downtime_ms < 2000, "{stderr}");
+    // The last metrics line (written as the source exits) has the figures
+    // the last line of its log has.
+    let figures = &last_metrics_line(&metrics)["migration"];
+    assert_eq!(figures["state"], "completed", "{figures}");
+    assert_eq!(figures["downtime_ms"], downtime_ms, "{figures}");
+    assert!(
+        stderr.contains(&format!("after {} pre-copy rounds", figures["round"])),
+        "{figures} {stderr}"
+    );
+    for positive in ["bytes", "pages", "bandwidth_bytes_per_s", "total_ms"] {
+        assert!(
+            figures[positive].as_u64().is_some_and(|n| n > 0),
+            "{positive}: {figures}"
+        );
+    }
+    assert!(
+        figures["total_ms"].as_u64() >= Some(downtime_ms),
+        "{figures}"
+    );
     // It ran there: the receiver's figures say what arrived.
     let status = sie(&["ctl", "--sock", &dest_sock, "migrate", "status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
@@ -85,6 +132,11 @@ fn migrates_and_counts_on(name: &str, url: &str, dirty: u32, via_ctl: bool) {
     assert!(status["pages"].as_u64().is_some_and(|p| p > 0), "{status}");
     let (code, stderr) = dest.wait();
     assert_eq!(code, Some(0), "{stderr}");
+    // The destination's last line: what it took in.
+    let taken = &last_metrics_line(&dest_metrics)["migration"];
+    assert_eq!(taken["state"], "completed", "{taken}");
+    assert_eq!(taken["pages"], status["pages"], "{taken}");
+    assert!(taken["bytes"].as_u64().is_some_and(|b| b > 0), "{taken}");
     std::thread::sleep(Duration::from_millis(50));
     let before = source_out.lock().expect("output lock").clone();
     let after = dest_out.lock().expect("output lock").clone();
@@ -169,6 +221,17 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
     wait_for("a round or two", || {
         source.get("/migration").json()["pages"].as_u64() > Some(0)
     });
+    // Rounds that do not shrink slow the guest down (auto-converge is on
+    // unless asked otherwise).
+    wait_for("the throttle", || {
+        source.get("/migration").json()["throttle_percent"].as_u64() >= Some(20)
+    });
+    let status = sie(&["ctl", "--sock", &sock, "migrate", "status"]);
+    assert!(
+        status.stdout.contains("vCPUs throttled"),
+        "{}",
+        status.stdout
+    );
     // Nobody pauses or resumes the guest under the switch-over's feet.
     source
         .call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#))
@@ -179,6 +242,8 @@ fn a_cancelled_send_leaves_the_guest_running_here() {
     });
     let last = fake.join().expect("the fake destination");
     assert_eq!(last, Some(Message::Abort("migration cancelled".into())));
+    // The cancel lifted the throttle.
+    assert_eq!(source.get("/migration").json()["throttle_percent"], 0);
     assert_eq!(source.state(), "Running");
     let at = last_count(&out);
     wait_for("the guest to count on", || last_count(&out) > at + 2);
@@ -208,6 +273,14 @@ fn what_sie_cannot_do_yet_is_refused_in_one_line() {
         (
             r#"{"destination_url": "http://x"}"#,
             "expected unix:PATH or tcp:HOST:PORT",
+        ),
+        (
+            r#"{"destination_url": "unix:/x", "auto_converge": "yes"}"#,
+            "expected a boolean",
+        ),
+        (
+            r#"{"destination_url": "unix:/x", "max_bandwidth_mib_s": 0}"#,
+            "max_bandwidth_mib_s must be at least 1",
         ),
     ] {
         source

@@ -1,7 +1,9 @@
 //! `sie bench migrate`: live migration of the counter guest between two sie
 //! processes over a Unix socket, idle and dirtying memory at set rates, per
-//! guest size: total time, pre-copy rounds, bytes sent and the downtime the
-//! guest saw, as the source reports them in its last line. Every move is
+//! guest size: total time, pre-copy rounds, bytes sent, the downtime the
+//! guest saw and the throttle auto-converge reached, as the source reports
+//! them in its last line (optionally over a link capped with
+//! `max_bandwidth_mib_s`, with or without auto-converge). Every move is
 //! checked: the destination's first count follows the source's last.
 
 use std::path::Path;
@@ -20,10 +22,12 @@ struct Sample {
     rounds: f64,
     mib_sent: f64,
     downtime_ms: f64,
+    throttle_percent: f64,
 }
 
 /// Reads "... after N pre-copy rounds: X MiB sent, D ms of downtime, T ms
-/// in all ..." from the source's stderr.
+/// in all[, the vCPUs throttled P% at the end] ..." from the source's
+/// stderr.
 fn parse_line(stderr: &str) -> Option<Sample> {
     let line = stderr.lines().find(|l| l.contains("pre-copy rounds"))?;
     let number_before = |marker: &str| -> Option<f64> {
@@ -35,6 +39,11 @@ fn parse_line(stderr: &str) -> Option<Sample> {
         mib_sent: number_before(" MiB sent")?,
         downtime_ms: number_before(" ms of downtime")?,
         total_ms: number_before(" ms in all")?,
+        throttle_percent: line
+            .contains("% at the end")
+            .then(|| number_before("% at the end"))
+            .flatten()
+            .unwrap_or(0.0),
     })
 }
 
@@ -44,6 +53,7 @@ fn once(
     guest: &Path,
     mib: u32,
     dirty_pages: u64,
+    args: &BenchMigrateArgs,
 ) -> Result<Sample, BoxError> {
     let config = dir.join("vm.json");
     std::fs::write(
@@ -79,7 +89,7 @@ fn once(
         &source.sock,
         "PUT",
         "/migration/send",
-        Some(&json!({ "destination_url": url, "downtime_ms": 300 })),
+        Some(&send_body(&url, args)),
     )?;
     let (code, stderr) = source.wait_for_exit()?;
     if code != 0 {
@@ -96,10 +106,25 @@ fn once(
     Ok(sample)
 }
 
+/// `PUT /migration/send`'s body for `args`.
+fn send_body(url: &str, args: &BenchMigrateArgs) -> serde_json::Value {
+    let mut body = json!({
+        "destination_url": url,
+        "downtime_ms": 300,
+        "auto_converge": !args.no_auto_converge,
+    });
+    if let Some(cap) = args.max_bandwidth_mib_s {
+        body["max_bandwidth_mib_s"] = json!(cap);
+    }
+    body
+}
+
 /// Runs the benchmark and prints its table.
 pub fn run(args: &BenchMigrateArgs) -> Result<u8, BoxError> {
-    if args.runs == 0 || args.sizes_mib.contains(&0) {
-        return Err("--runs and every --sizes-mib must be at least 1".into());
+    if args.runs == 0 || args.sizes_mib.contains(&0) || args.max_bandwidth_mib_s == Some(0) {
+        return Err(
+            "--runs, every --sizes-mib and --max-bandwidth-mib-s must be at least 1".into(),
+        );
     }
     let dir = std::env::temp_dir().join(format!("sie-bench-migrate-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -112,13 +137,19 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
     let guest = dir.join("counter.elf");
     std::fs::write(&guest, sie_guests::COUNTER.bytes)?;
     let program = std::env::current_exe()?;
+    let link = args
+        .max_bandwidth_mib_s
+        .map_or("uncapped".to_string(), |cap| {
+            format!("capped at {cap} MiB/s")
+        });
+    let converge = if args.no_auto_converge { "off" } else { "on" };
     println!(
-        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket, downtime_ms 300; median of {} runs",
+        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket ({link}), downtime_ms 300, auto-converge {converge}; median of {} runs",
         args.runs
     );
     println!(
-        "  {:>8} {:>18} {:>10} {:>8} {:>10} {:>12}",
-        "MiB", "dirtying", "total ms", "rounds", "MiB sent", "downtime ms"
+        "  {:>8} {:>18} {:>10} {:>8} {:>10} {:>12} {:>10}",
+        "MiB", "dirtying", "total ms", "rounds", "MiB sent", "downtime ms", "throttle %"
     );
     for &mib in &args.sizes_mib {
         for &percent in &args.dirty_percent {
@@ -127,7 +158,7 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
             let mut samples = Vec::with_capacity(args.runs as usize);
             for _ in 0..args.runs {
                 samples.push(
-                    once(&program, dir, &guest, mib, pages)
+                    once(&program, dir, &guest, mib, pages, args)
                         .map_err(|e| format!("{mib} MiB, {percent}% dirty: {e}"))?,
                 );
             }
@@ -137,11 +168,12 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
                 format!("{percent}% a tick")
             };
             println!(
-                "  {mib:>8} {label:>18} {:>10.1} {:>8.0} {:>10.1} {:>12.1}",
+                "  {mib:>8} {label:>18} {:>10.1} {:>8.0} {:>10.1} {:>12.1} {:>10.0}",
                 median(samples.iter().map(|s| s.total_ms).collect()),
                 median(samples.iter().map(|s| s.rounds).collect()),
                 median(samples.iter().map(|s| s.mib_sent).collect()),
                 median(samples.iter().map(|s| s.downtime_ms).collect()),
+                median(samples.iter().map(|s| s.throttle_percent).collect()),
             );
         }
     }
@@ -165,6 +197,13 @@ mod tests {
                 sample.total_ms
             ),
             (3.0, 12.5, 41.0, 900.0)
+        );
+        assert_eq!(sample.throttle_percent, 0.0);
+        let throttled = "sie: the VM migrated to unix:/t/m.sock after 9 pre-copy rounds: 5.1 MiB sent, 16 ms of downtime, 5286 ms in all, the vCPUs throttled 99% at the end; it runs there now";
+        let sample = parse_line(throttled).unwrap();
+        assert_eq!(
+            (sample.rounds, sample.throttle_percent, sample.total_ms),
+            (9.0, 99.0, 5286.0)
         );
         assert!(parse_line("sie: stopped by signal 15").is_none());
     }

@@ -13,6 +13,7 @@ use super::sink::LineSink;
 use super::stats_json::{
     escape_label, report_json, report_prometheus, virtio_json, virtio_prometheus,
 };
+use crate::migration::progress::{self, SharedProgress};
 use crate::vm::VmFigures;
 
 /// Figures that come from outside the VMM crate (the API server's request
@@ -50,6 +51,8 @@ pub struct Metrics {
     flushes: u64,
     /// The sink's last write failed (said once in the log, not per line).
     failing: bool,
+    /// The latest migration's figures (idle until one is asked).
+    migration: SharedProgress,
 }
 
 impl Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
             line_fields: serde_json::Map::new(),
             flushes: 0,
             failing: false,
+            migration: SharedProgress::default(),
         }
     }
 
@@ -80,6 +84,11 @@ impl Metrics {
     /// [`sie_config::Metrics::line_fields`].
     pub fn set_line_fields(&mut self, fields: serde_json::Map<String, Value>) {
         self.line_fields = fields;
+    }
+
+    /// Reports `progress` (a migration just asked) from now on.
+    pub fn watch_migration(&mut self, progress: SharedProgress) {
+        self.migration = progress;
     }
 
     fn dropped(&self) -> u64 {
@@ -107,6 +116,10 @@ impl Metrics {
                 "metrics_lines_dropped": self.dropped(),
                 "metrics_write_errors": self.failed(),
             }),
+        );
+        object.insert(
+            "migration".into(),
+            progress::read(&self.migration).metrics_json(),
         );
         if let Some(vm) = vm {
             object.insert("vm".into(), report_json(&vm.observatory.report()));
@@ -171,6 +184,7 @@ impl Metrics {
             self.failed()
         );
         external_prometheus(&(self.external)(), &mut out);
+        progress::read(&self.migration).prometheus(&mut out);
         if let Some(vm) = vm {
             report_prometheus(&vm.observatory.report(), &mut out);
             virtio_prometheus(vm.virtio, &mut out);
@@ -228,6 +242,31 @@ mod tests {
         assert!(value["vmm"]["rss_bytes"].as_u64().unwrap() > 0);
         assert!(value["utc_timestamp_ms"].as_u64().unwrap() > 0);
         assert!(value.get("vm").is_none(), "no VM section before boot");
+        assert_eq!(value["migration"]["state"], "idle");
+    }
+
+    #[test]
+    fn lines_carry_the_migration_being_watched() {
+        let mut metrics = Metrics::new(Instant::now(), external());
+        let migration = SharedProgress::default();
+        metrics.watch_migration(migration.clone());
+        progress::update(&migration, |p| {
+            p.state = progress::MigrationState::Sending;
+            p.round = 2;
+            p.bytes = 8192;
+            p.throttle_percent = 20;
+        });
+        let value = metrics.snapshot(None);
+        assert_eq!(value["migration"]["state"], "sending");
+        assert_eq!(value["migration"]["round"], 2);
+        assert_eq!(value["migration"]["bytes"], 8192);
+        assert_eq!(value["migration"]["throttle_percent"], 20);
+        let text = metrics.prometheus(None);
+        assert!(text.contains("\nsie_migration_round 2\n"), "{text}");
+        assert!(
+            text.contains("sie_migration_state{state=\"sending\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

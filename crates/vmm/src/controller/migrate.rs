@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use sie_config::{MigrationReceive, MigrationSend, Response};
@@ -22,6 +22,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Controller, Phase};
 use crate::event_loop::Manager;
+use crate::migration::converge;
+use crate::migration::pace::Pacer;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
 use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
@@ -51,6 +53,10 @@ pub(super) struct Migration {
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
+    /// The send's auto-converge throttle, percent (0: none).
+    throttle: u8,
+    /// When the vCPUs sit out next.
+    next_throttle: Instant,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -84,6 +90,8 @@ impl Migration {
             paused_here: false,
             active: false,
             taken: Vec::new(),
+            throttle: 0,
+            next_throttle: Instant::now(),
         })
     }
 
@@ -173,6 +181,7 @@ impl Controller {
         let progress = self
             .migration
             .start(endpoint.to_string(), MigrationState::Receiving);
+        self.metrics.watch_migration(progress.clone());
         let receiver = receive::Receiver {
             listener,
             link,
@@ -228,16 +237,19 @@ impl Controller {
                 destination: destination.clone(),
                 downtime: Duration::from_millis(send.downtime_ms),
                 timeout: Duration::from_secs(send.timeout_s),
+                auto_converge: send.auto_converge,
             },
             memory: vm.memory().clone(),
             scan_contents: vm.memory_from_file(),
             link,
             progress: Arc::default(),
             cancel: cancel.clone(),
+            pace: send.max_bandwidth_mib_s.map(Pacer::new),
         };
         let progress = self
             .migration
             .start(destination.to_string(), MigrationState::Sending);
+        self.metrics.watch_migration(progress.clone());
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
@@ -273,6 +285,7 @@ impl Controller {
                 ToVmm::Switchover(reply) => {
                     let _ = reply.send(self.switchover(hv));
                 }
+                ToVmm::Throttle(percent) => self.set_throttle(percent),
                 ToVmm::SendFinished(result) => self.send_finished(result),
                 ToVmm::Arrived {
                     snapshot,
@@ -288,6 +301,41 @@ impl Controller {
                 }
             }
         }
+        self.throttle_step();
+    }
+
+    fn set_throttle(&mut self, percent: u8) {
+        if percent > 0 {
+            tracing::info!(
+                "migration: the vCPUs sit out {percent}% of the time so the rounds converge"
+            );
+        }
+        self.migration.throttle = percent;
+        self.migration.next_throttle = Instant::now();
+        progress::update(&self.migration.progress, |p| p.throttle_percent = percent);
+    }
+
+    /// Once a period while a send throttles: every vCPU sits out its share.
+    fn throttle_step(&mut self) {
+        let percent = self.migration.throttle;
+        let now = Instant::now();
+        if percent == 0 || now < self.migration.next_throttle {
+            return;
+        }
+        if let Phase::Running(vm) = &self.phase {
+            vm.vcpus.throttle(percent);
+        }
+        self.migration.next_throttle = now + converge::PERIOD;
+    }
+
+    /// How long the event loop may sleep before the next throttle step
+    /// (`None`: no throttle, as long as it likes).
+    pub(super) fn throttle_wait(&self) -> Option<Duration> {
+        (self.migration.throttle > 0).then(|| {
+            self.migration
+                .next_throttle
+                .saturating_duration_since(Instant::now())
+        })
     }
 
     fn start_dirty_log(&mut self) -> Result<(), String> {
@@ -343,19 +391,32 @@ impl Controller {
     }
 
     fn send_finished(&mut self, result: Result<String, String>) {
+        // However the send ended, the guest is not throttled here any
+        // more; when it failed, it runs on here at full speed (a completed
+        // send keeps its last step in the figures: the VM ended under it).
+        self.migration.throttle = 0;
+        if result.is_err() {
+            progress::update(&self.migration.progress, |p| p.throttle_percent = 0);
+        }
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);
         match result {
             Ok(destination) => {
                 let p = progress::read(&self.migration.progress);
-                let figures = format!(
+                let mut figures = format!(
                     "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
                     p.round,
                     p.bytes as f64 / f64::from(1u32 << 20),
                     p.downtime_ms.unwrap_or_default(),
                     p.total_ms.unwrap_or_default(),
                 );
+                if p.throttle_percent > 0 {
+                    figures.push_str(&format!(
+                        ", the vCPUs throttled {}% at the end",
+                        p.throttle_percent
+                    ));
+                }
                 tracing::info!("the VM migrated to {figures}");
                 self.control.finish(VmOutcome::Migrated(figures));
             }

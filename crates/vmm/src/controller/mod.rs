@@ -297,7 +297,12 @@ pub fn serve(
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
     loop {
-        let timeout = round_timeout(controller.metrics.has_sink(), next_metrics, Instant::now());
+        // The loop sleeps until an event, or until periodic metrics or the
+        // next vCPU throttle request are due (whichever is sooner).
+        let timeout = earliest(
+            round_timeout(controller.metrics.has_sink(), next_metrics, Instant::now()),
+            controller.throttle_wait(),
+        );
         event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
         controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
@@ -358,6 +363,14 @@ pub fn serve(
 /// line when there is a metrics file to write it to, else until something
 /// happens (everything else wakes the loop through a descriptor, see
 /// `event_loop`).
+/// The sooner of two optional waits (`None`: no deadline).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn round_timeout(metrics_sink: bool, next_metrics: Instant, now: Instant) -> Option<Duration> {
     metrics_sink.then(|| next_metrics.saturating_duration_since(now))
 }
@@ -652,5 +665,14 @@ mod tests {
         );
         // Overdue: the round does not wait at all.
         assert_eq!(round_timeout(true, now, next), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_round_waits_for_the_sooner_deadline() {
+        let ms = Duration::from_millis;
+        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest(Some(ms(60)), None), Some(ms(60)));
+        assert_eq!(earliest(None, Some(ms(10))), Some(ms(10)));
+        assert_eq!(earliest(Some(ms(60)), Some(ms(10))), Some(ms(10)));
     }
 }

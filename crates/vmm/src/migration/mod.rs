@@ -2,7 +2,8 @@
 //! socket or TCP, its memory copied while it runs (pre-copy).
 //!
 //! [`wire`] is the framed, checksummed protocol both sides speak;
-//! [`send`] and [`receive`] are the two ends' conversations, each run on
+//! [`send`] and [`receive`] are the two ends' conversations ([`converge`]
+//! and [`pace`] the sender's throttle decision and bandwidth cap), each run on
 //! its own thread so the VMM's event loop keeps serving the VM. Neither
 //! thread touches vCPUs or devices: what needs the VM (dirty pages, the
 //! pause, the state, building the VM on arrival) is asked of the VMM
@@ -11,6 +12,8 @@
 //! The threads run the `migration` seccomp filter (sockets and memory, no
 //! KVM), stacked on the `build` filter they inherit.
 
+pub mod converge;
+pub mod pace;
 pub mod progress;
 pub mod receive;
 pub mod send;
@@ -148,6 +151,9 @@ pub enum ToVmm {
     TakeDirty(Sender<Result<Vec<RegionPages>, String>>),
     /// Pause the vCPUs and hand over the last pages and the state.
     Switchover(Sender<Result<Switchover, String>>),
+    /// Throttle every vCPU by this percent of each period (auto-converge;
+    /// lifted when the send ends).
+    Throttle(u8),
     /// The send ended: `Ok` with where the VM went (the source stops),
     /// `Err` with why not (the VM runs on here).
     SendFinished(Result<String, String>),

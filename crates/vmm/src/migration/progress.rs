@@ -1,8 +1,10 @@
 //! How a migration is going, as `GET /migration` and the metrics show it.
 
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use serde_json::{Value, json};
 
 /// A migration's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -42,6 +44,10 @@ pub struct Progress {
     pub dirty_rate_bytes_per_s: u64,
     /// What the pause would take now, by the last round's figures.
     pub estimated_downtime_ms: u64,
+    /// Share of every 10 ms the vCPUs sit out so the rounds converge
+    /// (auto-converge; 0 when off or not needed, and again once a failed
+    /// or cancelled send lifted it; a completed send keeps its last step).
+    pub throttle_percent: u8,
     /// The pause the guest saw (when completed).
     pub downtime_ms: Option<u64>,
     /// From the request to the end (when finished).
@@ -61,4 +67,133 @@ pub fn update(progress: &SharedProgress, change: impl FnOnce(&mut Progress)) {
 /// A copy of the shared progress.
 pub fn read(progress: &SharedProgress) -> Progress {
     progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+impl MigrationState {
+    /// The state's name, as `GET /migration` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrationState::Idle => "idle",
+            MigrationState::Sending => "sending",
+            MigrationState::Receiving => "receiving",
+            MigrationState::Completed => "completed",
+            MigrationState::Failed => "failed",
+            MigrationState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl Progress {
+    /// The metrics line's `migration` group: numbers only (0 for a figure
+    /// not known yet), plus the state's name; the peer and the error stay
+    /// in `GET /migration`.
+    pub fn metrics_json(&self) -> Value {
+        json!({
+            "state": self.state.name(),
+            "round": self.round,
+            "bytes": self.bytes,
+            "pages": self.pages,
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "dirty_rate_bytes_per_s": self.dirty_rate_bytes_per_s,
+            "estimated_downtime_ms": self.estimated_downtime_ms,
+            "throttle_percent": self.throttle_percent,
+            "downtime_ms": self.downtime_ms.unwrap_or(0),
+            "total_ms": self.total_ms.unwrap_or(0),
+        })
+    }
+
+    /// The same figures as Prometheus samples (`sie_migration_*`), the
+    /// state as a label on a sample of 1.
+    pub fn prometheus(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP sie_migration_state The live migration's state (label).\n# TYPE sie_migration_state gauge\nsie_migration_state{{state=\"{}\"}} 1",
+            self.state.name()
+        );
+        if let Value::Object(fields) = self.metrics_json() {
+            for (field, number) in fields.iter().filter(|(_, v)| v.is_number()) {
+                let _ = writeln!(out, "sie_migration_{field} {number}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done() -> Progress {
+        Progress {
+            state: MigrationState::Completed,
+            peer: "unix:/m.sock".into(),
+            round: 3,
+            bytes: 5 << 20,
+            pages: 1280,
+            bandwidth_bytes_per_s: 900 << 20,
+            dirty_rate_bytes_per_s: 12 << 20,
+            estimated_downtime_ms: 4,
+            throttle_percent: 30,
+            downtime_ms: Some(17),
+            total_ms: Some(950),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_metrics_group_carries_every_figure() {
+        let group = done().metrics_json();
+        assert_eq!(
+            group,
+            json!({
+                "state": "completed",
+                "round": 3,
+                "bytes": 5 << 20,
+                "pages": 1280,
+                "bandwidth_bytes_per_s": 900u64 << 20,
+                "dirty_rate_bytes_per_s": 12 << 20,
+                "estimated_downtime_ms": 4,
+                "throttle_percent": 30,
+                "downtime_ms": 17,
+                "total_ms": 950,
+            })
+        );
+        // Figures not known yet are 0, so every line has the same fields.
+        let idle = Progress::default().metrics_json();
+        assert_eq!(idle["state"], "idle");
+        assert_eq!(idle["downtime_ms"], 0);
+        assert_eq!(
+            idle.as_object().map(|o| o.len()),
+            group.as_object().map(|o| o.len())
+        );
+    }
+
+    #[test]
+    fn the_state_names_match_the_api() {
+        for state in [
+            MigrationState::Idle,
+            MigrationState::Sending,
+            MigrationState::Receiving,
+            MigrationState::Completed,
+            MigrationState::Failed,
+            MigrationState::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+    }
+
+    #[test]
+    fn prometheus_has_one_sample_per_figure() {
+        let mut out = String::new();
+        done().prometheus(&mut out);
+        assert!(
+            out.contains("sie_migration_state{state=\"completed\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("\nsie_migration_bytes 5242880\n"), "{out}");
+        assert!(
+            out.contains("\nsie_migration_throttle_percent 30\n"),
+            "{out}"
+        );
+        assert!(out.contains("\nsie_migration_downtime_ms 17\n"), "{out}");
+    }
 }

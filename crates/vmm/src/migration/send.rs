@@ -3,6 +3,11 @@
 //! rest fits the allowed downtime, then the switch-over (pause, last pages,
 //! state) and the receiver's word that the VM runs there.
 //!
+//! A round that does not shrink enough raises the vCPUs' throttle
+//! ([`super::converge`], unless the send asked for no auto-converge); the
+//! VMM thread applies it and lifts it when the send ends, however it ends.
+//! A bandwidth cap ([`super::pace`]) paces the batches.
+//!
 //! Guest memory is read while the vCPUs run (that is what pre-copy is): a
 //! page written after it was read is in the next round's dirty pages,
 //! because each round's pages are taken before they are read. vCPU and
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 use sie_hv::GuestMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::converge::AutoConverge;
+use super::pace::Pacer;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PageBatch};
 use super::{Conn, Endpoint, ToVmm, VmmLink};
@@ -37,6 +44,8 @@ pub struct SendPlan {
     pub downtime: Duration,
     /// Give up before the switch-over after this long.
     pub timeout: Duration,
+    /// Throttle the vCPUs when the rounds do not converge.
+    pub auto_converge: bool,
 }
 
 /// Everything the sending thread needs.
@@ -53,6 +62,8 @@ pub struct Sender {
     pub progress: SharedProgress,
     /// Set by `PUT /migration/cancel`.
     pub cancel: Arc<AtomicBool>,
+    /// The bandwidth cap, if the send asked for one.
+    pub pace: Option<Pacer>,
 }
 
 impl Sender {
@@ -150,6 +161,8 @@ impl Sender {
         let bytes = self.send_populated(conn, started)?;
         let mut bandwidth = rate(bytes, first.elapsed());
         let target = self.plan.downtime.as_millis() as u64;
+        let mut converge = AutoConverge::new(self.plan.auto_converge);
+        let mut last_sent = bytes;
         let mut round = 0;
         loop {
             self.check_going(started)?;
@@ -165,8 +178,13 @@ impl Sender {
             if estimate <= target || round >= MAX_ROUNDS {
                 return Ok(pages);
             }
+            if let Some(percent) = converge.after_round(last_sent, dirty_bytes, estimate) {
+                // The VMM thread applies it and reports it.
+                self.link.send(ToVmm::Throttle(percent));
+            }
             round += 1;
             let sent = self.send_pages(conn, &pages, Some(started))?;
+            last_sent = sent;
             let elapsed = round_started.elapsed();
             bandwidth = rate(sent, elapsed).max(bandwidth / 2);
             progress::update(&self.progress, |p| {
@@ -257,6 +275,9 @@ impl Sender {
             p.bytes += bytes;
             p.pages += pages;
         });
+        if let Some(pace) = &self.pace {
+            pace.sent(bytes);
+        }
         Ok(bytes)
     }
 }

@@ -3,9 +3,10 @@
 //! ```text
 //!            Pause                    Exit, or the dispatch ends the VM
 //!  Running ────────▶ Paused ─────────────────────────────▶ Exiting ──▶ (thread ends)
-//!     ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
-//!     │    Resume      └─┘                                    │
-//!     └──────────────────── Exit, Flow::Finish/Crash ─────────┘
+//!  ▲ │ ▲  ◀──────────   │ ▲ Access(f): f(&mut vcpu)           ▲
+//!  └─┘ │    Resume      └─┘                                    │
+//!      └──────────────────── Exit, Flow::Finish/Crash ─────────┘
+//!  (the loop on Running: Throttle(%), out of the guest a while)
 //! ```
 //!
 //! Transitions are requested through one channel per vCPU ([`VcpuRequest`],
@@ -17,7 +18,10 @@
 //! the VMM can read and write its registers through `Access`. A debug exit
 //! the gdb stub armed also leads from `Running` to `Paused`, unrequested: the
 //! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest.
-//! `Exiting` is
+//! `Throttle(percent)` keeps a running vCPU out of the guest for a while
+//! and lets it run again ([`throttle`]: a migration's auto-converge slows a
+//! guest that dirties memory faster than the link carries it); a `Pause`
+//! or `Exit` arriving meanwhile is taken at once. `Exiting` is
 //! the one place a vCPU ends: it hands its outcome (if it ended the VM) to
 //! [`VmControl::finish`] and acknowledges.
 //!
@@ -27,10 +31,11 @@
 mod set;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::Instant;
 
 use sie_hv::Vcpu;
@@ -67,6 +72,9 @@ pub enum VcpuRequest {
     Resume(u64),
     /// Run this on the vCPU while it is paused (refused while running).
     Access(u64, VcpuAccess),
+    /// Sit out of the guest so as to be out this percent of the time,
+    /// then run on (unacknowledged; a paused vCPU stays paused).
+    Throttle(u8),
     /// End the thread.
     Exit,
 }
@@ -107,6 +115,11 @@ struct VcpuThread {
     acks: Sender<VcpuAck>,
     /// Begin `Paused` (a restored VM loaded without `resume_vm`).
     start_paused: bool,
+    /// A throttle kept the vCPU out of the guest since it last entered:
+    /// that time is not guest time.
+    sat_out: bool,
+    /// Since when it runs: its start, a resume, or the end of a sit-out.
+    running_since: Instant,
 }
 
 impl VcpuThread {
@@ -135,6 +148,7 @@ impl VcpuThread {
                     tracing::warn!("vCPU {}: {}", self.index, crate::error::error_chain(&error));
                 }
                 self.ack(seq, AckState::Running);
+                self.running_since = Instant::now();
                 VcpuState::Running
             }
             (VcpuState::Running, VcpuRequest::Resume(seq)) => {
@@ -149,6 +163,42 @@ impl VcpuThread {
             (VcpuState::Running, VcpuRequest::Access(seq, _)) => {
                 self.ack(seq, AckState::NotPaused);
                 VcpuState::Running
+            }
+            (VcpuState::Running, VcpuRequest::Throttle(percent)) => self.sit_out(percent),
+            (VcpuState::Paused, VcpuRequest::Throttle(_)) => VcpuState::Paused,
+        }
+    }
+
+    /// A throttle: out of the guest for its share of the time it ran,
+    /// asleep on the channel so a pause or an exit is taken at once rather
+    /// than after it.
+    fn sit_out(&mut self, percent: u8) -> VcpuState {
+        self.sat_out = true;
+        let now = Instant::now();
+        let period = throttle::sit_out_after(now.duration_since(self.running_since), percent);
+        let state = self.sleep_on_requests(now + period);
+        self.running_since = Instant::now();
+        state
+    }
+
+    fn sleep_on_requests(&mut self, until: Instant) -> VcpuState {
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return VcpuState::Running;
+            }
+            match self.requests.recv_timeout(left) {
+                // Already sitting out: a throttle that piled up behind
+                // this one adds nothing.
+                Ok(VcpuRequest::Throttle(_)) => {}
+                Ok(request) => {
+                    let next = self.on_request(VcpuState::Running, request);
+                    if !matches!(next, VcpuState::Running) {
+                        return next;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return VcpuState::Running,
+                Err(RecvTimeoutError::Disconnected) => return VcpuState::Exiting(None),
             }
         }
     }
@@ -170,7 +220,13 @@ impl VcpuThread {
             state = match state {
                 VcpuState::Running => match exits.run_once(self.vcpu.as_mut(), stats, &mut entered)
                 {
-                    Flow::Continue => self.drain_requests(),
+                    Flow::Continue => {
+                        let next = self.drain_requests();
+                        if std::mem::take(&mut self.sat_out) {
+                            entered = Instant::now();
+                        }
+                        next
+                    }
                     Flow::Finish(outcome) => VcpuState::Exiting(Some(outcome)),
                     Flow::Crash(kind) => VcpuState::Exiting(Some(self.crash(kind, ""))),
                     Flow::DebugStop(exit) => self.debug_stop(exit),

@@ -113,6 +113,8 @@ impl VcpuSet {
                 requests: receiver,
                 acks: ack_tx.clone(),
                 start_paused: paused,
+                sat_out: false,
+                running_since: Instant::now(),
             };
             let (filtered_tx, filtered) = mpsc::sync_channel(1);
             let seccomp = seccomp.clone();
@@ -244,6 +246,20 @@ impl VcpuSet {
         let resumed = self.transition(VcpuRequest::Resume, AckState::Running, timeout);
         self.paused = false;
         resumed
+    }
+
+    /// Has every running vCPU sit out its `percent` share of the time it
+    /// ran since it last sat out (a throttle step; the caller repeats it
+    /// every 10 ms or so). Does not wait, and does nothing to a paused VM.
+    pub fn throttle(&self, percent: u8) {
+        if self.paused {
+            return;
+        }
+        for (link, exited) in self.links.iter().zip(&self.exited) {
+            if !exited {
+                link.send(VcpuRequest::Throttle(percent));
+            }
+        }
     }
 
     /// Runs `work` on paused vCPU `index`'s own thread and returns its result.

@@ -169,3 +169,27 @@ fn every_exit_is_counted_with_its_device() {
     vm.set.exit_all();
     vm.set.join();
 }
+
+#[test]
+fn a_throttled_vcpu_sits_out_yet_pauses_at_once_and_runs_on_after() {
+    let mut vm = start(2, u64::MAX);
+    wait_for("both vCPUs to run", || {
+        vm.exits.iter().all(|e| e.load(Ordering::SeqCst) > 2)
+    });
+    // 99% makes up for the run before it with seconds out of the guest:
+    // only a pause ends that early.
+    vm.set.throttle(99);
+    wait_for("the vCPUs to sit out", || {
+        let before = total(&vm);
+        std::thread::sleep(Duration::from_millis(20));
+        total(&vm) == before
+    });
+    vm.set.pause(TIMEOUT).unwrap();
+    let at_pause = total(&vm);
+    // A throttle step is nothing to a paused VM.
+    vm.set.throttle(99);
+    vm.set.resume(TIMEOUT).unwrap();
+    wait_for("progress after resume", || total(&vm) > at_pause + 4);
+    vm.control.finish(VmOutcome::Shutdown);
+    vm.set.join();
+}
