@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::case::{Case, CaseRun};
 use crate::deadline::run_with_deadline;
@@ -36,6 +36,9 @@ pub struct RigRun {
     pub log: String,
     /// How the run went wrong, if it did (timeout, QEMU failure).
     pub error: Option<String>,
+    /// Each time L1's kernel died and a fresh L1 took over: the case it died
+    /// under and the console's last lines.
+    pub l1_deaths: Vec<String>,
 }
 
 fn run_script(repo: &Path, script: &str, args: &[&Path]) -> Result<(), String> {
@@ -156,6 +159,105 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
             return run;
         }
     };
+    let started = Instant::now();
+    let mut from: Option<&str> = None;
+    let mut deaths_under: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    for boot in 0..=L1_RESTARTS {
+        let limit = rig.limit.saturating_sub(started.elapsed());
+        let done = match run_with_deadline(l1_command(&kernel, &images, from), limit) {
+            Ok(done) => done,
+            Err(error) => {
+                run.error = Some(error);
+                break;
+            }
+        };
+        let mut this = RigRun::default();
+        parse(&done.output, &mut this);
+        if let Some(case) = from.and_then(|name| this.cases.get_mut(name)) {
+            case.output.insert_str(
+                0,
+                "@@NOTE rerun in a fresh L1: the previous L1 died during this case\n",
+            );
+        }
+        if boot == 0 {
+            run.ready = this.ready;
+            run.npt = this.npt.clone();
+        }
+        // Kept for people: the whole L1 console of the last run.
+        run.log.push_str(&done.output);
+        let _ = std::fs::write(rig.repo.join(".rig-cache/console.log"), &run.log);
+        if done.timed_out {
+            run.cases.extend(this.cases);
+            run.error = Some(format!(
+                "the rig did not finish within {} s",
+                rig.limit.as_secs()
+            ));
+            break;
+        }
+        let died = this.ready && !done.output.contains("@@L1 DONE");
+        let interrupted = this
+            .cases
+            .iter()
+            .find(|(_, case)| case.status.is_none())
+            .map(|(name, _)| name.clone());
+        run.cases.extend(this.cases);
+        if !died {
+            break;
+        }
+        // L1's kernel died under a case (QEMU's emulation of nested SVM has
+        // crashed it: issue #15). That is the rig falling over, not a
+        // verdict on the case: boot a fresh L1 and go on from that case,
+        // once; a case that L1 dies under twice keeps its failed run.
+        let tail: Vec<&str> = done.output.lines().rev().take(12).collect();
+        let note = format!(
+            "L1 died during {} (boot {}); its console ended with:\n{}",
+            interrupted.as_deref().unwrap_or("no case"),
+            boot + 1,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        eprintln!("rig: {note}");
+        run.l1_deaths.push(note);
+        let order: Vec<&str> = selected.iter().map(|c| c.name).collect();
+        let deaths = deaths_under.entry(interrupted.clone()).or_insert(0);
+        *deaths += 1;
+        from = next_start(&order, interrupted.as_deref(), *deaths == 1, &run.cases);
+        if from.is_none() {
+            break;
+        }
+    }
+    run
+}
+
+/// L1 boots at most this many more times after its kernel dies.
+const L1_RESTARTS: usize = 2;
+
+/// Where a fresh L1 starts after one died under `interrupted` (`None`:
+/// between cases): that case again the first time (`first_death`), else the
+/// first case after it that has not run.
+fn next_start<'a>(
+    order: &[&'a str],
+    interrupted: Option<&str>,
+    first_death: bool,
+    ran: &BTreeMap<String, CaseRun>,
+) -> Option<&'a str> {
+    let at = interrupted.and_then(|name| order.iter().position(|n| *n == name));
+    match at {
+        Some(at) if first_death => Some(order[at]),
+        Some(at) => order[at + 1..]
+            .iter()
+            .copied()
+            .find(|name| !ran.contains_key(*name)),
+        None => order.iter().copied().find(|name| !ran.contains_key(*name)),
+    }
+}
+
+/// QEMU booting L1 with the images; `from` makes L1 skip the cases before it.
+fn l1_command(kernel: &str, images: &Path, from: Option<&str>) -> Command {
+    let mut append =
+        "console=ttyS0 quiet panic=-1 intel_iommu=on iommu=pt no_timer_check".to_string();
+    if let Some(name) = from {
+        append.push_str(&format!(" sie_rig_from={name}"));
+    }
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args(["-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "2048"])
@@ -167,32 +269,14 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
         .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
         .args(["-device", "edu"])
         .arg("-kernel")
-        .arg(&kernel)
+        .arg(kernel)
         .arg("-initrd")
         .arg(images.join("l1.cpio"))
         // no_timer_check: with interrupt remapping, a slow TCG boot (a
         // loaded host) fails Linux's IO-APIC timer check and panics ("timer
         // doesn't work through Interrupt-remapped IO-APIC"); the timer works.
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 intel_iommu=on iommu=pt no_timer_check",
-        ]);
-    match run_with_deadline(command, rig.limit) {
-        Ok(done) => {
-            parse(&done.output, &mut run);
-            // Kept for people: the whole L1 console of the last run.
-            let _ = std::fs::write(rig.repo.join(".rig-cache/console.log"), &done.output);
-            if done.timed_out {
-                run.error = Some(format!(
-                    "the rig did not finish within {} s",
-                    rig.limit.as_secs()
-                ));
-            }
-            run.log = done.output;
-        }
-        Err(error) => run.error = Some(error),
-    }
-    run
+        .args(["-append", &append]);
+    command
 }
 
 /// L1's vCPU count: `SIE_RIG_L1_SMP` when it is a number from 1 to 8, else 2.
@@ -221,5 +305,22 @@ mod tests {
         assert_eq!(a.result("x").as_deref(), Some("1"));
         assert_eq!(run.cases["b"].status, None);
         assert!(run.cases["b"].output.contains("partial"));
+    }
+
+    #[test]
+    fn a_fresh_l1_starts_at_the_case_l1_died_under_once() {
+        let order = ["a", "b", "c", "d"];
+        let mut ran = BTreeMap::new();
+        for name in ["a", "b"] {
+            ran.insert(name.to_string(), CaseRun::default());
+        }
+        // Died under b for the first time: b runs again, then the rest.
+        assert_eq!(next_start(&order, Some("b"), true, &ran), Some("b"));
+        // Died under b again: b keeps its failed run; c is next.
+        assert_eq!(next_start(&order, Some("b"), false, &ran), Some("c"));
+        // Died between cases: the first case that has not run.
+        assert_eq!(next_start(&order, None, true, &ran), Some("c"));
+        // Died again under the last case: nothing is left.
+        assert_eq!(next_start(&order[..2], Some("b"), false, &ran), None);
     }
 }

@@ -350,6 +350,9 @@ fn failure(run: &RigRun, detail: String, console: &str) -> Failed {
     if let Some(error) = &run.error {
         message.push_str(&format!("\nrig: {error}"));
     }
+    for death in &run.l1_deaths {
+        message.push_str(&format!("\nrig: {death}"));
+    }
     message.push_str("\n--- console ---\n");
     message.push_str(console);
     Failed::from(message)
