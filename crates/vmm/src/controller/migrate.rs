@@ -26,7 +26,7 @@ use crate::migration::converge;
 use crate::migration::pace::Pacer;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
-use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
+use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, receive};
 use crate::outcome::VmOutcome;
 use crate::snapshot::dirty::RegionPages;
 
@@ -50,6 +50,9 @@ pub(super) struct Migration {
     paused_here: bool,
     /// A send or receive is under way.
     active: bool,
+    /// A send's `Go` left but its `Done` never came (why): the VM may run
+    /// on the destination, so it never resumes here.
+    handed_over: Option<String>,
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
@@ -89,6 +92,7 @@ impl Migration {
             worker: None,
             paused_here: false,
             active: false,
+            handed_over: None,
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
@@ -219,6 +223,9 @@ impl Controller {
         if self.migration.active {
             return Response::fault("migration/send: a migration is already under way");
         }
+        if let Some(why) = &self.migration.handed_over {
+            return Response::Fault(format!("migration/send: {why}"));
+        }
         let config = self.draft.to_config_unchecked();
         if !config.pmem.is_empty() || config.memory_hotplug.is_some() {
             return Response::fault(super::handle::PMEM_NO_SNAPSHOT);
@@ -294,6 +301,9 @@ impl Controller {
                 } => {
                     let result = self.run_arrived(*snapshot, memory, hv, manager);
                     let _ = reply.send(result);
+                }
+                ToVmm::Go(reply) => {
+                    let _ = reply.send(self.go_arrived());
                 }
                 ToVmm::ReceiveFailed(why) => {
                     self.migration.active = false;
@@ -390,19 +400,24 @@ impl Controller {
         Ok(Switchover { pages, state })
     }
 
-    fn send_finished(&mut self, result: Result<String, String>) {
+    /// Why the VM may not resume here (a send's `Go` left unconfirmed).
+    pub(super) fn migration_handed_over(&self) -> Option<&str> {
+        self.migration.handed_over.as_deref()
+    }
+
+    fn send_finished(&mut self, end: SendEnd) {
         // However the send ended, the guest is not throttled here any
         // more; when it failed, it runs on here at full speed (a completed
         // send keeps its last step in the figures: the VM ended under it).
         self.migration.throttle = 0;
-        if result.is_err() {
+        if !matches!(end, SendEnd::Moved(_)) {
             progress::update(&self.migration.progress, |p| p.throttle_percent = 0);
         }
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);
-        match result {
-            Ok(destination) => {
+        match end {
+            SendEnd::Moved(destination) => {
                 let p = progress::read(&self.migration.progress);
                 let mut figures = format!(
                     "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
@@ -420,7 +435,13 @@ impl Controller {
                 tracing::info!("the VM migrated to {figures}");
                 self.control.finish(VmOutcome::Migrated(figures));
             }
-            Err(why) => {
+            SendEnd::Unconfirmed(why) => {
+                // Paused it stays: resuming could run the guest twice.
+                tracing::error!("migration failed after the go: {why}");
+                self.migration.paused_here = false;
+                self.migration.handed_over = Some(why);
+            }
+            SendEnd::Failed(why) => {
                 tracing::warn!("migration failed, the VM runs on here: {why}");
                 if let Phase::Running(vm) = &self.phase {
                     crate::snapshot::dirty::mark_again(vm.memory(), &taken);
@@ -453,8 +474,19 @@ impl Controller {
             self.control.clone(),
         )
         .map_err(|e| crate::error::error_chain(&e))?;
-        self.run_built(built, snapshot.config, false, manager)
-            .map_err(|e| crate::error::error_chain(&e))?;
+        // Paused until the sender's go: without it the guest never runs
+        // here (the sender may still resume it).
+        self.run_built(built, snapshot.config, true, manager)
+            .map_err(|e| crate::error::error_chain(&e))
+    }
+
+    fn go_arrived(&mut self) -> Result<(), String> {
+        let Phase::Running(vm) = &mut self.phase else {
+            return Err("the arrived microVM is gone".into());
+        };
+        vm.vcpus
+            .resume(PAUSE_TIMEOUT)
+            .map_err(|e| format!("running the arrived microVM: {e}"))?;
         self.migration.active = false;
         Ok(())
     }

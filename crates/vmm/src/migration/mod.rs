@@ -154,20 +154,35 @@ pub enum ToVmm {
     /// Throttle every vCPU by this percent of each period (auto-converge;
     /// lifted when the send ends).
     Throttle(u8),
-    /// The send ended: `Ok` with where the VM went (the source stops),
-    /// `Err` with why not (the VM runs on here).
-    SendFinished(Result<String, String>),
-    /// Build the received VM on `memory` and run it.
+    /// The send ended (see [`SendEnd`]).
+    SendFinished(SendEnd),
+    /// Build the received VM on `memory`, its vCPUs paused until [`ToVmm::Go`].
     Arrived {
         /// Its state.
         snapshot: Box<Snapshot>,
         /// Its RAM, every page received.
         memory: GuestMemory,
-        /// Whether it runs.
+        /// Whether it is built.
         reply: Sender<Result<(), String>>,
     },
+    /// The sender committed: run the arrived VM.
+    Go(Sender<Result<(), String>>),
     /// The receive failed: the destination exits with this line.
     ReceiveFailed(String),
+}
+
+/// How a send ended, as the VMM thread must act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendEnd {
+    /// The destination said the VM runs there (its endpoint): the source
+    /// stops.
+    Moved(String),
+    /// It failed before `Go` left: the destination never runs the VM, so
+    /// it runs on here.
+    Failed(String),
+    /// `Go` left but the destination's `Done` never came: the VM may run
+    /// there, so it stays paused here, never to resume.
+    Unconfirmed(String),
 }
 
 /// The migration thread's side of the link to the VMM thread.

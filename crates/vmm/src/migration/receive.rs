@@ -1,7 +1,9 @@
 //! The receiving end: accept one sender, check its protocol version before
 //! anything else, take guest RAM's layout and map fresh memory for it,
 //! write every page that arrives, and on the state hand the VM to the VMM
-//! thread to build and run; then tell the sender it runs here.
+//! thread to build, paused; answer `Ready`, and run it only on the
+//! sender's `Go` (then answer `Done`). Without a `Go` the VM never runs
+//! here and sie ends with one line.
 
 use std::path::Path;
 
@@ -126,13 +128,47 @@ impl Receiver {
                         memory,
                         reply,
                     })?;
-                    return wire::write_message(conn, &Message::Done)
-                        .map_err(|e| format!("telling the source the VM runs here: {e}"));
+                    return self.switch_over(conn);
                 }
                 Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
                 other => return Err(unexpected(other.name(), "pages or state")),
             }
         }
+    }
+}
+
+impl Receiver {
+    /// The VM is built, paused: `Ready`, then it runs only on the
+    /// sender's `Go` (anything else ends sie without it ever running).
+    fn switch_over(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        wire::write_message(conn, &Message::Ready)
+            .map_err(|e| format!("telling the source the VM is ready: {e}"))?;
+        match wire::read_message(conn) {
+            Ok(Message::Go) => {}
+            Ok(Message::Abort(reason)) => {
+                return Err(format!(
+                    "the source aborted before the go (the VM never ran here): {reason}"
+                ));
+            }
+            Ok(other) => return Err(unexpected(other.name(), "go")),
+            Err(error) => {
+                return Err(format!(
+                    "no go from the source (the VM never ran here): {}",
+                    match error {
+                        wire::WireError::Io(io)
+                            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            "it closed the stream".to_string()
+                        }
+                        other => other.to_string(),
+                    }
+                ));
+            }
+        }
+        self.link.ask(ToVmm::Go)?;
+        // The VM runs here whether or not this reaches the source.
+        let _ = wire::write_message(conn, &Message::Done);
+        Ok(())
     }
 }
 

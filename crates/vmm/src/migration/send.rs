@@ -1,7 +1,8 @@
 //! The sending end: connect, agree on the protocol, send every populated
 //! page while the guest runs, then rounds of what it dirtied until the
-//! rest fits the allowed downtime, then the switch-over (pause, last pages,
-//! state) and the receiver's word that the VM runs there.
+//! rest fits the allowed downtime, then the two-phase switch-over: pause,
+//! last pages, state; the receiver's `Ready` (it holds the VM, paused);
+//! `Go`, after which the guest never resumes here; the receiver's `Done`.
 //!
 //! A round that does not shrink enough raises the vCPUs' throttle
 //! ([`super::converge`], unless the send asked for no auto-converge); the
@@ -24,7 +25,7 @@ use super::converge::AutoConverge;
 use super::pace::Pacer;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PageBatch};
-use super::{Conn, Endpoint, ToVmm, VmmLink};
+use super::{Conn, Endpoint, SendEnd, ToVmm, VmmLink};
 use crate::snapshot::dirty::RegionPages;
 use crate::snapshot::memory_file;
 
@@ -70,25 +71,34 @@ impl Sender {
     /// Runs the migration and tells the VMM thread how it ended.
     pub fn run(self) {
         let started = Instant::now();
-        let result = self.converse(started);
+        let end = match self.converse(started) {
+            Ok(()) => SendEnd::Moved(self.plan.destination.to_string()),
+            Err(Failure::BeforeGo(why)) => SendEnd::Failed(why),
+            Err(Failure::AfterGo(why)) => SendEnd::Unconfirmed(format!(
+                "{why}: the destination may be running the VM, so it stays paused here"
+            )),
+        };
         let total_ms = started.elapsed().as_millis() as u64;
         let cancelled = self.cancel.load(Ordering::Acquire);
         progress::update(&self.progress, |p| {
             p.total_ms = Some(total_ms);
-            match &result {
-                Ok(_) => p.state = MigrationState::Completed,
-                Err(error) => {
+            match &end {
+                SendEnd::Moved(_) => p.state = MigrationState::Completed,
+                SendEnd::Failed(why) => {
                     p.state = if cancelled {
                         MigrationState::Cancelled
                     } else {
                         MigrationState::Failed
                     };
-                    p.error = Some(error.clone());
+                    p.error = Some(why.clone());
+                }
+                SendEnd::Unconfirmed(why) => {
+                    p.state = MigrationState::Failed;
+                    p.error = Some(why.clone());
                 }
             }
         });
-        let outcome = result.map(|()| self.plan.destination.to_string());
-        self.link.send(ToVmm::SendFinished(outcome));
+        self.link.send(ToVmm::SendFinished(end));
     }
 
     fn check_going(&self, started: Instant) -> Result<(), String> {
@@ -104,45 +114,77 @@ impl Sender {
         Ok(())
     }
 
-    fn converse(&self, started: Instant) -> Result<(), String> {
+    fn converse(&self, started: Instant) -> Result<(), Failure> {
         let destination = &self.plan.destination;
         let mut conn = destination
             .connect()
             .map_err(|e| format!("connecting to {destination}: {e}"))?;
         let conn = conn.as_mut();
-        let sent = |e: std::io::Error| format!("sending to {destination}: {e}");
         let result = self.precopy(conn, started);
-        if let Err(error) = &result {
-            // Best effort: the receiver learns why instead of seeing EOF.
+        let result = match result {
+            Ok(pending) => self.switchover(conn, pending),
+            Err(error) => Err(Failure::BeforeGo(error)),
+        };
+        if let Err(Failure::BeforeGo(error)) = &result {
+            // Best effort: the receiver learns why instead of seeing EOF
+            // (and never runs the VM: it has had no `Go`).
             let _ = wire::write_message(conn, &Message::Abort(error.clone()));
-            return result.map(|_| ());
         }
-        let mut pending = result.unwrap_or_default();
-        // The switch-over: from here the guest is paused until the
-        // receiver says it runs there (or this fails and it resumes here).
+        result
+    }
+
+    /// The two-phase switch-over: pause, last pages, state; the
+    /// receiver's `Ready`; `Go` (the commit); its `Done`.
+    fn switchover(
+        &self,
+        conn: &mut dyn Conn,
+        mut pending: Vec<RegionPages>,
+    ) -> Result<(), Failure> {
+        let destination = &self.plan.destination;
+        let sent = |e: std::io::Error| format!("sending to {destination}: {e}");
+        // From here the guest is paused until the receiver holds it (or
+        // this fails before the go and it resumes here).
         let paused_at = Instant::now();
         let last = self.link.ask(ToVmm::Switchover)?;
         pending.extend(last.pages);
-        let finish = (|| {
-            self.send_pages(conn, &pending, None)?;
-            let state_len = last.state.len() as u64;
-            wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
-            progress::update(&self.progress, |p| p.bytes += state_len);
-            match wire::read_message(conn) {
-                Ok(Message::Done) => Ok(()),
-                Ok(Message::Abort(reason)) => Err(format!("the destination refused: {reason}")),
-                Ok(other) => Err(format!(
-                    "the destination sent {} instead of done",
-                    other.name()
-                )),
-                Err(error) => Err(format!("waiting for the destination: {error}")),
+        self.send_pages(conn, &pending, None)?;
+        let state_len = last.state.len() as u64;
+        wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
+        progress::update(&self.progress, |p| p.bytes += state_len);
+        match wire::read_message(conn) {
+            Ok(Message::Ready) => {}
+            Ok(Message::Abort(reason)) => {
+                return Err(format!("the destination refused: {reason}").into());
             }
-        })();
-        if finish.is_ok() {
-            let downtime_ms = paused_at.elapsed().as_millis() as u64;
-            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+            Ok(other) => {
+                return Err(
+                    format!("the destination sent {} instead of ready", other.name()).into(),
+                );
+            }
+            Err(error) => return Err(format!("waiting for the destination: {error}").into()),
         }
-        finish
+        // The commit. A `Go` whose write failed never reached the receiver
+        // whole (a cut frame fails its checksum or its read), so the guest
+        // may still resume here; once the write succeeded it may not.
+        wire::write_message(conn, &Message::Go)
+            .map_err(|e| format!("sending the go to {destination}: {e}"))?;
+        let done = match wire::read_message(conn) {
+            Ok(Message::Done) => Ok(()),
+            Ok(Message::Abort(reason)) => {
+                Err(format!("the destination failed after the go: {reason}"))
+            }
+            Ok(other) => Err(format!(
+                "the destination sent {} instead of done",
+                other.name()
+            )),
+            Err(error) => Err(format!(
+                "the link to {destination} was lost after the go: {error}"
+            )),
+        };
+        done.map_err(Failure::AfterGo)?;
+        let downtime_ms = paused_at.elapsed().as_millis() as u64;
+        progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+        Ok(())
     }
 
     /// Hello, layout, the first pass and the rounds: returns the dirty
@@ -279,6 +321,20 @@ impl Sender {
             pace.sent(bytes);
         }
         Ok(bytes)
+    }
+}
+
+/// Why a send failed, on which side of the commit.
+enum Failure {
+    /// Before `Go` left: the guest resumes here.
+    BeforeGo(String),
+    /// After: the destination may run it.
+    AfterGo(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::BeforeGo(why)
     }
 }
 

@@ -12,8 +12,12 @@
 //! refuses the other's version before any memory moves), `Layout` (guest
 //! RAM's regions), any number of `Pages`, `State` (a snapshot file's
 //! bytes: configuration, vCPU, VM, device and virtio state), then the
-//! receiver's `Done` once the VM runs there. Either side may send `Abort`
-//! with a one-line reason instead of its next message.
+//! two-phase switch-over: the receiver builds the VM paused and answers
+//! `Ready`; the sender commits (it will never run the guest again) and
+//! sends `Go`; the receiver runs the VM only then, and answers `Done`.
+//! A link lost before `Go` leaves the guest on the sender alone; one lost
+//! after leaves it nowhere or on the receiver, never on both. Either side
+//! may send `Abort` with a one-line reason instead of its next message.
 //!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
@@ -29,7 +33,9 @@ use twox_hash::XxHash3_64;
 use crate::snapshot::memory_file::RegionEntry;
 
 /// The protocol's major version: a peer with another one is refused.
-pub const PROTOCOL_MAJOR: u16 = 1;
+/// 2: `Ready` and `Go` (the two-phase switch-over); a version 1 peer
+/// would run the VM on `State` alone, so it is refused.
+pub const PROTOCOL_MAJOR: u16 = 2;
 /// The protocol's minor version (additions a same-major peer may ignore).
 pub const PROTOCOL_MINOR: u16 = 0;
 /// What a `Hello` starts with, so a stranger talking is told apart from
@@ -102,6 +108,10 @@ pub enum Message {
     Pages(Vec<PageRun>),
     /// A snapshot file's bytes.
     State(Vec<u8>),
+    /// The receiver holds the VM built and paused, waiting for `Go`.
+    Ready,
+    /// The sender committed: the receiver may run the VM.
+    Go,
     /// The VM runs on the receiver.
     Done,
     /// The sender gives up, or the receiver refuses (one line).
@@ -117,6 +127,8 @@ impl Message {
             Message::State(_) => 4,
             Message::Done => 5,
             Message::Abort(_) => 6,
+            Message::Ready => 7,
+            Message::Go => 8,
         }
     }
 
@@ -129,6 +141,8 @@ impl Message {
             Message::State(_) => "state",
             Message::Done => "done",
             Message::Abort(_) => "abort",
+            Message::Ready => "ready",
+            Message::Go => "go",
         }
     }
 
@@ -156,7 +170,7 @@ impl Message {
                 batch.payload
             }
             Message::State(bytes) => bytes.clone(),
-            Message::Done => Vec::new(),
+            Message::Done | Message::Ready | Message::Go => Vec::new(),
             Message::Abort(reason) => reason.as_bytes().to_vec(),
         }
     }
@@ -304,6 +318,10 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         6 => Ok(Message::Abort(
             String::from_utf8_lossy(&payload).into_owned(),
         )),
+        7 if payload.is_empty() => Ok(Message::Ready),
+        7 => Err(WireError::Malformed("ready")),
+        8 if payload.is_empty() => Ok(Message::Go),
+        8 => Err(WireError::Malformed("go")),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -367,6 +385,8 @@ mod tests {
                 },
             ]),
             Message::State(b"SIESNAP\n...".to_vec()),
+            Message::Ready,
+            Message::Go,
             Message::Done,
             Message::Abort("no room".into()),
         ]
