@@ -2,7 +2,7 @@
 //! `PUT /migration/receive`, `PUT /migration/send`.
 //!
 //! [`MigrationSend::check`] refuses, in one line, what this version
-//! cannot do yet (post-copy, `auto`, local mode), so every accepted field
+//! cannot do yet (`auto`, local mode), so every accepted field
 //! takes effect.
 
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ pub struct MigrationSend {
     /// Give up (and keep running here) after this long.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
-    /// Pre-copy (the only mode so far).
+    /// Pre-copy or post-copy (`auto` is refused).
     #[serde(default)]
     pub mode: MigrationMode,
     /// Same-host handover of shared memory (not yet).
@@ -102,8 +102,7 @@ impl MigrationSend {
     pub fn check(&self) -> Result<(), String> {
         check_migration_url(&self.destination_url)?;
         match self.mode {
-            MigrationMode::Precopy => {}
-            MigrationMode::Postcopy => return Err("postcopy migration not supported yet".into()),
+            MigrationMode::Precopy | MigrationMode::Postcopy => {}
             MigrationMode::Auto => return Err("auto migration mode not supported yet".into()),
         }
         if self.local {
@@ -138,9 +137,12 @@ mod tests {
         assert_eq!(plain.max_bandwidth_mib_s, None);
         assert_eq!(plain.check(), Ok(()));
         let post = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "mode": "postcopy"}"#);
+        assert_eq!(post.mode, MigrationMode::Postcopy);
+        assert_eq!(post.check(), Ok(()));
+        let auto = send(r#"{"destination_url": "unix:/x", "mode": "auto"}"#);
         assert_eq!(
-            post.check().unwrap_err(),
-            "postcopy migration not supported yet"
+            auto.check().unwrap_err(),
+            "auto migration mode not supported yet"
         );
         let local = send(r#"{"destination_url": "unix:/x", "local": true}"#);
         assert_eq!(

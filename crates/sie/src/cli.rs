@@ -305,6 +305,11 @@ pub enum MigrateCommand {
         /// link goes).
         #[arg(long, value_name = "MIB_PER_S")]
         max_bandwidth_mib_s: Option<u64>,
+        /// Post-copy: the VM runs on the receiving sie at once, its pages
+        /// fetched there on demand while this sie pushes the rest. A link
+        /// lost meanwhile loses the guest (neither side has all its memory).
+        #[arg(long)]
+        postcopy: bool,
     },
     /// How the migration goes (GET /migration).
     Status {

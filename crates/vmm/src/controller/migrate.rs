@@ -24,6 +24,7 @@ use super::{Controller, Phase};
 use crate::event_loop::Manager;
 use crate::migration::converge;
 use crate::migration::pace::Pacer;
+use crate::migration::postcopy::FaultLink;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
 use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, receive};
@@ -56,6 +57,8 @@ pub(super) struct Migration {
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
+    /// The send is post-copy (its figures say so).
+    postcopy: bool,
     /// The send's auto-converge throttle, percent (0: none).
     throttle: u8,
     /// When the vCPUs sit out next.
@@ -93,6 +96,7 @@ impl Migration {
             paused_here: false,
             active: false,
             handed_over: None,
+            postcopy: false,
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
@@ -245,6 +249,7 @@ impl Controller {
                 downtime: Duration::from_millis(send.downtime_ms),
                 timeout: Duration::from_secs(send.timeout_s),
                 auto_converge: send.auto_converge,
+                postcopy: send.mode == sie_config::MigrationMode::Postcopy,
             },
             memory: vm.memory().clone(),
             scan_contents: vm.memory_from_file(),
@@ -260,6 +265,7 @@ impl Controller {
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
+        self.migration.postcopy = send.mode == sie_config::MigrationMode::Postcopy;
         if worker.send(Box::new(move || sender.run())).is_err() {
             self.migration.active = false;
             return Response::fault("migration/send: the migration worker is gone");
@@ -297,9 +303,10 @@ impl Controller {
                 ToVmm::Arrived {
                     snapshot,
                     memory,
+                    postcopy,
                     reply,
                 } => {
-                    let result = self.run_arrived(*snapshot, memory, hv, manager);
+                    let result = self.run_arrived(*snapshot, memory, postcopy, hv, manager);
                     let _ = reply.send(result);
                 }
                 ToVmm::Go(reply) => {
@@ -419,9 +426,13 @@ impl Controller {
         match end {
             SendEnd::Moved(destination) => {
                 let p = progress::read(&self.migration.progress);
+                let how = if self.migration.postcopy {
+                    format!("in post-copy ({} pages asked for)", p.requested_pages)
+                } else {
+                    format!("after {} pre-copy rounds", p.round)
+                };
                 let mut figures = format!(
-                    "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
-                    p.round,
+                    "{destination} {how}: {:.1} MiB sent, {} ms of downtime, {} ms in all",
                     p.bytes as f64 / f64::from(1u32 << 20),
                     p.downtime_ms.unwrap_or_default(),
                     p.total_ms.unwrap_or_default(),
@@ -460,12 +471,19 @@ impl Controller {
         &mut self,
         snapshot: crate::snapshot::Snapshot,
         memory: sie_hv::GuestMemory,
+        postcopy: Option<std::os::fd::RawFd>,
         hv: &dyn Hypervisor,
         manager: &mut Manager,
-    ) -> Result<(), String> {
+    ) -> Result<Option<FaultLink>, String> {
         if self.is_started_vm() {
             return Err("this sie already runs a microVM".into());
         }
+        // Post-copy: RAM is empty; its faults are asked of the sender from
+        // before the build (a device restored may read guest memory).
+        let faults = postcopy
+            .map(|stream| crate::migration::postcopy::start(&memory, stream, &self.options.seccomp))
+            .transpose()
+            .map_err(|e| format!("post-copy page faults: {e}"))?;
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
             memory,
@@ -477,7 +495,8 @@ impl Controller {
         // Paused until the sender's go: without it the guest never runs
         // here (the sender may still resume it).
         self.run_built(built, snapshot.config, true, manager)
-            .map_err(|e| crate::error::error_chain(&e))
+            .map_err(|e| crate::error::error_chain(&e))?;
+        Ok(faults)
     }
 
     fn go_arrived(&mut self) -> Result<(), String> {

@@ -1,9 +1,11 @@
 //! Live migration: a running VM moves to another sie process over a Unix
-//! socket or TCP, its memory copied while it runs (pre-copy).
+//! socket or TCP, its memory copied while it runs (pre-copy) or after it
+//! runs on the receiver (post-copy).
 //!
 //! [`wire`] is the framed, checksummed protocol both sides speak;
 //! [`send`] and [`receive`] are the two ends' conversations ([`converge`]
-//! and [`pace`] the sender's throttle decision and bandwidth cap), each run on
+//! and [`pace`] the sender's throttle decision and bandwidth cap,
+//! [`postcopy`] the receiver's page faults), each run on
 //! its own thread so the VMM's event loop keeps serving the VM. Neither
 //! thread touches vCPUs or devices: what needs the VM (dirty pages, the
 //! pause, the state, building the VM on arrival) is asked of the VMM
@@ -14,6 +16,7 @@
 
 pub mod converge;
 pub mod pace;
+pub mod postcopy;
 pub mod progress;
 pub mod receive;
 pub mod send;
@@ -104,9 +107,10 @@ fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
     Ok(Box::new(stream))
 }
 
-/// A byte stream to the other sie.
-pub trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+/// A byte stream to the other sie (a socket: post-copy polls it, and
+/// hands the receiver's fault thread a duplicate).
+pub trait Conn: Read + Write + Send + std::os::fd::AsRawFd {}
+impl<T: Read + Write + Send + std::os::fd::AsRawFd> Conn for T {}
 
 /// A bound, listening endpoint.
 pub enum Listener {
@@ -160,10 +164,13 @@ pub enum ToVmm {
     Arrived {
         /// Its state.
         snapshot: Box<Snapshot>,
-        /// Its RAM, every page received.
+        /// Its RAM: every page received, or (post-copy) none yet.
         memory: GuestMemory,
-        /// Whether it is built.
-        reply: Sender<Result<(), String>>,
+        /// Post-copy: the stream, whose duplicate the fault thread asks
+        /// for missing pages on.
+        postcopy: Option<std::os::fd::RawFd>,
+        /// Whether it is built (and, post-copy, its fault link).
+        reply: Sender<Result<Option<postcopy::FaultLink>, String>>,
     },
     /// The sender committed: run the arrived VM.
     Go(Sender<Result<(), String>>),

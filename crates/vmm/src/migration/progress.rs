@@ -48,6 +48,9 @@ pub struct Progress {
     /// (auto-converge; 0 when off or not needed, and again once a failed
     /// or cancelled send lifted it; a completed send keeps its last step).
     pub throttle_percent: u8,
+    /// Post-copy: pages the destination's guest asked for (sent ahead of
+    /// the push).
+    pub requested_pages: u64,
     /// The pause the guest saw (when completed).
     pub downtime_ms: Option<u64>,
     /// From the request to the end (when finished).
@@ -97,6 +100,7 @@ impl Progress {
             "dirty_rate_bytes_per_s": self.dirty_rate_bytes_per_s,
             "estimated_downtime_ms": self.estimated_downtime_ms,
             "throttle_percent": self.throttle_percent,
+            "requested_pages": self.requested_pages,
             "downtime_ms": self.downtime_ms.unwrap_or(0),
             "total_ms": self.total_ms.unwrap_or(0),
         })
@@ -133,6 +137,7 @@ mod tests {
             dirty_rate_bytes_per_s: 12 << 20,
             estimated_downtime_ms: 4,
             throttle_percent: 30,
+            requested_pages: 2,
             downtime_ms: Some(17),
             total_ms: Some(950),
             error: None,
@@ -153,6 +158,7 @@ mod tests {
                 "dirty_rate_bytes_per_s": 12 << 20,
                 "estimated_downtime_ms": 4,
                 "throttle_percent": 30,
+                "requested_pages": 2,
                 "downtime_ms": 17,
                 "total_ms": 950,
             })

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::postcopy::FaultLink;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PROTOCOL_MAJOR};
 use super::{Conn, Listener, ToVmm, VmmLink};
@@ -95,9 +96,12 @@ impl Receiver {
         };
         let memory = lazy::anonymous(&layout)
             .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?;
+        let mut postcopy = false;
+        let mut pages = 0u64;
         loop {
             match wire::read_message(conn).map_err(refused)? {
-                Message::Pages(runs) => {
+                Message::Postcopy if pages == 0 => postcopy = true,
+                Message::Pages(runs) if !postcopy => {
                     let mut bytes = 0;
                     for run in &runs {
                         memory
@@ -111,10 +115,8 @@ impl Receiver {
                             })?;
                         bytes += run.bytes.len() as u64;
                     }
-                    progress::update(&self.progress, |p| {
-                        p.bytes += bytes;
-                        p.pages += bytes / 4096;
-                    });
+                    pages += bytes / 4096;
+                    self.count(bytes);
                 }
                 Message::State(bytes) => {
                     let snapshot =
@@ -123,52 +125,103 @@ impl Receiver {
                     if snapshot.memory != layout {
                         return Err("the state's RAM layout differs from the pages sent".into());
                     }
-                    self.link.ask(|reply| ToVmm::Arrived {
+                    let stream = conn.as_raw_fd();
+                    let faults = self.link.ask(|reply| ToVmm::Arrived {
                         snapshot: Box::new(snapshot),
                         memory,
+                        postcopy: postcopy.then_some(stream),
                         reply,
                     })?;
-                    return self.switch_over(conn);
+                    return self.switch_over(conn, faults.as_ref());
                 }
                 Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
                 other => return Err(unexpected(other.name(), "pages or state")),
             }
         }
     }
+
+    fn count(&self, bytes: u64) {
+        progress::update(&self.progress, |p| {
+            p.bytes += bytes;
+            p.pages += bytes / 4096;
+        });
+    }
 }
 
 impl Receiver {
     /// The VM is built, paused: `Ready`, then it runs only on the
     /// sender's `Go` (anything else ends sie without it ever running).
-    fn switch_over(&self, conn: &mut dyn Conn) -> Result<(), String> {
-        wire::write_message(conn, &Message::Ready)
-            .map_err(|e| format!("telling the source the VM is ready: {e}"))?;
-        match wire::read_message(conn) {
-            Ok(Message::Go) => {}
-            Ok(Message::Abort(reason)) => {
-                return Err(format!(
-                    "the source aborted before the go (the VM never ran here): {reason}"
-                ));
-            }
-            Ok(other) => return Err(unexpected(other.name(), "go")),
-            Err(error) => {
-                return Err(format!(
-                    "no go from the source (the VM never ran here): {}",
-                    match error {
-                        wire::WireError::Io(io)
-                            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
-                        {
-                            "it closed the stream".to_string()
-                        }
-                        other => other.to_string(),
-                    }
-                ));
+    /// Post-copy, pages asked for meanwhile are installed as they come.
+    fn switch_over(&self, conn: &mut dyn Conn, faults: Option<&FaultLink>) -> Result<(), String> {
+        let ready = match faults {
+            Some(faults) => faults.send(&Message::Ready),
+            None => wire::write_message(conn, &Message::Ready),
+        };
+        ready.map_err(|e| format!("telling the source the VM is ready: {e}"))?;
+        loop {
+            match wire::read_message(conn) {
+                Ok(Message::Go) => break,
+                Ok(Message::Pages(runs)) if faults.is_some() => self.install(faults, &runs)?,
+                Ok(Message::Abort(reason)) => {
+                    return Err(format!(
+                        "the source aborted before the go (the VM never ran here): {reason}"
+                    ));
+                }
+                Ok(other) => return Err(unexpected(other.name(), "go")),
+                Err(error) => {
+                    return Err(format!(
+                        "no go from the source (the VM never ran here): {}",
+                        closed(error)
+                    ));
+                }
             }
         }
         self.link.ask(ToVmm::Go)?;
-        // The VM runs here whether or not this reaches the source.
-        let _ = wire::write_message(conn, &Message::Done);
+        let Some(faults) = faults else {
+            // The VM runs here whether or not this reaches the source.
+            let _ = wire::write_message(conn, &Message::Done);
+            return Ok(());
+        };
+        loop {
+            match wire::read_message(conn) {
+                Ok(Message::Pages(runs)) => self.install(Some(faults), &runs)?,
+                Ok(Message::Complete) => break,
+                Ok(other) => return Err(unexpected(other.name(), "pages or complete")),
+                Err(error) => {
+                    return Err(format!(
+                        "the link to the source was lost during post-copy, the guest is lost \
+                         (neither side has all its memory): {}",
+                        closed(error)
+                    ));
+                }
+            }
+        }
+        faults
+            .complete()
+            .map_err(|e| format!("telling the source every page arrived: {e}"))?;
+        // Pages asked for before `Complete` was seen still come; the
+        // sender closes the stream after `Done`.
+        while let Ok(Message::Pages(runs)) = wire::read_message(conn) {
+            self.install(Some(faults), &runs)?;
+        }
         Ok(())
+    }
+
+    fn install(&self, faults: Option<&FaultLink>, runs: &[wire::PageRun]) -> Result<(), String> {
+        if let Some(faults) = faults {
+            faults.install(runs)?;
+            self.count(runs.iter().map(|r| r.bytes.len() as u64).sum());
+        }
+        Ok(())
+    }
+}
+
+fn closed(error: wire::WireError) -> String {
+    match error {
+        wire::WireError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "it closed the stream".to_string()
+        }
+        other => other.to_string(),
     }
 }
 

@@ -32,6 +32,9 @@ use crate::snapshot::memory_file;
 const PAGE: u64 = 4096;
 /// Pages per `Pages` frame.
 const BATCH_BYTES: usize = 1 << 20;
+/// Bytes per `Pages` frame post-copy: small, so a request waits little
+/// behind the push.
+const PUSH_BATCH_BYTES: usize = 64 << 10;
 /// Rounds after the first pass before the switch-over happens anyway (a
 /// guest that dirties faster than the link carries never converges).
 pub const MAX_ROUNDS: u32 = 30;
@@ -47,6 +50,8 @@ pub struct SendPlan {
     pub timeout: Duration,
     /// Throttle the vCPUs when the rounds do not converge.
     pub auto_converge: bool,
+    /// Post-copy: the guest moves with no memory and its pages follow.
+    pub postcopy: bool,
 }
 
 /// Everything the sending thread needs.
@@ -146,12 +151,14 @@ impl Sender {
         // this fails before the go and it resumes here).
         let paused_at = Instant::now();
         let last = self.link.ask(ToVmm::Switchover)?;
-        pending.extend(last.pages);
-        self.send_pages(conn, &pending, None)?;
+        if !self.plan.postcopy {
+            pending.extend(last.pages);
+            self.send_pages(conn, &pending, None)?;
+        }
         let state_len = last.state.len() as u64;
         wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
         progress::update(&self.progress, |p| p.bytes += state_len);
-        match wire::read_message(conn) {
+        match self.read_serving(conn) {
             Ok(Message::Ready) => {}
             Ok(Message::Abort(reason)) => {
                 return Err(format!("the destination refused: {reason}").into());
@@ -168,7 +175,18 @@ impl Sender {
         // may still resume here; once the write succeeded it may not.
         wire::write_message(conn, &Message::Go)
             .map_err(|e| format!("sending the go to {destination}: {e}"))?;
-        let done = match wire::read_message(conn) {
+        if self.plan.postcopy {
+            // The guest runs there from now on.
+            let downtime_ms = paused_at.elapsed().as_millis() as u64;
+            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+            self.push_all(conn).map_err(|e| {
+                Failure::AfterGo(format!(
+                    "post-copy to {destination} failed, the guest is lost \
+                     (neither side has all its memory): {e}"
+                ))
+            })?;
+        }
+        let done = match self.read_serving(conn) {
             Ok(Message::Done) => Ok(()),
             Ok(Message::Abort(reason)) => {
                 Err(format!("the destination failed after the go: {reason}"))
@@ -182,8 +200,77 @@ impl Sender {
             )),
         };
         done.map_err(Failure::AfterGo)?;
-        let downtime_ms = paused_at.elapsed().as_millis() as u64;
-        progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+        if !self.plan.postcopy {
+            let downtime_ms = paused_at.elapsed().as_millis() as u64;
+            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+        }
+        Ok(())
+    }
+
+    /// The next message, post-copy answering the receiver's page requests
+    /// on the way.
+    fn read_serving(&self, conn: &mut dyn Conn) -> Result<Message, wire::WireError> {
+        loop {
+            match wire::read_message(conn)? {
+                Message::Request(guest_addr) if self.plan.postcopy => self
+                    .serve_request(conn, guest_addr)
+                    .map_err(|e| wire::WireError::Io(std::io::Error::other(e)))?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn serve_request(&self, conn: &mut dyn Conn, guest_addr: u64) -> Result<(), String> {
+        let mut batch = PageBatch::default();
+        self.push_page(&mut batch, GuestAddress(guest_addr))?;
+        self.flush(conn, &mut batch)?;
+        progress::update(&self.progress, |p| p.requested_pages += 1);
+        Ok(())
+    }
+
+    /// Post-copy, the guest paused here for good: every page that holds
+    /// data, a few at a time, the receiver's requests answered between
+    /// batches; then `Complete`.
+    fn push_all(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        let mut batch = PageBatch::default();
+        for region in self.memory.iter() {
+            let resident = if self.scan_contents {
+                vec![true; region.len().div_ceil(PAGE) as usize]
+            } else {
+                memory_file::resident_pages(region)
+                    .map_err(|e| format!("reading guest RAM's residency: {e}"))?
+            };
+            let base = region.start_addr().0;
+            for (page, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
+                let at = GuestAddress(base + page as u64 * PAGE);
+                if memory_file::is_zero_page(&self.memory, at)
+                    .map_err(|e| format!("reading guest RAM: {e}"))?
+                {
+                    continue;
+                }
+                self.push_page(&mut batch, at)?;
+                if batch.len() >= PUSH_BATCH_BYTES {
+                    self.flush(conn, &mut batch)?;
+                    self.serve_waiting(conn)?;
+                }
+            }
+        }
+        self.flush(conn, &mut batch)?;
+        self.serve_waiting(conn)?;
+        wire::write_message(conn, &Message::Complete)
+            .map_err(|e| format!("sending to {}: {e}", self.plan.destination))
+    }
+
+    /// Answers every request already waiting on the stream (urgent: a
+    /// vCPU there waits for each).
+    fn serve_waiting(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        while readable(conn) {
+            match wire::read_message(conn).map_err(|e| e.to_string())? {
+                Message::Request(guest_addr) => self.serve_request(conn, guest_addr)?,
+                Message::Abort(reason) => return Err(format!("the destination aborted: {reason}")),
+                other => return Err(format!("the destination sent {}", other.name())),
+            }
+        }
         Ok(())
     }
 
@@ -196,6 +283,13 @@ impl Sender {
         wire::expect_hello(conn).map_err(|e| format!("{destination}: {e}"))?;
         wire::write_message(conn, &Message::Layout(memory_file::layout_of(&self.memory)))
             .map_err(io)?;
+        if self.plan.postcopy {
+            // No pages before the state: all of them follow it. The log
+            // is on only so the switch-over can take it.
+            wire::write_message(conn, &Message::Postcopy).map_err(io)?;
+            self.link.ask(ToVmm::StartDirtyLog)?;
+            return Ok(Vec::new());
+        }
         // Logging starts before the first page is read, so every write
         // from here on is in some round.
         self.link.ask(ToVmm::StartDirtyLog)?;
@@ -336,6 +430,22 @@ impl From<String> for Failure {
     fn from(why: String) -> Self {
         Failure::BeforeGo(why)
     }
+}
+
+/// Whether a message (or the end of the stream) waits to be read.
+fn readable(conn: &dyn Conn) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, without blocking, on a
+    // socket `conn` keeps open.
+    let got = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    got >= 0
 }
 
 /// Bytes per second.

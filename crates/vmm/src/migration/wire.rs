@@ -19,6 +19,12 @@
 //! after leaves it nowhere or on the receiver, never on both. Either side
 //! may send `Abort` with a one-line reason instead of its next message.
 //!
+//! Post-copy: `Postcopy` after `Layout` says no pages come before `State`;
+//! the receiver builds the VM on empty RAM, and once it runs (on `Go`) a
+//! page the guest touches first is asked for with `Request`, while the
+//! sender pushes every page that holds data (the requested ones first),
+//! then `Complete`; the receiver answers `Done` once it has them all.
+//!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
 //! let mut stream = Vec::new();
@@ -112,8 +118,16 @@ pub enum Message {
     Ready,
     /// The sender committed: the receiver may run the VM.
     Go,
-    /// The VM runs on the receiver.
+    /// The VM runs on the receiver (post-copy: and it has every page).
     Done,
+    /// Post-copy: no pages come before the state; the receiver runs the
+    /// VM on `Go` and fetches missing pages with `Request`.
+    Postcopy,
+    /// Post-copy: the receiver's guest waits for the page at this
+    /// guest-physical address.
+    Request(u64),
+    /// Post-copy: every page that holds data was sent.
+    Complete,
     /// The sender gives up, or the receiver refuses (one line).
     Abort(String),
 }
@@ -129,6 +143,9 @@ impl Message {
             Message::Abort(_) => 6,
             Message::Ready => 7,
             Message::Go => 8,
+            Message::Postcopy => 9,
+            Message::Request(_) => 10,
+            Message::Complete => 11,
         }
     }
 
@@ -143,6 +160,9 @@ impl Message {
             Message::Abort(_) => "abort",
             Message::Ready => "ready",
             Message::Go => "go",
+            Message::Postcopy => "postcopy",
+            Message::Request(_) => "request",
+            Message::Complete => "complete",
         }
     }
 
@@ -170,7 +190,12 @@ impl Message {
                 batch.payload
             }
             Message::State(bytes) => bytes.clone(),
-            Message::Done | Message::Ready | Message::Go => Vec::new(),
+            Message::Done
+            | Message::Ready
+            | Message::Go
+            | Message::Postcopy
+            | Message::Complete => Vec::new(),
+            Message::Request(guest_addr) => guest_addr.to_le_bytes().to_vec(),
             Message::Abort(reason) => reason.as_bytes().to_vec(),
         }
     }
@@ -322,6 +347,16 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         7 => Err(WireError::Malformed("ready")),
         8 if payload.is_empty() => Ok(Message::Go),
         8 => Err(WireError::Malformed("go")),
+        9 if payload.is_empty() => Ok(Message::Postcopy),
+        9 => Err(WireError::Malformed("postcopy")),
+        10 => match u64_at(&payload, 0) {
+            Some(guest_addr) if payload.len() == 8 && guest_addr.is_multiple_of(PAGE as u64) => {
+                Ok(Message::Request(guest_addr))
+            }
+            _ => Err(WireError::Malformed("request")),
+        },
+        11 if payload.is_empty() => Ok(Message::Complete),
+        11 => Err(WireError::Malformed("complete")),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -385,8 +420,11 @@ mod tests {
                 },
             ]),
             Message::State(b"SIESNAP\n...".to_vec()),
+            Message::Postcopy,
             Message::Ready,
             Message::Go,
+            Message::Request(0x7000),
+            Message::Complete,
             Message::Done,
             Message::Abort("no room".into()),
         ]
