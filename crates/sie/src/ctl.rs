@@ -220,9 +220,8 @@ fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
             timeout_s,
             no_auto_converge,
             max_bandwidth_mib_s,
-            postcopy,
+            mode,
         } => {
-            let mode = if postcopy { "postcopy" } else { "precopy" };
             let mut body = json!({"destination_url": url, "downtime_ms": downtime_ms,
                 "timeout_s": timeout_s, "mode": mode, "local": false,
                 "auto_converge": !no_auto_converge});

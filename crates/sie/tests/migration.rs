@@ -259,10 +259,6 @@ fn what_sie_cannot_do_yet_is_refused_in_one_line() {
     let (source, _) = counting_source("migrate-refusals", 0);
     for (body, needle) in [
         (
-            r#"{"destination_url": "unix:/x", "mode": "auto"}"#,
-            "auto migration mode not supported yet",
-        ),
-        (
             r#"{"destination_url": "unix:/x", "local": true}"#,
             "local migration not supported yet",
         ),

@@ -4,7 +4,8 @@
 //! the rest; its count goes on exactly where it was. A page the guest
 //! asks for is sent even when the push would never send it. A link cut
 //! during post-copy loses the guest: the destination exits in one line and
-//! the source stays paused.
+//! the source stays paused. `auto` turns to post-copy when pre-copy runs
+//! out of time, and the count goes on exactly.
 
 mod common;
 
@@ -36,13 +37,7 @@ fn a_dirtying_guest_moves_in_post_copy_and_counts_on_exactly() {
     wait_for("a few counts", || last_count(&source_out) >= 5);
     let sock = source.sock.display().to_string();
     common::sie(&[
-        "ctl",
-        "--sock",
-        &sock,
-        "migrate",
-        "send",
-        &url,
-        "--postcopy",
+        "ctl", "--sock", &sock, "migrate", "send", &url, "--mode", "postcopy",
     ])
     .expect_code(0);
     let (code, stderr) = source.wait();
@@ -198,4 +193,56 @@ fn a_link_lost_during_post_copy_loses_the_guest_on_both_sides_in_one_line() {
     assert_eq!(source.state(), "Paused");
     let (code, _) = source.terminate();
     assert_eq!(code, Some(143));
+}
+
+#[test]
+fn auto_turns_to_post_copy_when_pre_copy_runs_out_of_time_and_the_count_goes_on() {
+    let scratch = common::Scratch::new("postcopy-auto");
+    let url = format!("unix:{}/m.sock", scratch.path());
+    let mut dest = ApiVm::start("postcopy-auto-dest", &[]);
+    let dest_out = capture(&mut dest);
+    let receive = serde_json::json!({ "receiver_url": url });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+
+    // 4 MiB dirtied over and over, a link of 1 MiB/s and a timeout of 1 s:
+    // the first pass alone outlasts the timeout, so the first round turns
+    // to post-copy (the pages dirtied meanwhile are dropped there and
+    // pushed again after the go).
+    let mut source = ApiVm::start("postcopy-auto-source", &[]);
+    let source_out = capture(&mut source);
+    source.boot(
+        sie_guests::COUNTER.path,
+        "limit=100000000 delay=20000 dirty=1024",
+    );
+    wait_for("a few counts", || last_count(&source_out) >= 5);
+    let send = serde_json::json!({
+        "destination_url": url,
+        "mode": "auto",
+        "timeout_s": 1,
+        "max_bandwidth_mib_s": 1,
+        "auto_converge": false,
+    });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the VM migrated to {url} after 0 pre-copy rounds, then in post-copy ("
+        )),
+        "{stderr}"
+    );
+    let moved_at = last_count(&source_out);
+    wait_for("the guest to count on there", || {
+        last_count(&dest_out) > moved_at + 5
+    });
+    let (code, _) = dest.terminate();
+    assert_eq!(code, Some(143));
+    std::thread::sleep(Duration::from_millis(50));
+    let before = source_out.lock().expect("output lock").clone();
+    let after = dest_out.lock().expect("output lock").clone();
+    let both = format!("{before}{after}");
+    // Up to the last whole line: the guest may have been stopped mid-line.
+    let whole = &both[..both.rfind('\n').map_or(0, |at| at + 1)];
+    assert_eq!(whole, counter::full_count(last_count(&dest_out)));
 }

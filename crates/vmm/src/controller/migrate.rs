@@ -57,8 +57,8 @@ pub(super) struct Migration {
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
-    /// The send is post-copy (its figures say so).
-    postcopy: bool,
+    /// The send's mode (its figures say how it went).
+    mode: sie_config::MigrationMode,
     /// The send's auto-converge throttle, percent (0: none).
     throttle: u8,
     /// When the vCPUs sit out next.
@@ -96,7 +96,7 @@ impl Migration {
             paused_here: false,
             active: false,
             handed_over: None,
-            postcopy: false,
+            mode: sie_config::MigrationMode::Precopy,
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
@@ -249,7 +249,7 @@ impl Controller {
                 downtime: Duration::from_millis(send.downtime_ms),
                 timeout: Duration::from_secs(send.timeout_s),
                 auto_converge: send.auto_converge,
-                postcopy: send.mode == sie_config::MigrationMode::Postcopy,
+                mode: send.mode,
             },
             memory: vm.memory().clone(),
             scan_contents: vm.memory_from_file(),
@@ -257,6 +257,7 @@ impl Controller {
             progress: Arc::default(),
             cancel: cancel.clone(),
             pace: send.max_bandwidth_mib_s.map(Pacer::new),
+            postcopy: std::cell::Cell::new(false),
         };
         let progress = self
             .migration
@@ -265,7 +266,7 @@ impl Controller {
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
-        self.migration.postcopy = send.mode == sie_config::MigrationMode::Postcopy;
+        self.migration.mode = send.mode;
         if worker.send(Box::new(move || sender.run())).is_err() {
             self.migration.active = false;
             return Response::fault("migration/send: the migration worker is gone");
@@ -426,10 +427,16 @@ impl Controller {
         match end {
             SendEnd::Moved(destination) => {
                 let p = progress::read(&self.migration.progress);
-                let how = if self.migration.postcopy {
-                    format!("in post-copy ({} pages asked for)", p.requested_pages)
-                } else {
-                    format!("after {} pre-copy rounds", p.round)
+                let auto = self.migration.mode == sie_config::MigrationMode::Auto;
+                let how = match (p.postcopy, auto) {
+                    (true, false) => {
+                        format!("in post-copy ({} pages asked for)", p.requested_pages)
+                    }
+                    (true, true) => format!(
+                        "after {} pre-copy rounds, then in post-copy ({} pages asked for)",
+                        p.round, p.requested_pages
+                    ),
+                    (false, _) => format!("after {} pre-copy rounds", p.round),
                 };
                 let mut figures = format!(
                     "{destination} {how}: {:.1} MiB sent, {} ms of downtime, {} ms in all",

@@ -87,7 +87,7 @@ impl FaultLink {
 
 /// The host address of `len` bytes of guest RAM at `guest_addr`, if they
 /// lie in one region.
-fn host_of(memory: &GuestMemory, guest_addr: u64, len: u64) -> Option<u64> {
+pub(super) fn host_of(memory: &GuestMemory, guest_addr: u64, len: u64) -> Option<u64> {
     memory.iter().find_map(|region| {
         let start = region.start_addr().0;
         let offset = guest_addr.checked_sub(start)?;

@@ -48,6 +48,8 @@ pub struct Progress {
     /// (auto-converge; 0 when off or not needed, and again once a failed
     /// or cancelled send lifted it; a completed send keeps its last step).
     pub throttle_percent: u8,
+    /// The guest moved post-copy (the mode, or `auto` once it turned).
+    pub postcopy: bool,
     /// Post-copy: pages the destination's guest asked for (sent ahead of
     /// the push).
     pub requested_pages: u64,
@@ -137,6 +139,7 @@ mod tests {
             dirty_rate_bytes_per_s: 12 << 20,
             estimated_downtime_ms: 4,
             throttle_percent: 30,
+            postcopy: true,
             requested_pages: 2,
             downtime_ms: Some(17),
             total_ms: Some(950),

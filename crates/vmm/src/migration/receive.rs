@@ -97,10 +97,10 @@ impl Receiver {
         let memory = lazy::anonymous(&layout)
             .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?;
         let mut postcopy = false;
-        let mut pages = 0u64;
         loop {
             match wire::read_message(conn).map_err(refused)? {
-                Message::Postcopy if pages == 0 => postcopy = true,
+                Message::Postcopy if !postcopy => postcopy = true,
+                Message::Discard(runs) if postcopy => discard(&memory, &runs)?,
                 Message::Pages(runs) if !postcopy => {
                     let mut bytes = 0;
                     for run in &runs {
@@ -115,7 +115,6 @@ impl Receiver {
                             })?;
                         bytes += run.bytes.len() as u64;
                     }
-                    pages += bytes / 4096;
                     self.count(bytes);
                 }
                 Message::State(bytes) => {
@@ -214,6 +213,39 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// Drops the stale copies of pages dirtied since they came: they read as
+/// missing again, and fault once the userfaultfd is on.
+fn discard(
+    memory: &sie_hv::GuestMemory,
+    runs: &[crate::snapshot::memory_file::RegionEntry],
+) -> Result<(), String> {
+    for run in runs {
+        let host = super::postcopy::host_of(memory, run.guest_addr, run.len).ok_or_else(|| {
+            format!(
+                "{} bytes at {:#x} are outside guest RAM",
+                run.len, run.guest_addr
+            )
+        })?;
+        // SAFETY: the range lies inside guest RAM's private anonymous
+        // mapping (checked above), which no vCPU runs on yet; dropping its
+        // pages only makes them read as missing.
+        let rc = unsafe {
+            libc::madvise(
+                host as *mut libc::c_void,
+                run.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "dropping stale guest pages: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn closed(error: wire::WireError) -> String {

@@ -14,10 +14,12 @@
 //! because each round's pages are taken before they are read. vCPU and
 //! device state is only read by the VMM thread, paused, at the switch-over.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sie_config::MigrationMode;
 use sie_hv::GuestMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -27,7 +29,7 @@ use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PageBatch};
 use super::{Conn, Endpoint, SendEnd, ToVmm, VmmLink};
 use crate::snapshot::dirty::RegionPages;
-use crate::snapshot::memory_file;
+use crate::snapshot::memory_file::{self, RegionEntry};
 
 const PAGE: u64 = 4096;
 /// Pages per `Pages` frame.
@@ -50,8 +52,9 @@ pub struct SendPlan {
     pub timeout: Duration,
     /// Throttle the vCPUs when the rounds do not converge.
     pub auto_converge: bool,
-    /// Post-copy: the guest moves with no memory and its pages follow.
-    pub postcopy: bool,
+    /// Pre-copy, post-copy, or pre-copy turning to post-copy when the
+    /// rounds run out (or the timeout passes) without converging.
+    pub mode: MigrationMode,
 }
 
 /// Everything the sending thread needs.
@@ -70,6 +73,9 @@ pub struct Sender {
     pub cancel: Arc<AtomicBool>,
     /// The bandwidth cap, if the send asked for one.
     pub pace: Option<Pacer>,
+    /// Post-copy from the switch-over on (the mode asked, or `auto` once
+    /// it turned).
+    pub postcopy: Cell<bool>,
 }
 
 impl Sender {
@@ -110,7 +116,8 @@ impl Sender {
         if self.cancel.load(Ordering::Acquire) {
             return Err("migration cancelled".into());
         }
-        if started.elapsed() > self.plan.timeout {
+        // `auto` turns to post-copy instead (once the first pass is over).
+        if self.plan.mode != MigrationMode::Auto && started.elapsed() > self.plan.timeout {
             return Err(format!(
                 "migration timed out after {} s before the switch-over",
                 self.plan.timeout.as_secs()
@@ -151,9 +158,14 @@ impl Sender {
         // this fails before the go and it resumes here).
         let paused_at = Instant::now();
         let last = self.link.ask(ToVmm::Switchover)?;
-        if !self.plan.postcopy {
-            pending.extend(last.pages);
-            self.send_pages(conn, &pending, None)?;
+        pending.extend(last.pages);
+        let postcopy = self.postcopy.get();
+        if !postcopy {
+            self.send_pages(conn, &pending, None, false)?;
+        } else if self.plan.mode == MigrationMode::Auto {
+            // What the receiver holds of these is stale: it drops them,
+            // and they come again after the go.
+            wire::write_message(conn, &Message::Discard(runs_of(&pending))).map_err(sent)?;
         }
         let state_len = last.state.len() as u64;
         wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
@@ -175,11 +187,17 @@ impl Sender {
         // may still resume here; once the write succeeded it may not.
         wire::write_message(conn, &Message::Go)
             .map_err(|e| format!("sending the go to {destination}: {e}"))?;
-        if self.plan.postcopy {
+        if postcopy {
             // The guest runs there from now on.
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
             progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
-            self.push_all(conn).map_err(|e| {
+            let pushed = if self.plan.mode == MigrationMode::Auto {
+                self.send_pages(conn, &pending, None, true)
+                    .and_then(|_| self.finish_push(conn))
+            } else {
+                self.push_all(conn)
+            };
+            pushed.map_err(|e| {
                 Failure::AfterGo(format!(
                     "post-copy to {destination} failed, the guest is lost \
                      (neither side has all its memory): {e}"
@@ -200,10 +218,19 @@ impl Sender {
             )),
         };
         done.map_err(Failure::AfterGo)?;
-        if !self.plan.postcopy {
+        if !postcopy {
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
             progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
         }
+        Ok(())
+    }
+
+    /// Tells the receiver the rest comes after the state.
+    fn turn_postcopy(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        wire::write_message(conn, &Message::Postcopy)
+            .map_err(|e| format!("{}: {e}", self.plan.destination))?;
+        self.postcopy.set(true);
+        progress::update(&self.progress, |p| p.postcopy = true);
         Ok(())
     }
 
@@ -212,7 +239,7 @@ impl Sender {
     fn read_serving(&self, conn: &mut dyn Conn) -> Result<Message, wire::WireError> {
         loop {
             match wire::read_message(conn)? {
-                Message::Request(guest_addr) if self.plan.postcopy => self
+                Message::Request(guest_addr) if self.postcopy.get() => self
                     .serve_request(conn, guest_addr)
                     .map_err(|e| wire::WireError::Io(std::io::Error::other(e)))?,
                 other => return Ok(other),
@@ -256,6 +283,11 @@ impl Sender {
             }
         }
         self.flush(conn, &mut batch)?;
+        self.finish_push(conn)
+    }
+
+    /// The last requests waiting, then `Complete`.
+    fn finish_push(&self, conn: &mut dyn Conn) -> Result<(), String> {
         self.serve_waiting(conn)?;
         wire::write_message(conn, &Message::Complete)
             .map_err(|e| format!("sending to {}: {e}", self.plan.destination))
@@ -283,10 +315,10 @@ impl Sender {
         wire::expect_hello(conn).map_err(|e| format!("{destination}: {e}"))?;
         wire::write_message(conn, &Message::Layout(memory_file::layout_of(&self.memory)))
             .map_err(io)?;
-        if self.plan.postcopy {
+        if self.plan.mode == MigrationMode::Postcopy {
             // No pages before the state: all of them follow it. The log
             // is on only so the switch-over can take it.
-            wire::write_message(conn, &Message::Postcopy).map_err(io)?;
+            self.turn_postcopy(conn)?;
             self.link.ask(ToVmm::StartDirtyLog)?;
             return Ok(Vec::new());
         }
@@ -311,7 +343,18 @@ impl Sender {
                 p.bandwidth_bytes_per_s = bandwidth;
                 p.estimated_downtime_ms = estimate;
             });
-            if estimate <= target || round >= MAX_ROUNDS {
+            if estimate <= target {
+                return Ok(pages);
+            }
+            let out_of_time = started.elapsed() > self.plan.timeout;
+            if self.plan.mode == MigrationMode::Auto && (round >= MAX_ROUNDS || out_of_time) {
+                tracing::info!(
+                    "migration: pre-copy did not converge after {round} rounds; post-copy"
+                );
+                self.turn_postcopy(conn)?;
+                return Ok(pages);
+            }
+            if round >= MAX_ROUNDS {
                 return Ok(pages);
             }
             if let Some(percent) = converge.after_round(last_sent, dirty_bytes, estimate) {
@@ -319,7 +362,7 @@ impl Sender {
                 self.link.send(ToVmm::Throttle(percent));
             }
             round += 1;
-            let sent = self.send_pages(conn, &pages, Some(started))?;
+            let sent = self.send_pages(conn, &pages, Some(started), false)?;
             last_sent = sent;
             let elapsed = round_started.elapsed();
             bandwidth = rate(sent, elapsed).max(bandwidth / 2);
@@ -361,13 +404,17 @@ impl Sender {
     }
 
     /// Sends the marked pages of `pages` (checking for cancel and timeout
-    /// between batches when `started` is given: not after the switch-over).
+    /// between batches when `started` is given: not after the switch-over;
+    /// post-copy, when `serve`, in small batches with the receiver's
+    /// requests answered between them).
     fn send_pages(
         &self,
         conn: &mut dyn Conn,
         pages: &[RegionPages],
         started: Option<Instant>,
+        serve: bool,
     ) -> Result<u64, String> {
+        let limit = if serve { PUSH_BATCH_BYTES } else { BATCH_BYTES };
         let mut batch = PageBatch::default();
         let mut bytes = 0;
         for region in pages {
@@ -381,10 +428,13 @@ impl Sender {
                         continue;
                     }
                     self.push_page(&mut batch, GuestAddress(region.guest_addr + page * PAGE))?;
-                    if batch.len() >= BATCH_BYTES {
+                    if batch.len() >= limit {
                         bytes += self.flush(conn, &mut batch)?;
                         if let Some(started) = started {
                             self.check_going(started)?;
+                        }
+                        if serve {
+                            self.serve_waiting(conn)?;
                         }
                     }
                 }
@@ -430,6 +480,29 @@ impl From<String> for Failure {
     fn from(why: String) -> Self {
         Failure::BeforeGo(why)
     }
+}
+
+/// The marked pages as runs of guest-physical addresses.
+fn runs_of(pages: &[RegionPages]) -> Vec<RegionEntry> {
+    let mut runs: Vec<RegionEntry> = Vec::new();
+    for region in pages {
+        let count = region.len / PAGE;
+        for page in 0..count {
+            let word = region.bits.get((page / 64) as usize).copied().unwrap_or(0);
+            if word & (1 << (page % 64)) == 0 {
+                continue;
+            }
+            let at = region.guest_addr + page * PAGE;
+            match runs.last_mut() {
+                Some(last) if last.guest_addr + last.len == at => last.len += PAGE,
+                _ => runs.push(RegionEntry {
+                    guest_addr: at,
+                    len: PAGE,
+                }),
+            }
+        }
+    }
+    runs
 }
 
 /// Whether a message (or the end of the stream) waits to be read.

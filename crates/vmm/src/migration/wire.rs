@@ -24,6 +24,8 @@
 //! page the guest touches first is asked for with `Request`, while the
 //! sender pushes every page that holds data (the requested ones first),
 //! then `Complete`; the receiver answers `Done` once it has them all.
+//! `auto` sends `Postcopy` after pre-copy rounds instead, and `Discard`
+//! (the pages dirtied since they were sent) before `State`.
 //!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
@@ -128,6 +130,9 @@ pub enum Message {
     Request(u64),
     /// Post-copy: every page that holds data was sent.
     Complete,
+    /// Post-copy after pre-copy (`auto`): pages the receiver holds stale
+    /// copies of; it drops them, and they come again after the go.
+    Discard(Vec<RegionEntry>),
     /// The sender gives up, or the receiver refuses (one line).
     Abort(String),
 }
@@ -146,6 +151,7 @@ impl Message {
             Message::Postcopy => 9,
             Message::Request(_) => 10,
             Message::Complete => 11,
+            Message::Discard(_) => 12,
         }
     }
 
@@ -163,6 +169,7 @@ impl Message {
             Message::Postcopy => "postcopy",
             Message::Request(_) => "request",
             Message::Complete => "complete",
+            Message::Discard(_) => "discard",
         }
     }
 
@@ -174,7 +181,7 @@ impl Message {
                 out.extend_from_slice(&minor.to_le_bytes());
                 out
             }
-            Message::Layout(regions) => {
+            Message::Layout(regions) | Message::Discard(regions) => {
                 let mut out = Vec::with_capacity(regions.len() * 16);
                 for region in regions {
                     out.extend_from_slice(&region.guest_addr.to_le_bytes());
@@ -311,6 +318,22 @@ fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
     Some(runs)
 }
 
+/// Address and length pairs (u64 LE each).
+fn regions(payload: &[u8]) -> Option<Vec<RegionEntry>> {
+    if !payload.len().is_multiple_of(16) {
+        return None;
+    }
+    payload
+        .chunks_exact(16)
+        .map(|c| {
+            Some(RegionEntry {
+                guest_addr: u64_at(c, 0)?,
+                len: u64_at(c, 8)?,
+            })
+        })
+        .collect()
+}
+
 fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
     match kind {
         1 => {
@@ -321,19 +344,9 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
             let minor = u16::from_le_bytes([payload[10], payload[11]]);
             Ok(Message::Hello(major, minor))
         }
-        2 => {
-            if !payload.len().is_multiple_of(16) {
-                return Err(WireError::Malformed("layout"));
-            }
-            let regions = payload
-                .chunks_exact(16)
-                .map(|c| RegionEntry {
-                    guest_addr: u64_at(c, 0).unwrap_or_default(),
-                    len: u64_at(c, 8).unwrap_or_default(),
-                })
-                .collect();
-            Ok(Message::Layout(regions))
-        }
+        2 => regions(&payload)
+            .map(Message::Layout)
+            .ok_or(WireError::Malformed("layout")),
         3 => parse_pages(&payload)
             .map(Message::Pages)
             .ok_or(WireError::Malformed("pages")),
@@ -357,6 +370,15 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         },
         11 if payload.is_empty() => Ok(Message::Complete),
         11 => Err(WireError::Malformed("complete")),
+        12 => {
+            let runs = regions(&payload).ok_or(WireError::Malformed("discard"))?;
+            let aligned = |n: u64| n.is_multiple_of(PAGE as u64);
+            if runs.iter().all(|r| aligned(r.guest_addr) && aligned(r.len)) {
+                Ok(Message::Discard(runs))
+            } else {
+                Err(WireError::Malformed("discard"))
+            }
+        }
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -424,6 +446,10 @@ mod tests {
             Message::Ready,
             Message::Go,
             Message::Request(0x7000),
+            Message::Discard(vec![RegionEntry {
+                guest_addr: 0x3000,
+                len: 2 * PAGE as u64,
+            }]),
             Message::Complete,
             Message::Done,
             Message::Abort("no room".into()),
