@@ -24,10 +24,9 @@ use super::{Controller, Phase};
 use crate::event_loop::Manager;
 use crate::migration::converge;
 use crate::migration::pace::Pacer;
-use crate::migration::postcopy::FaultLink;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
-use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, receive};
+use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, postcopy, receive};
 use crate::outcome::VmOutcome;
 use crate::snapshot::dirty::RegionPages;
 
@@ -304,11 +303,21 @@ impl Controller {
                 ToVmm::Arrived {
                     snapshot,
                     memory,
-                    postcopy,
                     reply,
                 } => {
-                    let result = self.run_arrived(*snapshot, memory, postcopy, hv, manager);
+                    let result = self.run_arrived(*snapshot, memory, hv, manager);
                     let _ = reply.send(result);
+                }
+                ToVmm::StartFaults {
+                    memory,
+                    stream,
+                    reply,
+                } => {
+                    // Before the VMM thread's own filter: a descriptor and
+                    // a thread are made.
+                    let started = postcopy::start(&memory, stream, &self.options.seccomp)
+                        .map_err(|e| format!("post-copy page faults: {e}"));
+                    let _ = reply.send(started);
                 }
                 ToVmm::Go(reply) => {
                     let _ = reply.send(self.go_arrived());
@@ -478,19 +487,12 @@ impl Controller {
         &mut self,
         snapshot: crate::snapshot::Snapshot,
         memory: sie_hv::GuestMemory,
-        postcopy: Option<std::os::fd::RawFd>,
         hv: &dyn Hypervisor,
         manager: &mut Manager,
-    ) -> Result<Option<FaultLink>, String> {
+    ) -> Result<(), String> {
         if self.is_started_vm() {
             return Err("this sie already runs a microVM".into());
         }
-        // Post-copy: RAM is empty; its faults are asked of the sender from
-        // before the build (a device restored may read guest memory).
-        let faults = postcopy
-            .map(|stream| crate::migration::postcopy::start(&memory, stream, &self.options.seccomp))
-            .transpose()
-            .map_err(|e| format!("post-copy page faults: {e}"))?;
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
             memory,
@@ -502,8 +504,7 @@ impl Controller {
         // Paused until the sender's go: without it the guest never runs
         // here (the sender may still resume it).
         self.run_built(built, snapshot.config, true, manager)
-            .map_err(|e| crate::error::error_chain(&e))?;
-        Ok(faults)
+            .map_err(|e| crate::error::error_chain(&e))
     }
 
     fn go_arrived(&mut self) -> Result<(), String> {

@@ -164,13 +164,21 @@ pub enum ToVmm {
     Arrived {
         /// Its state.
         snapshot: Box<Snapshot>,
-        /// Its RAM: every page received, or (post-copy) none yet.
+        /// Its RAM: every page received, or (post-copy) some.
         memory: GuestMemory,
-        /// Post-copy: the stream, whose duplicate the fault thread asks
-        /// for missing pages on.
-        postcopy: Option<std::os::fd::RawFd>,
-        /// Whether it is built (and, post-copy, its fault link).
-        reply: Sender<Result<Option<postcopy::FaultLink>, String>>,
+        /// Whether it is built.
+        reply: Sender<Result<(), String>>,
+    },
+    /// Post-copy: register `memory` with a userfaultfd and start the
+    /// thread that asks for its missing pages on a duplicate of `stream`
+    /// (before the build: restoring devices may read guest memory).
+    StartFaults {
+        /// The received VM's RAM.
+        memory: GuestMemory,
+        /// The migration's socket.
+        stream: std::os::fd::RawFd,
+        /// The link the receiving thread installs pages through.
+        reply: Sender<Result<postcopy::FaultLink, String>>,
     },
     /// The sender committed: run the arrived VM.
     Go(Sender<Result<(), String>>),
@@ -217,6 +225,23 @@ impl VmmLink {
         self.send(make(reply));
         wait(&answer)
     }
+}
+
+/// Whether a message (or the end of the stream) waits to be read on
+/// `conn`, without blocking.
+pub(crate) fn readable(conn: &dyn Conn) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, without blocking, on a
+    // socket `conn` keeps open.
+    let got = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    got >= 0
 }
 
 fn wait<T>(answer: &Receiver<Result<T, String>>) -> Result<T, String> {

@@ -182,3 +182,62 @@ fn serve_faults(link: &FaultLink) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::memory_file::RegionEntry;
+    use std::os::unix::net::UnixStream;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn a_fault_becomes_a_request_and_the_page_that_comes_wakes_it() {
+        let layout = [RegionEntry {
+            guest_addr: 0,
+            len: 16 * PAGE as u64,
+        }];
+        let memory = crate::snapshot::lazy::anonymous(&layout).unwrap();
+        let (ours, mut sender) = UnixStream::pair().unwrap();
+        let link = start(&memory, ours.as_raw_fd(), &Seccomp::disabled()).unwrap();
+        // A vCPU (or the VMM thread restoring a device) touches page 5.
+        let toucher = {
+            let memory = memory.clone();
+            std::thread::spawn(move || memory.read_obj::<u64>(GuestAddress(5 * 4096 + 8)))
+        };
+        assert_eq!(
+            wire::read_message(&mut sender).unwrap(),
+            Message::Request(5 * 4096)
+        );
+        let mut page = vec![0u8; PAGE];
+        page[8..16].copy_from_slice(&0x5eed_u64.to_le_bytes());
+        link.install(&[PageRun {
+            guest_addr: 5 * 4096,
+            bytes: page.clone(),
+        }])
+        .unwrap();
+        assert_eq!(toucher.join().unwrap().unwrap(), 0x5eed);
+        // Pushed again (it was asked for and pushed): left as it is.
+        link.install(&[PageRun {
+            guest_addr: 5 * 4096,
+            bytes: vec![0xff; PAGE],
+        }])
+        .unwrap();
+        assert_eq!(
+            memory.read_obj::<u64>(GuestAddress(5 * 4096 + 8)).unwrap(),
+            0x5eed
+        );
+        // Outside guest RAM: refused.
+        assert!(
+            link.install(&[PageRun {
+                guest_addr: 16 * 4096,
+                bytes: page,
+            }])
+            .is_err()
+        );
+        // After `Complete`, a fault is filled with zeros here, and `Done`
+        // is the last word.
+        link.complete().unwrap();
+        assert_eq!(wire::read_message(&mut sender).unwrap(), Message::Done);
+        assert_eq!(memory.read_obj::<u64>(GuestAddress(9 * 4096)).unwrap(), 0);
+    }
+}

@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::postcopy::FaultLink;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PROTOCOL_MAJOR};
-use super::{Conn, Listener, ToVmm, VmmLink};
+use super::{Conn, Listener, ToVmm, VmmLink, readable};
 use crate::snapshot::lazy;
 
 /// Everything the receiving thread needs.
@@ -124,17 +124,66 @@ impl Receiver {
                     if snapshot.memory != layout {
                         return Err("the state's RAM layout differs from the pages sent".into());
                     }
+                    if !postcopy {
+                        self.link.ask(|reply| ToVmm::Arrived {
+                            snapshot: Box::new(snapshot),
+                            memory,
+                            reply,
+                        })?;
+                        return self.switch_over(conn, None);
+                    }
                     let stream = conn.as_raw_fd();
-                    let faults = self.link.ask(|reply| ToVmm::Arrived {
-                        snapshot: Box::new(snapshot),
-                        memory,
-                        postcopy: postcopy.then_some(stream),
+                    let faults = self.link.ask(|reply| ToVmm::StartFaults {
+                        memory: memory.clone(),
+                        stream,
                         reply,
                     })?;
-                    return self.switch_over(conn, faults.as_ref());
+                    self.build_serving(conn, &faults, snapshot, memory)?;
+                    return self.switch_over(conn, Some(&faults));
                 }
                 Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
                 other => return Err(unexpected(other.name(), "pages or state")),
+            }
+        }
+    }
+
+    /// Post-copy: the VMM thread builds the VM while pages it faults on
+    /// (restoring a device may read guest memory) are asked for and
+    /// installed here.
+    fn build_serving(
+        &self,
+        conn: &mut dyn Conn,
+        faults: &FaultLink,
+        snapshot: crate::snapshot::Snapshot,
+        memory: sie_hv::GuestMemory,
+    ) -> Result<(), String> {
+        let (reply, built) = std::sync::mpsc::channel();
+        self.link.send(ToVmm::Arrived {
+            snapshot: Box::new(snapshot),
+            memory,
+            reply,
+        });
+        loop {
+            match built.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the VMM stopped".into());
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if !readable(conn) {
+                continue;
+            }
+            match wire::read_message(conn) {
+                Ok(Message::Pages(runs)) => self.install(Some(faults), &runs)?,
+                Ok(Message::Abort(reason)) => return Err(format!("the source aborted: {reason}")),
+                Ok(other) => return Err(unexpected(other.name(), "pages")),
+                Err(error) => {
+                    return Err(format!(
+                        "no go from the source (the VM never ran here): {}",
+                        closed(error)
+                    ));
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use super::converge::AutoConverge;
 use super::pace::Pacer;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PageBatch};
-use super::{Conn, Endpoint, SendEnd, ToVmm, VmmLink};
+use super::{Conn, Endpoint, SendEnd, ToVmm, VmmLink, readable};
 use crate::snapshot::dirty::RegionPages;
 use crate::snapshot::memory_file::{self, RegionEntry};
 
@@ -503,22 +503,6 @@ fn runs_of(pages: &[RegionPages]) -> Vec<RegionEntry> {
         }
     }
     runs
-}
-
-/// Whether a message (or the end of the stream) waits to be read.
-fn readable(conn: &dyn Conn) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: peeks at most one byte into `byte`, without blocking, on a
-    // socket `conn` keeps open.
-    let got = unsafe {
-        libc::recv(
-            conn.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    got >= 0
 }
 
 /// Bytes per second.
