@@ -2,7 +2,7 @@
 //! `PUT /migration/receive`, `PUT /migration/send`.
 //!
 //! [`MigrationSend::check`] refuses, in one line, what this version
-//! cannot do yet (post-copy, `auto`, local mode), so every accepted field
+//! cannot do yet (local mode), so every accepted field
 //! takes effect.
 
 use serde::{Deserialize, Serialize};
@@ -37,10 +37,11 @@ pub struct MigrationSend {
     /// The pause the guest may see at the switch-over.
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
-    /// Give up (and keep running here) after this long.
+    /// Give up (and keep running here) after this long (`auto`: turn to
+    /// post-copy instead, once the first pass is over).
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
-    /// Pre-copy (the only mode so far).
+    /// Pre-copy, post-copy, or pre-copy turning to post-copy (`auto`).
     #[serde(default)]
     pub mode: MigrationMode,
     /// Same-host handover of shared memory (not yet).
@@ -101,11 +102,6 @@ impl MigrationSend {
     /// Refuses a malformed URL and what sie cannot do yet.
     pub fn check(&self) -> Result<(), String> {
         check_migration_url(&self.destination_url)?;
-        match self.mode {
-            MigrationMode::Precopy => {}
-            MigrationMode::Postcopy => return Err("postcopy migration not supported yet".into()),
-            MigrationMode::Auto => return Err("auto migration mode not supported yet".into()),
-        }
         if self.local {
             return Err("local migration not supported yet".into());
         }
@@ -138,10 +134,11 @@ mod tests {
         assert_eq!(plain.max_bandwidth_mib_s, None);
         assert_eq!(plain.check(), Ok(()));
         let post = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "mode": "postcopy"}"#);
-        assert_eq!(
-            post.check().unwrap_err(),
-            "postcopy migration not supported yet"
-        );
+        assert_eq!(post.mode, MigrationMode::Postcopy);
+        assert_eq!(post.check(), Ok(()));
+        let auto = send(r#"{"destination_url": "unix:/x", "mode": "auto"}"#);
+        assert_eq!(auto.mode, MigrationMode::Auto);
+        assert_eq!(auto.check(), Ok(()));
         let local = send(r#"{"destination_url": "unix:/x", "local": true}"#);
         assert_eq!(
             local.check().unwrap_err(),

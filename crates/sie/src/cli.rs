@@ -293,7 +293,8 @@ pub enum MigrateCommand {
         /// The pause the guest may see at the switch-over.
         #[arg(long, default_value_t = 300)]
         downtime_ms: u64,
-        /// Give up (the VM runs on here) after this many seconds.
+        /// Give up (the VM runs on here) after this many seconds (`--mode
+        /// auto`: turn to post-copy instead, once the first pass is over).
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
         /// Never slow the guest down: by default, when the pre-copy rounds
@@ -305,6 +306,13 @@ pub enum MigrateCommand {
         /// link goes).
         #[arg(long, value_name = "MIB_PER_S")]
         max_bandwidth_mib_s: Option<u64>,
+        /// `precopy`: memory copied while the guest runs, then a short
+        /// pause. `postcopy`: the VM runs on the receiving sie at once, its
+        /// pages fetched there on demand while this sie pushes the rest (a
+        /// link lost meanwhile loses the guest). `auto`: pre-copy, turning
+        /// to post-copy when the rounds or the timeout run out.
+        #[arg(long, default_value = "precopy", value_parser = ["precopy", "postcopy", "auto"])]
+        mode: String,
     },
     /// How the migration goes (GET /migration).
     Status {

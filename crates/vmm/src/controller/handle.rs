@@ -223,6 +223,9 @@ impl Controller {
                 "a migration is under way: cancel it (PUT /migration/cancel) first",
             );
         }
+        if let (VmState::Resumed, Some(why)) = (&state, self.migration_handed_over()) {
+            return Response::Fault(format!("cannot resume the microVM: {why}"));
+        }
         let Phase::Running(vm) = &mut self.phase else {
             return Response::fault(BEFORE_START);
         };

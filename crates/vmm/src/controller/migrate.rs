@@ -26,7 +26,7 @@ use crate::migration::converge;
 use crate::migration::pace::Pacer;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
-use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
+use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, postcopy, receive};
 use crate::outcome::VmOutcome;
 use crate::snapshot::dirty::RegionPages;
 
@@ -50,9 +50,14 @@ pub(super) struct Migration {
     paused_here: bool,
     /// A send or receive is under way.
     active: bool,
+    /// A send's `Go` left but its `Done` never came (why): the VM may run
+    /// on the destination, so it never resumes here.
+    handed_over: Option<String>,
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
+    /// The send's mode (its figures say how it went).
+    mode: sie_config::MigrationMode,
     /// The send's auto-converge throttle, percent (0: none).
     throttle: u8,
     /// When the vCPUs sit out next.
@@ -89,6 +94,8 @@ impl Migration {
             worker: None,
             paused_here: false,
             active: false,
+            handed_over: None,
+            mode: sie_config::MigrationMode::Precopy,
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
@@ -219,6 +226,9 @@ impl Controller {
         if self.migration.active {
             return Response::fault("migration/send: a migration is already under way");
         }
+        if let Some(why) = &self.migration.handed_over {
+            return Response::Fault(format!("migration/send: {why}"));
+        }
         let config = self.draft.to_config_unchecked();
         if !config.pmem.is_empty() || config.memory_hotplug.is_some() {
             return Response::fault(super::handle::PMEM_NO_SNAPSHOT);
@@ -238,6 +248,7 @@ impl Controller {
                 downtime: Duration::from_millis(send.downtime_ms),
                 timeout: Duration::from_secs(send.timeout_s),
                 auto_converge: send.auto_converge,
+                mode: send.mode,
             },
             memory: vm.memory().clone(),
             scan_contents: vm.memory_from_file(),
@@ -245,6 +256,7 @@ impl Controller {
             progress: Arc::default(),
             cancel: cancel.clone(),
             pace: send.max_bandwidth_mib_s.map(Pacer::new),
+            postcopy: std::cell::Cell::new(false),
         };
         let progress = self
             .migration
@@ -253,6 +265,7 @@ impl Controller {
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
+        self.migration.mode = send.mode;
         if worker.send(Box::new(move || sender.run())).is_err() {
             self.migration.active = false;
             return Response::fault("migration/send: the migration worker is gone");
@@ -294,6 +307,20 @@ impl Controller {
                 } => {
                     let result = self.run_arrived(*snapshot, memory, hv, manager);
                     let _ = reply.send(result);
+                }
+                ToVmm::StartFaults {
+                    memory,
+                    stream,
+                    reply,
+                } => {
+                    // Before the VMM thread's own filter: a descriptor and
+                    // a thread are made.
+                    let started = postcopy::start(&memory, stream, &self.options.seccomp)
+                        .map_err(|e| format!("post-copy page faults: {e}"));
+                    let _ = reply.send(started);
+                }
+                ToVmm::Go(reply) => {
+                    let _ = reply.send(self.go_arrived());
                 }
                 ToVmm::ReceiveFailed(why) => {
                     self.migration.active = false;
@@ -390,23 +417,38 @@ impl Controller {
         Ok(Switchover { pages, state })
     }
 
-    fn send_finished(&mut self, result: Result<String, String>) {
+    /// Why the VM may not resume here (a send's `Go` left unconfirmed).
+    pub(super) fn migration_handed_over(&self) -> Option<&str> {
+        self.migration.handed_over.as_deref()
+    }
+
+    fn send_finished(&mut self, end: SendEnd) {
         // However the send ended, the guest is not throttled here any
         // more; when it failed, it runs on here at full speed (a completed
         // send keeps its last step in the figures: the VM ended under it).
         self.migration.throttle = 0;
-        if result.is_err() {
+        if !matches!(end, SendEnd::Moved(_)) {
             progress::update(&self.migration.progress, |p| p.throttle_percent = 0);
         }
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);
-        match result {
-            Ok(destination) => {
+        match end {
+            SendEnd::Moved(destination) => {
                 let p = progress::read(&self.migration.progress);
+                let auto = self.migration.mode == sie_config::MigrationMode::Auto;
+                let how = match (p.postcopy, auto) {
+                    (true, false) => {
+                        format!("in post-copy ({} pages asked for)", p.requested_pages)
+                    }
+                    (true, true) => format!(
+                        "after {} pre-copy rounds, then in post-copy ({} pages asked for)",
+                        p.round, p.requested_pages
+                    ),
+                    (false, _) => format!("after {} pre-copy rounds", p.round),
+                };
                 let mut figures = format!(
-                    "{destination} after {} pre-copy rounds: {:.1} MiB sent, {} ms of downtime, {} ms in all",
-                    p.round,
+                    "{destination} {how}: {:.1} MiB sent, {} ms of downtime, {} ms in all",
                     p.bytes as f64 / f64::from(1u32 << 20),
                     p.downtime_ms.unwrap_or_default(),
                     p.total_ms.unwrap_or_default(),
@@ -420,7 +462,13 @@ impl Controller {
                 tracing::info!("the VM migrated to {figures}");
                 self.control.finish(VmOutcome::Migrated(figures));
             }
-            Err(why) => {
+            SendEnd::Unconfirmed(why) => {
+                // Paused it stays: resuming could run the guest twice.
+                tracing::error!("migration failed after the go: {why}");
+                self.migration.paused_here = false;
+                self.migration.handed_over = Some(why);
+            }
+            SendEnd::Failed(why) => {
                 tracing::warn!("migration failed, the VM runs on here: {why}");
                 if let Phase::Running(vm) = &self.phase {
                     crate::snapshot::dirty::mark_again(vm.memory(), &taken);
@@ -453,8 +501,19 @@ impl Controller {
             self.control.clone(),
         )
         .map_err(|e| crate::error::error_chain(&e))?;
-        self.run_built(built, snapshot.config, false, manager)
-            .map_err(|e| crate::error::error_chain(&e))?;
+        // Paused until the sender's go: without it the guest never runs
+        // here (the sender may still resume it).
+        self.run_built(built, snapshot.config, true, manager)
+            .map_err(|e| crate::error::error_chain(&e))
+    }
+
+    fn go_arrived(&mut self) -> Result<(), String> {
+        let Phase::Running(vm) = &mut self.phase else {
+            return Err("the arrived microVM is gone".into());
+        };
+        vm.vcpus
+            .resume(PAUSE_TIMEOUT)
+            .map_err(|e| format!("running the arrived microVM: {e}"))?;
         self.migration.active = false;
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! Live migration: a running VM moves to another sie process over a Unix
-//! socket or TCP, its memory copied while it runs (pre-copy).
+//! socket or TCP, its memory copied while it runs (pre-copy) or after it
+//! runs on the receiver (post-copy).
 //!
 //! [`wire`] is the framed, checksummed protocol both sides speak;
 //! [`send`] and [`receive`] are the two ends' conversations ([`converge`]
-//! and [`pace`] the sender's throttle decision and bandwidth cap), each run on
+//! and [`pace`] the sender's throttle decision and bandwidth cap,
+//! [`postcopy`] the receiver's page faults), each run on
 //! its own thread so the VMM's event loop keeps serving the VM. Neither
 //! thread touches vCPUs or devices: what needs the VM (dirty pages, the
 //! pause, the state, building the VM on arrival) is asked of the VMM
@@ -14,6 +16,7 @@
 
 pub mod converge;
 pub mod pace;
+pub mod postcopy;
 pub mod progress;
 pub mod receive;
 pub mod send;
@@ -104,9 +107,10 @@ fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
     Ok(Box::new(stream))
 }
 
-/// A byte stream to the other sie.
-pub trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+/// A byte stream to the other sie (a socket: post-copy polls it, and
+/// hands the receiver's fault thread a duplicate).
+pub trait Conn: Read + Write + Send + std::os::fd::AsRawFd {}
+impl<T: Read + Write + Send + std::os::fd::AsRawFd> Conn for T {}
 
 /// A bound, listening endpoint.
 pub enum Listener {
@@ -154,20 +158,46 @@ pub enum ToVmm {
     /// Throttle every vCPU by this percent of each period (auto-converge;
     /// lifted when the send ends).
     Throttle(u8),
-    /// The send ended: `Ok` with where the VM went (the source stops),
-    /// `Err` with why not (the VM runs on here).
-    SendFinished(Result<String, String>),
-    /// Build the received VM on `memory` and run it.
+    /// The send ended (see [`SendEnd`]).
+    SendFinished(SendEnd),
+    /// Build the received VM on `memory`, its vCPUs paused until [`ToVmm::Go`].
     Arrived {
         /// Its state.
         snapshot: Box<Snapshot>,
-        /// Its RAM, every page received.
+        /// Its RAM: every page received, or (post-copy) some.
         memory: GuestMemory,
-        /// Whether it runs.
+        /// Whether it is built.
         reply: Sender<Result<(), String>>,
     },
+    /// Post-copy: register `memory` with a userfaultfd and start the
+    /// thread that asks for its missing pages on a duplicate of `stream`
+    /// (before the build: restoring devices may read guest memory).
+    StartFaults {
+        /// The received VM's RAM.
+        memory: GuestMemory,
+        /// The migration's socket.
+        stream: std::os::fd::RawFd,
+        /// The link the receiving thread installs pages through.
+        reply: Sender<Result<postcopy::FaultLink, String>>,
+    },
+    /// The sender committed: run the arrived VM.
+    Go(Sender<Result<(), String>>),
     /// The receive failed: the destination exits with this line.
     ReceiveFailed(String),
+}
+
+/// How a send ended, as the VMM thread must act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendEnd {
+    /// The destination said the VM runs there (its endpoint): the source
+    /// stops.
+    Moved(String),
+    /// It failed before `Go` left: the destination never runs the VM, so
+    /// it runs on here.
+    Failed(String),
+    /// `Go` left but the destination's `Done` never came: the VM may run
+    /// there, so it stays paused here, never to resume.
+    Unconfirmed(String),
 }
 
 /// The migration thread's side of the link to the VMM thread.
@@ -195,6 +225,23 @@ impl VmmLink {
         self.send(make(reply));
         wait(&answer)
     }
+}
+
+/// Whether a message (or the end of the stream) waits to be read on
+/// `conn`, without blocking.
+pub(crate) fn readable(conn: &dyn Conn) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into `byte`, without blocking, on a
+    // socket `conn` keeps open.
+    let got = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    got >= 0
 }
 
 fn wait<T>(answer: &Receiver<Result<T, String>>) -> Result<T, String> {

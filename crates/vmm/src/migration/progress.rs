@@ -48,6 +48,11 @@ pub struct Progress {
     /// (auto-converge; 0 when off or not needed, and again once a failed
     /// or cancelled send lifted it; a completed send keeps its last step).
     pub throttle_percent: u8,
+    /// The guest moved post-copy (the mode, or `auto` once it turned).
+    pub postcopy: bool,
+    /// Post-copy: pages the destination's guest asked for (sent ahead of
+    /// the push).
+    pub requested_pages: u64,
     /// The pause the guest saw (when completed).
     pub downtime_ms: Option<u64>,
     /// From the request to the end (when finished).
@@ -97,6 +102,7 @@ impl Progress {
             "dirty_rate_bytes_per_s": self.dirty_rate_bytes_per_s,
             "estimated_downtime_ms": self.estimated_downtime_ms,
             "throttle_percent": self.throttle_percent,
+            "requested_pages": self.requested_pages,
             "downtime_ms": self.downtime_ms.unwrap_or(0),
             "total_ms": self.total_ms.unwrap_or(0),
         })
@@ -133,6 +139,8 @@ mod tests {
             dirty_rate_bytes_per_s: 12 << 20,
             estimated_downtime_ms: 4,
             throttle_percent: 30,
+            postcopy: true,
+            requested_pages: 2,
             downtime_ms: Some(17),
             total_ms: Some(950),
             error: None,
@@ -153,6 +161,7 @@ mod tests {
                 "dirty_rate_bytes_per_s": 12 << 20,
                 "estimated_downtime_ms": 4,
                 "throttle_percent": 30,
+                "requested_pages": 2,
                 "downtime_ms": 17,
                 "total_ms": 950,
             })

@@ -1,15 +1,18 @@
 //! The receiving end: accept one sender, check its protocol version before
 //! anything else, take guest RAM's layout and map fresh memory for it,
 //! write every page that arrives, and on the state hand the VM to the VMM
-//! thread to build and run; then tell the sender it runs here.
+//! thread to build, paused; answer `Ready`, and run it only on the
+//! sender's `Go` (then answer `Done`). Without a `Go` the VM never runs
+//! here and sie ends with one line.
 
 use std::path::Path;
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::postcopy::FaultLink;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PROTOCOL_MAJOR};
-use super::{Conn, Listener, ToVmm, VmmLink};
+use super::{Conn, Listener, ToVmm, VmmLink, readable};
 use crate::snapshot::lazy;
 
 /// Everything the receiving thread needs.
@@ -93,9 +96,12 @@ impl Receiver {
         };
         let memory = lazy::anonymous(&layout)
             .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?;
+        let mut postcopy = false;
         loop {
             match wire::read_message(conn).map_err(refused)? {
-                Message::Pages(runs) => {
+                Message::Postcopy if !postcopy => postcopy = true,
+                Message::Discard(runs) if postcopy => discard(&memory, &runs)?,
+                Message::Pages(runs) if !postcopy => {
                     let mut bytes = 0;
                     for run in &runs {
                         memory
@@ -109,10 +115,7 @@ impl Receiver {
                             })?;
                         bytes += run.bytes.len() as u64;
                     }
-                    progress::update(&self.progress, |p| {
-                        p.bytes += bytes;
-                        p.pages += bytes / 4096;
-                    });
+                    self.count(bytes);
                 }
                 Message::State(bytes) => {
                     let snapshot =
@@ -121,18 +124,185 @@ impl Receiver {
                     if snapshot.memory != layout {
                         return Err("the state's RAM layout differs from the pages sent".into());
                     }
-                    self.link.ask(|reply| ToVmm::Arrived {
-                        snapshot: Box::new(snapshot),
-                        memory,
+                    if !postcopy {
+                        self.link.ask(|reply| ToVmm::Arrived {
+                            snapshot: Box::new(snapshot),
+                            memory,
+                            reply,
+                        })?;
+                        return self.switch_over(conn, None);
+                    }
+                    let stream = conn.as_raw_fd();
+                    let faults = self.link.ask(|reply| ToVmm::StartFaults {
+                        memory: memory.clone(),
+                        stream,
                         reply,
                     })?;
-                    return wire::write_message(conn, &Message::Done)
-                        .map_err(|e| format!("telling the source the VM runs here: {e}"));
+                    self.build_serving(conn, &faults, snapshot, memory)?;
+                    return self.switch_over(conn, Some(&faults));
                 }
                 Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
                 other => return Err(unexpected(other.name(), "pages or state")),
             }
         }
+    }
+
+    /// Post-copy: the VMM thread builds the VM while pages it faults on
+    /// (restoring a device may read guest memory) are asked for and
+    /// installed here.
+    fn build_serving(
+        &self,
+        conn: &mut dyn Conn,
+        faults: &FaultLink,
+        snapshot: crate::snapshot::Snapshot,
+        memory: sie_hv::GuestMemory,
+    ) -> Result<(), String> {
+        let (reply, built) = std::sync::mpsc::channel();
+        self.link.send(ToVmm::Arrived {
+            snapshot: Box::new(snapshot),
+            memory,
+            reply,
+        });
+        loop {
+            match built.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the VMM stopped".into());
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if !readable(conn) {
+                continue;
+            }
+            match wire::read_message(conn) {
+                Ok(Message::Pages(runs)) => self.install(Some(faults), &runs)?,
+                Ok(Message::Abort(reason)) => return Err(format!("the source aborted: {reason}")),
+                Ok(other) => return Err(unexpected(other.name(), "pages")),
+                Err(error) => {
+                    return Err(format!(
+                        "no go from the source (the VM never ran here): {}",
+                        closed(error)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn count(&self, bytes: u64) {
+        progress::update(&self.progress, |p| {
+            p.bytes += bytes;
+            p.pages += bytes / 4096;
+        });
+    }
+}
+
+impl Receiver {
+    /// The VM is built, paused: `Ready`, then it runs only on the
+    /// sender's `Go` (anything else ends sie without it ever running).
+    /// Post-copy, pages asked for meanwhile are installed as they come.
+    fn switch_over(&self, conn: &mut dyn Conn, faults: Option<&FaultLink>) -> Result<(), String> {
+        let ready = match faults {
+            Some(faults) => faults.send(&Message::Ready),
+            None => wire::write_message(conn, &Message::Ready),
+        };
+        ready.map_err(|e| format!("telling the source the VM is ready: {e}"))?;
+        loop {
+            match wire::read_message(conn) {
+                Ok(Message::Go) => break,
+                Ok(Message::Pages(runs)) if faults.is_some() => self.install(faults, &runs)?,
+                Ok(Message::Abort(reason)) => {
+                    return Err(format!(
+                        "the source aborted before the go (the VM never ran here): {reason}"
+                    ));
+                }
+                Ok(other) => return Err(unexpected(other.name(), "go")),
+                Err(error) => {
+                    return Err(format!(
+                        "no go from the source (the VM never ran here): {}",
+                        closed(error)
+                    ));
+                }
+            }
+        }
+        self.link.ask(ToVmm::Go)?;
+        let Some(faults) = faults else {
+            // The VM runs here whether or not this reaches the source.
+            let _ = wire::write_message(conn, &Message::Done);
+            return Ok(());
+        };
+        loop {
+            match wire::read_message(conn) {
+                Ok(Message::Pages(runs)) => self.install(Some(faults), &runs)?,
+                Ok(Message::Complete) => break,
+                Ok(other) => return Err(unexpected(other.name(), "pages or complete")),
+                Err(error) => {
+                    return Err(format!(
+                        "the link to the source was lost during post-copy, the guest is lost \
+                         (neither side has all its memory): {}",
+                        closed(error)
+                    ));
+                }
+            }
+        }
+        faults
+            .complete()
+            .map_err(|e| format!("telling the source every page arrived: {e}"))?;
+        // Pages asked for before `Complete` was seen still come; the
+        // sender closes the stream after `Done`.
+        while let Ok(Message::Pages(runs)) = wire::read_message(conn) {
+            self.install(Some(faults), &runs)?;
+        }
+        Ok(())
+    }
+
+    fn install(&self, faults: Option<&FaultLink>, runs: &[wire::PageRun]) -> Result<(), String> {
+        if let Some(faults) = faults {
+            faults.install(runs)?;
+            self.count(runs.iter().map(|r| r.bytes.len() as u64).sum());
+        }
+        Ok(())
+    }
+}
+
+/// Drops the stale copies of pages dirtied since they came: they read as
+/// missing again, and fault once the userfaultfd is on.
+fn discard(
+    memory: &sie_hv::GuestMemory,
+    runs: &[crate::snapshot::memory_file::RegionEntry],
+) -> Result<(), String> {
+    for run in runs {
+        let host = super::postcopy::host_of(memory, run.guest_addr, run.len).ok_or_else(|| {
+            format!(
+                "{} bytes at {:#x} are outside guest RAM",
+                run.len, run.guest_addr
+            )
+        })?;
+        // SAFETY: the range lies inside guest RAM's private anonymous
+        // mapping (checked above), which no vCPU runs on yet; dropping its
+        // pages only makes them read as missing.
+        let rc = unsafe {
+            libc::madvise(
+                host as *mut libc::c_void,
+                run.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "dropping stale guest pages: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn closed(error: wire::WireError) -> String {
+    match error {
+        wire::WireError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "it closed the stream".to_string()
+        }
+        other => other.to_string(),
     }
 }
 

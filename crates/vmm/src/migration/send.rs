@@ -1,7 +1,8 @@
 //! The sending end: connect, agree on the protocol, send every populated
 //! page while the guest runs, then rounds of what it dirtied until the
-//! rest fits the allowed downtime, then the switch-over (pause, last pages,
-//! state) and the receiver's word that the VM runs there.
+//! rest fits the allowed downtime, then the two-phase switch-over: pause,
+//! last pages, state; the receiver's `Ready` (it holds the VM, paused);
+//! `Go`, after which the guest never resumes here; the receiver's `Done`.
 //!
 //! A round that does not shrink enough raises the vCPUs' throttle
 //! ([`super::converge`], unless the send asked for no auto-converge); the
@@ -13,10 +14,12 @@
 //! because each round's pages are taken before they are read. vCPU and
 //! device state is only read by the VMM thread, paused, at the switch-over.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sie_config::MigrationMode;
 use sie_hv::GuestMemory;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -24,13 +27,16 @@ use super::converge::AutoConverge;
 use super::pace::Pacer;
 use super::progress::{self, MigrationState, SharedProgress};
 use super::wire::{self, Message, PageBatch};
-use super::{Conn, Endpoint, ToVmm, VmmLink};
+use super::{Conn, Endpoint, SendEnd, ToVmm, VmmLink, readable};
 use crate::snapshot::dirty::RegionPages;
-use crate::snapshot::memory_file;
+use crate::snapshot::memory_file::{self, RegionEntry};
 
 const PAGE: u64 = 4096;
 /// Pages per `Pages` frame.
 const BATCH_BYTES: usize = 1 << 20;
+/// Bytes per `Pages` frame post-copy: small, so a request waits little
+/// behind the push.
+const PUSH_BATCH_BYTES: usize = 64 << 10;
 /// Rounds after the first pass before the switch-over happens anyway (a
 /// guest that dirties faster than the link carries never converges).
 pub const MAX_ROUNDS: u32 = 30;
@@ -46,6 +52,9 @@ pub struct SendPlan {
     pub timeout: Duration,
     /// Throttle the vCPUs when the rounds do not converge.
     pub auto_converge: bool,
+    /// Pre-copy, post-copy, or pre-copy turning to post-copy when the
+    /// rounds run out (or the timeout passes) without converging.
+    pub mode: MigrationMode,
 }
 
 /// Everything the sending thread needs.
@@ -64,38 +73,51 @@ pub struct Sender {
     pub cancel: Arc<AtomicBool>,
     /// The bandwidth cap, if the send asked for one.
     pub pace: Option<Pacer>,
+    /// Post-copy from the switch-over on (the mode asked, or `auto` once
+    /// it turned).
+    pub postcopy: Cell<bool>,
 }
 
 impl Sender {
     /// Runs the migration and tells the VMM thread how it ended.
     pub fn run(self) {
         let started = Instant::now();
-        let result = self.converse(started);
+        let end = match self.converse(started) {
+            Ok(()) => SendEnd::Moved(self.plan.destination.to_string()),
+            Err(Failure::BeforeGo(why)) => SendEnd::Failed(why),
+            Err(Failure::AfterGo(why)) => SendEnd::Unconfirmed(format!(
+                "{why}: the destination may be running the VM, so it stays paused here"
+            )),
+        };
         let total_ms = started.elapsed().as_millis() as u64;
         let cancelled = self.cancel.load(Ordering::Acquire);
         progress::update(&self.progress, |p| {
             p.total_ms = Some(total_ms);
-            match &result {
-                Ok(_) => p.state = MigrationState::Completed,
-                Err(error) => {
+            match &end {
+                SendEnd::Moved(_) => p.state = MigrationState::Completed,
+                SendEnd::Failed(why) => {
                     p.state = if cancelled {
                         MigrationState::Cancelled
                     } else {
                         MigrationState::Failed
                     };
-                    p.error = Some(error.clone());
+                    p.error = Some(why.clone());
+                }
+                SendEnd::Unconfirmed(why) => {
+                    p.state = MigrationState::Failed;
+                    p.error = Some(why.clone());
                 }
             }
         });
-        let outcome = result.map(|()| self.plan.destination.to_string());
-        self.link.send(ToVmm::SendFinished(outcome));
+        self.link.send(ToVmm::SendFinished(end));
     }
 
     fn check_going(&self, started: Instant) -> Result<(), String> {
         if self.cancel.load(Ordering::Acquire) {
             return Err("migration cancelled".into());
         }
-        if started.elapsed() > self.plan.timeout {
+        // `auto` turns to post-copy instead (once the first pass is over).
+        if self.plan.mode != MigrationMode::Auto && started.elapsed() > self.plan.timeout {
             return Err(format!(
                 "migration timed out after {} s before the switch-over",
                 self.plan.timeout.as_secs()
@@ -104,45 +126,184 @@ impl Sender {
         Ok(())
     }
 
-    fn converse(&self, started: Instant) -> Result<(), String> {
+    fn converse(&self, started: Instant) -> Result<(), Failure> {
         let destination = &self.plan.destination;
         let mut conn = destination
             .connect()
             .map_err(|e| format!("connecting to {destination}: {e}"))?;
         let conn = conn.as_mut();
-        let sent = |e: std::io::Error| format!("sending to {destination}: {e}");
         let result = self.precopy(conn, started);
-        if let Err(error) = &result {
-            // Best effort: the receiver learns why instead of seeing EOF.
+        let result = match result {
+            Ok(pending) => self.switchover(conn, pending),
+            Err(error) => Err(Failure::BeforeGo(error)),
+        };
+        if let Err(Failure::BeforeGo(error)) = &result {
+            // Best effort: the receiver learns why instead of seeing EOF
+            // (and never runs the VM: it has had no `Go`).
             let _ = wire::write_message(conn, &Message::Abort(error.clone()));
-            return result.map(|_| ());
         }
-        let mut pending = result.unwrap_or_default();
-        // The switch-over: from here the guest is paused until the
-        // receiver says it runs there (or this fails and it resumes here).
+        result
+    }
+
+    /// The two-phase switch-over: pause, last pages, state; the
+    /// receiver's `Ready`; `Go` (the commit); its `Done`.
+    fn switchover(
+        &self,
+        conn: &mut dyn Conn,
+        mut pending: Vec<RegionPages>,
+    ) -> Result<(), Failure> {
+        let destination = &self.plan.destination;
+        let sent = |e: std::io::Error| format!("sending to {destination}: {e}");
+        // From here the guest is paused until the receiver holds it (or
+        // this fails before the go and it resumes here).
         let paused_at = Instant::now();
         let last = self.link.ask(ToVmm::Switchover)?;
         pending.extend(last.pages);
-        let finish = (|| {
-            self.send_pages(conn, &pending, None)?;
-            let state_len = last.state.len() as u64;
-            wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
-            progress::update(&self.progress, |p| p.bytes += state_len);
-            match wire::read_message(conn) {
-                Ok(Message::Done) => Ok(()),
-                Ok(Message::Abort(reason)) => Err(format!("the destination refused: {reason}")),
-                Ok(other) => Err(format!(
-                    "the destination sent {} instead of done",
-                    other.name()
-                )),
-                Err(error) => Err(format!("waiting for the destination: {error}")),
+        let postcopy = self.postcopy.get();
+        if !postcopy {
+            self.send_pages(conn, &pending, None, false)?;
+        } else if self.plan.mode == MigrationMode::Auto {
+            // What the receiver holds of these is stale: it drops them,
+            // and they come again after the go.
+            wire::write_message(conn, &Message::Discard(runs_of(&pending))).map_err(sent)?;
+        }
+        let state_len = last.state.len() as u64;
+        wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
+        progress::update(&self.progress, |p| p.bytes += state_len);
+        match self.read_serving(conn) {
+            Ok(Message::Ready) => {}
+            Ok(Message::Abort(reason)) => {
+                return Err(format!("the destination refused: {reason}").into());
             }
-        })();
-        if finish.is_ok() {
+            Ok(other) => {
+                return Err(
+                    format!("the destination sent {} instead of ready", other.name()).into(),
+                );
+            }
+            Err(error) => return Err(format!("waiting for the destination: {error}").into()),
+        }
+        // The commit. A `Go` whose write failed never reached the receiver
+        // whole (a cut frame fails its checksum or its read), so the guest
+        // may still resume here; once the write succeeded it may not.
+        wire::write_message(conn, &Message::Go)
+            .map_err(|e| format!("sending the go to {destination}: {e}"))?;
+        if postcopy {
+            // The guest runs there from now on.
+            let downtime_ms = paused_at.elapsed().as_millis() as u64;
+            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+            let pushed = if self.plan.mode == MigrationMode::Auto {
+                self.send_pages(conn, &pending, None, true)
+                    .and_then(|_| self.finish_push(conn))
+            } else {
+                self.push_all(conn)
+            };
+            pushed.map_err(|e| {
+                Failure::AfterGo(format!(
+                    "post-copy to {destination} failed, the guest is lost \
+                     (neither side has all its memory): {e}"
+                ))
+            })?;
+        }
+        let done = match self.read_serving(conn) {
+            Ok(Message::Done) => Ok(()),
+            Ok(Message::Abort(reason)) => {
+                Err(format!("the destination failed after the go: {reason}"))
+            }
+            Ok(other) => Err(format!(
+                "the destination sent {} instead of done",
+                other.name()
+            )),
+            Err(error) => Err(format!(
+                "the link to {destination} was lost after the go: {error}"
+            )),
+        };
+        done.map_err(Failure::AfterGo)?;
+        if !postcopy {
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
             progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
         }
-        finish
+        Ok(())
+    }
+
+    /// Tells the receiver the rest comes after the state.
+    fn turn_postcopy(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        wire::write_message(conn, &Message::Postcopy)
+            .map_err(|e| format!("{}: {e}", self.plan.destination))?;
+        self.postcopy.set(true);
+        progress::update(&self.progress, |p| p.postcopy = true);
+        Ok(())
+    }
+
+    /// The next message, post-copy answering the receiver's page requests
+    /// on the way.
+    fn read_serving(&self, conn: &mut dyn Conn) -> Result<Message, wire::WireError> {
+        loop {
+            match wire::read_message(conn)? {
+                Message::Request(guest_addr) if self.postcopy.get() => self
+                    .serve_request(conn, guest_addr)
+                    .map_err(|e| wire::WireError::Io(std::io::Error::other(e)))?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn serve_request(&self, conn: &mut dyn Conn, guest_addr: u64) -> Result<(), String> {
+        let mut batch = PageBatch::default();
+        self.push_page(&mut batch, GuestAddress(guest_addr))?;
+        self.flush(conn, &mut batch)?;
+        progress::update(&self.progress, |p| p.requested_pages += 1);
+        Ok(())
+    }
+
+    /// Post-copy, the guest paused here for good: every page that holds
+    /// data, a few at a time, the receiver's requests answered between
+    /// batches; then `Complete`.
+    fn push_all(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        let mut batch = PageBatch::default();
+        for region in self.memory.iter() {
+            let resident = if self.scan_contents {
+                vec![true; region.len().div_ceil(PAGE) as usize]
+            } else {
+                memory_file::resident_pages(region)
+                    .map_err(|e| format!("reading guest RAM's residency: {e}"))?
+            };
+            let base = region.start_addr().0;
+            for (page, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
+                let at = GuestAddress(base + page as u64 * PAGE);
+                if memory_file::is_zero_page(&self.memory, at)
+                    .map_err(|e| format!("reading guest RAM: {e}"))?
+                {
+                    continue;
+                }
+                self.push_page(&mut batch, at)?;
+                if batch.len() >= PUSH_BATCH_BYTES {
+                    self.flush(conn, &mut batch)?;
+                    self.serve_waiting(conn)?;
+                }
+            }
+        }
+        self.flush(conn, &mut batch)?;
+        self.finish_push(conn)
+    }
+
+    /// The last requests waiting, then `Complete`.
+    fn finish_push(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        self.serve_waiting(conn)?;
+        wire::write_message(conn, &Message::Complete)
+            .map_err(|e| format!("sending to {}: {e}", self.plan.destination))
+    }
+
+    /// Answers every request already waiting on the stream (urgent: a
+    /// vCPU there waits for each).
+    fn serve_waiting(&self, conn: &mut dyn Conn) -> Result<(), String> {
+        while readable(conn) {
+            match wire::read_message(conn).map_err(|e| e.to_string())? {
+                Message::Request(guest_addr) => self.serve_request(conn, guest_addr)?,
+                Message::Abort(reason) => return Err(format!("the destination aborted: {reason}")),
+                other => return Err(format!("the destination sent {}", other.name())),
+            }
+        }
+        Ok(())
     }
 
     /// Hello, layout, the first pass and the rounds: returns the dirty
@@ -154,6 +315,13 @@ impl Sender {
         wire::expect_hello(conn).map_err(|e| format!("{destination}: {e}"))?;
         wire::write_message(conn, &Message::Layout(memory_file::layout_of(&self.memory)))
             .map_err(io)?;
+        if self.plan.mode == MigrationMode::Postcopy {
+            // No pages before the state: all of them follow it. The log
+            // is on only so the switch-over can take it.
+            self.turn_postcopy(conn)?;
+            self.link.ask(ToVmm::StartDirtyLog)?;
+            return Ok(Vec::new());
+        }
         // Logging starts before the first page is read, so every write
         // from here on is in some round.
         self.link.ask(ToVmm::StartDirtyLog)?;
@@ -175,7 +343,18 @@ impl Sender {
                 p.bandwidth_bytes_per_s = bandwidth;
                 p.estimated_downtime_ms = estimate;
             });
-            if estimate <= target || round >= MAX_ROUNDS {
+            if estimate <= target {
+                return Ok(pages);
+            }
+            let out_of_time = started.elapsed() > self.plan.timeout;
+            if self.plan.mode == MigrationMode::Auto && (round >= MAX_ROUNDS || out_of_time) {
+                tracing::info!(
+                    "migration: pre-copy did not converge after {round} rounds; post-copy"
+                );
+                self.turn_postcopy(conn)?;
+                return Ok(pages);
+            }
+            if round >= MAX_ROUNDS {
                 return Ok(pages);
             }
             if let Some(percent) = converge.after_round(last_sent, dirty_bytes, estimate) {
@@ -183,7 +362,7 @@ impl Sender {
                 self.link.send(ToVmm::Throttle(percent));
             }
             round += 1;
-            let sent = self.send_pages(conn, &pages, Some(started))?;
+            let sent = self.send_pages(conn, &pages, Some(started), false)?;
             last_sent = sent;
             let elapsed = round_started.elapsed();
             bandwidth = rate(sent, elapsed).max(bandwidth / 2);
@@ -225,13 +404,17 @@ impl Sender {
     }
 
     /// Sends the marked pages of `pages` (checking for cancel and timeout
-    /// between batches when `started` is given: not after the switch-over).
+    /// between batches when `started` is given: not after the switch-over;
+    /// post-copy, when `serve`, in small batches with the receiver's
+    /// requests answered between them).
     fn send_pages(
         &self,
         conn: &mut dyn Conn,
         pages: &[RegionPages],
         started: Option<Instant>,
+        serve: bool,
     ) -> Result<u64, String> {
+        let limit = if serve { PUSH_BATCH_BYTES } else { BATCH_BYTES };
         let mut batch = PageBatch::default();
         let mut bytes = 0;
         for region in pages {
@@ -245,10 +428,13 @@ impl Sender {
                         continue;
                     }
                     self.push_page(&mut batch, GuestAddress(region.guest_addr + page * PAGE))?;
-                    if batch.len() >= BATCH_BYTES {
+                    if batch.len() >= limit {
                         bytes += self.flush(conn, &mut batch)?;
                         if let Some(started) = started {
                             self.check_going(started)?;
+                        }
+                        if serve {
+                            self.serve_waiting(conn)?;
                         }
                     }
                 }
@@ -280,6 +466,43 @@ impl Sender {
         }
         Ok(bytes)
     }
+}
+
+/// Why a send failed, on which side of the commit.
+enum Failure {
+    /// Before `Go` left: the guest resumes here.
+    BeforeGo(String),
+    /// After: the destination may run it.
+    AfterGo(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::BeforeGo(why)
+    }
+}
+
+/// The marked pages as runs of guest-physical addresses.
+fn runs_of(pages: &[RegionPages]) -> Vec<RegionEntry> {
+    let mut runs: Vec<RegionEntry> = Vec::new();
+    for region in pages {
+        let count = region.len / PAGE;
+        for page in 0..count {
+            let word = region.bits.get((page / 64) as usize).copied().unwrap_or(0);
+            if word & (1 << (page % 64)) == 0 {
+                continue;
+            }
+            let at = region.guest_addr + page * PAGE;
+            match runs.last_mut() {
+                Some(last) if last.guest_addr + last.len == at => last.len += PAGE,
+                _ => runs.push(RegionEntry {
+                    guest_addr: at,
+                    len: PAGE,
+                }),
+            }
+        }
+    }
+    runs
 }
 
 /// Bytes per second.

@@ -12,8 +12,20 @@
 //! refuses the other's version before any memory moves), `Layout` (guest
 //! RAM's regions), any number of `Pages`, `State` (a snapshot file's
 //! bytes: configuration, vCPU, VM, device and virtio state), then the
-//! receiver's `Done` once the VM runs there. Either side may send `Abort`
-//! with a one-line reason instead of its next message.
+//! two-phase switch-over: the receiver builds the VM paused and answers
+//! `Ready`; the sender commits (it will never run the guest again) and
+//! sends `Go`; the receiver runs the VM only then, and answers `Done`.
+//! A link lost before `Go` leaves the guest on the sender alone; one lost
+//! after leaves it nowhere or on the receiver, never on both. Either side
+//! may send `Abort` with a one-line reason instead of its next message.
+//!
+//! Post-copy: `Postcopy` after `Layout` says no pages come before `State`;
+//! the receiver builds the VM on empty RAM, and once it runs (on `Go`) a
+//! page the guest touches first is asked for with `Request`, while the
+//! sender pushes every page that holds data (the requested ones first),
+//! then `Complete`; the receiver answers `Done` once it has them all.
+//! `auto` sends `Postcopy` after pre-copy rounds instead, and `Discard`
+//! (the pages dirtied since they were sent) before `State`.
 //!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
@@ -29,7 +41,9 @@ use twox_hash::XxHash3_64;
 use crate::snapshot::memory_file::RegionEntry;
 
 /// The protocol's major version: a peer with another one is refused.
-pub const PROTOCOL_MAJOR: u16 = 1;
+/// 2: `Ready` and `Go` (the two-phase switch-over); a version 1 peer
+/// would run the VM on `State` alone, so it is refused.
+pub const PROTOCOL_MAJOR: u16 = 2;
 /// The protocol's minor version (additions a same-major peer may ignore).
 pub const PROTOCOL_MINOR: u16 = 0;
 /// What a `Hello` starts with, so a stranger talking is told apart from
@@ -102,8 +116,23 @@ pub enum Message {
     Pages(Vec<PageRun>),
     /// A snapshot file's bytes.
     State(Vec<u8>),
-    /// The VM runs on the receiver.
+    /// The receiver holds the VM built and paused, waiting for `Go`.
+    Ready,
+    /// The sender committed: the receiver may run the VM.
+    Go,
+    /// The VM runs on the receiver (post-copy: and it has every page).
     Done,
+    /// Post-copy: no pages come before the state; the receiver runs the
+    /// VM on `Go` and fetches missing pages with `Request`.
+    Postcopy,
+    /// Post-copy: the receiver's guest waits for the page at this
+    /// guest-physical address.
+    Request(u64),
+    /// Post-copy: every page that holds data was sent.
+    Complete,
+    /// Post-copy after pre-copy (`auto`): pages the receiver holds stale
+    /// copies of; it drops them, and they come again after the go.
+    Discard(Vec<RegionEntry>),
     /// The sender gives up, or the receiver refuses (one line).
     Abort(String),
 }
@@ -117,6 +146,12 @@ impl Message {
             Message::State(_) => 4,
             Message::Done => 5,
             Message::Abort(_) => 6,
+            Message::Ready => 7,
+            Message::Go => 8,
+            Message::Postcopy => 9,
+            Message::Request(_) => 10,
+            Message::Complete => 11,
+            Message::Discard(_) => 12,
         }
     }
 
@@ -129,6 +164,12 @@ impl Message {
             Message::State(_) => "state",
             Message::Done => "done",
             Message::Abort(_) => "abort",
+            Message::Ready => "ready",
+            Message::Go => "go",
+            Message::Postcopy => "postcopy",
+            Message::Request(_) => "request",
+            Message::Complete => "complete",
+            Message::Discard(_) => "discard",
         }
     }
 
@@ -140,7 +181,7 @@ impl Message {
                 out.extend_from_slice(&minor.to_le_bytes());
                 out
             }
-            Message::Layout(regions) => {
+            Message::Layout(regions) | Message::Discard(regions) => {
                 let mut out = Vec::with_capacity(regions.len() * 16);
                 for region in regions {
                     out.extend_from_slice(&region.guest_addr.to_le_bytes());
@@ -156,7 +197,12 @@ impl Message {
                 batch.payload
             }
             Message::State(bytes) => bytes.clone(),
-            Message::Done => Vec::new(),
+            Message::Done
+            | Message::Ready
+            | Message::Go
+            | Message::Postcopy
+            | Message::Complete => Vec::new(),
+            Message::Request(guest_addr) => guest_addr.to_le_bytes().to_vec(),
             Message::Abort(reason) => reason.as_bytes().to_vec(),
         }
     }
@@ -272,6 +318,22 @@ fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
     Some(runs)
 }
 
+/// Address and length pairs (u64 LE each).
+fn regions(payload: &[u8]) -> Option<Vec<RegionEntry>> {
+    if !payload.len().is_multiple_of(16) {
+        return None;
+    }
+    payload
+        .chunks_exact(16)
+        .map(|c| {
+            Some(RegionEntry {
+                guest_addr: u64_at(c, 0)?,
+                len: u64_at(c, 8)?,
+            })
+        })
+        .collect()
+}
+
 fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
     match kind {
         1 => {
@@ -282,19 +344,9 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
             let minor = u16::from_le_bytes([payload[10], payload[11]]);
             Ok(Message::Hello(major, minor))
         }
-        2 => {
-            if !payload.len().is_multiple_of(16) {
-                return Err(WireError::Malformed("layout"));
-            }
-            let regions = payload
-                .chunks_exact(16)
-                .map(|c| RegionEntry {
-                    guest_addr: u64_at(c, 0).unwrap_or_default(),
-                    len: u64_at(c, 8).unwrap_or_default(),
-                })
-                .collect();
-            Ok(Message::Layout(regions))
-        }
+        2 => regions(&payload)
+            .map(Message::Layout)
+            .ok_or(WireError::Malformed("layout")),
         3 => parse_pages(&payload)
             .map(Message::Pages)
             .ok_or(WireError::Malformed("pages")),
@@ -304,6 +356,29 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         6 => Ok(Message::Abort(
             String::from_utf8_lossy(&payload).into_owned(),
         )),
+        7 if payload.is_empty() => Ok(Message::Ready),
+        7 => Err(WireError::Malformed("ready")),
+        8 if payload.is_empty() => Ok(Message::Go),
+        8 => Err(WireError::Malformed("go")),
+        9 if payload.is_empty() => Ok(Message::Postcopy),
+        9 => Err(WireError::Malformed("postcopy")),
+        10 => match u64_at(&payload, 0) {
+            Some(guest_addr) if payload.len() == 8 && guest_addr.is_multiple_of(PAGE as u64) => {
+                Ok(Message::Request(guest_addr))
+            }
+            _ => Err(WireError::Malformed("request")),
+        },
+        11 if payload.is_empty() => Ok(Message::Complete),
+        11 => Err(WireError::Malformed("complete")),
+        12 => {
+            let runs = regions(&payload).ok_or(WireError::Malformed("discard"))?;
+            let aligned = |n: u64| n.is_multiple_of(PAGE as u64);
+            if runs.iter().all(|r| aligned(r.guest_addr) && aligned(r.len)) {
+                Ok(Message::Discard(runs))
+            } else {
+                Err(WireError::Malformed("discard"))
+            }
+        }
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -367,6 +442,15 @@ mod tests {
                 },
             ]),
             Message::State(b"SIESNAP\n...".to_vec()),
+            Message::Postcopy,
+            Message::Ready,
+            Message::Go,
+            Message::Request(0x7000),
+            Message::Discard(vec![RegionEntry {
+                guest_addr: 0x3000,
+                len: 2 * PAGE as u64,
+            }]),
+            Message::Complete,
             Message::Done,
             Message::Abort("no room".into()),
         ]
