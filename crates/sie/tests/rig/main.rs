@@ -24,7 +24,6 @@ mod memdev;
 mod memory;
 mod pci;
 mod snapshot;
-mod stability;
 mod vfio;
 mod virtio;
 
@@ -37,7 +36,6 @@ use memdev::*;
 use memory::*;
 use pci::*;
 use snapshot::*;
-use stability::*;
 use vfio::*;
 use virtio::*;
 
@@ -256,7 +254,6 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         virtio_pci(),
         pci_hotplug(),
         virtio_vsock(),
-        blk_dd_2vcpu_x10(),
         bench_blk(),
         bench_net(),
         direct_runner(),
