@@ -305,6 +305,12 @@ pub enum MigrateCommand {
         /// link goes).
         #[arg(long, value_name = "MIB_PER_S")]
         max_bandwidth_mib_s: Option<u64>,
+        /// Same host (upgrading sie): hand guest RAM to the receiver over
+        /// the Unix socket instead of copying it; the VM pauses once, for
+        /// the device and vCPU state only. Needs a VM started with
+        /// --memory-shared and a unix:PATH url.
+        #[arg(long)]
+        local: bool,
     },
     /// How the migration goes (GET /migration).
     Status {
@@ -482,6 +488,11 @@ pub struct RunArgs {
     /// allow nesting (kvm_intel/kvm_amd `nested=1`). Hidden by default.
     #[arg(long)]
     pub nested: bool,
+    /// Put guest RAM in shared memory (memfds), so `sie ctl migrate send
+    /// --local` can hand it to a new sie on this host instead of copying
+    /// it (machine-config `shared_memory`). Base pages only.
+    #[arg(long)]
+    pub memory_shared: bool,
     /// A Firecracker static CPU template: T2, T2S, C3 (Intel hosts) or T2A
     /// (AMD hosts); it hides CPU features newer than its baseline.
     #[arg(long, value_name = "NAME", conflicts_with = "cpu_config")]
@@ -509,7 +520,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "cpu_template", "cpu_config", "pci"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "memory_shared", "cpu_template", "cpu_config", "pci"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.

@@ -18,17 +18,22 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOp
 use sie_config::{MigrationReceive, MigrationSend, Response};
 use sie_hv::Hypervisor;
 use sie_seccomp::{Seccomp, ThreadKind};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Controller, Phase};
 use crate::event_loop::Manager;
 use crate::migration::converge;
+use crate::migration::local::{Handover, LocalSender};
 use crate::migration::pace::Pacer;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
 use crate::migration::{Endpoint, Switchover, ToVmm, VmmLink, receive};
 use crate::outcome::VmOutcome;
 use crate::snapshot::dirty::RegionPages;
+
+/// Why a local send is refused on private guest RAM.
+const LOCAL_NEEDS_SHARED: &str = "migration/send: local mode needs guest memory in shared memory: start sie with --memory-shared (machine-config \"shared_memory\": true)";
 
 /// How long the switch-over waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +55,8 @@ pub(super) struct Migration {
     paused_here: bool,
     /// A send or receive is under way.
     active: bool,
+    /// The send under way hands guest RAM over (local mode).
+    local: bool,
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
@@ -89,6 +96,7 @@ impl Migration {
             worker: None,
             paused_here: false,
             active: false,
+            local: false,
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
@@ -230,8 +238,12 @@ impl Controller {
             Ok(endpoint) => endpoint,
             Err(message) => return Response::Fault(message),
         };
+        if send.local {
+            return self.send_local(destination, send, worker);
+        }
         let link = self.migration.link();
         let cancel = Arc::new(AtomicBool::new(false));
+        self.migration.local = false;
         let sender = MigrationSender {
             plan: SendPlan {
                 destination: destination.clone(),
@@ -253,6 +265,44 @@ impl Controller {
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
+        if worker.send(Box::new(move || sender.run())).is_err() {
+            self.migration.active = false;
+            return Response::fault("migration/send: the migration worker is gone");
+        }
+        Response::NoContent
+    }
+
+    /// `PUT /migration/send` with `"local": true`: guest RAM's memfds go
+    /// to the receiver, nothing is copied.
+    fn send_local(
+        &mut self,
+        destination: Endpoint,
+        send: &MigrationSend,
+        worker: Sender<Job>,
+    ) -> Response {
+        let Phase::Running(vm) = &self.phase else {
+            return Response::fault("migration/send: no microVM is running here");
+        };
+        if crate::shared_memory::memfds(vm.memory()).is_none() {
+            return Response::fault(LOCAL_NEEDS_SHARED);
+        }
+        let memory = vm.memory().clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let progress = self
+            .migration
+            .start(destination.to_string(), MigrationState::Sending);
+        self.metrics.watch_migration(progress.clone());
+        let sender = LocalSender {
+            destination,
+            memory,
+            timeout: Duration::from_secs(send.timeout_s),
+            link: self.migration.link(),
+            progress,
+            cancel: cancel.clone(),
+        };
+        self.migration.cancel = Some(cancel);
+        self.migration.paused_here = false;
+        self.migration.local = true;
         if worker.send(Box::new(move || sender.run())).is_err() {
             self.migration.active = false;
             return Response::fault("migration/send: the migration worker is gone");
@@ -285,6 +335,21 @@ impl Controller {
                 ToVmm::Switchover(reply) => {
                     let _ = reply.send(self.switchover(hv));
                 }
+                ToVmm::LocalSwitchover { reply, outcome } => match self.local_switchover(hv) {
+                    Ok(state) => {
+                        let _ = reply.send(Ok(state));
+                        // Nothing else is served until the receiver has
+                        // answered: no device here may write guest RAM
+                        // it may already run on.
+                        let handover = outcome.recv().unwrap_or_else(|_| {
+                            Handover::Unknown("the migration thread ended".into())
+                        });
+                        self.local_finished(handover);
+                    }
+                    Err(why) => {
+                        let _ = reply.send(Err(why));
+                    }
+                },
                 ToVmm::Throttle(percent) => self.set_throttle(percent),
                 ToVmm::SendFinished(result) => self.send_finished(result),
                 ToVmm::Arrived {
@@ -390,6 +455,44 @@ impl Controller {
         Ok(Switchover { pages, state })
     }
 
+    /// Local mode's pause: the vCPUs stop and the state is taken; guest
+    /// RAM is not read (the receiver maps the same memfds).
+    fn local_switchover(&mut self, hv: &dyn Hypervisor) -> Result<Vec<u8>, String> {
+        let config = self.draft.to_config()?;
+        let msrs = hv
+            .supported_msrs()
+            .map_err(|e| crate::error::error_chain(&e))?;
+        let Phase::Running(vm) = &mut self.phase else {
+            return Err("the microVM is gone".into());
+        };
+        if !vm.vcpus.is_paused() {
+            if let Err(error) = vm.vcpus.pause(PAUSE_TIMEOUT) {
+                let _ = vm.vcpus.resume(PAUSE_TIMEOUT);
+                return Err(format!("cannot pause the microVM: {error}"));
+            }
+            self.migration.paused_here = true;
+        }
+        let (state, _) = crate::snapshot::encode_state(vm, &config, msrs, None)
+            .map_err(|e| crate::error::error_chain(&e))?;
+        Ok(state)
+    }
+
+    fn local_finished(&mut self, handover: Handover) {
+        match handover {
+            Handover::Done(destination) => self.send_finished(Ok(destination)),
+            Handover::Refused(why) => self.send_finished(Err(why)),
+            Handover::Unknown(why) => {
+                // It may be running there on this very memory: two
+                // writers would corrupt it, so the guest stays paused.
+                self.migration.paused_here = false;
+                tracing::error!(
+                    "local migration: {why}; the guest stays paused here in case it runs on the destination (resume it with PATCH /vm only if it does not)"
+                );
+                self.send_finished(Err(why));
+            }
+        }
+    }
+
     fn send_finished(&mut self, result: Result<String, String>) {
         // However the send ended, the guest is not throttled here any
         // more; when it failed, it runs on here at full speed (a completed
@@ -401,7 +504,24 @@ impl Controller {
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);
+        let local = std::mem::take(&mut self.migration.local);
         match result {
+            Ok(destination) if local => {
+                let p = progress::read(&self.migration.progress);
+                let shared: u64 = match &self.phase {
+                    Phase::Running(vm) => vm.memory().iter().map(|r| r.len()).sum(),
+                    _ => 0,
+                };
+                let figures = format!(
+                    "{destination} in local mode: {:.1} MiB of guest RAM handed over, {:.1} KiB sent, {} ms of downtime, {} ms in all",
+                    shared as f64 / f64::from(1u32 << 20),
+                    p.bytes as f64 / 1024.0,
+                    p.downtime_ms.unwrap_or_default(),
+                    p.total_ms.unwrap_or_default(),
+                );
+                tracing::info!("the VM migrated to {figures}");
+                self.control.finish(VmOutcome::Migrated(figures));
+            }
             Ok(destination) => {
                 let p = progress::read(&self.migration.progress);
                 let mut figures = format!(

@@ -13,6 +13,7 @@
 //! KVM), stacked on the `build` filter they inherit.
 
 pub mod converge;
+pub mod local;
 pub mod pace;
 pub mod progress;
 pub mod receive;
@@ -105,8 +106,20 @@ fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
 }
 
 /// A byte stream to the other sie.
-pub trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+pub trait Conn: Read + Write + Send {
+    /// The Unix socket under it, which can pass descriptors (local mode).
+    fn unix(&self) -> Option<&UnixStream> {
+        None
+    }
+}
+
+impl Conn for UnixStream {
+    fn unix(&self) -> Option<&UnixStream> {
+        Some(self)
+    }
+}
+
+impl Conn for TcpStream {}
 
 /// A bound, listening endpoint.
 pub enum Listener {
@@ -151,6 +164,15 @@ pub enum ToVmm {
     TakeDirty(Sender<Result<Vec<RegionPages>, String>>),
     /// Pause the vCPUs and hand over the last pages and the state.
     Switchover(Sender<Result<Switchover, String>>),
+    /// Local mode: pause the vCPUs and hand over the state, then serve
+    /// nothing (no device may write guest RAM the receiver now owns) until
+    /// the handover's outcome arrives.
+    LocalSwitchover {
+        /// The snapshot file's bytes.
+        reply: Sender<Result<Vec<u8>, String>>,
+        /// How the handover ended.
+        outcome: Receiver<local::Handover>,
+    },
     /// Throttle every vCPU by this percent of each period (auto-converge;
     /// lifted when the send ends).
     Throttle(u8),

@@ -1,7 +1,9 @@
 //! The receiving end: accept one sender, check its protocol version before
 //! anything else, take guest RAM's layout and map fresh memory for it,
 //! write every page that arrives, and on the state hand the VM to the VMM
-//! thread to build and run; then tell the sender it runs here.
+//! thread to build and run; then tell the sender it runs here. In local
+//! mode ([`super::local`]) guest RAM is the source's memfds, mapped here,
+//! and no page arrives.
 
 use std::path::Path;
 
@@ -86,15 +88,22 @@ impl Receiver {
             }
         }
         wire::send_hello(conn).map_err(|e| format!("migration stream: {e}"))?;
-        let layout = match wire::read_message(conn).map_err(refused)? {
-            Message::Layout(layout) => layout,
+        let (layout, local) = match wire::read_message(conn).map_err(refused)? {
+            Message::Layout(layout) => (layout, false),
+            Message::LocalLayout(layout) => (layout, true),
             Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
             other => return Err(unexpected(other.name(), "layout")),
         };
-        let memory = lazy::anonymous(&layout)
-            .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?;
+        let memory = if local {
+            super::local::take_memory(conn, &layout)?
+        } else {
+            lazy::anonymous(&layout)
+                .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?
+        };
         loop {
             match wire::read_message(conn).map_err(refused)? {
+                // Local mode's RAM is the source's own: nothing is copied.
+                Message::Pages(_) if local => return Err(unexpected("pages", "state")),
                 Message::Pages(runs) => {
                     let mut bytes = 0;
                     for run in &runs {

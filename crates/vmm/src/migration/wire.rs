@@ -15,6 +15,12 @@
 //! receiver's `Done` once the VM runs there. Either side may send `Abort`
 //! with a one-line reason instead of its next message.
 //!
+//! Local mode (1.1, same host): `LocalLayout` instead of `Layout`, its
+//! memfds (one per region) passed right after it as `SCM_RIGHTS` on one
+//! byte (see `super::local`), then `State` with no `Pages`. The sender
+//! only sends it to a peer whose `Hello` says 1.1 or later; an older peer
+//! would refuse the unknown type before anything moved anyway.
+//!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
 //! let mut stream = Vec::new();
@@ -31,7 +37,9 @@ use crate::snapshot::memory_file::RegionEntry;
 /// The protocol's major version: a peer with another one is refused.
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// The protocol's minor version (additions a same-major peer may ignore).
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
+/// The first minor version that knows local mode (`LocalLayout`).
+pub const LOCAL_MINOR: u16 = 1;
 /// What a `Hello` starts with, so a stranger talking is told apart from
 /// an old sie.
 const HELLO_MAGIC: &[u8; 8] = b"SIEMIGR\n";
@@ -106,6 +114,8 @@ pub enum Message {
     Done,
     /// The sender gives up, or the receiver refuses (one line).
     Abort(String),
+    /// Local mode: guest RAM's regions, whose memfds follow.
+    LocalLayout(Vec<RegionEntry>),
 }
 
 impl Message {
@@ -117,6 +127,7 @@ impl Message {
             Message::State(_) => 4,
             Message::Done => 5,
             Message::Abort(_) => 6,
+            Message::LocalLayout(_) => 7,
         }
     }
 
@@ -129,6 +140,7 @@ impl Message {
             Message::State(_) => "state",
             Message::Done => "done",
             Message::Abort(_) => "abort",
+            Message::LocalLayout(_) => "local layout",
         }
     }
 
@@ -140,7 +152,7 @@ impl Message {
                 out.extend_from_slice(&minor.to_le_bytes());
                 out
             }
-            Message::Layout(regions) => {
+            Message::Layout(regions) | Message::LocalLayout(regions) => {
                 let mut out = Vec::with_capacity(regions.len() * 16);
                 for region in regions {
                     out.extend_from_slice(&region.guest_addr.to_le_bytes());
@@ -272,6 +284,24 @@ fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
     Some(runs)
 }
 
+/// The most RAM regions (and so memfds) a local layout may name.
+pub const MAX_LOCAL_REGIONS: usize = 16;
+
+fn parse_layout(payload: &[u8]) -> Option<Vec<RegionEntry>> {
+    if !payload.len().is_multiple_of(16) {
+        return None;
+    }
+    payload
+        .chunks_exact(16)
+        .map(|c| {
+            Some(RegionEntry {
+                guest_addr: u64_at(c, 0)?,
+                len: u64_at(c, 8)?,
+            })
+        })
+        .collect()
+}
+
 fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
     match kind {
         1 => {
@@ -282,19 +312,9 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
             let minor = u16::from_le_bytes([payload[10], payload[11]]);
             Ok(Message::Hello(major, minor))
         }
-        2 => {
-            if !payload.len().is_multiple_of(16) {
-                return Err(WireError::Malformed("layout"));
-            }
-            let regions = payload
-                .chunks_exact(16)
-                .map(|c| RegionEntry {
-                    guest_addr: u64_at(c, 0).unwrap_or_default(),
-                    len: u64_at(c, 8).unwrap_or_default(),
-                })
-                .collect();
-            Ok(Message::Layout(regions))
-        }
+        2 => parse_layout(&payload)
+            .map(Message::Layout)
+            .ok_or(WireError::Malformed("layout")),
         3 => parse_pages(&payload)
             .map(Message::Pages)
             .ok_or(WireError::Malformed("pages")),
@@ -304,6 +324,10 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         6 => Ok(Message::Abort(
             String::from_utf8_lossy(&payload).into_owned(),
         )),
+        7 => parse_layout(&payload)
+            .filter(|regions| !regions.is_empty() && regions.len() <= MAX_LOCAL_REGIONS)
+            .map(Message::LocalLayout)
+            .ok_or(WireError::Malformed("local layout")),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -332,8 +356,13 @@ pub fn send_hello(out: &mut (impl Write + ?Sized)) -> io::Result<()> {
 
 /// Reads the peer's `Hello` and refuses another major version.
 pub fn expect_hello(input: &mut (impl Read + ?Sized)) -> Result<(), WireError> {
+    expect_hello_minor(input).map(drop)
+}
+
+/// [`expect_hello`], returning the peer's minor version (what it knows).
+pub fn expect_hello_minor(input: &mut (impl Read + ?Sized)) -> Result<u16, WireError> {
     match read_message(input)? {
-        Message::Hello(PROTOCOL_MAJOR, _) => Ok(()),
+        Message::Hello(PROTOCOL_MAJOR, minor) => Ok(minor),
         Message::Hello(major, minor) => Err(WireError::Version {
             found: format!("{major}.{minor}"),
         }),
@@ -369,6 +398,16 @@ mod tests {
             Message::State(b"SIESNAP\n...".to_vec()),
             Message::Done,
             Message::Abort("no room".into()),
+            Message::LocalLayout(vec![
+                RegionEntry {
+                    guest_addr: 0,
+                    len: 1 << 20,
+                },
+                RegionEntry {
+                    guest_addr: 1 << 32,
+                    len: 2 << 20,
+                },
+            ]),
         ]
     }
 
@@ -383,6 +422,31 @@ mod tests {
             assert_eq!(read_message(&mut input).unwrap(), message);
         }
         assert!(matches!(read_message(&mut input), Err(WireError::Io(_))));
+    }
+
+    #[test]
+    fn a_damaged_or_empty_local_layout_is_refused() {
+        let mut good = Vec::new();
+        write_message(&mut good, &conversation()[6]).unwrap();
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(
+                read_message(&mut bad.as_slice()).is_err(),
+                "flipped byte {at} was accepted"
+            );
+        }
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 7, &[0; 15]).unwrap();
+        write_frame(&mut stream, 7, &[]).unwrap();
+        write_frame(&mut stream, 7, &[0; 16 * (MAX_LOCAL_REGIONS + 1)]).unwrap();
+        let mut input = stream.as_slice();
+        for _ in 0..3 {
+            assert!(matches!(
+                read_message(&mut input),
+                Err(WireError::Malformed("local layout"))
+            ));
+        }
     }
 
     #[test]
