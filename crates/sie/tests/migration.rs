@@ -267,8 +267,8 @@ fn what_sie_cannot_do_yet_is_refused_in_one_line() {
             "auto migration mode not supported yet",
         ),
         (
-            r#"{"destination_url": "unix:/x", "local": true}"#,
-            "local migration not supported yet",
+            r#"{"destination_url": "tcp:127.0.0.1:9", "local": true}"#,
+            "local migration passes guest memory over a Unix socket",
         ),
         (
             r#"{"destination_url": "http://x"}"#,

@@ -1,0 +1,264 @@
+//! Local-mode live migration through the binary on the real /dev/kvm: a
+//! counting guest whose RAM is shared memory moves to a second sie on the
+//! same host with its memfds passed over the Unix socket (no page copied)
+//! and counts on exactly; what cannot go local is refused in one line; a
+//! receiver that does not know local mode, a damaged local layout and one
+//! without its descriptors are refused before the guest stops here.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+
+use common::api::ApiVm;
+use common::counter::{self, capture, last_count, wait_for};
+use common::sie;
+use sie_vmm::migration::wire::{self, Message};
+use sie_vmm::snapshot::memory_file::RegionEntry;
+
+const LIMIT: u32 = 60;
+const GUEST_MIB: u64 = 256;
+
+/// Boots the counter (dirtying `dirty` pages a tick, up to `limit`) with
+/// `GUEST_MIB` of RAM, shared or not, in a new sie.
+fn counting(name: &str, shared: bool, limit: u32, flags: &[&str]) -> (ApiVm, Arc<Mutex<String>>) {
+    let mut vm = ApiVm::start(name, flags);
+    let out = capture(&mut vm);
+    let boot = serde_json::json!({
+        "kernel_image_path": sie_guests::COUNTER.path,
+        "boot_args": format!("limit={limit} delay=20000 dirty=64"),
+    });
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    let machine = serde_json::json!({
+        "vcpu_count": 1, "mem_size_mib": GUEST_MIB, "shared_memory": shared,
+    });
+    vm.ok("PUT", "/machine-config", &machine.to_string());
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_for("a few counts", || last_count(&out) >= 5);
+    (vm, out)
+}
+
+fn last_metrics_line(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("the metrics file");
+    let line = text.lines().next_back().expect("a metrics line");
+    serde_json::from_str(line).expect("a JSON metrics line")
+}
+
+#[test]
+fn a_shared_memory_guest_moves_locally_without_its_pages_and_counts_on_exactly() {
+    let scratch = common::Scratch::new("migrate-local");
+    let url = format!("unix:{}/m.sock", scratch.path());
+    let metrics = format!("{}/metrics.json", scratch.path());
+    let mut dest = ApiVm::start("migrate-local-dest", &[]);
+    let dest_out = capture(&mut dest);
+    let dest_sock = dest.sock.display().to_string();
+    sie(&["ctl", "--sock", &dest_sock, "migrate", "receive", &url]).expect_code(0);
+
+    let (mut source, source_out) = counting(
+        "migrate-local-source",
+        true,
+        LIMIT,
+        &["--metrics-path", &metrics],
+    );
+    let sock = source.sock.display().to_string();
+    sie(&["ctl", "--sock", &sock, "migrate", "send", &url, "--local"]).expect_code(0);
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the VM migrated to {url} in local mode: {GUEST_MIB}.0 MiB of guest RAM handed over"
+        )),
+        "{stderr}"
+    );
+    let downtime_ms: u64 = stderr
+        .split(" ms of downtime")
+        .next()
+        .and_then(|head| head.rsplit(' ').next()?.parse().ok())
+        .expect("the downtime in the source's last line");
+    // Not a timing claim: the figure is there and is the metrics' one.
+    let figures = &last_metrics_line(&metrics)["migration"];
+    assert_eq!(figures["state"], "completed", "{figures}");
+    assert_eq!(figures["downtime_ms"], downtime_ms, "{figures}");
+    // No page was sent: only the layout, the descriptors' byte and the
+    // device and vCPU state, a sliver of the guest's RAM.
+    assert_eq!(figures["pages"], 0, "{figures}");
+    let bytes = figures["bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0 && bytes < (GUEST_MIB << 20) / 100, "{figures}");
+
+    let status = sie(&["ctl", "--sock", &dest_sock, "migrate", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["pages"], 0, "{status}");
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = source_out.lock().expect("output lock").clone();
+    let after = dest_out.lock().expect("output lock").clone();
+    assert!(!after.is_empty(), "the destination printed nothing");
+    assert_eq!(format!("{before}{after}"), counter::full_count(LIMIT));
+}
+
+#[test]
+fn local_mode_over_tcp_or_on_private_memory_is_refused_in_one_line() {
+    let (source, out) = counting("migrate-local-refusals", false, 1_000_000, &[]);
+    source
+        .call(
+            "PUT",
+            "/migration/send",
+            Some(r#"{"destination_url": "tcp:127.0.0.1:4000", "local": true}"#),
+        )
+        .expect_fault("local migration passes guest memory over a Unix socket");
+    source
+        .call(
+            "PUT",
+            "/migration/send",
+            Some(r#"{"destination_url": "unix:/tmp/nobody.sock", "local": true}"#),
+        )
+        .expect_fault("start sie with --memory-shared");
+    let sock = source.sock.display().to_string();
+    let refused = sie(&[
+        "ctl",
+        "--sock",
+        &sock,
+        "migrate",
+        "send",
+        "unix:/tmp/nobody.sock",
+        "--local",
+    ]);
+    assert_ne!(refused.code, Some(0));
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("--memory-shared"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(source.get("/migration").json()["state"], "idle");
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
+}
+
+#[test]
+fn a_receiver_without_local_mode_is_refused_and_the_guest_runs_on() {
+    let scratch = common::Scratch::new("migrate-local-old");
+    let path = format!("{}/m.sock", scratch.path());
+    let listener = UnixListener::bind(&path).expect("bind");
+    // A sie of protocol 1.0: it answers the hello and would take pages.
+    let old = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        wire::expect_hello(&mut conn).expect("the source's hello");
+        wire::write_message(&mut conn, &Message::Hello(wire::PROTOCOL_MAJOR, 0)).expect("hello");
+        wire::read_message(&mut conn)
+    });
+    let (source, out) = counting("migrate-local-old-source", true, 1_000_000, &[]);
+    let send = serde_json::json!({ "destination_url": format!("unix:{path}"), "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let next = old.join().expect("the old receiver");
+    // What reached it was the reason, not a layout.
+    assert!(
+        matches!(&next, Ok(Message::Abort(reason)) if reason.contains("has no local mode")),
+        "{next:?}"
+    );
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    let status = source.get("/migration").json();
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "speaks migration protocol {}.0, which has no local mode",
+            wire::PROTOCOL_MAJOR
+        )) && !error.contains('\n'),
+        "{status}"
+    );
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
+}
+
+/// Sends `frames` (then one byte without descriptors) to a fresh
+/// receiving sie and returns its exit code and stderr.
+fn receiver_fed(name: &str, frames: &[u8]) -> (Option<i32>, String) {
+    let mut dest = ApiVm::start(name, &[]);
+    let path = format!("{}/m.sock", dest.dir.path());
+    let receive = serde_json::json!({ "receiver_url": format!("unix:{path}") });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    let mut conn = UnixStream::connect(&path).expect("connect");
+    conn.write_all(frames).expect("frames");
+    // The byte the descriptors would ride on, with none.
+    let _ = conn.write_all(b"M");
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    dest.wait()
+}
+
+fn local_layout() -> Vec<u8> {
+    let mut frames = Vec::new();
+    wire::send_hello(&mut frames).expect("hello");
+    let layout = Message::LocalLayout(vec![RegionEntry {
+        guest_addr: 0,
+        len: 32 << 20,
+    }]);
+    wire::write_message(&mut frames, &layout).expect("layout");
+    frames
+}
+
+#[test]
+fn a_local_layout_without_its_descriptors_is_refused_in_one_line() {
+    let (code, stderr) = receiver_fed("migrate-local-nofds", &local_layout());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("expected 1 guest memory descriptors, the source passed 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_damaged_or_unknown_local_message_is_refused_in_one_line() {
+    let mut damaged = local_layout();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let (code, stderr) = receiver_fed("migrate-local-damaged", &damaged);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("damaged (frame checksum mismatch)"),
+        "{stderr}"
+    );
+
+    // A frame type no sie knows where the layout belongs: a newer
+    // source's message this sie cannot honour.
+    let mut unknown = Vec::new();
+    wire::send_hello(&mut unknown).unwrap();
+    let mut frame = vec![0x42u8, 0, 0, 0, 0];
+    frame.extend_from_slice(&xxh3_seeded(&frame, &[]).to_le_bytes());
+    unknown.extend_from_slice(&frame);
+    let (code, stderr) = receiver_fed("migrate-local-unknown", &unknown);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown migration message type 66"),
+        "{stderr}"
+    );
+}
+
+/// The frame checksum (see `wire`): the payload's xxh3, seeded with the
+/// header's first five bytes.
+fn xxh3_seeded(header: &[u8], payload: &[u8]) -> u64 {
+    let mut seed = [0u8; 8];
+    seed[..5].copy_from_slice(&header[..5]);
+    twox_hash::XxHash3_64::oneshot_with_seed(u64::from_le_bytes(seed), payload)
+}
