@@ -262,3 +262,63 @@ fn xxh3_seeded(header: &[u8], payload: &[u8]) -> u64 {
     seed[..5].copy_from_slice(&header[..5]);
     twox_hash::XxHash3_64::oneshot_with_seed(u64::from_le_bytes(seed), payload)
 }
+
+#[test]
+fn a_snapshot_of_shared_memory_restores_shared_and_moves_locally() {
+    let scratch = common::Scratch::new("migrate-local-snap");
+    let snap = format!("{}/vm.snap", scratch.path());
+    let mem = format!("{}/vm.mem", scratch.path());
+    let url = format!("unix:{}/m.sock", scratch.path());
+    // Far enough that the restored guest is still counting when it moves.
+    const FAR: u32 = 300;
+    let (first, first_out) = counting("migrate-local-snap-first", true, FAR, &[]);
+    counter::pause_after(&first, &first_out, 8);
+    let body =
+        serde_json::json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem});
+    first.ok("PUT", "/snapshot/create", &body.to_string());
+    let (code, stderr) = first.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let counted_first = first_out.lock().expect("output lock").clone();
+
+    // Another backend cannot give shared memory: refused in one line.
+    let lazy = ApiVm::start("migrate-local-snap-lazy", &[]);
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "Lazy", "backend_path": mem},
+    });
+    lazy.call("PUT", "/snapshot/load", Some(&load.to_string()))
+        .expect_fault("load it with the File backend");
+    let _ = lazy.terminate();
+
+    let mut dest = ApiVm::start("migrate-local-snap-dest", &[]);
+    let dest_out = capture(&mut dest);
+    let receive = serde_json::json!({ "receiver_url": url });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    let mut restored = ApiVm::start("migrate-local-snap-restored", &[]);
+    let restored_out = capture(&mut restored);
+    let load = serde_json::json!({
+        "snapshot_path": snap,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true,
+    });
+    restored.ok("PUT", "/snapshot/load", &load.to_string());
+    let at = last_count(&first_out);
+    wait_for("the restored guest to count", || {
+        last_count(&restored_out) > at + 2
+    });
+    let send = serde_json::json!({ "destination_url": url, "local": true });
+    restored.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = restored.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("in local mode"), "{stderr}");
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let middle = restored_out.lock().expect("output lock").clone();
+    let last = dest_out.lock().expect("output lock").clone();
+    assert_eq!(
+        format!("{counted_first}{middle}{last}"),
+        counter::full_count(FAR)
+    );
+}
