@@ -322,3 +322,36 @@ fn a_snapshot_of_shared_memory_restores_shared_and_moves_locally() {
         counter::full_count(FAR)
     );
 }
+
+#[test]
+fn a_shared_memory_guest_also_moves_by_copy_and_arrives_in_private_memory() {
+    let scratch = common::Scratch::new("migrate-shared-copy");
+    let url = format!("unix:{}/m.sock", scratch.path());
+    let mut dest = ApiVm::start("migrate-shared-copy-dest", &[]);
+    let dest_out = capture(&mut dest);
+    let receive = serde_json::json!({ "receiver_url": url });
+    dest.ok("PUT", "/migration/receive", &receive.to_string());
+    let (mut source, source_out) = counting("migrate-shared-copy-source", true, 300, &[]);
+    let send = serde_json::json!({ "destination_url": url });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("pre-copy rounds"), "{stderr}");
+    // Its pages were copied: the receiver's RAM is its own, and its
+    // configuration no longer claims shared memory.
+    let pages = dest.get("/migration").json()["pages"].as_u64();
+    assert!(pages > Some(0), "{pages:?}");
+    let config = dest.get("/vm/config").json();
+    assert_eq!(config["machine-config"]["mem_size_mib"], GUEST_MIB, "{config}");
+    assert_eq!(
+        config["machine-config"].get("shared_memory"),
+        None,
+        "{config}"
+    );
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = source_out.lock().expect("output lock").clone();
+    let after = dest_out.lock().expect("output lock").clone();
+    assert_eq!(format!("{before}{after}"), counter::full_count(300));
+}

@@ -557,13 +557,24 @@ impl Controller {
 
     fn run_arrived(
         &mut self,
-        snapshot: crate::snapshot::Snapshot,
+        mut snapshot: crate::snapshot::Snapshot,
         memory: sie_hv::GuestMemory,
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> Result<(), String> {
         if self.is_started_vm() {
             return Err("this sie already runs a microVM".into());
+        }
+        // Pages copied (pre-copy) land in private memory here: the
+        // configuration says so rather than claim shared RAM it lacks.
+        if let Some(machine) = snapshot.config.machine_config.as_mut()
+            && machine.shared_memory()
+            && crate::shared_memory::memfds(&memory).is_none()
+        {
+            tracing::info!(
+                "migration: guest RAM was copied into private memory here (shared_memory off; only a local migration keeps it shared)"
+            );
+            machine.shared_memory = None;
         }
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
