@@ -342,7 +342,10 @@ fn a_shared_memory_guest_also_moves_by_copy_and_arrives_in_private_memory() {
     let pages = dest.get("/migration").json()["pages"].as_u64();
     assert!(pages > Some(0), "{pages:?}");
     let config = dest.get("/vm/config").json();
-    assert_eq!(config["machine-config"]["mem_size_mib"], GUEST_MIB, "{config}");
+    assert_eq!(
+        config["machine-config"]["mem_size_mib"], GUEST_MIB,
+        "{config}"
+    );
     assert_eq!(
         config["machine-config"].get("shared_memory"),
         None,
@@ -354,4 +357,27 @@ fn a_shared_memory_guest_also_moves_by_copy_and_arrives_in_private_memory() {
     let before = source_out.lock().expect("output lock").clone();
     let after = dest_out.lock().expect("output lock").clone();
     assert_eq!(format!("{before}{after}"), counter::full_count(300));
+}
+
+#[test]
+fn sie_run_memory_shared_boots_and_refuses_huge_pages_in_one_line() {
+    let run = sie(&[
+        "run",
+        "--kernel",
+        sie_guests::COUNTER.path,
+        "--cmdline",
+        "limit=5 delay=1000",
+        "--memory-shared",
+    ]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, counter::full_count(5));
+
+    let scratch = common::Scratch::new("memory-shared-huge");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": sie_guests::COUNTER.path},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32, "huge_pages": "2M"},
+    });
+    let path = scratch.file("vm.json", config.to_string().as_bytes());
+    sie(&["run", "--config-file", &path, "--memory-shared"])
+        .expect_one_line_error("shared_memory is for base pages only");
 }
