@@ -3,7 +3,9 @@
 //! same host with its memfds passed over the Unix socket (no page copied)
 //! and counts on exactly; what cannot go local is refused in one line; a
 //! receiver that does not know local mode, a damaged local layout and one
-//! without its descriptors are refused before the guest stops here.
+//! without its descriptors are refused before the guest stops here; a
+//! receiver that refuses the state leaves the guest running here, one
+//! that hangs up after it leaves it paused (it may run there).
 
 mod common;
 
@@ -380,4 +382,79 @@ fn sie_run_memory_shared_boots_and_refuses_huge_pages_in_one_line() {
     let path = scratch.file("vm.json", config.to_string().as_bytes());
     sie(&["run", "--config-file", &path, "--memory-shared"])
         .expect_one_line_error("shared_memory is for base pages only");
+}
+
+/// A receiver of protocol 1.1 that takes the layout, the memfds and the
+/// state, then answers with `answer` (or, with `None`, hangs up).
+fn fake_local_receiver(path: &str, answer: Option<Message>) -> std::thread::JoinHandle<usize> {
+    let listener = UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        wire::expect_hello(&mut conn).expect("the source's hello");
+        wire::send_hello(&mut conn).expect("hello");
+        let Ok(Message::LocalLayout(layout)) = wire::read_message(&mut conn) else {
+            panic!("no local layout");
+        };
+        let files = sie_vmm::migration::local::recv_fds(&conn, layout.len()).expect("the memfds");
+        let Ok(Message::State(_)) = wire::read_message(&mut conn) else {
+            panic!("no state");
+        };
+        if let Some(answer) = answer {
+            wire::write_message(&mut conn, &answer).expect("answer");
+        }
+        files.len()
+    })
+}
+
+#[test]
+fn a_receiver_that_refuses_after_the_state_leaves_the_guest_running_here() {
+    let scratch = common::Scratch::new("migrate-local-refused");
+    let path = format!("{}/m.sock", scratch.path());
+    let fake = fake_local_receiver(&path, Some(Message::Abort("no room".into())));
+    let (source, out) = counting("migrate-local-refused-source", true, 1_000_000, &[]);
+    let send = serde_json::json!({ "destination_url": format!("unix:{path}"), "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    assert!(fake.join().expect("the fake receiver") >= 1);
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    let status = source.get("/migration").json();
+    assert_eq!(
+        status["error"], "the destination refused: no room",
+        "{status}"
+    );
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
+}
+
+#[test]
+fn a_receiver_that_hangs_up_after_the_state_leaves_the_guest_paused_here() {
+    let scratch = common::Scratch::new("migrate-local-hangup");
+    let path = format!("{}/m.sock", scratch.path());
+    let fake = fake_local_receiver(&path, None);
+    let (source, out) = counting("migrate-local-hangup-source", true, 1_000_000, &[]);
+    let send = serde_json::json!({ "destination_url": format!("unix:{path}"), "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    assert!(fake.join().expect("the fake receiver") >= 1);
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    // It may run there on the same memory: it must not run here too.
+    assert_eq!(source.state(), "Paused");
+    let status = source.get("/migration").json();
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("waiting for the destination")),
+        "{status}"
+    );
+    let at = last_count(&out);
+    // Whoever knows the destination did not take it resumes it.
+    source.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
 }
