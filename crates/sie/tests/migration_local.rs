@@ -334,6 +334,8 @@ fn a_shared_memory_guest_also_moves_by_copy_and_arrives_in_private_memory() {
     let receive = serde_json::json!({ "receiver_url": url });
     dest.ok("PUT", "/migration/receive", &receive.to_string());
     let (mut source, source_out) = counting("migrate-shared-copy-source", true, 300, &[]);
+    let config = source.get("/vm/config").json();
+    assert_eq!(config["machine-config"]["shared_memory"], true, "{config}");
     let send = serde_json::json!({ "destination_url": url });
     source.ok("PUT", "/migration/send", &send.to_string());
     let (code, stderr) = source.wait();
@@ -457,4 +459,45 @@ fn a_receiver_that_hangs_up_after_the_state_leaves_the_guest_paused_here() {
     wait_for("the guest to count on", || last_count(&out) > at + 2);
     let (code, _) = source.terminate();
     assert_eq!(code, Some(143));
+}
+
+#[test]
+fn a_locally_moved_guest_moves_locally_again() {
+    const FAR: u32 = 300;
+    let scratch = common::Scratch::new("migrate-local-twice");
+    let first_url = format!("unix:{}/a.sock", scratch.path());
+    let second_url = format!("unix:{}/b.sock", scratch.path());
+    let mut middle = ApiVm::start("migrate-local-twice-middle", &[]);
+    let middle_out = capture(&mut middle);
+    let receive = serde_json::json!({ "receiver_url": first_url });
+    middle.ok("PUT", "/migration/receive", &receive.to_string());
+    let mut last = ApiVm::start("migrate-local-twice-last", &[]);
+    let last_out = capture(&mut last);
+    let receive = serde_json::json!({ "receiver_url": second_url });
+    last.ok("PUT", "/migration/receive", &receive.to_string());
+
+    let (mut source, source_out) = counting("migrate-local-twice-source", true, FAR, &[]);
+    let send = serde_json::json!({ "destination_url": first_url, "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    // The RAM it runs on is still the first sie's memfds: shared.
+    let config = middle.get("/vm/config").json();
+    assert_eq!(config["machine-config"]["shared_memory"], true, "{config}");
+    let at = last_count(&source_out);
+    wait_for("the guest to count in the middle", || {
+        last_count(&middle_out) > at + 2
+    });
+    let send = serde_json::json!({ "destination_url": second_url, "local": true });
+    middle.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = middle.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("in local mode"), "{stderr}");
+    let (code, stderr) = last.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let counted = [&source_out, &middle_out, &last_out]
+        .map(|out| out.lock().expect("output lock").clone())
+        .concat();
+    assert_eq!(counted, counter::full_count(FAR));
 }
