@@ -584,6 +584,10 @@ pub struct BenchMigrateArgs {
     /// Send with `auto_converge` false.
     #[arg(long)]
     pub no_auto_converge: bool,
+    /// Local mode: guest RAM in shared memory, handed over instead of
+    /// copied (`"local": true`).
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// Flags of `sie bench snapshot`.
