@@ -86,6 +86,7 @@ fn a_shared_memory_guest_moves_locally_without_its_pages_and_counts_on_exactly()
     // No page was sent: only the layout, the descriptors' byte and the
     // device and vCPU state, a sliver of the guest's RAM.
     assert_eq!(figures["pages"], 0, "{figures}");
+    eprintln!("local move of {GUEST_MIB} MiB: {figures}");
     let bytes = figures["bytes"].as_u64().expect("bytes");
     assert!(bytes > 0 && bytes < (GUEST_MIB << 20) / 100, "{figures}");
 
