@@ -268,7 +268,7 @@ pub fn recv_fds(stream: &UnixStream, count: usize) -> io::Result<Vec<File>> {
     unsafe {
         let mut header = libc::CMSG_FIRSTHDR(&msg);
         while !header.is_null() {
-            let data_len = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            let data_len = ((*header).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
             if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(header).cast::<RawFd>();
                 for index in 0..data_len / std::mem::size_of::<RawFd>() {
