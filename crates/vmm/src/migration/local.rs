@@ -168,6 +168,8 @@ impl LocalSender {
         let fds: Vec<RawFd> = shared.iter().map(|(_, file)| file.as_raw_fd()).collect();
         send_fds(stream, &fds)
             .map_err(|e| format!("passing guest memory to {destination}: {e}"))?;
+        // The layout's frame (13-byte header, 16 bytes a region) and the
+        // descriptors' byte: all that goes out for guest RAM.
         progress::update(&self.progress, |p| {
             p.bytes += 13 + 16 * fds.len() as u64 + 1
         });
