@@ -7,8 +7,10 @@
 //! switch-over is the two-phase one: a receiver that refuses the state or
 //! hangs up before its `Ready` leaves the guest running here; one that
 //! hangs up after the source's `Go` leaves it paused here for good (it
-//! may run there, on the same memory); a real destination whose `Ready`
-//! never reaches the source never runs the guest.
+//! may run there, on the same memory). Through a relay to a real
+//! destination: one whose `Ready` never reaches the source never runs the
+//! guest; one whose `Done` is lost after the `Go` runs it on while the
+//! source stays paused, the count exact across the two.
 
 mod common;
 
@@ -523,12 +525,22 @@ fn a_receiver_that_hangs_up_after_the_go_leaves_the_guest_paused_here_for_good()
     assert_eq!(code, Some(143));
 }
 
+/// Where a local relay cuts the link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LocalCut {
+    /// The destination's `Ready` is dropped: the source never sends `Go`.
+    DropReady,
+    /// `Go` reaches the destination, its `Done` is dropped.
+    DropDone,
+}
+
 /// A relay between a local-mode source (on `listener`) and a real
-/// destination at `destination` that passes the memfds on and drops the
-/// destination's `Ready`: the source never sends `Go`.
-fn relay_dropping_ready(
+/// destination at `destination` that passes the memfds on, faithful
+/// until `cut`.
+fn local_relay(
     listener: UnixListener,
     destination: String,
+    cut: LocalCut,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let (mut source, _) = listener.accept().expect("the source");
@@ -547,27 +559,88 @@ fn relay_dropping_ready(
         let fds: Vec<_> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         sie_vmm::migration::local::send_fds(&dest, &fds).expect("passing the memfds on");
         assert!(matches!(pass(&mut source, &mut dest), Message::State(_)));
-        let ready = wire::read_message(&mut dest).expect("the destination's answer");
-        assert_eq!(ready, Message::Ready);
-        // Both links close here, the `Ready` dropped.
+        if cut == LocalCut::DropReady {
+            let ready = wire::read_message(&mut dest).expect("the destination's answer");
+            assert_eq!(ready, Message::Ready);
+            return;
+        }
+        assert_eq!(pass(&mut dest, &mut source), Message::Ready);
+        assert_eq!(pass(&mut source, &mut dest), Message::Go);
+        let done = wire::read_message(&mut dest).expect("the destination's done");
+        assert_eq!(done, Message::Done);
+        // Both links close here, the `Done` dropped.
     })
 }
 
-#[test]
-fn a_destination_whose_ready_is_lost_never_runs_the_guest_and_the_source_runs_on() {
-    let scratch = common::Scratch::new("migrate-local-noready");
-    let mut dest = ApiVm::start("migrate-local-noready-dest", &[]);
+/// A receiving sie, a relay cutting at `cut` and the URL a source sends to.
+fn relayed_destination(
+    scratch: &common::Scratch,
+    name: &str,
+    cut: LocalCut,
+) -> (
+    ApiVm,
+    Arc<Mutex<String>>,
+    std::thread::JoinHandle<()>,
+    String,
+) {
+    let mut dest = ApiVm::start(name, &[]);
     let dest_out = capture(&mut dest);
     let dest_path = format!("{}/dest.sock", scratch.path());
     let receive = serde_json::json!({ "receiver_url": format!("unix:{dest_path}") });
     dest.ok("PUT", "/migration/receive", &receive.to_string());
     let relay_path = format!("{}/relay.sock", scratch.path());
     let listener = UnixListener::bind(&relay_path).expect("bind the relay");
-    let relay = relay_dropping_ready(listener, dest_path);
+    let relay = local_relay(listener, dest_path, cut);
+    (dest, dest_out, relay, format!("unix:{relay_path}"))
+}
 
+#[test]
+fn a_done_lost_after_the_go_leaves_the_guest_running_at_the_destination_only() {
+    const FAR: u32 = 300;
+    let scratch = common::Scratch::new("migrate-local-nodone");
+    let (mut dest, dest_out, relay, url) =
+        relayed_destination(&scratch, "migrate-local-nodone-dest", LocalCut::DropDone);
+    let (source, source_out) = counting("migrate-local-nodone-source", true, FAR, &[]);
+    let send = serde_json::json!({ "destination_url": url, "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    relay.join().expect("the relay");
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    // The go left: the guest runs on at the destination, on the same
+    // memory, and never again here.
+    assert_eq!(source.state(), "Paused");
+    let error = source.get("/migration").json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("lost after the go")
+            && error.contains("the destination may be running the VM"),
+        "{error}"
+    );
+    source
+        .call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+        .expect_fault("the destination may be running the VM");
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(source.state(), "Paused");
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = source_out.lock().expect("output lock").clone();
+    let after = dest_out.lock().expect("output lock").clone();
+    assert!(!after.is_empty(), "the destination printed nothing");
+    assert_eq!(format!("{before}{after}"), counter::full_count(FAR));
+}
+
+#[test]
+fn a_destination_whose_ready_is_lost_never_runs_the_guest_and_the_source_runs_on() {
+    let scratch = common::Scratch::new("migrate-local-noready");
+    let (mut dest, dest_out, relay, url) =
+        relayed_destination(&scratch, "migrate-local-noready-dest", LocalCut::DropReady);
     let (source, out) = counting("migrate-local-noready-source", true, 1_000_000, &[]);
-    let send =
-        serde_json::json!({ "destination_url": format!("unix:{relay_path}"), "local": true });
+    let send = serde_json::json!({ "destination_url": url, "local": true });
     source.ok("PUT", "/migration/send", &send.to_string());
     relay.join().expect("the relay");
     // The destination built the guest on the shared memory but, without a
