@@ -42,6 +42,11 @@ pub struct MachineConfig {
     /// instruction (Firecracker offers it in a special build; sie always).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gdb_socket_path: Option<String>,
+    /// sie: guest RAM in shared memory (a memfd) that a same-host
+    /// migration (`"local": true`) hands to the next sie instead of
+    /// copying. Base pages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_memory: Option<bool>,
 }
 
 impl Default for MachineConfig {
@@ -55,6 +60,7 @@ impl Default for MachineConfig {
             cpu_template: None,
             nested: None,
             gdb_socket_path: None,
+            shared_memory: None,
         }
     }
 }
@@ -134,6 +140,11 @@ pub enum MachineConfigError {
         "machine-config: cpu_template \"T2CL\" is not offered by sie (it needs Intel Cascade Lake or newer); use \"T2S\" or a custom template through cpu-config"
     )]
     CpuTemplateT2cl,
+    /// Shared memory is a memfd of base pages.
+    #[error(
+        "machine-config: shared_memory is for base pages only (drop huge_pages or shared_memory)"
+    )]
+    SharedHugePages,
     /// An empty gdb socket path.
     #[error("machine-config: gdb_socket_path is empty")]
     GdbSocketPath,
@@ -161,6 +172,11 @@ impl MachineConfig {
         self.nested == Some(true)
     }
 
+    /// Whether guest RAM is shared memory (a memfd).
+    pub fn shared_memory(&self) -> bool {
+        self.shared_memory == Some(true)
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<(), MachineConfigError> {
         if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS_SIE {
@@ -180,6 +196,9 @@ impl MachineConfig {
                 }
             }
             Some(other) => return Err(MachineConfigError::HugePages(other.to_string())),
+        }
+        if self.shared_memory() && self.huge_pages() != crate::HugePages::None {
+            return Err(MachineConfigError::SharedHugePages);
         }
         match self.cpu_template.as_deref() {
             None | Some("None") => {}
@@ -235,6 +254,21 @@ mod tests {
             assert_eq!(config.validate(), Ok(()));
             assert_eq!(config.huge_pages(), pages);
         }
+    }
+
+    #[test]
+    fn shared_memory_is_read_and_refused_with_huge_pages() {
+        let config: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count": 1, "mem_size_mib": 64, "shared_memory": true}"#)
+                .unwrap();
+        assert!(config.shared_memory());
+        assert_eq!(config.validate(), Ok(()));
+        assert!(!MachineConfig::default().shared_memory());
+        let huge = MachineConfig {
+            huge_pages: Some("2M".into()),
+            ..config
+        };
+        assert_eq!(huge.validate(), Err(MachineConfigError::SharedHugePages));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `PUT /migration/receive`, `PUT /migration/send`.
 //!
 //! [`MigrationSend::check`] refuses, in one line, what this version
-//! cannot do yet (local mode), so every accepted field
-//! takes effect.
+//! cannot do (local mode over TCP, or with a mode that copies memory),
+//! so every accepted field takes effect.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,8 @@ pub struct MigrationSend {
     /// Pre-copy, post-copy, or pre-copy turning to post-copy (`auto`).
     #[serde(default)]
     pub mode: MigrationMode,
-    /// Same-host handover of shared memory (not yet).
+    /// Same-host handover: guest RAM (shared memory) is passed to the
+    /// receiver over the Unix socket instead of copied.
     #[serde(default)]
     pub local: bool,
     /// Slow the guest's vCPUs step by step when the pre-copy rounds do
@@ -102,8 +103,22 @@ impl MigrationSend {
     /// Refuses a malformed URL and what sie cannot do yet.
     pub fn check(&self) -> Result<(), String> {
         check_migration_url(&self.destination_url)?;
-        if self.local {
-            return Err("local migration not supported yet".into());
+        if self.local && !self.destination_url.starts_with("unix:") {
+            return Err(format!(
+                "local migration passes guest memory over a Unix socket: use a unix:PATH destination, not {}",
+                self.destination_url
+            ));
+        }
+        // Local mode copies no page, before or after the switch-over.
+        let copying = match self.mode {
+            MigrationMode::Precopy => None,
+            MigrationMode::Postcopy => Some("postcopy"),
+            MigrationMode::Auto => Some("auto"),
+        };
+        if let Some(mode) = copying.filter(|_| self.local) {
+            return Err(format!(
+                "local migration hands guest memory over and copies none: mode {mode} does not apply (send with mode precopy)"
+            ));
         }
         if self.timeout_s == 0 {
             return Err("timeout_s must be at least 1".into());
@@ -140,9 +155,24 @@ mod tests {
         assert_eq!(auto.mode, MigrationMode::Auto);
         assert_eq!(auto.check(), Ok(()));
         let local = send(r#"{"destination_url": "unix:/x", "local": true}"#);
+        assert_eq!(local.check(), Ok(()));
+        let local_tcp = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "local": true}"#);
         assert_eq!(
-            local.check().unwrap_err(),
-            "local migration not supported yet"
+            local_tcp.check().unwrap_err(),
+            "local migration passes guest memory over a Unix socket: use a unix:PATH destination, not tcp:127.0.0.1:4000"
+        );
+        let local_post =
+            send(r#"{"destination_url": "unix:/x", "local": true, "mode": "postcopy"}"#);
+        assert_eq!(
+            local_post.check().unwrap_err(),
+            "local migration hands guest memory over and copies none: mode postcopy does not apply (send with mode precopy)"
+        );
+        let local_auto = send(r#"{"destination_url": "unix:/x", "local": true, "mode": "auto"}"#);
+        assert!(
+            local_auto
+                .check()
+                .unwrap_err()
+                .contains("mode auto does not apply")
         );
     }
 

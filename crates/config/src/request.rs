@@ -225,6 +225,9 @@ pub struct MachineConfigPatch {
     /// Where to wait for gdb.
     #[serde(default)]
     pub gdb_socket_path: Option<String>,
+    /// sie: guest RAM in shared memory.
+    #[serde(default)]
+    pub shared_memory: Option<bool>,
 }
 
 impl MachineConfigPatch {
@@ -245,6 +248,7 @@ impl MachineConfigPatch {
                 .gdb_socket_path
                 .clone()
                 .or_else(|| base.gdb_socket_path.clone()),
+            shared_memory: self.shared_memory.or(base.shared_memory),
         }
     }
 }

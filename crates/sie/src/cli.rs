@@ -313,6 +313,13 @@ pub enum MigrateCommand {
         /// to post-copy when the rounds or the timeout run out.
         #[arg(long, default_value = "precopy", value_parser = ["precopy", "postcopy", "auto"])]
         mode: String,
+        /// Same host (upgrading sie): hand guest RAM to the receiver over
+        /// the Unix socket instead of copying it; the VM pauses once, for
+        /// the device and vCPU state only. Needs a VM started with
+        /// --memory-shared, a unix:PATH url and the precopy mode; the
+        /// receiving sie must speak migration protocol 2.1 or later.
+        #[arg(long)]
+        local: bool,
     },
     /// How the migration goes (GET /migration).
     Status {
@@ -490,6 +497,11 @@ pub struct RunArgs {
     /// allow nesting (kvm_intel/kvm_amd `nested=1`). Hidden by default.
     #[arg(long)]
     pub nested: bool,
+    /// Put guest RAM in shared memory (memfds), so `sie ctl migrate send
+    /// --local` can hand it to a new sie on this host instead of copying
+    /// it (machine-config `shared_memory`). Base pages only.
+    #[arg(long)]
+    pub memory_shared: bool,
     /// A Firecracker static CPU template: T2, T2S, C3 (Intel hosts) or T2A
     /// (AMD hosts); it hides CPU features newer than its baseline.
     #[arg(long, value_name = "NAME", conflicts_with = "cpu_config")]
@@ -517,7 +529,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "cpu_template", "cpu_config", "pci"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "memory_shared", "cpu_template", "cpu_config", "pci"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.
@@ -581,6 +593,10 @@ pub struct BenchMigrateArgs {
     /// Send with `auto_converge` false.
     #[arg(long)]
     pub no_auto_converge: bool,
+    /// Local mode: guest RAM in shared memory, handed over instead of
+    /// copied (`"local": true`).
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// Flags of `sie bench snapshot`.

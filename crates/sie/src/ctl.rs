@@ -221,9 +221,10 @@ fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
             no_auto_converge,
             max_bandwidth_mib_s,
             mode,
+            local,
         } => {
             let mut body = json!({"destination_url": url, "downtime_ms": downtime_ms,
-                "timeout_s": timeout_s, "mode": mode, "local": false,
+                "timeout_s": timeout_s, "mode": mode, "local": local,
                 "auto_converge": !no_auto_converge});
             if let Some(cap) = max_bandwidth_mib_s {
                 body["max_bandwidth_mib_s"] = json!(cap);

@@ -89,6 +89,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if args.nested {
         machine.nested = Some(true);
     }
+    if args.memory_shared {
+        machine.shared_memory = Some(true);
+    }
     if let Some(name) = &args.cpu_template {
         machine.cpu_template = Some(name.clone());
         config.cpu_config = None;

@@ -259,8 +259,12 @@ fn what_sie_cannot_do_yet_is_refused_in_one_line() {
     let (source, _) = counting_source("migrate-refusals", 0);
     for (body, needle) in [
         (
-            r#"{"destination_url": "unix:/x", "local": true}"#,
-            "local migration not supported yet",
+            r#"{"destination_url": "tcp:127.0.0.1:9", "local": true}"#,
+            "local migration passes guest memory over a Unix socket",
+        ),
+        (
+            r#"{"destination_url": "unix:/x", "local": true, "mode": "postcopy"}"#,
+            "mode postcopy does not apply",
         ),
         (
             r#"{"destination_url": "http://x"}"#,

@@ -178,8 +178,9 @@ pub(crate) fn vcpu_count(config: &VmConfig, hv: &dyn Hypervisor) -> Result<u32> 
     Ok(vcpu_count)
 }
 
-/// Anonymous guest RAM of `mib` MiB, laid out around the MMIO hole.
-fn anonymous_memory(mib: u64, pages: sie_config::HugePages) -> Result<GuestMemory> {
+/// Guest RAM of `mib` MiB, laid out around the MMIO hole: anonymous, or
+/// memfds when it is to be `shared` (a local migration hands them over).
+fn anonymous_memory(mib: u64, pages: sie_config::HugePages, shared: bool) -> Result<GuestMemory> {
     let memory_error =
         |source: Box<dyn std::error::Error + Send + Sync>| VmmError::GuestMemory { mib, source };
     let mem_bytes = mib
@@ -191,6 +192,9 @@ fn anonymous_memory(mib: u64, pages: sie_config::HugePages) -> Result<GuestMemor
     // space first and refuse such a size at once.
     for &(_, len) in &regions {
         reserve_address_space(len).map_err(|e| memory_error(e.into()))?;
+    }
+    if shared {
+        return crate::shared_memory::create(&regions).map_err(|e| memory_error(e.into()));
     }
     crate::guest_memory::anonymous(&regions, pages).map_err(|e| memory_error(e.into()))
 }
@@ -371,7 +375,11 @@ pub fn build(
         .machine_config
         .as_ref()
         .map_or(sie_config::HugePages::None, |machine| machine.huge_pages());
-    let memory = anonymous_memory(mib, pages)?;
+    let shared = config
+        .machine_config
+        .as_ref()
+        .is_some_and(|machine| machine.shared_memory());
+    let memory = anonymous_memory(mib, pages, shared)?;
     let machine = assemble(config, hv, options, control, memory, vcpu_count)?;
     let memory = &machine.memory;
     machine.vmgenid.write_new_id(memory)?;

@@ -3,7 +3,8 @@
 //! guest size: total time, pre-copy rounds, bytes sent, the downtime the
 //! guest saw and the throttle auto-converge reached, as the source reports
 //! them in its last line (optionally over a link capped with
-//! `max_bandwidth_mib_s`, with or without auto-converge). Every move is
+//! `max_bandwidth_mib_s`, with or without auto-converge), or in local mode
+//! (`--local`: shared guest RAM handed over, no page copied). Every move is
 //! checked: the destination's first count follows the source's last.
 
 use std::path::Path;
@@ -29,11 +30,23 @@ struct Sample {
 /// in all[, the vCPUs throttled P% at the end] ..." from the source's
 /// stderr.
 fn parse_line(stderr: &str) -> Option<Sample> {
-    let line = stderr.lines().find(|l| l.contains("pre-copy rounds"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("pre-copy rounds") || l.contains("in local mode"))?;
     let number_before = |marker: &str| -> Option<f64> {
         let head = line.split(marker).next()?;
         head.rsplit(' ').next()?.parse().ok()
     };
+    // "... in local mode: M MiB of guest RAM handed over, K KiB sent, ..."
+    if line.contains("in local mode") {
+        return Some(Sample {
+            rounds: 0.0,
+            mib_sent: number_before(" KiB sent")? / 1024.0,
+            downtime_ms: number_before(" ms of downtime")?,
+            total_ms: number_before(" ms in all")?,
+            throttle_percent: 0.0,
+        });
+    }
     Some(Sample {
         rounds: number_before(" pre-copy rounds")?,
         mib_sent: number_before(" MiB sent")?,
@@ -63,7 +76,7 @@ fn once(
                 "kernel_image_path": guest,
                 "boot_args": format!("limit=100000000 delay=20000 dirty={dirty_pages}"),
             },
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": mib, "shared_memory": args.local},
             "drives": [],
         })
         .to_string(),
@@ -112,6 +125,7 @@ fn send_body(url: &str, args: &BenchMigrateArgs) -> serde_json::Value {
         "destination_url": url,
         "downtime_ms": 300,
         "auto_converge": !args.no_auto_converge,
+        "local": args.local,
     });
     if let Some(cap) = args.max_bandwidth_mib_s {
         body["max_bandwidth_mib_s"] = json!(cap);
@@ -143,8 +157,13 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
             format!("capped at {cap} MiB/s")
         });
     let converge = if args.no_auto_converge { "off" } else { "on" };
+    let how = if args.local {
+        "local mode (shared RAM handed over)"
+    } else {
+        "pre-copy"
+    };
     println!(
-        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket ({link}), downtime_ms 300, auto-converge {converge}; median of {} runs",
+        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket ({link}), {how}, downtime_ms 300, auto-converge {converge}; median of {} runs",
         args.runs
     );
     println!(
@@ -206,5 +225,12 @@ mod tests {
             (9.0, 99.0, 5286.0)
         );
         assert!(parse_line("sie: stopped by signal 15").is_none());
+        let local = "sie: the VM migrated to unix:/t/m.sock in local mode: 1024.0 MiB of guest RAM handed over, 20.5 KiB sent, 12 ms of downtime, 30 ms in all; it runs there now";
+        let sample = parse_line(local).unwrap();
+        assert_eq!(
+            (sample.rounds, sample.downtime_ms, sample.total_ms),
+            (0.0, 12.0, 30.0)
+        );
+        assert!((sample.mib_sent - 20.5 / 1024.0).abs() < 1e-9);
     }
 }

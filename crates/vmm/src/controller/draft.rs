@@ -492,6 +492,10 @@ pub fn machine_json(machine: &MachineConfig) -> Value {
     if machine.nested() {
         map.insert("nested".into(), true.into());
     }
+    // sie's extension, shown when on.
+    if machine.shared_memory() {
+        map.insert("shared_memory".into(), true.into());
+    }
     json
 }
 

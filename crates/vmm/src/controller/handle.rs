@@ -216,6 +216,12 @@ impl Controller {
         if !self.is_started() {
             return Response::fault(BEFORE_START);
         }
+        if self.control.is_stopping() {
+            // A request queued behind a completed migration: the guest runs
+            // elsewhere now (in local mode on this very memory), so its
+            // vCPUs here must stay as they are.
+            return Response::fault("the microVM is ending here (it stopped or migrated away)");
+        }
         if self.migration_active() {
             // The switch-over pauses and (on failure) resumes the vCPUs; a
             // resume in between would run the guest on both hosts.

@@ -18,17 +18,22 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberOp
 use sie_config::{MigrationReceive, MigrationSend, Response};
 use sie_hv::Hypervisor;
 use sie_seccomp::{Seccomp, ThreadKind};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Controller, Phase};
 use crate::event_loop::Manager;
 use crate::migration::converge;
+use crate::migration::local::LocalSender;
 use crate::migration::pace::Pacer;
 use crate::migration::progress::{self, MigrationState, Progress, SharedProgress};
 use crate::migration::send::{SendPlan, Sender as MigrationSender};
 use crate::migration::{Endpoint, SendEnd, Switchover, ToVmm, VmmLink, postcopy, receive};
 use crate::outcome::VmOutcome;
 use crate::snapshot::dirty::RegionPages;
+
+/// Why a local send is refused on private guest RAM.
+const LOCAL_NEEDS_SHARED: &str = "migration/send: local mode needs guest memory in shared memory: start sie with --memory-shared (machine-config \"shared_memory\": true)";
 
 /// How long the switch-over waits for every vCPU to leave the guest.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +58,8 @@ pub(super) struct Migration {
     /// A send's `Go` left but its `Done` never came (why): the VM may run
     /// on the destination, so it never resumes here.
     handed_over: Option<String>,
+    /// The send under way hands guest RAM over (local mode).
+    local: bool,
     /// Every page a send took from the dirty log and the VMM's bitmap: a
     /// failed send marks them again, so a later Diff snapshot misses none.
     taken: Vec<RegionPages>,
@@ -95,6 +102,7 @@ impl Migration {
             paused_here: false,
             active: false,
             handed_over: None,
+            local: false,
             mode: sie_config::MigrationMode::Precopy,
             taken: Vec::new(),
             throttle: 0,
@@ -240,8 +248,12 @@ impl Controller {
             Ok(endpoint) => endpoint,
             Err(message) => return Response::Fault(message),
         };
+        if send.local {
+            return self.send_local(destination, send, worker);
+        }
         let link = self.migration.link();
         let cancel = Arc::new(AtomicBool::new(false));
+        self.migration.local = false;
         let sender = MigrationSender {
             plan: SendPlan {
                 destination: destination.clone(),
@@ -265,6 +277,45 @@ impl Controller {
         let sender = MigrationSender { progress, ..sender };
         self.migration.cancel = Some(cancel);
         self.migration.paused_here = false;
+        self.migration.mode = send.mode;
+        if worker.send(Box::new(move || sender.run())).is_err() {
+            self.migration.active = false;
+            return Response::fault("migration/send: the migration worker is gone");
+        }
+        Response::NoContent
+    }
+
+    /// `PUT /migration/send` with `"local": true`: guest RAM's memfds go
+    /// to the receiver, nothing is copied.
+    fn send_local(
+        &mut self,
+        destination: Endpoint,
+        send: &MigrationSend,
+        worker: Sender<Job>,
+    ) -> Response {
+        let Phase::Running(vm) = &self.phase else {
+            return Response::fault("migration/send: no microVM is running here");
+        };
+        if crate::shared_memory::memfds(vm.memory()).is_none() {
+            return Response::fault(LOCAL_NEEDS_SHARED);
+        }
+        let memory = vm.memory().clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let progress = self
+            .migration
+            .start(destination.to_string(), MigrationState::Sending);
+        self.metrics.watch_migration(progress.clone());
+        let sender = LocalSender {
+            destination,
+            memory,
+            timeout: Duration::from_secs(send.timeout_s),
+            link: self.migration.link(),
+            progress,
+            cancel: cancel.clone(),
+        };
+        self.migration.cancel = Some(cancel);
+        self.migration.paused_here = false;
+        self.migration.local = true;
         self.migration.mode = send.mode;
         if worker.send(Box::new(move || sender.run())).is_err() {
             self.migration.active = false;
@@ -298,6 +349,22 @@ impl Controller {
                 ToVmm::Switchover(reply) => {
                     let _ = reply.send(self.switchover(hv));
                 }
+                ToVmm::LocalSwitchover { reply, end } => match self.local_switchover(hv) {
+                    Ok(state) => {
+                        let _ = reply.send(Ok(state));
+                        // Nothing else is served until the send ended: no
+                        // device here may write guest RAM the receiver
+                        // shares. A thread gone without a word may have
+                        // sent the go: the guest stays paused.
+                        let end = end.recv().unwrap_or_else(|_| {
+                            SendEnd::Unconfirmed("the migration thread ended".into())
+                        });
+                        self.send_finished(end);
+                    }
+                    Err(why) => {
+                        let _ = reply.send(Err(why));
+                    }
+                },
                 ToVmm::Throttle(percent) => self.set_throttle(percent),
                 ToVmm::SendFinished(result) => self.send_finished(result),
                 ToVmm::Arrived {
@@ -417,6 +484,28 @@ impl Controller {
         Ok(Switchover { pages, state })
     }
 
+    /// Local mode's pause: the vCPUs stop and the state is taken; guest
+    /// RAM is not read (the receiver maps the same memfds).
+    fn local_switchover(&mut self, hv: &dyn Hypervisor) -> Result<Vec<u8>, String> {
+        let config = self.draft.to_config()?;
+        let msrs = hv
+            .supported_msrs()
+            .map_err(|e| crate::error::error_chain(&e))?;
+        let Phase::Running(vm) = &mut self.phase else {
+            return Err("the microVM is gone".into());
+        };
+        if !vm.vcpus.is_paused() {
+            if let Err(error) = vm.vcpus.pause(PAUSE_TIMEOUT) {
+                let _ = vm.vcpus.resume(PAUSE_TIMEOUT);
+                return Err(format!("cannot pause the microVM: {error}"));
+            }
+            self.migration.paused_here = true;
+        }
+        let (state, _) = crate::snapshot::encode_state(vm, &config, msrs, None)
+            .map_err(|e| crate::error::error_chain(&e))?;
+        Ok(state)
+    }
+
     /// Why the VM may not resume here (a send's `Go` left unconfirmed).
     pub(super) fn migration_handed_over(&self) -> Option<&str> {
         self.migration.handed_over.as_deref()
@@ -433,7 +522,24 @@ impl Controller {
         self.migration.active = false;
         self.migration.cancel = None;
         let taken = std::mem::take(&mut self.migration.taken);
+        let local = std::mem::take(&mut self.migration.local);
         match end {
+            SendEnd::Moved(destination) if local => {
+                let p = progress::read(&self.migration.progress);
+                let shared: u64 = match &self.phase {
+                    Phase::Running(vm) => vm.memory().iter().map(|r| r.len()).sum(),
+                    _ => 0,
+                };
+                let figures = format!(
+                    "{destination} in local mode: {:.1} MiB of guest RAM handed over, {:.1} KiB sent, {} ms of downtime, {} ms in all",
+                    shared as f64 / f64::from(1u32 << 20),
+                    p.bytes as f64 / 1024.0,
+                    p.downtime_ms.unwrap_or_default(),
+                    p.total_ms.unwrap_or_default(),
+                );
+                tracing::info!("the VM migrated to {figures}");
+                self.control.finish(VmOutcome::Migrated(figures));
+            }
             SendEnd::Moved(destination) => {
                 let p = progress::read(&self.migration.progress);
                 let auto = self.migration.mode == sie_config::MigrationMode::Auto;
@@ -485,13 +591,24 @@ impl Controller {
 
     fn run_arrived(
         &mut self,
-        snapshot: crate::snapshot::Snapshot,
+        mut snapshot: crate::snapshot::Snapshot,
         memory: sie_hv::GuestMemory,
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> Result<(), String> {
         if self.is_started_vm() {
             return Err("this sie already runs a microVM".into());
+        }
+        // Pages copied (pre-copy) land in private memory here: the
+        // configuration says so rather than claim shared RAM it lacks.
+        if let Some(machine) = snapshot.config.machine_config.as_mut()
+            && machine.shared_memory()
+            && crate::shared_memory::memfds(&memory).is_none()
+        {
+            tracing::info!(
+                "migration: guest RAM was copied into private memory here (shared_memory off; only a local migration keeps it shared)"
+            );
+            machine.shared_memory = None;
         }
         let built = crate::snapshot::restore_with_memory(
             &snapshot,

@@ -1,6 +1,7 @@
 //! Live migration: a running VM moves to another sie process over a Unix
 //! socket or TCP, its memory copied while it runs (pre-copy) or after it
-//! runs on the receiver (post-copy).
+//! runs on the receiver (post-copy), or on the same host handed over
+//! without a copy ([`local`]).
 //!
 //! [`wire`] is the framed, checksummed protocol both sides speak;
 //! [`send`] and [`receive`] are the two ends' conversations ([`converge`]
@@ -15,6 +16,7 @@
 //! KVM), stacked on the `build` filter they inherit.
 
 pub mod converge;
+pub mod local;
 pub mod pace;
 pub mod postcopy;
 pub mod progress;
@@ -109,8 +111,20 @@ fn tcp_conn(stream: TcpStream) -> io::Result<Box<dyn Conn>> {
 
 /// A byte stream to the other sie (a socket: post-copy polls it, and
 /// hands the receiver's fault thread a duplicate).
-pub trait Conn: Read + Write + Send + std::os::fd::AsRawFd {}
-impl<T: Read + Write + Send + std::os::fd::AsRawFd> Conn for T {}
+pub trait Conn: Read + Write + Send + std::os::fd::AsRawFd {
+    /// The Unix socket under it, which can pass descriptors (local mode).
+    fn unix(&self) -> Option<&UnixStream> {
+        None
+    }
+}
+
+impl Conn for UnixStream {
+    fn unix(&self) -> Option<&UnixStream> {
+        Some(self)
+    }
+}
+
+impl Conn for TcpStream {}
 
 /// A bound, listening endpoint.
 pub enum Listener {
@@ -155,6 +169,16 @@ pub enum ToVmm {
     TakeDirty(Sender<Result<Vec<RegionPages>, String>>),
     /// Pause the vCPUs and hand over the last pages and the state.
     Switchover(Sender<Result<Switchover, String>>),
+    /// Local mode: pause the vCPUs and hand over the state, then serve
+    /// nothing (no device here may write guest RAM the receiver shares)
+    /// until the send's end arrives on `end` instead of as
+    /// [`ToVmm::SendFinished`].
+    LocalSwitchover {
+        /// The snapshot file's bytes.
+        reply: Sender<Result<Vec<u8>, String>>,
+        /// How the send ended.
+        end: Receiver<SendEnd>,
+    },
     /// Throttle every vCPU by this percent of each period (auto-converge;
     /// lifted when the send ends).
     Throttle(u8),

@@ -3,7 +3,8 @@
 //! write every page that arrives, and on the state hand the VM to the VMM
 //! thread to build, paused; answer `Ready`, and run it only on the
 //! sender's `Go` (then answer `Done`). Without a `Go` the VM never runs
-//! here and sie ends with one line.
+//! here and sie ends with one line. In local mode ([`super::local`])
+//! guest RAM is the source's memfds, mapped here, and no page arrives.
 
 use std::path::Path;
 
@@ -89,16 +90,26 @@ impl Receiver {
             }
         }
         wire::send_hello(conn).map_err(|e| format!("migration stream: {e}"))?;
-        let layout = match wire::read_message(conn).map_err(refused)? {
-            Message::Layout(layout) => layout,
+        let (layout, local) = match wire::read_message(conn).map_err(refused)? {
+            Message::Layout(layout) => (layout, false),
+            Message::LocalLayout(layout) => (layout, true),
             Message::Abort(reason) => return Err(format!("the source aborted: {reason}")),
             other => return Err(unexpected(other.name(), "layout")),
         };
-        let memory = lazy::anonymous(&layout)
-            .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?;
+        let memory = if local {
+            super::local::take_memory(conn, &layout)?
+        } else {
+            lazy::anonymous(&layout)
+                .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?
+        };
         let mut postcopy = false;
         loop {
             match wire::read_message(conn).map_err(refused)? {
+                // Local mode's RAM is the source's own: nothing is copied,
+                // before the state or after it.
+                found @ (Message::Pages(_) | Message::Postcopy) if local => {
+                    return Err(unexpected(found.name(), "state"));
+                }
                 Message::Postcopy if !postcopy => postcopy = true,
                 Message::Discard(runs) if postcopy => discard(&memory, &runs)?,
                 Message::Pages(runs) if !postcopy => {

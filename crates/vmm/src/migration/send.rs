@@ -82,33 +82,14 @@ impl Sender {
     /// Runs the migration and tells the VMM thread how it ended.
     pub fn run(self) {
         let started = Instant::now();
-        let end = match self.converse(started) {
-            Ok(()) => SendEnd::Moved(self.plan.destination.to_string()),
-            Err(Failure::BeforeGo(why)) => SendEnd::Failed(why),
-            Err(Failure::AfterGo(why)) => SendEnd::Unconfirmed(format!(
-                "{why}: the destination may be running the VM, so it stays paused here"
-            )),
-        };
-        let total_ms = started.elapsed().as_millis() as u64;
-        let cancelled = self.cancel.load(Ordering::Acquire);
-        progress::update(&self.progress, |p| {
-            p.total_ms = Some(total_ms);
-            match &end {
-                SendEnd::Moved(_) => p.state = MigrationState::Completed,
-                SendEnd::Failed(why) => {
-                    p.state = if cancelled {
-                        MigrationState::Cancelled
-                    } else {
-                        MigrationState::Failed
-                    };
-                    p.error = Some(why.clone());
-                }
-                SendEnd::Unconfirmed(why) => {
-                    p.state = MigrationState::Failed;
-                    p.error = Some(why.clone());
-                }
-            }
-        });
+        let result = self.converse(started);
+        let end = ended(
+            result,
+            &self.plan.destination,
+            &self.progress,
+            &self.cancel,
+            started,
+        );
         self.link.send(ToVmm::SendFinished(end));
     }
 
@@ -468,8 +449,47 @@ impl Sender {
     }
 }
 
+/// How a send (this one or a local one) ended, as the VMM thread must
+/// act on it; `GET /migration`'s figures say so too.
+pub(super) fn ended(
+    result: Result<(), Failure>,
+    destination: &Endpoint,
+    progress: &SharedProgress,
+    cancel: &AtomicBool,
+    started: Instant,
+) -> SendEnd {
+    let end = match result {
+        Ok(()) => SendEnd::Moved(destination.to_string()),
+        Err(Failure::BeforeGo(why)) => SendEnd::Failed(why),
+        Err(Failure::AfterGo(why)) => SendEnd::Unconfirmed(format!(
+            "{why}: the destination may be running the VM, so it stays paused here"
+        )),
+    };
+    let total_ms = started.elapsed().as_millis() as u64;
+    let cancelled = cancel.load(Ordering::Acquire);
+    progress::update(progress, |p| {
+        p.total_ms = Some(total_ms);
+        match &end {
+            SendEnd::Moved(_) => p.state = MigrationState::Completed,
+            SendEnd::Failed(why) => {
+                p.state = if cancelled {
+                    MigrationState::Cancelled
+                } else {
+                    MigrationState::Failed
+                };
+                p.error = Some(why.clone());
+            }
+            SendEnd::Unconfirmed(why) => {
+                p.state = MigrationState::Failed;
+                p.error = Some(why.clone());
+            }
+        }
+    });
+    end
+}
+
 /// Why a send failed, on which side of the commit.
-enum Failure {
+pub(super) enum Failure {
     /// Before `Go` left: the guest resumes here.
     BeforeGo(String),
     /// After: the destination may run it.

@@ -27,6 +27,13 @@
 //! `auto` sends `Postcopy` after pre-copy rounds instead, and `Discard`
 //! (the pages dirtied since they were sent) before `State`.
 //!
+//! Local mode (2.1, same host): `LocalLayout` instead of `Layout`, its
+//! memfds (one per region) passed right after it as `SCM_RIGHTS` on one
+//! byte (see `super::local`), then `State` with no `Pages`, and the same
+//! `Ready`/`Go`/`Done` switch-over. The sender only sends it to a peer
+//! whose `Hello` says 2.1 or later, and refuses an older one before
+//! anything moves (that peer would refuse the unknown type anyway).
+//!
 //! ```
 //! use sie_vmm::migration::wire::{Message, read_message, write_message};
 //! let mut stream = Vec::new();
@@ -44,8 +51,11 @@ use crate::snapshot::memory_file::RegionEntry;
 /// 2: `Ready` and `Go` (the two-phase switch-over); a version 1 peer
 /// would run the VM on `State` alone, so it is refused.
 pub const PROTOCOL_MAJOR: u16 = 2;
-/// The protocol's minor version (additions a same-major peer may ignore).
-pub const PROTOCOL_MINOR: u16 = 0;
+/// The protocol's minor version (additions a same-major peer may ignore,
+/// or that the sender only uses with a peer that announced them).
+pub const PROTOCOL_MINOR: u16 = 1;
+/// The first minor version that knows local mode (`LocalLayout`).
+pub const LOCAL_MINOR: u16 = 1;
 /// What a `Hello` starts with, so a stranger talking is told apart from
 /// an old sie.
 const HELLO_MAGIC: &[u8; 8] = b"SIEMIGR\n";
@@ -135,6 +145,8 @@ pub enum Message {
     Discard(Vec<RegionEntry>),
     /// The sender gives up, or the receiver refuses (one line).
     Abort(String),
+    /// Local mode: guest RAM's regions, whose memfds follow.
+    LocalLayout(Vec<RegionEntry>),
 }
 
 impl Message {
@@ -152,6 +164,7 @@ impl Message {
             Message::Request(_) => 10,
             Message::Complete => 11,
             Message::Discard(_) => 12,
+            Message::LocalLayout(_) => 13,
         }
     }
 
@@ -170,6 +183,7 @@ impl Message {
             Message::Request(_) => "request",
             Message::Complete => "complete",
             Message::Discard(_) => "discard",
+            Message::LocalLayout(_) => "local layout",
         }
     }
 
@@ -181,7 +195,9 @@ impl Message {
                 out.extend_from_slice(&minor.to_le_bytes());
                 out
             }
-            Message::Layout(regions) | Message::Discard(regions) => {
+            Message::Layout(regions)
+            | Message::Discard(regions)
+            | Message::LocalLayout(regions) => {
                 let mut out = Vec::with_capacity(regions.len() * 16);
                 for region in regions {
                     out.extend_from_slice(&region.guest_addr.to_le_bytes());
@@ -318,6 +334,9 @@ fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
     Some(runs)
 }
 
+/// The most RAM regions (and so memfds) a local layout may name.
+pub const MAX_LOCAL_REGIONS: usize = 16;
+
 /// Address and length pairs (u64 LE each).
 fn regions(payload: &[u8]) -> Option<Vec<RegionEntry>> {
     if !payload.len().is_multiple_of(16) {
@@ -379,6 +398,10 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
                 Err(WireError::Malformed("discard"))
             }
         }
+        13 => regions(&payload)
+            .filter(|regions| !regions.is_empty() && regions.len() <= MAX_LOCAL_REGIONS)
+            .map(Message::LocalLayout)
+            .ok_or(WireError::Malformed("local layout")),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -407,8 +430,13 @@ pub fn send_hello(out: &mut (impl Write + ?Sized)) -> io::Result<()> {
 
 /// Reads the peer's `Hello` and refuses another major version.
 pub fn expect_hello(input: &mut (impl Read + ?Sized)) -> Result<(), WireError> {
+    expect_hello_minor(input).map(drop)
+}
+
+/// [`expect_hello`], returning the peer's minor version (what it knows).
+pub fn expect_hello_minor(input: &mut (impl Read + ?Sized)) -> Result<u16, WireError> {
     match read_message(input)? {
-        Message::Hello(PROTOCOL_MAJOR, _) => Ok(()),
+        Message::Hello(PROTOCOL_MAJOR, minor) => Ok(minor),
         Message::Hello(major, minor) => Err(WireError::Version {
             found: format!("{major}.{minor}"),
         }),
@@ -453,6 +481,16 @@ mod tests {
             Message::Complete,
             Message::Done,
             Message::Abort("no room".into()),
+            Message::LocalLayout(vec![
+                RegionEntry {
+                    guest_addr: 0,
+                    len: 1 << 20,
+                },
+                RegionEntry {
+                    guest_addr: 1 << 32,
+                    len: 2 << 20,
+                },
+            ]),
         ]
     }
 
@@ -467,6 +505,33 @@ mod tests {
             assert_eq!(read_message(&mut input).unwrap(), message);
         }
         assert!(matches!(read_message(&mut input), Err(WireError::Io(_))));
+    }
+
+    #[test]
+    fn a_damaged_or_empty_local_layout_is_refused() {
+        let mut good = Vec::new();
+        let local = conversation().pop().unwrap();
+        assert!(matches!(local, Message::LocalLayout(_)));
+        write_message(&mut good, &local).unwrap();
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(
+                read_message(&mut bad.as_slice()).is_err(),
+                "flipped byte {at} was accepted"
+            );
+        }
+        let mut stream = Vec::new();
+        write_frame(&mut stream, 13, &[0; 15]).unwrap();
+        write_frame(&mut stream, 13, &[]).unwrap();
+        write_frame(&mut stream, 13, &[0; 16 * (MAX_LOCAL_REGIONS + 1)]).unwrap();
+        let mut input = stream.as_slice();
+        for _ in 0..3 {
+            assert!(matches!(
+                read_message(&mut input),
+                Err(WireError::Malformed("local layout"))
+            ));
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! vCPUs run. Unlike the copy-on-write mapping of the plain File backend,
 //! the load reads everything the guest had touched: load time traded for
 //! fewer TLB misses and page-table pages while the guest runs.
+//!
+//! A snapshot of shared guest RAM (`shared_memory`) is loaded the same way
+//! into fresh memfds ([`load_shared`]), so the restored VM can still go to
+//! another sie in local mode.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -23,6 +27,22 @@ pub fn load(
     layout: &[RegionEntry],
     pages: HugePages,
 ) -> Result<GuestMemory, MemoryFileError> {
+    load_with(path, layout, |ranges| {
+        crate::guest_memory::anonymous(ranges, pages)
+    })
+}
+
+/// Guest RAM with `layout` in fresh memfds (`crate::shared_memory`),
+/// holding what the memory file at `path` holds.
+pub fn load_shared(path: &Path, layout: &[RegionEntry]) -> Result<GuestMemory, MemoryFileError> {
+    load_with(path, layout, crate::shared_memory::create)
+}
+
+fn load_with(
+    path: &Path,
+    layout: &[RegionEntry],
+    make: impl FnOnce(&[(GuestAddress, usize)]) -> io::Result<GuestMemory>,
+) -> Result<GuestMemory, MemoryFileError> {
     let io_error = |source| MemoryFileError::Io {
         path: path.display().to_string(),
         source,
@@ -33,7 +53,7 @@ pub fn load(
         let len = usize::try_from(entry.len).map_err(|e| io_error(io::Error::other(e)))?;
         ranges.push((GuestAddress(entry.guest_addr), len));
     }
-    let memory = crate::guest_memory::anonymous(&ranges, pages).map_err(io_error)?;
+    let memory = make(&ranges).map_err(io_error)?;
     fill(&memory, &mut file, file_len).map_err(io_error)?;
     // Filling is not the guest writing: the next Diff snapshot holds only
     // what changes from here on.

@@ -48,11 +48,29 @@ impl RestoreMemory {
 }
 
 /// Guest RAM from `source`, and the lazy handler if there is one.
+/// Why a snapshot of shared RAM refuses another memory backend.
+const SHARED_NEEDS_FILE: &str = "this snapshot's guest RAM is shared memory (shared_memory): load it with the File backend and no huge_pages";
+
 fn guest_memory(
     source: &RestoreMemory,
     snapshot: &Snapshot,
 ) -> Result<(GuestMemory, Option<lazy::LazyMemory>), SnapshotError> {
     let path: &Path = &source.path;
+    let shared = snapshot
+        .config
+        .machine_config
+        .as_ref()
+        .is_some_and(|machine| machine.shared_memory());
+    if shared {
+        // Shared RAM stays shared (a local migration can hand it on): it
+        // is read into fresh memfds, so only the File backend applies.
+        if source.backend != MemBackendType::File
+            || !matches!(source.huge_pages, HugePages::None | HugePages::Snapshot)
+        {
+            return Err(SnapshotError::Build(SHARED_NEEDS_FILE.into()));
+        }
+        return Ok((huge_pages::load_shared(path, &snapshot.memory)?, None));
+    }
     match source.backend {
         MemBackendType::File => match source.huge_pages {
             HugePages::None | HugePages::Snapshot => {
