@@ -120,6 +120,12 @@ impl MigrationSend {
                 "local migration hands guest memory over and copies none: mode {mode} does not apply (send with mode precopy)"
             ));
         }
+        if self.local && self.max_bandwidth_mib_s.is_some() {
+            return Err(
+                "local migration hands guest memory over and copies none: max_bandwidth_mib_s does not apply"
+                    .into(),
+            );
+        }
         if self.timeout_s == 0 {
             return Err("timeout_s must be at least 1".into());
         }
@@ -184,6 +190,12 @@ mod tests {
         assert!(!off.auto_converge);
         assert_eq!(off.max_bandwidth_mib_s, Some(4));
         assert_eq!(off.check(), Ok(()));
+        let local_cap =
+            send(r#"{"destination_url": "unix:/x", "local": true, "max_bandwidth_mib_s": 4}"#);
+        assert_eq!(
+            local_cap.check().unwrap_err(),
+            "local migration hands guest memory over and copies none: max_bandwidth_mib_s does not apply"
+        );
         let zero = send(r#"{"destination_url": "unix:/x", "max_bandwidth_mib_s": 0}"#);
         assert_eq!(
             zero.check().unwrap_err(),
