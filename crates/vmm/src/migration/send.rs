@@ -241,28 +241,14 @@ impl Sender {
     /// batches; then `Complete`.
     fn push_all(&self, conn: &mut dyn Conn) -> Result<(), String> {
         let mut batch = PageBatch::default();
-        for region in self.memory.iter() {
-            let resident = if self.scan_contents {
-                vec![true; region.len().div_ceil(PAGE) as usize]
-            } else {
-                memory_file::resident_pages(region)
-                    .map_err(|e| format!("reading guest RAM's residency: {e}"))?
-            };
-            let base = region.start_addr().0;
-            for (page, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
-                let at = GuestAddress(base + page as u64 * PAGE);
-                if memory_file::is_zero_page(&self.memory, at)
-                    .map_err(|e| format!("reading guest RAM: {e}"))?
-                {
-                    continue;
-                }
-                self.push_page(&mut batch, at)?;
-                if batch.len() >= PUSH_BATCH_BYTES {
-                    self.flush(conn, &mut batch)?;
-                    self.serve_waiting(conn)?;
-                }
+        self.for_each_data_page(|at| {
+            self.push_page(&mut batch, at)?;
+            if batch.len() >= PUSH_BATCH_BYTES {
+                self.flush(conn, &mut batch)?;
+                self.serve_waiting(conn)?;
             }
-        }
+            Ok(())
+        })?;
         self.flush(conn, &mut batch)?;
         self.finish_push(conn)
     }
@@ -353,11 +339,13 @@ impl Sender {
         }
     }
 
-    /// The first pass: every page the guest (or a restore) populated;
-    /// never-touched pages are zeros on the receiver already.
-    fn send_populated(&self, conn: &mut dyn Conn, started: Instant) -> Result<u64, String> {
-        let mut batch = PageBatch::default();
-        let mut bytes = 0;
+    /// Calls `each` with every page of guest RAM that holds data: populated
+    /// (every page when the contents are scanned) and not all zeros, which
+    /// the receiver has already.
+    fn for_each_data_page(
+        &self,
+        mut each: impl FnMut(GuestAddress) -> Result<(), String>,
+    ) -> Result<(), String> {
         for region in self.memory.iter() {
             let resident = if self.scan_contents {
                 vec![true; region.len().div_ceil(PAGE) as usize]
@@ -368,18 +356,29 @@ impl Sender {
             let base = region.start_addr().0;
             for (page, _) in resident.iter().enumerate().filter(|(_, r)| **r) {
                 let at = GuestAddress(base + page as u64 * PAGE);
-                if memory_file::is_zero_page(&self.memory, at)
+                if !memory_file::is_zero_page(&self.memory, at)
                     .map_err(|e| format!("reading guest RAM: {e}"))?
                 {
-                    continue;
-                }
-                self.push_page(&mut batch, at)?;
-                if batch.len() >= BATCH_BYTES {
-                    bytes += self.flush(conn, &mut batch)?;
-                    self.check_going(started)?;
+                    each(at)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The first pass: every page the guest (or a restore) populated;
+    /// never-touched pages are zeros on the receiver already.
+    fn send_populated(&self, conn: &mut dyn Conn, started: Instant) -> Result<u64, String> {
+        let mut batch = PageBatch::default();
+        let mut bytes = 0;
+        self.for_each_data_page(|at| {
+            self.push_page(&mut batch, at)?;
+            if batch.len() >= BATCH_BYTES {
+                bytes += self.flush(conn, &mut batch)?;
+                self.check_going(started)?;
+            }
+            Ok(())
+        })?;
         bytes += self.flush(conn, &mut batch)?;
         Ok(bytes)
     }
