@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use sie_hv::GuestMemory;
-use sie_seccomp::{Seccomp, ThreadKind};
+use sie_seccomp::Seccomp;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::wire::{self, Message, PageRun};
@@ -126,22 +126,7 @@ pub fn start(memory: &GuestMemory, stream: RawFd, seccomp: &Seccomp) -> io::Resu
         memory: memory.clone(),
     };
     let faults = link.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let seccomp = seccomp.clone();
-    std::thread::Builder::new()
-        .name("sie_uffd".into())
-        .spawn(move || {
-            let installed = seccomp.install(ThreadKind::Uffd);
-            let ok = installed.is_ok();
-            let _ = ready_tx.send(installed.map_err(|e| e.to_string()));
-            if ok {
-                serve_faults(&faults);
-            }
-        })?;
-    ready_rx
-        .recv()
-        .map_err(io::Error::other)?
-        .map_err(io::Error::other)?;
+    uffd::spawn_fault_thread(seccomp, move || serve_faults(&faults))?;
     Ok(link)
 }
 

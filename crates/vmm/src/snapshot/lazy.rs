@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use sie_hv::GuestMemory;
-use sie_seccomp::{Seccomp, ThreadKind};
+use sie_seccomp::Seccomp;
 use vm_memory::GuestAddress;
 
 use super::fault_handler::{Handler, PageSet, Recorder, host_of, regions_of};
@@ -176,23 +176,7 @@ pub fn open(
             .unwrap_or_else(|e| e.into_inner())
             .push((ours, flushed_rx));
     }
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let seccomp = seccomp.clone();
-    std::thread::Builder::new()
-        .name("sie_uffd".into())
-        .spawn(move || {
-            let installed = seccomp.install(ThreadKind::Uffd);
-            let ok = installed.is_ok();
-            let _ = ready_tx.send(installed.map_err(|e| e.to_string()));
-            if ok {
-                handler.serve();
-            }
-        })
-        .map_err(io_error)?;
-    ready_rx
-        .recv()
-        .map_err(|e| io_error(std::io::Error::other(e)))?
-        .map_err(|e| io_error(std::io::Error::other(e)))?;
+    super::uffd::spawn_fault_thread(seccomp, move || handler.serve()).map_err(io_error)?;
     Ok(LazyMemory {
         memory,
         prefetched_pages,

@@ -23,6 +23,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sie_hv::GuestMemory;
+use sie_seccomp::{Seccomp, ThreadKind};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -292,6 +293,30 @@ impl AsRawFd for Uffd {
 }
 
 /// Registers every region of `memory` with a new userfaultfd.
+/// Starts the `sie_uffd` thread that runs `serve` under the uffd seccomp
+/// filter, and returns once the filter is on (or with why it could not be).
+pub fn spawn_fault_thread(
+    seccomp: &Seccomp,
+    serve: impl FnOnce() + Send + 'static,
+) -> io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let seccomp = seccomp.clone();
+    std::thread::Builder::new()
+        .name("sie_uffd".into())
+        .spawn(move || {
+            let installed = seccomp.install(ThreadKind::Uffd);
+            let ok = installed.is_ok();
+            let _ = ready_tx.send(installed.map_err(|e| e.to_string()));
+            if ok {
+                serve();
+            }
+        })?;
+    ready_rx
+        .recv()
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)
+}
+
 pub fn register_all(memory: &GuestMemory, features: u64) -> io::Result<Uffd> {
     let uffd = Uffd::new(features)?;
     for region in memory.iter() {
