@@ -34,9 +34,10 @@ pub struct MigrationReceive {
 pub struct MigrationSend {
     /// `unix:PATH` or `tcp:HOST:PORT` of the receiving sie.
     pub destination_url: String,
-    /// The pause the guest may see at the switch-over.
-    #[serde(default = "default_downtime_ms")]
-    pub downtime_ms: u64,
+    /// The pause the guest may see at the switch-over (absent: 300 ms;
+    /// see [`MigrationSend::downtime_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
     /// Give up (and keep running here) after this long (`auto`: turn to
     /// post-copy instead, once the first pass is over).
     #[serde(default = "default_timeout_s")]
@@ -50,21 +51,17 @@ pub struct MigrationSend {
     pub local: bool,
     /// Slow the guest's vCPUs step by step when the pre-copy rounds do
     /// not shrink (a guest dirtying memory faster than the link carries).
-    #[serde(default = "default_auto_converge")]
-    pub auto_converge: bool,
+    /// Absent: on (see [`MigrationSend::auto_converge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_converge: Option<bool>,
     /// Send at most this many MiB per second (absent: as fast as the link
     /// goes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bandwidth_mib_s: Option<u64>,
 }
 
-fn default_auto_converge() -> bool {
-    true
-}
-
-fn default_downtime_ms() -> u64 {
-    300
-}
+/// The downtime target when a send names none.
+const DEFAULT_DOWNTIME_MS: u64 = 300;
 
 fn default_timeout_s() -> u64 {
     600
@@ -100,6 +97,17 @@ impl MigrationReceive {
 }
 
 impl MigrationSend {
+    /// The pause the guest may see at the switch-over (300 ms unless set).
+    pub fn downtime_ms(&self) -> u64 {
+        self.downtime_ms.unwrap_or(DEFAULT_DOWNTIME_MS)
+    }
+
+    /// Whether to throttle a guest whose rounds do not shrink (on unless
+    /// set).
+    pub fn auto_converge(&self) -> bool {
+        self.auto_converge.unwrap_or(true)
+    }
+
     /// Refuses a malformed URL and what sie cannot do yet.
     pub fn check(&self) -> Result<(), String> {
         check_migration_url(&self.destination_url)?;
@@ -120,11 +128,17 @@ impl MigrationSend {
                 "local migration hands guest memory over and copies none: mode {mode} does not apply (send with mode precopy)"
             ));
         }
-        if self.local && self.max_bandwidth_mib_s.is_some() {
-            return Err(
-                "local migration hands guest memory over and copies none: max_bandwidth_mib_s does not apply"
-                    .into(),
-            );
+        // Local mode pauses at once and copies nothing: no rounds to cap,
+        // throttle or fit into a downtime target.
+        let copy_only = [
+            ("max_bandwidth_mib_s", self.max_bandwidth_mib_s.is_some()),
+            ("auto_converge", self.auto_converge.is_some()),
+            ("downtime_ms", self.downtime_ms.is_some()),
+        ];
+        if let Some((field, _)) = copy_only.iter().find(|(_, set)| *set && self.local) {
+            return Err(format!(
+                "local migration hands guest memory over and copies none: {field} does not apply"
+            ));
         }
         if self.timeout_s == 0 {
             return Err("timeout_s must be at least 1".into());
@@ -148,10 +162,15 @@ mod tests {
     fn send_defaults_and_refusals() {
         let plain = send(r#"{"destination_url": "unix:/tmp/m.sock"}"#);
         assert_eq!(
-            (plain.downtime_ms, plain.timeout_s, plain.mode, plain.local),
+            (
+                plain.downtime_ms(),
+                plain.timeout_s,
+                plain.mode,
+                plain.local
+            ),
             (300, 600, MigrationMode::Precopy, false)
         );
-        assert!(plain.auto_converge);
+        assert!(plain.auto_converge());
         assert_eq!(plain.max_bandwidth_mib_s, None);
         assert_eq!(plain.check(), Ok(()));
         let post = send(r#"{"destination_url": "tcp:127.0.0.1:4000", "mode": "postcopy"}"#);
@@ -187,7 +206,7 @@ mod tests {
         let off = send(
             r#"{"destination_url": "unix:/x", "auto_converge": false, "max_bandwidth_mib_s": 4}"#,
         );
-        assert!(!off.auto_converge);
+        assert!(!off.auto_converge());
         assert_eq!(off.max_bandwidth_mib_s, Some(4));
         assert_eq!(off.check(), Ok(()));
         let local_cap =
@@ -196,6 +215,19 @@ mod tests {
             local_cap.check().unwrap_err(),
             "local migration hands guest memory over and copies none: max_bandwidth_mib_s does not apply"
         );
+        for (field, json) in [
+            ("auto_converge", r#""auto_converge": false"#),
+            ("auto_converge", r#""auto_converge": true"#),
+            ("downtime_ms", r#""downtime_ms": 50"#),
+        ] {
+            let body = format!(r#"{{"destination_url": "unix:/x", "local": true, {json}}}"#);
+            assert_eq!(
+                send(&body).check().unwrap_err(),
+                format!(
+                    "local migration hands guest memory over and copies none: {field} does not apply"
+                )
+            );
+        }
         let zero = send(r#"{"destination_url": "unix:/x", "max_bandwidth_mib_s": 0}"#);
         assert_eq!(
             zero.check().unwrap_err(),

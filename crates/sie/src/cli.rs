@@ -290,9 +290,10 @@ pub enum MigrateCommand {
     Send {
         /// `unix:PATH` or `tcp:HOST:PORT` of the receiving sie.
         url: String,
-        /// The pause the guest may see at the switch-over.
-        #[arg(long, default_value_t = 300)]
-        downtime_ms: u64,
+        /// The pause the guest may see at the switch-over (default 300;
+        /// not with --local, which pauses once and copies nothing).
+        #[arg(long, value_name = "MS")]
+        downtime_ms: Option<u64>,
         /// Give up (the VM runs on here) after this many seconds (`--mode
         /// auto`: turn to post-copy instead, once the first pass is over).
         #[arg(long, default_value_t = 600)]

@@ -223,9 +223,16 @@ fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
             mode,
             local,
         } => {
-            let mut body = json!({"destination_url": url, "downtime_ms": downtime_ms,
-                "timeout_s": timeout_s, "mode": mode, "local": local,
-                "auto_converge": !no_auto_converge});
+            // Only what the user gave: local mode refuses the copy-only
+            // settings, so defaults are left to sie.
+            let mut body = json!({"destination_url": url, "timeout_s": timeout_s,
+                "mode": mode, "local": local});
+            if let Some(ms) = downtime_ms {
+                body["downtime_ms"] = json!(ms);
+            }
+            if no_auto_converge {
+                body["auto_converge"] = json!(false);
+            }
             if let Some(cap) = max_bandwidth_mib_s {
                 body["max_bandwidth_mib_s"] = json!(cap);
             }

@@ -121,12 +121,12 @@ fn once(
 
 /// `PUT /migration/send`'s body for `args`.
 fn send_body(url: &str, args: &BenchMigrateArgs) -> serde_json::Value {
-    let mut body = json!({
-        "destination_url": url,
-        "downtime_ms": 300,
-        "auto_converge": !args.no_auto_converge,
-        "local": args.local,
-    });
+    let mut body = json!({ "destination_url": url, "local": args.local });
+    // Local mode refuses the copy-only settings (it pauses once).
+    if !args.local {
+        body["downtime_ms"] = json!(300);
+        body["auto_converge"] = json!(!args.no_auto_converge);
+    }
     if let Some(cap) = args.max_bandwidth_mib_s {
         body["max_bandwidth_mib_s"] = json!(cap);
     }
@@ -135,6 +135,12 @@ fn send_body(url: &str, args: &BenchMigrateArgs) -> serde_json::Value {
 
 /// Runs the benchmark and prints its table.
 pub fn run(args: &BenchMigrateArgs) -> Result<u8, BoxError> {
+    if args.local && (args.no_auto_converge || args.max_bandwidth_mib_s.is_some()) {
+        return Err(
+            "--local copies no memory: --no-auto-converge and --max-bandwidth-mib-s do not apply"
+                .into(),
+        );
+    }
     if args.runs == 0 || args.sizes_mib.contains(&0) || args.max_bandwidth_mib_s == Some(0) {
         return Err(
             "--runs, every --sizes-mib and --max-bandwidth-mib-s must be at least 1".into(),

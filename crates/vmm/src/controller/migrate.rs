@@ -257,9 +257,9 @@ impl Controller {
         let sender = MigrationSender {
             plan: SendPlan {
                 destination: destination.clone(),
-                downtime: Duration::from_millis(send.downtime_ms),
+                downtime: Duration::from_millis(send.downtime_ms()),
                 timeout: Duration::from_secs(send.timeout_s),
-                auto_converge: send.auto_converge,
+                auto_converge: send.auto_converge(),
                 mode: send.mode,
             },
             memory: vm.memory().clone(),
