@@ -468,21 +468,8 @@ fn a_receiver_that_hangs_up_before_ready_leaves_the_guest_running_here() {
     let send = serde_json::json!({ "destination_url": format!("unix:{path}"), "local": true });
     source.ok("PUT", "/migration/send", &send.to_string());
     assert!(fake.join().expect("the fake receiver").0 >= 1);
-    wait_for("the migration to fail", || {
-        source.get("/migration").json()["state"] == "failed"
-    });
     // No `Go` left: the receiver never runs the guest, so it runs on here.
-    let status = source.get("/migration").json();
-    let error = status["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with("waiting for the destination") && !error.contains("may be running"),
-        "{status}"
-    );
-    assert_eq!(source.state(), "Running");
-    let at = last_count(&out);
-    wait_for("the guest to count on", || last_count(&out) > at + 2);
-    let (code, _) = source.terminate();
-    assert_eq!(code, Some(143));
+    fails_before_the_go_and_counts_on(source, &out);
 }
 
 #[test]
@@ -658,20 +645,7 @@ fn a_destination_whose_ready_is_lost_never_runs_the_guest_and_the_source_runs_on
         "",
         "the destination ran the guest"
     );
-    wait_for("the migration to fail", || {
-        source.get("/migration").json()["state"] == "failed"
-    });
-    let status = source.get("/migration").json();
-    let error = status["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with("waiting for the destination") && !error.contains("may be running"),
-        "{status}"
-    );
-    assert_eq!(source.state(), "Running");
-    let at = last_count(&out);
-    wait_for("the guest to count on", || last_count(&out) > at + 2);
-    let (code, _) = source.terminate();
-    assert_eq!(code, Some(143));
+    fails_before_the_go_and_counts_on(source, &out);
 }
 
 #[test]
@@ -713,4 +687,24 @@ fn a_locally_moved_guest_moves_locally_again() {
         .map(|out| out.lock().expect("output lock").clone())
         .concat();
     assert_eq!(counted, counter::full_count(FAR));
+}
+
+/// The send failed while waiting for the destination, before any `Go`
+/// left: the source says so (not "may be running"), runs the guest on, and
+/// its count goes on.
+fn fails_before_the_go_and_counts_on(source: ApiVm, out: &Mutex<String>) {
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    let status = source.get("/migration").json();
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("waiting for the destination") && !error.contains("may be running"),
+        "{status}"
+    );
+    assert_eq!(source.state(), "Running");
+    let at = last_count(out);
+    wait_for("the guest to count on", || last_count(out) > at + 2);
+    let (code, _) = source.terminate();
+    assert_eq!(code, Some(143));
 }
