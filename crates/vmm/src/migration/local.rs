@@ -116,18 +116,7 @@ impl LocalSender {
         wire::write_message(conn, &Message::State(state))
             .map_err(|e| format!("sending to {destination}: {e}"))?;
         progress::update(&self.progress, |p| p.bytes += state_len);
-        match wire::read_message(conn) {
-            Ok(Message::Ready) => {}
-            Ok(Message::Abort(reason)) => {
-                return Err(format!("the destination refused: {reason}").into());
-            }
-            Ok(other) => {
-                return Err(
-                    format!("the destination sent {} instead of ready", other.name()).into(),
-                );
-            }
-            Err(error) => return Err(format!("waiting for the destination: {error}").into()),
-        }
+        send::expect_ready(wire::read_message(conn))?;
         // The commit: once this write succeeded the guest may run there,
         // on this very memory, and never resumes here.
         wire::write_message(conn, &Message::Go)

@@ -151,18 +151,7 @@ impl Sender {
         let state_len = last.state.len() as u64;
         wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
         progress::update(&self.progress, |p| p.bytes += state_len);
-        match self.read_serving(conn) {
-            Ok(Message::Ready) => {}
-            Ok(Message::Abort(reason)) => {
-                return Err(format!("the destination refused: {reason}").into());
-            }
-            Ok(other) => {
-                return Err(
-                    format!("the destination sent {} instead of ready", other.name()).into(),
-                );
-            }
-            Err(error) => return Err(format!("waiting for the destination: {error}").into()),
-        }
+        expect_ready(self.read_serving(conn))?;
         // The commit. A `Go` whose write failed never reached the receiver
         // whole (a cut frame fails its checksum or its read), so the guest
         // may still resume here; once the write succeeded it may not.
@@ -445,6 +434,17 @@ impl Sender {
             pace.sent(bytes);
         }
         Ok(bytes)
+    }
+}
+
+/// The destination's answer to the state: `Ready` (it built the VM,
+/// paused), or why the switch-over stops here (the guest resumes here).
+pub(super) fn expect_ready(answer: Result<Message, wire::WireError>) -> Result<(), Failure> {
+    match answer {
+        Ok(Message::Ready) => Ok(()),
+        Ok(Message::Abort(reason)) => Err(format!("the destination refused: {reason}").into()),
+        Ok(other) => Err(format!("the destination sent {} instead of ready", other.name()).into()),
+        Err(error) => Err(format!("waiting for the destination: {error}").into()),
     }
 }
 
