@@ -461,22 +461,10 @@ impl Controller {
     }
 
     fn switchover(&mut self, hv: &dyn Hypervisor) -> Result<Switchover, String> {
-        let config = self.draft.to_config()?;
-        let msrs = hv
-            .supported_msrs()
-            .map_err(|e| crate::error::error_chain(&e))?;
-        let Phase::Running(vm) = &mut self.phase else {
+        let state = self.local_switchover(hv)?;
+        let Phase::Running(vm) = &self.phase else {
             return Err("the microVM is gone".into());
         };
-        if !vm.vcpus.is_paused() {
-            if let Err(error) = vm.vcpus.pause(PAUSE_TIMEOUT) {
-                let _ = vm.vcpus.resume(PAUSE_TIMEOUT);
-                return Err(format!("cannot pause the microVM: {error}"));
-            }
-            self.migration.paused_here = true;
-        }
-        let (state, _) = crate::snapshot::encode_state(vm, &config, msrs, None)
-            .map_err(|e| crate::error::error_chain(&e))?;
         // After the state: requests completed while saving it are in here.
         let pages = crate::snapshot::dirty::take(vm.memory(), vm.hv_vm(), true)
             .map_err(|e| format!("dirty pages: {}", crate::error::error_chain(&e)))?;
@@ -484,8 +472,9 @@ impl Controller {
         Ok(Switchover { pages, state })
     }
 
-    /// Local mode's pause: the vCPUs stop and the state is taken; guest
-    /// RAM is not read (the receiver maps the same memfds).
+    /// Local mode's pause, and the first half of a copy's: the vCPUs stop
+    /// and the state is taken; guest RAM is not read (a local receiver
+    /// maps the same memfds).
     fn local_switchover(&mut self, hv: &dyn Hypervisor) -> Result<Vec<u8>, String> {
         let config = self.draft.to_config()?;
         let msrs = hv
