@@ -316,13 +316,7 @@ fn a_snapshot_of_shared_memory_restores_shared_and_moves_locally() {
     wait_for("the restored guest to count", || {
         last_count(&restored_out) > at + 2
     });
-    let send = serde_json::json!({ "destination_url": url, "local": true });
-    restored.ok("PUT", "/migration/send", &send.to_string());
-    let (code, stderr) = restored.wait();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("in local mode"), "{stderr}");
-    let (code, stderr) = dest.wait();
-    assert_eq!(code, Some(0), "{stderr}");
+    moves_locally(&mut restored, &url, &mut dest);
     std::thread::sleep(std::time::Duration::from_millis(50));
     let middle = restored_out.lock().expect("output lock").clone();
     let last = dest_out.lock().expect("output lock").clone();
@@ -675,13 +669,7 @@ fn a_locally_moved_guest_moves_locally_again() {
     wait_for("the guest to count in the middle", || {
         last_count(&middle_out) > at + 2
     });
-    let send = serde_json::json!({ "destination_url": second_url, "local": true });
-    middle.ok("PUT", "/migration/send", &send.to_string());
-    let (code, stderr) = middle.wait();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("in local mode"), "{stderr}");
-    let (code, stderr) = last.wait();
-    assert_eq!(code, Some(0), "{stderr}");
+    moves_locally(&mut middle, &second_url, &mut last);
     std::thread::sleep(std::time::Duration::from_millis(50));
     let counted = [&source_out, &middle_out, &last_out]
         .map(|out| out.lock().expect("output lock").clone())
@@ -707,4 +695,17 @@ fn fails_before_the_go_and_counts_on(source: ApiVm, out: &Mutex<String>) {
     wait_for("the guest to count on", || last_count(out) > at + 2);
     let (code, _) = source.terminate();
     assert_eq!(code, Some(143));
+}
+
+/// `source` hands its VM to `dest` (listening on `url`) in local mode:
+/// the source exits 0 saying so, and the destination, its guest at the
+/// end of its count, exits 0 too.
+fn moves_locally(source: &mut ApiVm, url: &str, dest: &mut ApiVm) {
+    let send = serde_json::json!({ "destination_url": url, "local": true });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    let (code, stderr) = source.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("in local mode"), "{stderr}");
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(0), "{stderr}");
 }
