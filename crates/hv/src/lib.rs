@@ -115,6 +115,8 @@ pub trait Hypervisor: Send + Sync {
     /// The maximum number of vCPUs per VM.
     fn max_vcpus(&self) -> u32;
     /// The CPUID entries the hypervisor can give a guest, unnormalized.
+    /// KVM: its supported list, plus the TSC-deadline bit when the in-kernel
+    /// LAPIC emulates that timer mode (`KVM_CAP_TSC_DEADLINE_TIMER`).
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
     /// The MSR indices the hypervisor lets the VMM save and restore.
     fn supported_msrs(&self) -> Result<Vec<u32>>;

@@ -135,11 +135,15 @@ impl Hypervisor for Kvm {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(call("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(cpuid
+        let mut entries: Vec<CpuidEntry> = cpuid
             .as_slice()
             .iter()
             .map(convert::cpuid_entry_from_kvm)
-            .collect())
+            .collect();
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            offer_tsc_deadline(&mut entries);
+        }
+        Ok(entries)
     }
 
     fn has_capability(&self, cap: u32) -> bool {
@@ -155,9 +159,50 @@ impl Hypervisor for Kvm {
     }
 }
 
+/// Leaf 1 ECX bit 24: the LAPIC timer's TSC-deadline mode.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+
+/// Sets the TSC-deadline bit in leaf 1. KVM's supported list never has it
+/// (the KVM API says so): the in-kernel LAPIC emulates the mode when
+/// `KVM_CAP_TSC_DEADLINE_TIMER` is present, and a VMM must offer it then.
+/// With it Linux arms its timer with one `IA32_TSC_DEADLINE` write, which
+/// KVM handles in the kernel, instead of calibrating and programming the
+/// LAPIC's one-shot counter.
+fn offer_tsc_deadline(entries: &mut [CpuidEntry]) {
+    for entry in entries.iter_mut().filter(|e| e.function == 1) {
+        entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_deadline_is_set_in_leaf_1_only() {
+        let leaf = |function| CpuidEntry {
+            function,
+            ..CpuidEntry::default()
+        };
+        let mut entries = vec![leaf(0), leaf(1), leaf(7)];
+        offer_tsc_deadline(&mut entries);
+        assert_eq!(entries[1].ecx, LEAF1_ECX_TSC_DEADLINE);
+        assert_eq!(entries[0].ecx, 0);
+        assert_eq!(entries[2].ecx, 0);
+    }
+
+    #[test]
+    fn the_supported_list_offers_tsc_deadline_when_kvm_emulates_it() {
+        let Ok(kvm) = Kvm::open() else {
+            panic!("/dev/kvm is needed for this test");
+        };
+        let entries = kvm.supported_cpuid().expect("supported cpuid");
+        let leaf_1 = entries.iter().find(|e| e.function == 1).expect("leaf 1");
+        assert_eq!(
+            leaf_1.ecx & LEAF1_ECX_TSC_DEADLINE != 0,
+            kvm.kvm.check_extension(Cap::TscDeadlineTimer)
+        );
+    }
 
     #[test]
     fn missing_device_is_an_open_error_naming_the_path() {
