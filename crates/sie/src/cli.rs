@@ -466,6 +466,10 @@ pub struct RunArgs {
     /// config file's `mmds-config` says which interfaces serve it.
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
+    /// Largest MMDS data store, bytes of serialized JSON [default: 51200,
+    /// Firecracker's API payload limit].
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<u64>,
     /// Boot a bzImage the classic way (the guest decompresses its kernel)
     /// instead of decompressing it once on the host and caching the vmlinux
     /// under $XDG_CACHE_HOME/sie/vmlinux (or ~/.cache/sie/vmlinux).

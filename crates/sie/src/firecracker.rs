@@ -33,8 +33,8 @@ enum FirecrackerModeError {
     NoConfig,
     #[error(transparent)]
     Metadata(#[from] crate::metadata::MetadataError),
-    #[error("--mmds-size-limit {0} is out of range")]
-    MmdsSizeLimit(u64),
+    #[error(transparent)]
+    MmdsSizeLimit(#[from] crate::metadata::SizeLimitError),
     #[error("--http-api-max-payload-size {0} is out of range")]
     PayloadSize(u64),
     #[error("{0}")]
@@ -144,13 +144,7 @@ fn metadata_store(
     args: &FirecrackerArgs,
     max_payload: usize,
 ) -> Result<sie_mmds::SharedMmds, FirecrackerModeError> {
-    let limit = match args.mmds_size_limit {
-        Some(size) => usize::try_from(size)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or(FirecrackerModeError::MmdsSizeLimit(size))?,
-        None => max_payload,
-    };
+    let limit = crate::metadata::size_limit(args.mmds_size_limit, max_payload)?;
     Ok(crate::metadata::store(args.metadata.as_deref(), limit)?)
 }
 

@@ -185,7 +185,8 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
         Some(_) => VmConfig::new(BootSource::new("")),
         None => config_from_args(&args)?,
     };
-    let mmds = crate::metadata::store(args.metadata.as_deref(), sie_mmds::DEFAULT_SIZE_LIMIT)?;
+    let limit = crate::metadata::size_limit(args.mmds_size_limit, sie_mmds::DEFAULT_SIZE_LIMIT)?;
+    let mmds = crate::metadata::store(args.metadata.as_deref(), limit)?;
     let seccomp = seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
     let kvm = open_hypervisor()?;
     let mut build = BuildOptions::new(start);

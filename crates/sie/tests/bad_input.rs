@@ -107,6 +107,22 @@ fn config_file_errors_name_the_field_or_the_problem() {
     let metadata = scratch.file("metadata.json", b"[1, 2");
     sie(&["run", "--kernel", HELLO.path, "--metadata", &metadata])
         .expect_one_line_error("not JSON");
+    sie(&["run", "--kernel", HELLO.path, "--mmds-size-limit", "0"])
+        .expect_one_line_error("--mmds-size-limit 0");
+    let metadata = scratch.file(
+        "metadata-big.json",
+        br#"{"key": "a value longer than 16 bytes"}"#,
+    );
+    sie(&[
+        "run",
+        "--kernel",
+        HELLO.path,
+        "--metadata",
+        &metadata,
+        "--mmds-size-limit",
+        "16",
+    ])
+    .expect_one_line_error("metadata-big.json");
     let drives = scratch.file(
         "drives.json",
         format!(

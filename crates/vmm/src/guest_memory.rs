@@ -64,6 +64,7 @@ fn region(
             }
         })?;
     if !hugetlb {
+        check_transparent_huge_pages().map_err(io::Error::other)?;
         // SAFETY: the range is exactly the mapping just made, which the
         // region owns; madvise only changes how the kernel backs it.
         let advised = unsafe { libc::madvise(mapping.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
@@ -106,8 +107,41 @@ pub fn check_huge_pages_for(mib: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the host says when it backs memory with transparent huge pages.
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// One line if `huge_pages: "Transparent"` would do nothing on this host:
+/// its transparent huge pages are off (`[never]`) or absent. With
+/// `[always]` or `[madvise]` sie's `MADV_HUGEPAGE` takes effect.
+pub fn check_transparent_huge_pages() -> Result<(), String> {
+    let setting = std::fs::read_to_string(THP_ENABLED).map_err(|e| {
+        format!(
+            "huge_pages \"Transparent\": the host kernel offers no transparent huge pages ({THP_ENABLED}: {e}); use \"None\" or \"2M\""
+        )
+    })?;
+    thp_mode_allows_madvise(&setting)
+}
+
+/// Reads `enabled`'s bracketed choice (`always [madvise] never`).
+fn thp_mode_allows_madvise(setting: &str) -> Result<(), String> {
+    let chosen = setting
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'));
+    match chosen {
+        Some("always" | "madvise") => Ok(()),
+        Some(mode) => Err(format!(
+            "huge_pages \"Transparent\": the host's transparent huge pages are [{mode}] ({THP_ENABLED}), so they would not be used; write madvise there, or use \"None\" or \"2M\""
+        )),
+        None => Err(format!(
+            "huge_pages \"Transparent\": cannot read the host's setting from {THP_ENABLED} ({:?})",
+            setting.trim()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
     use vm_memory::{Bytes, GuestMemoryBackend};
 
     use super::*;
@@ -137,5 +171,14 @@ mod tests {
             "{error}"
         );
         assert!(check_huge_pages_for(0).is_ok());
+    }
+
+    #[test]
+    fn transparent_huge_pages_need_always_or_madvise() {
+        assert!(thp_mode_allows_madvise("always [madvise] never\n").is_ok());
+        assert!(thp_mode_allows_madvise("[always] madvise never\n").is_ok());
+        let off = thp_mode_allows_madvise("always madvise [never]\n").unwrap_err();
+        assert!(off.contains("[never]") && !off.contains('\n'), "{off}");
+        assert!(thp_mode_allows_madvise("garbage").is_err());
     }
 }

@@ -174,6 +174,10 @@ impl Draft {
         if machine.huge_pages() == sie_config::HugePages::TwoMiB {
             crate::guest_memory::check_huge_pages_for(machine.mem_size_mib)?;
         }
+        if machine.huge_pages() == sie_config::HugePages::Transparent {
+            crate::guest_memory::check_transparent_huge_pages()
+                .map_err(|e| format!("machine-config: {e}"))?;
+        }
         // The CPU template configured last wins, as in Firecracker.
         if machine.cpu_template().is_some() {
             self.config.cpu_config = None;
