@@ -134,6 +134,7 @@ const SYSTEM_AT: usize = 0x218;
 const FS_BASE: usize = 0;
 const CR0: usize = 2;
 const CR3: usize = 4;
+const CR4: usize = 5;
 const EFER: usize = 7;
 const GDTR_LIMIT: usize = 19;
 
@@ -259,6 +260,13 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
     let mut written = decode(&hex);
     let at = SYSTEM_AT + GDTR_LIMIT * 8;
     written[at..at + 8].copy_from_slice(&0x1_0000u64.to_le_bytes());
+    assert!(gdb.ask(&format!("G{}", encode(&written))).starts_with('E'));
+    assert_eq!(gdb.registers().2, hex, "the refused write changed nothing");
+    // Long mode without PAE is refused by KVM: an error, and the session
+    // goes on.
+    let mut written = decode(&hex);
+    let at = SYSTEM_AT + CR4 * 8;
+    written[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
     assert!(gdb.ask(&format!("G{}", encode(&written))).starts_with('E'));
     assert_eq!(gdb.registers().2, hex, "the refused write changed nothing");
 
