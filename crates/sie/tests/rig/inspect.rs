@@ -133,7 +133,8 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 /// once L2's /init has printed its results and sleeps: every vCPU stopped (`info threads` lists
 /// both), `bt` starts at the stopped pc in a kernel function it names (no
 /// deeper frame is checked: without the kernel's unwind data gdb guesses
-/// them), `jiffies_64` is read by its kernel
+/// them), cr0, cr3, efer and gs_base are read by name
+/// ([`check_system_registers`]), `jiffies_64` is read by its kernel
 /// virtual address through the guest's page tables, `stepi` runs one
 /// instruction;
 /// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
@@ -163,6 +164,10 @@ timeout -k 5 200 gdb -nx -batch \
   -ex 'bt 3' \
   -ex 'info symbol $pc' \
   -ex 'info threads' \
+  -ex 'printf "@@L2 RESULT gdb_cr0=%lx\n", (unsigned long)$cr0' \
+  -ex 'printf "@@L2 RESULT gdb_cr3=%lx\n", (unsigned long)$cr3' \
+  -ex 'printf "@@L2 RESULT gdb_efer=%lx\n", (unsigned long)$efer' \
+  -ex 'printf "@@L2 RESULT gdb_gs_base=%lx\n", (unsigned long)$gs_base' \
   -ex 'printf "@@L2 RESULT gdb_jiffies_1=%lx\n", *(unsigned long *)'"$jiffies" \
   -ex 'printf "@@L2 RESULT gdb_stop_rcx=%lx\n", (unsigned long)$rcx' \
   -ex 'stepi' \
@@ -304,6 +309,7 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     if threads != 2 {
         return Err(format!("info threads listed {threads} vCPUs, not 2"));
     }
+    check_system_registers(run)?;
     // One instruction ran: the pc moved, or (a `rep` string instruction,
     // which stays at its pc until done) its count in rcx went down.
     let stepped = result_hex(run, "gdb_step_pc")? != stop
@@ -321,6 +327,31 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     }
     if !gdb.iter().any(|l| l.contains("exited normally")) {
         return Err("gdb did not see the VM finish".into());
+    }
+    Ok(())
+}
+
+/// The system registers gdb reads by name (sie's target description) at
+/// the Ctrl-C stop, in the kernel: paging and protection on (cr0), long
+/// mode (efer's LME and LMA), page tables (cr3), and gs_base the CPU's
+/// per-CPU area in the kernel's half of the address space.
+fn check_system_registers(run: &CaseRun) -> Result<(), String> {
+    let cr0 = result_hex(run, "gdb_cr0")?;
+    if cr0 & 0x8000_0001 != 0x8000_0001 {
+        return Err(format!("gdb's $cr0 {cr0:#x} lacks PG or PE"));
+    }
+    let efer = result_hex(run, "gdb_efer")?;
+    if efer & 0x500 != 0x500 {
+        return Err(format!("gdb's $efer {efer:#x} is not long mode"));
+    }
+    if result_hex(run, "gdb_cr3")? == 0 {
+        return Err("gdb's $cr3 is 0".into());
+    }
+    let gs_base = result_hex(run, "gdb_gs_base")?;
+    if gs_base < 0xffff_8000_0000_0000 {
+        return Err(format!(
+            "gdb's $gs_base {gs_base:#x} is not a kernel address"
+        ));
     }
     Ok(())
 }
