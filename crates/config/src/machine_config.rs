@@ -22,8 +22,8 @@ pub struct MachineConfig {
     /// Simultaneous multithreading; sie only offers `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
-    /// Track dirty pages (for diff snapshots); sie only offers `false`
-    /// until it has snapshots.
+    /// Turn on KVM's dirty page log, for Diff snapshots (live migration
+    /// turns it on by itself for its own duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
     /// Huge pages backing guest memory: "None", "2M" (hugetlb) or

@@ -2,7 +2,9 @@
 //! sie waits for gdb before the guest's first instruction, and a GDB remote
 //! protocol client (written here: packets, acks, run-length decoding) steps
 //! the `loop` guest, stops it at gdb's `break`, reads and writes the
-//! control registers through `monitor` and kills it. Through the API,
+//! control registers through `monitor` and kills it; Debian's gdb, when it
+//! is installed, reads and writes cr0, cr3, efer and fs_base by name.
+//! Through the API,
 //! machine-config's `gdb_socket_path` does the same, and `PATCH /vm` cannot
 //! resume a VM gdb holds stopped.
 
@@ -151,6 +153,105 @@ fn gdb_drives_the_loop_guest_through_sie_run_under_seccomp() {
     let run = run.join().unwrap();
     run.expect_code(0);
     assert!(!run.stderr.contains("seccomp"), "{}", run.stderr);
+}
+
+/// The value gdb printed for `p/x $NAME` (`$n = 0x…` after `name:`).
+fn printed(output: &str, name: &str) -> u64 {
+    let line = output
+        .lines()
+        .skip_while(|line| *line != format!("{name}:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in gdb's output:\n{output}"));
+    let hex = line
+        .split("= 0x")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{line}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+#[test]
+fn debian_gdb_reads_and_writes_the_control_registers_and_fs_base() {
+    if std::process::Command::new("gdb")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no gdb on this machine");
+        return;
+    }
+    let scratch = Scratch::new("gdb-regs");
+    let socket = format!("{}/gdb.sock", scratch.path());
+    let args = [
+        "run".to_string(),
+        "--kernel".to_string(),
+        sie_guests::LOOP.path.to_string(),
+        "--cmdline".to_string(),
+        "iterations=1000000000000".to_string(),
+        "--memory".to_string(),
+        "32M".to_string(),
+        "--gdb-socket".to_string(),
+        socket.clone(),
+    ];
+    let run = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sie(&args)
+    });
+    // gdb's `target remote` does not retry: wait for the socket (a
+    // connection made here would be the session).
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::path::Path::new(&socket).exists() {
+        assert!(Instant::now() < deadline, "sie never listened for gdb");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut gdb = std::process::Command::new("gdb");
+    gdb.args(["-nx", "-batch", "-ex", "set confirm off"])
+        .args(["-ex", &format!("target remote {socket}")]);
+    let commands = [
+        "echo cr0:\\n",
+        "p/x $cr0",
+        "echo cr3:\\n",
+        "p/x $cr3",
+        "echo efer:\\n",
+        "p/x $efer",
+        "echo fs_base:\\n",
+        "p/x $fs_base",
+        "info registers cr0 cr3",
+        "set $fs_base = 0x7f0012345000",
+        "set $cr2 = 0x1234",
+        "monitor sregs",
+        "echo written:\\n",
+        "p/x $fs_base",
+        "set $gdtr_limit = 0x10000",
+        "kill",
+    ];
+    for command in commands {
+        gdb.args(["-ex", command]);
+    }
+    let output = gdb.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cr0 = printed(&text, "cr0");
+    assert_eq!(cr0 & 0x8000_0001, 0x8000_0001, "paging on: {text}");
+    let cr3 = printed(&text, "cr3");
+    assert!(cr3 != 0 && cr3.is_multiple_of(4096), "{text}");
+    assert_eq!(printed(&text, "efer") & 0x500, 0x500, "long mode: {text}");
+    assert_eq!(printed(&text, "fs_base"), 0, "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("cr3") && line.contains(&format!("{cr3:#x}"))),
+        "info registers: {text}"
+    );
+    // gdb's writes went to the vCPU: `monitor sregs` reads it back.
+    assert!(text.contains("cr2=0x1234 "), "{text}");
+    assert!(text.contains("base=0x7f0012345000"), "{text}");
+    assert_eq!(printed(&text, "written"), 0x7f00_1234_5000, "{text}");
+    // A limit wider than the register is refused; the session went on.
+    assert!(text.contains("Could not write register"), "{text}");
+    let run = run.join().unwrap();
+    run.expect_code(0);
 }
 
 #[test]

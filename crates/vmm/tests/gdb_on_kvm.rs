@@ -1,8 +1,11 @@
 //! The gdb stub on the real /dev/kvm, driven by a minimal GDB remote
 //! protocol client written here (packets `$data#checksum`, `+` acks): the
-//! `loop` guest is stopped before its first instruction, stepped, read and
-//! written, stopped by a watchpoint, a hardware breakpoint and Ctrl-C; an
-//! `int3` goes into memory and comes out again.
+//! `loop` guest is stopped before its first instruction, stepped, its
+//! general and system registers (cr0, cr3, efer, fs_base) read and
+//! written, stopped by gdb's `break` (kept in a debug register), a
+//! hardware breakpoint and Ctrl-C; an `int3` goes into memory and comes out
+//! again (kvm_pvm gives an `int3` to the guest, so only its insertion is
+//! tested).
 //!
 //! The `loop` guest's first instructions, from its entry E:
 //! `E: lea stack_top(%rip),%rsp` (7 bytes), `E+7: mov %rsi,%r12` (3),
@@ -125,6 +128,23 @@ fn encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the system registers begin in the `g` packet (bytes), after the
+/// general, x87 and SSE registers; their order is sie's target description.
+const SYSTEM_AT: usize = 0x218;
+const FS_BASE: usize = 0;
+const CR0: usize = 2;
+const CR3: usize = 4;
+const CR4: usize = 5;
+const EFER: usize = 7;
+const GDTR_LIMIT: usize = 19;
+
+/// System register `index` in a `g` packet's hex.
+fn system(hex: &str, index: usize) -> u64 {
+    let at = 2 * (SYSTEM_AT + 8 * index);
+    let bytes = decode(&hex[at..at + 16]);
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
 const RSP: usize = 7;
 const RCX: usize = 2;
 const R15: usize = 15;
@@ -217,6 +237,38 @@ fn gdb_steps_reads_writes_and_stops_the_loop_guest() {
     written[R15 * 8..R15 * 8 + 8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
     assert_eq!(gdb.ask(&format!("G{}", encode(&written))), "OK");
     assert_eq!(gdb.registers().0[R15], 0x1122_3344_5566_7788);
+
+    // The system registers follow the core set: the guest runs in long
+    // mode with paging, on page tables at a page boundary.
+    let cr0 = system(&hex, CR0);
+    assert_eq!(cr0 & 0x8000_0001, 0x8000_0001, "PG and PE: {cr0:#x}");
+    let efer = system(&hex, EFER);
+    assert_eq!(efer & 0x500, 0x500, "LME and LMA: {efer:#x}");
+    let cr3 = system(&hex, CR3);
+    assert!(cr3 != 0 && cr3.is_multiple_of(4096), "cr3: {cr3:#x}");
+    assert_eq!(system(&hex, FS_BASE), 0, "fs_base");
+    // fs_base written through `G` reads back; the rest stayed.
+    let (_, _, hex) = gdb.registers();
+    let mut written = decode(&hex);
+    let at = SYSTEM_AT + FS_BASE * 8;
+    written[at..at + 8].copy_from_slice(&0x7f00_1234_5000u64.to_le_bytes());
+    assert_eq!(gdb.ask(&format!("G{}", encode(&written))), "OK");
+    let (_, _, hex) = gdb.registers();
+    assert_eq!(system(&hex, FS_BASE), 0x7f00_1234_5000);
+    assert_eq!((system(&hex, CR0), system(&hex, CR3)), (cr0, cr3));
+    // A gdtr limit wider than 16 bits is refused, and nothing changes.
+    let mut written = decode(&hex);
+    let at = SYSTEM_AT + GDTR_LIMIT * 8;
+    written[at..at + 8].copy_from_slice(&0x1_0000u64.to_le_bytes());
+    assert!(gdb.ask(&format!("G{}", encode(&written))).starts_with('E'));
+    assert_eq!(gdb.registers().2, hex, "the refused write changed nothing");
+    // Long mode without PAE is refused by KVM: an error, and the session
+    // goes on.
+    let mut written = decode(&hex);
+    let at = SYSTEM_AT + CR4 * 8;
+    written[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    assert!(gdb.ask(&format!("G{}", encode(&written))).starts_with('E'));
+    assert_eq!(gdb.registers().2, hex, "the refused write changed nothing");
 
     // Memory written reads back (below the stack, unused yet).
     let scratch = stack_top - 256;

@@ -49,18 +49,14 @@ exit $status"#,
     }
 }
 
-/// Offset of the first vCPU's rip in a core of a VM with one RAM region:
-/// the notes follow the ELF header (64) and two program headers (2 × 56);
-/// the first note's header (12) and name (8) come before its
-/// `elf_prstatus`, whose `pr_reg` starts at 112 and holds rip in slot 16.
-const CORE_RIP_OFFSET: u32 = 64 + 2 * 56 + 12 + 8 + 112 + 16 * 8;
-
 /// A Debian kernel that panics (sysrq `c`) with pvpanic loaded: sie exits
 /// with the panic status and leaves an ELF core in `--dump-on-panic`'s
-/// directory, whose `NT_PRSTATUS` rip lies in the kernel's panic path: in
-/// `iowrite8`, through which the pvpanic driver's panic notifier writes
-/// the port (its address read from the guest's own `/proc/kallsyms`;
-/// `nokaslr` keeps it where it was when the core was taken).
+/// directory, read the way a user reads one: `readelf -h -n` finds a core
+/// with one `NT_PRSTATUS` note per vCPU, and `gdb -c` the first vCPU's rip
+/// in the kernel's panic path: in `iowrite8`, through which the pvpanic
+/// driver's panic notifier writes the port (its address read from the
+/// guest's own `/proc/kallsyms`; `nokaslr` keeps it where it was when the
+/// core was taken).
 pub(crate) fn panic_core() -> Case {
     Case {
         name: "inspect_panic_core",
@@ -71,8 +67,13 @@ sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{} nokasl
 status=$?
 for f in /tmp/cores/*.core; do
   [ -e "$f" ] || continue
-  echo "@@L2 RESULT core_magic=$(od -A n -t x1 -N 4 "$f" | tr -d ' \n')"
-  echo "@@L2 RESULT core_rip=$(od -A n -t x8 -j {CORE_RIP_OFFSET} -N 8 "$f" | tr -d ' \n')"
+  readelf -h -n "$f" > /tmp/readelf.out 2>&1
+  sed 's/^/readelf| /' /tmp/readelf.out
+  echo "@@L2 RESULT core_type=$(sed -n 's/^ *Type: *\([A-Z]*\).*/\1/p' /tmp/readelf.out)"
+  echo "@@L2 RESULT core_prstatus=$(grep -c NT_PRSTATUS /tmp/readelf.out)"
+  timeout -k 5 60 gdb -nx -batch -c "$f" -ex 'info registers rip' > /tmp/gdb.out 2>&1
+  sed 's/^/gdb| /' /tmp/gdb.out
+  echo "@@L2 RESULT core_rip=$(sed -n 's/^rip *0x\([0-9a-f]*\) .*/\1/p' /tmp/gdb.out)"
 done
 exit $status"#,
             sie_e2e::l2_boot_args("inspect_panic_core")
@@ -87,14 +88,19 @@ exit $status"#,
             if !run.output.contains("its core is /tmp/cores/") {
                 return Err("sie did not say where the core is".into());
             }
-            match run.result("core_magic").as_deref() {
-                Some("7f454c46") => {}
-                other => return Err(format!("the core is not ELF: {other:?}")),
+            match run.result("core_type").as_deref() {
+                Some("CORE") => {}
+                other => return Err(format!("readelf does not see an ELF core: {other:?}")),
+            }
+            // One vCPU (the case's default): one NT_PRSTATUS note.
+            match run.result("core_prstatus").as_deref() {
+                Some("1") => {}
+                other => return Err(format!("readelf -n counts {other:?} NT_PRSTATUS notes")),
             }
             let rip = run
                 .result("core_rip")
                 .and_then(|text| u64::from_str_radix(&text, 16).ok())
-                .ok_or("no rip read from the core")?;
+                .ok_or("gdb -c read no rip from the core")?;
             let iowrite8 = run
                 .result("iowrite8")
                 .and_then(|text| u64::from_str_radix(&text, 16).ok())
@@ -127,7 +133,8 @@ const KERNEL_TEXT: &str = "0xffffffff81000000";
 /// once L2's /init has printed its results and sleeps: every vCPU stopped (`info threads` lists
 /// both), `bt` starts at the stopped pc in a kernel function it names (no
 /// deeper frame is checked: without the kernel's unwind data gdb guesses
-/// them), `jiffies_64` is read by its kernel
+/// them), cr0, cr3, efer and gs_base are read by name
+/// ([`check_system_registers`]), `jiffies_64` is read by its kernel
 /// virtual address through the guest's page tables, `stepi` runs one
 /// instruction;
 /// a second `continue` and Ctrl-C later `jiffies_64` has grown; the last
@@ -157,6 +164,10 @@ timeout -k 5 200 gdb -nx -batch \
   -ex 'bt 3' \
   -ex 'info symbol $pc' \
   -ex 'info threads' \
+  -ex 'printf "@@L2 RESULT gdb_cr0=%lx\n", (unsigned long)$cr0' \
+  -ex 'printf "@@L2 RESULT gdb_cr3=%lx\n", (unsigned long)$cr3' \
+  -ex 'printf "@@L2 RESULT gdb_efer=%lx\n", (unsigned long)$efer' \
+  -ex 'printf "@@L2 RESULT gdb_gs_base=%lx\n", (unsigned long)$gs_base' \
   -ex 'printf "@@L2 RESULT gdb_jiffies_1=%lx\n", *(unsigned long *)'"$jiffies" \
   -ex 'printf "@@L2 RESULT gdb_stop_rcx=%lx\n", (unsigned long)$rcx' \
   -ex 'stepi' \
@@ -298,6 +309,7 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     if threads != 2 {
         return Err(format!("info threads listed {threads} vCPUs, not 2"));
     }
+    check_system_registers(run)?;
     // One instruction ran: the pc moved, or (a `rep` string instruction,
     // which stays at its pc until done) its count in rcx went down.
     let stepped = result_hex(run, "gdb_step_pc")? != stop
@@ -319,15 +331,46 @@ fn check_gdb_kernel(run: &CaseRun) -> Result<(), String> {
     Ok(())
 }
 
-/// A hardware breakpoint and a watchpoint set by gdb fire in a booting
-/// Debian kernel (two vCPUs, the symbols of `inspect_gdb`): `hbreak` on
-/// `kernel_init` (the first task's function, run once during the boot)
-/// stops the guest with the pc at that symbol; after `delete`, `watch` on
-/// `jiffies_64` (a kernel variable the timer writes) stops it with gdb's
-/// old and new values, the new one larger and the value in memory; after
-/// another `delete` the boot reaches L2's /init. In the nested rig this
-/// needs an L0 QEMU of 9.1 or later, whose VMRUN arms the L2 guest's debug
-/// registers.
+/// The system registers gdb reads by name (sie's target description) at
+/// the Ctrl-C stop, in the kernel: paging and protection on (cr0), long
+/// mode (efer's LME and LMA), page tables (cr3), and gs_base the CPU's
+/// per-CPU area in the kernel's half of the address space.
+fn check_system_registers(run: &CaseRun) -> Result<(), String> {
+    let cr0 = result_hex(run, "gdb_cr0")?;
+    if cr0 & 0x8000_0001 != 0x8000_0001 {
+        return Err(format!("gdb's $cr0 {cr0:#x} lacks PG or PE"));
+    }
+    let efer = result_hex(run, "gdb_efer")?;
+    if efer & 0x500 != 0x500 {
+        return Err(format!("gdb's $efer {efer:#x} is not long mode"));
+    }
+    if result_hex(run, "gdb_cr3")? == 0 {
+        return Err("gdb's $cr3 is 0".into());
+    }
+    let gs_base = result_hex(run, "gdb_gs_base")?;
+    if gs_base < 0xffff_8000_0000_0000 {
+        return Err(format!(
+            "gdb's $gs_base {gs_base:#x} is not a kernel address"
+        ));
+    }
+    Ok(())
+}
+
+/// Breakpoints and a watchpoint set by gdb fire in a booting Debian kernel
+/// (two vCPUs, the symbols of `inspect_gdb`): `hbreak` on `kernel_init`
+/// (the first task's function, run once during the boot) stops the guest
+/// with the pc at that symbol, where `bt` names kernel_init and the kernel
+/// function that called it (frame #1: `ret_from_fork` on 6.1; gdb finds
+/// the return address at rsp on a function's first instruction, without
+/// unwind data); after `delete`, `watch` on `jiffies_64` (a kernel
+/// variable the timer writes) stops it with gdb's old and new values, the
+/// new one larger and the value in memory; after another `delete`, four
+/// `hbreak`s on addresses never run (below the kernel's text, so gdb
+/// inserts them before the next) take every debug register, and `break` on
+/// `kernel_execve` (which starts /init, late in the boot) becomes an `int3`
+/// in guest memory, which stops the guest there; after a last `delete` the
+/// boot reaches L2's /init. In the nested rig this needs an L0 QEMU of 9.1
+/// or later, whose VMRUN arms the L2 guest's debug registers.
 pub(crate) fn gdb_breakpoints() -> Case {
     let args = sie_e2e::l2_boot_args("inspect_gdb_breakpoints");
     let prelude = kallsyms_boot(&args);
@@ -336,6 +379,7 @@ pub(crate) fn gdb_breakpoints() -> Case {
         l1_command: format!(
             r#"{prelude}
 echo "@@L2 RESULT sym_kernel_init=0x$(grep ' kernel_init$' /tmp/kallsyms | cut -d' ' -f1)"
+echo "@@L2 RESULT sym_kernel_execve=0x$(grep ' kernel_execve$' /tmp/kallsyms | cut -d' ' -f1)"
 SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
     --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
 pid=$!
@@ -348,10 +392,17 @@ timeout -k 5 200 gdb -nx -batch \
   -ex 'hbreak *kernel_init' \
   -ex 'continue' \
   -ex 'printf "@@L2 RESULT gdb_break_pc=%lx\n", (unsigned long)$pc' \
+  -ex 'bt 3' \
   -ex 'delete' \
   -ex 'watch *(unsigned long *)'"$jiffies" \
   -ex 'continue' \
   -ex 'printf "@@L2 RESULT gdb_watch_value=%lu\n", *(unsigned long *)'"$jiffies" \
+  -ex 'delete' \
+  -ex 'hbreak *0xffffffff80001000' -ex 'hbreak *0xffffffff80002000' \
+  -ex 'hbreak *0xffffffff80003000' -ex 'hbreak *0xffffffff80004000' \
+  -ex 'break *kernel_execve' \
+  -ex 'continue' \
+  -ex 'printf "@@L2 RESULT gdb_int3_pc=%lx\n", (unsigned long)$pc' \
   -ex 'delete' \
   -ex 'continue' > /tmp/gdb.out 2>&1
 echo "@@L2 RESULT gdb_status=$?"
@@ -399,6 +450,7 @@ fn check_gdb_breakpoints(run: &CaseRun) -> Result<(), String> {
             "the breakpoint stopped at {pc:#x}, not at kernel_init ({kernel_init:#x})"
         ));
     }
+    check_backtrace_at_kernel_init(&gdb)?;
     // A software watchpoint (single-stepping the whole boot) would not do.
     if !gdb.iter().any(|l| l.starts_with("Hardware watchpoint 2: ")) {
         return Err("gdb did not set a hardware watchpoint on jiffies_64".into());
@@ -427,8 +479,66 @@ fn check_gdb_breakpoints(run: &CaseRun) -> Result<(), String> {
             ));
         }
     }
+    check_int3_breakpoint(run, &gdb)?;
     if !gdb.iter().any(|l| l.contains("exited normally")) {
         return Err("gdb did not see the VM finish".into());
+    }
+    Ok(())
+}
+
+/// `bt` at the breakpoint on kernel_init: frame #0 is kernel_init, and
+/// frame #1 a kernel function gdb names (its caller, `ret_from_fork`).
+fn check_backtrace_at_kernel_init(gdb: &[&str]) -> Result<(), String> {
+    if !gdb
+        .iter()
+        .any(|l| l.starts_with("#0 ") && l.contains(" in kernel_init ("))
+    {
+        return Err("bt at the breakpoint did not name kernel_init in frame #0".into());
+    }
+    // "#1  0xffffffff81001f2f in ret_from_fork ()"
+    let frame1 = gdb
+        .iter()
+        .find_map(|l| l.strip_prefix("#1 "))
+        .ok_or("bt at kernel_init showed no frame #1")?;
+    let address = frame1.split_whitespace().next().and_then(hex);
+    let caller = frame1
+        .split(" in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    match (address, caller) {
+        (Some(address), Some(name)) if address >= 0xffff_ffff_8000_0000 && name != "??" => Ok(()),
+        _ => Err(format!(
+            "bt's frame #1 is not a kernel function gdb names: {frame1}"
+        )),
+    }
+}
+
+/// The `break` set while four `hbreak`s held every debug register: all
+/// four went in (so the `break` could only be an `int3`), gdb set it as a
+/// software breakpoint (7: after breakpoint 1, watchpoint 2 and the
+/// `hbreak`s 3 to 6), and it stopped the guest at kernel_execve.
+fn check_int3_breakpoint(run: &CaseRun, gdb: &[&str]) -> Result<(), String> {
+    for number in 3..=6 {
+        let set = format!("Hardware assisted breakpoint {number} at ");
+        if !gdb.iter().any(|l| l.starts_with(&set)) {
+            return Err(format!("gdb did not set hardware breakpoint {number}"));
+        }
+    }
+    if let Some(line) = gdb.iter().find(|l| l.contains("Could not insert")) {
+        return Err(format!("a breakpoint did not go in: {line}"));
+    }
+    if !gdb.iter().any(|l| l.starts_with("Breakpoint 7 at ")) {
+        return Err("gdb did not set a software breakpoint on kernel_execve".into());
+    }
+    if !gdb.iter().any(|l| l.contains("hit Breakpoint 7, ")) {
+        return Err("the int3 breakpoint on kernel_execve did not fire".into());
+    }
+    let kernel_execve = result_hex(run, "sym_kernel_execve")?;
+    let pc = result_hex(run, "gdb_int3_pc")?;
+    if pc != kernel_execve {
+        return Err(format!(
+            "the int3 breakpoint stopped at {pc:#x}, not at kernel_execve ({kernel_execve:#x})"
+        ));
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 //! gdb vmlinux -ex 'target remote /tmp/sie.gdb'
 //! ```
 
+mod arch;
 mod debugregs;
 mod monitor;
 mod paging;

@@ -1,11 +1,15 @@
-//! gdb's `monitor` commands: the registers the x86-64 core target
-//! description has no place for. `monitor sregs` shows the control,
-//! segment and descriptor-table registers of the stopped vCPU; `monitor set
-//! REG VALUE` writes one of cr0, cr2, cr3, cr4, cr8, efer, fs_base, gs_base.
+//! gdb's `monitor` commands, for the special registers at one glance:
+//! `monitor sregs` shows the control, segment and descriptor-table
+//! registers of the stopped vCPU, with the segments' attributes gdb's
+//! registers leave out; `monitor set REG VALUE` writes one of the system
+//! registers gdb also shows ([`super::arch::SYSTEM`]: cr0, cr3, efer,
+//! fs_base, gdtr_limit…), as `set $REG = VALUE` in gdb does.
 
 use std::fmt::Write;
 
 use sie_hv::x86::{Segment, SpecialRegs};
+
+use super::arch::{self, SYSTEM, SystemReg};
 
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,13 +17,8 @@ pub enum Command {
     /// Show the special registers.
     Show,
     /// Write one of them.
-    Set(&'static str, u64),
+    Set(&'static SystemReg, u64),
 }
-
-/// The registers `set` writes.
-const SETTABLE: [&str; 8] = [
-    "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "fs_base", "gs_base",
-];
 
 /// What one line of `monitor` asks, or the one-line reason it is not understood.
 pub fn parse(cmd: &[u8]) -> Result<Command, String> {
@@ -28,34 +27,19 @@ pub fn parse(cmd: &[u8]) -> Result<Command, String> {
     match words.as_slice() {
         ["sregs"] => Ok(Command::Show),
         ["set", reg, value] => {
-            let Some(name) = SETTABLE.iter().find(|r| *r == reg) else {
-                return Err(format!("cannot set {reg}: one of {}", SETTABLE.join(" ")));
+            let Some(register) = arch::find(reg) else {
+                let names: Vec<&str> = SYSTEM.iter().map(|r| r.name).collect();
+                return Err(format!("cannot set {reg}: one of {}", names.join(" ")));
             };
             let parsed = match value.strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16),
                 None => value.parse(),
             };
             let value = parsed.map_err(|_| format!("{value:?} is not a number"))?;
-            Ok(Command::Set(name, value))
+            Ok(Command::Set(register, value))
         }
         _ => Err("sie's monitor commands: sregs, set REG VALUE".to_string()),
     }
-}
-
-/// Writes `value` into `reg` of `sregs` (a name [`parse`] accepted).
-pub fn set(sregs: &mut SpecialRegs, reg: &str, value: u64) {
-    let slot = match reg {
-        "cr0" => &mut sregs.cr0,
-        "cr2" => &mut sregs.cr2,
-        "cr3" => &mut sregs.cr3,
-        "cr4" => &mut sregs.cr4,
-        "cr8" => &mut sregs.cr8,
-        "efer" => &mut sregs.efer,
-        "fs_base" => &mut sregs.fs.base,
-        "gs_base" => &mut sregs.gs.base,
-        _ => return,
-    };
-    *slot = value;
 }
 
 /// The special registers, a few lines.
@@ -98,11 +82,10 @@ mod tests {
     #[test]
     fn commands_are_parsed_and_bad_ones_named() {
         assert_eq!(parse(b"sregs"), Ok(Command::Show));
-        assert_eq!(parse(b"set cr3 0x9000"), Ok(Command::Set("cr3", 0x9000)));
-        assert_eq!(
-            parse(b"set gs_base 4096"),
-            Ok(Command::Set("gs_base", 4096))
-        );
+        let cr3 = arch::find("cr3").unwrap();
+        assert_eq!(parse(b"set cr3 0x9000"), Ok(Command::Set(cr3, 0x9000)));
+        let gs_base = arch::find("gs_base").unwrap();
+        assert_eq!(parse(b"set gs_base 4096"), Ok(Command::Set(gs_base, 4096)));
         assert!(parse(b"set rip 1").unwrap_err().contains("cannot set rip"));
         assert!(parse(b"set cr3 x").unwrap_err().contains("not a number"));
         assert!(parse(b"help").unwrap_err().contains("sregs"));
@@ -111,8 +94,9 @@ mod tests {
     #[test]
     fn set_writes_the_named_register_and_show_prints_it() {
         let mut sregs = SpecialRegs::default();
-        set(&mut sregs, "cr2", 0x1234);
-        set(&mut sregs, "fs_base", 0xffff_8000_0000_0000);
+        for (name, value) in [("cr2", 0x1234), ("fs_base", 0xffff_8000_0000_0000)] {
+            arch::find(name).unwrap().set(&mut sregs, value).unwrap();
+        }
         assert_eq!((sregs.cr2, sregs.fs.base), (0x1234, 0xffff_8000_0000_0000));
         let text = show(&sregs);
         assert!(text.contains("cr2=0x1234"), "{text}");

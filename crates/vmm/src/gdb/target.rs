@@ -24,12 +24,11 @@ use gdbstub::target::ext::breakpoints::{
 };
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use gdbstub_arch::x86::X86_64_SSE;
-use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use sie_hv::Vcpu;
 use sie_hv::x86::GuestDebug;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::arch::{SieRegs, SieX86_64};
 use super::debugregs::{DebugSlots, Slot, SlotKind};
 use super::monitor;
 use super::paging::PagingMode;
@@ -306,7 +305,7 @@ impl Io<'_> {
 }
 
 impl Target for VmTarget {
-    type Arch = X86_64_SSE;
+    type Arch = SieX86_64;
     type Error = String;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -323,12 +322,13 @@ impl Target for VmTarget {
 }
 
 impl MultiThreadBase for VmTarget {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
+    fn read_registers(&mut self, all: &mut SieRegs, tid: Tid) -> TargetResult<(), Self> {
         let (r, s, fpu) = self
             .on_vcpu(index_of(tid), |vcpu| {
                 Ok((vcpu.regs()?, vcpu.sregs()?, vcpu.fpu()?))
             })
             .map_err(fatal)?;
+        let regs = &mut all.core;
         regs.regs = [
             r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
             r.r12, r.r13, r.r14, r.r15,
@@ -343,42 +343,61 @@ impl MultiThreadBase for VmTarget {
         regs.segments.gs = u32::from(s.gs.selector);
         regs.fpu.fctrl = u32::from(fpu.fcw);
         regs.mxcsr = fpu.mxcsr;
+        all.read_system(&s);
         Ok(())
     }
 
     /// General-purpose registers, RIP and RFLAGS are written; a segment
-    /// selector gdb changed is loaded as is (its base and limit stay).
-    fn write_registers(&mut self, regs: &X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
-        let regs = regs.clone();
-        self.on_vcpu(index_of(tid), move |vcpu| {
-            let mut r = vcpu.regs()?;
-            let g = regs.regs;
-            (r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp) =
-                (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
-            (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
-                (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
-            r.rip = regs.rip;
-            r.rflags = (r.rflags & !0xffff_ffff) | u64::from(regs.eflags);
-            vcpu.set_regs(&r)?;
-            let mut s = vcpu.sregs()?;
-            let before = s;
-            let seg = regs.segments;
-            for (segment, selector) in [
-                (&mut s.cs, seg.cs),
-                (&mut s.ss, seg.ss),
-                (&mut s.ds, seg.ds),
-                (&mut s.es, seg.es),
-                (&mut s.fs, seg.fs),
-                (&mut s.gs, seg.gs),
-            ] {
-                segment.selector = selector as u16;
+    /// selector gdb changed is loaded as is (its base and limit stay); the
+    /// system registers ([`super::arch::SYSTEM`]) go in through `set_sregs`,
+    /// as `monitor set` writes them. A value that does not fit, or that the
+    /// hypervisor refuses (a `cr0` without PE while in long mode), is an
+    /// error gdb reports; the session goes on.
+    fn write_registers(&mut self, all: &SieRegs, tid: Tid) -> TargetResult<(), Self> {
+        let all = all.clone();
+        let refused = self
+            .on_vcpu(index_of(tid), move |vcpu| {
+                let regs = &all.core;
+                let mut s = vcpu.sregs()?;
+                let before = s;
+                if let Err(error) = all.write_system(&mut s) {
+                    return Ok(Some(error));
+                }
+                let seg = &regs.segments;
+                for (segment, selector) in [
+                    (&mut s.cs, seg.cs),
+                    (&mut s.ss, seg.ss),
+                    (&mut s.ds, seg.ds),
+                    (&mut s.es, seg.es),
+                    (&mut s.fs, seg.fs),
+                    (&mut s.gs, seg.gs),
+                ] {
+                    segment.selector = selector as u16;
+                }
+                if s != before
+                    && let Err(error) = vcpu.set_sregs(&s)
+                {
+                    return Ok(Some(crate::error::error_chain(&error)));
+                }
+                let mut r = vcpu.regs()?;
+                let g = regs.regs;
+                (r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp) =
+                    (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
+                (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
+                    (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+                r.rip = regs.rip;
+                r.rflags = (r.rflags & !0xffff_ffff) | u64::from(regs.eflags);
+                vcpu.set_regs(&r)?;
+                Ok(None)
+            })
+            .map_err(fatal)?;
+        match refused {
+            None => Ok(()),
+            Some(error) => {
+                tracing::warn!("gdb's register write refused: {error}");
+                Err(TargetError::NonFatal)
             }
-            if s != before {
-                vcpu.set_sregs(&s)?;
-            }
-            Ok(())
-        })
-        .map_err(fatal)
+        }
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
@@ -571,10 +590,14 @@ impl MonitorCmd for VmTarget {
             Ok(monitor::Command::Set(reg, value)) => self
                 .on_vcpu(current, move |vcpu| {
                     let mut sregs = vcpu.sregs()?;
-                    monitor::set(&mut sregs, reg, value);
-                    vcpu.set_sregs(&sregs)
+                    if let Err(error) = reg.set(&mut sregs, value) {
+                        return Ok(Err(error));
+                    }
+                    vcpu.set_sregs(&sregs)?;
+                    Ok(Ok(()))
                 })
-                .map(|()| format!("vCPU {current}: {reg}={value:#x}")),
+                .and_then(|written| written)
+                .map(|()| format!("vCPU {current}: {}={value:#x}", reg.name)),
             Err(message) => Err(message),
         };
         match done {
