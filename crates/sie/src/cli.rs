@@ -586,10 +586,10 @@ pub struct BenchMigrateArgs {
     /// Migrations per case; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
-    /// Guest memory sizes, MiB.
+    /// Guest memory sizes, MiB, comma-separated (e.g. 128,4096).
     #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024])]
     pub sizes_mib: Vec<u32>,
-    /// Share of RAM the guest rewrites on each count (0: idle), percent.
+    /// Shares of RAM the guest rewrites on each count (0: idle), percent, comma-separated (e.g. 0,1).
     #[arg(long, value_delimiter = ',', default_values_t = [0u32, 1, 10])]
     pub dirty_percent: Vec<u32>,
     /// Cap the link at this many MiB/s (`max_bandwidth_mib_s`).
@@ -610,7 +610,7 @@ pub struct BenchSnapshotArgs {
     /// Snapshots per size and VMM; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: u32,
-    /// Guest memory sizes, MiB.
+    /// Guest memory sizes, MiB, comma-separated (e.g. 128,4096).
     #[arg(long, value_delimiter = ',', default_values_t = [128u32, 1024, 4096])]
     pub sizes_mib: Vec<u32>,
     /// Another VMM to compare that serves Firecracker's API (`PATH
