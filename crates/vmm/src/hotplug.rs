@@ -299,4 +299,58 @@ mod tests {
         assert_eq!(&bytes[at..at + 12], b"plugged page");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_device_is_wired_to_the_reserved_region_and_pmem_goes_past_it() {
+        use crate::virtio::{VirtioDevices, Wiring};
+        let boot = GuestMemory::from_ranges(&[(GuestAddress(0), 64 * MIB_USIZE)]).unwrap();
+        let fake = Arc::new(crate::test_doubles::FakeVm::default());
+        let vm: Arc<dyn sie_hv::Vm> = fake.clone();
+        let obs = Arc::new(sie_obs::Observatory::new(std::time::Instant::now(), 1));
+        let mut manager = DeviceManager::new(fake.as_ref(), obs).unwrap();
+        let config = sie_config::VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "memory-hotplug": {"total_size_mib": 256}}"#,
+        )
+        .unwrap();
+        let hotplug = config.memory_hotplug.clone().unwrap();
+        let mmds = Arc::new(std::sync::Mutex::new(sie_mmds::Mmds::new(
+            sie_mmds::DEFAULT_SIZE_LIMIT,
+        )));
+        let wiring = |memory: &GuestMemory, region, manager: &mut DeviceManager<'_>| {
+            VirtioDevices::attach(
+                &config,
+                &mut Wiring {
+                    vm: &vm,
+                    memory,
+                    hotplug: region,
+                    manager,
+                    mmds: &mmds,
+                },
+            )
+        };
+        // Without its region reserved with guest memory, the device is
+        // refused rather than placed where devices cannot reach.
+        let error = wiring(&boot, None, &mut manager).err().unwrap();
+        assert!(error.to_string().contains(NAME), "{error}");
+        let (memory, region) = reserve(&hotplug, &boot, &mut manager).unwrap();
+        let addr = region.addr;
+        let devices = wiring(&memory, Some(region), &mut manager).unwrap();
+        let device = devices.hotplug.expect("the virtio-mem device");
+        let status = device.status();
+        assert_eq!(status["total_size_mib"], 256);
+        // The device tells the guest of the region guest memory holds
+        // (virtio_mem_config: addr at 16, region_size at 24).
+        let mut config_space = [0u8; 16];
+        device
+            .transport
+            .with_device(|mem| sie_virtio::VirtioDevice::read_config(mem, 16, &mut config_space));
+        let field = |at: usize| u64::from_le_bytes(config_space[at..at + 8].try_into().unwrap());
+        assert_eq!((field(0), field(8)), (addr, 256 * MIB));
+        // Device memory placed later goes past the region.
+        let next = manager
+            .allocate_device_memory("next", 64 * MIB, 2 * MIB, 2 * MIB)
+            .unwrap();
+        assert_eq!(next, addr + 256 * MIB);
+    }
 }
