@@ -108,10 +108,13 @@ impl VfioPciDevice {
         let config = VirtualConfig::new(&host, host.bar_sizes());
         let msix_info = config.msix();
         let mut mappings = Vec::new();
+        for &index in config.hidden_io_bars() {
+            tracing::warn!(
+                "vfio {}: BAR {index} decodes I/O ports, which sie does not pass through: hidden from the guest (it reads as 0)",
+                path.display()
+            );
+        }
         for bar in config.bars() {
-            if bar.kind == config::BarKind::Io {
-                continue;
-            }
             let hole = msix_hole(msix_info, bar.index);
             mappings.extend(host.map_bar(bar.index, hole)?);
         }
@@ -397,7 +400,6 @@ impl PciDevice for VfioPciDevice {
         state
             .config
             .bars()
-            .filter(|bar| bar.kind != config::BarKind::Io)
             .map(|bar| BarInfo {
                 index: bar.index as u8,
                 kind: kind_of(bar),
