@@ -5,7 +5,9 @@
 //! trap here and reach sie-pci's MSI-X emulation. MSI and MSI-X vectors are
 //! the VMM's irqfds ([`MsiInterrupts::notifier`]), which VFIO signals
 //! directly: a device interrupt reaches the guest without passing through
-//! sie.
+//! sie. A vector the guest masked has its irqfd off KVM (the VMM's
+//! outlet detaches it with the route), so its interrupt waits in the
+//! eventfd: the emulated PBA shows it pending and the unmask delivers it.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
