@@ -354,3 +354,7 @@ mod tests {
         assert_eq!(next, addr + 256 * MIB);
     }
 }
+
+#[cfg(test)]
+#[path = "hotplug_blk_tests.rs"]
+mod blk_tests;
