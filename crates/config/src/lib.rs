@@ -72,5 +72,7 @@ pub use snapshot::{
     HugePages, LoadPlan, MemBackend, MemBackendType, NetworkOverride, SnapshotCreate, SnapshotLoad,
     SnapshotType, VsockOverride,
 };
-pub use vfio::{VFIO_NOT_SNAPSHOTTABLE, VfioConfigError, VfioDevice, validate_vfio};
+pub use vfio::{
+    VFIO_NOT_SNAPSHOTTABLE, VfioConfigError, VfioDevice, check_vfio_with, validate_vfio,
+};
 pub use vm_config::{ConfigError, VmConfig};

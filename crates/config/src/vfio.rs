@@ -38,6 +38,31 @@ pub enum VfioConfigError {
     /// Two entries name the same device.
     #[error("vfio: {0:?} is passed through twice")]
     SamePath(PathBuf),
+    /// A passed-through device and a balloon.
+    #[error(
+        "vfio and balloon cannot be combined: a passed-through device keeps guest RAM pinned for its DMA, so a page the balloon gives back would leave the device using a page the guest no longer has (drop one of them)"
+    )]
+    WithBalloon,
+    /// A passed-through device and hotpluggable memory.
+    #[error(
+        "vfio and memory-hotplug cannot be combined: a passed-through device keeps all guest memory pinned for its DMA, which virtio-mem's plugging and unplugging cannot follow (drop one of them)"
+    )]
+    WithMemoryHotplug,
+}
+
+/// Refuses a passed-through device (`vfio`) next to a `balloon` or
+/// `memory_hotplug`: both give guest memory back to the host, which pinned
+/// DMA memory cannot follow.
+pub fn check_vfio_with(
+    vfio: bool,
+    balloon: bool,
+    memory_hotplug: bool,
+) -> Result<(), VfioConfigError> {
+    match (vfio, balloon, memory_hotplug) {
+        (true, true, _) => Err(VfioConfigError::WithBalloon),
+        (true, _, true) => Err(VfioConfigError::WithMemoryHotplug),
+        _ => Ok(()),
+    }
 }
 
 impl VfioDevice {
@@ -96,6 +121,22 @@ mod tests {
         ));
         let err = device("edu", "0000:00:03.0").validate().unwrap_err();
         assert!(err.to_string().contains("absolute sysfs path"), "{err}");
+    }
+
+    #[test]
+    fn a_balloon_or_hotplug_memory_with_vfio_is_refused_naming_both() {
+        assert_eq!(check_vfio_with(true, false, false), Ok(()));
+        assert_eq!(check_vfio_with(false, true, true), Ok(()));
+        let balloon = check_vfio_with(true, true, false).unwrap_err().to_string();
+        assert!(
+            balloon.starts_with("vfio and balloon cannot be combined"),
+            "{balloon}"
+        );
+        let hotplug = check_vfio_with(true, false, true).unwrap_err().to_string();
+        assert!(
+            hotplug.starts_with("vfio and memory-hotplug cannot"),
+            "{hotplug}"
+        );
     }
 
     #[test]

@@ -308,6 +308,11 @@ impl VmConfig {
             serial.validate()?;
         }
         crate::validate_vfio(&self.vfio)?;
+        crate::vfio::check_vfio_with(
+            !self.vfio.is_empty(),
+            self.balloon.is_some(),
+            self.memory_hotplug.is_some(),
+        )?;
         if let Some(balloon) = &self.balloon {
             let mem = self.machine_config.clone().unwrap_or_default().mem_size_mib;
             balloon.validate(mem)?;
@@ -500,6 +505,31 @@ mod tests {
         VmConfig::from_json(&good).unwrap().validate().unwrap();
         let nulls = FULL.replacen('{', r#"{"pmem": null, "memory-hotplug": null,"#, 1);
         VmConfig::from_json(&nulls).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn vfio_with_a_balloon_or_hotplug_memory_is_refused_in_one_line() {
+        let vfio = r#""vfio": [{"id": "gpu", "path": "/sys/bus/pci/devices/0000:00:03.0"}]"#;
+        let with = |section: &str| {
+            let text = FULL.replacen('{', &format!("{{{vfio}, {section},"), 1);
+            let config = VmConfig::from_json(&text).unwrap();
+            config.validate().map_err(|e| e.to_string())
+        };
+        let balloon = with(r#""balloon": {"amount_mib": 0, "deflate_on_oom": false}"#);
+        assert!(
+            balloon
+                .unwrap_err()
+                .starts_with("vfio and balloon cannot be combined"),
+            "a balloon"
+        );
+        let hotplug = with(r#""memory-hotplug": {"total_size_mib": 1024}"#);
+        assert!(
+            hotplug
+                .unwrap_err()
+                .starts_with("vfio and memory-hotplug cannot be combined"),
+            "hotplug memory"
+        );
+        with(r#""pci": {"enabled": true}"#).unwrap();
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! the vector's own mask bit is clear. Each change of a vector's liveness
 //! or message reaches [`MsiInterrupts::configure`] (`None` while not
 //! live). [`MsixTable::trigger`] delivers a live vector and sets the
-//! pending bit of a masked one; unmasking delivers and clears it. Guest
+//! pending bit of a masked one; unmasking delivers and clears it. A source
+//! that signals a vector's notifier itself (a passed-through device) while
+//! the vector is masked has its interrupt latched too: the PBA and an
+//! unmask collect it through [`MsiInterrupts::take_unrouted_signal`]. Guest
 //! messages are passed on as written (the VMM checks them when it builds a
 //! route); accesses that are not an aligned dword or qword are counted and
 //! ignored.
@@ -53,6 +56,17 @@ pub trait MsiInterrupts: Send + Sync {
     /// The eventfd that raises `vector` when written (the irqfd), for
     /// sources that signal it directly (a VFIO device).
     fn notifier(&self, vector: u16) -> Option<&EventFd>;
+    /// Whether `vector`'s notifier was signalled while the vector had no
+    /// route, taking the signal: a source that signals the notifier
+    /// directly does not know the guest masked the vector, and its
+    /// interrupt belongs in the PBA. Only an outlet that detaches unrouted
+    /// notifiers from the interrupt controller (so their signals wait in
+    /// the eventfd) can tell; the others never lose such signals to a
+    /// missing route because nothing but the table triggers them.
+    fn take_unrouted_signal(&self, vector: u16) -> bool {
+        let _ = vector;
+        false
+    }
 }
 
 /// Errors building MSI-X.
@@ -313,6 +327,14 @@ impl MsixTable {
     fn sync(&mut self, vector: usize) {
         let live = self.live(vector);
         let wanted = live.then(|| self.entries[vector].message());
+        // Becoming live: what the source signalled while the vector was
+        // masked is pending, delivered below once it is routed.
+        if live
+            && self.routed[vector].is_none()
+            && self.interrupts.take_unrouted_signal(vector as u16)
+        {
+            self.set_pending(vector, true);
+        }
         if wanted != self.routed[vector] {
             if let Err(e) = self.interrupts.configure(vector as u16, wanted) {
                 self.outlet_errors += 1;
@@ -422,8 +444,22 @@ impl MsixTable {
         }
     }
 
+    /// Latches the interrupts sources signalled straight at the notifiers
+    /// of masked vectors (see [`MsiInterrupts::take_unrouted_signal`]).
+    fn collect_unrouted_signals(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        for vector in 0..self.entries.len() {
+            if !self.live(vector) && self.interrupts.take_unrouted_signal(vector as u16) {
+                self.set_pending(vector, true);
+            }
+        }
+    }
+
     /// A guest read of the PBA at `offset`.
     pub fn read_pba(&mut self, offset: u64, data: &mut [u8]) {
+        self.collect_unrouted_signals();
         let len_ok = matches!(data.len(), 4 | 8) && offset.is_multiple_of(data.len() as u64);
         let word = usize::try_from(offset / 8)
             .ok()

@@ -200,6 +200,39 @@ fn masked_vectors_collect_pending_bits_delivered_on_unmask() {
 }
 
 #[test]
+fn a_source_signalling_a_masked_vector_itself_is_latched_and_delivered_on_unmask() {
+    // A passed-through device writes the vector's notifier, not the table.
+    let (mut table, msi) = table(2);
+    table.set_control(ENABLE);
+    program(&mut table, 1, 0xfee0_0000, 0x51);
+    msi.notifier(1).unwrap().write(1).unwrap();
+    assert_eq!(pba(&mut table), 1 << 1, "the PBA shows it");
+    assert!(table.pending(1));
+    msi.take_calls();
+    unmask(&mut table, 1);
+    assert_eq!(msi.triggers(1), 1, "delivered once routed");
+    assert!(!table.pending(1));
+    // Signalled while masked and unmasked before the guest looked at the
+    // PBA: delivered all the same.
+    mask(&mut table, 1);
+    msi.notifier(1).unwrap().write(1).unwrap();
+    msi.take_calls();
+    unmask(&mut table, 1);
+    let route = MsiMessage {
+        address: 0xfee0_0000,
+        data: 0x51,
+    };
+    assert_eq!(
+        msi.take_calls(),
+        [MsiCall::Configure(1, Some(route)), MsiCall::Trigger(1)]
+    );
+    // With MSI-X off a stale signal is not latched.
+    table.set_control(0);
+    msi.notifier(0).unwrap().write(1).unwrap();
+    assert_eq!(pba(&mut table), 0);
+}
+
+#[test]
 fn triggers_while_disabled_or_out_of_range_are_dropped() {
     let (mut table, msi) = table(2);
     table.trigger(0);

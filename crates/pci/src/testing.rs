@@ -107,6 +107,12 @@ impl MsiInterrupts for RecordingMsi {
     fn notifier(&self, vector: u16) -> Option<&EventFd> {
         self.notifiers.get(usize::from(vector))
     }
+
+    /// Like an outlet that detaches unrouted notifiers: a signal waits in
+    /// the eventfd (this double attaches none).
+    fn take_unrouted_signal(&self, vector: u16) -> bool {
+        self.notifier(vector).is_some_and(|fd| fd.read().is_ok())
+    }
 }
 
 /// An ioeventfd as a [`RecordingBarMapper`] saw it (by descriptor).

@@ -522,8 +522,9 @@ pub struct RunArgs {
     pub pci: bool,
     /// Pass a host PCI device bound to vfio-pci through to the guest: its
     /// sysfs path, e.g. `/sys/bus/pci/devices/0000:00:03.0` (repeatable;
-    /// ids vfio0, vfio1...; see docs/vfio.md). The VM then has a PCI bus
-    /// and cannot be snapshotted or migrated.
+    /// ids vfio0, vfio1...; see docs/vfio.md). The VM then has a PCI bus,
+    /// cannot be snapshotted or migrated, and cannot have a balloon or
+    /// memory-hotplug (its DMA pins guest memory).
     #[arg(long, value_name = "SYSFS_DEVICE_PATH")]
     pub vfio: Vec<std::path::PathBuf>,
     /// Wait for gdb on this Unix socket before the guest's first

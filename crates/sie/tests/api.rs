@@ -423,3 +423,20 @@ fn sie_ctl_drives_a_vm_readably_and_fails_in_one_line() {
         .expect_one_line_error("/nonexistent/api.sock");
     drop(vm);
 }
+
+#[test]
+fn vfio_with_a_balloon_or_hotplug_memory_is_refused_before_instance_start() {
+    let vm = ApiVm::start("api-vfio-with", &[]);
+    let device = r#"{"id": "gpu", "path": "/sys/bus/pci/devices/0000:00:03.0"}"#;
+    vm.ok(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false}"#,
+    );
+    vm.call("PUT", "/vfio/gpu", Some(device))
+        .expect_fault("vfio and balloon cannot be combined");
+    let vm = ApiVm::start("api-vfio-with-hotplug", &[]);
+    vm.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 1024}"#);
+    vm.call("PUT", "/vfio/gpu", Some(device))
+        .expect_fault("vfio and memory-hotplug cannot be combined");
+}

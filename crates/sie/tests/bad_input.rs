@@ -186,3 +186,34 @@ fn a_vfio_device_that_cannot_be_passed_says_why() {
     sie(&["run", "--kernel", HELLO.path, "--vfio", "0000:00:03.0"])
         .expect_one_line_error("absolute sysfs path");
 }
+
+#[test]
+fn vfio_with_a_balloon_or_hotplug_memory_is_refused_naming_both() {
+    let scratch = Scratch::new("vfio-with");
+    let device = "/sys/bus/pci/devices/0000:00:03.0";
+    for (section, message) in [
+        (
+            r#""balloon": {"amount_mib": 0, "deflate_on_oom": false}"#,
+            "vfio and balloon cannot be combined",
+        ),
+        (
+            r#""memory-hotplug": {"total_size_mib": 1024}"#,
+            "vfio and memory-hotplug cannot be combined",
+        ),
+    ] {
+        // The flag adds the device to a file that has the other setting...
+        let config = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, {section}}}"#,
+            HELLO.path
+        );
+        let file = scratch.file("vm.json", config.as_bytes());
+        sie(&["run", "--config-file", &file, "--vfio", device]).expect_one_line_error(message);
+        // ...and a file with both is refused the same way.
+        let both = format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vfio": [{{"id": "gpu", "path": "{device}"}}], {section}}}"#,
+            HELLO.path
+        );
+        let file = scratch.file("both.json", both.as_bytes());
+        sie(&["run", "--config-file", &file]).expect_one_line_error(message);
+    }
+}

@@ -1,7 +1,9 @@
 //! The device's configuration space as the guest sees it: most registers
 //! pass through to the real device (VFIO's config region), but the BARs
 //! hold the addresses sie assigns (with the usual all-ones sizing), the
-//! expansion ROM is hidden, and the MSI and MSI-X capabilities are
+//! expansion ROM and any I/O-port BAR are hidden (sie passes through no
+//! port I/O: such a BAR reads 0 and sizes to 0, so the guest never
+//! programs ports that would reach nothing), and the MSI and MSI-X capabilities are
 //! emulated: the guest's message addresses and enable bits stay in sie,
 //! which turns them into VFIO interrupt settings and KVM MSI routes.
 //!
@@ -145,6 +147,8 @@ pub enum ConfigChange {
 #[derive(Debug)]
 pub struct VirtualConfig {
     bars: [Option<BarInfo>; 6],
+    /// I/O-port BARs the device has, hidden from the guest.
+    hidden_io: Vec<usize>,
     /// The BAR registers as the guest wrote them (low dword per index).
     bar_regs: [u32; 6],
     msi: Option<MsiCap>,
@@ -163,6 +167,7 @@ impl VirtualConfig {
     /// per BAR) and finds the MSI and MSI-X capabilities.
     pub fn new(region: &dyn ConfigRegion, region_sizes: [u64; 6]) -> VirtualConfig {
         let mut bars = [None; 6];
+        let mut hidden_io = Vec::new();
         let mut index = 0;
         while index < 6 {
             let raw = read_u32(region, BAR0 + 4 * index);
@@ -174,18 +179,23 @@ impl VirtualConfig {
             } else {
                 BarKind::Mem32
             };
-            if size != 0 && size.is_power_of_two() {
+            if kind == BarKind::Io {
+                if size != 0 {
+                    hidden_io.push(index);
+                }
+            } else if size != 0 && size.is_power_of_two() {
                 bars[index] = Some(BarInfo {
                     index,
                     size,
                     kind,
-                    prefetchable: kind != BarKind::Io && raw & 0b1000 != 0,
+                    prefetchable: raw & 0b1000 != 0,
                 });
             }
             index += if kind == BarKind::Mem64 { 2 } else { 1 };
         }
         let mut config = VirtualConfig {
             bars,
+            hidden_io,
             bar_regs: [0; 6],
             msi: None,
             msix: None,
@@ -237,9 +247,14 @@ impl VirtualConfig {
         }
     }
 
-    /// The device's BARs.
+    /// The device's memory BARs (the ones the guest sees).
     pub fn bars(&self) -> impl Iterator<Item = &BarInfo> {
         self.bars.iter().flatten()
+    }
+
+    /// The device's I/O-port BARs, hidden from the guest.
+    pub fn hidden_io_bars(&self) -> &[usize] {
+        &self.hidden_io
     }
 
     /// The MSI-X capability, if the device has one.
@@ -587,6 +602,26 @@ mod tests {
             region.writes.borrow().is_empty(),
             "BAR writes never reach the device"
         );
+    }
+
+    #[test]
+    fn an_io_bar_is_hidden_reads_zero_and_sizes_to_zero() {
+        let region = FakeRegion::edu();
+        // BAR 1: I/O ports (bit 0 set), 256 bytes by VFIO's region size.
+        region.bytes.borrow_mut()[0x14..0x18].copy_from_slice(&0xc001u32.to_le_bytes());
+        let mut config = VirtualConfig::new(&region, [1 << 20, 256, 1 << 14, 0, 0, 0]);
+        assert_eq!(config.hidden_io_bars(), [1]);
+        assert!(config.bars().all(|bar| bar.index != 1), "not a guest BAR");
+        assert_eq!(config.read(&region, 0x14), 0);
+        // Sizing: all ones written, 0 read back; an address is ignored.
+        assert_eq!(config.write(&region, 0x14, &u32::MAX.to_le_bytes()), None);
+        assert_eq!(config.read(&region, 0x14), 0);
+        assert_eq!(config.write(&region, 0x14, &0xc101u32.to_le_bytes()), None);
+        assert_eq!(config.read(&region, 0x14), 0);
+        assert_eq!(config.bar_address(1), 0);
+        // Nothing reached the real BAR, and the memory BARs are untouched.
+        assert!(region.writes.borrow().is_empty());
+        assert_eq!(config.bars().count(), 2);
     }
 
     #[test]

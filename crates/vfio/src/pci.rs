@@ -5,7 +5,9 @@
 //! trap here and reach sie-pci's MSI-X emulation. MSI and MSI-X vectors are
 //! the VMM's irqfds ([`MsiInterrupts::notifier`]), which VFIO signals
 //! directly: a device interrupt reaches the guest without passing through
-//! sie.
+//! sie. A vector the guest masked has its irqfd off KVM (the VMM's
+//! outlet detaches it with the route), so its interrupt waits in the
+//! eventfd: the emulated PBA shows it pending and the unmask delivers it.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -108,10 +110,13 @@ impl VfioPciDevice {
         let config = VirtualConfig::new(&host, host.bar_sizes());
         let msix_info = config.msix();
         let mut mappings = Vec::new();
+        for &index in config.hidden_io_bars() {
+            tracing::warn!(
+                "vfio {}: BAR {index} decodes I/O ports, which sie does not pass through: hidden from the guest (it reads as 0)",
+                path.display()
+            );
+        }
         for bar in config.bars() {
-            if bar.kind == config::BarKind::Io {
-                continue;
-            }
             let hole = msix_hole(msix_info, bar.index);
             mappings.extend(host.map_bar(bar.index, hole)?);
         }
@@ -397,7 +402,6 @@ impl PciDevice for VfioPciDevice {
         state
             .config
             .bars()
-            .filter(|bar| bar.kind != config::BarKind::Io)
             .map(|bar| BarInfo {
                 index: bar.index as u8,
                 kind: kind_of(bar),

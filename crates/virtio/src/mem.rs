@@ -2,8 +2,10 @@
 //! region past RAM whose blocks the guest plugs and unplugs to follow the
 //! size the host requests.
 //!
-//! The VMM backs the whole region with anonymous memory from the start (a
-//! memory slot of its own); the device keeps a bitmap of plugged blocks
+//! The VMM backs the whole region with anonymous memory from the start,
+//! part of the guest memory every device is given (so plugged memory is
+//! reachable by I/O like RAM) though not of the guest's boot memory map;
+//! the device keeps a bitmap of plugged blocks
 //! and serves the driver's PLUG, UNPLUG, UNPLUG_ALL and STATE requests.
 //! Unplugged blocks are handed to `discard` (`madvise(MADV_DONTNEED)` in
 //! the VMM), so the host gets their memory back. The host changes the

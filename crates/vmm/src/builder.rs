@@ -254,11 +254,24 @@ pub(crate) fn assemble(
     memory: GuestMemory,
     vcpu_count: u32,
 ) -> Result<Machine> {
-    exclude_from_fork(&memory);
     // The observatory comes first: every device registers in it as it is
     // placed, and the boot-marker devices write to it directly.
     let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
     let vm = hv.create_vm()?;
+    let mut manager = DeviceManager::new(vm.as_ref(), obs.clone())?;
+    // Boot RAM's size, before the hotpluggable region joins guest memory:
+    // what the PCI window is placed after.
+    let ram: u64 = memory.iter().map(|region| region.len()).sum();
+    // The hotpluggable region joins guest memory before it is mapped or
+    // handed to any device, so devices reach plugged memory like RAM.
+    let (memory, hotplug) = match &config.memory_hotplug {
+        Some(hotplug) => {
+            let (memory, region) = crate::hotplug::reserve(hotplug, &memory, &mut manager)?;
+            (memory, Some(region))
+        }
+        None => (memory, None),
+    };
+    exclude_from_fork(&memory);
     vm.map_memory(&memory)?;
     if tracks_dirty_pages(config) {
         vm.enable_dirty_log()?;
@@ -267,7 +280,6 @@ pub(crate) fn assemble(
         sie_arch::layout::KVM_TSS_ADDR,
         sie_arch::layout::KVM_IDENTITY_MAP_ADDR,
     )?;
-    let mut manager = DeviceManager::new(vm.as_ref(), obs.clone())?;
     let devices = platform::create(
         &mut manager,
         &obs,
@@ -276,7 +288,6 @@ pub(crate) fn assemble(
         options.extra_pio,
     )?;
     if config.pci_enabled() {
-        let ram: u64 = memory.iter().map(|region| region.len()).sum();
         manager.add_pci_bus(vm.clone(), ram, !config.vfio.is_empty())?;
         crate::vfio::attach(config, &vm, &memory, &mut manager)?;
     }
@@ -290,6 +301,7 @@ pub(crate) fn assemble(
         &mut Wiring {
             vm: &vm,
             memory: &memory,
+            hotplug,
             manager: &mut manager,
             mmds: &mmds,
         },

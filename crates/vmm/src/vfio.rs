@@ -30,7 +30,9 @@ pub fn attach(
             let first = manager
                 .allocate_msi_gsis(&name, count)
                 .map_err(|e| io::Error::other(crate::error::error_chain(&e)))?;
-            let vectors = MsiVectors::new(vm.clone(), first, count)
+            // VFIO signals the irqfds itself: a masked vector's signal
+            // must wait for the PBA, not meet a missing route.
+            let vectors = MsiVectors::detached_while_unrouted(vm.clone(), first, count)
                 .map_err(|e| io::Error::other(crate::error::error_chain(&e)))?;
             Ok(Arc::new(vectors) as Arc<dyn MsiInterrupts>)
         })

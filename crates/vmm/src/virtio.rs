@@ -95,8 +95,11 @@ pub struct VirtioDevices {
 pub struct Wiring<'a, 'm> {
     /// The hypervisor's VM (ioeventfds; MSI routes, kept by PCI devices).
     pub vm: &'a Arc<dyn Vm>,
-    /// Guest RAM.
+    /// Guest memory: boot RAM and the hotpluggable region, if any.
     pub memory: &'a GuestMemory,
+    /// The hotpluggable region `memory` holds, reserved before it was
+    /// handed out, for its device.
+    pub hotplug: Option<crate::hotplug::Region>,
     /// Places each device and gives it an interrupt line.
     pub manager: &'a mut DeviceManager<'m>,
     /// The metadata store, for the interfaces `mmds-config` names.
@@ -257,18 +260,27 @@ impl VirtioDevices {
                 "entropy device",
             )?;
         }
-        // Device memory goes past RAM, in the device manager's window.
-        let ram_end = vm_memory::GuestMemoryBackend::last_addr(wiring.memory)
-            .0
-            .saturating_add(1);
+        // Device memory goes past boot RAM, in the device manager's window
+        // (after the hotpluggable region, which `memory` may already hold).
+        let ram_end = wiring.hotplug.as_ref().map_or_else(
+            || {
+                vm_memory::GuestMemoryBackend::last_addr(wiring.memory)
+                    .0
+                    .saturating_add(1)
+            },
+            |region| region.ram_end,
+        );
         for pmem in &config.pmem {
             let (name, device) =
                 crate::pmem::place(pmem, wiring.vm.as_ref(), ram_end, &mut *wiring.manager)?;
             devices.add(wiring, format!("virtio-pmem:{}", pmem.id), device, &name)?;
         }
         if let Some(hotplug) = &config.memory_hotplug {
-            let device =
-                crate::hotplug::place(hotplug, wiring.vm.as_ref(), ram_end, &mut *wiring.manager)?;
+            let region = wiring.hotplug.take().ok_or_else(|| VmmError::Virtio {
+                name: crate::hotplug::NAME.to_string(),
+                source: "its region was not reserved with guest memory".into(),
+            })?;
+            let device = crate::hotplug::place(region);
             let transport = devices.add(
                 wiring,
                 "virtio-mem".to_string(),
@@ -605,6 +617,7 @@ mod tests {
             &mut Wiring {
                 vm: &vm,
                 memory: &memory,
+                hotplug: None,
                 manager: &mut manager,
                 mmds: &mmds(),
             },
@@ -646,6 +659,7 @@ mod tests {
             &mut Wiring {
                 vm: &vm,
                 memory: &memory,
+                hotplug: None,
                 manager: &mut manager,
                 mmds: &mmds(),
             },
@@ -708,6 +722,7 @@ mod tests {
             &mut Wiring {
                 vm: &vm,
                 memory: &memory,
+                hotplug: None,
                 manager: &mut manager,
                 mmds: &mmds(),
             },

@@ -133,11 +133,7 @@ impl Draft {
             Request::PutVsock(vsock) => self.put_vsock(vsock),
             Request::PutEntropy(entropy) => self.put_entropy(entropy),
             Request::PutPmem(pmem) => self.put_pmem(pmem),
-            Request::PutMemoryHotplug(hotplug) => {
-                hotplug.validate().map_err(|e| e.to_string()).map(|()| {
-                    self.config.memory_hotplug = Some(hotplug.clone());
-                })
-            }
+            Request::PutMemoryHotplug(hotplug) => self.put_memory_hotplug(hotplug),
             Request::PutVfio(device) => self.put_vfio(device),
             Request::PutBalloon(balloon) => self.put_balloon(balloon),
             Request::PutMmdsConfig(mmds) => self.put_mmds_config(mmds),
@@ -358,7 +354,15 @@ impl Draft {
 
     fn put_vfio(&mut self, device: &VfioDevice) -> Result<(), String> {
         device.validate().map_err(|e| e.to_string())?;
-        // Refused now, in the one line that says how to fix the host, not
+        device.validate().map_err(|e| e.to_string())?;
+        // Before the host checks: the configuration's own conflict first.
+        sie_config::check_vfio_with(
+            true,
+            self.config.balloon.is_some(),
+            self.config.memory_hotplug.is_some(),
+        )
+        .map_err(|e| e.to_string())?;
+        // Refused now,        // Refused now, in the one line that says how to fix the host, not
         // at InstanceStart.
         sie_vfio::sysfs::check_device(&device.path, std::path::Path::new("/dev/vfio"))
             .map_err(|e| format!("vfio: {e}"))?;
@@ -375,10 +379,19 @@ impl Draft {
         Ok(())
     }
 
+    fn put_memory_hotplug(&mut self, hotplug: &sie_config::MemoryHotplug) -> Result<(), String> {
+        hotplug.validate().map_err(|e| e.to_string())?;
+        sie_config::check_vfio_with(self.has_vfio(), self.config.balloon.is_some(), true)
+            .map_err(|e| e.to_string())?;
+        self.config.memory_hotplug = Some(hotplug.clone());
+        Ok(())
+    }
+
     fn put_balloon(&mut self, balloon: &sie_config::Balloon) -> Result<(), String> {
         balloon
             .validate(self.machine().mem_size_mib)
             .map_err(|e| e.to_string())?;
+        sie_config::check_vfio_with(self.has_vfio(), true, false).map_err(|e| e.to_string())?;
         self.config.balloon = Some(balloon.clone());
         Ok(())
     }
@@ -576,6 +589,43 @@ mod tests {
         assert!(message.starts_with("vfio: "), "{message}");
         assert!(message.contains("no such PCI device"), "{message}");
         assert!(!draft.has_vfio() && !draft.is_configured());
+    }
+
+    #[test]
+    fn vfio_with_a_balloon_or_hotplug_memory_is_refused_at_either_put() {
+        let device = VfioDevice {
+            id: "gpu".into(),
+            path: "/sys/bus/pci/devices/0000:00:03.0".into(),
+        };
+        let balloon: sie_config::Balloon =
+            serde_json::from_value(serde_json::json!({"amount_mib": 0, "deflate_on_oom": false}))
+                .unwrap();
+        let hotplug: sie_config::MemoryHotplug =
+            serde_json::from_value(serde_json::json!({"total_size_mib": 1024})).unwrap();
+        // The device first: the balloon and the hotplug memory are refused.
+        let mut config = VmConfig::new(BootSource::new("k"));
+        config.vfio.push(device.clone());
+        let mut draft = Draft::from_config(config);
+        let message = fault(draft.apply(&Request::PutBalloon(balloon.clone())));
+        assert!(message.starts_with("vfio and balloon cannot"), "{message}");
+        let message = fault(draft.apply(&Request::PutMemoryHotplug(hotplug.clone())));
+        assert!(
+            message.starts_with("vfio and memory-hotplug cannot"),
+            "{message}"
+        );
+        assert!(draft.balloon().is_none());
+        assert!(draft.to_config_unchecked().memory_hotplug.is_none());
+        // The balloon or the hotplug memory first: the device is refused.
+        for request in [
+            Request::PutBalloon(balloon),
+            Request::PutMemoryHotplug(hotplug),
+        ] {
+            let mut draft = Draft::default();
+            assert_eq!(draft.apply(&request), Some(Response::NoContent));
+            let message = fault(draft.apply(&Request::PutVfio(device.clone())));
+            assert!(message.starts_with("vfio and "), "{message}");
+            assert!(!draft.has_vfio());
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Guest core dumps: a VM's RAM and every vCPU's registers as an ELF64
 //! core file (`ET_CORE`) that `readelf -n` and `gdb -c` read.
 //!
-//! One `PT_LOAD` per RAM region (`p_paddr` = its guest-physical address),
-//! one `NT_PRSTATUS` per vCPU (general registers in the x86-64
+//! One `PT_LOAD` per guest memory region (`p_paddr` = its guest-physical
+//! address; virtio-mem's hotpluggable region included, its unplugged
+//! blocks as holes), one `NT_PRSTATUS` per vCPU (general registers in the x86-64
 //! `elf_prstatus` layout), and one "QEMU" CPU-state note per vCPU (control
 //! and descriptor-table registers, as QEMU's dumps carry them for `crash`). The file is written like a snapshot's memory
 //! file: under a temporary name, fsynced, renamed into place; RAM pages the

@@ -5,6 +5,12 @@
 //! (from a device worker or a passed-through device) interrupts the guest
 //! with the message the guest chose, without an exit. The irqfds live as
 //! long as the VM (KVM releases them with it).
+//!
+//! A passed-through device signals the irqfds itself and cannot be told a
+//! vector is masked, so its vectors ([`MsiVectors::detached_while_unrouted`])
+//! take their irqfd off KVM while they have no route: a signal then waits
+//! in the eventfd, where the MSI-X table collects it into the PBA (or KVM
+//! injects it when the irqfd is put back, after the route).
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +28,11 @@ pub struct MsiVectors {
     /// The message each vector is routed to now (`None`: no route), so a
     /// repeated configuration does not rewrite KVM's table.
     routes: Mutex<Vec<Option<MsiMessage>>>,
+    /// Whether an unrouted vector's irqfd is taken off KVM (`attached`
+    /// then says which are on it).
+    detach_unrouted: bool,
+    /// Which irqfds are registered with KVM now.
+    attached: Mutex<Vec<bool>>,
 }
 
 impl std::fmt::Debug for MsiVectors {
@@ -37,19 +48,34 @@ impl MsiVectors {
     /// Creates `count` irqfds on GSIs from `first_gsi`, each registered
     /// with `vm` and unrouted until the guest programs its vector.
     pub fn new(vm: Arc<dyn Vm>, first_gsi: u32, count: u16) -> Result<Self> {
+        Self::create(vm, first_gsi, count, false)
+    }
+
+    /// Vectors for a source that signals the irqfds itself (a VFIO device):
+    /// each irqfd is registered with KVM only while its vector is routed,
+    /// so a signal to a masked vector waits instead of being dropped.
+    pub fn detached_while_unrouted(vm: Arc<dyn Vm>, first_gsi: u32, count: u16) -> Result<Self> {
+        Self::create(vm, first_gsi, count, true)
+    }
+
+    fn create(vm: Arc<dyn Vm>, first_gsi: u32, count: u16, detach_unrouted: bool) -> Result<Self> {
         let mut irqfds = Vec::with_capacity(usize::from(count));
         for vector in 0..u32::from(count) {
             let fd = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Host {
                 what: "creating an MSI eventfd",
                 source,
             })?;
-            vm.register_irqfd(&fd, first_gsi + vector)?;
+            if !detach_unrouted {
+                vm.register_irqfd(&fd, first_gsi + vector)?;
+            }
             irqfds.push(fd);
         }
         Ok(Self {
             vm,
             first_gsi,
             routes: Mutex::new(vec![None; usize::from(count)]),
+            detach_unrouted,
+            attached: Mutex::new(vec![!detach_unrouted; usize::from(count)]),
             irqfds,
         })
     }
@@ -74,11 +100,54 @@ impl MsiVectors {
         if *slot == message {
             return Ok(());
         }
-        self.vm
-            .set_msi_route(gsi, message)
-            .map_err(|e| io::Error::other(crate::error::error_chain(&e)))?;
+        let hv_error = |e: sie_hv::HvError| io::Error::other(crate::error::error_chain(&e));
+        // Off KVM before the route goes, on KVM after it comes: a signal in
+        // between waits in the eventfd instead of meeting no route.
+        if message.is_none() {
+            self.attach(vector, gsi, false).map_err(hv_error)?;
+        }
+        self.vm.set_msi_route(gsi, message).map_err(hv_error)?;
         *slot = message;
+        if message.is_some() {
+            self.attach(vector, gsi, true).map_err(hv_error)?;
+        }
         Ok(())
+    }
+
+    /// Registers (`on`) or unregisters `vector`'s irqfd with KVM, for
+    /// vectors detached while unrouted.
+    fn attach(&self, vector: u16, gsi: u32, on: bool) -> sie_hv::Result<()> {
+        if !self.detach_unrouted {
+            return Ok(());
+        }
+        let mut attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
+        let (Some(state), Some(fd)) = (
+            attached.get_mut(usize::from(vector)),
+            self.irqfds.get(usize::from(vector)),
+        ) else {
+            return Ok(());
+        };
+        if *state == on {
+            return Ok(());
+        }
+        if on {
+            self.vm.register_irqfd(fd, gsi)?;
+        } else {
+            self.vm.unregister_irqfd(fd, gsi)?;
+        }
+        *state = on;
+        Ok(())
+    }
+
+    /// Whether `vector`'s irqfd was signalled while off KVM, taking the
+    /// signal (never for an irqfd KVM reads itself).
+    pub fn take_unrouted_signal(&self, vector: u16) -> bool {
+        let attached = self.attached.lock().unwrap_or_else(PoisonError::into_inner);
+        if attached.get(usize::from(vector)).is_none_or(|on| *on) {
+            return false;
+        }
+        self.notifier(vector)
+            .is_some_and(|fd| fd.read().is_ok_and(|count| count > 0))
     }
 
     /// Raises `vector` once.
@@ -119,6 +188,10 @@ impl sie_pci::MsiInterrupts for MsiVectors {
     fn notifier(&self, vector: u16) -> Option<&EventFd> {
         MsiVectors::notifier(self, vector)
     }
+
+    fn take_unrouted_signal(&self, vector: u16) -> bool {
+        MsiVectors::take_unrouted_signal(self, vector)
+    }
 }
 
 fn no_vector(vector: u16) -> io::Error {
@@ -149,6 +222,32 @@ mod tests {
         vectors.trigger(1).unwrap();
         assert_eq!(vectors.notifier(1).unwrap().read().unwrap(), 1);
         assert!(vectors.trigger(3).is_err());
+    }
+
+    #[test]
+    fn detached_vectors_are_on_kvm_only_while_routed_and_keep_masked_signals() {
+        let vm = Arc::new(FakeVm::default());
+        let vectors = MsiVectors::detached_while_unrouted(vm.clone(), 30, 2).unwrap();
+        assert!(vm.irqfds.lock().unwrap().is_empty(), "unrouted: off KVM");
+        vectors.configure(0, Some(message(0x30))).unwrap();
+        assert_eq!(*vm.irqfds.lock().unwrap(), [30]);
+        // Routed: KVM reads the irqfd, sie never takes its signals.
+        vectors.notifier(0).unwrap().write(1).unwrap();
+        assert!(!vectors.take_unrouted_signal(0));
+        vectors.notifier(0).unwrap().read().unwrap();
+        // Masked: off KVM, and what the device signals waits for the PBA.
+        vectors.configure(0, None).unwrap();
+        assert!(vm.irqfds.lock().unwrap().is_empty());
+        assert!(vm.msi_routes.lock().unwrap().is_empty());
+        assert!(!vectors.take_unrouted_signal(0), "nothing signalled yet");
+        vectors.notifier(0).unwrap().write(1).unwrap();
+        assert!(vectors.take_unrouted_signal(0));
+        assert!(!vectors.take_unrouted_signal(0), "taken once");
+        // Plain vectors stay on KVM whatever their route.
+        let plain = MsiVectors::new(vm.clone(), 40, 1).unwrap();
+        plain.configure(0, None).unwrap();
+        plain.notifier(0).unwrap().write(1).unwrap();
+        assert!(!plain.take_unrouted_signal(0));
     }
 
     #[test]
