@@ -138,11 +138,22 @@ if [ -n "$DEV" ]; then
   echo "@@L2 RESULT intx_while_msi=$(( $(intx) - before ))"
   echo "@@L2 RESULT vector_messages=$(unhandled)"
   dmesg | grep "No irq handler for vector" | tail -2
+  sleep 1 # L1's sampler of /proc/interrupts sees the last count before MSI goes
   [ -n "$uio" ] && edutool msi-off $DEV 211 $uio
   echo "@@L2 RESULT intx_after_off=$(( $(intx) - before ))"
   echo "@@L2 RESULT vector_messages_after_off=$(unhandled)"
 fi"#,
-        "",
+        r#"kill $sampler 2>/dev/null
+tail -1 /tmp/vfio-msi-irqs
+echo "@@L2 RESULT l1_vfio_msi_irqs=$(awk '{s=0; for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i; if (s>m) m=s} END {print m+0}' /tmp/vfio-msi-irqs)""#,
+    );
+    // L1's side of the path: while sie runs, VFIO's MSI interrupt for edu
+    // ("vfio-msi[0](BDF)", requested when sie hands VFIO the vector's
+    // irqfd, freed when MSI goes off) is sampled from /proc/interrupts.
+    case.l1_command = format!(
+        "(while :; do grep vfio-msi /proc/interrupts >> /tmp/vfio-msi-irqs; sleep 0.2; done) &\n\
+         sampler=$!\n{}",
+        case.l1_command
     );
     case.check = |run| {
         run.expect_status(0)?;
@@ -162,7 +173,17 @@ fi"#,
         expect(run, "edu_intx_after_msi_off", "1")?;
         expect(run, "intx_after_off", "1")?;
         expect(run, "edu_msi_off_vector_messages", "0")?;
-        expect(run, "vector_messages_after_off", "5")
+        expect(run, "vector_messages_after_off", "5")?;
+        // L1 took edu's MSIs on the VFIO MSI interrupt sie asked for (a
+        // sampled count: at least one seen, 5 when the last sample fell
+        // after the last raise).
+        match run
+            .result("l1_vfio_msi_irqs")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) if (1..=5).contains(&n) => Ok(()),
+            other => Err(format!("L1's vfio-msi interrupts: {other:?}, want 1..=5")),
+        }
     };
     case
 }
