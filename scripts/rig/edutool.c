@@ -18,10 +18,20 @@
  *   edutool dma-to DEV ADDR BYTES   edu buffer -> DMA address ADDR (a write
  *                                   outside the guest's memory: the host's
  *                                   IOMMU must stop it)
+ *   edutool msi DEV VECTOR COUNT    program edu's MSI capability through the
+ *                                   config file (fixed delivery to APIC id 0,
+ *                                   VECTOR, which no Linux IRQ uses), enable
+ *                                   it, read it back, and raise COUNT
+ *                                   interrupts, each awaited in /dev/kmsg as
+ *                                   the kernel's "No irq handler for vector"
+ *   edutool msi-off DEV VECTOR UIO  disable MSI, raise one interrupt: it must
+ *                                   come as INTx (through /dev/UIO, the device
+ *                                   bound to uio_pci_generic), not on VECTOR
  *
  * DEV is the device's sysfs directory, e.g. /sys/bus/pci/devices/0000:00:02.0.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
@@ -139,9 +149,122 @@ static int dma(uint64_t src, uint64_t dst, uint64_t count, uint64_t to_ram) {
   return wait_clear(0x98, 1, 1);
 }
 
+/* MSI by hand, from userspace. With no driver owning MSI, the kernel has
+ * nothing on the vector: x86's common_interrupt acks it and logs
+ * "__common_interrupt: CPU.VECTOR No irq handler for vector" (pr_emerg,
+ * rate-limited to 10 in 5 s), which is what shows the MSI arrived. */
+#define MSI_ADDRESS 0xfee00000u /* fixed delivery, physical, APIC id 0 */
+
+static int config_fd(const char *dev) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/config", dev);
+  int fd = open(path, O_RDWR);
+  if (fd < 0) die("open config");
+  return fd;
+}
+
+static uint32_t cfg_rd(int fd, int off, int len) {
+  uint32_t v = 0;
+  if (pread(fd, &v, len, off) != len) die("read config");
+  return v;
+}
+
+static void cfg_wr(int fd, int off, uint32_t v, int len) {
+  if (pwrite(fd, &v, len, off) != len) die("write config");
+}
+
+/* The MSI capability's offset, from the capability list. */
+static int msi_cap(int fd) {
+  if (!(cfg_rd(fd, 6, 2) & 0x10)) return 0;
+  int at = cfg_rd(fd, 0x34, 1) & 0xfc;
+  for (int hops = 0; at >= 0x40 && hops < 48; hops++) {
+    if (cfg_rd(fd, at, 1) == 0x05) return at;
+    at = cfg_rd(fd, at + 1, 1) & 0xfc;
+  }
+  return 0;
+}
+
+/* /dev/kmsg from its end: the records logged from now on. */
+static int kmsg_open(void) {
+  int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+  if (fd < 0) die("open kmsg");
+  lseek(fd, 0, SEEK_END);
+  return fd;
+}
+
+/* Waits up to `secs` for a "No irq handler for vector" record naming
+ * `vector`; 1 if one came. */
+static int kmsg_wait_vector(int fd, unsigned vector, double secs) {
+  char want[64], rec[2048];
+  snprintf(want, sizeof want, ".%u No irq handler for vector", vector);
+  double until = now() + secs;
+  while (now() < until) {
+    ssize_t n = read(fd, rec, sizeof rec - 1);
+    if (n < 0) {
+      if (errno == EPIPE) continue; /* records overwritten: read on */
+      if (errno != EAGAIN) die("read kmsg");
+      usleep(10000);
+      continue;
+    }
+    rec[n] = 0;
+    if (strstr(rec, want)) return 1;
+  }
+  return 0;
+}
+
+static void msi_on(const char *dev, unsigned vector, int count) {
+  int fd = config_fd(dev);
+  int cap = msi_cap(fd);
+  if (!cap) die("no MSI capability");
+  uint16_t control = cfg_rd(fd, cap + 2, 2);
+  int wide = control & 0x80; /* 64-bit address: data at +12, else +8 */
+  int data_at = cap + (wide ? 12 : 8);
+  cfg_wr(fd, cap + 4, MSI_ADDRESS, 4);
+  if (wide) cfg_wr(fd, cap + 8, 0, 4);
+  cfg_wr(fd, data_at, vector, 2);
+  cfg_wr(fd, cap + 2, (control & ~0x70) | 1, 2); /* one vector, enabled */
+  uint64_t address = cfg_rd(fd, cap + 4, 4);
+  if (wide) address |= (uint64_t)cfg_rd(fd, cap + 8, 4) << 32;
+  printf("@@L2 RESULT edu_msi_cap=0x%02x\n", cap);
+  printf("@@L2 RESULT edu_msi_address=0x%llx\n", (unsigned long long)address);
+  printf("@@L2 RESULT edu_msi_data=0x%04x\n", cfg_rd(fd, data_at, 2));
+  printf("@@L2 RESULT edu_msi_control=0x%04x\n", cfg_rd(fd, cap + 2, 2));
+  close(fd);
+  int kmsg = kmsg_open(), got = 0;
+  for (int i = 0; i < count; i++) {
+    wr32(0x60, 1);
+    got += kmsg_wait_vector(kmsg, vector, 5);
+    wr32(0x64, rd32(0x24)); /* acknowledge, for the next raise */
+  }
+  printf("@@L2 RESULT edu_msi_delivered=%d/%d\n", got, count);
+}
+
+static void msi_off(const char *dev, unsigned vector, const char *uio_name) {
+  char path[64];
+  snprintf(path, sizeof path, "/dev/%s", uio_name);
+  int uio = open(path, O_RDWR);
+  if (uio < 0) die("open uio");
+  int fd = config_fd(dev);
+  int cap = msi_cap(fd);
+  if (!cap) die("no MSI capability");
+  cfg_wr(fd, cap + 2, cfg_rd(fd, cap + 2, 2) & ~1u, 2);
+  printf("@@L2 RESULT edu_msi_control_off=0x%04x\n", cfg_rd(fd, cap + 2, 2));
+  close(fd);
+  intx_unmask(dev);
+  int kmsg = kmsg_open();
+  wr32(0x60, 1);
+  struct pollfd pfd = {.fd = uio, .events = POLLIN};
+  int intx = poll(&pfd, 1, 5000) == 1;
+  uint32_t events;
+  if (intx && read(uio, &events, 4) != 4) die("read uio");
+  wr32(0x64, rd32(0x24));
+  printf("@@L2 RESULT edu_intx_after_msi_off=%d\n", intx);
+  printf("@@L2 RESULT edu_msi_off_vector_messages=%d\n", kmsg_wait_vector(kmsg, vector, 2));
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: edutool id|fact|irq|dma|dma-to DEV ...\n");
+    fprintf(stderr, "usage: edutool id|fact|irq|dma|dma-to|msi|msi-off DEV ...\n");
     return 2;
   }
   const char *cmd = argv[1];
@@ -191,6 +314,10 @@ int main(int argc, char **argv) {
     if (count == 0 || count > EDU_MAX_COUNT) die("count must be 1..4095");
     int done = dma(EDU_BUFFER, addr, count, 1) == 0;
     printf("@@L2 RESULT edu_dma_to_done=%s\n", done ? "yes" : "no");
+  } else if (!strcmp(cmd, "msi") && argc == 5) {
+    msi_on(argv[2], (unsigned)strtoul(argv[3], NULL, 0), atoi(argv[4]));
+  } else if (!strcmp(cmd, "msi-off") && argc == 5) {
+    msi_off(argv[2], (unsigned)strtoul(argv[3], NULL, 0), argv[4]);
   } else {
     fprintf(stderr, "edutool: bad command\n");
     return 2;

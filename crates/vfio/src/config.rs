@@ -662,6 +662,31 @@ mod tests {
     }
 
     #[test]
+    fn msi_changes_are_reported_only_around_an_enabled_capability() {
+        let (region, mut config) = edu();
+        // Programming a disabled capability is nothing to act on yet.
+        assert_eq!(
+            config.write(&region, 0x44, &0xfee0_0000u32.to_le_bytes()),
+            None
+        );
+        assert_eq!(config.write(&region, 0x4c, &0xd3u16.to_le_bytes()), None);
+        // Enabling through a whole-dword write of header and control keeps
+        // the header (read-only) and the 64-bit flag.
+        let change = config.write(&region, 0x40, &0x0001_0000u32.to_le_bytes());
+        assert!(matches!(change, Some(ConfigChange::Msi(s)) if s.enabled() && s.data == 0xd3));
+        assert_eq!(config.read(&region, 0x40), 0x0081_5005);
+        // A new vector while enabled: the route must follow.
+        let change = config.write(&region, 0x4c, &0xd4u16.to_le_bytes());
+        assert!(matches!(change, Some(ConfigChange::Msi(s)) if s.enabled() && s.data == 0xd4));
+        // Disabling is reported (sie takes the vectors back from VFIO).
+        let change = config.write(&region, 0x42, &0x0080u16.to_le_bytes());
+        assert!(matches!(change, Some(ConfigChange::Msi(s)) if !s.enabled()));
+        assert_eq!(config.read(&region, 0x40) >> 16, 0x80);
+        assert_eq!(config.read(&region, 0x4c), 0xd4, "the data stays");
+        assert!(region.writes.borrow().is_empty());
+    }
+
+    #[test]
     fn msix_enable_and_mask_are_emulated() {
         let (region, mut config) = edu();
         let msix = config.msix().unwrap();

@@ -104,6 +104,90 @@ fi"#,
     case
 }
 
+/// The vector L2 programs into edu's MSI capability: in the device range
+/// (0x20..0xec) but far above the lowest-first vectors Linux hands out, so
+/// no IRQ of L2 has it and the kernel logs each arrival as unhandled.
+const MSI_VECTOR: u32 = 0xd3;
+
+/// L2 programs edu's MSI capability from userspace (sysfs `config`: address
+/// 0xfee00000, data `MSI_VECTOR`, enable) and raises five interrupts: sie
+/// turns the guest's write into VFIO_DEVICE_SET_IRQS (MSI, the vector's
+/// irqfd) and a KVM MSI route, so each arrives on that vector in L2, whose
+/// kernel logs it as "No irq handler for vector" (no driver owns it). The
+/// capability reads back as written (sie's emulation), and INTx stays quiet
+/// meanwhile (uio_pci_generic, bound, counts nothing). MSI disabled again:
+/// sie hands INTx back to VFIO, the next raise comes as INTx (uio counts
+/// it) and not on the vector.
+pub(crate) fn vfio_msi() -> Case {
+    let mut case = vfio_case(
+        "vfio_msi",
+        r#"DEV=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ] && DEV=$d
+done
+echo "@@L2 RESULT edu_seen=$([ -n "$DEV" ] && echo yes || echo no)"
+if [ -n "$DEV" ]; then
+  insmod /modules/uio.ko; insmod /modules/uio_pci_generic.ko
+  echo "1234 11e8" > /sys/bus/pci/drivers/uio_pci_generic/new_id
+  uio=$(ls /sys/bus/pci/drivers/uio_pci_generic/*/uio 2>/dev/null | head -1)
+  echo "@@L2 RESULT edu_uio=${uio:-none}"
+  intx() { awk '/uio_pci_generic/ {print $2}' /proc/interrupts; }
+  unhandled() { dmesg | grep -c "\.211 No irq handler for vector"; }
+  before=$(intx)
+  edutool msi $DEV 211 5
+  echo "@@L2 RESULT intx_while_msi=$(( $(intx) - before ))"
+  echo "@@L2 RESULT vector_messages=$(unhandled)"
+  dmesg | grep "No irq handler for vector" | tail -2
+  sleep 1 # L1's sampler of /proc/interrupts sees the last count before MSI goes
+  [ -n "$uio" ] && edutool msi-off $DEV 211 $uio
+  echo "@@L2 RESULT intx_after_off=$(( $(intx) - before ))"
+  echo "@@L2 RESULT vector_messages_after_off=$(unhandled)"
+fi"#,
+        r#"kill $sampler 2>/dev/null
+tail -1 /tmp/vfio-msi-irqs
+echo "@@L2 RESULT l1_vfio_msi_irqs=$(awk '{s=0; for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i; if (s>m) m=s} END {print m+0}' /tmp/vfio-msi-irqs)""#,
+    );
+    // L1's side of the path: while sie runs, VFIO's MSI interrupt for edu
+    // ("vfio-msi[0](BDF)", requested when sie hands VFIO the vector's
+    // irqfd, freed when MSI goes off) is sampled from /proc/interrupts.
+    case.l1_command = format!(
+        "(while :; do grep vfio-msi /proc/interrupts >> /tmp/vfio-msi-irqs; sleep 0.2; done) &\n\
+         sampler=$!\n{}",
+        case.l1_command
+    );
+    case.check = |run| {
+        run.expect_status(0)?;
+        expect(run, "edu_seen", "yes")?;
+        // sie's emulated capability holds what the guest wrote: 64-bit
+        // address, the data, and the enable bit next to the 64-bit flag.
+        expect(run, "edu_msi_address", "0xfee00000")?;
+        expect(run, "edu_msi_data", &format!("{MSI_VECTOR:#06x}"))?;
+        expect(run, "edu_msi_control", "0x0081")?;
+        // Each raise arrived on the vector (the kernel's message for it,
+        // awaited one at a time; 5 is under printk's burst of 10).
+        expect(run, "edu_msi_delivered", "5/5")?;
+        expect(run, "vector_messages", "5")?;
+        expect(run, "intx_while_msi", "0")?;
+        // MSI off: the raise came as INTx, and nothing more on the vector.
+        expect(run, "edu_msi_control_off", "0x0080")?;
+        expect(run, "edu_intx_after_msi_off", "1")?;
+        expect(run, "intx_after_off", "1")?;
+        expect(run, "edu_msi_off_vector_messages", "0")?;
+        expect(run, "vector_messages_after_off", "5")?;
+        // L1 took edu's MSIs on the VFIO MSI interrupt sie asked for (a
+        // sampled count: at least one seen, 5 when the last sample fell
+        // after the last raise).
+        match run
+            .result("l1_vfio_msi_irqs")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) if (1..=5).contains(&n) => Ok(()),
+            other => Err(format!("L1's vfio-msi interrupts: {other:?}, want 1..=5")),
+        }
+    };
+    case
+}
+
 /// L2 points edu's DMA engine at 192 MiB, outside its 128 MiB: the IOMMU in
 /// L1 stops the write (a DMAR fault in L1's log naming that address) and L2
 /// runs on.
