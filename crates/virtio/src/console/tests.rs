@@ -283,3 +283,35 @@ fn config_space_reads_one_port_and_refuses_writes() {
     assert_eq!(u32::from_le_bytes(data), 1);
     assert!(!rig.t.with_device(|d| d.write_config(8, &[1, 0, 0, 0])));
 }
+
+#[test]
+fn a_restored_console_fills_the_receive_buffers_posted_before_the_snapshot() {
+    let rig = Rig::new();
+    rig.mem
+        .write_slice(b"before\n", GuestAddress(DATA))
+        .unwrap();
+    rig.tx.set_chain(&rig.mem, 0, &[(DATA, 7, false)]);
+    rig.send(0);
+    // A receive buffer waits on the ring when the VM is saved.
+    rig.rx.set_chain(&rig.mem, 0, &[(DATA + 0x100, 16, true)]);
+    rig.post_rx(0);
+    let json = serde_json::to_string(&rig.t.state()).unwrap();
+
+    // A new process: a fresh console on the same memory.
+    let sink = Sink::default();
+    let console = Console::new(Box::new(sink.clone()), None).unwrap();
+    let input = console.input();
+    let irq = Arc::new(crate::testing::CountingIrq::default());
+    let new = VirtioMmioTransport::new(console, rig.mem.clone(), irq).unwrap();
+    new.restore(&serde_json::from_str(&json).unwrap()).unwrap();
+    input.enqueue(b"after");
+    new.backend_event();
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 5));
+    assert_eq!(rig.read(DATA + 0x100, 5), b"after");
+    rig.mem.write_slice(b"more\n", GuestAddress(DATA)).unwrap();
+    rig.tx.set_chain(&rig.mem, 1, &[(DATA, 5, false)]);
+    rig.tx.publish(&rig.mem, &[1]);
+    Driver::new(&new).notify(TX_QUEUE as u32);
+    assert_eq!(sink.text(), b"more\n");
+    assert_eq!(rig.tx.used_idx(&rig.mem), 2);
+}
