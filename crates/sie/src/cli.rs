@@ -151,7 +151,7 @@ impl ConsoleFlags {
 /// sie's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a guest kernel with its first serial port on this terminal (or on --console-socket).
+    /// Boot a guest kernel with its console (COM1, or hvc0 with --console virtio) on this terminal (or on --console-socket).
     ///
     /// sie exits 0 when the guest resets (i8042 reset or `reboot`), 3 when a
     /// vCPU crashes (triple fault, emulation failure), 4 when the guest kernel

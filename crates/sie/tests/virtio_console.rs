@@ -91,6 +91,14 @@ fn the_config_files_console_section_chooses_the_device() {
         "{}",
         run.stdout
     );
+    // Firecracker's mode reads the same section.
+    let run = sie(&["--no-api", "--config-file", &config]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("cmdline=console=hvc0 "),
+        "{}",
+        run.stdout
+    );
     // The flag wins over the file.
     let run = sie(&["run", "--config-file", &config, "--console", "serial"]);
     run.expect_code(0);
