@@ -6,6 +6,11 @@
 //! COM1 stays on the bus and keeps its output sink, so a guest that also
 //! prints to `ttyS0` (an `earlyprintk`, a getty) is still seen; it only
 //! gets no input.
+//!
+//! Guest output is written on the event thread (COM1's is written on the
+//! vCPU thread that exits): a stdout that blocks (a stopped terminal, a
+//! pipe nobody reads) then holds up the event loop rather than one vCPU.
+//! `serial_out_path` and the console socket never block.
 
 use std::sync::Arc;
 

@@ -114,6 +114,16 @@ impl Console {
         self.input.clone()
     }
 
+    /// A ring that cannot be trusted (the transport marks the device
+    /// NEEDS_RESET) is not touched again until the driver resets the
+    /// device; host input keeps waiting for the next driver.
+    fn stop_on_fault(&mut self, result: Result<(), DeviceFault>) -> Result<(), DeviceFault> {
+        if result.is_err() {
+            self.active = None;
+        }
+        result
+    }
+
     /// Prints every transmit chain.
     fn transmit(&mut self) -> Result<(), DeviceFault> {
         let Some(active) = self.active.as_mut() else {
@@ -279,11 +289,12 @@ impl VirtioDevice for Console {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceFault> {
-        match index {
+        let result = match index {
             RX_QUEUE => self.receive(),
             TX_QUEUE => self.transmit(),
             _ => Ok(()),
-        }
+        };
+        self.stop_on_fault(result)
     }
 
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -293,7 +304,8 @@ impl VirtioDevice for Console {
     fn process_backend(&mut self) -> Result<(), DeviceFault> {
         self.input.clear_wake();
         // While the driver is not live the bytes simply wait.
-        self.receive()
+        let result = self.receive();
+        self.stop_on_fault(result)
     }
 
     fn reset(&mut self) {

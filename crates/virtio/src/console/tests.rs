@@ -269,10 +269,23 @@ fn a_head_past_the_queue_marks_the_device_needs_reset() {
     rig.tx.publish(&rig.mem, &[99]);
     Driver::new(&rig.t).notify(TX_QUEUE as u32);
     assert!(rig.needs_reset());
-    // The VMM keeps serving: input still waits, nothing panics.
+    // The rings are left alone until the driver resets the device: a
+    // receive buffer posted now gets nothing, and the input waits.
+    rig.rx.set_chain(&rig.mem, 0, &[(DATA, 16, true)]);
+    rig.post_rx(0);
     rig.input.enqueue(b"x");
     rig.t.backend_event();
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     assert_eq!(rig.input.buffered(), 1);
+    // A new driver (fresh rings) gets it.
+    let (rx, tx) = (Ring::new(0x8000, 16), Ring::new(0x9000, 16));
+    Driver::new(&rig.t).start(&[rx, tx]);
+    assert!(!rig.needs_reset());
+    rx.set_chain(&rig.mem, 0, &[(DATA + 0x200, 16, true)]);
+    rx.publish(&rig.mem, &[0]);
+    Driver::new(&rig.t).notify(RX_QUEUE as u32);
+    assert_eq!(rx.used(&rig.mem, 0), (0, 1));
+    assert_eq!(rig.read(DATA + 0x200, 1), b"x");
 }
 
 #[test]
