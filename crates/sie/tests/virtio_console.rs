@@ -1,11 +1,14 @@
 //! `--console virtio`: a virtio-console device is placed, the kernel
 //! command line names `hvc0` unless the user named a console, and the
-//! choice is refused in one line when it is not `serial` or `virtio`.
+//! choice is refused in one line when it is not `serial` or `virtio`; a
+//! snapshot of such a VM restores with the device.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use common::api::ApiVm;
+use common::counter::{capture, wait_for};
 use common::{Scratch, sie};
 use sie_guests::{BOOTINFO, VIRTIO_PROBE};
 
@@ -125,4 +128,52 @@ fn an_unknown_console_device_is_a_usage_error() {
     run.expect_code(2);
     assert!(run.stderr.contains("--console"), "{}", run.stderr);
     assert!(run.stderr.contains("virtio"), "{}", run.stderr);
+}
+
+#[test]
+fn a_vm_with_the_virtio_console_is_snapshotted_and_restored_with_it() {
+    const LIMIT: u32 = 40;
+    let keep = Scratch::new("virtio-console-snapshot");
+    let config = keep.file(
+        "vm.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "limit={LIMIT} delay=20000"}},
+                "console": {{"device": "virtio"}}}}"#,
+            sie_guests::COUNTER.path
+        )
+        .as_bytes(),
+    );
+    // The config file starts the VM at once (Firecracker's behaviour).
+    let mut vm = ApiVm::start("virtio-console-source", &["--config-file", &config]);
+    let out = capture(&mut vm);
+    wait_for("a few counts", || {
+        out.lock().expect("output lock").contains("count 5\n")
+    });
+    assert_eq!(
+        vm.get("/vm/config").json()["console"],
+        serde_json::json!({"device": "virtio"})
+    );
+    vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let snap = format!("{}/vm.snap", keep.path());
+    let mem = format!("{}/vm.mem", keep.path());
+    let body = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem});
+    vm.ok("PUT", "/snapshot/create", &body.to_string());
+    let (code, stderr) = vm.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = out.lock().expect("output lock").clone();
+
+    // The restored VM has the device again (the snapshot's transports
+    // match the rebuilt machine's) and the guest counts on.
+    let restored = sie(&["run", "--restore", &snap, "--mem", &mem, "--stats"]);
+    restored.expect_code(0);
+    assert_eq!(
+        format!("{before}{}", restored.stdout),
+        common::counter::full_count(LIMIT)
+    );
+    assert!(
+        restored.stderr.contains("virtio-console"),
+        "{}",
+        restored.stderr
+    );
 }
