@@ -32,7 +32,7 @@ echo "@@L2 RESULT serial_status=$?"
 (while :; do echo hello; sleep 1; done) | sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" \
   --cmdline "{virtio_args}" --console virtio --stats > /tmp/virtio.out 2>&1
 status=$?
-echo "@@L2 RESULT first_line=$(grep -m1 . /tmp/virtio.out | tr -d '\r' | cut -c1-100)"
+echo "@@L2 RESULT first_line=$(awk 'NF {{ print; exit }}' /tmp/virtio.out | tr -d '\r' | cut -c1-100)"
 col() {{ awk -v row="$2" -v n="$3" '$1 == row {{ print $n; exit }}' "$1"; }}
 echo "@@NOTE console exits: serial boot com1 writes=$(col /tmp/serial.out com1 3)" \
   "total exits=$(col /tmp/serial.out total 2); virtio boot com1 writes=$(col /tmp/virtio.out com1 3)" \
