@@ -328,3 +328,31 @@ fn a_restored_console_fills_the_receive_buffers_posted_before_the_snapshot() {
     assert_eq!(sink.text(), b"more\n");
     assert_eq!(rig.tx.used_idx(&rig.mem), 2);
 }
+
+#[test]
+fn over_pci_output_and_input_use_a_vector_per_queue() {
+    use crate::testing::{PciDriver, pci_transport};
+    use sie_pci::testing::MsiCall;
+
+    let sink = Sink::default();
+    let console = Console::new(Box::new(sink.clone()), None).unwrap();
+    let input = console.input();
+    let (t, mem, msi) = pci_transport(console);
+    let (rx, tx) = (Ring::new(0x1000, 16), Ring::new(0x2000, 16));
+    let d = PciDriver::new(&t);
+    d.start(&[rx, tx]);
+    msi.take_calls();
+    mem.write_slice(b"hvc0\n", GuestAddress(DATA)).unwrap();
+    tx.set_chain(&mem, 0, &[(DATA, 5, false)]);
+    tx.publish(&mem, &[0]);
+    d.notify(TX_QUEUE as u16);
+    assert_eq!(sink.text(), b"hvc0\n");
+    assert_eq!(msi.take_calls(), vec![MsiCall::Trigger(1)]);
+    rx.set_chain(&mem, 0, &[(DATA + 0x100, 64, true)]);
+    rx.publish(&mem, &[0]);
+    d.notify(RX_QUEUE as u16);
+    input.enqueue(b"ls\n");
+    t.backend_event();
+    assert_eq!(rx.used(&mem, 0), (0, 3));
+    assert_eq!(msi.take_calls(), vec![MsiCall::Trigger(0)]);
+}
