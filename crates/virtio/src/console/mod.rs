@@ -59,8 +59,11 @@ pub use input::{ConsoleInput, INPUT_BUFFER_BYTES};
 pub const RX_QUEUE: usize = 0;
 /// transmitq0: buffers of guest output.
 pub const TX_QUEUE: usize = 1;
-/// Queue size offered for each queue.
-pub const CONSOLE_QUEUE_SIZE: u16 = 256;
+/// Queue size offered for each queue. Linux fills the whole receive queue
+/// with page-sized buffers at probe, so this is also the guest memory its
+/// driver sets aside (64 pages: 256 KiB); its console writes wait for each
+/// transmit buffer to come back, so a deeper transmit queue buys nothing.
+pub const CONSOLE_QUEUE_SIZE: u16 = 64;
 /// Most bytes one transmit chain may carry (1 MiB). Linux sends at most a
 /// page per buffer; a chain claiming more is refused rather than tying up
 /// the event thread.
