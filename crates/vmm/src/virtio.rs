@@ -1,7 +1,8 @@
 //! The paravirtual devices of one VM: each configured drive and network
 //! interface, the vsock, the entropy device and the balloon, each behind its own
 //! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
-//! windows and lines come from the device manager.
+//! windows and lines come from the device manager. (The virtio console is
+//! placed through the same `VirtioDevices::add` by `virtio_console.rs`.)
 //!
 //! A queue notification is an ioeventfd: the guest's write to QueueNotify
 //! wakes the VMM event thread without a trip through the vCPU's exit
