@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_mmio", targets::virtio_mmio::run),
     ("virtio_blk", targets::virtio_blk::run),
     ("virtio_rng", targets::virtio_rng::run),
+    ("virtio_console", targets::virtio_console::run),
     ("virtio_balloon", targets::virtio_balloon::run),
     ("virtio_net", targets::virtio_net::run),
     ("virtio_vsock", targets::virtio_vsock::run),

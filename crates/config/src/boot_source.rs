@@ -11,6 +11,10 @@ pub const MAX_BOOT_ARGS_LEN: usize = 4095;
 /// The command line used when none is given.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1";
 
+/// The command line used when none is given and the console is
+/// virtio-console (`--console virtio`).
+pub const DEFAULT_BOOT_ARGS_VIRTIO_CONSOLE: &str = "console=hvc0 reboot=k panic=-1";
+
 /// Firecracker's `boot-source` resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,9 +56,21 @@ impl BootSource {
         }
     }
 
-    /// The command line the guest gets.
+    /// The command line the guest gets (before sie adds its devices'
+    /// arguments) with COM1 as the console.
     pub fn effective_boot_args(&self) -> &str {
-        self.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS)
+        self.boot_args_for(crate::ConsoleDevice::Serial)
+    }
+
+    /// The command line the guest gets (before sie adds its devices'
+    /// arguments) when `console` carries the console: the user's, or the
+    /// default naming that device.
+    pub fn boot_args_for(&self, console: crate::ConsoleDevice) -> &str {
+        match (&self.boot_args, console) {
+            (Some(args), _) => args,
+            (None, crate::ConsoleDevice::Serial) => DEFAULT_BOOT_ARGS,
+            (None, crate::ConsoleDevice::Virtio) => DEFAULT_BOOT_ARGS_VIRTIO_CONSOLE,
+        }
     }
 
     /// Checks every field.
@@ -84,6 +100,18 @@ impl BootSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_command_line_names_the_console_device_and_a_users_is_kept() {
+        let mut boot = BootSource::new("k");
+        assert_eq!(boot.effective_boot_args(), DEFAULT_BOOT_ARGS);
+        assert_eq!(
+            boot.boot_args_for(crate::ConsoleDevice::Virtio),
+            "console=hvc0 reboot=k panic=-1"
+        );
+        boot.boot_args = Some("quiet".to_string());
+        assert_eq!(boot.boot_args_for(crate::ConsoleDevice::Virtio), "quiet");
+    }
 
     #[test]
     fn validation_names_the_field() {

@@ -19,6 +19,7 @@
 mod balloon;
 mod boot_source;
 mod cli_spec;
+mod console;
 mod cpu_config;
 mod devices;
 mod hotplug;
@@ -40,8 +41,12 @@ pub use balloon::{
     BALLOON_PAGES_PER_MIB, Balloon, BalloonConfigError, BalloonStartCmd, BalloonStatsUpdate,
     BalloonUpdate, check_amount,
 };
-pub use boot_source::{BootSource, BootSourceError, DEFAULT_BOOT_ARGS, MAX_BOOT_ARGS_LEN};
+pub use boot_source::{
+    BootSource, BootSourceError, DEFAULT_BOOT_ARGS, DEFAULT_BOOT_ARGS_VIRTIO_CONSOLE,
+    MAX_BOOT_ARGS_LEN,
+};
 pub use cli_spec::{SpecError, parse_disk, parse_net, parse_vsock};
+pub use console::{ConsoleConfig, ConsoleDevice, ConsoleDeviceError};
 pub use cpu_config::{
     Bitmap, CpuConfig, CpuConfigError, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
     KvmCapability, MsrModifier,

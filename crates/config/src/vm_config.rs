@@ -94,6 +94,9 @@ pub struct VmConfig {
     /// sie: host PCI devices passed through (VFIO).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vfio: Vec<crate::VfioDevice>,
+    /// sie: which device carries the console (COM1 unless it says virtio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<crate::ConsoleConfig>,
 }
 
 /// Why a configuration could not be read or is invalid.
@@ -191,7 +194,14 @@ impl VmConfig {
             dump_on_panic: None,
             pci: None,
             vfio: Vec::new(),
+            console: None,
         }
+    }
+
+    /// The device that carries the console (`serial` unless the `console`
+    /// section says otherwise).
+    pub fn console_device(&self) -> crate::ConsoleDevice {
+        self.console.map(|c| c.device).unwrap_or_default()
     }
 
     /// Whether the VM has a PCI bus (its virtio devices then go on it): the

@@ -151,7 +151,7 @@ impl ConsoleFlags {
 /// sie's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a guest kernel with its first serial port on this terminal (or on --console-socket).
+    /// Boot a guest kernel with its console (COM1, or hvc0 with --console virtio) on this terminal (or on --console-socket).
     ///
     /// sie exits 0 when the guest resets (i8042 reset or `reboot`), 3 when a
     /// vCPU crashes (triple fault, emulation failure), 4 when the guest kernel
@@ -446,8 +446,9 @@ pub struct RunArgs {
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1"];
-    /// `pci=off` is appended unless it has a `pci=` of its own.
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1",
+    /// or "console=hvc0 ..." with --console virtio]; `pci=off` is appended
+    /// unless it has a `pci=` of its own.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
     /// Guest memory: MiB as a number, or with a suffix (512M, 2G) [default: 128].
@@ -497,6 +498,15 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// The device that carries the guest's console: `serial` (COM1,
+    /// ttyS0; two VM exits per byte of output) or `virtio` (a
+    /// virtio-console, hvc0; one queue notification per buffer, and
+    /// `console=hvc0` joins a command line that names no `console=`). The
+    /// guest needs the virtio_console driver (a module in distro kernels:
+    /// load it from the initramfs). Config file: `"console": {"device":
+    /// "virtio"}` [default: serial].
+    #[arg(long = "console", value_name = "DEVICE", value_parser = ["serial", "virtio"])]
+    pub console_device: Option<String>,
     /// Show the guest hardware virtualization (VMX on Intel, SVM on AMD) so
     /// it can run VMs of its own; refused where the host's KVM does not
     /// allow nesting (kvm_intel/kvm_amd `nested=1`). Hidden by default.
@@ -535,7 +545,7 @@ pub struct RunArgs {
     pub gdb_socket: Option<PathBuf>,
     /// Restore the snapshot FILE (written by `PUT /snapshot/create`) instead
     /// of booting: the VM goes on where it was paused. Needs --mem.
-    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "nested", "memory_shared", "cpu_template", "cpu_config", "pci"])]
+    #[arg(long, value_name = "FILE", requires = "mem", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "config_file", "disk", "net", "vsock", "rng", "console_device", "nested", "memory_shared", "cpu_template", "cpu_config", "pci"])]
     pub restore: Option<PathBuf>,
     /// The snapshot's memory file (with --restore); with --mem-backend
     /// uffd, the page-fault handler's socket.

@@ -129,6 +129,11 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, BoxError> {
     if args.rng {
         config.entropy = Some(sie_config::Entropy::default());
     }
+    if let Some(device) = &args.console_device {
+        config.console = Some(sie_config::ConsoleConfig {
+            device: device.parse()?,
+        });
+    }
     if args.pci {
         config.pci = Some(sie_config::PciConfig { enabled: true });
     }

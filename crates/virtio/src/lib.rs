@@ -12,6 +12,9 @@
 //! from the ACPI DSDT or the kernel command line
 //! (`virtio_mmio.device=4K@base:irq`).
 //!
+//! The console ([`console`], virtio-console) carries `hvc0` when the user
+//! asks for it instead of COM1.
+//!
 //! Drives, network interfaces and the entropy device take Firecracker's
 //! rate limiters ([`rate_limiter`]): a request they refuse stays on its
 //! ring while the device's worker waits on the limiter's timerfd.
@@ -32,6 +35,7 @@
 pub mod balloon;
 pub mod block;
 mod chain;
+pub mod console;
 mod counters;
 mod device;
 mod device_state;

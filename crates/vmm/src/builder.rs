@@ -296,16 +296,16 @@ pub(crate) fn assemble(
             sie_mmds::DEFAULT_SIZE_LIMIT,
         )))
     });
-    let virtio = VirtioDevices::attach(
-        config,
-        &mut Wiring {
-            vm: &vm,
-            memory: &memory,
-            hotplug,
-            manager: &mut manager,
-            mmds: &mmds,
-        },
-    )?;
+    let mut wiring = Wiring {
+        vm: &vm,
+        memory: &memory,
+        hotplug,
+        manager: &mut manager,
+        mmds: &mmds,
+    };
+    let mut virtio = VirtioDevices::attach(config, &mut wiring)?;
+    // Last, so the other devices stay where a serial-console VM has them.
+    crate::virtio_console::attach(config, &mut virtio, &mut wiring, &devices.console)?;
     // After the virtio devices, so their interrupt lines stay where they were.
     let vmgenid = crate::vmgenid::VmGenId::place(&mut manager)?;
     let layout = manager.finish();
@@ -425,9 +425,7 @@ pub fn build(
     )
     .map_err(|e| VmmError::Platform(e.into()))?;
     let cmdline = crate::virtio::boot_cmdline(
-        boot.boot_args
-            .as_deref()
-            .unwrap_or(sie_config::DEFAULT_BOOT_ARGS),
+        boot.boot_args_for(config.console_device()),
         config,
         &machine.layout,
     )

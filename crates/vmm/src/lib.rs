@@ -49,6 +49,7 @@ mod test_doubles;
 pub mod vcpu;
 pub mod vfio;
 pub mod virtio;
+pub mod virtio_console;
 mod vm;
 pub mod vmgenid;
 

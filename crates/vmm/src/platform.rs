@@ -18,8 +18,8 @@ use sie_devices::{BusDevice, Interrupt};
 use sie_obs::Observatory;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::console::ConsoleOutput;
 use crate::console::input::SerialInput;
-use crate::console::{ConsoleInput, ConsoleOutput};
 use crate::control::VmControl;
 use crate::device_manager::DeviceManager;
 use crate::error::{Result, VmmError};
@@ -117,21 +117,11 @@ impl PlatformDevices {
         Ok(())
     }
 
-    /// COM1's input side and its "input room" eventfd, for a console that
-    /// feeds it from elsewhere than stdin (the console socket).
+    /// COM1's input side and its "input room" eventfd, for stdin or the
+    /// console socket (when COM1 carries the console).
     pub fn serial_input(&self) -> Option<(Arc<dyn SerialInput>, EventFd)> {
         let room = self.input_room.try_clone().ok()?;
         Some((self.com1.clone(), room))
-    }
-
-    /// Console input from stdin to COM1, if an eventfd can be had.
-    pub fn console_input(&self) -> Option<ConsoleInput> {
-        let room = self.input_room.try_clone().ok()?;
-        Some(ConsoleInput::new(
-            libc::STDIN_FILENO,
-            self.com1.clone(),
-            room,
-        ))
     }
 }
 

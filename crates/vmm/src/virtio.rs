@@ -1,7 +1,8 @@
 //! The paravirtual devices of one VM: each configured drive and network
 //! interface, the vsock, the entropy device and the balloon, each behind its own
 //! virtio-MMIO window, with an interrupt line and one ioeventfd per queue;
-//! windows and lines come from the device manager.
+//! windows and lines come from the device manager. (The virtio console is
+//! placed through the same `VirtioDevices::add` by `virtio_console.rs`.)
 //!
 //! A queue notification is an ioeventfd: the guest's write to QueueNotify
 //! wakes the VMM event thread without a trip through the vCPU's exit
@@ -89,6 +90,8 @@ pub struct VirtioDevices {
     /// snapshots; virtio-PCI transports cannot be saved yet, and a VM with
     /// them is not snapshotted).
     pub transports: Vec<Arc<dyn TransportSnapshot>>,
+    /// The virtio console (`--console virtio`), if placed.
+    pub console: Option<crate::virtio_console::VirtioConsole>,
 }
 
 /// What `attach` needs from the VM being built.
@@ -462,7 +465,8 @@ fn root_args(base: &str, config: &VmConfig) -> Option<String> {
     Some(format!("{root} {mode}"))
 }
 
-/// The kernel command line: `base`, the root device, `pci=off` (unless
+/// The kernel command line: `base`, the root device, `console=hvc0` (with
+/// the virtio console, unless `base` names a console), `pci=off` (unless
 /// the VM has PCI or `base` says otherwise about PCI), then what the device manager derives
 /// for the placed devices (`virtio_mmio.device=`).
 pub fn boot_cmdline(
@@ -476,6 +480,14 @@ pub fn boot_cmdline(
     }
     if let Some(root) = root_args(base, config) {
         cmdline.insert_str(root).map_err(CmdlineError)?;
+    }
+    // The virtio console is the console unless the user named one.
+    if config.console_device() == sie_config::ConsoleDevice::Virtio
+        && !base
+            .split_whitespace()
+            .any(|word| word.starts_with("console="))
+    {
+        cmdline.insert_str("console=hvc0").map_err(CmdlineError)?;
     }
     // Without PCI, sie has no PCI bus: without `pci=off` Linux probes ports
     // 0xCF8/0xCFC for one, ~33,000 exits per Debian boot that nothing

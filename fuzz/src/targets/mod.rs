@@ -1,7 +1,7 @@
 //! One module per target; each exposes `pub fn run(data: &[u8])`.
 //!
 //! Single-queue devices (blk, rng) run the [`scenario`]; devices with
-//! receive and transmit queues (net, vsock) drive [`queues`] themselves,
+//! receive and transmit queues (net, vsock, console) drive [`queues`] themselves,
 //! with their host side faked in-process (a socket pair for the tap, Unix
 //! sockets in a private temporary directory for vsock): a run never
 //! touches the host network. A new target goes in `crate::TARGETS`, gets a
@@ -24,6 +24,7 @@ pub mod scenario;
 pub mod snapshot_file;
 pub mod virtio_balloon;
 pub mod virtio_blk;
+pub mod virtio_console;
 pub mod virtio_mmio;
 pub mod virtio_net;
 pub mod virtio_pci_common;

@@ -58,7 +58,9 @@ pub struct Queues<'a, D: VirtioDevice> {
 
 impl<'a, D: VirtioDevice> Queues<'a, D> {
     /// Brings the transport up with `count` queues of input-chosen sizes
-    /// and the device's features, EVENT_IDX perhaps declined.
+    /// (powers of two up to 256, and up to what the device offers, as a
+    /// driver reads QueueNumMax) and the device's features, EVENT_IDX
+    /// perhaps declined.
     pub fn start(
         t: &'a VirtioMmioTransport<D>,
         mem: &'a GuestMemory,
@@ -70,9 +72,13 @@ impl<'a, D: VirtioDevice> Queues<'a, D> {
         if input.bool() {
             features &= !(1 << VIRTIO_RING_F_EVENT_IDX);
         }
+        let max_sizes = t.with_device(|d| d.queue_max_sizes().to_vec());
         let queues = (0..count)
             .map(|i| QueueState {
-                ring: Ring::new(RING_BASE + RING_STRIDE * i as u64, 1 << input.below(9)),
+                ring: Ring::new(
+                    RING_BASE + RING_STRIDE * i as u64,
+                    (1u16 << input.below(9)).min(max_sizes.get(i).copied().unwrap_or(256)),
+                ),
                 next_desc: 0,
                 last_used: 0,
                 descs: 0,

@@ -16,6 +16,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
 
 mod bench;
+mod console;
 mod control;
 mod cpu;
 mod faults;
@@ -28,6 +29,7 @@ mod vfio;
 mod virtio;
 
 use bench::*;
+use console::*;
 use control::*;
 use cpu::*;
 use faults::*;
@@ -267,6 +269,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         host_faults(),
         mmds(),
         console_attach_later(),
+        console_virtio(),
         panic_core(),
         gdb_kernel(),
         gdb_attach_running(),

@@ -37,7 +37,9 @@ use sie_pci::{
     AddressSpace, BarInfo, BarKind, BarMapper, BarMove, ConfigSpace, ConfigWriteOutcome,
     MsiInterrupts, MsixCapability, MsixTable, PciDevice,
 };
-use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK};
+use virtio_bindings::virtio_ids::{
+    VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_ID_VSOCK,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use layout::{
@@ -251,6 +253,7 @@ fn name_of(device_type: u32) -> &'static str {
         VIRTIO_ID_NET => "virtio-net (PCI)",
         VIRTIO_ID_VSOCK => "virtio-vsock (PCI)",
         VIRTIO_ID_RNG => "virtio-rng (PCI)",
+        VIRTIO_ID_CONSOLE => "virtio-console (PCI)",
         _ => "virtio (PCI)",
     }
 }

@@ -112,8 +112,8 @@ pub struct ServeOptions {
     pub external_metrics: ExternalMetrics,
     /// How often metrics are written without being asked.
     pub metrics_period: Duration,
-    /// Forward stdin to the guest's serial console (unless a console
-    /// socket takes COM1).
+    /// Forward stdin to the guest's console, COM1 or the virtio console
+    /// (unless a console socket takes it).
     pub console_input: bool,
     /// The command line's `serial` choices (`--console-socket`, ...): they
     /// win over the config file's and `PUT /serial`'s, and apply to a
@@ -496,16 +496,26 @@ impl Controller {
         let flush = crate::console::ConsoleFlush::new(&built.devices.console)
             .map_err(host_error("watching the console"))?;
         manager.add_subscriber(Box::new(flush));
+        // The console's input goes to the device that carries it: the
+        // virtio console if placed, else COM1.
+        let console_input = match &built.virtio.console {
+            Some(console) => console.input(),
+            None => built.devices.serial_input(),
+        };
         if let Some(mut socket) = self.console_socket.take() {
-            if let Some((sink, room)) = built.devices.serial_input() {
+            if let Some((sink, room)) = console_input {
                 socket.set_input(sink, room);
             }
             manager.add_subscriber(Box::new(socket));
         } else if self.options.console_input
-            && let Some(input) = built.devices.console_input()
+            && let Some((sink, room)) = console_input
         {
             self.terminal = TerminalGuard::raw_stdin();
-            manager.add_subscriber(Box::new(input));
+            manager.add_subscriber(Box::new(crate::console::ConsoleInput::new(
+                libc::STDIN_FILENO,
+                sink,
+                room,
+            )));
         }
         // With a gdb socket, gdb is waited for before the first guest
         // instruction: the vCPUs start paused and gdb lets them run.

@@ -18,7 +18,8 @@
 //!
 //! Virtio devices are saved as their transports' registers and queues
 //! (`sie_virtio::TransportState`); a rate limiter starts again with full
-//! buckets, and vsock tells the guest its connections are gone. Not yet:
+//! buckets, vsock tells the guest its connections are gone, and the
+//! virtio console's host input not yet delivered stays behind. Not yet:
 //! nothing: a restore may also put guest RAM on huge pages ([`huge_pages`]).
 
 pub mod dirty;

@@ -118,7 +118,8 @@ mod tests {
                 "drives": [{"drive_id": "d", "path_on_host": "p", "is_root_device": false}],
                 "network-interfaces": [{"iface_id": "n", "host_dev_name": "tap0"}],
                 "vsock": {"guest_cid": 3, "uds_path": "/tmp/v"}, "entropy": {},
-                "balloon": {"amount_mib": 0, "deflate_on_oom": false}}"#,
+                "balloon": {"amount_mib": 0, "deflate_on_oom": false},
+                "console": {"device": "virtio"}}"#,
         )
         .unwrap();
         assert!(check_snapshottable(&config).is_ok());
