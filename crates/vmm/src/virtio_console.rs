@@ -111,6 +111,7 @@ mod tests {
         let mut wiring = Wiring {
             vm: &vm,
             memory: &memory,
+            hotplug: None,
             manager: &mut manager,
             mmds: &mmds,
         };
