@@ -205,7 +205,7 @@ impl fmt::Display for MemoryBreakdown {
         let mib = |kib: u64| kib as f64 / 1024.0;
         writeln!(
             f,
-            "  {:<28} {:>7.2} MiB (anonymous {:.2} MiB)",
+            "  {:<30} {:>7.2} MiB (anonymous {:.2} MiB)",
             "VMM resident",
             mib(self.rss_kib()),
             mib(self.anonymous_kib)
@@ -217,18 +217,18 @@ impl fmt::Display for MemoryBreakdown {
             ("other (vDSO, kvm_run, memfd)", self.other_kib),
         ];
         for (name, kib) in rows {
-            writeln!(f, "    {name:<26} {:>7.2} MiB", mib(kib))?;
+            writeln!(f, "    {name:<28} {:>7.2} MiB", mib(kib))?;
         }
         writeln!(
             f,
-            "    {:<26} {:>7.2} MiB ({} stacks)",
+            "    {:<28} {:>7.2} MiB ({} stacks)",
             "thread stacks",
             mib(self.stacks_kib),
             self.thread_stacks
         )?;
         writeln!(
             f,
-            "  {:<28} {:>7.2} MiB (not counted above)",
+            "  {:<30} {:>7.2} MiB (not counted above)",
             "guest RAM resident",
             mib(self.guest_kib)
         )
