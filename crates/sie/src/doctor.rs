@@ -6,6 +6,7 @@ use std::time::Instant;
 use sie_config::{BootSource, MachineConfig, VmConfig};
 use sie_hv::kvm::Kvm;
 use sie_hv::probe::{Backend, HostReport, Probed, Verdict, probe_host};
+use sie_vmm::process_memory::MemoryBreakdown;
 use sie_vmm::{BuildOptions, ConsoleOutput};
 
 use crate::bench::exits::measure_full;
@@ -164,6 +165,12 @@ pub fn doctor() -> Result<u8, BoxError> {
             ),
             Err(error) => println!("  {:<28} failed: {error}", "port-I/O exit round trip"),
         }
+    }
+    // This process ran its tiny guests and let them go: what is left is
+    // the VMM's own cost (see README, "Memory per VM").
+    if let Some(memory) = MemoryBreakdown::of_this_process(&[]) {
+        println!("memory (this process, its guests ended)");
+        print!("{memory}");
     }
     println!("verdict: {verdict}");
     Ok(if verdict == Verdict::NoVms { 1 } else { 0 })

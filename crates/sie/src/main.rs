@@ -43,6 +43,8 @@ fn guard_standard_fds() {
 fn main() -> ExitCode {
     let start = Instant::now();
     guard_standard_fds();
+    // Release builds abort on a panic (Cargo.toml): this hook is the last
+    // thing that runs, so it restores the terminal and names the panic.
     std::panic::set_hook(Box::new(|info| {
         sie_vmm::restore_terminal();
         eprintln!("sie: internal error (a bug in sie): {info}");

@@ -193,6 +193,10 @@ pub fn run(args: RunArgs, start: Instant) -> Result<u8, BoxError> {
     let limit = crate::metadata::size_limit(args.mmds_size_limit, sie_mmds::DEFAULT_SIZE_LIMIT)?;
     let mmds = crate::metadata::store(args.metadata.as_deref(), limit)?;
     let seccomp = seccomp_filters(args.no_seccomp, args.seccomp_filter.as_deref())?;
+    if args.stats {
+        // Read at exit, when seccomp no longer lets the VMM open files.
+        sie_vmm::process_memory::open_smaps();
+    }
     let kvm = open_hypervisor()?;
     let mut build = BuildOptions::new(start);
     if args.no_host_decompress {

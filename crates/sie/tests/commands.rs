@@ -38,6 +38,8 @@ fn doctor_reports_the_host_measures_and_gives_a_verdict() {
         "IRQCHIP",
         "guest instruction rate",
         "port-I/O exit round trip",
+        "VMM resident",
+        "thread stacks",
         "verdict:",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

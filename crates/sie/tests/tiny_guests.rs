@@ -70,6 +70,41 @@ fn stats_count_every_exit_exactly_and_show_the_markers() {
     assert_eq!(com1.split_whitespace().nth(2), Some("25"), "{com1}");
 }
 
+/// The MiB figure of a `--stats` memory row (`  NAME   1.23 MiB …`).
+fn memory_mib(stderr: &str, name: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.trim_start().starts_with(name))
+        .unwrap_or_else(|| panic!("no {name:?} row in:\n{stderr}"));
+    let figure = line.trim_start()[name.len()..].split_whitespace().next();
+    figure
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+#[test]
+fn stats_break_the_vmm_memory_down_with_the_guest_ram_apart() {
+    // The guest's RAM (its image, page tables) is found by its address and
+    // shown on its own row, outside the VMM's total.
+    let run = sie(&["run", "--kernel", HELLO.path, "--memory", "64", "--stats"]);
+    run.expect_code(0);
+    let stderr = &run.stderr;
+    let rss = memory_mib(stderr, "VMM resident");
+    let parts = [
+        "sie binary",
+        "shared libraries",
+        "heap and anonymous",
+        "other (vDSO, kvm_run, memfd)",
+        "thread stacks",
+    ]
+    .map(|name| memory_mib(stderr, name));
+    assert!(memory_mib(stderr, "sie binary") > 0.0, "{stderr}");
+    assert!(memory_mib(stderr, "guest RAM resident") > 0.0, "{stderr}");
+    // The rows add up to the total (each is rounded to 0.01 MiB).
+    let sum: f64 = parts.iter().sum();
+    assert!((sum - rss).abs() < 0.05, "{sum} vs {rss}:\n{stderr}");
+}
+
 #[test]
 fn boot_params_carry_cmdline_initrd_and_e820() {
     let scratch = Scratch::new("bootinfo");

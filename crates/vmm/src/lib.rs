@@ -41,6 +41,7 @@ pub mod migration;
 mod outcome;
 pub mod platform;
 mod pmem;
+pub mod process_memory;
 pub mod shared_memory;
 pub mod snapshot;
 pub mod teardown;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sie_hv::GuestMemory;
 use sie_obs::Observatory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::BuiltVm;
 use crate::control::VmControl;
@@ -13,6 +14,7 @@ use crate::core_dump::elf::VcpuRegisters;
 use crate::error::{Result, VmmError};
 use crate::outcome::VmOutcome;
 use crate::platform::PlatformDevices;
+use crate::process_memory::MemoryBreakdown;
 use crate::teardown;
 use crate::vcpu::VcpuSet;
 use crate::virtio;
@@ -63,8 +65,9 @@ impl FinishedVm {
         }
     }
 
-    /// The `--stats` text: the observatory's report, then each virtio
-    /// device's counters.
+    /// The `--stats` text: the observatory's report, each virtio device's
+    /// counters, then what sie's resident memory is made of (when
+    /// [`crate::process_memory::open_smaps`] was called before seccomp).
     pub fn stats_text(&self) -> String {
         let mut text = self.observatory.report().to_string();
         if !self.virtio.is_empty() {
@@ -77,7 +80,19 @@ impl FinishedVm {
                 text.push('\n');
             }
         }
+        if let Some(memory) = MemoryBreakdown::of_this_process(&self.guest_ranges()) {
+            text.push_str("\nmemory\n");
+            text.push_str(&memory.to_string());
+        }
         text
+    }
+
+    /// The guest RAM's host ranges, (address, length in bytes).
+    fn guest_ranges(&self) -> Vec<(u64, u64)> {
+        self.memory
+            .iter()
+            .map(|region| (region.as_ptr() as u64, region.len()))
+            .collect()
     }
 }
 

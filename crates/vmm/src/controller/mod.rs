@@ -214,7 +214,16 @@ struct Controller {
     hotplug_worker: Option<crate::drive_hotplug::HotplugWorker>,
     /// Drives added after boot: their slot and event-loop worker.
     hotplugged: std::collections::BTreeMap<String, (u8, event_manager::SubscriberId)>,
+    /// When the pages the guest's boot made sie touch go back (once; see
+    /// [`RELEASE_AGAIN_AFTER`]).
+    release_memory_at: Option<Instant>,
 }
+
+/// How long after the VM starts the pages only the start touched are
+/// given back a second time: by then a guest's boot (device probing,
+/// console output) is over, and what it touched is as idle as the build.
+/// One wake-up of the VMM thread, once.
+const RELEASE_AGAIN_AFTER: Duration = Duration::from_secs(3);
 
 fn host_error(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
     move |source| VmmError::Host { what, source }
@@ -279,6 +288,7 @@ pub fn serve(
         migration,
         hotplug_worker: None,
         hotplugged: std::collections::BTreeMap::new(),
+        release_memory_at: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -303,7 +313,18 @@ pub fn serve(
             round_timeout(controller.metrics.has_sink(), next_metrics, Instant::now()),
             controller.throttle_wait(),
         );
+        let release_wait = controller
+            .release_memory_at
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = earliest(timeout, release_wait);
         event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
+        if controller
+            .release_memory_at
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            controller.release_memory_at = None;
+            crate::process_memory::release_startup_pages();
+        }
         controller.serve_migration(hv, &mut manager);
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
@@ -549,6 +570,13 @@ impl Controller {
                     .map_err(host_error("spawning the hotplug thread"))?,
             );
         }
+        // The VM runs: what only building it touched (most of the code the
+        // process mapped, malloc's freed memory) goes back now, and what the
+        // guest's boot touched a little later; see process_memory/release.rs.
+        // /proc/self/smaps is opened before seccomp forbids it.
+        crate::process_memory::open_smaps();
+        crate::process_memory::release_startup_pages();
+        self.release_memory_at = Some(Instant::now() + RELEASE_AGAIN_AFTER);
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started
         // (a thread inherits its creator's filter) and before the first

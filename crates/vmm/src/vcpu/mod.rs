@@ -314,7 +314,9 @@ fn vcpu_main(mut thread: VcpuThread) -> Option<VcpuRegisters> {
     let outcome = match ran {
         Ok(outcome) => outcome,
         // A bug in sie, not the guest's doing; still end the VM cleanly so
-        // the terminal is restored and the cause shown.
+        // the terminal is restored and the cause shown. Only where panics
+        // unwind (debug and test builds): a release build aborts after
+        // sie's panic hook (the workspace's `panic = "abort"`).
         Err(_) => Some(VmOutcome::Crash(CrashReport {
             vcpu: thread.index as u32,
             reason: "the vCPU thread panicked (a bug in sie)".to_string(),
