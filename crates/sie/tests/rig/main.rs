@@ -22,6 +22,7 @@ mod faults;
 mod inspect;
 mod memdev;
 mod memory;
+mod migration;
 mod pci;
 mod snapshot;
 mod vfio;
@@ -34,6 +35,7 @@ use faults::*;
 use inspect::*;
 use memdev::*;
 use memory::*;
+use migration::*;
 use pci::*;
 use snapshot::*;
 use vfio::*;
@@ -282,6 +284,8 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon_deflate_on_oom(),
         balloon_hinting(),
         balloon_snapshot(),
+        migration_live(),
+        migration_live_local(),
     ]
 }
 

@@ -69,6 +69,8 @@ pub(super) struct Migration {
     throttle: u8,
     /// When the vCPUs sit out next.
     next_throttle: Instant,
+    /// The taps a VM migrating in uses here (`PUT /migration/receive`).
+    receive_overrides: Vec<sie_config::NetworkOverride>,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -107,6 +109,7 @@ impl Migration {
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
+            receive_overrides: Vec::new(),
         })
     }
 
@@ -192,6 +195,9 @@ impl Controller {
             Ok(listener) => listener,
             Err(e) => return Response::Fault(format!("migration/receive: {endpoint}: {e}")),
         };
+        self.migration
+            .receive_overrides
+            .clone_from(&receive.network_overrides);
         let link = self.migration.link();
         let progress = self
             .migration
@@ -599,6 +605,11 @@ impl Controller {
             );
             machine.shared_memory = None;
         }
+        // Before the build opens them: the source still holds its taps.
+        crate::snapshot::overrides::apply_network(
+            &mut snapshot.config,
+            &self.migration.receive_overrides,
+        )?;
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
             memory,
