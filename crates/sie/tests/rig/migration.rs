@@ -206,9 +206,12 @@ fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
             after.len()
         ));
     }
-    // Ping: the replies (seq, L1 time), then what ping counted.
+    // Ping: the replies (seq, L1 time), then what ping counted. A reply
+    // to a request already answered is counted apart.
+    let duplicates = ping.iter().filter(|(_, l)| l.contains("(DUP!)")).count();
     let replies: Vec<(u64, f64)> = ping
         .iter()
+        .filter(|(_, line)| !line.contains("(DUP!)"))
         .filter_map(|(at, line)| {
             let seq = line.split("seq=").nth(1)?.split_whitespace().next()?;
             Some((seq.parse().ok()?, *at))
@@ -263,7 +266,7 @@ fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
     println!(
         "@@NOTE ping every 0.1 s: {sent:?} transmitted, {received:?} received; during the move \
          (send to source exit, {:.1} s) {window_sent} sent, {window_received} answered; \
-         longest run lost {longest_loss} (downtime {downtime_ms} ms)",
+         longest run lost {longest_loss}; {duplicates} duplicate replies (downtime {downtime_ms} ms)",
         exit_at - send_at
     );
     if window_received * 2 < window_sent {
