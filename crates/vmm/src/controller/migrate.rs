@@ -352,8 +352,15 @@ impl Controller {
                 ToVmm::TakeDirty(reply) => {
                     let _ = reply.send(self.take_dirty());
                 }
-                ToVmm::Switchover(reply) => {
-                    let _ = reply.send(self.switchover(hv));
+                ToVmm::Switchover { reply, release } => {
+                    let result = self.switchover(hv);
+                    let paused = result.is_ok();
+                    let _ = reply.send(result);
+                    if paused {
+                        // No device event until the sender read the last
+                        // pages (it drops `release`, also when it fails).
+                        let _ = release.recv();
+                    }
                 }
                 ToVmm::LocalSwitchover { reply, end } => match self.local_switchover(hv) {
                     Ok(state) => {
