@@ -152,7 +152,8 @@ fn largest_step(values: impl Iterator<Item = f64>) -> f64 {
 
 /// The guest went on at the destination without a reboot, the source
 /// exited 0 with its downtime (its last line says `how`), and pings were
-/// answered before the move and after it, most of them during it.
+/// answered before the move and after it, most of them during it, none
+/// twice.
 fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
     run.expect_status(0)?;
     let (src, dst, ping) = (
@@ -269,6 +270,13 @@ fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
          longest run lost {longest_loss}; {duplicates} duplicate replies (downtime {downtime_ms} ms)",
         exit_at - send_at
     );
+    // A reply to a request answered before is a request the guest saw
+    // twice: stale guest RAM at the destination (a torn last round).
+    if duplicates > 0 {
+        return Err(format!(
+            "{duplicates} duplicate ping replies: the moved guest answered old requests again"
+        ));
+    }
     if window_received * 2 < window_sent {
         return Err(format!(
             "more than half the pings during the move were lost: {window_received} of {window_sent}"
