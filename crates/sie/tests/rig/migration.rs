@@ -13,6 +13,7 @@ use super::*;
 /// consoles and of ping is stamped with L1's uptime as it arrives; they are
 /// printed after `@@SECTION src|dst|ping` headers, with `@@MARK` lines
 /// (L1's uptime) for the send and the source's exit.
+///
 /// Each sie may run 280 s (the case's own limit is 300 s): on a loaded
 /// host the nested rig's copy has taken 160 s.
 fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
@@ -72,7 +73,7 @@ ping -q -i 0.5 172.16.0.1 >/dev/null 2>&1 &
 dd if=/dev/urandom of=/tmp/pattern bs=64k count=32 2>/dev/null
 nice -n 10 sh -c 'while :; do dd if=/tmp/pattern of=/tmp/dirty bs=64k conv=notrunc 2>/dev/null; done' &
 up=0
-while kill -0 $stop 2>/dev/null && [ ${up%.*} -lt 240 ]; do
+while kill -0 $stop 2>/dev/null && [ ${up%.*} -lt 290 ]; do
   read up idle < /proc/uptime
   echo "@@UP $up"
   sleep 0.1
