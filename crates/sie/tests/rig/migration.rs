@@ -21,6 +21,7 @@ fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
         r#"export SIE_RUN_TIMEOUT=280
 stamp() {{ awk '{{ getline up < "/proc/uptime"; close("/proc/uptime"); split(up, t, " "); print t[1], $0; fflush() }}'; }}
 now() {{ cut -d' ' -f1 /proc/uptime; }}
+stop_sie() {{ kill $(ps -e -o pid,args | grep "[/]tmp/$1.sock" | awk '{{print $1}}') 2>/dev/null; }}
 wait_for() {{ i=0; until grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt $3 ] && return 1; sleep 0.1; done; }}
 sietool tap-persist mgtap0; sietool tap-persist mgtap1
 ip link add name mgbr0 type bridge
@@ -46,8 +47,10 @@ echo "@@L2 RESULT dst_status=$(sie ctl --sock /tmp/mig-dst.sock migrate status)"
 sleep 4
 kill -INT "$(cat /tmp/mig-ping.pid)"; wait $pinger
 echo stop > /tmp/mig-stop
-sietool tcp-send 172.16.0.2 5003 /tmp/mig-stop
-wait_for "@@EXIT dst" /tmp/mig-dst 600
+timeout 20 sietool tcp-send 172.16.0.2 5003 /tmp/mig-stop || echo "@@L2 RESULT stop_sent=no"
+# Bounded, so the consoles below are printed whatever happened.
+wait_for "@@EXIT dst" /tmp/mig-dst 300 || stop_sie mig-dst
+wait_for "@@EXIT src" /tmp/mig-src 10 || stop_sie mig-src
 wait $src; wait $dst
 for part in src dst ping; do echo "@@SECTION $part"; cat /tmp/mig-$part; done
 echo "@@SECTION end"
