@@ -27,11 +27,17 @@
  *                                       symbols, moved from base FROM to TO
  *                                       (hex), as an ELF file of symbols only
  *                                       (gdb's `symbol-file OUT`)
+ *   sietool tap-persist NAME            host: create tap NAME and keep it after
+ *                                       exit (busybox's ip has no tuntap), so
+ *                                       it can join a bridge before a sie
+ *                                       opens it
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <elf.h>
 #include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -39,6 +45,7 @@
 #include <string.h>
 #include <time.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -316,6 +323,15 @@ int main(int argc, char **argv) {
         blk_bench(argv[2], atol(argv[3]), atol(argv[4]));
     } else if (!strcmp(mode, "net-bench") && argc == 6) {
         net_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atol(argv[5]));
+    } else if (!strcmp(mode, "tap-persist") && argc == 3) {
+        /* The flags sie opens it with (but vnet headers, set per opener). */
+        int fd = open("/dev/net/tun", O_RDWR);
+        if (fd < 0) die("/dev/net/tun");
+        struct ifreq req = {.ifr_flags = IFF_TAP | IFF_NO_PI};
+        strncpy(req.ifr_name, argv[2], IFNAMSIZ - 1);
+        if (ioctl(fd, TUNSETIFF, &req)) die("TUNSETIFF");
+        if (ioctl(fd, TUNSETPERSIST, 1)) die("TUNSETPERSIST");
+        close(fd);
     } else if (!strcmp(mode, "kallsyms-elf") && argc == 5) {
         kallsyms_elf(strtoull(argv[2], NULL, 16), strtoull(argv[3], NULL, 16), argv[4]);
     } else {

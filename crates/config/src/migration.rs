@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::{NetworkOverride, check_network_overrides};
+
 /// How memory moves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,6 +28,11 @@ pub enum MigrationMode {
 pub struct MigrationReceive {
     /// `unix:PATH` or `tcp:HOST:PORT` to listen on.
     pub receiver_url: String,
+    /// Taps to use here instead of the source's (as in `PUT
+    /// /snapshot/load`): two sie processes on one host cannot hold the same
+    /// tap, and the source holds its own until the move is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
 }
 
 /// `PUT /migration/send` body.
@@ -90,9 +97,10 @@ pub fn check_migration_url(url: &str) -> Result<(), String> {
 }
 
 impl MigrationReceive {
-    /// Refuses a malformed URL.
+    /// Refuses a malformed URL or override.
     pub fn check(&self) -> Result<(), String> {
-        check_migration_url(&self.receiver_url)
+        check_migration_url(&self.receiver_url)?;
+        check_network_overrides("migration/receive", &self.network_overrides)
     }
 }
 
@@ -241,6 +249,33 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<MigrationSend>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn receive_takes_network_overrides_and_refuses_bad_ones() {
+        let plain: MigrationReceive =
+            serde_json::from_str(r#"{"receiver_url": "unix:/x"}"#).unwrap();
+        assert!(plain.network_overrides.is_empty());
+        assert_eq!(plain.check(), Ok(()));
+        let with: MigrationReceive = serde_json::from_str(
+            r#"{"receiver_url": "unix:/x", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(with.network_overrides[0].host_dev_name, "tap1");
+        assert_eq!(with.check(), Ok(()));
+        let twice: MigrationReceive = serde_json::from_str(
+            r#"{"receiver_url": "unix:/x", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            twice.check().unwrap_err(),
+            "migration/receive: network_overrides names iface_id \"a\" twice"
+        );
+        let long: MigrationReceive = serde_json::from_str(
+            r#"{"receiver_url": "unix:/x", "network_overrides": [{"iface_id": "a", "host_dev_name": "a-name-far-too-long"}]}"#,
+        )
+        .unwrap();
+        assert!(long.check().unwrap_err().contains("is not a tap name"));
     }
 
     #[test]

@@ -85,6 +85,29 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// Refuses an interface named twice or a tap name Linux would not take
+/// (`what` starts the line: the request's path).
+pub fn check_network_overrides(what: &str, overrides: &[NetworkOverride]) -> Result<(), String> {
+    for (index, entry) in overrides.iter().enumerate() {
+        if overrides[..index]
+            .iter()
+            .any(|e| e.iface_id == entry.iface_id)
+        {
+            return Err(format!(
+                "{what}: network_overrides names iface_id {:?} twice",
+                entry.iface_id
+            ));
+        }
+        if entry.host_dev_name.is_empty() || entry.host_dev_name.len() >= 16 {
+            return Err(format!(
+                "{what}: network_overrides: host_dev_name {:?} is not a tap name (1 to 15 bytes)",
+                entry.host_dev_name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `vsock_override`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,23 +234,7 @@ impl SnapshotLoad {
             return Err("snapshot/load: mem_backend.backend_path is empty".into());
         }
         let network_overrides = self.network_overrides.clone().unwrap_or_default();
-        for (index, entry) in network_overrides.iter().enumerate() {
-            if network_overrides[..index]
-                .iter()
-                .any(|e| e.iface_id == entry.iface_id)
-            {
-                return Err(format!(
-                    "snapshot/load: network_overrides names iface_id {:?} twice",
-                    entry.iface_id
-                ));
-            }
-            if entry.host_dev_name.is_empty() || entry.host_dev_name.len() >= 16 {
-                return Err(format!(
-                    "snapshot/load: network_overrides: host_dev_name {:?} is not a tap name (1 to 15 bytes)",
-                    entry.host_dev_name
-                ));
-            }
-        }
+        check_network_overrides("snapshot/load", &network_overrides)?;
         if self
             .vsock_override
             .as_ref()

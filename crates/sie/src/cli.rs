@@ -284,6 +284,10 @@ pub enum MigrateCommand {
         /// `unix:PATH` or `tcp:HOST:PORT` (TCP carries guest memory in the
         /// clear: tunnel it between hosts).
         url: String,
+        /// Use tap TAP here for the VM's interface IFACE_ID (repeatable; on
+        /// one host the source holds its own tap until the move is done).
+        #[arg(long = "net-override", value_name = "IFACE_ID=TAP", value_parser = parse_net_override)]
+        net_overrides: Vec<sie_config::NetworkOverride>,
     },
     /// Move the running VM to a receiving sie (PUT /migration/send); this
     /// sie exits once the VM runs there.

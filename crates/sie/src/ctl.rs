@@ -205,13 +205,12 @@ fn print_stats(answer: &Answer) {
 /// `sie ctl migrate ...`.
 fn migrate(sock: &Path, command: MigrateCommand) -> Result<(), BoxError> {
     match command {
-        MigrateCommand::Receive { url } => {
-            request(
-                sock,
-                "PUT",
-                "/migration/receive",
-                Some(&json!({ "receiver_url": url })),
-            )?;
+        MigrateCommand::Receive { url, net_overrides } => {
+            let mut body = json!({ "receiver_url": url });
+            if !net_overrides.is_empty() {
+                body["network_overrides"] = json!(net_overrides);
+            }
+            request(sock, "PUT", "/migration/receive", Some(&body))?;
             println!("listening on {url} for a migrating VM");
         }
         MigrateCommand::Send {

@@ -2,8 +2,9 @@
 //! counts and dirties memory moves between two sie processes (over a Unix
 //! socket and over TCP on localhost) and its count goes on exactly where
 //! it was; a destination that dies mid-transfer leaves the guest running
-//! on the source; a stream of another protocol version, or a damaged one,
-//! is refused in one line.
+//! on the source, and so does a receive whose network override names no
+//! interface of the VM; a stream of another protocol version, or a damaged
+//! one, is refused in one line.
 
 mod common;
 
@@ -377,4 +378,43 @@ fn a_damaged_stream_is_refused_in_one_line() {
         stderr.contains("damaged (frame checksum mismatch)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_network_override_naming_no_interface_fails_the_move_and_the_guest_runs_here() {
+    let mut dest = ApiVm::start("migrate-override-dest", &[]);
+    let path = format!("{}/m.sock", dest.dir.path());
+    let url = format!("unix:{path}");
+    let dest_sock = dest.sock.display().to_string();
+    let receive = sie(&[
+        "ctl",
+        "--sock",
+        &dest_sock,
+        "migrate",
+        "receive",
+        &url,
+        "--net-override",
+        "eth9=tap9",
+    ]);
+    receive.expect_code(0);
+    let (source, out) = counting_source_to("migrate-override-source", 16, 1_000_000);
+    let send = serde_json::json!({ "destination_url": url });
+    source.ok("PUT", "/migration/send", &send.to_string());
+    // The destination refuses the state before it builds anything, so the
+    // guest never ran there and the source takes it back.
+    let (code, stderr) = dest.wait();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("network_overrides") && stderr.contains("\"eth9\""),
+        "{stderr}"
+    );
+    wait_for("the migration to fail", || {
+        source.get("/migration").json()["state"] == "failed"
+    });
+    assert_eq!(source.state(), "Running");
+    let at = last_count(&out);
+    wait_for("the guest to count on", || last_count(&out) > at + 2);
+    let (code, stderr) = source.terminate();
+    assert_eq!(code, Some(143), "{stderr}");
 }

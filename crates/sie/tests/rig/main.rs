@@ -23,6 +23,7 @@ mod faults;
 mod inspect;
 mod memdev;
 mod memory;
+mod migration;
 mod pci;
 mod snapshot;
 mod vfio;
@@ -36,6 +37,7 @@ use faults::*;
 use inspect::*;
 use memdev::*;
 use memory::*;
+use migration::*;
 use pci::*;
 use snapshot::*;
 use vfio::*;
@@ -286,6 +288,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon_deflate_on_oom(),
         balloon_hinting(),
         balloon_snapshot(),
+        migration_live(),
     ]
 }
 

@@ -69,6 +69,8 @@ pub(super) struct Migration {
     throttle: u8,
     /// When the vCPUs sit out next.
     next_throttle: Instant,
+    /// The taps a VM migrating in uses here (`PUT /migration/receive`).
+    receive_overrides: Vec<sie_config::NetworkOverride>,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -107,6 +109,7 @@ impl Migration {
             taken: Vec::new(),
             throttle: 0,
             next_throttle: Instant::now(),
+            receive_overrides: Vec::new(),
         })
     }
 
@@ -192,6 +195,9 @@ impl Controller {
             Ok(listener) => listener,
             Err(e) => return Response::Fault(format!("migration/receive: {endpoint}: {e}")),
         };
+        self.migration
+            .receive_overrides
+            .clone_from(&receive.network_overrides);
         let link = self.migration.link();
         let progress = self
             .migration
@@ -346,8 +352,15 @@ impl Controller {
                 ToVmm::TakeDirty(reply) => {
                     let _ = reply.send(self.take_dirty());
                 }
-                ToVmm::Switchover(reply) => {
-                    let _ = reply.send(self.switchover(hv));
+                ToVmm::Switchover { reply, release } => {
+                    let result = self.switchover(hv);
+                    let paused = result.is_ok();
+                    let _ = reply.send(result);
+                    if paused {
+                        // No device event until the sender read the last
+                        // pages (it drops `release`, also when it fails).
+                        let _ = release.recv();
+                    }
                 }
                 ToVmm::LocalSwitchover { reply, end } => match self.local_switchover(hv) {
                     Ok(state) => {
@@ -599,6 +612,11 @@ impl Controller {
             );
             machine.shared_memory = None;
         }
+        // Before the build opens them: the source still holds its taps.
+        crate::snapshot::overrides::apply_network(
+            &mut snapshot.config,
+            &self.migration.receive_overrides,
+        )?;
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
             memory,

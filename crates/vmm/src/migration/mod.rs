@@ -167,8 +167,17 @@ pub enum ToVmm {
     StartDirtyLog(Sender<Result<(), String>>),
     /// The pages written since the last take.
     TakeDirty(Sender<Result<Vec<RegionPages>, String>>),
-    /// Pause the vCPUs and hand over the last pages and the state.
-    Switchover(Sender<Result<Switchover, String>>),
+    /// Pause the vCPUs and hand over the last pages and the state, then
+    /// serve nothing until `release` is dropped: the sender reads the last
+    /// pages meanwhile, and a device writing guest RAM then (a frame from
+    /// a tap) would tear them: a used ring read after the write, naming a
+    /// buffer whose page was taken before it and never sent again.
+    Switchover {
+        /// The last pages and the state.
+        reply: Sender<Result<Switchover, String>>,
+        /// Dropped once guest RAM may change here again.
+        release: Receiver<()>,
+    },
     /// Local mode: pause the vCPUs and hand over the state, then serve
     /// nothing (no device here may write guest RAM the receiver shares)
     /// until the send's end arrives on `end` instead of as

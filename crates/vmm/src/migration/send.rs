@@ -138,11 +138,19 @@ impl Sender {
         // From here the guest is paused until the receiver holds it (or
         // this fails before the go and it resumes here).
         let paused_at = Instant::now();
-        let last = self.link.ask(ToVmm::Switchover)?;
+        // Guest RAM holds still here while `release` lives: until the last
+        // pages are read (pre-copy), or the whole send (post-copy pushes
+        // pages after the go).
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let last = self.link.ask(|reply| ToVmm::Switchover {
+            reply,
+            release: held,
+        })?;
         pending.extend(last.pages);
         let postcopy = self.postcopy.get();
         if !postcopy {
             self.send_pages(conn, &pending, None, false)?;
+            drop(release);
         } else if self.plan.mode == MigrationMode::Auto {
             // What the receiver holds of these is stale: it drops them,
             // and they come again after the go.

@@ -3,12 +3,27 @@
 //! its own vsock socket (`vsock_override`). Everything else comes back as
 //! it was saved.
 
-use sie_config::{LoadPlan, VmConfig};
+use sie_config::{LoadPlan, NetworkOverride, VmConfig};
 
 /// Applies `plan`'s overrides to `config`; one line naming the first one
 /// that matches nothing in the snapshot.
 pub fn apply(config: &mut VmConfig, plan: &LoadPlan) -> Result<(), String> {
-    for entry in &plan.network_overrides {
+    apply_network(config, &plan.network_overrides)?;
+    if let Some(uds_path) = &plan.vsock_override {
+        let vsock = config
+            .vsock
+            .as_mut()
+            .ok_or("vsock_override: the snapshot has no vsock device")?;
+        vsock.uds_path.clone_from(uds_path);
+    }
+    Ok(())
+}
+
+/// Gives each interface `overrides` name its new tap (a restored clone,
+/// or a VM migrating in: `PUT /migration/receive`); one line naming the
+/// first override that matches no interface of the VM.
+pub fn apply_network(config: &mut VmConfig, overrides: &[NetworkOverride]) -> Result<(), String> {
+    for entry in overrides {
         let iface = config
             .network_interfaces
             .iter_mut()
@@ -20,13 +35,6 @@ pub fn apply(config: &mut VmConfig, plan: &LoadPlan) -> Result<(), String> {
                 )
             })?;
         iface.host_dev_name.clone_from(&entry.host_dev_name);
-    }
-    if let Some(uds_path) = &plan.vsock_override {
-        let vsock = config
-            .vsock
-            .as_mut()
-            .ok_or("vsock_override: the snapshot has no vsock device")?;
-        vsock.uds_path.clone_from(uds_path);
     }
     Ok(())
 }
