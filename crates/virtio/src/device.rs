@@ -125,6 +125,22 @@ pub struct SingleQueue {
 }
 
 impl Activation {
+    /// Takes the first `N` queues, each of which must be ready (for devices
+    /// that need all their queues, in order: net's and the console's rx and
+    /// tx). The queues past `N` are dropped.
+    pub fn ready_queues<const N: usize>(&mut self) -> Result<[Queue; N], ActivateError> {
+        let mut queues = std::mem::take(&mut self.queues).into_iter();
+        let mut taken = Vec::with_capacity(N);
+        for index in 0..N {
+            let queue = queues.next().filter(|q| q.ready());
+            taken.push(queue.ok_or(ActivateError::QueueNotReady(index))?);
+        }
+        // Exactly N were pushed.
+        taken
+            .try_into()
+            .map_err(|_: Vec<Queue>| ActivateError::QueueNotReady(0))
+    }
+
     /// For a one-queue device: its queue, which must be ready.
     pub fn single_queue(self) -> Result<SingleQueue, ActivateError> {
         let Some(queue) = self.queues.into_iter().next().filter(|q| q.ready()) else {

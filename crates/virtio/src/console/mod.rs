@@ -270,16 +270,8 @@ impl VirtioDevice for Console {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let mut queues = activation.queues.into_iter();
-        let mut ready = |index| {
-            queues
-                .next()
-                .filter(|q| q.ready())
-                .ok_or(ActivateError::QueueNotReady(index))
-        };
-        let rx = ready(RX_QUEUE)?;
-        let tx = ready(TX_QUEUE)?;
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let [rx, tx] = activation.ready_queues()?;
         self.active = Some(Active {
             mem: activation.mem,
             rx,

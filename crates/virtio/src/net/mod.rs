@@ -355,16 +355,8 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         read_config_bytes(&self.config(), offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let mut queues = activation.queues.into_iter();
-        let mut ready = |index| {
-            queues
-                .next()
-                .filter(|q| q.ready())
-                .ok_or(ActivateError::QueueNotReady(index))
-        };
-        let rx = ready(RX_QUEUE)?;
-        let tx = ready(TX_QUEUE)?;
+    fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
+        let [rx, tx] = activation.ready_queues()?;
         if let Err(error) = self.backend.set_offloads(activation.acked_features) {
             // Harmless: the guest then simply gets no offloaded frames.
             tracing::warn!(%error, "virtio-net: cannot set the tap offloads");
