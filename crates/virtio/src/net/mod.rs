@@ -62,7 +62,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 use crate::net_backend::RxGate;
 pub use crate::net_backend::{MAX_FRAME_LEN, NET_HDR_LEN, NetBackend};
