@@ -589,7 +589,8 @@ pub enum BenchCommand {
     Net(BenchNetArgs),
     /// Whole VM lifecycles of a tiny guest: bare KVM loop, `sie run`, and a peer VMM.
     Lifecycle(BenchLifecycleArgs),
-    /// Snapshot create and restore times per guest size, sie and a peer VMM.
+    /// Snapshot create and restore times per guest size, sie and a peer VMM; then sie's
+    /// memory backends, and a lazy restore's first request against File's.
     Snapshot(BenchSnapshotArgs),
     /// Live migration between two sie processes: total time, rounds, bytes, downtime.
     Migrate(BenchMigrateArgs),

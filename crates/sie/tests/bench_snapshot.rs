@@ -66,6 +66,22 @@ fn the_snapshot_bench_checks_each_restore_and_prints_figures() {
         assert_eq!(numbers[0], 64.0, "{row}");
         assert!(numbers[1..3].iter().all(|&n| n > 0.0), "{row}");
     }
+    // The lazy restore's first request against File's, as a ratio (a
+    // figure, not a bound).
+    let ratio = run
+        .stdout
+        .lines()
+        .find_map(|line| {
+            line.trim_start()
+                .strip_prefix("first count at 64 MiB, Lazy with its working set / File: x")
+        })
+        .unwrap_or_else(|| panic!("no first-request ratio in {}", run.stdout));
+    let value: f64 = ratio
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number: {ratio}"));
+    assert!(value > 0.0, "{ratio}");
 }
 
 #[test]

@@ -33,7 +33,8 @@ pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(
         if Instant::now() > deadline {
             return Err(format!("timed out waiting for {what}").into());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        // Short: the benchmarks time what these waits end.
+        std::thread::sleep(Duration::from_micros(250));
     }
     Ok(())
 }
@@ -114,7 +115,8 @@ fn spawn_with_stderr(
         if Instant::now() > deadline {
             return Err("timed out waiting for the API socket".into());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        // Short: process start → running counts this wait.
+        std::thread::sleep(Duration::from_micros(250));
     }
     Ok(vmm)
 }

@@ -70,7 +70,7 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
 }
 
 /// 1% of `mib` MiB, in 4 KiB pages: what the guest dirties every tick.
-fn dirty_pages(mib: u32) -> u64 {
+pub(super) fn dirty_pages(mib: u32) -> u64 {
     (u64::from(mib) * 256).div_ceil(100)
 }
 
