@@ -218,7 +218,7 @@ msix_control() {
   done
   [ "$p" -ne 0 ] || { echo none; return; }
   control=$(( $(byte $((p + 2))) | $(byte $((p + 3))) << 8 ))
-  printf "%#06x" $((control & 0xc000))
+  printf "0x%04x" $((control & 0xc000))
   table_size=$(( (control & 0x7ff) + 1 ))
 }
 input() { # the count of virtioN-input (one vCPU)
@@ -242,7 +242,7 @@ grep -E 'virtio|MSI' /proc/interrupts | sed 's/^/  irq: /'
 before=$(input)
 readrng 4096 rng
 after=$(input)
-echo "@@L2 RESULT input_irqs_before=${before:-none}"
+echo "@@L2 RESULT input_irqs=${before:-none}..${after:-none}"
 echo "@@L2 RESULT input_irqs_grew=$([ -n "$after" ] && [ "${after:-0}" -gt "${before:-0}" ] && echo yes || echo no)"
 echo "@@L2 RESULT ioapic_virtio=$(grep 'IO-APIC' /proc/interrupts | grep -c virtio)"
 grep -E 'virtio|MSI' /proc/interrupts | sed 's/^/  irq: /'
@@ -258,6 +258,7 @@ echo "@@L2 RESULT rebound_hwrng=$(cat /sys/class/misc/hw_random/rng_current | cu
 before=$(input)
 readrng 1024 rebound
 after=$(input)
+echo "@@L2 RESULT rebound_input_irqs=${before:-none}..${after:-none}"
 echo "@@L2 RESULT rebound_input_irqs_grew=$([ -n "$after" ] && [ "${after:-0}" -gt "${before:-0}" ] && echo yes || echo no)"
 grep -E 'virtio|MSI' /proc/interrupts | sed 's/^/  irq: /'
 echo "@@L2 RESULT rng_done=yes""#;
