@@ -268,6 +268,17 @@ fn l1_command(kernel: &str, images: &Path, from: Option<&str>) -> Command {
         // edu to vfio-pci so sie can pass it to L2 (docs/vfio.md).
         .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
         .args(["-device", "edu"])
+        // A modern virtio-rng (1af4:1044), whose interrupts are MSI-X, for
+        // the MSI-X passthrough case (`vfio_msix`). Harmless to every other
+        // case: L1's initramfs has no virtio driver (virtio_pci and
+        // virtio-rng are modules it does not carry) and its /init binds the
+        // device to vfio-pci, which nothing else uses unless a case passes
+        // it on. `iommu_platform=on` sends its DMA through the VT-d above,
+        // so under vfio-pci it reaches L2's memory and never L1's.
+        .args([
+            "-device",
+            "virtio-rng-pci,disable-legacy=on,iommu_platform=on",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")

@@ -281,6 +281,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         cpu_template_static(),
         vfio_edu(),
         vfio_msi(),
+        vfio_msix(),
         vfio_dma_fault(),
         vfio_refused(),
         vfio_no_snapshot(),

@@ -250,6 +250,40 @@ mod tests {
         assert!(!plain.take_unrouted_signal(0));
     }
 
+    /// The guest unmasks a vector (a table write) or reads the PBA on a
+    /// vCPU thread: taking the device's waiting signal is allowed there.
+    #[test]
+    fn an_unrouted_signal_is_taken_under_the_vcpu_filter() {
+        let vm = Arc::new(FakeVm::default());
+        let vectors = MsiVectors::detached_while_unrouted(vm, 30, 1).unwrap();
+        vectors.notifier(0).unwrap().write(1).unwrap();
+        let filters = sie_seccomp::Seccomp::builtin();
+        // SAFETY: the child only installs the filter (as the seccomp
+        // crate's own tests do), reads the eventfd and ends in _exit, from
+        // the SIGSYS handler (status 148) or below.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let status = match filters.install(sie_seccomp::ThreadKind::Vcpu) {
+                Ok(()) if vectors.take_unrouted_signal(0) => 0,
+                Ok(()) => 1,
+                Err(_) => 2,
+            };
+            // SAFETY: ending the child without running the parent's exit
+            // handlers.
+            unsafe { libc::_exit(status) };
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "148: the vCPU filter forbids reading the eventfd"
+        );
+    }
+
     #[test]
     fn programming_and_masking_a_vector_sets_and_removes_its_route() {
         let vm = Arc::new(FakeVm::default());
