@@ -103,6 +103,33 @@ fn stats_break_the_vmm_memory_down_with_the_guest_ram_apart() {
     // The rows add up to the total (each is rounded to 0.01 MiB).
     let sum: f64 = parts.iter().sum();
     assert!((sum - rss).abs() < 0.05, "{sum} vs {rss}:\n{stderr}");
+    // Default huge_pages ("None") and private memory.
+    assert!(
+        stderr.contains("backed by                    base pages\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stats_show_the_guest_ram_on_transparent_huge_pages() {
+    let scratch = Scratch::new("thp-stats");
+    let config = scratch.file(
+        "vm.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "Transparent"}}}}"#,
+            HELLO.path
+        )
+        .as_bytes(),
+    );
+    let run = sie(&["run", "--config-file", &config, "--stats"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("transparent huge pages asked (MADV_HUGEPAGE)"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -53,6 +53,47 @@ pub struct MemoryBreakdown {
     /// The guest's RAM (mappings overlapping the ranges given), not counted
     /// in the figures above.
     pub guest_kib: u64,
+    /// How the guest's RAM is backed, as the kernel reports its mappings.
+    pub guest_pages: GuestPages,
+}
+
+/// The pages behind the guest's RAM (`huge_pages` and `shared_memory` as
+/// they took effect): from the mappings' `VmFlags` (`ht` hugetlb, `hg`
+/// `MADV_HUGEPAGE`, `sh` shared) and their `AnonHugePages`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPages {
+    /// Some guest mapping is hugetlb (`huge_pages: "2M"`).
+    pub hugetlb: bool,
+    /// Some guest mapping asked for transparent huge pages.
+    pub thp_advised: bool,
+    /// Some guest mapping is shared (a memfd, `shared_memory`).
+    pub shared: bool,
+    /// Guest RAM in transparent huge pages now, KiB.
+    pub anon_huge_kib: u64,
+}
+
+impl fmt::Display for GuestPages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.hugetlb {
+            "2 MiB hugetlb pages"
+        } else if self.thp_advised {
+            "transparent huge pages asked (MADV_HUGEPAGE)"
+        } else {
+            "base pages"
+        };
+        write!(f, "{kind}")?;
+        if self.anon_huge_kib > 0 {
+            write!(
+                f,
+                ", {:.2} MiB in huge pages now",
+                self.anon_huge_kib as f64 / 1024.0
+            )?;
+        }
+        if self.shared {
+            write!(f, ", shared memory")?;
+        }
+        Ok(())
+    }
 }
 
 /// One mapping's header line and the fields read from its lines.
@@ -63,6 +104,8 @@ struct Mapping<'a> {
     path: &'a str,
     rss_kib: u64,
     anonymous_kib: u64,
+    anon_huge_kib: u64,
+    flags: &'a str,
 }
 
 /// A mapping's header: `START-END PERMS OFFSET DEV INODE [PATH]`.
@@ -81,6 +124,8 @@ fn header(line: &str) -> Option<Mapping<'_>> {
         path,
         rss_kib: 0,
         anonymous_kib: 0,
+        anon_huge_kib: 0,
+        flags: "",
     })
 }
 
@@ -100,6 +145,10 @@ fn mappings(smaps: &str) -> Vec<Mapping<'_>> {
                 last.rss_kib = value;
             } else if let Some(value) = kib(line, "Anonymous") {
                 last.anonymous_kib = value;
+            } else if let Some(value) = kib(line, "AnonHugePages") {
+                last.anon_huge_kib = value;
+            } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+                last.flags = flags.trim();
             }
         }
     }
@@ -132,6 +181,12 @@ impl MemoryBreakdown {
             previous = Some(mapping);
             if in_guest {
                 memory.guest_kib += mapping.rss_kib;
+                let flag = |name: &str| mapping.flags.split_whitespace().any(|f| f == name);
+                let pages = &mut memory.guest_pages;
+                pages.hugetlb |= flag("ht");
+                pages.thp_advised |= flag("hg");
+                pages.shared |= flag("sh");
+                pages.anon_huge_kib += mapping.anon_huge_kib;
                 continue;
             }
             memory.anonymous_kib += mapping.anonymous_kib;
@@ -231,7 +286,8 @@ impl fmt::Display for MemoryBreakdown {
             "  {:<30} {:>7.2} MiB (not counted above)",
             "guest RAM resident",
             mib(self.guest_kib)
-        )
+        )?;
+        writeln!(f, "    {:<28} {}", "backed by", self.guest_pages)
     }
 }
 
@@ -329,6 +385,48 @@ Anonymous:             0 kB
         assert_eq!(
             memory.rss_kib(),
             300 + 1200 + 64 + 4 + 200 + 40 + 16 + 160 + 500 + 4 + 8 + 24 + 8
+        );
+    }
+
+    #[test]
+    fn the_guest_backing_is_read_from_its_mappings_flags() {
+        let smaps = "\
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
+Rss:                4096 kB
+AnonHugePages:      2048 kB
+Anonymous:          4096 kB
+VmFlags: rd wr mr mw me ac hg
+7f1000000000-7f1000200000 rw-s 00000000 00:01 77                         /memfd:guest (deleted)
+Rss:                   8 kB
+AnonHugePages:      2048 kB
+VmFlags: rd wr sh mr mw me ms
+";
+        let advised = MemoryBreakdown::parse(smaps, 0x1, &[(0x7f00_0000_0000, 4 << 20)]);
+        assert_eq!(
+            advised.guest_pages,
+            GuestPages {
+                thp_advised: true,
+                anon_huge_kib: 2048,
+                ..GuestPages::default()
+            }
+        );
+        assert!(
+            advised.to_string().contains(
+                "transparent huge pages asked (MADV_HUGEPAGE), 2.00 MiB in huge pages now"
+            )
+        );
+        let shared = MemoryBreakdown::parse(smaps, 0x1, &[(0x7f10_0000_0000, 2 << 20)]);
+        assert!(shared.guest_pages.shared && !shared.guest_pages.thp_advised);
+        let hugetlb = "\
+7f2000000000-7f2000400000 rw-p 00000000 00:10 1                          /anon_hugepage (deleted)
+Rss:                   0 kB
+VmFlags: rd wr mr mw me de ht
+";
+        let hugetlb = MemoryBreakdown::parse(hugetlb, 0x1, &[(0x7f20_0000_0000, 4 << 20)]);
+        assert!(
+            hugetlb
+                .to_string()
+                .contains("backed by                    2 MiB hugetlb pages")
         );
     }
 
