@@ -91,7 +91,28 @@ pub struct VirtioDevices {
     /// them is not snapshotted).
     pub transports: Vec<Arc<dyn TransportSnapshot>>,
     /// The virtio console (`--console virtio`), if placed.
-    pub console: Option<crate::virtio_console::VirtioConsole>,
+    pub console: Option<VirtioConsole>,
+}
+
+/// The host's handles on a placed virtio console.
+pub struct VirtioConsole {
+    pub(crate) input: sie_virtio::console::ConsoleInput,
+    /// Signalled when the guest took buffered input.
+    pub(crate) room: vmm_sys_util::eventfd::EventFd,
+}
+
+impl VirtioConsole {
+    /// The input side and its "input room" eventfd, for stdin or the
+    /// console socket (as COM1 offers them).
+    pub fn input(
+        &self,
+    ) -> Option<(
+        Arc<dyn crate::console::input::SerialInput>,
+        vmm_sys_util::eventfd::EventFd,
+    )> {
+        let room = self.room.try_clone().ok()?;
+        Some((Arc::new(self.input.clone()), room))
+    }
 }
 
 /// What `attach` needs from the VM being built.

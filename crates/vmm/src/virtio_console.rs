@@ -22,30 +22,14 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::console::ConsoleOutput;
 use crate::console::input::SerialInput;
 use crate::error::{Result, VmmError};
-use crate::virtio::{VirtioDevices, Wiring};
+use crate::virtio::{VirtioConsole, VirtioDevices, Wiring};
 
 /// The device's name in statistics and on the bus.
 pub const NAME: &str = "virtio-console";
 
-/// The host's handles on a placed virtio console.
-pub struct VirtioConsole {
-    input: ConsoleInput,
-    /// Signalled when the guest took buffered input.
-    room: EventFd,
-}
-
 impl SerialInput for ConsoleInput {
     fn enqueue(&self, bytes: &[u8]) -> usize {
         ConsoleInput::enqueue(self, bytes)
-    }
-}
-
-impl VirtioConsole {
-    /// The input side and its "input room" eventfd, for stdin or the
-    /// console socket (as COM1 offers them).
-    pub fn input(&self) -> Option<(Arc<dyn SerialInput>, EventFd)> {
-        let room = self.room.try_clone().ok()?;
-        Some((Arc::new(self.input.clone()), room))
     }
 }
 

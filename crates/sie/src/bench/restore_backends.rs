@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, paused_counter, restore_fresh, wait_until};
+use super::api_vmm::{Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, wait_until};
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 
@@ -39,7 +39,7 @@ fn take(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Taken, Box
     let config = json!({
         "boot-source": {
             "kernel_image_path": guest,
-            "boot_args": format!("limit=100000000 delay=1000 dirty={}", super::snapshot::dirty_pages(mib)),
+            "boot_args": format!("limit=100000000 delay=1000 dirty={}", dirty_pages(mib)),
         },
         "machine-config": {"vcpu_count": 1, "mem_size_mib": mib},
     });

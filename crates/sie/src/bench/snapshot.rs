@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, median, paused_counter, restore_fresh, set_state, wait_until};
+use super::api_vmm::{
+    Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, set_state, wait_until,
+};
 
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
@@ -67,11 +69,6 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
         start_to_running_ms,
         memory_file_mib,
     })
-}
-
-/// 1% of `mib` MiB, in 4 KiB pages: what the guest dirties every tick.
-pub(super) fn dirty_pages(mib: u32) -> u64 {
-    (u64::from(mib) * 256).div_ceil(100)
 }
 
 /// Resumes the paused `source` until it has counted twice more (so it
