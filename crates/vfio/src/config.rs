@@ -3,7 +3,8 @@
 //! hold the addresses sie assigns (with the usual all-ones sizing), the
 //! expansion ROM and any I/O-port BAR are hidden (sie passes through no
 //! port I/O: such a BAR reads 0 and sizes to 0, so the guest never
-//! programs ports that would reach nothing), and the MSI and MSI-X capabilities are
+//! programs ports that would reach nothing, and the command register's
+//! I/O enable reads 0 and never reaches the device), and the MSI and MSI-X capabilities are
 //! emulated: the guest's message addresses and enable bits stay in sie,
 //! which turns them into VFIO interrupt settings and KVM MSI routes.
 //!
@@ -34,8 +35,12 @@ const CAP_PTR: usize = 0x34;
 const CAP_MSI: u8 = 0x05;
 const CAP_MSIX: u8 = 0x11;
 const CONFIG_SIZE: usize = 256;
-/// The command register's I/O, memory and bus-master enables.
+/// The command register's memory enable.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
+/// The command register's I/O-space enable: virtualized as always off,
+/// since no I/O BAR reaches the guest (a device decoding ports would
+/// answer at the host's port addresses, not the guest's).
+const COMMAND_IO: u8 = 1 << 0;
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +357,9 @@ impl VirtualConfig {
             return value;
         }
         let real = read_u32(region, offset);
+        if offset == COMMAND {
+            return real & !u32::from(COMMAND_IO);
+        }
         if let Some(msi) = &self.msi
             && offset == msi.offset
         {
@@ -414,7 +422,14 @@ impl VirtualConfig {
         }
         // Everything else (command, status, latency, other capabilities)
         // is the real device's, written with exactly the bytes the guest
-        // wrote so write-one-to-clear status bits next to them stay alone.
+        // wrote so write-one-to-clear status bits next to them stay alone;
+        // but the command register's I/O enable stays off.
+        if offset == COMMAND && data[0] & COMMAND_IO != 0 {
+            let mut data = data.to_vec();
+            data[0] &= !COMMAND_IO;
+            region.write(offset as u64, &data);
+            return None;
+        }
         region.write(offset as u64, data);
         None
     }
@@ -633,6 +648,22 @@ mod tests {
         config.write(&region, 0x04, &0x0006u16.to_le_bytes());
         assert_eq!(*region.writes.borrow(), vec![(4, vec![6, 0])]);
         assert_eq!(config.read(&region, 0x1000), 0, "no extended config space");
+    }
+
+    #[test]
+    fn the_command_registers_io_enable_is_never_set_on_the_device() {
+        let (region, mut config) = edu();
+        // Memory, bus master and I/O asked for: the device gets the first two.
+        config.write(&region, 0x04, &0x0007u16.to_le_bytes());
+        config.write(&region, 0x04, &[0x05]);
+        config.write(&region, 0x04, &0x0010_0003u32.to_le_bytes());
+        assert_eq!(
+            *region.writes.borrow(),
+            vec![(4, vec![6, 0]), (4, vec![4]), (4, vec![2, 0, 0x10, 0])]
+        );
+        // The high byte alone passes as written.
+        config.write(&region, 0x05, &[0x04]);
+        assert_eq!(region.writes.borrow().last(), Some(&(5, vec![4])));
     }
 
     #[test]
