@@ -8,8 +8,9 @@
 //! `tx_bytes=` / `rx_bytes=`. A run fails unless each side received every
 //! byte the other sent. Over virtio-MMIO, virtio-PCI or both side by side
 //! (`--transport`), with each one's virtio interrupts (the guest's
-//! `@@BENCH virtio_irqs=`) and device register exits (`sie run --stats`)
-//! per MiB carried.
+//! `@@BENCH virtio_irqs=`, counted around the transfers) and device
+//! register exits (`sie run --stats`, the whole run, boot included) per
+//! data frame the tap carried.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -34,6 +35,8 @@ struct HostSample {
     mib_s: f64,
     /// Frames through the tap in the data's direction, per second.
     packets_s: f64,
+    /// Those frames, counted.
+    packets: u64,
     /// Bytes this side received (sink) or sent (source).
     bytes: u64,
 }
@@ -118,6 +121,7 @@ fn sink(
     Ok(HostSample {
         mib_s: mib as f64 / secs,
         packets_s: frames as f64 / secs,
+        packets: frames,
         bytes,
     })
 }
@@ -147,6 +151,7 @@ fn source(
     Ok(HostSample {
         mib_s: mib as f64 / secs,
         packets_s: frames as f64 / secs,
+        packets: frames,
         bytes,
     })
 }
@@ -326,19 +331,19 @@ pub fn run(args: &BenchNetArgs) -> Result<u8, BoxError> {
                 col(&packets, 22)
             );
         }
-        let per_mib = |values: Vec<f64>| match median(&mut values.clone()) {
-            Some(m) => format!("{:.1}", m / mib),
-            None => "-".to_string(),
+        // A request is a data frame through the tap (a GSO frame counts once).
+        let per_packet = |pick: fn(&Run) -> Option<f64>| {
+            let mut per: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| Some(pick(r)? / (r.sink.packets + r.source.packets).max(1) as f64))
+                .collect();
+            median(&mut per).map_or_else(|| "-".to_string(), |m| format!("{m:.3}"))
         };
         println!(
-            "  {} interrupts/MiB {}, device exits/MiB {}",
+            "  {} interrupts/packet {} (during the transfers), device exits/packet {} (the whole run, boot included); {mib:.0} MiB carried a run",
             transport.label(),
-            per_mib(runs.iter().filter_map(|r| r.irqs).collect()),
-            per_mib(
-                runs.iter()
-                    .filter_map(|r| r.device_exits.map(|e| e as f64))
-                    .collect()
-            )
+            per_packet(|r| r.irqs),
+            per_packet(|r| r.device_exits.map(|e| e as f64)),
         );
     }
     Ok(0)
@@ -374,6 +379,7 @@ mod tests {
             let sample = |bytes| HostSample {
                 mib_s: 1.0,
                 packets_s: 1.0,
+                packets: 1,
                 bytes,
             };
             let mut run = Run {

@@ -129,9 +129,9 @@ echo "@@BENCH virtio_irqs=$(( $(irqs) - before ))""#,
                     .lines()
                     .find(|l| {
                         l.trim_start()
-                            .starts_with(&format!("{transport} interrupts/MiB"))
+                            .starts_with(&format!("{transport} interrupts/packet"))
                     })
-                    .ok_or(format!("no {transport} interrupts/MiB line"))?;
+                    .ok_or(format!("no {transport} interrupts/packet line"))?;
                 let interrupts: f64 = figures
                     .split_whitespace()
                     .nth(2)
