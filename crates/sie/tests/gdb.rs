@@ -100,6 +100,26 @@ impl Client {
     }
 }
 
+/// `sie run` of the loop guest (counting for ages, 32 MiB) waiting for gdb
+/// on `socket`, on a thread; join it for the run's result.
+fn loop_guest_behind_gdb(socket: &str) -> std::thread::JoinHandle<common::Run> {
+    let args = [
+        "run".to_string(),
+        "--kernel".to_string(),
+        sie_guests::LOOP.path.to_string(),
+        "--cmdline".to_string(),
+        "iterations=1000000000000".to_string(),
+        "--memory".to_string(),
+        "32M".to_string(),
+        "--gdb-socket".to_string(),
+        socket.to_string(),
+    ];
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sie(&args)
+    })
+}
+
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -110,21 +130,7 @@ fn gdb_drives_the_loop_guest_through_sie_run_under_seccomp() {
     let socket = format!("{}/gdb.sock", scratch.path());
     let guest = sie_guests::LOOP;
     let entry = u64::from_le_bytes(guest.bytes[24..32].try_into().unwrap());
-    let args = [
-        "run".to_string(),
-        "--kernel".to_string(),
-        guest.path.to_string(),
-        "--cmdline".to_string(),
-        "iterations=1000000000000".to_string(),
-        "--memory".to_string(),
-        "32M".to_string(),
-        "--gdb-socket".to_string(),
-        socket.clone(),
-    ];
-    let run = std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sie(&args)
-    });
+    let run = loop_guest_behind_gdb(&socket);
     let mut gdb = Client::connect(&socket);
     gdb.ask("qSupported:swbreak+;hwbreak+;vContSupported+");
     assert!(gdb.ask("?").starts_with('T'));
@@ -181,21 +187,7 @@ fn debian_gdb_reads_and_writes_the_control_registers_and_fs_base() {
     }
     let scratch = Scratch::new("gdb-regs");
     let socket = format!("{}/gdb.sock", scratch.path());
-    let args = [
-        "run".to_string(),
-        "--kernel".to_string(),
-        sie_guests::LOOP.path.to_string(),
-        "--cmdline".to_string(),
-        "iterations=1000000000000".to_string(),
-        "--memory".to_string(),
-        "32M".to_string(),
-        "--gdb-socket".to_string(),
-        socket.clone(),
-    ];
-    let run = std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sie(&args)
-    });
+    let run = loop_guest_behind_gdb(&socket);
     // gdb's `target remote` does not retry: wait for the socket (a
     // connection made here would be the session).
     let deadline = Instant::now() + TIMEOUT;
