@@ -121,20 +121,7 @@ impl LocalSender {
         // on this very memory, and never resumes here.
         wire::write_message(conn, &Message::Go)
             .map_err(|e| format!("sending the go to {destination}: {e}"))?;
-        let done = match wire::read_message(conn) {
-            Ok(Message::Done) => Ok(()),
-            Ok(Message::Abort(reason)) => {
-                Err(format!("the destination failed after the go: {reason}"))
-            }
-            Ok(other) => Err(format!(
-                "the destination sent {} instead of done",
-                other.name()
-            )),
-            Err(error) => Err(format!(
-                "the link to {destination} was lost after the go: {error}"
-            )),
-        };
-        done.map_err(Failure::AfterGo)?;
+        send::expect_done(wire::read_message(conn), destination)?;
         let downtime_ms = paused_at.elapsed().as_millis() as u64;
         progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
         Ok(())

@@ -182,20 +182,7 @@ impl Sender {
                 ))
             })?;
         }
-        let done = match self.read_serving(conn) {
-            Ok(Message::Done) => Ok(()),
-            Ok(Message::Abort(reason)) => {
-                Err(format!("the destination failed after the go: {reason}"))
-            }
-            Ok(other) => Err(format!(
-                "the destination sent {} instead of done",
-                other.name()
-            )),
-            Err(error) => Err(format!(
-                "the link to {destination} was lost after the go: {error}"
-            )),
-        };
-        done.map_err(Failure::AfterGo)?;
+        expect_done(self.read_serving(conn), destination)?;
         if !postcopy {
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
             progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
@@ -454,6 +441,26 @@ pub(super) fn expect_ready(answer: Result<Message, wire::WireError>) -> Result<(
         Ok(other) => Err(format!("the destination sent {} instead of ready", other.name()).into()),
         Err(error) => Err(format!("waiting for the destination: {error}").into()),
     }
+}
+
+/// The destination's answer after the go: `Done`, or why not (the guest
+/// may run there already, so a failure here is [`Failure::AfterGo`]).
+pub(super) fn expect_done(
+    answer: Result<Message, wire::WireError>,
+    destination: &Endpoint,
+) -> Result<(), Failure> {
+    match answer {
+        Ok(Message::Done) => Ok(()),
+        Ok(Message::Abort(reason)) => Err(format!("the destination failed after the go: {reason}")),
+        Ok(other) => Err(format!(
+            "the destination sent {} instead of done",
+            other.name()
+        )),
+        Err(error) => Err(format!(
+            "the link to {destination} was lost after the go: {error}"
+        )),
+    }
+    .map_err(Failure::AfterGo)
 }
 
 /// How a send (this one or a local one) ended, as the VMM thread must
