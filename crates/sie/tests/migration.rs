@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::api::ApiVm;
@@ -165,11 +165,8 @@ fn a_dirtying_guest_moves_over_tcp_and_counts_on_exactly() {
 fn a_destination_that_dies_mid_transfer_leaves_the_guest_running_here() {
     let scratch = common::Scratch::new("migrate-dies");
     let path = format!("{}/m.sock", scratch.path());
-    let listener = UnixListener::bind(&path).expect("bind");
     // A destination that answers the hello, takes some memory, then dies.
-    let fake = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        wire::expect_hello(&mut conn).expect("the source's hello");
+    let fake = common::fake_peer::fake_destination(&path, move |mut conn| {
         wire::send_hello(&mut conn).expect("hello");
         let mut some = vec![0u8; 64 << 10];
         conn.read_exact(&mut some).expect("some memory");
@@ -197,12 +194,9 @@ fn a_destination_that_dies_mid_transfer_leaves_the_guest_running_here() {
 fn a_cancelled_send_leaves_the_guest_running_here() {
     let scratch = common::Scratch::new("migrate-cancel");
     let path = format!("{}/m.sock", scratch.path());
-    let listener = UnixListener::bind(&path).expect("bind");
     // A destination on a slow link: it takes memory a little at a time
     // until the source gives up on it.
-    let fake = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        wire::expect_hello(&mut conn).expect("the source's hello");
+    let fake = common::fake_peer::fake_destination(&path, move |mut conn| {
         wire::send_hello(&mut conn).expect("hello");
         let mut last = None;
         loop {

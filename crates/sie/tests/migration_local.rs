@@ -159,12 +159,9 @@ fn local_mode_over_tcp_or_on_private_memory_is_refused_in_one_line() {
 fn a_receiver_without_local_mode_is_refused_and_the_guest_runs_on() {
     let scratch = common::Scratch::new("migrate-local-old");
     let path = format!("{}/m.sock", scratch.path());
-    let listener = UnixListener::bind(&path).expect("bind");
     // A sie of protocol 2.0: it answers the hello and would take pages,
     // but knows no local layout.
-    let old = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        wire::expect_hello(&mut conn).expect("the source's hello");
+    let old = common::fake_peer::fake_destination(&path, move |mut conn| {
         wire::write_message(&mut conn, &Message::Hello(wire::PROTOCOL_MAJOR, 0)).expect("hello");
         wire::read_message(&mut conn)
     });
@@ -403,10 +400,7 @@ enum FakeEnd {
 /// state, then ends as `end` says; it returns how many memfds it took and
 /// the last message it read.
 fn fake_local_receiver(path: &str, end: FakeEnd) -> std::thread::JoinHandle<(usize, Message)> {
-    let listener = UnixListener::bind(path).expect("bind");
-    std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        wire::expect_hello(&mut conn).expect("the source's hello");
+    common::fake_peer::fake_destination(path, move |mut conn| {
         wire::send_hello(&mut conn).expect("hello");
         let Ok(Message::LocalLayout(layout)) = wire::read_message(&mut conn) else {
             panic!("no local layout");

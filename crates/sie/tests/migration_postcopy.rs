@@ -71,12 +71,9 @@ const UNTOUCHED: u64 = (32 << 20) - 4096;
 fn the_source_answers_a_page_request_the_push_would_never_send() {
     let scratch = common::Scratch::new("postcopy-request");
     let path = format!("{}/m.sock", scratch.path());
-    let listener = UnixListener::bind(&path).expect("bind");
     // A destination that takes the state, asks for one page after the go,
     // and reads everything until `Complete` and the answer.
-    let fake = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        wire::expect_hello(&mut conn).expect("the source's hello");
+    let fake = common::fake_peer::fake_destination(&path, move |mut conn| {
         wire::send_hello(&mut conn).expect("hello");
         assert!(matches!(
             wire::read_message(&mut conn),

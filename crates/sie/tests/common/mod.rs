@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod counter;
+pub mod fake_peer;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
