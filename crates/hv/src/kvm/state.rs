@@ -202,3 +202,22 @@ pub(crate) fn notify_paused(fd: &VcpuFd) -> Result<bool> {
         Err(error) => Err(call("KVM_KVMCLOCK_CTRL")(error)),
     }
 }
+
+/// Queues exception `vector` for the next entry unless one is pending or
+/// being injected already (`false`). The vCPU events go back as they were
+/// read but for the exception, so nothing else about them changes. KVM
+/// moves RIP past the instruction when it delivers a software exception
+/// (`#BP` after the `int3` that exited: it kept the instruction's length).
+pub(crate) fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<bool> {
+    let mut events = fd.get_vcpu_events().map_err(call("KVM_GET_VCPU_EVENTS"))?;
+    if events.exception.injected != 0 || events.exception.pending != 0 {
+        return Ok(false);
+    }
+    events.exception.injected = 1;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    fd.set_vcpu_events(&events)
+        .map_err(call("KVM_SET_VCPU_EVENTS"))?;
+    Ok(true)
+}
