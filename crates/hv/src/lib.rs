@@ -279,6 +279,20 @@ pub trait Vcpu: Send {
     /// call it before the vCPU runs again. `false` when the guest has no
     /// paravirtual clock to tell.
     fn notify_paused(&self) -> Result<bool>;
+    /// Hands the guest exception `vector` (without an error code) at its
+    /// next entry, unless an exception is already on its way in: `false`
+    /// then, and nothing changes. Call it between runs. After a `#BP`
+    /// ([`VmExit::Debug`] with exception 3) injecting vector 3 gives the
+    /// guest its own breakpoint: the hypervisor delivers it as the `int3`
+    /// would have, with RIP past the instruction. A software exception
+    /// (`#BP`, `#OF`) queued this way is not seen by a later call (KVM does
+    /// not report them back), so the answer concerns the others.
+    fn inject_exception(&self, vector: u8) -> Result<bool> {
+        let _ = vector;
+        Err(HvError::Invalid(
+            "this backend cannot inject exceptions".to_string(),
+        ))
+    }
     /// Arms (or, with the default [`GuestDebug`], disarms) the debugger's
     /// controls: single step, `int3` and the debug registers; each event
     /// then ends `run` with [`VmExit::Debug`]. Call it between runs.

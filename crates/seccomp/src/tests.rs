@@ -218,3 +218,41 @@ fn a_user_policy_may_leave_out_the_build_filter() {
     .unwrap();
     assert_eq!(rx.recv().unwrap(), "0", "nothing installed");
 }
+
+/// The vCPU thread hands a guest its own `#BP` back while gdb has `int3`
+/// bytes in: it reads and writes its vCPU events. Tried on a descriptor
+/// that is not open, so the kernel answers EBADF once the filter let the
+/// call through (a refusal would end the child with 148).
+#[test]
+fn the_vcpu_filter_lets_a_vcpu_read_and_write_its_events() {
+    /// `_IOR(KVMIO, 0x9f, struct kvm_vcpu_events)` and `_IOW(.., 0xa0, ..)`.
+    const KVM_GET_VCPU_EVENTS: libc::c_ulong = 0x8040_ae9f;
+    const KVM_SET_VCPU_EVENTS: libc::c_ulong = 0x4040_aea0;
+    let filters = Seccomp::builtin();
+    sigsys::install_handler().unwrap();
+    // SAFETY: the child only makes system calls (no allocation, no locks)
+    // and ends in _exit, from the SIGSYS handler or below.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; descriptor -1 makes the kernel refuse the
+        // ioctl before it looks at the (null) argument.
+        unsafe {
+            let mut code = 1;
+            if filters.install(ThreadKind::Vcpu).is_ok() {
+                let get = libc::ioctl(-1, KVM_GET_VCPU_EVENTS, std::ptr::null_mut::<u8>());
+                let get_errno = *libc::__errno_location();
+                let set = libc::ioctl(-1, KVM_SET_VCPU_EVENTS, std::ptr::null::<u8>());
+                let set_errno = *libc::__errno_location();
+                if get == -1 && get_errno == libc::EBADF && set == -1 && set_errno == libc::EBADF {
+                    code = 0;
+                }
+            }
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "{status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "148: the filter refused");
+}

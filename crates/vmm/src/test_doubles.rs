@@ -1,14 +1,16 @@
 //! Stand-ins for the hypervisor in unit tests: a VM that records what it is
-//! asked, and a vCPU that "exits" on a port write every so often, so the
-//! vCPU state machine and the device manager are tested without KVM.
+//! asked, and a vCPU that "exits" on a port write every so often (or with
+//! the debug exits a test scripts), so the vCPU state machine and the
+//! device manager are tested without KVM.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sie_hv::GuestMemory;
 use sie_hv::x86::{CpuidEntry, FpuState, LapicState, MsrEntry, Regs, SpecialRegs};
-use sie_hv::{HvError, IoEventAddress, Vcpu, VcpuKicker, Vm, VmExit};
+use sie_hv::{DebugExit, HvError, IoEventAddress, Vcpu, VcpuKicker, Vm, VmExit};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Records irqfds and ioeventfds.
@@ -104,11 +106,15 @@ impl VcpuKicker for FlagKicker {
 
 /// A vCPU whose guest writes its exit count to port 0x99 every 200 µs and
 /// whose `rip` counts those exits, so a test sees progress and registers.
+/// The debug exits queued in `debug_exits` come first, one per `run`; the
+/// exceptions injected are listed in `injected`.
 pub struct ScriptedVcpu {
     id: u32,
     regs: Mutex<Regs>,
     kicked: Arc<FlagKicker>,
     pub exits: Arc<AtomicU64>,
+    pub debug_exits: Arc<Mutex<VecDeque<DebugExit>>>,
+    pub injected: Arc<Mutex<Vec<u8>>>,
     out: [u8; 1],
 }
 
@@ -119,6 +125,8 @@ impl ScriptedVcpu {
             regs: Mutex::new(Regs::default()),
             kicked: Arc::new(FlagKicker::default()),
             exits: Arc::new(AtomicU64::new(0)),
+            debug_exits: Arc::default(),
+            injected: Arc::default(),
             out: [0],
         }
     }
@@ -169,6 +177,9 @@ impl Vcpu for ScriptedVcpu {
         if self.kicked.0.swap(false, Ordering::SeqCst) {
             return Ok(VmExit::Interrupted);
         }
+        if let Some(exit) = self.debug_exits.lock().unwrap().pop_front() {
+            return Ok(VmExit::Debug(exit));
+        }
         std::thread::sleep(Duration::from_micros(200));
         let count = self.exits.fetch_add(1, Ordering::SeqCst) + 1;
         self.regs.lock().unwrap().rip = count;
@@ -190,5 +201,10 @@ impl Vcpu for ScriptedVcpu {
     }
     fn notify_paused(&self) -> sie_hv::Result<bool> {
         Ok(false)
+    }
+    /// Recorded; the script's guest takes every exception at once.
+    fn inject_exception(&self, vector: u8) -> sie_hv::Result<bool> {
+        self.injected.lock().unwrap().push(vector);
+        Ok(true)
     }
 }

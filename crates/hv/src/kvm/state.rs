@@ -7,9 +7,11 @@
 //! lives in sregs), vCPU events and MP state last.
 
 use kvm_bindings::{
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, Msrs,
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR, KVM_VCPUEVENT_VALID_SMM,
+    Msrs, kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -201,4 +203,29 @@ pub(crate) fn notify_paused(fd: &VcpuFd) -> Result<bool> {
         Err(error) if error.errno() == libc::EINVAL => Ok(false),
         Err(error) => Err(call("KVM_KVMCLOCK_CTRL")(error)),
     }
+}
+
+/// Queues exception `vector` for the next entry unless one is pending or
+/// being injected already (`false`). The vCPU events go back as they were
+/// read but for the exception, so nothing else about them changes; the
+/// pending NMI and SMI are left out of the write (flags), because another
+/// thread may queue one between the read and the write, which the write
+/// would undo. KVM moves RIP past the instruction when it delivers a
+/// software exception (`#BP` after the `int3` that exited: it kept the
+/// instruction's length).
+pub(crate) fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<bool> {
+    let mut events = fd.get_vcpu_events().map_err(call("KVM_GET_VCPU_EVENTS"))?;
+    if events.exception.injected != 0 || events.exception.pending != 0 {
+        return Ok(false);
+    }
+    events.flags &= !(KVM_VCPUEVENT_VALID_NMI_PENDING
+        | KVM_VCPUEVENT_VALID_SMM
+        | KVM_VCPUEVENT_VALID_SIPI_VECTOR);
+    events.exception.injected = 1;
+    events.exception.nr = vector;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    fd.set_vcpu_events(&events)
+        .map_err(call("KVM_SET_VCPU_EVENTS"))?;
+    Ok(true)
 }

@@ -263,6 +263,10 @@ impl Vcpu for KvmVcpu {
         super::state::notify_paused(&self.fd)
     }
 
+    fn inject_exception(&self, vector: u8) -> Result<bool> {
+        super::state::inject_exception(&self.fd, vector)
+    }
+
     fn set_guest_debug(&self, debug: &GuestDebug) -> Result<()> {
         let mut control = 0;
         let armed = debug.single_step || debug.sw_breakpoints || debug.dr7 != 0;

@@ -9,6 +9,14 @@
 //! detaches the breakpoints go and the VM runs on, and another gdb may
 //! attach to the running VM later on the same socket; `kill` ends the VM.
 //!
+//! The guest's own `int3`s (Linux's `text_poke_bp` while it patches its
+//! code, kprobes, a debugger inside the guest) stay the guest's: while gdb
+//! has `int3` bytes in memory every `#BP` leaves the guest, and one at an
+//! address where gdb has none is handed back to the guest (injected, RIP
+//! past the `int3`) and its vCPU runs on; gdb hears nothing of it. A `#BP`
+//! at one of gdb's addresses is gdb's stop, even if the guest had its own
+//! `int3` there (it is under gdb's byte).
+//!
 //! The event loop sleeps until there is something for the stub: gdb's
 //! socket readable, a gdb connecting (the listener is watched only while
 //! none is attached: one session at a time), or a vCPU's debug stop (its

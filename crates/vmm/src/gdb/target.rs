@@ -4,7 +4,10 @@
 //! virtual address through that vCPU's page tables ([`super::paging`]);
 //! breakpoints and watchpoints in the debug registers ([`super::debugregs`])
 //! or as `int3` bytes. Resuming arms every vCPU and resumes them all; the
-//! first debug stop pauses them all again (an all-stop debugger).
+//! first debug stop pauses them all again (an all-stop debugger). While
+//! `int3` bytes are in, every `#BP` exits, the guest's own as well; those
+//! not at one of gdb's addresses go back to the guest on the vCPU's thread
+//! ([`crate::debug_stop`]) and never reach [`VmTarget::take_stop`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
@@ -135,9 +138,17 @@ impl VmTarget {
     }
 
     /// Arms every vCPU with the breakpoints and watchpoints (and single
-    /// step for those stepping); `None` disarms them all.
+    /// step for those stepping); `false` disarms them all. The vCPUs learn
+    /// where gdb's `int3` bytes are: a `#BP` elsewhere is the guest's own,
+    /// which they hand back to the guest without a stop.
     fn arm_all(&mut self, armed: bool) -> Result<(), String> {
         let stepping = std::mem::take(&mut self.stepping);
+        let int3s: Vec<u64> = if armed {
+            self.sw_breakpoints.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
+        self.vm()?.debug_stops.set_int3s(int3s);
         let count = self.vm()?.vcpus.len();
         for index in 0..count {
             let debug = if armed {

@@ -17,7 +17,8 @@
 //! whether the VM is ending, after every exit; while `Paused` it is out of `KVM_RUN` and asleep on the channel, so
 //! the VMM can read and write its registers through `Access`. A debug exit
 //! the gdb stub armed also leads from `Running` to `Paused`, unrequested: the
-//! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest.
+//! vCPU leaves word in [`crate::debug_stop`] and the stub pauses the rest
+//! (but a `#BP` of the guest's own goes back to the guest: it stays `Running`).
 //! `Throttle(percent)` keeps a running vCPU out of the guest for a while
 //! and lets it run again ([`throttle`]: a migration's auto-converge slows a
 //! guest that dirties memory faster than the link carries it); a `Pause`
@@ -270,8 +271,28 @@ impl VcpuThread {
 
     /// A debug exit: the vCPU pauses on its own and tells the gdb stub,
     /// which pauses the others (an all-stop debugger) and resumes them all.
+    /// A `#BP` of the guest's own (not at one of gdb's `int3`s) is handed
+    /// back to the guest instead, and the vCPU runs on: gdb hears nothing.
     #[cold]
     fn debug_stop(&mut self, exit: sie_hv::DebugExit) -> VcpuState {
+        if self.exits.debug.is_guests_own(&exit) {
+            match self.vcpu.inject_exception(crate::debug_stop::BP_VECTOR) {
+                Ok(true) => return self.drain_requests(),
+                // Not expected right after an exception exit; gdb then
+                // sees the stop rather than the guest a lost #BP.
+                Ok(false) => tracing::warn!(
+                    "vCPU {}: the guest's #BP at {:#x} not handed back: an exception is pending",
+                    self.index,
+                    exit.pc
+                ),
+                Err(error) => tracing::warn!(
+                    "vCPU {}: the guest's #BP at {:#x} not handed back: {}",
+                    self.index,
+                    exit.pc,
+                    crate::error::error_chain(&error)
+                ),
+            }
+        }
         self.exits.debug.push(DebugStop {
             vcpu: self.index,
             exit,

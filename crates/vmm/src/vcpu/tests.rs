@@ -10,6 +10,7 @@ use sie_devices::{Bus, BusDevice, VmRequests};
 use sie_obs::Observatory;
 
 use super::*;
+use crate::debug_stop::{BP_VECTOR, DebugStops};
 use crate::test_doubles::ScriptedVcpu;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +41,17 @@ struct Vm {
 }
 
 fn start(count: usize, reset_at: u64) -> Vm {
+    start_with(count, reset_at, Default::default(), |_| {})
+}
+
+/// `start`, with the gdb stub's side of debug exits and each scripted
+/// vCPU prepared by `script` before its thread runs.
+fn start_with(
+    count: usize,
+    reset_at: u64,
+    debug: Arc<DebugStops>,
+    script: impl FnMut(&mut ScriptedVcpu),
+) -> Vm {
     let control = Arc::new(VmControl::new().unwrap());
     let obs = Arc::new(Observatory::new(Instant::now(), count));
     let mut pio = Bus::default();
@@ -54,9 +66,10 @@ fn start(count: usize, reset_at: u64) -> Vm {
         pio,
         mmio: Bus::default(),
         obs: obs.clone(),
-        debug: Default::default(),
+        debug,
     });
-    let vcpus: Vec<ScriptedVcpu> = (0..count as u32).map(ScriptedVcpu::new).collect();
+    let mut vcpus: Vec<ScriptedVcpu> = (0..count as u32).map(ScriptedVcpu::new).collect();
+    vcpus.iter_mut().for_each(script);
     let counters = vcpus.iter().map(|v| v.exits.clone()).collect();
     let boxed: Vec<Box<dyn Vcpu>> = vcpus
         .into_iter()
@@ -192,4 +205,96 @@ fn a_throttled_vcpu_sits_out_yet_pauses_at_once_and_runs_on_after() {
     wait_for("progress after resume", || total(&vm) > at_pause + 4);
     vm.control.finish(VmOutcome::Shutdown);
     vm.set.join();
+}
+
+/// gdb's `int3` is at [`GDB_INT3`]; the guest has its own at [`GUEST_INT3`].
+const GDB_INT3: u64 = 0xffff_ffff_8100_1000;
+const GUEST_INT3: u64 = 0xffff_ffff_8100_2000;
+
+/// One vCPU whose guest first hits the `int3`s at `pcs`, while gdb has an
+/// `int3` at [`GDB_INT3`]; with the stub's side of debug exits and the
+/// exceptions the vCPU was handed.
+struct Hitting {
+    vm: Vm,
+    debug: Arc<DebugStops>,
+    injected: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn start_hitting(pcs: &[u64]) -> Hitting {
+    let debug = Arc::new(DebugStops::default());
+    debug.set_int3s([GDB_INT3]);
+    let injected = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let vm = start_with(1, u64::MAX, debug.clone(), |vcpu| {
+        vcpu.injected = injected.clone();
+        vcpu.debug_exits
+            .lock()
+            .unwrap()
+            .extend(pcs.iter().map(|&pc| sie_hv::DebugExit {
+                exception: u32::from(BP_VECTOR),
+                pc,
+                dr6: 0,
+                dr7: 0,
+            }));
+    });
+    Hitting {
+        vm,
+        debug,
+        injected,
+    }
+}
+
+impl Hitting {
+    fn end(mut self) {
+        self.vm.control.finish(VmOutcome::Shutdown);
+        self.vm.set.exit_all();
+        self.vm.set.join();
+    }
+}
+
+/// After gdb's stop, pauses the set as the stub does: the vCPU, which
+/// paused at the stop, never wrote its port again (the script's RIP counts
+/// those writes).
+fn assert_no_run_on(hit: &mut Hitting) {
+    hit.vm.set.pause(TIMEOUT).unwrap();
+    let rip = hit.vm.set.with_vcpu(0, |vcpu| vcpu.regs().unwrap().rip);
+    assert_eq!(rip.unwrap(), 0, "the guest ran on after gdb's stop");
+    assert_eq!(total(&hit.vm), 0);
+}
+
+#[test]
+fn the_guests_own_int3_goes_back_to_the_guest_and_the_vcpu_runs_on() {
+    let hit = start_hitting(&[GUEST_INT3]);
+    wait_for("the vCPU to run on past the #BP", || total(&hit.vm) > 2);
+    assert_eq!(*hit.injected.lock().unwrap(), [BP_VECTOR]);
+    assert!(hit.debug.take().is_empty(), "no stop for gdb");
+    hit.end();
+}
+
+#[test]
+fn gdbs_int3_is_a_stop_and_the_vcpu_stays_paused() {
+    let mut hit = start_hitting(&[GDB_INT3]);
+    wait_for("the stop", || !hit.debug.is_empty());
+    let stops = hit.debug.take();
+    assert_eq!(stops.len(), 1);
+    assert_eq!(stops[0].exit.pc, GDB_INT3);
+    assert_no_run_on(&mut hit);
+    assert!(
+        hit.injected.lock().unwrap().is_empty(),
+        "gdb's #BP stays gdb's"
+    );
+    hit.end();
+}
+
+/// The guest's `int3` then gdb's: the first goes back to the guest, the
+/// second stops the vCPU for gdb, in that order.
+#[test]
+fn the_guests_int3_then_gdbs_reports_only_gdbs() {
+    let mut hit = start_hitting(&[GUEST_INT3, GDB_INT3]);
+    wait_for("the stop", || !hit.debug.is_empty());
+    let stops = hit.debug.take();
+    assert_eq!(stops.len(), 1);
+    assert_eq!(stops[0].exit.pc, GDB_INT3);
+    assert_eq!(*hit.injected.lock().unwrap(), [BP_VECTOR]);
+    assert_no_run_on(&mut hit);
+    hit.end();
 }
