@@ -364,13 +364,16 @@ fn check_system_registers(run: &CaseRun) -> Result<(), String> {
 /// the return address at rsp on a function's first instruction, without
 /// unwind data); after `delete`, `watch` on `jiffies_64` (a kernel
 /// variable the timer writes) stops it with gdb's old and new values, the
-/// new one larger and the value in memory; after another `delete`, four
-/// `hbreak`s on addresses never run (below the kernel's text, so gdb
-/// inserts them before the next) take every debug register, and `break` on
-/// `kernel_execve` (which starts /init, late in the boot) becomes an `int3`
-/// in guest memory, which stops the guest there; after a last `delete` the
-/// boot reaches L2's /init. In the nested rig this needs an L0 QEMU of 9.1
-/// or later, whose VMRUN arms the L2 guest's debug registers.
+/// new one larger and the value in memory; after another `delete` the boot
+/// reaches L2's /init. In the nested rig this needs an L0 QEMU of 9.1 or
+/// later, whose VMRUN arms the L2 guest's debug registers.
+///
+/// An `int3` breakpoint cannot be shown here: QEMU's TCG checks an `int3`
+/// in an SVM guest only against the INTn intercept (`raise_interrupt2`
+/// with `is_int`), never against the #BP exception intercept L1's KVM sets
+/// for `KVM_GUESTDBG_USE_SW_BP`, so the L2 kernel takes its own #BP (an
+/// oops at the breakpoint, seen when this case tried). kvm_pvm hands int3
+/// to the guest as well; sie's int3 path is unit-tested.
 pub(crate) fn gdb_breakpoints() -> Case {
     let args = sie_e2e::l2_boot_args("inspect_gdb_breakpoints");
     let prelude = kallsyms_boot(&args);
@@ -379,7 +382,6 @@ pub(crate) fn gdb_breakpoints() -> Case {
         l1_command: format!(
             r#"{prelude}
 echo "@@L2 RESULT sym_kernel_init=0x$(grep ' kernel_init$' /tmp/kallsyms | cut -d' ' -f1)"
-echo "@@L2 RESULT sym_kernel_execve=0x$(grep ' kernel_execve$' /tmp/kallsyms | cut -d' ' -f1)"
 SIE_RUN_TIMEOUT=240 sie run --kernel "$GUEST/vmlinux" --initrd "$GUEST/l2.cpio" --cmdline "{args} nokaslr" --vcpus 2 \
     --gdb-socket /tmp/gdb.sock > /tmp/sie.out 2>&1 &
 pid=$!
@@ -397,12 +399,6 @@ timeout -k 5 200 gdb -nx -batch \
   -ex 'watch *(unsigned long *)'"$jiffies" \
   -ex 'continue' \
   -ex 'printf "@@L2 RESULT gdb_watch_value=%lu\n", *(unsigned long *)'"$jiffies" \
-  -ex 'delete' \
-  -ex 'hbreak *0xffffffff80001000' -ex 'hbreak *0xffffffff80002000' \
-  -ex 'hbreak *0xffffffff80003000' -ex 'hbreak *0xffffffff80004000' \
-  -ex 'break *kernel_execve' \
-  -ex 'continue' \
-  -ex 'printf "@@L2 RESULT gdb_int3_pc=%lx\n", (unsigned long)$pc' \
   -ex 'delete' \
   -ex 'continue' > /tmp/gdb.out 2>&1
 echo "@@L2 RESULT gdb_status=$?"
@@ -479,7 +475,6 @@ fn check_gdb_breakpoints(run: &CaseRun) -> Result<(), String> {
             ));
         }
     }
-    check_int3_breakpoint(run, &gdb)?;
     if !gdb.iter().any(|l| l.contains("exited normally")) {
         return Err("gdb did not see the VM finish".into());
     }
@@ -511,36 +506,6 @@ fn check_backtrace_at_kernel_init(gdb: &[&str]) -> Result<(), String> {
             "bt's frame #1 is not a kernel function gdb names: {frame1}"
         )),
     }
-}
-
-/// The `break` set while four `hbreak`s held every debug register: all
-/// four went in (so the `break` could only be an `int3`), gdb set it as a
-/// software breakpoint (7: after breakpoint 1, watchpoint 2 and the
-/// `hbreak`s 3 to 6), and it stopped the guest at kernel_execve.
-fn check_int3_breakpoint(run: &CaseRun, gdb: &[&str]) -> Result<(), String> {
-    for number in 3..=6 {
-        let set = format!("Hardware assisted breakpoint {number} at ");
-        if !gdb.iter().any(|l| l.starts_with(&set)) {
-            return Err(format!("gdb did not set hardware breakpoint {number}"));
-        }
-    }
-    if let Some(line) = gdb.iter().find(|l| l.contains("Could not insert")) {
-        return Err(format!("a breakpoint did not go in: {line}"));
-    }
-    if !gdb.iter().any(|l| l.starts_with("Breakpoint 7 at ")) {
-        return Err("gdb did not set a software breakpoint on kernel_execve".into());
-    }
-    if !gdb.iter().any(|l| l.contains("hit Breakpoint 7, ")) {
-        return Err("the int3 breakpoint on kernel_execve did not fire".into());
-    }
-    let kernel_execve = result_hex(run, "sym_kernel_execve")?;
-    let pc = result_hex(run, "gdb_int3_pc")?;
-    if pc != kernel_execve {
-        return Err(format!(
-            "the int3 breakpoint stopped at {pc:#x}, not at kernel_execve ({kernel_execve:#x})"
-        ));
-    }
-    Ok(())
 }
 
 /// gdb attaching to a running Debian guest: the first gdb, there before
