@@ -71,6 +71,11 @@ pub(super) struct Migration {
     next_throttle: Instant,
     /// The taps a VM migrating in uses here (`PUT /migration/receive`).
     receive_overrides: Vec<sie_config::NetworkOverride>,
+    /// A post-copy receive's userfaultfd, held here as long as the VM: if
+    /// the stream dies, a vCPU waiting on a missing page must go on waiting
+    /// until the failure is recorded. Closed earlier, the kernel would let
+    /// it run on a zero page, and the guest would crash first.
+    postcopy_uffd: Option<Arc<crate::snapshot::uffd::Uffd>>,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -110,6 +115,7 @@ impl Migration {
             throttle: 0,
             next_throttle: Instant::now(),
             receive_overrides: Vec::new(),
+            postcopy_uffd: None,
         })
     }
 
@@ -397,6 +403,9 @@ impl Controller {
                     // a thread are made.
                     let started = postcopy::start(&memory, stream, &self.options.seccomp)
                         .map_err(|e| format!("post-copy page faults: {e}"));
+                    if let Ok(link) = &started {
+                        self.migration.postcopy_uffd = Some(link.uffd.clone());
+                    }
                     let _ = reply.send(started);
                 }
                 ToVmm::Go(reply) => {
@@ -405,6 +414,9 @@ impl Controller {
                 ToVmm::ReceiveFailed(why) => {
                     self.migration.active = false;
                     self.control.finish(VmOutcome::MigrationFailed(why));
+                    // Only now: the outcome is recorded before a vCPU can
+                    // run on in memory that never came.
+                    self.migration.postcopy_uffd = None;
                 }
             }
         }
