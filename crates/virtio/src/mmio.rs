@@ -159,6 +159,20 @@ impl<D: VirtioDevice> VirtioMmioTransport<D> {
                 tracing::debug!(%fault, "virtio device could not announce its restore");
                 self.needs_reset(&mut state);
             }
+            // A kick the driver made just before the pause may have been
+            // left in the old process's ioeventfd: the rings moved, that
+            // notification did not. With EVENT_IDX the driver never kicks a
+            // queue again until the device has consumed up to its
+            // avail_event, so one lost kick stalls the queue for good. Every
+            // ready queue is served once when the event thread starts; with
+            // nothing new in its avail ring that costs nothing.
+            let ready: Vec<usize> = (0..state.queues.len())
+                .filter(|&index| state.queues[index].ready())
+                .collect();
+            drop(state);
+            for index in ready {
+                self.notify(index);
+            }
         }
         Ok(())
     }

@@ -47,6 +47,33 @@ fn a_restored_transport_serves_the_next_request_where_the_old_one_stopped() {
 }
 
 #[test]
+fn a_kick_left_in_the_old_process_is_served_after_the_restore() {
+    let (old, mem, _) = crate::testing::transport(Rng::new());
+    let driver = Driver::new(&old);
+    let ring = Ring::new(0x1000, 16);
+    driver.start(&[ring]);
+    request(&ring, &mem, 0, 0);
+    driver.notify(0);
+    // The second kick reaches the old eventfd, but the VM is paused and
+    // its state taken before the worker reads it.
+    request(&ring, &mem, 1, 1);
+    driver.kick(0);
+    let saved = old.state();
+    assert_eq!(ring.used_idx(&mem), 1);
+
+    let irq = Arc::new(CountingIrq::default());
+    let new = VirtioMmioTransport::new(Rng::new(), mem.clone(), irq).unwrap();
+    assert!(new.queue_events()[0].read().is_err(), "nothing pending yet");
+    new.restore(&saved).unwrap();
+    assert!(
+        new.queue_events()[0].read().is_ok(),
+        "the restore leaves the worker a notification for each live queue"
+    );
+    new.queue_event(0);
+    assert_eq!(ring.used_idx(&mem), 2, "the request of the lost kick was served");
+}
+
+#[test]
 fn a_state_for_another_device_or_other_queues_is_refused() {
     let (old, _mem, _) = crate::testing::transport(Rng::new());
     let mut saved = old.state();

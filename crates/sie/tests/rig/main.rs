@@ -290,6 +290,7 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon_hinting(),
         balloon_snapshot(),
         migration_live(),
+        migration_live_local(),
     ]
 }
 

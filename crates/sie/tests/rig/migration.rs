@@ -95,6 +95,20 @@ pub(crate) fn migration_live() -> Case {
     }
 }
 
+/// Local mode: guest RAM in shared memory, handed over instead of copied.
+pub(crate) fn migration_live_local() -> Case {
+    Case {
+        name: "migration_live_local",
+        l1_command: live_move(
+            "migration_live_local",
+            r#", "shared_memory": true"#,
+            "--local",
+        ),
+        l2_script: Some(MOVING_GUEST),
+        check: |run| check_move(run, "migration_live_local", "in local mode"),
+    }
+}
+
 /// One part of the case's output: its lines as (L1 uptime, the rest).
 fn section<'a>(run: &'a CaseRun, name: &str) -> Vec<(f64, &'a str)> {
     let header = format!("@@SECTION {name}");
