@@ -110,8 +110,10 @@ pub fn commit_all(files: Vec<Staged>) -> io::Result<()> {
 /// is done. A rename that drops an old file's last link frees its blocks
 /// inside the rename, which makes it slow: a wider moment for a kill to
 /// fall between two renames. The old files are freed after, with their
-/// second names.
-pub fn replace_all(files: Vec<Staged>) -> io::Result<()> {
+/// second names, by the returned [`Replaced`].
+pub fn replace_all(files: Vec<Staged>) -> io::Result<Replaced> {
+    // A previous snapshot's old files may still be going (same names).
+    wait_for_background_removal();
     let kept: Vec<PathBuf> = files
         .iter()
         .filter_map(|file| {
@@ -120,11 +122,73 @@ pub fn replace_all(files: Vec<Staged>) -> io::Result<()> {
             std::fs::hard_link(&file.path, &keep).ok().map(|()| keep)
         })
         .collect();
-    let committed = commit_all(files);
-    for keep in kept {
-        let _ = std::fs::remove_file(keep);
+    let replaced = Replaced { kept };
+    commit_all(files)?;
+    Ok(replaced)
+}
+
+/// The old files [`replace_all`] kept under a second name. Freeing a large
+/// file's blocks takes tens of milliseconds (ext4 with `discard`), which a
+/// snapshot of a paused VM need not wait for: [`Self::remove_in_background`].
+/// Dropped, it removes them at once. A kill before they are gone leaves
+/// names that [`remove_stale_temporaries`] clears on the next write.
+#[derive(Debug)]
+#[must_use = "the old files stay until removed"]
+pub struct Replaced {
+    kept: Vec<PathBuf>,
+}
+
+/// The thread freeing the last snapshot's old files, if any.
+static BACKGROUND_REMOVAL: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+
+fn wait_for_background_removal() {
+    let running = BACKGROUND_REMOVAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(thread) = running {
+        let _ = thread.join();
     }
-    committed
+}
+
+impl Replaced {
+    /// Removes the old files on a thread of their own (at once, here, if
+    /// no thread can be started).
+    pub fn remove_in_background(mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        if kept.is_empty() {
+            return;
+        }
+        let mut slot = BACKGROUND_REMOVAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = slot.take() {
+            let _ = previous.join();
+        }
+        let spawned = std::thread::Builder::new()
+            .name("sie-unlink".into())
+            .spawn({
+                let kept = kept.clone();
+                move || remove_files(&kept)
+            });
+        match spawned {
+            Ok(thread) => *slot = Some(thread),
+            Err(_) => remove_files(&kept),
+        }
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        remove_files(&self.kept);
+    }
+}
+
+fn remove_files(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Writes what `fill` writes to a temporary beside `path` and fsyncs it;
@@ -197,8 +261,15 @@ mod tests {
         assert!(!stale.exists(), "a dead writer's temporary is gone");
         assert!(!stale_old.exists(), "and the old file it kept");
         write_durably(&path, |f| f.write_all(b"first")).unwrap();
-        replace_all(vec![stage(&path, |f| f.write_all(b"newer")).unwrap()]).unwrap();
+        let replaced = replace_all(vec![stage(&path, |f| f.write_all(b"newer")).unwrap()]).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"newer");
+        assert!(
+            dir.join(".snap.old-".to_string() + &std::process::id().to_string())
+                .exists(),
+            "the old file is kept until removed"
+        );
+        replaced.remove_in_background();
+        wait_for_background_removal();
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             2,

@@ -239,7 +239,11 @@ fn write_files(
     // pair that `pairing::check` refuses. The memory file goes first: its
     // rename is the slow one (the filesystem may flush and free blocks in
     // it), and a kill that aborts it leaves the old pair whole.
-    durable::replace_all(vec![memory, state]).map_err(io_error("snapshot file", snapshot_path))?;
+    durable::replace_all(vec![memory, state])
+        .map_err(io_error("snapshot file", snapshot_path))?
+        // The new pair is in place; freeing the old one's blocks need not
+        // keep the VM paused.
+        .remove_in_background();
     Ok(Created { memory_bytes })
 }
 
