@@ -3,6 +3,7 @@
 //! that holds only the few pages it wrote; `sie snapshot rebase` merges the
 //! Diff onto a copy of the Full memory, and the guest restored from the
 //! Diff's state and the merged memory counts on exactly where it stopped.
+//! A create over an earlier pair frees that pair after it answers.
 
 mod common;
 
@@ -149,4 +150,50 @@ fn rebase_refuses_files_that_do_not_match_in_one_line() {
         .expect_one_line_error("diff memory file /nonexistent.mem");
     sie(&["snapshot", "rebase", &small, "/nonexistent.mem"])
         .expect_one_line_error("base memory file /nonexistent.mem");
+}
+
+/// The hidden names a create keeps the replaced pair under until it frees
+/// them (`.NAME.old-PID`).
+fn old_files(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("scratch directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".old-"))
+        .collect()
+}
+
+#[test]
+fn the_pair_a_snapshot_replaces_is_freed_after_the_create_once_the_vm_runs_or_waited() {
+    let keep = common::Scratch::new("diff-old-files");
+    let (snap, mem) = (
+        format!("{}/vm.snap", keep.path()),
+        format!("{}/vm.mem", keep.path()),
+    );
+    let mut vm = ApiVm::start("diff-old-files", &[]);
+    let out = capture(&mut vm);
+    vm.boot(sie_guests::COUNTER.path, "limit=1000 delay=20000");
+    wait_for_output(&out, "count 2\n");
+    vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    full_snapshot(&vm, &snap, &mem);
+    assert!(old_files(&keep.path()).is_empty(), "nothing was replaced");
+    full_snapshot(&vm, &snap, &mem);
+    // Freeing the old memory file's blocks is left out of the create: the
+    // paused VM does not wait for it.
+    let mut kept = old_files(&keep.path());
+    kept.sort();
+    assert_eq!(kept.len(), 2, "the old pair, still named: {kept:?}");
+    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    wait_for("the old pair freed after the resume", || {
+        old_files(&keep.path()).is_empty()
+    });
+    // Left paused, the next replaced pair goes after a short grace.
+    vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    full_snapshot(&vm, &snap, &mem);
+    assert_eq!(old_files(&keep.path()).len(), 2);
+    wait_for("the old pair freed while paused", || {
+        old_files(&keep.path()).is_empty()
+    });
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
 }

@@ -289,6 +289,8 @@ impl Controller {
                 ));
             }
         };
+        // Its old files' names are reused by this create.
+        self.old_snapshot_files = None;
         let started = std::time::Instant::now();
         let kind = match create.snapshot_type {
             Some(sie_config::SnapshotType::Diff) => crate::snapshot::MemoryKind::Diff,
@@ -307,12 +309,28 @@ impl Controller {
                     started.elapsed().as_millis(),
                     created.memory_bytes
                 );
+                self.old_snapshot_files = Some((created.old_files, std::time::Instant::now()));
                 Response::NoContent
             }
             Err(error) => Response::Fault(format!(
                 "snapshot/create: {}",
                 crate::error::error_chain(&error)
             )),
+        }
+    }
+
+    /// Frees the files the last snapshot replaced once the VM runs again
+    /// (a resume answered first) or it stayed paused a while.
+    pub(super) fn free_old_snapshot_files(&mut self) {
+        let Some((_, at)) = &self.old_snapshot_files else {
+            return;
+        };
+        let paused = match &self.phase {
+            Phase::Running(vm) => vm.vcpus.is_paused(),
+            _ => false,
+        };
+        if !paused || at.elapsed() >= super::OLD_SNAPSHOT_GRACE {
+            self.old_snapshot_files = None;
         }
     }
 

@@ -217,7 +217,15 @@ struct Controller {
     /// When the pages the guest's boot made sie touch go back (once; see
     /// [`RELEASE_AGAIN_AFTER`]).
     release_memory_at: Option<Instant>,
+    /// The snapshot files the last `snapshot/create` replaced, freed once
+    /// the VM runs again (or after [`OLD_SNAPSHOT_GRACE`] paused): freeing
+    /// them inside the create kept the paused VM waiting on the unlink.
+    old_snapshot_files: Option<(crate::snapshot::durable::Replaced, Instant)>,
 }
+
+/// How long the files a snapshot replaced outlive it while the VM stays
+/// paused.
+const OLD_SNAPSHOT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long after the VM starts the pages only the start touched are
 /// given back a second time: by then a guest's boot (device probing,
@@ -289,6 +297,7 @@ pub fn serve(
         hotplug_worker: None,
         hotplugged: std::collections::BTreeMap::new(),
         release_memory_at: None,
+        old_snapshot_files: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -316,7 +325,11 @@ pub fn serve(
         let release_wait = controller
             .release_memory_at
             .map(|at| at.saturating_duration_since(Instant::now()));
-        let timeout = earliest(timeout, release_wait);
+        let old_files_wait = controller
+            .old_snapshot_files
+            .as_ref()
+            .map(|(_, at)| (*at + OLD_SNAPSHOT_GRACE).saturating_duration_since(Instant::now()));
+        let timeout = earliest(earliest(timeout, release_wait), old_files_wait);
         event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
         if controller
             .release_memory_at
@@ -334,6 +347,7 @@ pub fn serve(
             }
         }
         controller.serve_gdb();
+        controller.free_old_snapshot_files();
         if Instant::now() >= next_metrics {
             controller.flush_metrics();
             next_metrics = Instant::now() + period;

@@ -112,8 +112,6 @@ pub fn commit_all(files: Vec<Staged>) -> io::Result<()> {
 /// fall between two renames. The old files are freed after, with their
 /// second names, by the returned [`Replaced`].
 pub fn replace_all(files: Vec<Staged>) -> io::Result<Replaced> {
-    // A previous snapshot's old files may still be going (same names).
-    wait_for_background_removal();
     let kept: Vec<PathBuf> = files
         .iter()
         .filter_map(|file| {
@@ -127,56 +125,17 @@ pub fn replace_all(files: Vec<Staged>) -> io::Result<Replaced> {
     Ok(replaced)
 }
 
-/// The old files [`replace_all`] kept under a second name. Freeing a large
-/// file's blocks takes tens of milliseconds (ext4 with `discard`), which a
-/// snapshot of a paused VM need not wait for: [`Self::remove_in_background`].
-/// Dropped, it removes them at once. A kill before they are gone leaves
-/// names that [`remove_stale_temporaries`] clears on the next write.
+/// The old files [`replace_all`] kept under a second name, removed when
+/// this is dropped. Freeing a large file's blocks takes tens of
+/// milliseconds (ext4 with `discard`), which a paused VM's snapshot need
+/// not wait for: the caller may hold this until the VM runs again. Drop it
+/// before the next [`replace_all`] of the same paths (the names are
+/// reused). A kill before it is dropped leaves names that
+/// [`remove_stale_temporaries`] clears on the next write.
 #[derive(Debug)]
-#[must_use = "the old files stay until removed"]
+#[must_use = "the old files go when this is dropped"]
 pub struct Replaced {
     kept: Vec<PathBuf>,
-}
-
-/// The thread freeing the last snapshot's old files, if any.
-static BACKGROUND_REMOVAL: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
-    std::sync::Mutex::new(None);
-
-fn wait_for_background_removal() {
-    let running = BACKGROUND_REMOVAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(thread) = running {
-        let _ = thread.join();
-    }
-}
-
-impl Replaced {
-    /// Removes the old files on a thread of their own (at once, here, if
-    /// no thread can be started).
-    pub fn remove_in_background(mut self) {
-        let kept = std::mem::take(&mut self.kept);
-        if kept.is_empty() {
-            return;
-        }
-        let mut slot = BACKGROUND_REMOVAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(previous) = slot.take() {
-            let _ = previous.join();
-        }
-        let spawned = std::thread::Builder::new()
-            .name("sie-unlink".into())
-            .spawn({
-                let kept = kept.clone();
-                move || remove_files(&kept)
-            });
-        match spawned {
-            Ok(thread) => *slot = Some(thread),
-            Err(_) => remove_files(&kept),
-        }
-    }
 }
 
 impl Drop for Replaced {
@@ -268,8 +227,7 @@ mod tests {
                 .exists(),
             "the old file is kept until removed"
         );
-        replaced.remove_in_background();
-        wait_for_background_removal();
+        drop(replaced);
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             2,

@@ -85,10 +85,13 @@ fn json_section<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// What `create` wrote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Created {
     /// Bytes of guest RAM written (untouched pages are holes).
     pub memory_bytes: u64,
+    /// The pair this one replaced, freed when dropped (see
+    /// [`durable::Replaced`]).
+    pub old_files: durable::Replaced,
 }
 
 /// Which memory a snapshot writes.
@@ -239,12 +242,12 @@ fn write_files(
     // pair that `pairing::check` refuses. The memory file goes first: its
     // rename is the slow one (the filesystem may flush and free blocks in
     // it), and a kill that aborts it leaves the old pair whole.
-    durable::replace_all(vec![memory, state])
-        .map_err(io_error("snapshot file", snapshot_path))?
-        // The new pair is in place; freeing the old one's blocks need not
-        // keep the VM paused.
-        .remove_in_background();
-    Ok(Created { memory_bytes })
+    let old_files = durable::replace_all(vec![memory, state])
+        .map_err(io_error("snapshot file", snapshot_path))?;
+    Ok(Created {
+        memory_bytes,
+        old_files,
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
