@@ -214,9 +214,10 @@ struct Controller {
     hotplug_worker: Option<crate::drive_hotplug::HotplugWorker>,
     /// Drives added after boot: their slot and event-loop worker.
     hotplugged: std::collections::BTreeMap<String, (u8, event_manager::SubscriberId)>,
-    /// When the pages the guest's boot made sie touch go back (once; see
-    /// [`RELEASE_AGAIN_AFTER`]).
-    release_memory_at: Option<Instant>,
+    /// When the pages only the VM's start made sie touch go back: first
+    /// right after the request that started it was answered, then once
+    /// more [`RELEASE_AGAIN_AFTER`] later (the second `true` here).
+    release_memory_at: Option<(Instant, bool)>,
     /// The snapshot files the last `snapshot/create` replaced, freed once
     /// the VM runs again (or after [`OLD_SNAPSHOT_GRACE`] paused): freeing
     /// them inside the create kept the paused VM waiting on the unlink.
@@ -324,18 +325,18 @@ pub fn serve(
         );
         let release_wait = controller
             .release_memory_at
-            .map(|at| at.saturating_duration_since(Instant::now()));
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()));
         let old_files_wait = controller
             .old_snapshot_files
             .as_ref()
             .map(|(_, at)| (*at + OLD_SNAPSHOT_GRACE).saturating_duration_since(Instant::now()));
         let timeout = earliest(earliest(timeout, release_wait), old_files_wait);
         event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
-        if controller
-            .release_memory_at
-            .is_some_and(|at| Instant::now() >= at)
+        if let Some((at, again)) = controller.release_memory_at
+            && Instant::now() >= at
         {
-            controller.release_memory_at = None;
+            controller.release_memory_at =
+                again.then(|| (Instant::now() + RELEASE_AGAIN_AFTER, false));
             crate::process_memory::release_startup_pages();
         }
         controller.serve_migration(hv, &mut manager);
@@ -585,12 +586,13 @@ impl Controller {
             );
         }
         // The VM runs: what only building it touched (most of the code the
-        // process mapped, malloc's freed memory) goes back now, and what the
-        // guest's boot touched a little later; see process_memory/release.rs.
-        // /proc/self/smaps is opened before seccomp forbids it.
+        // process mapped, malloc's freed memory) goes back as soon as the
+        // request that started it is answered (not before: a restore's load
+        // call would wait for it), and what the guest's boot touched a little
+        // later; see process_memory/release.rs. /proc/self/smaps is opened
+        // before seccomp forbids it.
         crate::process_memory::open_smaps();
-        crate::process_memory::release_startup_pages();
-        self.release_memory_at = Some(Instant::now() + RELEASE_AGAIN_AFTER);
+        self.release_memory_at = Some((Instant::now(), true));
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started
         // (a thread inherits its creator's filter) and before the first
