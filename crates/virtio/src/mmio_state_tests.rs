@@ -78,6 +78,23 @@ fn a_kick_left_in_the_old_process_is_served_after_the_restore() {
 }
 
 #[test]
+fn a_kick_pending_at_the_pause_is_served_before_the_state_is_taken() {
+    let (transport, mem, _) = crate::testing::transport(Rng::new());
+    let driver = Driver::new(&transport);
+    let ring = Ring::new(0x1000, 16);
+    driver.start(&[ring]);
+    request(&ring, &mem, 0, 0);
+    driver.kick(0);
+    assert_eq!(ring.used_idx(&mem), 0, "not served yet");
+    crate::TransportSnapshot::quiesce(&transport);
+    assert_eq!(ring.used_idx(&mem), 1, "served by the quiesce");
+    assert!(
+        transport.queue_events()[0].read().is_err(),
+        "nothing left for the worker to serve after the state is taken"
+    );
+}
+
+#[test]
 fn a_state_for_another_device_or_other_queues_is_refused() {
     let (old, _mem, _) = crate::testing::transport(Rng::new());
     let mut saved = old.state();

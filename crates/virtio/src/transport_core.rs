@@ -212,10 +212,20 @@ impl<D: VirtioDevice> VirtioCore<D> {
         self.serve(&mut state, queue);
     }
 
-    /// Lets the device finish its work in flight into the used rings (see
-    /// [`VirtioDevice::quiesce`]), if it is live: before a snapshot, with
-    /// the vCPUs paused. A fault marks the device NEEDS_RESET.
+    /// Serves the guest's kicks still pending in the queues' eventfds, then
+    /// lets the device finish its work in flight into the used rings (see
+    /// [`VirtioDevice::quiesce`]), if it is live: before a snapshot or a
+    /// migration's switch-over, with the vCPUs paused. A kick left pending
+    /// would otherwise be served here after the state was taken (a frame
+    /// sent twice once the destination serves the same queue) or never (a
+    /// stalled queue). A fault marks the device NEEDS_RESET.
     pub fn quiesce(&self) {
+        for (index, event) in self.queue_events.iter().enumerate() {
+            if event.read().is_ok() {
+                self.counters.notification();
+                self.process_queue(index);
+            }
+        }
         let mut state = self.lock();
         if !live(state.status) {
             return;

@@ -26,6 +26,7 @@ mod memory;
 mod migration;
 mod pci;
 mod snapshot;
+mod stability;
 mod vfio;
 mod virtio;
 
@@ -40,6 +41,7 @@ use memory::*;
 use migration::*;
 use pci::*;
 use snapshot::*;
+use stability::*;
 use vfio::*;
 use virtio::*;
 
@@ -233,6 +235,7 @@ fn cases() -> Vec<Case> {
             },
         ),
         virtio_blk(),
+        blk_dd_ten_boots(),
         virtio_pmem(),
         virtio_mem(),
         Case::sie_run(

@@ -545,10 +545,11 @@ impl Controller {
                     _ => 0,
                 };
                 let figures = format!(
-                    "{destination} in local mode: {:.1} MiB of guest RAM handed over, {:.1} KiB sent, {} ms of downtime, {} ms in all",
+                    "{destination} in local mode: {:.1} MiB of guest RAM handed over, {:.1} KiB sent, {} ms of downtime{}, {} ms in all",
                     shared as f64 / f64::from(1u32 << 20),
                     p.bytes as f64 / 1024.0,
                     p.downtime_ms.unwrap_or_default(),
+                    downtime_parts(&p),
                     p.total_ms.unwrap_or_default(),
                 );
                 tracing::info!("the VM migrated to {figures}");
@@ -568,9 +569,10 @@ impl Controller {
                     (false, _) => format!("after {} pre-copy rounds", p.round),
                 };
                 let mut figures = format!(
-                    "{destination} {how}: {:.1} MiB sent, {} ms of downtime, {} ms in all",
+                    "{destination} {how}: {:.1} MiB sent, {} ms of downtime{}, {} ms in all",
                     p.bytes as f64 / f64::from(1u32 << 20),
                     p.downtime_ms.unwrap_or_default(),
+                    downtime_parts(&p),
                     p.total_ms.unwrap_or_default(),
                 );
                 if p.throttle_percent > 0 {
@@ -691,4 +693,12 @@ mod tests {
         assert_eq!(taken, [region(vec![0b0111, 1])]);
         assert_eq!(taken[0].count(), 4);
     }
+}
+
+/// " (pause and state 1.2 ms, ...)": where the downtime went, for whoever
+/// tunes a switch-over (also in `GET /migration` as `downtime_parts`).
+fn downtime_parts(progress: &Progress) -> String {
+    progress
+        .downtime_parts
+        .map_or_else(String::new, |parts| format!(" ({parts})"))
 }

@@ -108,22 +108,29 @@ impl LocalSender {
     ) -> Result<(), Failure> {
         let destination = &self.destination;
         let paused_at = Instant::now();
+        let mut clock = progress::SwitchoverClock::start();
         let state = self
             .link
             .ask(|reply| ToVmm::LocalSwitchover { reply, end })?;
         *waiting = true;
+        clock.mark(|p| &mut p.pause_and_state_ms);
         let state_len = state.len() as u64;
         wire::write_message(conn, &Message::State(state))
             .map_err(|e| format!("sending to {destination}: {e}"))?;
         progress::update(&self.progress, |p| p.bytes += state_len);
         send::expect_ready(wire::read_message(conn))?;
+        clock.mark(|p| &mut p.receiver_ms);
         // The commit: once this write succeeded the guest may run there,
         // on this very memory, and never resumes here.
         wire::write_message(conn, &Message::Go)
             .map_err(|e| format!("sending the go to {destination}: {e}"))?;
         send::expect_done(wire::read_message(conn), destination)?;
+        clock.mark(|p| &mut p.commit_ms);
         let downtime_ms = paused_at.elapsed().as_millis() as u64;
-        progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+        progress::update(&self.progress, |p| {
+            p.downtime_ms = Some(downtime_ms);
+            p.downtime_parts = Some(clock.parts());
+        });
         Ok(())
     }
 

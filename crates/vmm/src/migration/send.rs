@@ -138,6 +138,7 @@ impl Sender {
         // From here the guest is paused until the receiver holds it (or
         // this fails before the go and it resumes here).
         let paused_at = Instant::now();
+        let mut clock = progress::SwitchoverClock::start();
         // Guest RAM holds still here while `release` lives: until the last
         // pages are read (pre-copy), or the whole send (post-copy pushes
         // pages after the go).
@@ -146,6 +147,7 @@ impl Sender {
             reply,
             release: held,
         })?;
+        clock.mark(|p| &mut p.pause_and_state_ms);
         pending.extend(last.pages);
         let postcopy = self.postcopy.get();
         if !postcopy {
@@ -156,10 +158,12 @@ impl Sender {
             // and they come again after the go.
             wire::write_message(conn, &Message::Discard(runs_of(&pending))).map_err(sent)?;
         }
+        clock.mark(|p| &mut p.last_pages_ms);
         let state_len = last.state.len() as u64;
         wire::write_message(conn, &Message::State(last.state)).map_err(sent)?;
         progress::update(&self.progress, |p| p.bytes += state_len);
         expect_ready(self.read_serving(conn))?;
+        clock.mark(|p| &mut p.receiver_ms);
         // The commit. A `Go` whose write failed never reached the receiver
         // whole (a cut frame fails its checksum or its read), so the guest
         // may still resume here; once the write succeeded it may not.
@@ -168,7 +172,10 @@ impl Sender {
         if postcopy {
             // The guest runs there from now on.
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
-            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+            progress::update(&self.progress, |p| {
+                p.downtime_ms = Some(downtime_ms);
+                p.downtime_parts = Some(clock.parts());
+            });
             let pushed = if self.plan.mode == MigrationMode::Auto {
                 self.send_pages(conn, &pending, None, true)
                     .and_then(|_| self.finish_push(conn))
@@ -184,8 +191,12 @@ impl Sender {
         }
         expect_done(self.read_serving(conn), destination)?;
         if !postcopy {
+            clock.mark(|p| &mut p.commit_ms);
             let downtime_ms = paused_at.elapsed().as_millis() as u64;
-            progress::update(&self.progress, |p| p.downtime_ms = Some(downtime_ms));
+            progress::update(&self.progress, |p| {
+                p.downtime_ms = Some(downtime_ms);
+                p.downtime_parts = Some(clock.parts());
+            });
         }
         Ok(())
     }
