@@ -673,6 +673,14 @@ fn remember(taken: &mut Vec<RegionPages>, pages: &[RegionPages]) {
     }
 }
 
+/// " (pause and state 1.2 ms, ...)": where the downtime went, for whoever
+/// tunes a switch-over (also in `GET /migration` as `downtime_parts`).
+fn downtime_parts(progress: &Progress) -> String {
+    progress
+        .downtime_parts
+        .map_or_else(String::new, |parts| format!(" ({parts})"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,12 +701,4 @@ mod tests {
         assert_eq!(taken, [region(vec![0b0111, 1])]);
         assert_eq!(taken[0].count(), 4);
     }
-}
-
-/// " (pause and state 1.2 ms, ...)": where the downtime went, for whoever
-/// tunes a switch-over (also in `GET /migration` as `downtime_parts`).
-fn downtime_parts(progress: &Progress) -> String {
-    progress
-        .downtime_parts
-        .map_or_else(String::new, |parts| format!(" ({parts})"))
 }
