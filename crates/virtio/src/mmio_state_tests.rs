@@ -70,7 +70,11 @@ fn a_kick_left_in_the_old_process_is_served_after_the_restore() {
         "the restore leaves the worker a notification for each live queue"
     );
     new.queue_event(0);
-    assert_eq!(ring.used_idx(&mem), 2, "the request of the lost kick was served");
+    assert_eq!(
+        ring.used_idx(&mem),
+        2,
+        "the request of the lost kick was served"
+    );
 }
 
 #[test]

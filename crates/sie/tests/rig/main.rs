@@ -24,6 +24,7 @@ mod inspect;
 mod memdev;
 mod memory;
 mod migration;
+mod migration_peer;
 mod pci;
 mod snapshot;
 mod vfio;
@@ -38,6 +39,7 @@ use inspect::*;
 use memdev::*;
 use memory::*;
 use migration::*;
+use migration_peer::*;
 use pci::*;
 use snapshot::*;
 use vfio::*;
@@ -52,7 +54,7 @@ fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
 }
 
 fn cases() -> Vec<Case> {
-    vec![
+    let mut cases = vec![
         Case::sie_run(
             "boot_vmlinux",
             "vmlinux",
@@ -291,7 +293,10 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon_snapshot(),
         migration_live(),
         migration_live_local(),
-    ]
+    ];
+    // Only with SIE_RIG_CLOUD_HYPERVISOR: CI cannot build the peer.
+    cases.extend(peer_cases());
+    cases
 }
 
 /// `SIE_RIG_DIRECT=1 sie-rig CASE...`: runs each case's script from the
