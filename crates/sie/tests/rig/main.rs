@@ -24,6 +24,7 @@ mod inspect;
 mod memdev;
 mod memory;
 mod migration;
+mod migration_peer;
 mod pci;
 mod snapshot;
 mod stability;
@@ -39,6 +40,7 @@ use inspect::*;
 use memdev::*;
 use memory::*;
 use migration::*;
+use migration_peer::*;
 use pci::*;
 use snapshot::*;
 use stability::*;
@@ -54,7 +56,7 @@ fn status_0_and(run: &CaseRun, key: &str, want: &str) -> Result<(), String> {
 }
 
 fn cases() -> Vec<Case> {
-    vec![
+    let mut cases = vec![
         Case::sie_run(
             "boot_vmlinux",
             "vmlinux",
@@ -294,7 +296,10 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         balloon_snapshot(),
         migration_live(),
         migration_live_local(),
-    ]
+    ];
+    // Only with SIE_RIG_CLOUD_HYPERVISOR: CI cannot build the peer.
+    cases.extend(peer_cases());
+    cases
 }
 
 /// `SIE_RIG_DIRECT=1 sie-rig CASE...`: runs each case's script from the

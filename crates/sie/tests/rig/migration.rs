@@ -4,6 +4,13 @@
 
 use super::*;
 
+/// L1 shell functions the moves share: `stamp` puts L1's uptime before
+/// each line as it arrives, `now` prints that uptime, and `wait_for TEXT
+/// FILE N` waits up to N tenths of a second for TEXT in FILE.
+pub(crate) const L1_HELPERS: &str = r#"stamp() { awk '{ getline up < "/proc/uptime"; close("/proc/uptime"); split(up, t, " "); print t[1], $0; fflush() }'; }
+now() { cut -d' ' -f1 /proc/uptime; }
+wait_for() { i=0; until grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt $3 ] && return 1; sleep 0.1; done; }"#;
+
 /// The L1 script: a bridge holding the L1 address and two persistent taps
 /// (two sie processes cannot hold one tap: the source keeps `mgtap0` until
 /// the move is done, the destination takes `mgtap1` through `--net-override`);
@@ -16,13 +23,11 @@ use super::*;
 ///
 /// Each sie may run 280 s (the case's own limit is 300 s): on a loaded
 /// host the nested rig's copy has taken 160 s.
-fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
+pub(crate) fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
     format!(
         r#"export SIE_RUN_TIMEOUT=280
-stamp() {{ awk '{{ getline up < "/proc/uptime"; close("/proc/uptime"); split(up, t, " "); print t[1], $0; fflush() }}'; }}
-now() {{ cut -d' ' -f1 /proc/uptime; }}
+{L1_HELPERS}
 stop_sie() {{ kill $(ps -e -o pid,args | grep "[/]tmp/$1.sock" | awk '{{print $1}}') 2>/dev/null; }}
-wait_for() {{ i=0; until grep -q "$1" "$2"; do i=$((i+1)); [ $i -gt $3 ] && return 1; sleep 0.1; done; }}
 sietool tap-persist mgtap0; sietool tap-persist mgtap1
 ip link add name mgbr0 type bridge
 for t in mgtap0 mgtap1; do ip link set $t master mgbr0; ip link set $t up; done
@@ -65,9 +70,11 @@ exit ${{status:-1}}"#,
 /// The guest: its network up (it pings L1 twice a second, so the bridge
 /// learns its new port after the move), 2 MiB rewritten over and over in
 /// its RAM-backed root (a 50 ms rest between passes leaves L1's two CPUs
-/// room for the copy: without it a loaded host's move took 160 s), and its uptime on the console every 100 ms until
-/// L1 sends `stop` to port 5003.
-const MOVING_GUEST: &str = r#"for m in virtio_ring virtio virtio_mmio failover net_failover virtio_net; do insmod /modules/$m.ko; done
+/// room for the copy: without it a loaded host's move took 160 s), and its
+/// uptime on the console every 100 ms until L1 sends `stop` to port 5003.
+/// Both virtio transports' drivers are loaded: sie gives this guest
+/// virtio-MMIO, Cloud Hypervisor (`bench_migrate_peer`) virtio-PCI.
+pub(crate) const MOVING_GUEST: &str = r#"for m in virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net; do insmod /modules/$m.ko; done
 ip link set lo up
 ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
 ping -c 3 -w 20 172.16.0.1 >/dev/null && echo "@@L2 RESULT guest_ping=ok"
@@ -110,7 +117,7 @@ pub(crate) fn migration_live_local() -> Case {
 }
 
 /// One part of the case's output: its lines as (L1 uptime, the rest).
-fn section<'a>(run: &'a CaseRun, name: &str) -> Vec<(f64, &'a str)> {
+pub(crate) fn section<'a>(run: &'a CaseRun, name: &str) -> Vec<(f64, &'a str)> {
     let header = format!("@@SECTION {name}");
     run.output
         .lines()
@@ -125,7 +132,7 @@ fn section<'a>(run: &'a CaseRun, name: &str) -> Vec<(f64, &'a str)> {
 }
 
 /// The value of `@@L2 RESULT key=` within `lines`.
-fn value<'a>(lines: &[(f64, &'a str)], key: &str) -> Option<&'a str> {
+pub(crate) fn value<'a>(lines: &[(f64, &'a str)], key: &str) -> Option<&'a str> {
     let prefix = format!("@@L2 RESULT {key}=");
     lines
         .iter()
@@ -133,7 +140,7 @@ fn value<'a>(lines: &[(f64, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 /// The guest's uptime markers: (L1 uptime, guest uptime).
-fn uptimes(lines: &[(f64, &str)]) -> Vec<(f64, f64)> {
+pub(crate) fn uptimes(lines: &[(f64, &str)]) -> Vec<(f64, f64)> {
     lines
         .iter()
         .filter_map(|(at, line)| {
@@ -144,7 +151,7 @@ fn uptimes(lines: &[(f64, &str)]) -> Vec<(f64, f64)> {
 }
 
 /// The `@@MARK name` time.
-fn mark(run: &CaseRun, name: &str) -> Option<f64> {
+pub(crate) fn mark(run: &CaseRun, name: &str) -> Option<f64> {
     let prefix = format!("@@MARK {name} ");
     run.output
         .lines()
@@ -152,16 +159,99 @@ fn mark(run: &CaseRun, name: &str) -> Option<f64> {
 }
 
 /// The largest step between neighbours of `values`.
-fn largest_step(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn largest_step(values: impl Iterator<Item = f64>) -> f64 {
     let values: Vec<f64> = values.collect();
     values.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+/// The first of `lines` that holds `text`.
+pub(crate) fn line_with<'a>(lines: &[(f64, &'a str)], text: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find_map(|(_, line)| line.contains(text).then_some(*line))
+}
+
+/// The whole number just before `marker` in `line` ("... 41 ms of downtime").
+pub(crate) fn number_before(line: &str, marker: &str) -> Option<u64> {
+    let (head, _) = line.split_once(marker)?;
+    head.rsplit(' ').next()?.parse().ok()
+}
+
+/// What ping saw of a move.
+pub(crate) struct PingLoss {
+    /// What ping's summary counted over the whole run.
+    pub(crate) sent: Option<u64>,
+    pub(crate) received: Option<u64>,
+    /// Requests sent in the move's window, and those answered.
+    pub(crate) window_sent: u64,
+    pub(crate) window_received: u64,
+    /// The longest run of unanswered requests.
+    pub(crate) longest_loss: u64,
+    /// Replies to a request already answered.
+    pub(crate) duplicates: usize,
+}
+
+/// Reads ping's stamped lines for a move sent at `send_at` whose source
+/// exited at `exit_at` (L1 times). The move's window in ping's sequence runs
+/// from the last reply before the send to the first 3 s after the source
+/// exited (a local move's window is little more than its downtime, in which
+/// every ping is lost).
+pub(crate) fn ping_loss(
+    ping: &[(f64, &str)],
+    send_at: f64,
+    exit_at: f64,
+) -> Result<PingLoss, String> {
+    // The replies (seq, L1 time), then what ping counted. A reply to a
+    // request already answered is counted apart.
+    let duplicates = ping.iter().filter(|(_, l)| l.contains("(DUP!)")).count();
+    let replies: Vec<(u64, f64)> = ping
+        .iter()
+        .filter(|(_, line)| !line.contains("(DUP!)"))
+        .filter_map(|(at, line)| {
+            let seq = line.split("seq=").nth(1)?.split_whitespace().next()?;
+            Some((seq.parse().ok()?, *at))
+        })
+        .collect();
+    let summary = ping
+        .iter()
+        .find_map(|(_, line)| line.contains("packets transmitted").then_some(*line))
+        .ok_or("ping printed no summary")?;
+    let count = |what: &str| -> Option<u64> {
+        let head = summary.split(what).next()?;
+        head.trim_end().rsplit([' ', ',']).next()?.parse().ok()
+    };
+    let window_from = replies.iter().rfind(|(_, at)| *at < send_at).map(|r| r.0);
+    let window_to = replies
+        .iter()
+        .find(|(_, at)| *at > exit_at + 3.0)
+        .map(|r| r.0);
+    let (Some(from), Some(to)) = (window_from, window_to) else {
+        return Err(format!(
+            "no ping answered before the move ({window_from:?}) or after it ({window_to:?})"
+        ));
+    };
+    Ok(PingLoss {
+        sent: count(" packets transmitted"),
+        received: count(" packets received"),
+        window_sent: to.saturating_sub(from + 1),
+        window_received: replies
+            .iter()
+            .filter(|(seq, _)| (from + 1..to).contains(seq))
+            .count() as u64,
+        longest_loss: replies
+            .windows(2)
+            .map(|w| w[1].0.saturating_sub(w[0].0 + 1))
+            .max()
+            .unwrap_or(0),
+        duplicates,
+    })
 }
 
 /// The guest went on at the destination without a reboot, the source
 /// exited 0 with its downtime (its last line says `how`), and pings were
 /// answered before the move and after it, most of them during it, none
 /// twice.
-fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
+pub(crate) fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
     run.expect_status(0)?;
     let (src, dst, ping) = (
         section(run, "src"),
@@ -174,18 +264,13 @@ fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
     if value(&src, "guest_ping") != Some("ok") {
         return Err("the guest's network did not come up before the move".into());
     }
-    let moved = src
-        .iter()
-        .find_map(|(_, line)| line.contains("the VM migrated to").then_some(*line))
+    let moved = line_with(&src, "the VM migrated to")
         .ok_or("no line from the source saying the VM migrated")?;
     if !moved.contains(how) {
         return Err(format!("the move was not {how:?}: {moved}"));
     }
-    let downtime_ms: u64 = moved
-        .split(" ms of downtime")
-        .next()
-        .and_then(|head| head.rsplit(' ').next()?.parse().ok())
-        .ok_or(format!("no downtime in {moved:?}"))?;
+    let downtime_ms =
+        number_before(moved, " ms of downtime").ok_or(format!("no downtime in {moved:?}"))?;
     // The same boot at both ends, finished at the destination.
     let boot = value(&src, "boot_id").ok_or("no boot id before the move")?;
     if value(&dst, "end_boot_id") != Some(boot) || value(&dst, "stop") != Some("stop") {
@@ -214,53 +299,18 @@ fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), String> {
             after.len()
         ));
     }
-    // Ping: the replies (seq, L1 time), then what ping counted. A reply
-    // to a request already answered is counted apart.
-    let duplicates = ping.iter().filter(|(_, l)| l.contains("(DUP!)")).count();
-    let replies: Vec<(u64, f64)> = ping
-        .iter()
-        .filter(|(_, line)| !line.contains("(DUP!)"))
-        .filter_map(|(at, line)| {
-            let seq = line.split("seq=").nth(1)?.split_whitespace().next()?;
-            Some((seq.parse().ok()?, *at))
-        })
-        .collect();
-    let summary = ping
-        .iter()
-        .find_map(|(_, line)| line.contains("packets transmitted").then_some(*line))
-        .ok_or("ping printed no summary")?;
-    let count = |what: &str| -> Option<u64> {
-        let head = summary.split(what).next()?;
-        head.trim_end().rsplit([' ', ',']).next()?.parse().ok()
-    };
-    let (sent, received) = (count(" packets transmitted"), count(" packets received"));
     let (send_at, exit_at) = (
         mark(run, "send").ok_or("no send mark")?,
         mark(run, "source_exit").ok_or("no source_exit mark")?,
     );
-    // The move's window in ping's sequence: from the last reply before the
-    // send to the first 3 s after the source exited (a local move's window
-    // is little more than its downtime, in which every ping is lost).
-    let window_from = replies.iter().rfind(|(_, at)| *at < send_at).map(|r| r.0);
-    let window_to = replies
-        .iter()
-        .find(|(_, at)| *at > exit_at + 3.0)
-        .map(|r| r.0);
-    let (Some(from), Some(to)) = (window_from, window_to) else {
-        return Err(format!(
-            "no ping answered before the move ({window_from:?}) or after it ({window_to:?})"
-        ));
-    };
-    let window_sent = to.saturating_sub(from + 1);
-    let window_received = replies
-        .iter()
-        .filter(|(seq, _)| (from + 1..to).contains(seq))
-        .count() as u64;
-    let longest_loss = replies
-        .windows(2)
-        .map(|w| w[1].0.saturating_sub(w[0].0 + 1))
-        .max()
-        .unwrap_or(0);
+    let PingLoss {
+        sent,
+        received,
+        window_sent,
+        window_received,
+        longest_loss,
+        duplicates,
+    } = ping_loss(&ping, send_at, exit_at)?;
     println!("@@NOTE {name}: {moved}");
     println!(
         "@@NOTE {name}: the destination's figures: {}",
