@@ -67,9 +67,18 @@ impl Layout {
     }
 }
 
+/// The deadline a case script asks for on its first line
+/// (`# rig-limit SECONDS`), as L1's /init reads it.
+fn script_limit(script: &std::path::Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(script).ok()?;
+    let seconds = text.lines().next()?.strip_prefix("# rig-limit ")?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
+}
+
 /// Runs the case script `name` from `layout` with `sh`, as L1's /init
-/// would, and a deadline of `limit`.
+/// would, and a deadline of `limit` (or the one the script asks for).
 pub fn run_direct(layout: &Layout, name: &str, limit: Duration) -> CaseRun {
+    let limit = script_limit(&layout.cases.join(name)).unwrap_or(limit);
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut search = layout.bin.clone().into_os_string();
     // e2fsck and debugfs live in sbin on a host.
@@ -153,6 +162,14 @@ mod tests {
         let run = run_direct(&layout, "slow", Duration::from_millis(300));
         assert_eq!(run.status, Some(124));
         assert!(run.hang().is_some(), "{}", run.output);
+        // A case that asks for more time on its first line gets it.
+        std::fs::write(
+            layout.cases.join("long"),
+            "# rig-limit 20\nsleep 1; echo done\n",
+        )
+        .unwrap();
+        let run = run_direct(&layout, "long", Duration::from_millis(300));
+        assert_eq!(run.status, Some(0), "{}", run.output);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
