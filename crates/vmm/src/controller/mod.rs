@@ -215,8 +215,8 @@ struct Controller {
     /// Drives added after boot: their slot and event-loop worker.
     hotplugged: std::collections::BTreeMap<String, (u8, event_manager::SubscriberId)>,
     /// When the pages only the VM's start made sie touch go back: first
-    /// right after the request that started it was answered, then once
-    /// more [`RELEASE_AGAIN_AFTER`] later (the second `true` here).
+    /// [`RELEASE_FIRST_AFTER`] after it started, then once more
+    /// [`RELEASE_AGAIN_AFTER`] later (the second `true` here).
     release_memory_at: Option<(Instant, bool)>,
     /// The snapshot files the last `snapshot/create` replaced, freed once
     /// the VM runs again (or after [`OLD_SNAPSHOT_GRACE`] paused): freeing
@@ -227,6 +227,12 @@ struct Controller {
 /// How long the files a snapshot replaced outlive it while the VM stays
 /// paused.
 const OLD_SNAPSHOT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long after the VM starts the pages only the start touched are
+/// given back the first time: a VM gone sooner (a tiny guest's whole life,
+/// a burst of short-lived sandboxes) never pays for reading its mappings
+/// and faulting the pages back in at its end.
+const RELEASE_FIRST_AFTER: Duration = Duration::from_millis(200);
 
 /// How long after the VM starts the pages only the start touched are
 /// given back a second time: by then a guest's boot (device probing,
@@ -586,13 +592,14 @@ impl Controller {
             );
         }
         // The VM runs: what only building it touched (most of the code the
-        // process mapped, malloc's freed memory) goes back as soon as the
-        // request that started it is answered (not before: a restore's load
-        // call would wait for it), and what the guest's boot touched a little
-        // later; see process_memory/release.rs. /proc/self/smaps is opened
-        // before seccomp forbids it.
+        // process mapped, malloc's freed memory) goes back once it has run
+        // [`RELEASE_FIRST_AFTER`] (never inside the request that started it,
+        // which would wait for it, nor in a VM that lives less: it would
+        // touch those pages again as it ends), and what the guest's boot
+        // touched a little later; see process_memory/release.rs.
+        // /proc/self/smaps is opened before seccomp forbids it.
         crate::process_memory::open_smaps();
-        self.release_memory_at = Some((Instant::now(), true));
+        self.release_memory_at = Some((Instant::now() + RELEASE_FIRST_AFTER, true));
         // Building needs far more of the kernel than serving does: the VMM
         // thread's filter goes on only now, after the vCPU threads started
         // (a thread inherits its creator's filter) and before the first
