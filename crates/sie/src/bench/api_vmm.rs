@@ -130,6 +130,21 @@ pub(super) fn counts(console: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// The counts a guest moved out of `source` (restored or migrated) printed
+/// at `next`: its console there, after the line it left unfinished at
+/// `source` (paused mid-line, it finishes "count 3" as "ount 3" there).
+pub(super) fn counts_continuing(source: &Path, next: &Path) -> Vec<u64> {
+    let before = std::fs::read_to_string(source).unwrap_or_default();
+    let unfinished = before
+        .rsplit_once('\n')
+        .map_or(before.as_str(), |(_, tail)| tail);
+    let after = std::fs::read_to_string(next).unwrap_or_default();
+    format!("{unfinished}{after}")
+        .lines()
+        .filter_map(|line| line.strip_prefix("count ")?.trim().parse().ok())
+        .collect()
+}
+
 pub(super) fn median(values: Vec<f64>) -> f64 {
     let mut values = values;
     super::median(&mut values).unwrap_or(f64::NAN)
@@ -198,4 +213,24 @@ pub(super) fn restore_fresh(
 /// 1% of `mib` MiB, in 4 KiB pages: what the guest dirties every tick.
 pub(super) fn dirty_pages(mib: u32) -> u64 {
     (u64::from(mib) * 256).div_ceil(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_paused_mid_line_finishes_it_where_it_moved() {
+        let dir = std::env::temp_dir().join(format!("sie-counts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (source, next) = (dir.join("source"), dir.join("next"));
+        std::fs::write(&source, "count 1\ncount 2\nc").unwrap();
+        std::fs::write(&next, "ount 3\ncount 4\n").unwrap();
+        assert_eq!(counts(&next), [4], "alone, the first line is cut");
+        assert_eq!(counts_continuing(&source, &next), [3, 4]);
+        std::fs::write(&source, "count 1\ncount 2\n").unwrap();
+        std::fs::write(&next, "count 3\n").unwrap();
+        assert_eq!(counts_continuing(&source, &next), [3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

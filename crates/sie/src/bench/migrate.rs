@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::api_vmm::{counts, median, spawn, spawn_logged, wait_until};
+use super::api_vmm::{counts, counts_continuing, median, spawn, spawn_logged, wait_until};
 use crate::cli::BenchMigrateArgs;
 use crate::ctl::request;
 
@@ -24,6 +24,27 @@ struct Sample {
     mib_sent: f64,
     downtime_ms: f64,
     throttle_percent: f64,
+    /// The downtime's parts the source names (pause and state, last pages,
+    /// the receiver's build, go to done), 0 where it names none.
+    parts: [f64; 4],
+}
+
+/// The parts " (pause and state A ms, last pages B ms, state out and the
+/// receiver's build C ms, go to done D ms)" of a source's last line.
+fn downtime_parts(line: &str) -> [f64; 4] {
+    let labels = [
+        "pause and state ",
+        "last pages ",
+        "state out and the receiver's build ",
+        "go to done ",
+    ];
+    labels.map(|label| {
+        line.split(label)
+            .nth(1)
+            .and_then(|rest| rest.split(" ms").next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or(0.0)
+    })
 }
 
 /// Reads "... after N pre-copy rounds: X MiB sent, D ms of downtime, T ms
@@ -45,6 +66,7 @@ fn parse_line(stderr: &str) -> Option<Sample> {
             downtime_ms: number_before(" ms of downtime")?,
             total_ms: number_before(" ms in all")?,
             throttle_percent: 0.0,
+            parts: downtime_parts(line),
         });
     }
     Some(Sample {
@@ -57,6 +79,7 @@ fn parse_line(stderr: &str) -> Option<Sample> {
             .then(|| number_before("% at the end"))
             .flatten()
             .unwrap_or(0.0),
+        parts: downtime_parts(line),
     })
 }
 
@@ -114,7 +137,7 @@ fn once(
     let last = counts(&source.console).last().copied().unwrap_or(0);
     wait_until(
         &format!("the destination to print count {}", last + 1),
-        || counts(&dest.console).first() == Some(&(last + 1)),
+        || counts_continuing(&source.console, &dest.console).first() == Some(&(last + 1)),
     )?;
     Ok(sample)
 }
@@ -208,6 +231,15 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
                 median(samples.iter().map(|s| s.downtime_ms).collect()),
                 median(samples.iter().map(|s| s.throttle_percent).collect()),
             );
+            let part = |index: usize| median(samples.iter().map(|s| s.parts[index]).collect());
+            println!(
+                "  {:>8} downtime, medians: pause and state {:.1} ms, last pages {:.1} ms, state out and the receiver's build {:.1} ms, go to done {:.1} ms",
+                "",
+                part(0),
+                part(1),
+                part(2),
+                part(3)
+            );
         }
     }
     println!("  checked: every destination went on counting from the source's last count");
@@ -238,7 +270,12 @@ mod tests {
             (sample.rounds, sample.throttle_percent, sample.total_ms),
             (9.0, 99.0, 5286.0)
         );
+        assert_eq!(sample.parts, [0.0; 4], "an older sie names no parts");
         assert!(parse_line("sie: stopped by signal 15").is_none());
+        let parted = "sie: the VM migrated to unix:/t/m.sock after 2 pre-copy rounds: 5.0 MiB sent, 20 ms of downtime (pause and state 1.5 ms, last pages 3.0 ms, state out and the receiver's build 14.2 ms, go to done 0.8 ms), 700 ms in all; it runs there now";
+        let sample = parse_line(parted).unwrap();
+        assert_eq!((sample.downtime_ms, sample.total_ms), (20.0, 700.0));
+        assert_eq!(sample.parts, [1.5, 3.0, 14.2, 0.8]);
         let local = "sie: the VM migrated to unix:/t/m.sock in local mode: 1024.0 MiB of guest RAM handed over, 20.5 KiB sent, 12 ms of downtime, 30 ms in all; it runs there now";
         let sample = parse_line(local).unwrap();
         assert_eq!(

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::api_vmm::{Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, wait_until};
+use super::api_vmm::{
+    Vmm, counts, counts_continuing, dirty_pages, median, paused_counter, restore_fresh, wait_until,
+};
 use crate::cli::BenchSnapshotArgs;
 use crate::ctl::request;
 
@@ -33,6 +35,8 @@ struct Taken {
     snap: PathBuf,
     mem: PathBuf,
     last: u64,
+    /// The source's console (its last line may be unfinished).
+    console: PathBuf,
 }
 
 fn take(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Taken, BoxError> {
@@ -55,7 +59,12 @@ fn take(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Taken, Box
         "/snapshot/create",
         Some(&json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})),
     )?;
-    Ok(Taken { snap, mem, last })
+    Ok(Taken {
+        snap,
+        mem,
+        last,
+        console: source.console.clone(),
+    })
 }
 
 /// Restores `taken` with `backend`: (load ms, start → next count ms), and
@@ -76,7 +85,7 @@ fn restore(
     let next = taken.last + 1;
     wait_until(
         &format!("the {backend} guest to print count {next}"),
-        || counts(&restored.console).first() == Some(&next),
+        || counts_continuing(&taken.console, &restored.console).first() == Some(&next),
     )?;
     let first_count_ms = process_start.elapsed().as_secs_f64() * 1e3;
     Ok((load_ms, first_count_ms, restored))

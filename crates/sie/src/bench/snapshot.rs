@@ -12,7 +12,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::api_vmm::{
-    Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, set_state, wait_until,
+    Vmm, counts, counts_continuing, dirty_pages, median, paused_counter, restore_fresh, set_state,
+    wait_until,
 };
 
 use crate::cli::BenchSnapshotArgs;
@@ -51,6 +52,7 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     )?;
     let create_ms = started.elapsed().as_secs_f64() * 1e3;
     let diff_ms = diff_after_a_tick(&source, dir)?;
+    let source_console = source.console.clone();
     drop(source);
     let memory_file_mib = std::fs::metadata(&mem)?.blocks() as f64 * 512.0 / f64::from(1 << 20);
 
@@ -60,7 +62,7 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     // The check: the restored guest goes on from its last count.
     let next = last + 1;
     wait_until(&format!("the restored guest to print count {next}"), || {
-        counts(&restored.console).first() == Some(&next)
+        counts_continuing(&source_console, &restored.console).first() == Some(&next)
     })?;
     Ok(Sample {
         create_ms,
