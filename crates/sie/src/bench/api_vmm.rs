@@ -1,5 +1,5 @@
 //! A VMM process driven through Firecracker's API for the benchmarks that
-//! compare sie with a peer (`sie bench snapshot`) or move a guest between
+//! compare sie with a peer (`sie bench snapshot`, `sie bench memory`) or move a guest between
 //! two sie processes (`sie bench migrate`): started on a socket,
 //! waited for, its console read back, killed when dropped.
 
@@ -61,6 +61,11 @@ pub(super) fn spawn_logged(
 }
 
 impl Vmm {
+    /// The process's id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit; returns its status and its stderr
     /// (empty unless started with [`spawn_logged`]).
     pub(super) fn wait_for_exit(&mut self) -> Result<(i32, String), BoxError> {

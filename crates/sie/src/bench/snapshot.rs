@@ -92,6 +92,23 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
+/// `runs` rounds of `measure(0)`, `measure(1)` … `measure(count - 1)`,
+/// each VMM's samples apart: interleaved, so drift on a busy host (another
+/// job starting, the page cache filling) hits every VMM alike.
+fn interleaved<T>(
+    runs: u32,
+    count: usize,
+    mut measure: impl FnMut(usize) -> Result<T, BoxError>,
+) -> Result<Vec<Vec<T>>, BoxError> {
+    let mut samples: Vec<Vec<T>> = (0..count).map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, of_one) in samples.iter_mut().enumerate() {
+            of_one.push(measure(i)?);
+        }
+    }
+    Ok(samples)
+}
+
 /// Runs the benchmark and prints its table.
 pub fn run(args: &BenchSnapshotArgs) -> Result<u8, BoxError> {
     if args.runs == 0 || args.sizes_mib.contains(&0) {
@@ -124,13 +141,11 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
     );
     let mut rows: Vec<(String, u32, [f64; 5])> = Vec::new();
     for &mib in &args.sizes_mib {
-        for (name, program) in &vmms {
-            let mut samples = Vec::with_capacity(args.runs as usize);
-            for _ in 0..args.runs {
-                let sample = once(program, dir, &guest, mib)
-                    .map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
-                samples.push(sample);
-            }
+        let per_vmm = interleaved(args.runs, vmms.len(), |i| {
+            let (name, program) = &vmms[i];
+            once(program, dir, &guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}").into())
+        })?;
+        for ((name, _), samples) in vmms.iter().zip(per_vmm) {
             let figures = [
                 median(samples.iter().map(|s| s.create_ms).collect()),
                 median(samples.iter().map(|s| s.diff_ms).collect()),
@@ -165,4 +180,30 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
     super::restore_backends::print(args, dir, &guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_alternate_between_the_vmms() {
+        let mut order = Vec::new();
+        let samples = interleaved(3, 2, |i| {
+            order.push(i);
+            Ok(order.len())
+        })
+        .unwrap();
+        assert_eq!(order, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(samples, [vec![1, 3, 5], vec![2, 4, 6]]);
+        let error = interleaved(3, 2, |i| {
+            if i == 1 {
+                Err("the peer failed".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(error.to_string(), "the peer failed");
+    }
 }
