@@ -289,6 +289,23 @@ fn batch(
     Ok((wall, cpu))
 }
 
+/// A batch's throughput: lifecycles per second of wall time and per
+/// CPU-second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rate {
+    per_s: f64,
+    per_cpu_s: f64,
+}
+
+impl Rate {
+    fn of(total: u32, wall: Duration, cpu: Duration) -> Self {
+        Self {
+            per_s: f64::from(total) / wall.as_secs_f64().max(1e-9),
+            per_cpu_s: f64::from(total) / cpu.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
 fn ms(values: &[Duration]) -> f64 {
     let mut ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     median(&mut ms).unwrap_or(0.0)
@@ -313,6 +330,18 @@ fn peer_config(guest: &Path, memory_mib: u32) -> String {
         "drives": [],
     })
     .to_string()
+}
+
+/// The peer's command line: Firecracker's way, its log (on stdout by
+/// default, between the console's bytes) sent to /dev/null.
+fn peer_args(config: &Path) -> Vec<String> {
+    let mut args = vec![
+        "--no-api".to_string(),
+        "--config-file".to_string(),
+        config.display().to_string(),
+    ];
+    args.extend(super::api_vmm::NO_LOG.map(String::from));
+    args
 }
 
 /// Runs the benchmark and prints its table.
@@ -357,11 +386,7 @@ pub fn run(args: &BenchLifecycleArgs) -> Result<u8, BoxError> {
             format!("peer ({name})"),
             Variant::Child {
                 program: peer.clone(),
-                args: vec![
-                    "--no-api".into(),
-                    "--config-file".into(),
-                    config.display().to_string(),
-                ],
+                args: peer_args(&config),
             },
         ));
     }
@@ -435,16 +460,29 @@ pub fn run(args: &BenchLifecycleArgs) -> Result<u8, BoxError> {
              (bare's teardowns on threads of their own)"
         );
         println!(
-            "  {:<24}{:>14}{:>20}{:>20}",
-            "lifecycle", "lifecycles/s", "lifecycles/s/core", "lifecycles/cpu-s"
+            "  {:<24}{:>14}{:>20}{:>20}{:>11}{:>11}",
+            "lifecycle",
+            "lifecycles/s",
+            "lifecycles/s/core",
+            "lifecycles/cpu-s",
+            "/s /bare",
+            "/s /peer"
         );
+        let mut rates = Vec::with_capacity(variants.len());
         for (label, variant) in &variants {
             let (wall, cpu) = batch(label, variant, &guest, args.memory_mib, parallel, total)?;
-            let per_s = f64::from(total) / wall.as_secs_f64().max(1e-9);
+            rates.push(Rate::of(total, wall, cpu));
+        }
+        let bare = rates.first().map(|r| r.per_s);
+        let peer = args.peer.as_ref().and(rates.last()).map(|r| r.per_s);
+        for ((label, _), rate) in variants.iter().zip(&rates) {
             println!(
-                "  {label:<24}{per_s:>14.1}{:>20.1}{:>20.1}",
-                per_s / f64::from(cores),
-                f64::from(total) / cpu.as_secs_f64().max(1e-9)
+                "  {label:<24}{:>14.1}{:>20.1}{:>20.1}{:>11}{:>11}",
+                rate.per_s,
+                rate.per_s / f64::from(cores),
+                rate.per_cpu_s,
+                ratio(rate.per_s, bare),
+                ratio(rate.per_s, peer),
             );
         }
     }
@@ -460,6 +498,17 @@ mod tests {
         assert_eq!(ratio(3.0, Some(2.0)), "x1.50");
         assert_eq!(ratio(3.0, None), "-");
         assert_eq!(ratio(3.0, Some(0.0)), "-");
+        // Throughput: more per second is better, so sie over the peer > 1
+        // means sie is ahead.
+        let rate = Rate::of(40, Duration::from_secs(2), Duration::from_millis(500));
+        assert_eq!(
+            rate,
+            Rate {
+                per_s: 20.0,
+                per_cpu_s: 80.0
+            }
+        );
+        assert_eq!(ratio(rate.per_s, Some(10.0)), "x2.00");
         let config: serde_json::Value =
             serde_json::from_str(&peer_config(Path::new("/g/hello.elf"), 128)).unwrap();
         assert_eq!(config["boot-source"]["kernel_image_path"], "/g/hello.elf");
@@ -467,6 +516,16 @@ mod tests {
         assert_eq!(config["machine-config"]["mem_size_mib"], 128);
         // Firecracker refuses a config file without `drives`.
         assert_eq!(config["drives"], serde_json::json!([]));
+        assert_eq!(
+            peer_args(Path::new("/d/peer.json")),
+            [
+                "--no-api",
+                "--config-file",
+                "/d/peer.json",
+                "--log-path",
+                "/dev/null"
+            ]
+        );
         let tv = libc::timeval {
             tv_sec: 2,
             tv_usec: 500,

@@ -12,11 +12,12 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::api_vmm::{
-    Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, set_state, wait_until,
+    SNAPSHOT_CALL, Vmm, counts, dirty_pages, median, paused_counter, restore_fresh, set_state,
+    wait_until,
 };
 
 use crate::cli::BenchSnapshotArgs;
-use crate::ctl::request;
+use crate::ctl::request_within;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -43,11 +44,12 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     let source = paused_counter(program, dir, "source", &config)?;
     let last = counts(&source.console).last().copied().unwrap_or(0);
     let started = Instant::now();
-    request(
+    request_within(
         &source.sock,
         "PUT",
         "/snapshot/create",
         Some(&json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})),
+        SNAPSHOT_CALL,
     )?;
     let create_ms = started.elapsed().as_secs_f64() * 1e3;
     let diff_ms = diff_after_a_tick(&source, dir)?;
@@ -83,11 +85,12 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     set_state(source, "Paused")?;
     let (snap, mem) = (dir.join("diff.snap"), dir.join("diff.mem"));
     let started = Instant::now();
-    request(
+    request_within(
         &source.sock,
         "PUT",
         "/snapshot/create",
         Some(&json!({"snapshot_type": "Diff", "snapshot_path": snap, "mem_file_path": mem})),
+        SNAPSHOT_CALL,
     )?;
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
