@@ -5,6 +5,7 @@
 //! that speaks Firecracker's API. Every restore is checked: the guest (the
 //! `counter` guest, which counts in its RAM) must print the next count.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
@@ -95,6 +96,29 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
+/// The files one run leaves in `dir`.
+const RUN_FILES: [&str; 4] = ["vm.snap", "vm.mem", "diff.snap", "diff.mem"];
+
+/// Removes the files a run left in `dir` and writes back what is still
+/// dirty on its filesystem, so the next run (the other VMM's, interleaved)
+/// does not wait behind this one's writeback: Firecracker leaves a whole
+/// guest's RAM dirty in the page cache, and sie's fsync or a throttled
+/// write would pay for it.
+fn settle(dir: &Path) -> Result<(), BoxError> {
+    for name in RUN_FILES {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    let directory = std::fs::File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `directory` keeps open.
+    if unsafe { libc::syncfs(directory.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 /// `runs` rounds of `measure(0)`, `measure(1)` … `measure(count - 1)`,
 /// each VMM's samples apart: interleaved, so drift on a busy host (another
 /// job starting, the page cache filling) hits every VMM alike.
@@ -146,7 +170,10 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
     for &mib in &args.sizes_mib {
         let per_vmm = interleaved(args.runs, vmms.len(), |i| {
             let (name, program) = &vmms[i];
-            once(program, dir, &guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}").into())
+            let sample =
+                once(program, dir, &guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
+            settle(dir)?;
+            Ok(sample)
         })?;
         for ((name, _), samples) in vmms.iter().zip(per_vmm) {
             let figures = [
@@ -188,6 +215,21 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settling_removes_a_runs_files_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("sie-bench-settle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["vm.snap", "vm.mem", "counter.elf"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        settle(&dir).unwrap();
+        assert!(!dir.join("vm.snap").exists() && !dir.join("vm.mem").exists());
+        assert!(dir.join("counter.elf").exists(), "the guest stays");
+        // Nothing left to remove is no error.
+        settle(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn runs_alternate_between_the_vmms() {
