@@ -594,6 +594,26 @@ pub enum BenchCommand {
     Snapshot(BenchSnapshotArgs),
     /// Live migration between two sie processes: total time, rounds, bytes, downtime.
     Migrate(BenchMigrateArgs),
+    /// Resident memory of an idle VMM process, sie's and a peer VMM's.
+    Memory(BenchMemoryArgs),
+}
+
+/// Flags of `sie bench memory`.
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// Readings per VMM (each a new process); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// How long each VMM idles, its guest paused, before it is read, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub settle_ms: u64,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mib: u32,
+    /// Another VMM to compare that takes Firecracker's command line (`PATH
+    /// --api-sock SOCK --config-file FILE`), e.g. a `firecracker` binary.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
 }
 
 /// Flags of `sie bench migrate`.

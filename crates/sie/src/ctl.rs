@@ -32,6 +32,12 @@ pub(crate) enum CtlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{method} {uri}: no answer within {timeout:?}")]
+    NoAnswer {
+        method: String,
+        uri: String,
+        timeout: Duration,
+    },
     #[error("{method} {uri}: malformed answer: {what}")]
     Malformed {
         method: String,
@@ -67,10 +73,30 @@ pub(crate) fn request(
     uri: &str,
     body: Option<&Value>,
 ) -> Result<Answer, CtlError> {
-    let io = |source| CtlError::Io {
-        method: method.to_string(),
-        uri: uri.to_string(),
-        source,
+    request_within(sock, method, uri, body, TIMEOUT)
+}
+
+/// [`request`], waiting up to `timeout` for the answer (a benchmark's
+/// snapshot of a large guest through a VMM that writes all of its RAM).
+pub(crate) fn request_within(
+    sock: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Answer, CtlError> {
+    let io = |source: std::io::Error| match source.kind() {
+        // What a read timeout returns.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => CtlError::NoAnswer {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            timeout,
+        },
+        _ => CtlError::Io {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            source,
+        },
     };
     let malformed = |what: &str| CtlError::Malformed {
         method: method.to_string(),
@@ -81,7 +107,7 @@ pub(crate) fn request(
         path: sock.display().to_string(),
         source,
     })?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut head = format!(
         "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n"
@@ -384,4 +410,29 @@ pub fn run(args: CtlArgs) -> Result<u8, BoxError> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_never_answers_is_a_one_line_timeout() {
+        let dir = std::env::temp_dir().join(format!("sie-ctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        // Accepts (the kernel does, into the backlog) and never answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let timeout = Duration::from_millis(50);
+        let error = request_within(&sock, "PUT", "/snapshot/create", None, timeout)
+            .err()
+            .expect("no answer is an error");
+        assert!(matches!(error, CtlError::NoAnswer { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "PUT /snapshot/create: no answer within 50ms"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

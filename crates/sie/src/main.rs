@@ -68,6 +68,9 @@ fn main() -> ExitCode {
         Some(cli::Command::Bench(cli::BenchCommand::Net(args))) => bench::net::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Snapshot(args))) => bench::snapshot::run(&args),
         Some(cli::Command::Bench(cli::BenchCommand::Migrate(args))) => bench::migrate::run(&args),
+        Some(cli::Command::Bench(cli::BenchCommand::Memory(args))) => {
+            bench::idle_memory::run(&args)
+        }
         Some(cli::Command::Bench(cli::BenchCommand::Lifecycle(args))) => {
             bench::lifecycle::run(&args)
         }

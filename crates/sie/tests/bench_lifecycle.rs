@@ -44,7 +44,8 @@ fn three_lifecycles_of_each_kind_are_checked_and_timed() {
     );
     for label in ["bare KVM loop", "sie run", "peer (sie)"] {
         let cells = row(out, label);
-        // wall, cpu, four ratios; then the throughput row: three rates.
+        // wall, cpu, four ratios; then the throughput row: three rates and
+        // the rate over bare's and over the peer's.
         assert_eq!(cells.len(), 6, "{label}: {cells:?}");
         assert!(cells.iter().all(|v| *v > 0.0), "{label}: {cells:?}");
         let rates: Vec<f64> = out
@@ -53,8 +54,14 @@ fn three_lifecycles_of_each_kind_are_checked_and_timed() {
             .nth(1)
             .map(|l| row(l, label))
             .unwrap_or_else(|| panic!("no throughput row for {label}:\n{out}"));
-        assert_eq!(rates.len(), 3, "{label}: {rates:?}");
+        assert_eq!(rates.len(), 5, "{label}: {rates:?}");
         assert!(rates.iter().all(|v| *v > 0.0), "{label}: {rates:?}");
+        if label == "bare KVM loop" {
+            assert_eq!(rates[3], 1.0, "{rates:?}");
+        }
+        if label == "peer (sie)" {
+            assert_eq!(rates[4], 1.0, "{rates:?}");
+        }
     }
     let teardown = out
         .lines()

@@ -70,6 +70,30 @@ fn stats_count_every_exit_exactly_and_show_the_markers() {
     assert_eq!(com1.split_whitespace().nth(2), Some("25"), "{com1}");
 }
 
+#[test]
+fn hello_with_boot_timer_0_makes_no_mmio_write() {
+    // `sie bench lifecycle` boots hello this way in Firecracker too, whose
+    // page tables do not map the boot timer's address.
+    let run = sie(&[
+        "run",
+        "--kernel",
+        HELLO.path,
+        "--cmdline",
+        "markers=2 boot_timer=0",
+        "--stats",
+    ]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, "hello from sie guest\nbye\n");
+    let stderr = &run.stderr;
+    assert_eq!(count_of(stderr, "mmio_write"), 0, "{stderr}");
+    assert_eq!(
+        count_of(stderr, "pio_out"),
+        sie_guests::hello_pio_writes(2),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("boot timer 0x7b"), "{stderr}");
+}
+
 /// The MiB figure of a `--stats` memory row (`  NAME   1.23 MiB …`).
 fn memory_mib(stderr: &str, name: &str) -> f64 {
     let line = stderr

@@ -1,5 +1,5 @@
 //! A VMM process driven through Firecracker's API for the benchmarks that
-//! compare sie with a peer (`sie bench snapshot`) or move a guest between
+//! compare sie with a peer (`sie bench snapshot`, `sie bench memory`) or move a guest between
 //! two sie processes (`sie bench migrate`): started on a socket,
 //! waited for, its console read back, killed when dropped.
 
@@ -9,6 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error>;
+
+/// Firecracker's flags sending its log to /dev/null: by default it logs on
+/// stdout, between the console's bytes, splitting the lines the benchmarks
+/// read. sie takes them too, so both VMMs run with the same flags.
+pub(super) const NO_LOG: [&str; 2] = ["--log-path", "/dev/null"];
+
+/// How long a snapshot may take to write or load: Firecracker writes all of
+/// a guest's RAM (about 3 s per GiB on a busy test machine), longer than an
+/// API client's usual wait.
+pub(super) const SNAPSHOT_CALL: Duration = Duration::from_secs(600);
 
 /// How long a guest, a socket or a count may take to appear.
 const WAIT: Duration = Duration::from_secs(60);
@@ -61,6 +71,11 @@ pub(super) fn spawn_logged(
 }
 
 impl Vmm {
+    /// The process's id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit; returns its status and its stderr
     /// (empty unless started with [`spawn_logged`]).
     pub(super) fn wait_for_exit(&mut self) -> Result<(i32, String), BoxError> {
@@ -164,7 +179,12 @@ pub(super) fn paused_counter(
         program,
         dir,
         name,
-        &["--config-file", &file.to_string_lossy()],
+        &[
+            "--config-file",
+            &file.to_string_lossy(),
+            NO_LOG[0],
+            NO_LOG[1],
+        ],
     )?;
     wait_until("the guest's second count", || {
         counts(&vmm.console).len() >= 2
@@ -195,9 +215,9 @@ pub(super) fn restore_fresh(
     backend: &str,
 ) -> Result<(Vmm, Instant, f64), BoxError> {
     let process_start = Instant::now();
-    let vmm = spawn(program, dir, name, &[])?;
+    let vmm = spawn(program, dir, name, &NO_LOG)?;
     let load_start = Instant::now();
-    crate::ctl::request(
+    crate::ctl::request_within(
         &vmm.sock,
         "PUT",
         "/snapshot/load",
@@ -206,6 +226,7 @@ pub(super) fn restore_fresh(
             "mem_backend": {"backend_type": backend, "backend_path": mem},
             "resume_vm": true,
         })),
+        SNAPSHOT_CALL,
     )?;
     Ok((vmm, process_start, load_start.elapsed().as_secs_f64() * 1e3))
 }

@@ -9,6 +9,7 @@ mod api_vmm;
 pub mod blk;
 pub mod boot;
 pub mod exits;
+pub mod idle_memory;
 pub mod lifecycle;
 pub mod migrate;
 pub mod net;

@@ -12,12 +12,12 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::api_vmm::{
-    Vmm, counts, counts_continuing, dirty_pages, median, paused_counter, restore_fresh, set_state,
-    wait_until,
+    SNAPSHOT_CALL, Vmm, counts, counts_continuing, dirty_pages, median, paused_counter,
+    restore_fresh, set_state, wait_until,
 };
 
 use crate::cli::BenchSnapshotArgs;
-use crate::ctl::request;
+use crate::ctl::request_within;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -44,11 +44,12 @@ fn once(program: &Path, dir: &Path, guest: &Path, mib: u32) -> Result<Sample, Bo
     let source = paused_counter(program, dir, "source", &config)?;
     let last = counts(&source.console).last().copied().unwrap_or(0);
     let started = Instant::now();
-    request(
+    request_within(
         &source.sock,
         "PUT",
         "/snapshot/create",
         Some(&json!({"snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})),
+        SNAPSHOT_CALL,
     )?;
     let create_ms = started.elapsed().as_secs_f64() * 1e3;
     let diff_ms = diff_after_a_tick(&source, dir)?;
@@ -85,13 +86,50 @@ fn diff_after_a_tick(source: &Vmm, dir: &Path) -> Result<f64, BoxError> {
     set_state(source, "Paused")?;
     let (snap, mem) = (dir.join("diff.snap"), dir.join("diff.mem"));
     let started = Instant::now();
-    request(
+    request_within(
         &source.sock,
         "PUT",
         "/snapshot/create",
         Some(&json!({"snapshot_type": "Diff", "snapshot_path": snap, "mem_file_path": mem})),
+        SNAPSHOT_CALL,
     )?;
     Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The files one run leaves in `dir`.
+const RUN_FILES: [&str; 4] = ["vm.snap", "vm.mem", "diff.snap", "diff.mem"];
+
+/// Removes the files a run left in `dir`, so the next run (the other
+/// VMM's, interleaved) does not wait behind this one's writeback:
+/// Firecracker leaves a whole guest's RAM dirty in the page cache, and
+/// sie's fsync or a throttled write paid for it. An unlinked file's dirty
+/// pages are dropped, not written. (Not `syncfs`: on a shared host it
+/// waits for everyone's dirty data.)
+fn settle(dir: &Path) -> Result<(), BoxError> {
+    for name in RUN_FILES {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `runs` rounds of `measure(0)`, `measure(1)` … `measure(count - 1)`,
+/// each VMM's samples apart: interleaved, so drift on a busy host (another
+/// job starting, the page cache filling) hits every VMM alike.
+fn interleaved<T>(
+    runs: u32,
+    count: usize,
+    mut measure: impl FnMut(usize) -> Result<T, BoxError>,
+) -> Result<Vec<Vec<T>>, BoxError> {
+    let mut samples: Vec<Vec<T>> = (0..count).map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, of_one) in samples.iter_mut().enumerate() {
+            of_one.push(measure(i)?);
+        }
+    }
+    Ok(samples)
 }
 
 /// Runs the benchmark and prints its table.
@@ -126,13 +164,14 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
     );
     let mut rows: Vec<(String, u32, [f64; 5])> = Vec::new();
     for &mib in &args.sizes_mib {
-        for (name, program) in &vmms {
-            let mut samples = Vec::with_capacity(args.runs as usize);
-            for _ in 0..args.runs {
-                let sample = once(program, dir, &guest, mib)
-                    .map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
-                samples.push(sample);
-            }
+        let per_vmm = interleaved(args.runs, vmms.len(), |i| {
+            let (name, program) = &vmms[i];
+            let sample =
+                once(program, dir, &guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
+            settle(dir)?;
+            Ok(sample)
+        })?;
+        for ((name, _), samples) in vmms.iter().zip(per_vmm) {
             let figures = [
                 median(samples.iter().map(|s| s.create_ms).collect()),
                 median(samples.iter().map(|s| s.diff_ms).collect()),
@@ -167,4 +206,45 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
     super::restore_backends::print(args, dir, &guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settling_removes_a_runs_files_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("sie-bench-settle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["vm.snap", "vm.mem", "counter.elf"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        settle(&dir).unwrap();
+        assert!(!dir.join("vm.snap").exists() && !dir.join("vm.mem").exists());
+        assert!(dir.join("counter.elf").exists(), "the guest stays");
+        // Nothing left to remove is no error.
+        settle(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runs_alternate_between_the_vmms() {
+        let mut order = Vec::new();
+        let samples = interleaved(3, 2, |i| {
+            order.push(i);
+            Ok(order.len())
+        })
+        .unwrap();
+        assert_eq!(order, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(samples, [vec![1, 3, 5], vec![2, 4, 6]]);
+        let error = interleaved(3, 2, |i| {
+            if i == 1 {
+                Err("the peer failed".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(error.to_string(), "the peer failed");
+    }
 }
