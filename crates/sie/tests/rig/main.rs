@@ -353,7 +353,7 @@ fn rig_run(all: &[&Case], selected: &[&Case]) -> &'static RigRun {
             repo: &repo,
             sie: &sie,
             runner: runner.as_deref(),
-            limit: Duration::from_secs(40 * 60),
+            limit: Duration::from_secs(60 * 60),
         };
         run_cases(&rig, all, selected)
     })
