@@ -37,6 +37,23 @@ impl Drop for Vmm {
     }
 }
 
+/// Runs `measure` in a scratch directory of its own
+/// (`sie-bench-NAME-PID` under the temporary directory) holding the
+/// counter guest, and removes the directory after, whatever the outcome.
+pub(super) fn in_counter_scratch(
+    name: &str,
+    measure: impl FnOnce(&Path, &Path) -> Result<u8, BoxError>,
+) -> Result<u8, BoxError> {
+    let dir = std::env::temp_dir().join(format!("sie-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let guest = dir.join("counter.elf");
+    let result = std::fs::write(&guest, sie_guests::COUNTER.bytes)
+        .map_err(BoxError::from)
+        .and_then(|()| measure(&dir, &guest));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), BoxError> {
     let deadline = Instant::now() + WAIT;
     while !done() {

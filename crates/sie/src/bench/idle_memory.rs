@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use sie_vmm::process_memory::MemoryBreakdown;
 
+use super::api_vmm::in_counter_scratch;
 use super::api_vmm::{median, paused_counter};
 use crate::cli::BenchMemoryArgs;
 
@@ -99,16 +100,10 @@ pub fn run(args: &BenchMemoryArgs) -> Result<u8, BoxError> {
     if args.runs == 0 || args.memory_mib == 0 {
         return Err("--runs and --memory-mib must be at least 1".into());
     }
-    let dir = std::env::temp_dir().join(format!("sie-bench-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_counter_scratch("memory", |dir, guest| measure(args, dir, guest))
 }
 
-fn measure(args: &BenchMemoryArgs, dir: &Path) -> Result<u8, BoxError> {
-    let guest = dir.join("counter.elf");
-    std::fs::write(&guest, sie_guests::COUNTER.bytes)?;
+fn measure(args: &BenchMemoryArgs, dir: &Path, guest: &Path) -> Result<u8, BoxError> {
     let config = json!({
         "boot-source": {"kernel_image_path": guest, "boot_args": "limit=100000000"},
         "machine-config": {"vcpu_count": 1, "mem_size_mib": args.memory_mib},

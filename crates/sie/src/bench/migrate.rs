@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::api_vmm::in_counter_scratch;
 use super::api_vmm::{counts, counts_continuing, median, spawn, spawn_logged, wait_until};
 use crate::cli::BenchMigrateArgs;
 use crate::ctl::request;
@@ -169,16 +170,10 @@ pub fn run(args: &BenchMigrateArgs) -> Result<u8, BoxError> {
             "--runs, every --sizes-mib and --max-bandwidth-mib-s must be at least 1".into(),
         );
     }
-    let dir = std::env::temp_dir().join(format!("sie-bench-migrate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_counter_scratch("migrate", |dir, guest| measure(args, dir, guest))
 }
 
-fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
-    let guest = dir.join("counter.elf");
-    std::fs::write(&guest, sie_guests::COUNTER.bytes)?;
+fn measure(args: &BenchMigrateArgs, dir: &Path, guest: &Path) -> Result<u8, BoxError> {
     let program = std::env::current_exe()?;
     let link = args
         .max_bandwidth_mib_s
@@ -213,7 +208,7 @@ fn measure(args: &BenchMigrateArgs, dir: &Path) -> Result<u8, BoxError> {
             let mut samples = Vec::with_capacity(args.runs as usize);
             for _ in 0..args.runs {
                 samples.push(
-                    once(&program, dir, &guest, mib, pages, args)
+                    once(&program, dir, guest, mib, pages, args)
                         .map_err(|e| format!("{mib} MiB, {percent}% dirty: {e}"))?,
                 );
             }

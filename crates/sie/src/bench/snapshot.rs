@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::api_vmm::in_counter_scratch;
 use super::api_vmm::{
     SNAPSHOT_CALL, Vmm, counts, counts_continuing, dirty_pages, median, paused_counter,
     restore_fresh, set_state, wait_until,
@@ -137,16 +138,10 @@ pub fn run(args: &BenchSnapshotArgs) -> Result<u8, BoxError> {
     if args.runs == 0 || args.sizes_mib.contains(&0) {
         return Err("--runs and every --sizes-mib must be at least 1".into());
     }
-    let dir = std::env::temp_dir().join(format!("sie-bench-snapshot-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(args, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_counter_scratch("snapshot", |dir, guest| measure(args, dir, guest))
 }
 
-fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
-    let guest = dir.join("counter.elf");
-    std::fs::write(&guest, sie_guests::COUNTER.bytes)?;
+fn measure(args: &BenchSnapshotArgs, dir: &Path, guest: &Path) -> Result<u8, BoxError> {
     let mut vmms = vec![("sie".to_string(), std::env::current_exe()?)];
     if let Some(peer) = &args.peer {
         let name = peer
@@ -167,7 +162,7 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
         let per_vmm = interleaved(args.runs, vmms.len(), |i| {
             let (name, program) = &vmms[i];
             let sample =
-                once(program, dir, &guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
+                once(program, dir, guest, mib).map_err(|e| format!("{name}, {mib} MiB: {e}"))?;
             settle(dir)?;
             Ok(sample)
         })?;
@@ -203,7 +198,7 @@ fn measure(args: &BenchSnapshotArgs, dir: &Path) -> Result<u8, BoxError> {
             }
         }
     }
-    super::restore_backends::print(args, dir, &guest)?;
+    super::restore_backends::print(args, dir, guest)?;
     println!("  checked: every restore went on counting from the count its snapshot was taken at");
     Ok(0)
 }
