@@ -28,6 +28,9 @@ pub(crate) fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
         r#"export SIE_RUN_TIMEOUT=280
 {L1_HELPERS}
 stop_sie() {{ kill $(ps -e -o pid,args | grep "[/]tmp/$1.sock" | awk '{{print $1}}') 2>/dev/null; }}
+# An earlier move's files go first: the background shells below truncate
+# theirs only when they start, and wait_for must not read the old ones.
+rm -f /tmp/mig-src /tmp/mig-dst /tmp/mig-ping /tmp/mig-ping.pid /tmp/mig-stop
 sietool tap-persist mgtap0; sietool tap-persist mgtap1
 ip link add name mgbr0 type bridge
 for t in mgtap0 mgtap1; do ip link set $t master mgbr0; ip link set $t up; done
@@ -82,7 +85,8 @@ echo "@@L2 RESULT boot_id=$(cat /proc/sys/kernel/random/boot_id)"
 sietool tcp-recv 5003 /tmp/stop & stop=$!
 ping -q -i 0.5 172.16.0.1 >/dev/null 2>&1 &
 dd if=/dev/urandom of=/tmp/pattern bs=64k count=32 2>/dev/null
-nice -n 10 sh -c 'while :; do dd if=/tmp/pattern of=/tmp/dirty bs=64k conv=notrunc 2>/dev/null; sleep 0.05; done' &
+sh -c 'while :; do dd if=/tmp/pattern of=/tmp/dirty bs=64k conv=notrunc 2>/dev/null; sleep 0.05; done' &
+renice -n 10 -p $! >/dev/null && echo "@@L2 RESULT dirtying=yes"
 up=0
 while kill -0 $stop 2>/dev/null && [ ${up%.*} -lt 290 ]; do
   read up idle < /proc/uptime
@@ -263,6 +267,9 @@ pub(crate) fn check_move(run: &CaseRun, name: &str, how: &str) -> Result<(), Str
     }
     if value(&src, "guest_ping") != Some("ok") {
         return Err("the guest's network did not come up before the move".into());
+    }
+    if value(&src, "dirtying") != Some("yes") {
+        return Err("the guest's memory-dirtying loop did not start before the move".into());
     }
     let moved = line_with(&src, "the VM migrated to")
         .ok_or("no line from the source saying the VM migrated")?;

@@ -63,7 +63,7 @@ wait_any() {{ i=0; until grep -q -e "$1" -e "$2" "$3"; do i=$((i+1)); [ $i -gt $
 stop_ch() {{ kill $(ps -e -o pid,args | grep "[c]loud-hypervisor.*/tmp/ch-$1.sock" | awk '{{print $1}}') 2>/dev/null; }}
 bridge_taps() {{ while :; do for t in $(ls /sys/class/net | grep '^vmtap'); do
   [ -e /sys/class/net/$t/master ] || {{ ip link set $t master mgbr0; ip link set $t up; }}; done; sleep 0.05; done; }}
-rm -f /tmp/ch-*.sock
+rm -f /tmp/ch-*
 ip link add name mgbr0 type bridge
 ip addr add 172.16.0.1/24 dev mgbr0; ip link set mgbr0 up
 bridge_taps & bridger=$!
