@@ -261,6 +261,59 @@ fn a_damaged_or_unknown_local_message_is_refused_in_one_line() {
     );
 }
 
+/// A receiver makes its VM on the handed-over RAM while the source's guest
+/// still runs: it says `Prepared` (protocol 2.2) to a source that knows the
+/// message, which pauses only then, and stays silent to a 2.1 source.
+#[test]
+fn a_receiver_says_prepared_only_to_a_source_that_knows_it() {
+    for (minor, prepared) in [(1, false), (wire::PROTOCOL_MINOR, true)] {
+        let mut dest = ApiVm::start(&format!("migrate-local-prepared-{minor}"), &[]);
+        let path = format!("{}/m.sock", dest.dir.path());
+        let receive = serde_json::json!({ "receiver_url": format!("unix:{path}") });
+        dest.ok("PUT", "/migration/receive", &receive.to_string());
+        let mut conn = UnixStream::connect(&path).expect("connect");
+        let hello = Message::Hello(wire::PROTOCOL_MAJOR, minor);
+        wire::write_message(&mut conn, &hello).expect("hello");
+        assert!(matches!(
+            wire::read_message(&mut conn),
+            Ok(Message::Hello(..))
+        ));
+        // Guest RAM as a sharing source makes it: a sealed memfd.
+        let ram = sie_vmm::shared_memory::create(&[(vm_memory::GuestAddress(0), 32 << 20)])
+            .expect("shared memory");
+        let shared = sie_vmm::shared_memory::memfds(&ram).expect("its memfd");
+        let layout = Message::LocalLayout(shared.iter().map(|(entry, _)| *entry).collect());
+        wire::write_message(&mut conn, &layout).expect("layout");
+        let fds: Vec<_> = shared
+            .iter()
+            .map(|(_, file)| std::os::fd::AsRawFd::as_raw_fd(*file))
+            .collect();
+        sie_vmm::migration::local::send_fds(&conn, &fds).expect("the memory");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(if prepared {
+            30
+        } else {
+            2
+        })))
+        .expect("timeout");
+        let answer = wire::read_message(&mut conn);
+        if prepared {
+            assert!(matches!(answer, Ok(Message::Prepared)), "{answer:?}");
+        } else {
+            assert!(
+                matches!(&answer, Err(wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "a 2.1 source got {answer:?}"
+            );
+        }
+        wire::write_message(&mut conn, &Message::Abort("only a test".into())).expect("abort");
+        let (code, stderr) = dest.wait();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("the source aborted: only a test"),
+            "{stderr}"
+        );
+    }
+}
+
 /// The frame checksum (see `wire`): the payload's xxh3, seeded with the
 /// header's first five bytes.
 fn xxh3_seeded(header: &[u8], payload: &[u8]) -> u64 {
@@ -401,7 +454,9 @@ enum FakeEnd {
 /// the last message it read.
 fn fake_local_receiver(path: &str, end: FakeEnd) -> std::thread::JoinHandle<(usize, Message)> {
     common::fake_peer::fake_destination(path, move |mut conn| {
-        wire::send_hello(&mut conn).expect("hello");
+        // 2.1: the source must not wait for a `Prepared` it never sends.
+        let hello = Message::Hello(wire::PROTOCOL_MAJOR, 1);
+        wire::write_message(&mut conn, &hello).expect("hello");
         let Ok(Message::LocalLayout(layout)) = wire::read_message(&mut conn) else {
             panic!("no local layout");
         };
@@ -533,6 +588,8 @@ fn local_relay(
         let files = sie_vmm::migration::local::recv_fds(&source, layout.len()).expect("memfds");
         let fds: Vec<_> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         sie_vmm::migration::local::send_fds(&dest, &fds).expect("passing the memfds on");
+        // 2.2: the destination made its VM on them before the pause.
+        assert_eq!(pass(&mut dest, &mut source), Message::Prepared);
         assert!(matches!(pass(&mut source, &mut dest), Message::State(_)));
         if cut == LocalCut::DropReady {
             let ready = wire::read_message(&mut dest).expect("the destination's answer");

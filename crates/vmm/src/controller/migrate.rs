@@ -76,6 +76,8 @@ pub(super) struct Migration {
     /// until the failure is recorded. Closed earlier, the kernel would let
     /// it run on a zero page, and the guest would crash first.
     postcopy_uffd: Option<Arc<crate::snapshot::uffd::Uffd>>,
+    /// The VM a receive made ahead of the state ([`ToVmm::Premake`]).
+    premade: Option<crate::builder::PremadeVm>,
 }
 
 /// Wakes the event loop when a migration thread asked something; the
@@ -116,6 +118,7 @@ impl Migration {
             next_throttle: Instant::now(),
             receive_overrides: Vec::new(),
             postcopy_uffd: None,
+            premade: None,
         })
     }
 
@@ -386,6 +389,19 @@ impl Controller {
                 },
                 ToVmm::Throttle(percent) => self.set_throttle(percent),
                 ToVmm::SendFinished(result) => self.send_finished(result),
+                ToVmm::Premake { memory, reply } => {
+                    if !self.is_started_vm() {
+                        match crate::builder::PremadeVm::make(hv, &memory) {
+                            Ok(premade) => self.migration.premade = Some(premade),
+                            Err(error) => tracing::warn!(
+                                "migration: making the VM ahead of its state failed (the switch-over makes it): {}",
+                                crate::error::error_chain(&error)
+                            ),
+                        }
+                    }
+                    // A copying receiver does not wait for this.
+                    let _ = reply.send(Ok(()));
+                }
                 ToVmm::Arrived {
                     snapshot,
                     memory,
@@ -413,6 +429,7 @@ impl Controller {
                 }
                 ToVmm::ReceiveFailed(why) => {
                     self.migration.active = false;
+                    self.migration.premade = None;
                     self.control.finish(VmOutcome::MigrationFailed(why));
                     // Only now: the outcome is recorded before a vCPU can
                     // run on in memory that never came.
@@ -634,6 +651,7 @@ impl Controller {
         let built = crate::snapshot::restore_with_memory(
             &snapshot,
             memory,
+            self.migration.premade.take(),
             hv,
             (self.options.build_options)(),
             self.control.clone(),

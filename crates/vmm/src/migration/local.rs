@@ -159,6 +159,23 @@ impl LocalSender {
         let fds: Vec<RawFd> = shared.iter().map(|(_, file)| file.as_raw_fd()).collect();
         send_fds(stream, &fds)
             .map_err(|e| format!("passing guest memory to {destination}: {e}"))?;
+        // The receiver makes its VM on this memory while the guest runs
+        // here; pausing before it said so would add that to the downtime.
+        if minor >= wire::PREPARED_MINOR {
+            match wire::read_message(conn) {
+                Ok(Message::Prepared) => {}
+                Ok(Message::Abort(reason)) => {
+                    return Err(format!("{destination} refused the migration: {reason}"));
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "{destination}: unexpected {} message (expected prepared)",
+                        other.name()
+                    ));
+                }
+                Err(e) => return Err(format!("{destination}: {e}")),
+            }
+        }
         // The layout's frame (13-byte header, 16 bytes a region) and the
         // descriptors' byte: all that goes out for guest RAM.
         progress::update(&self.progress, |p| {

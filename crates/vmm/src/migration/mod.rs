@@ -193,6 +193,16 @@ pub enum ToVmm {
     Throttle(u8),
     /// The send ended (see [`SendEnd`]).
     SendFinished(SendEnd),
+    /// Create the VM the state will be built in and map `memory`, its
+    /// RAM, into it now, while pages still come (or, local mode, before
+    /// the source pauses): the switch-over does not wait for it. A failure
+    /// is logged, and the build makes the VM itself.
+    Premake {
+        /// The arriving VM's RAM, as [`ToVmm::Arrived`] will hand it over.
+        memory: GuestMemory,
+        /// Answered when it is done (or failed).
+        reply: Sender<Result<(), String>>,
+    },
     /// Build the received VM on `memory`, its vCPUs paused until [`ToVmm::Go`].
     Arrived {
         /// Its state.

@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::postcopy::FaultLink;
 use super::progress::{self, MigrationState, SharedProgress};
-use super::wire::{self, Message, PROTOCOL_MAJOR};
+use super::wire::{self, Message, PREPARED_MINOR, PROTOCOL_MAJOR};
 use super::{Conn, Listener, ToVmm, VmmLink, readable};
 use crate::snapshot::lazy;
 
@@ -75,8 +75,8 @@ impl Receiver {
         };
         // The sender's version is checked before this side says anything,
         // so a mismatch is refused before any memory moves.
-        match wire::read_message(conn).map_err(refused)? {
-            Message::Hello(PROTOCOL_MAJOR, _) => {}
+        let sender_minor = match wire::read_message(conn).map_err(refused)? {
+            Message::Hello(PROTOCOL_MAJOR, minor) => minor,
             Message::Hello(major, minor) => {
                 return Err(refused(wire::WireError::Version {
                     found: format!("{major}.{minor}"),
@@ -88,7 +88,7 @@ impl Receiver {
                     expected: "hello",
                 }));
             }
-        }
+        };
         wire::send_hello(conn).map_err(|e| format!("migration stream: {e}"))?;
         let (layout, local) = match wire::read_message(conn).map_err(refused)? {
             Message::Layout(layout) => (layout, false),
@@ -102,6 +102,20 @@ impl Receiver {
             lazy::anonymous(&layout)
                 .map_err(|e| format!("mapping {} bytes of guest RAM: {e}", total(&layout)))?
         };
+        // The VMM thread makes the VM and maps this RAM: a copy goes on
+        // meanwhile (`Arrived`, later on the same channel, is served after
+        // it); a local sender that knows `Prepared` pauses only after it.
+        let (reply, made) = std::sync::mpsc::channel();
+        self.link.send(ToVmm::Premake {
+            memory: memory.clone(),
+            reply,
+        });
+        if local && sender_minor >= PREPARED_MINOR {
+            made.recv()
+                .unwrap_or_else(|_| Err("the VMM stopped".to_string()))?;
+            wire::write_message(conn, &Message::Prepared)
+                .map_err(|e| format!("telling the source the VM is made: {e}"))?;
+        }
         let mut postcopy = false;
         loop {
             match wire::read_message(conn).map_err(refused)? {

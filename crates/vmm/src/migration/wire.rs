@@ -53,9 +53,13 @@ use crate::snapshot::memory_file::RegionEntry;
 pub const PROTOCOL_MAJOR: u16 = 2;
 /// The protocol's minor version (additions a same-major peer may ignore,
 /// or that the sender only uses with a peer that announced them).
-pub const PROTOCOL_MINOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 2;
 /// The first minor version that knows local mode (`LocalLayout`).
 pub const LOCAL_MINOR: u16 = 1;
+/// The first minor version whose receiver, in local mode, answers the
+/// memfds with `Prepared` once it made the VM on them; a sender whose peer
+/// speaks it pauses the guest only then.
+pub const PREPARED_MINOR: u16 = 2;
 /// What a `Hello` starts with, so a stranger talking is told apart from
 /// an old sie.
 const HELLO_MAGIC: &[u8; 8] = b"SIEMIGR\n";
@@ -147,6 +151,9 @@ pub enum Message {
     Abort(String),
     /// Local mode: guest RAM's regions, whose memfds follow.
     LocalLayout(Vec<RegionEntry>),
+    /// Local mode (2.2): the receiver made the VM on the RAM it was
+    /// handed, so the switch-over does not wait for that.
+    Prepared,
 }
 
 impl Message {
@@ -165,6 +172,7 @@ impl Message {
             Message::Complete => 11,
             Message::Discard(_) => 12,
             Message::LocalLayout(_) => 13,
+            Message::Prepared => 14,
         }
     }
 
@@ -184,6 +192,7 @@ impl Message {
             Message::Complete => "complete",
             Message::Discard(_) => "discard",
             Message::LocalLayout(_) => "local layout",
+            Message::Prepared => "prepared",
         }
     }
 
@@ -217,7 +226,8 @@ impl Message {
             | Message::Ready
             | Message::Go
             | Message::Postcopy
-            | Message::Complete => Vec::new(),
+            | Message::Complete
+            | Message::Prepared => Vec::new(),
             Message::Request(guest_addr) => guest_addr.to_le_bytes().to_vec(),
             Message::Abort(reason) => reason.as_bytes().to_vec(),
         }
@@ -402,6 +412,8 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
             .filter(|regions| !regions.is_empty() && regions.len() <= MAX_LOCAL_REGIONS)
             .map(Message::LocalLayout)
             .ok_or(WireError::Malformed("local layout")),
+        14 if payload.is_empty() => Ok(Message::Prepared),
+        14 => Err(WireError::Malformed("prepared")),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -491,6 +503,7 @@ mod tests {
                     len: 2 << 20,
                 },
             ]),
+            Message::Prepared,
         ]
     }
 
@@ -510,8 +523,10 @@ mod tests {
     #[test]
     fn a_damaged_or_empty_local_layout_is_refused() {
         let mut good = Vec::new();
-        let local = conversation().pop().unwrap();
-        assert!(matches!(local, Message::LocalLayout(_)));
+        let local = conversation()
+            .into_iter()
+            .find(|message| matches!(message, Message::LocalLayout(_)))
+            .unwrap();
         write_message(&mut good, &local).unwrap();
         for at in 0..good.len() {
             let mut bad = good.clone();

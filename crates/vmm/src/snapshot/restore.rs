@@ -125,7 +125,7 @@ pub fn restore(
     let (memory, lazy) = guest_memory(source, snapshot)?;
     let mut built = build_restored(
         snapshot,
-        memory,
+        (memory, None),
         Restored::Clone { clock_realtime },
         hv,
         options,
@@ -156,20 +156,30 @@ enum Restored {
 /// Builds the VM a migration's `snapshot` (its state) describes on guest
 /// RAM that already holds every page it received; the vCPUs are ready to
 /// continue where they stopped on the source.
+/// `premade`: the VM the receiver made on `memory` ahead of the state
+/// (unused, and a new one made, if it does not map `memory`).
 pub fn restore_with_memory(
     snapshot: &Snapshot,
     memory: GuestMemory,
+    premade: Option<crate::builder::PremadeVm>,
     hv: &dyn Hypervisor,
     options: BuildOptions,
     control: Arc<VmControl>,
 ) -> Result<BuiltVm, SnapshotError> {
     check_snapshottable(&snapshot.config)?;
-    build_restored(snapshot, memory, Restored::Moved, hv, options, control)
+    build_restored(
+        snapshot,
+        (memory, premade),
+        Restored::Moved,
+        hv,
+        options,
+        control,
+    )
 }
 
 fn build_restored(
     snapshot: &Snapshot,
-    memory: GuestMemory,
+    (memory, premade): (GuestMemory, Option<crate::builder::PremadeVm>),
     how: Restored,
     hv: &dyn Hypervisor,
     options: BuildOptions,
@@ -179,8 +189,8 @@ fn build_restored(
     let build_error =
         |e: crate::error::VmmError| SnapshotError::Build(crate::error::error_chain(&e));
     let count = builder::vcpu_count(config, hv).map_err(build_error)?;
-    let machine =
-        builder::assemble(config, hv, options, control, memory, count).map_err(build_error)?;
+    let machine = builder::assemble(config, hv, options, control, memory, count, premade)
+        .map_err(build_error)?;
     let state_error = |what: &str, e: sie_hv::HvError| {
         SnapshotError::Build(format!("{what}: {}", crate::error::error_chain(&e)))
     };
