@@ -155,8 +155,12 @@ fn spawn_with_stderr(
 
 /// The counts the guest printed so far.
 pub(super) fn counts(console: &Path) -> Vec<u64> {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    // Finished lines only: a guest paused between "count 4" and its
+    // newline (or between "count 1" and "2") has not finished that count,
+    // and [`counts_continuing`] reads it on where the guest moved.
+    let finished = text.rsplit_once('\n').map_or("", |(head, _)| head);
+    finished
         .lines()
         .filter_map(|line| line.strip_prefix("count ")?.trim().parse().ok())
         .collect()
@@ -269,6 +273,14 @@ mod tests {
         std::fs::write(&source, "count 1\ncount 2\n").unwrap();
         std::fs::write(&next, "count 3\n").unwrap();
         assert_eq!(counts_continuing(&source, &next), [3]);
+        // Paused before the newline: the count is finished where it moved.
+        std::fs::write(&source, "count 1\ncount 2\ncount 3").unwrap();
+        std::fs::write(&next, "\ncount 4\n").unwrap();
+        assert_eq!(counts(&source), [1, 2], "an unfinished line is no count");
+        assert_eq!(counts_continuing(&source, &next), [3, 4]);
+        std::fs::write(&source, "count 1\ncount 2\ncount 1").unwrap();
+        std::fs::write(&next, "2\ncount 13\n").unwrap();
+        assert_eq!(counts_continuing(&source, &next), [12, 13]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
