@@ -51,6 +51,8 @@ pub(super) struct Migration {
     cancel: Option<Arc<AtomicBool>>,
     /// The worker that runs a send (spawned with the VM).
     worker: Option<Sender<Job>>,
+    /// Its answer once it runs under its filter, until read.
+    worker_started: Option<Receiver<Result<(), String>>>,
     /// The switch-over paused the vCPUs: a failure resumes them.
     paused_here: bool,
     /// A send or receive is under way.
@@ -108,6 +110,7 @@ impl Migration {
             progress: Arc::new(Mutex::new(Progress::default())),
             cancel: None,
             worker: None,
+            worker_started: None,
             paused_here: false,
             active: false,
             handed_over: None,
@@ -129,10 +132,13 @@ impl Migration {
         }
     }
 
-    /// Spawns the send worker (before the VMM thread's filter goes on) and
-    /// waits until it runs under its own filter, named, so the VM starts
-    /// with every thread in its final shape.
-    pub(super) fn spawn_worker(&mut self, seccomp: &Seccomp) -> std::io::Result<()> {
+    /// Spawns the send worker (before the VMM thread's filter goes on)
+    /// without waiting for it: it starts on the other CPU while the VM is
+    /// built. [`Migration::worker_ready`] waits.
+    pub(super) fn start_worker(&mut self, seccomp: &Seccomp) -> std::io::Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, started) = mpsc::channel();
         let seccomp = seccomp.clone();
@@ -149,12 +155,25 @@ impl Migration {
                     job();
                 }
             })?;
-        started
-            .recv()
-            .unwrap_or_else(|_| Err("the migration worker died starting".into()))
-            .map_err(std::io::Error::other)?;
         self.worker = Some(jobs);
+        self.worker_started = Some(started);
         Ok(())
+    }
+
+    /// Waits until the worker [`Migration::start_worker`] spawned runs
+    /// under its own filter, named, so the VM starts with every thread in
+    /// its final shape.
+    pub(super) fn worker_ready(&mut self) -> std::io::Result<()> {
+        let Some(started) = self.worker_started.take() else {
+            return Ok(());
+        };
+        let result = started
+            .recv()
+            .unwrap_or_else(|_| Err("the migration worker died starting".into()));
+        if result.is_err() {
+            self.worker = None;
+        }
+        result.map_err(std::io::Error::other)
     }
 
     fn start(&mut self, peer: String, state: MigrationState) -> SharedProgress {
@@ -343,8 +362,16 @@ impl Controller {
         self.migration.active
     }
 
-    pub(super) fn migration_worker_missing(&self) -> bool {
-        self.migration.worker.is_none()
+    /// Spawns the `sie-migrate` worker, if this sie runs one and has none
+    /// yet, without waiting for it: called as a build begins, so the worker
+    /// starts on the other CPU meanwhile (`run_built` waits for it).
+    pub(super) fn start_migration_worker(&mut self) -> crate::error::Result<()> {
+        if !self.options.migration_worker {
+            return Ok(());
+        }
+        self.migration
+            .start_worker(&self.options.seccomp)
+            .map_err(super::host_error("spawning the migration worker"))
     }
 
     fn is_started_vm(&self) -> bool {
@@ -391,6 +418,9 @@ impl Controller {
                 ToVmm::SendFinished(result) => self.send_finished(result),
                 ToVmm::Premake { memory, reply } => {
                     if !self.is_started_vm() {
+                        if let Err(error) = self.start_migration_worker() {
+                            tracing::warn!("migration: {}", crate::error::error_chain(&error));
+                        }
                         match crate::builder::PremadeVm::make(hv, &memory) {
                             Ok(premade) => self.migration.premade = Some(premade),
                             Err(error) => tracing::warn!(

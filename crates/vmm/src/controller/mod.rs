@@ -487,6 +487,7 @@ impl Controller {
             .map_err(|message| VmmError::Platform(message.into()))?;
         self.host_choices(&mut config);
         let build = self.build_options(&config)?;
+        self.start_migration_worker()?;
         let built = crate::builder::build(&config, hv, build, self.control.clone())?;
         self.run_built(built, config, false, manager)
     }
@@ -578,11 +579,10 @@ impl Controller {
         }
         // The VMM thread's filter allows no new threads: the worker a
         // later migration runs on is spawned now.
-        if self.options.migration_worker && self.migration_worker_missing() {
-            self.migration
-                .spawn_worker(&self.options.seccomp)
-                .map_err(host_error("spawning the migration worker"))?;
-        }
+        self.start_migration_worker()?;
+        self.migration
+            .worker_ready()
+            .map_err(host_error("spawning the migration worker"))?;
         // Devices plugged in later are built on a thread spawned now,
         // under the build filter (see drive_hotplug.rs).
         if started.pci_hotplug.is_some() && self.hotplug_worker.is_none() {
@@ -627,6 +627,8 @@ impl Controller {
         hv: &dyn Hypervisor,
         manager: &mut Manager,
     ) -> std::result::Result<(), String> {
+        self.start_migration_worker()
+            .map_err(|e| crate::error::error_chain(&e))?;
         let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
             .map_err(|e| crate::error::error_chain(&e))?;
         crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
