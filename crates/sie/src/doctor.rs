@@ -1,13 +1,11 @@
 //! `sie doctor`: what this host offers for running VMs, two measurements
 //! with a tiny guest, and a verdict.
 
-use std::time::Instant;
-
 use sie_config::{BootSource, MachineConfig, VmConfig};
 use sie_hv::kvm::Kvm;
 use sie_hv::probe::{Backend, HostReport, Probed, Verdict, probe_host};
+use sie_vmm::BuildOptions;
 use sie_vmm::process_memory::MemoryBreakdown;
-use sie_vmm::{BuildOptions, ConsoleOutput};
 
 use crate::bench::exits::measure_full;
 use crate::embedded_guest::EmbeddedGuest;
@@ -114,18 +112,7 @@ fn instruction_rate(kvm: &Kvm) -> Result<f64, BoxError> {
             mem_size_mib: 32,
             ..MachineConfig::default()
         });
-        let finished = sie_vmm::run(
-            kvm,
-            config,
-            BuildOptions {
-                start: Instant::now(),
-                console: ConsoleOutput::new(Box::new(std::io::sink())),
-                extra_pio: Vec::new(),
-                host_decompress: None,
-                mmds: None,
-            },
-            false,
-        )?;
+        let finished = sie_vmm::run(kvm, config, BuildOptions::quiet(), false)?;
         let guest_ns = finished.observatory.report().guest_ns_total();
         if guest_ns >= 100_000_000 || iterations >= 1 << 34 {
             let instructions = sie_guests::LOOP_INSTRUCTIONS_PER_ITERATION * iterations;

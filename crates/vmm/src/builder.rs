@@ -57,6 +57,18 @@ impl BuildOptions {
             mmds: None,
         }
     }
+
+    /// For a guest whose console nobody reads: output dropped, no extra
+    /// devices, the kernel booted as given (the doctor's probes, tests).
+    pub fn quiet() -> Self {
+        Self {
+            start: Instant::now(),
+            console: ConsoleOutput::new(Box::new(std::io::sink())),
+            extra_pio: Vec::new(),
+            host_decompress: None,
+            mmds: None,
+        }
+    }
 }
 
 /// A VM ready to run.
@@ -561,16 +573,6 @@ fn configure_vcpus_for_boot(
 mod tests {
     use super::*;
 
-    fn quiet_options() -> BuildOptions {
-        BuildOptions {
-            start: Instant::now(),
-            console: ConsoleOutput::new(Box::new(std::io::sink())),
-            extra_pio: Vec::new(),
-            host_decompress: None,
-            mmds: None,
-        }
-    }
-
     fn vm_address(vm: &Arc<dyn Vm>) -> *const () {
         Arc::as_ptr(vm).cast()
     }
@@ -597,7 +599,7 @@ mod tests {
         let machine = assemble(
             &config,
             &hv,
-            quiet_options(),
+            BuildOptions::quiet(),
             control(),
             memory,
             1,
@@ -618,7 +620,7 @@ mod tests {
         let machine = assemble(
             &config,
             &hv,
-            quiet_options(),
+            BuildOptions::quiet(),
             control(),
             fresh,
             1,

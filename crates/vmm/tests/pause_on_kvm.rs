@@ -9,19 +9,13 @@ use std::time::{Duration, Instant};
 use sie_config::{BootSource, MachineConfig, VmConfig};
 use sie_hv::GuestMemory;
 use sie_hv::kvm::Kvm;
-use sie_vmm::{BuildOptions, ConsoleOutput, VmControl, VmOutcome};
+use sie_vmm::{BuildOptions, VmControl, VmOutcome};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Build options for a guest whose console nobody reads.
 fn quiet_options() -> BuildOptions {
-    BuildOptions {
-        start: Instant::now(),
-        console: ConsoleOutput::new(Box::new(std::io::sink())),
-        extra_pio: Vec::new(),
-        host_decompress: None,
-        mmds: None,
-    }
+    BuildOptions::quiet()
 }
 
 /// Every byte of guest RAM, regions in address order, each at its offset
