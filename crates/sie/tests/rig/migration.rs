@@ -28,6 +28,20 @@ pub(crate) fn live_move(case: &str, machine: &str, send_flags: &str) -> String {
         r#"export SIE_RUN_TIMEOUT=280
 {L1_HELPERS}
 stop_sie() {{ kill $(ps -e -o pid,args | grep "[/]tmp/$1.sock" | awk '{{print $1}}') 2>/dev/null; }}
+# When the moved guest does not answer: what each sie's threads wait on,
+# its VM exits so far, and L1's last kernel lines (a guest that stopped
+# with its VMM alive has been seen; see the session 9 note).
+diagnose() {{
+  for p in $(ps -e -o pid,args | grep "[s]ie.real.*/tmp/mig-" | awk '{{print $1}}'); do
+    for t in /proc/$p/task/*; do
+      echo "@@DIAG pid $p $(cat $t/comm 2>/dev/null): state $(cut -d' ' -f3 $t/stat 2>/dev/null) wchan $(cat $t/wchan 2>/dev/null)"
+    done
+  done
+  for s in mig-dst mig-src; do
+    [ -S /tmp/$s.sock ] && timeout 5 sie ctl --sock /tmp/$s.sock stats 2>&1 | head -40 | sed "s/^/@@DIAG $s stats: /"
+  done
+  dmesg | tail -20 | sed 's/^/@@DIAG dmesg: /'
+}}
 # An earlier move's files go first: the background shells below truncate
 # theirs only when they start, and wait_for must not read the old ones.
 rm -f /tmp/mig-src /tmp/mig-dst /tmp/mig-ping /tmp/mig-ping.pid /tmp/mig-stop
@@ -55,7 +69,7 @@ echo "@@L2 RESULT dst_status=$(sie ctl --sock /tmp/mig-dst.sock migrate status)"
 sleep 4
 kill -INT "$(cat /tmp/mig-ping.pid)"; wait $pinger
 echo stop > /tmp/mig-stop
-timeout 20 sietool tcp-send 172.16.0.2 5003 /tmp/mig-stop || echo "@@L2 RESULT stop_sent=no"
+timeout 20 sietool tcp-send 172.16.0.2 5003 /tmp/mig-stop || {{ echo "@@L2 RESULT stop_sent=no"; diagnose; }}
 # Bounded, so the consoles below are printed whatever happened.
 wait_for "@@EXIT dst" /tmp/mig-dst 300 || stop_sie mig-dst
 wait_for "@@EXIT src" /tmp/mig-src 10 || stop_sie mig-src
