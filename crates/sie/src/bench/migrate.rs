@@ -84,6 +84,21 @@ fn parse_line(stderr: &str) -> Option<Sample> {
     })
 }
 
+/// The downtime's parts, named as the source names them.
+fn parts_line(parts: [f64; 4]) -> String {
+    format!(
+        "pause and state {:.1} ms, last pages {:.1} ms, state out and the receiver's build {:.1} ms, go to done {:.1} ms",
+        parts[0], parts[1], parts[2], parts[3]
+    )
+}
+
+/// The `percent`th percentile of sorted `values`, nearest rank (NaN when
+/// there are none).
+fn nearest_rank(sorted: &[f64], percent: usize) -> f64 {
+    let rank = (sorted.len() * percent).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
 fn once(
     program: &Path,
     dir: &Path,
@@ -187,17 +202,18 @@ fn measure(args: &BenchMigrateArgs, dir: &Path, guest: &Path) -> Result<u8, BoxE
         "pre-copy"
     };
     println!(
-        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket ({link}), {how}, downtime_ms 300, auto-converge {converge}; median of {} runs (worst: the longest downtime of them, the p99 once runs >= 100)",
+        "sie bench migrate: counter guest, 1 vCPU, moved between two sie processes over a Unix socket ({link}), {how}, downtime_ms 300, auto-converge {converge}; median of {} runs (p99: the 99th percentile of the downtimes, nearest rank; worst: the longest)",
         args.runs
     );
     println!(
-        "  {:>8} {:>18} {:>10} {:>8} {:>10} {:>12} {:>10} {:>10}",
+        "  {:>8} {:>18} {:>10} {:>8} {:>10} {:>12} {:>10} {:>10} {:>10}",
         "MiB",
         "dirtying",
         "total ms",
         "rounds",
         "MiB sent",
         "downtime ms",
+        "p99 ms",
         "worst ms",
         "throttle %"
     );
@@ -217,24 +233,35 @@ fn measure(args: &BenchMigrateArgs, dir: &Path, guest: &Path) -> Result<u8, BoxE
             } else {
                 format!("{percent}% a tick")
             };
-            let worst = samples.iter().map(|s| s.downtime_ms).fold(0.0, f64::max);
+            let mut downtimes: Vec<f64> = samples.iter().map(|s| s.downtime_ms).collect();
+            downtimes.sort_by(f64::total_cmp);
+            let p99 = nearest_rank(&downtimes, 99);
+            let worst = downtimes.last().copied().unwrap_or(f64::NAN);
             println!(
-                "  {mib:>8} {label:>18} {:>10.1} {:>8.0} {:>10.1} {:>12.1} {worst:>10.1} {:>10.0}",
+                "  {mib:>8} {label:>18} {:>10.1} {:>8.0} {:>10.1} {:>12.1} {p99:>10.1} {worst:>10.1} {:>10.0}",
                 median(samples.iter().map(|s| s.total_ms).collect()),
                 median(samples.iter().map(|s| s.rounds).collect()),
                 median(samples.iter().map(|s| s.mib_sent).collect()),
-                median(samples.iter().map(|s| s.downtime_ms).collect()),
+                median(downtimes.clone()),
                 median(samples.iter().map(|s| s.throttle_percent).collect()),
             );
             let part = |index: usize| median(samples.iter().map(|s| s.parts[index]).collect());
             println!(
-                "  {:>8} downtime, medians: pause and state {:.1} ms, last pages {:.1} ms, state out and the receiver's build {:.1} ms, go to done {:.1} ms",
+                "  {:>8} downtime, medians: {}",
                 "",
-                part(0),
-                part(1),
-                part(2),
-                part(3)
+                parts_line([part(0), part(1), part(2), part(3)])
             );
+            // What made the slowest move slow.
+            if let Some(slowest) = samples
+                .iter()
+                .max_by(|a, b| a.downtime_ms.total_cmp(&b.downtime_ms))
+            {
+                println!(
+                    "  {:>8} downtime, worst run: {}",
+                    "",
+                    parts_line(slowest.parts)
+                );
+            }
         }
     }
     println!("  checked: every destination went on counting from the source's last count");
@@ -244,6 +271,15 @@ fn measure(args: &BenchMigrateArgs, dir: &Path, guest: &Path) -> Result<u8, BoxE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_p99_is_the_nearest_rank() {
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(nearest_rank(&hundred, 99), 99.0);
+        assert_eq!(nearest_rank(&hundred[..10], 99), 10.0);
+        assert_eq!(nearest_rank(&[7.0], 99), 7.0);
+        assert!(nearest_rank(&[], 99).is_nan());
+    }
 
     #[test]
     fn the_sources_last_line_gives_the_figures() {

@@ -117,31 +117,28 @@ impl Receiver {
                 .map_err(|e| format!("telling the source the VM is made: {e}"))?;
         }
         let mut postcopy = false;
+        // Pages go from the stream's buffer straight into guest RAM.
+        let mut frames = wire::FrameReader::default();
         loop {
-            match wire::read_message(conn).map_err(refused)? {
+            let message = match frames.read(conn).map_err(refused)? {
                 // Local mode's RAM is the source's own: nothing is copied,
                 // before the state or after it.
-                found @ (Message::Pages(_) | Message::Postcopy) if local => {
+                wire::Frame::Pages(_) if local => return Err(unexpected("pages", "state")),
+                wire::Frame::Pages(_) if postcopy => {
+                    return Err(unexpected("pages", "discard or state"));
+                }
+                wire::Frame::Pages(runs) => {
+                    self.write_pages(&memory, runs)?;
+                    continue;
+                }
+                wire::Frame::Other(message) => message,
+            };
+            match message {
+                found @ Message::Postcopy if local => {
                     return Err(unexpected(found.name(), "state"));
                 }
                 Message::Postcopy if !postcopy => postcopy = true,
                 Message::Discard(runs) if postcopy => discard(&memory, &runs)?,
-                Message::Pages(runs) if !postcopy => {
-                    let mut bytes = 0;
-                    for run in &runs {
-                        memory
-                            .write_slice(&run.bytes, GuestAddress(run.guest_addr))
-                            .map_err(|_| {
-                                format!(
-                                    "{} bytes at {:#x} are outside guest RAM",
-                                    run.bytes.len(),
-                                    run.guest_addr
-                                )
-                            })?;
-                        bytes += run.bytes.len() as u64;
-                    }
-                    self.count(bytes);
-                }
                 Message::State(bytes) => {
                     let snapshot =
                         crate::snapshot::decode_snapshot(Path::new("(migration stream)"), &bytes)
@@ -211,6 +208,28 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// Pre-copy pages into guest RAM (the VM does not run here yet).
+    fn write_pages(
+        &self,
+        memory: &sie_hv::GuestMemory,
+        runs: wire::PageRuns<'_>,
+    ) -> Result<(), String> {
+        let mut total = 0;
+        for (guest_addr, bytes) in runs.iter() {
+            memory
+                .write_slice(bytes, GuestAddress(guest_addr))
+                .map_err(|_| {
+                    format!(
+                        "{} bytes at {guest_addr:#x} are outside guest RAM",
+                        bytes.len()
+                    )
+                })?;
+            total += bytes.len() as u64;
+        }
+        self.count(total);
+        Ok(())
     }
 
     fn count(&self, bytes: u64) {

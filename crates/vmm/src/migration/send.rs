@@ -392,39 +392,48 @@ impl Sender {
         let limit = if serve { PUSH_BATCH_BYTES } else { BATCH_BYTES };
         let mut batch = PageBatch::default();
         let mut bytes = 0;
-        for region in pages {
-            for (word_index, word) in region.bits.iter().enumerate() {
-                let mut word = *word;
-                while word != 0 {
-                    let bit = u64::from(word.trailing_zeros());
-                    word &= word - 1;
-                    let page = word_index as u64 * 64 + bit;
-                    if page * PAGE >= region.len {
-                        continue;
-                    }
-                    self.push_page(&mut batch, GuestAddress(region.guest_addr + page * PAGE))?;
-                    if batch.len() >= limit {
-                        bytes += self.flush(conn, &mut batch)?;
-                        if let Some(started) = started {
-                            self.check_going(started)?;
-                        }
-                        if serve {
-                            self.serve_waiting(conn)?;
-                        }
+        // Neighbouring dirty pages go as one run: one header and one copy.
+        let mut run: Option<(u64, u64)> = None;
+        let mut send_run = |batch: &mut PageBatch, (at, len): (u64, u64)| {
+            self.push_run(batch, GuestAddress(at), len)?;
+            if batch.len() >= limit {
+                bytes += self.flush(conn, batch)?;
+                if let Some(started) = started {
+                    self.check_going(started)?;
+                }
+                if serve {
+                    self.serve_waiting(conn)?;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        for at in marked_pages(pages) {
+            match &mut run {
+                Some((start, len)) if *start + *len == at && *len < limit as u64 => *len += PAGE,
+                _ => {
+                    if let Some(done) = run.replace((at, PAGE)) {
+                        send_run(&mut batch, done)?;
                     }
                 }
             }
+        }
+        if let Some(done) = run {
+            send_run(&mut batch, done)?;
         }
         bytes += self.flush(conn, &mut batch)?;
         Ok(bytes)
     }
 
-    fn push_page(&self, batch: &mut PageBatch, at: GuestAddress) -> Result<(), String> {
-        batch.push_with(at.0, PAGE as usize, |page| {
+    fn push_run(&self, batch: &mut PageBatch, at: GuestAddress, len: u64) -> Result<(), String> {
+        batch.push_with(at.0, len as usize, |run| {
             self.memory
-                .read_slice(page, at)
-                .map_err(|e| format!("reading guest page {:#x}: {e}", at.0))
+                .read_slice(run, at)
+                .map_err(|e| format!("reading guest pages at {:#x}: {e}", at.0))
         })
+    }
+
+    fn push_page(&self, batch: &mut PageBatch, at: GuestAddress) -> Result<(), String> {
+        self.push_run(batch, at, PAGE)
     }
 
     fn flush(&self, conn: &mut dyn Conn, batch: &mut PageBatch) -> Result<u64, String> {
@@ -530,28 +539,87 @@ impl From<String> for Failure {
 /// The marked pages as runs of guest-physical addresses.
 fn runs_of(pages: &[RegionPages]) -> Vec<RegionEntry> {
     let mut runs: Vec<RegionEntry> = Vec::new();
-    for region in pages {
-        let count = region.len / PAGE;
-        for page in 0..count {
-            let word = region.bits.get((page / 64) as usize).copied().unwrap_or(0);
-            if word & (1 << (page % 64)) == 0 {
-                continue;
-            }
-            let at = region.guest_addr + page * PAGE;
-            match runs.last_mut() {
-                Some(last) if last.guest_addr + last.len == at => last.len += PAGE,
-                _ => runs.push(RegionEntry {
-                    guest_addr: at,
-                    len: PAGE,
-                }),
-            }
+    for at in marked_pages(pages) {
+        match runs.last_mut() {
+            Some(last) if last.guest_addr + last.len == at => last.len += PAGE,
+            _ => runs.push(RegionEntry {
+                guest_addr: at,
+                len: PAGE,
+            }),
         }
     }
     runs
+}
+
+/// The guest-physical address of every marked page of `pages`, in order.
+fn marked_pages(pages: &[RegionPages]) -> impl Iterator<Item = u64> + '_ {
+    pages.iter().flat_map(|region| {
+        region
+            .bits
+            .iter()
+            .enumerate()
+            .flat_map(|(word_index, &word)| {
+                let mut word = word;
+                std::iter::from_fn(move || {
+                    if word == 0 {
+                        return None;
+                    }
+                    let bit = u64::from(word.trailing_zeros());
+                    word &= word - 1;
+                    Some(word_index as u64 * 64 + bit)
+                })
+            })
+            .filter(|page| page * PAGE < region.len)
+            .map(|page| region.guest_addr + page * PAGE)
+    })
 }
 
 /// Bytes per second.
 fn rate(bytes: u64, elapsed: Duration) -> u64 {
     let micros = elapsed.as_micros().max(1) as u64;
     bytes.saturating_mul(1_000_000) / micros
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_pages_come_in_order_and_stop_at_the_region_end() {
+        let pages = [
+            RegionPages {
+                guest_addr: 0,
+                len: 70 * PAGE,
+                // Pages 0, 1, 2, 63 and 64; 127 lies past the region.
+                bits: vec![0b111 | 1 << 63, 1 | 1 << 63],
+            },
+            RegionPages {
+                guest_addr: 1 << 32,
+                len: 64 * PAGE,
+                bits: vec![1 << 5],
+            },
+        ];
+        let marked: Vec<u64> = marked_pages(&pages).collect();
+        assert_eq!(
+            marked,
+            [
+                0,
+                PAGE,
+                2 * PAGE,
+                63 * PAGE,
+                64 * PAGE,
+                (1 << 32) + 5 * PAGE
+            ]
+        );
+        let runs = runs_of(&pages);
+        let runs: Vec<(u64, u64)> = runs.iter().map(|r| (r.guest_addr, r.len)).collect();
+        assert_eq!(
+            runs,
+            [
+                (0, 3 * PAGE),
+                (63 * PAGE, 2 * PAGE),
+                ((1 << 32) + 5 * PAGE, PAGE)
+            ]
+        );
+    }
 }

@@ -66,6 +66,8 @@ const HELLO_MAGIC: &[u8; 8] = b"SIEMIGR\n";
 /// The largest payload read: a batch of pages or a snapshot's state.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 const HEADER_BYTES: usize = 13;
+/// A run's address (u64) and length (u32) before its bytes.
+const RUN_HEADER_BYTES: usize = 12;
 const PAGE: usize = 4096;
 
 /// Why a stream was refused.
@@ -219,7 +221,7 @@ impl Message {
                 for run in runs {
                     batch.push(run.guest_addr, &run.bytes);
                 }
-                batch.payload
+                batch.into_payload()
             }
             Message::State(bytes) => bytes.clone(),
             Message::Done
@@ -236,47 +238,55 @@ impl Message {
 
 /// A `Pages` payload built in place: the sender copies guest memory
 /// straight into it. Each run is its address (u64 LE), its length in bytes
-/// (u32 LE) and the bytes.
+/// (u32 LE) and the bytes. Its buffer is kept between frames, so a batch
+/// after the first costs no allocation and no zeroing.
 #[derive(Default)]
 pub struct PageBatch {
     payload: Vec<u8>,
+    used: usize,
     pages: u64,
 }
 
 impl PageBatch {
     /// Appends a run of pages.
     pub fn push(&mut self, guest_addr: u64, bytes: &[u8]) {
-        self.payload.extend_from_slice(&guest_addr.to_le_bytes());
-        self.payload
-            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        self.payload.extend_from_slice(bytes);
-        self.pages += (bytes.len() / PAGE) as u64;
+        let pushed = self.push_with(guest_addr, bytes.len(), |run| {
+            run.copy_from_slice(bytes);
+            Ok::<(), ()>(())
+        });
+        debug_assert!(pushed.is_ok());
     }
 
-    /// Appends a run of `len` bytes at `guest_addr` that `fill` writes.
+    /// Appends a run of `len` bytes at `guest_addr` that `fill` writes
+    /// (nothing is appended when it fails).
     pub fn push_with<E>(
         &mut self,
         guest_addr: u64,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.payload.extend_from_slice(&guest_addr.to_le_bytes());
-        self.payload.extend_from_slice(&(len as u32).to_le_bytes());
-        let start = self.payload.len();
-        self.payload.resize(start + len, 0);
-        fill(&mut self.payload[start..])?;
+        let start = self.used;
+        let end = start + RUN_HEADER_BYTES + len;
+        if self.payload.len() < end {
+            self.payload.resize(end, 0);
+        }
+        let run = &mut self.payload[start..end];
+        run[..8].copy_from_slice(&guest_addr.to_le_bytes());
+        run[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        fill(&mut run[RUN_HEADER_BYTES..])?;
+        self.used = end;
         self.pages += (len / PAGE) as u64;
         Ok(())
     }
 
     /// Payload bytes so far.
     pub fn len(&self) -> usize {
-        self.payload.len()
+        self.used
     }
 
     /// True when nothing was pushed.
     pub fn is_empty(&self) -> bool {
-        self.payload.is_empty()
+        self.used == 0
     }
 
     /// Pages pushed so far.
@@ -286,13 +296,111 @@ impl PageBatch {
 
     /// Sends the batch as one `Pages` frame and empties it.
     pub fn flush(&mut self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
-        if self.payload.is_empty() {
+        if self.used == 0 {
             return Ok(());
         }
-        write_frame(out, 3, &self.payload)?;
-        self.payload.clear();
+        write_frame(out, 3, &self.payload[..self.used])?;
+        self.used = 0;
         self.pages = 0;
         Ok(())
+    }
+
+    fn into_payload(mut self) -> Vec<u8> {
+        self.payload.truncate(self.used);
+        self.payload
+    }
+}
+
+/// A `Pages` payload that was checked whole (page-aligned runs of whole
+/// pages, nothing left over), borrowed from the buffer it was read into.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRuns<'a> {
+    payload: &'a [u8],
+}
+
+impl<'a> PageRuns<'a> {
+    fn check(payload: &'a [u8]) -> Option<Self> {
+        let mut at = 0;
+        while at < payload.len() {
+            let (_, bytes) = run_at(payload, at)?;
+            at += RUN_HEADER_BYTES + bytes.len();
+        }
+        Some(PageRuns { payload })
+    }
+
+    /// Each run's guest-physical address and bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &'a [u8])> + use<'a> {
+        let payload = self.payload;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let (guest_addr, bytes) = run_at(payload, at)?;
+            at += RUN_HEADER_BYTES + bytes.len();
+            Some((guest_addr, bytes))
+        })
+    }
+
+    /// The runs, copied out.
+    pub fn to_vec(&self) -> Vec<PageRun> {
+        self.iter()
+            .map(|(guest_addr, bytes)| PageRun {
+                guest_addr,
+                bytes: bytes.to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// The run at `at`: its address and bytes, when both are whole pages and
+/// inside the payload.
+fn run_at(payload: &[u8], at: usize) -> Option<(u64, &[u8])> {
+    let guest_addr = u64_at(payload, at)?;
+    let len = usize::try_from(u32_at(payload, at + 8)?).ok()?;
+    if !guest_addr.is_multiple_of(PAGE as u64) || !len.is_multiple_of(PAGE) {
+        return None;
+    }
+    let start = at.checked_add(RUN_HEADER_BYTES)?;
+    Some((guest_addr, payload.get(start..start.checked_add(len)?)?))
+}
+
+/// Reads frames into one buffer kept between them, so a stream of `Pages`
+/// reaches guest RAM with no allocation, no zeroing and no copy on the way.
+#[derive(Default)]
+pub struct FrameReader {
+    buffer: Vec<u8>,
+}
+
+/// A frame read by a [`FrameReader`].
+pub enum Frame<'a> {
+    /// Pages, borrowed from the reader's buffer.
+    Pages(PageRuns<'a>),
+    /// Any other message.
+    Other(Message),
+}
+
+impl FrameReader {
+    /// Reads one frame, refusing damaged, oversized or unknown ones.
+    pub fn read(&mut self, input: &mut (impl Read + ?Sized)) -> Result<Frame<'_>, WireError> {
+        let mut header = [0u8; HEADER_BYTES];
+        input.read_exact(&mut header)?;
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(WireError::TooLarge(len));
+        }
+        if self.buffer.len() < len {
+            self.buffer.resize(len, 0);
+        }
+        let payload = &mut self.buffer[..len];
+        input.read_exact(payload)?;
+        let sum = u64::from_le_bytes(header[5..].try_into().unwrap_or_default());
+        if checksum(&header[..5], payload) != sum {
+            return Err(WireError::Checksum);
+        }
+        if header[0] == 3 {
+            return PageRuns::check(payload)
+                .map(Frame::Pages)
+                .ok_or(WireError::Malformed("pages"));
+        }
+        parse(header[0], payload.to_vec()).map(Frame::Other)
     }
 }
 
@@ -328,22 +436,6 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn parse_pages(payload: &[u8]) -> Option<Vec<PageRun>> {
-    let mut runs = Vec::new();
-    let mut at = 0;
-    while at < payload.len() {
-        let guest_addr = u64_at(payload, at)?;
-        let len = usize::try_from(u32_at(payload, at + 8)?).ok()?;
-        if !guest_addr.is_multiple_of(PAGE as u64) || !len.is_multiple_of(PAGE) {
-            return None;
-        }
-        let bytes = payload.get(at + 12..at.checked_add(12 + len)?)?.to_vec();
-        runs.push(PageRun { guest_addr, bytes });
-        at += 12 + len;
-    }
-    Some(runs)
-}
-
 /// The most RAM regions (and so memfds) a local layout may name.
 pub const MAX_LOCAL_REGIONS: usize = 16;
 
@@ -376,8 +468,8 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
         2 => regions(&payload)
             .map(Message::Layout)
             .ok_or(WireError::Malformed("layout")),
-        3 => parse_pages(&payload)
-            .map(Message::Pages)
+        3 => PageRuns::check(&payload)
+            .map(|runs| Message::Pages(runs.to_vec()))
             .ok_or(WireError::Malformed("pages")),
         4 => Ok(Message::State(payload)),
         5 if payload.is_empty() => Ok(Message::Done),
@@ -420,19 +512,10 @@ fn parse(kind: u8, payload: Vec<u8>) -> Result<Message, WireError> {
 
 /// Reads one message, refusing damaged, oversized or unknown frames.
 pub fn read_message(input: &mut (impl Read + ?Sized)) -> Result<Message, WireError> {
-    let mut header = [0u8; HEADER_BYTES];
-    input.read_exact(&mut header)?;
-    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge(len));
+    match FrameReader::default().read(input)? {
+        Frame::Pages(runs) => Ok(Message::Pages(runs.to_vec())),
+        Frame::Other(message) => Ok(message),
     }
-    let mut payload = vec![0u8; len];
-    input.read_exact(&mut payload)?;
-    let sum = u64::from_le_bytes(header[5..].try_into().unwrap_or_default());
-    if checksum(&header[..5], &payload) != sum {
-        return Err(WireError::Checksum);
-    }
-    parse(header[0], payload)
 }
 
 /// Sends this side's `Hello`.
@@ -569,6 +652,43 @@ mod tests {
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[1].guest_addr, 0x5000);
         assert_eq!(runs[1].bytes, vec![2; PAGE]);
+    }
+
+    #[test]
+    fn a_frame_reader_reuses_its_buffer_for_frames_of_any_size() {
+        let big = Message::Pages(vec![PageRun {
+            guest_addr: 0x10000,
+            bytes: vec![3; 4 * PAGE],
+        }]);
+        let small = Message::Pages(vec![
+            PageRun {
+                guest_addr: 0x2000,
+                bytes: vec![4; PAGE],
+            },
+            PageRun {
+                guest_addr: 0x9000,
+                bytes: vec![5; PAGE],
+            },
+        ]);
+        let mut stream = Vec::new();
+        for message in [&big, &small, &Message::Done, &big] {
+            write_message(&mut stream, message).unwrap();
+        }
+        let mut input = stream.as_slice();
+        let mut frames = FrameReader::default();
+        for expected in [&big, &small, &Message::Done, &big] {
+            let read = match frames.read(&mut input).unwrap() {
+                Frame::Pages(runs) => Message::Pages(runs.to_vec()),
+                Frame::Other(message) => message,
+            };
+            assert_eq!(&read, expected);
+        }
+        let mut fresh = FrameReader::default();
+        let Frame::Pages(runs) = fresh.read(&mut stream.as_slice()).unwrap() else {
+            panic!("not pages");
+        };
+        let runs: Vec<(u64, usize)> = runs.iter().map(|(at, b)| (at, b.len())).collect();
+        assert_eq!(runs, [(0x10000, 4 * PAGE)]);
     }
 
     #[test]
