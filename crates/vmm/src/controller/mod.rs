@@ -222,6 +222,9 @@ struct Controller {
     /// the VM runs again (or after [`OLD_SNAPSHOT_GRACE`] paused): freeing
     /// them inside the create kept the paused VM waiting on the unlink.
     old_snapshot_files: Option<(crate::snapshot::durable::Replaced, Instant)>,
+    /// The VM was built and the VMM thread's seccomp filter is still to
+    /// go on, before the next event, request or migration step is served.
+    vmm_filter_pending: bool,
 }
 
 /// How long the files a snapshot replaced outlive it while the VM stays
@@ -305,6 +308,7 @@ pub fn serve(
         hotplugged: std::collections::BTreeMap::new(),
         release_memory_at: None,
         old_snapshot_files: None,
+        vmm_filter_pending: false,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -337,6 +341,7 @@ pub fn serve(
             .as_ref()
             .map(|(_, at)| (*at + OLD_SNAPSHOT_GRACE).saturating_duration_since(Instant::now()));
         let timeout = earliest(earliest(timeout, release_wait), old_files_wait);
+        controller.install_vmm_filter()?;
         event_loop::run_once(&mut manager, timeout).map_err(host_error("serving VM events"))?;
         if let Some((at, again)) = controller.release_memory_at
             && Instant::now() >= at
@@ -346,9 +351,11 @@ pub fn serve(
             crate::process_memory::release_startup_pages();
         }
         controller.serve_migration(hv, &mut manager);
+        controller.install_vmm_filter()?;
         while let Some((request, reply)) = source.next_request() {
             let response = controller.handle(request, hv, &mut manager);
             reply(response);
+            controller.install_vmm_filter()?;
             if control.is_stopping() {
                 break;
             }
@@ -578,11 +585,9 @@ impl Controller {
             manager.add_subscriber(worker);
         }
         // The VMM thread's filter allows no new threads: the worker a
-        // later migration runs on is spawned now.
+        // later migration runs on is spawned now (and waited for just
+        // before that filter goes on).
         self.start_migration_worker()?;
-        self.migration
-            .worker_ready()
-            .map_err(host_error("spawning the migration worker"))?;
         // Devices plugged in later are built on a thread spawned now,
         // under the build filter (see drive_hotplug.rs).
         if started.pci_hotplug.is_some() && self.hotplug_worker.is_none() {
@@ -601,22 +606,36 @@ impl Controller {
         crate::process_memory::open_smaps();
         self.release_memory_at = Some((Instant::now() + RELEASE_FIRST_AFTER, true));
         // Building needs far more of the kernel than serving does: the VMM
-        // thread's filter goes on only now, after the vCPU threads started
-        // (a thread inherits its creator's filter) and before the first
-        // event is served. A refused filter drops `started`, which stops and
-        // joins the vCPUs.
+        // thread's filter goes on only after the vCPU threads started (a
+        // thread inherits its creator's filter), once the request that
+        // built the VM has its answer and before anything else is served
+        // ([`Controller::install_vmm_filter`]): the 0.25 ms the kernel takes
+        // to check and compile it is no longer part of every start.
+        self.vmm_filter_pending = true;
+        let logging = self.draft.to_config_unchecked();
+        self.draft = draft::Draft::from_config(config);
+        self.draft.note_logging(logging.logger, logging.metrics);
+        self.phase = Phase::Running(Box::new(started));
+        Ok(())
+    }
+
+    /// Puts the VMM thread's seccomp filter on once a VM was built (see
+    /// `run_built`), after the migration worker spawned for it is ready. A
+    /// filter the kernel refuses ends sie: the VM does not run unfiltered.
+    fn install_vmm_filter(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.vmm_filter_pending) {
+            return Ok(());
+        }
+        self.migration
+            .worker_ready()
+            .map_err(host_error("spawning the migration worker"))?;
         self.options
             .seccomp
             .install(sie_seccomp::ThreadKind::Vmm)
             .map_err(|error| VmmError::Host {
                 what: "seccomp",
                 source: std::io::Error::other(error),
-            })?;
-        let logging = self.draft.to_config_unchecked();
-        self.draft = draft::Draft::from_config(config);
-        self.draft.note_logging(logging.logger, logging.metrics);
-        self.phase = Phase::Running(Box::new(started));
-        Ok(())
+            })
     }
 
     /// Restores a snapshot into this (so far empty) VMM and starts it,
