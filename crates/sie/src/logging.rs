@@ -24,16 +24,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use sie_vmm::controller::sink::LineSink;
-use tracing::{Event, Subscriber};
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber, span};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::reload;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 /// Lines allowed in a burst.
 const BURST_LINES: f64 = 200.0;
@@ -126,48 +124,11 @@ impl Target {
     }
 }
 
-/// Buffers one formatted event and emits it whole when dropped.
-pub struct LineWriter {
-    target: Arc<Target>,
-    line: Vec<u8>,
-}
-
-impl Write for LineWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.line.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        if !self.line.is_empty() {
-            self.target.emit(&self.line);
-        }
-    }
-}
-
-#[derive(Clone)]
-struct MakeLineWriter(Arc<Target>);
-
-impl<'a> MakeWriter<'a> for MakeLineWriter {
-    type Writer = LineWriter;
-
-    fn make_writer(&'a self) -> LineWriter {
-        LineWriter {
-            target: self.0.clone(),
-            line: Vec::with_capacity(128),
-        }
-    }
-}
-
 /// What a line shows and which events are kept; changed by `PUT /logger`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct LineOptions {
+    /// Events more verbose than this are dropped.
+    level: LevelFilter,
     /// Set when serving as Firecracker: lines then name the instance and thread.
     instance_id: Option<String>,
     show_level: bool,
@@ -176,37 +137,81 @@ struct LineOptions {
     module: Option<String>,
 }
 
-impl LineOptions {
-    fn keeps(&self, target: &str) -> bool {
-        self.module
-            .as_deref()
-            .is_none_or(|module| target.starts_with(module))
+impl Default for LineOptions {
+    fn default() -> Self {
+        Self {
+            level: LevelFilter::OFF,
+            instance_id: None,
+            show_level: false,
+            show_log_origin: false,
+            module: None,
+        }
     }
 }
 
-/// Formats one event as a line in Firecracker's layout.
-struct LineFormat {
+impl LineOptions {
+    fn keeps(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= &self.level
+            && self
+                .module
+                .as_deref()
+                .is_none_or(|module| metadata.target().starts_with(module))
+    }
+}
+
+/// An event's fields as tracing-subscriber's default format writes them:
+/// the message (which tracing's macros record first), then `name=value`
+/// for each other field, separated by spaces.
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let name = field.name();
+        let _ = if name == "message" {
+            write!(self.0, "{value:?}")
+        } else {
+            write!(self.0, "{}={value:?}", name.trim_start_matches("r#"))
+        };
+    }
+}
+
+/// The subscriber: the level and module filters and the line format, all
+/// changeable at run time through the options kept in [`Logging`].
+///
+/// sie records events only, no spans, so it needs no span registry:
+/// tracing-subscriber's `Registry` allocates a 32 KiB table (a slot per
+/// possible thread) that every idle VM kept resident (README "Memory per
+/// VM"). A span, should one appear, is given an id and otherwise ignored.
+struct LineSubscriber {
     target: Arc<Target>,
     options: Arc<RwLock<LineOptions>>,
 }
 
-impl<S, N> FormatEvent<S, N> for LineFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
+impl LineSubscriber {
+    fn options(&self) -> std::sync::RwLockReadGuard<'_, LineOptions> {
+        self.options.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Formats one event as a line in Firecracker's layout.
+    fn line(&self, event: &Event<'_>) -> String {
+        let mut line = String::new();
         // Wall-clock time in files; none on a terminal, where it is noise.
         if self.target.has_sink() {
-            tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
-            writer.write_char(' ')?;
+            let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+            line.push(' ');
         }
-        let options = self.options.read().unwrap_or_else(|e| e.into_inner());
+        let options = self.options();
         let metadata = event.metadata();
         let mut parts: Vec<String> = Vec::new();
         if let Some(id) = &options.instance_id {
@@ -222,42 +227,45 @@ where
         }
         drop(options);
         if !parts.is_empty() {
-            write!(writer, "[{}] ", parts.join(":"))?;
+            let _ = write!(line, "[{}] ", parts.join(":"));
         }
-        ctx.format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        let mut fields = String::new();
+        event.record(&mut Fields(&mut fields));
+        line.push_str(&fields);
+        line.push('\n');
+        line
     }
 }
 
-/// The subscriber: the level filter, then the module filter and the line
-/// format, all changeable at run time through the handles kept in [`Logging`].
-fn subscriber(
-    target: Arc<Target>,
-    options: Arc<RwLock<LineOptions>>,
-    level: LevelFilter,
-) -> (
-    impl Subscriber + Send + Sync + 'static,
-    reload::Handle<LevelFilter, tracing_subscriber::Registry>,
-) {
-    let (level, handle) = reload::Layer::new(level);
-    let module_options = options.clone();
-    // A filter_fn is asked on every event (never cached per callsite), so
-    // a module set later takes effect at once.
-    let module = filter_fn(move |metadata| {
-        module_options
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keeps(metadata.target())
-    });
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(MakeLineWriter(target.clone()))
-        .event_format(LineFormat { target, options })
-        .with_ansi(false)
-        .with_filter(module);
-    (
-        tracing_subscriber::registry().with(level).with(format),
-        handle,
-    )
+impl Subscriber for LineSubscriber {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        // Asked per event: the level and module change at run time.
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.options().keeps(metadata)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.options().level)
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        self.target.emit(self.line(event).as_bytes());
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
 }
 
 /// The installed logger, for changing its path and level later.
@@ -265,7 +273,6 @@ fn subscriber(
 pub struct Logging {
     target: Arc<Target>,
     options: Arc<RwLock<LineOptions>>,
-    level: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
 }
 
 impl Target {
@@ -289,17 +296,17 @@ impl Logging {
     pub fn init(level: &str) -> Result<Self, LogError> {
         let target = Arc::new(Target::new());
         let options = Arc::new(RwLock::new(LineOptions {
+            level: parse_level(level)?,
             show_level: true,
             ..LineOptions::default()
         }));
-        let (subscriber, level) = subscriber(target.clone(), options.clone(), parse_level(level)?);
+        let subscriber = LineSubscriber {
+            target: target.clone(),
+            options: options.clone(),
+        };
         // A second init (tests) keeps the first logger; that is harmless.
-        let _ = subscriber.try_init();
-        Ok(Self {
-            target,
-            options,
-            level,
-        })
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        Ok(Self { target, options })
     }
 
     /// Firecracker's line layout from now on: lines name `instance_id` and
@@ -334,8 +341,12 @@ impl Logging {
     /// Changes the level.
     pub fn set_level(&self, level: &str) -> Result<(), LogError> {
         let filter = parse_level(level)?;
-        // Fails only if the subscriber is gone, and then nothing logs anyway.
-        let _ = self.level.reload(filter);
+        self.options
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .level = filter;
+        // tracing caches the most verbose level any subscriber wants.
+        tracing::callsite::rebuild_interest_cache();
         Ok(())
     }
 
@@ -399,17 +410,14 @@ mod tests {
     }
 
     #[test]
-    fn lines_go_to_the_sink_whole_and_drops_are_reported() {
+    fn lines_go_to_the_sink_and_drops_are_reported() {
         let dir = std::env::temp_dir().join(format!("sie-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sie.log");
         let _ = std::fs::remove_file(&path);
         let target = target();
         *target.sink.lock().unwrap() = Some(LineSink::open(&path).unwrap());
-        let mut writer = MakeLineWriter(target.clone()).make_writer();
-        writer.write_all(b"half ").unwrap();
-        writer.write_all(b"a line\n").unwrap();
-        drop(writer);
+        target.emit(b"half a line\n");
         target.bucket.lock().unwrap().tokens = 0.0;
         target.emit(b"lost\n");
         target.bucket.lock().unwrap().tokens = 5.0;
@@ -426,7 +434,6 @@ mod tests {
         let logging = Logging {
             target: target(),
             options: Arc::default(),
-            level: reload::Layer::new(LevelFilter::OFF).1,
         };
         // /dev/full fails every write with ENOSPC, as a full disk does.
         logging.set_path(Path::new("/dev/full")).unwrap();

@@ -14,15 +14,15 @@ fn lines_logged(name: &str, setup: impl FnOnce(&mut Logging), body: impl FnOnce(
     let _ = std::fs::remove_file(&path);
     let target = Arc::new(Target::new());
     let options = Arc::new(RwLock::new(LineOptions {
+        level: LevelFilter::INFO,
         show_level: true,
         ..LineOptions::default()
     }));
-    let (subscriber, level) = subscriber(target.clone(), options.clone(), LevelFilter::INFO);
-    let mut logging = Logging {
-        target,
-        options,
-        level,
+    let subscriber = LineSubscriber {
+        target: target.clone(),
+        options: options.clone(),
     };
+    let mut logging = Logging { target, options };
     logging.set_path(&path).unwrap();
     setup(&mut logging);
     tracing::subscriber::with_default(subscriber, body);
@@ -108,4 +108,37 @@ fn firecracker_layout_names_the_instance_and_thread_and_hides_the_level() {
         || tracing::info!(count = 3, "started"),
     );
     assert_eq!(lines, [format!("[vm7:{thread}:INFO] started count=3")]);
+}
+
+#[test]
+fn fields_follow_the_message_as_tracing_subscriber_wrote_them() {
+    let lines = lines_logged(
+        "fields",
+        |_| {},
+        || tracing::warn!(path = "/x", r#type = 2, ok = ?Some(1), "wrote"),
+    );
+    assert_eq!(lines, [r#"[WARN] wrote path="/x" type=2 ok=Some(1)"#]);
+}
+
+#[test]
+fn a_span_is_ignored_and_its_events_still_logged() {
+    let lines = lines_logged(
+        "span",
+        |_| {},
+        || tracing::info_span!("outer", n = 1).in_scope(|| tracing::warn!("inside")),
+    );
+    assert_eq!(lines, ["[WARN] inside"]);
+}
+
+#[test]
+fn the_level_can_be_raised_and_lowered() {
+    let lines = lines_logged(
+        "level-change",
+        |l| l.set_level("Error").unwrap(),
+        || {
+            tracing::warn!("dropped");
+            tracing::error!("kept");
+        },
+    );
+    assert_eq!(lines, ["[ERROR] kept"]);
 }

@@ -65,9 +65,12 @@ pub fn release_startup_pages() -> u64 {
     released
 }
 
-/// Margin kept below the stack pointer: the 128-byte red zone a leaf
-/// function may use without moving it, with room to spare.
-const STACK_MARGIN: u64 = 16 << 10;
+/// Margin kept below the local whose address stands for the stack pointer:
+/// the rest of this function's frame, libc's `madvise` wrapper (a few
+/// words) and the 128-byte red zone, with room to spare. One page: every
+/// page kept is resident for the VM's life (16 KiB kept 12 KiB more of an
+/// idle VM's stack, README "Memory per VM").
+const STACK_MARGIN: u64 = 4 << 10;
 
 /// The pages of this thread's stack below its current depth, when this
 /// thread is the main one (`[stack]`): building the VM went deeper than
