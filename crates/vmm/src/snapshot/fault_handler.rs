@@ -259,16 +259,28 @@ impl Handler {
             self.installed.set(offset, 1, true);
             return self.uffd.zero(host, PAGE as u64);
         }
-        if let Some(recorder) = &mut self.recorder
-            && thread != recorder.vmm_thread
-        {
-            recorder.note(offset);
-        }
+        let recorder = self
+            .recorder
+            .as_mut()
+            .filter(|recorder| thread != recorder.vmm_thread);
         if !overlaps_data(&self.data, offset) {
+            if let Some(recorder) = recorder {
+                recorder.note(offset);
+            }
             self.installed.set(offset, 1, true);
             return self.uffd.zero(host, PAGE as u64);
         }
+        let recording = recorder.is_some();
         let (start, pages) = self.run_around(&region, offset);
+        // The whole run goes in the working set, not just the page that
+        // faulted: a prefetch of only that page would leave its neighbours
+        // to fault one run at a time, as many faults as without a working
+        // set (a guest rewriting 41 MiB recorded 659 pages of its 10,500).
+        if let Some(recorder) = self.recorder.as_mut().filter(|_| recording) {
+            for page in 0..pages {
+                recorder.note(start + page * PAGE as u64);
+            }
+        }
         let mut bytes = vec![0u8; (pages as usize) * PAGE];
         self.file.read_exact_at(&mut bytes, start)?;
         self.installed.set(start, pages, true);

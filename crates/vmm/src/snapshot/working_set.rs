@@ -22,8 +22,10 @@
 //! A missing, damaged, short or stale file is not an error: the restore
 //! says why it ignored it and records a new one.
 
-use std::fs::Metadata;
+use std::fs::{File, Metadata};
+use std::hash::Hasher;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use twox_hash::XxHash3_64;
@@ -63,36 +65,67 @@ impl Identity {
     }
 }
 
-/// A working set read back: page offsets in the order first touched, and
-/// their contents, page after page.
-#[derive(Debug, PartialEq, Eq)]
+/// A working set whose file was checked whole (length, checksum, which
+/// memory file, offsets): page offsets in the order first touched; the
+/// pages are read again a chunk at a time as they are installed, so a
+/// working set of tens of MiB needs no buffer of its size (each fresh page
+/// of one is a fault, and a prefetch waits for all of them).
+#[derive(Debug)]
 pub struct WorkingSet {
     /// Offsets in the memory file (= guest-physical addresses).
     pub offsets: Vec<u64>,
-    /// `offsets.len()` pages.
-    pub pages: Vec<u8>,
+    file: File,
+    /// Where the pages start in the file.
+    pages_at: u64,
 }
 
+/// Pages read (checked, or installed) at a time.
+const CHUNK_PAGES: usize = 64;
+
 impl WorkingSet {
-    /// Runs of pages adjacent both in guest memory and in the file, as
-    /// (first offset, their bytes): each is installed with one copy.
-    pub fn runs(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        let mut start = 0;
-        std::iter::from_fn(move || {
-            if start >= self.offsets.len() {
-                return None;
-            }
-            let mut end = start + 1;
-            while end < self.offsets.len()
-                && self.offsets[end] == self.offsets[end - 1] + PAGE as u64
-            {
-                end += 1;
-            }
-            let run = (self.offsets[start], &self.pages[start * PAGE..end * PAGE]);
-            start = end;
-            Some(run)
-        })
+    /// Runs of adjacent pages, in order: (first offset, pages).
+    pub fn runs(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        runs_of(&self.offsets)
     }
+
+    /// Reads the pages in order, a chunk at a time, and hands each run (or
+    /// the part of one inside a chunk) to `each` with its offset.
+    pub fn install(
+        &self,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut buffer = vec![0u8; CHUNK_PAGES * PAGE];
+        for (index, offsets) in self.offsets.chunks(CHUNK_PAGES).enumerate() {
+            let chunk = &mut buffer[..offsets.len() * PAGE];
+            let at = self.pages_at + (index * CHUNK_PAGES * PAGE) as u64;
+            self.file
+                .read_exact_at(chunk, at)
+                .map_err(|e| format!("reading its pages: {e}"))?;
+            let mut first = 0;
+            for (offset, pages) in runs_of(offsets) {
+                each(offset, &chunk[first * PAGE..(first + pages) * PAGE])?;
+                first += pages;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs of adjacent page offsets: (first offset, pages).
+fn runs_of(offsets: &[u64]) -> impl Iterator<Item = (u64, usize)> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= offsets.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < offsets.len() && offsets[end] == offsets[end - 1] + PAGE as u64 {
+            end += 1;
+        }
+        let run = (offsets[start], end - start);
+        start = end;
+        Some(run)
+    })
 }
 
 /// Writes a working set to `path` crash-safely.
@@ -118,32 +151,52 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// Checks a working set's bytes against the memory file it must belong to;
-/// says in one line why it cannot be used.
-pub fn decode(bytes: &[u8], identity: Identity) -> Result<WorkingSet, String> {
-    if bytes.len() < HEADER + DIGEST || &bytes[..8] != MAGIC {
+/// Checks the working-set file `file` against the memory file it must
+/// belong to; says in one line why it cannot be used.
+fn check(file: File, identity: Identity) -> Result<WorkingSet, String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut header = [0u8; HEADER];
+    if len < (HEADER + DIGEST) as u64 || file.read_exact_at(&mut header, 0).is_err() {
         return Err("not a sie working-set file".into());
     }
-    let (body, digest) = bytes.split_at(bytes.len() - DIGEST);
-    let count = u64_at(body, 24);
-    let expected = count
+    if &header[..8] != MAGIC {
+        return Err("not a sie working-set file".into());
+    }
+    let count = u64_at(&header, 24);
+    let body_len = count
         .checked_mul(8 + PAGE as u64)
         .and_then(|n| n.checked_add(HEADER as u64));
-    if expected != Some(body.len() as u64) {
+    let Some(body_len) = body_len.filter(|n| n.checked_add(DIGEST as u64) == Some(len)) else {
         return Err(format!("truncated or padded ({count} pages)"));
+    };
+    // The whole body through the checksum, a chunk at a time.
+    let mut hasher = XxHash3_64::default();
+    let mut buffer = vec![0u8; CHUNK_PAGES * PAGE];
+    let mut at = 0;
+    while at < body_len {
+        let chunk = &mut buffer[..(body_len - at).min((CHUNK_PAGES * PAGE) as u64) as usize];
+        file.read_exact_at(chunk, at).map_err(|e| e.to_string())?;
+        hasher.write(chunk);
+        at += chunk.len() as u64;
     }
-    if XxHash3_64::oneshot(body).to_le_bytes() != digest {
+    let mut digest = [0u8; DIGEST];
+    file.read_exact_at(&mut digest, body_len)
+        .map_err(|e| e.to_string())?;
+    if hasher.finish().to_le_bytes() != digest {
         return Err("damaged (checksum mismatch)".into());
     }
     let recorded = Identity {
-        len: u64_at(body, 8),
-        mtime_ns: u64_at(body, 16),
+        len: u64_at(&header, 8),
+        mtime_ns: u64_at(&header, 16),
     };
     if recorded != identity {
         return Err("recorded from another memory file (size or mtime differ)".into());
     }
     let count = count as usize;
-    let offsets: Vec<u64> = (0..count).map(|i| u64_at(body, HEADER + i * 8)).collect();
+    let mut table = vec![0u8; count * 8];
+    file.read_exact_at(&mut table, HEADER as u64)
+        .map_err(|e| e.to_string())?;
+    let offsets: Vec<u64> = (0..count).map(|i| u64_at(&table, i * 8)).collect();
     for &offset in &offsets {
         if offset % PAGE as u64 != 0 || offset.saturating_add(PAGE as u64) > identity.len {
             return Err(format!("page offset {offset:#x} outside the memory file"));
@@ -151,15 +204,16 @@ pub fn decode(bytes: &[u8], identity: Identity) -> Result<WorkingSet, String> {
     }
     Ok(WorkingSet {
         offsets,
-        pages: body[HEADER + count * 8..].to_vec(),
+        file,
+        pages_at: (HEADER + count * 8) as u64,
     })
 }
 
-/// Reads the working set at `path`: `Ok(None)` if there is none,
-/// `Err(why)` if there is one that cannot be used.
+/// Reads and checks the working set at `path`: `Ok(None)` if there is
+/// none, `Err(why)` if there is one that cannot be used.
 pub fn read(path: &Path, identity: Identity) -> Result<Option<WorkingSet>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode(&bytes, identity).map(Some),
+    match File::open(path) {
+        Ok(file) => check(file, identity).map(Some),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error.to_string()),
     }
@@ -187,14 +241,69 @@ mod tests {
         write(&path, identity(), &offsets, &pages).unwrap();
         let set = read(&path, identity()).unwrap().unwrap();
         assert_eq!(set.offsets, offsets);
-        assert_eq!(set.pages, pages);
-        let runs: Vec<(u64, usize, u8)> = set.runs().map(|(at, b)| (at, b.len(), b[0])).collect();
         assert_eq!(
-            runs,
-            vec![(0x5000, 2 * PAGE, 1), (0x1000, PAGE, 3), (0x7000, PAGE, 4)]
+            installed(&set),
+            [(0x5000, 2 * PAGE, 1), (0x1000, PAGE, 3), (0x7000, PAGE, 4)]
         );
+        let runs: Vec<(u64, usize)> = set.runs().collect();
+        assert_eq!(runs, [(0x5000, 2), (0x1000, 1), (0x7000, 1)]);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(read(&path, identity()).unwrap(), None, "none is no error");
+        assert!(
+            read(&path, identity()).unwrap().is_none(),
+            "none is no error"
+        );
+    }
+
+    /// What `install` hands over: (offset, bytes, first byte) per piece.
+    fn installed(set: &WorkingSet) -> Vec<(u64, usize, u8)> {
+        let mut pieces = Vec::new();
+        set.install(|offset, bytes| {
+            pieces.push((offset, bytes.len(), bytes[0]));
+            Ok(())
+        })
+        .unwrap();
+        pieces
+    }
+
+    #[test]
+    fn a_working_set_larger_than_a_chunk_installs_every_page_in_place() {
+        let path = std::env::temp_dir().join(format!("sie-ws-big-{}", std::process::id()));
+        // 150 pages: one run of 100 (across the first chunk's end), then
+        // 50 pages going backwards (runs of one).
+        let mut offsets: Vec<u64> = (10..110).map(|p| p * PAGE as u64).collect();
+        offsets.extend((200..250).rev().map(|p| p * PAGE as u64));
+        let mut pages = vec![0u8; offsets.len() * PAGE];
+        for (page, &offset) in pages.chunks_mut(PAGE).zip(&offsets) {
+            page.fill((offset / PAGE as u64) as u8);
+        }
+        write(&path, identity(), &offsets, &pages).unwrap();
+        let set = read(&path, identity()).unwrap().unwrap();
+        let mut seen = Vec::new();
+        set.install(|offset, bytes| {
+            for (i, page) in bytes.chunks(PAGE).enumerate() {
+                let at = offset + (i * PAGE) as u64;
+                assert!(
+                    page.iter().all(|&b| b == (at / PAGE as u64) as u8),
+                    "{at:#x}"
+                );
+                seen.push(at);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, offsets);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// `read` of a file holding `bytes`.
+    fn decode(bytes: Vec<u8>, identity: Identity) -> Result<WorkingSet, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sie-ws-dec-{}-{n}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let read = read(&path, identity).map(|set| set.expect("a file"));
+        std::fs::remove_file(&path).unwrap();
+        read
     }
 
     #[test]
@@ -205,15 +314,15 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let mut flipped = bytes.clone();
         flipped[HEADER + 100] ^= 1;
-        assert!(
-            decode(&flipped, identity())
-                .unwrap_err()
-                .contains("damaged")
-        );
+        assert!(decode(flipped, identity()).unwrap_err().contains("damaged"));
         let short = &bytes[..bytes.len() - 10];
-        assert!(decode(short, identity()).unwrap_err().contains("truncated"));
         assert!(
-            decode(&bytes[..5], identity())
+            decode(short.to_vec(), identity())
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            decode(bytes[..5].to_vec(), identity())
                 .unwrap_err()
                 .contains("not a sie")
         );
@@ -222,7 +331,7 @@ mod tests {
             mtime_ns: 43,
         };
         assert!(
-            decode(&bytes, other)
+            decode(bytes.clone(), other)
                 .unwrap_err()
                 .contains("another memory file")
         );
@@ -239,6 +348,6 @@ mod tests {
         moved.extend_from_slice(&[0u8; PAGE]);
         let digest = XxHash3_64::oneshot(&moved);
         moved.extend_from_slice(&digest.to_le_bytes());
-        assert!(decode(&moved, tiny).unwrap_err().contains("outside"));
+        assert!(decode(moved, tiny).unwrap_err().contains("outside"));
     }
 }
