@@ -120,9 +120,23 @@ impl BuiltVm {
     /// [`BuiltVm::start`], with every vCPU `Paused` until resumed when
     /// `paused`.
     pub fn start_as(self, paused: bool, seccomp: &sie_seccomp::Seccomp) -> Result<StartedVm> {
+        let mut started = self.start_unchecked(paused, seccomp)?;
+        // A refused filter drops `started`, which stops and joins the vCPUs.
+        started.wait_vcpu_filters()?;
+        Ok(started)
+    }
+
+    /// [`BuiltVm::start_as`] without waiting for the vCPU threads' filters
+    /// ([`StartedVm::wait_vcpu_filters`] does): no vCPU enters the guest
+    /// before its filter is on, and the caller answers meanwhile.
+    pub fn start_unchecked(
+        self,
+        paused: bool,
+        seccomp: &sie_seccomp::Seccomp,
+    ) -> Result<StartedVm> {
         self.virtio.start_workers(seccomp)?;
         let debug_stops = self.exits.debug.clone();
-        let vcpus = VcpuSet::spawn(
+        let vcpus = VcpuSet::spawn_unchecked(
             self.vcpus,
             self.exits,
             self.control.clone(),
@@ -170,6 +184,15 @@ pub struct StartedVm {
 }
 
 impl StartedVm {
+    /// Waits until every vCPU thread runs under its own seccomp filter (see
+    /// [`BuiltVm::start_unchecked`]).
+    pub fn wait_vcpu_filters(&mut self) -> Result<()> {
+        self.vcpus.wait_filters().map_err(|source| VmmError::Host {
+            what: "starting vCPU threads",
+            source,
+        })
+    }
+
     /// True when guest RAM is a snapshot's memory file mapped copy-on-write
     /// (its untouched pages hold data without being resident).
     pub fn memory_from_file(&self) -> bool {

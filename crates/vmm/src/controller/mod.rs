@@ -580,7 +580,8 @@ impl Controller {
             self.gdb = Some(server);
         }
         let paused = paused || self.gdb.is_some();
-        let mut started = built.start_as(paused, &self.options.seccomp)?;
+        // Each vCPU thread's own filter is waited for with the VMM thread's.
+        let mut started = built.start_unchecked(paused, &self.options.seccomp)?;
         for worker in std::mem::take(&mut started.virtio.workers) {
             manager.add_subscriber(worker);
         }
@@ -620,8 +621,9 @@ impl Controller {
     }
 
     /// Puts the VMM thread's seccomp filter on once a VM was built (see
-    /// `run_built`), after the migration worker spawned for it is ready. A
-    /// filter the kernel refuses ends sie: the VM does not run unfiltered.
+    /// `run_built`), after the migration worker spawned for it is ready and
+    /// every vCPU thread's own filter is on. A filter the kernel refuses
+    /// ends sie: the VM does not run unfiltered.
     fn install_vmm_filter(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.vmm_filter_pending) {
             return Ok(());
@@ -629,6 +631,9 @@ impl Controller {
         self.migration
             .worker_ready()
             .map_err(host_error("spawning the migration worker"))?;
+        if let Phase::Running(vm) = &mut self.phase {
+            vm.wait_vcpu_filters()?;
+        }
         self.options
             .seccomp
             .install(sie_seccomp::ThreadKind::Vmm)

@@ -78,6 +78,8 @@ pub struct VcpuSet {
     control: Arc<VmControl>,
     /// Each vCPU's registers when its thread ended (filled by `join`).
     final_registers: Vec<Option<VcpuRegisters>>,
+    /// Each vCPU thread's word on its filter, until `wait_filters`.
+    filters: Vec<Receiver<Result<(), sie_seccomp::SeccompError>>>,
 }
 
 impl VcpuSet {
@@ -86,6 +88,23 @@ impl VcpuSet {
     /// vCPU seccomp filter before it first enters the guest; a filter the
     /// kernel refuses fails the spawn.
     pub fn spawn(
+        vcpus: Vec<Box<dyn Vcpu>>,
+        exits: Arc<ExitContext>,
+        control: Arc<VmControl>,
+        paused: bool,
+        seccomp: &Seccomp,
+    ) -> std::io::Result<Self> {
+        let mut set = Self::spawn_unchecked(vcpus, exits, control, paused, seccomp)?;
+        // A refused filter drops `set`, which stops and joins every thread.
+        set.wait_filters()?;
+        Ok(set)
+    }
+
+    /// [`VcpuSet::spawn`] without waiting for the threads' filters: each
+    /// still installs its own before it first enters the guest, and
+    /// [`VcpuSet::wait_filters`] says whether every one did. The VMM
+    /// thread answers the request that started the VM meanwhile.
+    pub fn spawn_unchecked(
         vcpus: Vec<Box<dyn Vcpu>>,
         exits: Arc<ExitContext>,
         control: Arc<VmControl>,
@@ -101,6 +120,7 @@ impl VcpuSet {
             paused,
             control: control.clone(),
             final_registers: Vec::new(),
+            filters: Vec::with_capacity(vcpus.len()),
         };
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let (requests, receiver) = mpsc::channel();
@@ -126,17 +146,13 @@ impl VcpuSet {
                     let _ = filtered_tx.send(installed);
                     if ok { vcpu_main(thread) } else { None }
                 });
-            let spawned = spawned.and_then(|handle| {
+            let spawned = spawned.map(|handle| {
                 set.links.push(VcpuLink {
                     requests,
                     kicker,
                     thread: Some(handle),
                 });
-                match filtered.recv() {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(std::io::Error::other(error)),
-                    Err(_) => Err(std::io::Error::other("a vCPU thread ended at its start")),
-                }
+                set.filters.push(filtered);
             });
             match spawned {
                 Ok(()) => {}
@@ -149,6 +165,21 @@ impl VcpuSet {
             }
         }
         Ok(set)
+    }
+
+    /// Waits until every vCPU thread spawned runs under its own filter; a
+    /// filter the kernel refused (that thread has ended) is an error.
+    pub fn wait_filters(&mut self) -> std::io::Result<()> {
+        for filtered in std::mem::take(&mut self.filters) {
+            match filtered.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(std::io::Error::other(error)),
+                Err(_) => {
+                    return Err(std::io::Error::other("a vCPU thread ended at its start"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The number of vCPUs.
