@@ -275,22 +275,46 @@ mod tests {
         assert!(!overlaps_data(&extents, 0x8_0000), "{extents:?}");
     }
 
-    #[test]
-    fn the_working_set_holds_every_page_a_fault_brought_in() {
+    /// A memory file `dir/vm.mem` of `pages` pages whose only data is
+    /// `data` at page `at`, and its one-region layout.
+    fn memory_file(dir: &Path, pages: u64, at: u64, data: &[u8]) -> (PathBuf, [RegionEntry; 1]) {
         use std::io::{Seek, SeekFrom, Write};
-        use vm_memory::Bytes;
-        let dir = std::env::temp_dir().join(format!("sie-lazy-run-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("vm.mem");
         let mut file = File::create(&path).unwrap();
-        file.set_len(32 * PAGE as u64).unwrap();
-        file.seek(SeekFrom::Start(2 * PAGE as u64)).unwrap();
-        file.write_all(&[0x5a; 4 * PAGE]).unwrap();
-        drop(file);
+        file.set_len(pages * PAGE as u64).unwrap();
+        file.seek(SeekFrom::Start(at * PAGE as u64)).unwrap();
+        file.write_all(data).unwrap();
         let layout = [RegionEntry {
             guest_addr: 0,
-            len: 32 * PAGE as u64,
+            len: pages * PAGE as u64,
         }];
+        (path, layout)
+    }
+
+    /// Waits until faults paused long enough for the working set of the
+    /// memory file `path` to be written.
+    fn wait_for_working_set(path: &Path) {
+        let ws = working_set::path_for(path);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ws.exists() {
+            assert!(Instant::now() < deadline, "no working set written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The page offsets the working set of the memory file `path` names.
+    fn recorded_offsets(path: &Path) -> Vec<u64> {
+        let identity = Identity::of(&std::fs::metadata(path).unwrap());
+        let set = working_set::read(&working_set::path_for(path), identity);
+        set.unwrap().unwrap().offsets
+    }
+
+    #[test]
+    fn the_working_set_holds_every_page_a_fault_brought_in() {
+        use vm_memory::Bytes;
+        let dir = std::env::temp_dir().join(format!("sie-lazy-run-{}", std::process::id()));
+        let (path, layout) = memory_file(&dir, 32, 2, &[0x5a; 4 * PAGE]);
         let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
         lazy.mark_loaded();
         let memory = lazy.memory.clone();
@@ -302,17 +326,13 @@ mod tests {
         })
         .join()
         .unwrap();
-        let ws = working_set::path_for(&path);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ws.exists() {
-            assert!(Instant::now() < deadline, "no working set written");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_working_set(&path);
         drop(lazy);
-        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
-        let set = working_set::read(&ws, identity).unwrap().unwrap();
         let page = PAGE as u64;
-        assert_eq!(set.offsets, vec![2 * page, 3 * page, 4 * page, 5 * page]);
+        assert_eq!(
+            recorded_offsets(&path),
+            [2 * page, 3 * page, 4 * page, 5 * page]
+        );
         let again = open(&path, &layout, &Seccomp::disabled()).unwrap();
         assert_eq!(again.prefetched_pages, 4);
         drop(again);
@@ -321,20 +341,9 @@ mod tests {
 
     #[test]
     fn a_lazy_memory_serves_the_file_and_records_what_was_touched() {
-        use std::io::{Seek, SeekFrom, Write};
         use vm_memory::Bytes;
         let dir = std::env::temp_dir().join(format!("sie-lazy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("vm.mem");
-        let mut file = File::create(&path).unwrap();
-        file.set_len(16 * PAGE as u64).unwrap();
-        file.seek(SeekFrom::Start(3 * PAGE as u64)).unwrap();
-        file.write_all(&[0xab; PAGE]).unwrap();
-        drop(file);
-        let layout = [RegionEntry {
-            guest_addr: 0,
-            len: 16 * PAGE as u64,
-        }];
+        let (path, layout) = memory_file(&dir, 16, 3, &[0xab; PAGE]);
         let lazy = open(&path, &layout, &Seccomp::disabled()).unwrap();
         assert_eq!(lazy.prefetched_pages, 0);
         lazy.mark_loaded();
@@ -352,16 +361,9 @@ mod tests {
         .join()
         .unwrap();
         // Faults pause: the working set is written, in the order touched.
-        let ws = working_set::path_for(&path);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ws.exists() {
-            assert!(Instant::now() < deadline, "no working set written");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_working_set(&path);
         drop(lazy);
-        let identity = Identity::of(&std::fs::metadata(&path).unwrap());
-        let set = working_set::read(&ws, identity).unwrap().unwrap();
-        assert_eq!(set.offsets, vec![3 * PAGE as u64, 7 * PAGE as u64]);
+        assert_eq!(recorded_offsets(&path), [3 * PAGE as u64, 7 * PAGE as u64]);
 
         // The next one installs them before anything touches memory.
         let again = open(&path, &layout, &Seccomp::disabled()).unwrap();
