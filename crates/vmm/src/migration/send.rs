@@ -392,33 +392,25 @@ impl Sender {
         let limit = if serve { PUSH_BATCH_BYTES } else { BATCH_BYTES };
         let mut batch = PageBatch::default();
         let mut bytes = 0;
-        // Neighbouring dirty pages go as one run: one header and one copy.
-        let mut run: Option<(u64, u64)> = None;
-        let mut send_run = |batch: &mut PageBatch, (at, len): (u64, u64)| {
-            self.push_run(batch, GuestAddress(at), len)?;
-            if batch.len() >= limit {
-                bytes += self.flush(conn, batch)?;
-                if let Some(started) = started {
-                    self.check_going(started)?;
-                }
-                if serve {
-                    self.serve_waiting(conn)?;
-                }
-            }
-            Ok::<(), String>(())
-        };
-        for at in marked_pages(pages) {
-            match &mut run {
-                Some((start, len)) if *start + *len == at && *len < limit as u64 => *len += PAGE,
-                _ => {
-                    if let Some(done) = run.replace((at, PAGE)) {
-                        send_run(&mut batch, done)?;
+        // Neighbouring dirty pages go as one run (one header, one copy), at
+        // most a batch long.
+        for run in runs_of(pages) {
+            let end = run.guest_addr + run.len;
+            let mut at = run.guest_addr;
+            while at < end {
+                let len = (end - at).min(limit as u64);
+                self.push_run(&mut batch, GuestAddress(at), len)?;
+                at += len;
+                if batch.len() >= limit {
+                    bytes += self.flush(conn, &mut batch)?;
+                    if let Some(started) = started {
+                        self.check_going(started)?;
+                    }
+                    if serve {
+                        self.serve_waiting(conn)?;
                     }
                 }
             }
-        }
-        if let Some(done) = run {
-            send_run(&mut batch, done)?;
         }
         bytes += self.flush(conn, &mut batch)?;
         Ok(bytes)
