@@ -17,6 +17,9 @@ pub struct CaseRun {
     pub output: String,
     /// L1's clock (seconds since the epoch) when the case started.
     pub started_at: Option<u64>,
+    /// How long the case took, by the clock of whoever ran it (whole
+    /// seconds in L1).
+    pub seconds: Option<u64>,
 }
 
 impl CaseRun {
@@ -119,6 +122,7 @@ mod tests {
             status: Some(0),
             output: "noise\n@@L2 RESULT cpus=2\r\n@@L2 RESULT x=y z\n".into(),
             started_at: None,
+            seconds: None,
         };
         assert_eq!(run.result("cpus").as_deref(), Some("2"));
         assert_eq!(run.result("x").as_deref(), Some("y z"));
@@ -131,6 +135,7 @@ mod tests {
             output: "[ 1.0] guest line\r\n@@HANG sie run still running after 90 s: stopped\r\n"
                 .into(),
             started_at: None,
+            seconds: None,
         };
         let error = hung.expect_status(0).unwrap_err();
         assert!(error.starts_with("hang: @@HANG sie run still running after 90 s"));

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::case::CaseRun;
 use crate::deadline::run_with_deadline;
@@ -97,7 +97,10 @@ pub fn run_direct(layout: &Layout, name: &str, limit: Duration) -> CaseRun {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .ok();
-    match run_with_deadline(command, limit) {
+    let clock = Instant::now();
+    let result = run_with_deadline(command, limit);
+    let seconds = Some(clock.elapsed().as_secs());
+    match result {
         Ok(done) => {
             let mut output = done.output;
             if done.timed_out {
@@ -114,12 +117,14 @@ pub fn run_direct(layout: &Layout, name: &str, limit: Duration) -> CaseRun {
                 },
                 output,
                 started_at,
+                seconds,
             }
         }
         Err(error) => CaseRun {
             status: None,
             output: error,
             started_at,
+            seconds,
         },
     }
 }

@@ -18,4 +18,4 @@ mod qemu;
 
 pub use case::{Case, CaseRun, l2_boot_args};
 pub use direct::{CASE_LIMIT, Layout, hardware_virtualization, run_direct};
-pub use qemu::{Rig, RigRun, run_cases};
+pub use qemu::{Rig, RigRun, case_times, run_cases};

@@ -111,10 +111,13 @@ fn parse(log: &str, run: &mut RigRun) {
             }
             Some(m) if m.starts_with("@@CASE ") && m.contains(" END ") => {
                 if let Some((name, mut case)) = current.take() {
-                    case.status = m
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("status="))
-                        .and_then(|s| s.parse().ok());
+                    let field = |key: &str| {
+                        m.split_whitespace()
+                            .find_map(|w| w.strip_prefix(key))
+                            .and_then(|s| s.parse().ok())
+                    };
+                    case.status = field("status=");
+                    case.seconds = field("seconds=").and_then(|s| u64::try_from(s).ok());
                     run.cases.insert(name, case);
                 }
             }
@@ -228,6 +231,24 @@ pub fn run_cases(rig: &Rig, all: &[&Case], selected: &[&Case]) -> RigRun {
     run
 }
 
+/// One line per case that ran, slowest first, with its seconds and their
+/// share of the total: where the rig's time goes.
+pub fn case_times(run: &RigRun) -> String {
+    let mut times: Vec<(&str, u64)> = run
+        .cases
+        .iter()
+        .filter_map(|(name, case)| Some((name.as_str(), case.seconds?)))
+        .collect();
+    times.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let total: u64 = times.iter().map(|(_, s)| s).sum();
+    let mut out = format!("rig: {} cases took {total} s in all\n", times.len());
+    for (name, seconds) in times {
+        let share = (seconds * 100).checked_div(total).unwrap_or(0);
+        out.push_str(&format!("rig: {seconds:>5} s {share:>3}%  {name}\n"));
+    }
+    out
+}
+
 /// L1 boots at most this many more times after its kernel dies.
 const L1_RESTARTS: usize = 2;
 
@@ -306,16 +327,35 @@ mod tests {
 
     #[test]
     fn the_console_is_split_per_case() {
-        let log = "boot noise\r\n@@L1 npt=Y\r\n@@L1 READY\r\n@@CASE a BEGIN time=100\r\nhello\r\n@@L2 RESULT x=1\r\n@@CASE a END status=0\r\n@@CASE b BEGIN time=200\r\npartial\r\n";
+        let log = "boot noise\r\n@@L1 npt=Y\r\n@@L1 READY\r\n@@CASE a BEGIN time=100\r\nhello\r\n@@L2 RESULT x=1\r\n@@CASE a END status=0 seconds=7\r\n@@CASE b BEGIN time=200\r\npartial\r\n";
         let mut run = RigRun::default();
         parse(log, &mut run);
         assert!(run.ready);
         assert_eq!(run.npt, "Y");
         let a = &run.cases["a"];
-        assert_eq!((a.status, a.started_at), (Some(0), Some(100)));
+        assert_eq!(
+            (a.status, a.started_at, a.seconds),
+            (Some(0), Some(100), Some(7))
+        );
         assert_eq!(a.result("x").as_deref(), Some("1"));
         assert_eq!(run.cases["b"].status, None);
         assert!(run.cases["b"].output.contains("partial"));
+    }
+
+    #[test]
+    fn case_times_list_the_slowest_case_first() {
+        let mut run = RigRun::default();
+        for (name, seconds) in [("fast", Some(10)), ("slow", Some(30)), ("cut", None)] {
+            let case = CaseRun {
+                seconds,
+                ..CaseRun::default()
+            };
+            run.cases.insert(name.to_string(), case);
+        }
+        assert_eq!(
+            case_times(&run),
+            "rig: 2 cases took 40 s in all\nrig:    30 s  75%  slow\nrig:    10 s  25%  fast\n"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, run_cases};
+use sie_e2e::{Case, CaseRun, Layout, Rig, RigRun, case_times, run_cases};
 
 mod bench;
 mod console;
@@ -355,7 +355,9 @@ fn rig_run(all: &[&Case], selected: &[&Case]) -> &'static RigRun {
             runner: runner.as_deref(),
             limit: Duration::from_secs(60 * 60),
         };
-        run_cases(&rig, all, selected)
+        let run = run_cases(&rig, all, selected);
+        eprint!("{}", case_times(&run));
+        run
     })
 }
 
