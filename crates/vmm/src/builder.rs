@@ -270,9 +270,7 @@ pub(crate) fn assemble(
     // The observatory comes first: every device registers in it as it is
     // placed, and the boot-marker devices write to it directly.
     let obs = Arc::new(Observatory::new(options.start, vcpu_count as usize));
-    // A hotpluggable region joins guest memory before it is mapped, so a
-    // VM made ahead of it cannot be used.
-    let premade = premade.filter(|p| config.memory_hotplug.is_none() && p.maps(&memory));
+    let premade = premade.filter(|p| p.fits(config, &memory));
     let vm = match &premade {
         Some(premade) => premade.vm.clone(),
         None => hv.create_vm()?,
@@ -291,7 +289,7 @@ pub(crate) fn assemble(
         None => (memory, None),
     };
     exclude_from_fork(&memory);
-    if premade.is_none() {
+    if !premade.as_ref().is_some_and(PremadeVm::has_memory) {
         vm.map_memory(&memory)?;
     }
     if tracks_dirty_pages(config) {
@@ -350,14 +348,17 @@ pub(crate) fn assemble(
     })
 }
 
-/// A VM created and given its RAM ahead of the rest of its build: a
-/// migration's receiver makes it while the pages still come, so the
-/// switch-over does not wait for `KVM_CREATE_VM` and the memory slots
-/// (on a shadow-MMU host, milliseconds per GiB).
+/// A VM created ahead of the rest of its build, on another thread while
+/// this one does something else: a migration's receiver makes it and gives
+/// it its RAM while the pages still come, so the switch-over does not wait
+/// for `KVM_CREATE_VM` and the memory slots (on a shadow-MMU host,
+/// milliseconds per GiB); a snapshot's load makes it, empty, while it reads
+/// the snapshot file.
 pub struct PremadeVm {
     vm: Arc<dyn Vm>,
-    /// Each region's guest address, host address and length, as mapped.
-    mapped: Vec<(u64, usize, u64)>,
+    /// Each region's guest address, host address and length, as mapped;
+    /// `None` while the VM has no RAM yet.
+    mapped: Option<Vec<(u64, usize, u64)>>,
 }
 
 impl PremadeVm {
@@ -367,13 +368,31 @@ impl PremadeVm {
         vm.map_memory(memory)?;
         Ok(Self {
             vm,
-            mapped: regions_of(memory),
+            mapped: Some(regions_of(memory)),
         })
     }
 
-    /// Whether this VM's slots map exactly `memory`'s regions.
-    fn maps(&self, memory: &GuestMemory) -> bool {
-        self.mapped == regions_of(memory)
+    /// Creates a VM on `hv` with no RAM yet: the build maps it.
+    pub fn empty(hv: &dyn Hypervisor) -> Result<Self> {
+        Ok(Self {
+            vm: hv.create_vm()?,
+            mapped: None,
+        })
+    }
+
+    /// Whether the build of `config` on `memory` can use this VM: an empty
+    /// one always; one with RAM only when its slots map exactly `memory`'s
+    /// regions and no hotpluggable region is to join them (it joins guest
+    /// memory before that is mapped).
+    fn fits(&self, config: &VmConfig, memory: &GuestMemory) -> bool {
+        match &self.mapped {
+            None => true,
+            Some(mapped) => config.memory_hotplug.is_none() && *mapped == regions_of(memory),
+        }
+    }
+
+    fn has_memory(&self) -> bool {
+        self.mapped.is_some()
     }
 }
 
@@ -590,9 +609,9 @@ mod tests {
         let other = anonymous_memory(16, sie_config::HugePages::None, false).unwrap();
 
         let premade = PremadeVm::make(&hv, &memory).unwrap();
-        assert!(premade.maps(&memory.clone()));
+        assert!(premade.fits(&config, &memory.clone()));
         assert!(
-            !premade.maps(&other),
+            !premade.fits(&config, &other),
             "the same layout elsewhere in the host"
         );
         let made = vm_address(&premade.vm);
@@ -631,6 +650,51 @@ mod tests {
             vm_address(&machine.vm),
             unused,
             "a VM mapping other RAM is dropped"
+        );
+    }
+
+    #[test]
+    fn an_empty_premade_vm_is_built_on_and_given_its_ram_by_the_build() {
+        let hv = sie_hv::kvm::Kvm::open().expect("/dev/kvm");
+        let mut config = VmConfig::new(sie_config::BootSource {
+            kernel_image_path: "/nonexistent".into(),
+            boot_args: None,
+            initrd_path: None,
+        });
+        let memory = anonymous_memory(16, sie_config::HugePages::None, false).unwrap();
+        let premade = PremadeVm::empty(&hv).unwrap();
+        assert!(!premade.has_memory());
+        config.memory_hotplug = Some(sie_config::MemoryHotplug {
+            total_size_mib: 128,
+            slot_size_mib: 128,
+            block_size_mib: 2,
+        });
+        assert!(
+            premade.fits(&config, &memory),
+            "an empty VM takes any memory, a hotpluggable region too"
+        );
+        config.memory_hotplug = None;
+        let made = vm_address(&premade.vm);
+        let machine = assemble(
+            &config,
+            &hv,
+            BuildOptions::quiet(),
+            Arc::new(VmControl::new().unwrap()),
+            memory.clone(),
+            1,
+            Some(premade),
+        )
+        .unwrap();
+        assert_eq!(
+            vm_address(&machine.vm),
+            made,
+            "the empty VM is the one built"
+        );
+        // The build gave it the RAM: a second mapping of the same slots
+        // is refused by KVM, so mapping it again here fails.
+        assert!(
+            machine.vm.map_memory(&memory).is_err(),
+            "the build mapped the RAM into the premade VM"
         );
     }
 }

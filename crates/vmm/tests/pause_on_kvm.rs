@@ -231,6 +231,7 @@ fn a_snapshot_on_disk_restores_into_a_new_vm_that_continues() {
     let restored = sie_vmm::snapshot::restore(
         &snapshot,
         &sie_vmm::snapshot::RestoreMemory::file(&mem),
+        None,
         false,
         &kvm,
         quiet_options(),

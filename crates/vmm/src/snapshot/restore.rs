@@ -107,9 +107,12 @@ fn guest_memory(
 /// vCPUs are ready to continue where they stopped. With `clock_realtime`
 /// the guest's clock moves forward by the time since the snapshot was
 /// taken (host wall clock), else it continues from its saved value.
+/// `premade`: a VM made ahead, with no RAM yet (a new one is made if
+/// `None`).
 pub fn restore(
     snapshot: &Snapshot,
     source: &RestoreMemory,
+    premade: Option<crate::builder::PremadeVm>,
     clock_realtime: bool,
     hv: &dyn Hypervisor,
     options: BuildOptions,
@@ -125,7 +128,7 @@ pub fn restore(
     let (memory, lazy) = guest_memory(source, snapshot)?;
     let mut built = build_restored(
         snapshot,
-        (memory, None),
+        (memory, premade),
         Restored::Clone { clock_realtime },
         hv,
         options,
