@@ -39,6 +39,17 @@ fn a_guest_booted_through_the_api_runs_to_its_end_and_sie_exits_0() {
 }
 
 #[test]
+fn the_vm_made_while_the_api_waits_is_the_one_booted() {
+    let vm = ApiVm::start("api-ahead", &[]);
+    wait_until("the VM made ahead", || vm.kvm_vms() == 1);
+    vm.boot(TICKER, "console=ttyS0");
+    assert_eq!(vm.state(), "Running");
+    assert_eq!(vm.kvm_vms(), 1, "the boot built on the VM made ahead");
+    let (code, _) = vm.terminate();
+    assert_eq!(code, Some(143));
+}
+
+#[test]
 fn phase_rules_are_firecrackers() {
     let vm = ApiVm::start("api-phase", &[]);
     vm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#))

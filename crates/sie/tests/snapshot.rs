@@ -104,6 +104,11 @@ fn a_restored_guest_counts_on_exactly_where_it_stopped() {
     loaded.expect_code(0);
     assert!(loaded.stdout.contains("paused"), "{}", loaded.stdout);
     assert_eq!(paused.state(), "Paused");
+    assert_eq!(
+        paused.kvm_vms(),
+        1,
+        "the load built on the VM made while the API waited"
+    );
     sie(&["ctl", "--sock", &sock, "resume"]).expect_code(0);
     let (code, _) = paused.wait();
     assert_eq!(code, Some(0));

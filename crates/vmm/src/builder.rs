@@ -348,12 +348,11 @@ pub(crate) fn assemble(
     })
 }
 
-/// A VM created ahead of the rest of its build, on another thread while
-/// this one does something else: a migration's receiver makes it and gives
-/// it its RAM while the pages still come, so the switch-over does not wait
-/// for `KVM_CREATE_VM` and the memory slots (on a shadow-MMU host,
-/// milliseconds per GiB); a snapshot's load makes it, empty, while it reads
-/// the snapshot file.
+/// A VM created ahead of the rest of its build: a migration's receiver
+/// makes it and gives it its RAM while the pages still come, so the
+/// switch-over does not wait for `KVM_CREATE_VM` and the memory slots (on
+/// a shadow-MMU host, milliseconds per GiB); an API's VMM makes one, empty,
+/// while it waits for the request that boots or loads a VM.
 pub struct PremadeVm {
     vm: Arc<dyn Vm>,
     /// Each region's guest address, host address and length, as mapped;
@@ -443,6 +442,17 @@ pub fn build(
     options: BuildOptions,
     control: Arc<VmControl>,
 ) -> Result<BuiltVm> {
+    build_on(config, hv, options, control, None)
+}
+
+/// [`build`] on a VM made ahead with no RAM yet (a new one if `None`).
+pub fn build_on(
+    config: &VmConfig,
+    hv: &dyn Hypervisor,
+    options: BuildOptions,
+    control: Arc<VmControl>,
+    premade: Option<PremadeVm>,
+) -> Result<BuiltVm> {
     refuse_unsupported(config)?;
     let vcpu_count = vcpu_count(config, hv)?;
     let guest_cpu = GuestCpu::plan(
@@ -476,7 +486,7 @@ pub fn build(
         .as_ref()
         .is_some_and(|machine| machine.shared_memory());
     let memory = anonymous_memory(mib, pages, shared)?;
-    let machine = assemble(config, hv, options, control, memory, vcpu_count, None)?;
+    let machine = assemble(config, hv, options, control, memory, vcpu_count, premade)?;
     let memory = &machine.memory;
     machine.vmgenid.write_new_id(memory)?;
 

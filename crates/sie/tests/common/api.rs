@@ -153,6 +153,15 @@ impl ApiVm {
         self.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     }
 
+    /// How many KVM VMs this sie holds open.
+    pub fn kvm_vms(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("fd dir")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == "anon_inode:kvm-vm")
+            .count()
+    }
+
     /// Sends SIGTERM and returns the exit status and stderr.
     pub fn terminate(mut self) -> (Option<i32>, String) {
         // SAFETY: plain kill(2) on our child's pid.

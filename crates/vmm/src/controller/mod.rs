@@ -225,6 +225,10 @@ struct Controller {
     /// The VM was built and the VMM thread's seccomp filter is still to
     /// go on, before the next event, request or migration step is served.
     vmm_filter_pending: bool,
+    /// An empty VM made while the API waited for its first request
+    /// ([`Controller::prepare_ahead`]), for the boot or the load to build
+    /// on.
+    premade_vm: Option<crate::builder::PremadeVm>,
 }
 
 /// How long the files a snapshot replaced outlive it while the VM stays
@@ -309,6 +313,7 @@ pub fn serve(
         release_memory_at: None,
         old_snapshot_files: None,
         vmm_filter_pending: false,
+        premade_vm: None,
     };
     if let Some(load) = controller.options.initial_restore.take() {
         let plan = load.plan().map_err(VmmError::Restore)?;
@@ -323,6 +328,7 @@ pub fn serve(
         controller.apply_logging(&config)?;
         controller.start(hv, &mut manager)?;
     }
+    controller.prepare_ahead(hv);
 
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
@@ -495,7 +501,13 @@ impl Controller {
         self.host_choices(&mut config);
         let build = self.build_options(&config)?;
         self.start_migration_worker()?;
-        let built = crate::builder::build(&config, hv, build, self.control.clone())?;
+        let built = crate::builder::build_on(
+            &config,
+            hv,
+            build,
+            self.control.clone(),
+            self.premade_vm.take(),
+        )?;
         self.run_built(built, config, false, manager)
     }
 
@@ -620,6 +632,20 @@ impl Controller {
         Ok(())
     }
 
+    /// With no VM yet (it waits for the API), does now what the boot or
+    /// load it waits for would otherwise do first: spawns the migration
+    /// worker and makes the VM, empty (`KVM_CREATE_VM`, 0.2-0.4 ms here).
+    /// The client is still connecting and sending; a request that comes
+    /// sooner waits at most that long, as it would inside the build.
+    /// Whatever fails here is left to the build, which says why.
+    fn prepare_ahead(&mut self, hv: &dyn Hypervisor) {
+        if !matches!(self.phase, Phase::NotStarted) {
+            return;
+        }
+        let _ = self.start_migration_worker();
+        self.premade_vm = crate::builder::PremadeVm::empty(hv).ok();
+    }
+
     /// Puts the VMM thread's seccomp filter on once a VM was built (see
     /// `run_built`), after the migration worker spawned for it is ready and
     /// every vCPU thread's own filter is on. A filter the kernel refuses
@@ -653,20 +679,8 @@ impl Controller {
     ) -> std::result::Result<(), String> {
         self.start_migration_worker()
             .map_err(|e| crate::error::error_chain(&e))?;
-        // KVM_CREATE_VM (0.2-0.4 ms) runs on another CPU while the file is
-        // read and checked; the build gives that VM its RAM. (No filter is
-        // on this thread yet: it goes on once a VM was built.)
-        let (read, premade) = std::thread::scope(|scope| {
-            let premade = std::thread::Builder::new()
-                .name("sie-premade".into())
-                .spawn_scoped(scope, || crate::builder::PremadeVm::empty(hv));
-            let read = crate::snapshot::read(&plan.snapshot_path);
-            // A VM that could not be made ahead is made by the build, which
-            // reports why it cannot.
-            let premade = premade.ok().and_then(|t| t.join().ok()?.ok());
-            (read, premade)
-        });
-        let mut snapshot = read.map_err(|e| crate::error::error_chain(&e))?;
+        let mut snapshot = crate::snapshot::read(&plan.snapshot_path)
+            .map_err(|e| crate::error::error_chain(&e))?;
         crate::snapshot::overrides::apply(&mut snapshot.config, plan)?;
         // Tracking is the load's choice, not the snapshotted VM's (as in
         // Firecracker); the restored VM's configuration records it, so a
@@ -716,7 +730,7 @@ impl Controller {
         let built = crate::snapshot::restore(
             &snapshot,
             &memory,
-            premade,
+            self.premade_vm.take(),
             plan.clock_realtime,
             hv,
             build,
