@@ -28,6 +28,8 @@ pub struct ApiCall {
 /// Held by the VMM: receives [`ApiCall`]s from the server thread.
 #[derive(Debug)]
 pub struct ApiHandle {
+    /// Until published: where the socket is and where it goes.
+    pub(crate) pending: Option<crate::publish::Pending>,
     pub(crate) receiver: Receiver<ApiCall>,
     pub(crate) wake: EventFd,
     pub(crate) stopper: ServerStopper,
@@ -64,6 +66,16 @@ impl ApiHandle {
     /// The server's per-route counters.
     pub fn stats(&self) -> Arc<ApiStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Puts the socket file at its path, once the server thread is
+    /// filtered: call it when the VMM is ready to answer (see
+    /// [`crate::ApiServer::spawn_unpublished`]). Later calls do nothing.
+    pub fn publish(&mut self) -> Result<(), crate::ApiError> {
+        match self.pending.take() {
+            Some(pending) => pending.publish(),
+            None => Ok(()),
+        }
     }
 
     /// Asks the server thread to stop; see [`ServerStopper::stop`].

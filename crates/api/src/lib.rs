@@ -38,6 +38,7 @@ mod connection;
 mod dispatch;
 mod handle;
 mod http;
+mod publish;
 mod response;
 mod route;
 mod server;

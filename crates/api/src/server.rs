@@ -91,6 +91,9 @@ pub enum ApiError {
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    /// Where the socket is bound until it is published at `path` (see
+    /// publish.rs); `path` itself when its hidden name would not fit.
+    bound_at: PathBuf,
     /// Device and inode of the socket file, so `Drop` removes only ours.
     identity: (u64, u64),
     options: ServerOptions,
@@ -122,11 +125,24 @@ impl ApiServer {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(error)),
         }
-        let listener = UnixListener::bind(path).map_err(io_error)?;
-        let meta = std::fs::symlink_metadata(path).map_err(io_error)?;
+        // A hidden name left by a sie that had this pid before is stale.
+        let hidden = crate::publish::hidden_name(path);
+        if let Some(hidden) = &hidden {
+            let _ = std::fs::remove_file(hidden);
+        }
+        let (listener, bound_at) =
+            match hidden.and_then(|hidden| Some((UnixListener::bind(&hidden).ok()?, hidden))) {
+                Some(bound) => bound,
+                None => (
+                    UnixListener::bind(path).map_err(io_error)?,
+                    path.to_path_buf(),
+                ),
+            };
+        let meta = std::fs::symlink_metadata(&bound_at).map_err(io_error)?;
         let server = ApiServer {
             listener,
             path: path.to_path_buf(),
+            bound_at,
             identity: (meta.dev(), meta.ino()),
             options,
             stats: Arc::default(),
@@ -156,16 +172,36 @@ impl ApiServer {
         self
     }
 
-    /// Starts serving on a thread named `fc_api`. The VMM answers through
-    /// the returned [`ApiHandle`]; after [`ApiHandle::stop_server`] the
-    /// thread ends and the socket file is gone.
+    /// Starts serving on a thread named `fc_api`, the socket file at its
+    /// path once the thread is filtered. The VMM answers through the
+    /// returned [`ApiHandle`]; after [`ApiHandle::stop_server`] the thread
+    /// ends and the socket file is gone.
     pub fn spawn(self) -> Result<(ApiHandle, JoinHandle<()>), ApiError> {
+        let (mut handle, thread) = self.spawn_unpublished()?;
+        if let Err(error) = handle.publish() {
+            handle.stop_server();
+            let _ = thread.join();
+            return Err(error);
+        }
+        Ok((handle, thread))
+    }
+
+    /// Like [`ApiServer::spawn`], but the socket file appears at its path
+    /// only when [`ApiHandle::publish`] is called: when the VMM is ready to
+    /// answer. The thread installs its filter meanwhile.
+    pub fn spawn_unpublished(self) -> Result<(ApiHandle, JoinHandle<()>), ApiError> {
         let io_error = |source| ApiError::Io {
             path: self.path.clone(),
             source,
         };
         let (calls, receiver) = mpsc::channel();
+        let (filtered_tx, filtered) = mpsc::sync_channel(1);
         let handle = ApiHandle {
+            pending: Some(crate::publish::Pending {
+                from: self.bound_at.clone(),
+                to: self.path.clone(),
+                filtered,
+            }),
             receiver,
             wake: self.wake.try_clone().map_err(io_error)?,
             stopper: ServerStopper {
@@ -182,7 +218,6 @@ impl ApiServer {
             stopping: Arc::clone(&self.stopping),
         };
         let path = self.path.clone();
-        let (filtered_tx, filtered) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("fc_api".into())
             .spawn(move || {
@@ -193,24 +228,8 @@ impl ApiServer {
                     tracing::error!("api: server stopped: {error}");
                 }
             })
-            .map_err(|source| ApiError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        match filtered.recv() {
-            Ok(Ok(())) => Ok((handle, thread)),
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                Err(ApiError::Seccomp(error))
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(ApiError::Io {
-                    path,
-                    source: io::Error::other("the server thread ended at its start"),
-                })
-            }
-        }
+            .map_err(|source| ApiError::Io { path, source })?;
+        Ok((handle, thread))
     }
 
     /// The epoll loop; returns when stopped. Dropping `self` afterwards
@@ -358,10 +377,13 @@ fn update_interest(epoll: &Epoll, token: u64, connection: &mut Connection) -> io
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
-        if ours && let Err(error) = std::fs::remove_file(&self.path) {
-            tracing::warn!("api: cannot remove {}: {error}", self.path.display());
+        // At its path once published, else still at its hidden name.
+        for path in [&self.path, &self.bound_at] {
+            let ours = std::fs::symlink_metadata(path)
+                .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
+            if ours && let Err(error) = std::fs::remove_file(path) {
+                tracing::warn!("api: cannot remove {}: {error}", path.display());
+            }
         }
     }
 }

@@ -478,15 +478,22 @@ fn stale_socket_is_replaced_and_live_or_foreign_files_refused() {
     let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
     drop(stale);
     assert!(path.exists());
-    let harness_server = ApiServer::bind(&path, ServerOptions::default()).unwrap();
+    let server = ApiServer::bind(&path, ServerOptions::default()).unwrap();
+    assert!(
+        !path.exists(),
+        "the stale socket is gone, the new one unpublished"
+    );
+    let (api, thread) = server.spawn().unwrap();
+    assert!(path.exists(), "spawn publishes the socket");
 
     // A live server at the path.
     match ApiServer::bind(&path, ServerOptions::default()) {
         Err(ApiError::InUse(p)) => assert_eq!(p, path),
         other => panic!("expected InUse, got {other:?}"),
     }
-    drop(harness_server);
-    assert!(!path.exists(), "Drop removes the socket file");
+    api.stop_server();
+    thread.join().unwrap();
+    assert!(!path.exists(), "a stopped server removes the socket file");
 
     std::fs::write(&path, b"not a socket").unwrap();
     let error = ApiServer::bind(&path, ServerOptions::default()).unwrap_err();
@@ -496,6 +503,64 @@ fn stale_socket_is_replaced_and_live_or_foreign_files_refused() {
     );
     assert!(path.exists(), "a foreign file is left alone");
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn the_socket_appears_at_its_path_only_when_published() {
+    let path = socket_path();
+    let (mut api, thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn_unpublished()
+        .unwrap();
+    assert!(!path.exists(), "not there before the VMM is ready");
+    assert!(UnixStream::connect(&path).is_err());
+    api.publish().unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let call = api.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(call.request, Request::GetInstanceInfo);
+    drop(call);
+    api.publish().unwrap();
+    api.stop_server();
+    thread.join().unwrap();
+    assert!(!path.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!(
+                ".{}.",
+                path.file_name().unwrap().to_string_lossy()
+            ))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "the hidden name is gone too");
+}
+
+#[test]
+fn publishing_never_takes_the_path_from_a_live_server() {
+    let path = socket_path();
+    let (mut late, late_thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn_unpublished()
+        .unwrap();
+    // Another server took the path meanwhile.
+    let (first, first_thread) = ApiServer::bind(&path, ServerOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    match late.publish() {
+        Err(ApiError::InUse(p)) => assert_eq!(p, path),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    late.stop_server();
+    late_thread.join().unwrap();
+    assert!(path.exists(), "the live server keeps its socket");
+    assert!(UnixStream::connect(&path).is_ok());
+    first.stop_server();
+    first_thread.join().unwrap();
+    assert!(!path.exists());
 }
 
 #[test]

@@ -82,6 +82,10 @@ impl RequestSource for ApiSource {
         self.0.wake_fd()
     }
 
+    fn publish(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.publish()?)
+    }
+
     fn next_request(&mut self) -> Option<(Request, Reply)> {
         let call = self.0.try_recv()?;
         let reply = call.reply;
@@ -220,7 +224,9 @@ pub fn run(args: FirecrackerArgs, start: Instant) -> Result<u8, BoxError> {
                 ..sie_api::ServerOptions::default()
             },
         )?;
-        let (handle, thread) = bound.with_seccomp(seccomp.clone()).spawn()?;
+        // The socket file appears once the VMM is ready to answer (serve
+        // publishes it): the thread's filter goes on meanwhile.
+        let (handle, thread) = bound.with_seccomp(seccomp.clone()).spawn_unpublished()?;
         let stats = handle.stats();
         server = Some((thread, stats));
         Box::new(ApiSource(handle))

@@ -183,8 +183,9 @@ fn no_seccomp_leaves_every_thread_unfiltered() {
 }
 
 /// Before `InstanceStart` builds the VM, every thread is filtered already:
-/// the API thread by its own filter, the VMM thread by the build filter
-/// (docs/security.md).
+/// the API thread by its own filter, the VMM thread by the build filter,
+/// and the migration worker (spawned while the API waited) by its own on
+/// the build filter (docs/security.md).
 #[test]
 fn before_instance_start_every_thread_is_filtered() {
     let vm = ApiVm::start("seccomp-before-start", &[]);
@@ -200,6 +201,7 @@ fn before_instance_start_every_thread_is_filtered() {
     let want = [
         ("fc_api".to_string(), as_shown("2/1").to_string()),
         ("sie".to_string(), as_shown("2/1").to_string()),
+        ("sie-migrate".to_string(), as_shown("2/2").to_string()),
     ];
     assert_eq!(modes, want);
     let (code, stderr) = vm.terminate();

@@ -52,6 +52,11 @@ pub trait RequestSource {
     /// The next waiting request, if any. Returning `None` must leave the
     /// wake fd unreadable until a new request arrives.
     fn next_request(&mut self) -> Option<(Request, Reply)>;
+    /// Called once, when the VMM is ready to answer: an API puts its
+    /// socket where clients look for it now.
+    fn publish(&mut self) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
 }
 
 /// `--no-api` and `sie run`: nobody will ever ask anything.
@@ -329,6 +334,10 @@ pub fn serve(
         controller.start(hv, &mut manager)?;
     }
     controller.prepare_ahead(hv);
+    source.publish().map_err(|error| VmmError::Host {
+        what: "serving the API",
+        source: std::io::Error::other(error),
+    })?;
 
     let period = controller.options.metrics_period;
     let mut next_metrics = Instant::now() + period;
