@@ -76,7 +76,7 @@ impl Pending {
                     return Err(ApiError::NotASocket(self.to));
                 }
                 match UnixStream::connect(&self.to) {
-                    Ok(_) => return Err(ApiError::InUse(self.to)),
+                    Ok(_) => Err(ApiError::InUse(self.to)),
                     Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
                         std::fs::remove_file(&self.to).map_err(io_error)?;
                         rename_no_replace(&self.from, &self.to).map_err(io_error)
