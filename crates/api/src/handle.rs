@@ -71,7 +71,7 @@ impl ApiHandle {
     /// Puts the socket file at its path, once the server thread is
     /// filtered: call it when the VMM is ready to answer (see
     /// [`crate::ApiServer::spawn_unpublished`]). Later calls do nothing.
-    pub fn publish(&mut self) -> Result<(), crate::ApiError> {
+    pub fn publish(&mut self) -> Result<(), crate::error::ApiError> {
         match self.pending.take() {
             Some(pending) => pending.publish(),
             None => Ok(()),

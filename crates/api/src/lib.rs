@@ -36,6 +36,7 @@
 
 mod connection;
 mod dispatch;
+mod error;
 mod handle;
 mod http;
 mod publish;
@@ -47,10 +48,11 @@ mod stats;
 pub use handle::{ApiCall, ApiHandle, ServerStopper};
 // The request reader is public for fuzz/ (any bytes from a client go
 // through it); the server is its only user inside sie.
+pub use error::ApiError;
 pub use http::{Event, HttpError, HttpRequest, MAX_HEAD_BYTES, MAX_HEADERS, RequestReader};
 pub use route::{Fault, Routed, route};
 pub use server::{
-    ApiError, ApiServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD,
-    DEFAULT_VERSION, ServerOptions,
+    ApiServer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PAYLOAD, DEFAULT_VERSION,
+    ServerOptions,
 };
 pub use stats::ApiStats;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::Receiver;
 
-use crate::server::ApiError;
+use crate::error::ApiError;
 
 /// The longest path a Unix socket can be bound at (`sun_path` less its NUL).
 const SUN_PATH_MAX: usize = 107;

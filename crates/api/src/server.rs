@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::connection::Connection;
 use crate::dispatch::Dispatcher;
+use crate::error::ApiError;
 use crate::handle::{ApiHandle, ServerStopper};
 use crate::stats::ApiStats;
 
@@ -62,28 +63,6 @@ impl Default for ServerOptions {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
-}
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// A live server answers on the path.
-    #[error("API socket {0}: another process is already listening there")]
-    InUse(PathBuf),
-    /// The path is taken by something other than a socket.
-    #[error("API socket {0} exists and is not a socket")]
-    NotASocket(PathBuf),
-    /// The server thread's seccomp filter could not be installed.
-    #[error("API server")]
-    Seccomp(#[source] sie_seccomp::SeccompError),
-    /// A system call failed.
-    #[error("API socket {path}: {source}")]
-    Io {
-        /// The socket path.
-        path: PathBuf,
-        /// What failed.
-        source: io::Error,
-    },
 }
 
 /// A bound API socket, not yet serving. Dropping it removes the socket file.
