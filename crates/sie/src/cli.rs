@@ -706,6 +706,13 @@ pub struct BenchBlkArgs {
     /// side with each one's interrupts and device exits per operation.
     #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = ["mmio", "pci", "both"])]
     pub transport: String,
+    /// Another VMM that takes Firecracker's command line (`PATH --no-api
+    /// --config-file FILE`, `--enable-pci` for pci), e.g. a `firecracker`
+    /// binary: boots the same guest on the same disk after each of sie's
+    /// boots, over each transport, and the table adds its columns and sie's
+    /// ratios to it. The kernel must be a vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
 }
 
 /// Flags of `sie bench net`. Needs root (a tap device). The initrd's /init

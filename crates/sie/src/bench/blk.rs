@@ -21,6 +21,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::peer_guest::PeerGuest;
 use super::transport::Transport;
 use super::{BoxError, finish_sie_run, guest_cmdline, guest_figures, median, spawn_sie_run};
 use crate::cli::BenchBlkArgs;
@@ -224,6 +225,43 @@ fn guest_pass(
     Ok(figures)
 }
 
+/// The same boot as [`guest_pass`] in the peer VMM `peer` (`--peer`): the
+/// disk as its only drive (the guest's /dev/vda), on the same engine.
+fn peer_pass(
+    args: &BenchBlkArgs,
+    (disk, dir): (&Path, &Path),
+    transport: Transport,
+    peer: &Path,
+) -> Result<BTreeMap<String, f64>, BoxError> {
+    let cmdline = guest_cmdline(
+        args.cmdline.as_deref(),
+        "bench_blk",
+        &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
+    );
+    let (_, cmdline) = transport.run_args(&cmdline);
+    let guest = PeerGuest {
+        program: peer,
+        kernel: &args.kernel,
+        initrd: &args.initrd,
+        cmdline,
+        memory_mib: sie_config::parse_mem_size_mib(&args.memory)
+            .map_err(|e| format!("--memory {:?}: {e}", args.memory))?,
+        pci: transport == Transport::Pci,
+    };
+    let engine = if args.io == "async" { "Async" } else { "Sync" };
+    let drives = serde_json::json!([{
+        "drive_id": "bench",
+        "path_on_host": disk,
+        "is_root_device": false,
+        "is_read_only": false,
+        "io_engine": engine,
+    }]);
+    let output = guest.boot(drives, dir)?;
+    let mut keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
+    keys.extend(["read_bytes", "read_sum"]);
+    guest_figures(&output, &keys)
+}
+
 /// `key` per operation of one pass (`ops_per_pass` of them), per run.
 fn per_op(passes: &[BTreeMap<String, f64>], key: &str, ops_per_pass: f64) -> Vec<f64> {
     passes
@@ -262,15 +300,32 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
     let bytes = args.size_mib << 20;
 
     let transports = Transport::chosen(&args.transport);
+    // A column per transport: sie's, then the peer's.
+    let mut columns: Vec<(String, Transport, Option<&Path>)> = transports
+        .iter()
+        .map(|t| (format!("guest {}", t.label()), *t, None))
+        .collect();
+    if let Some(peer) = &args.peer {
+        let name = peer
+            .file_name()
+            .map_or("peer".into(), |n| n.to_string_lossy().into_owned());
+        for t in &transports {
+            columns.push((format!("{name} {}", t.label()), *t, Some(peer.as_path())));
+        }
+    }
     let mut host = Vec::new();
-    let mut guest: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); transports.len()];
+    let mut guest: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); columns.len()];
     for _ in 0..args.runs {
         host.push(host_pass(&disk, args.size_mib, args.ops, direct)?);
-        for (index, transport) in transports.iter().enumerate() {
+        for (index, (label, transport, peer)) in columns.iter().enumerate() {
             // The last pass rewrote the disk: the pattern again for the guest.
             let sum = fill(&disk, args.size_mib)?;
-            let figures = guest_pass(args, &disk, *transport)?;
-            check_read(&figures, bytes, sum)?;
+            let figures = match peer {
+                None => guest_pass(args, &disk, *transport)?,
+                Some(peer) => peer_pass(args, (&disk, &dir.0), *transport, peer)
+                    .map_err(|e| format!("{label}: {e}"))?,
+            };
+            check_read(&figures, bytes, sum).map_err(|e| format!("{label}: {e}"))?;
             guest[index].push(figures);
         }
     }
@@ -288,11 +343,21 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
         );
     }
     println!("  guest: O_DIRECT on /dev/vda, sie's virtio-blk on that file");
-    for (transport, passes) in transports.iter().zip(&guest) {
+    if let Some(peer) = &args.peer {
+        println!(
+            "  peer: {} on the same disk, initrd and command line",
+            peer.display()
+        );
+    }
+    for ((label, transport, peer), passes) in columns.iter().zip(&guest) {
+        // sie's rows keep their old wording (the rig's check reads it).
+        let who = match peer {
+            None => transport.label().to_string(),
+            Some(_) => label.clone(),
+        };
         for (run, figures) in passes.iter().enumerate() {
             println!(
-                "  {} run {}: guest seq read {} bytes, checksum {}: equal to the disk's",
-                transport.label(),
+                "  {who} run {}: guest seq read {} bytes, checksum {}: equal to the disk's",
                 run + 1,
                 figures["read_bytes"],
                 figures["read_sum"]
@@ -300,12 +365,8 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
         }
     }
     print!("  {:<22}{:>22}", "operation", "host");
-    for transport in &transports {
-        print!(
-            "{:>22}{:>12}",
-            format!("guest {}", transport.label()),
-            "guest/host"
-        );
+    for (label, _, _) in &columns {
+        print!("{label:>22}{:>12}", "guest/host");
     }
     println!();
     let pick = |passes: &[BTreeMap<String, f64>], key: &str| -> Vec<f64> {
@@ -347,6 +408,29 @@ pub fn run(args: &BenchBlkArgs) -> Result<u8, BoxError> {
             print!("{text:>22}{:>12}", "");
         }
         println!();
+    }
+    // sie over the peer, per transport: throughput and IOPS, higher is
+    // better for sie.
+    let median_of = |passes: &[BTreeMap<String, f64>], key: &str| {
+        median(
+            &mut passes
+                .iter()
+                .filter_map(|p| p.get(key).copied())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (ours, theirs) = guest.split_at(transports.len());
+    for ((transport, ours), theirs) in transports.iter().zip(ours).zip(theirs) {
+        let ratios: Vec<String> = ROWS
+            .iter()
+            .map(
+                |(key, label)| match (median_of(ours, key), median_of(theirs, key)) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{label} x{:.2}", a / b),
+                    _ => format!("{label} -"),
+                },
+            )
+            .collect();
+        println!("  sie/peer {}: {}", transport.label(), ratios.join(", "));
     }
     Ok(0)
 }

@@ -13,6 +13,7 @@ pub mod idle_memory;
 pub mod lifecycle;
 pub mod migrate;
 pub mod net;
+mod peer_guest;
 mod restore_backends;
 pub mod snapshot;
 pub mod transport;
@@ -93,7 +94,13 @@ pub fn spawn_sie_run(args: &[String]) -> Result<Child, BoxError> {
 
 /// Waits for a `sie run` started by [`spawn_sie_run`]; its stdout and
 /// stderr, or an error with the last lines when it failed.
-pub fn finish_sie_run(mut child: Child) -> Result<String, BoxError> {
+pub fn finish_sie_run(child: Child) -> Result<String, BoxError> {
+    finish_child(child, "sie run")
+}
+
+/// Waits for `child` (`what` names it in errors), started with its stdout
+/// and stderr piped; both, or an error with the last lines when it failed.
+pub fn finish_child(mut child: Child, what: &str) -> Result<String, BoxError> {
     let stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -107,7 +114,7 @@ pub fn finish_sie_run(mut child: Child) -> Result<String, BoxError> {
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&stderr);
     if !output.status.success() {
-        return Err(format!("sie run failed ({}):\n{}", output.status, tail(&text, 40)).into());
+        return Err(format!("{what} failed ({}):\n{}", output.status, tail(&text, 40)).into());
     }
     Ok(text)
 }

@@ -20,6 +20,7 @@ mod console;
 mod control;
 mod cpu;
 mod faults;
+mod firecracker_peer;
 mod inspect;
 mod memdev;
 mod memory;
@@ -36,6 +37,7 @@ use console::*;
 use control::*;
 use cpu::*;
 use faults::*;
+use firecracker_peer::*;
 use inspect::*;
 use memdev::*;
 use memory::*;
@@ -297,8 +299,10 @@ echo \"@@L2 RESULT hwrng_bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc
         migration_live(),
         migration_live_local(),
     ];
-    // Only with SIE_RIG_CLOUD_HYPERVISOR: CI cannot build the peer.
+    // Only with SIE_RIG_CLOUD_HYPERVISOR or SIE_RIG_FIRECRACKER: CI builds
+    // neither peer.
     cases.extend(peer_cases());
+    cases.extend(firecracker_cases());
     cases
 }
 
