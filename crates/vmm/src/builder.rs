@@ -371,6 +371,19 @@ impl PremadeVm {
         })
     }
 
+    /// Maps `memory` into this VM, made empty ([`PremadeVm::empty`]); one
+    /// that has RAM already is dropped and a new one made on `hv`.
+    pub fn with_memory(self, hv: &dyn Hypervisor, memory: &GuestMemory) -> Result<Self> {
+        if self.has_memory() {
+            return Self::make(hv, memory);
+        }
+        self.vm.map_memory(memory)?;
+        Ok(Self {
+            vm: self.vm,
+            mapped: Some(regions_of(memory)),
+        })
+    }
+
     /// Creates a VM on `hv` with no RAM yet: the build maps it.
     pub fn empty(hv: &dyn Hypervisor) -> Result<Self> {
         Ok(Self {
@@ -706,5 +719,24 @@ mod tests {
             machine.vm.map_memory(&memory).is_err(),
             "the build mapped the RAM into the premade VM"
         );
+    }
+
+    #[test]
+    fn an_empty_premade_vm_given_ram_maps_exactly_that_ram() {
+        let hv = sie_hv::kvm::Kvm::open().expect("/dev/kvm");
+        let config = VmConfig::new(sie_config::BootSource {
+            kernel_image_path: "/nonexistent".into(),
+            boot_args: None,
+            initrd_path: None,
+        });
+        let memory = anonymous_memory(16, sie_config::HugePages::None, false).unwrap();
+        let other = anonymous_memory(16, sie_config::HugePages::None, false).unwrap();
+        let empty = PremadeVm::empty(&hv).unwrap();
+        let made = vm_address(&empty.vm);
+        let premade = empty.with_memory(&hv, &memory).unwrap();
+        assert_eq!(vm_address(&premade.vm), made, "the same VM, now with RAM");
+        assert!(premade.has_memory());
+        assert!(premade.fits(&config, &memory));
+        assert!(!premade.fits(&config, &other));
     }
 }

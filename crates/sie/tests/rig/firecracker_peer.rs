@@ -73,7 +73,7 @@ fn check_firecracker_peer(run: &CaseRun) -> Result<(), String> {
         }
     }
     for transport in ["mmio", "pci"] {
-        let prefix = format!("sie/peer {transport}: seq read x");
+        let prefix = format!("sie/peer {transport}: seq read MiB/s x");
         if !run
             .output
             .lines()

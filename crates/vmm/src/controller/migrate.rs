@@ -421,7 +421,12 @@ impl Controller {
                         if let Err(error) = self.start_migration_worker() {
                             tracing::warn!("migration: {}", crate::error::error_chain(&error));
                         }
-                        match crate::builder::PremadeVm::make(hv, &memory) {
+                        // The empty VM made while the API waited, if any.
+                        let made = match self.premade_vm.take() {
+                            Some(empty) => empty.with_memory(hv, &memory),
+                            None => crate::builder::PremadeVm::make(hv, &memory),
+                        };
+                        match made {
                             Ok(premade) => self.migration.premade = Some(premade),
                             Err(error) => tracing::warn!(
                                 "migration: making the VM ahead of its state failed (the switch-over makes it): {}",
