@@ -190,6 +190,26 @@ fn host_pass(
     Ok(figures)
 }
 
+/// What every guest pass prints: the figures of [`ROWS`] and what its
+/// sequential read got ([`check_read`]).
+const GUEST_KEYS: [&str; 6] = [
+    ROWS[0].0,
+    ROWS[1].0,
+    ROWS[2].0,
+    ROWS[3].0,
+    "read_bytes",
+    "read_sum",
+];
+
+/// The guest's command line for `case=bench_blk` with the bench's sizes.
+fn bench_cmdline(args: &BenchBlkArgs) -> String {
+    guest_cmdline(
+        args.cmdline.as_deref(),
+        "bench_blk",
+        &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
+    )
+}
+
 /// One guest boot running the pattern once over `transport`; with the
 /// guest's figures, `device_exits` (the disk's register exits).
 fn guest_pass(
@@ -197,12 +217,7 @@ fn guest_pass(
     disk: &Path,
     transport: Transport,
 ) -> Result<BTreeMap<String, f64>, BoxError> {
-    let cmdline = guest_cmdline(
-        args.cmdline.as_deref(),
-        "bench_blk",
-        &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
-    );
-    let (mut argv, cmdline) = transport.run_args(&cmdline);
+    let (mut argv, cmdline) = transport.run_args(&bench_cmdline(args));
     argv.extend([
         "--kernel".into(),
         args.kernel.display().to_string(),
@@ -216,9 +231,7 @@ fn guest_pass(
         cmdline,
     ]);
     let output = finish_sie_run(spawn_sie_run(&argv)?)?;
-    let mut keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
-    keys.extend(["read_bytes", "read_sum"]);
-    let mut figures = guest_figures(&output, &keys)?;
+    let mut figures = guest_figures(&output, &GUEST_KEYS)?;
     if let Some(exits) = transport.device_exits(&output, "virtio-blk:") {
         figures.insert("device_exits".to_string(), exits as f64);
     }
@@ -233,12 +246,7 @@ fn peer_pass(
     transport: Transport,
     peer: &Path,
 ) -> Result<BTreeMap<String, f64>, BoxError> {
-    let cmdline = guest_cmdline(
-        args.cmdline.as_deref(),
-        "bench_blk",
-        &format!("bench_size_mib={} bench_ops={}", args.size_mib, args.ops),
-    );
-    let (_, cmdline) = transport.run_args(&cmdline);
+    let (_, cmdline) = transport.run_args(&bench_cmdline(args));
     let guest = PeerGuest {
         program: peer,
         kernel: &args.kernel,
@@ -256,10 +264,7 @@ fn peer_pass(
         "is_read_only": false,
         "io_engine": engine,
     }]);
-    let output = guest.boot(drives, dir)?;
-    let mut keys: Vec<&str> = ROWS.iter().map(|(key, _)| *key).collect();
-    keys.extend(["read_bytes", "read_sum"]);
-    guest_figures(&output, &keys)
+    guest_figures(&guest.boot(drives, dir)?, &GUEST_KEYS)
 }
 
 /// `key` per operation of one pass (`ops_per_pass` of them), per run.
