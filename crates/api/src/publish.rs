@@ -71,21 +71,34 @@ impl Pending {
         match rename_no_replace(&self.from, &self.to) {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 // Checked when bound; whatever is there came since.
-                let meta = std::fs::symlink_metadata(&self.to).map_err(io_error)?;
-                if !meta.file_type().is_socket() {
-                    return Err(ApiError::NotASocket(self.to));
-                }
-                match UnixStream::connect(&self.to) {
-                    Ok(_) => Err(ApiError::InUse(self.to)),
-                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                        std::fs::remove_file(&self.to).map_err(io_error)?;
-                        rename_no_replace(&self.from, &self.to).map_err(io_error)
-                    }
-                    Err(error) => Err(io_error(error)),
-                }
+                clear_stale_socket(&self.to)?;
+                rename_no_replace(&self.from, &self.to).map_err(io_error)
             }
             other => other.map_err(io_error),
         }
+    }
+}
+
+/// Makes `path` free for a server: a stale socket there (a file nobody
+/// answers on) is removed; a live one is [`ApiError::InUse`] and any other
+/// file [`ApiError::NotASocket`]. Nothing there is fine.
+pub(crate) fn clear_stale_socket(path: &Path) -> Result<(), ApiError> {
+    let io_error = |source| ApiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => Err(ApiError::InUse(path.to_path_buf())),
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!("api: removing stale socket {}", path.display());
+                std::fs::remove_file(path).map_err(io_error)
+            }
+            Err(error) => Err(io_error(error)),
+        },
+        Ok(_) => Err(ApiError::NotASocket(path.to_path_buf())),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(error)),
     }
 }
 

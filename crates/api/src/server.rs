@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -91,19 +91,7 @@ impl ApiServer {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-                Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
-                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!("api: removing stale socket {}", path.display());
-                    std::fs::remove_file(path).map_err(io_error)?;
-                }
-                Err(error) => return Err(io_error(error)),
-            },
-            Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(io_error(error)),
-        }
+        crate::publish::clear_stale_socket(path)?;
         // A hidden name left by a sie that had this pid before is stale.
         let hidden = crate::publish::hidden_name(path);
         if let Some(hidden) = &hidden {
